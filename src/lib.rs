@@ -1,0 +1,2 @@
+//! pecgate: a mail gateway for Italian certified email (PEC).
+#![forbid(unsafe_code)]
