@@ -1,2 +1,23 @@
 //! pecgate: a mail gateway for Italian certified email (PEC).
+//!
+//! Each module has one job (see ARCHITECTURE.md):
+//!
+//! * [`config`]: typed settings from TOML plus `PECGATE_*` overrides, with
+//!   validation that names the key of every problem.
+//! * [`store`]: the archive, and the only code that touches disk: blobs
+//!   (content-addressed raw messages), the journal (hash-chained records),
+//!   the sled index derived from the journal.
+//! * [`audit`]: checking and reading the audit chain.
+//! * [`upstream`]: one task per PEC mailbox pulling messages from the
+//!   provider over IMAP into the archive, then offloading them.
+//! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
 #![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod store;
+pub mod tls;
+pub mod upstream;

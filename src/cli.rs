@@ -1,0 +1,301 @@
+//! The `pecgate` command line.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{audit, config, daemon, store};
+
+#[derive(Parser)]
+#[command(
+    name = "pecgate",
+    version,
+    about = "Mail gateway for Italian certified email (PEC)",
+    long_about = "pecgate sits between ordinary mail clients and PEC providers. It moves every \
+message off the provider into a durable, hash-chained archive (so provider mailboxes never fill), \
+keeps an audit trail of every operation, and serves the archive to staff with their own logins.\n\n\
+Start with `pecgate check-config --config /etc/pecgate/pecgate.toml`, then \
+`pecgate serve --config /etc/pecgate/pecgate.toml` (or the systemd unit)."
+)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway: sync every configured mailbox into the archive.
+    Serve {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file; print every problem with its key.
+    CheckConfig {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Hash a password for a gateway user (argon2id PHC string).
+    ///
+    /// Reads the password from standard input when it is not a terminal,
+    /// otherwise prompts for it twice.
+    HashPassword,
+    /// Per mailbox: archived messages, last sync, messages on the provider,
+    /// quota, last error.
+    Status {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// The archive itself.
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Walk the whole chain; report the first broken record. Exit status 1
+    /// if the chain is broken.
+    Verify {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Check that every indexed message has its blob (with --deep, that
+    /// every blob still matches its hash). Exit status 1 on problems.
+    Check {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        deep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the journal alone (the daemon must be stopped).
+    RebuildIndex {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pecgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Serve { config } => {
+            runtime()?.block_on(daemon::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::HashPassword => {
+            let pw = read_password()?;
+            println!("{}", crate::auth::hash_password(&pw)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => status(&config, json),
+        Command::Audit(AuditCmd::Verify { config, json }) => {
+            let cfg = daemon::load_config(&config)?;
+            let v = audit::verify(&cfg.store.data_dir.join("journal"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(b) = &v.broken {
+                println!("audit chain BROKEN at {b}");
+                println!("{} records before it verify; chain head before the break: {}", v.records, v.head);
+            } else {
+                println!("audit chain OK: {} records in {} segments; head {}", v.records, v.segments, v.head);
+            }
+            Ok(if v.broken.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Store(StoreCmd::Check { config, deep, json }) => {
+            let cfg = daemon::load_config(&config)?;
+            let s = daemon::open_store(&cfg)?;
+            let rep = s.check(deep)?;
+            s.close()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                println!(
+                    "{} messages indexed, {} blobs ({} not referenced by the index), {} temporary files",
+                    rep.messages, rep.blobs, rep.unreferenced_blobs, rep.tmp_files
+                );
+                for p in &rep.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if rep.problems.is_empty() {
+                    println!("archive OK{}", if deep { " (every blob re-hashed)" } else { "" });
+                }
+            }
+            Ok(if rep.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Store(StoreCmd::RebuildIndex { config }) => {
+            let cfg = daemon::load_config(&config)?;
+            let n = store::rebuild_index(&cfg.store.data_dir)?;
+            println!("index rebuilt from {n} journal records");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+        Ok(cfg) => {
+            let problems = cfg.validate();
+            for p in &problems {
+                println!("{}: {p}", path.display());
+            }
+            if problems.is_empty() {
+                println!(
+                    "{}: OK ({} mailboxes, data in {})",
+                    path.display(),
+                    cfg.mailboxes.len(),
+                    cfg.store.data_dir.display()
+                );
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(a == b, "the two passwords differ");
+        anyhow::ensure!(!a.is_empty(), "empty password");
+        Ok(a)
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        let pw = s.trim_end_matches(['\r', '\n']).to_string();
+        anyhow::ensure!(!pw.is_empty(), "empty password on standard input");
+        Ok(pw)
+    }
+}
+
+fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = daemon::load_config(config)?;
+    let dir = &cfg.store.data_dir;
+    let live = store::read_status_file(dir);
+    // The daemon holds the store; if it is not running, count from the index.
+    let daemon_pid = live.as_ref().and_then(|v| v["pid"].as_u64());
+    let running = daemon_pid.map(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(false);
+    let mut rows = Vec::new();
+    let offline = if running {
+        None
+    } else {
+        match store::Store::open(dir, store::StoreOptions::default()) {
+            Ok((s, _)) => Some(s),
+            Err(store::StoreError::Locked(_)) => None,
+            Err(e) => return Err(e).context("opening the archive"),
+        }
+    };
+    for m in &cfg.mailboxes {
+        let mut row = live
+            .as_ref()
+            .and_then(|v| v["mailboxes"].as_array())
+            .and_then(|a| a.iter().find(|x| x["alias"] == m.alias.as_str()).cloned())
+            .unwrap_or_else(|| serde_json::json!({"alias": m.alias, "address": m.address, "state": "never synced"}));
+        if let Some(s) = &offline {
+            let (n, b) = s.mailbox_totals(&m.alias)?;
+            row["archived_total"] = n.into();
+            row["archived_total_bytes"] = b.into();
+            if !running && live.is_some() {
+                row["state"] = "not running".into();
+            }
+        }
+        rows.push(row);
+    }
+    if let Some(s) = offline {
+        s.close()?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "daemon_running": running, "mailboxes": rows }))?);
+    } else {
+        println!("pecgate {}", if running { "is running" } else { "is not running" });
+        for r in &rows {
+            let s = |k: &str| r[k].as_str().map(str::to_string);
+            let n = |k: &str| r[k].as_u64();
+            println!("\n{} <{}>", s("alias").unwrap_or_default(), s("address").unwrap_or_default());
+            println!("  state:             {}", s("state").unwrap_or_default());
+            println!(
+                "  archived:          {} messages, {} bytes",
+                n("archived_total").unwrap_or(0),
+                n("archived_total_bytes").unwrap_or(0)
+            );
+            println!("  last sync:         {}", s("last_success").unwrap_or_else(|| "never".into()));
+            println!(
+                "  on the provider:   {}",
+                n("on_provider").map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+            );
+            let q = &r["quota"];
+            let quota = match (q["storage_used_bytes"].as_u64(), q["storage_limit_bytes"].as_u64()) {
+                (Some(u), Some(l)) => format!("{u} of {l} bytes ({:.0}%)", if l > 0 { u as f64 * 100.0 / l as f64 } else { 0.0 }),
+                _ => "unknown (provider does not report QUOTA)".into(),
+            };
+            println!("  provider quota:    {quota}");
+            if let (Some(u), Some(l)) = (q["messages_used"].as_u64(), q["messages_limit"].as_u64()) {
+                println!("                     {u} of {l} messages");
+            }
+            if let Some(e) = s("last_error") {
+                println!(
+                    "  last error:        {} ({}; {} consecutive failures)",
+                    e,
+                    s("last_error_at").unwrap_or_default(),
+                    n("consecutive_failures").unwrap_or(0)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

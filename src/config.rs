@@ -1,0 +1,472 @@
+//! Typed settings: a TOML file plus `PECGATE_*` environment overrides.
+//!
+//! Loading has two steps. [`load`] deserialises (unknown keys, wrong types and
+//! bad values are refused by serde, naming the key), then [`Config::validate`]
+//! checks everything that needs more than one key or the filesystem and
+//! returns *every* problem, each with the key that causes it, so an
+//! administrator can fix a file in one go (`pecgate check-config`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    /// PEC mailboxes to archive, one `[[mailbox]]` table each.
+    #[serde(default, rename = "mailbox")]
+    pub mailboxes: Vec<MailboxConfig>,
+    #[serde(default)]
+    pub pec: PecConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// How pecgate talks to providers (all mailboxes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Longest wait for one provider response. Two minutes tolerates a slow
+    /// provider sending a large message.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay after a failure; it doubles (with jitter) up to
+    /// `max_backoff`. A refused login waits at least 8 × `min_backoff`, so a
+    /// wrong password never hammers the provider (which may lock the account).
+    #[serde(default = "default_min_backoff", with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig { timeout: default_timeout(), min_backoff: default_min_backoff(), max_backoff: default_max_backoff() }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_min_backoff() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where blobs, the journal and the index live. One directory per gateway.
+    pub data_dir: PathBuf,
+    /// How long archived messages are kept. Default 10 years: civil-law record
+    /// keeping (providers keep only 30 months of logs).
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Journal segments roll over past this size. 64 MiB keeps each segment
+    /// quick to verify and copy, and a million-message archive in ~100 files.
+    #[serde(default = "default_segment_bytes")]
+    pub journal_segment_bytes: u64,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(10 * 365 * 24 * 3600 + 3 * 24 * 3600)
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PecConfig {
+    /// PEM bundle of the providers' certificates (AgID's list) used to check
+    /// the S/MIME signature of envelopes and receipts.
+    pub trust_store: Option<PathBuf>,
+    /// A certified recipient without a delivery receipt after this long is
+    /// "overdue". 24 h is the regulatory maximum before a non-delivery notice.
+    #[serde(default, with = "humantime_serde::option")]
+    pub overdue_after: Option<Duration>,
+}
+
+/// One PEC mailbox at a provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Short name: the folder subtree users see (`alias/INBOX`) and the label
+    /// on metrics and logs.
+    pub alias: String,
+    /// The certified address.
+    pub address: String,
+    /// Login at the provider; usually the address itself.
+    pub username: String,
+    /// Discouraged: the password in clear in the configuration file.
+    pub password: Option<String>,
+    /// A file holding the provider password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    pub imap: Endpoint,
+    pub smtp: Option<Endpoint>,
+    /// Extra trust anchor (PEM) for the provider's TLS certificates, added to
+    /// the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Provider folders to pull.
+    #[serde(default = "default_folders")]
+    pub folders: Vec<String>,
+    #[serde(default)]
+    pub offload: Offload,
+    /// How often to look for new mail when the provider has no IDLE. One
+    /// minute is gentle on providers and quick enough for certified mail.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_folders() -> Vec<String> {
+    vec!["INBOX".to_string()]
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (IMAPS 993, SMTPS 465). The default: PEC
+    /// providers all offer it.
+    #[default]
+    Implicit,
+    /// Plain connection upgraded with STARTTLS before login.
+    Starttls,
+    /// No encryption: refused unless the host is a loopback address (tests,
+    /// a local simulator).
+    None,
+}
+
+/// When archived messages are removed from the provider.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Offload {
+    /// Delete from the provider as soon as the message is safely archived.
+    /// The default: the provider mailbox never fills.
+    #[default]
+    AfterArchive,
+    /// Keep the last `days` days on the provider (for webmail users).
+    KeepDays { days: u32 },
+    /// Delete oldest archived messages first whenever quota use exceeds
+    /// `high_water` (a fraction), until it is below `low_water`.
+    Quota { high_water: f64, low_water: f64 },
+    /// Never delete (archive only). For a trial period next to other clients.
+    Never,
+}
+
+impl fmt::Display for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Offload::AfterArchive => write!(f, "after-archive"),
+            Offload::KeepDays { days } => write!(f, "keep-days ({days} days)"),
+            Offload::Quota { high_water, low_water } => {
+                write!(f, "quota (high {high_water}, low {low_water})")
+            }
+            Offload::Never => write!(f, "never"),
+        }
+    }
+}
+
+/// A configuration problem, with the key that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Loading failed before validation could run (file missing, TOML syntax,
+/// unknown key, wrong type).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read configuration file: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Read `path` (TOML) and apply `PECGATE_*` environment overrides
+/// (`PECGATE_STORE__DATA_DIR=/srv/pecgate` sets `store.data_dir`).
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    // Read it ourselves first: the config crate's "not found" message does
+    // not say which file, and an unreadable file deserves its own error.
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_toml_str(&text, path)
+}
+
+/// Like [`load`], from text already read (`path` only names it in errors).
+pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, LoadError> {
+    let parse = |e: config::ConfigError| LoadError::Parse {
+        path: path.to_path_buf(),
+        message: one_line(&e.to_string()),
+    };
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("PECGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(parse)?;
+    built.try_deserialize::<Config>().map_err(parse)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Config {
+    /// Every problem that deserialisation could not see, each naming its key.
+    /// Empty means the configuration can be served.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |key: String, message: String| problems.push(Problem { key, message });
+
+        if self.store.data_dir.as_os_str().is_empty() {
+            push("store.data_dir".into(), "must not be empty".into());
+        } else if !self.store.data_dir.is_absolute() {
+            push(
+                "store.data_dir".into(),
+                format!(
+                    "must be an absolute path (got {:?}): the daemon's working directory is not fixed",
+                    self.store.data_dir
+                ),
+            );
+        }
+        if self.store.journal_segment_bytes < 64 * 1024 {
+            push("store.journal_segment_bytes".into(), "must be at least 65536".into());
+        }
+        if let Some(ts) = &self.pec.trust_store {
+            if let Err(e) = std::fs::File::open(ts) {
+                push("pec.trust_store".into(), format!("cannot read {}: {e}", ts.display()));
+            }
+        }
+
+        if self.upstream.min_backoff.is_zero() || self.upstream.min_backoff > self.upstream.max_backoff {
+            push("upstream.min_backoff".into(), "must be more than 0 and at most upstream.max_backoff".into());
+        }
+        if self.upstream.timeout < Duration::from_secs(1) {
+            push("upstream.timeout".into(), "must be at least 1s".into());
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, m) in self.mailboxes.iter().enumerate() {
+            let k = |field: &str| format!("mailbox[{i}].{field}");
+            if m.alias.is_empty()
+                || !m
+                    .alias
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                push(
+                    k("alias"),
+                    format!(
+                        "{:?} is not a valid alias: use letters, digits, '-', '_' or '.' (it becomes a folder name)",
+                        m.alias
+                    ),
+                );
+            }
+            if let Some(first) = seen.insert(m.alias.as_str(), i) {
+                push(
+                    k("alias"),
+                    format!("duplicate alias {:?} (also mailbox[{first}])", m.alias),
+                );
+            }
+            if !m.address.contains('@') {
+                push(k("address"), format!("{:?} is not an e-mail address", m.address));
+            }
+            if m.username.is_empty() {
+                push(k("username"), "must not be empty".into());
+            }
+            match (&m.password, &m.password_file) {
+                (Some(_), Some(_)) => push(
+                    k("password_file"),
+                    "set either password or password_file, not both".into(),
+                ),
+                (None, None) => push(
+                    k("password_file"),
+                    "missing: set password_file (or password)".into(),
+                ),
+                (None, Some(f)) => {
+                    if let Err(e) = std::fs::read(f) {
+                        push(k("password_file"), format!("cannot read {}: {e}", f.display()));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            check_endpoint(&m.imap, &k("imap"), &mut push);
+            if let Some(smtp) = &m.smtp {
+                check_endpoint(smtp, &k("smtp"), &mut push);
+            }
+            if let Some(ca) = &m.ca_file {
+                if let Err(e) = std::fs::read(ca) {
+                    push(k("ca_file"), format!("cannot read {}: {e}", ca.display()));
+                }
+            }
+            if m.folders.is_empty() {
+                push(k("folders"), "must name at least one provider folder".into());
+            }
+            match m.offload {
+                Offload::KeepDays { days } if days == 0 => push(
+                    k("offload.days"),
+                    "must be at least 1 (use mode = \"after-archive\" to delete at once)".into(),
+                ),
+                Offload::Quota { high_water, low_water }
+                    if !(0.0 < low_water && low_water < high_water && high_water <= 1.0) =>
+                {
+                    push(
+                        k("offload"),
+                        format!(
+                            "need 0 < low_water < high_water <= 1 (got low_water {low_water}, high_water {high_water})"
+                        ),
+                    )
+                }
+                _ => {}
+            }
+            if m.poll_interval < Duration::from_secs(1) {
+                push(k("poll_interval"), "must be at least 1s".into());
+            }
+        }
+        problems
+    }
+
+    pub fn mailbox(&self, alias: &str) -> Option<&MailboxConfig> {
+        self.mailboxes.iter().find(|m| m.alias == alias)
+    }
+}
+
+fn check_endpoint(e: &Endpoint, key: &str, push: &mut impl FnMut(String, String)) {
+    if e.host.is_empty() {
+        push(format!("{key}.host"), "must not be empty".into());
+    }
+    if e.port == 0 {
+        push(format!("{key}.port"), "must be between 1 and 65535".into());
+    }
+    if e.tls == TlsMode::None && !is_loopback_host(&e.host) {
+        push(
+            format!("{key}.tls"),
+            format!(
+                "\"none\" is refused for {:?}: passwords and certified mail would cross the network in clear; use \"implicit\" or \"starttls\" (\"none\" is allowed only for loopback hosts)",
+                e.host
+            ),
+        );
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`. Names other than `localhost` are not
+/// resolved: what a name points to can change.
+pub fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+impl MailboxConfig {
+    /// The provider password, from `password` or `password_file`.
+    pub fn read_password(&self) -> std::io::Result<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        let path = self.password_file.as_ref().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no password configured")
+        })?;
+        let text = std::fs::read_to_string(path)?;
+        Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, LoadError> {
+        from_toml_str(text, Path::new("test.toml"))
+    }
+
+    const BASE: &str = r#"
+[store]
+data_dir = "/tmp/x"
+[[mailbox]]
+alias = "protocollo"
+address = "protocollo@pec.example.it"
+username = "protocollo@pec.example.it"
+password = "secret"
+imap = { host = "127.0.0.1", port = 993, tls = "none" }
+"#;
+
+    #[test]
+    fn minimal_is_valid_with_defaults() {
+        let c = parse(BASE).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let m = &c.mailboxes[0];
+        assert_eq!(m.folders, vec!["INBOX"]);
+        assert_eq!(m.offload, Offload::AfterArchive);
+        assert_eq!(m.poll_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_key_names_it() {
+        let e = parse(&format!("{BASE}\nfoo = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn tls_none_public_host_refused() {
+        let c = parse(&BASE.replace("127.0.0.1", "imap.example.it")).unwrap();
+        let p = c.validate();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "mailbox[0].imap.tls");
+    }
+
+    #[test]
+    fn offload_modes_parse() {
+        let c = parse(&format!(
+            "{BASE}offload = {{ mode = \"quota\", high_water = 0.8, low_water = 0.5 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.mailboxes[0].offload, Offload::Quota { high_water: 0.8, low_water: 0.5 });
+        let c = parse(&format!("{BASE}offload = {{ mode = \"keep-days\", days = 7 }}\n")).unwrap();
+        assert_eq!(c.mailboxes[0].offload, Offload::KeepDays { days: 7 });
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("127.1.2.3"));
+        assert!(is_loopback_host("::1"));
+        assert!(is_loopback_host("[::1]"));
+        assert!(is_loopback_host("LOCALHOST"));
+        assert!(!is_loopback_host("10.0.0.1"));
+        assert!(!is_loopback_host("localhost.example.it"));
+    }
+}

@@ -1,0 +1,132 @@
+//! `pecgate serve`: the long-running daemon.
+//!
+//! Runs one upstream task per mailbox, tells systemd when it is ready,
+//! reloads the configuration on SIGHUP (keeping the old one if the new one
+//! is invalid), and on SIGTERM lets every task finish the write it is doing
+//! before closing the archive.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{self, Config};
+use crate::store::{Store, StoreOptions};
+use crate::upstream::{MailboxTask, StatusBoard, SyncOptions};
+
+/// Load and validate, turning problems into one error listing them all.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let cfg = config::load(path)?;
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|p| format!("{}: {p}", path.display())).collect();
+        bail!("invalid configuration:\n{}", lines.join("\n"));
+    }
+    Ok(cfg)
+}
+
+pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let (store, report) = Store::open(
+        &cfg.store.data_dir,
+        StoreOptions { journal_segment_bytes: cfg.store.journal_segment_bytes },
+    )
+    .with_context(|| format!("opening the archive in {}", cfg.store.data_dir.display()))?;
+    tracing::info!(
+        data_dir = %cfg.store.data_dir.display(),
+        removed_tmp_files = report.removed_tmp_files,
+        journal_truncated_bytes = report.journal_truncated_bytes,
+        replayed_records = report.replayed_records,
+        rebuilt_index = report.rebuilt_index,
+        "archive open"
+    );
+    Ok(store)
+}
+
+/// The mailbox tasks of one configuration generation.
+struct Generation {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow::Result<Generation> {
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let opts = SyncOptions {
+        timeout: cfg.upstream.timeout,
+        min_backoff: cfg.upstream.min_backoff,
+        max_backoff: cfg.upstream.max_backoff,
+        ..SyncOptions::default()
+    };
+    for m in &cfg.mailboxes {
+        let tls = crate::tls::client_config(m.ca_file.as_deref())
+            .with_context(|| format!("mailbox {}: TLS trust", m.alias))?;
+        let task = MailboxTask {
+            cfg: m.clone(),
+            store: store.clone(),
+            board: board.clone(),
+            tls,
+            opts: opts.clone(),
+            shutdown: rx.clone(),
+        };
+        tasks.spawn(task.run());
+    }
+    Ok(Generation { stop, tasks })
+}
+
+impl Generation {
+    /// Ask every task to stop after its current step and wait for them.
+    async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!("some mailbox tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    let mut cfg = load_config(&config_path)?;
+    let store = open_store(&cfg)?;
+    let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
+    let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
+    let mut generation = start_generation(&cfg, &store, &board)?;
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(mailboxes = cfg.mailboxes.len(), version = env!("CARGO_PKG_VERSION"), "pecgate serving");
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                match load_config(&config_path) {
+                    Ok(new) if new.store.data_dir != cfg.store.data_dir => {
+                        tracing::error!("SIGHUP: store.data_dir cannot change while running; keeping the old configuration (restart instead)");
+                    }
+                    Ok(new) => {
+                        tracing::info!("SIGHUP: configuration reloaded; restarting mailbox tasks");
+                        generation.stop(Duration::from_secs(30)).await;
+                        cfg = new;
+                        let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
+                        generation = start_generation(&cfg, &store, &new_board)?;
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),
+                }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    generation.stop(Duration::from_secs(60)).await;
+    store.close()?;
+    tracing::info!("archive closed; bye");
+    Ok(())
+}

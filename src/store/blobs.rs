@@ -1,0 +1,169 @@
+//! Raw messages as immutable files named by their SHA-256.
+//!
+//! `blobs/ab/cd/abcd….eml`, byte-for-byte as received. A blob is written to
+//! `blobs/tmp/`, fsynced, renamed into place, and the directory fsynced, so
+//! after a crash a blob is either whole under its name or absent (a leftover
+//! temporary file is removed on the next open).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// A stored blob: its hash (lower-case hex) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub hash: String,
+    pub size: u64,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    root: PathBuf,
+}
+
+impl Blobs {
+    /// Open (creating) `root`, removing temporary files a crash left behind.
+    /// Returns how many were removed.
+    pub fn open(root: &Path) -> io::Result<(Blobs, usize)> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&tmp)?;
+        }
+        Ok((Blobs { root: root.to_path_buf() }, removed))
+    }
+
+    pub fn path(&self, hash: &str) -> PathBuf {
+        let (a, b) = (&hash[0..2.min(hash.len())], &hash[2.min(hash.len())..4.min(hash.len())]);
+        self.root.join(a).join(b).join(format!("{hash}.eml"))
+    }
+
+    pub fn exists(&self, hash: &str) -> bool {
+        valid_hash(hash) && self.path(hash).is_file()
+    }
+
+    /// Store `bytes` durably; returns its reference. Storing the same bytes
+    /// twice writes them once.
+    pub fn put(&self, bytes: &[u8]) -> io::Result<BlobRef> {
+        let hash = sha256_hex(bytes);
+        let r = BlobRef { hash: hash.clone(), size: bytes.len() as u64 };
+        let dest = self.path(&hash);
+        if let Ok(meta) = fs::metadata(&dest) {
+            if meta.len() == r.size {
+                return Ok(r);
+            }
+            // A blob of the wrong size under a content address can only be
+            // damage: keep it for inspection, never overwrite evidence.
+            return Err(io::Error::other(format!(
+                "blob {} exists with size {} instead of {}: the archive is damaged, run `pecgate store check`",
+                dest.display(),
+                meta.len(),
+                r.size
+            )));
+        }
+        let tmp = self.root.join("tmp").join(format!("{hash}.{}.tmp", rand::random::<u64>()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            let dir = dest.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            ensure_dir(dir)?;
+            fs::rename(&tmp, &dest)?;
+            sync_dir(dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| r)
+    }
+
+    pub fn get(&self, hash: &str) -> io::Result<Vec<u8>> {
+        if !valid_hash(hash) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"));
+        }
+        fs::read(self.path(hash))
+    }
+
+    /// Every blob hash on disk (for integrity checks).
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for a in fs::read_dir(&self.root)? {
+            let a = a?;
+            if a.file_name() == "tmp" || !a.file_type()?.is_dir() {
+                continue;
+            }
+            for b in fs::read_dir(a.path())? {
+                let b = b?;
+                if !b.file_type()?.is_dir() {
+                    continue;
+                }
+                for f in fs::read_dir(b.path())? {
+                    let name = f?.file_name();
+                    if let Some(h) = name.to_str().and_then(|n| n.strip_suffix(".eml")) {
+                        out.push(h.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Create `dir` and its missing parents, fsyncing each parent whose entries
+/// changed, so the new directory survives a power cut.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent)?;
+        match fs::create_dir(dir) {
+            Ok(()) => sync_dir(parent)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_dedup_and_tmp_cleanup() {
+        let d = tempfile::tempdir().unwrap();
+        let (b, removed) = Blobs::open(d.path()).unwrap();
+        assert_eq!(removed, 0);
+        let r = b.put(b"hello").unwrap();
+        assert_eq!(r.hash, sha256_hex(b"hello"));
+        assert_eq!(b.get(&r.hash).unwrap(), b"hello");
+        assert_eq!(b.put(b"hello").unwrap(), r);
+        assert_eq!(b.list().unwrap(), vec![r.hash.clone()]);
+        fs::write(d.path().join("tmp/x.tmp"), b"partial").unwrap();
+        let (_, removed) = Blobs::open(d.path()).unwrap();
+        assert_eq!(removed, 1);
+        assert!(b.get("../../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! The index in sled: derived from the journal, rebuilt from it at will.
+//!
+//! Trees (keys use `\0` between parts; aliases and folder names never
+//! contain it):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `applied_seq` | last journal seq applied (u64 BE) |
+//! | `folders` | mailbox, folder | [`FolderState`] |
+//! | `msgs` | mailbox, folder, uid (u32 BE) | [`MessageMeta`] |
+//! | `hashes` | mailbox, hash | folder, uid (de-duplication) |
+//! | `provider` | mailbox, provider folder, uidvalidity, uid | [`ProviderEntry`]: archived, still on the provider |
+//! | `sync` | mailbox, provider folder | provider UIDVALIDITY (u32 BE) |
+//!
+//! Each journal record is applied in one sled transaction together with
+//! `applied_seq`, so a replay after a crash never applies a record twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::record::Event;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderState {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+    /// Messages in the folder.
+    pub exists: u64,
+    /// Their total size in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub hash: String,
+    pub size: u64,
+    pub internal_date: DateTime<Utc>,
+    #[serde(default)]
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    /// When it entered the archive (retention counts from here).
+    pub archived: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pec: Option<serde_json::Value>,
+}
+
+/// A provider message that is archived and (as far as we know) still on the
+/// provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderEntry {
+    pub hash: String,
+    pub size: u64,
+    pub internal_date: DateTime<Utc>,
+}
+
+pub fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = key(parts);
+    k.push(0);
+    k
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_else(|e| unreachable!("index values serialise: {e}"))
+}
+
+fn unjson<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, sled::Error> {
+    serde_json::from_slice(b).map_err(|e| sled::Error::Unsupported(format!("corrupt index value: {e}")))
+}
+
+fn be32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    let n = b.len().min(4);
+    a[4 - n..].copy_from_slice(&b[b.len() - n..]);
+    u32::from_be_bytes(a)
+}
+
+pub struct Index {
+    db: sled::Db,
+    meta: sled::Tree,
+    folders: sled::Tree,
+    msgs: sled::Tree,
+    hashes: sled::Tree,
+    provider: sled::Tree,
+    sync: sled::Tree,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index, sled::Error> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Index {
+            meta: db.open_tree("meta")?,
+            folders: db.open_tree("folders")?,
+            msgs: db.open_tree("msgs")?,
+            hashes: db.open_tree("hashes")?,
+            provider: db.open_tree("provider")?,
+            sync: db.open_tree("sync")?,
+            db,
+        })
+    }
+
+    pub fn applied_seq(&self) -> Result<u64, sled::Error> {
+        Ok(self
+            .meta
+            .get("applied_seq")?
+            .map(|v| {
+                let mut a = [0u8; 8];
+                let n = v.len().min(8);
+                a[8 - n..].copy_from_slice(&v[..n]);
+                u64::from_be_bytes(a)
+            })
+            .unwrap_or(0))
+    }
+
+    /// Make everything applied so far durable (sled's own fsync). Called
+    /// before anything irreversible depends on the index, such as a provider
+    /// delete.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush().map(|_| ())
+    }
+
+    /// Apply one journal record's event, atomically with `applied_seq`.
+    /// Records at or below `applied_seq` are skipped (replay is idempotent).
+    pub fn apply(&self, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), sled::Error> {
+        let trees = (&self.meta, &self.folders, &self.msgs, &self.hashes, &self.provider, &self.sync);
+        let r: Result<(), TransactionError<sled::Error>> =
+            trees.transaction(|(meta, folders, msgs, hashes, provider, sync)| -> TxResult<()> {
+                let applied = meta
+                    .get("applied_seq")?
+                    .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+                    .unwrap_or(0);
+                if seq <= applied {
+                    return Ok(());
+                }
+                match event {
+                    Event::None => {}
+                    Event::FolderCreated { mailbox, folder, uidvalidity } => {
+                        let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        if folders.get(&k)?.is_none() {
+                            let st = FolderState {
+                                uidvalidity: *uidvalidity,
+                                uidnext: 1,
+                                highest_modseq: 1,
+                                exists: 0,
+                                size: 0,
+                            };
+                            folders.insert(k, json(&st))?;
+                        }
+                    }
+                    Event::Archived {
+                        mailbox,
+                        folder,
+                        uid,
+                        hash,
+                        size,
+                        internal_date,
+                        flags,
+                        provider: pref,
+                        duplicate,
+                        pec,
+                    } => {
+                        if !duplicate {
+                            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                            let mut st: FolderState = match folders.get(&fk)? {
+                                Some(v) => unjson(&v).map_err(ConflictableTransactionError::Abort)?,
+                                None => {
+                                    return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(
+                                        format!("record {seq}: folder {mailbox}/{folder} does not exist"),
+                                    )))
+                                }
+                            };
+                            st.highest_modseq += 1;
+                            st.uidnext = st.uidnext.max(uid + 1);
+                            st.exists += 1;
+                            st.size += size;
+                            let meta_v = MessageMeta {
+                                hash: hash.clone(),
+                                size: *size,
+                                internal_date: *internal_date,
+                                flags: flags.clone(),
+                                modseq: st.highest_modseq,
+                                archived: time,
+                                pec: pec.clone(),
+                            };
+                            folders.insert(fk, json(&st))?;
+                            msgs.insert(
+                                key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]),
+                                json(&meta_v),
+                            )?;
+                            hashes.insert(
+                                key(&[mailbox.as_bytes(), hash.as_bytes()]),
+                                key(&[folder.as_bytes(), &uid.to_be_bytes()]),
+                            )?;
+                        }
+                        if let Some(p) = pref {
+                            provider.insert(
+                                key(&[
+                                    mailbox.as_bytes(),
+                                    p.folder.as_bytes(),
+                                    &p.uidvalidity.to_be_bytes(),
+                                    &p.uid.to_be_bytes(),
+                                ]),
+                                json(&ProviderEntry { hash: hash.clone(), size: *size, internal_date: *internal_date }),
+                            )?;
+                            sync.insert(key(&[mailbox.as_bytes(), p.folder.as_bytes()]), &p.uidvalidity.to_be_bytes())?;
+                        }
+                    }
+                    Event::ProviderDeleted { mailbox, folder, uidvalidity, uids, .. } => {
+                        for uid in uids {
+                            provider.remove(key(&[
+                                mailbox.as_bytes(),
+                                folder.as_bytes(),
+                                &uidvalidity.to_be_bytes(),
+                                &uid.to_be_bytes(),
+                            ]))?;
+                        }
+                    }
+                    Event::ProviderReset { mailbox, folder, new_uidvalidity, .. } => {
+                        // Provider entries under the old UIDVALIDITY are
+                        // removed by the caller's scan (they are keyed by
+                        // UIDVALIDITY, so they no longer match anything).
+                        sync.insert(key(&[mailbox.as_bytes(), folder.as_bytes()]), &new_uidvalidity.to_be_bytes())?;
+                    }
+                }
+                meta.insert("applied_seq", &seq.to_be_bytes())?;
+                Ok(())
+            });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) | TransactionError::Storage(e) => e,
+        })
+    }
+
+    pub fn folder(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>, sled::Error> {
+        match self.folders.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))? {
+            Some(v) => Ok(Some(unjson(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every folder of `mailbox` with its state.
+    pub fn folders(&self, mailbox: &str) -> Result<Vec<(String, FolderState)>, sled::Error> {
+        let mut out = Vec::new();
+        for kv in self.folders.scan_prefix(prefix(&[mailbox.as_bytes()])) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[mailbox.len() + 1..]).into_owned();
+            out.push((name, unjson(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every mailbox that has folders.
+    pub fn mailboxes(&self) -> Result<Vec<String>, sled::Error> {
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.folders.iter() {
+            let (k, _) = kv?;
+            let m = k.split(|b| *b == 0).next().unwrap_or_default();
+            let m = String::from_utf8_lossy(m).into_owned();
+            if out.last() != Some(&m) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.msgs.scan_prefix(&p) {
+            let (k, v) = kv?;
+            out.push((be32(&k[p.len()..]), unjson(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, sled::Error> {
+        match self.msgs.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
+            Some(v) => Ok(Some(unjson(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where these bytes already are in `mailbox`, if anywhere.
+    pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>, sled::Error> {
+        Ok(self.hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))?.map(|v| {
+            let cut = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+            (String::from_utf8_lossy(&v[..cut]).into_owned(), be32(&v[(cut + 1).min(v.len())..]))
+        }))
+    }
+
+    /// Archived messages still on the provider, by provider UID.
+    pub fn provider_entries(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<BTreeMap<u32, ProviderEntry>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes(), folder.as_bytes(), &uidvalidity.to_be_bytes()]);
+        let mut out = BTreeMap::new();
+        for kv in self.provider.scan_prefix(&p) {
+            let (k, v) = kv?;
+            out.insert(be32(&k[p.len()..]), unjson(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Provider entries of `mailbox`/`folder` under any UIDVALIDITY, keyed
+    /// by (uidvalidity, uid).
+    pub fn provider_entries_all(
+        &self,
+        mailbox: &str,
+        folder: &str,
+    ) -> Result<Vec<((u32, u32), ProviderEntry)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.provider.scan_prefix(&p) {
+            let (k, v) = kv?;
+            let rest = &k[p.len()..];
+            if rest.len() == 9 {
+                out.push(((be32(&rest[..4]), be32(&rest[5..])), unjson(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn provider_uidvalidity(&self, mailbox: &str, folder: &str) -> Result<Option<u32>, sled::Error> {
+        Ok(self.sync.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?.map(|v| be32(&v)))
+    }
+
+    /// Drop every tree (before a rebuild from the journal).
+    pub fn clear(&self) -> Result<(), sled::Error> {
+        for t in [&self.meta, &self.folders, &self.msgs, &self.hashes, &self.provider, &self.sync] {
+            t.clear()?;
+        }
+        self.flush()
+    }
+}

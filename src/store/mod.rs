@@ -1,0 +1,713 @@
+//! The archive: the only code that touches disk.
+//!
+//! ```text
+//! data_dir/
+//!   blobs/ab/cd/abcd….eml   raw messages, named by SHA-256 (evidence)
+//!   journal/000001.log …    the audit chain, hash-chained records (evidence)
+//!   index/                  sled: derived from the journal, rebuildable
+//!   status.json             the daemon's live status (not evidence)
+//! ```
+//!
+//! Writes go through one writer thread (group commit): callers send a batch
+//! of [`Change`]s, the writer turns them into journal records (assigning
+//! UIDs), appends and fsyncs them, applies them to the index, and only then
+//! answers. So an acknowledged change is durable, and the index is never
+//! ahead of the journal. Any write failure latches the store into a failed
+//! state (like redb's `CheckedBackend`): everything after it is refused until
+//! a restart re-opens from disk.
+
+pub mod blobs;
+pub mod index;
+pub mod journal;
+pub mod record;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::sync::{broadcast, oneshot};
+
+pub use blobs::BlobRef;
+pub use index::{FolderState, MessageMeta, ProviderEntry};
+pub use record::{Audit, Event, ProviderRef, Record};
+
+use blobs::Blobs;
+use index::Index;
+use journal::Journal;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("index: {0}")]
+    Index(#[from] sled::Error),
+    #[error("the data directory {0} is in use by another pecgate process (stop it first, e.g. `systemctl stop pecgate`)")]
+    Locked(PathBuf),
+    #[error("an earlier write to the archive failed ({0}); nothing more is written until pecgate is restarted")]
+    Failed(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// A change requested by a caller. The writer turns it into an [`Event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Audit only.
+    None,
+    /// File a stored blob into `folder` of `mailbox` (created on first use).
+    Archive {
+        mailbox: String,
+        folder: String,
+        blob: BlobRef,
+        internal_date: DateTime<Utc>,
+        flags: Vec<String>,
+        provider: Option<ProviderRef>,
+        pec: Option<serde_json::Value>,
+    },
+    ProviderDeleted { mailbox: String, folder: String, uidvalidity: u32, uids: Vec<u32>, hashes: Vec<String>, gone: bool },
+    ProviderReset { mailbox: String, folder: String, old_uidvalidity: u32, new_uidvalidity: u32 },
+}
+
+/// What a committed change became.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// Sent to subscribers after changes are applied (for IDLE and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub mailbox: String,
+    pub folder: String,
+}
+
+/// What opening the store repaired.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    pub removed_tmp_files: usize,
+    pub journal_truncated_bytes: u64,
+    pub replayed_records: u64,
+    pub rebuilt_index: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub journal_segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { journal_segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+enum Request {
+    Commit { entries: Vec<(Audit, Change)>, reply: oneshot::Sender<Result<Vec<Committed>>> },
+    Flush { reply: oneshot::Sender<Result<()>> },
+}
+
+struct Inner {
+    dir: PathBuf,
+    blobs: Blobs,
+    index: Arc<Index>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    notify: broadcast::Sender<Notice>,
+    failed: Arc<Mutex<Option<String>>>,
+    closed: AtomicBool,
+}
+
+/// A handle on the open archive; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Open (creating) the archive in `dir`, recovering from a crash: remove
+    /// temporary blob files, cut a torn journal tail, replay journal records
+    /// the index has not applied (or rebuild the index if it is ahead of the
+    /// journal, which only a lost power cut can cause).
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, OpenReport)> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut report = OpenReport::default();
+        // sled takes an exclusive lock on its files: opening it first makes
+        // sure no other process writes the journal.
+        let index_dir = dir.join("index");
+        let index = Index::open(&index_dir).map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked(dir.into()),
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked(dir.into()),
+            e => StoreError::Index(e),
+        })?;
+        let blob_dir = dir.join("blobs");
+        let (blobs, removed) = Blobs::open(&blob_dir).map_err(io_err(&blob_dir))?;
+        report.removed_tmp_files = removed;
+        let jdir = dir.join("journal");
+        let (journal, rec) = Journal::open(&jdir, opts.journal_segment_bytes).map_err(io_err(&jdir))?;
+        report.journal_truncated_bytes = rec.truncated_bytes;
+
+        let applied = index.applied_seq()?;
+        if applied > journal.last_seq() {
+            tracing::warn!(
+                applied,
+                journal = journal.last_seq(),
+                "index is ahead of the journal (power loss?): rebuilding it from the journal"
+            );
+            index.clear()?;
+            report.rebuilt_index = true;
+        }
+        report.replayed_records = replay(&jdir, &index)?;
+        index.flush()?;
+
+        let index = Arc::new(index);
+        let (tx, rx) = mpsc::channel();
+        let (notify, _) = broadcast::channel(1024);
+        let failed = Arc::new(Mutex::new(None));
+        let writer = Writer {
+            journal,
+            index: index.clone(),
+            folders: HashMap::new(),
+            notify: notify.clone(),
+            failed: failed.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("pecgate-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                blobs,
+                index,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                notify,
+                failed,
+                closed: AtomicBool::new(false),
+            }),
+        };
+        Ok((store, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Store raw bytes durably (fsynced, renamed, directory fsynced).
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<BlobRef> {
+        if let Some(f) = self.failure() {
+            return Err(StoreError::Failed(f));
+        }
+        let blobs = self.inner.blobs.clone();
+        let root = self.inner.dir.join("blobs");
+        let r = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("blob writer task: {e}")))?;
+        r.map_err(|e| {
+            self.latch(format!("writing a blob: {e}"));
+            StoreError::Io { path: root, source: e }
+        })
+    }
+
+    fn latch(&self, why: String) {
+        if let Ok(mut f) = self.inner.failed.lock() {
+            if f.is_none() {
+                tracing::error!(error = %why, "archive write failed: refusing further writes until restart");
+                *f = Some(why);
+            }
+        }
+    }
+
+    pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
+        self.inner.blobs.get(hash).map_err(io_err(&self.inner.blobs.path(hash)))
+    }
+
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.inner.blobs.path(hash)
+    }
+
+    fn send(&self, req: Request) -> Result<()> {
+        let tx = self.inner.tx.lock().map_err(|_| StoreError::Closed)?;
+        tx.as_ref().ok_or(StoreError::Closed)?.send(req).map_err(|_| StoreError::Closed)
+    }
+
+    /// Record `entries` durably (one fsync for the batch) and apply them to
+    /// the index. Returns what each became, in order.
+    pub async fn commit_batch(&self, entries: Vec<(Audit, Change)>) -> Result<Vec<Committed>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commit { entries, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn commit(&self, audit: Audit, change: Change) -> Result<Committed> {
+        let mut v = self.commit_batch(vec![(audit, change)]).await?;
+        v.pop().ok_or(StoreError::Closed)
+    }
+
+    /// Make the index durable in sled itself (its own fsync), beyond the
+    /// journal. Called before a provider delete.
+    pub async fn flush_index(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Flush { reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.inner.notify.subscribe()
+    }
+
+    // ---- reads (the index) ----
+
+    pub fn folder(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+        Ok(self.inner.index.folder(mailbox, folder)?)
+    }
+
+    pub fn folders(&self, mailbox: &str) -> Result<Vec<(String, FolderState)>> {
+        Ok(self.inner.index.folders(mailbox)?)
+    }
+
+    pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>> {
+        Ok(self.inner.index.messages(mailbox, folder)?)
+    }
+
+    pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>> {
+        Ok(self.inner.index.message(mailbox, folder, uid)?)
+    }
+
+    pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>> {
+        Ok(self.inner.index.find_hash(mailbox, hash)?)
+    }
+
+    pub fn provider_entries(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<std::collections::BTreeMap<u32, ProviderEntry>> {
+        Ok(self.inner.index.provider_entries(mailbox, folder, uidvalidity)?)
+    }
+
+    pub fn provider_entries_all(&self, mailbox: &str, folder: &str) -> Result<Vec<((u32, u32), ProviderEntry)>> {
+        Ok(self.inner.index.provider_entries_all(mailbox, folder)?)
+    }
+
+    pub fn provider_uidvalidity(&self, mailbox: &str, folder: &str) -> Result<Option<u32>> {
+        Ok(self.inner.index.provider_uidvalidity(mailbox, folder)?)
+    }
+
+    /// Messages and bytes archived in `mailbox` (all folders).
+    pub fn mailbox_totals(&self, mailbox: &str) -> Result<(u64, u64)> {
+        Ok(self
+            .folders(mailbox)?
+            .iter()
+            .fold((0, 0), |(n, b), (_, st)| (n + st.exists, b + st.size)))
+    }
+
+    pub fn applied_seq(&self) -> Result<u64> {
+        Ok(self.inner.index.applied_seq()?)
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.inner.dir.join("journal")
+    }
+
+    // ---- status file (the daemon's live state, read by `pecgate status`) ----
+
+    /// Atomically replace `status.json`.
+    pub fn write_status(&self, value: &serde_json::Value) -> Result<()> {
+        write_status_file(&self.inner.dir, value)
+    }
+
+    /// Integrity check: every indexed message has its blob (and, with
+    /// `deep`, the blob's bytes still hash to its name); no temporary files.
+    pub fn check(&self, deep: bool) -> Result<CheckReport> {
+        let mut rep = CheckReport::default();
+        let index = &self.inner.index;
+        let mut referenced = HashSet::new();
+        for mailbox in index.mailboxes()? {
+            for (folder, _) in index.folders(&mailbox)? {
+                for (uid, m) in index.messages(&mailbox, &folder)? {
+                    rep.messages += 1;
+                    referenced.insert(m.hash.clone());
+                    let path = self.inner.blobs.path(&m.hash);
+                    match std::fs::metadata(&path) {
+                        Err(_) => rep.problems.push(format!("{mailbox}/{folder} UID {uid}: blob {} is missing", m.hash)),
+                        Ok(md) if md.len() != m.size => rep.problems.push(format!(
+                            "{mailbox}/{folder} UID {uid}: blob {} has {} bytes, index says {}",
+                            m.hash,
+                            md.len(),
+                            m.size
+                        )),
+                        Ok(_) if deep => match std::fs::read(&path) {
+                            Ok(b) if blobs::sha256_hex(&b) == m.hash => {}
+                            Ok(_) => rep.problems.push(format!(
+                                "{mailbox}/{folder} UID {uid}: blob {} content does not match its hash",
+                                m.hash
+                            )),
+                            Err(e) => rep.problems.push(format!("{}: {e}", path.display())),
+                        },
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+        let all = self.inner.blobs.list().map_err(io_err(&self.inner.dir))?;
+        rep.blobs = all.len() as u64;
+        rep.unreferenced_blobs = all.iter().filter(|h| !referenced.contains(*h)).count() as u64;
+        let tmp = self.inner.dir.join("blobs/tmp");
+        rep.tmp_files = std::fs::read_dir(&tmp).map(|d| d.count() as u64).unwrap_or(0);
+        Ok(rep)
+    }
+
+    /// Stop the writer after it has answered everything sent so far, and
+    /// flush the index.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Ok(mut tx) = self.inner.tx.lock() {
+            tx.take();
+        }
+        if let Some(h) = self.inner.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+        self.inner.index.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+        let _ = self.index.flush();
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CheckReport {
+    pub messages: u64,
+    pub blobs: u64,
+    pub unreferenced_blobs: u64,
+    pub tmp_files: u64,
+    pub problems: Vec<String>,
+}
+
+pub fn write_status_file(dir: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = dir.join(".status.json.tmp");
+    let dest = dir.join("status.json");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(io_err(&dest))
+}
+
+/// The daemon's last `status.json`, if any.
+pub fn read_status_file(dir: &Path) -> Option<serde_json::Value> {
+    let b = std::fs::read(dir.join("status.json")).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// Apply journal records the index has not seen. Returns how many.
+fn replay(jdir: &Path, index: &Index) -> Result<u64> {
+    let applied = index.applied_seq()?;
+    let mut n = 0;
+    for line in journal::read_all(jdir).map_err(io_err(jdir))? {
+        let line = line.map_err(io_err(jdir))?;
+        let (rec, _) = line.parsed.map_err(|e| {
+            StoreError::Invalid(format!(
+                "journal {} line {}: {e}; the journal is damaged, run `pecgate audit verify`",
+                line.segment, line.line_no
+            ))
+        })?;
+        if rec.seq > applied {
+            index.apply(rec.seq, rec.time, &rec.event)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Throw the index away and rebuild it from the journal alone.
+pub fn rebuild_index(dir: &Path) -> Result<u64> {
+    let index_dir = dir.join("index");
+    let index = Index::open(&index_dir).map_err(|e| match e {
+        sled::Error::Io(_) => StoreError::Locked(dir.into()),
+        e => StoreError::Index(e),
+    })?;
+    index.clear()?;
+    let n = replay(&dir.join("journal"), &index)?;
+    index.flush()?;
+    Ok(n)
+}
+
+/// The single writer: turns changes into records, appends, applies.
+struct Writer {
+    journal: Journal,
+    index: Arc<Index>,
+    /// Folder states as the writer knows them, ahead of the index during a
+    /// batch (UIDs are assigned before the batch is written).
+    folders: HashMap<(String, String), FolderState>,
+    notify: broadcast::Sender<Notice>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+/// How many requests one group commit takes at most.
+const MAX_BATCH: usize = 256;
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut reqs = vec![first];
+            while reqs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.handle(reqs);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn latch(&self, why: String) {
+        tracing::error!(error = %why, "archive write failed: refusing further writes until restart");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(why);
+        }
+    }
+
+    fn handle(&mut self, reqs: Vec<Request>) {
+        if let Some(f) = self.failure() {
+            for r in reqs {
+                match r {
+                    Request::Commit { reply, .. } => {
+                        let _ = reply.send(Err(StoreError::Failed(f.clone())));
+                    }
+                    Request::Flush { reply } => {
+                        let _ = reply.send(Err(StoreError::Failed(f.clone())));
+                    }
+                }
+            }
+            return;
+        }
+        let mut records: Vec<Record> = Vec::new();
+        // For each commit request: the range of its records that answer it.
+        let mut answers: Vec<(oneshot::Sender<Result<Vec<Committed>>>, Vec<usize>)> = Vec::new();
+        let mut flushes = Vec::new();
+        let mut seen_hashes: HashMap<(String, String), (String, u32)> = HashMap::new();
+        let now = Utc::now().trunc_subsecs(6);
+        let snapshot = self.folders.clone();
+        for r in reqs {
+            match r {
+                Request::Flush { reply } => flushes.push(reply),
+                Request::Commit { entries, reply } => {
+                    let mut mine = Vec::new();
+                    let mut err = None;
+                    for (audit, change) in entries {
+                        match self.prepare(audit, change, now, &mut records, &mut seen_hashes) {
+                            Ok(i) => mine.push(i),
+                            Err(e) => {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match err {
+                        // A refused request changes nothing of its own; records
+                        // prepared before the error stay (e.g. a FolderCreated)
+                        // since they are valid by themselves.
+                        Some(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        None => answers.push((reply, mine)),
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.journal.append(&mut records) {
+            self.folders = snapshot;
+            let why = format!("journal append: {e}");
+            self.latch(why.clone());
+            for (reply, _) in answers {
+                let _ = reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            for reply in flushes {
+                let _ = reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            return;
+        }
+        let mut notices = Vec::new();
+        for rec in &records {
+            if let Err(e) = self.index.apply(rec.seq, rec.time, &rec.event) {
+                // The journal has it; the next open replays it.
+                let why = format!("index apply of record {}: {e}", rec.seq);
+                self.latch(why);
+                break;
+            }
+            if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
+                notices.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
+            }
+        }
+        for (reply, idx) in answers {
+            let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
+            let _ = reply.send(Ok(out));
+        }
+        if !flushes.is_empty() {
+            let r = self.index.flush().map_err(StoreError::from);
+            for reply in flushes {
+                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| StoreError::Invalid(e.to_string())));
+            }
+        }
+        notices.dedup();
+        for n in notices {
+            let _ = self.notify.send(n);
+        }
+    }
+
+    fn folder_state(&mut self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+        let k = (mailbox.to_string(), folder.to_string());
+        if let Some(st) = self.folders.get(&k) {
+            return Ok(Some(st.clone()));
+        }
+        let st = self.index.folder(mailbox, folder)?;
+        if let Some(st) = &st {
+            self.folders.insert(k, st.clone());
+        }
+        Ok(st)
+    }
+
+    /// Turn one change into records appended to `out`; returns the index of
+    /// the record that answers it.
+    fn prepare(
+        &mut self,
+        audit: Audit,
+        change: Change,
+        now: DateTime<Utc>,
+        out: &mut Vec<Record>,
+        seen: &mut HashMap<(String, String), (String, u32)>,
+    ) -> Result<usize> {
+        let mk = |a: &Audit, event: Event, folder: Option<String>, uids: Vec<u32>| Record {
+            seq: 0,
+            time: now,
+            actor: a.actor.clone(),
+            source: a.source.clone(),
+            proto: a.proto.clone(),
+            op: a.op.clone(),
+            mailbox: a.mailbox.clone().or_else(|| event.mailbox().map(str::to_string)),
+            folder: folder.or_else(|| a.folder.clone()),
+            uids: if uids.is_empty() { a.uids.clone() } else { uids },
+            message_id: a.message_id.clone(),
+            outcome: a.outcome.clone(),
+            event,
+            prev: String::new(),
+        };
+        let event = match change {
+            Change::None => {
+                out.push(mk(&audit, Event::None, None, vec![]));
+                return Ok(out.len() - 1);
+            }
+            Change::Archive { mailbox, folder, blob, internal_date, flags, provider, pec } => {
+                if !blobs::valid_hash(&blob.hash) {
+                    return Err(StoreError::Invalid(format!("not a blob hash: {:?}", blob.hash)));
+                }
+                let st = match self.folder_state(&mailbox, &folder)? {
+                    Some(st) => st,
+                    None => {
+                        let uidvalidity = new_uidvalidity(now);
+                        let ev = Event::FolderCreated { mailbox: mailbox.clone(), folder: folder.clone(), uidvalidity };
+                        let a = Audit::system("store", "folder-create").mailbox(&mailbox);
+                        out.push(mk(&a, ev, Some(folder.clone()), vec![]));
+                        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0 };
+                        self.folders.insert((mailbox.clone(), folder.clone()), st.clone());
+                        st
+                    }
+                };
+                let hk = (mailbox.clone(), blob.hash.clone());
+                let existing = match seen.get(&hk) {
+                    Some(loc) => Some(loc.clone()),
+                    None => self.index.find_hash(&mailbox, &blob.hash)?,
+                };
+                match existing {
+                    Some((efolder, euid)) => Event::Archived {
+                        mailbox,
+                        folder: efolder,
+                        uid: euid,
+                        hash: blob.hash,
+                        size: blob.size,
+                        internal_date,
+                        flags,
+                        provider,
+                        duplicate: true,
+                        pec: None,
+                    },
+                    None => {
+                        let uid = st.uidnext;
+                        let mut st = st;
+                        st.uidnext += 1;
+                        st.highest_modseq += 1;
+                        st.exists += 1;
+                        st.size += blob.size;
+                        self.folders.insert((mailbox.clone(), folder.clone()), st);
+                        seen.insert(hk, (folder.clone(), uid));
+                        Event::Archived {
+                            mailbox,
+                            folder,
+                            uid,
+                            hash: blob.hash,
+                            size: blob.size,
+                            internal_date,
+                            flags,
+                            provider,
+                            duplicate: false,
+                            pec,
+                        }
+                    }
+                }
+            }
+            Change::ProviderDeleted { mailbox, folder, uidvalidity, uids, hashes, gone } => {
+                Event::ProviderDeleted { mailbox, folder, uidvalidity, uids, hashes, gone }
+            }
+            Change::ProviderReset { mailbox, folder, old_uidvalidity, new_uidvalidity } => {
+                Event::ProviderReset { mailbox, folder, old_uidvalidity, new_uidvalidity }
+            }
+        };
+        let (folder, uids) = match &event {
+            Event::Archived { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
+            Event::ProviderDeleted { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            _ => (None, vec![]),
+        };
+        out.push(mk(&audit, event, folder, uids));
+        Ok(out.len() - 1)
+    }
+}
+
+/// UIDVALIDITY for a new folder: the creation time in seconds, as most
+/// servers do; a rebuild reads it back from the journal, so it never changes.
+fn new_uidvalidity(now: DateTime<Utc>) -> u32 {
+    u32::try_from(now.timestamp()).unwrap_or(u32::MAX).max(1)
+}

@@ -1,0 +1,159 @@
+//! Journal records: the audit chain and the write-ahead log of the index.
+//!
+//! One record per line. A record says who did what (actor, source, protocol,
+//! operation, outcome) and, when the operation changed state, the [`Event`]
+//! with everything needed to replay it: the UIDs and UIDVALIDITY it assigns,
+//! the blob hash, the provider reference. Replaying the events in order
+//! reproduces the index exactly (`pecgate store rebuild-index`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a message came from at the provider: enough to find it again and to
+/// delete it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRef {
+    pub folder: String,
+    pub uidvalidity: u32,
+    pub uid: u32,
+}
+
+/// A state change, as recorded. Built by the journal writer from a
+/// [`Change`](super::Change) request, with UIDs already assigned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    /// Nothing changed (a login, a read): the record is audit only.
+    None,
+    /// A gateway folder came into existence with this UIDVALIDITY.
+    FolderCreated { mailbox: String, folder: String, uidvalidity: u32 },
+    /// A message was archived: its blob is durable and it is now `uid` in
+    /// `folder`. `duplicate` means the same bytes were already in this
+    /// mailbox (at `folder`/`uid`): only the provider reference is new.
+    Archived {
+        mailbox: String,
+        folder: String,
+        uid: u32,
+        hash: String,
+        size: u64,
+        internal_date: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<ProviderRef>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+        /// PEC classification and metadata (the `pec` module's JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pec: Option<serde_json::Value>,
+    },
+    /// Messages were removed from the provider (`gone` means they were found
+    /// missing there rather than deleted by us).
+    ProviderDeleted {
+        mailbox: String,
+        folder: String,
+        uidvalidity: u32,
+        uids: Vec<u32>,
+        hashes: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gone: bool,
+    },
+    /// The provider folder's UIDVALIDITY changed: forget the old provider
+    /// references (the messages are archived; the folder is re-scanned and
+    /// duplicates are recognised by hash).
+    ProviderReset { mailbox: String, folder: String, old_uidvalidity: u32, new_uidvalidity: u32 },
+}
+
+impl Event {
+    pub fn mailbox(&self) -> Option<&str> {
+        match self {
+            Event::None => None,
+            Event::FolderCreated { mailbox, .. }
+            | Event::Archived { mailbox, .. }
+            | Event::ProviderDeleted { mailbox, .. }
+            | Event::ProviderReset { mailbox, .. } => Some(mailbox),
+        }
+    }
+}
+
+/// One line of the journal, without its own hash (which is appended when the
+/// line is written, see [`super::journal`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// UTC, microseconds.
+    pub time: DateTime<Utc>,
+    /// A gateway user name, or `system`.
+    pub actor: String,
+    /// Client address (`ip:port`) for client operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `upstream`, `imap`, `smtp`, `cli`, `system`.
+    pub proto: String,
+    /// What was done: `archive`, `provider-delete`, `login`, `select`, …
+    pub op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// `ok`, or what went wrong.
+    pub outcome: String,
+    pub event: Event,
+    /// The previous record's hash (64 zeros for the first record).
+    pub prev: String,
+}
+
+/// The audit part of a record, filled by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    pub actor: String,
+    pub source: Option<String>,
+    pub proto: String,
+    pub op: String,
+    pub mailbox: Option<String>,
+    pub folder: Option<String>,
+    pub uids: Vec<u32>,
+    pub message_id: Option<String>,
+    pub outcome: String,
+}
+
+impl Audit {
+    /// An operation by the system itself (upstream sync, retention).
+    pub fn system(proto: &str, op: &str) -> Audit {
+        Audit {
+            actor: "system".into(),
+            source: None,
+            proto: proto.into(),
+            op: op.into(),
+            mailbox: None,
+            folder: None,
+            uids: Vec::new(),
+            message_id: None,
+            outcome: "ok".into(),
+        }
+    }
+
+    pub fn mailbox(mut self, m: &str) -> Self {
+        self.mailbox = Some(m.to_string());
+        self
+    }
+
+    pub fn folder(mut self, f: &str) -> Self {
+        self.folder = Some(f.to_string());
+        self
+    }
+
+    pub fn message_id(mut self, id: Option<String>) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    pub fn outcome(mut self, o: impl Into<String>) -> Self {
+        self.outcome = o.into();
+        self
+    }
+}

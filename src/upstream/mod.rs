@@ -1,0 +1,675 @@
+//! Upstream sync: one task per PEC mailbox, moving messages off the provider
+//! into the archive.
+//!
+//! The order of one message's journey is what keeps invariant 1 ("nothing is
+//! lost"); each step starts only when the one before it is durable:
+//!
+//! 1. `UID FETCH … BODY.PEEK[]` (never marks anything read at the provider);
+//! 2. the raw bytes are written as a blob and fsynced (`Store::put_blob`);
+//! 3. the "archived" journal record is appended and fsynced, and the index
+//!    updated (`Store::commit_batch`), then the index is flushed;
+//! 4. only then is the message deleted at the provider (`UID STORE
+//!    +FLAGS (\Deleted)`, then `UID EXPUNGE`, or, without UIDPLUS, `EXPUNGE`
+//!    after checking that every `\Deleted` message in the folder is archived);
+//! 5. the deletion is recorded.
+//!
+//! A crash between 3 and 5 leaves the message archived *and* on the provider:
+//! the next pass finds it already archived (by provider UID, or by hash after
+//! a UIDVALIDITY change) and deletes it again. A crash before 3 leaves it on
+//! the provider only. Never neither.
+
+pub mod client;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use imap_next::imap_types::command::CommandBody;
+use imap_next::imap_types::core::Vec1;
+use imap_next::imap_types::extensions::quota::Resource;
+use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_next::imap_types::response::{Code, Data};
+use imap_next::imap_types::search::SearchKey;
+use imap_next::imap_types::sequence::SequenceSet;
+use tokio::sync::watch;
+
+use crate::config::{MailboxConfig, Offload};
+use crate::store::{Audit, BlobRef, Change, ProviderEntry, ProviderRef, Store, StoreError};
+use client::{ClientError, ImapClient};
+pub use status::{MailboxStatus, QuotaStatus, StatusBoard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Imap(#[from] ClientError),
+    #[error("archive: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SyncError {
+    /// A short label for metrics and status (`connect`, `login`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SyncError::Imap(ClientError::Connect { .. }) => "connect",
+            SyncError::Imap(ClientError::Tls { .. }) => "tls",
+            SyncError::Imap(ClientError::Timeout(_)) => "timeout",
+            SyncError::Imap(ClientError::Closed) => "closed",
+            SyncError::Imap(ClientError::LoginRefused(_)) => "login",
+            SyncError::Imap(ClientError::Refused { .. }) => "refused",
+            SyncError::Imap(ClientError::Protocol(_)) => "protocol",
+            SyncError::Store(_) => "store",
+            SyncError::Other(_) => "other",
+        }
+    }
+}
+
+/// Tunables of the sync loop. Defaults are for real providers; tests shrink
+/// the back-off.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Longest wait for one response from the provider.
+    pub timeout: Duration,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// HYPOTHESIS: 64 messages or 32 MiB per FETCH keeps memory bounded
+    /// (messages are held until their batch is committed) while letting one
+    /// fsync of the journal cover many messages.
+    pub window_messages: usize,
+    pub window_bytes: u64,
+    /// Longest IDLE before re-checking (RFC 2177: re-issue within 29 min).
+    pub max_idle: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            timeout: Duration::from_secs(120),
+            min_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
+            window_messages: 64,
+            window_bytes: 32 * 1024 * 1024,
+            max_idle: Duration::from_secs(25 * 60),
+        }
+    }
+}
+
+/// Everything one mailbox task needs.
+pub struct MailboxTask {
+    pub cfg: MailboxConfig,
+    pub store: Store,
+    pub board: StatusBoard,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub opts: SyncOptions,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One provider message as listed by `UID FETCH 1:* (UID RFC822.SIZE)`.
+#[derive(Debug, Clone)]
+struct Listed {
+    size: u64,
+}
+
+impl MailboxTask {
+    fn alias(&self) -> &str {
+        &self.cfg.alias
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Run until shutdown: sessions with exponential back-off between
+    /// failures.
+    pub async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            self.board.update(self.alias(), |s| s.state = "connecting".into());
+            let result = self.session().await;
+            if self.stopping() {
+                break;
+            }
+            let err = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            let mut delay = self.opts.min_backoff.saturating_mul(1u32 << (failures - 1).min(16));
+            if matches!(err, SyncError::Imap(ClientError::LoginRefused(_))) {
+                // A provider may lock an account after repeated bad logins:
+                // never retry a refused login quickly.
+                delay = delay.max(self.opts.min_backoff.saturating_mul(8));
+            }
+            let delay = jitter(delay.min(self.opts.max_backoff));
+            tracing::warn!(
+                mailbox = %self.alias(),
+                reason = err.reason(),
+                error = %err,
+                retry_in = ?delay,
+                failures,
+                "upstream sync failed"
+            );
+            let msg = err.to_string();
+            let reason = err.reason();
+            self.board.update(self.alias(), |s| {
+                s.state = "error".into();
+                s.last_error = Some(msg);
+                s.last_error_reason = Some(reason.to_string());
+                s.last_error_at = Some(Utc::now());
+                s.consecutive_failures = failures;
+                s.connected = false;
+                *s.errors_by_reason.entry(reason.to_string()).or_default() += 1;
+                s.next_retry = chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d);
+            });
+            let mut sd = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = sd.changed() => {}
+            }
+        }
+        self.board.update(self.alias(), |s| {
+            s.state = "stopped".into();
+            s.connected = false;
+        });
+    }
+
+    async fn session(&mut self) -> Result<(), SyncError> {
+        let ep = &self.cfg.imap;
+        let mut c = ImapClient::connect(&ep.host, ep.port, ep.tls, self.tls.clone(), self.opts.timeout).await?;
+        if c.caps.is_empty() {
+            c.capability().await?;
+        }
+        let password = self
+            .cfg
+            .read_password()
+            .map_err(|e| SyncError::Other(format!("cannot read the provider password: {e}")))?;
+        c.login(&self.cfg.username, &password).await?;
+        drop(password);
+        c.capability().await?;
+        let (idle, uidplus, quota) = (c.has("IDLE"), c.has("UIDPLUS"), c.has("QUOTA"));
+        tracing::info!(mailbox = %self.alias(), idle, uidplus, quota, "logged in to the provider");
+        self.board.update(self.alias(), |s| {
+            s.connected = true;
+            s.capabilities = status::Caps { idle, uidplus, quota };
+        });
+        let mut first_failure_cleared = false;
+        loop {
+            self.board.update(self.alias(), |s| s.state = "syncing".into());
+            let mut on_provider = 0u64;
+            for pfolder in self.cfg.folders.clone() {
+                on_provider += self.sync_folder(&mut c, &pfolder).await?;
+                if self.stopping() {
+                    c.logout().await;
+                    return Ok(());
+                }
+            }
+            if quota {
+                let q = self.read_quota(&mut c).await?;
+                if let (Offload::Quota { high_water, low_water }, Some(q)) = (&self.cfg.offload, q) {
+                    on_provider -= self.quota_offload(&mut c, &q, *high_water, *low_water).await?;
+                    let q = self.read_quota(&mut c).await?;
+                    self.board.update(self.alias(), |s| s.quota = q);
+                }
+            }
+            let now = Utc::now();
+            self.board.update(self.alias(), |s| {
+                s.state = "idle".into();
+                s.last_success = Some(now);
+                s.on_provider = Some(on_provider);
+                if !first_failure_cleared {
+                    s.consecutive_failures = 0;
+                    s.next_retry = None;
+                }
+            });
+            first_failure_cleared = true;
+            // Wait for news.
+            let mut sd = self.shutdown.clone();
+            if idle {
+                let wait = if self.cfg.folders.len() == 1 && self.cfg.offload == Offload::AfterArchive {
+                    self.opts.max_idle
+                } else {
+                    self.cfg.poll_interval.min(self.opts.max_idle)
+                };
+                c.run("SELECT", select(&self.cfg.folders[0])?).await?;
+                c.idle(wait, async move {
+                    let _ = sd.changed().await;
+                })
+                .await?;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                    _ = sd.changed() => {}
+                }
+                // Keep the connection alive and notice a dead one early.
+                if !self.stopping() {
+                    c.run("NOOP", CommandBody::Noop).await?;
+                }
+            }
+            if self.stopping() {
+                c.logout().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// One pass over one provider folder. Returns how many messages remain
+    /// there.
+    async fn sync_folder(&mut self, c: &mut ImapClient, pfolder: &str) -> Result<u64, SyncError> {
+        let alias = self.cfg.alias.clone();
+        let (data, codes) = c.run_codes("SELECT", select(pfolder)?).await?;
+        let uidvalidity = codes
+            .iter()
+            .find_map(|c| match c {
+                Code::UidValidity(v) => Some(v.get()),
+                _ => None,
+            })
+            .ok_or_else(|| SyncError::Other(format!("provider folder {pfolder}: SELECT gave no UIDVALIDITY")))?;
+        let exists = data.iter().rev().find_map(|d| if let Data::Exists(n) = d { Some(*n) } else { None }).unwrap_or(0);
+
+        // A changed UIDVALIDITY: forget the old provider UIDs. The messages
+        // are archived; re-scanning recognises them by hash.
+        if let Some(known) = self.store.provider_uidvalidity(&alias, pfolder)? {
+            if known != uidvalidity {
+                tracing::warn!(mailbox = %alias, folder = pfolder, old = known, new = uidvalidity, "provider UIDVALIDITY changed: re-scanning the folder");
+                let old: Vec<_> = self
+                    .store
+                    .provider_entries(&alias, pfolder, known)?
+                    .into_iter()
+                    .collect();
+                let mut batch = vec![(
+                    Audit::system("upstream", "provider-uidvalidity-changed").mailbox(&alias),
+                    Change::ProviderReset {
+                        mailbox: alias.clone(),
+                        folder: pfolder.to_string(),
+                        old_uidvalidity: known,
+                        new_uidvalidity: uidvalidity,
+                    },
+                )];
+                if !old.is_empty() {
+                    batch.push((
+                        Audit::system("upstream", "provider-forget").mailbox(&alias),
+                        Change::ProviderDeleted {
+                            mailbox: alias.clone(),
+                            folder: pfolder.to_string(),
+                            uidvalidity: known,
+                            uids: old.iter().map(|(u, _)| *u).collect(),
+                            hashes: old.iter().map(|(_, e)| e.hash.clone()).collect(),
+                            gone: true,
+                        },
+                    ));
+                }
+                self.store.commit_batch(batch).await?;
+            }
+        }
+
+        let listed = if exists == 0 { BTreeMap::new() } else { self.list(c).await? };
+        let mut archived = self.store.provider_entries(&alias, pfolder, uidvalidity)?;
+
+        // Archived entries the provider no longer has (deleted elsewhere, or
+        // by us just before a crash): record that they are gone.
+        let gone: Vec<u32> = archived.keys().filter(|u| !listed.contains_key(u)).copied().collect();
+        if !gone.is_empty() {
+            let hashes = gone.iter().filter_map(|u| archived.get(u).map(|e| e.hash.clone())).collect();
+            self.store
+                .commit(
+                    Audit::system("upstream", "provider-gone").mailbox(&alias),
+                    Change::ProviderDeleted {
+                        mailbox: alias.clone(),
+                        folder: pfolder.to_string(),
+                        uidvalidity,
+                        uids: gone.clone(),
+                        hashes,
+                        gone: true,
+                    },
+                )
+                .await?;
+            for u in &gone {
+                archived.remove(u);
+            }
+        }
+
+        // Pull what is not archived yet, a bounded window at a time.
+        let todo: Vec<(u32, Listed)> =
+            listed.iter().filter(|(u, _)| !archived.contains_key(u)).map(|(u, l)| (*u, l.clone())).collect();
+        if !todo.is_empty() {
+            tracing::info!(mailbox = %alias, folder = pfolder, new = todo.len(), "pulling new messages");
+        }
+        let mut i = 0;
+        while i < todo.len() {
+            let mut j = i;
+            let mut bytes = 0;
+            while j < todo.len() && j - i < self.opts.window_messages && (j == i || bytes + todo[j].1.size <= self.opts.window_bytes) {
+                bytes += todo[j].1.size;
+                j += 1;
+            }
+            let uids: Vec<u32> = todo[i..j].iter().map(|(u, _)| *u).collect();
+            let got = self.pull(c, pfolder, uidvalidity, &uids).await?;
+            archived.extend(got);
+            i = j;
+            if self.stopping() {
+                return Ok(listed.len() as u64);
+            }
+        }
+
+        // Offload.
+        let now = Utc::now();
+        let deletable: Vec<u32> = match &self.cfg.offload {
+            Offload::AfterArchive => archived.keys().copied().collect(),
+            Offload::KeepDays { days } => {
+                let cutoff = now - chrono::Duration::days(i64::from(*days));
+                archived.iter().filter(|(_, e)| e.internal_date < cutoff).map(|(u, _)| *u).collect()
+            }
+            Offload::Quota { .. } | Offload::Never => Vec::new(),
+        };
+        let deleted = self.delete(c, pfolder, uidvalidity, &archived, &deletable).await?;
+        Ok(listed.len() as u64 - deleted)
+    }
+
+    /// Every message in the selected folder: UID, size, internal date.
+    async fn list(&self, c: &mut ImapClient) -> Result<BTreeMap<u32, Listed>, SyncError> {
+        let items = vec![MessageDataItemName::Uid, MessageDataItemName::Rfc822Size];
+        let body = CommandBody::fetch("1:*", items, true).map_err(|e| SyncError::Other(format!("{e:?}")))?;
+        let data = c.run("UID FETCH", body).await?;
+        let mut out = BTreeMap::new();
+        for d in data {
+            if let Data::Fetch { items, .. } = d {
+                let (mut uid, mut size) = (None, 0u64);
+                for it in items.as_ref() {
+                    match it {
+                        MessageDataItem::Uid(u) => uid = Some(u.get()),
+                        MessageDataItem::Rfc822Size(s) => size = u64::from(*s),
+                        _ => {}
+                    }
+                }
+                if let Some(uid) = uid {
+                    out.insert(uid, Listed { size });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetch `uids`, store each blob, commit the batch. Returns the new
+    /// provider entries.
+    async fn pull(
+        &mut self,
+        c: &mut ImapClient,
+        pfolder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, ProviderEntry)>, SyncError> {
+        let alias = self.cfg.alias.clone();
+        let items = vec![
+            MessageDataItemName::Uid,
+            MessageDataItemName::InternalDate,
+            MessageDataItemName::BodyExt { section: None, partial: None, peek: true },
+        ];
+        let body = CommandBody::fetch(sequence_set(uids)?, items, true).map_err(|e| SyncError::Other(format!("{e:?}")))?;
+        let data = c.run("UID FETCH", body).await?;
+        let mut msgs = Vec::new();
+        for d in data {
+            if let Data::Fetch { items, .. } = d {
+                let (mut uid, mut date, mut raw) = (None, None, None);
+                for it in items.into_iter() {
+                    match it {
+                        MessageDataItem::Uid(u) => uid = Some(u.get()),
+                        MessageDataItem::InternalDate(d) => date = Some(d.as_ref().with_timezone(&Utc)),
+                        MessageDataItem::BodyExt { section: None, origin: None, data } => {
+                            raw = data.0.map(|s| s.into_inner().into_owned())
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(uid), Some(raw)) = (uid, raw) {
+                    if uids.contains(&uid) {
+                        msgs.push((uid, date.unwrap_or_else(Utc::now), raw));
+                    }
+                }
+            }
+        }
+        // 2: blobs, written in parallel, each fsynced.
+        let mut writes = Vec::new();
+        for (_, _, raw) in &msgs {
+            let store = self.store.clone();
+            let raw = raw.clone();
+            writes.push(tokio::spawn(async move { store.put_blob(raw).await }));
+        }
+        let mut blobs: Vec<BlobRef> = Vec::with_capacity(writes.len());
+        for w in writes {
+            blobs.push(w.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??);
+        }
+        // 3: one journal batch, one fsync.
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut entries = Vec::with_capacity(msgs.len());
+        for ((uid, date, raw), blob) in msgs.iter().zip(blobs) {
+            let (folder, message_id, pec) = classify_for_archive(pfolder, raw);
+            entries.push((*uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: *date }));
+            batch.push((
+                Audit::system("upstream", "archive").mailbox(&alias).folder(&folder).message_id(message_id),
+                Change::Archive {
+                    mailbox: alias.clone(),
+                    folder,
+                    blob,
+                    internal_date: *date,
+                    flags: Vec::new(),
+                    provider: Some(ProviderRef { folder: pfolder.to_string(), uidvalidity, uid: *uid }),
+                    pec,
+                },
+            ));
+        }
+        let n = batch.len() as u64;
+        let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
+        self.store.commit_batch(batch).await?;
+        self.board.update(&alias, |s| {
+            s.archived_this_run += n;
+            s.archived_bytes_this_run += bytes;
+        });
+        Ok(entries)
+    }
+
+    /// Delete archived messages from the provider (step 4 and 5). Returns
+    /// how many were removed.
+    async fn delete(
+        &mut self,
+        c: &mut ImapClient,
+        pfolder: &str,
+        uidvalidity: u32,
+        archived: &BTreeMap<u32, ProviderEntry>,
+        uids: &[u32],
+    ) -> Result<u64, SyncError> {
+        let uids: Vec<u32> = uids.iter().copied().filter(|u| archived.contains_key(u)).collect();
+        if uids.is_empty() {
+            return Ok(0);
+        }
+        let alias = self.cfg.alias.clone();
+        // Everything the delete depends on is in the fsynced journal; flush
+        // sled too so the index agrees without a replay.
+        self.store.flush_index().await?;
+        let mut done = 0;
+        for chunk in uids.chunks(500) {
+            let set = sequence_set(chunk)?;
+            let store = CommandBody::store(set.clone(), StoreType::Add, StoreResponse::Silent, vec![Flag::Deleted], true)
+                .map_err(|e| SyncError::Other(format!("{e:?}")))?;
+            c.run("UID STORE", store).await?;
+            if c.has("UIDPLUS") {
+                c.run("UID EXPUNGE", CommandBody::ExpungeUid { sequence_set: set }).await?;
+            } else {
+                // Without UIDPLUS, EXPUNGE removes every \Deleted message in
+                // the folder, including ones another client flagged: only go
+                // ahead when all of them are archived.
+                let search = CommandBody::search(None, Vec1::from(SearchKey::Deleted), true);
+                let data = c.run("UID SEARCH", search).await?;
+                let flagged: BTreeSet<u32> = data
+                    .iter()
+                    .filter_map(|d| if let Data::Search(v, ..) = d { Some(v) } else { None })
+                    .flatten()
+                    .map(|u| u.get())
+                    .collect();
+                let unarchived: Vec<u32> = flagged.iter().filter(|u| !archived.contains_key(u)).copied().collect();
+                if !unarchived.is_empty() {
+                    tracing::warn!(mailbox = %alias, folder = pfolder, uids = ?unarchived, "messages flagged \\Deleted by someone else are not archived yet: not expunging this pass");
+                    return Ok(done);
+                }
+                c.run("EXPUNGE", CommandBody::Expunge).await?;
+            }
+            let hashes = chunk.iter().filter_map(|u| archived.get(u).map(|e| e.hash.clone())).collect();
+            self.store
+                .commit(
+                    Audit::system("upstream", "provider-delete").mailbox(&alias).folder(pfolder),
+                    Change::ProviderDeleted {
+                        mailbox: alias.clone(),
+                        folder: pfolder.to_string(),
+                        uidvalidity,
+                        uids: chunk.to_vec(),
+                        hashes,
+                        gone: false,
+                    },
+                )
+                .await?;
+            done += chunk.len() as u64;
+            self.board.update(&alias, |s| s.deleted_this_run += chunk.len() as u64);
+        }
+        tracing::info!(mailbox = %alias, folder = pfolder, deleted = done, "offloaded from the provider");
+        Ok(done)
+    }
+
+    async fn read_quota(&mut self, c: &mut ImapClient) -> Result<Option<QuotaStatus>, SyncError> {
+        let mailbox = imap_next::imap_types::mailbox::Mailbox::Inbox;
+        let data = match c.run("GETQUOTAROOT", CommandBody::GetQuotaRoot { mailbox }).await {
+            Ok(d) => d,
+            // Some providers advertise QUOTA but have no root for INBOX.
+            Err(ClientError::Refused { text, .. }) => {
+                tracing::debug!(mailbox = %self.alias(), %text, "GETQUOTAROOT refused");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut q = QuotaStatus::default();
+        let mut any = false;
+        for d in data {
+            if let Data::Quota { quotas, .. } = d {
+                for g in quotas.as_ref() {
+                    match g.resource {
+                        Resource::Storage => {
+                            q.storage_used_bytes = Some(g.usage * 1024);
+                            q.storage_limit_bytes = Some(g.limit * 1024);
+                            any = true;
+                        }
+                        Resource::Message => {
+                            q.messages_used = Some(g.usage);
+                            q.messages_limit = Some(g.limit);
+                            any = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let q = any.then_some(q);
+        self.board.update(self.alias(), |s| s.quota = q.clone());
+        Ok(q)
+    }
+
+    /// The `quota` policy: when use is above `high`, delete archived
+    /// messages oldest first until it is below `low`. Returns how many.
+    async fn quota_offload(&mut self, c: &mut ImapClient, q: &QuotaStatus, high: f64, low: f64) -> Result<u64, SyncError> {
+        let ratio = q.ratio();
+        if ratio <= high {
+            return Ok(0);
+        }
+        let alias = self.cfg.alias.clone();
+        // Candidates: archived and still on the provider, every folder.
+        let mut cands: Vec<(DateTime<Utc>, String, u32, u32, ProviderEntry)> = Vec::new();
+        for pfolder in &self.cfg.folders {
+            if let Some(v) = self.store.provider_uidvalidity(&alias, pfolder)? {
+                for (uid, e) in self.store.provider_entries(&alias, pfolder, v)? {
+                    cands.push((e.internal_date, pfolder.clone(), v, uid, e));
+                }
+            }
+        }
+        cands.sort_by(|a, b| a.0.cmp(&b.0).then(a.3.cmp(&b.3)));
+        let mut used_bytes = q.storage_used_bytes.unwrap_or(0) as f64;
+        let mut used_msgs = q.messages_used.unwrap_or(0) as f64;
+        let mut chosen: BTreeMap<(String, u32), Vec<u32>> = BTreeMap::new();
+        for (_, pfolder, v, uid, e) in cands {
+            let r_bytes = q.storage_limit_bytes.filter(|l| *l > 0).map(|l| used_bytes / l as f64).unwrap_or(0.0);
+            let r_msgs = q.messages_limit.filter(|l| *l > 0).map(|l| used_msgs / l as f64).unwrap_or(0.0);
+            if r_bytes.max(r_msgs) < low {
+                break;
+            }
+            used_bytes -= e.size as f64;
+            used_msgs -= 1.0;
+            chosen.entry((pfolder, v)).or_default().push(uid);
+        }
+        tracing::info!(mailbox = %alias, ratio, high, low, messages = chosen.values().map(Vec::len).sum::<usize>(), "quota above high-water mark: offloading oldest archived messages");
+        let mut n = 0;
+        for ((pfolder, v), uids) in chosen {
+            c.run("SELECT", select(&pfolder)?).await?;
+            let archived = self.store.provider_entries(&alias, &pfolder, v)?;
+            n += self.delete(c, &pfolder, v, &archived, &uids).await?;
+        }
+        Ok(n)
+    }
+}
+
+fn select(folder: &str) -> Result<CommandBody<'static>, SyncError> {
+    CommandBody::select(folder.to_string()).map_err(|e| SyncError::Other(format!("bad folder name {folder:?}: {e:?}")))
+}
+
+/// `1:5,7,9:12` from sorted or unsorted UIDs.
+pub fn sequence_set(uids: &[u32]) -> Result<SequenceSet, SyncError> {
+    let mut v: Vec<u32> = uids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        parts.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
+        i += 1;
+    }
+    SequenceSet::try_from(parts.join(",").as_str()).map_err(|e| SyncError::Other(format!("UID set: {e:?}")))
+}
+
+/// Which gateway folder a message from provider folder `pfolder` goes to,
+/// its Message-ID, and its PEC metadata.
+fn classify_for_archive(pfolder: &str, raw: &[u8]) -> (String, Option<String>, Option<serde_json::Value>) {
+    let message_id = mail_parser::MessageParser::default()
+        .parse_headers(raw)
+        .and_then(|m| m.message_id().map(|id| format!("<{id}>")));
+    let folder = if pfolder.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { pfolder.to_string() };
+    (folder, message_id, None)
+}
+
+/// ±20 % so that many mailboxes failing together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    let f = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_sets_are_compact() {
+        let s = sequence_set(&[9, 1, 2, 3, 5, 10, 11, 3]).unwrap();
+        let text = format!("{s:?}");
+        assert!(text.contains('1'), "{text}");
+        let ok = SequenceSet::try_from("1:3,5,9:11").unwrap();
+        assert_eq!(s, ok);
+    }
+}
