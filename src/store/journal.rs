@@ -168,7 +168,8 @@ impl Journal {
             rec.prev = self.last_hash.clone();
             let (line, hash) = encode_line(rec);
             let len = line.len() as u64 + 1;
-            if self.seg_size > 0 && self.seg_size + buf.len() as u64 + len > self.segment_bytes {
+            let pending = self.seg_size + buf.len() as u64;
+            if pending > 0 && pending + len > self.segment_bytes {
                 self.write_out(&buf)?;
                 buf.clear();
                 self.roll()?;
