@@ -240,8 +240,19 @@ pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, LoadError> {
     built.try_deserialize::<Config>().map_err(parse)
 }
 
+/// The config crate's message on one line, with its key paths written the
+/// way the file is (`mailbox[0].imap.port`, not `mailbox[0]imap.port`).
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::with_capacity(joined.len());
+    let mut chars = joined.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic()) {
+            out.push('.');
+        }
+    }
+    out
 }
 
 impl Config {
@@ -438,6 +449,12 @@ imap = { host = "127.0.0.1", port = 993, tls = "none" }
     fn unknown_key_names_it() {
         let e = parse(&format!("{BASE}\nfoo = 1\n")).unwrap_err().to_string();
         assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn bad_port_names_the_key() {
+        let e = parse(&BASE.replace("port = 993", "port = 70000")).unwrap_err().to_string();
+        assert!(e.contains("mailbox[0].imap.port"), "{e}");
     }
 
     #[test]
