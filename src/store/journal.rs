@@ -132,7 +132,7 @@ impl Journal {
                 recovery.truncated_bytes = total - good_len;
             } else if good_len < total {
                 return Err(io::Error::other(format!(
-                    "journal segment {} is damaged before its end (byte {good_len}); run `pecgate audit verify`",
+                    "journal segment {} ends with an incomplete record although a newer segment exists; run `pecgate audit verify`",
                     path.display()
                 )));
             }
@@ -207,26 +207,33 @@ impl Journal {
 }
 
 /// Length of the valid prefix of a segment, and its last record's seq and
-/// hash. A trailing partial or unparsable line ends the valid prefix.
+/// hash. Only an incomplete last line (no `\n`: a write cut short) ends the
+/// prefix early; a complete line that does not verify is damage or
+/// tampering, and opening refuses to go on rather than cut evidence.
 fn scan_tail(path: &Path) -> io::Result<(u64, Option<(u64, String)>)> {
     let mut r = BufReader::new(File::open(path)?);
     let mut good = 0u64;
     let mut last = None;
-    let mut line = String::new();
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
     loop {
         line.clear();
-        let n = match r.read_line(&mut line) {
-            Ok(n) => n,
-            // Invalid UTF-8: a torn write can leave anything.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => break,
-            Err(e) => return Err(e),
-        };
-        if n == 0 || !line.ends_with('\n') {
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        match decode_line(line.trim_end_matches('\n')) {
+        line_no += 1;
+        let text = std::str::from_utf8(&line[..n - 1]).map_err(|_| {
+            io::Error::other(format!("{} line {line_no} is not UTF-8: the journal is damaged; run `pecgate audit verify`", path.display()))
+        })?;
+        match decode_line(text) {
             Ok((rec, hash)) => last = Some((rec.seq, hash)),
-            Err(_) => break,
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "{} line {line_no}: {e}; the journal is damaged or was altered, refusing to write to it (run `pecgate audit verify`)",
+                    path.display()
+                )))
+            }
         }
         good += n as u64;
     }
@@ -322,6 +329,20 @@ mod tests {
         let (j, r) = Journal::open(d.path(), 1 << 20).unwrap();
         assert_eq!(r.truncated_bytes, 12);
         assert_eq!(j.last_seq(), 2);
+    }
+
+    #[test]
+    fn altered_complete_line_refuses_to_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(d.path(), 1 << 20).unwrap();
+        j.append(&mut [rec("a"), rec("b")]).unwrap();
+        drop(j);
+        let p = d.path().join("000001.log");
+        let text = fs::read_to_string(&p).unwrap().replace("\"op\":\"b\"", "\"op\":\"c\"");
+        fs::write(&p, text).unwrap();
+        let e = Journal::open(d.path(), 1 << 20).err().expect("refused");
+        assert!(e.to_string().contains("line 2"), "{e}");
+        assert!(fs::read_to_string(&p).unwrap().contains("\"op\":\"c\""), "evidence is not cut");
     }
 
     #[test]
