@@ -11,6 +11,8 @@
 //! makes tests fail, never skip.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs;
