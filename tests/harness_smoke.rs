@@ -150,3 +150,27 @@ fn harness_dovecot_capabilities_and_tls() {
     let cert = std::fs::read_to_string(dc.cert_path.as_ref().unwrap()).unwrap();
     assert!(cert.contains("BEGIN CERTIFICATE"));
 }
+
+/// Loading speed: the provider side of big-mailbox tests must be cheap.
+/// Run the full-size variant by hand: PECGATE_BULK_MB=5 cargo test --release harness_bulk -- --nocapture
+#[test]
+fn harness_bulk_append_1000() {
+    let big_mb: usize = std::env::var("PECGATE_BULK_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let dc = Dovecot::start(DovecotOptions::new().user(UserSpec::new("bulk", "pw")));
+    let imap = dc.imap("bulk");
+    let size = |i: usize| if big_mb > 0 { big_mb << 20 } else if i % 100 == 0 { 5 << 20 } else { 2_000 + (i * 7919) % 30_000 };
+    let t = std::time::Instant::now();
+    let uids = imap.append("INBOX", (0..1000).map(|i| make_message(i, size(i))));
+    let append_secs = t.elapsed().as_secs_f64();
+    assert_eq!(uids.len(), 1000);
+    let t = std::time::Instant::now();
+    let hashes = imap.sha256s("INBOX");
+    let fetch_secs = t.elapsed().as_secs_f64();
+    assert_eq!(hashes.len(), 1000);
+    for (i, (_, h)) in [0usize, 1, 500, 999].iter().map(|&i| (i, &hashes[i])) {
+        assert_eq!(h, &sha256_hex(&make_message(i, size(i))), "message {i}");
+    }
+    let total: usize = (0..1000).map(size).sum();
+    eprintln!("bulk: {} MB appended in {append_secs:.1}s, hashed back in {fetch_secs:.1}s", total >> 20);
+    assert!(append_secs < 60.0, "appending 1000 messages took {append_secs:.1}s");
+}
