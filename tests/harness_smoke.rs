@@ -133,7 +133,10 @@ fn harness_dovecot_capabilities_and_tls() {
     let all = default.imap("u").capabilities();
     assert!(all.iter().any(|c| c == "IDLE") && all.iter().any(|c| c == "UIDPLUS"), "{all:?}");
     assert_eq!(all.join(" "), DOVECOT_DEFAULT_CAPABILITY, "update DOVECOT_DEFAULT_CAPABILITY");
+    let pgid = default.pid().expect("running");
+    assert!(group_alive(pgid));
     drop(default);
+    assert!(!group_alive(pgid), "Dovecot processes left after drop");
 
     // TLS listener: imaplib.IMAP4_SSL trusting only the generated certificate
     let tls = dc.imaps("pec1");
@@ -158,7 +161,7 @@ fn harness_bulk_append_1000() {
     let big_mb: usize = std::env::var("PECGATE_BULK_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let dc = Dovecot::start(DovecotOptions::new().user(UserSpec::new("bulk", "pw")));
     let imap = dc.imap("bulk");
-    let size = |i: usize| if big_mb > 0 { big_mb << 20 } else if i % 100 == 0 { 5 << 20 } else { 2_000 + (i * 7919) % 30_000 };
+    let size = |i: usize| if big_mb > 0 { big_mb << 20 } else if i.is_multiple_of(100) { 5 << 20 } else { 2_000 + (i * 7919) % 30_000 };
     let t = std::time::Instant::now();
     let uids = imap.append("INBOX", (0..1000).map(|i| make_message(i, size(i))));
     let append_secs = t.elapsed().as_secs_f64();

@@ -530,6 +530,11 @@ service imap-login {{
         }
     }
 
+    /// Pid of the master process (= its process group), while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -675,7 +680,8 @@ fn group_members(pgid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn group_alive(pgid: u32) -> bool {
+/// Whether any process of group `pgid` is still alive (zombies aside).
+pub fn group_alive(pgid: u32) -> bool {
     !group_members(pgid).is_empty()
 }
 
