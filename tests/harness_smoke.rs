@@ -133,7 +133,10 @@ fn harness_dovecot_capabilities_and_tls() {
     let all = default.imap("u").capabilities();
     assert!(all.iter().any(|c| c == "IDLE") && all.iter().any(|c| c == "UIDPLUS"), "{all:?}");
     assert_eq!(all.join(" "), DOVECOT_DEFAULT_CAPABILITY, "update DOVECOT_DEFAULT_CAPABILITY");
+    let pgid = default.pid().expect("running");
+    assert!(group_alive(pgid));
     drop(default);
+    assert!(!group_alive(pgid), "Dovecot processes left after drop");
 
     // TLS listener: imaplib.IMAP4_SSL trusting only the generated certificate
     let tls = dc.imaps("pec1");
@@ -149,4 +152,28 @@ fn harness_dovecot_capabilities_and_tls() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("refused"), "{out:?}");
     let cert = std::fs::read_to_string(dc.cert_path.as_ref().unwrap()).unwrap();
     assert!(cert.contains("BEGIN CERTIFICATE"));
+}
+
+/// Loading speed: the provider side of big-mailbox tests must be cheap.
+/// Run the full-size variant by hand: PECGATE_BULK_MB=5 cargo test --release harness_bulk -- --nocapture
+#[test]
+fn harness_bulk_append_1000() {
+    let big_mb: usize = std::env::var("PECGATE_BULK_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let dc = Dovecot::start(DovecotOptions::new().user(UserSpec::new("bulk", "pw")));
+    let imap = dc.imap("bulk");
+    let size = |i: usize| if big_mb > 0 { big_mb << 20 } else if i.is_multiple_of(100) { 5 << 20 } else { 2_000 + (i * 7919) % 30_000 };
+    let t = std::time::Instant::now();
+    let uids = imap.append("INBOX", (0..1000).map(|i| make_message(i, size(i))));
+    let append_secs = t.elapsed().as_secs_f64();
+    assert_eq!(uids.len(), 1000);
+    let t = std::time::Instant::now();
+    let hashes = imap.sha256s("INBOX");
+    let fetch_secs = t.elapsed().as_secs_f64();
+    assert_eq!(hashes.len(), 1000);
+    for (i, (_, h)) in [0usize, 1, 500, 999].iter().map(|&i| (i, &hashes[i])) {
+        assert_eq!(h, &sha256_hex(&make_message(i, size(i))), "message {i}");
+    }
+    let total: usize = (0..1000).map(size).sum();
+    eprintln!("bulk: {} MB appended in {append_secs:.1}s, hashed back in {fetch_secs:.1}s", total >> 20);
+    assert!(append_secs < 60.0, "appending 1000 messages took {append_secs:.1}s");
 }

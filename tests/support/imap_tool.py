@@ -15,7 +15,10 @@ Operation "append" reads its messages from stdin, one JSON object per line:
 It appends the file's exact bytes (no line-ending rewriting, unlike
 imaplib.IMAP4.append) and deletes the file once the server has answered OK,
 so the caller can bound the disk used by a large batch. The whole batch runs
-over one connection.
+over one connection, in MULTIAPPEND commands of up to MULTI_MAX_MESSAGES /
+MULTI_MAX_BYTES when the server advertises MULTIAPPEND and LITERAL+ (a
+refused batch is retried one message at a time, so the error names the
+exact message and the ones before it are appended).
 """
 
 import hashlib
@@ -31,7 +34,7 @@ imaplib._MAXLINE = 1 << 24
 UID_RE = re.compile(rb"\bUID (\d+)")
 SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 FLAGS_RE = re.compile(rb"\bFLAGS \(([^)]*)\)")
-APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
+APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) ([\d:,]+)\]")
 STATUS_RE = re.compile(rb"\b(MESSAGES|UIDNEXT|UIDVALIDITY|UNSEEN|RECENT) (\d+)")
 QUOTA_RES_RE = re.compile(rb"([A-Za-z-]+) (\d+) (\d+)")
 LIST_RE = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.*)$')
@@ -73,26 +76,90 @@ def connect(req):
     return conn
 
 
-def append_raw(conn, folder, data, flags, date):
-    """APPEND the exact bytes: imaplib.append would rewrite bare LF/CR."""
-    flag_arg = "(" + " ".join(flags) + ")" if flags else None
-    date_arg = imaplib.Time2Internaldate(date) if date is not None else None
-    conn.literal = data
-    typ, resp = conn._simple_command("APPEND", quote(folder), flag_arg, date_arg)
-    check(typ, resp, "APPEND")
-    # The tagged OK's text carries [APPENDUID validity uid] (Dovecot sends it
-    # even when UIDPLUS is hidden from CAPABILITY).
+def append_args(flags, date):
+    args = []
+    if flags:
+        args.append("(" + " ".join(flags) + ")")
+    if date is not None:
+        args.append(imaplib.Time2Internaldate(date))
+    return args
+
+
+def appenduids(resp, n):
+    """UIDs from the tagged OK's [APPENDUID validity uid-set] (Dovecot sends
+    it even when UIDPLUS is hidden from CAPABILITY), or n times None."""
     for line in resp:
         if isinstance(line, bytes):
             m = APPENDUID_RE.search(line)
             if m:
-                return int(m.group(2))
-    return None
+                uids = []
+                for part in m.group(2).decode().split(","):
+                    lo, _, hi = part.partition(":")
+                    uids.extend(range(int(lo), int(hi or lo) + 1))
+                if len(uids) == n:
+                    return uids
+    return [None] * n
+
+
+def append_one(conn, folder, data, flags, date):
+    """APPEND the exact bytes: imaplib.append would rewrite bare LF/CR."""
+    conn.literal = data
+    typ, resp = conn._simple_command("APPEND", quote(folder), *append_args(flags, date))
+    check(typ, resp, "APPEND")
+    return appenduids(resp, 1)[0]
+
+
+def append_multi(conn, folder, batch):
+    """One MULTIAPPEND command with LITERAL+ literals: one round trip and one
+    server transaction for the whole batch (5x faster for small messages).
+    All or nothing: returns None if the server refused the batch."""
+    tag = conn._new_tag()
+    parts = [tag, b" APPEND ", quote(folder).encode()]
+    for data, flags, date in batch:
+        for a in append_args(flags, date):
+            parts += [b" ", a.encode()]
+        parts += [b" {%d+}\r\n" % len(data), data]
+    parts.append(b"\r\n")
+    conn.tagged_commands[tag] = None
+    conn.send(b"".join(parts))
+    try:
+        typ, resp = conn._command_complete("APPEND", tag)
+    except conn.error:
+        return None
+    if typ != "OK":
+        return None
+    return appenduids(resp, len(batch))
+
+
+MULTI_MAX_MESSAGES = 32  # tests/support/mod.rs keeps more than this in flight
+MULTI_MAX_BYTES = 16 << 20
 
 
 def op_append(conn, req):
     uids = []
     folder = req["folder"]
+    caps = set(check(*conn.capability(), "CAPABILITY")[0].decode().upper().split())
+    multi = "MULTIAPPEND" in caps and "LITERAL+" in caps
+    batch, paths, batch_bytes = [], [], 0
+
+    def flush():
+        nonlocal batch, paths, batch_bytes
+        got = append_multi(conn, folder, batch) if multi and len(batch) > 1 else None
+        if got is None:
+            # one by one: exact UIDs, and on failure exactly which message
+            got = []
+            for (data, flags, date), path in zip(batch, paths):
+                try:
+                    got.append(append_one(conn, folder, data, flags, date))
+                except ToolError as e:
+                    raise ToolError("message %d (%s): %s" % (len(uids) + len(got), path, e))
+                os.unlink(path)
+        else:
+            for path in paths:
+                os.unlink(path)
+        uids.extend(got)
+        batch, paths, batch_bytes = [], [], 0
+
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -100,11 +167,13 @@ def op_append(conn, req):
         item = json.loads(line)
         with open(item["path"], "rb") as f:
             data = f.read()
-        try:
-            uids.append(append_raw(conn, folder, data, item.get("flags") or [], item.get("date")))
-        except ToolError as e:
-            raise ToolError("message %d (%s): %s" % (len(uids), item["path"], e))
-        os.unlink(item["path"])
+        batch.append((data, item.get("flags") or [], item.get("date")))
+        paths.append(item["path"])
+        batch_bytes += len(data)
+        if not multi or len(batch) >= MULTI_MAX_MESSAGES or batch_bytes >= MULTI_MAX_BYTES:
+            flush()
+    if batch:
+        flush()
     return uids
 
 

@@ -532,6 +532,11 @@ service imap-login {{
         }
     }
 
+    /// Pid of the master process (= its process group), while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -677,7 +682,8 @@ fn group_members(pgid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn group_alive(pgid: u32) -> bool {
+/// Whether any process of group `pgid` is still alive (zombies aside).
+pub fn group_alive(pgid: u32) -> bool {
     !group_members(pgid).is_empty()
 }
 
@@ -804,8 +810,12 @@ pub fn python() -> String {
     "python3".into()
 }
 
-/// Messages in flight per append batch (files written but not yet appended).
-const APPEND_WINDOW: usize = 8;
+/// Files written for an append but not yet appended (and deleted) by
+/// imap_tool.py: at most this many / this many bytes. Must stay above
+/// imap_tool.py's MULTI_MAX_MESSAGES / MULTI_MAX_BYTES (it waits for a full
+/// batch), or appending deadlocks.
+const APPEND_WINDOW: usize = 64;
+const APPEND_WINDOW_BYTES: usize = 64 << 20;
 
 impl Imap {
     fn request(&self, op: &str, mut args: Value) -> String {
@@ -880,23 +890,30 @@ impl Imap {
             .spawn()
             .map_err(|e| format!("cannot run {} (python3 missing?): {e}", python()))?;
         let mut stdin = child.stdin.take().expect("stdin");
-        let mut paths: Vec<PathBuf> = Vec::new();
+        let mut sent = 0;
+        // flow control: python deletes each file once appended
+        let mut pending: std::collections::VecDeque<(PathBuf, usize)> = Default::default();
+        let mut pending_bytes = 0;
         'feed: for (i, m) in msgs.into_iter().enumerate() {
             let m: Msg = m.into();
-            // flow control: python deletes each file once appended
-            if i >= APPEND_WINDOW {
-                let older = &paths[i - APPEND_WINDOW];
-                while older.exists() {
-                    if !matches!(child.try_wait(), Ok(None)) {
-                        break 'feed;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
+            loop {
+                while pending.front().is_some_and(|(p, _)| !p.exists()) {
+                    pending_bytes -= pending.pop_front().expect("front").1;
                 }
+                if pending.is_empty() || (pending.len() < APPEND_WINDOW && pending_bytes < APPEND_WINDOW_BYTES) {
+                    break;
+                }
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break 'feed;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
             let path = tmp.path().join(format!("{i}.eml"));
             fs::write(&path, &m.bytes).map_err(|e| format!("write {}: {e}", path.display()))?;
             let line = json!({ "path": path, "date": m.internal_date, "flags": m.flags }).to_string() + "\n";
-            paths.push(path);
+            pending_bytes += m.bytes.len();
+            pending.push_back((path, m.bytes.len()));
+            sent += 1;
             if stdin.write_all(line.as_bytes()).is_err() {
                 break; // python died: its answer says why
             }
@@ -917,8 +934,8 @@ impl Imap {
             .iter()
             .map(|v| v.as_u64().map(|u| u as u32).ok_or("server sent no APPENDUID".to_string()))
             .collect::<Result<_, _>>()?;
-        if uids.len() != paths.len() {
-            return Err(format!("append: {} of {} messages appended", uids.len(), paths.len()));
+        if uids.len() != sent {
+            return Err(format!("append: {} of {sent} messages appended", uids.len()));
         }
         Ok(uids)
     }
