@@ -1,2 +1,3 @@
 //! pecgate: a mail gateway for Italian certified email (PEC).
 #![forbid(unsafe_code)]
+pub mod pec;
