@@ -346,10 +346,10 @@ impl SentMessage {
             RecipientStatus::Delivered
         } else if record.failed.is_some() {
             RecipientStatus::DeliveryFailed
-        } else if record.is_external() {
-            RecipientStatus::SentToNonCertified
         } else if self.not_accepted.is_some() {
             RecipientStatus::NotSent
+        } else if record.is_external() {
+            RecipientStatus::SentToNonCertified
         } else if self.is_past_deadline(now) {
             RecipientStatus::Overdue
         } else if record.warned.is_some() {
