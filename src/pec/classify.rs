@@ -316,18 +316,20 @@ struct Signal {
 /// warning, so the caller can still archive and file it.
 pub fn classify(raw: &[u8]) -> Classification {
     let mut c = Classification::default();
-    let Some(msg) = mime::parse(raw) else {
+    let msg = mime::Entity::parse(raw);
+    if !msg.has_headers() {
         c.warnings.push("no RFC 5322 header block found; treated as plain".into());
         return c;
-    };
-    c.subject = mime::subject(&msg);
-    c.message_id = mime::header_value(&msg, "Message-ID").and_then(|v| normalize_message_id(&v));
+    }
+    c.subject = msg.subject();
+    c.message_id = msg.header_value("Message-ID").and_then(|v| normalize_message_id(&v));
 
     // 1. daticert, the signed signal.
-    let parts = mime::find_pec_parts(&msg);
+    let leaves = mime::leaves(&msg);
+    let parts = mime::find_pec_parts(&leaves);
     if let Some(idx) = parts.daticert {
-        if let Some(part) = msg.parts.get(idx) {
-            match Daticert::parse(&mime::transfer_decoded(&msg, part)) {
+        if let Some(part) = leaves.get(idx) {
+            match Daticert::parse(&part.decoded()) {
                 Ok(d) => {
                     if d.malformed {
                         c.daticert_error = d.warnings.first().cloned();
@@ -349,7 +351,7 @@ pub fn classify(raw: &[u8]) -> Classification {
     }
     let mut header_signals = Vec::new();
     for name in ["X-Trasporto", "X-Ricevuta"] {
-        for value in mime::header_values(&msg, name) {
+        for value in msg.header_values(name) {
             match header_kind(name, &value) {
                 Some(kind) => header_signals.push(Signal { source: format!("{name} `{value}`"), kind }),
                 None => c.warnings.push(format!("unknown {name} value `{value}`")),
@@ -405,7 +407,7 @@ pub fn classify(raw: &[u8]) -> Classification {
         if parts.daticert.is_none() && c.kind != PecKind::Anomalia {
             c.warnings.push("no daticert.xml part: kind taken from unsigned headers only".into());
         }
-        for value in mime::header_values(&msg, "X-VerificaSicurezza") {
+        for value in msg.header_values("X-VerificaSicurezza") {
             if value.eq_ignore_ascii_case("errore") {
                 c.warnings.push(
                     "X-VerificaSicurezza: errore: the provider could not verify the integrity of the incoming message"
@@ -418,11 +420,11 @@ pub fn classify(raw: &[u8]) -> Classification {
 }
 
 /// Delivery-receipt form: daticert `ricevuta` over `X-TipoRicevuta`.
-fn resolve_form(c: &mut Classification, msg: &mail_parser::Message<'_>) {
+fn resolve_form(c: &mut Classification, msg: &mime::Entity<'_>) {
     let PecKind::AvvenutaConsegna { form } = &mut c.kind else {
         return;
     };
-    let header = mime::header_value(msg, "X-TipoRicevuta").map(|v| (ReceiptForm::parse_lenient(&v), v));
+    let header = msg.header_value("X-TipoRicevuta").map(|v| (ReceiptForm::parse_lenient(&v), v));
     let from_daticert = c.daticert.as_ref().and_then(|d| d.ricevuta);
     if let (Some(d), Some((h, raw))) = (from_daticert, &header) {
         if d != *h {
@@ -436,8 +438,8 @@ fn resolve_form(c: &mut Classification, msg: &mail_parser::Message<'_>) {
 }
 
 /// Original Message-ID and identificativo, daticert first.
-fn resolve_references(c: &mut Classification, msg: &mail_parser::Message<'_>) {
-    let header_ref = mime::header_value(msg, "X-Riferimento-Message-ID").and_then(|v| normalize_message_id(&v));
+fn resolve_references(c: &mut Classification, msg: &mime::Entity<'_>) {
+    let header_ref = msg.header_value("X-Riferimento-Message-ID").and_then(|v| normalize_message_id(&v));
     let daticert_ref = c.daticert.as_ref().and_then(|d| d.msgid.clone());
     if let (Some(h), Some(d)) = (&header_ref, &daticert_ref) {
         if h != d {

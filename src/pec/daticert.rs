@@ -253,7 +253,7 @@ impl Daticert {
                 max: MAX_DATICERT_BYTES,
             });
         }
-        if contains_ignore_case(bytes, b"<!DOCTYPE") || contains_ignore_case(bytes, b"<!ENTITY") {
+        if has_declaration(bytes) {
             return Err(DaticertError::Dtd);
         }
         let text = decode_text(bytes)?;
@@ -303,10 +303,15 @@ impl Daticert {
     }
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// True when a `<!DOCTYPE` or `<!ENTITY` appears anywhere (any case).
+fn has_declaration(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'!' && i > 0 && bytes[i - 1] == b'<' && {
+            let rest = &bytes[i + 1..];
+            let starts = |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+            starts(b"DOCTYPE") || starts(b"ENTITY")
+        }
+    })
 }
 
 /// Decodes the document to UTF-8 text according to its BOM and declaration.
@@ -609,8 +614,23 @@ impl Builder {
 /// between +0100 and +0200, and the legal time of delivery must not be off
 /// by an hour.
 fn parse_data(giorno: &str, ora: &str, zona: Option<&str>) -> Result<DateTime<FixedOffset>, String> {
-    let date = NaiveDate::parse_from_str(giorno.trim(), "%d/%m/%Y").map_err(|e| format!("giorno: {e}"))?;
-    let time = NaiveTime::parse_from_str(ora.trim(), "%H:%M:%S").map_err(|e| format!("ora: {e}"))?;
+    let numbers = |s: &str, sep: char, what: &str| -> Result<Vec<u32>, String> {
+        let fields: Vec<u32> = s
+            .trim()
+            .split(sep)
+            .map(|f| f.parse::<u32>().map_err(|_| format!("{what} {s:?} is not numeric")))
+            .collect::<Result<_, _>>()?;
+        if fields.len() == 3 {
+            Ok(fields)
+        } else {
+            Err(format!("{what} {s:?} does not have three fields"))
+        }
+    };
+    let d = numbers(giorno, '/', "giorno")?;
+    let t = numbers(ora, ':', "ora")?;
+    let year = i32::try_from(d[2]).map_err(|_| format!("giorno {giorno:?}: year out of range"))?;
+    let date = NaiveDate::from_ymd_opt(year, d[1], d[0]).ok_or_else(|| format!("giorno {giorno:?} is not a date"))?;
+    let time = NaiveTime::from_hms_opt(t[0], t[1], t[2]).ok_or_else(|| format!("ora {ora:?} is not a time"))?;
     let offset = parse_zona(zona.ok_or("no zona attribute, so the UTC offset is unknown")?)?;
     offset
         .from_local_datetime(&date.and_time(time))

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{mime, PecError};
-use mail_parser::{Message, MimeHeaders, PartType};
+use mail_parser::{Message, MimeHeaders};
 
 /// One attachment of the original message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,38 +44,36 @@ pub struct Unwrapped {
 /// Errors when the input is not a message, or when it has neither a
 /// `postacert.eml` nor a `daticert.xml` (then it is not PEC at all).
 pub fn unwrap_envelope(raw: &[u8]) -> Result<Unwrapped, PecError> {
-    let msg = mime::parse(raw).ok_or(PecError::NotAMessage { len: raw.len() })?;
-    let parts = mime::find_pec_parts(&msg);
+    let top = mime::Entity::parse(raw);
+    if !top.has_headers() {
+        return Err(PecError::NotAMessage { len: raw.len() });
+    }
+    let leaves = mime::leaves(&top);
+    let parts = mime::find_pec_parts(&leaves);
     if parts.postacert.is_none() && parts.daticert.is_none() {
         return Err(PecError::NoPecParts);
     }
-    let decoded = |idx: Option<usize>| {
-        idx.and_then(|i| msg.parts.get(i))
-            .map(|p| mime::transfer_decoded(&msg, p).into_owned())
-    };
-    let mut out = Unwrapped {
-        original: decoded(parts.postacert),
+    let decoded = |idx: Option<usize>| idx.and_then(|i| leaves.get(i)).map(|p| p.decoded().into_owned());
+    let original = decoded(parts.postacert);
+    // The human text is charset-decoded (it is for reading); the part is
+    // parsed on its own so nothing else of the message is decoded.
+    let text = parts
+        .text
+        .or(parts.html)
+        .and_then(|i| leaves.get(i))
+        .and_then(|p| mime::parse(p.raw))
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()));
+    let attachments = original
+        .as_deref()
+        .and_then(mime::parse)
+        .map(|m| list_attachments(&m))
+        .unwrap_or_default();
+    Ok(Unwrapped {
+        original,
         daticert: decoded(parts.daticert),
-        text: parts
-            .text
-            .or(parts.html)
-            .and_then(|i| msg.parts.get(i))
-            .and_then(|p| p.text_contents())
-            .map(str::to_string),
-        attachments: Vec::new(),
-    };
-    out.attachments = match parts.postacert.and_then(|i| msg.parts.get(i)).map(|p| &p.body) {
-        Some(PartType::Message(original)) => list_attachments(original),
-        // postacert.eml not sent as message/rfc822 (e.g. octet-stream):
-        // parse the bytes on their own to list the attachments.
-        _ => out
-            .original
-            .as_deref()
-            .and_then(mime::parse)
-            .map(|nested| list_attachments(&nested))
-            .unwrap_or_default(),
-    };
-    Ok(out)
+        text,
+        attachments,
+    })
 }
 
 /// The attachments of a message, as `mail-parser` sees them (named parts and
@@ -83,7 +81,10 @@ pub fn unwrap_envelope(raw: &[u8]) -> Result<Unwrapped, PecError> {
 fn list_attachments(msg: &Message<'_>) -> Vec<AttachmentInfo> {
     msg.attachments()
         .map(|p| AttachmentInfo {
-            name: mime::part_name(p).map(str::to_string),
+            name: p
+                .attachment_name()
+                .map(|n| n.trim().trim_matches('"').trim().to_string())
+                .filter(|n| !n.is_empty()),
             content_type: p
                 .content_type()
                 .map(|ct| match ct.subtype() {

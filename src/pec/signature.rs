@@ -17,7 +17,6 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{MimeHeaders, PartType};
 use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
@@ -174,94 +173,53 @@ enum Signed<'a> {
     Opaque { signature: Vec<u8> },
 }
 
-fn is_pkcs7(ctype: &str, subtype: Option<&str>, want: &str) -> bool {
+fn is_pkcs7(ctype: &str, subtype: &str, want: &str) -> bool {
     ctype.eq_ignore_ascii_case("application")
-        && subtype.is_some_and(|s| {
-            s.eq_ignore_ascii_case(want) || s.strip_prefix("x-").is_some_and(|s| s.eq_ignore_ascii_case(want))
-        })
+        && (subtype.eq_ignore_ascii_case(want)
+            || subtype.strip_prefix("x-").is_some_and(|s| s.eq_ignore_ascii_case(want)))
 }
 
 /// Finds the signed content and signature, or explains why the message is
 /// unsigned (`Ok(None)`) or unusably signed (`Err(reason)`).
+///
+/// The signed content is the first part of the `multipart/signed` exactly as
+/// [`mime::split_multipart`] cuts it (RFC 1847: the line break before the
+/// next delimiter is not part of the content).
 fn extract(raw: &[u8]) -> Result<Option<Signed<'_>>, String> {
-    let Some(msg) = mime::parse(raw) else {
+    let top = mime::Entity::parse(raw);
+    if !top.has_headers() {
         return Ok(None);
-    };
-    let root = msg.root_part();
-    let Some(ct) = root.content_type() else {
-        return Ok(None);
-    };
-    if is_pkcs7(ct.ctype(), ct.subtype(), "pkcs7-mime") {
-        let signature = mime::transfer_decoded(&msg, root).into_owned();
+    }
+    let (ctype, subtype) = top.mime_type();
+    if is_pkcs7(&ctype, &subtype, "pkcs7-mime") {
+        let signature = top.decoded().into_owned();
         return Ok(Some(Signed::Opaque { signature }));
     }
-    if !(ct.ctype().eq_ignore_ascii_case("multipart") && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("signed")))
-    {
+    if !(ctype == "multipart" && subtype == "signed") {
         return Ok(None);
     }
-    if let Some(protocol) = ct.attribute("protocol") {
+    if let Some(protocol) = top.content_type_param("protocol") {
         let (ptype, psub) = protocol.split_once('/').unwrap_or((protocol, ""));
-        if !is_pkcs7(ptype.trim(), Some(psub.trim()), "pkcs7-signature") {
+        if !is_pkcs7(ptype.trim(), psub.trim(), "pkcs7-signature") {
             return Err(format!("multipart/signed with unsupported protocol {protocol:?}"));
         }
     }
-    let boundary = ct
-        .attribute("boundary")
+    let boundary = top
+        .content_type_param("boundary")
         .ok_or("multipart/signed without a boundary parameter")?;
-    let content = signed_content(raw, root.offset_body as usize, boundary)
-        .ok_or("multipart/signed whose first part cannot be delimited")?;
-    let PartType::Multipart(ids) = &root.body else {
-        return Err("multipart/signed without parts".into());
+    let parts = mime::split_multipart(top.body, boundary);
+    let (Some(content), Some(sig_raw)) = (parts.first(), parts.get(1)) else {
+        return Err("multipart/signed without both a content and a signature part".into());
     };
-    let sig_part = ids
-        .get(1)
-        .and_then(|&id| msg.parts.get(id as usize))
-        .ok_or("multipart/signed without a signature part")?;
-    let is_sig = sig_part
-        .content_type()
-        .is_some_and(|ct| is_pkcs7(ct.ctype(), ct.subtype(), "pkcs7-signature"));
-    if !is_sig {
+    let sig_part = mime::Entity::parse(sig_raw);
+    let (sig_type, sig_subtype) = sig_part.mime_type();
+    if !is_pkcs7(&sig_type, &sig_subtype, "pkcs7-signature") {
         return Err("second part of multipart/signed is not application/pkcs7-signature".into());
     }
-    let signature = mime::transfer_decoded(&msg, sig_part).into_owned();
     Ok(Some(Signed::Detached {
         content: to_crlf(content),
-        signature,
+        signature: sig_part.decoded().into_owned(),
     }))
-}
-
-/// The bytes of the first body part of a multipart body starting at
-/// `body_start`: from after the first delimiter line up to (excluding) the
-/// line break before the next delimiter, as RFC 2046 §5.1.1 defines it.
-fn signed_content<'a>(raw: &'a [u8], body_start: usize, boundary: &str) -> Option<&'a [u8]> {
-    let delimiter = format!("--{boundary}");
-    let mut start = None;
-    let mut pos = body_start.min(raw.len());
-    while pos < raw.len() {
-        let line_end = raw[pos..].iter().position(|&b| b == b'\n').map_or(raw.len(), |i| pos + i);
-        let line = &raw[pos..line_end];
-        let is_delimiter = line.strip_prefix(delimiter.as_bytes()).is_some_and(|rest| {
-            let rest = rest.strip_prefix(b"--").unwrap_or(rest);
-            rest.iter().all(|b| b.is_ascii_whitespace())
-        });
-        if is_delimiter {
-            match start {
-                None => start = Some((line_end + 1).min(raw.len())),
-                Some(s) => {
-                    let mut end = pos;
-                    if end > s && raw[end - 1] == b'\n' {
-                        end -= 1;
-                        if end > s && raw[end - 1] == b'\r' {
-                            end -= 1;
-                        }
-                    }
-                    return raw.get(s..end);
-                }
-            }
-        }
-        pos = line_end + 1;
-    }
-    None
 }
 
 /// Canonical form of signed text: every bare LF becomes CRLF.
@@ -381,12 +339,5 @@ mod tests {
         assert_eq!(&*to_crlf(b"a\r\nb"), b"a\r\nb");
         assert_eq!(&*to_crlf(b"a\nb\n"), b"a\r\nb\r\n");
         assert_eq!(&*to_crlf(b"\na\r\n"), b"\r\na\r\n");
-    }
-
-    #[test]
-    fn first_part_delimited() {
-        let raw = b"H: v\r\n\r\npre\r\n--b\r\nX: 1\r\n\r\nbody\r\n--b\r\nsig\r\n--b--\r\n";
-        assert_eq!(signed_content(raw, 8, "b"), Some(&b"X: 1\r\n\r\nbody"[..]));
-        assert_eq!(signed_content(raw, 8, "c"), None);
     }
 }
