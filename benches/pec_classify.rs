@@ -3,26 +3,15 @@
 //! least 20,000 messages per second on one core: a provider mailbox sync of
 //! a few hundred thousand messages should classify in seconds.
 
+#[path = "../tests/pec_common/mod.rs"]
+mod pec_common;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use pec_common::{sample, SAMPLES};
 use pecgate::pec::{classify, Daticert};
 
-const SAMPLES: [&str; 8] = [
-    "01-posta-certificata.eml",
-    "02-accettazione.eml",
-    "03-avvenuta-consegna-completa.eml",
-    "04-avvenuta-consegna-sintetica.eml",
-    "05-errore-consegna.eml",
-    "06-preavviso-errore-consegna.eml",
-    "07-non-accettazione.eml",
-    "08-anomalia.eml",
-];
-
 fn load() -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pec");
-    SAMPLES
-        .iter()
-        .map(|name| std::fs::read(dir.join(name)).expect("fixture"))
-        .collect()
+    SAMPLES.iter().map(|name| sample(name)).collect()
 }
 
 fn bench(c: &mut Criterion) {

@@ -32,7 +32,12 @@ use super::{normalize_address, normalize_message_id};
 pub const DEFAULT_OVERDUE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Something that happened to a sent message.
+///
+/// Events are built one at a time and applied at once, never stored in bulk,
+/// so the size of the `Receipt` variant does not matter and boxing it would
+/// only complicate every caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// Our own copy of the sent message was seen (Sent folder or SMTP
     /// submission). May arrive after the receipts, or never.
