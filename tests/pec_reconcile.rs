@@ -200,6 +200,52 @@ fn unroutable_events_leave_the_state_unchanged() {
     assert_eq!(s, before);
 }
 
+/// A sample receipt turned into another kind (daticert and header agree).
+fn as_kind(name: &str, kind: PecKind, consegna: Option<&str>) -> Classification {
+    let mut c = classify(&sample(name));
+    c.kind = kind;
+    if let Some(d) = c.daticert.as_mut() {
+        d.tipo = kind.as_str().to_string();
+        d.consegna = consegna.map(str::to_string);
+    }
+    c
+}
+
+#[test]
+fn virus_taking_charge_and_unattributed_receipts() {
+    let mut s = fold(&[submitted(0)]);
+    // Taking charge implies acceptance.
+    s.apply(&Event::Receipt(as_kind("02-accettazione.eml", PecKind::PresaInCarico, None), at(1)))
+        .unwrap();
+    assert_eq!(s.overall(), Overall::Accepted);
+    // A virus notice about one recipient is a failure for that recipient.
+    s.apply(&Event::Receipt(as_kind("05-errore-consegna.eml", PecKind::RilevazioneVirus, Some(CERT_A)), at(2)))
+        .unwrap();
+    assert_eq!(s.statuses(at(3))[CERT_A], RecipientStatus::DeliveryFailed);
+    // An error naming no recipient cannot be pinned on one, but still fails
+    // the message.
+    let mut t = fold(&[submitted(0), receipt("02-accettazione.eml", 1)]);
+    t.apply(&Event::Receipt(as_kind("05-errore-consegna.eml", PecKind::ErroreConsegna, None), at(2)))
+        .unwrap();
+    assert!(t.unattributed.contains_key("errore-consegna"));
+    assert!(t.keywords(at(3)).contains(&"$PecFailed"));
+    assert_eq!(t.statuses(at(3))[CERT_A], RecipientStatus::Pending);
+}
+
+#[test]
+fn contradictory_evidence_is_kept_and_reported() {
+    let mut s = fold(&[
+        receipt("02-accettazione.eml", 1),
+        receipt("04-avvenuta-consegna-sintetica.eml", 2),
+        receipt("05-errore-consegna.eml", 3),
+    ]);
+    // Delivery is the legal proof: it wins, and the conflict is reported.
+    assert_eq!(s.statuses(at(4))[CERT_B], RecipientStatus::Delivered);
+    assert_eq!(s.conflicts(), vec![format!("{CERT_B}: both a delivery receipt and a non-delivery notice")]);
+    s.apply(&receipt("07-non-accettazione.eml", 5)).unwrap();
+    assert!(s.conflicts().iter().any(|c| c.contains("acceptance and a non-acceptance")));
+}
+
 #[test]
 fn key_is_normalised() {
     let s = SentMessage::new(" 20261125101455.ABC123@client.comune.example.it ");
