@@ -8,6 +8,8 @@
 //!   (content-addressed raw messages), the journal (hash-chained records),
 //!   the sled index derived from the journal.
 //! * [`audit`]: checking and reading the audit chain.
+//! * [`pec`]: pure functions over PEC messages: classification, daticert.xml,
+//!   unwrapping, signature check, receipt reconciliation. No I/O.
 //! * [`upstream`]: one task per PEC mailbox pulling messages from the
 //!   provider over IMAP into the archive, then offloading them.
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod pec;
 pub mod store;
 pub mod tls;
 pub mod upstream;

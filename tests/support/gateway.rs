@@ -19,6 +19,7 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
+    started_at: chrono::DateTime<chrono::Utc>,
     /// Extra configuration after `[store]` (mailboxes, upstream, …).
     body: String,
 }
@@ -44,6 +45,7 @@ impl Gateway {
             data_dir,
             dir,
             child: None,
+            started_at: chrono::Utc::now(),
             body: body.to_string(),
         };
         g.write_config(body);
@@ -61,6 +63,7 @@ impl Gateway {
         assert!(self.child.is_none(), "gateway already running");
         // A stale status.json from an earlier run must not satisfy waits.
         let _ = fs::remove_file(self.data_dir.join("status.json"));
+        self.started_at = chrono::Utc::now();
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
         let child = Command::new(pecgate_bin())
             .args(["serve", "--config"])
@@ -152,9 +155,9 @@ impl Gateway {
         }
     }
 
-    /// Wait until a sync pass of `alias` completed after this call.
+    /// Wait until a sync pass of `alias` completed since the last start.
     pub fn wait_pass(&mut self, alias: &str, timeout: Duration) -> Value {
-        let since = chrono::Utc::now();
+        let since = self.started_at;
         self.wait_mailbox(alias, timeout, "a completed sync pass", |s| {
             s["last_success"]
                 .as_str()
