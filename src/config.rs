@@ -118,6 +118,11 @@ pub struct MailboxConfig {
     /// Provider folders to pull.
     #[serde(default = "default_folders")]
     pub folders: Vec<String>,
+    /// The provider folder holding messages sent from the provider's
+    /// webmail (e.g. "Sent" or "Posta inviata"). Messages pulled from it
+    /// are filed in `Sent` and reconciled with their receipts. It must also
+    /// be listed in `folders`.
+    pub sent_folder: Option<String>,
     #[serde(default)]
     pub offload: Offload,
     /// How often to look for new mail when the provider has no IDLE. One
@@ -340,6 +345,11 @@ impl Config {
             if let Some(ca) = &m.ca_file {
                 if let Err(e) = std::fs::read(ca) {
                     push(k("ca_file"), format!("cannot read {}: {e}", ca.display()));
+                }
+            }
+            if let Some(sf) = &m.sent_folder {
+                if !m.folders.contains(sf) {
+                    push(k("sent_folder"), format!("{sf:?} is not one of the folders pulled (add it to folders)"));
                 }
             }
             if m.folders.is_empty() {

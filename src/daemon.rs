@@ -60,6 +60,15 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow:
         max_backoff: cfg.upstream.max_backoff,
         ..SyncOptions::default()
     };
+    let trust = match &cfg.pec.trust_store {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("pec.trust_store {}", path.display()))?;
+            let ts = crate::pec::signature::TrustStore::from_pem(&pem)
+                .with_context(|| format!("pec.trust_store {}", path.display()))?;
+            Some(std::sync::Arc::new(ts))
+        }
+        None => None,
+    };
     for m in &cfg.mailboxes {
         let tls = crate::tls::client_config(m.ca_file.as_deref())
             .with_context(|| format!("mailbox {}: TLS trust", m.alias))?;
@@ -70,6 +79,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow:
             tls,
             opts: opts.clone(),
             shutdown: rx.clone(),
+            trust: trust.clone(),
         };
         tasks.spawn(task.run());
     }

@@ -19,6 +19,7 @@
 //! the provider only. Never neither.
 
 pub mod client;
+pub mod filing;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +108,8 @@ pub struct MailboxTask {
     pub tls: Arc<rustls::ClientConfig>,
     pub opts: SyncOptions,
     pub shutdown: watch::Receiver<bool>,
+    /// Providers' certificates, to check envelope and receipt signatures.
+    pub trust: Option<Arc<crate::pec::signature::TrustStore>>,
 }
 
 /// One provider message as listed by `UID FETCH 1:* (UID RFC822.SIZE)`.
@@ -450,7 +453,10 @@ impl MailboxTask {
         let mut batch = Vec::with_capacity(msgs.len());
         let mut entries = Vec::with_capacity(msgs.len());
         for ((uid, date, raw), blob) in msgs.iter().zip(blobs) {
-            let (folder, message_id, pec) = classify_for_archive(pfolder, raw);
+            let from_sent = self.cfg.sent_folder.as_deref() == Some(pfolder);
+            let filing = filing::file(raw, from_sent, *date, self.trust.as_deref());
+            let (folder, message_id) = (filing.folder, filing.message_id.clone());
+            let pec = serde_json::to_value(&filing.meta).ok();
             entries.push((*uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: *date }));
             batch.push((
                 Audit::system("upstream", "archive").mailbox(&alias).folder(&folder).message_id(message_id),
@@ -642,16 +648,6 @@ pub fn sequence_set(uids: &[u32]) -> Result<SequenceSet, SyncError> {
         i += 1;
     }
     SequenceSet::try_from(parts.join(",").as_str()).map_err(|e| SyncError::Other(format!("UID set: {e:?}")))
-}
-
-/// Which gateway folder a message from provider folder `pfolder` goes to,
-/// its Message-ID, and its PEC metadata.
-fn classify_for_archive(pfolder: &str, raw: &[u8]) -> (String, Option<String>, Option<serde_json::Value>) {
-    let message_id = mail_parser::MessageParser::default()
-        .parse_headers(raw)
-        .and_then(|m| m.message_id().map(|id| format!("<{id}>")));
-    let folder = if pfolder.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { pfolder.to_string() };
-    (folder, message_id, None)
 }
 
 /// ±20 % so that many mailboxes failing together do not retry together.
