@@ -9,9 +9,21 @@ mod imap_support;
 fn imap_abuse_never_kills_the_server() {
     let mut gw = imap_support::start(1, false);
     let (ok, out, err) = gw.python("abuse.py", &[]);
-    assert!(ok, "abuse.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
+    assert!(
+        ok,
+        "abuse.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}",
+        gw.log()
+    );
     assert!(out.contains("all checks passed"), "{out}");
-    assert!(matches!(gw.child.try_wait(), Ok(None)), "the daemon exited: {}", gw.log());
+    assert!(
+        matches!(gw.child.try_wait(), Ok(None)),
+        "the daemon exited: {}",
+        gw.log()
+    );
     gw.stop();
-    assert!(!gw.log().contains("panicked"), "panic in the server log: {}", gw.log());
+    assert!(
+        !gw.log().contains("panicked"),
+        "panic in the server log: {}",
+        gw.log()
+    );
 }

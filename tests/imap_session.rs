@@ -12,7 +12,11 @@ use std::process::Command;
 fn imap_session_end_to_end() {
     let mut gw = imap_support::start(4, false);
     let (ok, out, err) = gw.python("session.py", &[]);
-    assert!(ok, "session.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
+    assert!(
+        ok,
+        "session.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}",
+        gw.log()
+    );
     assert!(out.contains("all checks passed"), "{out}");
     gw.stop();
 
@@ -42,12 +46,16 @@ fn imap_session_end_to_end() {
         ("move", "mario"),
     ] {
         let found = journal.lines().any(|l| {
-            l.contains(&format!("\"op\":\"{op}\"")) && l.contains(&format!("\"actor\":\"{actor}\"")) && l.contains("\"proto\":\"imap\"")
+            l.contains(&format!("\"op\":\"{op}\""))
+                && l.contains(&format!("\"actor\":\"{actor}\""))
+                && l.contains("\"proto\":\"imap\"")
         });
         assert!(found, "no imap {op} record by {actor} in the journal");
     }
     assert!(
-        journal.lines().any(|l| l.contains("\"op\":\"login\"") && l.contains("\"outcome\":\"failed\"")),
+        journal
+            .lines()
+            .any(|l| l.contains("\"op\":\"login\"") && l.contains("\"outcome\":\"failed\"")),
         "failed logins are recorded"
     );
     // The store's own view agrees after a rebuild from the journal.

@@ -43,7 +43,9 @@ pub fn header_end(raw: &[u8]) -> usize {
 
 /// The bytes of BODY[section] of the message `raw`.
 pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
-    let Some(section) = section else { return raw.to_vec() };
+    let Some(section) = section else {
+        return raw.to_vec();
+    };
     let whole = |r: &[u8], s: &Section<'_>| -> Vec<u8> {
         let h = header_end(r);
         match s {
@@ -56,16 +58,27 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     };
     let part = match section {
         Section::Part(p) | Section::Mime(p) => Some(p),
-        Section::Header(p) | Section::Text(p) | Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _) => {
-            p.as_ref()
-        }
+        Section::Header(p)
+        | Section::Text(p)
+        | Section::HeaderFields(p, _)
+        | Section::HeaderFieldsNot(p, _) => p.as_ref(),
     };
-    let Some(part) = part else { return whole(raw, section) };
-    let Some(msg) = parse(raw) else { return Vec::new() };
+    let Some(part) = part else {
+        return whole(raw, section);
+    };
+    let Some(msg) = parse(raw) else {
+        return Vec::new();
+    };
     let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
-    let Some((m, p)) = find_part(&msg, &numbers) else { return Vec::new() };
+    let Some((m, p)) = find_part(&msg, &numbers) else {
+        return Vec::new();
+    };
     let r = m.raw_message();
-    let slice = |a: u32, b: u32| r.get(a as usize..b as usize).map(<[u8]>::to_vec).unwrap_or_default();
+    let slice = |a: u32, b: u32| {
+        r.get(a as usize..b as usize)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    };
     match section {
         Section::Part(_) => slice(p.offset_body, p.offset_end),
         Section::Mime(_) => slice(p.offset_header, p.offset_body),
@@ -79,11 +92,16 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
 
 /// Part `numbers` (1-based, IMAP numbering) of `msg`, with the message whose
 /// `raw_message` its offsets refer to.
-fn find_part<'a, 'x>(msg: &'a Message<'x>, numbers: &[u32]) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
+fn find_part<'a, 'x>(
+    msg: &'a Message<'x>,
+    numbers: &[u32],
+) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
     let (first, rest) = numbers.split_first()?;
     let root = msg.parts.first()?;
     let part = match &root.body {
-        PartType::Multipart(children) => msg.parts.get(*children.get(first.checked_sub(1)? as usize)? as usize)?,
+        PartType::Multipart(children) => msg
+            .parts
+            .get(*children.get(first.checked_sub(1)? as usize)? as usize)?,
         _ if *first == 1 => root,
         _ => return None,
     };
@@ -96,10 +114,14 @@ fn descend<'a, 'x>(
     part: &'a MessagePart<'x>,
     rest: &[u32],
 ) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
-    let Some((n, more)) = rest.split_first() else { return Some((msg, part)) };
+    let Some((n, more)) = rest.split_first() else {
+        return Some((msg, part));
+    };
     match &part.body {
         PartType::Multipart(children) => {
-            let child = msg.parts.get(*children.get(n.checked_sub(1)? as usize)? as usize)?;
+            let child = msg
+                .parts
+                .get(*children.get(n.checked_sub(1)? as usize)? as usize)?;
             descend(msg, child, more)
         }
         PartType::Message(inner) => find_part(inner, rest),
@@ -108,7 +130,10 @@ fn descend<'a, 'x>(
 }
 
 fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
-    let wanted: Vec<Vec<u8>> = names.iter().map(|n| n.as_ref().to_ascii_lowercase()).collect();
+    let wanted: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| n.as_ref().to_ascii_lowercase())
+        .collect();
     let mut out = Vec::new();
     let mut take = false;
     for line in header.split_inclusive(|b| *b == b'\n') {
@@ -116,7 +141,12 @@ fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
             break;
         }
         if !matches!(line.first(), Some(b' ') | Some(b'\t')) {
-            let name = line.split(|b| *b == b':').next().unwrap_or_default().trim_ascii().to_ascii_lowercase();
+            let name = line
+                .split(|b| *b == b':')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+                .to_ascii_lowercase();
             take = wanted.contains(&name) == keep;
         }
         if take {
@@ -188,18 +218,32 @@ fn count_lines(b: &[u8]) -> u32 {
     u32::try_from(b.iter().filter(|c| **c == b'\n').count()).unwrap_or(u32::MAX)
 }
 
-fn part_structure(msg: &Message<'_>, part: &MessagePart<'_>, depth: usize) -> BodyStructure<'static> {
+fn part_structure(
+    msg: &Message<'_>,
+    part: &MessagePart<'_>,
+    depth: usize,
+) -> BodyStructure<'static> {
     let raw = msg.raw_message();
-    let body_bytes = raw.get(part.offset_body as usize..part.offset_end as usize).unwrap_or_default();
+    let body_bytes = raw
+        .get(part.offset_body as usize..part.offset_end as usize)
+        .unwrap_or_default();
     if let (PartType::Multipart(children), true) = (&part.body, depth < 16) {
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
             .filter_map(|c| msg.parts.get(*c as usize))
             .map(|c| part_structure(msg, c, depth + 1))
             .collect();
-        let subtype = part.content_type().and_then(|c| c.subtype()).unwrap_or("mixed").to_string();
+        let subtype = part
+            .content_type()
+            .and_then(|c| c.subtype())
+            .unwrap_or("mixed")
+            .to_string();
         if let Ok(bodies) = Vec1::try_from(bodies) {
-            return BodyStructure::Multi { bodies, subtype: istr(subtype.as_bytes()), extension_data: None };
+            return BodyStructure::Multi {
+                bodies,
+                subtype: istr(subtype.as_bytes()),
+                extension_data: None,
+            };
         }
     }
     let (ctype, csub, params) = match part.content_type() {
@@ -212,13 +256,21 @@ fn part_structure(msg: &Message<'_>, part: &MessagePart<'_>, depth: usize) -> Bo
                 .map(|a| (istr(a.name.as_bytes()), istr(a.value.as_bytes())))
                 .collect(),
         ),
-        None => ("text".to_string(), "plain".to_string(), vec![(istr(b"charset"), istr(b"us-ascii"))]),
+        None => (
+            "text".to_string(),
+            "plain".to_string(),
+            vec![(istr(b"charset"), istr(b"us-ascii"))],
+        ),
     };
     let basic = BasicFields {
         parameter_list: params,
         id: nstr(part.content_id().map(str::as_bytes)),
         description: nstr(part.content_description().map(str::as_bytes)),
-        content_transfer_encoding: istr(part.content_transfer_encoding().unwrap_or("7bit").as_bytes()),
+        content_transfer_encoding: istr(
+            part.content_transfer_encoding()
+                .unwrap_or("7bit")
+                .as_bytes(),
+        ),
         size: u32::try_from(body_bytes.len()).unwrap_or(u32::MAX),
     };
     let specific = match (&part.body, depth < 16) {
@@ -227,12 +279,19 @@ fn part_structure(msg: &Message<'_>, part: &MessagePart<'_>, depth: usize) -> Bo
             body_structure: Box::new(structure_of(inner, depth + 1)),
             number_of_lines: count_lines(body_bytes),
         },
-        _ if ctype.eq_ignore_ascii_case("text") => {
-            SpecificFields::Text { subtype: istr(csub.as_bytes()), number_of_lines: count_lines(body_bytes) }
-        }
-        _ => SpecificFields::Basic { r#type: istr(ctype.as_bytes()), subtype: istr(csub.as_bytes()) },
+        _ if ctype.eq_ignore_ascii_case("text") => SpecificFields::Text {
+            subtype: istr(csub.as_bytes()),
+            number_of_lines: count_lines(body_bytes),
+        },
+        _ => SpecificFields::Basic {
+            r#type: istr(ctype.as_bytes()),
+            subtype: istr(csub.as_bytes()),
+        },
     };
-    BodyStructure::Single { body: Body { basic, specific }, extension_data: None }
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data: None,
+    }
 }
 
 fn structure_of(msg: &Message<'_>, depth: usize) -> BodyStructure<'static> {
@@ -253,7 +312,10 @@ fn fallback_structure(raw: &[u8]) -> BodyStructure<'static> {
                 content_transfer_encoding: istr(b"7bit"),
                 size: u32::try_from(body.len()).unwrap_or(u32::MAX),
             },
-            specific: SpecificFields::Text { subtype: istr(b"plain"), number_of_lines: count_lines(body) },
+            specific: SpecificFields::Text {
+                subtype: istr(b"plain"),
+                number_of_lines: count_lines(body),
+            },
         },
         extension_data: None,
     }
@@ -280,7 +342,9 @@ pub fn partial(bytes: Vec<u8>, partial: Option<(u32, NonZeroU32)>) -> Vec<u8> {
 
 /// A body as an NString literal (exact bytes).
 pub fn literal(bytes: Vec<u8>) -> NString<'static> {
-    NString(Some(IString::Literal(Literal::unvalidated(Cow::Owned(bytes)))))
+    NString(Some(IString::Literal(Literal::unvalidated(Cow::Owned(
+        bytes,
+    )))))
 }
 
 #[cfg(test)]
@@ -301,13 +365,24 @@ mod tests {
         assert_eq!(section(MIXED, Some(&Section::Part(p2))), b"<x/>");
         let p9 = Part(Vec1::from(NonZeroU32::new(9).unwrap()));
         assert!(section(MIXED, Some(&Section::Part(p9))).is_empty());
-        let f = section(MIXED, Some(&Section::HeaderFields(None, Vec1::from(AString::try_from("subject").unwrap()))));
+        let f = section(
+            MIXED,
+            Some(&Section::HeaderFields(
+                None,
+                Vec1::from(AString::try_from("subject").unwrap()),
+            )),
+        );
         assert_eq!(f, b"Subject: hi\r\n\r\n");
     }
 
     #[test]
     fn garbage_does_not_panic() {
-        for raw in [&b""[..], b"\r\n", b"Content-Type: multipart/mixed\r\n\r\n--", b"\xff\xfe\x00"] {
+        for raw in [
+            &b""[..],
+            b"\r\n",
+            b"Content-Type: multipart/mixed\r\n\r\n--",
+            b"\xff\xfe\x00",
+        ] {
             let m = parse(raw);
             let _ = body_structure(raw, m.as_ref());
             let _ = envelope(m.as_ref());

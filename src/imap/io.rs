@@ -40,7 +40,13 @@ pub struct Io {
 
 impl Io {
     pub fn new(stream: Stream, server: Server) -> Io {
-        Io { stream, server, pending: VecDeque::new(), outstanding: 0, last: None }
+        Io {
+            stream,
+            server,
+            pending: VecDeque::new(),
+            outstanding: 0,
+            last: None,
+        }
     }
 
     pub fn data(&mut self, d: Data<'static>) {
@@ -90,7 +96,10 @@ impl Io {
             }
         }
         self.outstanding = 0;
-        self.stream.flush().await.map_err(|e| IoError::Stream(e.to_string()))
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| IoError::Stream(e.to_string()))
     }
 
     /// Drain if a window's worth of responses is waiting.

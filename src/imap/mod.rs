@@ -36,7 +36,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum ImapError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// What every session shares.
@@ -64,7 +67,10 @@ impl Ctx {
             return None;
         }
         *n += 1;
-        Some(SessionGuard { ctx: self.clone(), user: user.to_string() })
+        Some(SessionGuard {
+            ctx: self.clone(),
+            user: user.to_string(),
+        })
     }
 }
 
@@ -83,7 +89,10 @@ impl Drop for SessionGuard {
 
 /// Bind every configured listener (failing if one cannot be bound) and
 /// serve them until `shutdown` turns true. Sessions get BYE on shutdown.
-pub async fn start(ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) -> Result<JoinSet<()>, ImapError> {
+pub async fn start(
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinSet<()>, ImapError> {
     let mut tasks = JoinSet::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let addrs = ctx
@@ -93,9 +102,20 @@ pub async fn start(ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) -> Result<Joi
         .map(|a| (a.clone(), true))
         .chain(ctx.cfg.listen_starttls.iter().map(|a| (a.clone(), false)));
     for (addr, implicit) in addrs {
-        let listener = TcpListener::bind(&addr).await.map_err(|source| ImapError::Bind { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ImapError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
         tracing::info!(%addr, implicit_tls = implicit, "IMAP listening");
-        tasks.spawn(accept_loop(listener, implicit, ctx.clone(), limit.clone(), shutdown.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            implicit,
+            ctx.clone(),
+            limit.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(tasks)
 }
@@ -138,7 +158,10 @@ async fn accept_loop(
     }
     // Sessions see the same shutdown signal and say BYE; give them a moment.
     let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         sessions.abort_all();
     }
 }

@@ -77,17 +77,31 @@ fn date_of(d: &DateTime<Utc>) -> NaiveDate {
 
 /// Evaluate `key` for one message; `raw` is the message when
 /// [`needs_body`] said so.
-pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, raw: Option<&[u8]>, flags_lc: &[String]) -> bool {
+pub fn matches(
+    key: &SearchKey<'_>,
+    c: &Candidate<'_>,
+    raw: Option<&[u8]>,
+    flags_lc: &[String],
+) -> bool {
     let has = |f: &str| flags_lc.iter().any(|x| x.eq_ignore_ascii_case(f));
     let header = |name: &str, needle: &[u8]| -> bool {
         let Some(raw) = raw else { return false };
-        let Some(m) = fetch::parse(raw) else { return false };
-        m.headers().iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(name)).any(|h| {
-            let r = raw.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
-            contains(r, needle)
-                || h.value.as_text().is_some_and(|t| contains(t.as_bytes(), needle))
-                || addr_contains(&h.value, needle)
-        })
+        let Some(m) = fetch::parse(raw) else {
+            return false;
+        };
+        m.headers()
+            .iter()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .any(|h| {
+                let r = raw
+                    .get(h.offset_start as usize..h.offset_end as usize)
+                    .unwrap_or_default();
+                contains(r, needle)
+                    || h.value
+                        .as_text()
+                        .is_some_and(|t| contains(t.as_bytes(), needle))
+                    || addr_contains(&h.value, needle)
+            })
     };
     let body = |needle: &[u8], with_header: bool| -> bool {
         let Some(raw) = raw else { return false };
@@ -96,13 +110,19 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, raw: Option<&[u8]>, flags
         if contains(scope, needle) {
             return true;
         }
-        let Some(m) = fetch::parse(raw) else { return false };
-        (0..m.text_body_count()).any(|i| m.body_text(i).is_some_and(|t| contains(t.as_bytes(), needle)))
-            || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
+        let Some(m) = fetch::parse(raw) else {
+            return false;
+        };
+        (0..m.text_body_count()).any(|i| {
+            m.body_text(i)
+                .is_some_and(|t| contains(t.as_bytes(), needle))
+        }) || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
     };
-    let sent = || raw.and_then(fetch::parse).and_then(|m| m.date().map(|d| d.to_timestamp())).and_then(|t| {
-        DateTime::<Utc>::from_timestamp(t, 0).map(|d| d.date_naive())
-    });
+    let sent = || {
+        raw.and_then(fetch::parse)
+            .and_then(|m| m.date().map(|d| d.to_timestamp()))
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0).map(|d| d.date_naive()))
+    };
     match key {
         SearchKey::And(ks) => ks.as_ref().iter().all(|k| matches(k, c, raw, flags_lc)),
         SearchKey::Or(a, b) => matches(a, c, raw, flags_lc) || matches(b, c, raw, flags_lc),
@@ -138,9 +158,7 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, raw: Option<&[u8]>, flags
         SearchKey::Cc(s) => header("Cc", s.as_ref()),
         SearchKey::Bcc(s) => header("Bcc", s.as_ref()),
         SearchKey::Subject(s) => header("Subject", s.as_ref()),
-        SearchKey::Header(name, v) => {
-            header(&String::from_utf8_lossy(name.as_ref()), v.as_ref())
-        }
+        SearchKey::Header(name, v) => header(&String::from_utf8_lossy(name.as_ref()), v.as_ref()),
         SearchKey::Body(s) => body(s.as_ref(), false),
         SearchKey::Text(s) => body(s.as_ref(), true),
         SearchKey::ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
@@ -150,8 +168,12 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, raw: Option<&[u8]>, flags
 fn addr_contains(v: &mail_parser::HeaderValue<'_>, needle: &[u8]) -> bool {
     match v.as_address() {
         Some(a) => a.iter().any(|x| {
-            x.name.as_deref().is_some_and(|n| contains(n.as_bytes(), needle))
-                || x.address.as_deref().is_some_and(|n| contains(n.as_bytes(), needle))
+            x.name
+                .as_deref()
+                .is_some_and(|n| contains(n.as_bytes(), needle))
+                || x.address
+                    .as_deref()
+                    .is_some_and(|n| contains(n.as_bytes(), needle))
         }),
         None => false,
     }

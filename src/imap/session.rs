@@ -18,12 +18,16 @@ use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{AString, Atom, IString, QuotedChar, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_next::imap_types::extensions::namespace::Namespace;
-use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
-use imap_next::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
+use imap_next::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
+};
+use imap_next::imap_types::flag::{
+    Flag, FlagFetch, FlagNameAttribute, FlagPerm, StoreResponse, StoreType,
+};
 use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_next::imap_types::response::{
-    Bye, Capability, Code, CodeOther, CommandContinuationRequest, Data, Greeting, Status, StatusBody, StatusKind,
-    Tagged,
+    Bye, Capability, Code, CodeOther, CommandContinuationRequest, Data, Greeting, Status,
+    StatusBody, StatusKind, Tagged,
 };
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
@@ -84,8 +88,20 @@ fn text(s: impl Into<String>) -> Text<'static> {
     Text::try_from(s).unwrap_or_else(|_| Text::unvalidated("error"))
 }
 
-fn tagged(tag: Tag<'static>, kind: StatusKind, code: Option<Code<'static>>, t: &str) -> Status<'static> {
-    Status::Tagged(Tagged { tag, body: StatusBody { kind, code, text: text(t) } })
+fn tagged(
+    tag: Tag<'static>,
+    kind: StatusKind,
+    code: Option<Code<'static>>,
+    t: &str,
+) -> Status<'static> {
+    Status::Tagged(Tagged {
+        tag,
+        body: StatusBody {
+            kind,
+            code,
+            text: text(t),
+        },
+    })
 }
 
 fn ok(tag: Tag<'static>, t: &str) -> Status<'static> {
@@ -110,15 +126,27 @@ fn noperm(tag: Tag<'static>, t: &str) -> Status<'static> {
 
 fn serverbug(tag: Tag<'static>, e: &dyn std::fmt::Display) -> Status<'static> {
     tracing::error!(error = %e, "IMAP command failed on the server side");
-    tagged(tag, StatusKind::No, Some(other_code("SERVERBUG")), "internal error; the administrator can see the log")
+    tagged(
+        tag,
+        StatusKind::No,
+        Some(other_code("SERVERBUG")),
+        "internal error; the administrator can see the log",
+    )
 }
 
 fn untagged(kind: StatusKind, code: Option<Code<'static>>, t: &str) -> Status<'static> {
-    Status::Untagged(StatusBody { kind, code, text: text(t) })
+    Status::Untagged(StatusBody {
+        kind,
+        code,
+        text: text(t),
+    })
 }
 
 fn bye(t: &str) -> Status<'static> {
-    Status::Bye(Bye { code: None, text: text(t) })
+    Status::Bye(Bye {
+        code: None,
+        text: text(t),
+    })
 }
 
 fn cap(s: &'static str) -> Capability<'static> {
@@ -154,7 +182,13 @@ fn server_options(ctx: &Ctx) -> Options {
 
 /// Serve one connection to the end. Never panics on client input; errors
 /// end the session and are logged here.
-pub async fn run(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit: bool,
+    shutdown: watch::Receiver<bool>,
+) {
     let stream = if implicit {
         match handshake(&ctx, tcp).await {
             Some(s) => s,
@@ -175,18 +209,27 @@ pub async fn run(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool
         bad: 0,
     };
     let caps = s.capabilities();
-    let greeting = Greeting { kind: imap_next::imap_types::response::GreetingKind::Ok, code: Vec1::try_from(caps).ok().map(Code::Capability), text: text("pecgate IMAP ready") };
+    let greeting = Greeting {
+        kind: imap_next::imap_types::response::GreetingKind::Ok,
+        code: Vec1::try_from(caps).ok().map(Code::Capability),
+        text: text("pecgate IMAP ready"),
+    };
     let mut io = Io::new(stream, Server::new(server_options(&ctx), greeting));
     loop {
         match s.serve(&mut io, shutdown.clone()).await {
             Ok(Flow::StartTls) => {
                 let _ = io.drain().await;
                 let tcp = TcpStream::from(io.stream);
-                let Some(stream) = handshake(&ctx, tcp).await else { break };
+                let Some(stream) = handshake(&ctx, tcp).await else {
+                    break;
+                };
                 s.tls = true;
                 // A fresh protocol state after STARTTLS: anything the client
                 // pipelined in clear is discarded (no command injection).
-                let mut server = Server::new(server_options(&ctx), Greeting::ok(None, "unused").unwrap_or_else(|_| unreachable_greeting()));
+                let mut server = Server::new(
+                    server_options(&ctx),
+                    Greeting::ok(None, "unused").unwrap_or_else(|_| unreachable_greeting()),
+                );
                 // The greeting is not sent again after STARTTLS: consume it.
                 discard_greeting(&mut server);
                 io = Io::new(stream, server);
@@ -199,12 +242,22 @@ pub async fn run(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool
         }
     }
     if let Some((view, _)) = &s.user {
-        s.audit_only(Audit::user(&view.user.name, Some(peer.to_string()), "imap", "logout")).await;
+        s.audit_only(Audit::user(
+            &view.user.name,
+            Some(peer.to_string()),
+            "imap",
+            "logout",
+        ))
+        .await;
     }
 }
 
 fn unreachable_greeting() -> Greeting<'static> {
-    Greeting { kind: imap_next::imap_types::response::GreetingKind::Ok, code: None, text: Text::unvalidated("ready") }
+    Greeting {
+        kind: imap_next::imap_types::response::GreetingKind::Ok,
+        code: None,
+        text: Text::unvalidated("ready"),
+    }
 }
 
 fn discard_greeting(server: &mut Server) {
@@ -256,7 +309,11 @@ impl Session {
     }
 
     fn capabilities(&self) -> Vec<Capability<'static>> {
-        let mut c = vec![Capability::Imap4Rev1, Capability::LiteralPlus, Capability::SaslIr];
+        let mut c = vec![
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::SaslIr,
+        ];
         if self.user.is_none() {
             if self.may_login() {
                 c.push(Capability::Auth(AuthMechanism::Plain));
@@ -286,7 +343,11 @@ impl Session {
     }
 
     fn audit(&self, op: &str) -> Audit {
-        let name = self.user.as_ref().map(|(v, _)| v.user.name.clone()).unwrap_or_else(|| "anonymous".into());
+        let name = self
+            .user
+            .as_ref()
+            .map(|(v, _)| v.user.name.clone())
+            .unwrap_or_else(|| "anonymous".into());
         Audit::user(&name, self.source(), "imap", op)
     }
 
@@ -302,10 +363,32 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, io: &mut Io, mut shutdown: watch::Receiver<bool>) -> Result<Flow, SessionError> {
+    /// Commit one change with its audit record (actor, source, mailbox,
+    /// folder, UIDs).
+    async fn record(
+        &self,
+        op: &str,
+        mailbox: &str,
+        folder: &str,
+        uids: Vec<u32>,
+        change: Change,
+    ) -> Result<(), crate::store::StoreError> {
+        let a = self.audit(op).mailbox(mailbox).folder(folder).uids(uids);
+        self.ctx.store.commit(a, change).await.map(|_| ())
+    }
+
+    async fn serve(
+        &mut self,
+        io: &mut Io,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Flow, SessionError> {
         let mut notices = self.ctx.store.subscribe();
         loop {
-            let limit = if self.user.is_some() { self.ctx.cfg.idle_timeout } else { PREAUTH_TIMEOUT };
+            let limit = if self.user.is_some() {
+                self.ctx.cfg.idle_timeout
+            } else {
+                PREAUTH_TIMEOUT
+            };
             enum Got {
                 Ev(super::io::Next),
                 Notice(Result<Notice, broadcast::error::RecvError>),
@@ -336,7 +419,8 @@ impl Session {
                 Got::Notice(n) => {
                     let relevant = match (&n, &self.selected) {
                         (Ok(n), Some(sel)) => {
-                            n.mailbox == sel.folder.mailbox && Some(n.folder.as_str()) == sel.folder.store_folder
+                            n.mailbox == sel.folder.mailbox
+                                && Some(n.folder.as_str()) == sel.folder.store_folder
                         }
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
                         _ => false,
@@ -363,7 +447,9 @@ impl Session {
                         let msg = match e {
                             ServerError::LiteralTooLong { .. } => None,
                             ServerError::CommandTooLong { .. } => Some("command too long"),
-                            ServerError::ExpectedCrlfGotLf { .. } => Some("lines must end with CRLF"),
+                            ServerError::ExpectedCrlfGotLf { .. } => {
+                                Some("lines must end with CRLF")
+                            }
                             ServerError::MalformedMessage { .. } => Some("malformed command"),
                         };
                         if let Some(m) = msg {
@@ -386,21 +472,35 @@ impl Session {
         match event {
             Event::GreetingSent { .. } | Event::ResponseSent { .. } => Ok(Flow::Continue),
             Event::CommandReceived { command } => self.command(io, command).await,
-            Event::CommandAuthenticateReceived { command_authenticate: ca } => {
+            Event::CommandAuthenticateReceived {
+                command_authenticate: ca,
+            } => {
                 let tag = ca.tag;
                 let st = if self.user.is_some() {
                     Some(bad(tag, "already authenticated"))
                 } else if !self.may_login() {
-                    Some(tagged(tag, StatusKind::No, Some(other_code("PRIVACYREQUIRED")), "use TLS first"))
+                    Some(tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("PRIVACYREQUIRED")),
+                        "use TLS first",
+                    ))
                 } else if ca.mechanism != AuthMechanism::Plain {
                     Some(no(tag, "only AUTHENTICATE PLAIN is supported"))
                 } else if let Some(ir) = ca.initial_response {
                     Some(self.plain(tag, ir.declassify()).await)
                 } else {
                     self.auth_tag = Some(tag);
-                    match io.server.authenticate_continue(CommandContinuationRequest::base64(Vec::<u8>::new())) {
+                    match io
+                        .server
+                        .authenticate_continue(CommandContinuationRequest::base64(Vec::<u8>::new()))
+                    {
                         Ok(h) => io.note_handle(h),
-                        Err(_) => return Err(SessionError::Io(IoError::Stream("authenticate state".into()))),
+                        Err(_) => {
+                            return Err(SessionError::Io(IoError::Stream(
+                                "authenticate state".into(),
+                            )))
+                        }
                     }
                     None
                 };
@@ -412,7 +512,10 @@ impl Session {
                 Ok(Flow::Continue)
             }
             Event::AuthenticateDataReceived { authenticate_data } => {
-                let tag = self.auth_tag.take().unwrap_or_else(|| Tag::unvalidated("*"));
+                let tag = self
+                    .auth_tag
+                    .take()
+                    .unwrap_or_else(|| Tag::unvalidated("*"));
                 let st = match authenticate_data {
                     AuthenticateData::Cancel => bad(tag, "authentication cancelled"),
                     AuthenticateData::Continue(data) => self.plain(tag, data.declassify()).await,
@@ -450,30 +553,64 @@ impl Session {
     /// SASL PLAIN: `authzid NUL authcid NUL password`.
     async fn plain(&mut self, tag: Tag<'static>, data: &[u8]) -> Status<'static> {
         let parts: Vec<&[u8]> = data.split(|b| *b == 0).collect();
-        let [authz, authc, pw] = parts.as_slice() else { return bad(tag, "malformed PLAIN response") };
+        let [authz, authc, pw] = parts.as_slice() else {
+            return bad(tag, "malformed PLAIN response");
+        };
         if !authz.is_empty() && authz != authc {
-            return no(tag, "[AUTHENTICATIONFAILED] authorization identity not allowed");
+            return no(
+                tag,
+                "[AUTHENTICATIONFAILED] authorization identity not allowed",
+            );
         }
         let (Ok(user), Ok(pw)) = (std::str::from_utf8(authc), std::str::from_utf8(pw)) else {
-            return tagged(tag, StatusKind::No, Some(other_code("AUTHENTICATIONFAILED")), "authentication failed");
+            return tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("AUTHENTICATIONFAILED")),
+                "authentication failed",
+            );
         };
         self.login(tag, user.to_string(), pw.to_string()).await
     }
 
-    async fn login(&mut self, tag: Tag<'static>, name: String, password: String) -> Status<'static> {
-        let failed = || tagged(tag.clone(), StatusKind::No, Some(other_code("AUTHENTICATIONFAILED")), "authentication failed");
+    async fn login(
+        &mut self,
+        tag: Tag<'static>,
+        name: String,
+        password: String,
+    ) -> Status<'static> {
+        let failed = || {
+            tagged(
+                tag.clone(),
+                StatusKind::No,
+                Some(other_code("AUTHENTICATIONFAILED")),
+                "authentication failed",
+            )
+        };
         match self.ctx.auth.login(&name, &password, self.peer.ip()).await {
             Ok(user) => {
                 let Some(guard) = self.ctx.acquire(&user.name) else {
-                    return tagged(tag, StatusKind::No, Some(other_code("LIMIT")), "too many sessions for this user");
+                    return tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("LIMIT")),
+                        "too many sessions for this user",
+                    );
                 };
                 let a = Audit::user(&user.name, self.source(), "imap", "login");
                 self.user = Some((View::new(user, self.ctx.store.clone()), guard));
                 if !self.audit_only(a).await {
                     self.user = None;
-                    return tagged(tag, StatusKind::No, Some(other_code("UNAVAILABLE")), "the archive refuses writes");
+                    return tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("UNAVAILABLE")),
+                        "the archive refuses writes",
+                    );
                 }
-                let caps = Vec1::try_from(self.capabilities()).ok().map(Code::Capability);
+                let caps = Vec1::try_from(self.capabilities())
+                    .ok()
+                    .map(Code::Capability);
                 tagged(tag, StatusKind::Ok, caps, "logged in")
             }
             Err(e) => {
@@ -482,7 +619,10 @@ impl Session {
                     crate::auth::AuthError::Rejected => "failed".to_string(),
                     other => other.to_string(),
                 };
-                self.audit_only(Audit::user(&shown, self.source(), "imap", "login").outcome(reason)).await;
+                self.audit_only(
+                    Audit::user(&shown, self.source(), "imap", "login").outcome(reason),
+                )
+                .await;
                 failed()
             }
         }
@@ -499,23 +639,31 @@ impl Session {
                     io.data(Data::Capability(c));
                 }
                 io.status(ok(tag, "CAPABILITY done"));
-                return Ok(Flow::Continue);
+                Ok(Flow::Continue)
             }
             CommandBody::Noop | CommandBody::Check => {
                 self.refresh(io, true, &HashSet::new());
                 io.status(ok(tag, "done"));
-                return Ok(Flow::Continue);
+                Ok(Flow::Continue)
             }
             CommandBody::Logout => {
                 io.status(bye("logging out"));
                 io.status(ok(tag, "LOGOUT done"));
-                return Ok(Flow::Logout);
+                Ok(Flow::Logout)
             }
             CommandBody::Id { .. } => {
-                let params = vec![(istr("name"), fetch::nstr(Some(b"pecgate"))), (istr("version"), fetch::nstr(Some(env!("CARGO_PKG_VERSION").as_bytes())))];
-                io.data(Data::Id { parameters: Some(params) });
+                let params = vec![
+                    (istr("name"), fetch::nstr(Some(b"pecgate"))),
+                    (
+                        istr("version"),
+                        fetch::nstr(Some(env!("CARGO_PKG_VERSION").as_bytes())),
+                    ),
+                ];
+                io.data(Data::Id {
+                    parameters: Some(params),
+                });
                 io.status(ok(tag, "ID done"));
-                return Ok(Flow::Continue);
+                Ok(Flow::Continue)
             }
             body => {
                 if self.user.is_none() {
@@ -527,7 +675,12 @@ impl Session {
         }
     }
 
-    async fn not_authenticated(&mut self, io: &mut Io, tag: Tag<'static>, body: CommandBody<'static>) -> Flow {
+    async fn not_authenticated(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        body: CommandBody<'static>,
+    ) -> Flow {
         match body {
             CommandBody::StartTLS => {
                 if self.tls || !self.starttls_listener {
@@ -540,7 +693,12 @@ impl Session {
             }
             CommandBody::Login { username, password } => {
                 if !self.may_login() {
-                    io.status(tagged(tag, StatusKind::No, Some(other_code("PRIVACYREQUIRED")), "use TLS first (LOGINDISABLED)"));
+                    io.status(tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("PRIVACYREQUIRED")),
+                        "use TLS first (LOGINDISABLED)",
+                    ));
                     return Flow::Continue;
                 }
                 let u = String::from_utf8_lossy(username.as_ref()).into_owned();
@@ -563,8 +721,12 @@ impl Session {
     /// The only way to a [`Grant`]: the selected folder is writable and the
     /// user holds `right` on its mailbox.
     fn grant(&self, right: Right) -> Result<Grant, &'static str> {
-        let Some(sel) = &self.selected else { return Err("no folder selected") };
-        let Some(view) = self.view() else { return Err("not logged in") };
+        let Some(sel) = &self.selected else {
+            return Err("no folder selected");
+        };
+        let Some(view) = self.view() else {
+            return Err("not logged in");
+        };
         if !sel.writable {
             return Err("the folder is read-only");
         }
@@ -574,23 +736,44 @@ impl Session {
         Ok(Grant(()))
     }
 
-    async fn authenticated(&mut self, io: &mut Io, tag: Tag<'static>, body: CommandBody<'static>) -> Result<(), SessionError> {
-        let Some(view) = self.view() else { return Ok(()) };
+    async fn authenticated(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        body: CommandBody<'static>,
+    ) -> Result<(), SessionError> {
+        let Some(view) = self.view() else {
+            return Ok(());
+        };
         match body {
             CommandBody::StartTLS => io.status(bad(tag, "already authenticated")),
-            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => io.status(bad(tag, "already authenticated")),
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                io.status(bad(tag, "already authenticated"))
+            }
             CommandBody::Enable { .. } => {
-                io.data(Data::Enabled { capabilities: vec![] });
+                io.data(Data::Enabled {
+                    capabilities: vec![],
+                });
                 io.status(ok(tag, "ENABLE done"));
             }
             CommandBody::Namespace => {
                 let personal = vec![Namespace::new(istr(""), QuotedChar::try_from('/').ok())];
-                io.data(Data::Namespace { personal, other: vec![], shared: vec![] });
+                io.data(Data::Namespace {
+                    personal,
+                    other: vec![],
+                    shared: vec![],
+                });
                 io.status(ok(tag, "NAMESPACE done"));
             }
-            CommandBody::Select { mailbox, .. } => self.select(io, tag, &view, &mailbox, true).await,
-            CommandBody::Examine { mailbox, .. } => self.select(io, tag, &view, &mailbox, false).await,
-            CommandBody::Create { .. } | CommandBody::Delete { .. } | CommandBody::Rename { .. } => io.status(tagged(
+            CommandBody::Select { mailbox, .. } => {
+                self.select(io, tag, &view, &mailbox, true).await
+            }
+            CommandBody::Examine { mailbox, .. } => {
+                self.select(io, tag, &view, &mailbox, false).await
+            }
+            CommandBody::Create { .. }
+            | CommandBody::Delete { .. }
+            | CommandBody::Rename { .. } => io.status(tagged(
                 tag,
                 StatusKind::No,
                 Some(other_code("CANNOT")),
@@ -602,10 +785,24 @@ impl Session {
                     Err(_) => io.status(no(tag, "no such folder")),
                 }
             }
-            CommandBody::List { reference, mailbox_wildcard } => self.list(io, tag, &view, &reference, &mailbox_wildcard, false),
-            CommandBody::Lsub { reference, mailbox_wildcard } => self.list(io, tag, &view, &reference, &mailbox_wildcard, true),
-            CommandBody::Status { mailbox, item_names } => self.status(io, tag, &view, &mailbox, &item_names),
-            CommandBody::Append { mailbox, flags, date, message } => {
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(io, tag, &view, &reference, &mailbox_wildcard, false),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(io, tag, &view, &reference, &mailbox_wildcard, true),
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(io, tag, &view, &mailbox, &item_names),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
                 let bytes = match message {
                     LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
                     LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
@@ -626,18 +823,50 @@ impl Session {
                 let _ = body;
                 io.status(bad(tag, "select a folder first"));
             }
-            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
-                self.fetch(io, tag, &view, &sequence_set, macro_or_item_names, uid).await?
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                self.fetch(io, tag, &view, &sequence_set, macro_or_item_names, uid)
+                    .await?
             }
-            CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
                 let only_seen = flags.iter().all(|f| matches!(f, Flag::Seen));
-                let grant = self.grant(if only_seen { Right::Read } else { Right::Triage });
+                let grant = self.grant(if only_seen {
+                    Right::Read
+                } else {
+                    Right::Triage
+                });
                 match grant {
                     Err(why) => io.status(noperm(tag, why)),
-                    Ok(g) => self.store(io, tag, &view, g, &sequence_set, kind, response, &flags, uid).await,
+                    Ok(g) => {
+                        self.store(
+                            io,
+                            tag,
+                            &view,
+                            g,
+                            &sequence_set,
+                            kind,
+                            response,
+                            &flags,
+                            uid,
+                        )
+                        .await
+                    }
                 }
             }
-            CommandBody::Search { criteria, uid, .. } => self.search(io, tag, &view, criteria.as_ref(), uid).await,
+            CommandBody::Search { criteria, uid, .. } => {
+                self.search(io, tag, &view, criteria.as_ref(), uid).await
+            }
             CommandBody::Expunge => match self.grant(Right::Delete) {
                 Err(why) => io.status(noperm(tag, why)),
                 Ok(g) => self.expunge(io, tag, g, None).await,
@@ -652,16 +881,30 @@ impl Session {
                 Some(other_code("CANNOT")),
                 "the archive keeps one copy of each message per mailbox; use MOVE",
             )),
-            CommandBody::Move { sequence_set, mailbox, uid } => match self.grant(Right::Triage) {
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => match self.grant(Right::Triage) {
                 Err(why) => io.status(noperm(tag, why)),
-                Ok(g) => self.r#move(io, tag, &view, g, &sequence_set, &mailbox, uid).await,
+                Ok(g) => {
+                    self.r#move(io, tag, &view, g, &sequence_set, &mailbox, uid)
+                        .await
+                }
             },
             _ => io.status(bad(tag, "command not supported")),
         }
         Ok(())
     }
 
-    async fn select(&mut self, io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, rw: bool) {
+    async fn select(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        mailbox: &Mailbox<'_>,
+        rw: bool,
+    ) {
         self.selected = None;
         let name = mailbox_name(mailbox);
         let folder = match view.resolve(&name) {
@@ -675,38 +918,97 @@ impl Session {
         let writable = rw
             && folder.store_folder.is_some()
             && (view.may(&folder, Right::Triage) || view.may(&folder, Right::Delete));
-        let a = self.audit(if rw { "select" } else { "examine" }).mailbox(&folder.mailbox);
+        let a = self
+            .audit(if rw { "select" } else { "examine" })
+            .mailbox(&folder.mailbox);
         let a = match folder.store_folder {
             Some(f) => a.folder(f),
             None => a.folder(&folder.name),
         };
         if !self.audit_only(a).await {
-            return io.status(tagged(tag, StatusKind::No, Some(other_code("UNAVAILABLE")), "the archive refuses writes"));
+            return io.status(tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("UNAVAILABLE")),
+                "the archive refuses writes",
+            ));
         }
         let (msgs, seen) = snap;
-        let flags: Vec<Flag<'static>> = vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
+        let flags: Vec<Flag<'static>> = vec![
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
         io.data(Data::Flags(flags.clone()));
-        let mut perm: Vec<FlagPerm<'static>> = if writable { flags.into_iter().map(FlagPerm::Flag).collect() } else { vec![] };
+        let mut perm: Vec<FlagPerm<'static>> = if writable {
+            flags.into_iter().map(FlagPerm::Flag).collect()
+        } else {
+            vec![]
+        };
         if writable {
             perm.push(FlagPerm::Asterisk);
         }
-        io.status(untagged(StatusKind::Ok, Some(Code::PermanentFlags(perm)), "flags"));
+        io.status(untagged(
+            StatusKind::Ok,
+            Some(Code::PermanentFlags(perm)),
+            "flags",
+        ));
         io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
         io.data(Data::Recent(0));
         if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
-            io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
+            io.status(untagged(
+                StatusKind::Ok,
+                Some(Code::Unseen(nz(pos as u32 + 1))),
+                "first unseen",
+            ));
         }
-        io.status(untagged(StatusKind::Ok, Some(Code::UidValidity(nz(counts.uidvalidity))), "UIDs valid"));
-        io.status(untagged(StatusKind::Ok, Some(Code::UidNext(nz(counts.uidnext))), "next UID"));
+        io.status(untagged(
+            StatusKind::Ok,
+            Some(Code::UidValidity(nz(counts.uidvalidity))),
+            "UIDs valid",
+        ));
+        io.status(untagged(
+            StatusKind::Ok,
+            Some(Code::UidNext(nz(counts.uidnext))),
+            "next UID",
+        ));
         if let Some(m) = NonZeroU64::new(counts.highest_modseq) {
-            io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(m)), "modseq"));
+            io.status(untagged(
+                StatusKind::Ok,
+                Some(Code::HighestModSeq(m)),
+                "modseq",
+            ));
         }
-        let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
-        self.selected = Some(Selected { folder, writable, msgs, seen });
-        io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
+        let code = if writable {
+            Code::ReadWrite
+        } else {
+            Code::ReadOnly
+        };
+        self.selected = Some(Selected {
+            folder,
+            writable,
+            msgs,
+            seen,
+        });
+        io.status(tagged(
+            tag,
+            StatusKind::Ok,
+            Some(code),
+            if rw { "SELECT done" } else { "EXAMINE done" },
+        ));
     }
 
-    fn list(&self, io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
+    fn list(
+        &self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+    ) {
         let pat: Vec<u8> = match pattern {
             ListMailbox::Token(t) => t.as_ref().to_vec(),
             ListMailbox::String(s) => s.as_ref().to_vec(),
@@ -717,15 +1019,27 @@ impl Session {
         };
         if pat.is_empty() {
             if !lsub {
-                io.data(Data::List { items: vec![FlagNameAttribute::Noselect], delimiter: QuotedChar::try_from('/').ok(), mailbox: mbox("") });
+                io.data(Data::List {
+                    items: vec![FlagNameAttribute::Noselect],
+                    delimiter: QuotedChar::try_from('/').ok(),
+                    mailbox: mbox(""),
+                });
             }
             return io.status(ok(tag, "LIST done"));
         }
         let mut full = refname.into_bytes();
         full.extend_from_slice(&pat);
         for e in view.tree() {
-            let name_for_match = if e.name == "INBOX" { b"INBOX".to_vec() } else { e.name.as_bytes().to_vec() };
-            let full_norm = if full.eq_ignore_ascii_case(b"inbox") { b"INBOX".to_vec() } else { full.clone() };
+            let name_for_match = if e.name == "INBOX" {
+                b"INBOX".to_vec()
+            } else {
+                e.name.as_bytes().to_vec()
+            };
+            let full_norm = if full.eq_ignore_ascii_case(b"inbox") {
+                b"INBOX".to_vec()
+            } else {
+                full.clone()
+            };
             if !super::view::pattern_matches(&full_norm, &name_for_match) {
                 continue;
             }
@@ -744,15 +1058,30 @@ impl Session {
             }
             let m = mbox(&e.name);
             if lsub {
-                io.data(Data::Lsub { items, delimiter: QuotedChar::try_from('/').ok(), mailbox: m });
+                io.data(Data::Lsub {
+                    items,
+                    delimiter: QuotedChar::try_from('/').ok(),
+                    mailbox: m,
+                });
             } else {
-                io.data(Data::List { items, delimiter: QuotedChar::try_from('/').ok(), mailbox: m });
+                io.data(Data::List {
+                    items,
+                    delimiter: QuotedChar::try_from('/').ok(),
+                    mailbox: m,
+                });
             }
         }
         io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
     }
 
-    fn status(&self, io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, names: &[StatusDataItemName]) {
+    fn status(
+        &self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        mailbox: &Mailbox<'_>,
+        names: &[StatusDataItemName],
+    ) {
         let name = mailbox_name(mailbox);
         let folder = match view.resolve(&name) {
             Ok(f) => f,
@@ -768,13 +1097,20 @@ impl Session {
                 StatusDataItemName::Messages => Some(StatusDataItem::Messages(c.exists)),
                 StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
                 StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(c.uidnext))),
-                StatusDataItemName::UidValidity => Some(StatusDataItem::UidValidity(nz(c.uidvalidity))),
+                StatusDataItemName::UidValidity => {
+                    Some(StatusDataItem::UidValidity(nz(c.uidvalidity)))
+                }
                 StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(c.unseen)),
-                StatusDataItemName::HighestModSeq => Some(StatusDataItem::HighestModSeq(c.highest_modseq)),
+                StatusDataItemName::HighestModSeq => {
+                    Some(StatusDataItem::HighestModSeq(c.highest_modseq))
+                }
                 _ => None,
             })
             .collect();
-        io.data(Data::Status { mailbox: mbox(&folder.name), items: items.into() });
+        io.data(Data::Status {
+            mailbox: mbox(&folder.name),
+            items: items.into(),
+        });
         io.status(ok(tag, "STATUS done"));
     }
 
@@ -792,7 +1128,10 @@ impl Session {
             Err(_) => return no(tag, "no such folder"),
         };
         if folder.store_folder != Some("Sent") {
-            return noperm(tag, "messages can be appended only to a mailbox's Sent folder");
+            return noperm(
+                tag,
+                "messages can be appended only to a mailbox's Sent folder",
+            );
         }
         if !view.may(&folder, Right::Send) {
             return noperm(tag, "not permitted to send from this mailbox");
@@ -801,7 +1140,11 @@ impl Session {
             Ok(b) => b,
             Err(e) => return serverbug(tag, &e),
         };
-        let shared: Vec<String> = flags.iter().map(flag_string).filter(|f| !f.eq_ignore_ascii_case("\\Seen")).collect();
+        let shared: Vec<String> = flags
+            .iter()
+            .map(flag_string)
+            .filter(|f| !f.eq_ignore_ascii_case("\\Seen"))
+            .collect();
         let audit = self.audit("append").mailbox(&folder.mailbox).folder("Sent");
         let change = Change::Archive {
             mailbox: folder.mailbox.clone(),
@@ -816,20 +1159,57 @@ impl Session {
             Ok(c) => c,
             Err(e) => return serverbug(tag, &e),
         };
-        let StoreEvent::Archived { uid, duplicate, folder: where_, .. } = committed.event else {
+        let StoreEvent::Archived {
+            uid,
+            duplicate,
+            folder: where_,
+            ..
+        } = committed.event
+        else {
             return ok(tag, "APPEND done");
         };
         if flags.iter().any(|f| matches!(f, Flag::Seen)) {
-            let ch = Change::SetSeen { user: view.user.name.clone(), mailbox: folder.mailbox.clone(), folder: where_.clone(), uids: vec![uid], seen: true };
-            if let Err(e) = self.ctx.store.commit(self.audit("store-seen").mailbox(&folder.mailbox).folder(&where_), ch).await {
+            let ch = Change::SetSeen {
+                user: view.user.name.clone(),
+                mailbox: folder.mailbox.clone(),
+                folder: where_.clone(),
+                uids: vec![uid],
+                seen: true,
+            };
+            if let Err(e) = self
+                .ctx
+                .store
+                .commit(
+                    self.audit("store-seen")
+                        .mailbox(&folder.mailbox)
+                        .folder(&where_),
+                    ch,
+                )
+                .await
+            {
                 return serverbug(tag, &e);
             }
         }
         if duplicate {
             return ok(tag, "APPEND done (the archive already holds this message)");
         }
-        let uv = self.ctx.store.folder(&folder.mailbox, "Sent").ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
-        tagged(tag, StatusKind::Ok, Some(Code::AppendUid { uid_validity: nz(uv), uid: nz(uid) }), "APPEND done")
+        let uv = self
+            .ctx
+            .store
+            .folder(&folder.mailbox, "Sent")
+            .ok()
+            .flatten()
+            .map(|s| s.uidvalidity)
+            .unwrap_or(1);
+        tagged(
+            tag,
+            StatusKind::Ok,
+            Some(Code::AppendUid {
+                uid_validity: nz(uv),
+                uid: nz(uid),
+            }),
+            "APPEND done",
+        )
     }
 
     /// Bring the selected folder's snapshot up to date, telling the client:
@@ -837,7 +1217,9 @@ impl Session {
     /// for messages whose flags changed (except those in `quiet`).
     fn refresh(&mut self, io: &mut Io, expunge: bool, quiet: &HashSet<u32>) {
         let Some(view) = self.view() else { return };
-        let Some(sel) = self.selected.as_mut() else { return };
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
         let (new, seen) = match view.snapshot(&sel.folder) {
             Ok(s) => s,
             Err(e) => {
@@ -845,7 +1227,8 @@ impl Session {
                 return;
             }
         };
-        let new_map: std::collections::HashMap<u32, &MessageMeta> = new.iter().map(|(u, m)| (*u, m)).collect();
+        let new_map: std::collections::HashMap<u32, &MessageMeta> =
+            new.iter().map(|(u, m)| (*u, m)).collect();
         if expunge {
             let mut i = sel.msgs.len();
             while i > 0 {
@@ -863,9 +1246,15 @@ impl Session {
             if m.flags != meta.flags || was_seen != is_seen {
                 *meta = (*m).clone();
                 if !quiet.contains(uid) {
-                    let items = vec![MessageDataItem::Uid(nz(*uid)), MessageDataItem::Flags(flags_of(meta, is_seen))];
+                    let items = vec![
+                        MessageDataItem::Uid(nz(*uid)),
+                        MessageDataItem::Flags(flags_of(meta, is_seen)),
+                    ];
                     if let Ok(items) = Vec1::try_from(items) {
-                        io.data(Data::Fetch { seq: nz(i as u32 + 1), items });
+                        io.data(Data::Fetch {
+                            seq: nz(i as u32 + 1),
+                            items,
+                        });
                     }
                 }
             }
@@ -874,21 +1263,31 @@ impl Session {
         let before = sel.msgs.len();
         sel.msgs.extend(new.into_iter().filter(|(u, _)| *u > last));
         if sel.msgs.len() != before {
-            io.data(Data::Exists(u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX)));
+            io.data(Data::Exists(
+                u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX),
+            ));
         }
         sel.seen = seen;
     }
 
     /// (seq, uid) of the messages a sequence set names.
     fn targets(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
-        let Some(sel) = &self.selected else { return vec![] };
+        let Some(sel) = &self.selected else {
+            return vec![];
+        };
         let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
         let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
         sel.msgs
             .iter()
             .enumerate()
             .map(|(i, (u, _))| (i as u32 + 1, *u))
-            .filter(|(s, u)| if uid { search::in_set(set, *u, max_uid) } else { search::in_set(set, *s, max_seq) })
+            .filter(|(s, u)| {
+                if uid {
+                    search::in_set(set, *u, max_uid)
+                } else {
+                    search::in_set(set, *s, max_seq)
+                }
+            })
             .collect()
     }
 
@@ -902,9 +1301,11 @@ impl Session {
         uid: bool,
     ) -> Result<(), SessionError> {
         let mut names: Vec<MessageDataItemName<'static>> = match items {
-            MacroOrMessageDataItemNames::Macro(m) => {
-                m.expand().into_iter().map(|n| imap_next::imap_types::ToStatic::to_static(&n)).collect()
-            }
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(|n| imap_next::imap_types::ToStatic::to_static(&n))
+                .collect(),
             MacroOrMessageDataItemNames::MessageDataItemNames(n) => n,
         };
         if uid && !names.contains(&MessageDataItemName::Uid) {
@@ -912,29 +1313,71 @@ impl Session {
         }
         let targets = self.targets(set, uid);
         let reads_body = names.iter().any(|n| {
-            matches!(n, MessageDataItemName::BodyExt { .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text | MessageDataItemName::Binary { .. })
+            matches!(
+                n,
+                MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+            )
         });
         let sets_seen = names.iter().any(|n| {
-            matches!(n, MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text | MessageDataItemName::Binary { peek: false, .. })
+            matches!(
+                n,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { peek: false, .. }
+            )
         });
-        let Some(sel) = &self.selected else { return Ok(()) };
-        let (mailbox, sfolder, writable) = (sel.folder.mailbox.clone(), sel.folder.store_folder, sel.writable);
+        let Some(sel) = &self.selected else {
+            return Ok(());
+        };
+        let (mailbox, sfolder, writable) = (
+            sel.folder.mailbox.clone(),
+            sel.folder.store_folder,
+            sel.writable,
+        );
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         // Reading is recorded (durably) before any byte is sent.
         if reads_body && !uids.is_empty() {
-            let a = self.audit("read").mailbox(&mailbox).folder(sfolder.unwrap_or("")).uids(uids.clone());
+            let a = self
+                .audit("read")
+                .mailbox(&mailbox)
+                .folder(sfolder.unwrap_or(""))
+                .uids(uids.clone());
             if !self.audit_only(a).await {
-                io.status(tagged(tag, StatusKind::No, Some(other_code("UNAVAILABLE")), "the archive refuses writes"));
+                io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(other_code("UNAVAILABLE")),
+                    "the archive refuses writes",
+                ));
                 return Ok(());
             }
         }
         let mut newly_seen = HashSet::new();
         if sets_seen && writable {
             if let Some(f) = sfolder {
-                let unseen: Vec<u32> = uids.iter().copied().filter(|u| !sel.seen.contains(u)).collect();
+                let unseen: Vec<u32> = uids
+                    .iter()
+                    .copied()
+                    .filter(|u| !sel.seen.contains(u))
+                    .collect();
                 if !unseen.is_empty() {
-                    let ch = Change::SetSeen { user: view.user.name.clone(), mailbox: mailbox.clone(), folder: f.into(), uids: unseen.clone(), seen: true };
-                    if let Err(e) = self.ctx.store.commit(self.audit("store-seen").mailbox(&mailbox).folder(f), ch).await {
+                    let ch = Change::SetSeen {
+                        user: view.user.name.clone(),
+                        mailbox: mailbox.clone(),
+                        folder: f.into(),
+                        uids: unseen.clone(),
+                        seen: true,
+                    };
+                    if let Err(e) = self
+                        .ctx
+                        .store
+                        .commit(self.audit("store-seen").mailbox(&mailbox).folder(f), ch)
+                        .await
+                    {
                         io.status(serverbug(tag, &e));
                         return Ok(());
                     }
@@ -949,10 +1392,21 @@ impl Session {
         for chunk in targets.chunks(FETCH_BATCH) {
             for (seq, u) in chunk {
                 let Some(sel) = &self.selected else { break };
-                let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
+                let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else {
+                    continue;
+                };
                 let meta = meta.clone();
                 let seen = sel.seen.contains(u);
-                let needs_raw = names.iter().any(|n| !matches!(n, MessageDataItemName::Uid | MessageDataItemName::Flags | MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size | MessageDataItemName::ModSeq));
+                let needs_raw = names.iter().any(|n| {
+                    !matches!(
+                        n,
+                        MessageDataItemName::Uid
+                            | MessageDataItemName::Flags
+                            | MessageDataItemName::InternalDate
+                            | MessageDataItemName::Rfc822Size
+                            | MessageDataItemName::ModSeq
+                    )
+                });
                 let raw = if needs_raw {
                     let store = self.ctx.store.clone();
                     let hash = meta.hash.clone();
@@ -966,16 +1420,31 @@ impl Session {
                 } else {
                     None
                 };
-                let items = message_items(&names, *u, &meta, seen, newly_seen.contains(u), raw.as_deref());
+                let items = message_items(
+                    &names,
+                    *u,
+                    &meta,
+                    seen,
+                    newly_seen.contains(u),
+                    raw.as_deref(),
+                );
                 if let Ok(items) = Vec1::try_from(items) {
-                    io.data(Data::Fetch { seq: nz(*seq), items });
+                    io.data(Data::Fetch {
+                        seq: nz(*seq),
+                        items,
+                    });
                 }
             }
             io.drain().await?;
         }
         self.refresh(io, uid, &newly_seen);
         if failed > 0 {
-            io.status(tagged(tag, StatusKind::No, Some(other_code("SERVERBUG")), "some messages could not be read from the archive"));
+            io.status(tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("SERVERBUG")),
+                "some messages could not be read from the archive",
+            ));
         } else {
             io.status(ok(tag, "FETCH done"));
         }
@@ -997,7 +1466,9 @@ impl Session {
     ) {
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
-        let Some(sfolder) = sel.folder.store_folder else { return io.status(ok(tag, "STORE done")) };
+        let Some(sfolder) = sel.folder.store_folder else {
+            return io.status(ok(tag, "STORE done"));
+        };
         let mailbox = sel.folder.mailbox.clone();
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         let op = match kind {
@@ -1007,14 +1478,31 @@ impl Session {
         };
         let strs: Vec<String> = flags.iter().map(flag_string).collect();
         let has_seen = flags.iter().any(|f| matches!(f, Flag::Seen));
-        let shared: Vec<String> = strs.iter().filter(|f| !f.eq_ignore_ascii_case("\\Seen")).cloned().collect();
+        let shared: Vec<String> = strs
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Seen"))
+            .cloned()
+            .collect();
         let mut batch = Vec::new();
         if !uids.is_empty() && (!shared.is_empty() || op == FlagOp::Replace) {
             if !view.may(&sel.folder, Right::Triage) {
                 return io.status(noperm(tag, "not permitted to change shared flags"));
             }
-            let a = self.audit("store").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
-            batch.push((a, Change::SetFlags { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), op, flags: shared }));
+            let a = self
+                .audit("store")
+                .mailbox(&mailbox)
+                .folder(sfolder)
+                .uids(uids.clone());
+            batch.push((
+                a,
+                Change::SetFlags {
+                    mailbox: mailbox.clone(),
+                    folder: sfolder.into(),
+                    uids: uids.clone(),
+                    op,
+                    flags: shared,
+                },
+            ));
         }
         let seen_to = match (op, has_seen) {
             (FlagOp::Add, true) => Some(true),
@@ -1023,20 +1511,44 @@ impl Session {
             _ => None,
         };
         if let (Some(seen), false) = (seen_to, uids.is_empty()) {
-            let a = self.audit("store-seen").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
-            batch.push((a, Change::SetSeen { user: view.user.name.clone(), mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), seen }));
+            let a = self
+                .audit("store-seen")
+                .mailbox(&mailbox)
+                .folder(sfolder)
+                .uids(uids.clone());
+            batch.push((
+                a,
+                Change::SetSeen {
+                    user: view.user.name.clone(),
+                    mailbox: mailbox.clone(),
+                    folder: sfolder.into(),
+                    uids: uids.clone(),
+                    seen,
+                },
+            ));
         }
         if !batch.is_empty() {
             if let Err(e) = self.ctx.store.commit_batch(batch).await {
                 return io.status(serverbug(tag, &e));
             }
         }
-        let quiet: HashSet<u32> = if matches!(response, StoreResponse::Silent) { uids.iter().copied().collect() } else { HashSet::new() };
+        let quiet: HashSet<u32> = if matches!(response, StoreResponse::Silent) {
+            uids.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
         self.refresh(io, false, &quiet);
         io.status(ok(tag, "STORE done"));
     }
 
-    async fn search(&mut self, io: &mut Io, tag: Tag<'static>, _view: &View, keys: &[SearchKey<'static>], uid: bool) {
+    async fn search(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        _view: &View,
+        keys: &[SearchKey<'static>],
+        uid: bool,
+    ) {
         let Some(sel) = &self.selected else { return };
         let need = keys.iter().any(search::needs_body);
         let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
@@ -1046,12 +1558,25 @@ impl Session {
             let raw = if need {
                 let store = self.ctx.store.clone();
                 let hash = meta.hash.clone();
-                tokio::task::spawn_blocking(move || store.get_blob(&hash)).await.ok().and_then(Result::ok)
+                tokio::task::spawn_blocking(move || store.get_blob(&hash))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
             } else {
                 None
             };
-            let c = search::Candidate { seq: i as u32 + 1, uid: *u, meta, seen: sel.seen.contains(u), max_seq, max_uid };
-            if keys.iter().all(|k| search::matches(k, &c, raw.as_deref(), &meta.flags)) {
+            let c = search::Candidate {
+                seq: i as u32 + 1,
+                uid: *u,
+                meta,
+                seen: sel.seen.contains(u),
+                max_seq,
+                max_uid,
+            };
+            if keys
+                .iter()
+                .all(|k| search::matches(k, &c, raw.as_deref(), &meta.flags))
+            {
                 hits.push(nz(if uid { *u } else { i as u32 + 1 }));
             }
         }
@@ -1059,9 +1584,17 @@ impl Session {
         io.status(ok(tag, "SEARCH done"));
     }
 
-    async fn expunge(&mut self, io: &mut Io, tag: Tag<'static>, _grant: Grant, set: Option<SequenceSet>) {
+    async fn expunge(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        _grant: Grant,
+        set: Option<SequenceSet>,
+    ) {
         let Some(sel) = &self.selected else { return };
-        let Some(sfolder) = sel.folder.store_folder else { return io.status(ok(tag, "EXPUNGE done")) };
+        let Some(sfolder) = sel.folder.store_folder else {
+            return io.status(ok(tag, "EXPUNGE done"));
+        };
         let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
         let uids: Vec<u32> = sel
             .msgs
@@ -1072,8 +1605,12 @@ impl Session {
             .collect();
         if !uids.is_empty() {
             let mailbox = sel.folder.mailbox.clone();
-            let a = self.audit("expunge").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
-            if let Err(e) = self.ctx.store.commit(a, Change::Hide { mailbox, folder: sfolder.into(), uids }).await {
+            let ch = Change::Hide {
+                mailbox: mailbox.clone(),
+                folder: sfolder.into(),
+                uids: uids.clone(),
+            };
+            if let Err(e) = self.record("expunge", &mailbox, sfolder, uids, ch).await {
                 return io.status(serverbug(tag, &e));
             }
         }
@@ -1082,28 +1619,64 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn r#move(&mut self, io: &mut Io, tag: Tag<'static>, view: &View, _grant: Grant, set: &SequenceSet, mailbox: &Mailbox<'_>, uid: bool) {
+    async fn r#move(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        _grant: Grant,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+    ) {
         let target = match view.resolve(&mailbox_name(mailbox)) {
             Ok(f) => f,
-            Err(ViewError::NotFound) => return io.status(tagged(tag, StatusKind::No, Some(Code::TryCreate), "no such folder")),
+            Err(ViewError::NotFound) => {
+                return io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(Code::TryCreate),
+                    "no such folder",
+                ))
+            }
             Err(e) => return io.status(serverbug(tag, &e)),
         };
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
         let (Some(from), Some(to)) = (sel.folder.store_folder, target.store_folder) else {
-            return io.status(tagged(tag, StatusKind::No, Some(other_code("CANNOT")), "virtual folders cannot hold moved messages"));
+            return io.status(tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("CANNOT")),
+                "virtual folders cannot hold moved messages",
+            ));
         };
         if target.mailbox != sel.folder.mailbox {
-            return io.status(tagged(tag, StatusKind::No, Some(other_code("CANNOT")), "messages move only between folders of one PEC mailbox"));
+            return io.status(tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("CANNOT")),
+                "messages move only between folders of one PEC mailbox",
+            ));
         }
         if from == to {
-            return io.status(tagged(tag, StatusKind::No, Some(other_code("CANNOT")), "source and target are the same folder"));
+            return io.status(tagged(
+                tag,
+                StatusKind::No,
+                Some(other_code("CANNOT")),
+                "source and target are the same folder",
+            ));
         }
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         if !uids.is_empty() {
             let mb = sel.folder.mailbox.clone();
-            let a = self.audit("move").mailbox(&mb).folder(from).uids(uids.clone());
-            if let Err(e) = self.ctx.store.commit(a, Change::Move { mailbox: mb, from: from.into(), to: to.into(), uids }).await {
+            let ch = Change::Move {
+                mailbox: mb.clone(),
+                from: from.into(),
+                to: to.into(),
+                uids: uids.clone(),
+            };
+            if let Err(e) = self.record("move", &mb, from, uids, ch).await {
                 return io.status(serverbug(tag, &e));
             }
         }
@@ -1127,14 +1700,20 @@ fn mbox(name: &str) -> Mailbox<'static> {
 }
 
 fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
-    Atom::try_from(name.to_string()).ok().map(FlagNameAttribute::from)
+    Atom::try_from(name.to_string())
+        .ok()
+        .map(FlagNameAttribute::from)
 }
 
 fn flags_of(meta: &MessageMeta, seen: bool) -> Vec<FlagFetch<'static>> {
     let mut out: Vec<FlagFetch<'static>> = meta
         .flags
         .iter()
-        .filter_map(|f| Flag::try_from(f.as_str()).ok().map(|f| FlagFetch::Flag(imap_next::imap_types::ToStatic::to_static(&f))))
+        .filter_map(|f| {
+            Flag::try_from(f.as_str())
+                .ok()
+                .map(|f| FlagFetch::Flag(imap_next::imap_types::ToStatic::to_static(&f)))
+        })
         .collect();
     if seen {
         out.push(FlagFetch::Flag(Flag::Seen));
@@ -1162,16 +1741,29 @@ fn message_items(
             }
             MessageDataItemName::InternalDate => {
                 let d = meta.internal_date.fixed_offset();
-                MessageDataItem::InternalDate(imap_next::imap_types::datetime::DateTime::unvalidated(d))
+                MessageDataItem::InternalDate(
+                    imap_next::imap_types::datetime::DateTime::unvalidated(d),
+                )
             }
-            MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX)),
-            MessageDataItemName::ModSeq => MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN)),
-            MessageDataItemName::Envelope => MessageDataItem::Envelope(fetch::envelope(parsed.as_ref())),
-            MessageDataItemName::Body => MessageDataItem::Body(fetch::body_structure(raw.unwrap_or_default(), parsed.as_ref())),
-            MessageDataItemName::BodyStructure => {
-                MessageDataItem::BodyStructure(fetch::body_structure(raw.unwrap_or_default(), parsed.as_ref()))
+            MessageDataItemName::Rfc822Size => {
+                MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
             }
-            MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec())),
+            MessageDataItemName::ModSeq => {
+                MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+            }
+            MessageDataItemName::Envelope => {
+                MessageDataItem::Envelope(fetch::envelope(parsed.as_ref()))
+            }
+            MessageDataItemName::Body => MessageDataItem::Body(fetch::body_structure(
+                raw.unwrap_or_default(),
+                parsed.as_ref(),
+            )),
+            MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
+                fetch::body_structure(raw.unwrap_or_default(), parsed.as_ref()),
+            ),
+            MessageDataItemName::Rfc822 => {
+                MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec()))
+            }
             MessageDataItemName::Rfc822Header => {
                 let r = raw.unwrap_or_default();
                 MessageDataItem::Rfc822Header(fetch::literal(r[..fetch::header_end(r)].to_vec()))
@@ -1180,9 +1772,18 @@ fn message_items(
                 let r = raw.unwrap_or_default();
                 MessageDataItem::Rfc822Text(fetch::literal(r[fetch::header_end(r)..].to_vec()))
             }
-            MessageDataItemName::BodyExt { section, partial, .. } => {
-                let bytes = fetch::partial(fetch::section(raw.unwrap_or_default(), section.as_ref()), *partial);
-                MessageDataItem::BodyExt { section: section.clone(), origin: partial.map(|p| p.0), data: fetch::literal(bytes) }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                let bytes = fetch::partial(
+                    fetch::section(raw.unwrap_or_default(), section.as_ref()),
+                    *partial,
+                );
+                MessageDataItem::BodyExt {
+                    section: section.clone(),
+                    origin: partial.map(|p| p.0),
+                    data: fetch::literal(bytes),
+                }
             }
             MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => continue,
         };

@@ -24,6 +24,9 @@ pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
     ("Undelivered", None, None),
 ];
 
+/// A folder's messages in UID order, and the UIDs this user has seen.
+pub type Snapshot = (Vec<(u32, MessageMeta)>, HashSet<u32>);
+
 /// One selectable folder as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Folder {
@@ -91,16 +94,29 @@ impl View {
         if let Some(m) = self.default_mailbox() {
             out.push(ListEntry {
                 name: "INBOX".into(),
-                folder: Some(Folder { name: "INBOX".into(), mailbox: m, store_folder: Some("INBOX"), special_use: None }),
+                folder: Some(Folder {
+                    name: "INBOX".into(),
+                    mailbox: m,
+                    store_folder: Some("INBOX"),
+                    special_use: None,
+                }),
             });
         }
         for m in self.user.visible_mailboxes() {
-            out.push(ListEntry { name: m.to_string(), folder: None });
+            out.push(ListEntry {
+                name: m.to_string(),
+                folder: None,
+            });
             for (leaf, sf, su) in LEAVES {
                 let name = format!("{m}{DELIMITER}{leaf}");
                 out.push(ListEntry {
                     name: name.clone(),
-                    folder: Some(Folder { name, mailbox: m.to_string(), store_folder: sf, special_use: su }),
+                    folder: Some(Folder {
+                        name,
+                        mailbox: m.to_string(),
+                        store_folder: sf,
+                        special_use: su,
+                    }),
                 });
             }
         }
@@ -110,7 +126,11 @@ impl View {
     /// The folder called `name` (INBOX case-insensitively).
     pub fn resolve(&self, name: &str) -> Result<Folder, ViewError> {
         let norm = normalize(name);
-        self.tree().into_iter().filter_map(|e| e.folder).find(|f| f.name == norm).ok_or(ViewError::NotFound)
+        self.tree()
+            .into_iter()
+            .filter_map(|e| e.folder)
+            .find(|f| f.name == norm)
+            .ok_or(ViewError::NotFound)
     }
 
     /// Is `name` a mailbox parent (`protocollo`) the user can see?
@@ -124,8 +144,10 @@ impl View {
 
     /// The folder's messages in UID order, and which of them this user has
     /// seen.
-    pub fn snapshot(&self, f: &Folder) -> Result<(Vec<(u32, MessageMeta)>, HashSet<u32>), ViewError> {
-        let Some(sf) = f.store_folder else { return Ok((Vec::new(), HashSet::new())) };
+    pub fn snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
+        let Some(sf) = f.store_folder else {
+            return Ok((Vec::new(), HashSet::new()));
+        };
         let msgs = self.store.messages(&f.mailbox, sf)?;
         let seen = self.store.seen_uids(&self.user.name, &f.mailbox, sf)?;
         Ok((msgs, seen))
@@ -139,7 +161,13 @@ impl View {
         let Some(st) = st else {
             // Not created yet (nothing archived there): an empty folder
             // whose UIDVALIDITY changes once, harmlessly, when it is created.
-            return Ok(Counts { uidvalidity: 1, uidnext: 1, exists: 0, unseen: 0, highest_modseq: 1 });
+            return Ok(Counts {
+                uidvalidity: 1,
+                uidnext: 1,
+                exists: 0,
+                unseen: 0,
+                highest_modseq: 1,
+            });
         };
         let (msgs, seen) = self.snapshot(f)?;
         let unseen = msgs.iter().filter(|(u, _)| !seen.contains(u)).count();

@@ -108,6 +108,9 @@ fn set_applied(meta: &sled::transaction::TransactionalTree, seq: u64) -> TxResul
     Ok(())
 }
 
+/// Every index entry as (tree, key, value), for comparing two indexes.
+pub type Dump = Vec<(String, Vec<u8>, Vec<u8>)>;
+
 pub struct Index {
     db: sled::Db,
     meta: sled::Tree,
@@ -497,7 +500,7 @@ impl Index {
 
     /// Every tree's content, for tests comparing a rebuilt index with the
     /// live one.
-    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, sled::Error> {
+    pub fn dump(&self) -> Result<Dump, sled::Error> {
         let mut out = Vec::new();
         for (name, t) in [
             ("meta", &self.meta),

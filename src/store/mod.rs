@@ -343,7 +343,7 @@ impl Store {
     }
 
     /// Every index entry, for comparing a rebuilt index with a live one.
-    pub fn index_dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+    pub fn index_dump(&self) -> Result<index::Dump> {
         Ok(self.inner.index.dump()?)
     }
 
@@ -774,6 +774,9 @@ impl Writer {
     }
 }
 
+/// Builds a record from its audit part and event (the writer's `mk`).
+type MakeRecord<'a> = dyn Fn(&Audit, Event, Option<String>, Vec<u32>) -> Record + 'a;
+
 impl Writer {
     /// The state of `mailbox`/`folder`, creating the folder (a
     /// `FolderCreated` record in `out`) if it does not exist yet.
@@ -783,7 +786,7 @@ impl Writer {
         folder: &str,
         now: DateTime<Utc>,
         out: &mut Vec<Record>,
-        mk: &dyn Fn(&Audit, Event, Option<String>, Vec<u32>) -> Record,
+        mk: &MakeRecord<'_>,
     ) -> Result<FolderState> {
         if let Some(st) = self.folder_state(mailbox, folder)? {
             return Ok(st);

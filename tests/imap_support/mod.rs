@@ -77,7 +77,10 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
             inbox.push(raw);
             blobs.push(blob);
         }
-        let b = store.put_blob(b"Subject: tributi\r\n\r\nsecret\r\n".to_vec()).await.expect("blob");
+        let b = store
+            .put_blob(b"Subject: tributi\r\n\r\nsecret\r\n".to_vec())
+            .await
+            .expect("blob");
         store
             .commit(
                 Audit::system("test", "archive"),
@@ -99,23 +102,45 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
         .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("run openssl");
-    assert!(st.status.success(), "openssl: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let port = free_port();
-    let starttls = if starttls_port { format!("listen_starttls = [\"127.0.0.1:{}\"]\n", free_port()) } else { String::new() };
+    let starttls = if starttls_port {
+        format!("listen_starttls = [\"127.0.0.1:{}\"]\n", free_port())
+    } else {
+        String::new()
+    };
     let mut text = format!(
         "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
         data.display(),
         cert.display(),
         key.display()
     );
-    text += &user("mario", "prot = [\"read\", \"triage\", \"send\", \"delete\"]", "prot");
+    text += &user(
+        "mario",
+        "prot = [\"read\", \"triage\", \"send\", \"delete\"]",
+        "prot",
+    );
     text += &user("anna", "prot = [\"read\", \"triage\"]", "prot");
     text += &user("ro", "prot = [\"read\"]", "prot");
     text += &user("luigi", "tributi = [\"read\"]", "tributi");
@@ -129,13 +154,24 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
         .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log file"))
         .spawn()
         .expect("start pecgate serve");
-    let mut gw = Gateway { dir, config, port, child, inbox, blobs };
+    let mut gw = Gateway {
+        dir,
+        config,
+        port,
+        child,
+        inbox,
+        blobs,
+    };
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(st)) = gw.child.try_wait() {
             panic!("pecgate serve exited early ({st}): {}", gw.log());
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "pecgate serve did not listen in 30 s: {}", gw.log());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pecgate serve did not listen in 30 s: {}",
+            gw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     gw
@@ -156,7 +192,9 @@ impl Gateway {
 
     /// Run `tests/imap/<script>` with python3; returns (success, stdout, stderr).
     pub fn python(&self, script: &str, extra: &[&str]) -> (bool, String, String) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap").join(script);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/imap")
+            .join(script);
         let out = Command::new("python3")
             .arg(path)
             .arg(self.port.to_string())
@@ -174,7 +212,10 @@ impl Gateway {
 
     /// Stop the daemon with SIGTERM and wait for it.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = self.child.try_wait() {
