@@ -26,6 +26,15 @@ pub struct Config {
     pub pec: PecConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// The client-facing IMAP server; absent means no IMAP listener.
+    #[serde(default)]
+    pub imap: Option<ImapConfig>,
+    /// Certificate and key for the client-facing listeners.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Gateway users, one `[[user]]` table each.
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserConfig>,
 }
 
 /// How pecgate talks to providers (all mailboxes).
@@ -376,6 +385,7 @@ impl Config {
                 push(k("poll_interval"), "must be at least 1s".into());
             }
         }
+        self.validate_clients(&mut push);
         problems
     }
 
@@ -423,6 +433,145 @@ impl MailboxConfig {
         })?;
         let text = std::fs::read_to_string(path)?;
         Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// The client-facing IMAP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// Implicit-TLS listeners (`ip:port`), usually port 993.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Plain listeners that must be upgraded with STARTTLS before login,
+    /// usually port 143.
+    #[serde(default)]
+    pub listen_starttls: Vec<String>,
+    /// Allow LOGIN/AUTHENTICATE without TLS from a loopback peer (a local
+    /// webmail or a test). Off: passwords never cross a socket in clear.
+    #[serde(default)]
+    pub allow_plaintext_on_loopback: bool,
+    /// Concurrent sessions per user. 50 covers a person with a desktop
+    /// client (which opens one connection per folder), a phone and mbsync.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions_per_user: usize,
+    /// A session idle this long is logged out. 30 minutes is RFC 3501's
+    /// minimum autologout timer; IDLE clients re-issue IDLE before that.
+    #[serde(default = "default_imap_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest literal (APPEND message) accepted. 50 MiB is above every PEC
+    /// provider's message limit (30–50 MB) with room for base64.
+    #[serde(default = "default_max_literal")]
+    pub max_literal_size: u32,
+}
+
+fn default_max_sessions() -> usize {
+    50
+}
+fn default_imap_idle() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_max_literal() -> u32 {
+    50 * 1024 * 1024
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One gateway user: a person with their own password and grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// argon2id PHC string from `pecgate hash-password`.
+    pub password_hash: String,
+    /// The mailbox whose INBOX is the IMAP `INBOX` (must be granted `read`).
+    #[serde(default)]
+    pub default_mailbox: Option<String>,
+    /// Mailbox alias → rights (`read`, `triage`, `send`, `delete`).
+    #[serde(default)]
+    pub grants: BTreeMap<String, Vec<String>>,
+    /// Global roles: `audit` (may query the audit log).
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// Rights a grant may name, see DESIGN.md "Permissions".
+pub const RIGHTS: [&str; 4] = ["read", "triage", "send", "delete"];
+/// Roles a user may hold.
+pub const ROLES: [&str; 1] = ["audit"];
+
+impl Config {
+    fn validate_clients(&self, push: &mut impl FnMut(String, String)) {
+        if let Some(imap) = &self.imap {
+            for (field, list) in [("listen", &imap.listen), ("listen_starttls", &imap.listen_starttls)] {
+                for (i, a) in list.iter().enumerate() {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        push(format!("imap.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
+                    }
+                }
+            }
+            if imap.max_sessions_per_user == 0 {
+                push("imap.max_sessions_per_user".into(), "must be at least 1".into());
+            }
+            if imap.idle_timeout < Duration::from_secs(60) {
+                push("imap.idle_timeout".into(), "must be at least 1m".into());
+            }
+            if imap.max_literal_size < 1024 * 1024 {
+                push("imap.max_literal_size".into(), "must be at least 1048576".into());
+            }
+            match &self.tls {
+                None => push("tls".into(), "missing: [imap] needs [tls] cert and key".into()),
+                Some(t) => {
+                    for (k, p) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                        if let Err(e) = std::fs::File::open(p) {
+                            push(k.into(), format!("cannot read {}: {e}", p.display()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let k = |field: &str| format!("user[{i}].{field}");
+            if u.name.is_empty() || u.name.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\0') {
+                push(k("name"), format!("{:?} is not a valid user name (no spaces or control characters)", u.name));
+            }
+            if let Some(first) = seen.insert(u.name.as_str(), i) {
+                push(k("name"), format!("duplicate user {:?} (also user[{first}])", u.name));
+            }
+            if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
+                push(k("password_hash"), "not an argon2 PHC string: create one with `pecgate hash-password`".into());
+            }
+            for (alias, rights) in &u.grants {
+                if self.mailbox(alias).is_none() {
+                    push(format!("user[{i}].grants.{alias}"), format!("no [[mailbox]] has alias {alias:?}"));
+                }
+                for r in rights {
+                    if !RIGHTS.contains(&r.as_str()) {
+                        push(
+                            format!("user[{i}].grants.{alias}"),
+                            format!("unknown right {r:?} (rights are {})", RIGHTS.join(", ")),
+                        );
+                    }
+                }
+            }
+            if let Some(d) = &u.default_mailbox {
+                if !u.grants.get(d).is_some_and(|r| r.iter().any(|x| x == "read")) {
+                    push(k("default_mailbox"), format!("{d:?} is not granted \"read\" to this user"));
+                }
+            }
+            for r in &u.roles {
+                if !ROLES.contains(&r.as_str()) {
+                    push(k("roles"), format!("unknown role {r:?} (roles are {})", ROLES.join(", ")));
+                }
+            }
+        }
     }
 }
 
@@ -484,6 +633,26 @@ imap = { host = "127.0.0.1", port = 993, tls = "none" }
         assert_eq!(c.mailboxes[0].offload, Offload::Quota { high_water: 0.8, low_water: 0.5 });
         let c = parse(&format!("{BASE}offload = {{ mode = \"keep-days\", days = 7 }}\n")).unwrap();
         assert_eq!(c.mailboxes[0].offload, Offload::KeepDays { days: 7 });
+    }
+
+    #[test]
+    fn users_and_grants_are_checked_naming_keys() {
+        let text = format!(
+            "{BASE}\n[[user]]\nname = \"mario\"\npassword_hash = \"nope\"\ndefault_mailbox = \"tributi\"\ngrants = {{ protocollo = [\"read\", \"fly\"], tributi = [\"read\"] }}\nroles = [\"boss\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"user[0].password_hash".to_string()), "{keys:?}");
+        assert!(keys.contains(&"user[0].grants.protocollo".to_string()), "{keys:?}");
+        assert!(keys.contains(&"user[0].grants.tributi".to_string()), "{keys:?}");
+        assert!(keys.contains(&"user[0].roles".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn imap_needs_tls_and_addresses() {
+        let c = parse(&format!("{BASE}\n[imap]\nlisten = [\"nowhere\"]\n")).unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["imap.listen[0]".to_string(), "tls".to_string()]);
     }
 
     #[test]

@@ -98,12 +98,31 @@ impl Generation {
     }
 }
 
+/// Start the IMAP listeners if `[imap]` is configured. Users and TLS are
+/// read once: a SIGHUP does not change them (restart instead).
+async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<(watch::Sender<bool>, JoinSet<()>)> {
+    let (stop, rx) = watch::channel(false);
+    let Some(imap) = &cfg.imap else { return Ok((stop, JoinSet::new())) };
+    let files = cfg.tls.as_ref().context("[imap] needs [tls]")?;
+    let tls = crate::tls::server_config(&files.cert, &files.key).context("IMAP TLS certificate")?;
+    let ctx = std::sync::Arc::new(crate::imap::Ctx {
+        cfg: imap.clone(),
+        tls,
+        store: store.clone(),
+        auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+        sessions: Default::default(),
+    });
+    let tasks = crate::imap::start(ctx, rx).await?;
+    Ok((stop, tasks))
+}
+
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = load_config(&config_path)?;
     let store = open_store(&cfg)?;
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let mut generation = start_generation(&cfg, &store, &board)?;
+    let (imap_stop, mut imap_tasks) = start_imap(&cfg, &store).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -135,6 +154,11 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = imap_stop.send(true);
+    let drain = async { while imap_tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
+        imap_tasks.abort_all();
+    }
     generation.stop(Duration::from_secs(60)).await;
     store.close()?;
     tracing::info!("archive closed; bye");

@@ -12,6 +12,8 @@
 //!   unwrapping, signature check, receipt reconciliation. No I/O.
 //! * [`upstream`]: one task per PEC mailbox pulling messages from the
 //!   provider over IMAP into the archive, then offloading them.
+//! * [`imap`]: the client-facing IMAP server (per-user folder tree over the
+//!   store, permissions, audit of every login, select and read).
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod imap;
 pub mod pec;
 pub mod store;
 pub mod tls;

@@ -11,6 +11,9 @@
 //! | `hashes` | mailbox, hash | folder, uid (de-duplication) |
 //! | `provider` | mailbox, provider folder, uidvalidity, uid | [`ProviderEntry`]: archived, still on the provider |
 //! | `sync` | mailbox, provider folder | provider UIDVALIDITY (u32 BE) |
+//! | `seen` | user, mailbox, folder, uid | empty: `user` has seen it (`\Seen` is per user) |
+//! | `seen_by` | mailbox, folder, uid | users who have seen it (JSON list; so a move carries it in one read) |
+//! | `hidden` | mailbox, folder, uid | [`MessageMeta`] of a message a client expunged (the blob stays) |
 //!
 //! Each journal record is applied in one sled transaction together with
 //! `applied_seq`, so a replay after a crash never applies a record twice.
@@ -90,6 +93,24 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(a)
 }
 
+fn get_json<T: for<'de> Deserialize<'de>>(
+    t: &sled::transaction::TransactionalTree,
+    k: &[u8],
+) -> TxResult<Option<T>> {
+    match t.get(k)? {
+        Some(v) => Ok(Some(unjson(&v).map_err(ConflictableTransactionError::Abort)?)),
+        None => Ok(None),
+    }
+}
+
+fn set_applied(meta: &sled::transaction::TransactionalTree, seq: u64) -> TxResult<()> {
+    meta.insert("applied_seq", &seq.to_be_bytes())?;
+    Ok(())
+}
+
+/// Every index entry as (tree, key, value), for comparing two indexes.
+pub type Dump = Vec<(String, Vec<u8>, Vec<u8>)>;
+
 pub struct Index {
     db: sled::Db,
     meta: sled::Tree,
@@ -98,6 +119,9 @@ pub struct Index {
     hashes: sled::Tree,
     provider: sled::Tree,
     sync: sled::Tree,
+    seen: sled::Tree,
+    seen_by: sled::Tree,
+    hidden: sled::Tree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
@@ -112,6 +136,9 @@ impl Index {
             hashes: db.open_tree("hashes")?,
             provider: db.open_tree("provider")?,
             sync: db.open_tree("sync")?,
+            seen: db.open_tree("seen")?,
+            seen_by: db.open_tree("seen_by")?,
+            hidden: db.open_tree("hidden")?,
             db,
         })
     }
@@ -139,9 +166,19 @@ impl Index {
     /// Apply one journal record's event, atomically with `applied_seq`.
     /// Records at or below `applied_seq` are skipped (replay is idempotent).
     pub fn apply(&self, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), sled::Error> {
-        let trees = (&self.meta, &self.folders, &self.msgs, &self.hashes, &self.provider, &self.sync);
-        let r: Result<(), TransactionError<sled::Error>> =
-            trees.transaction(|(meta, folders, msgs, hashes, provider, sync)| -> TxResult<()> {
+        let trees = (
+            &self.meta,
+            &self.folders,
+            &self.msgs,
+            &self.hashes,
+            &self.provider,
+            &self.sync,
+            &self.seen,
+            &self.seen_by,
+            &self.hidden,
+        );
+        let r: Result<(), TransactionError<sled::Error>> = trees.transaction(
+            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden)| -> TxResult<()> {
                 let applied = meta
                     .get("applied_seq")?
                     .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
@@ -238,10 +275,109 @@ impl Index {
                         // UIDVALIDITY, so they no longer match anything).
                         sync.insert(key(&[mailbox.as_bytes(), folder.as_bytes()]), &new_uidvalidity.to_be_bytes())?;
                     }
+                    Event::FlagsChanged { mailbox, folder, uids, op, flags } => {
+                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
+                            return set_applied(meta, seq);
+                        };
+                        for uid in uids {
+                            let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
+                            let Some(mut m) = get_json::<MessageMeta>(msgs, &mk)? else { continue };
+                            let new = op.apply(&m.flags, flags);
+                            if new != m.flags {
+                                st.highest_modseq += 1;
+                                m.flags = new;
+                                m.modseq = st.highest_modseq;
+                                msgs.insert(mk, json(&m))?;
+                            }
+                        }
+                        folders.insert(fk, json(&st))?;
+                    }
+                    Event::SeenChanged { user, mailbox, folder, uids, seen: on } => {
+                        for uid in uids {
+                            let u = uid.to_be_bytes();
+                            let k1 = key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]);
+                            let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
+                            let mut users: Vec<String> = get_json(seen_by, &k2)?.unwrap_or_default();
+                            users.retain(|x| x != user);
+                            if *on {
+                                seen.insert(k1, &[])?;
+                                users.push(user.clone());
+                            } else {
+                                seen.remove(k1)?;
+                            }
+                            if users.is_empty() {
+                                seen_by.remove(k2)?;
+                            } else {
+                                seen_by.insert(k2, json(&users))?;
+                            }
+                        }
+                    }
+                    Event::Hidden { mailbox, folder, uids, .. } => {
+                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
+                            for uid in uids {
+                                let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
+                                if let Some(v) = msgs.remove(mk.clone())? {
+                                    let m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
+                                    st.exists = st.exists.saturating_sub(1);
+                                    st.size = st.size.saturating_sub(m.size);
+                                    st.highest_modseq += 1;
+                                    // The hashes entry stays: the provider copy
+                                    // (if any) is recognised, not re-filed.
+                                    hidden.insert(mk, v)?;
+                                }
+                            }
+                            folders.insert(fk, json(&st))?;
+                        }
+                    }
+                    Event::Moved { mailbox, from, to, moves } => {
+                        let fk = key(&[mailbox.as_bytes(), from.as_bytes()]);
+                        let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
+                        let (Some(mut fs), Some(mut ts)) =
+                            (get_json::<FolderState>(folders, &fk)?, get_json::<FolderState>(folders, &tk)?)
+                        else {
+                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
+                                "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
+                            ))));
+                        };
+                        for (old, new) in moves {
+                            let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
+                            let Some(v) = msgs.remove(ok)? else { continue };
+                            let mut m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
+                            fs.exists = fs.exists.saturating_sub(1);
+                            fs.size = fs.size.saturating_sub(m.size);
+                            fs.highest_modseq += 1;
+                            ts.exists += 1;
+                            ts.size += m.size;
+                            ts.highest_modseq += 1;
+                            ts.uidnext = ts.uidnext.max(new + 1);
+                            m.modseq = ts.highest_modseq;
+                            msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), json(&m))?;
+                            hashes.insert(
+                                key(&[mailbox.as_bytes(), m.hash.as_bytes()]),
+                                key(&[to.as_bytes(), &new.to_be_bytes()]),
+                            )?;
+                            // Carry every user's \\Seen along.
+                            let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
+                            let ok2 = key(&[mailbox.as_bytes(), from.as_bytes(), &o]);
+                            if let Some(users) = get_json::<Vec<String>>(seen_by, &ok2)? {
+                                seen_by.remove(ok2)?;
+                                for user in &users {
+                                    seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), from.as_bytes(), &o]))?;
+                                    seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), &[])?;
+                                }
+                                seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
+                            }
+                        }
+                        folders.insert(fk, json(&fs))?;
+                        folders.insert(tk, json(&ts))?;
+                    }
                 }
-                meta.insert("applied_seq", &seq.to_be_bytes())?;
+                set_applied(meta, seq)?;
                 Ok(())
-            });
+            },
+        );
         r.map_err(|e| match e {
             TransactionError::Abort(e) | TransactionError::Storage(e) => e,
         })
@@ -343,9 +479,61 @@ impl Index {
         Ok(self.sync.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?.map(|v| be32(&v)))
     }
 
+    /// UIDs in `mailbox`/`folder` that `user` has seen.
+    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<std::collections::HashSet<u32>, sled::Error> {
+        let p = prefix(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes()]);
+        let mut out = std::collections::HashSet::new();
+        for kv in self.seen.scan_prefix(&p) {
+            let (k, _) = kv?;
+            out.insert(be32(&k[p.len()..]));
+        }
+        Ok(out)
+    }
+
+    /// A message hidden from `mailbox`/`folder` by a client's EXPUNGE.
+    pub fn hidden_message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, sled::Error> {
+        match self.hidden.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
+            Some(v) => Ok(Some(unjson(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every tree's content, for tests comparing a rebuilt index with the
+    /// live one.
+    pub fn dump(&self) -> Result<Dump, sled::Error> {
+        let mut out = Vec::new();
+        for (name, t) in [
+            ("meta", &self.meta),
+            ("folders", &self.folders),
+            ("msgs", &self.msgs),
+            ("hashes", &self.hashes),
+            ("provider", &self.provider),
+            ("sync", &self.sync),
+            ("seen", &self.seen),
+            ("seen_by", &self.seen_by),
+            ("hidden", &self.hidden),
+        ] {
+            for kv in t.iter() {
+                let (k, v) = kv?;
+                out.push((name.to_string(), k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Drop every tree (before a rebuild from the journal).
     pub fn clear(&self) -> Result<(), sled::Error> {
-        for t in [&self.meta, &self.folders, &self.msgs, &self.hashes, &self.provider, &self.sync] {
+        for t in [
+            &self.meta,
+            &self.folders,
+            &self.msgs,
+            &self.hashes,
+            &self.provider,
+            &self.sync,
+            &self.seen,
+            &self.seen_by,
+            &self.hidden,
+        ] {
             t.clear()?;
         }
         self.flush()

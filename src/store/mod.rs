@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::BlobRef;
 pub use index::{FolderState, MessageMeta, ProviderEntry};
-pub use record::{Audit, Event, ProviderRef, Record};
+pub use record::{Audit, Event, FlagOp, ProviderRef, Record};
 
 use blobs::Blobs;
 use index::Index;
@@ -78,6 +78,17 @@ pub enum Change {
     },
     ProviderDeleted { mailbox: String, folder: String, uidvalidity: u32, uids: Vec<u32>, hashes: Vec<String>, gone: bool },
     ProviderReset { mailbox: String, folder: String, old_uidvalidity: u32, new_uidvalidity: u32 },
+    /// Change shared flags/keywords of messages (a client's STORE); `\Seen`
+    /// in `flags` is ignored here (see [`Change::SetSeen`]).
+    SetFlags { mailbox: String, folder: String, uids: Vec<u32>, op: FlagOp, flags: Vec<String> },
+    /// Mark messages seen or unseen for one user.
+    SetSeen { user: String, mailbox: String, folder: String, uids: Vec<u32>, seen: bool },
+    /// Hide messages from a folder (a client's EXPUNGE); UIDs not in the
+    /// folder are left out of the record.
+    Hide { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Move messages to another folder of the same mailbox; the writer
+    /// assigns their UIDs in `to` (created on first use).
+    Move { mailbox: String, from: String, to: String, uids: Vec<u32> },
 }
 
 /// What a committed change became.
@@ -319,6 +330,21 @@ impl Store {
             .folders(mailbox)?
             .iter()
             .fold((0, 0), |(n, b), (_, st)| (n + st.exists, b + st.size)))
+    }
+
+    /// UIDs in `mailbox`/`folder` that `user` has seen (`\Seen` is per user).
+    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<HashSet<u32>> {
+        Ok(self.inner.index.seen_uids(user, mailbox, folder)?)
+    }
+
+    /// A message a client hid from `mailbox`/`folder` (its blob stays).
+    pub fn hidden_message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>> {
+        Ok(self.inner.index.hidden_message(mailbox, folder, uid)?)
+    }
+
+    /// Every index entry, for comparing a rebuilt index with a live one.
+    pub fn index_dump(&self) -> Result<index::Dump> {
+        Ok(self.inner.index.dump()?)
     }
 
     pub fn applied_seq(&self) -> Result<u64> {
@@ -572,6 +598,9 @@ impl Writer {
             if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
                 notices.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
             }
+            if let Event::Moved { mailbox, to, .. } = &rec.event {
+                notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
+            }
         }
         for (reply, idx) in answers {
             let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
@@ -695,14 +724,80 @@ impl Writer {
             Change::ProviderReset { mailbox, folder, old_uidvalidity, new_uidvalidity } => {
                 Event::ProviderReset { mailbox, folder, old_uidvalidity, new_uidvalidity }
             }
+            Change::SetFlags { mailbox, folder, uids, op, flags } => {
+                Event::FlagsChanged { mailbox, folder, uids, op, flags }
+            }
+            Change::SetSeen { user, mailbox, folder, uids, seen } => {
+                Event::SeenChanged { user, mailbox, folder, uids, seen }
+            }
+            Change::Hide { mailbox, folder, uids } => {
+                let mut kept = Vec::new();
+                let mut hashes = Vec::new();
+                for uid in uids {
+                    if let Some(m) = self.index.message(&mailbox, &folder, uid)? {
+                        kept.push(uid);
+                        hashes.push(m.hash);
+                    }
+                }
+                Event::Hidden { mailbox, folder, uids: kept, hashes }
+            }
+            Change::Move { mailbox, from, to, uids } => {
+                if from == to {
+                    return Err(StoreError::Invalid(format!("move within one folder ({mailbox}/{from})")));
+                }
+                if self.folder_state(&mailbox, &from)?.is_none() {
+                    return Err(StoreError::Invalid(format!("no folder {mailbox}/{from}")));
+                }
+                let mut st = self.ensure_folder(&mailbox, &to, now, out, &mk)?;
+                let mut moves = Vec::new();
+                for uid in uids {
+                    if self.index.message(&mailbox, &from, uid)?.is_some() {
+                        moves.push((uid, st.uidnext));
+                        st.uidnext += 1;
+                    }
+                }
+                self.folders.insert((mailbox.clone(), to.clone()), st);
+                Event::Moved { mailbox, from, to, moves }
+            }
         };
         let (folder, uids) = match &event {
             Event::Archived { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
-            Event::ProviderDeleted { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            Event::ProviderDeleted { folder, uids, .. }
+            | Event::FlagsChanged { folder, uids, .. }
+            | Event::SeenChanged { folder, uids, .. }
+            | Event::Hidden { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
             _ => (None, vec![]),
         };
         out.push(mk(&audit, event, folder, uids));
         Ok(out.len() - 1)
+    }
+}
+
+/// Builds a record from its audit part and event (the writer's `mk`).
+type MakeRecord<'a> = dyn Fn(&Audit, Event, Option<String>, Vec<u32>) -> Record + 'a;
+
+impl Writer {
+    /// The state of `mailbox`/`folder`, creating the folder (a
+    /// `FolderCreated` record in `out`) if it does not exist yet.
+    fn ensure_folder(
+        &mut self,
+        mailbox: &str,
+        folder: &str,
+        now: DateTime<Utc>,
+        out: &mut Vec<Record>,
+        mk: &MakeRecord<'_>,
+    ) -> Result<FolderState> {
+        if let Some(st) = self.folder_state(mailbox, folder)? {
+            return Ok(st);
+        }
+        let uidvalidity = new_uidvalidity(now);
+        let ev = Event::FolderCreated { mailbox: mailbox.to_string(), folder: folder.to_string(), uidvalidity };
+        let a = Audit::system("store", "folder-create").mailbox(mailbox);
+        out.push(mk(&a, ev, Some(folder.to_string()), vec![]));
+        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0 };
+        self.folders.insert((mailbox.to_string(), folder.to_string()), st.clone());
+        Ok(st)
     }
 }
 
@@ -711,3 +806,6 @@ impl Writer {
 fn new_uidvalidity(now: DateTime<Utc>) -> u32 {
     u32::try_from(now.timestamp()).unwrap_or(u32::MAX).max(1)
 }
+
+#[cfg(test)]
+mod client_change_tests;

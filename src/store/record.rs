@@ -62,6 +62,60 @@ pub enum Event {
     /// references (the messages are archived; the folder is re-scanned and
     /// duplicates are recognised by hash).
     ProviderReset { mailbox: String, folder: String, old_uidvalidity: u32, new_uidvalidity: u32 },
+    /// Shared flags or keywords of messages changed (everything but `\Seen`,
+    /// which is per user). The record carries the operation, not the result:
+    /// applying it in journal order reproduces the result, and each changed
+    /// message gets the folder's next MODSEQ.
+    FlagsChanged { mailbox: String, folder: String, uids: Vec<u32>, op: FlagOp, flags: Vec<String> },
+    /// `user` marked messages seen (or unseen). `\Seen` is per person: one
+    /// colleague opening a certified message does not mean the office read it.
+    SeenChanged { user: String, mailbox: String, folder: String, uids: Vec<u32>, seen: bool },
+    /// Messages were hidden from a folder (a client's EXPUNGE). The blobs
+    /// stay: the archive is evidence and keeps them for their retention.
+    Hidden {
+        mailbox: String,
+        folder: String,
+        uids: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hashes: Vec<String>,
+    },
+    /// Messages moved between two folders of one mailbox: `moves` pairs each
+    /// old UID in `from` with the new UID the writer assigned in `to`, so a
+    /// rebuild reproduces them.
+    Moved { mailbox: String, from: String, to: String, moves: Vec<(u32, u32)> },
+}
+
+/// How a flag change combines with the flags a message already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlagOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+impl FlagOp {
+    /// The flags after applying this operation with `flags` to `current`.
+    /// `\Seen` never enters the shared set (it is per user).
+    pub fn apply(self, current: &[String], flags: &[String]) -> Vec<String> {
+        let shared = |f: &&String| !f.eq_ignore_ascii_case("\\Seen");
+        let has = |set: &[String], f: &str| set.iter().any(|x| x.eq_ignore_ascii_case(f));
+        let mut out: Vec<String> = match self {
+            FlagOp::Replace => Vec::new(),
+            _ => current.iter().filter(shared).cloned().collect(),
+        };
+        match self {
+            FlagOp::Add | FlagOp::Replace => {
+                for f in flags.iter().filter(shared) {
+                    if !has(&out, f) {
+                        out.push(f.clone());
+                    }
+                }
+            }
+            FlagOp::Remove => out.retain(|f| !has(flags, f)),
+        }
+        out
+    }
 }
 
 impl Event {
@@ -71,7 +125,11 @@ impl Event {
             Event::FolderCreated { mailbox, .. }
             | Event::Archived { mailbox, .. }
             | Event::ProviderDeleted { mailbox, .. }
-            | Event::ProviderReset { mailbox, .. } => Some(mailbox),
+            | Event::ProviderReset { mailbox, .. }
+            | Event::FlagsChanged { mailbox, .. }
+            | Event::SeenChanged { mailbox, .. }
+            | Event::Hidden { mailbox, .. }
+            | Event::Moved { mailbox, .. } => Some(mailbox),
         }
     }
 }
@@ -154,6 +212,16 @@ impl Audit {
 
     pub fn outcome(mut self, o: impl Into<String>) -> Self {
         self.outcome = o.into();
+        self
+    }
+
+    /// An operation by a gateway user from a client address (`ip:port`).
+    pub fn user(actor: &str, source: Option<String>, proto: &str, op: &str) -> Audit {
+        Audit { actor: actor.into(), source, ..Audit::system(proto, op) }
+    }
+
+    pub fn uids(mut self, uids: Vec<u32>) -> Self {
+        self.uids = uids;
         self
     }
 }

@@ -1,0 +1,392 @@
+//! FETCH data from a stored message: sections, ENVELOPE, BODYSTRUCTURE.
+//!
+//! Bytes are served exactly as archived (BODY[] is the blob); mail-parser
+//! only finds the offsets of headers and parts. A message mail-parser cannot
+//! parse is still served whole, with a minimal structure.
+
+use std::borrow::Cow;
+use std::num::NonZeroU32;
+
+use imap_next::imap_types::body::{BasicFields, Body, BodyStructure, SpecificFields};
+use imap_next::imap_types::core::{AString, IString, Literal, NString, Quoted, Vec1};
+use imap_next::imap_types::envelope::{Address, Envelope};
+use imap_next::imap_types::fetch::Section;
+use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+
+/// A parsed message, or `None` if mail-parser gave up.
+pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    MessageParser::default().parse(raw)
+}
+
+/// An IMAP string for arbitrary bytes: quoted when possible, else a literal.
+pub fn istr(bytes: &[u8]) -> IString<'static> {
+    match Quoted::try_from(bytes.to_vec()) {
+        Ok(q) => IString::Quoted(q),
+        Err(_) => IString::Literal(Literal::unvalidated(bytes.to_vec())),
+    }
+}
+
+pub fn nstr(bytes: Option<&[u8]>) -> NString<'static> {
+    NString(bytes.map(istr))
+}
+
+/// Header block of `raw` including the blank line (or all of it).
+pub fn header_end(raw: &[u8]) -> usize {
+    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        return p + 4;
+    }
+    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+        return p + 2;
+    }
+    raw.len()
+}
+
+/// The bytes of BODY[section] of the message `raw`.
+pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
+    let Some(section) = section else {
+        return raw.to_vec();
+    };
+    let whole = |r: &[u8], s: &Section<'_>| -> Vec<u8> {
+        let h = header_end(r);
+        match s {
+            Section::Header(_) => r[..h].to_vec(),
+            Section::Text(_) => r[h..].to_vec(),
+            Section::HeaderFields(_, names) => header_fields(&r[..h], names.as_ref(), true),
+            Section::HeaderFieldsNot(_, names) => header_fields(&r[..h], names.as_ref(), false),
+            Section::Part(_) | Section::Mime(_) => Vec::new(),
+        }
+    };
+    let part = match section {
+        Section::Part(p) | Section::Mime(p) => Some(p),
+        Section::Header(p)
+        | Section::Text(p)
+        | Section::HeaderFields(p, _)
+        | Section::HeaderFieldsNot(p, _) => p.as_ref(),
+    };
+    let Some(part) = part else {
+        return whole(raw, section);
+    };
+    let Some(msg) = parse(raw) else {
+        return Vec::new();
+    };
+    let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
+    let Some((m, p)) = find_part(&msg, &numbers) else {
+        return Vec::new();
+    };
+    let r = m.raw_message();
+    let slice = |a: u32, b: u32| {
+        r.get(a as usize..b as usize)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    };
+    match section {
+        Section::Part(_) => slice(p.offset_body, p.offset_end),
+        Section::Mime(_) => slice(p.offset_header, p.offset_body),
+        // HEADER/TEXT of a part apply to an encapsulated message/rfc822.
+        _ => match &p.body {
+            PartType::Message(inner) => whole(inner.raw_message(), section),
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// Part `numbers` (1-based, IMAP numbering) of `msg`, with the message whose
+/// `raw_message` its offsets refer to.
+fn find_part<'a, 'x>(
+    msg: &'a Message<'x>,
+    numbers: &[u32],
+) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
+    let (first, rest) = numbers.split_first()?;
+    let root = msg.parts.first()?;
+    let part = match &root.body {
+        PartType::Multipart(children) => msg
+            .parts
+            .get(*children.get(first.checked_sub(1)? as usize)? as usize)?,
+        _ if *first == 1 => root,
+        _ => return None,
+    };
+    let part = descend(msg, part, rest)?;
+    Some(part)
+}
+
+fn descend<'a, 'x>(
+    msg: &'a Message<'x>,
+    part: &'a MessagePart<'x>,
+    rest: &[u32],
+) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
+    let Some((n, more)) = rest.split_first() else {
+        return Some((msg, part));
+    };
+    match &part.body {
+        PartType::Multipart(children) => {
+            let child = msg
+                .parts
+                .get(*children.get(n.checked_sub(1)? as usize)? as usize)?;
+            descend(msg, child, more)
+        }
+        PartType::Message(inner) => find_part(inner, rest),
+        _ => None,
+    }
+}
+
+fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
+    let wanted: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| n.as_ref().to_ascii_lowercase())
+        .collect();
+    let mut out = Vec::new();
+    let mut take = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !matches!(line.first(), Some(b' ') | Some(b'\t')) {
+            let name = line
+                .split(|b| *b == b':')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+                .to_ascii_lowercase();
+            take = wanted.contains(&name) == keep;
+        }
+        if take {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<Address<'static>> {
+    let Some(a) = a else { return Vec::new() };
+    a.iter()
+        .map(|addr| {
+            let (local, host) = match addr.address.as_deref().and_then(|x| x.rsplit_once('@')) {
+                Some((l, h)) => (Some(l.as_bytes().to_vec()), Some(h.as_bytes().to_vec())),
+                None => (addr.address.as_deref().map(|x| x.as_bytes().to_vec()), None),
+            };
+            Address {
+                name: nstr(addr.name.as_deref().map(str::as_bytes)),
+                adl: NString(None),
+                mailbox: nstr(local.as_deref()),
+                host: nstr(host.as_deref()),
+            }
+        })
+        .collect()
+}
+
+pub fn envelope(msg: Option<&Message<'_>>) -> Envelope<'static> {
+    let Some(m) = msg else {
+        return Envelope {
+            date: NString(None),
+            subject: NString(None),
+            from: vec![],
+            sender: vec![],
+            reply_to: vec![],
+            to: vec![],
+            cc: vec![],
+            bcc: vec![],
+            in_reply_to: NString(None),
+            message_id: NString(None),
+        };
+    };
+    let raw = |h: &str| m.header_raw(h).map(|v| v.trim().as_bytes().to_vec());
+    let from = addresses(m.from());
+    let sender = match m.sender() {
+        Some(s) => addresses(Some(s)),
+        None => from.clone(),
+    };
+    let reply_to = match m.reply_to() {
+        Some(s) => addresses(Some(s)),
+        None => from.clone(),
+    };
+    Envelope {
+        date: nstr(raw("Date").as_deref()),
+        subject: nstr(raw("Subject").as_deref()),
+        from,
+        sender,
+        reply_to,
+        to: addresses(m.to()),
+        cc: addresses(m.cc()),
+        bcc: addresses(m.bcc()),
+        in_reply_to: nstr(raw("In-Reply-To").as_deref()),
+        message_id: nstr(raw("Message-ID").as_deref()),
+    }
+}
+
+fn count_lines(b: &[u8]) -> u32 {
+    u32::try_from(b.iter().filter(|c| **c == b'\n').count()).unwrap_or(u32::MAX)
+}
+
+fn part_structure(
+    msg: &Message<'_>,
+    part: &MessagePart<'_>,
+    depth: usize,
+) -> BodyStructure<'static> {
+    let raw = msg.raw_message();
+    let body_bytes = raw
+        .get(part.offset_body as usize..part.offset_end as usize)
+        .unwrap_or_default();
+    if let (PartType::Multipart(children), true) = (&part.body, depth < 16) {
+        let bodies: Vec<BodyStructure<'static>> = children
+            .iter()
+            .filter_map(|c| msg.parts.get(*c as usize))
+            .map(|c| part_structure(msg, c, depth + 1))
+            .collect();
+        let subtype = part
+            .content_type()
+            .and_then(|c| c.subtype())
+            .unwrap_or("mixed")
+            .to_string();
+        if let Ok(bodies) = Vec1::try_from(bodies) {
+            return BodyStructure::Multi {
+                bodies,
+                subtype: istr(subtype.as_bytes()),
+                extension_data: None,
+            };
+        }
+    }
+    let (ctype, csub, params) = match part.content_type() {
+        Some(ct) => (
+            ct.ctype().to_string(),
+            ct.subtype().unwrap_or("plain").to_string(),
+            ct.attributes()
+                .unwrap_or_default()
+                .iter()
+                .map(|a| (istr(a.name.as_bytes()), istr(a.value.as_bytes())))
+                .collect(),
+        ),
+        None => (
+            "text".to_string(),
+            "plain".to_string(),
+            vec![(istr(b"charset"), istr(b"us-ascii"))],
+        ),
+    };
+    let basic = BasicFields {
+        parameter_list: params,
+        id: nstr(part.content_id().map(str::as_bytes)),
+        description: nstr(part.content_description().map(str::as_bytes)),
+        content_transfer_encoding: istr(
+            part.content_transfer_encoding()
+                .unwrap_or("7bit")
+                .as_bytes(),
+        ),
+        size: u32::try_from(body_bytes.len()).unwrap_or(u32::MAX),
+    };
+    let specific = match (&part.body, depth < 16) {
+        (PartType::Message(inner), true) => SpecificFields::Message {
+            envelope: Box::new(envelope(Some(inner))),
+            body_structure: Box::new(structure_of(inner, depth + 1)),
+            number_of_lines: count_lines(body_bytes),
+        },
+        _ if ctype.eq_ignore_ascii_case("text") => SpecificFields::Text {
+            subtype: istr(csub.as_bytes()),
+            number_of_lines: count_lines(body_bytes),
+        },
+        _ => SpecificFields::Basic {
+            r#type: istr(ctype.as_bytes()),
+            subtype: istr(csub.as_bytes()),
+        },
+    };
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data: None,
+    }
+}
+
+fn structure_of(msg: &Message<'_>, depth: usize) -> BodyStructure<'static> {
+    match msg.parts.first() {
+        Some(root) => part_structure(msg, root, depth),
+        None => fallback_structure(msg.raw_message()),
+    }
+}
+
+fn fallback_structure(raw: &[u8]) -> BodyStructure<'static> {
+    let body = &raw[header_end(raw)..];
+    BodyStructure::Single {
+        body: Body {
+            basic: BasicFields {
+                parameter_list: vec![(istr(b"charset"), istr(b"us-ascii"))],
+                id: NString(None),
+                description: NString(None),
+                content_transfer_encoding: istr(b"7bit"),
+                size: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            },
+            specific: SpecificFields::Text {
+                subtype: istr(b"plain"),
+                number_of_lines: count_lines(body),
+            },
+        },
+        extension_data: None,
+    }
+}
+
+pub fn body_structure(raw: &[u8], msg: Option<&Message<'_>>) -> BodyStructure<'static> {
+    match msg {
+        Some(m) => structure_of(m, 0),
+        None => fallback_structure(raw),
+    }
+}
+
+/// `<origin>` partial fetch.
+pub fn partial(bytes: Vec<u8>, partial: Option<(u32, NonZeroU32)>) -> Vec<u8> {
+    match partial {
+        None => bytes,
+        Some((start, len)) => {
+            let s = (start as usize).min(bytes.len());
+            let e = s.saturating_add(len.get() as usize).min(bytes.len());
+            bytes[s..e].to_vec()
+        }
+    }
+}
+
+/// A body as an NString literal (exact bytes).
+pub fn literal(bytes: Vec<u8>) -> NString<'static> {
+    NString(Some(IString::Literal(Literal::unvalidated(Cow::Owned(
+        bytes,
+    )))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_next::imap_types::fetch::{Part, Section};
+
+    const MIXED: &[u8] = b"From: A <a@x.it>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\nContent-Type: application/xml\r\n\r\n<x/>\r\n--b--\r\n";
+
+    #[test]
+    fn sections() {
+        assert_eq!(section(MIXED, None), MIXED);
+        let h = section(MIXED, Some(&Section::Header(None)));
+        assert!(h.ends_with(b"boundary=b\r\n\r\n"));
+        let p1 = Part(Vec1::from(NonZeroU32::new(1).unwrap()));
+        assert_eq!(section(MIXED, Some(&Section::Part(p1))), b"one");
+        let p2 = Part(Vec1::from(NonZeroU32::new(2).unwrap()));
+        assert_eq!(section(MIXED, Some(&Section::Part(p2))), b"<x/>");
+        let p9 = Part(Vec1::from(NonZeroU32::new(9).unwrap()));
+        assert!(section(MIXED, Some(&Section::Part(p9))).is_empty());
+        let f = section(
+            MIXED,
+            Some(&Section::HeaderFields(
+                None,
+                Vec1::from(AString::try_from("subject").unwrap()),
+            )),
+        );
+        assert_eq!(f, b"Subject: hi\r\n\r\n");
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for raw in [
+            &b""[..],
+            b"\r\n",
+            b"Content-Type: multipart/mixed\r\n\r\n--",
+            b"\xff\xfe\x00",
+        ] {
+            let m = parse(raw);
+            let _ = body_structure(raw, m.as_ref());
+            let _ = envelope(m.as_ref());
+            let _ = section(raw, Some(&Section::Text(None)));
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The client-facing IMAP server: listeners, TLS, per-user session limits.
+//!
+//! * `mod.rs` (this file): bind the listeners, accept, cap connections,
+//!   hand each one to a task that does its TLS handshake under a timeout.
+//! * [`session`]: one task per connection: the protocol state machine.
+//! * [`io`]: imap-next's stream and server with bounded output.
+//! * [`view`]: the per-user folder tree over the store.
+//! * [`fetch`], [`search`]: message data and search over stored messages.
+
+pub mod fetch;
+pub mod io;
+pub mod search;
+pub mod session;
+pub mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::auth::Authenticator;
+use crate::config::ImapConfig;
+use crate::store::Store;
+
+/// HYPOTHESIS: 4096 concurrent connections (idle IMAP sessions cost a few
+/// KB each) cover an organisation of hundreds of users with several
+/// clients each; past it new connections wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// A TLS handshake slower than this is an attack or a broken client.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every session shares.
+pub struct Ctx {
+    pub cfg: ImapConfig,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub store: Store,
+    pub auth: Arc<Authenticator>,
+    /// Open sessions per user (for `max_sessions_per_user`).
+    pub sessions: Mutex<HashMap<String, usize>>,
+}
+
+/// Counts one authenticated session of a user; dropping it releases it.
+pub struct SessionGuard {
+    ctx: Arc<Ctx>,
+    user: String,
+}
+
+impl Ctx {
+    /// Take a session slot for `user`, or `None` if they have too many.
+    pub fn acquire(self: &Arc<Self>, user: &str) -> Option<SessionGuard> {
+        let mut m = self.sessions.lock().ok()?;
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= self.cfg.max_sessions_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(SessionGuard {
+            ctx: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.ctx.sessions.lock() {
+            if let Some(n) = m.get_mut(&self.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.user);
+                }
+            }
+        }
+    }
+}
+
+/// Bind every configured listener (failing if one cannot be bound) and
+/// serve them until `shutdown` turns true. Sessions get BYE on shutdown.
+pub async fn start(
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinSet<()>, ImapError> {
+    let mut tasks = JoinSet::new();
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let addrs = ctx
+        .cfg
+        .listen
+        .iter()
+        .map(|a| (a.clone(), true))
+        .chain(ctx.cfg.listen_starttls.iter().map(|a| (a.clone(), false)));
+    for (addr, implicit) in addrs {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ImapError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        tracing::info!(%addr, implicit_tls = implicit, "IMAP listening");
+        tasks.spawn(accept_loop(
+            listener,
+            implicit,
+            ctx.clone(),
+            limit.clone(),
+            shutdown.clone(),
+        ));
+    }
+    Ok(tasks)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    implicit: bool,
+    ctx: Arc<Ctx>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(100);
+                let (ctx, sd) = (ctx.clone(), shutdown.clone());
+                sessions.spawn(async move {
+                    session::run(ctx, tcp, peer, implicit, sd).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, 0.1 s to 6.4 s.
+                tracing::warn!(error = %e, "IMAP accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(6400));
+            }
+        }
+        while sessions.try_join_next().is_some() {}
+    }
+    // Sessions see the same shutdown signal and say BYE; give them a moment.
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        sessions.abort_all();
+    }
+}
+
+/// Is this peer allowed to log in without TLS (if configured)?
+pub fn plaintext_ok(cfg: &ImapConfig, peer: &SocketAddr) -> bool {
+    cfg.allow_plaintext_on_loopback && peer.ip().is_loopback()
+}

@@ -1,0 +1,229 @@
+//! Shared setup for the IMAP end-to-end tests: a data directory filled
+//! through the store's library API (no provider), a TLS certificate made
+//! with the `openssl` CLI, a config, and a running `pecgate serve`.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use pecgate::store::{Audit, BlobRef, Change, Store, StoreOptions};
+
+pub const PASSWORD: &str = "pw-Secret-1";
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub child: Child,
+    /// Raw messages archived before start, in prot/INBOX UID order.
+    pub inbox: Vec<Vec<u8>>,
+    pub blobs: Vec<BlobRef>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn message(i: usize) -> Vec<u8> {
+    format!(
+        "From: Ufficio {i} <mittente{i}@pec.example.it>\r\nTo: protocollo@pec.comune.example.it\r\nSubject: Notifica numero {i}\r\nDate: Mon, 3 Mar 2025 10:0{i}:00 +0100\r\nMessage-ID: <m{i}@pec.example.it>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTesto del messaggio {i} parola{i}\r\n--b{i}\r\nContent-Type: application/xml; name=daticert.xml\r\nContent-Transfer-Encoding: base64\r\n\r\nPHBvc3RhY2VydC8+\r\n--b{i}--\r\n"
+    )
+    .into_bytes()
+}
+
+fn user(name: &str, grants: &str, default: &str) -> String {
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"{default}\"\ngrants = {{ {grants} }}\n\n")
+}
+
+/// Archive `n` messages into prot/INBOX, write cert and config, start the
+/// daemon and wait until the IMAPS port accepts.
+pub fn start(n: usize, starttls_port: bool) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (inbox, blobs) = rt.block_on(async {
+        let (store, _) = Store::open(&data, StoreOptions::default()).expect("open store");
+        let mut inbox = Vec::new();
+        let mut blobs = Vec::new();
+        for i in 1..=n {
+            let raw = message(i);
+            let blob = store.put_blob(raw.clone()).await.expect("blob");
+            store
+                .commit(
+                    Audit::system("test", "archive"),
+                    Change::Archive {
+                        mailbox: "prot".into(),
+                        folder: "INBOX".into(),
+                        blob: blob.clone(),
+                        internal_date: chrono::Utc::now(),
+                        flags: vec![],
+                        provider: None,
+                        pec: None,
+                    },
+                )
+                .await
+                .expect("commit");
+            inbox.push(raw);
+            blobs.push(blob);
+        }
+        let b = store
+            .put_blob(b"Subject: tributi\r\n\r\nsecret\r\n".to_vec())
+            .await
+            .expect("blob");
+        store
+            .commit(
+                Audit::system("test", "archive"),
+                Change::Archive {
+                    mailbox: "tributi".into(),
+                    folder: "INBOX".into(),
+                    blob: b,
+                    internal_date: chrono::Utc::now(),
+                    flags: vec![],
+                    provider: None,
+                    pec: None,
+                },
+            )
+            .await
+            .expect("commit");
+        store.close().expect("close");
+        (inbox, blobs)
+    });
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        st.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let port = free_port();
+    let starttls = if starttls_port {
+        format!("listen_starttls = [\"127.0.0.1:{}\"]\n", free_port())
+    } else {
+        String::new()
+    };
+    let mut text = format!(
+        "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        data.display(),
+        cert.display(),
+        key.display()
+    );
+    text += &user(
+        "mario",
+        "prot = [\"read\", \"triage\", \"send\", \"delete\"]",
+        "prot",
+    );
+    text += &user("anna", "prot = [\"read\", \"triage\"]", "prot");
+    text += &user("ro", "prot = [\"read\"]", "prot");
+    text += &user("luigi", "tributi = [\"read\"]", "tributi");
+    let config = dir.path().join("pecgate.toml");
+    std::fs::write(&config, text).expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("log file"))
+        .spawn()
+        .expect("start pecgate serve");
+    let mut gw = Gateway {
+        dir,
+        config,
+        port,
+        child,
+        inbox,
+        blobs,
+    };
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = gw.child.try_wait() {
+            panic!("pecgate serve exited early ({st}): {}", gw.log());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pecgate serve did not listen in 30 s: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw
+}
+
+impl Gateway {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Run `tests/imap/<script>` with python3; returns (success, stdout, stderr).
+    pub fn python(&self, script: &str, extra: &[&str]) -> (bool, String, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/imap")
+            .join(script);
+        let out = Command::new("python3")
+            .arg(path)
+            .arg(self.port.to_string())
+            .arg(self.cert())
+            .arg(self.data())
+            .args(extra)
+            .output()
+            .expect("run python3");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Stop the daemon with SIGTERM and wait for it.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
