@@ -30,6 +30,7 @@ pub mod classify;
 pub mod daticert;
 pub mod envelope;
 pub mod inspect;
+pub mod meta;
 mod mime;
 pub mod reconcile;
 pub mod signature;

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::record::Event;
+use crate::pec::meta::PecMeta;
+use crate::pec::reconcile::{key_of, Event as ReconcileEvent, SentMessage};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderState {
@@ -59,6 +61,36 @@ pub struct ProviderEntry {
     pub hash: String,
     pub size: u64,
     pub internal_date: DateTime<Utc>,
+}
+
+/// Fold an archived message into the reconciliation state: our sent copy
+/// starts (or completes) its entry, a receipt updates the entry it refers
+/// to. Receipts may come first, twice, or for a message never seen sent:
+/// `SentMessage::apply` is order-independent and idempotent.
+fn reconcile_archived(
+    sent: &sled::transaction::TransactionalTree,
+    mailbox: &str,
+    m: &PecMeta,
+    internal_date: DateTime<Utc>,
+) -> TxResult<()> {
+    let (k, ev) = match (&m.sent, key_of(&m.classification)) {
+        (Some(s), _) => (s.key.clone(), ReconcileEvent::Submitted { recipients: s.recipients.clone(), at: s.at }),
+        (None, Some(k)) if m.classification.is_receipt() => {
+            (k.to_string(), ReconcileEvent::Receipt(m.classification.clone(), internal_date))
+        }
+        _ => return Ok(()),
+    };
+    let tk = key(&[mailbox.as_bytes(), k.as_bytes()]);
+    let mut state = match sent.get(&tk)? {
+        Some(v) => unjson::<SentMessage>(&v).map_err(ConflictableTransactionError::Abort)?,
+        None => SentMessage::new(&k),
+    };
+    // An event that does not apply (a receipt without a usable reference)
+    // leaves the state as it was; the message itself is archived anyway.
+    if state.apply(&ev).is_ok() {
+        sent.insert(tk, json(&state))?;
+    }
+    Ok(())
 }
 
 pub fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -122,6 +154,10 @@ pub struct Index {
     seen: sled::Tree,
     seen_by: sled::Tree,
     hidden: sled::Tree,
+    /// Reconciliation state per sent message: (mailbox, Message-ID) →
+    /// `pec::reconcile::SentMessage`, folded from the archived sent copies
+    /// and receipts.
+    sent: sled::Tree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
@@ -139,6 +175,7 @@ impl Index {
             seen: db.open_tree("seen")?,
             seen_by: db.open_tree("seen_by")?,
             hidden: db.open_tree("hidden")?,
+            sent: db.open_tree("sent")?,
             db,
         })
     }
@@ -176,9 +213,10 @@ impl Index {
             &self.seen,
             &self.seen_by,
             &self.hidden,
+            &self.sent,
         );
         let r: Result<(), TransactionError<sled::Error>> = trees.transaction(
-            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden)| -> TxResult<()> {
+            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent)| -> TxResult<()> {
                 let applied = meta
                     .get("applied_seq")?
                     .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
@@ -214,6 +252,9 @@ impl Index {
                         pec,
                     } => {
                         if !duplicate {
+                            if let Some(m) = pec.as_ref().and_then(PecMeta::from_value) {
+                                reconcile_archived(sent, mailbox, &m, *internal_date)?;
+                            }
                             let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                             let mut st: FolderState = match folders.get(&fk)? {
                                 Some(v) => unjson(&v).map_err(ConflictableTransactionError::Abort)?,
@@ -522,6 +563,25 @@ impl Index {
     }
 
     /// Drop every tree (before a rebuild from the journal).
+    /// The reconciliation state of the sent message `key` (a normalised
+    /// Message-ID) in `mailbox`.
+    pub fn sent_state(&self, mailbox: &str, key: &str) -> Result<Option<SentMessage>, sled::Error> {
+        match self.sent.get(self::key(&[mailbox.as_bytes(), key.as_bytes()]))? {
+            Some(v) => Ok(Some(unjson(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every sent message of `mailbox` with its state (also those known
+    /// only from receipts, e.g. sent from the provider's webmail).
+    pub fn sent_states(&self, mailbox: &str) -> Result<Vec<SentMessage>, sled::Error> {
+        let mut out = Vec::new();
+        for kv in self.sent.scan_prefix(prefix(&[mailbox.as_bytes()])) {
+            out.push(unjson(&kv?.1)?);
+        }
+        Ok(out)
+    }
+
     pub fn clear(&self) -> Result<(), sled::Error> {
         for t in [
             &self.meta,
@@ -533,6 +593,7 @@ impl Index {
             &self.seen,
             &self.seen_by,
             &self.hidden,
+            &self.sent,
         ] {
             t.clear()?;
         }

@@ -303,6 +303,14 @@ impl Store {
         Ok(self.inner.index.message(mailbox, folder, uid)?)
     }
 
+    pub fn sent_state(&self, mailbox: &str, key: &str) -> Result<Option<crate::pec::reconcile::SentMessage>> {
+        Ok(self.inner.index.sent_state(mailbox, key)?)
+    }
+
+    pub fn sent_states(&self, mailbox: &str) -> Result<Vec<crate::pec::reconcile::SentMessage>> {
+        Ok(self.inner.index.sent_states(mailbox)?)
+    }
+
     pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>> {
         Ok(self.inner.index.find_hash(mailbox, hash)?)
     }

@@ -2,35 +2,15 @@
 //! for it. Pure: bytes in, values out (the `pec` module does the reading).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
-use crate::pec::signature::{self, SignatureStatus, TrustStore};
-use crate::pec::{self, Classification, PecFolder};
+use crate::pec::meta::{PecMeta, SentInfo};
+use crate::pec::signature::{self, TrustStore};
+use crate::pec::{self, PecFolder};
 
 /// Gateway folder names (the subtree under each mailbox alias).
 pub const INBOX: &str = "INBOX";
 pub const SENT: &str = "Sent";
 pub const RECEIPTS: &str = "Receipts";
 pub const ANOMALIES: &str = "Anomalies";
-
-/// Our own copy of a sent message: what reconciliation needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SentInfo {
-    /// Normalised Message-ID: the key receipts refer to.
-    pub key: String,
-    pub recipients: Vec<String>,
-    pub at: DateTime<Utc>,
-}
-
-/// The `pec` value stored with each archived message (index and journal).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PecMeta {
-    pub classification: Classification,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<SignatureStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sent: Option<SentInfo>,
-}
 
 /// A message's filing decision.
 #[derive(Debug, Clone)]
