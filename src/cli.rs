@@ -66,6 +66,28 @@ pub enum Command {
     /// The archive itself.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// PEC messages.
+    #[command(subcommand)]
+    Pec(PecCmd),
+}
+
+#[derive(Subcommand)]
+pub enum PecCmd {
+    /// Show what pecgate understands of one message: kind, daticert.xml
+    /// fields, signature status, and for a receipt the message it refers to.
+    Inspect {
+        /// The message (.eml, raw RFC 5322 bytes).
+        file: PathBuf,
+        /// Check the signature against this PEM bundle of provider
+        /// certificates (default: `pec.trust_store` of --config, if given).
+        #[arg(long)]
+        trust_store: Option<PathBuf>,
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +193,31 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if rep.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
+            let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let trust_path = match (trust_store, config) {
+                (Some(t), _) => Some(t),
+                (None, Some(c)) => daemon::load_config(&c)?.pec.trust_store,
+                (None, None) => None,
+            };
+            let trust = match &trust_path {
+                Some(p) => {
+                    let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    Some(crate::pec::signature::TrustStore::from_pem(&pem).with_context(|| format!("{}", p.display()))?)
+                }
+                None => None,
+            };
+            let report = crate::pec::inspect::inspect(&raw, trust.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::pec::inspect::render_text(&report));
+                if trust.is_none() {
+                    println!("(signature not checked against a trust store: pass --trust-store PEM)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;
