@@ -64,7 +64,7 @@ fn main() {
             "IMAPAccount bench\nHost 127.0.0.1\nPort {}\nUser {USER}\nPass {PASS}\nSSLType None\nAuthMechs LOGIN\n\n\
              IMAPStore remote\nAccount bench\n\n\
              MaildirStore local\nPath {}/\nInbox {}/INBOX\n\n\
-             Channel pull\nFar :remote:\nNear :local:\nPatterns INBOX\nSync Pull\nCreate Near\n",
+             Channel pull\nFar :remote:\nNear :local:\nPatterns INBOX\nSync Pull\nCreate Near\nSyncState *\n",
             dv.port,
             maildir.display(),
             maildir.display()

@@ -345,8 +345,11 @@ impl MailboxTask {
         if !todo.is_empty() {
             tracing::info!(mailbox = %alias, folder = pfolder, new = todo.len(), "pulling new messages");
         }
+        // While one window is being written and committed, the next one is
+        // fetched: at most two windows in memory.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<(u32, ProviderEntry)>, SyncError>>> = None;
         let mut i = 0;
-        while i < todo.len() {
+        while i < todo.len() && !self.stopping() {
             let mut j = i;
             let mut bytes = 0;
             while j < todo.len() && j - i < self.opts.window_messages && (j == i || bytes + todo[j].1.size <= self.opts.window_bytes) {
@@ -354,12 +357,18 @@ impl MailboxTask {
                 j += 1;
             }
             let uids: Vec<u32> = todo[i..j].iter().map(|(u, _)| *u).collect();
-            let got = self.pull(c, pfolder, uidvalidity, &uids).await?;
-            archived.extend(got);
-            i = j;
-            if self.stopping() {
-                return Ok(listed.len() as u64);
+            let msgs = self.fetch_window(c, &uids).await?;
+            if let Some(prev) = in_flight.take() {
+                archived.extend(prev.await.map_err(|e| SyncError::Other(format!("archive task: {e}")))??);
             }
+            in_flight = Some(tokio::spawn(self.archiver(pfolder, uidvalidity).archive(msgs)));
+            i = j;
+        }
+        if let Some(prev) = in_flight.take() {
+            archived.extend(prev.await.map_err(|e| SyncError::Other(format!("archive task: {e}")))??);
+        }
+        if self.stopping() {
+            return Ok(listed.len() as u64);
         }
 
         // Offload.
@@ -400,16 +409,8 @@ impl MailboxTask {
         Ok(out)
     }
 
-    /// Fetch `uids`, store each blob, commit the batch. Returns the new
-    /// provider entries.
-    async fn pull(
-        &mut self,
-        c: &mut ImapClient,
-        pfolder: &str,
-        uidvalidity: u32,
-        uids: &[u32],
-    ) -> Result<Vec<(u32, ProviderEntry)>, SyncError> {
-        let alias = self.cfg.alias.clone();
+    /// Step 1: fetch `uids` (`BODY.PEEK[]`): (UID, internal date, raw bytes).
+    async fn fetch_window(&self, c: &mut ImapClient, uids: &[u32]) -> Result<Vec<(u32, DateTime<Utc>, Vec<u8>)>, SyncError> {
         let items = vec![
             MessageDataItemName::Uid,
             MessageDataItemName::InternalDate,
@@ -438,47 +439,19 @@ impl MailboxTask {
                 }
             }
         }
-        // 2: blobs, written in parallel, each fsynced.
-        let mut writes = Vec::new();
-        for (_, _, raw) in &msgs {
-            let store = self.store.clone();
-            let raw = raw.clone();
-            writes.push(tokio::spawn(async move { store.put_blob(raw).await }));
+        Ok(msgs)
+    }
+
+    fn archiver(&self, pfolder: &str, uidvalidity: u32) -> Archiver {
+        Archiver {
+            store: self.store.clone(),
+            board: self.board.clone(),
+            alias: self.cfg.alias.clone(),
+            pfolder: pfolder.to_string(),
+            uidvalidity,
+            from_sent: self.cfg.sent_folder.as_deref() == Some(pfolder),
+            trust: self.trust.clone(),
         }
-        let mut blobs: Vec<BlobRef> = Vec::with_capacity(writes.len());
-        for w in writes {
-            blobs.push(w.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??);
-        }
-        // 3: one journal batch, one fsync.
-        let mut batch = Vec::with_capacity(msgs.len());
-        let mut entries = Vec::with_capacity(msgs.len());
-        for ((uid, date, raw), blob) in msgs.iter().zip(blobs) {
-            let from_sent = self.cfg.sent_folder.as_deref() == Some(pfolder);
-            let filing = filing::file(raw, from_sent, *date, self.trust.as_deref());
-            let (folder, message_id) = (filing.folder, filing.message_id.clone());
-            let pec = serde_json::to_value(&filing.meta).ok();
-            entries.push((*uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: *date }));
-            batch.push((
-                Audit::system("upstream", "archive").mailbox(&alias).folder(&folder).message_id(message_id),
-                Change::Archive {
-                    mailbox: alias.clone(),
-                    folder,
-                    blob,
-                    internal_date: *date,
-                    flags: Vec::new(),
-                    provider: Some(ProviderRef { folder: pfolder.to_string(), uidvalidity, uid: *uid }),
-                    pec,
-                },
-            ));
-        }
-        let n = batch.len() as u64;
-        let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
-        self.store.commit_batch(batch).await?;
-        self.board.update(&alias, |s| {
-            s.archived_this_run += n;
-            s.archived_bytes_this_run += bytes;
-        });
-        Ok(entries)
     }
 
     /// Delete archived messages from the provider (step 4 and 5). Returns
@@ -623,6 +596,58 @@ impl MailboxTask {
             n += self.delete(c, &pfolder, v, &archived, &uids).await?;
         }
         Ok(n)
+    }
+}
+
+/// Steps 2 and 3 for one fetched window, runnable beside the next fetch.
+struct Archiver {
+    store: Store,
+    board: StatusBoard,
+    alias: String,
+    pfolder: String,
+    uidvalidity: u32,
+    from_sent: bool,
+    trust: Option<Arc<crate::pec::signature::TrustStore>>,
+}
+
+impl Archiver {
+    /// Write each blob (fsynced, in parallel), then commit the window as one
+    /// journal batch (one fsync). Returns the new provider entries.
+    async fn archive(self, msgs: Vec<(u32, DateTime<Utc>, Vec<u8>)>) -> Result<Vec<(u32, ProviderEntry)>, SyncError> {
+        let mut writes = Vec::with_capacity(msgs.len());
+        for (uid, date, raw) in msgs {
+            let filing = filing::file(&raw, self.from_sent, date, self.trust.as_deref());
+            let store = self.store.clone();
+            let blob = tokio::spawn(async move { store.put_blob(raw).await });
+            writes.push((uid, date, filing, blob));
+        }
+        let mut batch = Vec::with_capacity(writes.len());
+        let mut entries = Vec::with_capacity(writes.len());
+        for (uid, date, filing, blob) in writes {
+            let blob: BlobRef = blob.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??;
+            entries.push((uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: date }));
+            let pec = serde_json::to_value(&filing.meta).ok();
+            batch.push((
+                Audit::system("upstream", "archive").mailbox(&self.alias).folder(&filing.folder).message_id(filing.message_id),
+                Change::Archive {
+                    mailbox: self.alias.clone(),
+                    folder: filing.folder,
+                    blob,
+                    internal_date: date,
+                    flags: Vec::new(),
+                    provider: Some(ProviderRef { folder: self.pfolder.clone(), uidvalidity: self.uidvalidity, uid }),
+                    pec,
+                },
+            ));
+        }
+        let n = batch.len() as u64;
+        let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
+        self.store.commit_batch(batch).await?;
+        self.board.update(&self.alias, |s| {
+            s.archived_this_run += n;
+            s.archived_bytes_this_run += bytes;
+        });
+        Ok(entries)
     }
 }
 
