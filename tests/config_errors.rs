@@ -111,3 +111,62 @@ fn every_mistake_names_its_key() {
     assert!(err.contains("mailbox[1].alias"), "{err}");
     assert!(!dir.join("data").exists(), "nothing is created from a bad configuration");
 }
+
+#[test]
+fn environment_overrides_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("pecgate.toml");
+    std::fs::write(&path, good(d.path())).unwrap();
+    let out = Command::new(pecgate_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("PECGATE_STORE__DATA_DIR", "/srv/elsewhere")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("data in /srv/elsewhere"), "{text}");
+}
+
+#[test]
+fn hash_password_gives_a_verifiable_argon2id_string() {
+    use std::io::Write;
+    let mut child = Command::new(pecgate_bin())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(pecgate::auth::verify_password("correct horse", hash));
+    assert!(!pecgate::auth::verify_password("correct horse\n", hash), "the newline is not part of the password");
+}
+
+#[test]
+fn pec_inspect_reports_kind_reference_and_signature() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pec");
+    let out = Command::new(pecgate_bin())
+        .args(["pec", "inspect", "--json", "--trust-store"])
+        .arg(dir.join("test-provider-ca.pem"))
+        .arg(dir.join("05-errore-consegna.eml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["classification"]["kind"]["type"], "errore-consegna", "{v:#}");
+    assert_eq!(v["refers_to"], "<20261125101455.ABC123@client.comune.example.it>", "{v:#}");
+    assert!(v["signature"].to_string().to_lowercase().contains("valid"), "{v:#}");
+    // Without a trust store the text output says the signature was not checked.
+    let out = Command::new(pecgate_bin()).args(["pec", "inspect"]).arg(dir.join("02-accettazione.eml")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("accettazione") && text.contains("not checked"), "{text}");
+    // A file that is not there is a clear error.
+    let out = Command::new(pecgate_bin()).args(["pec", "inspect", "/nonexistent.eml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.eml"));
+}

@@ -368,3 +368,54 @@ fn audit_verify_passes_and_detects_one_changed_byte() {
     std::fs::write(&path, &original).unwrap();
     assert!(g.cli(&["audit", "verify"]).status.success());
 }
+
+/// The provider over TLS, as real PEC providers are reached: implicit TLS
+/// (993-style) and STARTTLS, trusting the provider's certificate through
+/// `ca_file`; and a certificate nobody trusts is refused.
+#[test]
+fn provider_over_implicit_tls_and_starttls() {
+    let mut dv = provider(DovecotOptions::new().tls(true));
+    let imap = dv.imap(USER);
+    imap.append("INBOX", (0..5).map(|i| make_message(i, 2000)));
+    // Like a real provider: a server certificate issued by a CA (rustls, as
+    // it should, refuses a self-signed certificate used as its own anchor).
+    let ca = issue_server_certificate(&dv.cert_path.clone().expect("TLS certificate"));
+    dv.stop();
+    dv.start_again();
+    let tls_port = dv.tls_port.expect("TLS port");
+    let mb = |alias: &str, port: u16, mode: &str, ca_line: &str| {
+        format!(
+            "[[mailbox]]\nalias = \"{alias}\"\naddress = \"{USER}\"\nusername = \"{USER}\"\npassword = \"{PASS}\"\n\
+             imap = {{ host = \"127.0.0.1\", port = {port}, tls = \"{mode}\" }}\n{ca_line}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1s\"\n"
+        )
+    };
+    let ca_line = format!("ca_file = \"{}\"", ca.display());
+    let mut g = Gateway::new(&format!(
+        "{FAST_UPSTREAM}{}{}{}",
+        mb("implicit", tls_port, "implicit", &ca_line),
+        mb("starttls", dv.port, "starttls", &ca_line),
+        mb("untrusted", tls_port, "implicit", "")
+    ));
+    g.start();
+    g.wait_mailbox("implicit", WAIT, "archived over implicit TLS", |s| s["archived_total"] == 5);
+    g.wait_mailbox("starttls", WAIT, "archived over STARTTLS", |s| s["archived_total"] == 5);
+    let st = g.wait_mailbox("untrusted", WAIT, "untrusted certificate refused", |s| s["last_error_reason"] == "tls");
+    assert_eq!(st["archived_total"], 0);
+    g.stop();
+}
+
+/// Make a CA and a server certificate for 127.0.0.1 signed by it; write the
+/// server certificate and key over Dovecot's (`cert.pem`/`key.pem` beside
+/// `cert_path`). Returns the CA file.
+fn issue_server_certificate(cert_path: &std::path::Path) -> std::path::PathBuf {
+    let dir = cert_path.parent().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=pecgate test provider CA"]);
+    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "key.pem", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    dir.join("ca.pem")
+}
