@@ -39,7 +39,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use super::io::{Io, IoError};
-use super::view::{Folder, View, ViewError};
+use super::view::{is_pec_keyword, Folder, View, ViewError, PEC_KEYWORDS};
 use super::{fetch, search, Ctx, SessionGuard};
 use crate::auth::Right;
 use crate::store::{Audit, BlobRef, Change, Event as StoreEvent, FlagOp, MessageMeta, Notice};
@@ -418,9 +418,12 @@ impl Session {
                 }
                 Got::Notice(n) => {
                     let relevant = match (&n, &self.selected) {
+                        // Sent and Undelivered also change when a receipt
+                        // arrives in another folder of the mailbox.
                         (Ok(n), Some(sel)) => {
                             n.mailbox == sel.folder.mailbox
-                                && Some(n.folder.as_str()) == sel.folder.store_folder
+                                && (Some(n.folder.as_str()) == sel.folder.store_folder
+                                    || sel.folder.shows_sent())
                         }
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
                         _ => false,
@@ -598,7 +601,9 @@ impl Session {
                     );
                 };
                 let a = Audit::user(&user.name, self.source(), "imap", "login");
-                self.user = Some((View::new(user, self.ctx.store.clone()), guard));
+                let view = View::new(user, self.ctx.store.clone())
+                    .with_overdue_after(self.ctx.overdue_after);
+                self.user = Some((view, guard));
                 if !self.audit_only(a).await {
                     self.user = None;
                     return tagged(
@@ -921,10 +926,7 @@ impl Session {
         let a = self
             .audit(if rw { "select" } else { "examine" })
             .mailbox(&folder.mailbox);
-        let a = match folder.store_folder {
-            Some(f) => a.folder(f),
-            None => a.folder(&folder.name),
-        };
+        let a = a.folder(folder.audit_name());
         if !self.audit_only(a).await {
             return io.status(tagged(
                 tag,
@@ -941,7 +943,13 @@ impl Session {
             Flag::Seen,
             Flag::Draft,
         ];
-        io.data(Data::Flags(flags.clone()));
+        // FLAGS names the computed $Pec* keywords where they occur;
+        // PERMANENTFLAGS does not (clients cannot change them).
+        let mut defined = flags.clone();
+        if folder.shows_sent() {
+            defined.extend(PEC_KEYWORDS.iter().filter_map(|k| Flag::try_from(*k).ok()));
+        }
+        io.data(Data::Flags(defined));
         let mut perm: Vec<FlagPerm<'static>> = if writable {
             flags.into_iter().map(FlagPerm::Flag).collect()
         } else {
@@ -974,13 +982,8 @@ impl Session {
             Some(Code::UidNext(nz(counts.uidnext))),
             "next UID",
         ));
-        if let Some(m) = NonZeroU64::new(counts.highest_modseq) {
-            io.status(untagged(
-                StatusKind::Ok,
-                Some(Code::HighestModSeq(m)),
-                "modseq",
-            ));
-        }
+        // No HIGHESTMODSEQ: CONDSTORE is not advertised (RFC 7162 §3.1.2.1
+        // lets only CONDSTORE servers send it).
         let code = if writable {
             Code::ReadWrite
         } else {
@@ -1143,7 +1146,7 @@ impl Session {
         let shared: Vec<String> = flags
             .iter()
             .map(flag_string)
-            .filter(|f| !f.eq_ignore_ascii_case("\\Seen"))
+            .filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f))
             .collect();
         let audit = self.audit("append").mailbox(&folder.mailbox).folder("Sent");
         let change = Change::Archive {
@@ -1344,7 +1347,7 @@ impl Session {
             let a = self
                 .audit("read")
                 .mailbox(&mailbox)
-                .folder(sfolder.unwrap_or(""))
+                .folder(sel.folder.audit_name())
                 .uids(uids.clone());
             if !self.audit_only(a).await {
                 io.status(tagged(
@@ -1476,7 +1479,20 @@ impl Session {
             StoreType::Remove => FlagOp::Remove,
             StoreType::Replace => FlagOp::Replace,
         };
-        let strs: Vec<String> = flags.iter().map(flag_string).collect();
+        let mut strs: Vec<String> = flags.iter().map(flag_string).collect();
+        if strs.iter().any(|f| is_pec_keyword(f)) {
+            if op != FlagOp::Replace {
+                return io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(other_code("CANNOT")),
+                    "$Pec* keywords show the PEC delivery state; only the gateway sets them",
+                ));
+            }
+            // A client that writes back every flag it saw: the computed
+            // keywords stay what the receipts say.
+            strs.retain(|f| !is_pec_keyword(f));
+        }
         let has_seen = flags.iter().any(|f| matches!(f, Flag::Seen));
         let shared: Vec<String> = strs
             .iter()
