@@ -66,3 +66,24 @@ fn starttls_upgrade_and_logindisabled() {
     let port = gw.starttls_port.expect("starttls port").to_string();
     run(&gw, "starttls.py", &[&port]);
 }
+
+#[test]
+fn quota_reports_the_archive() {
+    let gw = start_with(Setup {
+        inbox: 3,
+        imap_config: "quota_kib = 1048576\n".into(),
+        ..Setup::default()
+    });
+    let bytes: u64 = gw.blobs.iter().map(|b| b.size).sum();
+    let used = bytes.div_ceil(1024).to_string();
+    run(&gw, "quota.py", &[&used, "1048576"]);
+}
+
+#[test]
+fn quota_without_a_limit_has_no_root() {
+    let gw = start_with(Setup {
+        inbox: 1,
+        ..Setup::default()
+    });
+    run(&gw, "quota.py", &["0", "none"]);
+}

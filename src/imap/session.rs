@@ -18,6 +18,7 @@ use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{AString, Atom, IString, QuotedChar, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_next::imap_types::extensions::namespace::Namespace;
+use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
 };
@@ -334,6 +335,8 @@ impl Session {
             Capability::Unselect,
             cap("SPECIAL-USE"),
             cap("CHILDREN"),
+            Capability::Quota,
+            Capability::QuotaRes(Resource::Storage),
         ]);
         c
     }
@@ -784,6 +787,41 @@ impl Session {
                 Some(other_code("CANNOT")),
                 "the PEC folder tree is fixed by the gateway",
             )),
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                match view.resolve(&name) {
+                    Err(_) => io.status(no(tag, "no such folder")),
+                    Ok(f) => {
+                        let limited = self.ctx.cfg.quota_kib.is_some();
+                        io.data(Data::QuotaRoot {
+                            mailbox: mbox(&f.name),
+                            roots: if limited { vec![istr_a(&f.mailbox)] } else { vec![] },
+                        });
+                        if limited {
+                            self.quota(io, &view, &f.mailbox);
+                        }
+                        io.status(ok(tag, "GETQUOTAROOT done"));
+                    }
+                }
+            }
+            CommandBody::GetQuota { root } => {
+                let root = String::from_utf8_lossy(root.as_ref()).into_owned();
+                if self.ctx.cfg.quota_kib.is_some() && view.is_parent(&root) {
+                    self.quota(io, &view, &root);
+                    io.status(ok(tag, "GETQUOTA done"));
+                } else {
+                    io.status(tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("NONEXISTENT")),
+                        "no such quota root",
+                    ));
+                }
+            }
+            CommandBody::SetQuota { .. } => io.status(noperm(
+                tag,
+                "the archive's quota is set in the gateway's configuration",
+            )),
             CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox } => {
                 match view.resolve(&mailbox_name(&mailbox)) {
                     Ok(_) => io.status(ok(tag, "done (every folder is subscribed)")),
@@ -1075,6 +1113,27 @@ impl Session {
             }
         }
         io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
+    }
+
+    /// `* QUOTA root (STORAGE used limit)` for PEC mailbox `root`: its
+    /// archive's size in KiB (rounded up) against `imap.quota_kib`.
+    fn quota(&self, io: &mut Io, view: &View, root: &str) {
+        let Some(limit) = self.ctx.cfg.quota_kib else {
+            return;
+        };
+        let used = match view.store.mailbox_totals(root) {
+            Ok((_, bytes)) => bytes.div_ceil(1024),
+            Err(e) => {
+                tracing::error!(error = %e, mailbox = root, "archive size for QUOTA");
+                return;
+            }
+        };
+        if let Ok(quotas) = Vec1::try_from(vec![QuotaGet::new(Resource::Storage, used, limit)]) {
+            io.data(Data::Quota {
+                root: istr_a(root),
+                quotas,
+            });
+        }
     }
 
     fn status(
@@ -1699,6 +1758,11 @@ impl Session {
         self.refresh(io, true, &HashSet::new());
         io.status(ok(tag, "MOVE done"));
     }
+}
+
+/// A quota root name as an astring (mailbox aliases are plain words).
+fn istr_a(s: &str) -> AString<'static> {
+    AString::try_from(s.to_string()).unwrap_or_else(|_| AString::String(istr(s)))
 }
 
 fn istr(s: &str) -> IString<'static> {

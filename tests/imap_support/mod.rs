@@ -59,6 +59,8 @@ pub struct Setup {
     pub pec: bool,
     /// Extra TOML appended to the configuration (e.g. a `[pec]` section).
     pub extra_config: String,
+    /// Extra lines of the `[imap]` section (e.g. `quota_kib = 10`).
+    pub imap_config: String,
 }
 
 /// Original Message-ID of the sample submission (tests/data/pec).
@@ -224,8 +226,9 @@ pub fn start_with(setup: Setup) -> Gateway {
         None => String::new(),
     };
     let mut text = format!(
-        "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}{}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
         data.display(),
+        setup.imap_config,
         cert.display(),
         key.display()
     );
