@@ -234,6 +234,12 @@ impl View {
     /// from the message's reconciliation state. The virtual `Undelivered`
     /// folder is the subset of `Sent` whose state `is_undelivered(now)`,
     /// with the same UIDs and the same per-user `\Seen`.
+    ///
+    /// Known limit of reusing Sent's UIDs: a message that becomes overdue
+    /// after a higher-UID one entered Undelivered appears below the
+    /// client's UIDNEXT; a session sees it at its next SELECT, and a client
+    /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
+    /// until it resyncs. Sent itself, where the state matters, is exact.
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
         let sf = f.source();
         let mut msgs = self.store.messages(&f.mailbox, sf)?;
