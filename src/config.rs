@@ -463,6 +463,11 @@ pub struct ImapConfig {
     /// provider's message limit (30–50 MB) with room for base64.
     #[serde(default = "default_max_literal")]
     pub max_literal_size: u32,
+    /// The STORAGE limit (KiB) the QUOTA extension reports for each PEC
+    /// mailbox's archive. None: the archive has no limit, and GETQUOTAROOT
+    /// names no quota root (RFC 9208's way of saying "unlimited").
+    #[serde(default)]
+    pub quota_kib: Option<u64>,
 }
 
 fn default_max_sessions() -> usize {

@@ -111,6 +111,7 @@ async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<(watch::Sende
         store: store.clone(),
         auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
         sessions: Default::default(),
+        overdue_after: cfg.pec.overdue_after,
     });
     let tasks = crate::imap::start(ctx, rx).await?;
     Ok((stop, tasks))

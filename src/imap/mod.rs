@@ -50,6 +50,9 @@ pub struct Ctx {
     pub auth: Arc<Authenticator>,
     /// Open sessions per user (for `max_sessions_per_user`).
     pub sessions: Mutex<HashMap<String, usize>>,
+    /// `pec.overdue_after`: when a sent message without its final receipts
+    /// shows `$PecOverdue` (reconcile's default if `None`).
+    pub overdue_after: Option<Duration>,
 }
 
 /// Counts one authenticated session of a user; dropping it releases it.

@@ -18,6 +18,7 @@ use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{AString, Atom, IString, QuotedChar, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_next::imap_types::extensions::namespace::Namespace;
+use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
 };
@@ -39,7 +40,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use super::io::{Io, IoError};
-use super::view::{Folder, View, ViewError};
+use super::view::{is_pec_keyword, Folder, View, ViewError, PEC_KEYWORDS};
 use super::{fetch, search, Ctx, SessionGuard};
 use crate::auth::Right;
 use crate::store::{Audit, BlobRef, Change, Event as StoreEvent, FlagOp, MessageMeta, Notice};
@@ -334,6 +335,8 @@ impl Session {
             Capability::Unselect,
             cap("SPECIAL-USE"),
             cap("CHILDREN"),
+            Capability::Quota,
+            Capability::QuotaRes(Resource::Storage),
         ]);
         c
     }
@@ -418,9 +421,12 @@ impl Session {
                 }
                 Got::Notice(n) => {
                     let relevant = match (&n, &self.selected) {
+                        // Sent and Undelivered also change when a receipt
+                        // arrives in another folder of the mailbox.
                         (Ok(n), Some(sel)) => {
                             n.mailbox == sel.folder.mailbox
-                                && Some(n.folder.as_str()) == sel.folder.store_folder
+                                && (Some(n.folder.as_str()) == sel.folder.store_folder
+                                    || sel.folder.shows_sent())
                         }
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
                         _ => false,
@@ -598,7 +604,9 @@ impl Session {
                     );
                 };
                 let a = Audit::user(&user.name, self.source(), "imap", "login");
-                self.user = Some((View::new(user, self.ctx.store.clone()), guard));
+                let view = View::new(user, self.ctx.store.clone())
+                    .with_overdue_after(self.ctx.overdue_after);
+                self.user = Some((view, guard));
                 if !self.audit_only(a).await {
                     self.user = None;
                     return tagged(
@@ -779,6 +787,41 @@ impl Session {
                 Some(other_code("CANNOT")),
                 "the PEC folder tree is fixed by the gateway",
             )),
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                match view.resolve(&name) {
+                    Err(_) => io.status(no(tag, "no such folder")),
+                    Ok(f) => {
+                        let limited = self.ctx.cfg.quota_kib.is_some();
+                        io.data(Data::QuotaRoot {
+                            mailbox: mbox(&f.name),
+                            roots: if limited { vec![istr_a(&f.mailbox)] } else { vec![] },
+                        });
+                        if limited {
+                            self.quota(io, &view, &f.mailbox);
+                        }
+                        io.status(ok(tag, "GETQUOTAROOT done"));
+                    }
+                }
+            }
+            CommandBody::GetQuota { root } => {
+                let root = String::from_utf8_lossy(root.as_ref()).into_owned();
+                if self.ctx.cfg.quota_kib.is_some() && view.is_parent(&root) {
+                    self.quota(io, &view, &root);
+                    io.status(ok(tag, "GETQUOTA done"));
+                } else {
+                    io.status(tagged(
+                        tag,
+                        StatusKind::No,
+                        Some(other_code("NONEXISTENT")),
+                        "no such quota root",
+                    ));
+                }
+            }
+            CommandBody::SetQuota { .. } => io.status(noperm(
+                tag,
+                "the archive's quota is set in the gateway's configuration",
+            )),
             CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox } => {
                 match view.resolve(&mailbox_name(&mailbox)) {
                     Ok(_) => io.status(ok(tag, "done (every folder is subscribed)")),
@@ -921,10 +964,7 @@ impl Session {
         let a = self
             .audit(if rw { "select" } else { "examine" })
             .mailbox(&folder.mailbox);
-        let a = match folder.store_folder {
-            Some(f) => a.folder(f),
-            None => a.folder(&folder.name),
-        };
+        let a = a.folder(folder.audit_name());
         if !self.audit_only(a).await {
             return io.status(tagged(
                 tag,
@@ -941,7 +981,13 @@ impl Session {
             Flag::Seen,
             Flag::Draft,
         ];
-        io.data(Data::Flags(flags.clone()));
+        // FLAGS names the computed $Pec* keywords where they occur;
+        // PERMANENTFLAGS does not (clients cannot change them).
+        let mut defined = flags.clone();
+        if folder.shows_sent() {
+            defined.extend(PEC_KEYWORDS.iter().filter_map(|k| Flag::try_from(*k).ok()));
+        }
+        io.data(Data::Flags(defined));
         let mut perm: Vec<FlagPerm<'static>> = if writable {
             flags.into_iter().map(FlagPerm::Flag).collect()
         } else {
@@ -974,13 +1020,8 @@ impl Session {
             Some(Code::UidNext(nz(counts.uidnext))),
             "next UID",
         ));
-        if let Some(m) = NonZeroU64::new(counts.highest_modseq) {
-            io.status(untagged(
-                StatusKind::Ok,
-                Some(Code::HighestModSeq(m)),
-                "modseq",
-            ));
-        }
+        // No HIGHESTMODSEQ: CONDSTORE is not advertised (RFC 7162 §3.1.2.1
+        // lets only CONDSTORE servers send it).
         let code = if writable {
             Code::ReadWrite
         } else {
@@ -1074,6 +1115,27 @@ impl Session {
         io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
     }
 
+    /// `* QUOTA root (STORAGE used limit)` for PEC mailbox `root`: its
+    /// archive's size in KiB (rounded up) against `imap.quota_kib`.
+    fn quota(&self, io: &mut Io, view: &View, root: &str) {
+        let Some(limit) = self.ctx.cfg.quota_kib else {
+            return;
+        };
+        let used = match view.store.mailbox_totals(root) {
+            Ok((_, bytes)) => bytes.div_ceil(1024),
+            Err(e) => {
+                tracing::error!(error = %e, mailbox = root, "archive size for QUOTA");
+                return;
+            }
+        };
+        if let Ok(quotas) = Vec1::try_from(vec![QuotaGet::new(Resource::Storage, used, limit)]) {
+            io.data(Data::Quota {
+                root: istr_a(root),
+                quotas,
+            });
+        }
+    }
+
     fn status(
         &self,
         io: &mut Io,
@@ -1143,7 +1205,7 @@ impl Session {
         let shared: Vec<String> = flags
             .iter()
             .map(flag_string)
-            .filter(|f| !f.eq_ignore_ascii_case("\\Seen"))
+            .filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f))
             .collect();
         let audit = self.audit("append").mailbox(&folder.mailbox).folder("Sent");
         let change = Change::Archive {
@@ -1344,7 +1406,7 @@ impl Session {
             let a = self
                 .audit("read")
                 .mailbox(&mailbox)
-                .folder(sfolder.unwrap_or(""))
+                .folder(sel.folder.audit_name())
                 .uids(uids.clone());
             if !self.audit_only(a).await {
                 io.status(tagged(
@@ -1476,7 +1538,20 @@ impl Session {
             StoreType::Remove => FlagOp::Remove,
             StoreType::Replace => FlagOp::Replace,
         };
-        let strs: Vec<String> = flags.iter().map(flag_string).collect();
+        let mut strs: Vec<String> = flags.iter().map(flag_string).collect();
+        if strs.iter().any(|f| is_pec_keyword(f)) {
+            if op != FlagOp::Replace {
+                return io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(other_code("CANNOT")),
+                    "$Pec* keywords show the PEC delivery state; only the gateway sets them",
+                ));
+            }
+            // A client that writes back every flag it saw: the computed
+            // keywords stay what the receipts say.
+            strs.retain(|f| !is_pec_keyword(f));
+        }
         let has_seen = flags.iter().any(|f| matches!(f, Flag::Seen));
         let shared: Vec<String> = strs
             .iter()
@@ -1683,6 +1758,11 @@ impl Session {
         self.refresh(io, true, &HashSet::new());
         io.status(ok(tag, "MOVE done"));
     }
+}
+
+/// A quota root name as an astring (mailbox aliases are plain words).
+fn istr_a(s: &str) -> AString<'static> {
+    AString::try_from(s.to_string()).unwrap_or_else(|_| AString::String(istr(s)))
 }
 
 fn istr(s: &str) -> IString<'static> {

@@ -6,16 +6,22 @@
 //! `INBOX` is the default mailbox's INBOX. Names of mailboxes the user holds
 //! no `read` on never appear and resolve like names that do not exist.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::auth::{Right, User};
+use crate::pec::meta::PecMeta;
+use crate::pec::reconcile::SentMessage;
 use crate::store::{MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
 
 /// Folders of every mailbox subtree: (IMAP leaf name, store folder, special
-/// use). `None` as store folder is a virtual folder (computed, empty for now).
+/// use). `None` as store folder is a virtual folder (computed: only
+/// `Undelivered` exists, see [`View::snapshot`]).
 pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
     ("INBOX", Some("INBOX"), None),
     ("Sent", Some("Sent"), Some("Sent")),
@@ -24,7 +30,31 @@ pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
     ("Undelivered", None, None),
 ];
 
-/// A folder's messages in UID order, and the UIDs this user has seen.
+/// The store folder a virtual `Undelivered` folder shows messages of.
+pub const SENT: &str = "Sent";
+/// The virtual folder's leaf name.
+pub const UNDELIVERED: &str = "Undelivered";
+
+/// The keywords that show a sent message's PEC delivery state (see
+/// `pec::reconcile::SentMessage::keywords`). The gateway computes them;
+/// clients can neither set nor clear them.
+pub const PEC_KEYWORDS: [&str; 7] = [
+    "$PecAccepted",
+    "$PecNotAccepted",
+    "$PecDelivered",
+    "$PecPartiallyDelivered",
+    "$PecFailed",
+    "$PecOverdue",
+    "$PecWarned",
+];
+
+/// Is `flag` one of the gateway's computed `$Pec*` keywords?
+pub fn is_pec_keyword(flag: &str) -> bool {
+    flag.len() > 4 && flag.as_bytes()[..4].eq_ignore_ascii_case(b"$pec")
+}
+
+/// A folder's messages in UID order (flags include the computed `$Pec*`
+/// keywords), and the UIDs this user has seen.
 pub type Snapshot = (Vec<(u32, MessageMeta)>, HashSet<u32>);
 
 /// One selectable folder as the user sees it.
@@ -37,6 +67,27 @@ pub struct Folder {
     /// Store folder, or `None` for a virtual folder.
     pub store_folder: Option<&'static str>,
     pub special_use: Option<&'static str>,
+}
+
+impl Folder {
+    /// The store folder whose messages (and UIDs, and per-user `\Seen`)
+    /// this folder shows: itself, or `Sent` for `Undelivered`.
+    pub fn source(&self) -> &'static str {
+        self.store_folder.unwrap_or(SENT)
+    }
+
+    /// Does this folder show sent messages (and so their PEC keywords)?
+    pub fn shows_sent(&self) -> bool {
+        self.source() == SENT
+    }
+
+    /// The folder named in audit records.
+    pub fn audit_name(&self) -> &str {
+        match self.store_folder {
+            Some(f) => f,
+            None => self.name.rsplit(DELIMITER).next().unwrap_or(&self.name),
+        }
+    }
 }
 
 /// An entry of LIST: a folder, or a mailbox's non-selectable parent.
@@ -71,11 +122,39 @@ pub enum ViewError {
 pub struct View {
     pub user: Arc<User>,
     pub store: Store,
+    /// `pec.overdue_after`, if configured (else reconcile's default).
+    pub overdue_after: Option<Duration>,
 }
 
 impl View {
     pub fn new(user: Arc<User>, store: Store) -> View {
-        View { user, store }
+        View {
+            user,
+            store,
+            overdue_after: None,
+        }
+    }
+
+    pub fn with_overdue_after(mut self, d: Option<Duration>) -> View {
+        self.overdue_after = d;
+        self
+    }
+
+    /// Reconciliation states of `mailbox`'s sent messages, by key, with the
+    /// configured overdue delay.
+    fn sent_states(&self, mailbox: &str) -> Result<HashMap<String, SentMessage>, ViewError> {
+        Ok(self
+            .store
+            .sent_states(mailbox)?
+            .into_iter()
+            .map(|s| {
+                let s = match self.overdue_after {
+                    Some(d) => s.with_overdue_after(d),
+                    None => s,
+                };
+                (s.original_message_id.clone(), s)
+            })
+            .collect())
     }
 
     /// The mailbox whose INBOX is `INBOX`: the configured default, else the
@@ -143,21 +222,66 @@ impl View {
     }
 
     /// The folder's messages in UID order, and which of them this user has
-    /// seen.
+    /// seen, at the current time.
     pub fn snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
-        let Some(sf) = f.store_folder else {
-            return Ok((Vec::new(), HashSet::new()));
-        };
-        let msgs = self.store.messages(&f.mailbox, sf)?;
+        self.snapshot_at(f, Utc::now())
+    }
+
+    /// The folder's messages as of `now` (the time decides `$PecOverdue`).
+    ///
+    /// Stored flags never carry `$Pec*` keywords (STORE refuses them; any
+    /// that came in otherwise are dropped here): in `Sent` they are computed
+    /// from the message's reconciliation state. The virtual `Undelivered`
+    /// folder is the subset of `Sent` whose state `is_undelivered(now)`,
+    /// with the same UIDs and the same per-user `\Seen`.
+    ///
+    /// Known limit of reusing Sent's UIDs: a message that becomes overdue
+    /// after a higher-UID one entered Undelivered appears below the
+    /// client's UIDNEXT; a session sees it at its next SELECT, and a client
+    /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
+    /// until it resyncs. Sent itself, where the state matters, is exact.
+    pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
+        let sf = f.source();
+        let mut msgs = self.store.messages(&f.mailbox, sf)?;
         let seen = self.store.seen_uids(&self.user.name, &f.mailbox, sf)?;
+        for (_, m) in msgs.iter_mut() {
+            m.flags.retain(|fl| !is_pec_keyword(fl));
+        }
+        if f.shows_sent() {
+            let states = self.sent_states(&f.mailbox)?;
+            let mut out = Vec::with_capacity(msgs.len());
+            for (uid, mut m) in msgs {
+                let state = m
+                    .pec
+                    .as_ref()
+                    .and_then(PecMeta::from_value)
+                    .and_then(|p| p.sent)
+                    .and_then(|s| states.get(&s.key));
+                if f.store_folder.is_none() && !state.is_some_and(|s| s.is_undelivered(now)) {
+                    continue;
+                }
+                if let Some(s) = state {
+                    m.flags
+                        .extend(s.keywords(now).into_iter().map(str::to_string));
+                }
+                out.push((uid, m));
+            }
+            msgs = out;
+        }
         Ok((msgs, seen))
     }
 
     pub fn counts(&self, f: &Folder) -> Result<Counts, ViewError> {
-        let st = match f.store_folder {
-            Some(sf) => self.store.folder(&f.mailbox, sf)?,
-            None => None,
-        };
+        let st = self.store.folder(&f.mailbox, f.source())?.map(|mut st| {
+            if f.store_folder.is_none() {
+                // Undelivered shows Sent's UIDs under its own UIDVALIDITY:
+                // the bitwise complement of Sent's. Sent's is a creation
+                // time in seconds (< 2^31 until 2038), so the complement is
+                // >= 2^31 and never equals a real folder's UIDVALIDITY.
+                st.uidvalidity = (!st.uidvalidity).max(1);
+            }
+            st
+        });
         let Some(st) = st else {
             // Not created yet (nothing archived there): an empty folder
             // whose UIDVALIDITY changes once, harmlessly, when it is created.

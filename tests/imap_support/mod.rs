@@ -16,6 +16,7 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    pub starttls_port: Option<u16>,
     pub child: Child,
     /// Raw messages archived before start, in prot/INBOX UID order.
     pub inbox: Vec<Vec<u8>>,
@@ -46,9 +47,89 @@ fn user(name: &str, grants: &str, default: &str) -> String {
     format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"{default}\"\ngrants = {{ {grants} }}\n\n")
 }
 
+/// What a test gateway holds and how it is configured.
+#[derive(Default)]
+pub struct Setup {
+    /// Plain messages archived in prot/INBOX.
+    pub inbox: usize,
+    /// Also listen for STARTTLS (its port is `Gateway::starttls_port`).
+    pub starttls: bool,
+    /// Archive the PEC fixture ([`SENT_A`], [`SENT_B`], [`SENT_C`] in
+    /// prot/Sent, the receipts of A where they belong).
+    pub pec: bool,
+    /// Extra TOML appended to the configuration (e.g. a `[pec]` section).
+    pub extra_config: String,
+    /// Extra lines of the `[imap]` section (e.g. `quota_kib = 10`).
+    pub imap_config: String,
+}
+
+/// Original Message-ID of the sample submission (tests/data/pec).
+pub const SAMPLE_MID: &str = "<20261125101455.ABC123@client.comune.example.it>";
+
+/// The sample submission: receipts say accepted, delivered to
+/// ufficio.legale, failed for amministrazione, info@ditta.example.com is
+/// not certified.
+pub fn sent_a() -> Vec<u8> {
+    format!("From: protocollo@pec.comune.example.it\r\nTo: ufficio.legale@pec.ditta.example.it, amministrazione@pec.altra.example.it\r\nCc: info@ditta.example.com\r\nSubject: Sollecito di pagamento n. 42/2026 - fattura idrica\r\nDate: Wed, 25 Nov 2026 10:14:55 +0100\r\nMessage-ID: {SAMPLE_MID}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSi sollecita il pagamento.\r\n").into_bytes()
+}
+
+/// Sent two hours ago, no receipt: overdue when `overdue_after` < 2 h.
+pub fn sent_b() -> Vec<u8> {
+    b"From: protocollo@pec.comune.example.it\r\nTo: ufficio.legale@pec.ditta.example.it\r\nSubject: Seconda comunicazione\r\nMessage-ID: <b-overdue@client.comune.example.it>\r\n\r\nTesto B\r\n".to_vec()
+}
+
+/// Sent just now, no receipt yet: pending, not undelivered.
+pub fn sent_c() -> Vec<u8> {
+    b"From: protocollo@pec.comune.example.it\r\nTo: ufficio.legale@pec.ditta.example.it\r\nSubject: Terza comunicazione\r\nMessage-ID: <c-pending@client.comune.example.it>\r\n\r\nTesto C\r\n".to_vec()
+}
+
+/// The sample receipts of [`sent_a`].
+pub const RECEIPTS: [&str; 3] = [
+    "02-accettazione.eml",
+    "03-avvenuta-consegna-completa.eml",
+    "05-errore-consegna.eml",
+];
+
+/// Archive one message as the upstream filing would (classified with
+/// `pec::classify`; a sent copy carries `SentInfo`).
+async fn archive_pec(
+    store: &Store,
+    raw: Vec<u8>,
+    from_sent: bool,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    let filing = pecgate::upstream::filing::file(&raw, from_sent, at, None);
+    let blob = store.put_blob(raw).await.expect("blob");
+    store
+        .commit(
+            Audit::system("test", "archive"),
+            Change::Archive {
+                mailbox: "prot".into(),
+                folder: filing.folder,
+                blob,
+                internal_date: at,
+                flags: vec![],
+                provider: None,
+                pec: Some(serde_json::to_value(&filing.meta).expect("pec meta json")),
+            },
+        )
+        .await
+        .expect("commit");
+}
+
 /// Archive `n` messages into prot/INBOX, write cert and config, start the
 /// daemon and wait until the IMAPS port accepts.
 pub fn start(n: usize, starttls_port: bool) -> Gateway {
+    start_with(Setup {
+        inbox: n,
+        starttls: starttls_port,
+        ..Setup::default()
+    })
+}
+
+pub fn start_with(setup: Setup) -> Gateway {
+    let n = setup.inbox;
+    let starttls_port = setup.starttls;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -96,6 +177,20 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
             )
             .await
             .expect("commit");
+        if setup.pec {
+            let now = chrono::Utc::now();
+            // Times relative to now, so that the states do not drift with
+            // the calendar: with `overdue_after = "1h"` only B is overdue.
+            let a_at = now - chrono::Duration::minutes(30);
+            archive_pec(&store, sent_a(), true, a_at).await;
+            archive_pec(&store, sent_b(), true, now - chrono::Duration::hours(2)).await;
+            archive_pec(&store, sent_c(), true, now).await;
+            let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pec");
+            for f in RECEIPTS {
+                let raw = std::fs::read(samples.join(f)).expect("sample receipt");
+                archive_pec(&store, raw, false, a_at + chrono::Duration::minutes(1)).await;
+            }
+        }
         store.close().expect("close");
         (inbox, blobs)
     });
@@ -125,14 +220,15 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
         String::from_utf8_lossy(&st.stderr)
     );
     let port = free_port();
-    let starttls = if starttls_port {
-        format!("listen_starttls = [\"127.0.0.1:{}\"]\n", free_port())
-    } else {
-        String::new()
+    let starttls_port = starttls_port.then(free_port);
+    let starttls = match starttls_port {
+        Some(p) => format!("listen_starttls = [\"127.0.0.1:{p}\"]\n"),
+        None => String::new(),
     };
     let mut text = format!(
-        "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        "[store]\ndata_dir = \"{}\"\n\n[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[[mailbox]]\nalias = \"tributi\"\naddress = \"tributi@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\nimap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n{starttls}{}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
         data.display(),
+        setup.imap_config,
         cert.display(),
         key.display()
     );
@@ -144,6 +240,7 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
     text += &user("anna", "prot = [\"read\", \"triage\"]", "prot");
     text += &user("ro", "prot = [\"read\"]", "prot");
     text += &user("luigi", "tributi = [\"read\"]", "tributi");
+    text += &setup.extra_config;
     let config = dir.path().join("pecgate.toml");
     std::fs::write(&config, text).expect("write config");
     let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
@@ -158,6 +255,7 @@ pub fn start(n: usize, starttls_port: bool) -> Gateway {
         dir,
         config,
         port,
+        starttls_port,
         child,
         inbox,
         blobs,
