@@ -170,3 +170,16 @@ fn pec_inspect_reports_kind_reference_and_signature() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.eml"));
 }
+
+/// The shipped example stays loadable: its only problems are the files and
+/// secrets an administrator must supply.
+#[test]
+fn example_configuration_is_valid_but_for_site_files() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pecgate.example.toml");
+    let cfg = pecgate::config::load(&path).expect("the example parses");
+    assert!(cfg.mailboxes.len() >= 2);
+    for p in cfg.validate() {
+        let site = p.key.ends_with("password_file") || p.key.ends_with("password_hash") || p.key.starts_with("tls.");
+        assert!(site, "unexpected problem in the example: {p}");
+    }
+}
