@@ -181,7 +181,7 @@ pub fn scan(
             let text = std::str::from_utf8(&buf[..n - 1]).map_err(|_| damaged("not UTF-8".into()))?;
             let (record, hash) = journal::decode_line(text).map_err(|e| damaged(e.to_string()))?;
             each(Found { record, hash, line: text.to_string() })?;
-            if line_no % 1024 == 0 {
+            if line_no.is_multiple_of(1024) {
                 progress(done, total);
             }
         }

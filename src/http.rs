@@ -39,7 +39,10 @@ pub enum HttpError {
     #[error("{0:?} is not an ip:port address")]
     BadAddress(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A whole request (headers and wait) must arrive within this long; slow
@@ -60,9 +63,17 @@ type Resp = Response<Full<Bytes>>;
 
 /// Bind `listen` and serve until `stop` turns true. Returns once bound, so a
 /// bad address is a startup error.
-pub async fn start(listen: &str, state: Arc<HttpState>, mut stop: watch::Receiver<bool>) -> Result<JoinHandle<()>, HttpError> {
-    let addr: SocketAddr = listen.parse().map_err(|_| HttpError::BadAddress(listen.to_string()))?;
-    let listener = TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
+pub async fn start(
+    listen: &str,
+    state: Arc<HttpState>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, HttpError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| HttpError::BadAddress(listen.to_string()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
     tracing::info!(%addr, "HTTP listening (metrics, health, API)");
     Ok(tokio::spawn(async move {
         loop {
@@ -98,7 +109,8 @@ pub async fn start(listen: &str, state: Arc<HttpState>, mut stop: watch::Receive
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -146,10 +158,16 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
 /// failed at least once (its state is known); 503 with the reason otherwise.
 fn readyz(st: &HttpState) -> Resp {
     if let Some(f) = st.metrics.store().failure() {
-        return json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": format!("archive failed: {f}") }));
+        return json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": format!("archive failed: {f}") }),
+        );
     }
     let Some(board) = st.metrics.board() else {
-        return json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({ "ready": false, "reason": "no status board" }));
+        return json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": "no status board" }),
+        );
     };
     let waiting: Vec<String> = board
         .snapshot()
@@ -169,13 +187,20 @@ fn readyz(st: &HttpState) -> Resp {
 
 fn unauthorized(msg: &str) -> Resp {
     let mut r = error(StatusCode::UNAUTHORIZED, msg);
-    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"pecgate\", charset=\"UTF-8\""));
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"pecgate\", charset=\"UTF-8\""),
+    );
     r
 }
 
 /// HTTP Basic against the gateway users, through the shared login throttle.
 /// Failed attempts are audited like IMAP ones.
-async fn authenticate(st: &HttpState, peer: SocketAddr, req: &Request<Incoming>) -> Result<Arc<User>, Resp> {
+async fn authenticate(
+    st: &HttpState,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<Arc<User>, Resp> {
     if !is_loopback(peer.ip()) {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -186,11 +211,18 @@ async fn authenticate(st: &HttpState, peer: SocketAddr, req: &Request<Incoming>)
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
+        .and_then(|h| {
+            h.strip_prefix("Basic ")
+                .or_else(|| h.strip_prefix("basic "))
+        })
         .and_then(|b| base64_decode(b.trim()))
         .and_then(|b| String::from_utf8(b).ok());
-    let Some(creds) = creds else { return Err(unauthorized("HTTP Basic credentials required")) };
-    let Some((name, password)) = creds.split_once(':') else { return Err(unauthorized("malformed credentials")) };
+    let Some(creds) = creds else {
+        return Err(unauthorized("HTTP Basic credentials required"));
+    };
+    let Some((name, password)) = creds.split_once(':') else {
+        return Err(unauthorized("malformed credentials"));
+    };
     match st.auth.login(name, password, peer.ip()).await {
         Ok(u) => Ok(u),
         Err(e) => {
@@ -210,7 +242,9 @@ async fn authenticate(st: &HttpState, peer: SocketAddr, req: &Request<Incoming>)
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -229,7 +263,9 @@ fn mailboxes(st: &HttpState, user: &User) -> Resp {
 }
 
 async fn sent(st: &HttpState, user: &User, params: &HashMap<String, String>) -> Resp {
-    let Some(mailbox) = params.get("mailbox") else { return error(StatusCode::BAD_REQUEST, "mailbox= is required") };
+    let Some(mailbox) = params.get("mailbox") else {
+        return error(StatusCode::BAD_REQUEST, "mailbox= is required");
+    };
     if !user.may(mailbox, Right::Read) {
         return error(StatusCode::FORBIDDEN, "no read grant on this mailbox");
     }
@@ -262,7 +298,12 @@ async fn sent(st: &HttpState, user: &User, params: &HashMap<String, String>) -> 
 }
 
 /// `/api/audit`: needs the `audit` role. The query itself is audited.
-async fn audit_query(st: &HttpState, user: &User, peer: SocketAddr, params: &HashMap<String, String>) -> Resp {
+async fn audit_query(
+    st: &HttpState,
+    user: &User,
+    peer: SocketAddr,
+    params: &HashMap<String, String>,
+) -> Resp {
     if !user.roles.contains("audit") {
         return error(StatusCode::FORBIDDEN, "the audit role is required");
     }
@@ -280,7 +321,10 @@ async fn audit_query(st: &HttpState, user: &User, peer: SocketAddr, params: &Has
     };
     let a = Audit::user(&user.name, Some(peer.to_string()), "http", "audit-query");
     if let Err(e) = st.metrics.store().commit(a, Change::None).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot audit the query: {e}"));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot audit the query: {e}"),
+        );
     }
     let dir = st.metrics.store().journal_dir();
     match tokio::task::spawn_blocking(move || audit::query(&dir, &filter, |_, _| {})).await {
@@ -295,7 +339,10 @@ async fn audit_query(st: &HttpState, user: &User, peer: SocketAddr, params: &Has
                     v
                 })
                 .collect();
-            json_resp(StatusCode::OK, &json!({ "records": records, "truncated": truncated }))
+            json_resp(
+                StatusCode::OK,
+                &json!({ "records": records, "truncated": truncated }),
+            )
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),
@@ -321,7 +368,10 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;
@@ -370,7 +420,10 @@ mod tests {
 
     #[test]
     fn base64_and_query() {
-        assert_eq!(base64_decode("YWxpY2U6c2VjcmV0").as_deref(), Some(&b"alice:secret"[..]));
+        assert_eq!(
+            base64_decode("YWxpY2U6c2VjcmV0").as_deref(),
+            Some(&b"alice:secret"[..])
+        );
         assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
         assert_eq!(base64_decode("YWI=").as_deref(), Some(&b"ab"[..]));
         assert_eq!(base64_decode("Y"), None);

@@ -19,7 +19,9 @@ use std::sync::{Mutex, OnceLock, RwLock};
 
 use chrono::Utc;
 use prometheus::core::Collector;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::audit::Tail;
 use crate::pec::reconcile::{Overall, RecipientStatus};
@@ -57,9 +59,18 @@ impl EventCounts {
     fn add(&mut self, r: &Record) {
         if r.op == "login" {
             let outcome = if r.outcome == "ok" { "ok" } else { "failed" };
-            *self.logins.entry((r.proto.clone(), outcome.into())).or_default() += 1;
+            *self
+                .logins
+                .entry((r.proto.clone(), outcome.into()))
+                .or_default() += 1;
         }
-        if let Event::Archived { mailbox, duplicate: false, pec, .. } = &r.event {
+        if let Event::Archived {
+            mailbox,
+            duplicate: false,
+            pec,
+            ..
+        } = &r.event
+        {
             let kind = pec
                 .as_ref()
                 .and_then(|p| p["classification"]["kind"]["type"].as_str())
@@ -68,7 +79,10 @@ impl EventCounts {
             *self.kinds.entry((mailbox.clone(), kind)).or_default() += 1;
             if let Some(status) = pec.as_ref().and_then(|p| p["signature"]["status"].as_str()) {
                 if SIGNATURE_FAILURES.contains(&status) {
-                    *self.signature_failures.entry((mailbox.clone(), status.into())).or_default() += 1;
+                    *self
+                        .signature_failures
+                        .entry((mailbox.clone(), status.into()))
+                        .or_default() += 1;
                 }
             }
         }
@@ -113,8 +127,11 @@ impl Metrics {
     pub fn imap_sessions_open() -> &'static IntGauge {
         static G: OnceLock<IntGauge> = OnceLock::new();
         G.get_or_init(|| {
-            IntGauge::new("pecgate_imap_sessions_open", "Client IMAP sessions currently open.")
-                .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+            IntGauge::new(
+                "pecgate_imap_sessions_open",
+                "Client IMAP sessions currently open.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
         })
     }
 
@@ -123,7 +140,9 @@ impl Metrics {
     pub fn render(&self) -> Result<String, MetricsError> {
         let reg = self.collect()?;
         let mut out = Vec::new();
-        TextEncoder::new().encode(&reg.gather(), &mut out).map_err(|e| MetricsError::Encode(e.to_string()))?;
+        TextEncoder::new()
+            .encode(&reg.gather(), &mut out)
+            .map_err(|e| MetricsError::Encode(e.to_string()))?;
         String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
     }
 
@@ -132,11 +151,22 @@ impl Metrics {
         let r = Reg(&reg);
         let now = Utc::now();
 
-        let build = r.gauge_vec("pecgate_build_info", "Build: version and git commit (value 1).", &["version", "commit"])?;
+        let build = r.gauge_vec(
+            "pecgate_build_info",
+            "Build: version and git commit (value 1).",
+            &["version", "commit"],
+        )?;
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("PECGATE_GIT_COMMIT").unwrap_or("unknown")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("PECGATE_GIT_COMMIT").unwrap_or("unknown"),
+            ])
             .set(1.0);
-        r.gauge("pecgate_process_start_time_seconds", "Start time of the process, unix seconds.")?.set(self.started);
+        r.gauge(
+            "pecgate_process_start_time_seconds",
+            "Start time of the process, unix seconds.",
+        )?
+        .set(self.started);
         r.add(Metrics::imap_sessions_open().clone())?;
 
         // The store.
@@ -144,31 +174,87 @@ impl Metrics {
         failed.set(i64::from(self.store.failure().is_some()));
         let dir = self.store.dir();
         if let Ok(free) = fs2::available_space(dir) {
-            r.gauge("pecgate_store_free_bytes", "Space available to pecgate on the archive's file system.")?.set(free as f64);
+            r.gauge(
+                "pecgate_store_free_bytes",
+                "Space available to pecgate on the archive's file system.",
+            )?
+            .set(free as f64);
         }
         if let Ok(total) = fs2::total_space(dir) {
-            r.gauge("pecgate_store_size_bytes", "Size of the archive's file system.")?.set(total as f64);
+            r.gauge(
+                "pecgate_store_size_bytes",
+                "Size of the archive's file system.",
+            )?
+            .set(total as f64);
         }
 
         // Mailboxes, from the status board.
         let l = &["mailbox"];
-        let up = r.int_gauge_vec("pecgate_provider_up", "1 if the mailbox's provider connection is up.", l)?;
-        let q_used = r.gauge_vec("pecgate_provider_quota_used_bytes", "Provider quota: storage used.", l)?;
-        let q_limit = r.gauge_vec("pecgate_provider_quota_limit_bytes", "Provider quota: storage limit.", l)?;
-        let q_mused = r.gauge_vec("pecgate_provider_quota_used_messages", "Provider quota: messages used.", l)?;
-        let q_mlimit = r.gauge_vec("pecgate_provider_quota_limit_messages", "Provider quota: message limit.", l)?;
-        let on_provider = r.gauge_vec("pecgate_provider_messages", "Messages still on the provider after the last pass.", l)?;
+        let up = r.int_gauge_vec(
+            "pecgate_provider_up",
+            "1 if the mailbox's provider connection is up.",
+            l,
+        )?;
+        let q_used = r.gauge_vec(
+            "pecgate_provider_quota_used_bytes",
+            "Provider quota: storage used.",
+            l,
+        )?;
+        let q_limit = r.gauge_vec(
+            "pecgate_provider_quota_limit_bytes",
+            "Provider quota: storage limit.",
+            l,
+        )?;
+        let q_mused = r.gauge_vec(
+            "pecgate_provider_quota_used_messages",
+            "Provider quota: messages used.",
+            l,
+        )?;
+        let q_mlimit = r.gauge_vec(
+            "pecgate_provider_quota_limit_messages",
+            "Provider quota: message limit.",
+            l,
+        )?;
+        let on_provider = r.gauge_vec(
+            "pecgate_provider_messages",
+            "Messages still on the provider after the last pass.",
+            l,
+        )?;
         let last_ok = r.gauge_vec(
             "pecgate_last_successful_sync_timestamp_seconds",
             "End of the last successful sync pass, unix seconds (0: never since start).",
             l,
         )?;
-        let errors = r.counter_vec("pecgate_sync_errors_total", "Failed sync passes, by reason.", &["mailbox", "reason"])?;
-        let archived = r.counter_vec("pecgate_archived_messages_total", "Messages archived from the provider.", l)?;
-        let archived_b = r.counter_vec("pecgate_archived_bytes_total", "Bytes archived from the provider.", l)?;
-        let deleted = r.counter_vec("pecgate_provider_deleted_messages_total", "Messages deleted from the provider after archiving.", l)?;
-        let stored = r.gauge_vec("pecgate_archive_messages", "Messages held in the archive (all folders).", l)?;
-        let stored_b = r.gauge_vec("pecgate_archive_bytes", "Bytes held in the archive (all folders).", l)?;
+        let errors = r.counter_vec(
+            "pecgate_sync_errors_total",
+            "Failed sync passes, by reason.",
+            &["mailbox", "reason"],
+        )?;
+        let archived = r.counter_vec(
+            "pecgate_archived_messages_total",
+            "Messages archived from the provider.",
+            l,
+        )?;
+        let archived_b = r.counter_vec(
+            "pecgate_archived_bytes_total",
+            "Bytes archived from the provider.",
+            l,
+        )?;
+        let deleted = r.counter_vec(
+            "pecgate_provider_deleted_messages_total",
+            "Messages deleted from the provider after archiving.",
+            l,
+        )?;
+        let stored = r.gauge_vec(
+            "pecgate_archive_messages",
+            "Messages held in the archive (all folders).",
+            l,
+        )?;
+        let stored_b = r.gauge_vec(
+            "pecgate_archive_bytes",
+            "Bytes held in the archive (all folders).",
+            l,
+        )?;
         let board = self.board();
         let statuses = board.map(|b| b.snapshot()).unwrap_or_default();
         for s in &statuses {
@@ -188,28 +274,52 @@ impl Metrics {
             if let Some(n) = s.on_provider {
                 on_provider.with_label_values(m).set(n as f64);
             }
-            last_ok
-                .with_label_values(m)
-                .set(s.last_success.map(|t| t.timestamp_micros() as f64 / 1e6).unwrap_or(0.0));
+            last_ok.with_label_values(m).set(
+                s.last_success
+                    .map(|t| t.timestamp_micros() as f64 / 1e6)
+                    .unwrap_or(0.0),
+            );
             for (reason, n) in &s.errors_by_reason {
-                errors.with_label_values(&[s.alias.as_str(), reason.as_str()]).inc_by(*n);
+                errors
+                    .with_label_values(&[s.alias.as_str(), reason.as_str()])
+                    .inc_by(*n);
             }
             archived.with_label_values(m).inc_by(s.archived_this_run);
-            archived_b.with_label_values(m).inc_by(s.archived_bytes_this_run);
+            archived_b
+                .with_label_values(m)
+                .inc_by(s.archived_bytes_this_run);
             deleted.with_label_values(m).inc_by(s.deleted_this_run);
             stored.with_label_values(m).set(s.archived_total as f64);
-            stored_b.with_label_values(m).set(s.archived_total_bytes as f64);
+            stored_b
+                .with_label_values(m)
+                .set(s.archived_total_bytes as f64);
         }
 
-        self.collect_sent(&r, &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(), now)?;
-        self.collect_events(&r, &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>())?;
+        self.collect_sent(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+            now,
+        )?;
+        self.collect_events(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+        )?;
         Ok(reg)
     }
 
     /// Sent messages and their receipts, from the reconciliation state.
-    fn collect_sent(&self, r: &Reg, mailboxes: &[String], now: chrono::DateTime<Utc>) -> Result<(), MetricsError> {
+    fn collect_sent(
+        &self,
+        r: &Reg,
+        mailboxes: &[String],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), MetricsError> {
         let l = &["mailbox"];
-        let awaiting_acc = r.gauge_vec("pecgate_pec_sent_awaiting_acceptance", "Sent messages without an acceptance receipt yet.", l)?;
+        let awaiting_acc = r.gauge_vec(
+            "pecgate_pec_sent_awaiting_acceptance",
+            "Sent messages without an acceptance receipt yet.",
+            l,
+        )?;
         let oldest_acc = r.gauge_vec(
             "pecgate_pec_oldest_awaiting_acceptance_seconds",
             "Age of the oldest sent message still without acceptance (0 if none).",
@@ -241,7 +351,10 @@ impl Metrics {
             let (mut age_acc, mut age_del) = (0f64, 0f64);
             let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
             for sent in self.store.sent_states(alias).unwrap_or_default() {
-                let age = sent.clock_start().map(|t| (now - t).num_milliseconds().max(0) as f64 / 1e3).unwrap_or(0.0);
+                let age = sent
+                    .clock_start()
+                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1e3)
+                    .unwrap_or(0.0);
                 match sent.overall() {
                     Overall::Submitted => {
                         n_acc += 1;
@@ -250,9 +363,14 @@ impl Metrics {
                     Overall::NotAccepted => {}
                     Overall::Accepted => {
                         let st = sent.statuses(now);
-                        let waiting = st
-                            .values()
-                            .any(|s| matches!(s, RecipientStatus::Pending | RecipientStatus::Warned | RecipientStatus::Overdue));
+                        let waiting = st.values().any(|s| {
+                            matches!(
+                                s,
+                                RecipientStatus::Pending
+                                    | RecipientStatus::Warned
+                                    | RecipientStatus::Overdue
+                            )
+                        });
                         if waiting {
                             n_del += 1;
                             age_del = age_del.max(age);
@@ -273,7 +391,9 @@ impl Metrics {
             failures.with_label_values(m).inc_by(failed);
             for s in ALL_STATUSES {
                 let label = status_label(s);
-                recipients.with_label_values(&[alias.as_str(), label]).set(*by_status.get(label).unwrap_or(&0) as f64);
+                recipients
+                    .with_label_values(&[alias.as_str(), label])
+                    .set(*by_status.get(label).unwrap_or(&0) as f64);
             }
         }
         Ok(())
@@ -281,8 +401,16 @@ impl Metrics {
 
     /// Counts read from the journal since the last scrape, added up.
     fn collect_events(&self, r: &Reg, mailboxes: &[String]) -> Result<(), MetricsError> {
-        let logins = r.counter_vec("pecgate_logins_total", "Client logins, by protocol and outcome (ok, failed).", &["protocol", "outcome"])?;
-        let kinds = r.counter_vec("pecgate_pec_messages_total", "Messages archived, by PEC kind.", &["mailbox", "kind"])?;
+        let logins = r.counter_vec(
+            "pecgate_logins_total",
+            "Client logins, by protocol and outcome (ok, failed).",
+            &["protocol", "outcome"],
+        )?;
+        let kinds = r.counter_vec(
+            "pecgate_pec_messages_total",
+            "Messages archived, by PEC kind.",
+            &["mailbox", "kind"],
+        )?;
         let sig = r.counter_vec(
             "pecgate_pec_signature_failures_total",
             "Archived PEC messages whose provider signature did not verify.",
@@ -298,7 +426,9 @@ impl Metrics {
                 sig.with_label_values(&[m.as_str(), s]);
             }
         }
-        let Ok(mut ev) = self.events.lock() else { return Ok(()) };
+        let Ok(mut ev) = self.events.lock() else {
+            return Ok(());
+        };
         let ev = &mut *ev;
         let dir = self.store.journal_dir();
         let mut counts = std::mem::take(&mut ev.tail);
@@ -307,10 +437,14 @@ impl Metrics {
         }
         ev.tail = counts;
         for ((p, o), n) in &ev.logins {
-            logins.with_label_values(&[p.as_str(), o.as_str()]).inc_by(*n);
+            logins
+                .with_label_values(&[p.as_str(), o.as_str()])
+                .inc_by(*n);
         }
         for ((m, k), n) in &ev.kinds {
-            kinds.with_label_values(&[m.as_str(), k.as_str()]).inc_by(*n);
+            kinds
+                .with_label_values(&[m.as_str(), k.as_str()])
+                .inc_by(*n);
         }
         for ((m, s), n) in &ev.signature_failures {
             sig.with_label_values(&[m.as_str(), s.as_str()]).inc_by(*n);
@@ -358,10 +492,20 @@ impl Reg<'_> {
     fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
         self.add(GaugeVec::new(Opts::new(name, help), labels)?)
     }
-    fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, MetricsError> {
+    fn int_gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricsError> {
         self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
     }
-    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, MetricsError> {
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
     }
 }
