@@ -81,3 +81,263 @@ pub fn verify(journal_dir: &Path) -> std::io::Result<Verification> {
     }
     Ok(Verification { records, segments: segs.len() as u64, head: prev, broken: None })
 }
+
+// ---------------------------------------------------------------------------
+// Queries, exports and tailing.
+//
+// Queries read the journal files directly (not the daemon's store), so an
+// auditor can run them while the daemon is serving: the journal is
+// append-only and fsynced line by line, and a line without its `\n` is a
+// write in progress that is simply not read yet.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+
+use crate::store::Record;
+
+/// Why an audit query, export or export check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("reading the journal: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0:?} is neither an RFC 3339 time nor a YYYY-MM-DD date")]
+    BadTime(String),
+    #[error("the journal is damaged at {segment} line {line}: {reason} (run `pecgate audit verify`)")]
+    Damaged { segment: String, line: u64, reason: String },
+    #[error("the export is not valid: {0}")]
+    BadExport(String),
+}
+
+/// Parse `2024-05-01T10:00:00+02:00` or `2024-05-01` (midnight UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, AuditError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| AuditError::BadTime(s.to_string()))
+}
+
+/// Which records a query returns. Every given condition must hold;
+/// `since` is inclusive and `until` exclusive, so consecutive ranges
+/// (`--since 2024-05-01 --until 2024-06-01`) never overlap.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub mailbox: Option<String>,
+    pub op: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        self.user.as_ref().is_none_or(|u| &r.actor == u)
+            && self.mailbox.as_ref().is_none_or(|m| r.mailbox.as_ref() == Some(m) || r.event.mailbox() == Some(m))
+            && self.op.as_ref().is_none_or(|o| &r.op == o)
+            && self.in_range(r)
+    }
+
+    fn in_range(&self, r: &Record) -> bool {
+        self.since.is_none_or(|s| r.time >= s) && self.until.is_none_or(|u| r.time < u)
+    }
+}
+
+/// One record as read: the record, its hash and its exact line.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub record: Record,
+    pub hash: String,
+    pub line: String,
+}
+
+/// Every record in journal order, failing on the first damaged one (a query
+/// must not silently skip evidence). `progress` is called with the bytes
+/// read so far and the total, for a progress bar.
+pub fn scan(
+    journal_dir: &Path,
+    mut progress: impl FnMut(u64, u64),
+    mut each: impl FnMut(Found) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let segs = journal::segments(journal_dir)?;
+    let total: u64 = segs.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let mut done = 0u64;
+    for (_, path) in segs {
+        let segment = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut r = BufReader::new(std::fs::File::open(&path)?);
+        let mut buf = Vec::new();
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            let n = r.read_until(b'\n', &mut buf)?;
+            if n == 0 || buf.last() != Some(&b'\n') {
+                break; // end, or a write in progress
+            }
+            line_no += 1;
+            done += n as u64;
+            let damaged = |reason: String| AuditError::Damaged { segment: segment.clone(), line: line_no, reason };
+            let text = std::str::from_utf8(&buf[..n - 1]).map_err(|_| damaged("not UTF-8".into()))?;
+            let (record, hash) = journal::decode_line(text).map_err(|e| damaged(e.to_string()))?;
+            each(Found { record, hash, line: text.to_string() })?;
+            if line_no.is_multiple_of(1024) {
+                progress(done, total);
+            }
+        }
+    }
+    progress(total, total);
+    Ok(())
+}
+
+/// The records matching `filter`, in journal order.
+pub fn query(journal_dir: &Path, filter: &Filter, progress: impl FnMut(u64, u64)) -> Result<Vec<Found>, AuditError> {
+    let mut out = Vec::new();
+    scan(journal_dir, progress, |f| {
+        if filter.matches(&f.record) {
+            out.push(f);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// First line of an export file: what it covers and the chain hashes at
+/// both ends, so the excerpt can be checked on its own (the records are the
+/// journal's lines, verbatim) and against the live chain (`prev_hash` and
+/// `last_hash` are hashes of records in the full journal).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportHeader {
+    pub pecgate_audit_export: u32,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Hash of the record before the first exported one (64 zeros if the
+    /// excerpt starts at the beginning of the chain).
+    pub prev_hash: String,
+    /// Hash of the last exported record (`prev_hash` if none).
+    pub last_hash: String,
+}
+
+/// Write the contiguous run of records with `since <= time < until` to
+/// `out`: a header line, then the journal lines verbatim. Records are
+/// appended in time order, so the range is contiguous in the chain.
+pub fn export(
+    journal_dir: &Path,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    out: &mut impl Write,
+    progress: impl FnMut(u64, u64),
+) -> Result<ExportHeader, AuditError> {
+    let range = Filter { since, until, ..Filter::default() };
+    let mut prev = GENESIS.to_string();
+    let mut lines: Vec<Found> = Vec::new();
+    scan(journal_dir, progress, |f| {
+        if range.in_range(&f.record) {
+            lines.push(f);
+        } else if lines.is_empty() {
+            prev = f.hash;
+        }
+        Ok(())
+    })?;
+    let header = ExportHeader {
+        pecgate_audit_export: 1,
+        since,
+        until,
+        records: lines.len() as u64,
+        first_seq: lines.first().map(|f| f.record.seq),
+        last_seq: lines.last().map(|f| f.record.seq),
+        last_hash: lines.last().map(|f| f.hash.clone()).unwrap_or_else(|| prev.clone()),
+        prev_hash: prev,
+    };
+    let head = serde_json::to_string(&header).map_err(|e| AuditError::BadExport(e.to_string()))?;
+    writeln!(out, "{head}")?;
+    for f in &lines {
+        writeln!(out, "{}", f.line)?;
+    }
+    out.flush()?;
+    Ok(header)
+}
+
+/// Check an export file: every line's hash, the chain from `prev_hash`
+/// through consecutive sequence numbers to `last_hash`, the record count.
+/// Returns the header on success.
+pub fn verify_export(path: &Path) -> Result<ExportHeader, AuditError> {
+    let bad = |s: String| AuditError::BadExport(s);
+    let r = BufReader::new(std::fs::File::open(path)?);
+    let mut lines = r.lines();
+    let head = lines.next().ok_or_else(|| bad("empty file".into()))??;
+    let header: ExportHeader = serde_json::from_str(&head).map_err(|e| bad(format!("header: {e}")))?;
+    let mut prev = header.prev_hash.clone();
+    let mut seq = header.first_seq;
+    let mut n = 0u64;
+    for (i, line) in lines.enumerate() {
+        let line = line?;
+        let at = i + 2;
+        let (rec, hash) = journal::decode_line(&line).map_err(|e| bad(format!("line {at}: {e}")))?;
+        if rec.prev != prev {
+            return Err(bad(format!("line {at}: does not chain to the record before it")));
+        }
+        if Some(rec.seq) != seq {
+            return Err(bad(format!("line {at}: sequence {} where {seq:?} was expected", rec.seq)));
+        }
+        seq = Some(rec.seq + 1);
+        prev = hash;
+        n += 1;
+    }
+    if n != header.records {
+        return Err(bad(format!("{n} records where the header says {}", header.records)));
+    }
+    if prev != header.last_hash {
+        return Err(bad("the last record's hash is not the header's last_hash: records were removed at the end".into()));
+    }
+    Ok(header)
+}
+
+/// Reads records appended since the last call: for metrics that count
+/// events (logins, PEC kinds) from the audit trail instead of asking every
+/// component to count them. Keeps its position (segment, byte offset), so
+/// each call reads only new lines.
+#[derive(Debug, Default)]
+pub struct Tail {
+    segment: u64,
+    offset: u64,
+}
+
+impl Tail {
+    pub fn new() -> Tail {
+        Tail::default()
+    }
+
+    /// Call `each` for every complete, valid record after the position.
+    /// A damaged line is skipped here (`audit verify` reports it).
+    pub fn read_new(&mut self, journal_dir: &Path, mut each: impl FnMut(&Record)) -> std::io::Result<()> {
+        for (no, path) in journal::segments(journal_dir)? {
+            if no < self.segment {
+                continue;
+            }
+            if no > self.segment {
+                self.segment = no;
+                self.offset = 0;
+            }
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(self.offset))?;
+            let mut r = BufReader::new(f);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf)?;
+                if n == 0 || buf.last() != Some(&b'\n') {
+                    break;
+                }
+                self.offset += n as u64;
+                if let Ok((rec, _)) = std::str::from_utf8(&buf[..n - 1]).map_err(|_| ()).and_then(|t| journal::decode_line(t).map_err(|_| ())) {
+                    each(&rec);
+                }
+            }
+        }
+        Ok(())
+    }
+}

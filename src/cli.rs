@@ -100,6 +100,54 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Records matching every given filter, in journal order. Times are
+    /// RFC 3339 (`2024-05-01T09:00:00+02:00`) or `YYYY-MM-DD` (midnight
+    /// UTC); `--since` is inclusive, `--until` exclusive.
+    Query {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        /// Actor: a gateway user name, or `system`.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// Operation: `login`, `archive`, `provider-delete`, `select`, …
+        #[arg(long)]
+        op: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+    },
+    /// Write the records of a time range, verbatim, with the chain hashes at
+    /// both ends, so an auditor can verify the excerpt on its own
+    /// (`pecgate audit verify-export FILE`).
+    Export {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an export file: every record's hash and the chain between the
+    /// hashes in its header. Exit status 1 if it does not verify.
+    VerifyExport { file: PathBuf },
+}
+
+/// How `audit query` prints records.
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line (the record plus its hash).
+    Jsonl,
+    /// RFC 4180 CSV with a header row.
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +221,58 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(if v.broken.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
+        Command::Audit(AuditCmd::Query { config, user, mailbox, op, since, until, format }) => {
+            let cfg = daemon::load_config(&config)?;
+            let filter = audit::Filter {
+                user,
+                mailbox,
+                op,
+                since: since.as_deref().map(audit::parse_time).transpose()?,
+                until: until.as_deref().map(audit::parse_time).transpose()?,
+            };
+            let bar = progress_bar();
+            let found = audit::query(&cfg.store.data_dir.join("journal"), &filter, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            print_records(&found, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCmd::Export { config, since, until, out }) => {
+            let cfg = daemon::load_config(&config)?;
+            let since = since.as_deref().map(audit::parse_time).transpose()?;
+            let until = until.as_deref().map(audit::parse_time).transpose()?;
+            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let bar = progress_bar();
+            let h = audit::export(&cfg.store.data_dir.join("journal"), since, until, &mut w, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            println!(
+                "{} records (seq {}..{}) written to {}; chain from {} to {}",
+                h.records,
+                h.first_seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                h.last_seq.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                out.display(),
+                h.prev_hash,
+                h.last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCmd::VerifyExport { file }) => match audit::verify_export(&file) {
+            Ok(h) => {
+                println!("export OK: {} records; chain from {} to {}", h.records, h.prev_hash, h.last_hash);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("export does NOT verify: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Store(StoreCmd::Check { config, deep, json }) => {
             let cfg = daemon::load_config(&config)?;
             let s = daemon::open_store(&cfg)?;
@@ -226,6 +326,89 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A progress bar on standard error, shown only on a terminal (hidden for
+/// scripts and tests) and only for runs long enough to need it.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} of the journal ({eta})") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+const AUDIT_COLUMNS: [&str; 11] =
+    ["seq", "time", "actor", "source", "proto", "op", "mailbox", "folder", "uids", "outcome", "hash"];
+
+fn record_fields(f: &audit::Found) -> [String; 11] {
+    let r = &f.record;
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    [
+        r.seq.to_string(),
+        r.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        r.actor.clone(),
+        opt(&r.source),
+        r.proto.clone(),
+        r.op.clone(),
+        opt(&r.mailbox.clone().or_else(|| r.event.mailbox().map(str::to_string))),
+        opt(&r.folder),
+        r.uids.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(" "),
+        r.outcome.clone(),
+        f.hash.clone(),
+    ]
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_records(found: &[audit::Found], format: QueryFormat) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        QueryFormat::Jsonl => {
+            for f in found {
+                let mut v = serde_json::to_value(&f.record)?;
+                v["hash"] = f.hash.clone().into();
+                writeln!(out, "{v}")?;
+            }
+        }
+        QueryFormat::Csv => {
+            write!(out, "{}\r\n", AUDIT_COLUMNS.join(","))?;
+            for f in found {
+                let row: Vec<String> = record_fields(f).iter().map(|s| csv_field(s)).collect();
+                write!(out, "{}\r\n", row.join(","))?;
+            }
+        }
+        QueryFormat::Table => {
+            // The hash is long and for machines; the table leaves it out.
+            let rows: Vec<[String; 11]> = found.iter().map(record_fields).collect();
+            let mut width = AUDIT_COLUMNS.map(str::len);
+            for r in &rows {
+                for (w, c) in width.iter_mut().zip(r.iter()) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                cells.iter().zip(width.iter()).take(10).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+            };
+            writeln!(out, "{}", line(AUDIT_COLUMNS.to_vec()).trim_end())?;
+            for r in &rows {
+                writeln!(out, "{}", line(r.iter().map(String::as_str).collect()).trim_end())?;
+            }
+            writeln!(out, "{} records", rows.len())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn check_config(path: &Path) -> ExitCode {

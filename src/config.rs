@@ -35,6 +35,24 @@ pub struct Config {
     /// Gateway users, one `[[user]]` table each.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Metrics, health checks and the read-only API; absent means no HTTP
+    /// listener.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// The HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/api/…`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ip:port`. Loopback by default: the API's Basic passwords are
+    /// accepted only from loopback peers (no TLS on this listener yet).
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9177".into()
 }
 
 /// How pecgate talks to providers (all mailboxes).
@@ -539,6 +557,11 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+        if let Some(http) = &self.http {
+            if http.listen.parse::<std::net::SocketAddr>().is_err() {
+                push("http.listen".into(), format!("{:?} is not an ip:port address", http.listen));
             }
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();

@@ -124,6 +124,18 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let mut generation = start_generation(&cfg, &store, &board)?;
     let (imap_stop, mut imap_tasks) = start_imap(&cfg, &store).await?;
+    let (http_stop, http_rx) = watch::channel(false);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
+    let http_task = match &cfg.http {
+        Some(h) => {
+            let state = crate::http::HttpState {
+                metrics: metrics.clone(),
+                auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+            };
+            Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
+        }
+        None => None,
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -147,6 +159,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
                         generation = start_generation(&cfg, &store, &new_board)?;
+                        metrics.set_board(new_board);
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),
                 }
@@ -156,6 +169,10 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = imap_stop.send(true);
+    let _ = http_stop.send(true);
+    if let Some(t) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     let drain = async { while imap_tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
         imap_tasks.abort_all();

@@ -15,6 +15,8 @@
 //! * [`imap`]: the client-facing IMAP server (per-user folder tree over the
 //!   store, permissions, audit of every login, select and read).
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
+//! * [`metrics`], [`http`]: Prometheus metrics computed at scrape time, and
+//!   the HTTP listener for them, health checks and a read-only JSON API.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -22,7 +24,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod imap;
+pub mod metrics;
 pub mod pec;
 pub mod store;
 pub mod tls;

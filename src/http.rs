@@ -1,0 +1,437 @@
+//! The HTTP listener: `/metrics`, `/healthz`, `/readyz` and a small
+//! read-only JSON API (`/api/mailboxes`, `/api/sent`, `/api/audit`).
+//!
+//! The API authenticates gateway users with HTTP Basic. This listener has no
+//! TLS yet, so Basic credentials are accepted only from loopback peers (a
+//! reverse proxy terminating TLS on the same host, or a local tool); from
+//! anywhere else the API answers 403 before looking at a password. The
+//! metrics and health endpoints carry no personal data and need no login.
+//!
+//! Nothing here panics on network input: every parse failure is a 4xx.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::audit::{self, Filter};
+use crate::auth::{Authenticator, Right, User};
+use crate::metrics::Metrics;
+use crate::store::{Audit, Change};
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0:?} is not an ip:port address")]
+    BadAddress(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A whole request (headers and wait) must arrive within this long; slow
+/// clients cannot hold connections open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest life of one connection (keep-alive included).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Most records `/api/audit` returns; narrow the query for more.
+const AUDIT_LIMIT: usize = 10_000;
+
+/// What the handlers read.
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Bind `listen` and serve until `stop` turns true. Returns once bound, so a
+/// bad address is a startup error.
+pub async fn start(
+    listen: &str,
+    state: Arc<HttpState>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, HttpError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| HttpError::BadAddress(listen.to_string()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    tracing::info!(%addr, "HTTP listening (metrics, health, API)");
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                acc = listener.accept() => {
+                    let (stream, peer) = match acc {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HTTP accept");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let st = state.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let st = st.clone();
+                            async move { Ok::<_, Infallible>(handle(&st, peer, req).await) }
+                        });
+                        let conn = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), svc);
+                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                    });
+                }
+            }
+        }
+    }))
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    json_resp(status, &json!({ "error": msg }))
+}
+
+async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only");
+    }
+    let path = req.uri().path().to_string();
+    let params = parse_query(req.uri().query().unwrap_or(""));
+    match path.as_str() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => readyz(st),
+        "/metrics" => {
+            let m = st.metrics.clone();
+            match tokio::task::spawn_blocking(move || m.render()).await {
+                Ok(Ok(text)) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics task failed"),
+            }
+        }
+        "/api/mailboxes" | "/api/sent" | "/api/audit" => {
+            let user = match authenticate(st, peer, &req).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            match path.as_str() {
+                "/api/mailboxes" => mailboxes(st, &user),
+                "/api/sent" => sent(st, &user, &params).await,
+                _ => audit_query(st, &user, peer, &params).await,
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// 200 when the archive is writable and every mailbox has either synced or
+/// failed at least once (its state is known); 503 with the reason otherwise.
+fn readyz(st: &HttpState) -> Resp {
+    if let Some(f) = st.metrics.store().failure() {
+        return json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": format!("archive failed: {f}") }),
+        );
+    }
+    let Some(board) = st.metrics.board() else {
+        return json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": "no status board" }),
+        );
+    };
+    let waiting: Vec<String> = board
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.last_success.is_none() && s.last_error.is_none())
+        .map(|s| s.alias)
+        .collect();
+    if waiting.is_empty() {
+        json_resp(StatusCode::OK, &json!({ "ready": true }))
+    } else {
+        json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "ready": false, "reason": "mailboxes not synced yet", "mailboxes": waiting }),
+        )
+    }
+}
+
+fn unauthorized(msg: &str) -> Resp {
+    let mut r = error(StatusCode::UNAUTHORIZED, msg);
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"pecgate\", charset=\"UTF-8\""),
+    );
+    r
+}
+
+/// HTTP Basic against the gateway users, through the shared login throttle.
+/// Failed attempts are audited like IMAP ones.
+async fn authenticate(
+    st: &HttpState,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<Arc<User>, Resp> {
+    if !is_loopback(peer.ip()) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the API accepts passwords only from loopback (this listener has no TLS); use a local TLS-terminating proxy",
+        ));
+    }
+    let creds = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Basic ")
+                .or_else(|| h.strip_prefix("basic "))
+        })
+        .and_then(|b| base64_decode(b.trim()))
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some(creds) = creds else {
+        return Err(unauthorized("HTTP Basic credentials required"));
+    };
+    let Some((name, password)) = creds.split_once(':') else {
+        return Err(unauthorized("malformed credentials"));
+    };
+    match st.auth.login(name, password, peer.ip()).await {
+        Ok(u) => Ok(u),
+        Err(e) => {
+            let outcome = match e {
+                crate::auth::AuthError::Rejected => "failed".to_string(),
+                other => format!("failed: {other}"),
+            };
+            let a = Audit::user(name, Some(peer.to_string()), "http", "login").outcome(outcome);
+            if let Err(e) = st.metrics.store().commit(a, Change::None).await {
+                tracing::warn!(error = %e, "cannot audit a failed HTTP login");
+            }
+            Err(unauthorized("unknown user or wrong password"))
+        }
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn mailboxes(st: &HttpState, user: &User) -> Resp {
+    let visible = user.visible_mailboxes();
+    let list: Vec<Value> = st
+        .metrics
+        .board()
+        .map(|b| b.snapshot())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| visible.contains(&s.alias.as_str()))
+        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+        .collect();
+    json_resp(StatusCode::OK, &json!({ "mailboxes": list }))
+}
+
+async fn sent(st: &HttpState, user: &User, params: &HashMap<String, String>) -> Resp {
+    let Some(mailbox) = params.get("mailbox") else {
+        return error(StatusCode::BAD_REQUEST, "mailbox= is required");
+    };
+    if !user.may(mailbox, Right::Read) {
+        return error(StatusCode::FORBIDDEN, "no read grant on this mailbox");
+    }
+    let store = st.metrics.store().clone();
+    let mailbox = mailbox.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let now = chrono::Utc::now();
+        store.sent_states(&mailbox).map(|v| {
+            v.iter()
+                .map(|s| {
+                    json!({
+                        "original_message_id": s.original_message_id,
+                        "identificativo": s.identificativo(),
+                        "submitted_at": s.submitted_at,
+                        "clock_start": s.clock_start(),
+                        "overall": s.overall(),
+                        "keywords": s.keywords(now),
+                        "recipients": s.statuses(now),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    match res {
+        Ok(Ok(list)) => json_resp(StatusCode::OK, &json!({ "sent": list })),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),
+    }
+}
+
+/// `/api/audit`: needs the `audit` role. The query itself is audited.
+async fn audit_query(
+    st: &HttpState,
+    user: &User,
+    peer: SocketAddr,
+    params: &HashMap<String, String>,
+) -> Resp {
+    if !user.roles.contains("audit") {
+        return error(StatusCode::FORBIDDEN, "the audit role is required");
+    }
+    let time = |k: &str| params.get(k).map(|v| audit::parse_time(v)).transpose();
+    let (since, until) = match (time("since"), time("until")) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let filter = Filter {
+        user: params.get("user").cloned(),
+        mailbox: params.get("mailbox").cloned(),
+        op: params.get("op").cloned(),
+        since,
+        until,
+    };
+    let a = Audit::user(&user.name, Some(peer.to_string()), "http", "audit-query");
+    if let Err(e) = st.metrics.store().commit(a, Change::None).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot audit the query: {e}"),
+        );
+    }
+    let dir = st.metrics.store().journal_dir();
+    match tokio::task::spawn_blocking(move || audit::query(&dir, &filter, |_, _| {})).await {
+        Ok(Ok(found)) => {
+            let truncated = found.len() > AUDIT_LIMIT;
+            let records: Vec<Value> = found
+                .into_iter()
+                .take(AUDIT_LIMIT)
+                .map(|f| {
+                    let mut v = serde_json::to_value(&f.record).unwrap_or(Value::Null);
+                    v["hash"] = f.hash.into();
+                    v
+                })
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({ "records": records, "truncated": truncated }),
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),
+    }
+}
+
+/// `a=1&b=x%40y` → map; malformed escapes are kept literally.
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Standard base64 (padding optional); `None` on any invalid character.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 == 1 || s.len() > 8192 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= val(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_query() {
+        assert_eq!(
+            base64_decode("YWxpY2U6c2VjcmV0").as_deref(),
+            Some(&b"alice:secret"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("YWI=").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(base64_decode("Y"), None);
+        assert_eq!(base64_decode("Y!=="), None);
+        let q = parse_query("mailbox=a%40b&op=archive&x=%zz&y=%4");
+        assert_eq!(q["mailbox"], "a@b");
+        assert_eq!(q["op"], "archive");
+        assert_eq!(q["x"], "%zz");
+        assert_eq!(q["y"], "%4");
+    }
+}

@@ -1,0 +1,511 @@
+//! Prometheus metrics, computed when scraped.
+//!
+//! Why at scrape time: the values already exist elsewhere — the live
+//! [`StatusBoard`] (connection, quota, per-run counters), the [`Store`]
+//! (archive totals, sent-message reconciliation) and the journal (every
+//! login and every archived message's PEC kind is an audit record). Reading
+//! them when Prometheus asks keeps the other modules free of metric calls;
+//! only the open-session gauge needs a call from protocol code
+//! ([`Metrics::imap_sessions_open`]).
+//!
+//! Naming follows Prometheus conventions: `pecgate_` prefix, base units
+//! (`_bytes`, `_seconds`), `_total` for counters. Counters taken from the
+//! board restart at zero with the process (or a SIGHUP), which `rate()` and
+//! `increase()` handle; counters taken from the journal count the whole
+//! archive's history.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use chrono::Utc;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::audit::Tail;
+use crate::pec::reconcile::{Overall, RecipientStatus};
+use crate::store::{Event, Record, Store};
+use crate::upstream::StatusBoard;
+
+/// Why metrics could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("building metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    #[error("encoding metrics: {0}")]
+    Encode(String),
+}
+
+/// Protocols whose logins are counted (series exist at zero from the start,
+/// so alerts and dashboards see them before the first login).
+const LOGIN_PROTOCOLS: [&str; 2] = ["imap", "smtp"];
+/// Signature outcomes counted as failures.
+const SIGNATURE_FAILURES: [&str; 2] = ["invalid", "unknown-signer"];
+
+/// Counts of journal events, accumulated by a [`Tail`].
+#[derive(Debug, Default)]
+struct EventCounts {
+    tail: Tail,
+    /// (protocol, `ok`|`failed`) → logins.
+    logins: BTreeMap<(String, String), u64>,
+    /// (mailbox, kind) → archived messages (duplicates excluded).
+    kinds: BTreeMap<(String, String), u64>,
+    /// (mailbox, status) → messages whose signature did not verify.
+    signature_failures: BTreeMap<(String, String), u64>,
+}
+
+impl EventCounts {
+    fn add(&mut self, r: &Record) {
+        if r.op == "login" {
+            let outcome = if r.outcome == "ok" { "ok" } else { "failed" };
+            *self
+                .logins
+                .entry((r.proto.clone(), outcome.into()))
+                .or_default() += 1;
+        }
+        if let Event::Archived {
+            mailbox,
+            duplicate: false,
+            pec,
+            ..
+        } = &r.event
+        {
+            let kind = pec
+                .as_ref()
+                .and_then(|p| p["classification"]["kind"]["type"].as_str())
+                .unwrap_or("unclassified")
+                .to_string();
+            *self.kinds.entry((mailbox.clone(), kind)).or_default() += 1;
+            if let Some(status) = pec.as_ref().and_then(|p| p["signature"]["status"].as_str()) {
+                if SIGNATURE_FAILURES.contains(&status) {
+                    *self
+                        .signature_failures
+                        .entry((mailbox.clone(), status.into()))
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The metrics of one daemon: where to read from, plus the event counts.
+pub struct Metrics {
+    board: RwLock<StatusBoard>,
+    store: Store,
+    started: f64,
+    events: Mutex<EventCounts>,
+}
+
+impl Metrics {
+    pub fn new(board: StatusBoard, store: Store) -> Metrics {
+        Metrics {
+            board: RwLock::new(board),
+            store,
+            started: Utc::now().timestamp_micros() as f64 / 1e6,
+            events: Mutex::new(EventCounts::default()),
+        }
+    }
+
+    /// After a SIGHUP the daemon starts a new board; scrape that one.
+    pub fn set_board(&self, board: StatusBoard) {
+        if let Ok(mut b) = self.board.write() {
+            *b = board;
+        }
+    }
+
+    pub fn board(&self) -> Option<StatusBoard> {
+        self.board.read().ok().map(|b| b.clone())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Open client IMAP sessions (process-wide). Protocol code increments it
+    /// when a session starts and decrements it when the session ends.
+    pub fn imap_sessions_open() -> &'static IntGauge {
+        static G: OnceLock<IntGauge> = OnceLock::new();
+        G.get_or_init(|| {
+            IntGauge::new(
+                "pecgate_imap_sessions_open",
+                "Client IMAP sessions currently open.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+        })
+    }
+
+    /// The text exposition format (what `/metrics` serves). Blocking: reads
+    /// the index and the journal; call from a blocking thread.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let reg = self.collect()?;
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&reg.gather(), &mut out)
+            .map_err(|e| MetricsError::Encode(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| MetricsError::Encode(e.to_string()))
+    }
+
+    fn collect(&self) -> Result<Registry, MetricsError> {
+        let reg = Registry::new();
+        let r = Reg(&reg);
+        let now = Utc::now();
+
+        let build = r.gauge_vec(
+            "pecgate_build_info",
+            "Build: version and git commit (value 1).",
+            &["version", "commit"],
+        )?;
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("PECGATE_GIT_COMMIT").unwrap_or("unknown"),
+            ])
+            .set(1.0);
+        r.gauge(
+            "pecgate_process_start_time_seconds",
+            "Start time of the process, unix seconds.",
+        )?
+        .set(self.started);
+        r.add(Metrics::imap_sessions_open().clone())?;
+
+        // The store.
+        let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;
+        failed.set(i64::from(self.store.failure().is_some()));
+        let dir = self.store.dir();
+        if let Ok(free) = fs2::available_space(dir) {
+            r.gauge(
+                "pecgate_store_free_bytes",
+                "Space available to pecgate on the archive's file system.",
+            )?
+            .set(free as f64);
+        }
+        if let Ok(total) = fs2::total_space(dir) {
+            r.gauge(
+                "pecgate_store_size_bytes",
+                "Size of the archive's file system.",
+            )?
+            .set(total as f64);
+        }
+
+        // Mailboxes, from the status board.
+        let l = &["mailbox"];
+        let up = r.int_gauge_vec(
+            "pecgate_provider_up",
+            "1 if the mailbox's provider connection is up.",
+            l,
+        )?;
+        let q_used = r.gauge_vec(
+            "pecgate_provider_quota_used_bytes",
+            "Provider quota: storage used.",
+            l,
+        )?;
+        let q_limit = r.gauge_vec(
+            "pecgate_provider_quota_limit_bytes",
+            "Provider quota: storage limit.",
+            l,
+        )?;
+        let q_mused = r.gauge_vec(
+            "pecgate_provider_quota_used_messages",
+            "Provider quota: messages used.",
+            l,
+        )?;
+        let q_mlimit = r.gauge_vec(
+            "pecgate_provider_quota_limit_messages",
+            "Provider quota: message limit.",
+            l,
+        )?;
+        let on_provider = r.gauge_vec(
+            "pecgate_provider_messages",
+            "Messages still on the provider after the last pass.",
+            l,
+        )?;
+        let last_ok = r.gauge_vec(
+            "pecgate_last_successful_sync_timestamp_seconds",
+            "End of the last successful sync pass, unix seconds (0: never since start).",
+            l,
+        )?;
+        let errors = r.counter_vec(
+            "pecgate_sync_errors_total",
+            "Failed sync passes, by reason.",
+            &["mailbox", "reason"],
+        )?;
+        let archived = r.counter_vec(
+            "pecgate_archived_messages_total",
+            "Messages archived from the provider.",
+            l,
+        )?;
+        let archived_b = r.counter_vec(
+            "pecgate_archived_bytes_total",
+            "Bytes archived from the provider.",
+            l,
+        )?;
+        let deleted = r.counter_vec(
+            "pecgate_provider_deleted_messages_total",
+            "Messages deleted from the provider after archiving.",
+            l,
+        )?;
+        let stored = r.gauge_vec(
+            "pecgate_archive_messages",
+            "Messages held in the archive (all folders).",
+            l,
+        )?;
+        let stored_b = r.gauge_vec(
+            "pecgate_archive_bytes",
+            "Bytes held in the archive (all folders).",
+            l,
+        )?;
+        let board = self.board();
+        let statuses = board.map(|b| b.snapshot()).unwrap_or_default();
+        for s in &statuses {
+            let m = &[s.alias.as_str()];
+            up.with_label_values(m).set(i64::from(s.connected));
+            if let Some(q) = &s.quota {
+                let set = |g: &GaugeVec, v: Option<u64>| {
+                    if let Some(v) = v {
+                        g.with_label_values(m).set(v as f64);
+                    }
+                };
+                set(&q_used, q.storage_used_bytes);
+                set(&q_limit, q.storage_limit_bytes);
+                set(&q_mused, q.messages_used);
+                set(&q_mlimit, q.messages_limit);
+            }
+            if let Some(n) = s.on_provider {
+                on_provider.with_label_values(m).set(n as f64);
+            }
+            last_ok.with_label_values(m).set(
+                s.last_success
+                    .map(|t| t.timestamp_micros() as f64 / 1e6)
+                    .unwrap_or(0.0),
+            );
+            for (reason, n) in &s.errors_by_reason {
+                errors
+                    .with_label_values(&[s.alias.as_str(), reason.as_str()])
+                    .inc_by(*n);
+            }
+            archived.with_label_values(m).inc_by(s.archived_this_run);
+            archived_b
+                .with_label_values(m)
+                .inc_by(s.archived_bytes_this_run);
+            deleted.with_label_values(m).inc_by(s.deleted_this_run);
+            stored.with_label_values(m).set(s.archived_total as f64);
+            stored_b
+                .with_label_values(m)
+                .set(s.archived_total_bytes as f64);
+        }
+
+        self.collect_sent(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+            now,
+        )?;
+        self.collect_events(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+        )?;
+        Ok(reg)
+    }
+
+    /// Sent messages and their receipts, from the reconciliation state.
+    fn collect_sent(
+        &self,
+        r: &Reg,
+        mailboxes: &[String],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), MetricsError> {
+        let l = &["mailbox"];
+        let awaiting_acc = r.gauge_vec(
+            "pecgate_pec_sent_awaiting_acceptance",
+            "Sent messages without an acceptance receipt yet.",
+            l,
+        )?;
+        let oldest_acc = r.gauge_vec(
+            "pecgate_pec_oldest_awaiting_acceptance_seconds",
+            "Age of the oldest sent message still without acceptance (0 if none).",
+            l,
+        )?;
+        let awaiting_del = r.gauge_vec(
+            "pecgate_pec_sent_awaiting_delivery",
+            "Accepted sent messages with at least one certified recipient still without a final receipt.",
+            l,
+        )?;
+        let oldest_del = r.gauge_vec(
+            "pecgate_pec_oldest_awaiting_delivery_seconds",
+            "Age of the oldest sent message still awaiting a delivery receipt (0 if none).",
+            l,
+        )?;
+        let failures = r.counter_vec(
+            "pecgate_pec_delivery_failures_total",
+            "Recipients of sent messages for whom a non-delivery notice arrived.",
+            l,
+        )?;
+        let recipients = r.gauge_vec(
+            "pecgate_pec_sent_recipients",
+            "Recipients of sent messages, by delivery status.",
+            &["mailbox", "status"],
+        )?;
+        for alias in mailboxes {
+            let m = &[alias.as_str()];
+            let (mut n_acc, mut n_del, mut failed) = (0u64, 0u64, 0u64);
+            let (mut age_acc, mut age_del) = (0f64, 0f64);
+            let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for sent in self.store.sent_states(alias).unwrap_or_default() {
+                let age = sent
+                    .clock_start()
+                    .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1e3)
+                    .unwrap_or(0.0);
+                match sent.overall() {
+                    Overall::Submitted => {
+                        n_acc += 1;
+                        age_acc = age_acc.max(age);
+                    }
+                    Overall::NotAccepted => {}
+                    Overall::Accepted => {
+                        let st = sent.statuses(now);
+                        let waiting = st.values().any(|s| {
+                            matches!(
+                                s,
+                                RecipientStatus::Pending
+                                    | RecipientStatus::Warned
+                                    | RecipientStatus::Overdue
+                            )
+                        });
+                        if waiting {
+                            n_del += 1;
+                            age_del = age_del.max(age);
+                        }
+                    }
+                }
+                for s in sent.statuses(now).values() {
+                    if *s == RecipientStatus::DeliveryFailed {
+                        failed += 1;
+                    }
+                    *by_status.entry(status_label(*s)).or_default() += 1;
+                }
+            }
+            awaiting_acc.with_label_values(m).set(n_acc as f64);
+            oldest_acc.with_label_values(m).set(age_acc);
+            awaiting_del.with_label_values(m).set(n_del as f64);
+            oldest_del.with_label_values(m).set(age_del);
+            failures.with_label_values(m).inc_by(failed);
+            for s in ALL_STATUSES {
+                let label = status_label(s);
+                recipients
+                    .with_label_values(&[alias.as_str(), label])
+                    .set(*by_status.get(label).unwrap_or(&0) as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts read from the journal since the last scrape, added up.
+    fn collect_events(&self, r: &Reg, mailboxes: &[String]) -> Result<(), MetricsError> {
+        let logins = r.counter_vec(
+            "pecgate_logins_total",
+            "Client logins, by protocol and outcome (ok, failed).",
+            &["protocol", "outcome"],
+        )?;
+        let kinds = r.counter_vec(
+            "pecgate_pec_messages_total",
+            "Messages archived, by PEC kind.",
+            &["mailbox", "kind"],
+        )?;
+        let sig = r.counter_vec(
+            "pecgate_pec_signature_failures_total",
+            "Archived PEC messages whose provider signature did not verify.",
+            &["mailbox", "status"],
+        )?;
+        for p in LOGIN_PROTOCOLS {
+            for o in ["ok", "failed"] {
+                logins.with_label_values(&[p, o]);
+            }
+        }
+        for m in mailboxes {
+            for s in SIGNATURE_FAILURES {
+                sig.with_label_values(&[m.as_str(), s]);
+            }
+        }
+        let Ok(mut ev) = self.events.lock() else {
+            return Ok(());
+        };
+        let ev = &mut *ev;
+        let dir = self.store.journal_dir();
+        let mut counts = std::mem::take(&mut ev.tail);
+        if let Err(e) = counts.read_new(&dir, |rec| ev.add(rec)) {
+            tracing::warn!(error = %e, "metrics: reading the journal");
+        }
+        ev.tail = counts;
+        for ((p, o), n) in &ev.logins {
+            logins
+                .with_label_values(&[p.as_str(), o.as_str()])
+                .inc_by(*n);
+        }
+        for ((m, k), n) in &ev.kinds {
+            kinds
+                .with_label_values(&[m.as_str(), k.as_str()])
+                .inc_by(*n);
+        }
+        for ((m, s), n) in &ev.signature_failures {
+            sig.with_label_values(&[m.as_str(), s.as_str()]).inc_by(*n);
+        }
+        Ok(())
+    }
+}
+
+const ALL_STATUSES: [RecipientStatus; 7] = [
+    RecipientStatus::Pending,
+    RecipientStatus::Delivered,
+    RecipientStatus::DeliveryFailed,
+    RecipientStatus::Warned,
+    RecipientStatus::Overdue,
+    RecipientStatus::SentToNonCertified,
+    RecipientStatus::NotSent,
+];
+
+fn status_label(s: RecipientStatus) -> &'static str {
+    match s {
+        RecipientStatus::Pending => "pending",
+        RecipientStatus::Delivered => "delivered",
+        RecipientStatus::DeliveryFailed => "delivery-failed",
+        RecipientStatus::Warned => "warned",
+        RecipientStatus::Overdue => "overdue",
+        RecipientStatus::SentToNonCertified => "sent-to-non-certified",
+        RecipientStatus::NotSent => "not-sent",
+    }
+}
+
+/// Registers metrics into a per-scrape registry.
+struct Reg<'a>(&'a Registry);
+
+impl Reg<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: C) -> Result<C, MetricsError> {
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+    fn gauge(&self, name: &str, help: &str) -> Result<prometheus::Gauge, MetricsError> {
+        self.add(prometheus::Gauge::new(name, help)?)
+    }
+    fn int_gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.add(IntGauge::new(name, help)?)
+    }
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, MetricsError> {
+        self.add(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+    fn int_gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricsError> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+}
