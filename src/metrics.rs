@@ -168,6 +168,7 @@ impl Metrics {
         )?
         .set(self.started);
         r.add(Metrics::imap_sessions_open().clone())?;
+        r.add(self.store.write_latency().clone())?;
 
         // The store.
         let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;

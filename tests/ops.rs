@@ -343,6 +343,9 @@ fn metrics_readiness_api_and_audit_against_a_real_provider() {
         0.0
     );
     assert_eq!(m["pecgate_archive_messages{mailbox=\"arch\"}"], 5.0);
+    // Every blob write and journal commit is timed: 8 blobs (5 + 3) at least.
+    assert!(m["pecgate_store_write_duration_seconds_count{what=\"blob\"}"] >= 8.0, "blob write latency histogram");
+    assert!(m["pecgate_store_write_duration_seconds_count{what=\"journal\"}"] >= 1.0, "journal commit latency histogram");
     let bytes: usize = arch_msgs.iter().map(Vec::len).sum();
     assert_eq!(
         m["pecgate_archived_bytes_total{mailbox=\"arch\"}"],

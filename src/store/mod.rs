@@ -139,6 +139,10 @@ struct Inner {
     notify: broadcast::Sender<Notice>,
     failed: Arc<Mutex<Option<String>>>,
     closed: AtomicBool,
+    /// How long durable writes take (`journal`: a group commit, append +
+    /// fsync + index apply; `blob`: write + fsync + rename + directory
+    /// fsync). Plain data: exported by the metrics module.
+    write_latency: prometheus::HistogramVec,
 }
 
 /// A handle on the open archive; cheap to clone.
@@ -187,7 +191,17 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let (notify, _) = broadcast::channel(1024);
         let failed = Arc::new(Mutex::new(None));
+        let write_latency = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "pecgate_store_write_duration_seconds",
+                "Durable archive writes: journal group commits and blob writes, each until fsynced.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap_or_default()),
+            &["what"],
+        )
+        .map_err(|e| StoreError::Invalid(format!("latency histogram: {e}")))?;
         let writer = Writer {
+            write_latency: write_latency.clone(),
             journal,
             index: index.clone(),
             folders: HashMap::new(),
@@ -208,6 +222,7 @@ impl Store {
                 notify,
                 failed,
                 closed: AtomicBool::new(false),
+                write_latency,
             }),
         };
         Ok((store, report))
@@ -229,7 +244,13 @@ impl Store {
         }
         let blobs = self.inner.blobs.clone();
         let root = self.inner.dir.join("blobs");
-        let r = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+        let timer = self.inner.write_latency.with_label_values(&["blob"]);
+        let r = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let r = blobs.put(&bytes);
+            timer.observe(t.elapsed().as_secs_f64());
+            r
+        })
             .await
             .map_err(|e| StoreError::Invalid(format!("blob writer task: {e}")))?;
         r.map_err(|e| {
@@ -279,6 +300,11 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Flush { reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The write-latency histogram, for the metrics registry.
+    pub fn write_latency(&self) -> &prometheus::HistogramVec {
+        &self.inner.write_latency
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -505,6 +531,7 @@ struct Writer {
     folders: HashMap<(String, String), FolderState>,
     notify: broadcast::Sender<Notice>,
     failed: Arc<Mutex<Option<String>>>,
+    write_latency: prometheus::HistogramVec,
 }
 
 /// How many requests one group commit takes at most.
@@ -583,6 +610,7 @@ impl Writer {
                 }
             }
         }
+        let started = std::time::Instant::now();
         if let Err(e) = self.journal.append(&mut records) {
             self.folders = snapshot;
             let why = format!("journal append: {e}");
@@ -609,6 +637,9 @@ impl Writer {
             if let Event::Moved { mailbox, to, .. } = &rec.event {
                 notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
             }
+        }
+        if !records.is_empty() {
+            self.write_latency.with_label_values(&["journal"]).observe(started.elapsed().as_secs_f64());
         }
         for (reply, idx) in answers {
             let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
