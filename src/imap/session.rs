@@ -253,6 +253,38 @@ pub async fn run(
     }
 }
 
+/// Answer a connection over `max_sessions_per_address` with a BYE
+/// greeting (after the TLS handshake on an implicit-TLS listener, so the
+/// client can read it) and close it.
+pub async fn refuse(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool) {
+    tracing::warn!(peer = %peer, limit = ctx.cfg.max_sessions_per_address, "IMAP connection refused: too many from this address");
+    let stream = if implicit {
+        match handshake(&ctx, tcp).await {
+            Some(s) => s,
+            None => return,
+        }
+    } else {
+        Stream::insecure(tcp)
+    };
+    let greeting = Greeting {
+        kind: imap_next::imap_types::response::GreetingKind::Bye,
+        code: Some(other_code("LIMIT")),
+        text: text("too many connections from your address; close some and retry"),
+    };
+    let mut io = Io::new(stream, Server::new(server_options(&ctx), greeting));
+    let sent = async {
+        loop {
+            match io.stream.next(&mut io.server).await {
+                Ok(Event::GreetingSent { .. }) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let _ = io.stream.flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+}
+
 fn unreachable_greeting() -> Greeting<'static> {
     Greeting {
         kind: imap_next::imap_types::response::GreetingKind::Ok,
@@ -636,10 +668,50 @@ impl Session {
         }
     }
 
+    /// Apply a reload of the users (SIGHUP) to this session before a
+    /// command: a removed user, or one who lost `read` on the selected
+    /// mailbox, gets BYE (false: end the session); changed grants apply
+    /// from this command on (a folder selected read-write stays so only
+    /// while the user still holds the right each command checks).
+    fn resync_user(&mut self, io: &mut Io) -> bool {
+        let Some((view, _)) = &self.user else {
+            return true;
+        };
+        match self.ctx.auth.user(&view.user.name) {
+            None => {
+                io.status(bye("your account was removed; logging out"));
+                false
+            }
+            Some(u) if *u == *view.user => true,
+            Some(u) => {
+                let lost = self
+                    .selected
+                    .as_ref()
+                    .is_some_and(|sel| !u.may(&sel.folder.mailbox, Right::Read));
+                if lost {
+                    io.status(bye(
+                        "your access to the selected mailbox was withdrawn; logging out",
+                    ));
+                    return false;
+                }
+                tracing::info!(user = %u.name, "IMAP session picks up changed grants");
+                let fresh = View::new(u, self.ctx.store.clone())
+                    .with_overdue_after(self.ctx.overdue_after);
+                if let Some((v, _)) = self.user.as_mut() {
+                    *v = fresh;
+                }
+                true
+            }
+        }
+    }
+
     async fn command(&mut self, io: &mut Io, cmd: Command<'static>) -> Result<Flow, SessionError> {
         let tag = cmd.tag;
         let name = cmd.body.name();
         tracing::debug!(command = name, peer = %self.peer, "IMAP command");
+        if !self.resync_user(io) {
+            return Ok(Flow::Logout);
+        }
         // Commands valid in every state.
         match cmd.body {
             CommandBody::Capability => {
