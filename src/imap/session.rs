@@ -18,6 +18,7 @@ use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{AString, Atom, IString, QuotedChar, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_next::imap_types::extensions::namespace::Namespace;
+use imap_next::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
@@ -990,12 +991,14 @@ impl Session {
                 Err(why) => io.status(noperm(tag, why)),
                 Ok(g) => self.expunge(io, tag, g, Some(sequence_set)).await,
             },
-            CommandBody::Copy { .. } => io.status(tagged(
-                tag,
-                StatusKind::No,
-                Some(other_code("CANNOT")),
-                "the archive keeps one copy of each message per mailbox; use MOVE",
-            )),
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                self.copy(io, tag, &view, &sequence_set, &mailbox, uid)
+                    .await
+            }
             CommandBody::Move {
                 sequence_set,
                 mailbox,
@@ -1765,6 +1768,136 @@ impl Session {
         io.status(ok(tag, "EXPUNGE done"));
     }
 
+    /// COPY (and UID COPY), conservatively:
+    ///
+    /// * Within one PEC mailbox: `NO [CANNOT]`. The archive holds each
+    ///   message once per mailbox (content-addressed evidence, de-duplicated
+    ///   by hash), so a second folder of the same mailbox cannot hold it
+    ///   too; refiling is MOVE.
+    /// * Into another PEC mailbox: allowed into the folder of the same kind
+    ///   (INBOX → INBOX, Receipts → Receipts, Anomalies → Anomalies) to a
+    ///   user holding `triage` on the target, e.g. handing a received PEC to
+    ///   another office with its signed envelope intact. The copy shares the
+    ///   blob and keeps shared flags and PEC metadata; the audit record names
+    ///   the source mailbox, folder and UIDs, the archived event the target.
+    ///   A message the target already holds is not filed twice (COPYUID
+    ///   names the UID it has).
+    /// * Never into `Sent` (a copy would claim the target mailbox sent it
+    ///   and feed its delivery-state reconciliation) nor into a virtual
+    ///   folder, nor across kinds (a receipt in another INBOX would misfile
+    ///   it): `NO [CANNOT]` saying why.
+    async fn copy(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+    ) {
+        let cannot = |tag, t: &str| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), t);
+        let target = match view.resolve(&mailbox_name(mailbox)) {
+            Ok(f) => f,
+            Err(ViewError::NotFound) => {
+                return io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(Code::TryCreate),
+                    "no such folder",
+                ))
+            }
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        let targets = self.targets(set, uid);
+        let Some(sel) = &self.selected else { return };
+        let from = sel.folder.source();
+        if target.mailbox == sel.folder.mailbox {
+            return io.status(cannot(
+                tag,
+                "this PEC mailbox already holds these messages: the archive keeps each message once per mailbox; use MOVE to refile",
+            ));
+        }
+        let Some(to) = target.store_folder else {
+            return io.status(cannot(tag, "virtual folders cannot hold copied messages"));
+        };
+        if to == super::view::SENT {
+            return io.status(cannot(
+                tag,
+                "Sent holds only what its own mailbox sent; a copy cannot go there",
+            ));
+        }
+        if to != from {
+            return io.status(cannot(
+                tag,
+                "across PEC mailboxes a message is copied only into the folder of the same kind (INBOX to INBOX, Receipts to Receipts, Anomalies to Anomalies)",
+            ));
+        }
+        if !view.may(&target, Right::Triage) {
+            return io.status(noperm(tag, "not permitted on the target mailbox"));
+        }
+        let by_uid: std::collections::HashMap<u32, &MessageMeta> =
+            sel.msgs.iter().map(|(u, m)| (*u, m)).collect();
+        let src_mailbox = sel.folder.mailbox.clone();
+        let mut src_uids = Vec::new();
+        let mut batch = Vec::new();
+        for (_, u) in &targets {
+            let Some(m) = by_uid.get(u) else { continue };
+            src_uids.push(*u);
+            let a = self
+                .audit("copy")
+                .mailbox(&src_mailbox)
+                .folder(from)
+                .uids(vec![*u]);
+            let ch = Change::Archive {
+                mailbox: target.mailbox.clone(),
+                folder: to.to_string(),
+                blob: BlobRef {
+                    hash: m.hash.clone(),
+                    size: m.size,
+                },
+                internal_date: m.internal_date,
+                flags: m
+                    .flags
+                    .iter()
+                    .filter(|f| !is_pec_keyword(f))
+                    .cloned()
+                    .collect(),
+                provider: None,
+                pec: m.pec.clone(),
+            };
+            batch.push((a, ch));
+        }
+        if batch.is_empty() {
+            return io.status(ok(tag, "COPY done (no messages)"));
+        }
+        let committed = match self.ctx.store.commit_batch(batch).await {
+            Ok(c) => c,
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        let mut pairs = Vec::new();
+        for (su, c) in src_uids.iter().zip(&committed) {
+            if let StoreEvent::Archived { uid, .. } = &c.event {
+                pairs.push((*su, *uid));
+            }
+        }
+        let uv = self
+            .ctx
+            .store
+            .folder(&target.mailbox, to)
+            .ok()
+            .flatten()
+            .map(|s| s.uidvalidity)
+            .unwrap_or(1);
+        let code = uid_set(pairs.iter().map(|p| p.0))
+            .zip(uid_set(pairs.iter().map(|p| p.1)))
+            .map(|(source, destination)| Code::CopyUid {
+                uid_validity: nz(uv),
+                source,
+                destination,
+            });
+        io.status(tagged(tag, StatusKind::Ok, code, "COPY done"));
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn r#move(
         &mut self,
@@ -1830,6 +1963,16 @@ impl Session {
         self.refresh(io, true, &HashSet::new());
         io.status(ok(tag, "MOVE done"));
     }
+}
+
+/// UIDs in the given order as a UID set (one element each, so that
+/// COPYUID's source and destination sets correspond in order).
+fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
+    let v: Vec<UidElement> = uids
+        .filter_map(NonZeroU32::new)
+        .map(UidElement::Single)
+        .collect();
+    Vec1::try_from(v).ok().map(UidSet)
 }
 
 /// A quota root name as an astring (mailbox aliases are plain words).
