@@ -12,7 +12,6 @@
 #[path = "../tests/imap_support/mod.rs"]
 mod imap_support;
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::Path;
