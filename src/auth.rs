@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -137,40 +137,69 @@ impl Throttle {
 }
 
 /// Users, their hashes and the shared login throttle.
+///
+/// The user table can be replaced while running ([`Authenticator::reload`],
+/// on SIGHUP); the throttle survives a reload, so a guesser gains nothing
+/// from an operator's reload.
 pub struct Authenticator {
-    users: HashMap<String, (String, Arc<User>)>,
+    users: RwLock<Arc<UserTable>>,
     throttle: Mutex<Throttle>,
     /// Verified when the user is unknown, so both cases cost the same.
     dummy_hash: String,
 }
 
+/// User name → (password hash, user).
+type UserTable = HashMap<String, (String, Arc<User>)>;
+
+/// Unknown rights are dropped here; `Config::validate` has already refused them.
+fn table(users: &[UserConfig]) -> UserTable {
+    let mut map = HashMap::new();
+    for u in users {
+        let grants = u
+            .grants
+            .iter()
+            .map(|(m, rs)| (m.clone(), rs.iter().filter_map(|r| Right::parse(r)).collect()))
+            .collect();
+        let user = User {
+            name: u.name.clone(),
+            default_mailbox: u.default_mailbox.clone(),
+            grants,
+            roles: u.roles.iter().cloned().collect(),
+        };
+        map.insert(u.name.clone(), (u.password_hash.clone(), Arc::new(user)));
+    }
+    map
+}
+
 impl Authenticator {
-    /// Build from validated configuration (unknown rights are dropped here;
-    /// `Config::validate` has already refused them).
+    /// Build from validated configuration.
     pub fn new(users: &[UserConfig]) -> Authenticator {
-        let mut map = HashMap::new();
-        for u in users {
-            let grants = u
-                .grants
-                .iter()
-                .map(|(m, rs)| (m.clone(), rs.iter().filter_map(|r| Right::parse(r)).collect()))
-                .collect();
-            let user = User {
-                name: u.name.clone(),
-                default_mailbox: u.default_mailbox.clone(),
-                grants,
-                roles: u.roles.iter().cloned().collect(),
-            };
-            map.insert(u.name.clone(), (u.password_hash.clone(), Arc::new(user)));
-        }
         let dummy_hash = hash_password("pecgate-dummy").unwrap_or_default();
-        Authenticator { users: map, throttle: Mutex::new(Throttle::default()), dummy_hash }
+        Authenticator { users: RwLock::new(Arc::new(table(users))), throttle: Mutex::new(Throttle::default()), dummy_hash }
     }
 
-    /// The user named `name`, without checking a password (for tests and
-    /// already-authenticated paths).
+    /// Replace the users (SIGHUP). New logins see the new table at once;
+    /// open sessions compare their user with [`Authenticator::user`] before
+    /// each command (see `imap::session`).
+    pub fn reload(&self, users: &[UserConfig]) {
+        let t = Arc::new(table(users));
+        match self.users.write() {
+            Ok(mut g) => *g = t,
+            Err(poisoned) => *poisoned.into_inner() = t,
+        }
+    }
+
+    fn current(&self) -> Arc<UserTable> {
+        match self.users.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The user named `name` as currently configured, without checking a
+    /// password (for tests and already-authenticated paths).
     pub fn user(&self, name: &str) -> Option<Arc<User>> {
-        self.users.get(name).map(|(_, u)| u.clone())
+        self.current().get(name).map(|(_, u)| u.clone())
     }
 
     /// Check a password, waiting first according to recent failures for
@@ -185,7 +214,7 @@ impl Authenticator {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let (hash, user) = match self.users.get(name) {
+        let (hash, user) = match self.current().get(name) {
             Some((h, u)) => (h.clone(), Some(u.clone())),
             None => (self.dummy_hash.clone(), None),
         };

@@ -473,6 +473,12 @@ pub struct ImapConfig {
     /// client (which opens one connection per folder), a phone and mbsync.
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_user: usize,
+    /// Concurrent connections (logged in or not) from one source address.
+    /// 100 lets an office behind one NAT address run a few dozen clients;
+    /// past it a connection gets `BYE [LIMIT]`, so that one address cannot
+    /// take every connection slot.
+    #[serde(default = "default_max_per_address")]
+    pub max_sessions_per_address: usize,
     /// A session idle this long is logged out. 30 minutes is RFC 3501's
     /// minimum autologout timer; IDLE clients re-issue IDLE before that.
     #[serde(default = "default_imap_idle", with = "humantime_serde")]
@@ -490,6 +496,9 @@ pub struct ImapConfig {
 
 fn default_max_sessions() -> usize {
     50
+}
+fn default_max_per_address() -> usize {
+    100
 }
 fn default_imap_idle() -> Duration {
     Duration::from_secs(30 * 60)
@@ -541,6 +550,9 @@ impl Config {
             }
             if imap.max_sessions_per_user == 0 {
                 push("imap.max_sessions_per_user".into(), "must be at least 1".into());
+            }
+            if imap.max_sessions_per_address == 0 {
+                push("imap.max_sessions_per_address".into(), "must be at least 1".into());
             }
             if imap.idle_timeout < Duration::from_secs(60) {
                 push("imap.idle_timeout".into(), "must be at least 1m".into());

@@ -98,23 +98,30 @@ impl Generation {
     }
 }
 
-/// Start the IMAP listeners if `[imap]` is configured. Users and TLS are
-/// read once: a SIGHUP does not change them (restart instead).
-async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<(watch::Sender<bool>, JoinSet<()>)> {
+/// What `serve` keeps of the IMAP server: its stop signal, its tasks, and
+/// the user table a SIGHUP replaces.
+type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<std::sync::Arc<crate::auth::Authenticator>>);
+
+/// Start the IMAP listeners if `[imap]` is configured. A SIGHUP replaces
+/// the users and their grants (without dropping sessions); listeners,
+/// limits and TLS are read once (restart to change them).
+async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<ImapHandle> {
     let (stop, rx) = watch::channel(false);
-    let Some(imap) = &cfg.imap else { return Ok((stop, JoinSet::new())) };
+    let Some(imap) = &cfg.imap else { return Ok((stop, JoinSet::new(), None)) };
     let files = cfg.tls.as_ref().context("[imap] needs [tls]")?;
     let tls = crate::tls::server_config(&files.cert, &files.key).context("IMAP TLS certificate")?;
+    let auth = std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users));
     let ctx = std::sync::Arc::new(crate::imap::Ctx {
         cfg: imap.clone(),
         tls,
         store: store.clone(),
-        auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+        auth: auth.clone(),
         sessions: Default::default(),
+        addresses: Default::default(),
         overdue_after: cfg.pec.overdue_after,
     });
     let tasks = crate::imap::start(ctx, rx).await?;
-    Ok((stop, tasks))
+    Ok((stop, tasks, Some(auth)))
 }
 
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
@@ -123,7 +130,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let mut generation = start_generation(&cfg, &store, &board)?;
-    let (imap_stop, mut imap_tasks) = start_imap(&cfg, &store).await?;
+    let (imap_stop, mut imap_tasks, imap_auth) = start_imap(&cfg, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let http_task = match &cfg.http {
@@ -155,6 +162,10 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     }
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded; restarting mailbox tasks");
+                        if let Some(auth) = &imap_auth {
+                            auth.reload(&new.users);
+                            tracing::info!(users = new.users.len(), "SIGHUP: IMAP users and grants reloaded");
+                        }
                         generation.stop(Duration::from_secs(30)).await;
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));

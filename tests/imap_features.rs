@@ -87,3 +87,35 @@ fn quota_without_a_limit_has_no_root() {
     });
     run(&gw, "quota.py", &["0", "none"]);
 }
+
+#[test]
+fn copy_across_mailboxes_only() {
+    let hash = pecgate::auth::hash_password(imap_support::PASSWORD).expect("hash");
+    let mut extra = String::new();
+    for (name, grants) in [
+        ("capo", "prot = [\"read\", \"triage\"], tributi = [\"read\", \"triage\"]"),
+        ("rotri", "prot = [\"read\", \"triage\"], tributi = [\"read\"]"),
+    ] {
+        extra += &format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\ngrants = {{ {grants} }}\n\n");
+    }
+    let mut gw = start_with(Setup {
+        inbox: 2,
+        extra_config: extra,
+        ..Setup::default()
+    });
+    run(&gw, "copy.py", &[]);
+    gw.stop();
+    let mut journal = String::new();
+    for e in std::fs::read_dir(gw.data().join("journal")).expect("journal dir") {
+        journal += &std::fs::read_to_string(e.expect("entry").path()).expect("segment");
+    }
+    // The copy is recorded as capo's, naming the source mailbox.
+    assert!(
+        journal.lines().any(|l| l.contains("\"op\":\"copy\"")
+            && l.contains("\"actor\":\"capo\"")
+            && l.contains("\"mailbox\":\"prot\"")
+            && l.contains("tributi")),
+        "no copy record by capo from prot to tributi"
+    );
+    pecgate::store::rebuild_index(&gw.data()).expect("rebuild index");
+}

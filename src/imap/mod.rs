@@ -14,7 +14,7 @@ pub mod session;
 pub mod view;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,10 @@ pub struct Ctx {
     pub auth: Arc<Authenticator>,
     /// Open sessions per user (for `max_sessions_per_user`).
     pub sessions: Mutex<HashMap<String, usize>>,
+    /// Open connections per source address (for
+    /// `max_sessions_per_address`), counted from accept, before TLS and
+    /// login: one address cannot take all `MAX_CONNECTIONS` slots.
+    pub addresses: Mutex<HashMap<IpAddr, usize>>,
     /// `pec.overdue_after`: when a sent message without its final receipts
     /// shows `$PecOverdue` (reconcile's default if `None`).
     pub overdue_after: Option<Duration>,
@@ -75,6 +79,41 @@ impl Ctx {
             ctx: self.clone(),
             user: user.to_string(),
         })
+    }
+}
+
+/// Counts one connection from an address; dropping it releases it.
+pub struct AddressGuard {
+    ctx: Arc<Ctx>,
+    ip: IpAddr,
+}
+
+impl Ctx {
+    /// Take a connection slot for `ip`, or `None` if it has too many.
+    pub fn acquire_address(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
+        let mut m = self.addresses.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_sessions_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressGuard {
+            ctx: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.ctx.addresses.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
     }
 }
 
@@ -147,8 +186,12 @@ async fn accept_loop(
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(100);
                 let (ctx, sd) = (ctx.clone(), shutdown.clone());
+                let slot = ctx.acquire_address(peer.ip());
                 sessions.spawn(async move {
-                    session::run(ctx, tcp, peer, implicit, sd).await;
+                    match slot {
+                        Some(_slot) => session::run(ctx, tcp, peer, implicit, sd).await,
+                        None => session::refuse(ctx, tcp, peer, implicit).await,
+                    }
                     drop(permit);
                 });
             }

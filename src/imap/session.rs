@@ -18,6 +18,7 @@ use imap_next::imap_types::command::{Command, CommandBody};
 use imap_next::imap_types::core::{AString, Atom, IString, QuotedChar, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_next::imap_types::extensions::namespace::Namespace;
+use imap_next::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::fetch::{
     MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
@@ -251,6 +252,38 @@ pub async fn run(
         ))
         .await;
     }
+}
+
+/// Answer a connection over `max_sessions_per_address` with a BYE
+/// greeting (after the TLS handshake on an implicit-TLS listener, so the
+/// client can read it) and close it.
+pub async fn refuse(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool) {
+    tracing::warn!(peer = %peer, limit = ctx.cfg.max_sessions_per_address, "IMAP connection refused: too many from this address");
+    let stream = if implicit {
+        match handshake(&ctx, tcp).await {
+            Some(s) => s,
+            None => return,
+        }
+    } else {
+        Stream::insecure(tcp)
+    };
+    let greeting = Greeting {
+        kind: imap_next::imap_types::response::GreetingKind::Bye,
+        code: Some(other_code("LIMIT")),
+        text: text("too many connections from your address; close some and retry"),
+    };
+    let mut io = Io::new(stream, Server::new(server_options(&ctx), greeting));
+    let sent = async {
+        loop {
+            match io.stream.next(&mut io.server).await {
+                Ok(Event::GreetingSent { .. }) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let _ = io.stream.flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
 }
 
 fn unreachable_greeting() -> Greeting<'static> {
@@ -636,10 +669,50 @@ impl Session {
         }
     }
 
+    /// Apply a reload of the users (SIGHUP) to this session before a
+    /// command: a removed user, or one who lost `read` on the selected
+    /// mailbox, gets BYE (false: end the session); changed grants apply
+    /// from this command on (a folder selected read-write stays so only
+    /// while the user still holds the right each command checks).
+    fn resync_user(&mut self, io: &mut Io) -> bool {
+        let Some((view, _)) = &self.user else {
+            return true;
+        };
+        match self.ctx.auth.user(&view.user.name) {
+            None => {
+                io.status(bye("your account was removed; logging out"));
+                false
+            }
+            Some(u) if *u == *view.user => true,
+            Some(u) => {
+                let lost = self
+                    .selected
+                    .as_ref()
+                    .is_some_and(|sel| !u.may(&sel.folder.mailbox, Right::Read));
+                if lost {
+                    io.status(bye(
+                        "your access to the selected mailbox was withdrawn; logging out",
+                    ));
+                    return false;
+                }
+                tracing::info!(user = %u.name, "IMAP session picks up changed grants");
+                let fresh = View::new(u, self.ctx.store.clone())
+                    .with_overdue_after(self.ctx.overdue_after);
+                if let Some((v, _)) = self.user.as_mut() {
+                    *v = fresh;
+                }
+                true
+            }
+        }
+    }
+
     async fn command(&mut self, io: &mut Io, cmd: Command<'static>) -> Result<Flow, SessionError> {
         let tag = cmd.tag;
         let name = cmd.body.name();
         tracing::debug!(command = name, peer = %self.peer, "IMAP command");
+        if !self.resync_user(io) {
+            return Ok(Flow::Logout);
+        }
         // Commands valid in every state.
         match cmd.body {
             CommandBody::Capability => {
@@ -918,12 +991,14 @@ impl Session {
                 Err(why) => io.status(noperm(tag, why)),
                 Ok(g) => self.expunge(io, tag, g, Some(sequence_set)).await,
             },
-            CommandBody::Copy { .. } => io.status(tagged(
-                tag,
-                StatusKind::No,
-                Some(other_code("CANNOT")),
-                "the archive keeps one copy of each message per mailbox; use MOVE",
-            )),
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                self.copy(io, tag, &view, &sequence_set, &mailbox, uid)
+                    .await
+            }
             CommandBody::Move {
                 sequence_set,
                 mailbox,
@@ -1693,6 +1768,136 @@ impl Session {
         io.status(ok(tag, "EXPUNGE done"));
     }
 
+    /// COPY (and UID COPY), conservatively:
+    ///
+    /// * Within one PEC mailbox: `NO [CANNOT]`. The archive holds each
+    ///   message once per mailbox (content-addressed evidence, de-duplicated
+    ///   by hash), so a second folder of the same mailbox cannot hold it
+    ///   too; refiling is MOVE.
+    /// * Into another PEC mailbox: allowed into the folder of the same kind
+    ///   (INBOX → INBOX, Receipts → Receipts, Anomalies → Anomalies) to a
+    ///   user holding `triage` on the target, e.g. handing a received PEC to
+    ///   another office with its signed envelope intact. The copy shares the
+    ///   blob and keeps shared flags and PEC metadata; the audit record names
+    ///   the source mailbox, folder and UIDs, the archived event the target.
+    ///   A message the target already holds is not filed twice (COPYUID
+    ///   names the UID it has).
+    /// * Never into `Sent` (a copy would claim the target mailbox sent it
+    ///   and feed its delivery-state reconciliation) nor into a virtual
+    ///   folder, nor across kinds (a receipt in another INBOX would misfile
+    ///   it): `NO [CANNOT]` saying why.
+    async fn copy(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+    ) {
+        let cannot = |tag, t: &str| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), t);
+        let target = match view.resolve(&mailbox_name(mailbox)) {
+            Ok(f) => f,
+            Err(ViewError::NotFound) => {
+                return io.status(tagged(
+                    tag,
+                    StatusKind::No,
+                    Some(Code::TryCreate),
+                    "no such folder",
+                ))
+            }
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        let targets = self.targets(set, uid);
+        let Some(sel) = &self.selected else { return };
+        let from = sel.folder.source();
+        if target.mailbox == sel.folder.mailbox {
+            return io.status(cannot(
+                tag,
+                "this PEC mailbox already holds these messages: the archive keeps each message once per mailbox; use MOVE to refile",
+            ));
+        }
+        let Some(to) = target.store_folder else {
+            return io.status(cannot(tag, "virtual folders cannot hold copied messages"));
+        };
+        if to == super::view::SENT {
+            return io.status(cannot(
+                tag,
+                "Sent holds only what its own mailbox sent; a copy cannot go there",
+            ));
+        }
+        if to != from {
+            return io.status(cannot(
+                tag,
+                "across PEC mailboxes a message is copied only into the folder of the same kind (INBOX to INBOX, Receipts to Receipts, Anomalies to Anomalies)",
+            ));
+        }
+        if !view.may(&target, Right::Triage) {
+            return io.status(noperm(tag, "not permitted on the target mailbox"));
+        }
+        let by_uid: std::collections::HashMap<u32, &MessageMeta> =
+            sel.msgs.iter().map(|(u, m)| (*u, m)).collect();
+        let src_mailbox = sel.folder.mailbox.clone();
+        let mut src_uids = Vec::new();
+        let mut batch = Vec::new();
+        for (_, u) in &targets {
+            let Some(m) = by_uid.get(u) else { continue };
+            src_uids.push(*u);
+            let a = self
+                .audit("copy")
+                .mailbox(&src_mailbox)
+                .folder(from)
+                .uids(vec![*u]);
+            let ch = Change::Archive {
+                mailbox: target.mailbox.clone(),
+                folder: to.to_string(),
+                blob: BlobRef {
+                    hash: m.hash.clone(),
+                    size: m.size,
+                },
+                internal_date: m.internal_date,
+                flags: m
+                    .flags
+                    .iter()
+                    .filter(|f| !is_pec_keyword(f))
+                    .cloned()
+                    .collect(),
+                provider: None,
+                pec: m.pec.clone(),
+            };
+            batch.push((a, ch));
+        }
+        if batch.is_empty() {
+            return io.status(ok(tag, "COPY done (no messages)"));
+        }
+        let committed = match self.ctx.store.commit_batch(batch).await {
+            Ok(c) => c,
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        let mut pairs = Vec::new();
+        for (su, c) in src_uids.iter().zip(&committed) {
+            if let StoreEvent::Archived { uid, .. } = &c.event {
+                pairs.push((*su, *uid));
+            }
+        }
+        let uv = self
+            .ctx
+            .store
+            .folder(&target.mailbox, to)
+            .ok()
+            .flatten()
+            .map(|s| s.uidvalidity)
+            .unwrap_or(1);
+        let code = uid_set(pairs.iter().map(|p| p.0))
+            .zip(uid_set(pairs.iter().map(|p| p.1)))
+            .map(|(source, destination)| Code::CopyUid {
+                uid_validity: nz(uv),
+                source,
+                destination,
+            });
+        io.status(tagged(tag, StatusKind::Ok, code, "COPY done"));
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn r#move(
         &mut self,
@@ -1758,6 +1963,16 @@ impl Session {
         self.refresh(io, true, &HashSet::new());
         io.status(ok(tag, "MOVE done"));
     }
+}
+
+/// UIDs in the given order as a UID set (one element each, so that
+/// COPYUID's source and destination sets correspond in order).
+fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
+    let v: Vec<UidElement> = uids
+        .filter_map(NonZeroU32::new)
+        .map(UidElement::Single)
+        .collect();
+    Vec1::try_from(v).ok().map(UidSet)
 }
 
 /// A quota root name as an astring (mailbox aliases are plain words).

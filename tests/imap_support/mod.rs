@@ -61,6 +61,21 @@ pub struct Setup {
     pub extra_config: String,
     /// Extra lines of the `[imap]` section (e.g. `quota_kib = 10`).
     pub imap_config: String,
+    /// Pad each INBOX message's text with about this many bytes (0: none),
+    /// see [`padded_message`].
+    pub pad: usize,
+}
+
+/// [`message`] `i` with about `pad` more bytes of text (76-column lines).
+pub fn padded_message(i: usize, pad: usize) -> Vec<u8> {
+    if pad == 0 {
+        return message(i);
+    }
+    let line = format!("{:<74}\r\n", format!("riga di riempimento del messaggio {i}"));
+    let fill = line.repeat(pad.div_ceil(line.len()));
+    let text = String::from_utf8(message(i)).unwrap_or_default();
+    let mark = format!("parola{i}\r\n");
+    text.replacen(&mark, &format!("{mark}{fill}"), 1).into_bytes()
 }
 
 /// Original Message-ID of the sample submission (tests/data/pec).
@@ -138,7 +153,7 @@ pub fn start_with(setup: Setup) -> Gateway {
         let mut inbox = Vec::new();
         let mut blobs = Vec::new();
         for i in 1..=n {
-            let raw = message(i);
+            let raw = padded_message(i, setup.pad);
             let blob = store.put_blob(raw.clone()).await.expect("blob");
             store
                 .commit(

@@ -1,0 +1,312 @@
+//! IMAP load: N concurrent sessions over loopback TLS against `pecgate
+//! serve` (archive of M messages filled through the store API) and against
+//! a Dovecot holding the same messages: FETCH of full messages (messages/s,
+//! MB/s) and SEARCH latency, side by side with the ratio; then pecgate's
+//! RSS with K idle sessions.
+//!
+//! `cargo bench --bench imap_load`; scale with IMAP_LOAD_SESSIONS (N, 8),
+//! IMAP_LOAD_MESSAGES (M, 200), IMAP_LOAD_SIZE (bytes per message, 20000),
+//! IMAP_LOAD_ROUNDS (full-folder FETCHes per session, 3),
+//! IMAP_LOAD_SEARCHES (per session, 20), IMAP_LOAD_IDLE (K, 200).
+
+#[path = "../tests/imap_support/mod.rs"]
+mod imap_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Trusts exactly the certificate in `pem` (the test certificates are
+/// self-signed CA certificates, which webpki refuses as end entities).
+#[derive(Debug)]
+struct Pinned(Vec<u8>, Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.0.as_slice() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn pinned(pem: &Path) -> Arc<rustls::ClientConfig> {
+    let bytes = std::fs::read(pem).expect("read certificate");
+    let cert = rustls_pemfile::certs(&mut bytes.as_slice())
+        .next()
+        .expect("a certificate")
+        .expect("PEM certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(cert.as_ref().to_vec(), provider)))
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+/// A minimal IMAP client: enough for LOGIN, SELECT, FETCH and SEARCH.
+struct Client {
+    io: BufReader<TlsStream<TcpStream>>,
+    tag: u32,
+}
+
+/// What one command brought back.
+struct Reply {
+    literal_bytes: usize,
+    literals: usize,
+    untagged: Vec<String>,
+}
+
+impl Client {
+    async fn connect(port: u16, ca: &Path) -> Client {
+        let cfg = pinned(ca);
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let name = ServerName::try_from("127.0.0.1").expect("server name");
+        let tls = TlsConnector::from(cfg).connect(name, tcp).await.expect("TLS handshake");
+        let mut c = Client { io: BufReader::new(tls), tag: 0 };
+        let mut greeting = String::new();
+        c.io.read_line(&mut greeting).await.expect("greeting");
+        assert!(greeting.starts_with("* OK"), "greeting: {greeting}");
+        c
+    }
+
+    async fn cmd(&mut self, text: &str) -> Reply {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        let line = format!("{tag} {text}\r\n");
+        self.io.get_mut().write_all(line.as_bytes()).await.expect("write");
+        self.io.get_mut().flush().await.expect("flush");
+        let mut r = Reply { literal_bytes: 0, literals: 0, untagged: vec![] };
+        let mut buf = Vec::new();
+        loop {
+            let mut l = String::new();
+            let n = self.io.read_line(&mut l).await.expect("read");
+            assert!(n > 0, "server closed during {text}");
+            if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
+                assert!(rest.starts_with("OK"), "{text}: {rest}");
+                return r;
+            }
+            // A literal: `{N}` at the end of the line.
+            if let Some(open) = l.trim_end().strip_suffix('}').and_then(|s| s.rfind('{').map(|i| &s[i + 1..])) {
+                if let Ok(len) = open.trim_end_matches('+').parse::<usize>() {
+                    buf.resize(len, 0);
+                    self.io.read_exact(&mut buf).await.expect("literal");
+                    r.literal_bytes += len;
+                    r.literals += 1;
+                    continue;
+                }
+            }
+            if l.starts_with("* ") && r.untagged.len() < 16 {
+                r.untagged.push(l);
+            }
+        }
+    }
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    ca: std::path::PathBuf,
+    user: String,
+    password: String,
+}
+
+struct Figures {
+    msgs_per_s: f64,
+    mb_per_s: f64,
+    search_p50: Duration,
+    search_p95: Duration,
+}
+
+async fn load(t: &Target, sessions: usize, rounds: usize, searches: usize, messages: usize) -> Figures {
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        let mut c = Client::connect(t.port, &t.ca).await;
+        c.cmd(&format!("LOGIN {} \"{}\"", t.user, t.password)).await;
+        let r = c.cmd("SELECT INBOX").await;
+        let exists = r.untagged.iter().find_map(|l| l.strip_suffix(" EXISTS\r\n").and_then(|s| s[2..].parse::<usize>().ok()));
+        assert_eq!(exists, Some(messages), "{}: INBOX holds {exists:?}", t.name);
+        clients.push(c);
+    }
+    // FETCH: every session fetches the whole folder `rounds` times.
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for mut c in clients {
+        set.spawn(async move {
+            let (mut n, mut bytes) = (0, 0);
+            for _ in 0..rounds {
+                let r = c.cmd("UID FETCH 1:* (BODY.PEEK[])").await;
+                n += r.literals;
+                bytes += r.literal_bytes;
+            }
+            (c, n, bytes)
+        });
+    }
+    let (mut clients, mut n, mut bytes) = (Vec::new(), 0usize, 0usize);
+    while let Some(j) = set.join_next().await {
+        let (c, k, b) = j.expect("fetch task");
+        clients.push(c);
+        n += k;
+        bytes += b;
+    }
+    let fetch_time = t0.elapsed().as_secs_f64();
+    assert_eq!(n, sessions * rounds * messages, "{}: messages fetched", t.name);
+    // SEARCH: a body word of one message (a full-text scan).
+    let mut set = tokio::task::JoinSet::new();
+    for (k, mut c) in clients.into_iter().enumerate() {
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            for s in 0..searches {
+                let i = (k * searches + s) % messages + 1;
+                let t = Instant::now();
+                let r = c.cmd(&format!("UID SEARCH BODY parola{i}")).await;
+                lat.push(t.elapsed());
+                assert!(r.untagged.iter().any(|l| l.starts_with("* SEARCH ")), "search reply");
+            }
+            c.cmd("LOGOUT").await;
+            lat
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(j) = set.join_next().await {
+        lat.extend(j.expect("search task"));
+    }
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    Figures {
+        msgs_per_s: n as f64 / fetch_time,
+        mb_per_s: bytes as f64 / fetch_time / 1e6,
+        search_p50: pct(0.50),
+        search_p95: pct(0.95),
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let sessions = env("IMAP_LOAD_SESSIONS", 8);
+    let messages = env("IMAP_LOAD_MESSAGES", 200);
+    let size = env("IMAP_LOAD_SIZE", 20_000);
+    let rounds = env("IMAP_LOAD_ROUNDS", 3);
+    let searches = env("IMAP_LOAD_SEARCHES", 20);
+    let idle = env("IMAP_LOAD_IDLE", 200);
+    println!("imap_load: sessions={sessions} messages={messages} size={size} rounds={rounds} searches={searches} idle={idle}");
+
+    let limit = (sessions + idle + 16).to_string();
+    let gw = imap_support::start_with(imap_support::Setup {
+        inbox: messages,
+        pad: size,
+        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
+        ..imap_support::Setup::default()
+    });
+    let raw: Vec<Vec<u8>> = (1..=messages).map(|i| imap_support::padded_message(i, size)).collect();
+    let dv = support::Dovecot::start(
+        // The gateway's certificate (rustls refuses Dovecot harness's own,
+        // a CA certificate used as an end entity).
+        support::DovecotOptions::new()
+            .user(support::UserSpec::new("bench", "pw-bench"))
+            .tls(true)
+            .extra_config(&format!(
+                "ssl_cert = <{}\nssl_key = <{}",
+                gw.cert().display(),
+                gw.dir.path().join("key.pem").display()
+            )),
+    );
+    let t0 = Instant::now();
+    dv.imap("bench").append("INBOX", raw.iter().map(|m| m.as_slice()));
+    println!("dovecot filled with {messages} messages in {:.1} s", t0.elapsed().as_secs_f64());
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pec = Target { name: "pecgate", port: gw.port, ca: gw.cert(), user: "mario".into(), password: imap_support::PASSWORD.into() };
+    let dov = Target {
+        name: "dovecot",
+        port: dv.tls_port.expect("dovecot tls port"),
+        ca: gw.cert(),
+        user: "bench".into(),
+        password: "pw-bench".into(),
+    };
+    let (p, d) = rt.block_on(async {
+        // Warm both (page cache, index) once, then measure.
+        load(&pec, 1, 1, 1, messages).await;
+        load(&dov, 1, 1, 1, messages).await;
+        (load(&pec, sessions, rounds, searches, messages).await, load(&dov, sessions, rounds, searches, messages).await)
+    });
+    println!("{:<8} {:>12} {:>10} {:>14} {:>14}", "server", "FETCH msg/s", "MB/s", "SEARCH p50", "SEARCH p95");
+    for (name, f) in [("pecgate", &p), ("dovecot", &d)] {
+        println!("{name:<8} {:>12.0} {:>10.1} {:>14.2?} {:>14.2?}", f.msgs_per_s, f.mb_per_s, f.search_p50, f.search_p95);
+    }
+    println!(
+        "ratio pecgate/dovecot: FETCH {:.2}x, SEARCH p50 {:.2}x (latency; >1 is slower)",
+        p.msgs_per_s / d.msgs_per_s,
+        p.search_p50.as_secs_f64() / d.search_p50.as_secs_f64().max(1e-9)
+    );
+
+    // RSS with K idle, logged-in sessions.
+    let pid = gw.child.id();
+    let before = vm_rss_kib(pid);
+    let idle_clients = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..idle {
+            let mut c = Client::connect(pec.port, &pec.ca).await;
+            c.cmd(&format!("LOGIN {} \"{}\"", pec.user, pec.password)).await;
+            c.cmd("SELECT INBOX").await;
+            v.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        v
+    });
+    let after = vm_rss_kib(pid);
+    println!(
+        "pecgate VmRSS: {before} KiB before, {after} KiB with {idle} idle sessions ({:.1} KiB per session)",
+        (after.saturating_sub(before)) as f64 / idle.max(1) as f64
+    );
+    drop(idle_clients);
+}
