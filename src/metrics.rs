@@ -135,6 +135,32 @@ impl Metrics {
         })
     }
 
+    /// Client commands by protocol and name (`protocol="imap"`,
+    /// `command="FETCH"`). Protocol code increments it per command.
+    pub fn commands() -> &'static IntCounterVec {
+        static C: OnceLock<IntCounterVec> = OnceLock::new();
+        C.get_or_init(|| {
+            IntCounterVec::new(
+                Opts::new("pecgate_client_commands_total", "Client commands received, by protocol and command name."),
+                &["protocol", "command"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+        })
+    }
+
+    /// Logins that were made to wait because of earlier failures for the
+    /// same user name or source address (password guessing slows down).
+    pub fn throttled_logins() -> &'static prometheus::IntCounter {
+        static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
+        C.get_or_init(|| {
+            prometheus::IntCounter::new(
+                "pecgate_throttled_logins_total",
+                "Login attempts delayed by the throttle after earlier failures.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+        })
+    }
+
     /// The text exposition format (what `/metrics` serves). Blocking: reads
     /// the index and the journal; call from a blocking thread.
     pub fn render(&self) -> Result<String, MetricsError> {
@@ -169,6 +195,8 @@ impl Metrics {
         .set(self.started);
         r.add(Metrics::imap_sessions_open().clone())?;
         r.add(self.store.write_latency().clone())?;
+        r.add(Metrics::commands().clone())?;
+        r.add(Metrics::throttled_logins().clone())?;
 
         // The store.
         let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;

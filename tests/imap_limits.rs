@@ -74,3 +74,14 @@ fn sighup_reloads_users_and_grants() {
     );
     gw.stop();
 }
+
+#[test]
+fn commands_and_throttled_logins_are_counted_in_metrics() {
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw = start_with(Setup {
+        inbox: 1,
+        extra_config: format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+        ..Setup::default()
+    });
+    run(&gw, "metrics.py", &[&http.to_string()]);
+}

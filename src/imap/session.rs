@@ -710,6 +710,7 @@ impl Session {
         let tag = cmd.tag;
         let name = cmd.body.name();
         tracing::debug!(command = name, peer = %self.peer, "IMAP command");
+        crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
         if !self.resync_user(io) {
             return Ok(Flow::Logout);
         }
