@@ -24,6 +24,8 @@ pub mod config;
 pub mod daemon;
 pub mod imap;
 pub mod pec;
+pub mod sim;
+pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,2 @@
+//! The client-facing SMTP submission server.
+pub mod wire;
