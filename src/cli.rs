@@ -66,6 +66,13 @@ pub enum Command {
     /// The archive itself.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Run a simulated PEC provider (SMTP submission, signed receipts and
+    /// envelopes delivered by IMAP APPEND into mailboxes on a real IMAP
+    /// server). For tests and trials; never for real mail.
+    SimProvider {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +178,11 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if rep.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::SimProvider { config } => {
+            let cfg = crate::sim::SimConfig::load(&config)?;
+            runtime()?.block_on(crate::sim::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;
