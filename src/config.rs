@@ -35,6 +35,47 @@ pub struct Config {
     /// Gateway users, one `[[user]]` table each.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// The client-facing SMTP submission server; absent means none.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// The client-facing SMTP submission server (relay to the providers, no
+/// queue).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Implicit-TLS listeners (`ip:port`), usually port 465.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Plain listeners upgraded with STARTTLS before AUTH, usually port 587.
+    #[serde(default)]
+    pub listen_starttls: Vec<String>,
+    /// Allow AUTH without TLS from a loopback peer. Off: passwords never
+    /// cross a socket in clear.
+    #[serde(default)]
+    pub allow_plaintext_on_loopback: bool,
+    /// Name in the greeting and EHLO reply.
+    #[serde(default = "default_smtp_hostname")]
+    pub hostname: String,
+    /// Largest message accepted. 50 MiB: above PEC providers' limits
+    /// (30–100 MB including every recipient's copy), so the provider is the
+    /// one that refuses, with its own words.
+    #[serde(default = "default_smtp_max_size")]
+    pub max_message_size: usize,
+    /// Recipients per message; providers allow 50–500.
+    #[serde(default = "default_smtp_max_rcpt")]
+    pub max_recipients: usize,
+}
+
+fn default_smtp_hostname() -> String {
+    "pecgate".into()
+}
+fn default_smtp_max_size() -> usize {
+    50 * 1024 * 1024
+}
+fn default_smtp_max_rcpt() -> usize {
+    100
 }
 
 /// How pecgate talks to providers (all mailboxes).
@@ -534,6 +575,24 @@ impl Config {
                         }
                     }
                 }
+            }
+        }
+        if let Some(smtp) = &self.smtp {
+            for (field, list) in [("listen", &smtp.listen), ("listen_starttls", &smtp.listen_starttls)] {
+                for (i, a) in list.iter().enumerate() {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        push(format!("smtp.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
+                    }
+                }
+            }
+            if smtp.max_message_size < 1024 * 1024 {
+                push("smtp.max_message_size".into(), "must be at least 1048576".into());
+            }
+            if smtp.max_recipients == 0 {
+                push("smtp.max_recipients".into(), "must be at least 1".into());
+            }
+            if self.tls.is_none() && self.imap.is_none() {
+                push("tls".into(), "missing: [smtp] needs [tls] cert and key".into());
             }
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();

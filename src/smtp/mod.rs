@@ -7,3 +7,7 @@
 //! * [`server`]: listeners, TLS, the thin I/O driver.
 pub mod session;
 pub mod wire;
+pub mod relay;
+pub mod server;
+
+pub use server::{start, Ctx, SmtpError};
