@@ -146,14 +146,15 @@ pub struct Running {
 
 /// Bind, load or create the PKI, and serve until `shutdown` turns true.
 pub async fn start(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Result<Running, SimError> {
-    let listener = TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
-    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
     let (dir, signer) = (cfg.pki_dir.clone(), cfg.provider_address());
     let pki = tokio::task::spawn_blocking(move || Pki::load_or_generate(&dir, &signer))
         .await
         .map_err(|e| SimError::Config { path: cfg.pki_dir.clone(), message: e.to_string() })??;
+    // Bind after the PKI exists: an open port means the CA file is there.
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
     let provider = Provider { address: cfg.provider_address(), name: cfg.provider_name.clone() };
     let ca_file = cfg.pki_dir.join("ca.pem");
     tracing::info!(%addr, ca = %ca_file.display(), domains = ?cfg.domains, "PEC provider simulator listening");
@@ -260,16 +261,23 @@ impl Sim {
         format!("opec-sim.{}.{}.{n}@{domain}", Utc::now().format("%Y%m%d%H%M%S"), std::process::id())
     }
 
-    fn check_password(&self, user: &str, pass: &str) -> bool {
-        self.cfg.mailbox(user).is_some_and(|m| m.password == pass)
+    /// The mailbox's address if `user` (its address, or its IMAP login as
+    /// providers also accept) and `pass` match.
+    fn check_password(&self, user: &str, pass: &str) -> Option<String> {
+        self.cfg
+            .mailboxes
+            .iter()
+            .find(|m| m.address.eq_ignore_ascii_case(user) || m.imap_user == user)
+            .filter(|m| m.password == pass)
+            .map(|m| m.address.clone())
     }
 
     fn finish_plain(&self, decoded: &[u8], st: &mut SimSession) -> String {
         let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
         if let [_, u, p] = parts.as_slice() {
             let (u, p) = (String::from_utf8_lossy(u), String::from_utf8_lossy(p));
-            if self.check_password(&u, &p) {
-                st.user = Some(u.into_owned());
+            if let Some(address) = self.check_password(&u, &p) {
+                st.user = Some(address);
                 return "235 2.7.0 Authentication successful\r\n".into();
             }
         }
@@ -288,8 +296,8 @@ impl Sim {
                 "334 UGFzc3dvcmQ6\r\n".into()
             }
             AuthStep::LoginPass(u) => {
-                if self.check_password(&u, &String::from_utf8_lossy(&decoded)) {
-                    st.user = Some(u);
+                if let Some(address) = self.check_password(&u, &String::from_utf8_lossy(&decoded)) {
+                    st.user = Some(address);
                     "235 2.7.0 Authentication successful\r\n".into()
                 } else {
                     "535 5.7.8 Authentication credentials invalid\r\n".into()

@@ -36,7 +36,11 @@ pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> R
         .credentials((mb.username.clone(), password))
         .helo_host("pecgate")
         .timeout(timeout);
-    let message = Message::new(sub.from.as_str(), sub.rcpts.iter().map(String::as_str), sub.data.as_slice());
+    // mail-send always ends DATA with CRLF.CRLF, adding a line break of its
+    // own: hand it the body without its final CRLF so the provider receives
+    // (and certifies) exactly the bytes we archive.
+    let body = sub.data.strip_suffix(b"\r\n").unwrap_or(&sub.data);
+    let message = Message::new(sub.from.as_str(), sub.rcpts.iter().map(String::as_str), body);
     let result = tokio::time::timeout(timeout + Duration::from_secs(5), async {
         match ep.tls {
             TlsMode::None => match builder.connect_plain().await {
