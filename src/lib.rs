@@ -14,7 +14,11 @@
 //!   provider over IMAP into the archive, then offloading them.
 //! * [`imap`]: the client-facing IMAP server (per-user folder tree over the
 //!   store, permissions, audit of every login, select and read).
+//! * [`smtp`]: the client-facing SMTP submission server (relay through the
+//!   provider, copy into Sent, audit).
+//! * [`sim`]: a PEC provider simulator for tests and the demo.
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
+//! * [`demo`]: `pecgate demo`, a throw-away complete installation.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -22,6 +26,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod imap;
 pub mod pec;
 pub mod sim;
