@@ -222,10 +222,10 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
         let (ca_file, cert, key) = (tls_dir.join("ca.pem"), tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
         if !key.exists() {
             std::fs::create_dir_all(&tls_dir)?;
-            let (ca, chain, k) = crate::sim::pki::server_cert_for_ip("127.0.0.1")?;
-            std::fs::write(&ca_file, ca)?;
-            std::fs::write(&cert, chain)?;
-            std::fs::write(&key, k)?;
+            let c = crate::sim::pki::server_cert_for_ip("127.0.0.1")?;
+            std::fs::write(&ca_file, c.ca)?;
+            std::fs::write(&cert, c.chain)?;
+            std::fs::write(&key, c.key)?;
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
         }
 

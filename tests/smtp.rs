@@ -73,6 +73,7 @@ struct Env {
     gw: Gateway,
     smtps: u16,
     submission: u16,
+    _tmp: tempfile::TempDir,
 }
 
 fn user(name: &str, grants: &str) -> String {
@@ -82,7 +83,8 @@ fn user(name: &str, grants: &str) -> String {
 
 fn setup() -> Env {
     let dv = Dovecot::start(DovecotOptions::new().user(UserSpec::new("prot", "imap-prot")).user(UserSpec::new("legal", "imap-legal")));
-    let gw_dir = tempfile::tempdir().unwrap().keep();
+    let tmp = tempfile::tempdir().unwrap();
+    let gw_dir = tmp.path().to_path_buf();
     let sim_port = free_port();
     let pki = gw_dir.join("sim-pki");
     let sim_cfg = gw_dir.join("sim.toml");
@@ -107,10 +109,10 @@ fn setup() -> Env {
     assert!(pki.join("ca.pem").exists());
 
     // TLS for the gateway's listeners.
-    let (ca, chain, key) = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
-    std::fs::write(gw_dir.join("ca.pem"), ca).unwrap();
-    std::fs::write(gw_dir.join("cert.pem"), chain).unwrap();
-    std::fs::write(gw_dir.join("key.pem"), key).unwrap();
+    let c = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+    std::fs::write(gw_dir.join("ca.pem"), c.ca).unwrap();
+    std::fs::write(gw_dir.join("cert.pem"), c.chain).unwrap();
+    std::fs::write(gw_dir.join("key.pem"), c.key).unwrap();
     let (smtps, submission) = (free_port(), free_port());
     let mailbox = |alias: &str, addr: &str, user: &str, pw: &str| {
         mailbox_toml(alias, user, pw, dv.port, &format!("smtp = {{ host = \"127.0.0.1\", port = {sim_port}, tls = \"none\" }}\n"))
@@ -130,7 +132,7 @@ fn setup() -> Env {
     gw.start();
     wait_port(smtps, &gw.log_path);
     wait_port(submission, &gw.log_path);
-    Env { _dv: dv, sim, gw, smtps, submission }
+    Env { _dv: dv, sim, gw, smtps, submission, _tmp: tmp }
 }
 
 struct Swaks {

@@ -100,7 +100,6 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
     let subj = &s.subject;
     let id = &s.identificativo;
     let date = now.to_rfc2822();
-    let certified: Vec<&str> = s.recipients.iter().filter(|r| r.1).map(|r| r.0.as_str()).collect();
     let all: Vec<&str> = s.recipients.iter().map(|r| r.0.as_str()).collect();
     // (headers after Date/From/To, human text, daticert, carries original)
     let (from, to, kind_headers, text, dc, with_original) = match notice {
@@ -176,7 +175,6 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
             false,
         ),
     };
-    let _ = certified;
     let mut inner = Vec::new();
     inner.extend_from_slice(
         b"Content-Type: multipart/mixed; boundary=\"=_sim_inner\"\r\n\r\nThis is a multi-part message in MIME format.\r\n--=_sim_inner\r\n\

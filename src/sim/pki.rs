@@ -111,15 +111,23 @@ impl Pki {
     }
 }
 
+/// PEM files of a TLS server identity.
+pub struct ServerCert {
+    /// The CA to give clients.
+    pub ca: Vec<u8>,
+    /// Leaf then CA.
+    pub chain: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
 /// A TLS server certificate for an IP address (e.g. 127.0.0.1), issued by a
-/// fresh CA: `(ca_pem, cert_pem, key_pem)`. The demo's listeners use it;
-/// clients are given the CA file.
-pub fn server_cert_for_ip(ip: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), ErrorStack> {
+/// fresh CA. The demo's listeners use it; clients are given the CA file.
+pub fn server_cert_for_ip(ip: &str) -> Result<ServerCert, ErrorStack> {
     let ca = issue("pecgate demo CA", None, None)?;
     let leaf = issue(ip, Some(&ca), Some(ip))?;
     let mut chain = leaf.cert.to_pem()?;
     chain.extend(ca.cert.to_pem()?);
-    Ok((ca.cert.to_pem()?, chain, leaf.key.private_key_to_pem_pkcs8()?))
+    Ok(ServerCert { ca: ca.cert.to_pem()?, chain, key: leaf.key.private_key_to_pem_pkcs8()? })
 }
 
 /// Base64 in 76-column lines joined by CRLF (RFC 2045).
