@@ -5,7 +5,7 @@
 //! the mailboxes pecgate syncs from, and pecgate's own IMAP server serves
 //! the archive, not provider mailboxes), the PEC provider simulator
 //! in-process, and the gateway itself (`serve`) with self-signed TLS, two
-//! PEC mailboxes and two users. It prints how to connect mail clients,
+//! PEC mailboxes and two users. It prints how to connect mail clients (Thunderbird, swaks),
 //! writes the same as JSON to `<data-dir>/demo.json`, sends a welcome PEC so
 //! the folders are not empty, and runs until Ctrl-C.
 
@@ -318,12 +318,6 @@ fn print_instructions(info: &serde_json::Value, p: &Ports) {
          swaks (send a PEC from protocollo to the legal office):\n\
          \x20 swaks --server 127.0.0.1:{smtps} --tls-on-connect --auth PLAIN --auth-user mario --auth-password {mario} \\\n\
          \x20       --from protocollo@{DOMAIN} --to ufficio.legale@{DOMAIN} --header 'Subject: Prova PEC'\n\n\
-         mbsync (~/.mbsyncrc):\n\
-         \x20 IMAPAccount pecgate\n  Host 127.0.0.1\n  Port {imaps}\n  User mario\n  Pass {mario}\n  SSLType IMAPS\n  CertificateFile {ca}\n\n\
-         \x20 IMAPStore pecgate-remote\n  Account pecgate\n\n\
-         \x20 MaildirStore local\n  Path ~/pecgate-mail/\n  Inbox ~/pecgate-mail/INBOX\n  SubFolders Verbatim\n\n\
-         \x20 Channel pecgate\n  Far :pecgate-remote:\n  Near :local:\n  Patterns *\n  Create Near\n\
-         (end of ~/.mbsyncrc; then: mkdir -p ~/pecgate-mail && mbsync -a)\n\n\
          The same settings are in {dir}/demo.json\n",
         dir = info["data_dir"].as_str().unwrap_or(""),
         imaps = p.imaps,

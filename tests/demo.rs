@@ -1,7 +1,7 @@
 //! `pecgate demo` started as a user would; the settings it prints (and
-//! writes to demo.json) must work with swaks and mbsync as given.
+//! writes to demo.json) must work with swaks and an IMAP client (Python
+//! imaplib, verifying the certificate with the printed CA file).
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,23 +25,8 @@ fn base_port() -> u16 {
     panic!("no free port range");
 }
 
-fn files_under(p: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                out.extend(files_under(&path));
-            } else {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
-fn demo_settings_work_with_swaks_and_mbsync() {
+fn demo_settings_work_with_swaks_and_imap() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let base = base_port();
@@ -79,37 +64,34 @@ fn demo_settings_work_with_swaks_and_mbsync() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("250 2.0.0 Accepted by the PEC provider"), "{text}");
 
-    // mbsync with the printed configuration: the welcome PEC's Sent copy and
-    // receipts arrive (wait for the receipts to be archived first).
-    let local = dir.path().join("mail");
-    let rc = dir.path().join("mbsyncrc");
-    // The printed block, with its maildir moved into the test's directory.
-    let block: Vec<&str> = printed
-        .lines()
-        .skip_while(|l| !l.starts_with("mbsync"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("(end of"))
-        .map(str::trim)
-        .collect();
-    assert!(block.len() > 10, "{printed}");
-    let rc_text = block.join("\n").replace("~/pecgate-mail", &local.display().to_string());
-    assert!(rc_text.contains(&pw));
-    std::fs::write(&rc, format!("{rc_text}\n")).unwrap();
-    std::fs::create_dir_all(&local).unwrap(); // the printed `mkdir -p`
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output().unwrap();
-        assert!(out.status.success(), "mbsync: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let files = files_under(&local);
-        let sent = files.iter().filter(|f| f.contains("protocollo/Sent/")).count();
-        let receipts = files.iter().filter(|f| f.contains("protocollo/Receipts/")).count();
-        // Welcome + swaks: two sent, each with acceptance + delivery receipt.
-        if sent >= 2 && receipts >= 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "mbsync got {files:?}\n{}", std::fs::read_to_string(dir.path().join("err.txt")).unwrap());
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    // IMAP over TLS with the printed port, user and CA file (Python
+    // imaplib verifies the certificate): the welcome PEC and the swaks one
+    // are in protocollo/Sent, their acceptance and delivery receipts in
+    // protocollo/Receipts.
+    let script = r#"
+import imaplib, ssl, sys, time
+port, pw, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+for _ in range(60):
+    m = imaplib.IMAP4_SSL('127.0.0.1', port, ssl_context=ssl.create_default_context(cafile=ca))
+    m.login('mario', pw)
+    n = [int(m.select(f)[1][0]) for f in ('protocollo/Sent', 'protocollo/Receipts', 'legale/INBOX')]
+    m.logout()
+    if n[0] >= 2 and n[1] >= 4 and n[2] >= 2:
+        print('ok', n); sys.exit(0)
+    time.sleep(1)
+print('incomplete', n); sys.exit(1)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &info["imap"]["port_tls"].to_string(), &pw, info["ca_file"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("err.txt")).unwrap()
+    );
 
     // Ctrl-C stops everything cleanly.
     let _ = Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status();
