@@ -241,6 +241,10 @@ fn no_send_right_or_forged_from_is_refused_and_reaches_nothing() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("535 5.7.8"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(!env.sim.log().contains("accettazione"), "the provider got something:\n{}", env.sim.log());
+    // Each refused attempt is on the audit record, with who and why.
+    let j = journal(&env.gw);
+    assert_eq!(j.matches("refused by pecgate").count(), 3, "{j}");
+    assert!(j.contains("may not send from <legal@pec.sim.test>") && j.contains("\"actor\":\"anna\""), "{j}");
 }
 
 #[test]

@@ -182,6 +182,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     return End::StartTls;
                 }
+                Action::Refused(r, reply) => {
+                    let outcome = format!(
+                        "refused by pecgate: {}; from <{}> to {} ({} bytes)",
+                        r.reason,
+                        r.from,
+                        r.rcpts.iter().map(|x| format!("<{x}>")).collect::<Vec<_>>().join(" "),
+                        r.size
+                    );
+                    let mut audit = Audit::user(&r.user, Some(source.clone()), "smtp", "send")
+                        .message_id(r.message_id.clone())
+                        .outcome(outcome);
+                    audit.mailbox = r.mailbox.clone();
+                    if let Err(e) = ctx.store.commit(audit, Change::None).await {
+                        tracing::error!(error = %e, "cannot audit a refused submission");
+                    }
+                    out.push_str(&reply);
+                }
                 Action::Login { user, password } => {
                     let result = ctx.auth.login(&user, &password, peer.ip()).await;
                     let ok = result.is_ok();

@@ -39,6 +39,19 @@ pub struct Submission {
     pub message_id: String,
 }
 
+/// A submission the gateway itself refused (permission, forged From): the
+/// driver audits it, since every attempt to send must be on record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub user: String,
+    pub mailbox: Option<String>,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub message_id: Option<String>,
+    pub size: usize,
+    pub reason: String,
+}
+
 /// What the driver must do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -52,6 +65,8 @@ pub enum Action {
     Relay(Submission),
     /// Write this reply and close the connection.
     Close(String),
+    /// Audit this refusal, then write the reply.
+    Refused(Refusal, String),
 }
 
 /// How a relay attempt ended.
@@ -305,11 +320,29 @@ impl Session {
     fn mail_from(&mut self, address: &str, size: usize) -> Option<Action> {
         let Some(user) = self.user.clone() else { return self.error("530 5.7.0 Authentication required\r\n") };
         let found = self.limits.mailboxes.iter().find(|(_, a)| a.eq_ignore_ascii_case(address)).cloned();
+        let refuse = |s: &mut Session, mailbox: Option<String>, text: String| {
+            s.error(&text).map(|a| match a {
+                Action::Reply(r) => Action::Refused(
+                    Refusal {
+                        user: user.name.clone(),
+                        mailbox,
+                        from: address.to_string(),
+                        rcpts: Vec::new(),
+                        message_id: None,
+                        size,
+                        reason: text.trim_end().to_string(),
+                    },
+                    r,
+                ),
+                other => other,
+            })
+        };
         let Some((alias, addr)) = found else {
-            return self.error(&format!("550 5.7.1 <{address}> is not a PEC mailbox of this gateway\r\n"));
+            return refuse(self, None, format!("550 5.7.1 <{address}> is not a PEC mailbox of this gateway\r\n"));
         };
         if !user.may(&alias, Right::Send) {
-            return self.error(&format!("550 5.7.1 User {} may not send from <{addr}>\r\n", user.name));
+            let text = format!("550 5.7.1 User {} may not send from <{addr}>\r\n", user.name);
+            return refuse(self, Some(alias), text);
         }
         if size > self.limits.max_message_size {
             return reply(format!("552 5.3.4 Message size exceeds the limit of {} bytes\r\n", self.limits.max_message_size));
@@ -386,10 +419,23 @@ impl Session {
             .map(|a| a.iter().filter_map(|a| a.address()).map(str::to_string).collect())
             .unwrap_or_default();
         if froms.len() != 1 || !froms[0].eq_ignore_ascii_case(&addr) {
-            return self.error(&format!(
+            let text = format!(
                 "550 5.7.1 Header From ({}) must be exactly the sender <{addr}>\r\n",
                 if froms.is_empty() { "missing".to_string() } else { froms.join(", ") }
-            ));
+            );
+            let refusal = Refusal {
+                user: user.name.clone(),
+                mailbox: Some(alias),
+                from: addr,
+                rcpts,
+                message_id: headers.message_id().and_then(crate::pec::normalize_message_id),
+                size: data.len(),
+                reason: text.trim_end().to_string(),
+            };
+            return self.error(&text).map(|a| match a {
+                Action::Reply(r) => Action::Refused(refusal, r),
+                other => other,
+            });
         }
         // Receipts are matched to the sent copy by Message-ID: make sure
         // there is one (the bytes archived are the bytes sent, so adding it

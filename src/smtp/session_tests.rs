@@ -34,7 +34,7 @@ fn run(s: &mut Session, input: &[u8], u: &Arc<User>) -> (Vec<String>, Vec<Submis
     let (mut out, mut relays) = (Vec::new(), Vec::new());
     while let Some(a) = s.step() {
         match a {
-            Action::Reply(r) | Action::StartTls(r) | Action::Close(r) => out.push(r),
+            Action::Reply(r) | Action::StartTls(r) | Action::Close(r) | Action::Refused(_, r) => out.push(r),
             Action::Login { password, .. } => out.push(s.login_result((password == "pw").then(|| u.clone()))),
             Action::Relay(sub) => {
                 relays.push(sub);
