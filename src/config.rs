@@ -715,6 +715,16 @@ imap = { host = "127.0.0.1", port = 993, tls = "none" }
     }
 
     #[test]
+    fn smtp_needs_tls_addresses_and_sane_limits() {
+        let c = parse(&format!("{BASE}\n[smtp]\nlisten = [\"nowhere\"]\nmax_recipients = 0\n")).unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["smtp.listen[0]".to_string(), "smtp.max_recipients".to_string(), "tls".to_string()]);
+        let c = parse(&format!("{BASE}\n[smtp]\nlisten_starttls = [\"127.0.0.1:587\"]\n")).unwrap();
+        let smtp = c.smtp.as_ref().unwrap();
+        assert_eq!((smtp.max_message_size, smtp.max_recipients, smtp.allow_plaintext_on_loopback), (50 << 20, 100, false));
+    }
+
+    #[test]
     fn loopback_hosts() {
         assert!(is_loopback_host("127.0.0.1"));
         assert!(is_loopback_host("127.1.2.3"));
