@@ -323,3 +323,26 @@ fn protocol_abuse_gets_clear_codes() {
     assert_eq!(&b, b"220");
     assert!(env.gw.log().find("panicked").is_none(), "{}", env.gw.log());
 }
+
+#[test]
+fn simulator_answers_a_forged_submission_with_non_accettazione() {
+    let mut env = setup();
+    // Straight to the simulated provider (as a webmail or a misconfigured
+    // client would), with a From that is not the account.
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", env.sim.port), "--auth", "PLAIN"])
+        .args(["--auth-user", PROT, "--auth-password", "imap-prot", "--from", PROT, "--to", LEGAL])
+        .args(["--header", "From: <legal@pec.sim.test>", "--header", "Message-Id: <forged@pecgate.test>"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_archived(&mut env.gw, "prot", 1);
+    assert_eq!(env.gw.stop(), Some(0));
+    let store = env.gw.open_store();
+    let anomalies = store.messages("prot", "Anomalies").unwrap();
+    assert_eq!(anomalies.len(), 1, "{:?}", store.folders("prot").unwrap());
+    let c = pecgate::pec::classify(&store.get_blob(&anomalies[0].1.hash).unwrap());
+    assert_eq!(c.kind, pecgate::pec::PecKind::NonAccettazione);
+    assert_eq!(c.original_message_id.as_deref(), Some("<forged@pecgate.test>"));
+    assert!(store.messages("legal", "INBOX").unwrap_or_default().is_empty(), "a refused submission must not be delivered");
+}
