@@ -66,6 +66,24 @@ pub enum Command {
     /// The archive itself.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Run a simulated PEC provider (SMTP submission, signed receipts and
+    /// envelopes delivered by IMAP APPEND into mailboxes on a real IMAP
+    /// server). For tests and trials; never for real mail.
+    SimProvider {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Try pecgate in one command: a simulated PEC provider (mailboxes in a
+    /// throw-away Dovecot, which must be installed), the gateway with two
+    /// mailboxes and two users, self-signed TLS; prints how to connect.
+    Demo {
+        /// Keep everything here (default: a temporary directory removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listeners on base+993 (IMAPS), +143 (IMAP), +465 (SMTPS), +587 (submission).
+        #[arg(long, default_value_t = 10000)]
+        base_port: u16,
+    },
     /// PEC messages.
     #[command(subcommand)]
     Pec(PecCmd),
@@ -293,6 +311,15 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if rep.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Demo { data_dir, base_port } => {
+            crate::demo::run(data_dir, base_port)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SimProvider { config } => {
+            let cfg = crate::sim::SimConfig::load(&config)?;
+            runtime()?.block_on(crate::sim::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -39,6 +39,47 @@ pub struct Config {
     /// listener.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The client-facing SMTP submission server; absent means none.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// The client-facing SMTP submission server (relay to the providers, no
+/// queue).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Implicit-TLS listeners (`ip:port`), usually port 465.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Plain listeners upgraded with STARTTLS before AUTH, usually port 587.
+    #[serde(default)]
+    pub listen_starttls: Vec<String>,
+    /// Allow AUTH without TLS from a loopback peer. Off: passwords never
+    /// cross a socket in clear.
+    #[serde(default)]
+    pub allow_plaintext_on_loopback: bool,
+    /// Name in the greeting and EHLO reply.
+    #[serde(default = "default_smtp_hostname")]
+    pub hostname: String,
+    /// Largest message accepted. 50 MiB: above PEC providers' limits
+    /// (30–100 MB including every recipient's copy), so the provider is the
+    /// one that refuses, with its own words.
+    #[serde(default = "default_smtp_max_size")]
+    pub max_message_size: usize,
+    /// Recipients per message; providers allow 50–500.
+    #[serde(default = "default_smtp_max_rcpt")]
+    pub max_recipients: usize,
+}
+
+fn default_smtp_hostname() -> String {
+    "pecgate".into()
+}
+fn default_smtp_max_size() -> usize {
+    50 * 1024 * 1024
+}
+fn default_smtp_max_rcpt() -> usize {
+    100
 }
 
 /// The HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/api/…`).
@@ -576,6 +617,24 @@ impl Config {
                 push("http.listen".into(), format!("{:?} is not an ip:port address", http.listen));
             }
         }
+        if let Some(smtp) = &self.smtp {
+            for (field, list) in [("listen", &smtp.listen), ("listen_starttls", &smtp.listen_starttls)] {
+                for (i, a) in list.iter().enumerate() {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        push(format!("smtp.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
+                    }
+                }
+            }
+            if smtp.max_message_size < 1024 * 1024 {
+                push("smtp.max_message_size".into(), "must be at least 1048576".into());
+            }
+            if smtp.max_recipients == 0 {
+                push("smtp.max_recipients".into(), "must be at least 1".into());
+            }
+            if self.tls.is_none() && self.imap.is_none() {
+                push("tls".into(), "missing: [smtp] needs [tls] cert and key".into());
+            }
+        }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, u) in self.users.iter().enumerate() {
             let k = |field: &str| format!("user[{i}].{field}");
@@ -693,6 +752,16 @@ imap = { host = "127.0.0.1", port = 993, tls = "none" }
         let c = parse(&format!("{BASE}\n[imap]\nlisten = [\"nowhere\"]\n")).unwrap();
         let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, vec!["imap.listen[0]".to_string(), "tls".to_string()]);
+    }
+
+    #[test]
+    fn smtp_needs_tls_addresses_and_sane_limits() {
+        let c = parse(&format!("{BASE}\n[smtp]\nlisten = [\"nowhere\"]\nmax_recipients = 0\n")).unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["smtp.listen[0]".to_string(), "smtp.max_recipients".to_string(), "tls".to_string()]);
+        let c = parse(&format!("{BASE}\n[smtp]\nlisten_starttls = [\"127.0.0.1:587\"]\n")).unwrap();
+        let smtp = c.smtp.as_ref().unwrap();
+        assert_eq!((smtp.max_message_size, smtp.max_recipients, smtp.allow_plaintext_on_loopback), (50 << 20, 100, false));
     }
 
     #[test]

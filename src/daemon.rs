@@ -124,6 +124,25 @@ async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<ImapHandle> {
     Ok((stop, tasks, Some(auth)))
 }
 
+/// Start the SMTP submission listeners if `[smtp]` is configured (users,
+/// TLS and mailboxes read once, like IMAP).
+async fn start_smtp(cfg: &Config, store: &Store) -> anyhow::Result<(watch::Sender<bool>, JoinSet<()>)> {
+    let (stop, rx) = watch::channel(false);
+    let Some(smtp) = &cfg.smtp else { return Ok((stop, JoinSet::new())) };
+    let files = cfg.tls.as_ref().context("[smtp] needs [tls]")?;
+    let tls = crate::tls::server_config(&files.cert, &files.key).context("SMTP TLS certificate")?;
+    let ctx = std::sync::Arc::new(crate::smtp::Ctx {
+        cfg: smtp.clone(),
+        tls,
+        store: store.clone(),
+        auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+        mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.clone())).collect(),
+        timeout: cfg.upstream.timeout,
+    });
+    let tasks = crate::smtp::start(ctx, rx).await?;
+    Ok((stop, tasks))
+}
+
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = load_config(&config_path)?;
     let store = open_store(&cfg)?;
@@ -143,6 +162,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let (smtp_stop, mut smtp_tasks) = start_smtp(&cfg, &store).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -184,9 +204,14 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let drain = async { while imap_tasks.join_next().await.is_some() {} };
+    let _ = smtp_stop.send(true);
+    let drain = async {
+        while imap_tasks.join_next().await.is_some() {}
+        while smtp_tasks.join_next().await.is_some() {}
+    };
     if tokio::time::timeout(Duration::from_secs(15), drain).await.is_err() {
         imap_tasks.abort_all();
+        smtp_tasks.abort_all();
     }
     generation.stop(Duration::from_secs(60)).await;
     store.close()?;

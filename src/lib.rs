@@ -14,9 +14,13 @@
 //!   provider over IMAP into the archive, then offloading them.
 //! * [`imap`]: the client-facing IMAP server (per-user folder tree over the
 //!   store, permissions, audit of every login, select and read).
+//! * [`smtp`]: the client-facing SMTP submission server (relay through the
+//!   provider, copy into Sent, audit).
+//! * [`sim`]: a PEC provider simulator for tests and the demo.
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
 //! * [`metrics`], [`http`]: Prometheus metrics computed at scrape time, and
 //!   the HTTP listener for them, health checks and a read-only JSON API.
+//! * [`demo`]: `pecgate demo`, a throw-away complete installation.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -24,10 +28,13 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod http;
 pub mod imap;
 pub mod metrics;
 pub mod pec;
+pub mod sim;
+pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,484 @@
+//! A PEC provider simulator (`pecgate sim-provider`), for tests and the demo.
+//!
+//! It behaves like a provider towards a gateway: accepts submissions over
+//! SMTP with AUTH (plain listener, meant for loopback), answers the sender
+//! with an acceptance receipt (or non-acceptance when the submission is bad,
+//! e.g. `From` is not the authenticated account), wraps the original in a
+//! signed transport envelope for each certified recipient and puts it in the
+//! recipient's mailbox, then sends the sender a delivery receipt (complete
+//! form) or a non-delivery notice. Mailboxes live on a real IMAP server
+//! (Dovecot) and are filled with IMAP APPEND, so pecgate syncs them exactly
+//! as it would a real provider's.
+//!
+//! * [`pki`]: the CA and signing certificate (kept on disk across restarts).
+//! * [`build`]: the provider messages (pure).
+//! * [`deliver`]: IMAP APPEND into a mailbox.
+//! * this file: configuration, the SMTP listener and what happens to a
+//!   submission.
+
+pub mod build;
+pub mod deliver;
+pub mod pki;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::smtp::wire::{Body, Line, Wire};
+use build::{Notice, Provider, Submission};
+use pki::Pki;
+
+/// `sim-provider` configuration (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// SMTP submission listener, `ip:port` (plain: keep it on loopback).
+    pub listen: String,
+    /// Domains this provider serves: recipients there are certified, and
+    /// unknown ones get a non-delivery notice.
+    pub domains: Vec<String>,
+    /// Where the CA and signing keys are kept; `ca.pem` there is the trust
+    /// store to give pecgate (`pec.trust_store`).
+    pub pki_dir: PathBuf,
+    /// Name in daticert `gestore-emittente`.
+    #[serde(default = "default_name")]
+    pub provider_name: String,
+    /// Wait before sending delivery receipts (real providers take seconds
+    /// to minutes).
+    #[serde(default, with = "humantime_serde")]
+    pub receipt_delay: Duration,
+    /// Fraction (0..1) of certified deliveries that fail at random.
+    #[serde(default)]
+    pub failure_rate: f64,
+    /// Largest message accepted.
+    #[serde(default = "default_max_size")]
+    pub max_message_size: usize,
+    #[serde(default, rename = "mailbox")]
+    pub mailboxes: Vec<SimMailbox>,
+}
+
+fn default_name() -> String {
+    "pecgate simulated PEC provider".into()
+}
+fn default_max_size() -> usize {
+    50 * 1024 * 1024
+}
+
+/// One simulated PEC mailbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimMailbox {
+    /// The certified address (also the SMTP AUTH login).
+    pub address: String,
+    /// SMTP AUTH password.
+    pub password: String,
+    /// The IMAP server holding the mailbox, and its login there.
+    pub imap_host: String,
+    pub imap_port: u16,
+    pub imap_user: String,
+    pub imap_password: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+}
+
+impl SimConfig {
+    pub fn load(path: &Path) -> Result<SimConfig, SimError> {
+        let err = |message: String| SimError::Config { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let c: SimConfig = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| err(e.to_string()))?;
+        if c.domains.is_empty() {
+            return Err(err("domains: name at least one simulated domain".into()));
+        }
+        if !(0.0..=1.0).contains(&c.failure_rate) {
+            return Err(err("failure_rate: must be between 0 and 1".into()));
+        }
+        Ok(c)
+    }
+
+    /// The provider's own certified address.
+    pub fn provider_address(&self) -> String {
+        format!("posta-certificata@{}", self.domains.first().map(String::as_str).unwrap_or("pec.sim"))
+    }
+
+    fn mailbox(&self, address: &str) -> Option<&SimMailbox> {
+        self.mailboxes.iter().find(|m| m.address.eq_ignore_ascii_case(address))
+    }
+
+    fn simulated(&self, address: &str) -> bool {
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+struct Sim {
+    cfg: SimConfig,
+    pki: Pki,
+    provider: Provider,
+    counter: AtomicU64,
+}
+
+/// A running simulator.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Bind, load or create the PKI, and serve until `shutdown` turns true.
+pub async fn start(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Result<Running, SimError> {
+    let (dir, signer) = (cfg.pki_dir.clone(), cfg.provider_address());
+    let pki = tokio::task::spawn_blocking(move || Pki::load_or_generate(&dir, &signer))
+        .await
+        .map_err(|e| SimError::Config { path: cfg.pki_dir.clone(), message: e.to_string() })??;
+    // Bind after the PKI exists: an open port means the CA file is there.
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
+    let provider = Provider { address: cfg.provider_address(), name: cfg.provider_name.clone() };
+    let ca_file = cfg.pki_dir.join("ca.pem");
+    tracing::info!(%addr, ca = %ca_file.display(), domains = ?cfg.domains, "PEC provider simulator listening");
+    let sim = Arc::new(Sim { cfg, pki, provider, counter: AtomicU64::new(0) });
+    let task = tokio::spawn(accept_loop(listener, sim, shutdown));
+    Ok(Running { addr, ca_file, task })
+}
+
+async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => { tokio::spawn(session(sim.clone(), tcp)); }
+                Err(e) => { tracing::warn!(error = %e, "simulator accept"); tokio::time::sleep(Duration::from_millis(200)).await; }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// SMTP state of one simulator connection.
+#[derive(Default)]
+struct SimSession {
+    user: Option<String>,
+    from: Option<String>,
+    rcpts: Vec<String>,
+}
+
+enum AuthStep {
+    LoginUser,
+    LoginPass(String),
+    Plain,
+}
+
+fn decode_b64(s: &[u8]) -> Option<Vec<u8>> {
+    openssl::base64::decode_block(std::str::from_utf8(s).ok()?.trim()).ok()
+}
+
+async fn session(sim: Arc<Sim>, mut tcp: TcpStream) {
+    let mut wire = Wire::default();
+    let mut st = SimSession::default();
+    let mut auth: Option<AuthStep> = None;
+    let domain = sim.cfg.domains.first().cloned().unwrap_or_default();
+    let mut out = format!("220 {domain} simulated PEC provider ESMTP\r\n").into_bytes();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !out.is_empty() {
+            if tcp.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let n = match tokio::time::timeout(Duration::from_secs(300), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => n,
+        };
+        wire.push(&buf[..n]);
+        loop {
+            if wire.in_data() {
+                match wire.next_body() {
+                    None => break,
+                    Some(Body::BareLf) => {
+                        let _ = tcp.write_all(b"521 5.5.2 bare LF in message\r\n").await;
+                        return;
+                    }
+                    Some(Body::TooBig { .. }) => out.extend_from_slice(b"552 5.3.4 message too big\r\n"),
+                    Some(Body::Complete(body)) => {
+                        let (user, from, rcpts) = (st.user.clone().unwrap_or_default(), st.from.take(), std::mem::take(&mut st.rcpts));
+                        let id = sim.next_id();
+                        out.extend_from_slice(format!("250 2.0.0 Ok: queued as {id}\r\n").as_bytes());
+                        tokio::spawn(process(sim.clone(), user, from.unwrap_or_default(), rcpts, body, id));
+                    }
+                }
+                continue;
+            }
+            let line = match wire.next_line() {
+                None => break,
+                Some(Line::TooLong) => {
+                    out.extend_from_slice(b"500 5.5.6 line too long\r\n");
+                    continue;
+                }
+                Some(Line::Command(l)) => l,
+            };
+            if let Some(step) = auth.take() {
+                let reply = sim.auth_step(step, &line, &mut auth, &mut st);
+                out.extend_from_slice(reply.as_bytes());
+                continue;
+            }
+            let reply = sim.command(&line, &mut st, &mut auth, &mut wire);
+            let quit = reply.starts_with("221");
+            out.extend_from_slice(reply.as_bytes());
+            if quit {
+                let _ = tcp.write_all(&out).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Sim {
+    fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let domain = self.cfg.domains.first().map(String::as_str).unwrap_or("pec.sim");
+        format!("opec-sim.{}.{}.{n}@{domain}", Utc::now().format("%Y%m%d%H%M%S"), std::process::id())
+    }
+
+    /// The mailbox's address if `user` (its address, or its IMAP login as
+    /// providers also accept) and `pass` match.
+    fn check_password(&self, user: &str, pass: &str) -> Option<String> {
+        self.cfg
+            .mailboxes
+            .iter()
+            .find(|m| m.address.eq_ignore_ascii_case(user) || m.imap_user == user)
+            .filter(|m| m.password == pass)
+            .map(|m| m.address.clone())
+    }
+
+    fn finish_plain(&self, decoded: &[u8], st: &mut SimSession) -> String {
+        let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+        if let [_, u, p] = parts.as_slice() {
+            let (u, p) = (String::from_utf8_lossy(u), String::from_utf8_lossy(p));
+            if let Some(address) = self.check_password(&u, &p) {
+                st.user = Some(address);
+                return "235 2.7.0 Authentication successful\r\n".into();
+            }
+        }
+        "535 5.7.8 Authentication credentials invalid\r\n".into()
+    }
+
+    fn auth_step(&self, step: AuthStep, line: &[u8], auth: &mut Option<AuthStep>, st: &mut SimSession) -> String {
+        if line == b"*" {
+            return "501 5.0.0 Authentication cancelled\r\n".into();
+        }
+        let Some(decoded) = decode_b64(line) else { return "501 5.5.2 bad base64\r\n".into() };
+        match step {
+            AuthStep::Plain => self.finish_plain(&decoded, st),
+            AuthStep::LoginUser => {
+                *auth = Some(AuthStep::LoginPass(String::from_utf8_lossy(&decoded).into_owned()));
+                "334 UGFzc3dvcmQ6\r\n".into()
+            }
+            AuthStep::LoginPass(u) => {
+                if let Some(address) = self.check_password(&u, &String::from_utf8_lossy(&decoded)) {
+                    st.user = Some(address);
+                    "235 2.7.0 Authentication successful\r\n".into()
+                } else {
+                    "535 5.7.8 Authentication credentials invalid\r\n".into()
+                }
+            }
+        }
+    }
+
+    fn command(&self, line: &[u8], st: &mut SimSession, auth: &mut Option<AuthStep>, wire: &mut Wire) -> String {
+        let text = String::from_utf8_lossy(line);
+        let mut words = text.split_whitespace();
+        let verb = words.next().unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => format!(
+                "250-{} simulated PEC provider\r\n250-AUTH PLAIN LOGIN\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
+                self.cfg.domains.first().map(String::as_str).unwrap_or("sim"),
+                self.cfg.max_message_size
+            ),
+            "AUTH" => {
+                let mech = words.next().unwrap_or("").to_ascii_uppercase();
+                match (mech.as_str(), words.next()) {
+                    ("PLAIN", Some(ir)) => match decode_b64(ir.as_bytes()) {
+                        Some(d) => self.finish_plain(&d, st),
+                        None => "501 5.5.2 bad base64\r\n".into(),
+                    },
+                    ("PLAIN", None) => {
+                        *auth = Some(AuthStep::Plain);
+                        "334 \r\n".into()
+                    }
+                    ("LOGIN", _) => {
+                        *auth = Some(AuthStep::LoginUser);
+                        "334 VXNlcm5hbWU6\r\n".into()
+                    }
+                    _ => "504 5.5.4 unsupported mechanism\r\n".into(),
+                }
+            }
+            "MAIL" if st.user.is_none() => "530 5.7.0 Authentication required\r\n".into(),
+            "MAIL" => match angle(&text) {
+                Some(a) => {
+                    st.from = Some(a);
+                    st.rcpts.clear();
+                    "250 2.1.0 Ok\r\n".into()
+                }
+                None => "501 5.1.7 bad sender address syntax\r\n".into(),
+            },
+            "RCPT" if st.from.is_none() => "503 5.5.1 MAIL first\r\n".into(),
+            "RCPT" => match angle(&text) {
+                Some(a) => {
+                    st.rcpts.push(a);
+                    "250 2.1.5 Ok\r\n".into()
+                }
+                None => "501 5.1.3 bad recipient address syntax\r\n".into(),
+            },
+            "DATA" if st.rcpts.is_empty() => "503 5.5.1 RCPT first\r\n".into(),
+            "DATA" => {
+                wire.start_data(self.cfg.max_message_size);
+                "354 End data with <CR><LF>.<CR><LF>\r\n".into()
+            }
+            "RSET" => {
+                st.from = None;
+                st.rcpts.clear();
+                "250 2.0.0 Ok\r\n".into()
+            }
+            "NOOP" => "250 2.0.0 Ok\r\n".into(),
+            "QUIT" => "221 2.0.0 Bye\r\n".into(),
+            _ => "502 5.5.2 command not recognised\r\n".into(),
+        }
+    }
+}
+
+/// The address between angle brackets of `MAIL FROM:<a>` / `RCPT TO:<a>`.
+fn angle(cmd: &str) -> Option<String> {
+    let start = cmd.find('<')? + 1;
+    let end = start + cmd[start..].find('>')?;
+    let a = cmd[start..end].trim();
+    (a.contains('@') && !a.contains(char::is_whitespace)).then(|| a.to_string())
+}
+
+/// What happens to a submission after the SMTP transaction: receipts,
+/// envelopes, delivery receipts.
+async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<String>, body: Vec<u8>, id: String) {
+    let parsed = mail_parser::MessageParser::default().parse_headers(&body);
+    let header_from = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_string)
+        .unwrap_or_default();
+    let subject = parsed.as_ref().and_then(|m| m.subject()).unwrap_or("").to_string();
+    let msgid = parsed
+        .as_ref()
+        .and_then(|m| m.message_id())
+        .map(|m| format!("<{m}>"))
+        .unwrap_or_else(|| format!("<{id}>"));
+    let sub = Submission {
+        sender: user.clone(),
+        recipients: rcpts.iter().map(|r| (r.clone(), sim.cfg.simulated(r))).collect(),
+        original: body,
+        subject,
+        msgid,
+        identificativo: id.clone(),
+        at: Utc::now(),
+    };
+    let Some(sender_box) = sim.cfg.mailbox(&user).cloned() else {
+        tracing::warn!(%user, "sender has no simulated mailbox: receipts dropped");
+        return;
+    };
+    let bad = if !header_from.eq_ignore_ascii_case(&user) {
+        Some(format!("Il mittente ({header_from}) non corrisponde al titolare della casella ({user})"))
+    } else if !mail_from.eq_ignore_ascii_case(&user) {
+        Some(format!("Il mittente della busta ({mail_from}) non corrisponde al titolare della casella ({user})"))
+    } else {
+        None
+    };
+    if let Some(reason) = bad {
+        tracing::info!(%id, %reason, "non-accettazione");
+        sim.send(&sender_box, &sub, Notice::NonAccettazione { reason }).await;
+        return;
+    }
+    tracing::info!(%id, sender = %user, recipients = ?rcpts, "accettazione");
+    sim.send(&sender_box, &sub, Notice::Accettazione).await;
+    let mut outcomes = Vec::new();
+    for (rcpt, certified) in &sub.recipients {
+        if !certified {
+            continue;
+        }
+        let fail_random = sim.cfg.failure_rate > 0.0 && rand::random::<f64>() < sim.cfg.failure_rate;
+        let outcome = match sim.cfg.mailbox(rcpt) {
+            None => Err("5.1.1 - Utente non riconosciuto".to_string()),
+            Some(_) if fail_random => Err("4.4.7 - Consegna non riuscita (guasto simulato)".to_string()),
+            Some(mb) => match build::build(&sim.pki, &sim.provider, &sub, &Notice::Envelope, Utc::now()) {
+                Ok(env) => deliver::append(mb, &env).await.map_err(|e| {
+                    tracing::warn!(error = %e, %rcpt, "envelope delivery failed");
+                    "5.2.0 - Casella non raggiungibile".to_string()
+                }),
+                Err(e) => Err(format!("5.3.0 - {e}")),
+            },
+        };
+        outcomes.push((rcpt.clone(), outcome));
+    }
+    if !sim.cfg.receipt_delay.is_zero() {
+        tokio::time::sleep(sim.cfg.receipt_delay).await;
+    }
+    for (rcpt, outcome) in outcomes {
+        let notice = match outcome {
+            Ok(()) => Notice::Consegna { recipient: rcpt },
+            Err(reason) => Notice::ErroreConsegna { recipient: rcpt, reason },
+        };
+        sim.send(&sender_box, &sub, notice).await;
+    }
+}
+
+impl Sim {
+    async fn send(&self, to: &SimMailbox, sub: &Submission, notice: Notice) {
+        match build::build(&self.pki, &self.provider, sub, &notice, Utc::now()) {
+            Ok(msg) => {
+                if let Err(e) = deliver::append(to, &msg).await {
+                    tracing::error!(error = %e, mailbox = %to.address, "cannot deliver a receipt");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build a receipt"),
+        }
+    }
+}
+
+/// `pecgate sim-provider`: run until SIGINT/SIGTERM.
+pub async fn run(cfg: SimConfig) -> Result<(), SimError> {
+    let (stop, rx) = watch::channel(false);
+    let running = start(cfg, rx).await?;
+    println!("simulator listening on {} (CA: {})", running.addr, running.ca_file.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| SimError::Bind { addr: "signal".into(), source })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(true);
+    let _ = running.task.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

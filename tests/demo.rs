@@ -1,0 +1,107 @@
+//! `pecgate demo` started as a user would; the settings it prints (and
+//! writes to demo.json) must work with swaks and an IMAP client (Python
+//! imaplib, verifying the certificate with the printed CA file).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn base_port() -> u16 {
+    for _ in 0..100 {
+        let base = 20000 + (rand::random::<u16>() % 30000);
+        let free = [143u16, 465, 587, 993].iter().all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+#[test]
+fn demo_settings_work_with_swaks_and_imap() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let base = base_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["demo", "--data-dir"])
+        .arg(&data)
+        .args(["--base-port", &base.to_string()])
+        .stdout(std::fs::File::create(dir.path().join("out.txt")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err.txt")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut demo = Demo(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let info: serde_json::Value = loop {
+        if let Ok(b) = std::fs::read(data.join("demo.json")) {
+            break serde_json::from_slice(&b).unwrap();
+        }
+        assert!(demo.0.try_wait().unwrap().is_none(), "demo exited: {}", std::fs::read_to_string(dir.path().join("err.txt")).unwrap());
+        assert!(Instant::now() < deadline, "no demo.json");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+    let pw = info["users"][0]["password"].as_str().unwrap().to_string();
+    let smtps = info["smtp"]["port_tls"].as_u64().unwrap().to_string();
+    assert!(printed.contains(&pw) && printed.contains(&smtps), "{printed}");
+
+    // swaks, exactly as printed.
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{smtps}"), "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "mario"])
+        .args(["--auth-password", &pw, "--from", "protocollo@pec.demo.test", "--to", "ufficio.legale@pec.demo.test"])
+        .args(["--header", "Subject: Prova PEC"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("250 2.0.0 Accepted by the PEC provider"), "{text}");
+
+    // IMAP over TLS with the printed port, user and CA file (Python
+    // imaplib verifies the certificate): the welcome PEC and the swaks one
+    // are in protocollo/Sent, their acceptance and delivery receipts in
+    // protocollo/Receipts.
+    let script = r#"
+import imaplib, ssl, sys, time
+port, pw, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+for _ in range(60):
+    m = imaplib.IMAP4_SSL('127.0.0.1', port, ssl_context=ssl.create_default_context(cafile=ca))
+    m.login('mario', pw)
+    n = [int(m.select(f)[1][0]) for f in ('protocollo/Sent', 'protocollo/Receipts', 'legale/INBOX')]
+    m.logout()
+    if n[0] >= 2 and n[1] >= 4 and n[2] >= 2:
+        print('ok', n); sys.exit(0)
+    time.sleep(1)
+print('incomplete', n); sys.exit(1)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &info["imap"]["port_tls"].to_string(), &pw, info["ca_file"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("err.txt")).unwrap()
+    );
+
+    // Ctrl-C stops everything cleanly.
+    let _ = Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = demo.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}\n{}", std::fs::read_to_string(dir.path().join("err.txt")).unwrap());
+}
