@@ -476,11 +476,16 @@ pub struct CheckReport {
 }
 
 pub fn write_status_file(dir: &Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = dir.join(".status.json.tmp");
+    // A name of its own per write: several tasks update the status at once,
+    // and a shared temporary name would let one rename another's file away.
+    let tmp = dir.join(format!(".status.json.{}.tmp", rand::random::<u64>()));
     let dest = dir.join("status.json");
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Invalid(e.to_string()))?;
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &dest).map_err(io_err(&dest))
+    std::fs::rename(&tmp, &dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StoreError::Io { path: dest.clone(), source: e }
+    })
 }
 
 /// The daemon's last `status.json`, if any.
