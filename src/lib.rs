@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod demo;
 pub mod http;
 pub mod imap;
+pub mod listener;
 pub mod metrics;
 pub mod pec;
 pub mod sim;

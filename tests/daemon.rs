@@ -19,7 +19,7 @@ fn notify_socket_gets_ready_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let cfg = d.path().join("pecgate.toml");
     std::fs::write(&cfg, format!("[store]\ndata_dir = \"{}\"\n", d.path().join("data").display())).unwrap();
-    let mut child = Command::new(pecgate_bin())
+    let child = Command::new(pecgate_bin())
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock_path)

@@ -169,49 +169,20 @@ async fn accept_loop(
     implicit: bool,
     ctx: Arc<Ctx>,
     limit: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut sessions = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::from_millis(100);
-                let (ctx, sd) = (ctx.clone(), shutdown.clone());
-                let slot = ctx.acquire_address(peer.ip());
-                sessions.spawn(async move {
-                    match slot {
-                        Some(_slot) => session::run(ctx, tcp, peer, implicit, sd).await,
-                        None => session::refuse(ctx, tcp, peer, implicit).await,
-                    }
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, 0.1 s to 6.4 s.
-                tracing::warn!(error = %e, "IMAP accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(6400));
+    crate::listener::accept_loop("imap", listener, limit, shutdown, |tcp, peer, sd| {
+        let ctx = ctx.clone();
+        // Counted from the moment of accept, before TLS and login.
+        let slot = ctx.acquire_address(peer.ip());
+        async move {
+            match slot {
+                Some(_slot) => session::run(ctx, tcp, peer, implicit, sd).await,
+                None => session::refuse(ctx, tcp, peer, implicit).await,
             }
         }
-        while sessions.try_join_next().is_some() {}
-    }
-    // Sessions see the same shutdown signal and say BYE; give them a moment.
-    let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        sessions.abort_all();
-    }
+    })
+    .await
 }
 
 /// Is this peer allowed to log in without TLS (if configured)?

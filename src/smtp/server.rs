@@ -85,37 +85,12 @@ async fn accept_loop(
     implicit: bool,
     ctx: Arc<Ctx>,
     limit: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut sessions = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let (ctx, sd) = (ctx.clone(), shutdown.clone());
-                sessions.spawn(async move {
-                    connection(ctx, tcp, peer, implicit, sd).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "SMTP accept failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-        while sessions.try_join_next().is_some() {}
-    }
-    let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
-        sessions.abort_all();
-    }
+    crate::listener::accept_loop("smtp", listener, limit, shutdown, |tcp, peer, sd| {
+        connection(ctx.clone(), tcp, peer, implicit, sd)
+    })
+    .await
 }
 
 /// How driving a stream ended.
