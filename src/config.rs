@@ -579,16 +579,21 @@ pub const RIGHTS: [&str; 4] = ["read", "triage", "send", "delete"];
 /// Roles a user may hold.
 pub const ROLES: [&str; 1] = ["audit"];
 
+/// Every `listen`/`listen_starttls` entry of `section` must be `ip:port`.
+fn check_listeners(section: &str, listen: &[String], starttls: &[String], push: &mut impl FnMut(String, String)) {
+    for (field, list) in [("listen", listen), ("listen_starttls", starttls)] {
+        for (i, a) in list.iter().enumerate() {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                push(format!("{section}.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
+            }
+        }
+    }
+}
+
 impl Config {
     fn validate_clients(&self, push: &mut impl FnMut(String, String)) {
         if let Some(imap) = &self.imap {
-            for (field, list) in [("listen", &imap.listen), ("listen_starttls", &imap.listen_starttls)] {
-                for (i, a) in list.iter().enumerate() {
-                    if a.parse::<std::net::SocketAddr>().is_err() {
-                        push(format!("imap.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
-                    }
-                }
-            }
+            check_listeners("imap", &imap.listen, &imap.listen_starttls, push);
             if imap.max_sessions_per_user == 0 {
                 push("imap.max_sessions_per_user".into(), "must be at least 1".into());
             }
@@ -618,13 +623,7 @@ impl Config {
             }
         }
         if let Some(smtp) = &self.smtp {
-            for (field, list) in [("listen", &smtp.listen), ("listen_starttls", &smtp.listen_starttls)] {
-                for (i, a) in list.iter().enumerate() {
-                    if a.parse::<std::net::SocketAddr>().is_err() {
-                        push(format!("smtp.{field}[{i}]"), format!("{a:?} is not an ip:port address"));
-                    }
-                }
-            }
+            check_listeners("smtp", &smtp.listen, &smtp.listen_starttls, push);
             if smtp.max_message_size < 1024 * 1024 {
                 push("smtp.max_message_size".into(), "must be at least 1048576".into());
             }
