@@ -185,8 +185,11 @@ fn quota_policy_brings_usage_under_low_water_oldest_first() {
         mailbox_toml("protocollo", USER, PASS, dv.port, "offload = { mode = \"quota\", high_water = 0.8, low_water = 0.5 }")
     ));
     g.start();
+    // The pass is complete when on_provider is set (the quota gauge is
+    // updated a moment earlier, during the pass).
     let st = g.wait_mailbox("protocollo", WAIT, "usage under low water", |s| {
         s["archived_total"] == 18
+            && s["on_provider"].is_u64()
             && s["quota"]["storage_used_bytes"].as_f64().zip(s["quota"]["storage_limit_bytes"].as_f64()).is_some_and(|(u, l)| u / l < 0.5)
     });
     g.stop();
