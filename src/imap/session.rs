@@ -1797,17 +1797,9 @@ impl Session {
         uid: bool,
     ) {
         let cannot = |tag, t: &str| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), t);
-        let target = match view.resolve(&mailbox_name(mailbox)) {
+        let target = match copy_target(view, mailbox) {
             Ok(f) => f,
-            Err(ViewError::NotFound) => {
-                return io.status(tagged(
-                    tag,
-                    StatusKind::No,
-                    Some(Code::TryCreate),
-                    "no such folder",
-                ))
-            }
-            Err(e) => return io.status(serverbug(tag, &e)),
+            Err(refusal) => return io.status(refusal(tag)),
         };
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
@@ -1910,17 +1902,9 @@ impl Session {
         mailbox: &Mailbox<'_>,
         uid: bool,
     ) {
-        let target = match view.resolve(&mailbox_name(mailbox)) {
+        let target = match copy_target(view, mailbox) {
             Ok(f) => f,
-            Err(ViewError::NotFound) => {
-                return io.status(tagged(
-                    tag,
-                    StatusKind::No,
-                    Some(Code::TryCreate),
-                    "no such folder",
-                ))
-            }
-            Err(e) => return io.status(serverbug(tag, &e)),
+            Err(refusal) => return io.status(refusal(tag)),
         };
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
@@ -1968,6 +1952,17 @@ impl Session {
 
 /// UIDs in the given order as a UID set (one element each, so that
 /// COPYUID's source and destination sets correspond in order).
+/// The target folder of COPY or MOVE. A folder the user cannot see answers
+/// `NO [TRYCREATE]`, exactly like one that does not exist.
+fn copy_target(view: &View, mailbox: &Mailbox<'_>) -> Result<Folder, impl FnOnce(Tag<'static>) -> Status<'static>> {
+    view.resolve(&mailbox_name(mailbox)).map_err(|e| {
+        move |tag| match e {
+            ViewError::NotFound => tagged(tag, StatusKind::No, Some(Code::TryCreate), "no such folder"),
+            e => serverbug(tag, &e),
+        }
+    })
+}
+
 fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
     let v: Vec<UidElement> = uids
         .filter_map(NonZeroU32::new)
