@@ -42,6 +42,13 @@ pub struct Config {
     /// The client-facing SMTP submission server; absent means none.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Offices messages can be assigned to, one `[[office]]` table each.
+    #[serde(default, rename = "office")]
+    pub offices: Vec<crate::handling::rules::OfficeConfig>,
+    /// Routing rules for arriving certified messages, one `[[rule]]` each,
+    /// tried in order.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::handling::rules::RuleConfig>,
 }
 
 /// The client-facing SMTP submission server (relay to the providers, no
@@ -197,6 +204,16 @@ pub struct MailboxConfig {
     /// minute is gentle on providers and quick enough for certified mail.
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Handling: the office (or user) arriving certified messages go to when
+    /// no `[[rule]]` matches. Absent: they wait as `new` for anyone.
+    pub default_office: Option<String>,
+    /// Handling: the deadline of messages whose rule sets none (e.g. "30d").
+    #[serde(default, with = "humantime_serde::option")]
+    pub default_due: Option<Duration>,
+    /// Handling: track anomaly envelopes (ordinary mail that reached the PEC
+    /// mailbox) like certified messages; they are then filed in INBOX.
+    #[serde(default)]
+    pub handle_anomalies: bool,
 }
 
 fn default_folders() -> Vec<String> {
@@ -445,6 +462,7 @@ impl Config {
             }
         }
         self.validate_clients(&mut push);
+        crate::handling::rules::validate(self, &mut push);
         problems
     }
 

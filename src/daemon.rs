@@ -69,6 +69,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow:
         }
         None => None,
     };
+    let rules = std::sync::Arc::new(crate::handling::rules::Rules::compile(cfg));
     for m in &cfg.mailboxes {
         let tls = crate::tls::client_config(m.ca_file.as_deref())
             .with_context(|| format!("mailbox {}: TLS trust", m.alias))?;
@@ -80,6 +81,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow:
             opts: opts.clone(),
             shutdown: rx.clone(),
             trust: trust.clone(),
+            rules: rules.clone(),
         };
         tasks.spawn(task.run());
     }
@@ -100,7 +102,7 @@ impl Generation {
 
 /// What `serve` keeps of the IMAP server: its stop signal, its tasks, and
 /// the user table a SIGHUP replaces.
-type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<std::sync::Arc<crate::auth::Authenticator>>);
+type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<std::sync::Arc<crate::imap::Ctx>>);
 
 /// Start the IMAP listeners if `[imap]` is configured. A SIGHUP replaces
 /// the users and their grants (without dropping sessions); listeners,
@@ -119,9 +121,10 @@ async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<ImapHandle> {
         sessions: Default::default(),
         addresses: Default::default(),
         overdue_after: cfg.pec.overdue_after,
+        rules: std::sync::RwLock::new(std::sync::Arc::new(crate::handling::rules::Rules::compile(cfg))),
     });
-    let tasks = crate::imap::start(ctx, rx).await?;
-    Ok((stop, tasks, Some(auth)))
+    let tasks = crate::imap::start(ctx.clone(), rx).await?;
+    Ok((stop, tasks, Some(ctx)))
 }
 
 /// Start the SMTP submission listeners if `[smtp]` is configured (users,
@@ -149,7 +152,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let mut generation = start_generation(&cfg, &store, &board)?;
-    let (imap_stop, mut imap_tasks, imap_auth) = start_imap(&cfg, &store).await?;
+    let (imap_stop, mut imap_tasks, imap_ctx) = start_imap(&cfg, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let http_task = match &cfg.http {
@@ -182,9 +185,12 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     }
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded; restarting mailbox tasks");
-                        if let Some(auth) = &imap_auth {
-                            auth.reload(&new.users);
-                            tracing::info!(users = new.users.len(), "SIGHUP: IMAP users and grants reloaded");
+                        if let Some(ctx) = &imap_ctx {
+                            ctx.auth.reload(&new.users);
+                            if let Ok(mut r) = ctx.rules.write() {
+                                *r = std::sync::Arc::new(crate::handling::rules::Rules::compile(&new));
+                            }
+                            tracing::info!(users = new.users.len(), offices = new.offices.len(), rules = new.rules.len(), "SIGHUP: IMAP users, grants, offices and rules reloaded");
                         }
                         generation.stop(Duration::from_secs(30)).await;
                         cfg = new;

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod handling;
 pub mod http;
 pub mod imap;
 pub mod listener;

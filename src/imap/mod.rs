@@ -57,6 +57,8 @@ pub struct Ctx {
     /// `pec.overdue_after`: when a sent message without its final receipts
     /// shows `$PecOverdue` (reconcile's default if `None`).
     pub overdue_after: Option<Duration>,
+    /// Offices and routing rules (a SIGHUP replaces them).
+    pub rules: std::sync::RwLock<Arc<crate::handling::rules::Rules>>,
 }
 
 /// Counts one authenticated session of a user; dropping it releases it.
@@ -66,6 +68,11 @@ pub struct SessionGuard {
 }
 
 impl Ctx {
+    /// The current offices and rules.
+    pub fn rules(&self) -> Arc<crate::handling::rules::Rules> {
+        self.rules.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
     /// Take a session slot for `user`, or `None` if they have too many.
     pub fn acquire(self: &Arc<Self>, user: &str) -> Option<SessionGuard> {
         let mut m = self.sessions.lock().ok()?;

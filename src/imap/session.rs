@@ -44,6 +44,7 @@ use super::io::{Io, IoError};
 use super::view::{is_pec_keyword, Folder, View, ViewError, PEC_KEYWORDS};
 use super::{fetch, search, Ctx, SessionGuard};
 use crate::auth::Right;
+use crate::handling::{self, Transition, ViewKind};
 use crate::store::{Audit, BlobRef, Change, Event as StoreEvent, FlagOp, MessageMeta, Notice};
 
 /// Before login, a client has this long per command (RFC 3501 allows a
@@ -66,6 +67,31 @@ struct Selected {
     seen: HashSet<u32>,
 }
 
+impl Selected {
+    /// The UIDs in the store folder behind the selected one (a handling
+    /// view numbers INBOX messages its own way).
+    fn source_uids(&self, uids: &[u32]) -> Vec<u32> {
+        if self.folder.handling.is_none() {
+            return uids.to_vec();
+        }
+        uids.iter()
+            .filter_map(|u| {
+                let i = self.msgs.binary_search_by_key(u, |m| m.0).ok()?;
+                self.msgs[i].1.source_uid
+            })
+            .collect()
+    }
+
+    /// The audit's folder for operations on the selected messages: the
+    /// store folder they are in (with [`Selected::source_uids`]).
+    fn audit_folder(&self) -> &str {
+        match self.folder.handling {
+            Some(_) => self.folder.source(),
+            None => self.folder.audit_name(),
+        }
+    }
+}
+
 enum Flow {
     Continue,
     StartTls,
@@ -84,6 +110,15 @@ struct Session {
     auth_tag: Option<Tag<'static>>,
     bad: u32,
 }
+
+/// The handling keywords FLAGS names in INBOX and the handling views.
+const HANDLING_KEYWORDS: [&str; 5] = [
+    handling::KW_NEW,
+    handling::KW_ASSIGNED,
+    handling::KW_TAKEN,
+    handling::KW_DONE,
+    handling::KW_OVERDUE,
+];
 
 fn text(s: impl Into<String>) -> Text<'static> {
     let s: String = s.into();
@@ -458,7 +493,7 @@ impl Session {
                         // arrives in another folder of the mailbox.
                         (Ok(n), Some(sel)) => {
                             n.mailbox == sel.folder.mailbox
-                                && (Some(n.folder.as_str()) == sel.folder.store_folder
+                                && (n.folder.as_str() == sel.folder.source()
                                     || sel.folder.shows_sent())
                         }
                         (Err(broadcast::error::RecvError::Lagged(_)), Some(_)) => true,
@@ -638,7 +673,8 @@ impl Session {
                 };
                 let a = Audit::user(&user.name, self.source(), "imap", "login");
                 let view = View::new(user, self.ctx.store.clone())
-                    .with_overdue_after(self.ctx.overdue_after);
+                    .with_overdue_after(self.ctx.overdue_after)
+                    .with_rules(self.ctx.rules());
                 self.user = Some((view, guard));
                 if !self.audit_only(a).await {
                     self.user = None;
@@ -697,7 +733,8 @@ impl Session {
                 }
                 tracing::info!(user = %u.name, "IMAP session picks up changed grants");
                 let fresh = View::new(u, self.ctx.store.clone())
-                    .with_overdue_after(self.ctx.overdue_after);
+                    .with_overdue_after(self.ctx.overdue_after)
+                    .with_rules(self.ctx.rules());
                 if let Some((v, _)) = self.user.as_mut() {
                     *v = fresh;
                 }
@@ -1035,7 +1072,7 @@ impl Session {
             (Err(e), _) | (_, Err(e)) => return io.status(serverbug(tag, &e)),
         };
         let writable = rw
-            && folder.store_folder.is_some()
+            && folder.writable_source().is_some()
             && (view.may(&folder, Right::Triage) || view.may(&folder, Right::Delete));
         let a = self
             .audit(if rw { "select" } else { "examine" })
@@ -1063,12 +1100,25 @@ impl Session {
         if folder.shows_sent() {
             defined.extend(PEC_KEYWORDS.iter().filter_map(|k| Flag::try_from(*k).ok()));
         }
+        let tracks = folder.source() == super::view::INBOX;
+        if tracks {
+            defined.extend(HANDLING_KEYWORDS.iter().filter_map(|k| Flag::try_from(*k).ok()));
+        }
         io.data(Data::Flags(defined));
         let mut perm: Vec<FlagPerm<'static>> = if writable {
             flags.into_iter().map(FlagPerm::Flag).collect()
         } else {
             vec![]
         };
+        if writable && tracks && view.may(&folder, Right::Triage) {
+            // Setting these takes in charge or completes (see STORE).
+            perm.extend(
+                [handling::KW_TAKEN, handling::KW_DONE]
+                    .iter()
+                    .filter_map(|k| Flag::try_from(*k).ok())
+                    .map(FlagPerm::Flag),
+            );
+        }
         if writable {
             perm.push(FlagPerm::Asterisk);
         }
@@ -1292,6 +1342,7 @@ impl Session {
             flags: shared,
             provider: None,
             pec: None,
+            handling: None,
         };
         let committed = match self.ctx.store.commit(audit, change).await {
             Ok(c) => c,
@@ -1473,7 +1524,7 @@ impl Session {
         };
         let (mailbox, sfolder, writable) = (
             sel.folder.mailbox.clone(),
-            sel.folder.store_folder,
+            sel.folder.writable_source(),
             sel.writable,
         );
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
@@ -1482,8 +1533,8 @@ impl Session {
             let a = self
                 .audit("read")
                 .mailbox(&mailbox)
-                .folder(sel.folder.audit_name())
-                .uids(uids.clone());
+                .folder(sel.audit_folder())
+                .uids(sel.source_uids(&uids));
             if !self.audit_only(a).await {
                 io.status(tagged(
                     tag,
@@ -1507,7 +1558,7 @@ impl Session {
                         user: view.user.name.clone(),
                         mailbox: mailbox.clone(),
                         folder: f.into(),
-                        uids: unseen.clone(),
+                        uids: sel.source_uids(&unseen),
                         seen: true,
                     };
                     if let Err(e) = self
@@ -1604,24 +1655,53 @@ impl Session {
     ) {
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
-        let Some(sfolder) = sel.folder.store_folder else {
+        let Some(sfolder) = sel.folder.writable_source() else {
             return io.status(ok(tag, "STORE done"));
         };
         let mailbox = sel.folder.mailbox.clone();
-        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let shown: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let uids = sel.source_uids(&shown);
         let op = match kind {
             StoreType::Add => FlagOp::Add,
             StoreType::Remove => FlagOp::Remove,
             StoreType::Replace => FlagOp::Replace,
         };
         let mut strs: Vec<String> = flags.iter().map(flag_string).collect();
+        // $PecTaken / $PecDone set or cleared: a handling transition, the
+        // same as dropping the message into Mine / Done / To handle.
+        if sfolder == super::view::INBOX && strs.iter().any(|f| handling::is_settable_keyword(f)) {
+            let has = |k: &str| strs.iter().any(|f| f.eq_ignore_ascii_case(k));
+            let action = match op {
+                FlagOp::Add | FlagOp::Replace if has(handling::KW_DONE) => Some(handling::Action::Done),
+                FlagOp::Add | FlagOp::Replace => Some(handling::Action::Take),
+                FlagOp::Remove => Some(handling::Action::Reopen),
+            };
+            strs.retain(|f| !handling::is_settable_keyword(f));
+            if let Some(action) = action {
+                let t = Transition::new(action, &view.user.name);
+                let hashes: Vec<String> = sel
+                    .msgs
+                    .iter()
+                    .filter(|(u, _)| shown.contains(u))
+                    .map(|(_, m)| m.hash.clone())
+                    .collect();
+                let (folder, mb) = (sel.folder.clone(), mailbox.clone());
+                if let Err(refusal) = self.transition(view, &folder, &mb, uids.clone(), hashes, t).await {
+                    return io.status(refusal(tag));
+                }
+            }
+            if op == FlagOp::Replace {
+                // The other flags as written (computed keywords dropped).
+                strs.retain(|f| !is_pec_keyword(f));
+            }
+        }
         if strs.iter().any(|f| is_pec_keyword(f)) {
             if op != FlagOp::Replace {
                 return io.status(tagged(
                     tag,
                     StatusKind::No,
                     Some(other_code("CANNOT")),
-                    "$Pec* keywords show the PEC delivery state; only the gateway sets them",
+                    "$Pec* keywords show the PEC delivery and handling state; only the gateway sets them (but $PecTaken and $PecDone in INBOX and the handling views)",
                 ));
             }
             // A client that writes back every flag it saw: the computed
@@ -1684,7 +1764,7 @@ impl Session {
             }
         }
         let quiet: HashSet<u32> = if matches!(response, StoreResponse::Silent) {
-            uids.iter().copied().collect()
+            shown.iter().copied().collect()
         } else {
             HashSet::new()
         };
@@ -1801,6 +1881,9 @@ impl Session {
             Ok(f) => f,
             Err(refusal) => return io.status(refusal(tag)),
         };
+        if target.handling.is_some() {
+            return self.drop_into_view(io, tag, view, set, uid, &target, false).await;
+        }
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
         let from = sel.folder.source();
@@ -1840,7 +1923,7 @@ impl Session {
                 .audit("copy")
                 .mailbox(&src_mailbox)
                 .folder(from)
-                .uids(vec![*u]);
+                .uids(sel.source_uids(&[*u]));
             let ch = Change::Archive {
                 mailbox: target.mailbox.clone(),
                 folder: to.to_string(),
@@ -1857,6 +1940,7 @@ impl Session {
                     .collect(),
                 provider: None,
                 pec: m.pec.clone(),
+                handling: None,
             };
             batch.push((a, ch));
         }
@@ -1906,9 +1990,12 @@ impl Session {
             Ok(f) => f,
             Err(refusal) => return io.status(refusal(tag)),
         };
+        if target.handling.is_some() {
+            return self.drop_into_view(io, tag, view, set, uid, &target, true).await;
+        }
         let targets = self.targets(set, uid);
         let Some(sel) = &self.selected else { return };
-        let (Some(from), Some(to)) = (sel.folder.store_folder, target.store_folder) else {
+        let (Some(from), Some(to)) = (sel.folder.writable_source(), target.store_folder) else {
             return io.status(tagged(
                 tag,
                 StatusKind::No,
@@ -1929,10 +2016,14 @@ impl Session {
                 tag,
                 StatusKind::No,
                 Some(other_code("CANNOT")),
-                "source and target are the same folder",
+                if sel.folder.handling.is_some() {
+                    "the messages of a handling view are in INBOX already; to change their handling, move them into To handle, Mine, Offices/<office> or Done"
+                } else {
+                    "source and target are the same folder"
+                },
             ));
         }
-        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let uids: Vec<u32> = sel.source_uids(&targets.iter().map(|t| t.1).collect::<Vec<_>>());
         if !uids.is_empty() {
             let mb = sel.folder.mailbox.clone();
             let ch = Change::Move {
@@ -1947,6 +2038,102 @@ impl Session {
         }
         self.refresh(io, true, &HashSet::new());
         io.status(ok(tag, "MOVE done"));
+    }
+}
+
+impl Session {
+    /// COPY or MOVE into a handling view: the transition the view means
+    /// (`Mine` takes, `Done` completes, `Offices/<name>` assigns, `To
+    /// handle` reopens) on INBOX messages of the same mailbox. The messages
+    /// stay in INBOX; after a MOVE they leave the selected view if they no
+    /// longer belong there.
+    #[allow(clippy::too_many_arguments)]
+    async fn drop_into_view(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        set: &SequenceSet,
+        uid: bool,
+        target: &Folder,
+        is_move: bool,
+    ) {
+        let cannot = |tag, t: &str| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), t);
+        let Some(kind) = target.handling.clone() else { return };
+        let targets = self.targets(set, uid);
+        let Some(sel) = &self.selected else { return };
+        if sel.folder.mailbox != target.mailbox || sel.folder.source() != super::view::INBOX {
+            return io.status(cannot(
+                tag,
+                "only messages of the same PEC mailbox's INBOX (or its handling views) have a handling state",
+            ));
+        }
+        if !view.may(target, Right::Triage) {
+            return io.status(noperm(tag, "changing the handling of messages needs triage on this mailbox"));
+        }
+        let shown: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let uids = sel.source_uids(&shown);
+        let hashes: Vec<String> = sel
+            .msgs
+            .iter()
+            .filter(|(u, _)| shown.contains(u))
+            .map(|(_, m)| m.hash.clone())
+            .collect();
+        if hashes.is_empty() {
+            return io.status(ok(tag, "done (no messages)"));
+        }
+        let t = kind.transition(&view.user.name);
+        let (folder, mailbox) = (sel.folder.clone(), sel.folder.mailbox.clone());
+        if let Err(refusal) = self.transition(view, &folder, &mailbox, uids, hashes, t).await {
+            return io.status(refusal(tag));
+        }
+        self.refresh(io, is_move, &HashSet::new());
+        io.status(ok(tag, &format!("{} done: {}", if is_move { "MOVE" } else { "COPY" }, kind_done(&kind))));
+    }
+
+    /// Record a handling transition (refused ones are audited too). The
+    /// error is the tagged answer to give.
+    async fn transition(
+        &self,
+        view: &View,
+        folder: &Folder,
+        mailbox: &str,
+        uids: Vec<u32>,
+        hashes: Vec<String>,
+        t: Transition,
+    ) -> Result<(), Box<dyn FnOnce(Tag<'static>) -> Status<'static> + Send>> {
+        let op = t.action.as_str();
+        let tracked = hashes
+            .iter()
+            .all(|h| matches!(self.ctx.store.handling(mailbox, h), Ok(Some(_))));
+        let a = self.audit(op).mailbox(mailbox).folder(folder.source()).uids(uids);
+        if !tracked {
+            let why = "not all of these messages have a handling state (only certified messages received in INBOX do)";
+            self.audit_only(a.outcome(format!("refused: {why}"))).await;
+            return Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), why)));
+        }
+        let _ = view;
+        let ch = Change::Handle { mailbox: mailbox.to_string(), hashes, transition: t };
+        match self.ctx.store.commit(a.clone(), ch).await {
+            Ok(_) => Ok(()),
+            Err(crate::store::StoreError::Refused(why)) => {
+                self.audit_only(a.outcome(format!("refused: {why}"))).await;
+                Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code("INUSE")), &why)))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                Err(Box::new(move |tag| serverbug(tag, &msg)))
+            }
+        }
+    }
+}
+
+fn kind_done(kind: &ViewKind) -> String {
+    match kind {
+        ViewKind::ToHandle => "reopened".into(),
+        ViewKind::Mine => "taken in charge".into(),
+        ViewKind::Office(o) => format!("assigned to {o}"),
+        ViewKind::Done => "completed".into(),
     }
 }
 

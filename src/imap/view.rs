@@ -13,6 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::auth::{Right, User};
+use crate::handling::rules::Rules;
+use crate::handling::ViewKind;
 use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::SentMessage;
 use crate::store::{MessageMeta, Store, StoreError};
@@ -32,6 +34,10 @@ pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
 
 /// The store folder a virtual `Undelivered` folder shows messages of.
 pub const SENT: &str = "Sent";
+/// The store folder the handling views show messages of.
+pub const INBOX: &str = "INBOX";
+/// Parent of the per-office handling views.
+pub const OFFICES: &str = "Offices";
 /// The virtual folder's leaf name.
 pub const UNDELIVERED: &str = "Undelivered";
 
@@ -67,13 +73,28 @@ pub struct Folder {
     /// Store folder, or `None` for a virtual folder.
     pub store_folder: Option<&'static str>,
     pub special_use: Option<&'static str>,
+    /// A handling view (`To handle`, `Mine`, `Offices/<name>`, `Done`):
+    /// virtual, over INBOX, numbered by handling-view UIDs.
+    pub handling: Option<ViewKind>,
 }
 
 impl Folder {
-    /// The store folder whose messages (and UIDs, and per-user `\Seen`)
-    /// this folder shows: itself, or `Sent` for `Undelivered`.
+    /// The store folder whose messages (and per-user `\Seen`) this folder
+    /// shows: itself, `Sent` for `Undelivered`, `INBOX` for the handling
+    /// views.
     pub fn source(&self) -> &'static str {
-        self.store_folder.unwrap_or(SENT)
+        match (self.store_folder, &self.handling) {
+            (Some(f), _) => f,
+            (None, Some(_)) => INBOX,
+            (None, None) => SENT,
+        }
+    }
+
+    /// Where flag changes and moves of the folder's messages go: the store
+    /// folder, or INBOX for a handling view (`None`: Undelivered, which is
+    /// read-only).
+    pub fn writable_source(&self) -> Option<&'static str> {
+        self.store_folder.or(self.handling.as_ref().map(|_| INBOX))
     }
 
     /// Does this folder show sent messages (and so their PEC keywords)?
@@ -85,7 +106,7 @@ impl Folder {
     pub fn audit_name(&self) -> &str {
         match self.store_folder {
             Some(f) => f,
-            None => self.name.rsplit(DELIMITER).next().unwrap_or(&self.name),
+            None => self.name.split_once(DELIMITER).map(|(_, leaf)| leaf).unwrap_or(&self.name),
         }
     }
 }
@@ -124,6 +145,8 @@ pub struct View {
     pub store: Store,
     /// `pec.overdue_after`, if configured (else reconcile's default).
     pub overdue_after: Option<Duration>,
+    /// Offices (for the handling views).
+    pub rules: Arc<Rules>,
 }
 
 impl View {
@@ -132,6 +155,22 @@ impl View {
             user,
             store,
             overdue_after: None,
+            rules: Arc::new(Rules::default()),
+        }
+    }
+
+    pub fn with_rules(mut self, rules: Arc<Rules>) -> View {
+        self.rules = rules;
+        self
+    }
+
+    /// The offices whose view folders `user` sees under `mailbox`: those
+    /// they belong to, or all of them with `triage` on the mailbox.
+    fn office_views(&self, mailbox: &str) -> Vec<String> {
+        if self.user.may(mailbox, Right::Triage) {
+            self.rules.offices.keys().cloned().collect()
+        } else {
+            self.rules.offices_of(&self.user.name)
         }
     }
 
@@ -178,6 +217,7 @@ impl View {
                     mailbox: m,
                     store_folder: Some("INBOX"),
                     special_use: None,
+                    handling: None,
                 }),
             });
         }
@@ -195,6 +235,27 @@ impl View {
                         mailbox: m.to_string(),
                         store_folder: sf,
                         special_use: su,
+                        handling: None,
+                    }),
+                });
+            }
+            let offices = self.office_views(m);
+            let mut kinds = vec![ViewKind::ToHandle, ViewKind::Mine];
+            kinds.extend(offices.iter().map(|o| ViewKind::Office(o.clone())));
+            kinds.push(ViewKind::Done);
+            for kind in kinds {
+                if matches!(kind, ViewKind::Office(_)) && !out.iter().any(|e| e.name == format!("{m}{DELIMITER}{OFFICES}")) {
+                    out.push(ListEntry { name: format!("{m}{DELIMITER}{OFFICES}"), folder: None });
+                }
+                let name = format!("{m}{DELIMITER}{}", kind.leaf());
+                out.push(ListEntry {
+                    name: name.clone(),
+                    folder: Some(Folder {
+                        name,
+                        mailbox: m.to_string(),
+                        store_folder: None,
+                        special_use: None,
+                        handling: Some(kind),
                     }),
                 });
             }
@@ -214,7 +275,7 @@ impl View {
 
     /// Is `name` a mailbox parent (`protocollo`) the user can see?
     pub fn is_parent(&self, name: &str) -> bool {
-        self.user.visible_mailboxes().contains(&name)
+        self.tree().iter().any(|e| e.folder.is_none() && e.name == name)
     }
 
     pub fn may(&self, f: &Folder, right: Right) -> bool {
@@ -241,6 +302,9 @@ impl View {
     /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
     /// until it resyncs. Sent itself, where the state matters, is exact.
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
+        if let Some(kind) = &f.handling {
+            return self.handling_snapshot(f, kind, now);
+        }
         let sf = f.source();
         let mut msgs = self.store.messages(&f.mailbox, sf)?;
         let seen = self.store.seen_uids(&self.user.name, &f.mailbox, sf)?;
@@ -268,10 +332,65 @@ impl View {
             }
             msgs = out;
         }
+        if sf == INBOX {
+            let states: HashMap<String, crate::handling::Handling> =
+                self.store.handling_all(&f.mailbox)?.into_iter().collect();
+            if !states.is_empty() {
+                for (_, m) in msgs.iter_mut() {
+                    if let Some(h) = states.get(&m.hash) {
+                        m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
+                    }
+                }
+            }
+        }
+        Ok((msgs, seen))
+    }
+
+    /// A handling view: the INBOX messages whose handling puts them there
+    /// for this user, numbered by their view UIDs, with the handling
+    /// keywords; `\Seen` is the user's on the INBOX message. Only the
+    /// states the view can show are read from the index.
+    fn handling_snapshot(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
+        let offices = self.rules.offices_of(&self.user.name);
+        let offices: Vec<&str> = offices.iter().map(String::as_str).collect();
+        let seen_inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
+        let mut msgs = Vec::new();
+        let mut seen = HashSet::new();
+        for (hash, h) in self.store.handling_in(&f.mailbox, kind.states())? {
+            if !kind.shows(&h, &self.user.name, &offices) {
+                continue;
+            }
+            let Some((folder, uid)) = self.store.find_hash(&f.mailbox, &hash)? else { continue };
+            if folder != INBOX {
+                continue;
+            }
+            // Hidden (expunged) from INBOX: gone from the views too.
+            let Some(mut m) = self.store.message(&f.mailbox, INBOX, uid)? else { continue };
+            m.flags.retain(|fl| !is_pec_keyword(fl));
+            m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
+            m.source_uid = Some(uid);
+            if seen_inbox.contains(&uid) {
+                seen.insert(h.vuid);
+            }
+            msgs.push((h.vuid, m));
+        }
         Ok((msgs, seen))
     }
 
     pub fn counts(&self, f: &Folder) -> Result<Counts, ViewError> {
+        if let Some(kind) = &f.handling {
+            // Numbered by the mailbox's handling-view UIDs, under a
+            // UIDVALIDITY of their own derived from INBOX's.
+            let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
+            let (msgs, seen) = self.snapshot(f)?;
+            return Ok(Counts {
+                uidvalidity: view_uidvalidity(uv, kind),
+                uidnext: self.store.last_view_uid(&f.mailbox)?.saturating_add(1),
+                exists: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
+                unseen: u32::try_from(msgs.iter().filter(|(u, _)| !seen.contains(u)).count()).unwrap_or(u32::MAX),
+                highest_modseq: 1,
+            });
+        }
         let st = self.store.folder(&f.mailbox, f.source())?.map(|mut st| {
             if f.store_folder.is_none() {
                 // Undelivered shows Sent's UIDs under its own UIDVALIDITY:
@@ -303,6 +422,19 @@ impl View {
             highest_modseq: st.highest_modseq,
         })
     }
+}
+
+/// A handling view's UIDVALIDITY: INBOX's complemented (>= 2^31 until
+/// 2038, like Undelivered's), less a number per view, so no two folders
+/// share one.
+fn view_uidvalidity(inbox: u32, kind: &ViewKind) -> u32 {
+    let salt = match kind {
+        ViewKind::ToHandle => 1,
+        ViewKind::Mine => 2,
+        ViewKind::Done => 3,
+        ViewKind::Office(o) => 16 + o.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into())) % 65_536,
+    };
+    (!inbox).wrapping_sub(salt).max(1)
 }
 
 /// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.

@@ -128,6 +128,7 @@ pub async fn record(store: &Store, sub: &Submission, source: &str, outcome: &Rel
                 flags: Vec::new(),
                 provider: None,
                 pec: Some(pec),
+                handling: None,
             },
         ));
     }

@@ -14,6 +14,10 @@
 //! | `seen` | user, mailbox, folder, uid | empty: `user` has seen it (`\Seen` is per user) |
 //! | `seen_by` | mailbox, folder, uid | users who have seen it (JSON list; so a move carries it in one read) |
 //! | `hidden` | mailbox, folder, uid | [`MessageMeta`] of a message a client expunged (the blob stays) |
+//! | `sent` | mailbox, Message-ID | reconciliation state of a sent message |
+//! | `handling` | mailbox, hash | [`Handling`] of a tracked incoming message |
+//! | `hstate` | mailbox, state code, view UID (u32 BE) | hash: the tracked messages by state, in view-UID order (views scan one state) |
+//! | `meta` | `vuid`, mailbox | last handling-view UID of the mailbox (u32 BE) |
 //!
 //! Each journal record is applied in one sled transaction together with
 //! `applied_seq`, so a replay after a crash never applies a record twice.
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::record::Event;
+use crate::handling::{Handling, State};
 use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::{key_of, Event as ReconcileEvent, SentMessage};
 
@@ -52,6 +57,10 @@ pub struct MessageMeta {
     pub archived: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pec: Option<serde_json::Value>,
+    /// Not stored: in a virtual folder that numbers messages its own way
+    /// (the handling views), the message's UID in the folder that holds it.
+    #[serde(skip)]
+    pub source_uid: Option<u32>,
 }
 
 /// A provider message that is archived and (as far as we know) still on the
@@ -135,6 +144,30 @@ fn get_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Store a message's handling and keep the by-state tree and the
+/// mailbox's last view UID in step.
+fn set_handling(
+    meta: &sled::transaction::TransactionalTree,
+    handling: &sled::transaction::TransactionalTree,
+    hstate: &sled::transaction::TransactionalTree,
+    mailbox: &str,
+    hash: &str,
+    old: Option<&Handling>,
+    h: &Handling,
+) -> TxResult<()> {
+    if let Some(o) = old {
+        hstate.remove(key(&[mailbox.as_bytes(), &[o.state.code()], &o.vuid.to_be_bytes()]))?;
+    }
+    hstate.insert(key(&[mailbox.as_bytes(), &[h.state.code()], &h.vuid.to_be_bytes()]), hash.as_bytes())?;
+    handling.insert(key(&[mailbox.as_bytes(), hash.as_bytes()]), json(h))?;
+    let vk = key(&[b"vuid", mailbox.as_bytes()]);
+    let last = meta.get(&vk)?.map(|v| be32(&v)).unwrap_or(0);
+    if h.vuid > last {
+        meta.insert(vk, &h.vuid.to_be_bytes())?;
+    }
+    Ok(())
+}
+
 fn set_applied(meta: &sled::transaction::TransactionalTree, seq: u64) -> TxResult<()> {
     meta.insert("applied_seq", &seq.to_be_bytes())?;
     Ok(())
@@ -158,6 +191,8 @@ pub struct Index {
     /// `pec::reconcile::SentMessage`, folded from the archived sent copies
     /// and receipts.
     sent: sled::Tree,
+    handling: sled::Tree,
+    hstate: sled::Tree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
@@ -176,6 +211,8 @@ impl Index {
             seen_by: db.open_tree("seen_by")?,
             hidden: db.open_tree("hidden")?,
             sent: db.open_tree("sent")?,
+            handling: db.open_tree("handling")?,
+            hstate: db.open_tree("hstate")?,
             db,
         })
     }
@@ -214,9 +251,11 @@ impl Index {
             &self.seen_by,
             &self.hidden,
             &self.sent,
+            &self.handling,
+            &self.hstate,
         );
         let r: Result<(), TransactionError<sled::Error>> = trees.transaction(
-            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent)| -> TxResult<()> {
+            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate)| -> TxResult<()> {
                 let applied = meta
                     .get("applied_seq")?
                     .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
@@ -250,7 +289,14 @@ impl Index {
                         provider: pref,
                         duplicate,
                         pec,
+                        handling: routing,
+                        view_uid,
                     } => {
+                        if let (false, Some(r)) = (duplicate, routing) {
+                            let mut h = Handling::open(r, "system", time);
+                            h.vuid = view_uid.unwrap_or(0);
+                            set_handling(meta, handling, hstate, mailbox, hash, None, &h)?;
+                        }
                         if !duplicate {
                             if let Some(m) = pec.as_ref().and_then(PecMeta::from_value) {
                                 reconcile_archived(sent, mailbox, &m, *internal_date)?;
@@ -276,6 +322,7 @@ impl Index {
                                 modseq: st.highest_modseq,
                                 archived: time,
                                 pec: pec.clone(),
+                                source_uid: None,
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(
@@ -413,6 +460,26 @@ impl Index {
                         }
                         folders.insert(fk, json(&fs))?;
                         folders.insert(tk, json(&ts))?;
+                    }
+                    Event::Handled { mailbox, transition, items } => {
+                        for i in items {
+                            let k = key(&[mailbox.as_bytes(), i.hash.as_bytes()]);
+                            let cur: Option<Handling> = get_json(handling, &k)?;
+                            let mut h = Handling::apply(cur.as_ref(), transition, time);
+                            h.vuid = i.vuid;
+                            set_handling(meta, handling, hstate, mailbox, &i.hash, cur.as_ref(), &h)?;
+                            // Its computed keywords changed: a new MODSEQ.
+                            let fk = key(&[mailbox.as_bytes(), i.folder.as_bytes()]);
+                            let mk = key(&[mailbox.as_bytes(), i.folder.as_bytes(), &i.uid.to_be_bytes()]);
+                            if let (Some(mut st), Some(mut m)) =
+                                (get_json::<FolderState>(folders, &fk)?, get_json::<MessageMeta>(msgs, &mk)?)
+                            {
+                                st.highest_modseq += 1;
+                                m.modseq = st.highest_modseq;
+                                folders.insert(fk, json(&st))?;
+                                msgs.insert(mk, json(&m))?;
+                            }
+                        }
                     }
                 }
                 set_applied(meta, seq)?;
@@ -553,6 +620,9 @@ impl Index {
             ("seen", &self.seen),
             ("seen_by", &self.seen_by),
             ("hidden", &self.hidden),
+            ("sent", &self.sent),
+            ("handling", &self.handling),
+            ("hstate", &self.hstate),
         ] {
             for kv in t.iter() {
                 let (k, v) = kv?;
@@ -582,6 +652,47 @@ impl Index {
         Ok(out)
     }
 
+    pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<Handling>, sled::Error> {
+        match self.handling.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))? {
+            Some(v) => Ok(Some(unjson(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn handling_all(&self, mailbox: &str) -> Result<Vec<(String, Handling)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.handling.scan_prefix(&p) {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k[p.len()..]).into_owned(), unjson(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Tracked messages in one of `states`, in view-UID order.
+    pub fn handling_in(&self, mailbox: &str, states: &[State]) -> Result<Vec<(String, Handling)>, sled::Error> {
+        let mut out = Vec::new();
+        for s in states {
+            let p = prefix(&[mailbox.as_bytes(), &[s.code()]]);
+            for kv in self.hstate.scan_prefix(&p) {
+                let (_, v) = kv?;
+                let hash = String::from_utf8_lossy(&v).into_owned();
+                if let Some(h) = self.handling(mailbox, &hash)? {
+                    out.push((hash, h));
+                }
+            }
+        }
+        if states.len() > 1 {
+            out.sort_by_key(|(_, h)| h.vuid);
+        }
+        Ok(out)
+    }
+
+    /// The last handling-view UID given out in `mailbox` (0: none).
+    pub fn last_vuid(&self, mailbox: &str) -> Result<u32, sled::Error> {
+        Ok(self.meta.get(key(&[b"vuid", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    }
+
     pub fn clear(&self) -> Result<(), sled::Error> {
         for t in [
             &self.meta,
@@ -594,6 +705,8 @@ impl Index {
             &self.seen_by,
             &self.hidden,
             &self.sent,
+            &self.handling,
+            &self.hstate,
         ] {
             t.clear()?;
         }

@@ -32,7 +32,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::BlobRef;
 pub use index::{FolderState, MessageMeta, ProviderEntry};
-pub use record::{Audit, Event, FlagOp, ProviderRef, Record};
+pub use record::{Audit, Event, FlagOp, HandledItem, ProviderRef, Record};
 
 use blobs::Blobs;
 use index::Index;
@@ -53,6 +53,10 @@ pub enum StoreError {
     Closed,
     #[error("{0}")]
     Invalid(String),
+    /// The request contradicts the current state (a handling transition
+    /// somebody else got first): an answer for the user, not a failure.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -75,6 +79,8 @@ pub enum Change {
         flags: Vec<String>,
         provider: Option<ProviderRef>,
         pec: Option<serde_json::Value>,
+        /// Track its handling from now, as the rules decided.
+        handling: Option<crate::handling::Routing>,
     },
     ProviderDeleted { mailbox: String, folder: String, uidvalidity: u32, uids: Vec<u32>, hashes: Vec<String>, gone: bool },
     ProviderReset { mailbox: String, folder: String, old_uidvalidity: u32, new_uidvalidity: u32 },
@@ -89,6 +95,11 @@ pub enum Change {
     /// Move messages to another folder of the same mailbox; the writer
     /// assigns their UIDs in `to` (created on first use).
     Move { mailbox: String, from: String, to: String, uids: Vec<u32> },
+    /// A handling transition on messages of `mailbox` (by blob hash). The
+    /// writer checks it against the current state, so of two people taking
+    /// the same message at once the first wins and the second gets
+    /// [`StoreError::Refused`]; nothing of a refused request is recorded.
+    Handle { mailbox: String, hashes: Vec<String>, transition: crate::handling::Transition },
 }
 
 /// What a committed change became.
@@ -205,6 +216,8 @@ impl Store {
             journal,
             index: index.clone(),
             folders: HashMap::new(),
+            handling: HashMap::new(),
+            vuids: HashMap::new(),
             notify: notify.clone(),
             failed: failed.clone(),
         };
@@ -335,6 +348,32 @@ impl Store {
 
     pub fn sent_states(&self, mailbox: &str) -> Result<Vec<crate::pec::reconcile::SentMessage>> {
         Ok(self.inner.index.sent_states(mailbox)?)
+    }
+
+    /// The handling of the message with blob `hash` in `mailbox`.
+    pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<crate::handling::Handling>> {
+        Ok(self.inner.index.handling(mailbox, hash)?)
+    }
+
+    /// Every tracked message of `mailbox`: (blob hash, handling).
+    pub fn handling_all(&self, mailbox: &str) -> Result<Vec<(String, crate::handling::Handling)>> {
+        Ok(self.inner.index.handling_all(mailbox)?)
+    }
+
+    /// Tracked messages of `mailbox` in one of `states` (an index scan by
+    /// state: opening `To handle` does not read the done ones).
+    pub fn handling_in(
+        &self,
+        mailbox: &str,
+        states: &[crate::handling::State],
+    ) -> Result<Vec<(String, crate::handling::Handling)>> {
+        Ok(self.inner.index.handling_in(mailbox, states)?)
+    }
+
+    /// The last UID given out in `mailbox`'s handling views (their UIDNEXT
+    /// is one more).
+    pub fn last_view_uid(&self, mailbox: &str) -> Result<u32> {
+        Ok(self.inner.index.last_vuid(mailbox)?)
     }
 
     pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>> {
@@ -534,6 +573,12 @@ struct Writer {
     /// Folder states as the writer knows them, ahead of the index during a
     /// batch (UIDs are assigned before the batch is written).
     folders: HashMap<(String, String), FolderState>,
+    /// Handling states changed by the batch being prepared (ahead of the
+    /// index, like `folders`), so two transitions in one batch see each
+    /// other.
+    handling: HashMap<(String, String), crate::handling::Handling>,
+    /// Last handling-view UID per mailbox, as the writer knows it.
+    vuids: HashMap<String, u32>,
     notify: broadcast::Sender<Notice>,
     failed: Arc<Mutex<Option<String>>>,
     write_latency: prometheus::HistogramVec,
@@ -588,6 +633,8 @@ impl Writer {
         let mut seen_hashes: HashMap<(String, String), (String, u32)> = HashMap::new();
         let now = Utc::now().trunc_subsecs(6);
         let snapshot = self.folders.clone();
+        let vuids_snapshot = self.vuids.clone();
+        self.handling.clear();
         for r in reqs {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
@@ -618,6 +665,7 @@ impl Writer {
         let started = std::time::Instant::now();
         if let Err(e) = self.journal.append(&mut records) {
             self.folders = snapshot;
+            self.vuids = vuids_snapshot;
             let why = format!("journal append: {e}");
             self.latch(why.clone());
             for (reply, _) in answers {
@@ -641,6 +689,11 @@ impl Writer {
             }
             if let Event::Moved { mailbox, to, .. } = &rec.event {
                 notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
+            }
+            if let Event::Handled { mailbox, items, .. } = &rec.event {
+                for i in items.iter().filter(|i| !i.folder.is_empty()) {
+                    notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+                }
             }
         }
         if !records.is_empty() {
@@ -704,7 +757,7 @@ impl Writer {
                 out.push(mk(&audit, Event::None, None, vec![]));
                 return Ok(out.len() - 1);
             }
-            Change::Archive { mailbox, folder, blob, internal_date, flags, provider, pec } => {
+            Change::Archive { mailbox, folder, blob, internal_date, flags, provider, pec, handling } => {
                 if !blobs::valid_hash(&blob.hash) {
                     return Err(StoreError::Invalid(format!("not a blob hash: {:?}", blob.hash)));
                 }
@@ -737,6 +790,8 @@ impl Writer {
                         provider,
                         duplicate: true,
                         pec: None,
+                        handling: None,
+                        view_uid: None,
                     },
                     None => {
                         let uid = st.uidnext;
@@ -747,6 +802,15 @@ impl Writer {
                         st.size += blob.size;
                         self.folders.insert((mailbox.clone(), folder.clone()), st);
                         seen.insert(hk, (folder.clone(), uid));
+                        let view_uid = match &handling {
+                            Some(r) => {
+                                let mut h = crate::handling::Handling::open(r, "system", now);
+                                h.vuid = self.next_vuid(&mailbox)?;
+                                self.handling.insert((mailbox.clone(), blob.hash.clone()), h.clone());
+                                Some(h.vuid)
+                            }
+                            None => None,
+                        };
                         Event::Archived {
                             mailbox,
                             folder,
@@ -758,6 +822,8 @@ impl Writer {
                             provider,
                             duplicate: false,
                             pec,
+                            handling,
+                            view_uid,
                         }
                     }
                 }
@@ -803,6 +869,35 @@ impl Writer {
                 self.folders.insert((mailbox.clone(), to.clone()), st);
                 Event::Moved { mailbox, from, to, moves }
             }
+            Change::Handle { mailbox, hashes, transition } => {
+                use crate::handling::Handling;
+                let mut items = Vec::new();
+                let mut next = Vec::new();
+                for hash in hashes {
+                    let k = (mailbox.clone(), hash.clone());
+                    let current = match self.handling.get(&k) {
+                        Some(h) => Some(h.clone()),
+                        None => self.index.handling(&mailbox, &hash)?,
+                    };
+                    let changes = Handling::check(current.as_ref(), &transition)
+                        .map_err(|r| StoreError::Refused(r.to_string()))?;
+                    if !changes {
+                        continue;
+                    }
+                    let (folder, uid) = self.index.find_hash(&mailbox, &hash)?.unwrap_or_default();
+                    let h = Handling::apply(current.as_ref(), &transition, now);
+                    items.push(HandledItem { hash: hash.clone(), folder, uid, from: current.map(|c| c.state), to: h.state, vuid: 0 });
+                    next.push((k, h));
+                }
+                // Checked all before changing any: a refused request leaves
+                // nothing behind.
+                for (item, (k, mut h)) in items.iter_mut().zip(next) {
+                    h.vuid = self.next_vuid(&mailbox)?;
+                    item.vuid = h.vuid;
+                    self.handling.insert(k, h);
+                }
+                Event::Handled { mailbox, transition, items }
+            }
         };
         let (folder, uids) = match &event {
             Event::Archived { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
@@ -811,10 +906,27 @@ impl Writer {
             | Event::SeenChanged { folder, uids, .. }
             | Event::Hidden { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
             Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
+            Event::Handled { items, .. } => (
+                items.first().map(|i| i.folder.clone()).filter(|f| !f.is_empty()),
+                items.iter().map(|i| i.uid).collect(),
+            ),
             _ => (None, vec![]),
         };
         out.push(mk(&audit, event, folder, uids));
         Ok(out.len() - 1)
+    }
+}
+
+impl Writer {
+    /// The next handling-view UID of `mailbox`.
+    fn next_vuid(&mut self, mailbox: &str) -> Result<u32> {
+        let last = match self.vuids.get(mailbox) {
+            Some(v) => *v,
+            None => self.index.last_vuid(mailbox)?,
+        };
+        let next = last.checked_add(1).ok_or_else(|| StoreError::Invalid(format!("{mailbox}: handling view UIDs exhausted")))?;
+        self.vuids.insert(mailbox.to_string(), next);
+        Ok(next)
     }
 }
 

@@ -46,6 +46,13 @@ pub enum Event {
         /// PEC classification and metadata (the `pec` module's JSON).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pec: Option<serde_json::Value>,
+        /// Set when the message's handling is tracked from its arrival: what
+        /// the routing rules decided (the `open` transition).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handling: Option<crate::handling::Routing>,
+        /// With `handling`: the message's UID in the handling views.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view_uid: Option<u32>,
     },
     /// Messages were removed from the provider (`gone` means they were found
     /// missing there rather than deleted by us).
@@ -83,6 +90,23 @@ pub enum Event {
     /// old UID in `from` with the new UID the writer assigned in `to`, so a
     /// rebuild reproduces them.
     Moved { mailbox: String, from: String, to: String, moves: Vec<(u32, u32)> },
+    /// Handling of messages changed (take in charge, assign, done, reopen):
+    /// the transition with its actor, and for each message (by blob hash,
+    /// which survives moves) where it was and its state before and after.
+    Handled { mailbox: String, transition: crate::handling::Transition, items: Vec<HandledItem> },
+}
+
+/// One message of a [`Event::Handled`] record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandledItem {
+    pub hash: String,
+    pub folder: String,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<crate::handling::State>,
+    pub to: crate::handling::State,
+    /// Its new UID in the handling views.
+    pub vuid: u32,
 }
 
 /// How a flag change combines with the flags a message already has.
@@ -129,7 +153,8 @@ impl Event {
             | Event::FlagsChanged { mailbox, .. }
             | Event::SeenChanged { mailbox, .. }
             | Event::Hidden { mailbox, .. }
-            | Event::Moved { mailbox, .. } => Some(mailbox),
+            | Event::Moved { mailbox, .. }
+            | Event::Handled { mailbox, .. } => Some(mailbox),
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct MailboxTask {
     pub shutdown: watch::Receiver<bool>,
     /// Providers' certificates, to check envelope and receipt signatures.
     pub trust: Option<Arc<crate::pec::signature::TrustStore>>,
+    /// Routing rules: which arriving certified messages are tracked for
+    /// handling, and assigned to whom.
+    pub rules: Arc<crate::handling::rules::Rules>,
 }
 
 /// One provider message as listed by `UID FETCH 1:* (UID RFC822.SIZE)`.
@@ -451,6 +454,7 @@ impl MailboxTask {
             uidvalidity,
             from_sent: self.cfg.sent_folder.as_deref() == Some(pfolder),
             trust: self.trust.clone(),
+            rules: self.rules.clone(),
         }
     }
 
@@ -608,22 +612,39 @@ struct Archiver {
     uidvalidity: u32,
     from_sent: bool,
     trust: Option<Arc<crate::pec::signature::TrustStore>>,
+    rules: Arc<crate::handling::rules::Rules>,
 }
 
 impl Archiver {
+    /// Handling of an arriving message: tracked certified messages (and
+    /// anomaly envelopes, where configured: those are then filed in INBOX)
+    /// get what the routing rules decide, and the rule's keywords.
+    fn route(&self, raw: &[u8], filing: &mut filing::Filing) -> (Option<crate::handling::Routing>, Vec<String>) {
+        let kind = &filing.meta.classification.kind;
+        let inbox_kind = filing.folder == filing::INBOX || *kind == crate::pec::PecKind::Anomalia;
+        if self.from_sent || !inbox_kind || !self.rules.tracks(&self.alias, kind) {
+            return (None, Vec::new());
+        }
+        filing.folder = filing::INBOX.to_string();
+        let facts = crate::handling::rules::Facts::of(raw);
+        let d = self.rules.route(&self.alias, &facts, Utc::now());
+        (Some(d.routing), d.keywords)
+    }
+
     /// Write each blob (fsynced, in parallel), then commit the window as one
     /// journal batch (one fsync). Returns the new provider entries.
     async fn archive(self, msgs: Vec<(u32, DateTime<Utc>, Vec<u8>)>) -> Result<Vec<(u32, ProviderEntry)>, SyncError> {
         let mut writes = Vec::with_capacity(msgs.len());
         for (uid, date, raw) in msgs {
-            let filing = filing::file(&raw, self.from_sent, date, self.trust.as_deref());
+            let mut filing = filing::file(&raw, self.from_sent, date, self.trust.as_deref());
+            let routed = self.route(&raw, &mut filing);
             let store = self.store.clone();
             let blob = tokio::spawn(async move { store.put_blob(raw).await });
-            writes.push((uid, date, filing, blob));
+            writes.push((uid, date, filing, routed, blob));
         }
         let mut batch = Vec::with_capacity(writes.len());
         let mut entries = Vec::with_capacity(writes.len());
-        for (uid, date, filing, blob) in writes {
+        for (uid, date, filing, (handling, flags), blob) in writes {
             let blob: BlobRef = blob.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??;
             entries.push((uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: date }));
             let pec = serde_json::to_value(&filing.meta).ok();
@@ -634,9 +655,10 @@ impl Archiver {
                     folder: filing.folder,
                     blob,
                     internal_date: date,
-                    flags: Vec::new(),
+                    flags,
                     provider: Some(ProviderRef { folder: self.pfolder.clone(), uidvalidity: self.uidvalidity, uid }),
                     pec,
+                    handling,
                 },
             ));
         }

@@ -1,0 +1,1 @@
+//! The handling register (filled in below).
