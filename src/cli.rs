@@ -87,6 +87,83 @@ pub enum Command {
     /// PEC messages.
     #[command(subcommand)]
     Pec(PecCmd),
+    /// Routing rules: which office or person an arriving certified message
+    /// is assigned to (`[[rule]]`, `[[office]]` in the configuration).
+    #[command(subcommand)]
+    Rules(RulesCmd),
+    /// The handling of incoming certified messages (new, assigned, taken,
+    /// done).
+    #[command(subcommand)]
+    Handling(HandlingCmd),
+}
+
+#[derive(Subcommand)]
+pub enum RulesCmd {
+    /// Show which rule matches a message and why, condition by condition,
+    /// and what it would be assigned to.
+    Test {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        /// The message as received (.eml: the provider's envelope).
+        file: PathBuf,
+        /// Only this mailbox's rules (default: every mailbox).
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+    /// Re-run the rules over a mailbox's archived INBOX messages that are
+    /// still new (or not tracked yet, e.g. archived before handling
+    /// existed): after adding or fixing a rule. It opens the archive, so
+    /// the daemon must be stopped first (`systemctl stop pecgate`), also
+    /// for --dry-run.
+    Apply {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        mailbox: String,
+        /// Count what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HandlingCmd {
+    /// The handling register: one row per message (received, sender,
+    /// subject, rule, assigned/taken/done by whom and when, waiting and
+    /// handling times, deadline met or missed) and a summary per office.
+    /// Read from the journal: runs beside the daemon. Times are RFC 3339
+    /// or YYYY-MM-DD (UTC); --since inclusive, --until exclusive, on the
+    /// time received.
+    Report {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// An office name, or `none` for messages not assigned to one.
+        #[arg(long)]
+        office: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Judge deadlines and waiting times as of this time (default: now).
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+/// How `handling report` prints the register.
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Jsonl,
+    Html,
 }
 
 #[derive(Subcommand)]
@@ -321,6 +398,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::sim::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
+        cmd @ (Command::Rules(_) | Command::Handling(_)) => handling_command(cmd),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {
@@ -357,6 +435,67 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 
 /// A progress bar on standard error, shown only on a terminal (hidden for
 /// scripts and tests) and only for runs long enough to need it.
+fn handling_command(cmd: Command) -> anyhow::Result<ExitCode> {
+    use crate::handling::commands;
+    match cmd {
+        Command::Rules(RulesCmd::Test { config, file, mailbox }) => {
+            let cfg = daemon::load_config(&config)?;
+            print!("{}", commands::rules_test(&cfg, &file, mailbox.as_deref())?);
+        }
+        Command::Rules(RulesCmd::Apply { config, mailbox, dry_run, json }) => {
+            let cfg = daemon::load_config(&config)?;
+            let s = daemon::open_store(&cfg)?;
+            let bar = commands::progress_bar("messages");
+            let rep = runtime()?.block_on(commands::rules_apply(&cfg, &s, &mailbox, dry_run, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            }));
+            bar.finish_and_clear();
+            s.close()?;
+            let rep = rep?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                println!(
+                    "{mailbox}: {} certified messages examined; {} {} tracked, {} {} assigned, {} unchanged",
+                    rep.examined,
+                    rep.opened,
+                    if dry_run { "would be newly" } else { "newly" },
+                    rep.assigned,
+                    if dry_run { "would be" } else { "now" },
+                    rep.unchanged
+                );
+                for (rule, n) in &rep.by_rule {
+                    println!("  {rule}: {n}");
+                }
+            }
+        }
+        Command::Handling(HandlingCmd::Report { config, mailbox, office, since, until, format, now }) => {
+            let cfg = daemon::load_config(&config)?;
+            let filter = commands::ReportFilter {
+                mailbox,
+                office,
+                since: since.as_deref().map(audit::parse_time).transpose()?,
+                until: until.as_deref().map(audit::parse_time).transpose()?,
+            };
+            let now = match now {
+                Some(t) => audit::parse_time(&t)?,
+                None => crate::handling::now(),
+            };
+            let rows = commands::report_rows(&cfg.store.data_dir, &filter, now)?;
+            let f = match format {
+                ReportFormat::Table => "table",
+                ReportFormat::Csv => "csv",
+                ReportFormat::Jsonl => "jsonl",
+                ReportFormat::Html => "html",
+            };
+            print!("{}", crate::handling::register::render(&rows, f).map_err(anyhow::Error::msg)?);
+        }
+        _ => unreachable!("handling_command called with another command"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn progress_bar() -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();

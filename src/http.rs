@@ -139,7 +139,7 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics task failed"),
             }
         }
-        "/api/mailboxes" | "/api/sent" | "/api/audit" => {
+        "/api/mailboxes" | "/api/sent" | "/api/audit" | "/api/handling" => {
             let user = match authenticate(st, peer, &req).await {
                 Ok(u) => u,
                 Err(r) => return r,
@@ -147,6 +147,7 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
             match path.as_str() {
                 "/api/mailboxes" => mailboxes(st, &user),
                 "/api/sent" => sent(st, &user, &params).await,
+                "/api/handling" => handling(st, &user, &params).await,
                 _ => audit_query(st, &user, peer, &params).await,
             }
         }
@@ -292,6 +293,47 @@ async fn sent(st: &HttpState, user: &User, params: &HashMap<String, String>) -> 
     .await;
     match res {
         Ok(Ok(list)) => json_resp(StatusCode::OK, &json!({ "sent": list })),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),
+    }
+}
+
+/// `/api/handling?mailbox=M[&office=O]`: the handling register of one
+/// mailbox (rows and per-office summary, as `pecgate handling report`), for
+/// users with the `audit` role or `triage` on the mailbox.
+async fn handling(st: &HttpState, user: &User, params: &HashMap<String, String>) -> Resp {
+    let Some(mailbox) = params.get("mailbox").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "mailbox= is required");
+    };
+    if !(user.roles.contains("audit") || user.may(&mailbox, Right::Triage)) {
+        return error(StatusCode::FORBIDDEN, "the audit role or triage on this mailbox is required");
+    }
+    let office = params.get("office").cloned();
+    let store = st.metrics.store().clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Value, crate::store::StoreError> {
+        use crate::handling::register;
+        let now = crate::handling::now();
+        let mut rows = Vec::new();
+        for (hash, h) in store.handling_all(&mailbox)? {
+            let pec = match store.find_hash(&mailbox, &hash)? {
+                Some((folder, uid)) => store
+                    .message(&mailbox, &folder, uid)?
+                    .or(store.hidden_message(&mailbox, &folder, uid)?)
+                    .and_then(|m| m.pec),
+                None => None,
+            };
+            let row = register::Row::new(&mailbox, &hash, &h, &register::sender_subject(pec.as_ref()), now);
+            if office.as_deref().is_none_or(|o| o == register::row_office(&row)) {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|r| r.received);
+        let summary = register::summary(&rows);
+        Ok(json!({ "messages": rows, "offices": summary }))
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => json_resp(StatusCode::OK, &v),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "query task failed"),
     }

@@ -329,6 +329,10 @@ impl Metrics {
             &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
             now,
         )?;
+        self.collect_handling(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+        )?;
         self.collect_events(
             &r,
             &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
@@ -423,6 +427,65 @@ impl Metrics {
                 recipients
                     .with_label_values(&[alias.as_str(), label])
                     .set(*by_status.get(label).unwrap_or(&0) as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handling of incoming certified messages, by mailbox and office.
+    fn collect_handling(&self, r: &Reg, mailboxes: &[String]) -> Result<(), MetricsError> {
+        let l = &["mailbox", "office"];
+        let messages = r.gauge_vec(
+            "pecgate_handling_messages",
+            "Tracked incoming certified messages by handling state (office \"none\": not assigned to an office).",
+            &["mailbox", "office", "state"],
+        )?;
+        let oldest = r.gauge_vec(
+            "pecgate_handling_oldest_waiting_seconds",
+            "Age of the oldest message not taken in charge yet (0 if none waits).",
+            l,
+        )?;
+        let overdue = r.gauge_vec(
+            "pecgate_handling_overdue_messages",
+            "Messages past their deadline and not done.",
+            l,
+        )?;
+        let buckets = vec![
+            3600.0, 14400.0, 28800.0, 86400.0, 172800.0, 259200.0, 604800.0, 1209600.0, 2592000.0, 5184000.0,
+            7776000.0,
+        ];
+        let to_take = r.add(prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "pecgate_handling_time_to_take_seconds",
+                "From arrival to taken in charge, every message taken so far.",
+            )
+            .buckets(buckets.clone()),
+            l,
+        )?)?;
+        let to_done = r.add(prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "pecgate_handling_time_to_done_seconds",
+                "From arrival to done, every message done so far.",
+            )
+            .buckets(buckets),
+            l,
+        )?)?;
+        let now = crate::handling::now();
+        for alias in mailboxes {
+            let all = self.store.handling_all(alias).unwrap_or_default();
+            for (office, s) in crate::handling::stats(all.iter().map(|(_, h)| h), now) {
+                let lv = &[alias.as_str(), office.as_str()];
+                for (i, st) in crate::handling::State::ALL.iter().enumerate() {
+                    messages
+                        .with_label_values(&[alias.as_str(), office.as_str(), st.as_str()])
+                        .set(s.by_state[i] as f64);
+                }
+                oldest.with_label_values(lv).set(s.oldest_waiting);
+                overdue.with_label_values(lv).set(s.overdue as f64);
+                let h = to_take.with_label_values(lv);
+                s.to_take.iter().for_each(|v| h.observe(*v));
+                let h = to_done.with_label_values(lv);
+                s.to_done.iter().for_each(|v| h.observe(*v));
             }
         }
         Ok(())

@@ -213,6 +213,7 @@ fn sent_pec_is_relayed_archived_and_reconciled() {
                 flags: vec![],
                 provider: None,
                 pec: None,
+                handling: None,
             },
         ))
         .unwrap();

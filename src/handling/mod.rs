@@ -5,10 +5,12 @@
 //! folders and keywords); every step is a journal record, so the state is
 //! rebuilt from the journal like everything else in the index.
 //!
-//! This module is pure: the state machine ([`Handling`]), the routing rules
-//! and the register's arithmetic. The store applies transitions; the IMAP
-//! server offers them as folders.
+//! This module is pure (the state machine [`Handling`], the routing rules,
+//! the register's arithmetic) but for [`commands`], the command line's
+//! side. The store applies transitions; the IMAP server offers them as
+//! folders.
 
+pub mod commands;
 pub mod register;
 pub mod rules;
 
@@ -321,6 +323,62 @@ impl Handling {
     pub fn is_for(&self, user: &str, offices: &[&str]) -> bool {
         self.person.as_deref() == Some(user) || self.office.as_deref().is_some_and(|o| offices.contains(&o))
     }
+}
+
+/// "Now" for deadlines and waiting times: the clock, moved by
+/// `PECGATE_TEST_CLOCK_OFFSET` seconds when that variable is set (tests
+/// make a message overdue without waiting 30 days; never set it in
+/// production).
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    match std::env::var("PECGATE_TEST_CLOCK_OFFSET").ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+        Some(secs) => t + chrono::Duration::seconds(secs),
+        None => t,
+    }
+}
+
+/// The office label of a message (`none` when not assigned to an office).
+pub fn office_label(h: &Handling) -> &str {
+    h.office.as_deref().unwrap_or("none")
+}
+
+/// What the metrics show of one office (or `none`) of one mailbox.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OfficeStats {
+    /// Messages by state, in [`State::ALL`] order.
+    pub by_state: [u64; 4],
+    /// Age in seconds of the oldest message not taken yet.
+    pub oldest_waiting: f64,
+    /// Past their deadline and not done.
+    pub overdue: u64,
+    /// Seconds from arrival to taken, of every taken message.
+    pub to_take: Vec<f64>,
+    /// Seconds from arrival to done, of every done message.
+    pub to_done: Vec<f64>,
+}
+
+/// Per-office statistics of a mailbox's tracked messages at `now`.
+pub fn stats<'a>(items: impl IntoIterator<Item = &'a Handling>, now: DateTime<Utc>) -> std::collections::BTreeMap<String, OfficeStats> {
+    let secs = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_milliseconds().max(0) as f64 / 1e3;
+    let mut out: std::collections::BTreeMap<String, OfficeStats> = std::collections::BTreeMap::new();
+    for h in items {
+        let s = out.entry(office_label(h).to_string()).or_default();
+        let i = State::ALL.iter().position(|x| *x == h.state).unwrap_or(0);
+        s.by_state[i] += 1;
+        if matches!(h.state, State::New | State::Assigned) {
+            s.oldest_waiting = s.oldest_waiting.max(secs(h.arrived, now));
+        }
+        if h.is_overdue(now) {
+            s.overdue += 1;
+        }
+        if let Some(t) = h.taken_at {
+            s.to_take.push(secs(h.arrived, t));
+        }
+        if let Some(t) = h.done_at {
+            s.to_done.push(secs(h.arrived, t));
+        }
+    }
+    out
 }
 
 /// Which handling view a virtual folder is.

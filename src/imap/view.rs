@@ -285,7 +285,7 @@ impl View {
     /// The folder's messages in UID order, and which of them this user has
     /// seen, at the current time.
     pub fn snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
-        self.snapshot_at(f, Utc::now())
+        self.snapshot_at(f, crate::handling::now())
     }
 
     /// The folder's messages as of `now` (the time decides `$PecOverdue`).

@@ -14,6 +14,7 @@ fn archive(mailbox: &str, folder: &str, blob: BlobRef) -> Change {
         flags: vec![],
         provider: None,
         pec: None,
+        handling: None,
     }
 }
 

@@ -126,6 +126,7 @@ async fn archive_pec(
                 flags: vec![],
                 provider: None,
                 pec: Some(serde_json::to_value(&filing.meta).expect("pec meta json")),
+                handling: None,
             },
         )
         .await
@@ -166,6 +167,7 @@ pub fn start_with(setup: Setup) -> Gateway {
                         flags: vec![],
                         provider: None,
                         pec: None,
+                        handling: None,
                     },
                 )
                 .await
@@ -188,6 +190,7 @@ pub fn start_with(setup: Setup) -> Gateway {
                     flags: vec![],
                     provider: None,
                     pec: None,
+                    handling: None,
                 },
             )
             .await
