@@ -473,7 +473,11 @@ impl Metrics {
         let now = crate::handling::now();
         for alias in mailboxes {
             let all = self.store.handling_all(alias).unwrap_or_default();
-            for (office, s) in crate::handling::stats(all.iter().map(|(_, h)| h), now) {
+            let mut by_office = crate::handling::stats(all.iter().map(|(_, h)| h), now);
+            // Always a series per mailbox, so dashboards and alerts see 0
+            // rather than nothing before the first tracked message.
+            by_office.entry("none".into()).or_default();
+            for (office, s) in by_office {
                 let lv = &[alias.as_str(), office.as_str()];
                 for (i, st) in crate::handling::State::ALL.iter().enumerate() {
                     messages

@@ -326,12 +326,12 @@ impl Handling {
 }
 
 /// "Now" for deadlines and waiting times: the clock, moved by
-/// `PECGATE_TEST_CLOCK_OFFSET` seconds when that variable is set (tests
+/// `TEST_PECGATE_CLOCK_OFFSET` seconds when that variable is set (tests
 /// make a message overdue without waiting 30 days; never set it in
-/// production).
+/// production). Not `PECGATE_*`: those are configuration overrides.
 pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
-    match std::env::var("PECGATE_TEST_CLOCK_OFFSET").ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+    match std::env::var("TEST_PECGATE_CLOCK_OFFSET").ok().and_then(|v| v.trim().parse::<i64>().ok()) {
         Some(secs) => t + chrono::Duration::seconds(secs),
         None => t,
     }

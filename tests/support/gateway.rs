@@ -22,6 +22,8 @@ pub struct Gateway {
     started_at: chrono::DateTime<chrono::Utc>,
     /// Extra configuration after `[store]` (mailboxes, upstream, …).
     body: String,
+    /// Environment for `serve` (beyond the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 /// A `[[mailbox]]` table for a Dovecot user on loopback without TLS.
@@ -47,6 +49,7 @@ impl Gateway {
             child: None,
             started_at: chrono::Utc::now(),
             body: body.to_string(),
+            env: Vec::new(),
         };
         g.write_config(body);
         g
@@ -69,6 +72,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,pecgate=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
