@@ -94,7 +94,7 @@ fn message(i: usize, size: usize, tag: &str) -> Vec<u8> {
 }
 
 enum Session {
-    Tls(mail_send::SmtpClient<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Tls(Box<mail_send::SmtpClient<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
     Plain(mail_send::SmtpClient<tokio::net::TcpStream>),
 }
 
@@ -112,7 +112,7 @@ async fn connect(t: &Target) -> Session {
             // without this, Nagle holds it for the server's delayed ACK
             // (~40 ms on Linux), which would be measured as latency.
             let _ = c.stream.get_ref().0.set_nodelay(true);
-            Session::Tls(c)
+            Session::Tls(Box::new(c))
         }
         None => {
             let tls = pecgate::tls::client_config(None).expect("TLS client configuration");

@@ -155,6 +155,40 @@ print('incomplete', n); sys.exit(1)
     assert!(holds("legale/INBOX", "POSTA CERTIFICATA: Benvenuto in pecgate"), "welcome envelope not in legale/INBOX:\n{text}");
     assert!(maildir.join("legale/Anomalies/cur").is_dir(), "nested folder legale/Anomalies not created:\n{text}");
 
+    // Offloaded: the gateway expunged everything it archived from the
+    // simulated provider's mailboxes (pecgate's IMAP server there, one
+    // login per mailbox), so they are empty over IMAP.
+    let secrets: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("demo-secrets.json")).unwrap()).unwrap();
+    let provider = info["simulated_provider"]["imap"].as_str().unwrap().to_string();
+    let script = r#"
+import imaplib, sys, time
+host, port = sys.argv[1].rsplit(':', 1)
+for _ in range(60):
+    n = []
+    for user, pw in zip(sys.argv[2::2], sys.argv[3::2]):
+        m = imaplib.IMAP4(host, int(port))
+        m.login(user, pw)
+        n.append(int(m.select('INBOX')[1][0]))
+        m.logout()
+    if n == [0] * len(n):
+        print('empty'); sys.exit(0)
+    time.sleep(1)
+print('left on the provider', n); sys.exit(1)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &provider])
+        .args(["protocollo", secrets["provider"]["protocollo"].as_str().unwrap()])
+        .args(["legale", secrets["provider"]["legale"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("err.txt")).unwrap()
+    );
+
     // Ctrl-C stops everything cleanly.
     let _ = Command::new("kill").args(["-INT", &demo.0.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(60);
