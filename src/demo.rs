@@ -1,19 +1,20 @@
-//! `pecgate demo`: a complete, throw-away installation in one command.
+//! `pecgate demo`: a complete, throw-away installation in one command,
+//! with nothing to install beside pecgate itself.
 //!
-//! It starts a throw-away Dovecot holding two simulated PEC mailboxes
-//! (Dovecot must be installed: the simulator needs a real IMAP server for
-//! the mailboxes pecgate syncs from, and pecgate's own IMAP server serves
-//! the archive, not provider mailboxes), the PEC provider simulator
-//! in-process, and the gateway itself (`serve`) with self-signed TLS, two
-//! PEC mailboxes and two users. It prints how to connect mail clients (Thunderbird, swaks),
-//! writes the same as JSON to `<data-dir>/demo.json`, sends a welcome PEC so
+//! It starts, in this one process, the PEC provider simulator with two
+//! simulated PEC mailboxes (kept in a pecgate archive of its own under
+//! `<data-dir>/provider/` and served over IMAP on loopback by pecgate's own
+//! IMAP server code, see `sim::mailstore`), and the gateway itself (`serve`)
+//! configured against it, with self-signed TLS, two PEC mailboxes and two
+//! users. It prints how to connect mail clients (Thunderbird, mbsync,
+//! swaks), writes the same as JSON to `<data-dir>/demo.json` (and a ready
+//! mbsync configuration to `<data-dir>/mbsyncrc`), sends a welcome PEC so
 //! the folders are not empty, and runs until Ctrl-C.
 
 use std::fmt::Write as _;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -21,7 +22,8 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::json;
 
 const DOMAIN: &str = "pec.demo.test";
-/// (alias, local part, Dovecot user)
+/// (alias, local part); the alias is also the mailbox's login at the
+/// simulated provider.
 const MAILBOXES: [(&str, &str); 2] = [("protocollo", "protocollo"), ("legale", "ufficio.legale")];
 
 fn password() -> String {
@@ -32,110 +34,15 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_port(port: u16, what: &str, child: Option<&mut Child>) -> anyhow::Result<()> {
+fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut child = child;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(c) = child.as_deref_mut() {
-            if let Ok(Some(st)) = c.try_wait() {
-                bail!("{what} exited ({st}) before listening on port {port}");
-            }
-        }
         if Instant::now() > deadline {
             bail!("{what} did not listen on port {port} within 30 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// A Dovecot run by the demo, stopped on drop.
-struct Dovecot {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn id(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("id").args(args).output().context("running id")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Start Dovecot with one user per `(name, password)`, maildirs under `dir`.
-fn start_dovecot(dir: &Path, users: &[(String, String)]) -> anyhow::Result<Dovecot> {
-    let bin = which("dovecot").context(
-        "`pecgate demo` needs Dovecot for the simulated provider's mailboxes, and `dovecot` is not on PATH \
-         (Debian/Ubuntu: apt-get install dovecot-imapd)",
-    )?;
-    std::fs::create_dir_all(dir)?;
-    for sub in ["run", "state", "home"] {
-        std::fs::create_dir_all(dir.join(sub))?;
-    }
-    let root = libc_geteuid() == 0;
-    let (login, internal, group, uid, gid) = if root {
-        // Dovecot refuses to run login and mail processes as root.
-        let uid: u32 = id(&["-u", "dovecot"])?.parse().context("no `dovecot` system user")?;
-        let gid: u32 = id(&["-g", "dovecot"])?.parse().context("no `dovecot` system group")?;
-        std::os::unix::fs::chown(dir.join("home"), Some(uid), Some(gid))?;
-        ("dovenull".to_string(), "dovecot".to_string(), "dovecot".to_string(), uid, gid)
-    } else {
-        let me = id(&["-un"])?;
-        let (uid, gid) = (id(&["-u"])?.parse()?, id(&["-g"])?.parse()?);
-        (me.clone(), me, id(&["-gn"])?, uid, gid)
-    };
-    for p in [dir.to_path_buf(), dir.join("run"), dir.join("state"), dir.join("home")] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-    }
-    let mut passwd = String::new();
-    for (u, p) in users {
-        writeln!(passwd, "{u}:{{PLAIN}}{p}:{uid}:{gid}::{}::", dir.join("home").join(u).display())?;
-    }
-    std::fs::write(dir.join("passwd"), passwd)?;
-    std::fs::set_permissions(dir.join("passwd"), std::fs::Permissions::from_mode(0o644))?;
-    let port = free_port()?;
-    let r = dir.display();
-    let conf = format!(
-        "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {r}/run\nstate_dir = {r}/state\nlog_path = {r}/dovecot.log\n\
-         default_login_user = {login}\ndefault_internal_user = {internal}\ndefault_internal_group = {group}\n\
-         first_valid_uid = {uid}\nlast_valid_uid = 0\nfirst_valid_gid = 1\nlast_valid_gid = 0\n\
-         mail_location = maildir:~/Maildir\nmail_save_crlf = yes\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nssl = no\n\
-         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {r}/passwd\n}}\nuserdb {{\n  driver = passwd-file\n  args = {r}/passwd\n}}\n\
-         service anvil {{\n  chroot =\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
-           inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
-    );
-    let conf_path = dir.join("dovecot.conf");
-    std::fs::write(&conf_path, conf)?;
-    let mut child = Command::new(bin)
-        .args(["-F", "-c"])
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting dovecot")?;
-    if let Err(e) = wait_port(port, "dovecot", Some(&mut child)) {
-        let log = std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default();
-        let _ = child.kill();
-        bail!("{e}\n{log}");
-    }
-    Ok(Dovecot { child, port })
-}
-
-fn libc_geteuid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1)
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Ports of the gateway's client listeners, from `base`.
@@ -168,8 +75,8 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
         smtps: base_port.checked_add(465).context("--base-port too large")?,
         submission: base_port.checked_add(587).context("--base-port too large")?,
     };
-    // Provider mailboxes (Dovecot users) with their provider passwords;
-    // kept across runs with the same data dir.
+    // Provider mailboxes with their provider passwords, and the users'
+    // passwords; kept across runs with the same data dir.
     let secrets_path = dir.join("demo-secrets.json");
     let secrets: serde_json::Value = match std::fs::read(&secrets_path) {
         Ok(b) => serde_json::from_slice(&b)?,
@@ -184,18 +91,17 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
         }
     };
     let secret = |a: &str, b: &str| secrets[a][b].as_str().map(str::to_string).context("demo-secrets.json is damaged");
-    let dv_users: Vec<(String, String)> =
-        MAILBOXES.iter().map(|(alias, _)| Ok((alias.to_string(), secret("provider", alias)?))).collect::<anyhow::Result<_>>()?;
-    let dovecot = start_dovecot(&dir.join("provider-mailboxes"), &dv_users)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        // The simulated provider.
-        let sim_port = free_port()?;
+        // The simulated provider: SMTP submission, and its mailboxes in its
+        // own archive served over IMAP (plain, on loopback).
+        let (sim_port, sim_imap_port) = (free_port()?, free_port()?);
+        let provider_dir = dir.join("provider");
         let sim_cfg = crate::sim::SimConfig {
             listen: format!("127.0.0.1:{sim_port}"),
             domains: vec![DOMAIN.into()],
-            pki_dir: dir.join("provider-pki"),
+            pki_dir: provider_dir.join("pki"),
             provider_name: "pecgate demo PEC provider".into(),
             receipt_delay: Duration::from_secs(2),
             failure_rate: 0.0,
@@ -207,12 +113,16 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                         address: format!("{local}@{DOMAIN}"),
                         password: secret("provider", alias)?,
                         imap_host: "127.0.0.1".into(),
-                        imap_port: dovecot.port,
+                        imap_port: sim_imap_port,
                         imap_user: alias.to_string(),
                         imap_password: secret("provider", alias)?,
                     })
                 })
                 .collect::<anyhow::Result<_>>()?,
+            mailstore: Some(crate::sim::mailstore::MailStoreConfig {
+                data_dir: provider_dir.join("mailboxes"),
+                imap_listen: format!("127.0.0.1:{sim_imap_port}"),
+            }),
         };
         let (sim_stop, sim_rx) = tokio::sync::watch::channel(false);
         let sim = crate::sim::start(sim_cfg, sim_rx).await?;
@@ -251,7 +161,7 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                  imap = {{ host = \"127.0.0.1\", port = {imap}, tls = \"none\" }}\nsmtp = {{ host = \"127.0.0.1\", port = {sim_port}, tls = \"none\" }}\n\
                  poll_interval = \"2s\"\n\n",
                 pw = secret("provider", alias)?,
-                imap = dovecot.port,
+                imap = sim_imap_port,
             )?;
         }
         let users = [
@@ -271,7 +181,15 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
 
         let serve = tokio::spawn(crate::daemon::serve(config_path.clone()));
         let smtps = ports.smtps;
-        tokio::task::spawn_blocking(move || wait_port(smtps, "pecgate", None)).await??;
+        tokio::task::spawn_blocking(move || wait_port(smtps, "pecgate")).await??;
+
+        // mbsync, ready to run: mario's folders into a Maildir.
+        let mbsyncrc = dir.join("mbsyncrc");
+        let maildir = dir.join("mbsync-maildir");
+        let mbsync = mbsync_config(ports.imaps, "mario", &secret("users", "mario")?, &ca_file, &maildir);
+        std::fs::create_dir_all(&maildir)?;
+        std::fs::write(&mbsyncrc, &mbsync)?;
+        std::fs::set_permissions(&mbsyncrc, std::fs::Permissions::from_mode(0o600))?;
 
         let info = json!({
             "data_dir": dir,
@@ -285,10 +203,21 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                 { "name": "anna", "password": secret("users", "anna")?, "can_send_from": [], "folders": ["legale/… (read only)"] },
             ],
             "mailboxes": MAILBOXES.iter().map(|(a, l)| json!({"alias": a, "address": format!("{l}@{DOMAIN}")})).collect::<Vec<_>>(),
-            "simulated_provider": { "smtp": sim.addr.to_string(), "domain": DOMAIN, "ca_file": sim.ca_file },
+            "mbsync": {
+                "config": mbsyncrc,
+                "maildir": maildir,
+                "command": format!("mbsync -c {} -a", mbsyncrc.display()),
+            },
+            "simulated_provider": {
+                "smtp": sim.addr.to_string(),
+                "imap": sim.imap_addr.map(|a| a.to_string()),
+                "mailboxes_dir": provider_dir.join("mailboxes"),
+                "domain": DOMAIN,
+                "ca_file": sim.ca_file,
+            },
         });
         std::fs::write(dir.join("demo.json"), serde_json::to_vec_pretty(&info)?)?;
-        print_instructions(&info, &ports);
+        print_instructions(&info, &ports, &mbsync);
 
         // A welcome PEC, so folders are not empty.
         if let Err(e) = welcome(&ca_file, ports.smtps, &secret("users", "mario")?).await {
@@ -297,13 +226,29 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
         let result = serve.await;
         let _ = sim_stop.send(true);
         let _ = sim.task.await;
-        drop(dovecot);
         result??;
         anyhow::Ok(())
     })
 }
 
-fn print_instructions(info: &serde_json::Value, p: &Ports) {
+/// An mbsync (isync 1.4) configuration syncing every folder of `user` into
+/// a Maildir under `maildir`. `SubFolders Verbatim` lets the near side hold
+/// the nested folders (`legale/Anomalies`); `SyncState *` keeps mbsync's
+/// state inside that Maildir; the CA file is trusted for the demo's
+/// certificate (issued for 127.0.0.1, the host dialled).
+fn mbsync_config(port: u16, user: &str, password: &str, ca: &Path, maildir: &Path) -> String {
+    let (ca, md) = (ca.display(), maildir.display());
+    format!(
+        "IMAPAccount pecgate-demo\nHost 127.0.0.1\nPort {port}\nUser {user}\nPass {password}\nSSLType IMAPS\n\
+         CertificateFile {ca}\nAuthMechs LOGIN\n\n\
+         IMAPStore pecgate-demo-remote\nAccount pecgate-demo\n\n\
+         MaildirStore pecgate-demo-local\nPath {md}/\nInbox {md}/INBOX\nSubFolders Verbatim\n\n\
+         Channel pecgate-demo\nFar :pecgate-demo-remote:\nNear :pecgate-demo-local:\nPatterns *\nCreate Near\n\
+         Sync All\nExpunge None\nSyncState *\n"
+    )
+}
+
+fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
     let pw = |i: usize| info["users"][i]["password"].as_str().unwrap_or("").to_string();
     let ca = info["ca_file"].as_str().unwrap_or("");
     println!(
@@ -318,6 +263,10 @@ fn print_instructions(info: &serde_json::Value, p: &Ports) {
          swaks (send a PEC from protocollo to the legal office):\n\
          \x20 swaks --server 127.0.0.1:{smtps} --tls-on-connect --auth PLAIN --auth-user mario --auth-password {mario} \\\n\
          \x20       --from protocollo@{DOMAIN} --to ufficio.legale@{DOMAIN} --header 'Subject: Prova PEC'\n\n\
+         mbsync (mario's folders into {dir}/mbsync-maildir): run\n\
+         \x20 mbsync -c {dir}/mbsyncrc -a\n\
+         with this configuration (written there; put it in ~/.mbsyncrc to use it as is):\n\
+         ----- mbsyncrc -----\n{mbsync}----- end -----\n\n\
          The same settings are in {dir}/demo.json\n",
         dir = info["data_dir"].as_str().unwrap_or(""),
         imaps = p.imaps,

@@ -6,18 +6,26 @@
 //! e.g. `From` is not the authenticated account), wraps the original in a
 //! signed transport envelope for each certified recipient and puts it in the
 //! recipient's mailbox, then sends the sender a delivery receipt (complete
-//! form) or a non-delivery notice. Mailboxes live on a real IMAP server
-//! (Dovecot) and are filled with IMAP APPEND, so pecgate syncs them exactly
-//! as it would a real provider's.
+//! form) or a non-delivery notice. The mailboxes are served over IMAP, so
+//! pecgate syncs them exactly as it would a real provider's, in one of two
+//! ways:
+//!
+//! * with `[mailstore]` (what `pecgate demo` uses): the simulator keeps them
+//!   itself, in a pecgate archive of its own served by pecgate's IMAP
+//!   server code ([`mailstore`]); nothing else to install;
+//! * without it: they live on a real IMAP server (Dovecot, in the tests)
+//!   and the simulator fills them with IMAP APPEND ([`deliver`]).
 //!
 //! * [`pki`]: the CA and signing certificate (kept on disk across restarts).
 //! * [`build`]: the provider messages (pure).
-//! * [`deliver`]: IMAP APPEND into a mailbox.
+//! * [`deliver`]: IMAP APPEND into a mailbox on a real IMAP server.
+//! * [`mailstore`]: the simulator's own mailboxes and their IMAP server.
 //! * this file: configuration, the SMTP listener and what happens to a
 //!   submission.
 
 pub mod build;
 pub mod deliver;
+pub mod mailstore;
 pub mod pki;
 
 use std::net::SocketAddr;
@@ -63,6 +71,10 @@ pub struct SimConfig {
     pub max_message_size: usize,
     #[serde(default, rename = "mailbox")]
     pub mailboxes: Vec<SimMailbox>,
+    /// Keep the mailboxes in the simulator's own archive and serve them
+    /// over IMAP; without it they are APPENDed to `imap_host:imap_port`.
+    #[serde(default)]
+    pub mailstore: Option<mailstore::MailStoreConfig>,
 }
 
 fn default_name() -> String {
@@ -80,11 +92,19 @@ pub struct SimMailbox {
     pub address: String,
     /// SMTP AUTH password.
     pub password: String,
-    /// The IMAP server holding the mailbox, and its login there.
+    /// The IMAP server holding the mailbox (ignored with `[mailstore]`).
+    #[serde(default = "loopback")]
     pub imap_host: String,
+    #[serde(default)]
     pub imap_port: u16,
+    /// The mailbox's IMAP login: on `imap_host`, or on the simulator's own
+    /// IMAP server with `[mailstore]` (where it is also the mailbox's name).
     pub imap_user: String,
     pub imap_password: String,
+}
+
+fn loopback() -> String {
+    "127.0.0.1".into()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +132,19 @@ impl SimConfig {
         if !(0.0..=1.0).contains(&c.failure_rate) {
             return Err(err("failure_rate: must be between 0 and 1".into()));
         }
+        if c.mailstore.is_none() {
+            if let Some(m) = c.mailboxes.iter().find(|m| m.imap_port == 0) {
+                return Err(err(format!(
+                    "mailbox {}: imap_port: name the IMAP server holding it, or give the simulator a [mailstore]",
+                    m.address
+                )));
+            }
+        }
+        let mut users: Vec<&str> = c.mailboxes.iter().map(|m| m.imap_user.as_str()).collect();
+        users.sort_unstable();
+        if let Some(w) = users.windows(2).find(|w| w[0] == w[1]) {
+            return Err(err(format!("mailbox: imap_user {:?} is used twice", w[0])));
+        }
         Ok(c)
     }
 
@@ -135,12 +168,19 @@ struct Sim {
     pki: Pki,
     provider: Provider,
     counter: AtomicU64,
+    /// The simulator's own mailboxes (`[mailstore]`), else `None`: APPEND
+    /// to the mailboxes' IMAP server.
+    own: Option<mailstore::MailStore>,
 }
 
 /// A running simulator.
 pub struct Running {
     pub addr: SocketAddr,
     pub ca_file: PathBuf,
+    /// The simulator's own IMAP server (with `[mailstore]`).
+    pub imap_addr: Option<SocketAddr>,
+    /// Ends after shutdown, once the listeners (and, with `[mailstore]`,
+    /// the IMAP sessions) are done and the mailboxes' archive is closed.
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -155,12 +195,24 @@ pub async fn start(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Result<Ru
         .await
         .map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: cfg.listen.clone(), source })?;
+    let own = match &cfg.mailstore {
+        Some(m) => Some(mailstore::MailStore::start(m, &cfg.mailboxes, shutdown.clone()).await?),
+        None => None,
+    };
+    let imap_addr = own.as_ref().map(|o| o.imap_addr);
     let provider = Provider { address: cfg.provider_address(), name: cfg.provider_name.clone() };
     let ca_file = cfg.pki_dir.join("ca.pem");
     tracing::info!(%addr, ca = %ca_file.display(), domains = ?cfg.domains, "PEC provider simulator listening");
-    let sim = Arc::new(Sim { cfg, pki, provider, counter: AtomicU64::new(0) });
-    let task = tokio::spawn(accept_loop(listener, sim, shutdown));
-    Ok(Running { addr, ca_file, task })
+    let sim = Arc::new(Sim { cfg, pki, provider, counter: AtomicU64::new(0), own });
+    let task = tokio::spawn(async move {
+        accept_loop(listener, sim.clone(), shutdown).await;
+        // Submissions still being processed hold the other references;
+        // the archive closes when they are done.
+        if let Some(own) = Arc::into_inner(sim).and_then(|s| s.own) {
+            own.close().await;
+        }
+    });
+    Ok(Running { addr, ca_file, imap_addr, task })
 }
 
 async fn accept_loop(listener: TcpListener, sim: Arc<Sim>, mut shutdown: watch::Receiver<bool>) {
@@ -430,7 +482,7 @@ async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<Stri
             None => Err("5.1.1 - Utente non riconosciuto".to_string()),
             Some(_) if fail_random => Err("4.4.7 - Consegna non riuscita (guasto simulato)".to_string()),
             Some(mb) => match build::build(&sim.pki, &sim.provider, &sub, &Notice::Envelope, Utc::now()) {
-                Ok(env) => deliver::append(mb, &env).await.map_err(|e| {
+                Ok(env) => sim.deliver(mb, env).await.map_err(|e| {
                     tracing::warn!(error = %e, %rcpt, "envelope delivery failed");
                     "5.2.0 - Casella non raggiungibile".to_string()
                 }),
@@ -455,11 +507,22 @@ impl Sim {
     async fn send(&self, to: &SimMailbox, sub: &Submission, notice: Notice) {
         match build::build(&self.pki, &self.provider, sub, &notice, Utc::now()) {
             Ok(msg) => {
-                if let Err(e) = deliver::append(to, &msg).await {
+                if let Err(e) = self.deliver(to, msg).await {
                     tracing::error!(error = %e, mailbox = %to.address, "cannot deliver a receipt");
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot build a receipt"),
+        }
+    }
+}
+
+impl Sim {
+    /// Put `msg` in the INBOX of `to`: the simulator's own mailbox, or an
+    /// APPEND to its IMAP server.
+    async fn deliver(&self, to: &SimMailbox, msg: Vec<u8>) -> Result<(), String> {
+        match &self.own {
+            Some(own) => own.deliver(&to.address, msg).await.map_err(|e| e.to_string()),
+            None => deliver::append(to, &msg).await.map_err(|e| e.to_string()),
         }
     }
 }
@@ -469,6 +532,9 @@ pub async fn run(cfg: SimConfig) -> Result<(), SimError> {
     let (stop, rx) = watch::channel(false);
     let running = start(cfg, rx).await?;
     println!("simulator listening on {} (CA: {})", running.addr, running.ca_file.display());
+    if let Some(a) = running.imap_addr {
+        println!("simulated mailboxes served over IMAP on {a}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| SimError::Bind { addr: "signal".into(), source })?;
     tokio::select! {

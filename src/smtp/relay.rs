@@ -4,7 +4,10 @@
 //! the gateway), then archive the exact bytes in the mailbox's `Sent` with
 //! the data reconciliation needs, and audit the attempt whatever happened.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use mail_send::smtp::message::Message;
@@ -14,6 +17,31 @@ use super::session::{RelayOutcome, Submission};
 use crate::config::{MailboxConfig, TlsMode};
 use crate::pec::meta::{PecMeta, SentInfo};
 use crate::store::{Audit, Change, Store};
+
+/// How long a provider TLS configuration is reused. Building one reads and
+/// parses every system root certificate (milliseconds of CPU, which was
+/// most of the CPU a relayed submission cost); reusing it for a minute
+/// still picks up a changed `ca_file` or system bundle soon.
+const TLS_CONFIG_TTL: Duration = Duration::from_secs(60);
+
+type TlsCache = Mutex<HashMap<Option<PathBuf>, (Instant, Arc<rustls::ClientConfig>)>>;
+
+/// The client TLS configuration trusting the system roots plus `ca_file`.
+fn provider_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, crate::tls::TlsError> {
+    static CACHE: OnceLock<TlsCache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = ca_file.map(|p| p.to_path_buf());
+    if let Some((at, cfg)) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if at.elapsed() < TLS_CONFIG_TTL {
+            return Ok(cfg);
+        }
+    }
+    let cfg = crate::tls::client_config(ca_file)?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, (Instant::now(), cfg.clone()));
+    }
+    Ok(cfg)
+}
 
 /// Send `sub` through the provider of `mb`.
 pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> RelayOutcome {
@@ -27,7 +55,7 @@ pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> R
     let Some(ep) = &mb.smtp else {
         return RelayOutcome::Permanent { code: 550, text: format!("mailbox {} has no provider SMTP endpoint configured", mb.alias) };
     };
-    let tls = match crate::tls::client_config(mb.ca_file.as_deref()) {
+    let tls = match provider_tls(mb.ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => return RelayOutcome::Temporary(format!("TLS trust for the provider: {e}")),
     };
@@ -43,18 +71,25 @@ pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> R
     let message = Message::new(sub.from.as_str(), sub.rcpts.iter().map(String::as_str), body);
     let result = tokio::time::timeout(timeout + Duration::from_secs(5), async {
         match ep.tls {
+            // No Nagle: mail-send writes the final `.` of DATA as a small
+            // segment of its own, which Nagle would hold until the
+            // provider's delayed ACK (40 ms on Linux) on every message.
+            // QUIT is not waited for: the provider's answer to DATA is all
+            // the client waits on.
             TlsMode::None => match builder.connect_plain().await {
                 Ok(mut c) => {
+                    let _ = c.stream.set_nodelay(true);
                     let r = c.send(message).await;
-                    let _ = c.quit().await;
+                    tokio::spawn(async move { c.quit().await });
                     r
                 }
                 Err(e) => Err(e),
             },
             _ => match builder.connect().await {
                 Ok(mut c) => {
+                    let _ = c.stream.get_ref().0.set_nodelay(true);
                     let r = c.send(message).await;
-                    let _ = c.quit().await;
+                    tokio::spawn(async move { c.quit().await });
                     r
                 }
                 Err(e) => Err(e),

@@ -207,11 +207,21 @@ impl MailboxTask {
             s.capabilities = status::Caps { idle, uidplus, quota };
         });
         let mut first_failure_cleared = false;
+        // A message that arrived after the pass looked at the IDLE folder
+        // and before IDLE started is reported by nothing during IDLE: its
+        // SELECT's EXISTS shows it. One extra pass then, not two in a row
+        // (so a count that never matches cannot make a busy loop).
+        let mut rescanned = false;
         loop {
             self.board.update(self.alias(), |s| s.state = "syncing".into());
             let mut on_provider = 0u64;
-            for pfolder in self.cfg.folders.clone() {
-                on_provider += self.sync_folder(&mut c, &pfolder).await?;
+            let mut left_in_first = 0u64;
+            for (i, pfolder) in self.cfg.folders.clone().iter().enumerate() {
+                let left = self.sync_folder(&mut c, pfolder).await?;
+                if i == 0 {
+                    left_in_first = left;
+                }
+                on_provider += left;
                 if self.stopping() {
                     c.logout().await;
                     return Ok(());
@@ -244,7 +254,13 @@ impl MailboxTask {
                 } else {
                     self.cfg.poll_interval.min(self.opts.max_idle)
                 };
-                c.run("SELECT", select(&self.cfg.folders[0])?).await?;
+                let data = c.run("SELECT", select(&self.cfg.folders[0])?).await?;
+                let exists = data.iter().rev().find_map(|d| if let Data::Exists(n) = d { Some(*n) } else { None }).unwrap_or(0);
+                if u64::from(exists) > left_in_first && !rescanned {
+                    rescanned = true;
+                    continue;
+                }
+                rescanned = false;
                 c.idle(wait, async move {
                     let _ = sd.changed().await;
                 })
