@@ -113,6 +113,7 @@ impl MailStore {
             sessions: Default::default(),
             addresses: Default::default(),
             overdue_after: None,
+            rules: Default::default(),
         });
         let tasks = crate::imap::start(ctx, shutdown).await.map_err(|e| SimError::Bind {
             addr: cfg.imap_listen.clone(),
@@ -138,6 +139,7 @@ impl MailStore {
             flags: Vec::new(),
             provider: None,
             pec: None,
+            handling: None,
         };
         self.store.commit(audit, change).await.map(|_| ())
     }
