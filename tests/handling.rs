@@ -120,12 +120,21 @@ fn python(s: &Setup, phase: &str) {
     );
 }
 
-fn metrics(port: u16) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect /metrics");
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+/// GET over HTTP/1.1 (Connection: close), with Basic auth if given: the
+/// whole response, status line included.
+fn http_get(port: u16, path: &str, auth: Option<(&str, &str)>) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect HTTP");
+    let auth = auth
+        .map(|(u, p)| format!("Authorization: Basic {}\r\n", openssl::base64::encode_block(format!("{u}:{p}").as_bytes())))
+        .unwrap_or_default();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes()).unwrap();
     let mut s = String::new();
     c.read_to_string(&mut s).unwrap();
     s
+}
+
+fn metrics(port: u16) -> String {
+    http_get(port, "/metrics", None)
 }
 
 /// The value of a sample whose line contains every `labels` part.
@@ -198,6 +207,17 @@ fn team_handling_end_to_end() {
     assert!(csv.starts_with("mailbox,received,sender,subject,state") && csv.lines().count() == 4, "{csv}");
     let html = cli_ok(&s.gw, &["handling", "report", "--format", "html"]);
     assert!(html.contains("<td>mario</td>") && html.contains("Per office"), "{html}");
+
+    // The same register on the JSON API, for the mailbox's triagers only.
+    let api = http_get(s.http_port, "/api/handling?mailbox=protocollo&office=tributi", Some(("anna", PW)));
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+    let body: Value = serde_json::from_str(api.split("\r\n\r\n").nth(1).unwrap_or("")).expect("API JSON");
+    let msgs = body["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2, "{body}");
+    assert!(msgs.iter().any(|m| m["taken_by"] == "mario" && m["deadline"] == "met"), "{body}");
+    assert_eq!(body["offices"][0]["done"], 1, "{body}");
+    let denied = http_get(s.http_port, "/api/handling?mailbox=protocollo", Some(("lucia", PW)));
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
 
     // The audit holds every step, the refused ones too.
     let audit = |u: &str| -> Vec<Value> {

@@ -65,11 +65,22 @@ impl Io {
     }
 
     /// The next event: one queued while draining, else from the network.
+    /// A `ResponseSent` for the last enqueued response clears it: a later
+    /// [`Io::drain`] must not wait for a response that has already gone
+    /// (it would wait forever, with the client's next command — an IDLE
+    /// DONE — queued behind it).
     pub async fn next(&mut self) -> Next {
-        match self.pending.pop_front() {
+        let ev = match self.pending.pop_front() {
             Some(e) => e,
             None => self.stream.next(&mut self.server).await,
+        };
+        if let Ok(Event::ResponseSent { handle, .. }) = &ev {
+            if self.last.as_ref() == Some(handle) {
+                self.last = None;
+                self.outstanding = 0;
+            }
         }
+        ev
     }
 
     pub fn has_pending(&self) -> bool {

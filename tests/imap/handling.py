@@ -247,6 +247,29 @@ elif PHASE == "verify":
     _, flags = find(mario, f"{MB}/INBOX", "Verbale")
     check("$PecDone" in flags and "$Multe" in flags, "INBOX keywords after restart", flags)
     expect_metrics("restart", done__anagrafe=1, done__tributi=1, assigned__tributi=1)
+
+    # IDLE answers DONE even when a change elsewhere shows nothing new here
+    # (anna marking a message seen is hers alone): the server once waited
+    # forever for a response it had already sent.
+    anna = login("anna")
+    mario.select(q(f"{MB}/INBOX"))
+    tag = mario._new_tag().decode()
+    mario.send(f"{tag} IDLE\r\n".encode())
+    check(mario.readline().startswith(b"+"), "mario is idling on INBOX", "")
+    anna.select(q(f"{MB}/INBOX"))
+    check(anna.store("1", "+FLAGS", "(\\Seen)")[0] == "OK", "anna marks a message seen", "")
+    time.sleep(0.5)
+    mario.send(b"DONE\r\n")
+    mario.socket().settimeout(5)
+    try:
+        line = mario.readline()
+        while line.startswith(b"*"):
+            line = mario.readline()
+    except (socket.timeout, TimeoutError):
+        line = b"(no answer in 5 s)"
+    mario.socket().settimeout(None)
+    check(line.startswith(tag.encode() + b" OK"), "IDLE DONE is answered", line)
+    anna.logout()
     mario.logout()
 else:
     sys.exit(f"unknown phase {PHASE}")

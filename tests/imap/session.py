@@ -78,6 +78,9 @@ want = [
     '(\\HasNoChildren) "/" prot/Receipts',
     '(\\HasNoChildren) "/" prot/Anomalies',
     '(\\HasNoChildren) "/" prot/Undelivered',
+    '(\\HasNoChildren) "/" "prot/To handle"',
+    '(\\HasNoChildren) "/" prot/Mine',
+    '(\\HasNoChildren) "/" prot/Done',
 ]
 check(got == want, "LIST shows exactly the granted tree", got)
 
