@@ -576,6 +576,29 @@ due = "30d"
     }
 
     #[test]
+    fn anomaly_envelopes_only_where_configured() {
+        let mut c = cfg("");
+        let rules = Rules::compile(&c);
+        assert!(rules.tracks("protocollo", &pec::PecKind::PostaCertificata));
+        assert!(!rules.tracks("protocollo", &pec::PecKind::Anomalia));
+        assert!(!rules.tracks("protocollo", &pec::PecKind::Accettazione));
+        c.mailboxes[0].handle_anomalies = true;
+        assert!(Rules::compile(&c).tracks("protocollo", &pec::PecKind::Anomalia));
+    }
+
+    #[test]
+    fn facts_of_a_sample_envelope() {
+        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pec/01-posta-certificata.eml")).unwrap();
+        let f = Facts::of(&raw);
+        assert_eq!(f.kind, "posta-certificata");
+        assert_eq!(f.from.as_deref(), Some("protocollo@pec.comune.example.it"));
+        assert_eq!(f.subject.as_deref(), Some("Sollecito di pagamento n. 42/2026 - fattura idrica"));
+        assert!(f.body.as_deref().is_some_and(|b| b.contains("risulta non pagata")), "{:?}", f.body);
+        assert_eq!(f.attachment_names, vec!["fattura-42.pdf".to_string()]);
+        assert!(f.to.contains(&"ufficio.legale@pec.ditta.example.it".to_string()));
+    }
+
+    #[test]
     fn errors_name_their_key() {
         let bad = r#"
 [[rule]]
