@@ -116,6 +116,7 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                         imap_port: sim_imap_port,
                         imap_user: alias.to_string(),
                         imap_password: secret("provider", alias)?,
+                        quota_messages: None,
                     })
                 })
                 .collect::<anyhow::Result<_>>()?,

@@ -20,6 +20,8 @@ use support::{free_port, pecgate_bin, Dovecot, DovecotOptions, UserSpec};
 const PW: &str = "Gw-pass-1";
 const PROT: &str = "prot@pec.sim.test";
 const LEGAL: &str = "legal@pec.sim.test";
+/// A simulated mailbox at its quota (`quota_messages = 0`).
+const FULL: &str = "full@pec.sim.test";
 
 struct Sim {
     child: Option<Child>,
@@ -82,7 +84,12 @@ fn user(name: &str, grants: &str) -> String {
 }
 
 fn setup() -> Env {
-    let dv = Dovecot::start(DovecotOptions::new().user(UserSpec::new("prot", "imap-prot")).user(UserSpec::new("legal", "imap-legal")));
+    let dv = Dovecot::start(
+        DovecotOptions::new()
+            .user(UserSpec::new("prot", "imap-prot"))
+            .user(UserSpec::new("legal", "imap-legal"))
+            .user(UserSpec::new("full", "imap-full")),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let gw_dir = tmp.path().to_path_buf();
     let sim_port = free_port();
@@ -97,10 +104,11 @@ fn setup() -> Env {
     std::fs::write(
         &sim_cfg,
         format!(
-            "listen = \"127.0.0.1:{sim_port}\"\ndomains = [\"pec.sim.test\"]\npki_dir = \"{}\"\n{}{}",
+            "listen = \"127.0.0.1:{sim_port}\"\ndomains = [\"pec.sim.test\"]\npki_dir = \"{}\"\n{}{}{}quota_messages = 0\n",
             pki.display(),
             mb(PROT, "prot", "imap-prot"),
-            mb(LEGAL, "legal", "imap-legal")
+            mb(LEGAL, "legal", "imap-legal"),
+            mb(FULL, "full", "imap-full"),
         ),
     )
     .unwrap();
@@ -219,6 +227,30 @@ fn sent_pec_is_relayed_archived_and_reconciled() {
         .unwrap();
     assert!(matches!(c.event, pecgate::store::Event::Archived { duplicate: true, .. }), "{:?}", c.event);
     assert_eq!(store.messages("prot", "Sent").unwrap().len(), 2);
+}
+
+#[test]
+fn a_full_recipient_mailbox_refuses_delivery() {
+    let mut env = setup();
+    let r = swaks(env.smtps, "--tls-on-connect", "mario", PROT, FULL, &["--header", "Message-Id: <full@pecgate.test>"]);
+    assert!(r.ok, "{}", r.out);
+    // The sent copy, its acceptance and the non-delivery notice.
+    wait_archived(&mut env.gw, "prot", 3);
+    assert_eq!(env.gw.stop(), Some(0));
+    let store = env.gw.open_store();
+    let st = store.sent_state("prot", "<full@pecgate.test>").unwrap().expect("reconciled");
+    assert_eq!(st.statuses(chrono::Utc::now()).get(FULL), Some(&RecipientStatus::DeliveryFailed), "{st:#?}");
+    let notice = store
+        .messages("prot", "Anomalies")
+        .unwrap()
+        .into_iter()
+        .chain(store.messages("prot", "Receipts").unwrap())
+        .map(|(_, m)| String::from_utf8_lossy(&store.get_blob(&m.hash).unwrap()).into_owned())
+        .find(|b| b.contains("AVVISO DI MANCATA CONSEGNA"))
+        .expect("a non-delivery notice");
+    let d = pecgate::pec::classify(notice.as_bytes()).daticert.expect("daticert");
+    assert!(d.errore_esteso.as_deref().is_some_and(|e| e.contains("5.2.2")), "{d:?}");
+    assert!(env.sim.log().contains("recipient mailbox full"), "{}", env.sim.log());
 }
 
 #[test]

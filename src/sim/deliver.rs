@@ -36,7 +36,22 @@ pub async fn append(mb: &SimMailbox, msg: &[u8]) -> Result<(), DeliverError> {
     }
 }
 
+/// Messages in the INBOX of `mb` (IMAP STATUS).
+pub async fn inbox_count(mb: &SimMailbox) -> Result<u64, DeliverError> {
+    let (host, port) = (mb.imap_host.clone(), mb.imap_port);
+    match tokio::time::timeout(TIMEOUT, session(mb, None)).await {
+        Ok(r) => r.map(|n| n.unwrap_or(0)),
+        Err(_) => Err(DeliverError::Timeout { host, port }),
+    }
+}
+
 async fn append_inner(mb: &SimMailbox, msg: &[u8]) -> Result<(), DeliverError> {
+    session(mb, Some(msg)).await.map(|_| ())
+}
+
+/// LOGIN, then APPEND `msg` to INBOX, or (without one) count INBOX's
+/// messages with STATUS.
+async fn session(mb: &SimMailbox, msg: Option<&[u8]>) -> Result<Option<u64>, DeliverError> {
     let (host, port) = (mb.imap_host.clone(), mb.imap_port);
     let io = |source| DeliverError::Io { host: host.clone(), port, source };
     let tcp = TcpStream::connect((mb.imap_host.as_str(), mb.imap_port)).await.map_err(io)?;
@@ -63,6 +78,17 @@ async fn append_inner(mb: &SimMailbox, msg: &[u8]) -> Result<(), DeliverError> {
     if !reply.starts_with("a OK") {
         return Err(refused("LOGIN", reply));
     }
+    let Some(msg) = msg else {
+        w.write_all(b"s STATUS INBOX (MESSAGES)\r\n").await.map_err(io)?;
+        let data = until(&mut r, &mut line, "* STATUS").await.map_err(io)?;
+        let n = data
+            .rsplit("MESSAGES")
+            .next()
+            .and_then(|t| t.trim().trim_end_matches(')').trim().parse().ok())
+            .ok_or_else(|| refused("STATUS", data.clone()))?;
+        let _ = w.write_all(b"c LOGOUT\r\n").await;
+        return Ok(Some(n));
+    };
     w.write_all(format!("b APPEND INBOX {{{}}}\r\n", msg.len()).as_bytes()).await.map_err(io)?;
     let cont = until(&mut r, &mut line, "").await.map_err(io)?;
     if !cont.starts_with('+') {
@@ -75,5 +101,5 @@ async fn append_inner(mb: &SimMailbox, msg: &[u8]) -> Result<(), DeliverError> {
         return Err(refused("APPEND", reply));
     }
     let _ = w.write_all(b"c LOGOUT\r\n").await;
-    Ok(())
+    Ok(None)
 }

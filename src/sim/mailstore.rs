@@ -124,6 +124,14 @@ impl MailStore {
         Ok(MailStore { store, boxes, imap_addr, tasks })
     }
 
+    /// Messages in the INBOX of the simulated mailbox `address`.
+    pub fn inbox_count(&self, address: &str) -> Result<u64, StoreError> {
+        let Some(mailbox) = self.boxes.get(&address.to_ascii_lowercase()) else {
+            return Err(StoreError::Invalid(format!("{address} is not a simulated mailbox")));
+        };
+        Ok(self.store.folder(mailbox, "INBOX")?.map(|st| st.exists).unwrap_or(0))
+    }
+
     /// File `msg` in the INBOX of the simulated mailbox `address`.
     pub async fn deliver(&self, address: &str, msg: Vec<u8>) -> Result<(), StoreError> {
         let Some(mailbox) = self.boxes.get(&address.to_ascii_lowercase()) else {

@@ -101,6 +101,12 @@ pub struct SimMailbox {
     /// IMAP server with `[mailstore]` (where it is also the mailbox's name).
     pub imap_user: String,
     pub imap_password: String,
+    /// Simulate a full mailbox: while it holds this many messages (in its
+    /// INBOX), certified deliveries to it fail with a non-delivery notice
+    /// ("5.2.2 - Casella piena"). Counted in the simulator's own store, or
+    /// with IMAP STATUS on the mailbox's server.
+    #[serde(default)]
+    pub quota_messages: Option<u64>,
 }
 
 fn loopback() -> String {
@@ -481,12 +487,22 @@ async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<Stri
         let outcome = match sim.cfg.mailbox(rcpt) {
             None => Err("5.1.1 - Utente non riconosciuto".to_string()),
             Some(_) if fail_random => Err("4.4.7 - Consegna non riuscita (guasto simulato)".to_string()),
-            Some(mb) => match build::build(&sim.pki, &sim.provider, &sub, &Notice::Envelope, Utc::now()) {
-                Ok(env) => sim.deliver(mb, env).await.map_err(|e| {
-                    tracing::warn!(error = %e, %rcpt, "envelope delivery failed");
-                    "5.2.0 - Casella non raggiungibile".to_string()
-                }),
-                Err(e) => Err(format!("5.3.0 - {e}")),
+            Some(mb) => match sim.is_full(mb).await {
+                Ok(true) => {
+                    tracing::info!(%rcpt, quota = ?mb.quota_messages, "recipient mailbox full: delivery refused");
+                    Err("5.2.2 - Casella piena".to_string())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %rcpt, "cannot count the recipient's messages");
+                    Err("5.2.0 - Casella non raggiungibile".to_string())
+                }
+                Ok(false) => match build::build(&sim.pki, &sim.provider, &sub, &Notice::Envelope, Utc::now()) {
+                    Ok(env) => sim.deliver(mb, env).await.map_err(|e| {
+                        tracing::warn!(error = %e, %rcpt, "envelope delivery failed");
+                        "5.2.0 - Casella non raggiungibile".to_string()
+                    }),
+                    Err(e) => Err(format!("5.3.0 - {e}")),
+                },
             },
         };
         outcomes.push((rcpt.clone(), outcome));
@@ -519,6 +535,16 @@ impl Sim {
 impl Sim {
     /// Put `msg` in the INBOX of `to`: the simulator's own mailbox, or an
     /// APPEND to its IMAP server.
+    /// Is `mb` at its simulated quota?
+    async fn is_full(&self, mb: &SimMailbox) -> Result<bool, String> {
+        let Some(limit) = mb.quota_messages else { return Ok(false) };
+        let n = match &self.own {
+            Some(own) => own.inbox_count(&mb.address).map_err(|e| e.to_string())?,
+            None => deliver::inbox_count(mb).await.map_err(|e| e.to_string())?,
+        };
+        Ok(n >= limit)
+    }
+
     async fn deliver(&self, to: &SimMailbox, msg: Vec<u8>) -> Result<(), String> {
         match &self.own {
             Some(own) => own.deliver(&to.address, msg).await.map_err(|e| e.to_string()),
