@@ -232,7 +232,10 @@ fn team_handling_end_to_end() {
             .map(|r| format!("{} {}", r["op"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
             .collect()
     };
-    assert_eq!(ops(&audit("mario")), ["take ok", "done ok", "take refused: already taken in charge by anna"]);
+    assert_eq!(
+        ops(&audit("mario")),
+        ["take ok", "done ok", "take refused: already taken in charge by anna", "assign ok", "assign ok"]
+    );
     let anna = ops(&audit("anna"));
     assert_eq!(
         anna,

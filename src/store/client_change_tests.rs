@@ -164,3 +164,43 @@ fn flag_ops_keep_seen_out_of_shared_flags() {
         s(&["\\Answered"])
     );
 }
+
+/// Two people take the same message at the same moment: exactly one wins,
+/// the other is refused naming the winner, and one record says so.
+#[tokio::test]
+async fn concurrent_takes_first_wins() {
+    use crate::handling::{Action, Routing, Transition};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let blob = store.put_blob(b"Subject: x\r\n\r\nx\r\n".to_vec()).await.unwrap();
+    let mut ch = archive("m", "INBOX", blob.clone());
+    if let Change::Archive { handling, .. } = &mut ch {
+        *handling = Some(Routing { office: Some("tributi".into()), ..Routing::default() });
+    }
+    store.commit(Audit::system("test", "archive"), ch).await.unwrap();
+    for round in 0..20 {
+        let take = |who: &str| {
+            let s = store.clone();
+            let who = who.to_string();
+            let hash = blob.hash.clone();
+            tokio::spawn(async move {
+                let t = Transition::new(Action::Take, &who);
+                s.commit(Audit::user(&who, None, "test", "take"), Change::Handle { mailbox: "m".into(), hashes: vec![hash], transition: t }).await
+            })
+        };
+        let (a, b) = (take("anna"), take("mario"));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let h = store.handling("m", &blob.hash).unwrap().unwrap();
+        let winner = h.taken_by.clone().unwrap();
+        match (a, b) {
+            (Ok(_), Err(StoreError::Refused(why))) | (Err(StoreError::Refused(why)), Ok(_)) => {
+                assert!(why.contains(&winner), "{why}");
+            }
+            other => panic!("round {round}: expected one success and one refusal, got {other:?}"),
+        }
+        // Give it back for the next round.
+        let t = Transition::new(Action::Reopen, &winner);
+        store.commit(Audit::user(&winner, None, "test", "reopen"), Change::Handle { mailbox: "m".into(), hashes: vec![blob.hash.clone()], transition: t }).await.unwrap();
+    }
+    store.close().unwrap();
+}

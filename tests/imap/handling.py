@@ -236,6 +236,21 @@ elif PHASE == "keywords":
     anna.select(q(f"{MB}/INBOX"))
     typ, data = anna.uid("STORE", str(ruid), "+FLAGS", "($PecNew)")
     check(typ == "NO" and b"CANNOT" in data[0], "computed keywords cannot be set", data)
+
+    # Assigning by folder: mario hands the second fine to anagrafe (he is
+    # not a member: it leaves his To handle), then takes it back for tributi.
+    vuid, _ = find(mario, f"{MB}/To handle", "Sanzione")
+    mario.select(q(f"{MB}/To handle"))
+    typ, data = mario.uid("MOVE", str(vuid), q(f"{MB}/Offices/anagrafe"))
+    check(typ == "OK", "mario MOVEs the second fine into Offices/anagrafe", data)
+    check(not any("Sanzione" in s for s, _ in subjects(mario, f"{MB}/To handle").values()), "it left mario's To handle", "")
+    expect_metrics("assigned to anagrafe", assigned__anagrafe=1, assigned__tributi=0)
+    vuid, _ = find(mario, f"{MB}/Offices/anagrafe", "Sanzione")
+    mario.select(q(f"{MB}/Offices/anagrafe"))
+    typ, data = mario.uid("MOVE", str(vuid), q(f"{MB}/Offices/tributi"))
+    check(typ == "OK", "and back into Offices/tributi", data)
+    check(any("Sanzione" in s for s, _ in subjects(anna, f"{MB}/To handle").values()), "it is in anna's To handle again", "")
+    expect_metrics("assigned back to tributi", assigned__anagrafe=0, assigned__tributi=1)
     for m in (mario, anna):
         m.logout()
 
