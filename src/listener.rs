@@ -39,6 +39,14 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(100);
+                // Request/response protocols: without TCP_NODELAY, the last
+                // small segment of a reply waits for the ACK of the one
+                // before it, which the client delays (40 ms on Linux), so
+                // every IMAP command answered in more than one write took
+                // ≥ 40 ms (benches/handling_load.rs).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, proto, "TCP_NODELAY");
+                }
                 let fut = session(tcp, peer, shutdown.clone());
                 sessions.spawn(async move {
                     fut.await;
