@@ -1686,7 +1686,7 @@ impl Session {
                     .map(|(_, m)| m.hash.clone())
                     .collect();
                 let (folder, mb) = (sel.folder.clone(), mailbox.clone());
-                if let Err(refusal) = self.transition(view, &folder, &mb, uids.clone(), hashes, t).await {
+                if let Err(refusal) = self.transition(&folder, &mb, uids.clone(), hashes, t).await {
                     return io.status(refusal(tag));
                 }
             }
@@ -2084,7 +2084,7 @@ impl Session {
         }
         let t = kind.transition(&view.user.name);
         let (folder, mailbox) = (sel.folder.clone(), sel.folder.mailbox.clone());
-        if let Err(refusal) = self.transition(view, &folder, &mailbox, uids, hashes, t).await {
+        if let Err(refusal) = self.transition(&folder, &mailbox, uids, hashes, t).await {
             return io.status(refusal(tag));
         }
         self.refresh(io, is_move, &HashSet::new());
@@ -2095,7 +2095,6 @@ impl Session {
     /// error is the tagged answer to give.
     async fn transition(
         &self,
-        view: &View,
         folder: &Folder,
         mailbox: &str,
         uids: Vec<u32>,
@@ -2112,7 +2111,6 @@ impl Session {
             self.audit_only(a.outcome(format!("refused: {why}"))).await;
             return Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), why)));
         }
-        let _ = view;
         let ch = Change::Handle { mailbox: mailbox.to_string(), hashes, transition: t };
         match self.ctx.store.commit(a.clone(), ch).await {
             Ok(_) => Ok(()),
