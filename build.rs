@@ -1,7 +1,10 @@
 //! Build script: the git commit for `pecgate_build_info`.
 //!
-//! `PECGATE_GIT_COMMIT` set at build time wins (release pipelines building
-//! from a tarball set it). Otherwise, in a git checkout with `git` on the
+//! Emitted as `BUILD_GIT_COMMIT`, outside the `PECGATE_` prefix: cargo run
+//! and cargo test export build-script variables to the process, where
+//! `PECGATE_*` variables are configuration overrides. `PECGATE_GIT_COMMIT`
+//! set at build time wins (release pipelines building from a tarball set
+//! it). Otherwise, in a git checkout with `git` on the
 //! PATH, the short hash of HEAD; otherwise "unknown". Cargo re-runs this
 //! script when HEAD moves (a checkout or a commit), so the label stays true
 //! without a `cargo clean`.
@@ -22,7 +25,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PECGATE_GIT_COMMIT");
     if let Some(c) = std::env::var("PECGATE_GIT_COMMIT").ok().filter(|c| !c.trim().is_empty()) {
-        println!("cargo:rustc-env=PECGATE_GIT_COMMIT={}", c.trim());
+        println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", c.trim());
         return;
     }
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
@@ -54,5 +57,5 @@ fn main() {
     } else {
         None
     };
-    println!("cargo:rustc-env=PECGATE_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 }

@@ -304,7 +304,12 @@ impl Metrics {
         build
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
-                option_env!("PECGATE_GIT_COMMIT").unwrap_or("unknown"),
+                // Set by build.rs (from git, or from PECGATE_GIT_COMMIT at build
+                // time). Not itself named PECGATE_GIT_COMMIT: `cargo run` and
+                // `cargo test` export build-script variables to the process,
+                // and a PECGATE_* variable there is read as a configuration
+                // override.
+                option_env!("BUILD_GIT_COMMIT").unwrap_or("unknown"),
             ])
             .set(1.0);
         r.gauge(
