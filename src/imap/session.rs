@@ -1856,7 +1856,11 @@ impl Session {
                     .cloned()
                     .collect(),
                 provider: None,
-                pec: m.pec.clone(),
+                // Session snapshots carry no PEC metadata (view::snapshot_at).
+                pec: match &m.pec {
+                    Some(p) => Some(p.clone()),
+                    None => self.ctx.store.message(&src_mailbox, from, *u).ok().flatten().and_then(|x| x.pec),
+                },
             };
             batch.push((a, ch));
         }

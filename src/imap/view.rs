@@ -268,6 +268,13 @@ impl View {
             }
             msgs = out;
         }
+        // A session keeps its snapshot while the folder is selected: the
+        // PEC metadata (a parsed JSON tree per message, the larger part of
+        // a meta) is not needed there once the keywords are computed, and
+        // COPY reads it from the store.
+        for (_, m) in msgs.iter_mut() {
+            m.pec = None;
+        }
         Ok((msgs, seen))
     }
 
