@@ -119,7 +119,11 @@ fn metrics(port: u16) -> BTreeMap<String, f64> {
 }
 
 fn wait_metric(env: &Env, series: &str, want: f64) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_metric_for(env, series, want, Duration::from_secs(20))
+}
+
+fn wait_metric_for(env: &Env, series: &str, want: f64, timeout: Duration) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + timeout;
     loop {
         let m = metrics(env.http);
         if m.get(series) == Some(&want) {
@@ -266,6 +270,15 @@ s.close()
         .and_then(|k| k.split('"').next())
         .expect("build info");
     assert_ne!(commit, "unknown", "build.rs found no commit in this checkout");
+
+    // The sent-message gauges (cached between scrapes) follow the receipts
+    // the simulator sent for the accepted submission: once upstream has
+    // archived them, the message is accepted and delivered to legal.
+    let m = wait_metric_for(&env, "pecgate_pec_sent_recipients{mailbox=\"prot\",status=\"delivered\"}", 1.0, Duration::from_secs(60));
+    assert_eq!(m["pecgate_pec_sent_awaiting_acceptance{mailbox=\"prot\"}"], 0.0);
+    assert_eq!(m["pecgate_pec_sent_awaiting_delivery{mailbox=\"prot\"}"], 0.0);
+    assert_eq!(m["pecgate_pec_sent_recipients{mailbox=\"prot\",status=\"pending\"}"], 0.0);
+    assert_eq!(m["pecgate_pec_delivery_failures_total{mailbox=\"prot\"}"], 0.0);
 
     // (2) The audit trail: exactly mario's operations, in order.
     let t = |proto: &str, op: &str, mailbox: &str, folder: &str, uids: &[u64], outcome: &str| {
