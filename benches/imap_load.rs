@@ -8,6 +8,15 @@
 //! IMAP_LOAD_MESSAGES (M, 200), IMAP_LOAD_SIZE (bytes per message, 20000),
 //! IMAP_LOAD_ROUNDS (full-folder FETCHes per session, 3),
 //! IMAP_LOAD_SEARCHES (per session, 20), IMAP_LOAD_IDLE (K, 200).
+//!
+//! Two more modes (`IMAP_LOAD_MODE`), pecgate only:
+//! * `idle`: RSS as idle sessions are opened, measured at each count of
+//!   IMAP_LOAD_IDLE_STEPS (default `0,1000,10000`); IMAP_LOAD_IDLE_SELECT=0
+//!   leaves them logged in without a selected folder. Raise `ulimit -n`
+//!   above the largest step first.
+//! * `search`: SEARCH latency on a folder of IMAP_LOAD_BULK (100,000) small
+//!   messages archived through the store API: SUBJECT, FROM, UNSEEN, SINCE,
+//!   each IMAP_LOAD_SEARCHES times from one session.
 
 #[path = "../tests/imap_support/mod.rs"]
 mod imap_support;
@@ -112,26 +121,37 @@ impl Client {
     }
 
     async fn cmd(&mut self, text: &str) -> Reply {
+        match self.try_cmd(text).await {
+            Ok(r) => r,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    async fn try_cmd(&mut self, text: &str) -> Result<Reply, String> {
         self.tag += 1;
         let tag = format!("a{}", self.tag);
         let line = format!("{tag} {text}\r\n");
-        self.io.get_mut().write_all(line.as_bytes()).await.expect("write");
-        self.io.get_mut().flush().await.expect("flush");
+        self.io.get_mut().write_all(line.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        self.io.get_mut().flush().await.map_err(|e| format!("flush: {e}"))?;
         let mut r = Reply { literal_bytes: 0, literals: 0, untagged: vec![] };
         let mut buf = Vec::new();
         loop {
             let mut l = String::new();
-            let n = self.io.read_line(&mut l).await.expect("read");
-            assert!(n > 0, "server closed during {text}");
+            let n = self.io.read_line(&mut l).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("server closed the connection".into());
+            }
             if let Some(rest) = l.strip_prefix(&format!("{tag} ")) {
-                assert!(rest.starts_with("OK"), "{text}: {rest}");
-                return r;
+                if !rest.starts_with("OK") {
+                    return Err(rest.trim_end().to_string());
+                }
+                return Ok(r);
             }
             // A literal: `{N}` at the end of the line.
             if let Some(open) = l.trim_end().strip_suffix('}').and_then(|s| s.rfind('{').map(|i| &s[i + 1..])) {
                 if let Ok(len) = open.trim_end_matches('+').parse::<usize>() {
                     buf.resize(len, 0);
-                    self.io.read_exact(&mut buf).await.expect("literal");
+                    self.io.read_exact(&mut buf).await.map_err(|e| format!("literal: {e}"))?;
                     r.literal_bytes += len;
                     r.literals += 1;
                     continue;
@@ -231,7 +251,133 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+fn steps() -> Vec<usize> {
+    std::env::var("IMAP_LOAD_IDLE_STEPS")
+        .unwrap_or_else(|_| "0,1000,10000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// RSS as idle sessions are opened, at each step.
+fn idle_mode() {
+    let messages = env("IMAP_LOAD_MESSAGES", 200);
+    let select = env("IMAP_LOAD_IDLE_SELECT", 1) == 1;
+    let steps = steps();
+    let max = steps.iter().copied().max().unwrap_or(0);
+    let conc = env("IMAP_LOAD_CONNECT_CONCURRENCY", 8).max(1);
+    println!("imap_load idle: messages={messages} select={select} steps={steps:?} connect_concurrency={conc}");
+    let limit = (max + 16).to_string();
+    let gw = imap_support::start_with(imap_support::Setup {
+        inbox: messages,
+        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
+        ..imap_support::Setup::default()
+    });
+    let pid = gw.child.id();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (port, ca) = (gw.port, gw.cert());
+    let mut clients: Vec<Client> = Vec::new();
+    let base = vm_rss_kib(pid);
+    println!("{:>8} {:>12} {:>16}", "sessions", "VmRSS KiB", "KiB/session");
+    for &target in &steps {
+        let t0 = Instant::now();
+        while clients.len() < target {
+            let n = (target - clients.len()).min(conc * 16);
+            let ca = ca.clone();
+            let batch: Vec<Client> = rt.block_on(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for k in 0..conc.min(n) {
+                    let ca = ca.clone();
+                    let share = n / conc.min(n) + usize::from(k < n % conc.min(n));
+                    set.spawn(async move {
+                        let mut v = Vec::new();
+                        for _ in 0..share {
+                            let mut c = Client::connect(port, &ca).await;
+                            c.cmd(&format!("LOGIN mario \"{}\"", imap_support::PASSWORD)).await;
+                            if select {
+                                c.cmd("SELECT INBOX").await;
+                            }
+                            v.push(c);
+                        }
+                        v
+                    });
+                }
+                let mut all = Vec::new();
+                while let Some(j) = set.join_next().await {
+                    all.extend(j.expect("connect task"));
+                }
+                all
+            });
+            clients.extend(batch);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let rss = vm_rss_kib(pid);
+        let per = if target > 0 { rss.saturating_sub(base) as f64 / target as f64 } else { 0.0 };
+        println!("{target:>8} {rss:>12} {per:>16.1}   (opened in {:.1} s)", t0.elapsed().as_secs_f64());
+    }
+    // Still serving with all of them open.
+    rt.block_on(async {
+        let mut c = Client::connect(port, &ca).await;
+        c.cmd(&format!("LOGIN mario \"{}\"", imap_support::PASSWORD)).await;
+        c.cmd("NOOP").await;
+    });
+    drop(clients);
+}
+
+/// SEARCH latency on a large folder.
+fn search_mode() {
+    let bulk = env("IMAP_LOAD_BULK", 100_000);
+    let searches = env("IMAP_LOAD_SEARCHES", 5);
+    println!("imap_load search: bulk={bulk} searches={searches}");
+    let t0 = Instant::now();
+    let gw = imap_support::start_with(imap_support::Setup { bulk, ..imap_support::Setup::default() });
+    println!("archive filled and daemon up in {:.1} s", t0.elapsed().as_secs_f64());
+    let pid = gw.child.id();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let since = imap_support::bulk_date(bulk - 60, bulk).format("%d-%b-%Y").to_string();
+    let queries: Vec<(String, String)> = vec![
+        ("SUBJECT (one match)".into(), format!("UID SEARCH SUBJECT \"Pratica {}\"", bulk / 2)),
+        ("FROM (1/1000)".into(), "UID SEARCH FROM mittente7@pec.example.it".into()),
+        ("SINCE (today)".into(), format!("UID SEARCH SINCE {since}")),
+        ("UID range + FLAGGED".into(), "UID SEARCH UID 1000:2000 FLAGGED".into()),
+        ("UNSEEN (all)".into(), "UID SEARCH UNSEEN".into()),
+    ];
+    rt.block_on(async {
+        let mut c = Client::connect(gw.port, &gw.cert()).await;
+        c.cmd(&format!("LOGIN mario \"{}\"", imap_support::PASSWORD)).await;
+        let t = Instant::now();
+        let r = c.cmd("SELECT INBOX").await;
+        let exists = r.untagged.iter().find_map(|l| l.strip_suffix(" EXISTS\r\n").and_then(|s| s[2..].parse::<usize>().ok()));
+        assert_eq!(exists, Some(bulk));
+        println!("SELECT of {bulk} messages: {:.2?}", t.elapsed());
+        println!("{:<24} {:>10} {:>10} {:>10}", "query", "min", "median", "max");
+        for (name, q) in &queries {
+            let mut lat = Vec::new();
+            for _ in 0..searches {
+                let t = Instant::now();
+                match c.try_cmd(q).await {
+                    Ok(r) => assert!(r.untagged.iter().any(|l| l.starts_with("* SEARCH")), "{q}"),
+                    Err(e) => {
+                        // Reported, not fatal: the figures above stand.
+                        println!("{name:<24} FAILED after {:.2?}: {e}", t.elapsed());
+                        return;
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+            lat.sort();
+            println!("{name:<24} {:>10.2?} {:>10.2?} {:>10.2?}", lat[0], lat[lat.len() / 2], lat[lat.len() - 1]);
+        }
+    });
+    println!("pecgate VmRSS after the searches: {} KiB", vm_rss_kib(pid));
+}
+
 fn main() {
+    match std::env::var("IMAP_LOAD_MODE").as_deref() {
+        Ok("idle") => return idle_mode(),
+        Ok("search") => return search_mode(),
+        _ => {}
+    }
     let sessions = env("IMAP_LOAD_SESSIONS", 8);
     let messages = env("IMAP_LOAD_MESSAGES", 200);
     let size = env("IMAP_LOAD_SIZE", 20_000);

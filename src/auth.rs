@@ -27,6 +27,88 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 
 /// Does `password` match the PHC string `hash`? A malformed hash never
 /// matches.
+type VerifyJob = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Password checks run on a few long-lived threads (one per core), not on
+/// tokio's blocking pool, each with one argon2 work area it reuses. An
+/// argon2id check needs its memory cost (19 MiB by default) for tens of
+/// milliseconds of CPU; allocated afresh per check on the blocking pool's
+/// threads, glibc kept the freed areas in its per-thread arenas and logins
+/// left hundreds of MiB to over a GiB resident (BENCHMARKS.md). Here the
+/// memory is bounded by the thread count, and more checks than cores at
+/// once would only have queued for CPU anyway.
+fn verify_pool() -> &'static std::sync::mpsc::SyncSender<VerifyJob> {
+    static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<VerifyJob>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<VerifyJob>(1024);
+        let rx = Arc::new(Mutex::new(rx));
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("pecgate-argon2-{i}")).spawn(move || {
+                let mut memory: Vec<argon2::Block> = Vec::new();
+                loop {
+                let job = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                let Ok((pw, hash, reply)) = job else { return };
+                let _ = reply.send(verify_with_memory(&pw, &hash, &mut memory));
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-check thread");
+            }
+        }
+        tx
+    })
+}
+
+/// [`verify_password`] on the password-check threads.
+async fn verify_on_pool(password: String, hash: String) -> Result<bool, AuthError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let gone = || AuthError::Internal("password-check threads are gone".into());
+    match verify_pool().try_send((password, hash, reply)) {
+        Ok(()) => {}
+        // The queue is bounded: past 1024 waiting checks, wait for room
+        // without holding a runtime thread.
+        Err(std::sync::mpsc::TrySendError::Full(job)) => {
+            let pool = verify_pool().clone();
+            tokio::task::spawn_blocking(move || pool.send(job))
+                .await
+                .map_err(|e| AuthError::Internal(e.to_string()))?
+                .map_err(|_| gone())?;
+        }
+        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+    }
+    answer.await.map_err(|_| AuthError::Internal("password check abandoned".into()))
+}
+
+/// [`verify_password`] with a caller-kept work area (grown as the hash's
+/// memory cost needs, then reused).
+fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let mut check = || -> Option<bool> {
+        let h = PasswordHash::new(hash).ok()?;
+        let algorithm = argon2::Algorithm::try_from(h.algorithm).ok()?;
+        let version = h.version.map(argon2::Version::try_from).transpose().ok()?.unwrap_or_default();
+        let params = argon2::Params::try_from(&h).ok()?;
+        let expected = h.hash?;
+        let mut salt = [0u8; 64];
+        let salt = h.salt?.decode_b64(&mut salt).ok()?;
+        let blocks = params.block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks])
+            .ok()?;
+        // password_hash's Output compares in constant time.
+        Some(argon2::password_hash::Output::new(&out).ok()? == expected)
+    };
+    check().unwrap_or(false)
+}
+
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
@@ -220,9 +302,7 @@ impl Authenticator {
             None => (self.dummy_hash.clone(), None),
         };
         let pw = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let ok = verify_on_pool(pw, hash).await?;
         let mut t = self.throttle.lock().map_err(|_| AuthError::Internal("throttle lock poisoned".into()))?;
         match (ok, user) {
             (true, Some(u)) => {
@@ -247,6 +327,12 @@ mod tests {
     fn roundtrip() {
         let h = super::hash_password("s3cret").unwrap();
         assert!(h.starts_with("$argon2id$"));
+        let mut memory = Vec::new();
+        for _ in 0..2 {
+            assert!(verify_with_memory("s3cret", &h, &mut memory));
+            assert!(!verify_with_memory("wrong", &h, &mut memory));
+        }
+        assert!(!verify_with_memory("s3cret-pw", "not a hash", &mut memory));
         assert!(super::verify_password("s3cret", &h));
         assert!(!super::verify_password("S3cret", &h));
         assert!(!super::verify_password("s3cret", "garbage"));

@@ -6,6 +6,7 @@
 //! before closing the archive.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -101,49 +102,117 @@ impl Generation {
 }
 
 /// What `serve` keeps of the IMAP server: its stop signal, its tasks, and
-/// the user table a SIGHUP replaces.
-type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<std::sync::Arc<crate::imap::Ctx>>);
+/// where a SIGHUP publishes a new context (limits, users, TLS).
+type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<watch::Sender<Arc<crate::imap::Ctx>>>);
 
-/// Start the IMAP listeners if `[imap]` is configured. A SIGHUP replaces
-/// the users and their grants (without dropping sessions); listeners,
-/// limits and TLS are read once (restart to change them).
-async fn start_imap(cfg: &Config, store: &Store) -> anyhow::Result<ImapHandle> {
-    let (stop, rx) = watch::channel(false);
-    let Some(imap) = &cfg.imap else { return Ok((stop, JoinSet::new(), None)) };
-    let files = cfg.tls.as_ref().context("[imap] needs [tls]")?;
-    let tls = crate::tls::server_config(&files.cert, &files.key).context("IMAP TLS certificate")?;
-    let auth = std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users));
-    let ctx = std::sync::Arc::new(crate::imap::Ctx {
-        cfg: imap.clone(),
-        tls,
-        store: store.clone(),
-        auth: auth.clone(),
-        sessions: Default::default(),
-        addresses: Default::default(),
-        overdue_after: cfg.pec.overdue_after,
-        rules: std::sync::RwLock::new(std::sync::Arc::new(crate::handling::rules::Rules::compile(cfg))),
-    });
-    let tasks = crate::imap::start(ctx.clone(), rx).await?;
-    Ok((stop, tasks, Some(ctx)))
+/// What the client-facing listeners share and a SIGHUP replaces in place:
+/// the users (one login throttle for IMAP, SMTP and the HTTP API) and the
+/// TLS certificate.
+struct Shared {
+    auth: Arc<crate::auth::Authenticator>,
+    cert: Option<Arc<crate::tls::ReloadableCert>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Start the SMTP submission listeners if `[smtp]` is configured (users,
-/// TLS and mailboxes read once, like IMAP).
-async fn start_smtp(cfg: &Config, store: &Store) -> anyhow::Result<(watch::Sender<bool>, JoinSet<()>)> {
+fn shared(cfg: &Config) -> anyhow::Result<Shared> {
+    let auth = Arc::new(crate::auth::Authenticator::new(&cfg.users));
+    let (cert, tls) = match &cfg.tls {
+        Some(files) => {
+            let cert = crate::tls::ReloadableCert::load(&files.cert, &files.key).context("TLS certificate")?;
+            let tls = cert.server_config().context("TLS configuration")?;
+            (Some(cert), Some(tls))
+        }
+        None => (None, None),
+    };
+    Ok(Shared { auth, cert, tls })
+}
+
+fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
+    Ok(crate::imap::Ctx {
+        cfg: imap.clone(),
+        tls: sh.tls.clone().context("[imap] needs [tls]")?,
+        store: store.clone(),
+        auth: sh.auth.clone(),
+        sessions: old.map(|o| o.sessions.clone()).unwrap_or_default(),
+        addresses: old.map(|o| o.addresses.clone()).unwrap_or_default(),
+        overdue_after: cfg.pec.overdue_after,
+        rules: std::sync::RwLock::new(Arc::new(crate::handling::rules::Rules::compile(cfg))),
+    })
+}
+
+/// Start the IMAP listeners if `[imap]` is configured. A SIGHUP publishes
+/// a new context: new connections get the new limits, open sessions keep
+/// theirs; the users and the certificate change for everyone at once.
+/// Listener addresses are read once (restart to change them).
+async fn start_imap(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<ImapHandle> {
+    let (stop, rx) = watch::channel(false);
+    let Some(imap) = &cfg.imap else { return Ok((stop, JoinSet::new(), None)) };
+    let ctx = Arc::new(imap_ctx(imap, cfg, sh, store, None)?);
+    let (tx, current) = watch::channel(ctx);
+    let tasks = crate::imap::start_reloadable(current, rx).await?;
+    Ok((stop, tasks, Some(tx)))
+}
+
+/// Start the SMTP submission listeners if `[smtp]` is configured (its
+/// settings and mailboxes are read once; users and certificate are shared
+/// and follow a SIGHUP).
+async fn start_smtp(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<(watch::Sender<bool>, JoinSet<()>)> {
     let (stop, rx) = watch::channel(false);
     let Some(smtp) = &cfg.smtp else { return Ok((stop, JoinSet::new())) };
-    let files = cfg.tls.as_ref().context("[smtp] needs [tls]")?;
-    let tls = crate::tls::server_config(&files.cert, &files.key).context("SMTP TLS certificate")?;
-    let ctx = std::sync::Arc::new(crate::smtp::Ctx {
+    let ctx = Arc::new(crate::smtp::Ctx {
         cfg: smtp.clone(),
-        tls,
+        tls: sh.tls.clone().context("[smtp] needs [tls]")?,
         store: store.clone(),
-        auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+        auth: sh.auth.clone(),
         mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.clone())).collect(),
         timeout: cfg.upstream.timeout,
     });
     let tasks = crate::smtp::start(ctx, rx).await?;
     Ok((stop, tasks))
+}
+
+/// Apply to the running listeners what a SIGHUP can change without a
+/// restart, and say clearly what needs one.
+fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap: Option<&watch::Sender<Arc<crate::imap::Ctx>>>) {
+    sh.auth.reload(&new.users);
+    tracing::info!(users = new.users.len(), "SIGHUP: users and grants reloaded (IMAP, SMTP, HTTP API)");
+    match (&sh.cert, &new.tls) {
+        (Some(cert), Some(files)) => match cert.reload(&files.cert, &files.key) {
+            Ok(()) => tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate reloaded (new connections use it)"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate refused; keeping the old one"),
+        },
+        (None, Some(_)) => tracing::warn!("SIGHUP: [tls] was added; restart pecgate to use it"),
+        (Some(_), None) => tracing::warn!("SIGHUP: [tls] was removed; the listeners keep the old certificate until a restart"),
+        (None, None) => {}
+    }
+    let restart = |what: &str| tracing::warn!("SIGHUP: {what} changed: restart pecgate to apply it");
+    match (imap, &old.imap, &new.imap) {
+        (Some(tx), Some(o), Some(n)) => {
+            if o.listen != n.listen || o.listen_starttls != n.listen_starttls {
+                restart("[imap] listen / listen_starttls");
+            }
+            let prev = tx.borrow().clone();
+            match imap_ctx(n, new, sh, store, Some(&prev)) {
+                Ok(ctx) => {
+                    tx.send_replace(Arc::new(ctx));
+                    tracing::info!(
+                        max_sessions_per_user = n.max_sessions_per_user,
+                        max_sessions_per_address = n.max_sessions_per_address,
+                        "SIGHUP: IMAP limits reloaded (new connections; open sessions keep theirs)"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: IMAP settings not applied"),
+            }
+        }
+        (_, None, None) => {}
+        _ => restart("[imap] (added or removed)"),
+    }
+    if format!("{:?}", old.smtp) != format!("{:?}", new.smtp) {
+        restart("[smtp]");
+    }
+    if old.http.as_ref().map(|h| &h.listen) != new.http.as_ref().map(|h| &h.listen) {
+        restart("[http] listen");
+    }
 }
 
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
@@ -152,20 +221,21 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let mut generation = start_generation(&cfg, &store, &board)?;
-    let (imap_stop, mut imap_tasks, imap_ctx) = start_imap(&cfg, &store).await?;
+    let sh = shared(&cfg)?;
+    let (imap_stop, mut imap_tasks, imap_ctx_tx) = start_imap(&cfg, &sh, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let http_task = match &cfg.http {
         Some(h) => {
             let state = crate::http::HttpState {
                 metrics: metrics.clone(),
-                auth: std::sync::Arc::new(crate::auth::Authenticator::new(&cfg.users)),
+                auth: sh.auth.clone(),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }
         None => None,
     };
-    let (smtp_stop, mut smtp_tasks) = start_smtp(&cfg, &store).await?;
+    let (smtp_stop, mut smtp_tasks) = start_smtp(&cfg, &sh, &store).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -185,13 +255,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     }
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded; restarting mailbox tasks");
-                        if let Some(ctx) = &imap_ctx {
-                            ctx.auth.reload(&new.users);
-                            if let Ok(mut r) = ctx.rules.write() {
-                                *r = std::sync::Arc::new(crate::handling::rules::Rules::compile(&new));
-                            }
-                            tracing::info!(users = new.users.len(), offices = new.offices.len(), rules = new.rules.len(), "SIGHUP: IMAP users, grants, offices and rules reloaded");
-                        }
+                        reload_listeners(&cfg, &new, &sh, &store, imap_ctx_tx.as_ref());
                         generation.stop(Duration::from_secs(30)).await;
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));

@@ -40,8 +40,33 @@ pub enum MetricsError {
 /// Protocols whose logins are counted (series exist at zero from the start,
 /// so alerts and dashboards see them before the first login).
 const LOGIN_PROTOCOLS: [&str; 2] = ["imap", "smtp"];
+/// Outcomes of [`Metrics::smtp_submissions`].
+pub const SMTP_OUTCOMES: [&str; 4] = ["accepted", "temporary", "rejected", "refused"];
 /// Signature outcomes counted as failures.
 const SIGNATURE_FAILURES: [&str; 2] = ["invalid", "unknown-signer"];
+
+/// One open SMTP connection in [`Metrics::smtp_sessions_open`]; dropping
+/// it (however the connection task ends) releases it.
+pub struct SmtpSessionGuard(());
+
+impl SmtpSessionGuard {
+    pub fn new() -> SmtpSessionGuard {
+        Metrics::smtp_sessions_open().inc();
+        SmtpSessionGuard(())
+    }
+}
+
+impl Default for SmtpSessionGuard {
+    fn default() -> Self {
+        SmtpSessionGuard::new()
+    }
+}
+
+impl Drop for SmtpSessionGuard {
+    fn drop(&mut self) {
+        Metrics::smtp_sessions_open().dec();
+    }
+}
 
 /// Counts of journal events, accumulated by a [`Tail`].
 #[derive(Debug, Default)]
@@ -53,6 +78,10 @@ struct EventCounts {
     kinds: BTreeMap<(String, String), u64>,
     /// (mailbox, status) → messages whose signature did not verify.
     signature_failures: BTreeMap<(String, String), u64>,
+    /// mailbox → the latest journal sequence that may have changed its
+    /// sent messages' reconciliation state (an archived message carrying
+    /// PEC metadata: a sent copy or a receipt).
+    sent_changed: BTreeMap<String, u64>,
 }
 
 impl EventCounts {
@@ -71,6 +100,10 @@ impl EventCounts {
             ..
         } = &r.event
         {
+            if pec.is_some() {
+                let seq = self.sent_changed.entry(mailbox.clone()).or_default();
+                *seq = (*seq).max(r.seq);
+            }
             let kind = pec
                 .as_ref()
                 .and_then(|p| p["classification"]["kind"]["type"].as_str())
@@ -89,12 +122,60 @@ impl EventCounts {
     }
 }
 
+/// One mailbox's sent messages, split by whether their contribution to the
+/// metrics can still change with time alone.
+///
+/// A recipient's status depends on `now` only while it has no final
+/// receipt (pending or warned can turn overdue), and the ages of the oldest
+/// awaiting messages grow; every other status (delivered, delivery failed,
+/// not sent, sent to a non-certified address) is fixed until a new receipt
+/// arrives, which is a journal record. So a scrape adds the settled counts
+/// and re-evaluates only the open messages: its cost follows the messages
+/// still awaiting something, not the whole sent history.
+#[derive(Debug, Default)]
+struct SentCache {
+    /// The index's applied sequence read before the scan: every record up
+    /// to it is reflected here.
+    seq: u64,
+    settled_by_status: BTreeMap<&'static str, u64>,
+    settled_failed: u64,
+    /// Messages awaiting acceptance or a final receipt from someone.
+    open: Vec<crate::pec::reconcile::SentMessage>,
+}
+
+impl SentCache {
+    fn build(seq: u64, all: Vec<crate::pec::reconcile::SentMessage>, now: chrono::DateTime<Utc>) -> SentCache {
+        let mut c = SentCache { seq, ..SentCache::default() };
+        for sent in all {
+            let statuses = sent.statuses(now);
+            let open = sent.overall() == Overall::Submitted
+                || statuses.values().any(|s| {
+                    matches!(s, RecipientStatus::Pending | RecipientStatus::Warned | RecipientStatus::Overdue)
+                });
+            if open {
+                drop(statuses);
+                c.open.push(sent);
+                continue;
+            }
+            for s in statuses.values() {
+                if *s == RecipientStatus::DeliveryFailed {
+                    c.settled_failed += 1;
+                }
+                *c.settled_by_status.entry(status_label(*s)).or_default() += 1;
+            }
+        }
+        c
+    }
+}
+
 /// The metrics of one daemon: where to read from, plus the event counts.
 pub struct Metrics {
     board: RwLock<StatusBoard>,
     store: Store,
     started: f64,
     events: Mutex<EventCounts>,
+    /// mailbox → its sent messages as of some index sequence.
+    sent: Mutex<BTreeMap<String, SentCache>>,
 }
 
 impl Metrics {
@@ -104,6 +185,7 @@ impl Metrics {
             store,
             started: Utc::now().timestamp_micros() as f64 / 1e6,
             events: Mutex::new(EventCounts::default()),
+            sent: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -132,6 +214,43 @@ impl Metrics {
                 "Client IMAP sessions currently open.",
             )
             .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+        })
+    }
+
+    /// Open client SMTP submission connections (process-wide), from accept
+    /// to close. The SMTP server holds an [`SmtpSessionGuard`] per
+    /// connection.
+    pub fn smtp_sessions_open() -> &'static IntGauge {
+        static G: OnceLock<IntGauge> = OnceLock::new();
+        G.get_or_init(|| {
+            IntGauge::new(
+                "pecgate_smtp_sessions_open",
+                "Client SMTP submission connections currently open.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+        })
+    }
+
+    /// Submissions by outcome: `accepted` (the provider took it),
+    /// `temporary` (provider unreachable, slow or 4xx: the client got 451),
+    /// `rejected` (the provider answered 5xx), `refused` (pecgate itself
+    /// refused it: no send right, unknown sender, forged From). Every
+    /// outcome series exists from the start, at zero.
+    pub fn smtp_submissions() -> &'static IntCounterVec {
+        static C: OnceLock<IntCounterVec> = OnceLock::new();
+        C.get_or_init(|| {
+            let c = IntCounterVec::new(
+                Opts::new(
+                    "pecgate_smtp_submissions_total",
+                    "SMTP submissions by outcome (accepted, temporary, rejected by the provider, refused by pecgate).",
+                ),
+                &["outcome"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"));
+            for o in SMTP_OUTCOMES {
+                c.with_label_values(&[o]);
+            }
+            c
         })
     }
 
@@ -185,7 +304,12 @@ impl Metrics {
         build
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
-                option_env!("PECGATE_GIT_COMMIT").unwrap_or("unknown"),
+                // Set by build.rs (from git, or from PECGATE_GIT_COMMIT at build
+                // time). Not itself named PECGATE_GIT_COMMIT: `cargo run` and
+                // `cargo test` export build-script variables to the process,
+                // and a PECGATE_* variable there is read as a configuration
+                // override.
+                option_env!("BUILD_GIT_COMMIT").unwrap_or("unknown"),
             ])
             .set(1.0);
         r.gauge(
@@ -194,6 +318,8 @@ impl Metrics {
         )?
         .set(self.started);
         r.add(Metrics::imap_sessions_open().clone())?;
+        r.add(Metrics::smtp_sessions_open().clone())?;
+        r.add(Metrics::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
         r.add(Metrics::commands().clone())?;
         r.add(Metrics::throttled_logins().clone())?;
@@ -324,16 +450,18 @@ impl Metrics {
                 .set(s.archived_total_bytes as f64);
         }
 
+        // Events first: reading the journal tail tells which mailboxes'
+        // sent messages changed since the last scrape.
+        self.collect_events(
+            &r,
+            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
+        )?;
         self.collect_sent(
             &r,
             &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
             now,
         )?;
         self.collect_handling(
-            &r,
-            &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
-        )?;
-        self.collect_events(
             &r,
             &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
         )?;
@@ -378,12 +506,42 @@ impl Metrics {
             "Recipients of sent messages, by delivery status.",
             &["mailbox", "status"],
         )?;
+        let changed = self
+            .events
+            .lock()
+            .map(|ev| ev.sent_changed.clone())
+            .unwrap_or_default();
+        let Ok(mut caches) = self.sent.lock() else {
+            return Ok(());
+        };
         for alias in mailboxes {
             let m = &[alias.as_str()];
-            let (mut n_acc, mut n_del, mut failed) = (0u64, 0u64, 0u64);
+            let stale = match caches.get(alias) {
+                None => true,
+                Some(c) => changed.get(alias).is_some_and(|need| *need > c.seq),
+            };
+            if stale {
+                // Read the applied sequence before the scan, so the cache
+                // never claims more than it saw.
+                let fresh = self.store.applied_seq().and_then(|seq| {
+                    self.store.sent_states(alias).map(|all| SentCache::build(seq, all, now))
+                });
+                match fresh {
+                    Ok(c) => {
+                        caches.insert(alias.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(mailbox = %alias, error = %e, "metrics: reading sent messages");
+                        caches.remove(alias);
+                    }
+                }
+            }
+            let empty = SentCache::default();
+            let cache = caches.get(alias).unwrap_or(&empty);
+            let (mut n_acc, mut n_del, mut failed) = (0u64, 0u64, cache.settled_failed);
             let (mut age_acc, mut age_del) = (0f64, 0f64);
-            let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-            for sent in self.store.sent_states(alias).unwrap_or_default() {
+            let mut by_status: BTreeMap<&'static str, u64> = cache.settled_by_status.clone();
+            for sent in &cache.open {
                 let age = sent
                     .clock_start()
                     .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1e3)

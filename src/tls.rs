@@ -68,3 +68,53 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .with_single_cert(load_certs(cert)?, load_key(key)?)?;
     Ok(Arc::new(cfg))
 }
+
+/// The server certificate and key, replaceable while running (SIGHUP):
+/// every listener's [`ServerConfig`] resolves through it, so handshakes
+/// after a [`ReloadableCert::reload`] present the new certificate while
+/// connections already established keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let ck = rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
+        .map_err(|e| TlsError::File { path: format!("{} / {}", cert.display(), key.display()), message: e.to_string() })?;
+    Ok(Arc::new(ck))
+}
+
+impl ReloadableCert {
+    /// Load (and check: the key must match the certificate) `cert` and `key`.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<ReloadableCert>, TlsError> {
+        Ok(Arc::new(ReloadableCert { current: std::sync::RwLock::new(certified_key(cert, key)?) }))
+    }
+
+    /// Replace the certificate and key; on any error the old pair stays.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let ck = certified_key(cert, key)?;
+        match self.current.write() {
+            Ok(mut g) => *g = ck,
+            Err(poisoned) => *poisoned.into_inner() = ck,
+        }
+        Ok(())
+    }
+
+    /// A server configuration presenting whatever pair is current.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(Arc::new(cfg))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        })
+    }
+}

@@ -9,65 +9,19 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pecgate::pec::reconcile::{Overall, RecipientStatus};
 use support::gateway::{mailbox_toml, tail, Gateway, FAST_UPSTREAM};
-use support::{free_port, pecgate_bin, Dovecot, DovecotOptions, UserSpec};
+use support::sim::{wait_port, Sim};
+use support::{free_port, Dovecot, DovecotOptions, UserSpec};
 
 const PW: &str = "Gw-pass-1";
 const PROT: &str = "prot@pec.sim.test";
 const LEGAL: &str = "legal@pec.sim.test";
 /// A simulated mailbox at its quota (`quota_messages = 0`).
 const FULL: &str = "full@pec.sim.test";
-
-struct Sim {
-    child: Option<Child>,
-    config: PathBuf,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Sim {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(pecgate_bin())
-            .args(["sim-provider", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sim-provider");
-        self.child = Some(child);
-        wait_port(self.port, &self.log);
-    }
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn wait_port(port: u16, log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Env {
     _dv: Dovecot,

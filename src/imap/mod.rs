@@ -26,10 +26,12 @@ use crate::auth::Authenticator;
 use crate::config::ImapConfig;
 use crate::store::Store;
 
-/// HYPOTHESIS: 4096 concurrent connections (idle IMAP sessions cost a few
-/// KB each) cover an organisation of hundreds of users with several
-/// clients each; past it new connections wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4096;
+/// HYPOTHESIS: 16,384 concurrent connections cover an organisation of
+/// hundreds of users with several clients each, with room for the 10,000
+/// idle sessions of the memory target (BENCHMARKS.md); past it new
+/// connections wait in the kernel's backlog. The process needs a file
+/// limit above it (the systemd unit sets `LimitNOFILE=65536`).
+const MAX_CONNECTIONS: usize = 16_384;
 /// A TLS handshake slower than this is an attack or a broken client.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -48,12 +50,13 @@ pub struct Ctx {
     pub tls: Arc<rustls::ServerConfig>,
     pub store: Store,
     pub auth: Arc<Authenticator>,
-    /// Open sessions per user (for `max_sessions_per_user`).
-    pub sessions: Mutex<HashMap<String, usize>>,
+    /// Open sessions per user (for `max_sessions_per_user`); shared by the
+    /// contexts a SIGHUP replaces, so reloaded limits count every session.
+    pub sessions: Arc<Mutex<HashMap<String, usize>>>,
     /// Open connections per source address (for
     /// `max_sessions_per_address`), counted from accept, before TLS and
     /// login: one address cannot take all `MAX_CONNECTIONS` slots.
-    pub addresses: Mutex<HashMap<IpAddr, usize>>,
+    pub addresses: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// `pec.overdue_after`: when a sent message without its final receipts
     /// shows `$PecOverdue` (reconcile's default if `None`).
     pub overdue_after: Option<Duration>,
@@ -144,6 +147,18 @@ pub async fn start(
     ctx: Arc<Ctx>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinSet<()>, ImapError> {
+    start_reloadable(watch::channel(ctx).1, shutdown).await
+}
+
+/// Like [`start`], with the context read from `current` at each accept: a
+/// SIGHUP publishes a new [`Ctx`] (limits, users, TLS) and new connections
+/// get it while open sessions keep the one they started with. The
+/// listener addresses are those of the context at start.
+pub async fn start_reloadable(
+    current: watch::Receiver<Arc<Ctx>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinSet<()>, ImapError> {
+    let ctx = current.borrow().clone();
     let mut tasks = JoinSet::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let addrs = ctx
@@ -163,7 +178,7 @@ pub async fn start(
         tasks.spawn(accept_loop(
             listener,
             implicit,
-            ctx.clone(),
+            current.clone(),
             limit.clone(),
             shutdown.clone(),
         ));
@@ -174,12 +189,12 @@ pub async fn start(
 async fn accept_loop(
     listener: TcpListener,
     implicit: bool,
-    ctx: Arc<Ctx>,
+    current: watch::Receiver<Arc<Ctx>>,
     limit: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
     crate::listener::accept_loop("imap", listener, limit, shutdown, |tcp, peer, sd| {
-        let ctx = ctx.clone();
+        let ctx = current.borrow().clone();
         // Counted from the moment of accept, before TLS and login.
         let slot = ctx.acquire_address(peer.ip());
         async move {

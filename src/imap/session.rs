@@ -1939,7 +1939,15 @@ impl Session {
                     .cloned()
                     .collect(),
                 provider: None,
-                pec: m.pec.clone(),
+                // Session snapshots carry no PEC metadata (view::snapshot_at).
+                pec: match &m.pec {
+                    Some(p) => Some(p.clone()),
+                    None => sel
+                        .source_uids(&[*u])
+                        .first()
+                        .and_then(|su| self.ctx.store.message(&src_mailbox, from, *su).ok().flatten())
+                        .and_then(|x| x.pec),
+                },
                 handling: None,
             };
             batch.push((a, ch));

@@ -343,6 +343,13 @@ impl View {
                 }
             }
         }
+        // A session keeps its snapshot while the folder is selected: the
+        // PEC metadata (a parsed JSON tree per message, the larger part of
+        // a meta) is not needed there once the keywords are computed, and
+        // COPY reads it from the store.
+        for (_, m) in msgs.iter_mut() {
+            m.pec = None;
+        }
         Ok((msgs, seen))
     }
 
@@ -369,6 +376,7 @@ impl View {
             m.flags.retain(|fl| !is_pec_keyword(fl));
             m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
             m.source_uid = Some(uid);
+            m.pec = None;
             if seen_inbox.contains(&uid) {
                 seen.insert(h.vuid);
             }

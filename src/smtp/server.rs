@@ -16,6 +16,7 @@ use super::relay;
 use super::session::{Action, Limits, Session};
 use crate::auth::Authenticator;
 use crate::config::{MailboxConfig, SmtpConfig};
+use crate::metrics::{Metrics, SmtpSessionGuard};
 use crate::store::{Audit, Change, Store};
 
 /// HYPOTHESIS: submissions are short-lived; 1024 concurrent connections
@@ -101,6 +102,7 @@ enum End {
 }
 
 async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr, implicit: bool, shutdown: watch::Receiver<bool>) {
+    let _open = SmtpSessionGuard::new();
     let acceptor = TlsAcceptor::from(ctx.tls.clone());
     let mut session = Session::new(ctx.limits(!implicit, &peer), implicit);
     if implicit {
@@ -172,6 +174,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Err(e) = ctx.store.commit(audit, Change::None).await {
                         tracing::error!(error = %e, "cannot audit a refused submission");
                     }
+                    Metrics::smtp_submissions().with_label_values(&["refused"]).inc();
                     out.push_str(&reply);
                 }
                 Action::Login { user, password } => {
@@ -194,6 +197,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         None => super::session::RelayOutcome::Temporary("mailbox no longer configured".into()),
                     };
                     tracing::info!(user = %sub.user, mailbox = %sub.mailbox, message_id = %sub.message_id, outcome = ?outcome, "SMTP submission");
+                    let label = match &outcome {
+                        super::session::RelayOutcome::Accepted(_) => "accepted",
+                        super::session::RelayOutcome::Temporary(_) => "temporary",
+                        super::session::RelayOutcome::Permanent { .. } => "rejected",
+                    };
+                    Metrics::smtp_submissions().with_label_values(&[label]).inc();
                     if let Err(e) = relay::record(&ctx.store, &sub, &source, &outcome).await {
                         tracing::error!(error = %e, message_id = %sub.message_id, "sent, but the archive/audit write failed");
                     }

@@ -234,6 +234,7 @@ impl Session {
     }
 
     fn command(&mut self, req: Request<String>) -> Option<Action> {
+        crate::metrics::Metrics::commands().with_label_values(&["smtp", command_name(&req)]).inc();
         match req {
             Request::Ehlo { host } | Request::Lhlo { host } => {
                 self.greeted = true;
@@ -466,6 +467,30 @@ impl Session {
                 format!("{code} 5.0.0 Refused by the PEC provider: {}\r\n", clean(text))
             }
         }
+    }
+}
+
+/// The command's verb, for `pecgate_client_commands_total{protocol="smtp"}`.
+fn command_name(req: &Request<String>) -> &'static str {
+    match req {
+        Request::Ehlo { .. } => "EHLO",
+        Request::Lhlo { .. } => "LHLO",
+        Request::Helo { .. } => "HELO",
+        Request::StartTls => "STARTTLS",
+        Request::Auth { .. } => "AUTH",
+        Request::Mail { .. } => "MAIL",
+        Request::Rcpt { .. } => "RCPT",
+        Request::Data => "DATA",
+        Request::Bdat { .. } => "BDAT",
+        Request::Rset => "RSET",
+        Request::Noop { .. } => "NOOP",
+        Request::Vrfy { .. } => "VRFY",
+        Request::Help { .. } => "HELP",
+        Request::Quit => "QUIT",
+        Request::Expn { .. } => "EXPN",
+        Request::Etrn { .. } => "ETRN",
+        Request::Atrn { .. } => "ATRN",
+        Request::Burl { .. } => "BURL",
     }
 }
 

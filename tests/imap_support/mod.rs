@@ -64,6 +64,66 @@ pub struct Setup {
     /// Pad each INBOX message's text with about this many bytes (0: none),
     /// see [`padded_message`].
     pub pad: usize,
+    /// Archive this many more small messages ([`bulk_message`]) in
+    /// prot/INBOX after the others, in batches (load tools: a 100k folder).
+    pub bulk: usize,
+}
+
+/// A small message for bulk folders: 1,000 senders, subjects numbered,
+/// internal dates one minute apart going back from now (see
+/// [`bulk_date`]).
+pub fn bulk_message(i: usize) -> Vec<u8> {
+    format!(
+        "From: Mittente {s} <mittente{s}@pec.example.it>\r\nTo: protocollo@pec.comune.example.it\r\nSubject: Pratica {i}\r\nMessage-ID: <bulk{i}@pec.example.it>\r\n\r\nTesto della pratica {i}\r\n",
+        s = i % 1000
+    )
+    .into_bytes()
+}
+
+/// Internal date of bulk message `i` (of `n`): the last is the newest.
+pub fn bulk_date(i: usize, n: usize) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::minutes((n - i) as i64)
+}
+
+async fn archive_bulk(store: &Store, n: usize) {
+    const BATCH: usize = 1000;
+    let t0 = Instant::now();
+    let mut i = 1;
+    while i <= n {
+        let end = (i + BATCH).min(n + 1);
+        // Blob writes (each fsynced) in parallel, then one group commit.
+        let mut puts = tokio::task::JoinSet::new();
+        for k in i..end {
+            let st = store.clone();
+            puts.spawn(async move { (k, st.put_blob(bulk_message(k)).await.expect("blob")) });
+        }
+        let mut blobs = Vec::new();
+        while let Some(r) = puts.join_next().await {
+            blobs.push(r.expect("blob task"));
+        }
+        blobs.sort_by_key(|(k, _)| *k);
+        let entries = blobs
+            .into_iter()
+            .map(|(k, blob)| {
+                (
+                    Audit::system("test", "archive"),
+                    Change::Archive {
+                        mailbox: "prot".into(),
+                        folder: "INBOX".into(),
+                        blob,
+                        internal_date: bulk_date(k, n),
+                        flags: vec![],
+                        provider: None,
+                        pec: None,
+                        handling: None,
+                    },
+                )
+            })
+            .collect();
+        store.commit_batch(entries).await.expect("commit batch");
+        i = end;
+    }
+    eprintln!("bulk: {n} messages archived in {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 /// [`message`] `i` with about `pad` more bytes of text (76-column lines).
@@ -195,6 +255,9 @@ pub fn start_with(setup: Setup) -> Gateway {
             )
             .await
             .expect("commit");
+        if setup.bulk > 0 {
+            archive_bulk(&store, setup.bulk).await;
+        }
         if setup.pec {
             let now = chrono::Utc::now();
             // Times relative to now, so that the states do not drift with

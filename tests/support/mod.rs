@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod sim;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

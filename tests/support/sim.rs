@@ -1,0 +1,57 @@
+//! The PEC provider simulator (`pecgate sim-provider`) as a child process,
+//! for tests that send: started and stopped at will, its log kept.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::pecgate_bin;
+
+pub struct Sim {
+    pub child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Sim {
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(pecgate_bin())
+            .args(["sim-provider", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sim-provider");
+        self.child = Some(child);
+        wait_port(self.port, &self.log);
+    }
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wait (30 s at most) until something listens on 127.0.0.1:`port`; the
+/// panic shows `log`.
+pub fn wait_port(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
