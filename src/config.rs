@@ -323,11 +323,23 @@ pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, LoadError> {
             config::Environment::with_prefix("PECGATE")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(overrides(std::env::vars()))),
         )
         .build()
         .map_err(parse)?;
     built.try_deserialize::<Config>().map_err(parse)
+}
+
+/// The environment variables that override configuration keys: `PECGATE_`
+/// plus a key path with `__` between levels. Every top-level key is a table
+/// (`store`, `imap`, …), so a real override always has a `__`; variables
+/// without one (`PECGATE_CONFIG`, the command line's own, or
+/// `PECGATE_GIT_COMMIT` from a build) are not configuration and must not
+/// make the daemon refuse its file as an unknown key.
+fn overrides(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(k, _)| k.strip_prefix("PECGATE_").is_some_and(|rest| rest.contains("__")))
+        .collect()
 }
 
 /// The config crate's message on one line, with its key paths written the

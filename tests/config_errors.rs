@@ -128,6 +128,24 @@ fn environment_overrides_the_file() {
     assert!(text.contains("data in /srv/elsewhere"), "{text}");
 }
 
+/// `PECGATE_CONFIG` names the file (the command line reads it) and other
+/// `PECGATE_*` variables without a key path are not configuration: they
+/// must not make the file "unknown field".
+#[test]
+fn unrelated_pecgate_variables_are_not_configuration() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("pecgate.toml");
+    std::fs::write(&path, good(d.path())).unwrap();
+    let out = Command::new(pecgate_bin())
+        .arg("check-config")
+        .env("PECGATE_CONFIG", &path)
+        .env("PECGATE_GIT_COMMIT", "abc1234")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+}
+
 #[test]
 fn hash_password_gives_a_verifiable_argon2id_string() {
     use std::io::Write;
