@@ -342,7 +342,13 @@ fn discard_greeting(server: &mut Server) {
 
 async fn handshake(ctx: &Ctx, tcp: TcpStream) -> Option<Stream> {
     let acceptor = TlsAcceptor::from(ctx.tls.clone());
-    match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    // imap-next hands each encoded response to rustls in one write_all; with
+    // rustls's default 64 KiB limit on unsent TLS records, any response
+    // larger than that (a message over 64 KiB, a SEARCH with ~10,000 hits)
+    // failed with "failed to write whole buffer" and dropped the client.
+    // Output stays bounded by the session's response windows (io.rs).
+    let accept = acceptor.accept_with(tcp, |conn| conn.set_buffer_limit(None));
+    match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => Some(Stream::tls(TlsStream::Server(tls))),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "IMAP TLS handshake failed");
