@@ -67,15 +67,17 @@ pub enum Command {
     #[command(subcommand)]
     Store(StoreCmd),
     /// Run a simulated PEC provider (SMTP submission, signed receipts and
-    /// envelopes delivered by IMAP APPEND into mailboxes on a real IMAP
-    /// server). For tests and trials; never for real mail.
+    /// envelopes, delivered into mailboxes it serves itself with
+    /// `[mailstore]`, or by IMAP APPEND into a real IMAP server). For tests
+    /// and trials; never for real mail.
     SimProvider {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Try pecgate in one command: a simulated PEC provider (mailboxes in a
-    /// throw-away Dovecot, which must be installed), the gateway with two
-    /// mailboxes and two users, self-signed TLS; prints how to connect.
+    /// Try pecgate in one command, nothing to install: a simulated PEC
+    /// provider (its mailboxes in a store of its own, served over IMAP on
+    /// loopback), the gateway with two mailboxes and two users, self-signed
+    /// TLS; prints how to connect Thunderbird, mbsync and swaks.
     Demo {
         /// Keep everything here (default: a temporary directory removed on exit).
         #[arg(long)]
