@@ -160,7 +160,7 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                 cfg,
                 "[[mailbox]]\nalias = \"{alias}\"\naddress = \"{local}@{DOMAIN}\"\nusername = \"{alias}\"\npassword = \"{pw}\"\n\
                  imap = {{ host = \"127.0.0.1\", port = {imap}, tls = \"none\" }}\nsmtp = {{ host = \"127.0.0.1\", port = {sim_port}, tls = \"none\" }}\n\
-                 poll_interval = \"2s\"\n\n",
+                 poll_interval = \"2s\"\ndefault_office = \"segreteria\"\ndefault_due = \"30d\"\n\n",
                 pw = secret("provider", alias)?,
                 imap = sim_imap_port,
             )?;
@@ -176,6 +176,9 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                 "[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"{default}\"\ngrants = {{ {grants} }}\n\n"
             )?;
         }
+        // Handling: every certified message arriving goes to the office
+        // "segreteria" (mario), so legale/To handle shows the welcome PEC.
+        cfg.push_str("[[office]]\nname = \"segreteria\"\nmembers = [\"mario\"]\n\n");
         let config_path = dir.join("pecgate.toml");
         std::fs::write(&config_path, cfg)?;
         crate::daemon::load_config(&config_path)?;
@@ -261,6 +264,9 @@ fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
          \x20 mario / {mario}   read, triage and send on protocollo@{DOMAIN} and ufficio.legale@{DOMAIN}\n\
          \x20 anna  / {anna}   read only on ufficio.legale@{DOMAIN}\n\n\
          Thunderbird: add a mail account with the settings above; import {ca} as a CA (Settings > Certificates > Authorities).\n\n\
+         Handling: certified messages arriving go to the office segreteria (mario). Drag the welcome PEC\n\
+         from legale/To handle into legale/Mine to take it in charge, then into legale/Done; see\n\
+         `pecgate handling report --config {dir}/pecgate.toml`.\n\n\
          swaks (send a PEC from protocollo to the legal office):\n\
          \x20 swaks --server 127.0.0.1:{smtps} --tls-on-connect --auth PLAIN --auth-user mario --auth-password {mario} \\\n\
          \x20       --from protocollo@{DOMAIN} --to ufficio.legale@{DOMAIN} --header 'Subject: Prova PEC'\n\n\
