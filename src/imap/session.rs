@@ -82,6 +82,17 @@ impl Selected {
             .collect()
     }
 
+    /// The blob hashes of the messages shown as `uids` (UIDs of this
+    /// folder, in `msgs`' order: a binary search each, not a scan).
+    fn hashes(&self, uids: &[u32]) -> Vec<String> {
+        uids.iter()
+            .filter_map(|u| {
+                let i = self.msgs.binary_search_by_key(u, |m| m.0).ok()?;
+                Some(self.msgs[i].1.hash.clone())
+            })
+            .collect()
+    }
+
     /// The audit's folder for operations on the selected messages: the
     /// store folder they are in (with [`Selected::source_uids`]).
     fn audit_folder(&self) -> &str {
@@ -1685,12 +1696,7 @@ impl Session {
             strs.retain(|f| !handling::is_settable_keyword(f));
             if let Some(action) = action {
                 let t = Transition::new(action, &view.user.name);
-                let hashes: Vec<String> = sel
-                    .msgs
-                    .iter()
-                    .filter(|(u, _)| shown.contains(u))
-                    .map(|(_, m)| m.hash.clone())
-                    .collect();
+                let hashes = sel.hashes(&shown);
                 let (folder, mb) = (sel.folder.clone(), mailbox.clone());
                 if let Err(refusal) = self.transition(&folder, &mb, uids.clone(), hashes, t).await {
                     return io.status(refusal(tag));
@@ -2087,12 +2093,7 @@ impl Session {
         }
         let shown: Vec<u32> = targets.iter().map(|t| t.1).collect();
         let uids = sel.source_uids(&shown);
-        let hashes: Vec<String> = sel
-            .msgs
-            .iter()
-            .filter(|(u, _)| shown.contains(u))
-            .map(|(_, m)| m.hash.clone())
-            .collect();
+        let hashes = sel.hashes(&shown);
         if hashes.is_empty() {
             return io.status(ok(tag, "done (no messages)"));
         }
