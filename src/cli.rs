@@ -327,7 +327,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 since: since.as_deref().map(audit::parse_time).transpose()?,
                 until: until.as_deref().map(audit::parse_time).transpose()?,
             };
-            let bar = progress_bar();
+            let bar = progress_bar(JOURNAL_PROGRESS);
             let found = audit::query(&cfg.store.data_dir.join("journal"), &filter, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -342,7 +342,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let until = until.as_deref().map(audit::parse_time).transpose()?;
             let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::new(file);
-            let bar = progress_bar();
+            let bar = progress_bar(JOURNAL_PROGRESS);
             let h = audit::export(&cfg.store.data_dir.join("journal"), since, until, &mut w, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -447,7 +447,7 @@ fn handling_command(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Rules(RulesCmd::Apply { config, mailbox, dry_run, json }) => {
             let cfg = daemon::load_config(&config)?;
             let s = daemon::open_store(&cfg)?;
-            let bar = commands::progress_bar("messages");
+            let bar = progress_bar("{bar:40} {pos}/{len} messages ({eta})");
             let rep = runtime()?.block_on(commands::rules_apply(&cfg, &s, &mailbox, dry_run, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -498,12 +498,16 @@ fn handling_command(cmd: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress_bar() -> indicatif::ProgressBar {
+/// Progress through the journal (bytes).
+const JOURNAL_PROGRESS: &str = "{bar:40} {bytes}/{total_bytes} of the journal ({eta})";
+
+/// A progress bar drawn with `template` on a terminal, nothing otherwise.
+fn progress_bar(template: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} of the journal ({eta})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar

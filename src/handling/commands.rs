@@ -3,7 +3,6 @@
 //! files, the journal and the archive).
 
 use std::fmt::Write as _;
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -206,16 +205,4 @@ pub fn report_rows(data_dir: &Path, filter: &ReportFilter, now: DateTime<Utc>) -
         }
     }
     Ok(reg.rows(now, |r| filter.keep(r)))
-}
-
-/// A progress bar on a terminal, nothing otherwise.
-pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} ({{eta}})")) {
-        bar.set_style(style);
-    }
-    bar
 }
