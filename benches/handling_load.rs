@@ -19,6 +19,8 @@
 
 #[path = "../tests/imap_support/mod.rs"]
 mod imap_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -42,26 +44,9 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A certified envelope as the sender's provider would deliver it (as in
-/// tests/handling.rs).
+/// A certified envelope to the benchmark's mailbox.
 fn envelope(pki: &pecgate::sim::pki::Pki, sender: &str, subject: &str, n: u32) -> Vec<u8> {
-    use pecgate::sim::build::{build, Notice, Provider, Submission};
-    let msgid = format!("<orig-{n}@mittente.example.it>");
-    let original = format!(
-        "Message-ID: {msgid}\r\nDate: Thu, 26 Nov 2026 09:00:0{n} +0100\r\nFrom: <{sender}>\r\nTo: <{ADDRESS}>\r\n\
-         Subject: {subject}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTesto del messaggio {n}.\r\n"
-    );
-    let sub = Submission {
-        sender: sender.into(),
-        recipients: vec![(ADDRESS.into(), true)],
-        original: original.into_bytes(),
-        subject: subject.into(),
-        msgid,
-        identificativo: format!("opec-bench-{n}@pec.mittente.example.it"),
-        at: Utc::now(),
-    };
-    let provider = Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
-    build(pki, &provider, &sub, &Notice::Envelope, Utc::now()).expect("build envelope")
+    support::certified_envelope(pki, sender, ADDRESS, subject, n)
 }
 
 /// Envelope `i`: one of the templates with a header of its own in front,
@@ -144,7 +129,7 @@ fn archive(data: &Path, n: usize) -> Vec<String> {
 /// each template) in every `keep` runs, so the new ones are spread over
 /// INBOX and mixed.
 fn stays_new(i: usize, keep: usize) -> bool {
-    (i / TEMPLATES) % keep == 0
+    (i / TEMPLATES).is_multiple_of(keep)
 }
 
 /// Envelope templates (see [`archive`]).

@@ -24,25 +24,9 @@ const PASS: &str = "provider-secret-8";
 const PW: &str = "pw-Secret-1";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A certified envelope as the sender's provider would deliver it.
+/// A certified envelope to protocollo.
 fn envelope(pki: &pecgate::sim::pki::Pki, sender: &str, subject: &str, n: u32) -> Vec<u8> {
-    use pecgate::sim::build::{build, Notice, Provider, Submission};
-    let msgid = format!("<orig-{n}@mittente.example.it>");
-    let original = format!(
-        "Message-ID: {msgid}\r\nDate: Thu, 26 Nov 2026 09:00:0{n} +0100\r\nFrom: <{sender}>\r\nTo: <{PROT}>\r\n\
-         Subject: {subject}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTesto del messaggio {n}.\r\n"
-    );
-    let sub = Submission {
-        sender: sender.into(),
-        recipients: vec![(PROT.into(), true)],
-        original: original.into_bytes(),
-        subject: subject.into(),
-        msgid,
-        identificativo: format!("opec-test-{n}@pec.mittente.example.it"),
-        at: Utc::now(),
-    };
-    let provider = Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
-    build(pki, &provider, &sub, &Notice::Envelope, Utc::now()).expect("build envelope")
+    support::certified_envelope(pki, sender, PROT, subject, n)
 }
 
 fn user(name: &str, hash: &str, grants: &str) -> String {

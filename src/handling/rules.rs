@@ -571,7 +571,7 @@ due = "30d"
         assert_eq!(d.routing.due, Some(now + chrono::Duration::days(60)));
         let v = rules.explain("protocollo", &facts("x@other.it", "Verbale"));
         assert!(!v[0].matched);
-        assert_eq!(v[0].conditions[0].2, false);
+        assert!(!v[0].conditions[0].2);
         assert_eq!(rules.offices_of("anna.bianchi"), vec!["protocollo-generale".to_string(), "tributi".to_string()]);
     }
 

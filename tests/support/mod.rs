@@ -1040,3 +1040,25 @@ impl Imap {
         self.try_op("login", json!({})).map(|_| ())
     }
 }
+
+/// A certified envelope for `to`, as the sender's provider would deliver
+/// it (signed with `pki`); `n` makes its Message-ID and identifier unique.
+pub fn certified_envelope(pki: &pecgate::sim::pki::Pki, sender: &str, to: &str, subject: &str, n: u32) -> Vec<u8> {
+    use pecgate::sim::build::{build, Notice, Provider, Submission};
+    let msgid = format!("<orig-{n}@mittente.example.it>");
+    let original = format!(
+        "Message-ID: {msgid}\r\nDate: Thu, 26 Nov 2026 09:00:0{n} +0100\r\nFrom: <{sender}>\r\nTo: <{to}>\r\n\
+         Subject: {subject}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTesto del messaggio {n}.\r\n"
+    );
+    let sub = Submission {
+        sender: sender.into(),
+        recipients: vec![(to.into(), true)],
+        original: original.into_bytes(),
+        subject: subject.into(),
+        msgid,
+        identificativo: format!("opec-test-{n}@pec.mittente.example.it"),
+        at: chrono::Utc::now(),
+    };
+    let provider = Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
+    build(pki, &provider, &sub, &Notice::Envelope, chrono::Utc::now()).expect("build envelope")
+}
