@@ -135,6 +135,7 @@ fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: 
         auth: sh.auth.clone(),
         sessions: old.map(|o| o.sessions.clone()).unwrap_or_default(),
         addresses: old.map(|o| o.addresses.clone()).unwrap_or_default(),
+        metas: old.map(|o| o.metas.clone()).unwrap_or_default(),
         overdue_after: cfg.pec.overdue_after,
         rules: std::sync::RwLock::new(Arc::new(crate::handling::rules::Rules::compile(cfg))),
     })

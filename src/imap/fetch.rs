@@ -31,15 +31,7 @@ pub fn nstr(bytes: Option<&[u8]>) -> NString<'static> {
 }
 
 /// Header block of `raw` including the blank line (or all of it).
-pub fn header_end(raw: &[u8]) -> usize {
-    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        return p + 4;
-    }
-    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
-        return p + 2;
-    }
-    raw.len()
-}
+pub use crate::store::fields::header_end;
 
 /// The bytes of BODY[section] of the message `raw`.
 pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {

@@ -5,12 +5,14 @@
 //! * [`session`]: one task per connection: the protocol state machine.
 //! * [`io`]: imap-next's stream and server with bounded output.
 //! * [`view`]: the per-user folder tree over the store.
+//! * [`shared`]: selected-folder entries shared between sessions.
 //! * [`fetch`], [`search`]: message data and search over stored messages.
 
 pub mod fetch;
 pub mod io;
 pub mod search;
 pub mod session;
+pub mod shared;
 pub mod view;
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ pub struct Ctx {
     pub overdue_after: Option<Duration>,
     /// Offices and routing rules (a SIGHUP replaces them).
     pub rules: std::sync::RwLock<Arc<crate::handling::rules::Rules>>,
+    /// Selected-folder entries shared between sessions; kept across the
+    /// contexts a SIGHUP replaces.
+    pub metas: Arc<shared::SharedMetas>,
 }
 
 /// Counts one authenticated session of a user; dropping it releases it.

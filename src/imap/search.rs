@@ -1,7 +1,8 @@
 //! SEARCH: evaluating search keys against a folder snapshot.
 //!
-//! Keys that need the message text (FROM, SUBJECT, BODY, …) load the blob;
-//! the rest use the index only. Text matching is ASCII case-insensitive
+//! FROM, TO, CC, BCC, SUBJECT and SENT* use header fields cached in the
+//! store per message (`store::fields`); BODY, TEXT and other HEADER fields load
+//! the blob; the rest use the snapshot only. Text matching is ASCII case-insensitive
 //! substring matching on the decoded header values and text parts, plus the
 //! raw bytes (so encoded words and base64 bodies are found once decoded).
 
@@ -9,8 +10,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 
+use std::collections::HashSet;
+
 use super::fetch;
-use crate::store::MessageMeta;
+use crate::store::fields::SearchFields as Fields;
+use crate::store::{MessageMeta, Store};
 
 /// One message as SEARCH sees it.
 pub struct Candidate<'a> {
@@ -23,25 +27,103 @@ pub struct Candidate<'a> {
     pub max_uid: u32,
 }
 
-/// Does any key need the message bytes?
-pub fn needs_body(k: &SearchKey<'_>) -> bool {
+/// What evaluating a key needs beyond the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// Flags, UIDs, sizes, dates: the snapshot has them.
+    Index,
+    /// The header fields the store caches per message (`store::fields`).
+    Fields,
+    /// The message itself (BODY, TEXT, HEADER of another field).
+    Blob,
+}
+
+/// The most any of `k`'s keys needs.
+pub fn need(k: &SearchKey<'_>) -> Need {
     match k {
-        SearchKey::And(ks) => ks.as_ref().iter().any(needs_body),
-        SearchKey::Not(k) => needs_body(k),
-        SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        SearchKey::And(ks) => ks.as_ref().iter().map(need).max().unwrap_or(Need::Index),
+        SearchKey::Not(k) => need(k),
+        SearchKey::Or(a, b) => need(a).max(need(b)),
         SearchKey::Bcc(_)
-        | SearchKey::Body(_)
         | SearchKey::Cc(_)
         | SearchKey::From(_)
-        | SearchKey::Header(..)
         | SearchKey::Subject(_)
-        | SearchKey::Text(_)
         | SearchKey::To(_)
         | SearchKey::SentBefore(_)
         | SearchKey::SentOn(_)
-        | SearchKey::SentSince(_) => true,
-        _ => false,
+        | SearchKey::SentSince(_) => Need::Fields,
+        SearchKey::Header(name, _) => {
+            let name = String::from_utf8_lossy(name.as_ref());
+            if Fields::cached(&name) {
+                Need::Fields
+            } else {
+                Need::Blob
+            }
+        }
+        SearchKey::Body(_) | SearchKey::Text(_) => Need::Blob,
+        _ => Need::Index,
     }
+}
+
+/// What a message offers the keys beyond its snapshot entry: its fields
+/// (when some key needs [`Need::Fields`] or more) and its bytes (when
+/// some key needs [`Need::Blob`]).
+#[derive(Default, Clone, Copy)]
+pub struct Source<'a> {
+    pub fields: Option<&'a Fields>,
+    pub raw: Option<&'a [u8]>,
+}
+
+/// Evaluate `keys` (all must match) over a folder's messages in sequence
+/// order; returns the matching UIDs (`by_uid`) or sequence numbers. Reads
+/// the fields cache or the blobs only when a key needs them; a message
+/// whose data cannot be read matches no key that needs it (logged).
+pub fn run(
+    store: &Store,
+    msgs: &[(u32, std::sync::Arc<MessageMeta>)],
+    seen: &HashSet<u32>,
+    keys: &[SearchKey<'_>],
+    by_uid: bool,
+) -> Vec<u32> {
+    let need = keys.iter().map(need).max().unwrap_or(Need::Index);
+    let max_seq = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+    let max_uid = msgs.last().map(|m| m.0).unwrap_or(0);
+    let mut hits = Vec::new();
+    for (i, (u, meta)) in msgs.iter().enumerate() {
+        let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let raw = if need == Need::Blob {
+            store
+                .get_blob(&meta.hash)
+                .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
+                .ok()
+        } else {
+            None
+        };
+        let fields = match (&raw, need) {
+            (Some(r), _) => Some(Fields::of(r)),
+            (None, Need::Fields) => store
+                .search_fields(&meta.hash)
+                .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
+                .ok(),
+            _ => None,
+        };
+        let src = Source {
+            fields: fields.as_ref(),
+            raw: raw.as_deref(),
+        };
+        let c = Candidate {
+            seq,
+            uid: *u,
+            meta,
+            seen: seen.contains(u),
+            max_seq,
+            max_uid,
+        };
+        if keys.iter().all(|k| matches(k, &c, src, &meta.flags)) {
+            hits.push(if by_uid { *u } else { seq });
+        }
+    }
+    hits
 }
 
 pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
@@ -75,16 +157,19 @@ fn date_of(d: &DateTime<Utc>) -> NaiveDate {
     d.date_naive()
 }
 
-/// Evaluate `key` for one message; `raw` is the message when
-/// [`needs_body`] said so.
+/// Evaluate `key` for one message; `src` has what [`need`] asked for.
 pub fn matches(
     key: &SearchKey<'_>,
     c: &Candidate<'_>,
-    raw: Option<&[u8]>,
+    src: Source<'_>,
     flags_lc: &[String],
 ) -> bool {
+    let raw = src.raw;
     let has = |f: &str| flags_lc.iter().any(|x| x.eq_ignore_ascii_case(f));
     let header = |name: &str, needle: &[u8]| -> bool {
+        if let Some(v) = src.fields.and_then(|f| f.get(name)) {
+            return v.is_some_and(|h| contains(h.as_bytes(), needle));
+        }
         let Some(raw) = raw else { return false };
         let Some(m) = fetch::parse(raw) else {
             return false;
@@ -119,14 +204,14 @@ pub fn matches(
         }) || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
     };
     let sent = || {
-        raw.and_then(fetch::parse)
-            .and_then(|m| m.date().map(|d| d.to_timestamp()))
+        src.fields
+            .and_then(|f| f.sent)
             .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0).map(|d| d.date_naive()))
     };
     match key {
-        SearchKey::And(ks) => ks.as_ref().iter().all(|k| matches(k, c, raw, flags_lc)),
-        SearchKey::Or(a, b) => matches(a, c, raw, flags_lc) || matches(b, c, raw, flags_lc),
-        SearchKey::Not(k) => !matches(k, c, raw, flags_lc),
+        SearchKey::And(ks) => ks.as_ref().iter().all(|k| matches(k, c, src, flags_lc)),
+        SearchKey::Or(a, b) => matches(a, c, src, flags_lc) || matches(b, c, src, flags_lc),
+        SearchKey::Not(k) => !matches(k, c, src, flags_lc),
         SearchKey::SequenceSet(s) => in_set(s, c.seq, c.max_seq),
         SearchKey::Uid(s) => in_set(s, c.uid, c.max_uid),
         SearchKey::All => true,
@@ -176,5 +261,62 @@ fn addr_contains(v: &mail_parser::HeaderValue<'_>, needle: &[u8]) -> bool {
                     .is_some_and(|n| contains(n.as_bytes(), needle))
         }),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: =?UTF-8?Q?Ufficio_Tributi_Citt=C3=A0?= <tributi@comune.example.it>\r\n\
+To: a@example.it,\r\n b@example.it\r\n\
+Subject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
+Date: Thu, 26 Nov 2026 10:00:00 +0100\r\n\
+\r\n\
+body with From: nobody@else.example\r\n";
+
+    #[test]
+    fn keys_ask_for_what_they_need() {
+        use imap_next::imap_types::core::AString;
+        let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
+        assert_eq!(need(&SearchKey::Subject(s("x"))), Need::Fields);
+        assert_eq!(need(&SearchKey::Header(s("from"), s("x"))), Need::Fields);
+        assert_eq!(need(&SearchKey::Header(s("X-Ricevuta"), s("x"))), Need::Blob);
+        assert_eq!(need(&SearchKey::Body(s("x"))), Need::Blob);
+        assert_eq!(need(&SearchKey::Seen), Need::Index);
+        let or = SearchKey::Or(Box::new(SearchKey::Seen), Box::new(SearchKey::Text(s("x"))));
+        assert_eq!(need(&or), Need::Blob);
+    }
+
+    fn matches_fields(key: &SearchKey<'_>, raw: &[u8]) -> bool {
+        let meta = MessageMeta {
+            hash: String::new(),
+            size: raw.len() as u64,
+            internal_date: Utc::now(),
+            flags: vec![],
+            modseq: 1,
+            archived: Utc::now(),
+            pec: None,
+            source_uid: None,
+        };
+        let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, max_seq: 1, max_uid: 1 };
+        let f = Fields::of(raw);
+        matches(key, &c, Source { fields: Some(&f), raw: None }, &[])
+    }
+
+    #[test]
+    fn header_keys_match_cached_fields() {
+        use imap_next::imap_types::core::AString;
+        let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
+        assert!(matches_fields(&SearchKey::From(s("città")), MSG) || matches_fields(&SearchKey::From(s("Tributi Citt")), MSG));
+        assert!(matches_fields(&SearchKey::From(s("COMUNE.EXAMPLE")), MSG), "case-insensitive");
+        assert!(matches_fields(&SearchKey::Subject(s("pratica n. 42")), MSG));
+        assert!(matches_fields(&SearchKey::To(s("b@example")), MSG));
+        assert!(!matches_fields(&SearchKey::From(s("nobody@else")), MSG), "body text is not From");
+        assert!(!matches_fields(&SearchKey::Cc(s("")), MSG), "HEADER with an empty string needs the header");
+        assert!(matches_fields(&SearchKey::Header(s("subject"), s("")), MSG));
+        let on = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap_or_default();
+        let d = imap_next::imap_types::datetime::NaiveDate::try_from(on).unwrap_or_else(|_| unreachable!());
+        assert!(matches_fields(&SearchKey::SentOn(d), MSG));
     }
 }

@@ -42,8 +42,9 @@ use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use super::io::{Io, IoError};
 use super::view::{is_pec_keyword, Folder, View, ViewError, PEC_KEYWORDS};
+use super::shared::{self, Entries};
 use super::{fetch, search, Ctx, SessionGuard};
-use crate::auth::Right;
+use crate::auth::{Right, User};
 use crate::handling::{self, Transition, ViewKind};
 use crate::store::{Audit, BlobRef, Change, Event as StoreEvent, FlagOp, MessageMeta, Notice};
 
@@ -62,8 +63,9 @@ struct Selected {
     folder: Folder,
     /// SELECT (not EXAMINE) by a user holding triage or delete.
     writable: bool,
-    /// (uid, meta) in sequence order.
-    msgs: Vec<(u32, MessageMeta)>,
+    /// (uid, meta) in sequence order; shared with other sessions that
+    /// see the same (see `imap::shared`), copied when this one diverges.
+    msgs: Arc<Entries>,
     seen: HashSet<u32>,
 }
 
@@ -526,7 +528,10 @@ impl Session {
                 }
                 Got::Ev(ev) => match ev {
                     Ok(event) => {
-                        let flow = self.event(io, event).await?;
+                        // Boxed: a command's state lives on the heap only
+                        // while it runs; the session's own future (kept
+                        // by every idle connection) stays small.
+                        let flow = Box::pin(self.event(io, event)).await?;
                         if !matches!(flow, Flow::Continue) {
                             io.drain().await?;
                             return Ok(flow);
@@ -689,9 +694,7 @@ impl Session {
                     );
                 };
                 let a = Audit::user(&user.name, self.source(), "imap", "login");
-                let view = View::new(user, self.ctx.store.clone())
-                    .with_overdue_after(self.ctx.overdue_after)
-                    .with_rules(self.ctx.rules());
+                let view = self.new_view(user);
                 self.user = Some((view, guard));
                 if !self.audit_only(a).await {
                     self.user = None;
@@ -749,9 +752,7 @@ impl Session {
                     return false;
                 }
                 tracing::info!(user = %u.name, "IMAP session picks up changed grants");
-                let fresh = View::new(u, self.ctx.store.clone())
-                    .with_overdue_after(self.ctx.overdue_after)
-                    .with_rules(self.ctx.rules());
+                let fresh = self.new_view(u);
                 if let Some((v, _)) = self.user.as_mut() {
                     *v = fresh;
                 }
@@ -848,6 +849,14 @@ impl Session {
                 Flow::Continue
             }
         }
+    }
+
+    /// What `user` sees, with the server's settings.
+    fn new_view(&self, user: Arc<User>) -> View {
+        View::new(user, self.ctx.store.clone())
+            .with_overdue_after(self.ctx.overdue_after)
+            .with_rules(self.ctx.rules())
+            .with_shared(self.ctx.metas.clone())
     }
 
     fn view(&self) -> Option<View> {
@@ -1084,9 +1093,9 @@ impl Session {
             Ok(f) => f,
             Err(_) => return io.status(no(tag, "no such folder")),
         };
-        let (counts, snap) = match (view.counts(&folder), view.snapshot(&folder)) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(e), _) | (_, Err(e)) => return io.status(serverbug(tag, &e)),
+        let (counts, snap) = match view.open(&folder) {
+            Ok(x) => x,
+            Err(e) => return io.status(serverbug(tag, &e)),
         };
         let writable = rw
             && folder.writable_source().is_some()
@@ -1433,24 +1442,25 @@ impl Session {
                 return;
             }
         };
-        let new_map: std::collections::HashMap<u32, &MessageMeta> =
+        let new_map: std::collections::HashMap<u32, &Arc<MessageMeta>> =
             new.iter().map(|(u, m)| (*u, m)).collect();
+        let msgs = Arc::make_mut(&mut sel.msgs);
         if expunge {
-            let mut i = sel.msgs.len();
+            let mut i = msgs.len();
             while i > 0 {
                 i -= 1;
-                if !new_map.contains_key(&sel.msgs[i].0) {
-                    sel.msgs.remove(i);
+                if !new_map.contains_key(&msgs[i].0) {
+                    msgs.remove(i);
                     io.data(Data::Expunge(nz(i as u32 + 1)));
                 }
             }
         }
-        for (i, (uid, meta)) in sel.msgs.iter_mut().enumerate() {
+        for (i, (uid, meta)) in msgs.iter_mut().enumerate() {
             let Some(m) = new_map.get(uid) else { continue };
             let was_seen = sel.seen.contains(uid);
             let is_seen = seen.contains(uid);
             if m.flags != meta.flags || was_seen != is_seen {
-                *meta = (*m).clone();
+                *meta = Arc::clone(m);
                 if !quiet.contains(uid) {
                     let items = vec![
                         MessageDataItem::Uid(nz(*uid)),
@@ -1465,13 +1475,17 @@ impl Session {
                 }
             }
         }
-        let last = sel.msgs.last().map(|m| m.0).unwrap_or(0);
-        let before = sel.msgs.len();
-        sel.msgs.extend(new.into_iter().filter(|(u, _)| *u > last));
-        if sel.msgs.len() != before {
+        let last = msgs.last().map(|m| m.0).unwrap_or(0);
+        let before = msgs.len();
+        msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
+        if msgs.len() != before {
             io.data(Data::Exists(
-                u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX),
+                u32::try_from(msgs.len()).unwrap_or(u32::MAX),
             ));
+        }
+        // Back to the shared list when this session shows what it holds.
+        if shared::same(msgs, &new) {
+            sel.msgs = new;
         }
         sel.seen = seen;
     }
@@ -1793,36 +1807,14 @@ impl Session {
         uid: bool,
     ) {
         let Some(sel) = &self.selected else { return };
-        let need = keys.iter().any(search::needs_body);
-        let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
-        let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
-        let mut hits = Vec::new();
-        for (i, (u, meta)) in sel.msgs.iter().enumerate() {
-            let raw = if need {
-                let store = self.ctx.store.clone();
-                let hash = meta.hash.clone();
-                tokio::task::spawn_blocking(move || store.get_blob(&hash))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            } else {
-                None
-            };
-            let c = search::Candidate {
-                seq: i as u32 + 1,
-                uid: *u,
-                meta,
-                seen: sel.seen.contains(u),
-                max_seq,
-                max_uid,
-            };
-            if keys
-                .iter()
-                .all(|k| search::matches(k, &c, raw.as_deref(), &meta.flags))
-            {
-                hits.push(nz(if uid { *u } else { i as u32 + 1 }));
-            }
-        }
+        // One blocking task for the whole folder: the keys may read the
+        // store for every message.
+        let (store, msgs, seen, keys) = (self.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), keys.to_vec());
+        let hits = match tokio::task::spawn_blocking(move || search::run(&store, &msgs, &seen, &keys, uid)).await {
+            Ok(h) => h,
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        let hits = hits.into_iter().map(nz).collect();
         io.data(Data::Search(hits, None));
         io.status(ok(tag, "SEARCH done"));
     }
@@ -1924,7 +1916,7 @@ impl Session {
             return io.status(noperm(tag, "not permitted on the target mailbox"));
         }
         let by_uid: std::collections::HashMap<u32, &MessageMeta> =
-            sel.msgs.iter().map(|(u, m)| (*u, m)).collect();
+            sel.msgs.iter().map(|(u, m)| (*u, &**m)).collect();
         let src_mailbox = sel.folder.mailbox.clone();
         let mut src_uids = Vec::new();
         let mut batch = Vec::new();

@@ -17,6 +17,7 @@ use crate::handling::rules::Rules;
 use crate::handling::ViewKind;
 use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::SentMessage;
+use super::shared::{Entries, SharedMetas};
 use crate::store::{MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
@@ -60,8 +61,12 @@ pub fn is_pec_keyword(flag: &str) -> bool {
 }
 
 /// A folder's messages in UID order (flags include the computed `$Pec*`
-/// keywords), and the UIDs this user has seen.
-pub type Snapshot = (Vec<(u32, MessageMeta)>, HashSet<u32>);
+/// keywords), shared with other sessions (see [`super::shared`]), and the
+/// UIDs this user has seen.
+pub type Snapshot = (Arc<Entries>, HashSet<u32>);
+
+/// A snapshot before its entries are shared.
+type Unshared = (Vec<(u32, MessageMeta)>, HashSet<u32>);
 
 /// One selectable folder as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,8 @@ pub struct View {
     pub overdue_after: Option<Duration>,
     /// Offices (for the handling views).
     pub rules: Arc<Rules>,
+    /// Where snapshots share their entries with other sessions'.
+    pub metas: Arc<SharedMetas>,
 }
 
 impl View {
@@ -156,7 +163,14 @@ impl View {
             store,
             overdue_after: None,
             rules: Arc::new(Rules::default()),
+            metas: Arc::default(),
         }
+    }
+
+    /// Share snapshot entries through `metas` (one table per server).
+    pub fn with_shared(mut self, metas: Arc<SharedMetas>) -> View {
+        self.metas = metas;
+        self
     }
 
     pub fn with_rules(mut self, rules: Arc<Rules>) -> View {
@@ -302,9 +316,20 @@ impl View {
     /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
     /// until it resyncs. Sent itself, where the state matters, is exact.
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
-        if let Some(kind) = &f.handling {
-            return self.handling_snapshot(f, kind, now);
-        }
+        let (msgs, seen) = match &f.handling {
+            Some(kind) => self.handling_snapshot(f, kind, now)?,
+            None => self.folder_snapshot(f, now)?,
+        };
+        // Lists are shared by folder; a handling view's list also depends
+        // on who looks (Mine, office membership).
+        let key = match &f.handling {
+            Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
+            None => format!("{}\0{:?}", f.mailbox, f.store_folder),
+        };
+        Ok((self.metas.intern_folder(&key, msgs), seen))
+    }
+
+    fn folder_snapshot(&self, f: &Folder, now: DateTime<Utc>) -> Result<Unshared, ViewError> {
         let sf = f.source();
         let mut msgs = self.store.messages(&f.mailbox, sf)?;
         let seen = self.store.seen_uids(&self.user.name, &f.mailbox, sf)?;
@@ -357,7 +382,7 @@ impl View {
     /// for this user, numbered by their view UIDs, with the handling
     /// keywords; `\Seen` is the user's on the INBOX message. Only the
     /// states the view can show are read from the index.
-    fn handling_snapshot(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
+    fn handling_snapshot(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Unshared, ViewError> {
         let offices = self.rules.offices_of(&self.user.name);
         let offices: Vec<&str> = offices.iter().map(String::as_str).collect();
         let seen_inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
@@ -385,19 +410,28 @@ impl View {
         Ok((msgs, seen))
     }
 
+    /// The folder's counters (STATUS).
     pub fn counts(&self, f: &Folder) -> Result<Counts, ViewError> {
+        Ok(self.open(f)?.0)
+    }
+
+    /// The folder's counters and its snapshot, read once (SELECT).
+    pub fn open(&self, f: &Folder) -> Result<(Counts, Snapshot), ViewError> {
+        let snap = self.snapshot(f)?;
+        let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
+        let unseen = u32::try_from(snap.0.iter().filter(|(u, _)| !snap.1.contains(u)).count()).unwrap_or(u32::MAX);
         if let Some(kind) = &f.handling {
             // Numbered by the mailbox's handling-view UIDs, under a
             // UIDVALIDITY of their own derived from INBOX's.
             let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
-            let (msgs, seen) = self.snapshot(f)?;
-            return Ok(Counts {
+            let counts = Counts {
                 uidvalidity: view_uidvalidity(uv, kind),
                 uidnext: self.store.last_view_uid(&f.mailbox)?.saturating_add(1),
-                exists: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
-                unseen: u32::try_from(msgs.iter().filter(|(u, _)| !seen.contains(u)).count()).unwrap_or(u32::MAX),
+                exists,
+                unseen,
                 highest_modseq: 1,
-            });
+            };
+            return Ok((counts, snap));
         }
         let st = self.store.folder(&f.mailbox, f.source())?.map(|mut st| {
             if f.store_folder.is_none() {
@@ -409,26 +443,25 @@ impl View {
             }
             st
         });
-        let Some(st) = st else {
+        let counts = match st {
+            Some(st) => Counts {
+                uidvalidity: st.uidvalidity,
+                uidnext: st.uidnext.max(1),
+                exists,
+                unseen,
+                highest_modseq: st.highest_modseq,
+            },
             // Not created yet (nothing archived there): an empty folder
             // whose UIDVALIDITY changes once, harmlessly, when it is created.
-            return Ok(Counts {
+            None => Counts {
                 uidvalidity: 1,
                 uidnext: 1,
                 exists: 0,
                 unseen: 0,
                 highest_modseq: 1,
-            });
+            },
         };
-        let (msgs, seen) = self.snapshot(f)?;
-        let unseen = msgs.iter().filter(|(u, _)| !seen.contains(u)).count();
-        Ok(Counts {
-            uidvalidity: st.uidvalidity,
-            uidnext: st.uidnext.max(1),
-            exists: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
-            unseen: u32::try_from(unseen).unwrap_or(u32::MAX),
-            highest_modseq: st.highest_modseq,
-        })
+        Ok((counts, snap))
     }
 }
 

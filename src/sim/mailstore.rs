@@ -112,6 +112,7 @@ impl MailStore {
             auth: Arc::new(crate::auth::Authenticator::new(&users)),
             sessions: Default::default(),
             addresses: Default::default(),
+            metas: Default::default(),
             overdue_after: None,
             rules: Default::default(),
         });

@@ -204,3 +204,30 @@ async fn concurrent_takes_first_wins() {
     }
     store.close().unwrap();
 }
+
+/// Derived data is computed once per blob, cached, and left out of the
+/// index dump (a rebuild does not reproduce it and need not).
+#[tokio::test]
+async fn derived_data_is_cached_per_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let b = store.put_blob(b"Subject: cached\r\n\r\nx\r\n".to_vec()).await.unwrap();
+    let calls = std::cell::Cell::new(0);
+    let len = |raw: &[u8]| {
+        calls.set(calls.get() + 1);
+        raw.len()
+    };
+    let before = store.index_dump().unwrap();
+    assert_eq!(store.derived("len-1", &b.hash, len).unwrap(), 22);
+    assert_eq!(store.derived("len-1", &b.hash, len).unwrap(), 22);
+    assert_eq!(calls.get(), 1, "the second read came from the cache");
+    // Another kind is another cache entry.
+    assert_eq!(store.derived("len-2", &b.hash, len).unwrap(), 22);
+    assert_eq!(calls.get(), 2);
+    assert_eq!(store.index_dump().unwrap(), before, "derived data is not part of the index proper");
+    // Writing a blob filled its search fields already.
+    assert!(store.inner.index.derived(fields::FIELDS_KIND, &b.hash).unwrap().is_some());
+    assert_eq!(store.search_fields(&b.hash).unwrap().subject.as_deref(), Some("cached\ncached\n"));
+    // A missing blob is an error, not a cached empty value.
+    assert!(store.derived("len-1", &"0".repeat(64), len).is_err());
+}

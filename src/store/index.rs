@@ -193,6 +193,11 @@ pub struct Index {
     sent: sled::Tree,
     handling: sled::Tree,
     hstate: sled::Tree,
+    /// Data derived from blobs (search fields), by (kind, hash). Not from
+    /// the journal: blobs never change, so an entry never goes stale, and
+    /// a missing one is derived again; a rebuild starts it empty and
+    /// [`Index::dump`] leaves it out.
+    derived: sled::Tree,
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
@@ -213,6 +218,7 @@ impl Index {
             sent: db.open_tree("sent")?,
             handling: db.open_tree("handling")?,
             hstate: db.open_tree("hstate")?,
+            derived: db.open_tree("derived")?,
             db,
         })
     }
@@ -596,6 +602,15 @@ impl Index {
             out.insert(be32(&k[p.len()..]));
         }
         Ok(out)
+    }
+
+    /// A cached value derived from blob `hash` under `kind`.
+    pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<sled::IVec>, sled::Error> {
+        self.derived.get(key(&[kind.as_bytes(), hash.as_bytes()]))
+    }
+
+    pub fn put_derived(&self, kind: &str, hash: &str, v: &[u8]) -> Result<(), sled::Error> {
+        self.derived.insert(key(&[kind.as_bytes(), hash.as_bytes()]), v).map(|_| ())
     }
 
     /// A message hidden from `mailbox`/`folder` by a client's EXPUNGE.

@@ -17,6 +17,7 @@
 //! a restart re-opens from disk.
 
 pub mod blobs;
+pub mod fields;
 pub mod index;
 pub mod journal;
 pub mod record;
@@ -255,13 +256,25 @@ impl Store {
         if let Some(f) = self.failure() {
             return Err(StoreError::Failed(f));
         }
-        let blobs = self.inner.blobs.clone();
+        let inner = self.inner.clone();
         let root = self.inner.dir.join("blobs");
         let timer = self.inner.write_latency.with_label_values(&["blob"]);
         let r = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
-            let r = blobs.put(&bytes);
+            let r = inner.blobs.put(&bytes);
             timer.observe(t.elapsed().as_secs_f64());
+            if let Ok(b) = &r {
+                // SEARCH's header fields, while the bytes are at hand (a
+                // header parse, ≈ 20 µs); a failure here only leaves them
+                // to be derived at the first search.
+                let f = fields::SearchFields::of(&bytes);
+                if let Err(e) = serde_json::to_vec(&f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| inner.index.put_derived(fields::FIELDS_KIND, &b.hash, &v).map_err(|e| e.to_string()))
+                {
+                    tracing::warn!(error = %e, "caching a message's search fields");
+                }
+            }
             r
         })
             .await
@@ -283,6 +296,41 @@ impl Store {
 
     pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
         self.inner.blobs.get(hash).map_err(io_err(&self.inner.blobs.path(hash)))
+    }
+
+    /// The header fields SEARCH matches, of blob `hash`: from the index's
+    /// cache, or derived from the blob (and cached) when missing, as after
+    /// a `store rebuild-index`.
+    pub fn search_fields(&self, hash: &str) -> Result<fields::SearchFields> {
+        self.derived(fields::FIELDS_KIND, hash, fields::SearchFields::of)
+    }
+
+    /// Data derived from blob `hash`, cached in the index under `kind`:
+    /// read from the cache, or computed by `derive` from the blob and
+    /// cached. Blobs never change, so a cached value is never stale; change
+    /// `kind` when `derive` changes. A cache that cannot be written is only
+    /// slower (logged).
+    fn derived<T, F>(&self, kind: &str, hash: &str, derive: F) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce(&[u8]) -> T,
+    {
+        let index = &self.inner.index;
+        if let Some(v) = index.derived(kind, hash)? {
+            if let Ok(t) = serde_json::from_slice(&v) {
+                return Ok(t);
+            }
+        }
+        let t = derive(&self.get_blob(hash)?);
+        match serde_json::to_vec(&t) {
+            Ok(v) => {
+                if let Err(e) = index.put_derived(kind, hash, &v) {
+                    tracing::warn!(error = %e, kind, "caching derived data");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, kind, "serialising derived data"),
+        }
+        Ok(t)
     }
 
     pub fn blob_path(&self, hash: &str) -> PathBuf {

@@ -128,6 +128,16 @@ check(search(mario, "OR", "SEEN", "TO", "nobody@x") == ["1"], "SEARCH OR")
 check(search(mario, "NOT", "SEEN", "LARGER", "10") == ["2", "3", "4"], "SEARCH NOT/LARGER")
 check(search(mario, "SINCE", "1-Jan-2020", "UID", "2:3", uid=True) == ["2", "3"], "UID SEARCH SINCE/UID")
 check(search(mario, "HEADER", "Message-ID", "m2@") == ["2"], "SEARCH HEADER")
+# Header keys answered from the store's cached search fields: address
+# names and addresses, case-insensitively; a header the message lacks
+# matches nothing, even an empty string.
+check(search(mario, "FROM", '"UFFICIO 3"') == ["3"], "SEARCH FROM display name")
+check(search(mario, "TO", "protocollo@pec.comune") == ["1", "2", "3", "4"], "SEARCH TO")
+check(search(mario, "CC", '""') == [], "SEARCH CC on messages without Cc")
+check(search(mario, "HEADER", "SUBJECT", "NUMERO 4") == ["4"], "SEARCH HEADER Subject")
+check(search(mario, "SENTON", "3-Mar-2025") == ["1", "2", "3", "4"], "SEARCH SENTON")
+check(search(mario, "SENTBEFORE", "3-Mar-2025") == [], "SEARCH SENTBEFORE")
+check(search(mario, "FROM", "mittente2", "BODY", "parola2") == ["2"], "SEARCH FROM and BODY")
 
 # --- permission matrix: read-only user ---
 ro = connect("ro")

@@ -1,0 +1,170 @@
+//! Message metadata shared between sessions.
+//!
+//! A session keeps the metadata of its selected folder's messages (UIDs,
+//! flags, sizes, dates) to number messages and to tell the client what
+//! changed. Ten thousand sessions on the same 200-message folder would hold
+//! two million copies of the same entries. Instead each snapshot is interned
+//! here, twice over: an entry equal to one another session holds becomes
+//! the same `Arc`, and a whole list equal to the one another session holds
+//! for the same folder becomes the same `Arc` too, so sessions on an
+//! unchanged folder share everything. Equality decides, not a version
+//! stamp, so sharing can never show a session stale data; at worst (two
+//! versions alive at once) it shares less.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use crate::store::MessageMeta;
+
+/// Entries by blob hash. Dead entries (no session holds them any more)
+/// are swept when the table has grown well past its live size.
+#[derive(Default)]
+pub struct SharedMetas {
+    inner: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    map: HashMap<String, Weak<MessageMeta>>,
+    /// Whole snapshots by folder key (see [`SharedMetas::intern_folder`]).
+    lists: HashMap<String, Weak<Entries>>,
+    /// Entries left after the last sweep.
+    live: usize,
+}
+
+/// A folder's messages in UID order: (UID, shared entry).
+pub type Entries = Vec<(u32, Arc<MessageMeta>)>;
+
+/// Do two lists hold the same UIDs and the very same entries?
+pub fn same(a: &Entries, b: &Entries) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && Arc::ptr_eq(&x.1, &y.1))
+}
+
+/// Sweep when the table holds this many entries more than twice its live
+/// size at the last sweep (amortised: each sweep is paid for by as many
+/// insertions).
+const SWEEP_SLACK: usize = 4096;
+
+impl SharedMetas {
+    /// `msgs` as a list shared with any session holding an equal one under
+    /// `key` (a folder as seen by a user: equal keys usually mean equal
+    /// lists), its entries shared with equal ones.
+    pub fn intern_folder(&self, key: &str, msgs: Vec<(u32, MessageMeta)>) -> Arc<Entries> {
+        let v = self.intern(msgs);
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = t.lists.get(key).and_then(Weak::upgrade) {
+            if same(&a, &v) {
+                return a;
+            }
+        }
+        let a = Arc::new(v);
+        t.lists.insert(key.to_string(), Arc::downgrade(&a));
+        if t.lists.len() > SWEEP_SLACK {
+            t.lists.retain(|_, w| w.strong_count() > 0);
+        }
+        a
+    }
+
+    /// `msgs` with every entry replaced by a shared equal one where one
+    /// exists.
+    pub fn intern(&self, msgs: Vec<(u32, MessageMeta)>) -> Entries {
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // A fresh vector, not `into_iter().map().collect()`: that reuses
+        // the input's allocation in place, and a session would keep the
+        // whole-size buffer (≈ 170 bytes per message) for its 16-byte
+        // entries — measured: 35 KiB per session on a 200-message folder.
+        let mut out = Vec::with_capacity(msgs.len());
+        for (uid, m) in msgs {
+            if let Some(a) = t.map.get(m.hash.as_str()).and_then(Weak::upgrade) {
+                if *a == m {
+                    out.push((uid, a));
+                    continue;
+                }
+            }
+            let a = Arc::new(m);
+            t.map.insert(a.hash.clone(), Arc::downgrade(&a));
+            out.push((uid, a));
+        }
+        if t.map.len() > 2 * t.live + SWEEP_SLACK {
+            t.map.retain(|_, w| w.strong_count() > 0);
+            t.map.shrink_to_fit();
+            t.live = t.map.len();
+        }
+        out
+    }
+
+    /// Entries in the table (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(hash: &str, flags: &[&str]) -> MessageMeta {
+        MessageMeta {
+            hash: hash.into(),
+            size: 10,
+            internal_date: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            modseq: 1,
+            archived: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            pec: None,
+            source_uid: None,
+        }
+    }
+
+    #[test]
+    fn equal_entries_are_shared_and_different_ones_are_not() {
+        let s = SharedMetas::default();
+        let a = s.intern(vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Seen"]))]);
+        let b = s.intern(vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))]);
+        assert!(Arc::ptr_eq(&a[0].1, &b[0].1), "equal entries share one allocation");
+        assert!(!Arc::ptr_eq(&a[1].1, &b[1].1), "a changed entry is not the old one");
+        assert_eq!(b[1].1.flags, vec!["\\Flagged".to_string()]);
+        // The older version is still whole for the session that holds it.
+        assert_eq!(a[1].1.flags, vec!["\\Seen".to_string()]);
+        // The same UID in a different order keeps the caller's UIDs.
+        let c = s.intern(vec![(7, meta("aa", &[]))]);
+        assert_eq!(c[0].0, 7);
+        assert!(Arc::ptr_eq(&a[0].1, &c[0].1));
+        // The session's vector is sized for its entries, not the input's.
+        let big: Vec<_> = (0..200).map(|i| (i, meta(&format!("h{i}"), &[]))).collect();
+        let v = s.intern(big);
+        assert!(v.capacity() * std::mem::size_of::<(u32, Arc<MessageMeta>)>() <= 200 * 16, "capacity {}", v.capacity());
+    }
+
+    #[test]
+    fn equal_folders_share_one_list() {
+        let s = SharedMetas::default();
+        let a = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))]);
+        let b = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))]);
+        assert!(Arc::ptr_eq(&a, &b), "an unchanged folder is one list");
+        let c = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))]);
+        assert!(!Arc::ptr_eq(&a, &c), "a changed folder is a new list");
+        assert!(Arc::ptr_eq(&a[0].1, &c[0].1), "sharing its unchanged entries");
+        let d = s.intern_folder("other/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))]);
+        assert!(same(&c, &d) && !Arc::ptr_eq(&c, &d), "another key is another list, of the same entries");
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn dead_entries_are_swept() {
+        let s = SharedMetas::default();
+        for round in 0..3 {
+            let v: Vec<_> = (0..SWEEP_SLACK as u32 + 10)
+                .map(|i| (i, meta(&format!("{round}-{i}"), &[])))
+                .collect();
+            drop(s.intern(v));
+        }
+        assert!(s.len() <= 2 * (SWEEP_SLACK + 10), "table kept {} dead entries", s.len());
+        let kept = s.intern(vec![(1, meta("keep", &[]))]);
+        assert_eq!(kept.len(), 1);
+    }
+}

@@ -1,0 +1,124 @@
+//! Header fields of a message, derived from its blob and cached in the
+//! index for SEARCH.
+
+/// The header fields the common SEARCH keys match, derived once per
+/// message and cached in the index (`Store::search_fields`; filled as
+/// each blob is written), so FROM or SUBJECT on a large folder reads the
+/// index, not every message. Each field is what a search string is matched
+/// against: the raw value (encoded words and all), its decoded text, and
+/// its addresses' names and addresses; `None` when the header is absent.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SearchFields {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub bcc: Option<String>,
+    pub subject: Option<String>,
+    /// The Date header, as a Unix time.
+    pub sent: Option<i64>,
+}
+
+/// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
+/// changes.
+pub const FIELDS_KIND: &str = "search-fields-1";
+
+const FIELD_NAMES: [&str; 5] = ["From", "To", "Cc", "Bcc", "Subject"];
+
+impl SearchFields {
+    /// Is `name` one of the cached header fields?
+    pub fn cached(name: &str) -> bool {
+        FIELD_NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The fields of a message (only its header is parsed).
+    pub fn of(raw: &[u8]) -> SearchFields {
+        let head = &raw[..header_end(raw)];
+        let Some(m) = mail_parser::MessageParser::default().parse(head) else {
+            return SearchFields::default();
+        };
+        let field = |name: &str| -> Option<String> {
+            let mut out: Option<String> = None;
+            for h in m.headers().iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(name)) {
+                let hay = out.get_or_insert_with(String::new);
+                let r = head.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+                hay.push_str(&String::from_utf8_lossy(r.trim_ascii()));
+                hay.push('\n');
+                if let Some(t) = h.value.as_text() {
+                    hay.push_str(t);
+                    hay.push('\n');
+                }
+                if let Some(a) = h.value.as_address() {
+                    for x in a.iter() {
+                        for part in [x.name.as_deref(), x.address.as_deref()].into_iter().flatten() {
+                            hay.push_str(part);
+                            hay.push('\n');
+                        }
+                    }
+                }
+            }
+            out
+        };
+        SearchFields {
+            from: field("From"),
+            to: field("To"),
+            cc: field("Cc"),
+            bcc: field("Bcc"),
+            subject: field("Subject"),
+            sent: m.date().map(|d| d.to_timestamp()),
+        }
+    }
+
+    /// The cached value of header `name`: `None` if it is not a cached
+    /// field, `Some(None)` if the message has no such header.
+    pub fn get(&self, name: &str) -> Option<Option<&str>> {
+        let v = match name.to_ascii_lowercase().as_str() {
+            "from" => &self.from,
+            "to" => &self.to,
+            "cc" => &self.cc,
+            "bcc" => &self.bcc,
+            "subject" => &self.subject,
+            _ => return None,
+        };
+        Some(v.as_deref())
+    }
+}
+
+/// Where the header ends (after the blank line), or the whole message.
+pub fn header_end(raw: &[u8]) -> usize {
+    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        return p + 4;
+    }
+    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+        return p + 2;
+    }
+    raw.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: =?UTF-8?Q?Ufficio_Tributi_Citt=C3=A0?= <tributi@comune.example.it>\r\n\
+To: a@example.it,\r\n b@example.it\r\n\
+Subject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
+Date: Thu, 26 Nov 2026 10:00:00 +0100\r\n\
+\r\n\
+body with From: nobody@else.example\r\n";
+
+    #[test]
+    fn fields_hold_raw_decoded_and_address_forms() {
+        let f = SearchFields::of(MSG);
+        let from = f.from.as_deref().unwrap_or_default();
+        assert!(from.contains("=?UTF-8?Q?Ufficio_Tributi"), "raw form: {from}");
+        assert!(from.contains("Ufficio Tributi Città"), "decoded name: {from}");
+        assert!(from.contains("tributi@comune.example.it"));
+        let to = f.to.as_deref().unwrap_or_default();
+        assert!(to.contains("a@example.it") && to.contains("b@example.it"), "folded To: {to}");
+        assert!(f.subject.as_deref().unwrap_or_default().contains("Pratica n. 42"));
+        assert_eq!(f.cc, None, "absent header");
+        assert_eq!(f.sent, Some(1_795_683_600), "10:00 +0100 is 09:00 UTC");
+        // The body is not a header.
+        assert!(!from.contains("nobody@else"));
+    }
+
+}
