@@ -52,7 +52,7 @@ struct Generation {
     tasks: JoinSet<()>,
 }
 
-fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow::Result<Generation> {
+fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, rules: &crate::handling::rules::LiveRules) -> anyhow::Result<Generation> {
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let opts = SyncOptions {
@@ -70,7 +70,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard) -> anyhow:
         }
         None => None,
     };
-    let rules = std::sync::Arc::new(crate::handling::rules::Rules::compile(cfg));
+    let rules = rules.current();
     for m in &cfg.mailboxes {
         let tls = crate::tls::client_config(m.ca_file.as_deref())
             .with_context(|| format!("mailbox {}: TLS trust", m.alias))?;
@@ -106,10 +106,12 @@ impl Generation {
 type ImapHandle = (watch::Sender<bool>, JoinSet<()>, Option<watch::Sender<Arc<crate::imap::Ctx>>>);
 
 /// What the client-facing listeners share and a SIGHUP replaces in place:
-/// the users (one login throttle for IMAP, SMTP and the HTTP API) and the
-/// TLS certificate.
+/// the users (one login throttle for IMAP, SMTP and the HTTP API), the TLS
+/// certificate, and the offices and rules (compiled once, for the mailbox
+/// tasks and the IMAP sessions alike).
 struct Shared {
     auth: Arc<crate::auth::Authenticator>,
+    rules: crate::handling::rules::LiveRules,
     cert: Option<Arc<crate::tls::ReloadableCert>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -124,7 +126,8 @@ fn shared(cfg: &Config) -> anyhow::Result<Shared> {
         }
         None => (None, None),
     };
-    Ok(Shared { auth, cert, tls })
+    let rules = crate::handling::rules::LiveRules::new(crate::handling::rules::Rules::compile(cfg));
+    Ok(Shared { auth, rules, cert, tls })
 }
 
 fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
@@ -137,13 +140,14 @@ fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: 
         addresses: old.map(|o| o.addresses.clone()).unwrap_or_default(),
         metas: old.map(|o| o.metas.clone()).unwrap_or_default(),
         overdue_after: cfg.pec.overdue_after,
-        rules: std::sync::RwLock::new(Arc::new(crate::handling::rules::Rules::compile(cfg))),
+        rules: sh.rules.clone(),
     })
 }
 
 /// Start the IMAP listeners if `[imap]` is configured. A SIGHUP publishes
 /// a new context: new connections get the new limits, open sessions keep
-/// theirs; the users and the certificate change for everyone at once.
+/// theirs; the users, the certificate, the offices and the rules change
+/// for everyone at once.
 /// Listener addresses are read once (restart to change them).
 async fn start_imap(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<ImapHandle> {
     let (stop, rx) = watch::channel(false);
@@ -177,6 +181,8 @@ async fn start_smtp(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<
 fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap: Option<&watch::Sender<Arc<crate::imap::Ctx>>>) {
     sh.auth.reload(&new.users);
     tracing::info!(users = new.users.len(), "SIGHUP: users and grants reloaded (IMAP, SMTP, HTTP API)");
+    sh.rules.replace(crate::handling::rules::Rules::compile(new));
+    tracing::info!(offices = new.offices.len(), rules = new.rules.len(), "SIGHUP: offices and rules reloaded (open IMAP sessions included)");
     match (&sh.cert, &new.tls) {
         (Some(cert), Some(files)) => match cert.reload(&files.cert, &files.key) {
             Ok(()) => tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate reloaded (new connections use it)"),
@@ -221,8 +227,8 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let store = open_store(&cfg)?;
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
-    let mut generation = start_generation(&cfg, &store, &board)?;
     let sh = shared(&cfg)?;
+    let mut generation = start_generation(&cfg, &store, &board, &sh.rules)?;
     let (imap_stop, mut imap_tasks, imap_ctx_tx) = start_imap(&cfg, &sh, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
@@ -260,7 +266,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         generation.stop(Duration::from_secs(30)).await;
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
-                        generation = start_generation(&cfg, &store, &new_board)?;
+                        generation = start_generation(&cfg, &store, &new_board, &sh.rules)?;
                         metrics.set_board(new_board);
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),

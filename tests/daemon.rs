@@ -155,6 +155,7 @@ fn sighup_reloads_tls_certificate_imap_limits_and_http_users() {
 c, fp = served_fp()\n\
 assert fp == pem_fp({a:?}), 'before the reload: certificate A'\n\
 assert login(c, 'mario', 'pw-mario')\n\
+assert b'Offices' not in b''.join(c.list()[1]), 'no office yet'\n\
 c2, _ = served_fp()\n\
 assert not login(c2, 'mario', 'pw-mario'), 'max_sessions_per_user = 1 holds'\n\
 assert api('neu', 'pw-neu') == 401\n\
@@ -162,6 +163,8 @@ print('ready', flush=True)\n\
 sys.stdin.readline()\n\
 typ, _ = c.noop()\n\
 assert typ == 'OK', 'the session opened before the reload survives it'\n\
+names = b''.join(c.list()[1])\n\
+assert b'prot/Offices/segreteria' in names, ('the office added by the reload shows in the open session', names)\n\
 c.logout()\n\
 print('survived', flush=True)\n",
             a = cert_a.display().to_string()
@@ -178,10 +181,11 @@ print('survived', flush=True)\n",
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready", "{}", g.log());
 
-    // Certificate B, 3 sessions per user, a new user; the IMAP port moved
-    // too, which needs a restart: said in the log, the old port kept.
+    // Certificate B, 3 sessions per user, a new user, an office with mario
+    // in it; the IMAP port moved too, which needs a restart: said in the
+    // log, the old port kept.
     let other_port = support::free_port();
-    let users = format!("{mario}{}", user("neu", "pw-neu"));
+    let users = format!("{mario}{}[[office]]\nname = \"segreteria\"\nmembers = [\"mario\"]\n", user("neu", "pw-neu"));
     g.write_config(&config(&cert_b, &key_b, 3, other_port, &users));
     g.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -267,6 +267,27 @@ struct MailboxRules {
     handle_anomalies: bool,
 }
 
+/// The offices and rules in force, replaced in place by a SIGHUP: every
+/// holder (the mailbox tasks' archive step, every IMAP session, open or
+/// new) sees the new ones from its next use.
+#[derive(Debug, Clone, Default)]
+pub struct LiveRules(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Rules>>>);
+
+impl LiveRules {
+    pub fn new(rules: Rules) -> LiveRules {
+        LiveRules(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(rules))))
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> std::sync::Arc<Rules> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn replace(&self, rules: Rules) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(rules);
+    }
+}
+
 /// Every mailbox's rules, compiled; and the offices with their members.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {

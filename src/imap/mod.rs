@@ -62,8 +62,9 @@ pub struct Ctx {
     /// `pec.overdue_after`: when a sent message without its final receipts
     /// shows `$PecOverdue` (reconcile's default if `None`).
     pub overdue_after: Option<Duration>,
-    /// Offices and routing rules (a SIGHUP replaces them).
-    pub rules: std::sync::RwLock<Arc<crate::handling::rules::Rules>>,
+    /// Offices and routing rules (a SIGHUP replaces them in place, for
+    /// open sessions too).
+    pub rules: crate::handling::rules::LiveRules,
     /// Selected-folder entries shared between sessions; kept across the
     /// contexts a SIGHUP replaces.
     pub metas: Arc<shared::SharedMetas>,
@@ -77,8 +78,8 @@ pub struct SessionGuard {
 
 impl Ctx {
     /// The current offices and rules.
-    pub fn rules(&self) -> Arc<crate::handling::rules::Rules> {
-        self.rules.read().map(|r| r.clone()).unwrap_or_default()
+    pub fn rules(&self) -> crate::handling::rules::LiveRules {
+        self.rules.clone()
     }
 
     /// Take a session slot for `user`, or `None` if they have too many.
@@ -157,7 +158,8 @@ pub async fn start(
 
 /// Like [`start`], with the context read from `current` at each accept: a
 /// SIGHUP publishes a new [`Ctx`] (limits, users, TLS) and new connections
-/// get it while open sessions keep the one they started with. The
+/// get it while open sessions keep the one they started with (the users,
+/// offices and rules inside it are shared and change for them too). The
 /// listener addresses are those of the context at start.
 pub async fn start_reloadable(
     current: watch::Receiver<Arc<Ctx>>,

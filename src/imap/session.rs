@@ -45,7 +45,7 @@ use super::view::{is_pec_keyword, Folder, View, ViewError, PEC_KEYWORDS};
 use super::shared::{self, Entries};
 use super::{fetch, search, Ctx, SessionGuard};
 use crate::auth::{Right, User};
-use crate::handling::{self, Transition, ViewKind};
+use crate::handling::{self, Refusal, Transition, ViewKind};
 use crate::store::{Audit, BlobRef, Change, Event as StoreEvent, FlagOp, MessageMeta, Notice};
 
 /// Before login, a client has this long per command (RFC 3501 allows a
@@ -1871,6 +1871,36 @@ impl Session {
     ///   and feed its delivery-state reconciliation) nor into a virtual
     ///   folder, nor across kinds (a receipt in another INBOX would misfile
     ///   it): `NO [CANNOT]` saying why.
+    /// The start COPY and MOVE share: resolve the target folder, and into
+    /// a handling view, perform the transition (`moving` or not, it is the
+    /// same gesture). `None`: answered already (refused, or done);
+    /// otherwise the target and the (seq, uid) pairs named by `set`.
+    #[allow(clippy::too_many_arguments)]
+    async fn transfer_target(
+        &mut self,
+        io: &mut Io,
+        tag: Tag<'static>,
+        view: &View,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+        moving: bool,
+    ) -> Option<(Tag<'static>, Folder, Vec<(u32, u32)>)> {
+        let target = match copy_target(view, mailbox) {
+            Ok(f) => f,
+            Err(refusal) => {
+                io.status(refusal(tag));
+                return None;
+            }
+        };
+        if target.handling.is_some() {
+            self.drop_into_view(io, tag, view, set, uid, &target, moving).await;
+            return None;
+        }
+        let targets = self.targets(set, uid);
+        Some((tag, target, targets))
+    }
+
     async fn copy(
         &mut self,
         io: &mut Io,
@@ -1881,14 +1911,7 @@ impl Session {
         uid: bool,
     ) {
         let cannot = |tag, t: &str| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), t);
-        let target = match copy_target(view, mailbox) {
-            Ok(f) => f,
-            Err(refusal) => return io.status(refusal(tag)),
-        };
-        if target.handling.is_some() {
-            return self.drop_into_view(io, tag, view, set, uid, &target, false).await;
-        }
-        let targets = self.targets(set, uid);
+        let Some((tag, target, targets)) = self.transfer_target(io, tag, view, set, mailbox, uid, false).await else { return };
         let Some(sel) = &self.selected else { return };
         let from = sel.folder.source();
         if target.mailbox == sel.folder.mailbox {
@@ -1998,14 +2021,7 @@ impl Session {
         mailbox: &Mailbox<'_>,
         uid: bool,
     ) {
-        let target = match copy_target(view, mailbox) {
-            Ok(f) => f,
-            Err(refusal) => return io.status(refusal(tag)),
-        };
-        if target.handling.is_some() {
-            return self.drop_into_view(io, tag, view, set, uid, &target, true).await;
-        }
-        let targets = self.targets(set, uid);
+        let Some((tag, target, targets)) = self.transfer_target(io, tag, view, set, mailbox, uid, true).await else { return };
         let Some(sel) = &self.selected else { return };
         let (Some(from), Some(to)) = (sel.folder.writable_source(), target.store_folder) else {
             return io.status(tagged(
@@ -2109,21 +2125,22 @@ impl Session {
         t: Transition,
     ) -> Result<(), Box<dyn FnOnce(Tag<'static>) -> Status<'static> + Send>> {
         let op = t.action.as_str();
-        let tracked = hashes
-            .iter()
-            .all(|h| matches!(self.ctx.store.handling(mailbox, h), Ok(Some(_))));
         let a = self.audit(op).mailbox(mailbox).folder(folder.source()).uids(uids);
-        if !tracked {
-            let why = "not all of these messages have a handling state (only certified messages received in INBOX do)";
-            self.audit_only(a.outcome(format!("refused: {why}"))).await;
-            return Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code("CANNOT")), why)));
-        }
         let ch = Change::Handle { mailbox: mailbox.to_string(), hashes, transition: t };
+        // The store's writer decides, against the state at commit time
+        // (two simultaneous takes: one wins, the other is refused here).
         match self.ctx.store.commit(a.clone(), ch).await {
             Ok(_) => Ok(()),
-            Err(crate::store::StoreError::Refused(why)) => {
+            Err(crate::store::StoreError::Refused(r)) => {
+                let (code, why) = match r {
+                    Refusal::NotTracked => (
+                        "CANNOT",
+                        "not all of these messages have a handling state (only certified messages received in INBOX do)".to_string(),
+                    ),
+                    r => ("INUSE", r.to_string()),
+                };
                 self.audit_only(a.outcome(format!("refused: {why}"))).await;
-                Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code("INUSE")), &why)))
+                Err(Box::new(move |tag| tagged(tag, StatusKind::No, Some(other_code(code)), &why)))
             }
             Err(e) => {
                 let msg = e.to_string();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::auth::{Right, User};
-use crate::handling::rules::Rules;
+use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::SentMessage;
@@ -151,7 +151,7 @@ pub struct View {
     /// `pec.overdue_after`, if configured (else reconcile's default).
     pub overdue_after: Option<Duration>,
     /// Offices (for the handling views).
-    pub rules: Arc<Rules>,
+    pub rules: LiveRules,
     /// Where snapshots share their entries with other sessions'.
     pub metas: Arc<SharedMetas>,
 }
@@ -162,7 +162,7 @@ impl View {
             user,
             store,
             overdue_after: None,
-            rules: Arc::new(Rules::default()),
+            rules: LiveRules::default(),
             metas: Arc::default(),
         }
     }
@@ -173,7 +173,7 @@ impl View {
         self
     }
 
-    pub fn with_rules(mut self, rules: Arc<Rules>) -> View {
+    pub fn with_rules(mut self, rules: LiveRules) -> View {
         self.rules = rules;
         self
     }
@@ -182,9 +182,9 @@ impl View {
     /// they belong to, or all of them with `triage` on the mailbox.
     fn office_views(&self, mailbox: &str) -> Vec<String> {
         if self.user.may(mailbox, Right::Triage) {
-            self.rules.offices.keys().cloned().collect()
+            self.rules.current().offices.keys().cloned().collect()
         } else {
-            self.rules.offices_of(&self.user.name)
+            self.rules.current().offices_of(&self.user.name)
         }
     }
 
@@ -383,7 +383,7 @@ impl View {
     /// keywords; `\Seen` is the user's on the INBOX message. Only the
     /// states the view can show are read from the index.
     fn handling_snapshot(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Unshared, ViewError> {
-        let offices = self.rules.offices_of(&self.user.name);
+        let offices = self.rules.current().offices_of(&self.user.name);
         let offices: Vec<&str> = offices.iter().map(String::as_str).collect();
         let seen_inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
         let mut msgs = Vec::new();

@@ -57,7 +57,7 @@ pub enum StoreError {
     /// The request contradicts the current state (a handling transition
     /// somebody else got first): an answer for the user, not a failure.
     #[error("{0}")]
-    Refused(String),
+    Refused(crate::handling::Refusal),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -928,7 +928,7 @@ impl Writer {
                         None => self.index.handling(&mailbox, &hash)?,
                     };
                     let changes = Handling::check(current.as_ref(), &transition)
-                        .map_err(|r| StoreError::Refused(r.to_string()))?;
+                        .map_err(StoreError::Refused)?;
                     if !changes {
                         continue;
                     }

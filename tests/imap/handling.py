@@ -26,22 +26,10 @@ import time
 import urllib.request
 
 PORT, CAFILE, HTTP, PHASE = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-PW = "pw-Secret-1"
-CTX = ssl.create_default_context(cafile=CAFILE)
+from common import CTX, PW, check, login
 MB = "protocollo"
 
 
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def login(user):
-    m = imaplib.IMAP4_SSL("127.0.0.1", PORT, ssl_context=CTX)
-    m.login(user, PW)
-    return m
 
 
 def q(name):

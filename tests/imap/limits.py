@@ -11,19 +11,9 @@ import sys
 import time
 
 PORT, CAFILE = int(sys.argv[1]), sys.argv[2]
-PW = "pw-Secret-1"
-CTX = ssl.create_default_context(cafile=CAFILE)
+from common import CTX, PW, check, connect
 
 
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def connect():
-    return imaplib.IMAP4_SSL("127.0.0.1", PORT, ssl_context=CTX)
 
 
 c1, c2, c3 = connect(), connect(), connect()

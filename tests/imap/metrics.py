@@ -10,14 +10,8 @@ import sys
 import urllib.request
 
 PORT, CAFILE, HTTP = int(sys.argv[1]), sys.argv[2], int(sys.argv[4])
-CTX = ssl.create_default_context(cafile=CAFILE)
+from common import CTX, check
 
-
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 for _ in range(2):

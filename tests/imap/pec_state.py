@@ -14,24 +14,11 @@ import ssl
 import sys
 
 PORT, CAFILE, DATA = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-PW = "pw-Secret-1"
+from common import PW, check, login as connect
 PEC = ["$PecAccepted", "$PecNotAccepted", "$PecDelivered", "$PecPartiallyDelivered",
        "$PecFailed", "$PecOverdue", "$PecWarned"]
 
 
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def connect(user):
-    ctx = ssl.create_default_context(cafile=CAFILE)
-    m = imaplib.IMAP4_SSL("127.0.0.1", PORT, ssl_context=ctx)
-    typ, _ = m.login(user, PW)
-    check(typ == "OK", f"login {user}")
-    return m
 
 
 def flags(m, uid):

@@ -8,13 +8,8 @@ import ssl
 import sys
 
 PORT, CAFILE, DATA, USED, LIMIT = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+from common import check
 
-
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 m = imaplib.IMAP4_SSL("127.0.0.1", PORT, ssl_context=ssl.create_default_context(cafile=CAFILE))

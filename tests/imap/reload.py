@@ -13,20 +13,10 @@ import sys
 import time
 
 PORT, CAFILE = int(sys.argv[1]), sys.argv[2]
+from common import CTX, PW, check, connect
 PID, CONFIG, NEW_CONFIG = int(sys.argv[4]), sys.argv[5], sys.argv[6]
-PW = "pw-Secret-1"
-CTX = ssl.create_default_context(cafile=CAFILE)
 
 
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def connect():
-    return imaplib.IMAP4_SSL("127.0.0.1", PORT, ssl_context=CTX)
 
 
 def login(user):

@@ -9,14 +9,8 @@ import ssl
 import sys
 
 PORT, CAFILE, DATA, SPORT = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-PW = "pw-Secret-1"
+from common import PW, check
 
-
-def check(cond, what, detail=""):
-    if not cond:
-        print(f"FAIL: {what}: {detail}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 ctx = ssl.create_default_context(cafile=CAFILE)
