@@ -170,23 +170,7 @@ pub fn matches(
         if let Some(v) = src.fields.and_then(|f| f.get(name)) {
             return v.is_some_and(|h| contains(h.as_bytes(), needle));
         }
-        let Some(raw) = raw else { return false };
-        let Some(m) = fetch::parse(raw) else {
-            return false;
-        };
-        m.headers()
-            .iter()
-            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-            .any(|h| {
-                let r = raw
-                    .get(h.offset_start as usize..h.offset_end as usize)
-                    .unwrap_or_default();
-                contains(r, needle)
-                    || h.value
-                        .as_text()
-                        .is_some_and(|t| contains(t.as_bytes(), needle))
-                    || addr_contains(&h.value, needle)
-            })
+        raw.and_then(|r| Fields::header_of(r, name)).is_some_and(|h| contains(h.as_bytes(), needle))
     };
     let body = |needle: &[u8], with_header: bool| -> bool {
         let Some(raw) = raw else { return false };
@@ -250,30 +234,12 @@ pub fn matches(
     }
 }
 
-fn addr_contains(v: &mail_parser::HeaderValue<'_>, needle: &[u8]) -> bool {
-    match v.as_address() {
-        Some(a) => a.iter().any(|x| {
-            x.name
-                .as_deref()
-                .is_some_and(|n| contains(n.as_bytes(), needle))
-                || x.address
-                    .as_deref()
-                    .is_some_and(|n| contains(n.as_bytes(), needle))
-        }),
-        None => false,
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MSG: &[u8] = b"From: =?UTF-8?Q?Ufficio_Tributi_Citt=C3=A0?= <tributi@comune.example.it>\r\n\
-To: a@example.it,\r\n b@example.it\r\n\
-Subject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
-Date: Thu, 26 Nov 2026 10:00:00 +0100\r\n\
-\r\n\
-body with From: nobody@else.example\r\n";
+    use crate::store::fields::tests::MSG;
 
     #[test]
     fn keys_ask_for_what_they_need() {

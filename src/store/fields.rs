@@ -36,28 +36,7 @@ impl SearchFields {
         let Some(m) = mail_parser::MessageParser::default().parse(head) else {
             return SearchFields::default();
         };
-        let field = |name: &str| -> Option<String> {
-            let mut out: Option<String> = None;
-            for h in m.headers().iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(name)) {
-                let hay = out.get_or_insert_with(String::new);
-                let r = head.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
-                hay.push_str(&String::from_utf8_lossy(r.trim_ascii()));
-                hay.push('\n');
-                if let Some(t) = h.value.as_text() {
-                    hay.push_str(t);
-                    hay.push('\n');
-                }
-                if let Some(a) = h.value.as_address() {
-                    for x in a.iter() {
-                        for part in [x.name.as_deref(), x.address.as_deref()].into_iter().flatten() {
-                            hay.push_str(part);
-                            hay.push('\n');
-                        }
-                    }
-                }
-            }
-            out
-        };
+        let field = |name: &str| haystack(head, &m, name);
         SearchFields {
             from: field("From"),
             to: field("To"),
@@ -66,6 +45,15 @@ impl SearchFields {
             subject: field("Subject"),
             sent: m.date().map(|d| d.to_timestamp()),
         }
+    }
+
+    /// What a search string is matched against for any header `name` of
+    /// the message `raw` (HEADER with a field that is not cached); `None`
+    /// when the message has no such header.
+    pub fn header_of(raw: &[u8], name: &str) -> Option<String> {
+        let head = &raw[..header_end(raw)];
+        let m = mail_parser::MessageParser::default().parse(head)?;
+        haystack(head, &m, name)
     }
 
     /// The cached value of header `name`: `None` if it is not a cached
@@ -83,6 +71,32 @@ impl SearchFields {
     }
 }
 
+/// Every occurrence of header `name` as one string, a line per form: the
+/// raw value (encoded words and all), its decoded text, and its addresses'
+/// names and addresses.
+fn haystack(head: &[u8], m: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for h in m.headers().iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(name)) {
+        let hay = out.get_or_insert_with(String::new);
+        let r = head.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+        hay.push_str(&String::from_utf8_lossy(r.trim_ascii()));
+        hay.push('\n');
+        if let Some(t) = h.value.as_text() {
+            hay.push_str(t);
+            hay.push('\n');
+        }
+        if let Some(a) = h.value.as_address() {
+            for x in a.iter() {
+                for part in [x.name.as_deref(), x.address.as_deref()].into_iter().flatten() {
+                    hay.push_str(part);
+                    hay.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Where the header ends (after the blank line), or the whole message.
 pub fn header_end(raw: &[u8]) -> usize {
     if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -95,10 +109,12 @@ pub fn header_end(raw: &[u8]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MSG: &[u8] = b"From: =?UTF-8?Q?Ufficio_Tributi_Citt=C3=A0?= <tributi@comune.example.it>\r\n\
+    /// A header with encoded words, a folded address list and a Date; a
+    /// body that mentions a header.
+    pub(crate) const MSG: &[u8] = b"From: =?UTF-8?Q?Ufficio_Tributi_Citt=C3=A0?= <tributi@comune.example.it>\r\n\
 To: a@example.it,\r\n b@example.it\r\n\
 Subject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
 Date: Thu, 26 Nov 2026 10:00:00 +0100\r\n\
@@ -119,6 +135,31 @@ body with From: nobody@else.example\r\n";
         assert_eq!(f.sent, Some(1_795_683_600), "10:00 +0100 is 09:00 UTC");
         // The body is not a header.
         assert!(!from.contains("nobody@else"));
+        // Any header, uncached, the same way.
+        assert_eq!(SearchFields::header_of(MSG, "from"), f.from);
+        assert_eq!(SearchFields::header_of(MSG, "X-Missing"), None);
     }
 
+
+    proptest::proptest! {
+        /// Any bytes (a blob is whatever the provider delivered): fields
+        /// without a panic, and they survive the index's encoding.
+        #[test]
+        fn any_message_gives_fields_that_round_trip(
+            head in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b"From: ".to_vec()),
+                proptest::strategy::Just(b"Subject: =?UTF-8?B?".to_vec()),
+                proptest::strategy::Just(b"\r\n".to_vec()),
+                proptest::strategy::Just(b"\r\n ".to_vec()),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            ], 0..30),
+        ) {
+            let raw = head.concat();
+            let f = SearchFields::of(&raw);
+            let _ = SearchFields::header_of(&raw, "From");
+            let v = serde_json::to_vec(&f).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let back: SearchFields = serde_json::from_slice(&v).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(back, f);
+        }
+    }
 }
