@@ -26,10 +26,19 @@ pub struct SharedMetas {
 #[derive(Default)]
 struct Table {
     map: HashMap<String, Weak<MessageMeta>>,
-    /// Whole snapshots by folder key (see [`SharedMetas::intern_folder`]).
-    lists: HashMap<String, Weak<Entries>>,
+    /// Whole snapshots by folder key (see [`SharedMetas::intern_folder`]),
+    /// with the newest stamp they are known to be current at.
+    lists: HashMap<String, (Stamp, Weak<Entries>)>,
     /// Entries left after the last sweep.
     live: usize,
+}
+
+/// When a list was read: the store's generation (read before the index)
+/// and the second (computed keywords depend on the time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    pub generation: u64,
+    pub second: i64,
 }
 
 /// A folder's messages in UID order: (UID, shared entry).
@@ -46,21 +55,37 @@ pub fn same(a: &Entries, b: &Entries) -> bool {
 const SWEEP_SLACK: usize = 4096;
 
 impl SharedMetas {
-    /// `msgs` as a list shared with any session holding an equal one under
-    /// `key` (a folder as seen by a user: equal keys usually mean equal
-    /// lists), its entries shared with equal ones.
-    pub fn intern_folder(&self, key: &str, msgs: Vec<(u32, MessageMeta)>) -> Arc<Entries> {
+    /// The list last interned under `key`, if it was read at `stamp`
+    /// (same store generation, same second) and a session still holds it.
+    pub fn cached(&self, key: &str, stamp: Stamp) -> Option<Arc<Entries>> {
+        let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        t.lists.get(key).filter(|(st, _)| *st == stamp).and_then(|(_, w)| w.upgrade())
+    }
+
+    /// `msgs` (read at `stamp`) as a list shared with any session holding
+    /// an equal one under `key` (a folder as seen by a user: equal keys
+    /// usually mean equal lists), its entries shared with equal ones.
+    pub fn intern_folder(&self, key: &str, msgs: Vec<(u32, MessageMeta)>, stamp: Stamp) -> Arc<Entries> {
         let v = self.intern(msgs);
         let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(a) = t.lists.get(key).and_then(Weak::upgrade) {
-            if same(&a, &v) {
-                return a;
+        if let Some((st, w)) = t.lists.get_mut(key) {
+            if let Some(a) = w.upgrade() {
+                if same(&a, &v) {
+                    // Still current at the newer of the two stamps.
+                    *st = (*st).max(stamp);
+                    return a;
+                }
+                if *st > stamp {
+                    // A newer list is there already: this one is older
+                    // (its reader was slower), not to be cached.
+                    return Arc::new(v);
+                }
             }
         }
         let a = Arc::new(v);
-        t.lists.insert(key.to_string(), Arc::downgrade(&a));
+        t.lists.insert(key.to_string(), (stamp, Arc::downgrade(&a)));
         if t.lists.len() > SWEEP_SLACK {
-            t.lists.retain(|_, w| w.strong_count() > 0);
+            t.lists.retain(|_, (_, w)| w.strong_count() > 0);
         }
         a
     }
@@ -143,15 +168,37 @@ mod tests {
     #[test]
     fn equal_folders_share_one_list() {
         let s = SharedMetas::default();
-        let a = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))]);
-        let b = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))]);
+        let a = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))], Stamp::default());
+        let b = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &[]))], Stamp::default());
         assert!(Arc::ptr_eq(&a, &b), "an unchanged folder is one list");
-        let c = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))]);
+        let c = s.intern_folder("prot/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))], Stamp::default());
         assert!(!Arc::ptr_eq(&a, &c), "a changed folder is a new list");
         assert!(Arc::ptr_eq(&a[0].1, &c[0].1), "sharing its unchanged entries");
-        let d = s.intern_folder("other/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))]);
+        let d = s.intern_folder("other/INBOX", vec![(1, meta("aa", &[])), (2, meta("bb", &["\\Flagged"]))], Stamp::default());
         assert!(same(&c, &d) && !Arc::ptr_eq(&c, &d), "another key is another list, of the same entries");
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn lists_are_cached_for_their_stamp_only() {
+        let s = SharedMetas::default();
+        let at = |generation, second| Stamp { generation, second };
+        let a = s.intern_folder("k", vec![(1, meta("aa", &[]))], at(1, 100));
+        assert!(Arc::ptr_eq(&s.cached("k", at(1, 100)).unwrap_or_default(), &a));
+        assert!(s.cached("k", at(2, 100)).is_none(), "the store changed since");
+        assert!(s.cached("k", at(1, 101)).is_none(), "a second later: keywords may differ");
+        assert!(s.cached("other", at(1, 100)).is_none());
+        // Read again at a newer stamp and found equal: current there too.
+        let b = s.intern_folder("k", vec![(1, meta("aa", &[]))], at(2, 100));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(s.cached("k", at(2, 100)).is_some());
+        // A slow reader's older, different list does not replace it.
+        let old = s.intern_folder("k", vec![(1, meta("aa", &["\\Seen"]))], at(1, 100));
+        assert!(!Arc::ptr_eq(&old, &a));
+        assert!(Arc::ptr_eq(&s.cached("k", at(2, 100)).unwrap_or_default(), &a));
+        // Nobody holds it any more: not cached.
+        drop((a, b));
+        assert!(s.cached("k", at(2, 100)).is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::SentMessage;
-use super::shared::{Entries, SharedMetas};
+use super::shared::{Entries, SharedMetas, Stamp};
 use crate::store::{MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
@@ -65,8 +65,6 @@ pub fn is_pec_keyword(flag: &str) -> bool {
 /// UIDs this user has seen.
 pub type Snapshot = (Arc<Entries>, HashSet<u32>);
 
-/// A snapshot before its entries are shared.
-type Unshared = (Vec<(u32, MessageMeta)>, HashSet<u32>);
 
 /// One selectable folder as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,23 +314,48 @@ impl View {
     /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
     /// until it resyncs. Sent itself, where the state matters, is exact.
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
-        let (msgs, seen) = match &f.handling {
-            Some(kind) => self.handling_snapshot(f, kind, now)?,
-            None => self.folder_snapshot(f, now)?,
-        };
         // Lists are shared by folder; a handling view's list also depends
         // on who looks (Mine, office membership).
         let key = match &f.handling {
             Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
             None => format!("{}\0{:?}", f.mailbox, f.store_folder),
         };
-        Ok((self.metas.intern_folder(&key, msgs), seen))
+        // Read before the index: a change applied meanwhile makes the
+        // stamp older than the list, never the other way round. Within one
+        // second and one store generation every session gets the same
+        // list without reading the index (ten thousand IDLE sessions
+        // woken by one new message read it once); the computed keywords
+        // may lag the clock by under a second.
+        let stamp = Stamp { generation: self.store.generation(), second: now.timestamp() };
+        let msgs = match self.metas.cached(&key, stamp) {
+            Some(m) => m,
+            None => {
+                let m = match &f.handling {
+                    Some(kind) => self.handling_messages(f, kind, now)?,
+                    None => self.folder_messages(f, now)?,
+                };
+                self.metas.intern_folder(&key, m, stamp)
+            }
+        };
+        let seen = match &f.handling {
+            // `\Seen` is the user's on the INBOX message.
+            Some(_) => {
+                let inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
+                msgs.iter()
+                    .filter(|(_, m)| m.source_uid.is_some_and(|u| inbox.contains(&u)))
+                    .map(|(v, _)| *v)
+                    .collect()
+            }
+            None => self.store.seen_uids(&self.user.name, &f.mailbox, f.source())?,
+        };
+        Ok((msgs, seen))
     }
 
-    fn folder_snapshot(&self, f: &Folder, now: DateTime<Utc>) -> Result<Unshared, ViewError> {
+    /// A store folder's messages (or Undelivered's, from Sent), with the
+    /// computed keywords.
+    fn folder_messages(&self, f: &Folder, now: DateTime<Utc>) -> Result<Vec<(u32, MessageMeta)>, ViewError> {
         let sf = f.source();
         let mut msgs = self.store.messages(&f.mailbox, sf)?;
-        let seen = self.store.seen_uids(&self.user.name, &f.mailbox, sf)?;
         for (_, m) in msgs.iter_mut() {
             m.flags.retain(|fl| !is_pec_keyword(fl));
         }
@@ -375,19 +398,17 @@ impl View {
         for (_, m) in msgs.iter_mut() {
             m.pec = None;
         }
-        Ok((msgs, seen))
+        Ok(msgs)
     }
+
 
     /// A handling view: the INBOX messages whose handling puts them there
     /// for this user, numbered by their view UIDs, with the handling
-    /// keywords; `\Seen` is the user's on the INBOX message. Only the
-    /// states the view can show are read from the index.
-    fn handling_snapshot(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Unshared, ViewError> {
+    /// keywords. Only the states the view can show are read from the index.
+    fn handling_messages(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Vec<(u32, MessageMeta)>, ViewError> {
         let offices = self.rules.current().offices_of(&self.user.name);
         let offices: Vec<&str> = offices.iter().map(String::as_str).collect();
-        let seen_inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
         let mut msgs = Vec::new();
-        let mut seen = HashSet::new();
         for (hash, h) in self.store.handling_in(&f.mailbox, kind.states())? {
             if !kind.shows(&h, &self.user.name, &offices) {
                 continue;
@@ -402,12 +423,9 @@ impl View {
             m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
             m.source_uid = Some(uid);
             m.pec = None;
-            if seen_inbox.contains(&uid) {
-                seen.insert(h.vuid);
-            }
             msgs.push((h.vuid, m));
         }
-        Ok((msgs, seen))
+        Ok(msgs)
     }
 
     /// The folder's counters (STATUS).

@@ -24,7 +24,7 @@ pub mod record;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -149,6 +149,9 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     notify: broadcast::Sender<Notice>,
+    /// Bumped by the writer after each applied batch (see
+    /// [`Store::generation`]).
+    generation: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
     closed: AtomicBool,
     /// How long durable writes take (`journal`: a group commit, append +
@@ -203,6 +206,7 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let (notify, _) = broadcast::channel(1024);
         let failed = Arc::new(Mutex::new(None));
+        let generation = Arc::new(AtomicU64::new(0));
         let write_latency = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new(
                 "pecgate_store_write_duration_seconds",
@@ -220,6 +224,7 @@ impl Store {
             handling: HashMap::new(),
             vuids: HashMap::new(),
             notify: notify.clone(),
+            generation: generation.clone(),
             failed: failed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -234,6 +239,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
                 notify,
+                generation,
                 failed,
                 closed: AtomicBool::new(false),
                 write_latency,
@@ -370,6 +376,16 @@ impl Store {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.notify.subscribe()
+    }
+
+    /// A number that changes after every batch of changes (records other
+    /// than audit-only ones) is applied to the index, before its writers
+    /// are answered and its notices sent.
+    /// Something read from the index while the generation stayed the same
+    /// is still current: what lets IMAP sessions share a folder's snapshot
+    /// instead of each reading it again.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     // ---- reads (the index) ----
@@ -628,6 +644,7 @@ struct Writer {
     /// Last handling-view UID per mailbox, as the writer knows it.
     vuids: HashMap<String, u32>,
     notify: broadcast::Sender<Notice>,
+    generation: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
     write_latency: prometheus::HistogramVec,
 }
@@ -746,6 +763,11 @@ impl Writer {
         }
         if !records.is_empty() {
             self.write_latency.with_label_values(&["journal"]).observe(started.elapsed().as_secs_f64());
+        }
+        // After the index has the batch, before anyone hears of it; audit-only
+        // records (logins, reads) change nothing a reader sees.
+        if records.iter().any(|r| !matches!(r.event, Event::None)) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         for (reply, idx) in answers {
             let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
