@@ -16,6 +16,10 @@
 //!   IMAP_LOAD_IDLE_RESELECT=N then SELECTs N times from one more session
 //!   (memory churn, as opposed to per-session memory). Raise `ulimit -n`
 //!   above the largest step first.
+//! * `wake`: IMAP_LOAD_WAKE_SESSIONS (1,000) sessions IDLE on a
+//!   200-message INBOX; another session toggles `\Flagged` on one message
+//!   IMAP_LOAD_WAKE_ROUNDS (5) times; the time until every idling session
+//!   has received the FETCH (the snapshot refresh storm one change causes).
 //! * `search`: SEARCH latency on a folder of IMAP_LOAD_BULK (100,000) small
 //!   messages archived through the store API: SUBJECT, FROM, UNSEEN, SINCE,
 //!   each IMAP_LOAD_SEARCHES times from one session; then the same against
@@ -336,6 +340,78 @@ fn idle_mode() {
     drop(clients);
 }
 
+/// How long one change takes to reach many IDLE sessions.
+fn wake_mode() {
+    let n = env("IMAP_LOAD_WAKE_SESSIONS", 1000);
+    let rounds = env("IMAP_LOAD_WAKE_ROUNDS", 5);
+    let messages = env("IMAP_LOAD_MESSAGES", 200);
+    println!("imap_load wake: sessions={n} messages={messages} rounds={rounds}");
+    let limit = (n + 16).to_string();
+    let gw = imap_support::start_with(imap_support::Setup {
+        inbox: messages,
+        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
+        ..imap_support::Setup::default()
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (port, ca) = (gw.port, gw.cert());
+    rt.block_on(async move {
+        // Open the sessions 8 at a time; each ends in IDLE on INBOX.
+        let mut idlers = Vec::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut opened = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (ca, sem) = (ca.clone(), sem.clone());
+            opened.spawn(async move {
+                let _p = sem.acquire_owned().await.expect("semaphore");
+                let mut c = Client::connect(port, &ca).await;
+                c.cmd(&format!("LOGIN mario \"{}\"", imap_support::PASSWORD)).await;
+                c.cmd("SELECT INBOX").await;
+                c.io.get_mut().write_all(b"i IDLE\r\n").await.expect("IDLE");
+                c.io.get_mut().flush().await.expect("flush");
+                let mut l = String::new();
+                c.io.read_line(&mut l).await.expect("continuation");
+                assert!(l.starts_with('+'), "IDLE: {l}");
+                c
+            });
+        }
+        while let Some(c) = opened.join_next().await {
+            idlers.push(c.expect("open"));
+        }
+        println!("{n} sessions idling on INBOX");
+        let mut trigger = Client::connect(port, &ca).await;
+        trigger.cmd(&format!("LOGIN mario \"{}\"", imap_support::PASSWORD)).await;
+        trigger.cmd("SELECT INBOX").await;
+        println!("{:>6} {:>12} {:>12} {:>12}", "round", "first", "median", "last");
+        for round in 0..rounds {
+            // Each idler waits for its next FETCH line in its own task.
+            let mut waits = tokio::task::JoinSet::new();
+            for mut c in idlers.drain(..) {
+                waits.spawn(async move {
+                    loop {
+                        let mut l = String::new();
+                        let k = c.io.read_line(&mut l).await.expect("read");
+                        assert!(k > 0, "connection closed");
+                        if l.contains(" FETCH ") {
+                            return (Instant::now(), c);
+                        }
+                    }
+                });
+            }
+            let op = if round % 2 == 0 { "+FLAGS" } else { "-FLAGS" };
+            let t0 = Instant::now();
+            trigger.cmd(&format!("STORE 1 {op} (\\Flagged)")).await;
+            let mut lat = Vec::new();
+            while let Some(r) = waits.join_next().await {
+                let (t, c) = r.expect("wait");
+                lat.push(t.duration_since(t0));
+                idlers.push(c);
+            }
+            lat.sort();
+            println!("{round:>6} {:>12.2?} {:>12.2?} {:>12.2?}", lat[0], lat[lat.len() / 2], lat[lat.len() - 1]);
+        }
+    });
+}
+
 /// SEARCH latency on a large folder, pecgate and Dovecot side by side.
 fn search_mode() {
     let bulk = env("IMAP_LOAD_BULK", 100_000);
@@ -443,6 +519,7 @@ fn main() {
     match std::env::var("IMAP_LOAD_MODE").as_deref() {
         Ok("idle") => return idle_mode(),
         Ok("search") => return search_mode(),
+        Ok("wake") => return wake_mode(),
         _ => {}
     }
     let sessions = env("IMAP_LOAD_SESSIONS", 8);
