@@ -274,12 +274,7 @@ fn idle_mode() {
     let max = steps.iter().copied().max().unwrap_or(0);
     let conc = env("IMAP_LOAD_CONNECT_CONCURRENCY", 8).max(1);
     println!("imap_load idle: messages={messages} select={select} steps={steps:?} connect_concurrency={conc}");
-    let limit = (max + 16).to_string();
-    let gw = imap_support::start_with(imap_support::Setup {
-        inbox: messages,
-        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
-        ..imap_support::Setup::default()
-    });
+    let gw = imap_support::start_with(imap_support::Setup { inbox: messages, imap_config: room_for(max), ..imap_support::Setup::default() });
     let pid = gw.child.id();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (port, ca) = (gw.port, gw.cert());
@@ -340,18 +335,20 @@ fn idle_mode() {
     drop(clients);
 }
 
+/// `[imap]` limits that let one user open `sessions` sessions (and a few
+/// more) from loopback.
+fn room_for(sessions: usize) -> String {
+    let limit = sessions + 16;
+    format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n")
+}
+
 /// How long one change takes to reach many IDLE sessions.
 fn wake_mode() {
     let n = env("IMAP_LOAD_WAKE_SESSIONS", 1000);
     let rounds = env("IMAP_LOAD_WAKE_ROUNDS", 5);
     let messages = env("IMAP_LOAD_MESSAGES", 200);
     println!("imap_load wake: sessions={n} messages={messages} rounds={rounds}");
-    let limit = (n + 16).to_string();
-    let gw = imap_support::start_with(imap_support::Setup {
-        inbox: messages,
-        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
-        ..imap_support::Setup::default()
-    });
+    let gw = imap_support::start_with(imap_support::Setup { inbox: messages, imap_config: room_for(n), ..imap_support::Setup::default() });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (port, ca) = (gw.port, gw.cert());
     rt.block_on(async move {
@@ -530,11 +527,10 @@ fn main() {
     let idle = env("IMAP_LOAD_IDLE", 200);
     println!("imap_load: sessions={sessions} messages={messages} size={size} rounds={rounds} searches={searches} idle={idle}");
 
-    let limit = (sessions + idle + 16).to_string();
     let gw = imap_support::start_with(imap_support::Setup {
         inbox: messages,
         pad: size,
-        imap_config: format!("max_sessions_per_user = {limit}\nmax_sessions_per_address = {limit}\n"),
+        imap_config: room_for(sessions + idle),
         ..imap_support::Setup::default()
     });
     let raw: Vec<Vec<u8>> = (1..=messages).map(|i| imap_support::padded_message(i, size)).collect();
