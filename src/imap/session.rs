@@ -1442,6 +1442,20 @@ impl Session {
                 return;
             }
         };
+        if Arc::ptr_eq(&sel.msgs, &new) {
+            // The very list this session holds (the usual case when a
+            // change elsewhere woke it): only this user's \Seen can differ.
+            if seen != sel.seen {
+                for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
+                    let is_seen = seen.contains(uid);
+                    if sel.seen.contains(uid) != is_seen && !quiet.contains(uid) {
+                        flags_update(io, i, *uid, meta, is_seen);
+                    }
+                }
+            }
+            sel.seen = seen;
+            return;
+        }
         let new_map: std::collections::HashMap<u32, &Arc<MessageMeta>> =
             new.iter().map(|(u, m)| (*u, m)).collect();
         let msgs = Arc::make_mut(&mut sel.msgs);
@@ -1462,16 +1476,7 @@ impl Session {
             if m.flags != meta.flags || was_seen != is_seen {
                 *meta = Arc::clone(m);
                 if !quiet.contains(uid) {
-                    let items = vec![
-                        MessageDataItem::Uid(nz(*uid)),
-                        MessageDataItem::Flags(flags_of(meta, is_seen)),
-                    ];
-                    if let Ok(items) = Vec1::try_from(items) {
-                        io.data(Data::Fetch {
-                            seq: nz(i as u32 + 1),
-                            items,
-                        });
-                    }
+                    flags_update(io, i, *uid, meta, is_seen);
                 }
             }
         }
@@ -2203,6 +2208,15 @@ fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
     Atom::try_from(name.to_string())
         .ok()
         .map(FlagNameAttribute::from)
+}
+
+/// An unsolicited `* n FETCH (UID u FLAGS (...))` for the message at index
+/// `i` of the selected folder.
+fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &MessageMeta, seen: bool) {
+    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen))];
+    if let Ok(items) = Vec1::try_from(items) {
+        io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
+    }
 }
 
 fn flags_of(meta: &MessageMeta, seen: bool) -> Vec<FlagFetch<'static>> {
