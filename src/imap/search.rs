@@ -1,16 +1,17 @@
 //! SEARCH: evaluating search keys against a folder snapshot.
 //!
 //! FROM, TO, CC, BCC, SUBJECT and SENT* use header fields cached in the
-//! store per message (`store::fields`); BODY, TEXT and other HEADER fields load
-//! the blob; the rest use the snapshot only. Text matching is ASCII case-insensitive
-//! substring matching on the decoded header values and text parts, plus the
-//! raw bytes (so encoded words and base64 bodies are found once decoded).
+//! store per message (`store::fields`); BODY, TEXT and other HEADER fields
+//! load the blob; the rest use the snapshot only. Text matching is ASCII
+//! case-insensitive substring matching on the decoded header values and
+//! text parts, plus the raw bytes (so encoded words and base64 bodies are
+//! found once decoded).
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
-
-use std::collections::HashSet;
 
 use super::fetch;
 use crate::store::fields::SearchFields as Fields;

@@ -1858,24 +1858,6 @@ impl Session {
         io.status(ok(tag, "EXPUNGE done"));
     }
 
-    /// COPY (and UID COPY), conservatively:
-    ///
-    /// * Within one PEC mailbox: `NO [CANNOT]`. The archive holds each
-    ///   message once per mailbox (content-addressed evidence, de-duplicated
-    ///   by hash), so a second folder of the same mailbox cannot hold it
-    ///   too; refiling is MOVE.
-    /// * Into another PEC mailbox: allowed into the folder of the same kind
-    ///   (INBOX → INBOX, Receipts → Receipts, Anomalies → Anomalies) to a
-    ///   user holding `triage` on the target, e.g. handing a received PEC to
-    ///   another office with its signed envelope intact. The copy shares the
-    ///   blob and keeps shared flags and PEC metadata; the audit record names
-    ///   the source mailbox, folder and UIDs, the archived event the target.
-    ///   A message the target already holds is not filed twice (COPYUID
-    ///   names the UID it has).
-    /// * Never into `Sent` (a copy would claim the target mailbox sent it
-    ///   and feed its delivery-state reconciliation) nor into a virtual
-    ///   folder, nor across kinds (a receipt in another INBOX would misfile
-    ///   it): `NO [CANNOT]` saying why.
     /// The start COPY and MOVE share: resolve the target folder, and into
     /// a handling view, perform the transition (`moving` or not, it is the
     /// same gesture). `None`: answered already (refused, or done);
@@ -1906,6 +1888,24 @@ impl Session {
         Some((tag, target, targets))
     }
 
+    /// COPY (and UID COPY), conservatively:
+    ///
+    /// * Within one PEC mailbox: `NO [CANNOT]`. The archive holds each
+    ///   message once per mailbox (content-addressed evidence, de-duplicated
+    ///   by hash), so a second folder of the same mailbox cannot hold it
+    ///   too; refiling is MOVE.
+    /// * Into another PEC mailbox: allowed into the folder of the same kind
+    ///   (INBOX → INBOX, Receipts → Receipts, Anomalies → Anomalies) to a
+    ///   user holding `triage` on the target, e.g. handing a received PEC to
+    ///   another office with its signed envelope intact. The copy shares the
+    ///   blob and keeps shared flags and PEC metadata; the audit record names
+    ///   the source mailbox, folder and UIDs, the archived event the target.
+    ///   A message the target already holds is not filed twice (COPYUID
+    ///   names the UID it has).
+    /// * Never into `Sent` (a copy would claim the target mailbox sent it
+    ///   and feed its delivery-state reconciliation) nor into a virtual
+    ///   folder, nor across kinds (a receipt in another INBOX would misfile
+    ///   it): `NO [CANNOT]` saying why.
     async fn copy(
         &mut self,
         io: &mut Io,
