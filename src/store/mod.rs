@@ -273,13 +273,7 @@ impl Store {
                 // SEARCH's header fields, while the bytes are at hand (a
                 // header parse, ≈ 20 µs); a failure here only leaves them
                 // to be derived at the first search.
-                let f = fields::SearchFields::of(&bytes);
-                if let Err(e) = serde_json::to_vec(&f)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| inner.index.put_derived(fields::FIELDS_KIND, &b.hash, &v).map_err(|e| e.to_string()))
-                {
-                    tracing::warn!(error = %e, "caching a message's search fields");
-                }
+                inner.cache_derived(fields::FIELDS_KIND, &b.hash, &fields::SearchFields::of(&bytes));
             }
             r
         })
@@ -328,14 +322,7 @@ impl Store {
             }
         }
         let t = derive(&self.get_blob(hash)?);
-        match serde_json::to_vec(&t) {
-            Ok(v) => {
-                if let Err(e) = index.put_derived(kind, hash, &v) {
-                    tracing::warn!(error = %e, kind, "caching derived data");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, kind, "serialising derived data"),
-        }
+        self.inner.cache_derived(kind, hash, &t);
         Ok(t)
     }
 
@@ -554,6 +541,22 @@ impl Store {
         }
         self.inner.index.flush()?;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Cache `value`, derived from blob `hash`, under `kind` (see
+    /// [`Store::derived`]). A cache that cannot be written is only slower:
+    /// logged, not an error.
+    fn cache_derived<T: serde::Serialize>(&self, kind: &str, hash: &str, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(v) => {
+                if let Err(e) = self.index.put_derived(kind, hash, &v) {
+                    tracing::warn!(error = %e, kind, "caching derived data");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, kind, "serialising derived data"),
+        }
     }
 }
 
