@@ -44,12 +44,7 @@ fn setup() -> Env {
     let sim_port = free_port();
     let pki = dir.join("sim-pki");
     let sim_cfg = dir.join("sim.toml");
-    let mb = |addr: &str, user: &str, pw: &str| {
-        format!(
-            "[[mailbox]]\naddress = \"{addr}\"\npassword = \"{pw}\"\nimap_host = \"127.0.0.1\"\nimap_port = {}\nimap_user = \"{user}\"\nimap_password = \"{pw}\"\n",
-            dv.port
-        )
-    };
+    let mb = |addr: &str, user: &str, pw: &str| support::sim::mailbox_config(addr, user, pw, dv.port);
     std::fs::write(
         &sim_cfg,
         format!(

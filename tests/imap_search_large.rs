@@ -5,7 +5,21 @@
 
 mod imap_support;
 
-use imap_support::{start_with, Setup};
+use imap_support::{start_with, Gateway, Setup};
+
+/// Run an inline imaplib `script` with the gateway's port and certificate
+/// (then `extra`) as arguments; its stdout and stderr.
+fn python(gw: &Gateway, script: &str, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(gw.port.to_string())
+        .arg(gw.cert())
+        .args(extra)
+        .output()
+        .expect("python3");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
 
 #[test]
 fn search_with_25000_hits() {
@@ -27,15 +41,8 @@ assert typ == "OK" and len(data[0].split()) == 1, data
 m.logout()
 print("all checks passed", n)
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(gw.port.to_string())
-        .arg(gw.cert())
-        .output()
-        .expect("python3");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("all checks passed 25000"), "{text}\n{}", gw.log());
+    let (ok, text) = python(&gw, script, &[]);
+    assert!(ok && text.contains("all checks passed 25000"), "{text}\n{}", gw.log());
 }
 
 /// A message larger than TLS's record buffers (1 MB) comes back whole.
@@ -55,14 +62,6 @@ assert hashlib.sha256(body).hexdigest() == want, len(body)
 m.logout()
 print("all checks passed", len(body))
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(gw.port.to_string())
-        .arg(gw.cert())
-        .arg(&gw.blobs[0].hash)
-        .output()
-        .expect("python3");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("all checks passed"), "{text}\n{}", gw.log());
+    let (ok, text) = python(&gw, script, &[&gw.blobs[0].hash]);
+    assert!(ok && text.contains("all checks passed"), "{text}\n{}", gw.log());
 }

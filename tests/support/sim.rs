@@ -48,6 +48,15 @@ impl Drop for Sim {
 
 /// Wait (30 s at most) until something listens on 127.0.0.1:`port`; the
 /// panic shows `log`.
+/// A `[[mailbox]]` of the simulator's configuration: PEC address `addr`
+/// (SMTP password `pw`) whose messages go to Dovecot user `user` (IMAP
+/// password `pw` too) on `imap_port`.
+pub fn mailbox_config(addr: &str, user: &str, pw: &str, imap_port: u16) -> String {
+    format!(
+        "[[mailbox]]\naddress = \"{addr}\"\npassword = \"{pw}\"\nimap_host = \"127.0.0.1\"\nimap_port = {imap_port}\nimap_user = \"{user}\"\nimap_password = \"{pw}\"\n"
+    )
+}
+
 pub fn wait_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
