@@ -8,8 +8,12 @@
 //! * [`shared`]: selected-folder entries shared between sessions.
 //! * [`fetch`], [`search`]: message data and search over stored messages.
 
+pub mod command;
 pub mod fetch;
 pub mod io;
+pub mod permission;
+pub mod respond;
+pub mod scan;
 pub mod search;
 pub mod session;
 pub mod shared;
@@ -68,6 +72,9 @@ pub struct Ctx {
     /// Selected-folder entries shared between sessions; kept across the
     /// contexts a SIGHUP replaces.
     pub metas: Arc<shared::SharedMetas>,
+    /// Each PEC mailbox's address by alias: what the `From` of a message
+    /// APPENDed to its Sent must be.
+    pub mailbox_addresses: Arc<HashMap<String, String>>,
 }
 
 /// Counts one authenticated session of a user; dropping it releases it.

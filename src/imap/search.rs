@@ -265,6 +265,7 @@ mod tests {
             archived: Utc::now(),
             pec: None,
             source_uid: None,
+            trash_uid: None,
         };
         let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);

@@ -139,6 +139,7 @@ mod tests {
             archived: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             pec: None,
             source_uid: None,
+            trash_uid: None,
         }
     }
 

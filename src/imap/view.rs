@@ -41,6 +41,8 @@ pub const INBOX: &str = "INBOX";
 pub const OFFICES: &str = "Offices";
 /// The virtual folder's leaf name.
 pub const UNDELIVERED: &str = "Undelivered";
+/// The virtual folder of hidden messages (users with `delete` only).
+pub const TRASH: &str = "Trash";
 
 /// The keywords that show a sent message's PEC delivery state (see
 /// `pec::reconcile::SentMessage::keywords`). The gateway computes them;
@@ -79,6 +81,9 @@ pub struct Folder {
     /// A handling view (`To handle`, `Mine`, `Offices/<name>`, `Done`):
     /// virtual, over INBOX, numbered by handling-view UIDs.
     pub handling: Option<ViewKind>,
+    /// The mailbox's `Trash` (virtual, `\\Trash`): what was hidden from its
+    /// folders, numbered by Trash UIDs; only for users holding `delete`.
+    pub trash: bool,
 }
 
 impl Folder {
@@ -230,6 +235,7 @@ impl View {
                     store_folder: Some("INBOX"),
                     special_use: None,
                     handling: None,
+                    trash: false,
                 }),
             });
         }
@@ -248,6 +254,21 @@ impl View {
                         store_folder: sf,
                         special_use: su,
                         handling: None,
+                        trash: false,
+                    }),
+                });
+            }
+            if self.user.may(m, Right::Delete) {
+                let name = format!("{m}{DELIMITER}{TRASH}");
+                out.push(ListEntry {
+                    name: name.clone(),
+                    folder: Some(Folder {
+                        name,
+                        mailbox: m.to_string(),
+                        store_folder: None,
+                        special_use: Some("Trash"),
+                        handling: None,
+                        trash: true,
                     }),
                 });
             }
@@ -268,6 +289,7 @@ impl View {
                         store_folder: None,
                         special_use: None,
                         handling: Some(kind),
+                        trash: false,
                     }),
                 });
             }
@@ -316,6 +338,9 @@ impl View {
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
         // Lists are shared by folder; a handling view's list also depends
         // on who looks (Mine, office membership).
+        if f.trash {
+            return self.trash_snapshot(f);
+        }
         let key = match &f.handling {
             Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
             None => format!("{}\0{:?}", f.mailbox, f.store_folder),
@@ -349,6 +374,73 @@ impl View {
             None => self.store.seen_uids(&self.user.name, &f.mailbox, f.source())?,
         };
         Ok((msgs, seen))
+    }
+
+    /// Trash: the mailbox's hidden messages by Trash UID (`source_uid`:
+    /// the UID each had in the folder it was hidden from), with this
+    /// user's `\\Seen` from there.
+    fn trash_snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
+        let mut msgs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        for (folder, uid, mut m) in self.store.hidden_messages(&f.mailbox)? {
+            let Some(t) = m.trash_uid else { continue };
+            let s = match seen_in.get(&folder) {
+                Some(s) => s,
+                None => {
+                    let s = self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?;
+                    seen_in.entry(folder.clone()).or_insert(s)
+                }
+            };
+            if s.contains(&uid) {
+                seen.insert(t);
+            }
+            m.flags.retain(|fl| !is_pec_keyword(fl));
+            m.source_uid = Some(uid);
+            m.pec = None;
+            msgs.push((t, Arc::new(m)));
+        }
+        Ok((Arc::new(msgs), seen))
+    }
+
+    /// The sent copy, in one of the user's mailboxes, of a message with
+    /// these bytes (`hash`) or this (normalised) Message-ID: (mailbox,
+    /// Sent's UIDVALIDITY, UID).
+    pub fn sent_copy(&self, hash: &str, message_id: Option<&str>) -> Result<Option<(String, u32, u32)>, ViewError> {
+        let mailboxes = self.user.visible_mailboxes();
+        let found = |mb: &str, uid: u32| -> Result<Option<(String, u32, u32)>, ViewError> {
+            let uv = self.store.folder(mb, SENT)?.map(|st| st.uidvalidity).unwrap_or(1);
+            Ok(Some((mb.to_string(), uv, uid)))
+        };
+        for mb in &mailboxes {
+            if let Some((folder, uid)) = self.store.find_hash(mb, hash)? {
+                if folder == SENT && self.store.message(mb, SENT, uid)?.is_some() {
+                    return found(mb, uid);
+                }
+            }
+        }
+        let Some(mid) = message_id else { return Ok(None) };
+        for mb in &mailboxes {
+            for (uid, m) in self.store.messages(mb, SENT)? {
+                let key = m.pec.as_ref().and_then(PecMeta::from_value).and_then(|p| p.sent).map(|s| s.key);
+                if key.as_deref() == Some(mid) {
+                    return found(mb, uid);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where each Trash UID came from: (folder, UID there).
+    pub fn trash_sources(&self, mailbox: &str, trash_uids: &[u32]) -> Result<Vec<(String, u32)>, ViewError> {
+        let want: HashSet<u32> = trash_uids.iter().copied().collect();
+        Ok(self
+            .store
+            .hidden_messages(mailbox)?
+            .into_iter()
+            .filter(|(_, _, m)| m.trash_uid.is_some_and(|t| want.contains(&t)))
+            .map(|(folder, uid, _)| (folder, uid))
+            .collect())
     }
 
     /// A store folder's messages (or Undelivered's, from Sent), with the
@@ -438,6 +530,19 @@ impl View {
         let snap = self.snapshot(f)?;
         let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
         let unseen = u32::try_from(snap.0.iter().filter(|(u, _)| !snap.1.contains(u)).count()).unwrap_or(u32::MAX);
+        if f.trash {
+            // A UIDVALIDITY of its own derived from INBOX's (like the
+            // handling views'); UIDs from the fold's Trash counter.
+            let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
+            let counts = Counts {
+                uidvalidity: (!uv).wrapping_sub(7).max(1),
+                uidnext: self.store.last_trash_uid(&f.mailbox)?.saturating_add(1),
+                exists,
+                unseen,
+                highest_modseq: 1,
+            };
+            return Ok((counts, snap));
+        }
         if let Some(kind) = &f.handling {
             // Numbered by the mailbox's handling-view UIDs, under a
             // UIDVALIDITY of their own derived from INBOX's.

@@ -103,6 +103,18 @@ pub fn normalize_address(raw: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The normalised Message-ID in a message's header, if it has one.
+pub fn header_message_id(raw: &[u8]) -> Option<String> {
+    let m = mail_parser::MessageParser::new().parse_headers(raw)?;
+    normalize_message_id(m.message_id()?)
+}
+
+/// The (first) address in a message's `From`, as written.
+pub fn header_from_address(raw: &[u8]) -> Option<String> {
+    let m = mail_parser::MessageParser::new().parse_headers(raw)?;
+    m.from()?.first()?.address().map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +128,14 @@ mod tests {
         assert_eq!(normalize_message_id("<a@b> (comment)").as_deref(), Some("<a@b>"));
         assert_eq!(normalize_message_id("<>"), None);
         assert_eq!(normalize_message_id("   "), None);
+    }
+
+    #[test]
+    fn header_fields_for_append() {
+        let raw = b"From: Protocollo <Protocollo@PEC.example.it>\r\nMessage-ID: <x1@client>\r\n\r\nbody\r\n";
+        assert_eq!(header_message_id(raw).as_deref(), Some("<x1@client>"));
+        assert_eq!(header_from_address(raw).map(|a| normalize_address(&a)).as_deref(), Some("protocollo@pec.example.it"));
+        assert_eq!(header_from_address(b"Subject: none\r\n\r\n"), None);
+        assert_eq!(header_message_id(b"\xff\xfe"), None);
     }
 }

@@ -115,6 +115,7 @@ impl MailStore {
             metas: Default::default(),
             overdue_after: None,
             rules: Default::default(),
+            mailbox_addresses: Default::default(),
         });
         let tasks = crate::imap::start(ctx, shutdown).await.map_err(|e| SimError::Bind {
             addr: cfg.imap_listen.clone(),

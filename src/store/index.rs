@@ -61,6 +61,10 @@ pub struct MessageMeta {
     /// (the handling views), the message's UID in the folder that holds it.
     #[serde(skip)]
     pub source_uid: Option<u32>,
+    /// Only in the `hidden` tree: the message's UID in the mailbox's
+    /// virtual `Trash` (given in the order messages were hidden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trash_uid: Option<u32>,
 }
 
 /// A provider message that is archived and (as far as we know) still on the
@@ -200,6 +204,10 @@ pub struct Index {
     derived: sled::Tree,
 }
 
+/// The index format this code writes. 2: hidden messages carry their
+/// Trash UID.
+pub const FORMAT: u32 = 2;
+
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
 
 impl Index {
@@ -329,6 +337,7 @@ impl Index {
                                 archived: time,
                                 pec: pec.clone(),
                                 source_uid: None,
+                                trash_uid: None,
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(
@@ -417,13 +426,46 @@ impl Index {
                                     st.exists = st.exists.saturating_sub(1);
                                     st.size = st.size.saturating_sub(m.size);
                                     st.highest_modseq += 1;
+                                    // Numbered in the virtual Trash in the
+                                    // order of hiding: a fold over the
+                                    // journal, so a rebuild numbers alike.
+                                    let tk = key(&[b"trash", mailbox.as_bytes()]);
+                                    let t = meta.get(&tk)?.map(|v| be32(&v)).unwrap_or(0) + 1;
+                                    meta.insert(tk, &t.to_be_bytes())?;
+                                    let mut m = m;
+                                    m.trash_uid = Some(t);
                                     // The hashes entry stays: the provider copy
                                     // (if any) is recognised, not re-filed.
-                                    hidden.insert(mk, v)?;
+                                    hidden.insert(mk, json(&m))?;
                                 }
                             }
                             folders.insert(fk, json(&st))?;
                         }
+                    }
+                    Event::Unhidden { mailbox, folder, moves } => {
+                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
+                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
+                                "record {seq}: unhide into {mailbox}/{folder}: the folder does not exist"
+                            ))));
+                        };
+                        for (old, new) in moves {
+                            let hk = key(&[mailbox.as_bytes(), folder.as_bytes(), &old.to_be_bytes()]);
+                            let Some(v) = hidden.remove(hk)? else { continue };
+                            let mut m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
+                            m.trash_uid = None;
+                            st.exists += 1;
+                            st.size += m.size;
+                            st.highest_modseq += 1;
+                            st.uidnext = st.uidnext.max(new + 1);
+                            m.modseq = st.highest_modseq;
+                            msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &new.to_be_bytes()]), json(&m))?;
+                            hashes.insert(
+                                key(&[mailbox.as_bytes(), m.hash.as_bytes()]),
+                                key(&[folder.as_bytes(), &new.to_be_bytes()]),
+                            )?;
+                        }
+                        folders.insert(fk, json(&st))?;
                     }
                     Event::Moved { mailbox, from, to, moves } => {
                         let fk = key(&[mailbox.as_bytes(), from.as_bytes()]);
@@ -619,6 +661,43 @@ impl Index {
             Some(v) => Ok(Some(unjson(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Every message hidden from `mailbox` (by EXPUNGE or a move into
+    /// Trash): (folder, uid there, meta with its `trash_uid`), in Trash
+    /// order.
+    pub fn hidden_messages(&self, mailbox: &str) -> Result<Vec<(String, u32, MessageMeta)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.hidden.scan_prefix(&p) {
+            let (k, v) = kv?;
+            let rest = &k[p.len()..];
+            // folder, 0 separator, 4-byte UID (see `key`)
+            if rest.len() < 5 {
+                continue;
+            }
+            let folder = String::from_utf8_lossy(&rest[..rest.len() - 5]).into_owned();
+            let uid = be32(&rest[rest.len() - 4..]);
+            let m: MessageMeta = unjson(&v)?;
+            out.push((folder, uid, m));
+        }
+        out.sort_by_key(|(_, _, m)| m.trash_uid);
+        Ok(out)
+    }
+
+    /// The last Trash UID given out in `mailbox` (0: none).
+    pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32, sled::Error> {
+        Ok(self.meta.get(key(&[b"trash", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    }
+
+    /// The index's format: one written by an older pecgate is rebuilt
+    /// from the journal when the store opens.
+    pub fn format(&self) -> Result<u32, sled::Error> {
+        Ok(self.meta.get("format")?.map(|v| be32(&v)).unwrap_or(0))
+    }
+
+    pub fn set_format(&self) -> Result<(), sled::Error> {
+        self.meta.insert("format", &FORMAT.to_be_bytes()).map(|_| ())
     }
 
     /// Every tree's content, for tests comparing a rebuilt index with the

@@ -93,6 +93,10 @@ pub enum Change {
     /// Hide messages from a folder (a client's EXPUNGE); UIDs not in the
     /// folder are left out of the record.
     Hide { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Bring hidden messages back into `folder` (the one they were hidden
+    /// from, by their UIDs there); the writer assigns new UIDs. UIDs not
+    /// hidden are left out of the record.
+    Unhide { mailbox: String, folder: String, uids: Vec<u32> },
     /// Move messages to another folder of the same mailbox; the writer
     /// assigns their UIDs in `to` (created on first use).
     Move { mailbox: String, from: String, to: String, uids: Vec<u32> },
@@ -198,7 +202,16 @@ impl Store {
             );
             index.clear()?;
             report.rebuilt_index = true;
+        } else if applied > 0 && index.format()? != index::FORMAT {
+            tracing::warn!(
+                found = index.format()?,
+                current = index::FORMAT,
+                "the index was written in an older format: rebuilding it from the journal"
+            );
+            index.clear()?;
+            report.rebuilt_index = true;
         }
+        index.set_format()?;
         report.replayed_records = replay(&jdir, &index)?;
         index.flush()?;
 
@@ -466,6 +479,17 @@ impl Store {
         Ok(self.inner.index.hidden_message(mailbox, folder, uid)?)
     }
 
+    /// Every message hidden from `mailbox`: (folder, UID there, meta with
+    /// its Trash UID), in Trash order.
+    pub fn hidden_messages(&self, mailbox: &str) -> Result<Vec<(String, u32, MessageMeta)>> {
+        Ok(self.inner.index.hidden_messages(mailbox)?)
+    }
+
+    /// The last UID the virtual Trash of `mailbox` gave out (0: none).
+    pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32> {
+        Ok(self.inner.index.last_trash_uid(mailbox)?)
+    }
+
     /// Every index entry, for comparing a rebuilt index with a live one.
     pub fn index_dump(&self) -> Result<index::Dump> {
         Ok(self.inner.index.dump()?)
@@ -628,6 +652,7 @@ pub fn rebuild_index(dir: &Path) -> Result<u64> {
         e => StoreError::Index(e),
     })?;
     index.clear()?;
+    index.set_format()?;
     let n = replay(&dir.join("journal"), &index)?;
     index.flush()?;
     Ok(n)
@@ -924,6 +949,20 @@ impl Writer {
                 }
                 Event::Hidden { mailbox, folder, uids: kept, hashes }
             }
+            Change::Unhide { mailbox, folder, uids } => {
+                let Some(mut st) = self.folder_state(&mailbox, &folder)? else {
+                    return Err(StoreError::Invalid(format!("no folder {mailbox}/{folder}")));
+                };
+                let mut moves = Vec::new();
+                for uid in uids {
+                    if self.index.hidden_message(&mailbox, &folder, uid)?.is_some() && !moves.iter().any(|m: &(u32, u32)| m.0 == uid) {
+                        moves.push((uid, st.uidnext));
+                        st.uidnext += 1;
+                    }
+                }
+                self.folders.insert((mailbox.clone(), folder.clone()), st);
+                Event::Unhidden { mailbox, folder, moves }
+            }
             Change::Move { mailbox, from, to, uids } => {
                 if from == to {
                     return Err(StoreError::Invalid(format!("move within one folder ({mailbox}/{from})")));
@@ -979,6 +1018,7 @@ impl Writer {
             | Event::SeenChanged { folder, uids, .. }
             | Event::Hidden { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
             Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
+            Event::Unhidden { folder, moves, .. } => (Some(folder.clone()), moves.iter().map(|m| m.1).collect()),
             Event::Handled { items, .. } => (
                 items.first().map(|i| i.folder.clone()).filter(|f| !f.is_empty()),
                 items.iter().map(|i| i.uid).collect(),

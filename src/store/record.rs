@@ -86,6 +86,10 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         hashes: Vec<String>,
     },
+    /// Hidden messages brought back into the folder they were hidden from
+    /// (a move out of Trash): `moves` pairs each UID the message had there
+    /// with the new UID the writer assigned (a UID is never reused).
+    Unhidden { mailbox: String, folder: String, moves: Vec<(u32, u32)> },
     /// Messages moved between two folders of one mailbox: `moves` pairs each
     /// old UID in `from` with the new UID the writer assigned in `to`, so a
     /// rebuild reproduces them.
@@ -153,6 +157,7 @@ impl Event {
             | Event::FlagsChanged { mailbox, .. }
             | Event::SeenChanged { mailbox, .. }
             | Event::Hidden { mailbox, .. }
+            | Event::Unhidden { mailbox, .. }
             | Event::Moved { mailbox, .. }
             | Event::Handled { mailbox, .. } => Some(mailbox),
         }

@@ -1,0 +1,422 @@
+//! Selected state: FETCH, STORE, SEARCH, EXPUNGE, CLOSE/UNSELECT, and the
+//! refresh that tells the client what changed in the folder (EXPUNGE,
+//! EXISTS, FETCH FLAGS) at the moments RFC 3501 allows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use imap_next::imap_types::command::CommandBody;
+use imap_next::imap_types::core::{Tag, Vec1};
+use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_next::imap_types::response::Data;
+use imap_next::imap_types::search::SearchKey;
+use imap_next::imap_types::sequence::SequenceSet;
+
+use super::super::io::{Io, IoError};
+use super::super::respond::*;
+use super::super::view::{self, is_pec_keyword};
+use super::super::{search, shared};
+use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
+use crate::auth::Right;
+use crate::handling::{self, Transition as HTransition};
+use crate::store::{Change, FlagOp, MessageMeta};
+
+/// Messages per FETCH batch (each batch is drained before the next).
+const FETCH_BATCH: usize = 16;
+
+/// Is `body` a command of the selected state (not of the authenticated
+/// state, which is valid here too)?
+pub fn is_selected_command(body: &CommandBody<'_>) -> bool {
+    matches!(
+        body,
+        CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. }
+            | CommandBody::Close
+            | CommandBody::Unselect
+    )
+}
+
+pub async fn handle(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    body: CommandBody<'static>,
+    allowed: Option<Allowed>,
+) -> Result<Transition, IoError> {
+    // The table covers every command below but SEARCH, CLOSE and UNSELECT.
+    let needs_check = !matches!(body, CommandBody::Search { .. } | CommandBody::Close | CommandBody::Unselect);
+    let allowed = match (needs_check, allowed) {
+        (false, a) => a,
+        (true, Some(a)) => Some(a),
+        (true, None) => return Ok(super::authenticated::refuse_unchecked(io, tag)),
+    };
+    match body {
+        CommandBody::Unselect | CommandBody::Close => {
+            io.status(ok(tag, "no folder selected now"));
+            return Ok(Transition::Unselect);
+        }
+        CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
+            fetch(conn, user, sel, io, tag, &sequence_set, macro_or_item_names, uid).await?
+        }
+        CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+            if let Some(a) = allowed {
+                store(conn, user, sel, io, tag, a, &sequence_set, kind, response, &flags, uid).await
+            }
+        }
+        CommandBody::Search { criteria, uid, .. } => search(conn, sel, io, tag, criteria.as_ref(), uid).await,
+        CommandBody::Expunge => {
+            if let Some(a) = allowed {
+                expunge(conn, user, sel, io, tag, a, None).await
+            }
+        }
+        CommandBody::ExpungeUid { sequence_set } => {
+            if let Some(a) = allowed {
+                expunge(conn, user, sel, io, tag, a, Some(sequence_set)).await
+            }
+        }
+        CommandBody::Copy { sequence_set, uid, .. } => {
+            if let Some(a) = allowed {
+                transfer::copy(conn, user, sel, io, tag, a, &sequence_set, uid).await
+            }
+        }
+        CommandBody::Move { sequence_set, uid, .. } => {
+            if let Some(a) = allowed {
+                transfer::r#move(conn, user, sel, io, tag, a, &sequence_set, uid).await
+            }
+        }
+        other => io.status(bad(tag, &format!("{} is not a selected-state command", other.name()))),
+    }
+    Ok(Transition::None)
+}
+
+/// Bring the selected folder's snapshot up to date, telling the client:
+/// EXPUNGE (only if `expunge` is allowed now), EXISTS, and FETCH FLAGS
+/// for messages whose flags changed (except those in `quiet`).
+pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, quiet: &HashSet<u32>) {
+    let (new, seen) = match user.view.snapshot(&sel.folder) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "refreshing the selected folder");
+            return;
+        }
+    };
+    if Arc::ptr_eq(&sel.msgs, &new) {
+        // The very list this session holds (the usual case when a
+        // change elsewhere woke it): only this user's \Seen can differ.
+        if seen != sel.seen {
+            for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
+                let is_seen = seen.contains(uid);
+                if sel.seen.contains(uid) != is_seen && !quiet.contains(uid) {
+                    flags_update(io, i, *uid, meta, is_seen);
+                }
+            }
+        }
+        sel.seen = seen;
+        return;
+    }
+    let new_map: HashMap<u32, &Arc<MessageMeta>> = new.iter().map(|(u, m)| (*u, m)).collect();
+    let msgs = Arc::make_mut(&mut sel.msgs);
+    if expunge {
+        let mut i = msgs.len();
+        while i > 0 {
+            i -= 1;
+            if !new_map.contains_key(&msgs[i].0) {
+                msgs.remove(i);
+                io.data(Data::Expunge(nz(i as u32 + 1)));
+            }
+        }
+    }
+    for (i, (uid, meta)) in msgs.iter_mut().enumerate() {
+        let Some(m) = new_map.get(uid) else { continue };
+        let was_seen = sel.seen.contains(uid);
+        let is_seen = seen.contains(uid);
+        if m.flags != meta.flags || was_seen != is_seen {
+            *meta = Arc::clone(m);
+            if !quiet.contains(uid) {
+                flags_update(io, i, *uid, meta, is_seen);
+            }
+        }
+    }
+    let last = msgs.last().map(|m| m.0).unwrap_or(0);
+    let before = msgs.len();
+    msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
+    if msgs.len() != before {
+        io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
+    }
+    // Back to the shared list when this session shows what it holds.
+    if shared::same(msgs, &new) {
+        sel.msgs = new;
+    }
+    sel.seen = seen;
+}
+
+/// (seq, uid) of the messages a sequence set names.
+pub fn targets(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
+    let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
+    let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
+    sel.msgs
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _))| (i as u32 + 1, *u))
+        .filter(|(s, u)| if uid { search::in_set(set, *u, max_uid) } else { search::in_set(set, *s, max_seq) })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    set: &SequenceSet,
+    items: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+) -> Result<(), IoError> {
+    let mut names: Vec<MessageDataItemName<'static>> = match items {
+        MacroOrMessageDataItemNames::Macro(m) => {
+            m.expand().into_iter().map(|n| imap_next::imap_types::ToStatic::to_static(&n)).collect()
+        }
+        MacroOrMessageDataItemNames::MessageDataItemNames(n) => n,
+    };
+    if uid && !names.contains(&MessageDataItemName::Uid) {
+        names.insert(0, MessageDataItemName::Uid);
+    }
+    let targets = targets(sel, set, uid);
+    let reads_body = names.iter().any(|n| {
+        matches!(
+            n,
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Text
+                | MessageDataItemName::Binary { .. }
+        )
+    });
+    let sets_seen = names.iter().any(|n| {
+        matches!(
+            n,
+            MessageDataItemName::BodyExt { peek: false, .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Text
+                | MessageDataItemName::Binary { peek: false, .. }
+        )
+    });
+    let mailbox = sel.folder.mailbox.clone();
+    let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+    // Reading is recorded (durably) before any byte is sent.
+    if reads_body && !uids.is_empty() {
+        let a = user.audit(conn, "read").mailbox(&mailbox).folder(sel.audit_folder()).uids(sel.source_uids(&uids));
+        if !conn.audit_only(a).await {
+            io.status(unavailable(tag));
+            return Ok(());
+        }
+    }
+    let mut newly_seen = HashSet::new();
+    if sets_seen && sel.writable {
+        if let Some(f) = sel.folder.writable_source() {
+            let unseen: Vec<u32> = uids.iter().copied().filter(|u| !sel.seen.contains(u)).collect();
+            if !unseen.is_empty() {
+                let ch = Change::SetSeen {
+                    user: user.view.user.name.clone(),
+                    mailbox: mailbox.clone(),
+                    folder: f.into(),
+                    uids: sel.source_uids(&unseen),
+                    seen: true,
+                };
+                if let Err(e) = conn.ctx.store.commit(user.audit(conn, "store-seen").mailbox(&mailbox).folder(f), ch).await {
+                    io.status(serverbug(tag, &e));
+                    return Ok(());
+                }
+                newly_seen.extend(unseen);
+            }
+        }
+    }
+    sel.seen.extend(newly_seen.iter().copied());
+    let needs_raw = names.iter().any(|n| {
+        !matches!(
+            n,
+            MessageDataItemName::Uid
+                | MessageDataItemName::Flags
+                | MessageDataItemName::InternalDate
+                | MessageDataItemName::Rfc822Size
+                | MessageDataItemName::ModSeq
+        )
+    });
+    let mut failed = 0usize;
+    for chunk in targets.chunks(FETCH_BATCH) {
+        for (seq, u) in chunk {
+            let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
+            let meta = meta.clone();
+            let seen = sel.seen.contains(u);
+            let raw = if needs_raw {
+                let store = conn.ctx.store.clone();
+                let hash = meta.hash.clone();
+                match tokio::task::spawn_blocking(move || store.get_blob(&hash)).await {
+                    Ok(Ok(b)) => Some(b),
+                    _ => {
+                        failed += 1;
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let items = message_items(&names, *u, &meta, seen, newly_seen.contains(u), raw.as_deref());
+            if let Ok(items) = Vec1::try_from(items) {
+                io.data(Data::Fetch { seq: nz(*seq), items });
+            }
+        }
+        io.drain().await?;
+    }
+    refresh(user, sel, io, uid, &newly_seen);
+    if failed > 0 {
+        io.status(no_code(tag, "SERVERBUG", "some messages could not be read from the archive"));
+    } else {
+        io.status(ok(tag, "FETCH done"));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    allowed: Allowed,
+    set: &SequenceSet,
+    kind: StoreType,
+    response: StoreResponse,
+    flags: &[Flag<'_>],
+    uid: bool,
+) {
+    let targets = targets(sel, set, uid);
+    let Some(sfolder) = sel.folder.writable_source() else {
+        return io.status(no_code(tag, "CANNOT", "messages here cannot change (move them out of Trash first)"));
+    };
+    let view = &user.view;
+    let mailbox = sel.folder.mailbox.clone();
+    let shown: Vec<u32> = targets.iter().map(|t| t.1).collect();
+    let uids = sel.source_uids(&shown);
+    let op = match kind {
+        StoreType::Add => FlagOp::Add,
+        StoreType::Remove => FlagOp::Remove,
+        StoreType::Replace => FlagOp::Replace,
+    };
+    let mut strs: Vec<String> = flags.iter().map(flag_string).collect();
+    // $PecTaken / $PecDone set or cleared: a handling transition, the
+    // same as dropping the message into Mine / Done / To handle.
+    if sfolder == view::INBOX && strs.iter().any(|f| handling::is_settable_keyword(f)) {
+        let has = |k: &str| strs.iter().any(|f| f.eq_ignore_ascii_case(k));
+        let action = match op {
+            FlagOp::Add | FlagOp::Replace if has(handling::KW_DONE) => handling::Action::Done,
+            FlagOp::Add | FlagOp::Replace => handling::Action::Take,
+            FlagOp::Remove => handling::Action::Reopen,
+        };
+        strs.retain(|f| !handling::is_settable_keyword(f));
+        let t = HTransition::new(action, &view.user.name);
+        let hashes = sel.hashes(&shown);
+        if let Err(refusal) = transfer::transition(conn, user, &sel.folder, &mailbox, uids.clone(), hashes, t).await {
+            return io.status(refusal(tag));
+        }
+        if op == FlagOp::Replace {
+            // The other flags as written (computed keywords dropped).
+            strs.retain(|f| !is_pec_keyword(f));
+        }
+    }
+    if strs.iter().any(|f| is_pec_keyword(f)) {
+        if op != FlagOp::Replace {
+            return io.status(no_code(
+                tag,
+                "CANNOT",
+                "$Pec* keywords show the PEC delivery and handling state; only the gateway sets them (but $PecTaken and $PecDone in INBOX and the handling views)",
+            ));
+        }
+        // A client that writes back every flag it saw: the computed
+        // keywords stay what the receipts say.
+        strs.retain(|f| !is_pec_keyword(f));
+    }
+    let has_seen = flags.iter().any(|f| matches!(f, Flag::Seen));
+    let shared: Vec<String> = strs.iter().filter(|f| !f.eq_ignore_ascii_case("\\Seen")).cloned().collect();
+    let mut batch = Vec::new();
+    if !uids.is_empty() && (!shared.is_empty() || op == FlagOp::Replace) {
+        // The table checked triage (and delete for \Deleted) already.
+        debug_assert!(allowed.holds(Right::Triage) || allowed.holds(Right::Delete));
+        let a = user.audit(conn, "store").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
+        batch.push((a, Change::SetFlags { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), op, flags: shared }));
+    }
+    let seen_to = match (op, has_seen) {
+        (FlagOp::Add, true) => Some(true),
+        (FlagOp::Remove, true) => Some(false),
+        (FlagOp::Replace, s) => Some(s),
+        _ => None,
+    };
+    if let (Some(seen), false) = (seen_to, uids.is_empty()) {
+        let a = user.audit(conn, "store-seen").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
+        batch.push((
+            a,
+            Change::SetSeen { user: view.user.name.clone(), mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), seen },
+        ));
+    }
+    if !batch.is_empty() {
+        if let Err(e) = conn.ctx.store.commit_batch(batch).await {
+            return io.status(serverbug(tag, &e));
+        }
+    }
+    let quiet: HashSet<u32> =
+        if matches!(response, StoreResponse::Silent) { shown.iter().copied().collect() } else { HashSet::new() };
+    refresh(user, sel, io, false, &quiet);
+    io.status(ok(tag, "STORE done"));
+}
+
+async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, keys: &[SearchKey<'static>], uid: bool) {
+    // One blocking task for the whole folder: the keys may read the
+    // store for every message.
+    let (store, msgs, seen, keys) = (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), keys.to_vec());
+    let hits = match tokio::task::spawn_blocking(move || search::run(&store, &msgs, &seen, &keys, uid)).await {
+        Ok(h) => h,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
+    io.data(Data::Search(hits.into_iter().map(nz).collect(), None));
+    io.status(ok(tag, "SEARCH done"));
+}
+
+async fn expunge(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    allowed: Allowed,
+    set: Option<SequenceSet>,
+) {
+    let Some(sfolder) = sel.folder.store_folder else {
+        return io.status(ok(tag, "EXPUNGE done"));
+    };
+    let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
+    let uids: Vec<u32> = sel
+        .msgs
+        .iter()
+        .filter(|(_, m)| m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
+        .filter(|(u, _)| set.as_ref().is_none_or(|s| search::in_set(s, *u, max_uid)))
+        .map(|(u, _)| *u)
+        .collect();
+    if !uids.is_empty() {
+        let mailbox = allowed.mailbox().to_string();
+        let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone() };
+        if let Err(e) = user.record(conn, "expunge", &mailbox, sfolder, uids, ch).await {
+            return io.status(serverbug(tag, &e));
+        }
+    }
+    refresh(user, sel, io, true, &HashSet::new());
+    io.status(ok(tag, "EXPUNGE done"));
+}

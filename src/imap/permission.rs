@@ -1,0 +1,195 @@
+//! Who may do what: one table, evaluated in dispatch before any handler.
+//!
+//! For each command (and its arguments: the flags of a STORE, the target of
+//! COPY/MOVE/APPEND) [`check`] names the rights it needs on which mailbox.
+//! When the user holds them it yields an [`Allowed`], which only this
+//! module can make; every handler that changes state takes one, so a new
+//! command cannot forget the check (DESIGN.md invariant 4).
+//!
+//! | command | needs, on the mailbox of |
+//! |---|---|
+//! | FETCH (a body without PEEK sets the reader's `\Seen`) | read, the selected folder |
+//! | STORE `\Seen` | read (`\Seen` is each person's own: RFC 4314's `s` right) |
+//! | STORE `\Deleted` | delete (setting it is the first half of hiding) |
+//! | STORE any other flag or keyword, or `FLAGS` (replace) | triage |
+//! | EXPUNGE, UID EXPUNGE | delete |
+//! | MOVE between folders, COPY, into a handling view | triage, on the target's mailbox |
+//! | MOVE into or out of `Trash` | delete |
+//! | APPEND | send, on the target's mailbox (only `Sent` takes messages) |
+//!
+//! Commands not in the table change nothing shared (LIST, STATUS, SEARCH…)
+//! or are checked by what they can reach (SELECT resolves only folders the
+//! user may read).
+
+use imap_next::imap_types::command::CommandBody;
+use imap_next::imap_types::flag::{Flag, StoreType};
+
+use super::command::Selected;
+use super::respond::mailbox_name;
+use super::view::{Folder, View};
+use crate::auth::Right;
+use crate::handling;
+
+/// Proof that dispatch checked the rights a command needs. Made only by
+/// [`check`]; handlers that change state take one.
+#[derive(Debug)]
+pub struct Allowed {
+    rights: Vec<Right>,
+    mailbox: String,
+    target: Option<Folder>,
+}
+
+impl Allowed {
+    /// The mailbox the rights were checked on.
+    pub fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+
+    /// Was `right` among those checked?
+    pub fn holds(&self, right: Right) -> bool {
+        self.rights.contains(&right)
+    }
+
+    /// The resolved target folder (COPY, MOVE, APPEND).
+    pub fn target(&self) -> Option<&Folder> {
+        self.target.as_ref()
+    }
+}
+
+/// Why a command is refused before its handler runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// `NO [NOPERM]`: the user lacks a right; the text says which.
+    NoPerm(String),
+    /// `NO [TRYCREATE]`: the target folder does not exist for this user.
+    NoSuchFolder,
+    /// `NO`: the selected folder was opened with EXAMINE, or is virtual.
+    ReadOnly(&'static str),
+}
+
+/// What `body` needs, checked against the user's rights: `Ok(None)` for a
+/// command outside the table.
+pub fn check(view: &View, sel: Option<&Selected>, body: &CommandBody<'_>) -> Result<Option<Allowed>, Denied> {
+    let user_may = |mailbox: &str, r: Right| view.user.may(mailbox, r);
+    let need = |mailbox: &str, rights: Vec<(Right, String)>, target: Option<Folder>| -> Result<Option<Allowed>, Denied> {
+        for (r, why) in &rights {
+            if !user_may(mailbox, *r) {
+                return Err(Denied::NoPerm(why.clone()));
+            }
+        }
+        Ok(Some(Allowed { rights: rights.into_iter().map(|(r, _)| r).collect(), mailbox: mailbox.to_string(), target }))
+    };
+    match body {
+        CommandBody::Append { mailbox, .. } => {
+            let target = view.resolve(&mailbox_name(mailbox)).map_err(|_| Denied::NoSuchFolder)?;
+            let mb = target.mailbox.clone();
+            need(&mb, vec![(Right::Send, format!("not permitted to send from {mb}"))], Some(target))
+        }
+        _ => {
+            let Some(sel) = sel else { return Ok(None) };
+            selected(view, sel, body, &need)
+        }
+    }
+}
+
+type Need<'a> = dyn Fn(&str, Vec<(Right, String)>, Option<Folder>) -> Result<Option<Allowed>, Denied> + 'a;
+
+fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>) -> Result<Option<Allowed>, Denied> {
+    let mb = sel.folder.mailbox.as_str();
+    match body {
+        CommandBody::Fetch { .. } => need(mb, vec![(Right::Read, "not permitted to read".into())], None),
+        CommandBody::Store { kind, flags, .. } => {
+            if !sel.writable {
+                return Err(Denied::ReadOnly("the folder is read-only (EXAMINE, or a folder that cannot change)"));
+            }
+            need(mb, store_rights(*kind, flags), None)
+        }
+        CommandBody::Expunge | CommandBody::ExpungeUid { .. } => {
+            if !sel.writable {
+                return Err(Denied::ReadOnly("the folder is read-only"));
+            }
+            need(mb, vec![(Right::Delete, "hiding messages needs the delete right".into())], None)
+        }
+        CommandBody::Move { mailbox, .. } | CommandBody::Copy { mailbox, .. } => {
+            let is_move = matches!(body, CommandBody::Move { .. });
+            let target = view.resolve(&mailbox_name(mailbox)).map_err(|_| Denied::NoSuchFolder)?;
+            if is_move && !sel.writable {
+                return Err(Denied::ReadOnly("the folder is read-only; SELECT it to move messages out"));
+            }
+            if target.trash || (is_move && sel.folder.trash) {
+                let t = target.clone();
+                return need(mb, vec![(Right::Delete, "hiding and unhiding messages needs the delete right".into())], Some(t));
+            }
+            let on = target.mailbox.clone();
+            let why = if target.handling.is_some() {
+                "changing the handling of messages needs triage on this mailbox".to_string()
+            } else if is_move {
+                "moving messages needs the triage right".to_string()
+            } else {
+                format!("copying into {on} needs the triage right there")
+            };
+            need(&on, vec![(Right::Triage, why)], Some(target))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The rights a STORE of `flags` needs.
+fn store_rights(kind: StoreType, flags: &[Flag<'_>]) -> Vec<(Right, String)> {
+    let mut out: Vec<(Right, String)> = Vec::new();
+    fn add(out: &mut Vec<(Right, String)>, r: Right, why: &str) {
+        if !out.iter().any(|(x, _)| *x == r) {
+            out.push((r, why.to_string()));
+        }
+    }
+    for f in flags {
+        match f {
+            Flag::Seen => add(&mut out, Right::Read, "not permitted to read"),
+            Flag::Deleted => add(&mut out, Right::Delete, "hiding a message needs the delete right"),
+            f if handling::is_settable_keyword(&f.to_string()) => {
+                add(&mut out, Right::Triage, "changing the handling of messages needs triage on this mailbox")
+            }
+            _ => add(&mut out, Right::Triage, "changing shared flags needs the triage right"),
+        }
+    }
+    if kind == StoreType::Replace {
+        // FLAGS (...) also clears every shared flag not listed.
+        add(&mut out, Right::Triage, "replacing shared flags needs the triage right");
+    }
+    if out.is_empty() {
+        add(&mut out, Right::Read, "not permitted to read");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rights(kind: StoreType, flags: &[Flag<'static>]) -> Vec<Right> {
+        store_rights(kind, flags).into_iter().map(|(r, _)| r).collect()
+    }
+
+    #[test]
+    fn seen_is_read_deleted_is_delete_the_rest_triage() {
+        assert_eq!(rights(StoreType::Add, &[Flag::Seen]), vec![Right::Read]);
+        assert_eq!(rights(StoreType::Remove, &[Flag::Seen]), vec![Right::Read]);
+        assert_eq!(rights(StoreType::Add, &[Flag::Deleted]), vec![Right::Delete]);
+        assert_eq!(rights(StoreType::Add, &[Flag::Flagged]), vec![Right::Triage]);
+        assert_eq!(rights(StoreType::Add, &[Flag::Seen, Flag::Deleted]), vec![Right::Read, Right::Delete]);
+        let kw = Flag::try_from("$Etichetta").expect("keyword");
+        assert_eq!(rights(StoreType::Add, &[kw]), vec![Right::Triage]);
+    }
+
+    #[test]
+    fn replace_always_needs_triage() {
+        assert_eq!(rights(StoreType::Replace, &[Flag::Seen]), vec![Right::Read, Right::Triage]);
+        assert_eq!(rights(StoreType::Replace, &[]), vec![Right::Triage]);
+    }
+
+    #[test]
+    fn deleted_message_names_the_right() {
+        let r = store_rights(StoreType::Add, &[Flag::Deleted]);
+        assert_eq!(r[0].1, "hiding a message needs the delete right");
+    }
+}

@@ -1,0 +1,252 @@
+//! Building responses: tagged and untagged statuses with their codes, the
+//! names and flags as imap-types wants them. Pure helpers, no I/O.
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use imap_next::imap_types::core::{AString, Atom, IString, Tag, Text, Vec1};
+use imap_next::imap_types::extensions::uidplus::{UidElement, UidSet};
+use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_next::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute};
+use imap_next::imap_types::mailbox::Mailbox;
+use imap_next::imap_types::response::{
+    Bye, Capability, Code, CodeOther, Data, Status, StatusBody, StatusKind, Tagged,
+};
+
+use super::fetch;
+use super::io::Io;
+use crate::store::MessageMeta;
+
+pub fn text(s: impl Into<String>) -> Text<'static> {
+    let s: String = s.into();
+    Text::try_from(s).unwrap_or_else(|_| Text::unvalidated("error"))
+}
+
+pub fn tagged(
+    tag: Tag<'static>,
+    kind: StatusKind,
+    code: Option<Code<'static>>,
+    t: &str,
+) -> Status<'static> {
+    Status::Tagged(Tagged {
+        tag,
+        body: StatusBody {
+            kind,
+            code,
+            text: text(t),
+        },
+    })
+}
+
+pub fn ok(tag: Tag<'static>, t: &str) -> Status<'static> {
+    tagged(tag, StatusKind::Ok, None, t)
+}
+
+pub fn no(tag: Tag<'static>, t: &str) -> Status<'static> {
+    tagged(tag, StatusKind::No, None, t)
+}
+
+pub fn bad(tag: Tag<'static>, t: &str) -> Status<'static> {
+    tagged(tag, StatusKind::Bad, None, t)
+}
+
+pub fn other_code(c: &'static str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(c.as_bytes()))
+}
+
+pub fn noperm(tag: Tag<'static>, t: &str) -> Status<'static> {
+    tagged(tag, StatusKind::No, Some(other_code("NOPERM")), t)
+}
+
+pub fn serverbug(tag: Tag<'static>, e: &dyn std::fmt::Display) -> Status<'static> {
+    tracing::error!(error = %e, "IMAP command failed on the server side");
+    tagged(
+        tag,
+        StatusKind::No,
+        Some(other_code("SERVERBUG")),
+        "internal error; the administrator can see the log",
+    )
+}
+
+pub fn untagged(kind: StatusKind, code: Option<Code<'static>>, t: &str) -> Status<'static> {
+    Status::Untagged(StatusBody {
+        kind,
+        code,
+        text: text(t),
+    })
+}
+
+pub fn bye(t: &str) -> Status<'static> {
+    Status::Bye(Bye {
+        code: None,
+        text: text(t),
+    })
+}
+
+pub fn cap(s: &'static str) -> Capability<'static> {
+    match Atom::try_from(s) {
+        Ok(a) => Capability::from(a),
+        Err(_) => Capability::Imap4Rev1,
+    }
+}
+
+pub fn mailbox_name(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+pub fn flag_string(f: &Flag<'_>) -> String {
+    f.to_string()
+}
+
+pub fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// A capability that is not one of imap-types' named ones (`APPENDLIMIT=n`).
+pub fn cap_owned(s: String) -> Option<Capability<'static>> {
+    Atom::try_from(s).ok().map(Capability::from)
+}
+
+/// `NO [code] text`.
+pub fn no_code(tag: Tag<'static>, code: &'static str, t: &str) -> Status<'static> {
+    tagged(tag, StatusKind::No, Some(other_code(code)), t)
+}
+
+/// `NO [UNAVAILABLE]`: the archive refused to record something it must.
+pub fn unavailable(tag: Tag<'static>) -> Status<'static> {
+    no_code(tag, "UNAVAILABLE", "the archive refuses writes")
+}
+
+pub fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
+    let v: Vec<UidElement> = uids
+        .filter_map(NonZeroU32::new)
+        .map(UidElement::Single)
+        .collect();
+    Vec1::try_from(v).ok().map(UidSet)
+}
+
+/// A quota root name as an astring (mailbox aliases are plain words).
+pub fn istr_a(s: &str) -> AString<'static> {
+    AString::try_from(s.to_string()).unwrap_or_else(|_| AString::String(istr(s)))
+}
+
+pub fn istr(s: &str) -> IString<'static> {
+    fetch::istr(s.as_bytes())
+}
+
+pub fn mbox(name: &str) -> Mailbox<'static> {
+    if name.eq_ignore_ascii_case("INBOX") {
+        return Mailbox::Inbox;
+    }
+    match AString::try_from(name.to_string()) {
+        Ok(a) => Mailbox::from(a),
+        Err(_) => Mailbox::Inbox,
+    }
+}
+
+pub fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
+    Atom::try_from(name.to_string())
+        .ok()
+        .map(FlagNameAttribute::from)
+}
+
+/// An unsolicited `* n FETCH (UID u FLAGS (...))` for the message at index
+/// `i` of the selected folder.
+pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &MessageMeta, seen: bool) {
+    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen))];
+    if let Ok(items) = Vec1::try_from(items) {
+        io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
+    }
+}
+
+pub fn flags_of(meta: &MessageMeta, seen: bool) -> Vec<FlagFetch<'static>> {
+    let mut out: Vec<FlagFetch<'static>> = meta
+        .flags
+        .iter()
+        .filter_map(|f| {
+            Flag::try_from(f.as_str())
+                .ok()
+                .map(|f| FlagFetch::Flag(imap_next::imap_types::ToStatic::to_static(&f)))
+        })
+        .collect();
+    if seen {
+        out.push(FlagFetch::Flag(Flag::Seen));
+    }
+    out
+}
+
+pub fn message_items(
+    names: &[MessageDataItemName<'static>],
+    uid: u32,
+    meta: &MessageMeta,
+    seen: bool,
+    newly_seen: bool,
+    raw: Option<&[u8]>,
+) -> Vec<MessageDataItem<'static>> {
+    let parsed = raw.and_then(fetch::parse);
+    let mut out = Vec::new();
+    let mut flags_sent = false;
+    for n in names {
+        let item = match n {
+            MessageDataItemName::Uid => MessageDataItem::Uid(nz(uid)),
+            MessageDataItemName::Flags => {
+                flags_sent = true;
+                MessageDataItem::Flags(flags_of(meta, seen))
+            }
+            MessageDataItemName::InternalDate => {
+                let d = meta.internal_date.fixed_offset();
+                MessageDataItem::InternalDate(
+                    imap_next::imap_types::datetime::DateTime::unvalidated(d),
+                )
+            }
+            MessageDataItemName::Rfc822Size => {
+                MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
+            }
+            MessageDataItemName::ModSeq => {
+                MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+            }
+            MessageDataItemName::Envelope => {
+                MessageDataItem::Envelope(fetch::envelope(parsed.as_ref()))
+            }
+            MessageDataItemName::Body => MessageDataItem::Body(fetch::body_structure(
+                raw.unwrap_or_default(),
+                parsed.as_ref(),
+            )),
+            MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
+                fetch::body_structure(raw.unwrap_or_default(), parsed.as_ref()),
+            ),
+            MessageDataItemName::Rfc822 => {
+                MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec()))
+            }
+            MessageDataItemName::Rfc822Header => {
+                let r = raw.unwrap_or_default();
+                MessageDataItem::Rfc822Header(fetch::literal(r[..fetch::header_end(r)].to_vec()))
+            }
+            MessageDataItemName::Rfc822Text => {
+                let r = raw.unwrap_or_default();
+                MessageDataItem::Rfc822Text(fetch::literal(r[fetch::header_end(r)..].to_vec()))
+            }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                let bytes = fetch::partial(
+                    fetch::section(raw.unwrap_or_default(), section.as_ref()),
+                    *partial,
+                );
+                MessageDataItem::BodyExt {
+                    section: section.clone(),
+                    origin: partial.map(|p| p.0),
+                    data: fetch::literal(bytes),
+                }
+            }
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => continue,
+        };
+        out.push(item);
+    }
+    if newly_seen && !flags_sent {
+        out.push(MessageDataItem::Flags(flags_of(meta, true)));
+    }
+    out
+}

@@ -1,0 +1,281 @@
+//! Whole sessions without a socket: raw IMAP bytes in over an in-memory
+//! pipe, exact responses out, against a store in a temporary directory.
+//! Each test guards one fault real clients tripped over (issue 13).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::super::io::Transport;
+use super::super::Ctx;
+use super::serve_transport;
+use crate::config::{ImapConfig, UserConfig};
+use crate::store::{Audit, Change, Store, StoreOptions};
+
+const PW: &str = "pw-Secret-1";
+
+struct Client {
+    pipe: DuplexStream,
+    buf: Vec<u8>,
+    store: Store,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn user(name: &str, rights: &[&str]) -> UserConfig {
+    UserConfig {
+        name: name.into(),
+        password_hash: crate::auth::hash_password(PW).expect("hash"),
+        default_mailbox: Some("prot".into()),
+        grants: BTreeMap::from([("prot".to_string(), rights.iter().map(|r| r.to_string()).collect())]),
+        roles: vec![],
+    }
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!("From: mittente{i}@pec.example.it\r\nTo: protocollo@pec.example.it\r\nSubject: Notifica {i}\r\nMessage-ID: <m{i}@example.it>\r\n\r\nTesto {i}\r\n").into_bytes()
+}
+
+async fn start(inbox: usize) -> Client {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(&dir.path().join("data"), StoreOptions::default()).expect("store");
+    for i in 1..=inbox {
+        let blob = store.put_blob(message(i)).await.expect("blob");
+        let ch = Change::Archive {
+            mailbox: "prot".into(),
+            folder: "INBOX".into(),
+            blob,
+            internal_date: chrono::Utc::now(),
+            flags: vec![],
+            provider: None,
+            pec: None,
+            handling: None,
+        };
+        store.commit(Audit::system("test", "archive"), ch).await.expect("archive");
+    }
+    let cert = crate::sim::pki::server_cert_for_ip("127.0.0.1").expect("cert");
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.chain).expect("write cert");
+    std::fs::write(&k, cert.key).expect("write key");
+    let cfg: ImapConfig = serde_json::from_value(serde_json::json!({ "listen": ["127.0.0.1:0"] })).expect("imap config");
+    let users = vec![
+        user("mario", &["read", "triage", "send", "delete"]),
+        user("anna", &["read", "triage"]),
+        user("ro", &["read"]),
+        user("del", &["read", "delete"]),
+    ];
+    let ctx = Arc::new(Ctx {
+        cfg,
+        tls: crate::tls::server_config(&c, &k).expect("tls"),
+        store: store.clone(),
+        auth: Arc::new(crate::auth::Authenticator::new(&users)),
+        sessions: Default::default(),
+        addresses: Default::default(),
+        metas: Default::default(),
+        overdue_after: None,
+        rules: Default::default(),
+        mailbox_addresses: Arc::new([("prot".to_string(), "protocollo@pec.example.it".to_string())].into()),
+    });
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let peer = "127.0.0.1:40000".parse().expect("addr");
+    tokio::spawn(serve_transport(ctx, Transport::Memory(server), peer, true, false, rx));
+    let mut cl = Client { pipe: client, buf: Vec::new(), store, _dir: dir, _stop: stop };
+    let g = cl.read_until(|b| b.ends_with(b"\r\n")).await;
+    assert!(g.starts_with("* OK"), "{g}");
+    cl
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.pipe.write_all(bytes).await.expect("write");
+    }
+
+    /// Read until `done(buffer)`; panics after 5 s. Returns what was read.
+    async fn read_until(&mut self, done: impl Fn(&[u8]) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done(&self.buf) {
+            let mut chunk = vec![0u8; 16384];
+            match tokio::time::timeout_at(deadline, self.pipe.read(&mut chunk)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(_)) => break,
+                Err(_) => panic!("timed out; got so far: {}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+        let out = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        out
+    }
+
+    /// Send a command line and read through its tagged answer.
+    async fn cmd(&mut self, tag: &str, rest: &str) -> String {
+        self.send(format!("{tag} {rest}\r\n").as_bytes()).await;
+        self.tagged(tag).await
+    }
+
+    async fn tagged(&mut self, tag: &str) -> String {
+        let want = format!("{tag} ");
+        self.read_until(|b| {
+            String::from_utf8_lossy(b).lines().any(|l| l.starts_with(&want)) && b.ends_with(b"\r\n")
+        })
+        .await
+    }
+
+    /// Read to the end of the stream (the server closed).
+    async fn closed(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut chunk = vec![0u8; 16384];
+            match tokio::time::timeout_at(deadline, self.pipe.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("still open after 2 s: {}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+        let out = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        out
+    }
+
+    async fn login(&mut self, name: &str) {
+        let r = self.cmd("l", &format!("LOGIN {name} {PW}")).await;
+        assert!(r.contains("l OK"), "{r}");
+    }
+}
+
+fn tagged_line<'a>(r: &'a str, tag: &str) -> &'a str {
+    r.lines().find(|l| l.starts_with(&format!("{tag} "))).unwrap_or("")
+}
+
+#[tokio::test]
+async fn syntax_errors_get_a_tagged_bad() {
+    let mut c = start(2).await;
+    let r = c.cmd("x5", "APPEND \"pec1/INBOX\" \"x\"").await;
+    assert!(tagged_line(&r, "x5").starts_with("x5 BAD"), "{r}");
+    let r = c.cmd("a1", "SELECT INBOX").await;
+    assert!(tagged_line(&r, "a1").starts_with("a1 BAD"), "{r}");
+    c.login("mario").await;
+    let r = c.cmd("a3", "FETCH 1 FLAGS").await;
+    assert!(tagged_line(&r, "a3").starts_with("a3 BAD"), "{r}");
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    for (tag, line) in [("x1", "SEARCH 0:*"), ("x2", "FETCH 1 ((((((((FLAGS))))))))"), ("x6", "FOO")] {
+        let r = c.cmd(tag, line).await;
+        let l = tagged_line(&r, tag);
+        assert!(l.starts_with(&format!("{tag} BAD [PARSE]")), "{tag}: {r}");
+    }
+    c.send(b"x3 CREATE \"\xff\xfe\"\r\n").await;
+    let r = c.tagged("x3").await;
+    assert!(tagged_line(&r, "x3").starts_with("x3 BAD"), "{r}");
+    // No tag to answer: untagged.
+    c.send(b")(\r\n").await;
+    let r = c.read_until(|b| b.ends_with(b"\r\n")).await;
+    assert!(r.starts_with("* BAD"), "{r}");
+    assert!(c.cmd("z", "NOOP").await.contains("z OK"));
+}
+
+#[tokio::test]
+async fn literal_minus_before_login_literal_plus_and_appendlimit_after() {
+    let mut c = start(0).await;
+    let r = c.cmd("c", "CAPABILITY").await;
+    assert!(r.contains("LITERAL-") && !r.contains("LITERAL+"), "{r}");
+    c.send(b"a LOGIN {5+}\r\nmario {11+}\r\npw-Secret-1\r\n").await;
+    let r = c.tagged("a").await;
+    assert!(r.contains("a OK"), "{r}");
+    let r = c.cmd("c", "CAPABILITY").await;
+    assert!(r.contains("LITERAL+") && r.contains("APPENDLIMIT="), "{r}");
+}
+
+#[tokio::test]
+async fn a_big_literal_before_login_is_refused_at_once() {
+    let mut c = start(0).await;
+    c.send(b"a LOGIN {104857600+}\r\n").await;
+    // The server stops reading: the 1 MiB pipe fills and nothing more is
+    // taken. It answers and closes without waiting for the data.
+    let r = c.closed().await;
+    assert!(r.contains("* BAD [TOOBIG]"), "{r}");
+}
+
+#[tokio::test]
+async fn a_line_without_crlf_is_cut_off() {
+    let mut c = start(0).await;
+    c.send(&vec![b'a'; 70 * 1024]).await;
+    let r = c.closed().await;
+    assert!(r.contains("* BAD line too long"), "{r}");
+}
+
+#[tokio::test]
+async fn read_only_users_keep_their_own_seen() {
+    let mut c = start(2).await;
+    c.login("ro").await;
+    let r = c.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.contains("[READ-WRITE]"), "{r}");
+    assert!(r.contains("[PERMANENTFLAGS (\\Seen)]"), "{r}");
+    let r = c.cmd("a", "STORE 1 +FLAGS (\\Seen)").await;
+    assert!(r.contains("a OK") && r.contains("FLAGS (\\Seen)"), "{r}");
+    let r = c.cmd("b", "STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(tagged_line(&r, "b").starts_with("b NO [NOPERM]"), "{r}");
+    let r = c.cmd("f", "FETCH 2 BODY[]").await;
+    assert!(r.contains("\\Seen") && r.contains("f OK"), "{r}");
+    // Stored as ro's alone.
+    let seen = c.store.seen_uids("ro", "prot", "INBOX").expect("seen");
+    assert_eq!(seen.len(), 2);
+    assert!(c.store.seen_uids("anna", "prot", "INBOX").expect("seen").is_empty());
+}
+
+#[tokio::test]
+async fn hiding_needs_delete_and_trash_shows_what_is_hidden() {
+    let mut c = start(3).await;
+    c.login("anna").await;
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    let r = c.cmd("d", "STORE 1 +FLAGS (\\Deleted)").await;
+    assert!(tagged_line(&r, "d").contains("NO [NOPERM] hiding a message needs the delete right"), "{r}");
+    let r = c.cmd("l", "LIST \"\" \"*\"").await;
+    assert!(!r.contains("Trash"), "{r}");
+
+    let mut c = start(3).await;
+    c.login("del").await;
+    let r = c.cmd("l", "LIST \"\" \"*\"").await;
+    assert!(r.contains("(\\HasNoChildren \\Trash) \"/\" prot/Trash"), "{r}");
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    assert!(c.cmd("d", "STORE 1 +FLAGS (\\Deleted)").await.contains("d OK"));
+    let r = c.cmd("e", "EXPUNGE").await;
+    assert!(r.contains("* 1 EXPUNGE") && r.contains("e OK"), "{r}");
+    let r = c.cmd("m", "UID MOVE 2 prot/Trash").await;
+    assert!(r.contains("* 1 EXPUNGE") && r.contains("m OK"), "{r}");
+    let r = c.cmd("t", "SELECT prot/Trash").await;
+    assert!(r.contains("* 2 EXISTS"), "{r}");
+    let r = c.cmd("u", "UID MOVE 2 prot/INBOX").await;
+    assert!(r.contains("u OK"), "{r}");
+    let r = c.cmd("i", "SELECT prot/INBOX").await;
+    assert!(r.contains("* 2 EXISTS") && r.contains("[UIDNEXT 5]"), "{r}");
+    let r = c.cmd("f", "UID FETCH 4 BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]").await;
+    assert!(r.contains("<m2@example.it>"), "{r}");
+}
+
+#[tokio::test]
+async fn append_to_sent_checks_from_and_finds_copies_already_sent() {
+    let mut c = start(0).await;
+    c.login("mario").await;
+    let own = "From: protocollo@pec.example.it\r\nMessage-ID: <own@x>\r\nSubject: s\r\n\r\nb\r\n";
+    c.send(format!("a APPEND prot/Sent (\\Seen) {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
+    let r = c.tagged("a").await;
+    assert!(r.contains("a OK [APPENDUID"), "{r}");
+    // The same bytes again: the copy already archived, nothing added.
+    c.send(format!("b APPEND prot/Sent {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
+    let appenduid = |r: &str, tag: &str| -> String {
+        let l = tagged_line(r, tag);
+        l.split_once("[APPENDUID ").and_then(|(_, rest)| rest.split_once(']')).map(|(c, _)| c.to_string()).unwrap_or_default()
+    };
+    let first = appenduid(&r, "a");
+    let r = c.tagged("b").await;
+    assert!(!first.is_empty() && appenduid(&r, "b") == first, "{r} vs {first}");
+    let other = "From: someone@else.it\r\nSubject: s\r\n\r\nb\r\n";
+    c.send(format!("c APPEND prot/Sent {{{}+}}\r\n{other}\r\n", other.len()).as_bytes()).await;
+    let r = c.tagged("c").await;
+    assert!(tagged_line(&r, "c").starts_with("c NO [CANNOT]"), "{r}");
+    let r = c.cmd("s", "STATUS prot/Sent (MESSAGES)").await;
+    assert!(r.contains("MESSAGES 1"), "{r}");
+}
