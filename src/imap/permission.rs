@@ -96,39 +96,46 @@ type Need<'a> = dyn Fn(&str, Vec<(Right, String)>, Option<Folder>) -> Result<Opt
 
 fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>) -> Result<Option<Allowed>, Denied> {
     let mb = sel.folder.mailbox.as_str();
+    // The rights first (a user without them is told so, whatever the
+    // folder), then whether the folder was opened to change.
+    let read_only = |allowed: Result<Option<Allowed>, Denied>, why: &'static str| match allowed {
+        Ok(a) if !sel.writable => {
+            let _ = a;
+            Err(Denied::ReadOnly(why))
+        }
+        other => other,
+    };
     match body {
         CommandBody::Fetch { .. } => need(mb, vec![(Right::Read, "not permitted to read".into())], None),
-        CommandBody::Store { kind, flags, .. } => {
-            if !sel.writable {
-                return Err(Denied::ReadOnly("the folder is read-only (EXAMINE, or a folder that cannot change)"));
-            }
-            need(mb, store_rights(*kind, flags), None)
-        }
-        CommandBody::Expunge | CommandBody::ExpungeUid { .. } => {
-            if !sel.writable {
-                return Err(Denied::ReadOnly("the folder is read-only"));
-            }
-            need(mb, vec![(Right::Delete, "hiding messages needs the delete right".into())], None)
-        }
+        CommandBody::Store { kind, flags, .. } => read_only(
+            need(mb, store_rights(*kind, flags), None),
+            "the folder is read-only (EXAMINE, or a folder that cannot change)",
+        ),
+        CommandBody::Expunge | CommandBody::ExpungeUid { .. } => read_only(
+            need(mb, vec![(Right::Delete, "not permitted: hiding messages needs the delete right".into())], None),
+            "the folder is read-only",
+        ),
         CommandBody::Move { mailbox, .. } | CommandBody::Copy { mailbox, .. } => {
             let is_move = matches!(body, CommandBody::Move { .. });
             let target = view.resolve(&mailbox_name(mailbox)).map_err(|_| Denied::NoSuchFolder)?;
-            if is_move && !sel.writable {
-                return Err(Denied::ReadOnly("the folder is read-only; SELECT it to move messages out"));
-            }
-            if target.trash || (is_move && sel.folder.trash) {
-                let t = target.clone();
-                return need(mb, vec![(Right::Delete, "hiding and unhiding messages needs the delete right".into())], Some(t));
-            }
-            let on = target.mailbox.clone();
-            let why = if target.handling.is_some() {
-                "changing the handling of messages needs triage on this mailbox".to_string()
-            } else if is_move {
-                "moving messages needs the triage right".to_string()
+            let allowed = if target.trash || (is_move && sel.folder.trash) {
+                need(mb, vec![(Right::Delete, "not permitted: hiding and unhiding messages needs the delete right".into())], Some(target))
             } else {
-                format!("copying into {on} needs the triage right there")
+                let on = target.mailbox.clone();
+                let why = if target.handling.is_some() {
+                    "changing the handling of messages needs triage on this mailbox".to_string()
+                } else if is_move {
+                    "not permitted: moving messages needs the triage right".to_string()
+                } else {
+                    format!("not permitted: copying into {on} needs the triage right there")
+                };
+                need(&on, vec![(Right::Triage, why)], Some(target))
             };
-            need(&on, vec![(Right::Triage, why)], Some(target))
+            if is_move {
+                read_only(allowed, "the folder is read-only; SELECT it to move messages out")
+            } else {
+                allowed
+            }
         }
         _ => Ok(None),
     }
@@ -149,12 +156,12 @@ fn store_rights(kind: StoreType, flags: &[Flag<'_>]) -> Vec<(Right, String)> {
             f if handling::is_settable_keyword(&f.to_string()) => {
                 add(&mut out, Right::Triage, "changing the handling of messages needs triage on this mailbox")
             }
-            _ => add(&mut out, Right::Triage, "changing shared flags needs the triage right"),
+            _ => add(&mut out, Right::Triage, "not permitted: changing shared flags needs the triage right"),
         }
     }
     if kind == StoreType::Replace {
         // FLAGS (...) also clears every shared flag not listed.
-        add(&mut out, Right::Triage, "replacing shared flags needs the triage right");
+        add(&mut out, Right::Triage, "not permitted: replacing shared flags needs the triage right");
     }
     if out.is_empty() {
         add(&mut out, Right::Read, "not permitted to read");

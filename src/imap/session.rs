@@ -49,6 +49,9 @@ struct Session {
     idle_tag: Option<Tag<'static>>,
     auth_tag: Option<Tag<'static>>,
     bad: u32,
+    /// Who logged in (for the logout record, written whatever the state
+    /// is when the connection ends).
+    logged_in: Option<String>,
 }
 
 fn server_options(ctx: &Ctx) -> Options {
@@ -94,6 +97,7 @@ pub async fn serve_transport(
         idle_tag: None,
         auth_tag: None,
         bad: 0,
+        logged_in: None,
     };
     let caps = anystate::capabilities(&s.conn, false);
     let greeting = Greeting {
@@ -123,8 +127,8 @@ pub async fn serve_transport(
             }
         }
     }
-    if let Some(user) = s.state.user() {
-        s.conn.audit_only(Audit::user(&user.view.user.name, s.conn.source(), "imap", "logout")).await;
+    if let Some(name) = &s.logged_in {
+        s.conn.audit_only(Audit::user(name, s.conn.source(), "imap", "logout")).await;
     }
 }
 
@@ -409,9 +413,10 @@ impl Session {
         let flow = match &t {
             Transition::StartTls => Flow::StartTls,
             Transition::Logout => Flow::Logout,
-            Transition::Authenticate(_) => {
+            Transition::Authenticate(a) => {
                 // Literals up to APPENDLIMIT from now on.
                 io.limits.authenticated = true;
+                self.logged_in = Some(a.view.user.name.clone());
                 Flow::Continue
             }
             _ => Flow::Continue,
