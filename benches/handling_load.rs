@@ -31,7 +31,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use pecgate::handling::{Action, Routing, Transition};
 use pecgate::store::{Audit, Change, Store, StoreOptions};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -200,7 +201,7 @@ impl Client {
     async fn connect(port: u16, ca: &Path) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         let pem = std::fs::read(ca).expect("read CA");
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for c in CertificateDer::pem_slice_iter(&pem) {
             roots.add(c.expect("PEM certificate")).expect("add CA");
         }
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

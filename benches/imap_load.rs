@@ -34,7 +34,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -87,10 +88,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 
 fn pinned(pem: &Path) -> Arc<rustls::ClientConfig> {
     let bytes = std::fs::read(pem).expect("read certificate");
-    let cert = rustls_pemfile::certs(&mut bytes.as_slice())
-        .next()
-        .expect("a certificate")
-        .expect("PEM certificate");
+    let cert = CertificateDer::from_pem_slice(&bytes).expect("a PEM certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -447,7 +447,7 @@ fn handling_command(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Rules(RulesCmd::Apply { config, mailbox, dry_run, json }) => {
             let cfg = daemon::load_config(&config)?;
             let s = daemon::open_store(&cfg)?;
-            let bar = progress_bar("{bar:40} {pos}/{len} messages ({eta})");
+            let bar = progress_bar(MESSAGE_PROGRESS);
             let rep = runtime()?.block_on(commands::rules_apply(&cfg, &s, &mailbox, dry_run, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -501,7 +501,11 @@ fn handling_command(cmd: Command) -> anyhow::Result<ExitCode> {
 /// Progress through the journal (bytes).
 const JOURNAL_PROGRESS: &str = "{bar:40} {bytes}/{total_bytes} of the journal ({eta})";
 
-/// A progress bar drawn with `template` on a terminal, nothing otherwise.
+/// Progress through the messages of a mailbox.
+const MESSAGE_PROGRESS: &str = "{bar:40} {pos}/{len} messages ({eta})";
+
+/// A progress bar drawn with `template` on a terminal, nothing otherwise
+/// (indicatif's default style if the template does not parse: see the test).
 fn progress_bar(template: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
@@ -700,4 +704,19 @@ fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `progress_bar` falls back to indicatif's default style when a template
+    /// does not parse, so a template broken by an indicatif upgrade would go
+    /// unnoticed but for this.
+    #[test]
+    fn progress_templates_parse() {
+        for template in [JOURNAL_PROGRESS, MESSAGE_PROGRESS] {
+            assert!(indicatif::ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
+    }
 }

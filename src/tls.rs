@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -22,7 +23,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_err = |message: String| TlsError::File { path: path.display().to_string(), message };
     let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut bytes.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| file_err(format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
@@ -34,9 +35,11 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let file_err = |message: String| TlsError::File { path: path.display().to_string(), message };
     let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    rustls_pemfile::private_key(&mut bytes.as_slice())
-        .map_err(|e| file_err(format!("not a PEM key file: {e}")))?
-        .ok_or_else(|| file_err("contains no PEM private key".into()))
+    // The first PKCS#8, PKCS#1 or SEC1 key, as rustls-pemfile's private_key did.
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        pem::Error::NoItemsFound => file_err("contains no PEM private key".into()),
+        e => file_err(format!("not a PEM key file: {e}")),
+    })
 }
 
 /// A client configuration trusting the system roots plus `extra_ca`.
@@ -116,5 +119,59 @@ impl rustls::server::ResolvesServerCert for ReloadableCert {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: TlsError) -> String {
+        match e {
+            TlsError::File { message, .. } => message,
+            other => panic!("not a file error: {other}"),
+        }
+    }
+
+    /// The PEM forms an operator may hand us load, and each wrong file says
+    /// what is wrong with it.
+    #[test]
+    fn pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+        let pkcs1 = openssl::pkey::PKey::private_key_from_pem(&c.key).unwrap().rsa().unwrap().private_key_to_pem().unwrap();
+        assert!(String::from_utf8_lossy(&pkcs1).contains("BEGIN RSA PRIVATE KEY"));
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let chain = write("chain.pem", &c.chain);
+        let pkcs8 = write("key.pem", &c.key);
+        let pkcs1 = write("rsa-key.pem", &pkcs1);
+        // Text around the PEM blocks (as `openssl x509 -text` leaves) is skipped.
+        let noisy = write("noisy.pem", &[b"Certificate:\n  Data: ...\n".as_slice(), &c.chain].concat());
+        let empty = write("empty.pem", b"");
+        let broken = write("broken.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n");
+
+        assert_eq!(load_certs(&chain).unwrap().len(), 2);
+        assert_eq!(load_certs(&noisy).unwrap().len(), 2);
+        assert!(matches!(load_key(&pkcs8).unwrap(), PrivateKeyDer::Pkcs8(_)));
+        assert!(matches!(load_key(&pkcs1).unwrap(), PrivateKeyDer::Pkcs1(_)));
+        ReloadableCert::load(&chain, &pkcs8).unwrap();
+        ReloadableCert::load(&chain, &pkcs1).unwrap();
+        server_config(&chain, &pkcs8).unwrap();
+        client_config(Some(&chain)).unwrap();
+
+        assert_eq!(message(load_certs(&pkcs8).unwrap_err()), "contains no PEM certificate");
+        assert_eq!(message(load_certs(&empty).unwrap_err()), "contains no PEM certificate");
+        assert_eq!(message(load_key(&chain).unwrap_err()), "contains no PEM private key");
+        assert_eq!(message(load_key(&empty).unwrap_err()), "contains no PEM private key");
+        assert!(message(load_certs(&broken).unwrap_err()).starts_with("not a PEM certificate file: "));
+        assert!(message(load_key(&dir.path().join("missing.pem")).unwrap_err()).contains("No such file"));
+        // A key that does not match the certificate is refused.
+        let other = crate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+        let other_key = write("other-key.pem", &other.key);
+        assert!(ReloadableCert::load(&chain, &other_key).is_err());
     }
 }

@@ -199,6 +199,29 @@ fn deep_nesting_is_refused() {
     assert!(matches!(Daticert::parse(xml.as_bytes()), Err(DaticertError::TooDeep { .. })));
 }
 
+/// One start tag with as many attributes as fit in the size bound (the
+/// shape of RUSTSEC-2026-0194, quadratic duplicate-name checks in
+/// quick-xml < 0.41): the attributes the parser wants come last, so every
+/// lookup walks them all.
+#[test]
+fn many_attributes_on_one_tag_are_bounded() {
+    let attrs = |n: usize| (0..n).map(|i| format!(" a{i:x}=\"\"")).collect::<String>();
+    let n = 4_000;
+    let xml = format!(
+        "<postacert{} tipo=\"accettazione\" errore=\"nessuno\"><intestazione>\
+         <destinatari{} tipo=\"certificato\">x@example.com</destinatari></intestazione></postacert>",
+        attrs(n),
+        attrs(n / 2)
+    );
+    assert!(xml.len() < MAX_DATICERT_BYTES, "{}", xml.len());
+    let d = timed("attributes", || Daticert::parse(xml.as_bytes())).unwrap();
+    assert_eq!(d.tipo, "accettazione");
+    assert_eq!(d.certified_recipients().collect::<Vec<_>>(), ["x@example.com"]);
+    // A repeated name is not looked for (the first `tipo` wins) and is no error.
+    let dup = format!("<postacert{} tipo=\"accettazione\" tipo=\"errore\"/>", attrs(n));
+    assert_eq!(timed("repeated attribute", || Daticert::parse(dup.as_bytes())).unwrap().tipo, "accettazione");
+}
+
 #[test]
 fn wrong_encoding_declarations_are_refused() {
     let body = accettazione_xml();

@@ -20,8 +20,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeZone};
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
+use quick_xml::escape::resolve_xml_entity;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
 use serde::{Deserialize, Serialize};
 
 use super::classify::{PecKind, ReceiptForm};
@@ -379,19 +380,19 @@ enum Field {
 }
 
 impl Field {
-    fn from_name(name: &[u8]) -> Option<Field> {
+    fn from_name(name: &str) -> Option<Field> {
         Some(match name {
-            b"mittente" => Field::Mittente,
-            b"destinatari" => Field::Destinatari,
-            b"risposte" => Field::Risposte,
-            b"oggetto" => Field::Oggetto,
-            b"gestore-emittente" => Field::GestoreEmittente,
-            b"giorno" => Field::Giorno,
-            b"ora" => Field::Ora,
-            b"identificativo" => Field::Identificativo,
-            b"msgid" => Field::Msgid,
-            b"consegna" => Field::Consegna,
-            b"errore-esteso" => Field::ErroreEsteso,
+            "mittente" => Field::Mittente,
+            "destinatari" => Field::Destinatari,
+            "risposte" => Field::Risposte,
+            "oggetto" => Field::Oggetto,
+            "gestore-emittente" => Field::GestoreEmittente,
+            "giorno" => Field::Giorno,
+            "ora" => Field::Ora,
+            "identificativo" => Field::Identificativo,
+            "msgid" => Field::Msgid,
+            "consegna" => Field::Consegna,
+            "errore-esteso" => Field::ErroreEsteso,
             _ => return None,
         })
     }
@@ -434,7 +435,11 @@ fn attribute(reader: &Reader<&[u8]>, e: &BytesStart<'_>, name: &str) -> Result<O
     let Some(attr) = e.try_get_attribute(name).map_err(|err| xml_error(reader, err))? else {
         return Ok(None);
     };
-    let value = attr.unescape_value().map_err(|err| xml_error(reader, err))?;
+    // Daticert is XML 1.0 (the technical rules' schema); attribute values are
+    // normalised as such (references resolved, line breaks to spaces).
+    let value = attr
+        .normalized_value(XmlVersion::Implicit1_0)
+        .map_err(|err| xml_error(reader, err))?;
     Ok(Some(value.trim().to_string()))
 }
 
@@ -463,14 +468,21 @@ fn parse_str(text: &str) -> Result<Daticert, DaticertError> {
                 b.depth = b.depth.saturating_sub(1);
                 b.close(e.local_name().as_ref());
             }
+            // The reader splits text at references: `a &amp; b` arrives as
+            // Text("a "), GeneralRef("amp"), Text(" b").
             Event::Text(t) => {
                 if let Some((_, _, buf)) = b.field.as_mut() {
-                    buf.push_str(&t.unescape().map_err(|err| xml_error(&reader, err))?);
+                    buf.push_str(&t.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some((_, _, buf)) = b.field.as_mut() {
+                    push_reference(buf, &r).map_err(|err| xml_error(&reader, err))?;
                 }
             }
             Event::CData(c) => {
                 if let Some((_, _, buf)) = b.field.as_mut() {
-                    buf.push_str(&String::from_utf8_lossy(&c));
+                    buf.push_str(&c.xml10_content());
                 }
             }
             Event::Eof => break,
@@ -486,15 +498,34 @@ fn parse_str(text: &str) -> Result<Daticert, DaticertError> {
     b.finish()
 }
 
+/// Appends what a reference in text stands for: a character reference, or
+/// one of XML's five predefined entities. Any other name is an error, as it
+/// was when the whole text was unescaped at once (there is no DTD to declare
+/// it), so the caller's repair path escapes the stray `&`.
+fn push_reference(buf: &mut String, r: &BytesRef<'_>) -> Result<(), String> {
+    if let Some(c) = r.resolve_char_ref().map_err(|e| e.to_string())? {
+        buf.push(c);
+        return Ok(());
+    }
+    let name: &str = r;
+    match resolve_xml_entity(name) {
+        Some(text) => {
+            buf.push_str(text);
+            Ok(())
+        }
+        None => Err(format!("unknown entity &{};", name.chars().take(64).collect::<String>())),
+    }
+}
+
 impl Builder {
     fn open(&mut self, reader: &Reader<&[u8]>, e: &BytesStart<'_>, empty: bool) -> Result<(), DaticertError> {
         let local = e.local_name();
-        let name = local.as_ref();
+        let name: &str = local.as_ref();
         if !self.root_seen {
             self.root_seen = true;
-            if name != b"postacert" {
+            if name != "postacert" {
                 return Err(DaticertError::WrongRoot {
-                    found: String::from_utf8_lossy(name).chars().take(64).collect(),
+                    found: name.chars().take(64).collect(),
                 });
             }
             self.out.tipo = attribute(reader, e, "tipo")?.ok_or(DaticertError::MissingTipo)?;
@@ -502,8 +533,8 @@ impl Builder {
             return Ok(());
         }
         match name {
-            b"data" => self.zona = attribute(reader, e, "zona")?,
-            b"ricevuta" => {
+            "data" => self.zona = attribute(reader, e, "zona")?,
+            "ricevuta" => {
                 let tipo = attribute(reader, e, "tipo")?;
                 if self.out.ricevuta.is_some() {
                     self.warn("more than one <ricevuta>; kept the first");
@@ -532,7 +563,7 @@ impl Builder {
         Ok(())
     }
 
-    fn close(&mut self, name: &[u8]) {
+    fn close(&mut self, name: &str) {
         let Some((field, tipo, text)) = self.field.take() else {
             return;
         };
@@ -569,7 +600,7 @@ impl Builder {
             Field::Ora => &mut self.ora,
             Field::Destinatari => return,
         };
-        let what = String::from_utf8_lossy(name);
+        let what = name;
         match (slot.is_none(), value) {
             (true, Some(v)) => *slot = Some(v),
             (_, None) => self.warn(&format!("empty <{what}>")),
@@ -754,6 +785,27 @@ mod tests {
     fn repair_leaves_valid_references() {
         assert_eq!(escape_stray_markup("a &amp; b & c <d>"), "a &amp; b &amp; c &lt;d&gt;");
         assert_eq!(escape_stray_markup("&#233;&#xE9;"), "&#233;&#xE9;");
+    }
+
+    #[test]
+    fn references_in_text_and_attributes() {
+        let doc = |oggetto: &str| {
+            format!(
+                "<postacert tipo=\"accettazione\" errore=\"altro &amp; &#x61;\"><intestazione>\
+                 <oggetto>{oggetto}</oggetto></intestazione></postacert>"
+            )
+        };
+        let d = Daticert::parse(doc("a &amp; b &lt;&#233;&#xE9;&gt; <![CDATA[&x;]]> c").as_bytes()).unwrap();
+        assert_eq!(d.oggetto.as_deref(), Some("a & b <éé> &x; c"));
+        assert_eq!(d.errore, Some(Errore::Other("altro & a".into())));
+        assert!(!d.malformed);
+        // An undeclared entity is not expanded: the repair keeps it literally.
+        let d = Daticert::parse(doc("x &nbsp; y").as_bytes()).unwrap();
+        assert_eq!(d.oggetto.as_deref(), Some("x &nbsp; y"));
+        assert!(d.malformed);
+        // Line ends inside text are normalised as XML 1.0 says.
+        let d = Daticert::parse(doc("uno\r\ndue").as_bytes()).unwrap();
+        assert_eq!(d.oggetto.as_deref(), Some("uno\ndue"));
     }
 
     #[test]
