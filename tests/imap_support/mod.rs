@@ -47,6 +47,16 @@ fn user(name: &str, grants: &str, default: &str) -> String {
     format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"{default}\"\ngrants = {{ {grants} }}\n\n")
 }
 
+/// `[[user]]` blocks (for [`Setup::extra_config`]): each `(name, grants)`
+/// with [`PASSWORD`] and `prot` as default mailbox, `grants` the TOML
+/// inside `grants = { ... }` (e.g. `prot = ["read"], tributi = ["read"]`).
+pub fn users(list: &[(&str, &str)]) -> String {
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    list.iter()
+        .map(|(name, grants)| format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\ngrants = {{ {grants} }}\n\n"))
+        .collect()
+}
+
 /// What a test gateway holds and how it is configured.
 #[derive(Default)]
 pub struct Setup {
