@@ -62,61 +62,66 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
         return Vec::new();
     };
     let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
-    let Some((m, p)) = find_part(&msg, &numbers) else {
+    let Some(p) = find_part(raw, &msg, &numbers) else {
         return Vec::new();
     };
-    let r = m.raw_message();
-    let slice = |a: u32, b: u32| {
-        r.get(a as usize..b as usize)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
-    };
+    // mail-parser gives every offset, also those of parts inside an
+    // encapsulated message/rfc822, relative to the outermost message: slice
+    // `raw`, never the inner message's own buffer.
+    let slice = |a: u32, b: u32| raw.get(a as usize..b as usize).map(<[u8]>::to_vec).unwrap_or_default();
     match section {
         Section::Part(_) => slice(p.offset_body, p.offset_end),
         Section::Mime(_) => slice(p.offset_header, p.offset_body),
-        // HEADER/TEXT of a part apply to an encapsulated message/rfc822.
+        // HEADER/TEXT of a part apply to an encapsulated message/rfc822:
+        // its header, and everything after it to the part's end (epilogue
+        // included).
         _ => match &p.body {
-            PartType::Message(inner) => whole(inner.raw_message(), section),
+            PartType::Message(inner) if in_place(raw, inner) => {
+                let Some(root) = inner.parts.first() else { return Vec::new() };
+                let whole_part = slice(p.offset_body, p.offset_end);
+                let h = (root.offset_body.saturating_sub(p.offset_body) as usize).min(whole_part.len());
+                match section {
+                    Section::Text(_) => whole_part[h..].to_vec(),
+                    _ => whole(&whole_part[..h], section),
+                }
+            }
             _ => Vec::new(),
         },
     }
 }
 
-/// Part `numbers` (1-based, IMAP numbering) of `msg`, with the message whose
-/// `raw_message` its offsets refer to.
-fn find_part<'a, 'x>(
-    msg: &'a Message<'x>,
-    numbers: &[u32],
-) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
+/// Part `numbers` (1-based, IMAP numbering) of `msg`. Its offsets refer to
+/// the outermost message's bytes.
+fn find_part<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, numbers: &[u32]) -> Option<&'a MessagePart<'x>> {
     let (first, rest) = numbers.split_first()?;
     let root = msg.parts.first()?;
     let part = match &root.body {
-        PartType::Multipart(children) => msg
-            .parts
-            .get(*children.get(first.checked_sub(1)? as usize)? as usize)?,
+        PartType::Multipart(children) => msg.parts.get(*children.get(first.checked_sub(1)? as usize)? as usize)?,
         _ if *first == 1 => root,
         _ => return None,
     };
-    let part = descend(msg, part, rest)?;
-    Some(part)
+    descend(raw, msg, part, rest)
 }
 
-fn descend<'a, 'x>(
-    msg: &'a Message<'x>,
-    part: &'a MessagePart<'x>,
-    rest: &[u32],
-) -> Option<(&'a Message<'x>, &'a MessagePart<'x>)> {
+/// Is `inner` parsed from `raw` itself (a message/rfc822 part sent as it
+/// is, as RFC 2046 requires), not from a decoded copy whose offsets would
+/// not be `raw`'s?
+fn in_place(raw: &[u8], inner: &Message<'_>) -> bool {
+    let r = inner.raw_message();
+    let (start, base) = (r.as_ptr() as usize, raw.as_ptr() as usize);
+    start >= base && start + r.len() <= base + raw.len()
+}
+
+fn descend<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, part: &'a MessagePart<'x>, rest: &[u32]) -> Option<&'a MessagePart<'x>> {
     let Some((n, more)) = rest.split_first() else {
-        return Some((msg, part));
+        return Some(part);
     };
     match &part.body {
         PartType::Multipart(children) => {
-            let child = msg
-                .parts
-                .get(*children.get(n.checked_sub(1)? as usize)? as usize)?;
-            descend(msg, child, more)
+            let child = msg.parts.get(*children.get(n.checked_sub(1)? as usize)? as usize)?;
+            descend(raw, msg, child, more)
         }
-        PartType::Message(inner) => find_part(inner, rest),
+        PartType::Message(inner) if in_place(raw, inner) => find_part(raw, inner, rest),
         _ => None,
     }
 }
@@ -149,22 +154,52 @@ fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
     out
 }
 
+fn address(addr: &mail_parser::Addr<'_>) -> Address<'static> {
+    let full = addr.address.as_deref();
+    // A source route, `<@route1,@route2:user@domain>`: RFC 3501's adl.
+    let (adl, spec) = match full {
+        Some(x) if x.starts_with('@') => match x.split_once(':') {
+            Some((route, rest)) => (Some(route), Some(rest)),
+            None => (None, Some(x)),
+        },
+        other => (None, other),
+    };
+    let (local, host) = match spec.and_then(|x| x.rsplit_once('@')) {
+        Some((l, h)) => (Some(l), Some(h)),
+        None => (spec, None),
+    };
+    Address {
+        name: nstr(addr.name.as_deref().map(str::as_bytes)),
+        adl: nstr(adl.map(str::as_bytes)),
+        mailbox: nstr(local.map(str::as_bytes)),
+        host: nstr(host.map(str::as_bytes)),
+    }
+}
+
+/// An ENVELOPE address list. A group (`team: a@x, b@y;`) is written as
+/// RFC 3501 §7.4.2 says: a start marker `(NIL NIL "team" NIL)`, its
+/// members, an end marker `(NIL NIL NIL NIL)`.
 fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<Address<'static>> {
-    let Some(a) = a else { return Vec::new() };
-    a.iter()
-        .map(|addr| {
-            let (local, host) = match addr.address.as_deref().and_then(|x| x.rsplit_once('@')) {
-                Some((l, h)) => (Some(l.as_bytes().to_vec()), Some(h.as_bytes().to_vec())),
-                None => (addr.address.as_deref().map(|x| x.as_bytes().to_vec()), None),
-            };
-            Address {
-                name: nstr(addr.name.as_deref().map(str::as_bytes)),
-                adl: NString(None),
-                mailbox: nstr(local.as_deref()),
-                host: nstr(host.as_deref()),
+    let nil = || NString(None);
+    match a {
+        None => Vec::new(),
+        Some(mail_parser::Address::List(list)) => list.iter().map(address).collect(),
+        Some(mail_parser::Address::Group(groups)) => {
+            let mut out = Vec::new();
+            for g in groups {
+                // A comment inside a group (`g: (foo) ;`) is no member.
+                let members = g.addresses.iter().filter(|a| a.address.is_some()).map(address);
+                let Some(name) = g.name.as_deref() else {
+                    out.extend(members);
+                    continue;
+                };
+                out.push(Address { name: nil(), adl: nil(), mailbox: nstr(Some(name.as_bytes())), host: nil() });
+                out.extend(members);
+                out.push(Address { name: nil(), adl: nil(), mailbox: nil(), host: nil() });
             }
-        })
-        .collect()
+            out
+        }
+    }
 }
 
 pub fn envelope(msg: Option<&Message<'_>>) -> Envelope<'static> {
@@ -211,11 +246,11 @@ fn count_lines(b: &[u8]) -> u32 {
 }
 
 fn part_structure(
+    raw: &[u8],
     msg: &Message<'_>,
     part: &MessagePart<'_>,
     depth: usize,
 ) -> BodyStructure<'static> {
-    let raw = msg.raw_message();
     let body_bytes = raw
         .get(part.offset_body as usize..part.offset_end as usize)
         .unwrap_or_default();
@@ -223,7 +258,7 @@ fn part_structure(
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
             .filter_map(|c| msg.parts.get(*c as usize))
-            .map(|c| part_structure(msg, c, depth + 1))
+            .map(|c| part_structure(raw, msg, c, depth + 1))
             .collect();
         let subtype = part
             .content_type()
@@ -268,7 +303,11 @@ fn part_structure(
     let specific = match (&part.body, depth < 16) {
         (PartType::Message(inner), true) => SpecificFields::Message {
             envelope: Box::new(envelope(Some(inner))),
-            body_structure: Box::new(structure_of(inner, depth + 1)),
+            body_structure: Box::new(if in_place(raw, inner) {
+                structure_of(raw, inner, depth + 1)
+            } else {
+                fallback_structure(inner.raw_message())
+            }),
             number_of_lines: count_lines(body_bytes),
         },
         _ if ctype.eq_ignore_ascii_case("text") => SpecificFields::Text {
@@ -286,9 +325,10 @@ fn part_structure(
     }
 }
 
-fn structure_of(msg: &Message<'_>, depth: usize) -> BodyStructure<'static> {
+/// `raw`: the outermost message, to which every part's offsets refer.
+fn structure_of(raw: &[u8], msg: &Message<'_>, depth: usize) -> BodyStructure<'static> {
     match msg.parts.first() {
-        Some(root) => part_structure(msg, root, depth),
+        Some(root) => part_structure(raw, msg, root, depth),
         None => fallback_structure(msg.raw_message()),
     }
 }
@@ -315,7 +355,7 @@ fn fallback_structure(raw: &[u8]) -> BodyStructure<'static> {
 
 pub fn body_structure(raw: &[u8], msg: Option<&Message<'_>>) -> BodyStructure<'static> {
     match msg {
-        Some(m) => structure_of(m, 0),
+        Some(m) => structure_of(raw, m, 0),
         None => fallback_structure(raw),
     }
 }
@@ -367,6 +407,62 @@ mod tests {
         assert_eq!(f, b"Subject: hi\r\n\r\n");
     }
 
+    const NESTED: &[u8] = b"From: a@x.it\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: text/plain\r\n\r\nouter text\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nFrom: b@y.it\r\nSubject: inner\r\nContent-Type: multipart/alternative; boundary=i\r\n\r\npre\r\n--i\r\nContent-Type: text/plain\r\n\r\ninner one\r\n--i\r\nContent-Type: text/html\r\n\r\n<p>two</p>\r\n--i--\r\nepilogue\r\n\r\n--o--\r\n";
+
+    fn part(nums: &[u32]) -> Part {
+        let v: Vec<NonZeroU32> = nums.iter().map(|n| NonZeroU32::new(*n).unwrap()).collect();
+        Part(Vec1::try_from(v).unwrap())
+    }
+
+    /// Issue 22 item 1: every section inside a message/rfc822 part came
+    /// back empty (the certified message inside postacert.eml looked empty
+    /// to clients reading it part by part).
+    #[test]
+    fn sections_inside_an_encapsulated_message() {
+        assert_eq!(section(NESTED, Some(&Section::Part(part(&[2, 1])))), b"inner one");
+        assert_eq!(section(NESTED, Some(&Section::Part(part(&[2, 2])))), b"<p>two</p>");
+        assert_eq!(section(NESTED, Some(&Section::Mime(part(&[2, 1])))), b"Content-Type: text/plain\r\n\r\n");
+        let text = section(NESTED, Some(&Section::Text(Some(part(&[2])))));
+        assert!(text.starts_with(b"pre\r\n--i") && text.ends_with(b"epilogue\r\n"), "{}", String::from_utf8_lossy(&text));
+        let head = section(NESTED, Some(&Section::Header(Some(part(&[2])))));
+        assert!(head.starts_with(b"From: b@y.it") && head.ends_with(b"boundary=i\r\n\r\n"), "{}", String::from_utf8_lossy(&head));
+        let whole = section(NESTED, Some(&Section::Part(part(&[2]))));
+        assert!(whole.starts_with(b"From: b@y.it") && whole.ends_with(b"epilogue\r\n"));
+    }
+
+    #[test]
+    fn structure_inside_an_encapsulated_message_has_sizes() {
+        let m = parse(NESTED).unwrap();
+        let BodyStructure::Multi { bodies, .. } = body_structure(NESTED, Some(&m)) else { panic!("not multi") };
+        let BodyStructure::Single { body, .. } = &bodies.as_ref()[1] else { panic!("not single") };
+        let SpecificFields::Message { body_structure, number_of_lines, .. } = &body.specific else { panic!("not message") };
+        assert!(*number_of_lines > 0);
+        let BodyStructure::Multi { bodies: inner, .. } = &**body_structure else { panic!("inner not multi") };
+        let BodyStructure::Single { body: first, .. } = &inner.as_ref()[0] else { panic!() };
+        assert_eq!(first.basic.size, 9, "inner one");
+    }
+
+    fn mailbox_of(a: &Address<'_>) -> Option<Vec<u8>> {
+        a.mailbox.0.as_ref().map(|s| s.as_ref().to_vec())
+    }
+
+    /// Issue 22 item 2: groups lost their markers, routes were read as
+    /// part of the mailbox.
+    #[test]
+    fn envelope_groups_and_routes() {
+        let raw = b"From: <@route:user@domain.it>\r\nCc: group:;, group2: (foo) ;\r\nTo: team: a@x.it, b@y.it;\r\n\r\nbody\r\n";
+        let m = parse(raw).unwrap();
+        let e = envelope(Some(&m));
+        let from = &e.from[0];
+        assert_eq!(from.adl.0.as_ref().map(|s| s.as_ref().to_vec()), Some(b"@route".to_vec()));
+        assert_eq!(mailbox_of(from), Some(b"user".to_vec()));
+        let to: Vec<Option<Vec<u8>>> = e.to.iter().map(mailbox_of).collect();
+        assert_eq!(to, vec![Some(b"team".to_vec()), Some(b"a".to_vec()), Some(b"b".to_vec()), None], "{:?}", e.to);
+        assert!(e.to[0].host.0.is_none() && e.to[3].host.0.is_none());
+        let cc: Vec<Option<Vec<u8>>> = e.cc.iter().map(mailbox_of).collect();
+        assert_eq!(cc, vec![Some(b"group".to_vec()), None, Some(b"group2".to_vec()), None], "{:?}", e.cc);
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         for raw in [
@@ -382,3 +478,4 @@ mod tests {
         }
     }
 }
+

@@ -188,11 +188,7 @@ pub fn matches(
                 .is_some_and(|t| contains(t.as_bytes(), needle))
         }) || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
     };
-    let sent = || {
-        src.fields
-            .and_then(|f| f.sent)
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0).map(|d| d.date_naive()))
-    };
+    let sent = || src.fields.and_then(|f| f.sent);
     match key {
         SearchKey::And(ks) => ks.as_ref().iter().all(|k| matches(k, c, src, flags_lc)),
         SearchKey::Or(a, b) => matches(a, c, src, flags_lc) || matches(b, c, src, flags_lc),

@@ -14,13 +14,16 @@ pub struct SearchFields {
     pub cc: Option<String>,
     pub bcc: Option<String>,
     pub subject: Option<String>,
-    /// The Date header, as a Unix time.
-    pub sent: Option<i64>,
+    /// The Date header's calendar date as written, in the sender's own
+    /// time zone: what SENTON/SENTBEFORE/SENTSINCE compare (RFC 3501
+    /// §6.4.4 disregards time and time zone; `Date: Sun, 25 Mar 2007
+    /// 00:30:00 +0200` is sent on 25 March, though it is 24 March in UTC).
+    pub sent: Option<chrono::NaiveDate>,
 }
 
 /// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
 /// changes.
-pub const FIELDS_KIND: &str = "search-fields-1";
+pub const FIELDS_KIND: &str = "search-fields-2";
 
 const FIELD_NAMES: [&str; 5] = ["From", "To", "Cc", "Bcc", "Subject"];
 
@@ -43,7 +46,7 @@ impl SearchFields {
             cc: field("Cc"),
             bcc: field("Bcc"),
             subject: field("Subject"),
-            sent: m.date().map(|d| d.to_timestamp()),
+            sent: m.date().and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())),
         }
     }
 
@@ -132,7 +135,10 @@ body with From: nobody@else.example\r\n";
         assert!(to.contains("a@example.it") && to.contains("b@example.it"), "folded To: {to}");
         assert!(f.subject.as_deref().unwrap_or_default().contains("Pratica n. 42"));
         assert_eq!(f.cc, None, "absent header");
-        assert_eq!(f.sent, Some(1_795_683_600), "10:00 +0100 is 09:00 UTC");
+        assert_eq!(f.sent, chrono::NaiveDate::from_ymd_opt(2026, 11, 26));
+        // Issue 22 item 3: the date as written, not as UTC has it.
+        let late = SearchFields::of(b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\n\r\nx\r\n");
+        assert_eq!(late.sent, chrono::NaiveDate::from_ymd_opt(2007, 3, 25));
         // The body is not a header.
         assert!(!from.contains("nobody@else"));
         // Any header, uncached, the same way.
