@@ -12,7 +12,7 @@
 //! | STORE `\Seen` | read (`\Seen` is each person's own: RFC 4314's `s` right) |
 //! | STORE `\Deleted` | delete (setting it is the first half of hiding) |
 //! | STORE any other flag or keyword, or `FLAGS` (replace) | triage |
-//! | EXPUNGE, UID EXPUNGE | delete |
+//! | EXPUNGE, UID EXPUNGE, and CLOSE's silent expunge | delete |
 //! | MOVE between folders, COPY, into a handling view | triage, on the target's mailbox |
 //! | MOVE into or out of `Trash` | delete |
 //! | APPEND | send, on the target's mailbox (only `Sent` takes messages) |
@@ -107,6 +107,11 @@ fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>
     };
     match body {
         CommandBody::Fetch { .. } => need(mb, vec![(Right::Read, "not permitted to read".into())], None),
+        // CLOSE hides what is marked \Deleted, for a user who may (RFC
+        // 3501 §6.4.2); for others it only closes.
+        CommandBody::Close if sel.writable && view.user.may(mb, Right::Delete) => {
+            need(mb, vec![(Right::Delete, "hiding messages needs the delete right".into())], None)
+        }
         CommandBody::Store { kind, flags, .. } => read_only(
             need(mb, store_rights(*kind, flags), None),
             "the folder is read-only (EXAMINE, or a folder that cannot change)",

@@ -20,6 +20,7 @@ struct Client {
     pipe: DuplexStream,
     buf: Vec<u8>,
     store: Store,
+    ctx: Arc<Ctx>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -78,14 +79,19 @@ async fn start(inbox: usize) -> Client {
         rules: Default::default(),
         mailbox_addresses: Arc::new([("prot".to_string(), "protocollo@pec.example.it".to_string())].into()),
     });
-    let (client, server) = tokio::io::duplex(1 << 20);
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let peer = "127.0.0.1:40000".parse().expect("addr");
-    tokio::spawn(serve_transport(ctx, Transport::Memory(server), peer, true, false, rx));
-    let mut cl = Client { pipe: client, buf: Vec::new(), store, _dir: dir, _stop: stop };
+    let (pipe, _) = connect(&ctx, rx);
+    let mut cl = Client { pipe, buf: Vec::new(), store, ctx, _dir: dir, _stop: stop };
     let g = cl.read_until(|b| b.ends_with(b"\r\n")).await;
     assert!(g.starts_with("* OK"), "{g}");
     cl
+}
+
+fn connect(ctx: &Arc<Ctx>, rx: tokio::sync::watch::Receiver<bool>) -> (DuplexStream, ()) {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let peer = "127.0.0.1:40000".parse().expect("addr");
+    tokio::spawn(serve_transport(ctx.clone(), Transport::Memory(server), peer, true, false, rx));
+    (client, ())
 }
 
 impl Client {
@@ -93,9 +99,10 @@ impl Client {
         self.pipe.write_all(bytes).await.expect("write");
     }
 
-    /// Read until `done(buffer)`; panics after 5 s. Returns what was read.
+    /// Read until `done(buffer)`; panics after 30 s (argon2 in a debug
+    /// build on a busy machine is slow). Returns what was read.
     async fn read_until(&mut self, done: impl Fn(&[u8]) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !done(&self.buf) {
             let mut chunk = vec![0u8; 16384];
             match tokio::time::timeout_at(deadline, self.pipe.read(&mut chunk)).await {
@@ -138,6 +145,17 @@ impl Client {
         let out = String::from_utf8_lossy(&self.buf).into_owned();
         self.buf.clear();
         out
+    }
+
+    /// Another session on the same server.
+    async fn another(&self) -> Client {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (pipe, _) = connect(&self.ctx, rx);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Client { pipe, buf: Vec::new(), store: self.store.clone(), ctx: self.ctx.clone(), _dir: dir, _stop: stop };
+        let g = c.read_until(|b| b.ends_with(b"\r\n")).await;
+        assert!(g.starts_with("* OK"), "{g}");
+        c
     }
 
     async fn login(&mut self, name: &str) {
@@ -278,4 +296,65 @@ async fn append_to_sent_checks_from_and_finds_copies_already_sent() {
     assert!(tagged_line(&r, "c").starts_with("c NO [CANNOT]"), "{r}");
     let r = c.cmd("s", "STATUS prot/Sent (MESSAGES)").await;
     assert!(r.contains("MESSAGES 1"), "{r}");
+}
+
+/// Issue 22 item 4: CLOSE hides what is marked \Deleted, for a user who
+/// may hide; for one who may not, it only closes.
+#[tokio::test]
+async fn close_expunges_for_users_with_delete() {
+    let mut mario = start(3).await;
+    mario.login("mario").await;
+    assert!(mario.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    assert!(mario.cmd("d", "STORE 1 +FLAGS (\\Deleted)").await.contains("d OK"));
+    let mut anna = mario.another().await;
+    anna.login("anna").await;
+    assert!(anna.cmd("s", "SELECT prot/INBOX").await.contains("* 3 EXISTS"));
+    let r = anna.cmd("c", "CLOSE").await;
+    assert!(r.contains("c OK") && !r.contains("EXPUNGE"), "{r}");
+    assert!(anna.cmd("t", "STATUS prot/INBOX (MESSAGES)").await.contains("MESSAGES 3"));
+    let r = mario.cmd("c", "CLOSE").await;
+    assert!(r.contains("c OK") && !r.contains("EXPUNGE"), "{r}");
+    assert!(mario.cmd("t", "STATUS prot/INBOX (MESSAGES)").await.contains("MESSAGES 2"));
+}
+
+/// Issue 22 item 6: a keyword is announced in FLAGS before a FETCH shows
+/// it, and listed at SELECT.
+#[tokio::test]
+async fn keywords_are_announced_in_flags() {
+    let mut c = start(2).await;
+    c.login("mario").await;
+    let r = c.cmd("s", "SELECT prot/INBOX").await;
+    assert!(!r.contains("$Etichetta"), "{r}");
+    let r = c.cmd("k", "STORE 1 +FLAGS ($Etichetta)").await;
+    let flags_at = r.find("* FLAGS (").unwrap_or(usize::MAX);
+    let fetch_at = r.find("FETCH (").unwrap_or(0);
+    assert!(flags_at < fetch_at && r[flags_at..].contains("$Etichetta"), "{r}");
+    let mut other = c.another().await;
+    other.login("anna").await;
+    let r = other.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.lines().any(|l| l.starts_with("* FLAGS (") && l.contains("$Etichetta")), "{r}");
+}
+
+/// Issue 22 items 7 and 8: APPEND into the selected folder reports EXISTS
+/// before its tagged OK; a folder selected before anything was filed in it
+/// keeps the UIDVALIDITY that SELECT showed.
+#[tokio::test]
+async fn append_into_the_selected_folder() {
+    let mut c = start(0).await;
+    c.login("mario").await;
+    let r = c.cmd("s", "SELECT prot/Sent").await;
+    let uv = r
+        .split("[UIDVALIDITY ")
+        .nth(1)
+        .and_then(|x| x.split(']').next())
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(!uv.is_empty() && uv != "1", "{r}");
+    let own = "From: protocollo@pec.example.it\r\nSubject: s\r\n\r\nb\r\n";
+    c.send(format!("a APPEND prot/Sent {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
+    let r = c.tagged("a").await;
+    let exists = r.find("* 1 EXISTS").unwrap_or(usize::MAX);
+    let okat = r.find("a OK").unwrap_or(0);
+    assert!(exists < okat, "{r}");
+    assert!(r.contains(&format!("[APPENDUID {uv} 1]")), "{r}");
 }

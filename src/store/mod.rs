@@ -93,6 +93,10 @@ pub enum Change {
     /// Hide messages from a folder (a client's EXPUNGE); UIDs not in the
     /// folder are left out of the record.
     Hide { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Audit only, but make sure `folder` of `mailbox` exists first (its
+    /// `FolderCreated` record precedes this one): a client selecting a
+    /// folder nothing was filed in yet sees the UIDVALIDITY it will keep.
+    EnsureFolder { mailbox: String, folder: String },
     /// Bring hidden messages back into `folder` (the one they were hidden
     /// from, by their UIDs there); the writer assigns new UIDs. UIDs not
     /// hidden are left out of the record.
@@ -948,6 +952,11 @@ impl Writer {
                     }
                 }
                 Event::Hidden { mailbox, folder, uids: kept, hashes }
+            }
+            Change::EnsureFolder { mailbox, folder } => {
+                self.ensure_folder(&mailbox, &folder, now, out, &mk)?;
+                out.push(mk(&audit, Event::None, None, vec![]));
+                return Ok(out.len() - 1);
             }
             Change::Unhide { mailbox, folder, uids } => {
                 let Some(mut st) = self.folder_state(&mailbox, &folder)? else {

@@ -146,6 +146,30 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
             return Transition::Unselect;
         }
     };
+    // A store folder nothing was filed in yet is created now, so that the
+    // UIDVALIDITY this SELECT reports is the one it keeps (issue 22 item 8).
+    let missing = match folder.store_folder {
+        Some(sf) => match conn.ctx.store.folder(&folder.mailbox, sf) {
+            Ok(st) => st.is_none().then_some(sf),
+            Err(e) => {
+                io.status(serverbug(tag, &e));
+                return Transition::Unselect;
+            }
+        },
+        None => None,
+    };
+    let a = user.audit(conn, if rw { "select" } else { "examine" }).mailbox(&folder.mailbox).folder(folder.audit_name());
+    let recorded = match missing {
+        Some(sf) => {
+            let ch = Change::EnsureFolder { mailbox: folder.mailbox.clone(), folder: sf.to_string() };
+            conn.ctx.store.commit(a, ch).await.is_ok()
+        }
+        None => conn.audit_only(a).await,
+    };
+    if !recorded {
+        io.status(unavailable(tag));
+        return Transition::Unselect;
+    }
     let (counts, snap) = match view.open(&folder) {
         Ok(x) => x,
         Err(e) => {
@@ -157,11 +181,6 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // SELECT is read-write wherever something can change; what each STORE
     // may change is the permission table's business.
     let writable = rw && (folder.writable_source().is_some() || folder.trash);
-    let a = user.audit(conn, if rw { "select" } else { "examine" }).mailbox(&folder.mailbox).folder(folder.audit_name());
-    if !conn.audit_only(a).await {
-        io.status(unavailable(tag));
-        return Transition::Unselect;
-    }
     let (msgs, seen) = snap;
     let may = |r: Right| view.may(&folder, r);
     let system = [Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
@@ -175,7 +194,11 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     if tracks {
         defined.extend(HANDLING_KEYWORDS.iter().filter_map(|k| Flag::try_from(*k).ok()));
     }
-    io.data(Data::Flags(defined));
+    // And every keyword the folder's messages carry (RFC 3501 §7.2.6).
+    let mut defined: Vec<String> = defined.iter().map(flag_string).collect();
+    let more = Selected::new_keywords(&defined, msgs.iter().map(|(_, m)| m));
+    defined.extend(more);
+    io.data(Data::Flags(defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok()).map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
     let mut perm: Vec<FlagPerm<'static>> = Vec::new();
     if writable && !folder.trash {
         perm.push(FlagPerm::Flag(Flag::Seen));
@@ -208,7 +231,7 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // lets only CONDSTORE servers send it).
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
-    Transition::Select(Box::new(Selected { folder, writable, msgs, seen }))
+    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined }))
 }
 
 fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {

@@ -101,6 +101,26 @@ pub struct Selected {
     /// see the same (see `imap::shared`), copied when this one diverges.
     pub msgs: Arc<Entries>,
     pub seen: HashSet<u32>,
+    /// The flags and keywords last announced in `* FLAGS`: a keyword a
+    /// message gets that is not among them is announced before the
+    /// message's FETCH shows it (RFC 3501 §7.2.6).
+    pub defined: Vec<String>,
+}
+
+impl Selected {
+    /// Keywords on `msgs` not yet in `defined` (each once).
+    pub fn new_keywords<'a>(defined: &[String], msgs: impl Iterator<Item = &'a Arc<crate::store::MessageMeta>>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for m in msgs {
+            for f in &m.flags {
+                let known = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(f));
+                if !f.starts_with('\\') && !known(defined) && !known(&out) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Selected {

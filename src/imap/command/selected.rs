@@ -51,7 +51,8 @@ pub async fn handle(
     body: CommandBody<'static>,
     allowed: Option<Allowed>,
 ) -> Result<Transition, IoError> {
-    // The table covers every command below but SEARCH, CLOSE and UNSELECT.
+    // The table covers every command below but SEARCH, CLOSE (checked
+    // only when it may hide) and UNSELECT.
     let needs_check = !matches!(body, CommandBody::Search { .. } | CommandBody::Close | CommandBody::Unselect);
     let allowed = match (needs_check, allowed) {
         (false, a) => a,
@@ -59,7 +60,18 @@ pub async fn handle(
         (true, None) => return Ok(super::authenticated::refuse_unchecked(io, tag)),
     };
     match body {
-        CommandBody::Unselect | CommandBody::Close => {
+        CommandBody::Close => {
+            // With the delete right, \Deleted messages are hidden, silently.
+            if let Some(a) = allowed {
+                if let Err(e) = hide_deleted(conn, user, sel, &a, None).await {
+                    io.status(serverbug(tag, &e));
+                    return Ok(Transition::Unselect);
+                }
+            }
+            io.status(ok(tag, "no folder selected now"));
+            return Ok(Transition::Unselect);
+        }
+        CommandBody::Unselect => {
             io.status(ok(tag, "no folder selected now"));
             return Ok(Transition::Unselect);
         }
@@ -108,6 +120,14 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
             return;
         }
     };
+    if !Arc::ptr_eq(&sel.msgs, &new) {
+        let more = Selected::new_keywords(&sel.defined, new.iter().map(|(_, m)| m));
+        if !more.is_empty() {
+            sel.defined.extend(more);
+            let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
+            io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
+        }
+    }
     if Arc::ptr_eq(&sel.msgs, &new) {
         // The very list this session holds (the usual case when a
         // change elsewhere woke it): only this user's \Seen can differ.
@@ -399,24 +419,35 @@ async fn expunge(
     allowed: Allowed,
     set: Option<SequenceSet>,
 ) {
-    let Some(sfolder) = sel.folder.store_folder else {
-        return io.status(ok(tag, "EXPUNGE done"));
-    };
+    if let Err(e) = hide_deleted(conn, user, sel, &allowed, set.as_ref()).await {
+        return io.status(serverbug(tag, &e));
+    }
+    refresh(user, sel, io, true, &HashSet::new());
+    io.status(ok(tag, "EXPUNGE done"));
+}
+
+/// Hide the selected folder's messages marked `\Deleted` (those in `set`,
+/// if given): EXPUNGE, UID EXPUNGE, CLOSE.
+async fn hide_deleted(
+    conn: &Conn,
+    user: &Authed,
+    sel: &Selected,
+    allowed: &Allowed,
+    set: Option<&SequenceSet>,
+) -> Result<(), crate::store::StoreError> {
+    let Some(sfolder) = sel.folder.store_folder else { return Ok(()) };
     let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
     let uids: Vec<u32> = sel
         .msgs
         .iter()
         .filter(|(_, m)| m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
-        .filter(|(u, _)| set.as_ref().is_none_or(|s| search::in_set(s, *u, max_uid)))
+        .filter(|(u, _)| set.is_none_or(|s| search::in_set(s, *u, max_uid)))
         .map(|(u, _)| *u)
         .collect();
-    if !uids.is_empty() {
-        let mailbox = allowed.mailbox().to_string();
-        let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone() };
-        if let Err(e) = user.record(conn, "expunge", &mailbox, sfolder, uids, ch).await {
-            return io.status(serverbug(tag, &e));
-        }
+    if uids.is_empty() {
+        return Ok(());
     }
-    refresh(user, sel, io, true, &HashSet::new());
-    io.status(ok(tag, "EXPUNGE done"));
+    let mailbox = allowed.mailbox().to_string();
+    let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone() };
+    user.record(conn, "expunge", &mailbox, sfolder, uids, ch).await
 }
