@@ -141,6 +141,7 @@ fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: 
         metas: old.map(|o| o.metas.clone()).unwrap_or_default(),
         overdue_after: cfg.pec.overdue_after,
         rules: sh.rules.clone(),
+        recent: old.map(|o| o.recent.clone()).unwrap_or_default(),
         mailbox_addresses: Arc::new(cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect()),
     })
 }

@@ -154,14 +154,14 @@ pub fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
 
 /// An unsolicited `* n FETCH (UID u FLAGS (...))` for the message at index
 /// `i` of the selected folder.
-pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &MessageMeta, seen: bool) {
-    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen))];
+pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &MessageMeta, seen: bool, recent: bool) {
+    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen, recent))];
     if let Ok(items) = Vec1::try_from(items) {
         io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
     }
 }
 
-pub fn flags_of(meta: &MessageMeta, seen: bool) -> Vec<FlagFetch<'static>> {
+pub fn flags_of(meta: &MessageMeta, seen: bool, recent: bool) -> Vec<FlagFetch<'static>> {
     let mut out: Vec<FlagFetch<'static>> = meta
         .flags
         .iter()
@@ -174,6 +174,9 @@ pub fn flags_of(meta: &MessageMeta, seen: bool) -> Vec<FlagFetch<'static>> {
     if seen {
         out.push(FlagFetch::Flag(Flag::Seen));
     }
+    if recent {
+        out.push(FlagFetch::Recent);
+    }
     out
 }
 
@@ -182,6 +185,7 @@ pub fn message_items(
     uid: u32,
     meta: &MessageMeta,
     seen: bool,
+    recent: bool,
     newly_seen: bool,
     raw: Option<&[u8]>,
 ) -> Vec<MessageDataItem<'static>> {
@@ -193,7 +197,7 @@ pub fn message_items(
             MessageDataItemName::Uid => MessageDataItem::Uid(nz(uid)),
             MessageDataItemName::Flags => {
                 flags_sent = true;
-                MessageDataItem::Flags(flags_of(meta, seen))
+                MessageDataItem::Flags(flags_of(meta, seen, recent))
             }
             MessageDataItemName::InternalDate => {
                 let d = meta.internal_date.fixed_offset();
@@ -246,7 +250,7 @@ pub fn message_items(
         out.push(item);
     }
     if newly_seen && !flags_sent {
-        out.push(MessageDataItem::Flags(flags_of(meta, true)));
+        out.push(MessageDataItem::Flags(flags_of(meta, true, recent)));
     }
     out
 }

@@ -23,6 +23,8 @@ pub struct Candidate<'a> {
     pub uid: u32,
     pub meta: &'a MessageMeta,
     pub seen: bool,
+    /// This session is the first to see it (`\\Recent`).
+    pub recent: bool,
     /// Highest sequence number and UID in the folder (for `*`).
     pub max_seq: u32,
     pub max_uid: u32,
@@ -83,6 +85,7 @@ pub fn run(
     store: &Store,
     msgs: &[(u32, std::sync::Arc<MessageMeta>)],
     seen: &HashSet<u32>,
+    recent: &HashSet<u32>,
     keys: &[SearchKey<'_>],
     by_uid: bool,
 ) -> Vec<u32> {
@@ -117,6 +120,7 @@ pub fn run(
             uid: *u,
             meta,
             seen: seen.contains(u),
+            recent: recent.contains(u),
             max_seq,
             max_uid,
         };
@@ -206,9 +210,9 @@ pub fn matches(
         SearchKey::Unflagged => !has("\\Flagged"),
         SearchKey::Seen => c.seen,
         SearchKey::Unseen => !c.seen,
-        SearchKey::New => false,
-        SearchKey::Old => true,
-        SearchKey::Recent => false,
+        SearchKey::New => c.recent && !c.seen,
+        SearchKey::Old => !c.recent,
+        SearchKey::Recent => c.recent,
         SearchKey::Keyword(k) => has(k.as_ref()),
         SearchKey::Unkeyword(k) => !has(k.as_ref()),
         SearchKey::Larger(n) => c.meta.size > u64::from(*n),
@@ -263,7 +267,7 @@ mod tests {
             source_uid: None,
             trash_uid: None,
         };
-        let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, max_seq: 1, max_uid: 1 };
+        let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, recent: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);
         matches(key, &c, Source { fields: Some(&f), raw: None }, &[])
     }

@@ -77,6 +77,7 @@ async fn start(inbox: usize) -> Client {
         metas: Default::default(),
         overdue_after: None,
         rules: Default::default(),
+        recent: Default::default(),
         mailbox_addresses: Arc::new([("prot".to_string(), "protocollo@pec.example.it".to_string())].into()),
     });
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -232,7 +233,7 @@ async fn read_only_users_keep_their_own_seen() {
     assert!(r.contains("[READ-WRITE]"), "{r}");
     assert!(r.contains("[PERMANENTFLAGS (\\Seen)]"), "{r}");
     let r = c.cmd("a", "STORE 1 +FLAGS (\\Seen)").await;
-    assert!(r.contains("a OK") && r.contains("FLAGS (\\Seen)"), "{r}");
+    assert!(r.contains("a OK") && r.contains("FLAGS (\\Seen"), "{r}");
     let r = c.cmd("b", "STORE 1 +FLAGS (\\Flagged)").await;
     assert!(tagged_line(&r, "b").starts_with("b NO [NOPERM]"), "{r}");
     let r = c.cmd("f", "FETCH 2 BODY[]").await;
@@ -357,4 +358,30 @@ async fn append_into_the_selected_folder() {
     let okat = r.find("a OK").unwrap_or(0);
     assert!(exists < okat, "{r}");
     assert!(r.contains(&format!("[APPENDUID {uv} 1]")), "{r}");
+}
+
+/// Issue 22 item 5: `\Recent` — a message is recent in the first session
+/// that sees it; SEARCH NEW/RECENT find it there.
+#[tokio::test]
+async fn recent_goes_to_the_first_session_that_sees_a_message() {
+    let mut a = start(2).await;
+    a.login("mario").await;
+    let r = a.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.contains("* 2 RECENT"), "{r}");
+    let mut b = a.another().await;
+    b.login("mario").await;
+    let r = b.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.contains("* 0 RECENT"), "{r}");
+    assert!(a.cmd("x", "SELECT prot/Sent").await.contains("* 0 RECENT"));
+    let own = "From: protocollo@pec.example.it\r\nSubject: s\r\n\r\nb\r\n";
+    b.send(format!("p APPEND prot/Sent {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
+    assert!(b.tagged("p").await.contains("p OK"));
+    let r = a.cmd("n", "NOOP").await;
+    assert!(r.contains("* 1 EXISTS") && r.contains("* 1 RECENT"), "{r}");
+    let r = a.cmd("q", "SEARCH NEW").await;
+    assert!(r.contains("* SEARCH 1\r\n"), "{r}");
+    let r = a.cmd("f", "FETCH 1 FLAGS").await;
+    assert!(r.contains("\\Recent"), "{r}");
+    let r = b.cmd("t", "STATUS prot/Sent (RECENT)").await;
+    assert!(r.contains("RECENT 0"), "{r}");
 }

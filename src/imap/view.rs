@@ -157,6 +157,8 @@ pub struct View {
     pub rules: LiveRules,
     /// Where snapshots share their entries with other sessions'.
     pub metas: Arc<SharedMetas>,
+    /// Which messages some session was told about (`\\Recent`).
+    pub recent: Option<Arc<super::RecentMarks>>,
 }
 
 impl View {
@@ -167,10 +169,16 @@ impl View {
             overdue_after: None,
             rules: LiveRules::default(),
             metas: Arc::default(),
+            recent: None,
         }
     }
 
     /// Share snapshot entries through `metas` (one table per server).
+    pub fn with_recent(mut self, recent: Arc<super::RecentMarks>) -> View {
+        self.recent = Some(recent);
+        self
+    }
+
     pub fn with_shared(mut self, metas: Arc<SharedMetas>) -> View {
         self.metas = metas;
         self
@@ -429,6 +437,23 @@ impl View {
             }
         }
         Ok(None)
+    }
+
+    /// The UIDs among `uids` of `f` no session of this user was told
+    /// about yet, now told (`\\Recent`).
+    pub fn recent_claim(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
+        match &self.recent {
+            Some(r) => r.claim(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            None => HashSet::new(),
+        }
+    }
+
+    /// How many of `uids` would be recent (STATUS), without telling.
+    pub fn recent_count(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> u32 {
+        match &self.recent {
+            Some(r) => r.count(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            None => 0,
+        }
     }
 
     /// Where each Trash UID came from: (folder, UID there).

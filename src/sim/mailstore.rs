@@ -116,6 +116,7 @@ impl MailStore {
             overdue_after: None,
             rules: Default::default(),
             mailbox_addresses: Default::default(),
+            recent: Default::default(),
         });
         let tasks = crate::imap::start(ctx, shutdown).await.map_err(|e| SimError::Bind {
             addr: cfg.imap_listen.clone(),

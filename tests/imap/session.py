@@ -65,6 +65,8 @@ want = [
     '(\\HasNoChildren) "/" prot/Receipts',
     '(\\HasNoChildren) "/" prot/Anomalies',
     '(\\HasNoChildren) "/" prot/Undelivered',
+    # mario holds delete: what is hidden is listed in Trash (issue 13).
+    '(\\HasNoChildren \\Trash) "/" prot/Trash',
     '(\\HasNoChildren) "/" "prot/To handle"',
     '(\\HasNoChildren) "/" prot/Mine',
     '(\\HasNoChildren) "/" prot/Done',
@@ -128,12 +130,13 @@ check(search(mario, "FROM", "mittente2", "BODY", "parola2") == ["2"], "SEARCH FR
 
 # --- permission matrix: read-only user ---
 ro = connect("ro")
-try:
-    ro.select("prot/INBOX")
-    check(False, "SELECT by a read-only user is READ-ONLY")
-except imaplib.IMAP4.readonly:
-    ro.is_readonly = True  # let imaplib keep talking to a read-only folder
-    check(True, "SELECT by a read-only user is READ-ONLY")
+# A read-only user may keep their own \Seen (RFC 4314's s right, issue
+# 13): the folder opens read-write with PERMANENTFLAGS (\Seen) alone, and
+# every shared change is refused below.
+typ, _ = ro.select("prot/INBOX")
+perm = ro.untagged_responses.get("OK", [])
+check(typ == "OK" and any(b"[PERMANENTFLAGS (\\Seen)]" in p for p in perm),
+      "SELECT by a read-only user offers only \\Seen", perm)
 before = flags_of(ro, 2)
 typ, data = ro.store("2", "+FLAGS", "(\\Deleted)")
 check(typ == "NO", "read-only STORE refused", data)
@@ -186,6 +189,8 @@ check(re.match(rb"\* 1 EXISTS", line) is not None and time.monotonic() - t0 < 1.
 anna.sock.settimeout(None)
 anna.send(b"DONE\r\n")
 line = anna.readline()
+while line.startswith(b"* "):  # untagged news (\\Recent) may precede it
+    line = anna.readline()
 check(line.startswith(tag + b" OK"), "IDLE DONE", line)
 check("\\Seen" not in flags_of(anna, 1), "APPEND's \\Seen is mario's only")
 

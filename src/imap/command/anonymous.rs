@@ -64,6 +64,7 @@ pub fn new_view(conn: &Conn, user: Arc<User>) -> View {
         .with_overdue_after(conn.ctx.overdue_after)
         .with_rules(conn.ctx.rules())
         .with_shared(conn.ctx.metas.clone())
+        .with_recent(conn.ctx.recent.clone())
 }
 
 async fn login(conn: &Conn, tag: Tag<'static>, name: String, password: String) -> (Status<'static>, Transition) {

@@ -221,7 +221,8 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     }
     io.status(untagged(StatusKind::Ok, Some(Code::PermanentFlags(perm)), "flags"));
     io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-    io.data(Data::Recent(0));
+    let recent = view.recent_claim(&folder, msgs.iter().map(|m| m.0));
+    io.data(Data::Recent(u32::try_from(recent.len()).unwrap_or(u32::MAX)));
     if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
     }
@@ -231,7 +232,7 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // lets only CONDSTORE servers send it).
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
-    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined }))
+    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent }))
 }
 
 fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
@@ -304,15 +305,16 @@ fn status(io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, na
         Ok(f) => f,
         Err(_) => return io.status(no(tag, "no such folder")),
     };
-    let c = match view.counts(&folder) {
+    let (c, snap) = match view.open(&folder) {
         Ok(c) => c,
         Err(e) => return io.status(serverbug(tag, &e)),
     };
+    let recent = view.recent_count(&folder, snap.0.iter().map(|m| m.0));
     let items: Vec<StatusDataItem> = names
         .iter()
         .filter_map(|n| match n {
             StatusDataItemName::Messages => Some(StatusDataItem::Messages(c.exists)),
-            StatusDataItemName::Recent => Some(StatusDataItem::Recent(0)),
+            StatusDataItemName::Recent => Some(StatusDataItem::Recent(recent)),
             StatusDataItemName::UidNext => Some(StatusDataItem::UidNext(nz(c.uidnext))),
             StatusDataItemName::UidValidity => Some(StatusDataItem::UidValidity(nz(c.uidvalidity))),
             StatusDataItemName::Unseen => Some(StatusDataItem::Unseen(c.unseen)),

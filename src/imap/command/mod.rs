@@ -105,6 +105,8 @@ pub struct Selected {
     /// message gets that is not among them is announced before the
     /// message's FETCH shows it (RFC 3501 §7.2.6).
     pub defined: Vec<String>,
+    /// Messages this session is the first to see (`\\Recent`).
+    pub recent: HashSet<u32>,
 }
 
 impl Selected {

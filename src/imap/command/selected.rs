@@ -135,7 +135,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
             for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
                 let is_seen = seen.contains(uid);
                 if sel.seen.contains(uid) != is_seen && !quiet.contains(uid) {
-                    flags_update(io, i, *uid, meta, is_seen);
+                    flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(uid));
                 }
             }
         }
@@ -161,7 +161,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         if m.flags != meta.flags || was_seen != is_seen {
             *meta = Arc::clone(m);
             if !quiet.contains(uid) {
-                flags_update(io, i, *uid, meta, is_seen);
+                flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(uid));
             }
         }
     }
@@ -170,6 +170,11 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
     if msgs.len() != before {
         io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
+        let fresh = user.view.recent_claim(&sel.folder, msgs[before..].iter().map(|m| m.0));
+        if !fresh.is_empty() {
+            sel.recent.extend(fresh);
+            io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));
+        }
     }
     // Back to the shared list when this session shows what it holds.
     if shared::same(msgs, &new) {
@@ -289,7 +294,7 @@ async fn fetch(
             } else {
                 None
             };
-            let items = message_items(&names, *u, &meta, seen, newly_seen.contains(u), raw.as_deref());
+            let items = message_items(&names, *u, &meta, seen, sel.recent.contains(u), newly_seen.contains(u), raw.as_deref());
             if let Ok(items) = Vec1::try_from(items) {
                 io.data(Data::Fetch { seq: nz(*seq), items });
             }
@@ -401,8 +406,9 @@ async fn store(
 async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, keys: &[SearchKey<'static>], uid: bool) {
     // One blocking task for the whole folder: the keys may read the
     // store for every message.
-    let (store, msgs, seen, keys) = (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), keys.to_vec());
-    let hits = match tokio::task::spawn_blocking(move || search::run(&store, &msgs, &seen, &keys, uid)).await {
+    let (store, msgs, seen, recent, keys) =
+        (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let hits = match tokio::task::spawn_blocking(move || search::run(&store, &msgs, &seen, &recent, &keys, uid)).await {
         Ok(h) => h,
         Err(e) => return io.status(serverbug(tag, &e)),
     };
