@@ -44,23 +44,9 @@ pub const UNDELIVERED: &str = "Undelivered";
 /// The virtual folder of hidden messages (users with `delete` only).
 pub const TRASH: &str = "Trash";
 
-/// The keywords that show a sent message's PEC delivery state (see
-/// `pec::reconcile::SentMessage::keywords`). The gateway computes them;
-/// clients can neither set nor clear them.
-pub const PEC_KEYWORDS: [&str; 7] = [
-    "$PecAccepted",
-    "$PecNotAccepted",
-    "$PecDelivered",
-    "$PecPartiallyDelivered",
-    "$PecFailed",
-    "$PecOverdue",
-    "$PecWarned",
-];
-
-/// Is `flag` one of the gateway's computed `$Pec*` keywords?
-pub fn is_pec_keyword(flag: &str) -> bool {
-    flag.len() > 4 && flag.as_bytes()[..4].eq_ignore_ascii_case(b"$pec")
-}
+/// The gateway's computed `$Pec*` keywords live in `pec`; re-exported for
+/// the session code.
+pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 
 /// A folder's messages in UID order (flags include the computed `$Pec*`
 /// keywords), shared with other sessions (see [`super::shared`]), and the
