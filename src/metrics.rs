@@ -5,8 +5,9 @@
 //! (archive totals, sent-message reconciliation) and the journal (every
 //! login and every archived message's PEC kind is an audit record). Reading
 //! them when Prometheus asks keeps the other modules free of metric calls;
-//! only the open-session gauge needs a call from protocol code
-//! ([`Metrics::imap_sessions_open`]).
+//! what only protocol code sees (open sessions, commands, submissions,
+//! throttled logins) it counts in [`crate::counters`], which every scrape
+//! includes.
 //!
 //! Naming follows Prometheus conventions: `pecgate_` prefix, base units
 //! (`_bytes`, `_seconds`), `_total` for counters. Counters taken from the
@@ -15,7 +16,7 @@
 //! archive's history.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use chrono::Utc;
 use prometheus::core::Collector;
@@ -24,6 +25,7 @@ use prometheus::{
 };
 
 use crate::audit::Tail;
+use crate::counters;
 use crate::pec::reconcile::{Overall, RecipientStatus};
 use crate::store::{Event, Record, Store};
 use crate::upstream::StatusBoard;
@@ -40,33 +42,8 @@ pub enum MetricsError {
 /// Protocols whose logins are counted (series exist at zero from the start,
 /// so alerts and dashboards see them before the first login).
 const LOGIN_PROTOCOLS: [&str; 2] = ["imap", "smtp"];
-/// Outcomes of [`Metrics::smtp_submissions`].
-pub const SMTP_OUTCOMES: [&str; 4] = ["accepted", "temporary", "rejected", "refused"];
 /// Signature outcomes counted as failures.
 const SIGNATURE_FAILURES: [&str; 2] = ["invalid", "unknown-signer"];
-
-/// One open SMTP connection in [`Metrics::smtp_sessions_open`]; dropping
-/// it (however the connection task ends) releases it.
-pub struct SmtpSessionGuard(());
-
-impl SmtpSessionGuard {
-    pub fn new() -> SmtpSessionGuard {
-        Metrics::smtp_sessions_open().inc();
-        SmtpSessionGuard(())
-    }
-}
-
-impl Default for SmtpSessionGuard {
-    fn default() -> Self {
-        SmtpSessionGuard::new()
-    }
-}
-
-impl Drop for SmtpSessionGuard {
-    fn drop(&mut self) {
-        Metrics::smtp_sessions_open().dec();
-    }
-}
 
 /// Counts of journal events, accumulated by a [`Tail`].
 #[derive(Debug, Default)]
@@ -204,80 +181,10 @@ impl Metrics {
         &self.store
     }
 
-    /// Open client IMAP sessions (process-wide). Protocol code increments it
-    /// when a session starts and decrements it when the session ends.
-    pub fn imap_sessions_open() -> &'static IntGauge {
-        static G: OnceLock<IntGauge> = OnceLock::new();
-        G.get_or_init(|| {
-            IntGauge::new(
-                "pecgate_imap_sessions_open",
-                "Client IMAP sessions currently open.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Open client SMTP submission connections (process-wide), from accept
-    /// to close. The SMTP server holds an [`SmtpSessionGuard`] per
-    /// connection.
-    pub fn smtp_sessions_open() -> &'static IntGauge {
-        static G: OnceLock<IntGauge> = OnceLock::new();
-        G.get_or_init(|| {
-            IntGauge::new(
-                "pecgate_smtp_sessions_open",
-                "Client SMTP submission connections currently open.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Submissions by outcome: `accepted` (the provider took it),
-    /// `temporary` (provider unreachable, slow or 4xx: the client got 451),
-    /// `rejected` (the provider answered 5xx), `refused` (pecgate itself
-    /// refused it: no send right, unknown sender, forged From). Every
-    /// outcome series exists from the start, at zero.
-    pub fn smtp_submissions() -> &'static IntCounterVec {
-        static C: OnceLock<IntCounterVec> = OnceLock::new();
-        C.get_or_init(|| {
-            let c = IntCounterVec::new(
-                Opts::new(
-                    "pecgate_smtp_submissions_total",
-                    "SMTP submissions by outcome (accepted, temporary, rejected by the provider, refused by pecgate).",
-                ),
-                &["outcome"],
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"));
-            for o in SMTP_OUTCOMES {
-                c.with_label_values(&[o]);
-            }
-            c
-        })
-    }
-
-    /// Client commands by protocol and name (`protocol="imap"`,
-    /// `command="FETCH"`). Protocol code increments it per command.
+    /// [`counters::commands`], for the IMAP session code that still
+    /// counts through here.
     pub fn commands() -> &'static IntCounterVec {
-        static C: OnceLock<IntCounterVec> = OnceLock::new();
-        C.get_or_init(|| {
-            IntCounterVec::new(
-                Opts::new("pecgate_client_commands_total", "Client commands received, by protocol and command name."),
-                &["protocol", "command"],
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Logins that were made to wait because of earlier failures for the
-    /// same user name or source address (password guessing slows down).
-    pub fn throttled_logins() -> &'static prometheus::IntCounter {
-        static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
-        C.get_or_init(|| {
-            prometheus::IntCounter::new(
-                "pecgate_throttled_logins_total",
-                "Login attempts delayed by the throttle after earlier failures.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
+        counters::commands()
     }
 
     /// The text exposition format (what `/metrics` serves). Blocking: reads
@@ -317,12 +224,12 @@ impl Metrics {
             "Start time of the process, unix seconds.",
         )?
         .set(self.started);
-        r.add(Metrics::imap_sessions_open().clone())?;
-        r.add(Metrics::smtp_sessions_open().clone())?;
-        r.add(Metrics::smtp_submissions().clone())?;
+        r.add(counters::imap_sessions_open().clone())?;
+        r.add(counters::smtp_sessions_open().clone())?;
+        r.add(counters::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
-        r.add(Metrics::commands().clone())?;
-        r.add(Metrics::throttled_logins().clone())?;
+        r.add(counters::commands().clone())?;
+        r.add(counters::throttled_logins().clone())?;
 
         // The store.
         let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;
