@@ -368,8 +368,8 @@ async fn audit_query(
             &format!("cannot audit the query: {e}"),
         );
     }
-    let dir = st.metrics.store().journal_dir();
-    match tokio::task::spawn_blocking(move || audit::query(&dir, &filter, |_, _| {})).await {
+    let journal = st.metrics.store().journal();
+    match tokio::task::spawn_blocking(move || audit::query(&journal, &filter, |_, _| {})).await {
         Ok(Ok(found)) => {
             let truncated = found.len() > AUDIT_LIMIT;
             let records: Vec<Value> = found

@@ -24,10 +24,9 @@ use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::audit::Tail;
 use crate::counters;
 use crate::pec::reconcile::{Overall, RecipientStatus};
-use crate::store::{Event, Record, Store};
+use crate::store::{Event, JournalReader, Record, Store};
 use crate::upstream::StatusBoard;
 
 /// Why metrics could not be produced.
@@ -45,10 +44,10 @@ const LOGIN_PROTOCOLS: [&str; 2] = ["imap", "smtp"];
 /// Signature outcomes counted as failures.
 const SIGNATURE_FAILURES: [&str; 2] = ["invalid", "unknown-signer"];
 
-/// Counts of journal events, accumulated by a [`Tail`].
-#[derive(Debug, Default)]
+/// Counts of journal events, accumulated by following the journal.
+#[derive(Debug)]
 struct EventCounts {
-    tail: Tail,
+    journal: JournalReader,
     /// (protocol, `ok`|`failed`) → logins.
     logins: BTreeMap<(String, String), u64>,
     /// (mailbox, kind) → archived messages (duplicates excluded).
@@ -62,6 +61,16 @@ struct EventCounts {
 }
 
 impl EventCounts {
+    fn new(journal: JournalReader) -> EventCounts {
+        EventCounts {
+            journal,
+            logins: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            signature_failures: BTreeMap::new(),
+            sent_changed: BTreeMap::new(),
+        }
+    }
+
     fn add(&mut self, r: &Record) {
         if r.op == "login" {
             let outcome = if r.outcome == "ok" { "ok" } else { "failed" };
@@ -159,9 +168,9 @@ impl Metrics {
     pub fn new(board: StatusBoard, store: Store) -> Metrics {
         Metrics {
             board: RwLock::new(board),
+            events: Mutex::new(EventCounts::new(store.journal())),
             store,
             started: Utc::now().timestamp_micros() as f64 / 1e6,
-            events: Mutex::new(EventCounts::default()),
             sent: Mutex::new(BTreeMap::new()),
         }
     }
@@ -234,15 +243,15 @@ impl Metrics {
         // The store.
         let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;
         failed.set(i64::from(self.store.failure().is_some()));
-        let dir = self.store.dir();
-        if let Ok(free) = fs2::available_space(dir) {
+        let (free, total) = self.store.disk_space();
+        if let Some(free) = free {
             r.gauge(
                 "pecgate_store_free_bytes",
                 "Space available to pecgate on the archive's file system.",
             )?
             .set(free as f64);
         }
-        if let Ok(total) = fs2::total_space(dir) {
+        if let Some(total) = total {
             r.gauge(
                 "pecgate_store_size_bytes",
                 "Size of the archive's file system.",
@@ -591,12 +600,11 @@ impl Metrics {
             return Ok(());
         };
         let ev = &mut *ev;
-        let dir = self.store.journal_dir();
-        let mut counts = std::mem::take(&mut ev.tail);
-        if let Err(e) = counts.read_new(&dir, |rec| ev.add(rec)) {
+        let mut journal = ev.journal.clone();
+        if let Err(e) = journal.read_new(|rec, _| ev.add(rec)) {
             tracing::warn!(error = %e, "metrics: reading the journal");
         }
-        ev.tail = counts;
+        ev.journal = journal;
         for ((p, o), n) in &ev.logins {
             logins
                 .with_label_values(&[p.as_str(), o.as_str()])

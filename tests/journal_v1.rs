@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pecgate::store::{Store, StoreOptions};
+use pecgate::store::{decode_line, encode_line, JournalReader, Store, StoreOptions};
 use serde_json::{json, Value};
 
 fn fixture() -> PathBuf {
@@ -33,7 +33,7 @@ fn lines() -> Vec<String> {
 #[test]
 fn old_journal_verifies() {
     let d = data_dir();
-    let v = pecgate::audit::verify(&d.path().join("journal")).unwrap();
+    let v = pecgate::audit::verify(&JournalReader::open_read_only(d.path())).unwrap();
     assert_eq!(v.broken, None);
     assert_eq!((v.records, v.segments), (23, 2));
     assert_eq!(v.head, "ab32f588f87af32442470064bcf3190998622c51d1459e74c481e9bea453074d");
@@ -46,8 +46,8 @@ fn old_records_re_encode_to_the_same_lines() {
     let lines = lines();
     assert_eq!(lines.len(), 23);
     for line in &lines {
-        let (rec, hash) = pecgate::store::journal::decode_line(line).unwrap();
-        let (again, hash2) = pecgate::store::journal::encode_line(&rec);
+        let (rec, hash) = decode_line(line).unwrap();
+        let (again, hash2) = encode_line(&rec);
         assert_eq!(&again, line);
         assert_eq!(hash, hash2);
     }

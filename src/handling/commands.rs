@@ -12,7 +12,7 @@ use super::register::{self, Register, Row};
 use super::rules::{Facts, Rules};
 use super::{Action, Transition};
 use crate::config::Config;
-use crate::store::{self, Audit, Change, FlagOp, Store};
+use crate::store::{Audit, Change, FlagOp, JournalReader, Store};
 
 /// Which rule matches `file` and why, for each mailbox (or one).
 pub fn rules_test(cfg: &Config, file: &Path, mailbox: Option<&str>) -> anyhow::Result<String> {
@@ -189,20 +189,13 @@ impl ReportFilter {
     }
 }
 
-/// The register from the journal (so it runs beside the daemon).
+/// The register from the journal of the archive in `data_dir`, read-only
+/// (so it runs beside the daemon).
 pub fn report_rows(data_dir: &Path, filter: &ReportFilter, now: DateTime<Utc>) -> anyhow::Result<Vec<Row>> {
-    let jdir = data_dir.join("journal");
+    let journal = JournalReader::open_read_only(data_dir);
     let mut reg = Register::default();
-    for line in store::journal::read_all(&jdir).with_context(|| format!("reading {}", jdir.display()))? {
-        let line = line.with_context(|| format!("reading {}", jdir.display()))?;
-        match line.parsed {
-            Ok((rec, _)) => reg.apply(&rec),
-            Err(e) => bail!(
-                "journal {} line {}: {e}; run `pecgate audit verify`",
-                line.segment,
-                line.line_no
-            ),
-        }
+    for rec in journal.records()? {
+        reg.apply(&rec?);
     }
     Ok(reg.rows(now, |r| filter.keep(r)))
 }
