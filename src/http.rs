@@ -322,7 +322,8 @@ async fn handling(st: &HttpState, user: &User, params: &HashMap<String, String>)
                     .and_then(|m| m.pec),
                 None => None,
             };
-            let row = register::Row::new(&mailbox, &hash, &h, &register::sender_subject(pec.as_ref()), now);
+            let meta = pec.as_ref().and_then(crate::store::StoredPec::meta);
+            let row = register::Row::new(&mailbox, &hash, &h, &register::sender_subject(meta), now);
             if office.as_deref().is_none_or(|o| o == register::row_office(&row)) {
                 rows.push(row);
             }

@@ -26,7 +26,7 @@ use prometheus::{
 
 use crate::counters;
 use crate::pec::reconcile::{Overall, RecipientStatus};
-use crate::store::{Event, JournalReader, Record, Store};
+use crate::store::{Event, JournalReader, Record, Store, StoredPec};
 use crate::upstream::StatusBoard;
 
 /// Why metrics could not be produced.
@@ -86,17 +86,15 @@ impl EventCounts {
             ..
         } = &r.event
         {
-            if pec.is_some() {
+            // Metadata this version does not understand counts as none.
+            let meta = pec.as_ref().and_then(StoredPec::meta);
+            if meta.is_some() {
                 let seq = self.sent_changed.entry(mailbox.clone()).or_default();
                 *seq = (*seq).max(r.seq);
             }
-            let kind = pec
-                .as_ref()
-                .and_then(|p| p["classification"]["kind"]["type"].as_str())
-                .unwrap_or("unclassified")
-                .to_string();
-            *self.kinds.entry((mailbox.clone(), kind)).or_default() += 1;
-            if let Some(status) = pec.as_ref().and_then(|p| p["signature"]["status"].as_str()) {
+            let kind = meta.map(|m| m.classification.kind.as_str()).unwrap_or("unclassified");
+            *self.kinds.entry((mailbox.clone(), kind.to_string())).or_default() += 1;
+            if let Some(status) = meta.and_then(|m| m.signature.as_ref()).map(|s| s.as_str()) {
                 if SIGNATURE_FAILURES.contains(&status) {
                     *self
                         .signature_failures
@@ -676,5 +674,43 @@ impl Reg<'_> {
         labels: &[&str],
     ) -> Result<IntCounterVec, MetricsError> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counting events over the journal written by earlier code
+    /// (tests/data/journal-v1), from its typed PEC metadata.
+    #[test]
+    fn events_counted_from_an_old_journal() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/journal-v1");
+        let mut ev = EventCounts::new(JournalReader::open_read_only(&dir));
+        let mut journal = ev.journal.clone();
+        journal.read_new(|rec, _| ev.add(rec)).unwrap();
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(ev.logins, BTreeMap::from([(s("imap", "failed"), 1), (s("imap", "ok"), 1)]));
+        let kinds: Vec<_> = ev.kinds.iter().map(|((m, k), n)| (m.as_str(), k.as_str(), *n)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("protocollo", "accettazione", 1),
+                ("protocollo", "anomalia", 1),
+                ("protocollo", "avvenuta-consegna", 1),
+                ("protocollo", "errore-consegna", 1),
+                ("protocollo", "plain", 1),
+                ("protocollo", "posta-certificata", 1),
+                ("protocollo", "preavviso-errore-consegna", 1),
+                // The two records whose metadata is not understood.
+                ("protocollo", "unclassified", 2),
+            ]
+        );
+        assert_eq!(ev.signature_failures, BTreeMap::from([(s("protocollo", "invalid"), 1)]));
+        // The last archived message with metadata: the anomaly, record 13.
+        assert_eq!(ev.sent_changed.get("protocollo"), Some(&13));
+        // Nothing new: nothing counted twice.
+        journal.read_new(|rec, _| ev.add(rec)).unwrap();
+        assert_eq!(ev.kinds.values().sum::<u64>(), 9);
     }
 }

@@ -88,3 +88,40 @@ fn index_from_old_journal_has_the_same_state() {
         assert_eq!(std::fs::read(e.path()).unwrap(), std::fs::read(d.path().join("journal").join(e.file_name())).unwrap());
     }
 }
+
+/// The same state, typed: metadata reads as metadata, the two records whose
+/// `pec` this code does not understand read as messages without it (and
+/// keep their JSON, as the comparison above shows).
+#[test]
+fn old_pec_metadata_reads_typed() {
+    use pecgate::pec::reconcile::Overall;
+    use pecgate::pec::{PecKind, SignatureStatus};
+    use pecgate::store::StoredPec;
+    let d = data_dir();
+    let (st, _) = Store::open(d.path(), StoreOptions::default()).unwrap();
+    let mb = "protocollo";
+    let inbox = st.messages(mb, "INBOX").unwrap();
+    assert_eq!(inbox.len(), 3);
+    let env = inbox[0].1.pec_meta().expect("envelope metadata");
+    assert_eq!(env.classification.kind, PecKind::PostaCertificata);
+    assert!(matches!(env.signature, Some(SignatureStatus::Valid { .. })));
+    for (_, m) in &inbox[1..] {
+        assert!(matches!(m.pec, Some(StoredPec::Unrecognised(_))), "{:?}", m.pec);
+        assert_eq!(m.pec_meta(), None);
+    }
+    let sent = st.messages(mb, "Sent").unwrap();
+    let key = &sent[0].1.pec_meta().and_then(|p| p.sent.as_ref()).expect("sent info").key;
+    let state = st.sent_state(mb, key).unwrap().expect("reconciliation state");
+    assert_eq!(state.overall(), Overall::Accepted);
+    let receipts = st.messages(mb, "Receipts").unwrap();
+    let warned = receipts.iter().find_map(|(_, m)| m.pec_meta().filter(|p| p.classification.kind == PecKind::PreavvisoErroreConsegna));
+    assert!(matches!(warned.and_then(|p| p.signature.as_ref()), Some(SignatureStatus::Invalid { .. })));
+    st.close().unwrap();
+
+    // The handling register, read from the journal beside a store: sender and
+    // subject come from the typed daticert.
+    let rows = pecgate::handling::commands::report_rows(d.path(), &Default::default(), chrono::Utc::now()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].sender.as_deref(), Some("protocollo@pec.comune.example.it"));
+    assert!(rows[0].subject.as_deref().is_some_and(|s| s.contains("Sollecito")), "{:?}", rows[0].subject);
+}

@@ -109,12 +109,7 @@ pub async fn rules_apply(
     let actor = std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into());
     for (i, (uid, m)) in msgs.iter().enumerate() {
         progress(i as u64 + 1, total);
-        let kind = m
-            .pec
-            .as_ref()
-            .and_then(crate::pec::meta::PecMeta::from_value)
-            .map(|p| p.classification.kind)
-            .unwrap_or_default();
+        let kind = m.pec_meta().map(|p| p.classification.kind).unwrap_or_default();
         if !rules.tracks(mailbox, &kind) {
             continue;
         }

@@ -35,6 +35,7 @@ pub use blobs::BlobRef;
 pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
 pub use record::{Audit, Event, FlagOp, HandledItem, ProviderRef, Record};
+pub use crate::pec::meta::{PecMeta, StoredPec};
 
 use blobs::Blobs;
 use index::Index;
@@ -94,7 +95,7 @@ pub enum Change {
         internal_date: DateTime<Utc>,
         flags: Vec<String>,
         provider: Option<ProviderRef>,
-        pec: Option<serde_json::Value>,
+        pec: Option<StoredPec>,
         /// Track its handling from now, as the rules decided.
         handling: Option<crate::handling::Routing>,
     },
