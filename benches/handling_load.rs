@@ -107,7 +107,7 @@ fn archive(data: &Path, n: usize) -> Vec<String> {
                             internal_date: at,
                             flags: vec![],
                             provider: None,
-                            pec: Some(serde_json::to_value(&filing.meta).expect("pec meta json")),
+                            pec: Some(filing.meta.into()),
                             // As if no rule existed yet when they arrived:
                             // tracked, new, for anyone with the mailbox.
                             handling: Some(Routing::default()),

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::store::journal::{self, LineError, GENESIS};
+use crate::store::{decode_line, JournalReader, LineError, GENESIS};
 
 /// The outcome of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -39,14 +39,14 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Walk every segment of the journal in `journal_dir`, checking each line's
-/// hash, the link to the previous record and the sequence numbers.
-pub fn verify(journal_dir: &Path) -> std::io::Result<Verification> {
+/// Walk every segment of the journal, checking each line's hash, the link
+/// to the previous record and the sequence numbers.
+pub fn verify(journal: &JournalReader) -> std::io::Result<Verification> {
     let mut prev = GENESIS.to_string();
     let mut expected = 1u64;
     let mut records = 0u64;
     let mut segs = std::collections::BTreeSet::new();
-    for line in journal::read_all(journal_dir)? {
+    for line in journal.lines()? {
         let line = line?;
         segs.insert(line.segment.clone());
         let broken = |reason: String| Broken {
@@ -85,13 +85,13 @@ pub fn verify(journal_dir: &Path) -> std::io::Result<Verification> {
 // ---------------------------------------------------------------------------
 // Queries, exports and tailing.
 //
-// Queries read the journal files directly (not the daemon's store), so an
-// auditor can run them while the daemon is serving: the journal is
-// append-only and fsynced line by line, and a line without its `\n` is a
-// write in progress that is simply not read yet.
+// Queries read the journal read-only (`store::JournalReader`, not the
+// daemon's store), so an auditor can run them while the daemon is serving:
+// the journal is append-only and fsynced line by line, and a line without
+// its `\n` is a write in progress that is simply not read yet.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 
 use crate::store::Record;
 
@@ -157,43 +157,24 @@ pub struct Found {
 /// must not silently skip evidence). `progress` is called with the bytes
 /// read so far and the total, for a progress bar.
 pub fn scan(
-    journal_dir: &Path,
-    mut progress: impl FnMut(u64, u64),
+    journal: &JournalReader,
+    progress: impl FnMut(u64, u64),
     mut each: impl FnMut(Found) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
-    let segs = journal::segments(journal_dir)?;
-    let total: u64 = segs.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
-    let mut done = 0u64;
-    for (_, path) in segs {
-        let segment = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut r = BufReader::new(std::fs::File::open(&path)?);
-        let mut buf = Vec::new();
-        let mut line_no = 0u64;
-        loop {
-            buf.clear();
-            let n = r.read_until(b'\n', &mut buf)?;
-            if n == 0 || buf.last() != Some(&b'\n') {
-                break; // end, or a write in progress
-            }
-            line_no += 1;
-            done += n as u64;
-            let damaged = |reason: String| AuditError::Damaged { segment: segment.clone(), line: line_no, reason };
-            let text = std::str::from_utf8(&buf[..n - 1]).map_err(|_| damaged("not UTF-8".into()))?;
-            let (record, hash) = journal::decode_line(text).map_err(|e| damaged(e.to_string()))?;
-            each(Found { record, hash, line: text.to_string() })?;
-            if line_no.is_multiple_of(1024) {
-                progress(done, total);
-            }
-        }
-    }
-    progress(total, total);
-    Ok(())
+    journal.scan(progress, |line| {
+        let (record, hash) = line.parsed.map_err(|e| AuditError::Damaged {
+            segment: line.segment,
+            line: line.line_no,
+            reason: e.to_string(),
+        })?;
+        each(Found { record, hash, line: line.text })
+    })
 }
 
 /// The records matching `filter`, in journal order.
-pub fn query(journal_dir: &Path, filter: &Filter, progress: impl FnMut(u64, u64)) -> Result<Vec<Found>, AuditError> {
+pub fn query(journal: &JournalReader, filter: &Filter, progress: impl FnMut(u64, u64)) -> Result<Vec<Found>, AuditError> {
     let mut out = Vec::new();
-    scan(journal_dir, progress, |f| {
+    scan(journal, progress, |f| {
         if filter.matches(&f.record) {
             out.push(f);
         }
@@ -225,7 +206,7 @@ pub struct ExportHeader {
 /// `out`: a header line, then the journal lines verbatim. Records are
 /// appended in time order, so the range is contiguous in the chain.
 pub fn export(
-    journal_dir: &Path,
+    journal: &JournalReader,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     out: &mut impl Write,
@@ -234,7 +215,7 @@ pub fn export(
     let range = Filter { since, until, ..Filter::default() };
     let mut prev = GENESIS.to_string();
     let mut lines: Vec<Found> = Vec::new();
-    scan(journal_dir, progress, |f| {
+    scan(journal, progress, |f| {
         if range.in_range(&f.record) {
             lines.push(f);
         } else if lines.is_empty() {
@@ -276,7 +257,7 @@ pub fn verify_export(path: &Path) -> Result<ExportHeader, AuditError> {
     for (i, line) in lines.enumerate() {
         let line = line?;
         let at = i + 2;
-        let (rec, hash) = journal::decode_line(&line).map_err(|e| bad(format!("line {at}: {e}")))?;
+        let (rec, hash) = decode_line(&line).map_err(|e| bad(format!("line {at}: {e}")))?;
         if rec.prev != prev {
             return Err(bad(format!("line {at}: does not chain to the record before it")));
         }
@@ -294,50 +275,4 @@ pub fn verify_export(path: &Path) -> Result<ExportHeader, AuditError> {
         return Err(bad("the last record's hash is not the header's last_hash: records were removed at the end".into()));
     }
     Ok(header)
-}
-
-/// Reads records appended since the last call: for metrics that count
-/// events (logins, PEC kinds) from the audit trail instead of asking every
-/// component to count them. Keeps its position (segment, byte offset), so
-/// each call reads only new lines.
-#[derive(Debug, Default)]
-pub struct Tail {
-    segment: u64,
-    offset: u64,
-}
-
-impl Tail {
-    pub fn new() -> Tail {
-        Tail::default()
-    }
-
-    /// Call `each` for every complete, valid record after the position.
-    /// A damaged line is skipped here (`audit verify` reports it).
-    pub fn read_new(&mut self, journal_dir: &Path, mut each: impl FnMut(&Record)) -> std::io::Result<()> {
-        for (no, path) in journal::segments(journal_dir)? {
-            if no < self.segment {
-                continue;
-            }
-            if no > self.segment {
-                self.segment = no;
-                self.offset = 0;
-            }
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(SeekFrom::Start(self.offset))?;
-            let mut r = BufReader::new(f);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = r.read_until(b'\n', &mut buf)?;
-                if n == 0 || buf.last() != Some(&b'\n') {
-                    break;
-                }
-                self.offset += n as u64;
-                if let Ok((rec, _)) = std::str::from_utf8(&buf[..n - 1]).map_err(|_| ()).and_then(|t| journal::decode_line(t).map_err(|_| ())) {
-                    each(&rec);
-                }
-            }
-        }
-        Ok(())
-    }
 }

@@ -294,7 +294,7 @@ impl Authenticator {
             delay_for(t.count(&ukey, now).max(t.count(&ikey, now)))
         };
         if !wait.is_zero() {
-            crate::metrics::Metrics::throttled_logins().inc();
+            crate::counters::throttled_logins().inc();
             tokio::time::sleep(wait).await;
         }
         let (hash, user) = match self.current().get(name) {

@@ -307,7 +307,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => status(&config, json),
         Command::Audit(AuditCmd::Verify { config, json }) => {
             let cfg = daemon::load_config(&config)?;
-            let v = audit::verify(&cfg.store.data_dir.join("journal"))?;
+            let v = audit::verify(&store::JournalReader::open_read_only(&cfg.store.data_dir))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if let Some(b) = &v.broken {
@@ -328,7 +328,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 until: until.as_deref().map(audit::parse_time).transpose()?,
             };
             let bar = progress_bar(JOURNAL_PROGRESS);
-            let found = audit::query(&cfg.store.data_dir.join("journal"), &filter, |done, total| {
+            let journal = store::JournalReader::open_read_only(&cfg.store.data_dir);
+            let found = audit::query(&journal, &filter, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })?;
@@ -343,7 +344,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::new(file);
             let bar = progress_bar(JOURNAL_PROGRESS);
-            let h = audit::export(&cfg.store.data_dir.join("journal"), since, until, &mut w, |done, total| {
+            let journal = store::JournalReader::open_read_only(&cfg.store.data_dir);
+            let h = audit::export(&journal, since, until, &mut w, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })?;

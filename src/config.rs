@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod rules;
+
+pub use rules::{MatchConfig, OfficeConfig, RuleConfig, DATICERT_FIELDS};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,11 +48,11 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Offices messages can be assigned to, one `[[office]]` table each.
     #[serde(default, rename = "office")]
-    pub offices: Vec<crate::handling::rules::OfficeConfig>,
+    pub offices: Vec<OfficeConfig>,
     /// Routing rules for arriving certified messages, one `[[rule]]` each,
     /// tried in order.
     #[serde(default, rename = "rule")]
-    pub rules: Vec<crate::handling::rules::RuleConfig>,
+    pub rules: Vec<RuleConfig>,
 }
 
 /// The client-facing SMTP submission server (relay to the providers, no
@@ -474,7 +478,7 @@ impl Config {
             }
         }
         self.validate_clients(&mut push);
-        crate::handling::rules::validate(self, &mut push);
+        rules::validate(self, &mut push);
         problems
     }
 

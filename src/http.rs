@@ -322,7 +322,8 @@ async fn handling(st: &HttpState, user: &User, params: &HashMap<String, String>)
                     .and_then(|m| m.pec),
                 None => None,
             };
-            let row = register::Row::new(&mailbox, &hash, &h, &register::sender_subject(pec.as_ref()), now);
+            let meta = pec.as_ref().and_then(crate::store::StoredPec::meta);
+            let row = register::Row::new(&mailbox, &hash, &h, &register::sender_subject(meta), now);
             if office.as_deref().is_none_or(|o| o == register::row_office(&row)) {
                 rows.push(row);
             }
@@ -368,8 +369,8 @@ async fn audit_query(
             &format!("cannot audit the query: {e}"),
         );
     }
-    let dir = st.metrics.store().journal_dir();
-    match tokio::task::spawn_blocking(move || audit::query(&dir, &filter, |_, _| {})).await {
+    let journal = st.metrics.store().journal();
+    match tokio::task::spawn_blocking(move || audit::query(&journal, &filter, |_, _| {})).await {
         Ok(Ok(found)) => {
             let truncated = found.len() > AUDIT_LIMIT;
             let records: Vec<Value> = found

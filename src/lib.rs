@@ -19,7 +19,8 @@
 //! * [`sim`]: a PEC provider simulator for tests and the demo.
 //! * [`daemon`]: `serve`: runs the tasks, signals, systemd readiness.
 //! * [`metrics`], [`http`]: Prometheus metrics computed at scrape time, and
-//!   the HTTP listener for them, health checks and a read-only JSON API.
+//!   the HTTP listener for them, health checks and a read-only JSON API;
+//!   [`counters`]: the few counters protocol code bumps itself.
 //! * [`demo`]: `pecgate demo`, a throw-away complete installation.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod demo;
 pub mod handling;

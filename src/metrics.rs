@@ -5,8 +5,9 @@
 //! (archive totals, sent-message reconciliation) and the journal (every
 //! login and every archived message's PEC kind is an audit record). Reading
 //! them when Prometheus asks keeps the other modules free of metric calls;
-//! only the open-session gauge needs a call from protocol code
-//! ([`Metrics::imap_sessions_open`]).
+//! what only protocol code sees (open sessions, commands, submissions,
+//! throttled logins) it counts in [`crate::counters`], which every scrape
+//! includes.
 //!
 //! Naming follows Prometheus conventions: `pecgate_` prefix, base units
 //! (`_bytes`, `_seconds`), `_total` for counters. Counters taken from the
@@ -15,7 +16,7 @@
 //! archive's history.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use chrono::Utc;
 use prometheus::core::Collector;
@@ -23,9 +24,9 @@ use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::audit::Tail;
+use crate::counters;
 use crate::pec::reconcile::{Overall, RecipientStatus};
-use crate::store::{Event, Record, Store};
+use crate::store::{Event, JournalReader, Record, Store, StoredPec};
 use crate::upstream::StatusBoard;
 
 /// Why metrics could not be produced.
@@ -40,38 +41,13 @@ pub enum MetricsError {
 /// Protocols whose logins are counted (series exist at zero from the start,
 /// so alerts and dashboards see them before the first login).
 const LOGIN_PROTOCOLS: [&str; 2] = ["imap", "smtp"];
-/// Outcomes of [`Metrics::smtp_submissions`].
-pub const SMTP_OUTCOMES: [&str; 4] = ["accepted", "temporary", "rejected", "refused"];
 /// Signature outcomes counted as failures.
 const SIGNATURE_FAILURES: [&str; 2] = ["invalid", "unknown-signer"];
 
-/// One open SMTP connection in [`Metrics::smtp_sessions_open`]; dropping
-/// it (however the connection task ends) releases it.
-pub struct SmtpSessionGuard(());
-
-impl SmtpSessionGuard {
-    pub fn new() -> SmtpSessionGuard {
-        Metrics::smtp_sessions_open().inc();
-        SmtpSessionGuard(())
-    }
-}
-
-impl Default for SmtpSessionGuard {
-    fn default() -> Self {
-        SmtpSessionGuard::new()
-    }
-}
-
-impl Drop for SmtpSessionGuard {
-    fn drop(&mut self) {
-        Metrics::smtp_sessions_open().dec();
-    }
-}
-
-/// Counts of journal events, accumulated by a [`Tail`].
-#[derive(Debug, Default)]
+/// Counts of journal events, accumulated by following the journal.
+#[derive(Debug)]
 struct EventCounts {
-    tail: Tail,
+    journal: JournalReader,
     /// (protocol, `ok`|`failed`) → logins.
     logins: BTreeMap<(String, String), u64>,
     /// (mailbox, kind) → archived messages (duplicates excluded).
@@ -85,6 +61,16 @@ struct EventCounts {
 }
 
 impl EventCounts {
+    fn new(journal: JournalReader) -> EventCounts {
+        EventCounts {
+            journal,
+            logins: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            signature_failures: BTreeMap::new(),
+            sent_changed: BTreeMap::new(),
+        }
+    }
+
     fn add(&mut self, r: &Record) {
         if r.op == "login" {
             let outcome = if r.outcome == "ok" { "ok" } else { "failed" };
@@ -100,17 +86,15 @@ impl EventCounts {
             ..
         } = &r.event
         {
-            if pec.is_some() {
+            // Metadata this version does not understand counts as none.
+            let meta = pec.as_ref().and_then(StoredPec::meta);
+            if meta.is_some() {
                 let seq = self.sent_changed.entry(mailbox.clone()).or_default();
                 *seq = (*seq).max(r.seq);
             }
-            let kind = pec
-                .as_ref()
-                .and_then(|p| p["classification"]["kind"]["type"].as_str())
-                .unwrap_or("unclassified")
-                .to_string();
-            *self.kinds.entry((mailbox.clone(), kind)).or_default() += 1;
-            if let Some(status) = pec.as_ref().and_then(|p| p["signature"]["status"].as_str()) {
+            let kind = meta.map(|m| m.classification.kind.as_str()).unwrap_or("unclassified");
+            *self.kinds.entry((mailbox.clone(), kind.to_string())).or_default() += 1;
+            if let Some(status) = meta.and_then(|m| m.signature.as_ref()).map(|s| s.as_str()) {
                 if SIGNATURE_FAILURES.contains(&status) {
                     *self
                         .signature_failures
@@ -182,9 +166,9 @@ impl Metrics {
     pub fn new(board: StatusBoard, store: Store) -> Metrics {
         Metrics {
             board: RwLock::new(board),
+            events: Mutex::new(EventCounts::new(store.journal())),
             store,
             started: Utc::now().timestamp_micros() as f64 / 1e6,
-            events: Mutex::new(EventCounts::default()),
             sent: Mutex::new(BTreeMap::new()),
         }
     }
@@ -204,80 +188,10 @@ impl Metrics {
         &self.store
     }
 
-    /// Open client IMAP sessions (process-wide). Protocol code increments it
-    /// when a session starts and decrements it when the session ends.
-    pub fn imap_sessions_open() -> &'static IntGauge {
-        static G: OnceLock<IntGauge> = OnceLock::new();
-        G.get_or_init(|| {
-            IntGauge::new(
-                "pecgate_imap_sessions_open",
-                "Client IMAP sessions currently open.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Open client SMTP submission connections (process-wide), from accept
-    /// to close. The SMTP server holds an [`SmtpSessionGuard`] per
-    /// connection.
-    pub fn smtp_sessions_open() -> &'static IntGauge {
-        static G: OnceLock<IntGauge> = OnceLock::new();
-        G.get_or_init(|| {
-            IntGauge::new(
-                "pecgate_smtp_sessions_open",
-                "Client SMTP submission connections currently open.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Submissions by outcome: `accepted` (the provider took it),
-    /// `temporary` (provider unreachable, slow or 4xx: the client got 451),
-    /// `rejected` (the provider answered 5xx), `refused` (pecgate itself
-    /// refused it: no send right, unknown sender, forged From). Every
-    /// outcome series exists from the start, at zero.
-    pub fn smtp_submissions() -> &'static IntCounterVec {
-        static C: OnceLock<IntCounterVec> = OnceLock::new();
-        C.get_or_init(|| {
-            let c = IntCounterVec::new(
-                Opts::new(
-                    "pecgate_smtp_submissions_total",
-                    "SMTP submissions by outcome (accepted, temporary, rejected by the provider, refused by pecgate).",
-                ),
-                &["outcome"],
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"));
-            for o in SMTP_OUTCOMES {
-                c.with_label_values(&[o]);
-            }
-            c
-        })
-    }
-
-    /// Client commands by protocol and name (`protocol="imap"`,
-    /// `command="FETCH"`). Protocol code increments it per command.
+    /// [`counters::commands`], for the IMAP session code that still
+    /// counts through here.
     pub fn commands() -> &'static IntCounterVec {
-        static C: OnceLock<IntCounterVec> = OnceLock::new();
-        C.get_or_init(|| {
-            IntCounterVec::new(
-                Opts::new("pecgate_client_commands_total", "Client commands received, by protocol and command name."),
-                &["protocol", "command"],
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
-    }
-
-    /// Logins that were made to wait because of earlier failures for the
-    /// same user name or source address (password guessing slows down).
-    pub fn throttled_logins() -> &'static prometheus::IntCounter {
-        static C: OnceLock<prometheus::IntCounter> = OnceLock::new();
-        C.get_or_init(|| {
-            prometheus::IntCounter::new(
-                "pecgate_throttled_logins_total",
-                "Login attempts delayed by the throttle after earlier failures.",
-            )
-            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
-        })
+        counters::commands()
     }
 
     /// The text exposition format (what `/metrics` serves). Blocking: reads
@@ -317,25 +231,25 @@ impl Metrics {
             "Start time of the process, unix seconds.",
         )?
         .set(self.started);
-        r.add(Metrics::imap_sessions_open().clone())?;
-        r.add(Metrics::smtp_sessions_open().clone())?;
-        r.add(Metrics::smtp_submissions().clone())?;
+        r.add(counters::imap_sessions_open().clone())?;
+        r.add(counters::smtp_sessions_open().clone())?;
+        r.add(counters::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
-        r.add(Metrics::commands().clone())?;
-        r.add(Metrics::throttled_logins().clone())?;
+        r.add(counters::commands().clone())?;
+        r.add(counters::throttled_logins().clone())?;
 
         // The store.
         let failed = r.int_gauge("pecgate_store_failed", "1 if the archive latched into failure (nothing is written or offloaded until a restart).")?;
         failed.set(i64::from(self.store.failure().is_some()));
-        let dir = self.store.dir();
-        if let Ok(free) = fs2::available_space(dir) {
+        let (free, total) = self.store.disk_space();
+        if let Some(free) = free {
             r.gauge(
                 "pecgate_store_free_bytes",
                 "Space available to pecgate on the archive's file system.",
             )?
             .set(free as f64);
         }
-        if let Ok(total) = fs2::total_space(dir) {
+        if let Some(total) = total {
             r.gauge(
                 "pecgate_store_size_bytes",
                 "Size of the archive's file system.",
@@ -684,12 +598,11 @@ impl Metrics {
             return Ok(());
         };
         let ev = &mut *ev;
-        let dir = self.store.journal_dir();
-        let mut counts = std::mem::take(&mut ev.tail);
-        if let Err(e) = counts.read_new(&dir, |rec| ev.add(rec)) {
+        let mut journal = ev.journal.clone();
+        if let Err(e) = journal.read_new(|rec, _| ev.add(rec)) {
             tracing::warn!(error = %e, "metrics: reading the journal");
         }
-        ev.tail = counts;
+        ev.journal = journal;
         for ((p, o), n) in &ev.logins {
             logins
                 .with_label_values(&[p.as_str(), o.as_str()])
@@ -761,5 +674,43 @@ impl Reg<'_> {
         labels: &[&str],
     ) -> Result<IntCounterVec, MetricsError> {
         self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counting events over the journal written by earlier code
+    /// (tests/data/journal-v1), from its typed PEC metadata.
+    #[test]
+    fn events_counted_from_an_old_journal() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/journal-v1");
+        let mut ev = EventCounts::new(JournalReader::open_read_only(&dir));
+        let mut journal = ev.journal.clone();
+        journal.read_new(|rec, _| ev.add(rec)).unwrap();
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(ev.logins, BTreeMap::from([(s("imap", "failed"), 1), (s("imap", "ok"), 1)]));
+        let kinds: Vec<_> = ev.kinds.iter().map(|((m, k), n)| (m.as_str(), k.as_str(), *n)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("protocollo", "accettazione", 1),
+                ("protocollo", "anomalia", 1),
+                ("protocollo", "avvenuta-consegna", 1),
+                ("protocollo", "errore-consegna", 1),
+                ("protocollo", "plain", 1),
+                ("protocollo", "posta-certificata", 1),
+                ("protocollo", "preavviso-errore-consegna", 1),
+                // The two records whose metadata is not understood.
+                ("protocollo", "unclassified", 2),
+            ]
+        );
+        assert_eq!(ev.signature_failures, BTreeMap::from([(s("protocollo", "invalid"), 1)]));
+        // The last archived message with metadata: the anomaly, record 13.
+        assert_eq!(ev.sent_changed.get("protocollo"), Some(&13));
+        // Nothing new: nothing counted twice.
+        journal.read_new(|rec, _| ev.add(rec)).unwrap();
+        assert_eq!(ev.kinds.values().sum::<u64>(), 9);
     }
 }

@@ -323,7 +323,7 @@ fn rules_test_and_apply_from_the_command_line() {
         let (st, _) = pecgate::store::Store::open(&data, Default::default()).unwrap();
         let raw = std::fs::read(&eml).unwrap();
         let blob = st.put_blob(raw.clone()).await.unwrap();
-        let pec = serde_json::to_value(pecgate::upstream::filing::file(&raw, false, Utc::now(), None).meta).ok();
+        let pec = Some(pecgate::upstream::filing::file(&raw, false, Utc::now(), None).meta.into());
         st.commit(
             pecgate::store::Audit::system("test", "archive"),
             pecgate::store::Change::Archive {

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use pecgate::pec::meta::PecMeta;
 use pecgate::pec::signature::SignatureStatus;
 use support::gateway::{mailbox_toml, Gateway, FAST_UPSTREAM};
 use support::{make_message, sha256_hex, Dovecot, DovecotOptions, UserSpec};
@@ -82,7 +81,7 @@ fn messages_filed_by_kind_and_sent_copy_reconciled() {
 
     // Classification and signature are in the index.
     for (uid, m) in s.messages("protocollo", "Receipts").unwrap() {
-        let meta = PecMeta::from_value(m.pec.as_ref().expect("pec metadata")).expect("PecMeta");
+        let meta = m.pec_meta().expect("pec metadata");
         assert!(meta.classification.is_receipt(), "uid {uid}");
         assert!(matches!(meta.signature, Some(SignatureStatus::Valid { .. })), "uid {uid}: {:?}", meta.signature);
     }
@@ -92,7 +91,7 @@ fn messages_filed_by_kind_and_sent_copy_reconciled() {
         .into_iter()
         .find(|(_, m)| m.hash == sha256_hex(&plain))
         .unwrap();
-    let pm = PecMeta::from_value(plain_meta.pec.as_ref().unwrap()).unwrap();
+    let pm = plain_meta.pec_meta().unwrap();
     assert_eq!(pm.classification.kind.as_str(), "plain");
     assert_eq!(pm.signature, None, "plain mail is not signature-checked");
 

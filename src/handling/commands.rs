@@ -12,7 +12,7 @@ use super::register::{self, Register, Row};
 use super::rules::{Facts, Rules};
 use super::{Action, Transition};
 use crate::config::Config;
-use crate::store::{self, Audit, Change, FlagOp, Store};
+use crate::store::{Audit, Change, FlagOp, JournalReader, Store};
 
 /// Which rule matches `file` and why, for each mailbox (or one).
 pub fn rules_test(cfg: &Config, file: &Path, mailbox: Option<&str>) -> anyhow::Result<String> {
@@ -109,12 +109,7 @@ pub async fn rules_apply(
     let actor = std::env::var("USER").map(|u| format!("cli:{u}")).unwrap_or_else(|_| "cli".into());
     for (i, (uid, m)) in msgs.iter().enumerate() {
         progress(i as u64 + 1, total);
-        let kind = m
-            .pec
-            .as_ref()
-            .and_then(crate::pec::meta::PecMeta::from_value)
-            .map(|p| p.classification.kind)
-            .unwrap_or_default();
+        let kind = m.pec_meta().map(|p| p.classification.kind).unwrap_or_default();
         if !rules.tracks(mailbox, &kind) {
             continue;
         }
@@ -189,20 +184,13 @@ impl ReportFilter {
     }
 }
 
-/// The register from the journal (so it runs beside the daemon).
+/// The register from the journal of the archive in `data_dir`, read-only
+/// (so it runs beside the daemon).
 pub fn report_rows(data_dir: &Path, filter: &ReportFilter, now: DateTime<Utc>) -> anyhow::Result<Vec<Row>> {
-    let jdir = data_dir.join("journal");
+    let journal = JournalReader::open_read_only(data_dir);
     let mut reg = Register::default();
-    for line in store::journal::read_all(&jdir).with_context(|| format!("reading {}", jdir.display()))? {
-        let line = line.with_context(|| format!("reading {}", jdir.display()))?;
-        match line.parsed {
-            Ok((rec, _)) => reg.apply(&rec),
-            Err(e) => bail!(
-                "journal {} line {}: {e}; run `pecgate audit verify`",
-                line.segment,
-                line.line_no
-            ),
-        }
+    for rec in journal.records()? {
+        reg.apply(&rec?);
     }
     Ok(reg.rows(now, |r| filter.keep(r)))
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Handling, State};
-use crate::pec::meta::PecMeta;
+use crate::pec::meta::{PecMeta, StoredPec};
 use crate::store::{Event, Record};
 
 /// One message of the register.
@@ -46,13 +46,11 @@ pub struct Row {
 
 /// The original sender and subject of an archived message, from its PEC
 /// metadata (daticert first, else the envelope's subject).
-pub fn sender_subject(pec: Option<&serde_json::Value>) -> (Option<String>, Option<String>) {
-    let meta = pec.and_then(PecMeta::from_value);
-    let d = meta.as_ref().and_then(|m| m.classification.daticert.as_ref());
+pub fn sender_subject(meta: Option<&PecMeta>) -> (Option<String>, Option<String>) {
+    let d = meta.and_then(|m| m.classification.daticert.as_ref());
     let sender = d.and_then(|d| d.mittente.clone());
     let subject = d.and_then(|d| d.oggetto.clone()).or_else(|| {
-        meta.as_ref()
-            .and_then(|m| m.classification.subject.clone())
+        meta.and_then(|m| m.classification.subject.clone())
             .map(|s| s.strip_prefix("POSTA CERTIFICATA:").map(|x| x.trim().to_string()).unwrap_or(s))
     });
     (sender, subject)
@@ -115,7 +113,8 @@ impl Register {
                 if !self.entries.contains_key(&k) {
                     self.order.push(k.clone());
                 }
-                self.entries.insert(k, (Handling::open(routing, "system", r.time), sender_subject(pec.as_ref())));
+                let meta = pec.as_ref().and_then(StoredPec::meta);
+                self.entries.insert(k, (Handling::open(routing, "system", r.time), sender_subject(meta)));
             }
             Event::Handled { mailbox, transition, items } => {
                 for i in items {
@@ -137,7 +136,7 @@ impl Register {
             Event::Archived { mailbox, hash, duplicate: false, pec: Some(p), folder, .. } if folder == "INBOX" => {
                 // Not tracked (yet): keep who and what in case `rules apply`
                 // starts tracking it later.
-                self.untracked.insert((mailbox.clone(), hash.clone()), sender_subject(Some(p)));
+                self.untracked.insert((mailbox.clone(), hash.clone()), sender_subject(p.meta()));
             }
             _ => {}
         }

@@ -131,7 +131,7 @@ impl Ctx {
             return None;
         }
         *n += 1;
-        crate::metrics::Metrics::imap_sessions_open().inc();
+        crate::counters::imap_sessions_open().inc();
         Some(SessionGuard {
             ctx: self.clone(),
             user: user.to_string(),
@@ -176,7 +176,7 @@ impl Drop for AddressGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        crate::metrics::Metrics::imap_sessions_open().dec();
+        crate::counters::imap_sessions_open().dec();
         if let Ok(mut m) = self.ctx.sessions.lock() {
             if let Some(n) = m.get_mut(&self.user) {
                 *n = n.saturating_sub(1);

@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use crate::auth::{Right, User};
 use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
-use crate::pec::meta::PecMeta;
 use crate::pec::reconcile::SentMessage;
 use super::shared::{Entries, SharedMetas, Stamp};
 use crate::store::{MessageMeta, Store, StoreError};
@@ -44,23 +43,9 @@ pub const UNDELIVERED: &str = "Undelivered";
 /// The virtual folder of hidden messages (users with `delete` only).
 pub const TRASH: &str = "Trash";
 
-/// The keywords that show a sent message's PEC delivery state (see
-/// `pec::reconcile::SentMessage::keywords`). The gateway computes them;
-/// clients can neither set nor clear them.
-pub const PEC_KEYWORDS: [&str; 7] = [
-    "$PecAccepted",
-    "$PecNotAccepted",
-    "$PecDelivered",
-    "$PecPartiallyDelivered",
-    "$PecFailed",
-    "$PecOverdue",
-    "$PecWarned",
-];
-
-/// Is `flag` one of the gateway's computed `$Pec*` keywords?
-pub fn is_pec_keyword(flag: &str) -> bool {
-    flag.len() > 4 && flag.as_bytes()[..4].eq_ignore_ascii_case(b"$pec")
-}
+/// The gateway's computed `$Pec*` keywords live in `pec`; re-exported for
+/// the session code.
+pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 
 /// A folder's messages in UID order (flags include the computed `$Pec*`
 /// keywords), shared with other sessions (see [`super::shared`]), and the
@@ -430,8 +415,8 @@ impl View {
         let Some(mid) = message_id else { return Ok(None) };
         for mb in &mailboxes {
             for (uid, m) in self.store.messages(mb, SENT)? {
-                let key = m.pec.as_ref().and_then(PecMeta::from_value).and_then(|p| p.sent).map(|s| s.key);
-                if key.as_deref() == Some(mid) {
+                let key = m.pec_meta().and_then(|p| p.sent.as_ref()).map(|s| s.key.as_str());
+                if key == Some(mid) {
                     return found(mb, uid);
                 }
             }
@@ -480,12 +465,7 @@ impl View {
             let states = self.sent_states(&f.mailbox)?;
             let mut out = Vec::with_capacity(msgs.len());
             for (uid, mut m) in msgs {
-                let state = m
-                    .pec
-                    .as_ref()
-                    .and_then(PecMeta::from_value)
-                    .and_then(|p| p.sent)
-                    .and_then(|s| states.get(&s.key));
+                let state = m.pec_meta().and_then(|p| p.sent.as_ref()).and_then(|s| states.get(&s.key));
                 if f.store_folder.is_none() && !state.is_some_and(|s| s.is_undelivered(now)) {
                     continue;
                 }
@@ -509,9 +489,8 @@ impl View {
             }
         }
         // A session keeps its snapshot while the folder is selected: the
-        // PEC metadata (a parsed JSON tree per message, the larger part of
-        // a meta) is not needed there once the keywords are computed, and
-        // COPY reads it from the store.
+        // PEC metadata (the larger part of a meta) is not needed there once
+        // the keywords are computed, and COPY reads it from the store.
         for (_, m) in msgs.iter_mut() {
             m.pec = None;
         }

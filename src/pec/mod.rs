@@ -41,6 +41,26 @@ pub use envelope::{unwrap_envelope, AttachmentInfo, Unwrapped};
 pub use inspect::{inspect, render_text, Inspection};
 pub use signature::{verify, SignatureStatus, TrustStore};
 
+/// The keywords that show a sent message's PEC delivery state (see
+/// [`reconcile::SentMessage::keywords`]). The gateway computes them;
+/// clients can neither set nor clear them.
+pub const PEC_KEYWORDS: [&str; 7] = [
+    "$PecAccepted",
+    "$PecNotAccepted",
+    "$PecDelivered",
+    "$PecPartiallyDelivered",
+    "$PecFailed",
+    "$PecOverdue",
+    "$PecWarned",
+];
+
+/// Is `flag` one of the gateway's computed `$Pec*` keywords (the delivery
+/// state's above, and the handling state's)? The whole `$Pec` prefix is
+/// the gateway's own.
+pub fn is_pec_keyword(flag: &str) -> bool {
+    flag.len() > 4 && flag.as_bytes()[..4].eq_ignore_ascii_case(b"$pec")
+}
+
 /// Errors of the PEC module's fallible operations on a whole message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -135,6 +135,17 @@ pub enum SignatureStatus {
 }
 
 impl SignatureStatus {
+    /// Its name as serialised (`status`): `valid`, `invalid`,
+    /// `unknown-signer`, `not-signed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SignatureStatus::Valid { .. } => "valid",
+            SignatureStatus::Invalid { .. } => "invalid",
+            SignatureStatus::UnknownSigner { .. } => "unknown-signer",
+            SignatureStatus::NotSigned => "not-signed",
+        }
+    }
+
     /// True only for [`SignatureStatus::Valid`].
     pub fn is_valid(&self) -> bool {
         matches!(self, SignatureStatus::Valid { .. })

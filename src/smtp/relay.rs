@@ -148,7 +148,6 @@ pub async fn record(store: &Store, sub: &Submission, source: &str, outcome: &Rel
             signature: None,
             sent: Some(SentInfo { key: sub.message_id.clone(), recipients: sub.rcpts.clone(), at: now }),
         };
-        let pec = serde_json::to_value(meta).map_err(|e| e.to_string())?;
         let archive = Audit::user(&sub.user, Some(source.to_string()), "smtp", "archive-sent")
             .mailbox(&sub.mailbox)
             .folder("Sent")
@@ -162,7 +161,7 @@ pub async fn record(store: &Store, sub: &Submission, source: &str, outcome: &Rel
                 internal_date: now,
                 flags: Vec::new(),
                 provider: None,
-                pec: Some(pec),
+                pec: Some(meta.into()),
                 handling: None,
             },
         ));

@@ -16,7 +16,7 @@ use super::relay;
 use super::session::{Action, Limits, Session};
 use crate::auth::Authenticator;
 use crate::config::{MailboxConfig, SmtpConfig};
-use crate::metrics::{Metrics, SmtpSessionGuard};
+use crate::counters::{self, SmtpSessionGuard};
 use crate::store::{Audit, Change, Store};
 
 /// HYPOTHESIS: submissions are short-lived; 1024 concurrent connections
@@ -174,7 +174,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if let Err(e) = ctx.store.commit(audit, Change::None).await {
                         tracing::error!(error = %e, "cannot audit a refused submission");
                     }
-                    Metrics::smtp_submissions().with_label_values(&["refused"]).inc();
+                    counters::smtp_submissions().with_label_values(&["refused"]).inc();
                     out.push_str(&reply);
                 }
                 Action::Login { user, password } => {
@@ -202,7 +202,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         super::session::RelayOutcome::Temporary(_) => "temporary",
                         super::session::RelayOutcome::Permanent { .. } => "rejected",
                     };
-                    Metrics::smtp_submissions().with_label_values(&[label]).inc();
+                    counters::smtp_submissions().with_label_values(&[label]).inc();
                     if let Err(e) = relay::record(&ctx.store, &sub, &source, &outcome).await {
                         tracing::error!(error = %e, message_id = %sub.message_id, "sent, but the archive/audit write failed");
                     }

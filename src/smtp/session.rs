@@ -234,7 +234,7 @@ impl Session {
     }
 
     fn command(&mut self, req: Request<String>) -> Option<Action> {
-        crate::metrics::Metrics::commands().with_label_values(&["smtp", command_name(&req)]).inc();
+        crate::counters::commands().with_label_values(&["smtp", command_name(&req)]).inc();
         match req {
             Request::Ehlo { host } | Request::Lhlo { host } => {
                 self.greeted = true;

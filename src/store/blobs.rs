@@ -50,10 +50,6 @@ impl Blobs {
         self.root.join(a).join(b).join(format!("{hash}.eml"))
     }
 
-    pub fn exists(&self, hash: &str) -> bool {
-        valid_hash(hash) && self.path(hash).is_file()
-    }
-
     /// Store `bytes` durably; returns its reference. Storing the same bytes
     /// twice writes them once.
     pub fn put(&self, bytes: &[u8]) -> io::Result<BlobRef> {

@@ -31,7 +31,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::record::Event;
 use crate::handling::{Handling, State};
-use crate::pec::meta::PecMeta;
+use crate::pec::meta::{PecMeta, StoredPec};
 use crate::pec::reconcile::{key_of, Event as ReconcileEvent, SentMessage};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ pub struct MessageMeta {
     /// When it entered the archive (retention counts from here).
     pub archived: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pec: Option<serde_json::Value>,
+    pub pec: Option<StoredPec>,
     /// Not stored: in a virtual folder that numbers messages its own way
     /// (the handling views), the message's UID in the folder that holds it.
     #[serde(skip)]
@@ -65,6 +65,13 @@ pub struct MessageMeta {
     /// virtual `Trash` (given in the order messages were hidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trash_uid: Option<u32>,
+}
+
+impl MessageMeta {
+    /// Its PEC metadata, if it has metadata this version understands.
+    pub fn pec_meta(&self) -> Option<&PecMeta> {
+        self.pec.as_ref().and_then(StoredPec::meta)
+    }
 }
 
 /// A provider message that is archived and (as far as we know) still on the
@@ -254,6 +261,14 @@ impl Index {
     /// Apply one journal record's event, atomically with `applied_seq`.
     /// Records at or below `applied_seq` are skipped (replay is idempotent).
     pub fn apply(&self, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), sled::Error> {
+        if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
+            if let Some(why) = p.unrecognised_because() {
+                tracing::warn!(
+                    seq, mailbox = %mailbox, folder = %folder, uid, error = %why,
+                    "journal record: PEC metadata not understood; kept as written, the message counts as without"
+                );
+            }
+        }
         let trees = (
             &self.meta,
             &self.folders,
@@ -312,8 +327,8 @@ impl Index {
                             set_handling(meta, handling, hstate, mailbox, hash, None, &h)?;
                         }
                         if !duplicate {
-                            if let Some(m) = pec.as_ref().and_then(PecMeta::from_value) {
-                                reconcile_archived(sent, mailbox, &m, *internal_date)?;
+                            if let Some(m) = pec.as_ref().and_then(StoredPec::meta) {
+                                reconcile_archived(sent, mailbox, m, *internal_date)?;
                             }
                             let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                             let mut st: FolderState = match folders.get(&fk)? {

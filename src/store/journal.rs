@@ -17,7 +17,7 @@
 //! cut off when the journal is opened.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -50,6 +50,8 @@ pub enum LineError {
     HashMismatch { stored: String, computed: String },
     #[error("not a valid record: {0}")]
     Json(String),
+    #[error("not UTF-8")]
+    NotUtf8,
 }
 
 /// Parse and check one line: the hash must match the body.
@@ -74,7 +76,7 @@ fn segment_name(n: u64) -> String {
 }
 
 /// Segment files in order, with their numbers.
-pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir)? {
         let e = e?;
@@ -155,6 +157,7 @@ impl Journal {
         self.last_seq
     }
 
+    #[cfg(test)]
     pub fn last_hash(&self) -> &str {
         &self.last_hash
     }
@@ -240,9 +243,11 @@ fn scan_tail(path: &Path) -> io::Result<(u64, Option<(u64, String)>)> {
     Ok((good, last))
 }
 
-/// One line read back from the journal.
+/// One line read back from the journal: where it is (segment file and line
+/// number, for messages that point an auditor at it), its text, and the
+/// record with its hash if the line is a valid one.
 #[derive(Debug)]
-pub struct ReadLine {
+pub struct JournalLine {
     pub segment: String,
     pub line_no: u64,
     pub text: String,
@@ -251,22 +256,145 @@ pub struct ReadLine {
 
 /// Read every record in order, from every segment. Stops with an I/O error;
 /// records that do not parse are returned as such (verification decides).
-pub fn read_all(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<ReadLine>>> {
+fn read_all(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<JournalLine>>> {
     let segs = segments(dir)?;
     Ok(segs.into_iter().flat_map(|(_, path)| {
-        let segment = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let lines: Box<dyn Iterator<Item = io::Result<ReadLine>>> = match File::open(&path) {
+        let segment = segment_label(&path);
+        let lines: Box<dyn Iterator<Item = io::Result<JournalLine>>> = match File::open(&path) {
             Ok(f) => Box::new(BufReader::new(f).split(b'\n').enumerate().map(move |(i, l)| {
                 l.map(|bytes| {
                     let text = String::from_utf8_lossy(&bytes).into_owned();
                     let parsed = decode_line(&text);
-                    ReadLine { segment: segment.clone(), line_no: i as u64 + 1, text, parsed }
+                    JournalLine { segment: segment.clone(), line_no: i as u64 + 1, text, parsed }
                 })
             })),
             Err(e) => Box::new(std::iter::once(Err(e))),
         };
         lines
     }))
+}
+
+fn segment_label(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Reads the journal without writing to it or locking it: for the store's
+/// own replay, for the daemon's readers (audit queries over HTTP, metrics
+/// counting events) and for commands that run beside a serving daemon
+/// (`audit verify/query/export`, `handling report`). The journal is
+/// append-only and fsynced line by line, so reading it while it grows is
+/// safe; how each reader treats a last line still being written is said
+/// at each method.
+///
+/// It hands out records, never paths: where the journal lives is the
+/// store's business (a cluster backend keeps it in a database).
+#[derive(Debug, Clone)]
+pub struct JournalReader {
+    dir: PathBuf,
+    /// Where [`JournalReader::read_new`] goes on: segment number and byte
+    /// offset in it.
+    tail: (u64, u64),
+}
+
+impl JournalReader {
+    /// The journal of the archive in `data_dir`, read-only, whether or not a
+    /// daemon has the archive open. Nothing is read yet: a missing journal
+    /// is an error of the first read.
+    pub fn open_read_only(data_dir: &Path) -> JournalReader {
+        JournalReader::at(data_dir.join(super::JOURNAL_DIR))
+    }
+
+    pub(super) fn at(dir: PathBuf) -> JournalReader {
+        JournalReader { dir, tail: (0, 0) }
+    }
+
+    /// For the store's error messages.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every line, in order, whether or not it is a valid record (for
+    /// verification, which names the first bad one). A last line without
+    /// its `\n` is returned too (as a line that does not parse).
+    pub fn lines(&self) -> io::Result<impl Iterator<Item = io::Result<JournalLine>>> {
+        read_all(&self.dir)
+    }
+
+    /// Every complete line in order, for queries and exports: `each` gets
+    /// each line (valid or not: the caller decides; a line that is not
+    /// UTF-8 is [`LineError::NotUtf8`]); a last line without its `\n` is a
+    /// write in progress and is not read. `progress` is called now and
+    /// then with the bytes read so far and the journal's size, and once at
+    /// the end.
+    pub fn scan<E: From<io::Error>>(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+        mut each: impl FnMut(JournalLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let segs = segments(&self.dir)?;
+        let total: u64 = segs.iter().map(|(_, p)| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+        let mut done = 0u64;
+        for (_, path) in segs {
+            let segment = segment_label(&path);
+            let mut r = BufReader::new(File::open(&path)?);
+            let mut buf = Vec::new();
+            let mut line_no = 0u64;
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf)?;
+                if n == 0 || buf.last() != Some(&b'\n') {
+                    break; // end, or a write in progress
+                }
+                line_no += 1;
+                done += n as u64;
+                let (text, parsed) = match std::str::from_utf8(&buf[..n - 1]) {
+                    Ok(t) => (t.to_string(), decode_line(t)),
+                    Err(_) => (String::from_utf8_lossy(&buf[..n - 1]).into_owned(), Err(LineError::NotUtf8)),
+                };
+                each(JournalLine { segment: segment.clone(), line_no, text, parsed })?;
+                if line_no.is_multiple_of(1024) {
+                    progress(done, total);
+                }
+            }
+        }
+        progress(total, total);
+        Ok(())
+    }
+
+    /// Records appended since the last call (the first call reads from the
+    /// beginning): `each` gets every complete, valid record with its hash.
+    /// For readers that follow the journal as it grows (metrics counting
+    /// logins and PEC kinds); each call reads only new lines. A damaged line
+    /// is skipped here (`audit verify` reports it); a last line without its
+    /// `\n` is left for the next call.
+    pub fn read_new(&mut self, mut each: impl FnMut(&Record, &str)) -> io::Result<()> {
+        for (no, path) in segments(&self.dir)? {
+            if no < self.tail.0 {
+                continue;
+            }
+            if no > self.tail.0 {
+                self.tail = (no, 0);
+            }
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(self.tail.1))?;
+            let mut r = BufReader::new(f);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf)?;
+                if n == 0 || buf.last() != Some(&b'\n') {
+                    break;
+                }
+                self.tail.1 += n as u64;
+                if let Ok(text) = std::str::from_utf8(&buf[..n - 1]) {
+                    if let Ok((rec, hash)) = decode_line(text) {
+                        each(&rec, &hash);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +435,7 @@ mod tests {
         assert_eq!((j.last_seq(), j.last_hash()), (30, last.as_str()));
         let mut prev = GENESIS.to_string();
         let mut n = 0;
-        for l in read_all(d.path()).unwrap() {
+        for l in JournalReader::at(d.path().to_path_buf()).lines().unwrap() {
             let (r, h) = l.unwrap().parsed.unwrap();
             assert_eq!(r.prev, prev);
             prev = h;

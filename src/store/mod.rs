@@ -18,8 +18,8 @@
 
 pub mod blobs;
 pub mod fields;
-pub mod index;
-pub mod journal;
+mod index;
+mod journal;
 pub mod record;
 
 use std::collections::{HashMap, HashSet};
@@ -32,12 +32,17 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::BlobRef;
-pub use index::{FolderState, MessageMeta, ProviderEntry};
+pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
+pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
 pub use record::{Audit, Event, FlagOp, HandledItem, ProviderRef, Record};
+pub use crate::pec::meta::{PecMeta, StoredPec};
 
 use blobs::Blobs;
 use index::Index;
 use journal::Journal;
+
+/// The journal's directory in the data directory.
+const JOURNAL_DIR: &str = "journal";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,7 +50,7 @@ pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("index: {0}")]
-    Index(#[from] sled::Error),
+    Index(#[source] IndexError),
     #[error("the data directory {0} is in use by another pecgate process (stop it first, e.g. `systemctl stop pecgate`)")]
     Locked(PathBuf),
     #[error("an earlier write to the archive failed ({0}); nothing more is written until pecgate is restarted")]
@@ -61,6 +66,17 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A failure of the index's database (its type stays inside the store).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct IndexError(sled::Error);
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Index(IndexError(e))
+    }
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
@@ -79,7 +95,7 @@ pub enum Change {
         internal_date: DateTime<Utc>,
         flags: Vec<String>,
         provider: Option<ProviderRef>,
-        pec: Option<serde_json::Value>,
+        pec: Option<StoredPec>,
         /// Track its handling from now, as the rules decided.
         handling: Option<crate::handling::Routing>,
     },
@@ -188,12 +204,12 @@ impl Store {
         let index = Index::open(&index_dir).map_err(|e| match e {
             sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked(dir.into()),
             sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked(dir.into()),
-            e => StoreError::Index(e),
+            e => StoreError::from(e),
         })?;
         let blob_dir = dir.join("blobs");
         let (blobs, removed) = Blobs::open(&blob_dir).map_err(io_err(&blob_dir))?;
         report.removed_tmp_files = removed;
-        let jdir = dir.join("journal");
+        let jdir = dir.join(JOURNAL_DIR);
         let (journal, rec) = Journal::open(&jdir, opts.journal_segment_bytes).map_err(io_err(&jdir))?;
         report.journal_truncated_bytes = rec.truncated_bytes;
 
@@ -216,7 +232,7 @@ impl Store {
             report.rebuilt_index = true;
         }
         index.set_format()?;
-        report.replayed_records = replay(&jdir, &index)?;
+        report.replayed_records = replay(&JournalReader::at(jdir), &index)?;
         index.flush()?;
 
         let index = Arc::new(index);
@@ -263,10 +279,6 @@ impl Store {
             }),
         };
         Ok((store, report))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
     }
 
     /// Why the store refuses writes, if it does.
@@ -341,10 +353,6 @@ impl Store {
         let t = derive(&self.get_blob(hash)?);
         self.inner.cache_derived(kind, hash, &t);
         Ok(t)
-    }
-
-    pub fn blob_path(&self, hash: &str) -> PathBuf {
-        self.inner.blobs.path(hash)
     }
 
     fn send(&self, req: Request) -> Result<()> {
@@ -503,8 +511,16 @@ impl Store {
         Ok(self.inner.index.applied_seq()?)
     }
 
-    pub fn journal_dir(&self) -> PathBuf {
-        self.inner.dir.join("journal")
+    /// A reader of this archive's journal (the audit chain), for audit
+    /// queries and for following it as it grows (metrics).
+    pub fn journal(&self) -> JournalReader {
+        JournalReader::at(self.inner.dir.join(JOURNAL_DIR))
+    }
+
+    /// Space on the archive's file system: (available to pecgate, total),
+    /// each `None` if it cannot be read.
+    pub fn disk_space(&self) -> (Option<u64>, Option<u64>) {
+        (fs2::available_space(&self.inner.dir).ok(), fs2::total_space(&self.inner.dir).ok())
     }
 
     // ---- status file (the daemon's live state, read by `pecgate status`) ----
@@ -609,7 +625,7 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-pub fn write_status_file(dir: &Path, value: &serde_json::Value) -> Result<()> {
+fn write_status_file(dir: &Path, value: &serde_json::Value) -> Result<()> {
     // A name of its own per write: several tasks update the status at once,
     // and a shared temporary name would let one rename another's file away.
     let tmp = dir.join(format!(".status.json.{}.tmp", rand::random::<u64>()));
@@ -628,18 +644,29 @@ pub fn read_status_file(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&b).ok()
 }
 
+impl JournalReader {
+    /// Every record in order, failing at the first line that is not a
+    /// valid record (naming it).
+    pub fn records(&self) -> Result<impl Iterator<Item = Result<Record>> + '_> {
+        let io = |e| StoreError::Io { path: self.dir().to_path_buf(), source: e };
+        Ok(self.lines().map_err(io)?.map(move |line| {
+            let line = line.map_err(io)?;
+            line.parsed.map(|(rec, _)| rec).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "journal {} line {}: {e}; the journal is damaged, run `pecgate audit verify`",
+                    line.segment, line.line_no
+                ))
+            })
+        }))
+    }
+}
+
 /// Apply journal records the index has not seen. Returns how many.
-fn replay(jdir: &Path, index: &Index) -> Result<u64> {
+fn replay(journal: &JournalReader, index: &Index) -> Result<u64> {
     let applied = index.applied_seq()?;
     let mut n = 0;
-    for line in journal::read_all(jdir).map_err(io_err(jdir))? {
-        let line = line.map_err(io_err(jdir))?;
-        let (rec, _) = line.parsed.map_err(|e| {
-            StoreError::Invalid(format!(
-                "journal {} line {}: {e}; the journal is damaged, run `pecgate audit verify`",
-                line.segment, line.line_no
-            ))
-        })?;
+    for rec in journal.records()? {
+        let rec = rec?;
         if rec.seq > applied {
             index.apply(rec.seq, rec.time, &rec.event)?;
             n += 1;
@@ -653,11 +680,11 @@ pub fn rebuild_index(dir: &Path) -> Result<u64> {
     let index_dir = dir.join("index");
     let index = Index::open(&index_dir).map_err(|e| match e {
         sled::Error::Io(_) => StoreError::Locked(dir.into()),
-        e => StoreError::Index(e),
+        e => StoreError::from(e),
     })?;
     index.clear()?;
     index.set_format()?;
-    let n = replay(&dir.join("journal"), &index)?;
+    let n = replay(&JournalReader::open_read_only(dir), &index)?;
     index.flush()?;
     Ok(n)
 }

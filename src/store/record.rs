@@ -9,6 +9,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pec::meta::StoredPec;
+
 /// Where a message came from at the provider: enough to find it again and to
 /// delete it there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,9 +45,10 @@ pub enum Event {
         provider: Option<ProviderRef>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         duplicate: bool,
-        /// PEC classification and metadata (the `pec` module's JSON).
+        /// PEC classification and metadata (`pec::meta`; kept as written
+        /// if this version does not understand it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pec: Option<serde_json::Value>,
+        pec: Option<StoredPec>,
         /// Set when the message's handling is tracked from its arrival: what
         /// the routing rules decided (the `open` transition).
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -663,7 +663,6 @@ impl Archiver {
         for (uid, date, filing, (handling, flags), blob) in writes {
             let blob: BlobRef = blob.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??;
             entries.push((uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: date }));
-            let pec = serde_json::to_value(&filing.meta).ok();
             batch.push((
                 Audit::system("upstream", "archive").mailbox(&self.alias).folder(&filing.folder).message_id(filing.message_id),
                 Change::Archive {
@@ -673,7 +672,7 @@ impl Archiver {
                     internal_date: date,
                     flags,
                     provider: Some(ProviderRef { folder: self.pfolder.clone(), uidvalidity: self.uidvalidity, uid }),
-                    pec,
+                    pec: Some(filing.meta.into()),
                     handling,
                 },
             ));

@@ -195,7 +195,7 @@ async fn archive_pec(
                 internal_date: at,
                 flags: vec![],
                 provider: None,
-                pec: Some(serde_json::to_value(&filing.meta).expect("pec meta json")),
+                pec: Some(filing.meta.into()),
                 handling: None,
             },
         )

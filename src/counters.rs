@@ -1,0 +1,108 @@
+//! The process-wide counters and gauges that protocol code bumps (open
+//! sessions, commands, submissions, throttled logins): a small registry
+//! below everything else, so `auth`, `imap` and `smtp` can count without
+//! depending on [`crate::metrics`], which reads the store, the journal and
+//! the status board. Depends on nothing of pecgate; `metrics` adds these to
+//! every scrape.
+//!
+//! Everything else is computed when scraped (see `metrics`).
+
+use std::sync::OnceLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+
+/// Outcomes of [`smtp_submissions`].
+pub const SMTP_OUTCOMES: [&str; 4] = ["accepted", "temporary", "rejected", "refused"];
+
+/// Open client IMAP sessions (process-wide). Protocol code increments it
+/// when a session starts and decrements it when the session ends.
+pub fn imap_sessions_open() -> &'static IntGauge {
+    static G: OnceLock<IntGauge> = OnceLock::new();
+    G.get_or_init(|| {
+        IntGauge::new("pecgate_imap_sessions_open", "Client IMAP sessions currently open.")
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
+/// Open client SMTP submission connections (process-wide), from accept
+/// to close. The SMTP server holds an [`SmtpSessionGuard`] per
+/// connection.
+pub fn smtp_sessions_open() -> &'static IntGauge {
+    static G: OnceLock<IntGauge> = OnceLock::new();
+    G.get_or_init(|| {
+        IntGauge::new("pecgate_smtp_sessions_open", "Client SMTP submission connections currently open.")
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
+/// One open SMTP connection in [`smtp_sessions_open`]; dropping it
+/// (however the connection task ends) releases it.
+pub struct SmtpSessionGuard(());
+
+impl SmtpSessionGuard {
+    pub fn new() -> SmtpSessionGuard {
+        smtp_sessions_open().inc();
+        SmtpSessionGuard(())
+    }
+}
+
+impl Default for SmtpSessionGuard {
+    fn default() -> Self {
+        SmtpSessionGuard::new()
+    }
+}
+
+impl Drop for SmtpSessionGuard {
+    fn drop(&mut self) {
+        smtp_sessions_open().dec();
+    }
+}
+
+/// Submissions by outcome: `accepted` (the provider took it),
+/// `temporary` (provider unreachable, slow or 4xx: the client got 451),
+/// `rejected` (the provider answered 5xx), `refused` (pecgate itself
+/// refused it: no send right, unknown sender, forged From). Every
+/// outcome series exists from the start, at zero.
+pub fn smtp_submissions() -> &'static IntCounterVec {
+    static C: OnceLock<IntCounterVec> = OnceLock::new();
+    C.get_or_init(|| {
+        let c = IntCounterVec::new(
+            Opts::new(
+                "pecgate_smtp_submissions_total",
+                "SMTP submissions by outcome (accepted, temporary, rejected by the provider, refused by pecgate).",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"));
+        for o in SMTP_OUTCOMES {
+            c.with_label_values(&[o]);
+        }
+        c
+    })
+}
+
+/// Client commands by protocol and name (`protocol="imap"`,
+/// `command="FETCH"`). Protocol code increments it per command.
+pub fn commands() -> &'static IntCounterVec {
+    static C: OnceLock<IntCounterVec> = OnceLock::new();
+    C.get_or_init(|| {
+        IntCounterVec::new(
+            Opts::new("pecgate_client_commands_total", "Client commands received, by protocol and command name."),
+            &["protocol", "command"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
+/// Logins that were made to wait because of earlier failures for the
+/// same user name or source address (password guessing slows down).
+pub fn throttled_logins() -> &'static IntCounter {
+    static C: OnceLock<IntCounter> = OnceLock::new();
+    C.get_or_init(|| {
+        IntCounter::new(
+            "pecgate_throttled_logins_total",
+            "Login attempts delayed by the throttle after earlier failures.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
