@@ -16,7 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use pecgate::audit::Filter;
 use pecgate::pec::meta::PecMeta;
-use pecgate::store::journal::{decode_line, encode_line, LineError};
+use pecgate::store::{decode_line, encode_line, LineError};
 use pecgate::store::{Event, Record};
 use sha2::{Digest, Sha256};
 
