@@ -107,6 +107,15 @@ fn reply(s: impl Into<String>) -> Option<Action> {
     Some(Action::Reply(s.into()))
 }
 
+/// A client-supplied value as it may appear in a reply: at most `max`
+/// characters, control characters replaced by `?`. A bare CR or LF inside a
+/// header or command value would otherwise end the reply line early and let
+/// the client's bytes pose as another reply line (found by the
+/// `smtp_session` fuzz target: `From: a@b\rc` came back in the 550).
+fn echo(s: &str, max: usize) -> String {
+    s.chars().take(max).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 fn b64(s: &str) -> Option<Vec<u8>> {
     openssl::base64::decode_block(s.trim()).ok()
 }
@@ -187,7 +196,7 @@ impl Session {
                 ProtoError::SyntaxError { syntax } => format!("501 5.5.4 Syntax: {syntax}\r\n"),
                 ProtoError::InvalidParameter { param } => format!("501 5.5.4 Invalid parameter {param}\r\n"),
                 ProtoError::UnsupportedParameter { param } => {
-                    format!("555 5.5.4 Unsupported parameter {}\r\n", param.chars().take(40).collect::<String>())
+                    format!("555 5.5.4 Unsupported parameter {}\r\n", echo(&param, 40))
                 }
                 _ => "500 5.5.2 Syntax error\r\n".into(),
             }),
@@ -214,7 +223,7 @@ impl Session {
 
     fn ehlo(&self, host: &str) -> String {
         let mut caps = vec![
-            format!("{} Hello {}", self.limits.hostname, host.chars().take(64).collect::<String>()),
+            format!("{} Hello {}", self.limits.hostname, echo(host, 64)),
             format!("SIZE {}", self.limits.max_message_size),
             "8BITMIME".into(),
             "PIPELINING".into(),
@@ -244,7 +253,7 @@ impl Session {
             Request::Helo { host } => {
                 self.greeted = true;
                 self.reset();
-                reply(format!("250 {} Hello {}\r\n", self.limits.hostname, host.chars().take(64).collect::<String>()))
+                reply(format!("250 {} Hello {}\r\n", self.limits.hostname, echo(&host, 64)))
             }
             Request::StartTls if self.tls => self.error("503 5.5.1 TLS already active\r\n"),
             Request::StartTls if !self.limits.starttls => self.error("502 5.5.1 STARTTLS not offered here\r\n"),
@@ -339,7 +348,8 @@ impl Session {
             })
         };
         let Some((alias, addr)) = found else {
-            return refuse(self, None, format!("550 5.7.1 <{address}> is not a PEC mailbox of this gateway\r\n"));
+            let text = format!("550 5.7.1 <{}> is not a PEC mailbox of this gateway\r\n", echo(address, 256));
+            return refuse(self, None, text);
         };
         if !user.may(&alias, Right::Send) {
             let text = format!("550 5.7.1 User {} may not send from <{addr}>\r\n", user.name);
@@ -422,7 +432,11 @@ impl Session {
         if froms.len() != 1 || !froms[0].eq_ignore_ascii_case(&addr) {
             let text = format!(
                 "550 5.7.1 Header From ({}) must be exactly the sender <{addr}>\r\n",
-                if froms.is_empty() { "missing".to_string() } else { froms.join(", ") }
+                if froms.is_empty() {
+                    "missing".to_string()
+                } else {
+                    froms.iter().take(8).map(|f| echo(f, 256)).collect::<Vec<_>>().join(", ")
+                }
             );
             let refusal = Refusal {
                 user: user.name.clone(),

@@ -121,3 +121,26 @@ fn abuse_gets_codes_not_panics() {
     s.tls_started();
     assert!(s.step().is_none());
 }
+
+/// Every line of every reply is `NNN-text` or `NNN text` and ends with the
+/// reply's own CRLF: a client value echoed into a reply (EHLO host, MAIL
+/// FROM address, the message's From header) cannot split it. Found by the
+/// `smtp_session` fuzz target (a bare CR inside the From header).
+#[test]
+fn client_values_cannot_split_a_reply() {
+    let u = user(&[("prot", &[Right::Send])]);
+    let mut s = session(true, false);
+    let mut input = b"EHLO c\rd\x01\r\nHELO e\rf\r\nAUTH PLAIN AG1hcmlvAHB3\r\n".to_vec();
+    input.extend_from_slice(b"MAIL FROM:<x\ry@z.t>\r\nMAIL FROM:<prot@pec.test> X-\rZ=1\r\n");
+    input.extend_from_slice(b"MAIL FROM:<prot@pec.test>\r\nRCPT TO:<a@b.c>\r\nDATA\r\nFrom: prot@pec.test\rc.test\r\n\r\nx\r\n.\r\n");
+    let (out, relays) = run(&mut s, &input, &u);
+    assert!(relays.is_empty());
+    assert!(out.iter().any(|r| r.starts_with("550") && r.contains("Header From")), "{out:?}");
+    for r in &out {
+        let body = r.strip_suffix("\r\n").unwrap_or_else(|| panic!("no CRLF: {r:?}"));
+        for line in body.split("\r\n") {
+            assert!(!line.contains(['\r', '\n']), "bare CR/LF in {r:?}");
+            assert!(line.len() >= 4 && line.as_bytes()[..3].iter().all(u8::is_ascii_digit), "{r:?}");
+        }
+    }
+}
