@@ -490,7 +490,7 @@ mod tests {
             flags: vec![],
             provider: None,
             duplicate: false,
-            pec: Some(serde_json::json!({ "n": [2.2262222222222218e76_f64, 0.1_f64, 1e-300_f64] })),
+            pec: Some(crate::pec::meta::StoredPec::Unrecognised(serde_json::json!({ "n": [2.2262222222222218e76_f64, 0.1_f64, 1e-300_f64] }))),
             handling: None,
             view_uid: None,
         };
