@@ -9,15 +9,16 @@
 //!
 //! Checked beyond "no panic": a body with its own hash is never refused for
 //! its hash; every record that decodes re-encodes (`encode_line`) into a
-//! line that decodes to the same record; what the index and the audit
+//! line that decodes to the same record; an archived message's `pec`
+//! (`StoredPec`: typed metadata, or JSON this version does not understand,
+//! kept as written) reads back as itself; what the index and the audit
 //! filters read from a record is computed without panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pecgate::audit::Filter;
-use pecgate::pec::meta::PecMeta;
 use pecgate::store::{decode_line, encode_line, LineError};
-use pecgate::store::{Event, Record};
+use pecgate::store::{Event, Record, StoredPec};
 use sha2::{Digest, Sha256};
 
 fn exercise(rec: &Record) {
@@ -25,8 +26,15 @@ fn exercise(rec: &Record) {
     let _ = filter.matches(rec);
     let _ = rec.event.mailbox();
     match &rec.event {
-        Event::Archived { pec: Some(v), .. } => {
-            let _ = PecMeta::from_value(v);
+        Event::Archived { pec: Some(p), .. } => {
+            // What the index reads (metadata, or why not) and writes back.
+            match p {
+                StoredPec::Meta(_) => assert!(p.unrecognised_because().is_none()),
+                StoredPec::Unrecognised(_) => assert!(p.meta().is_none() && p.unrecognised_because().is_some()),
+            }
+            let json = serde_json::to_string(p).expect("pec serialises");
+            let back: StoredPec = serde_json::from_str(&json).unwrap_or_else(|e| panic!("own pec JSON refused: {e}: {json}"));
+            assert_eq!(&back, p, "pec JSON round trip: {json}");
         }
         Event::FlagsChanged { op, flags, .. } => {
             let _ = op.apply(flags, flags);
