@@ -3,7 +3,8 @@
 //! One [`Authenticator`] serves every listener (like Postfix's `anvil`), so a
 //! guesser cannot get more tries by opening more connections or switching
 //! protocol. Unknown users and wrong passwords get the same answer after the
-//! same work (a dummy hash is verified), so user names cannot be probed.
+//! same work (a dummy hash as dear as the configured ones is verified), so
+//! user names cannot be probed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -226,12 +227,34 @@ impl Throttle {
 pub struct Authenticator {
     users: RwLock<Arc<UserTable>>,
     throttle: Mutex<Throttle>,
-    /// Verified when the user is unknown, so both cases cost the same.
-    dummy_hash: String,
+    /// Verified when the user is unknown, so both cases cost the same
+    /// ([`dummy_hash`]); replaced with the users.
+    dummy_hash: RwLock<String>,
 }
 
 /// User name → (password hash, user).
 type UserTable = HashMap<String, (String, Arc<User>)>;
+
+/// The hash an unknown user's password is checked against, made with the
+/// parameters of the dearest configured hash (argon2's defaults if none
+/// parses): refusing an unknown name then costs what refusing a wrong
+/// password does whatever parameters the configured hashes were made with
+/// (`hash-password` uses the defaults, hashes made elsewhere may not; with
+/// a fixed default-cost dummy, names of users with cheaper or dearer hashes
+/// could be told from unknown ones by the time of the answer).
+fn dummy_hash(users: &[UserConfig]) -> String {
+    let dearest = users
+        .iter()
+        .filter_map(|u| {
+            let h = PasswordHash::new(&u.password_hash).ok()?;
+            let algorithm = argon2::Algorithm::try_from(h.algorithm).ok()?;
+            let version = h.version.map(argon2::Version::try_from).transpose().ok()?.unwrap_or_default();
+            Some(Argon2::new(algorithm, version, argon2::Params::try_from(&h).ok()?))
+        })
+        .max_by_key(|a| u64::from(a.params().m_cost()).saturating_mul(u64::from(a.params().t_cost())));
+    let salt = SaltString::generate(&mut OsRng);
+    dearest.unwrap_or_default().hash_password(b"pecgate-dummy", &salt).map(|h| h.to_string()).unwrap_or_default()
+}
 
 /// Unknown rights are dropped here; `Config::validate` has already refused them.
 fn table(users: &[UserConfig]) -> UserTable {
@@ -256,8 +279,11 @@ fn table(users: &[UserConfig]) -> UserTable {
 impl Authenticator {
     /// Build from validated configuration.
     pub fn new(users: &[UserConfig]) -> Authenticator {
-        let dummy_hash = hash_password("pecgate-dummy").unwrap_or_default();
-        Authenticator { users: RwLock::new(Arc::new(table(users))), throttle: Mutex::new(Throttle::default()), dummy_hash }
+        Authenticator {
+            users: RwLock::new(Arc::new(table(users))),
+            throttle: Mutex::new(Throttle::default()),
+            dummy_hash: RwLock::new(dummy_hash(users)),
+        }
     }
 
     /// Replace the users (SIGHUP). New logins see the new table at once;
@@ -268,6 +294,18 @@ impl Authenticator {
         match self.users.write() {
             Ok(mut g) => *g = t,
             Err(poisoned) => *poisoned.into_inner() = t,
+        }
+        let d = dummy_hash(users);
+        match self.dummy_hash.write() {
+            Ok(mut g) => *g = d,
+            Err(poisoned) => *poisoned.into_inner() = d,
+        }
+    }
+
+    fn dummy(&self) -> String {
+        match self.dummy_hash.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -299,7 +337,7 @@ impl Authenticator {
         }
         let (hash, user) = match self.current().get(name) {
             Some((h, u)) => (h.clone(), Some(u.clone())),
-            None => (self.dummy_hash.clone(), None),
+            None => (self.dummy(), None),
         };
         let pw = password.to_string();
         let ok = verify_on_pool(pw, hash).await?;
@@ -345,6 +383,39 @@ mod tests {
         assert_eq!(delay_for(2), Duration::from_secs(1));
         assert_eq!(delay_for(6), Duration::from_secs(16));
         assert_eq!(delay_for(60), Duration::from_secs(16));
+    }
+
+    fn params_of(hash: &str) -> (u32, u32, u32) {
+        let p = argon2::Params::try_from(&PasswordHash::new(hash).unwrap()).unwrap();
+        (p.m_cost(), p.t_cost(), p.p_cost())
+    }
+
+    /// The dummy an unknown name is checked against costs what the dearest
+    /// configured hash costs, not always argon2's defaults (a default-cost
+    /// dummy answered unknown names slower than users with cheaper hashes,
+    /// faster than users with dearer ones), and follows a reload.
+    #[test]
+    fn dummy_hash_costs_what_the_users_hashes_cost() {
+        let with = |m, t| {
+            let params = argon2::Params::new(m, t, 1, None).unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            let hash = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string();
+            UserConfig { name: format!("u{m}"), password_hash: hash, default_mailbox: None, grants: BTreeMap::new(), roles: vec![] }
+        };
+        let a = Authenticator::new(&[with(8, 1), with(16, 2), with(24, 1)]);
+        assert_eq!(params_of(&a.dummy()), (16, 2, 1));
+        let mut memory = Vec::new();
+        assert!(verify_with_memory("pecgate-dummy", &a.dummy(), &mut memory));
+        a.reload(&[with(8, 1)]);
+        assert_eq!(params_of(&a.dummy()), (8, 1, 1));
+        let defaults = argon2::Params::default();
+        a.reload(&[]);
+        assert_eq!(params_of(&a.dummy()), (defaults.m_cost(), defaults.t_cost(), defaults.p_cost()));
+        let unparsable = UserConfig { password_hash: "not a hash".into(), ..with(8, 1) };
+        assert_eq!(params_of(&dummy_hash(&[unparsable])), (defaults.m_cost(), defaults.t_cost(), defaults.p_cost()));
     }
 
     #[tokio::test]
