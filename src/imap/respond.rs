@@ -180,6 +180,22 @@ pub fn flags_of(meta: &MessageMeta, seen: bool, recent: bool) -> Vec<FlagFetch<'
     out
 }
 
+/// `INTERNALDATE` as IMAP can write it (imap-types' `DateTime::validate`):
+/// whole seconds — an APPEND without a date and the SMTP relay's sent
+/// copies are stamped with the clock's nanoseconds — and a year from 0000
+/// to 9999, in UTC — an APPEND date at either end can be another year in
+/// UTC ("31-Dec-9999 23:59:59 -1200"); such a date shows as the nearest
+/// one IMAP can write. (`unvalidated` with nanoseconds panicked in debug
+/// builds and, like a 5-digit year, wrote an invalid date-time otherwise.)
+pub fn internal_date(d: chrono::DateTime<chrono::Utc>) -> imap_next::imap_types::datetime::DateTime {
+    use chrono::{NaiveDate, SubsecRound};
+    let bound = |y, m, d, h, mi, s| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(h, mi, s)).map(|t| t.and_utc());
+    let (Some(first), Some(last)) = (bound(0, 1, 1, 0, 0, 0), bound(9999, 12, 31, 23, 59, 59)) else {
+        unreachable!("both are valid dates")
+    };
+    imap_next::imap_types::datetime::DateTime::unvalidated(d.trunc_subsecs(0).clamp(first, last).fixed_offset())
+}
+
 pub fn message_items(
     names: &[MessageDataItemName<'static>],
     uid: u32,
@@ -199,12 +215,7 @@ pub fn message_items(
                 flags_sent = true;
                 MessageDataItem::Flags(flags_of(meta, seen, recent))
             }
-            MessageDataItemName::InternalDate => {
-                let d = meta.internal_date.fixed_offset();
-                MessageDataItem::InternalDate(
-                    imap_next::imap_types::datetime::DateTime::unvalidated(d),
-                )
-            }
+            MessageDataItemName::InternalDate => MessageDataItem::InternalDate(internal_date(meta.internal_date)),
             MessageDataItemName::Rfc822Size => {
                 MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
             }
@@ -253,4 +264,31 @@ pub fn message_items(
         out.push(MessageDataItem::Flags(flags_of(meta, true, recent)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, FixedOffset, NaiveDate};
+    use imap_next::imap_types::datetime::DateTime as ImapDateTime;
+
+    /// Found by fuzzing (imap_session): APPEND without a date, then FETCH
+    /// INTERNALDATE, panicked the session in a debug build.
+    #[test]
+    fn internal_dates_are_valid_imap_date_times() {
+        let at = |y, mo, d, h, nanos| {
+            NaiveDate::from_ymd_opt(y, mo, d).and_then(|d| d.and_hms_nano_opt(h, 14, 55, nanos)).expect("date").and_utc()
+        };
+        for (stored, shown) in [
+            (at(2026, 11, 25, 10, 592_847_131), "2026-11-25T10:14:55+00:00"),
+            (at(2026, 11, 25, 10, 0), "2026-11-25T10:14:55+00:00"),
+            // "31-Dec-9999 23:14:55 -1200" and "01-Jan-0000 00:14:55 +1400" in UTC
+            (at(10000, 1, 1, 11, 0), "9999-12-31T23:59:59+00:00"),
+            (at(-1, 12, 31, 10, 0), "0000-01-01T00:00:00+00:00"),
+        ] {
+            let d = super::internal_date(stored);
+            let inner: &DateTime<FixedOffset> = d.as_ref();
+            assert!(ImapDateTime::validate(inner).is_ok(), "{stored}: {inner}");
+            assert_eq!(inner.to_rfc3339(), shown, "{stored}");
+        }
+    }
 }
