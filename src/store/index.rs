@@ -69,6 +69,11 @@ pub struct MessageMeta {
     /// virtual `Trash` (given in the order messages were hidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trash_uid: Option<u32>,
+    /// Archived by a client's APPEND into a category: not a message the
+    /// provider delivered nor one pecgate sent, so whoever may file may
+    /// also take it away (hide it) without the delete right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appended: bool,
 }
 
 impl MessageMeta {
@@ -405,6 +410,7 @@ impl Index {
                             flags: flags.clone(),
                             modseq: st.highest_modseq,
                             archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
+                            appended: home.as_ref().is_none_or(|h| h.appended),
                             pec: home.and_then(|h| h.pec),
                             source_uid: None,
                             trash_uid: None,
@@ -479,6 +485,7 @@ impl Index {
                                 pec: pec.clone(),
                                 source_uid: None,
                                 trash_uid: None,
+                                appended: st.category.is_some(),
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(

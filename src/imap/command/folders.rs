@@ -112,13 +112,14 @@ pub async fn rename(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, 
     answer(io, tag, r, "RENAME done");
 }
 
-/// How many messages of a category are filed there (moved or appended
-/// into it) rather than labelled.
+/// How many messages of a category are filed only there that hiding
+/// would need the delete right for (moved there from the gateway's
+/// folders; not those a client appended there).
 pub fn filed_here(conn: &Conn, mailbox: &str, folder: &str) -> Result<usize, StoreError> {
     let store = &conn.ctx.store;
     let mut n = 0;
     for (uid, m) in store.messages(mailbox, folder)? {
-        if store.find_hash(mailbox, &m.hash)? == Some((folder.to_string(), uid)) {
+        if !m.appended && store.find_hash(mailbox, &m.hash)? == Some((folder.to_string(), uid)) {
             n += 1;
         }
     }

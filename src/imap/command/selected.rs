@@ -433,7 +433,7 @@ async fn expunge(
     if kept > 0 {
         return io.status(ok(
             tag,
-            &format!("EXPUNGE done; {kept} messages filed only in this folder were kept: hiding them needs the delete right"),
+            &format!("EXPUNGE done; kept {kept} message(s) filed only in this folder: hiding them needs the delete right"),
         ));
     }
     io.status(ok(tag, "EXPUNGE done"));
@@ -469,11 +469,8 @@ async fn hide_deleted(
             let ch = Change::Unlabel { mailbox: mailbox.clone(), folder: sfolder.clone(), uids: labels.clone() };
             user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), labels, ch).await?;
         }
-        if user.view.user.may(&mailbox, crate::auth::Right::Delete) {
-            (filed, 0)
-        } else {
-            (vec![], filed.len())
-        }
+        let (hide, kept) = hideable(user, sel, filed);
+        (hide, kept.len())
     } else {
         (uids, 0)
     };
@@ -485,6 +482,8 @@ async fn hide_deleted(
 }
 
 /// Of `uids` in the selected category: (labels, messages filed there).
+/// A filed message appended by a client comes first among the filed ones
+/// only in the sense that [`hideable`] tells them apart.
 pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
     let folder = sel.folder.source();
     let by_uid: std::collections::HashMap<u32, &str> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.as_str())).collect();
@@ -498,4 +497,16 @@ pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32
         }
     }
     Ok((labels, filed))
+}
+
+/// Of messages filed in the selected category: (those this user may
+/// hide, those kept). Hiding needs the delete right, except for what a
+/// client APPENDed there (not a PEC the provider delivered or pecgate
+/// sent): whoever may file may take that away.
+pub fn hideable(user: &Authed, sel: &Selected, filed: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+    if user.view.user.may(&sel.folder.mailbox, crate::auth::Right::Delete) {
+        return (filed, vec![]);
+    }
+    let appended: HashSet<u32> = sel.msgs.iter().filter(|(_, m)| m.appended).map(|(u, _)| *u).collect();
+    filed.into_iter().partition(|u| appended.contains(u))
 }

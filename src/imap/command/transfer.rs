@@ -301,6 +301,7 @@ async fn hide(
         }
         uids = filed;
     }
+    // Hiding needs delete, which the table checked for a MOVE into Trash.
     if !uids.is_empty() {
         let mb = allowed.mailbox().to_string();
         let ch = Change::Hide { mailbox: mb.clone(), folder: from.into(), uids: uids.clone() };
