@@ -471,7 +471,15 @@ impl View {
     /// about yet, now told (`\\Recent`).
     pub fn recent_claim(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
         match &self.recent {
-            Some(r) => r.claim(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            Some(r) => r.claim(&self.user.name, &recent_key(f), uids),
+            None => HashSet::new(),
+        }
+    }
+
+    /// The UIDs among `uids` of `f` that are recent, without telling.
+    pub fn recent_peek(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
+        match &self.recent {
+            Some(r) => r.peek(&self.user.name, &recent_key(f), uids),
             None => HashSet::new(),
         }
     }
@@ -479,7 +487,7 @@ impl View {
     /// How many of `uids` would be recent (STATUS), without telling.
     pub fn recent_count(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> u32 {
         match &self.recent {
-            Some(r) => r.count(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            Some(r) => r.count(&self.user.name, &recent_key(f), uids),
             None => 0,
         }
     }
@@ -646,6 +654,16 @@ fn view_uidvalidity(inbox: u32, kind: &ViewKind) -> u32 {
         ViewKind::Office(o) => 16 + o.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into())) % 65_536,
     };
     (!inbox).wrapping_sub(salt).max(1)
+}
+
+/// Whose UIDs a `\\Recent` mark counts: a category by its store name
+/// (never given out twice: one deleted and created again under the same
+/// name starts from UID 1 and its messages are recent again).
+fn recent_key(f: &Folder) -> String {
+    match (&f.store_folder, f.category) {
+        (Some(sf), true) => format!("{}\0{sf}", f.mailbox),
+        _ => format!("{}\0{}", f.mailbox, f.name),
+    }
 }
 
 /// Names under a mailbox that are the gateway's own: a category may not

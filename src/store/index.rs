@@ -625,6 +625,7 @@ impl Index {
                                 "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
                             ))));
                         };
+                        let before = (fs.exists, fs.size);
                         for (old, new) in moves {
                             let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
                             let Some(v) = msgs.remove(ok)? else { continue };
@@ -657,7 +658,14 @@ impl Index {
                                 seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
                             }
                         }
-                        folders.insert(fk, json(&fs))?;
+                        if from == to {
+                            // Into the folder itself: new UIDs, the same
+                            // messages (one state, read twice above).
+                            (ts.exists, ts.size) = before;
+                        }
+                        if from != to {
+                            folders.insert(fk, json(&fs))?;
+                        }
                         folders.insert(tk, json(&ts))?;
                     }
                     Event::Handled { mailbox, transition, items } => {

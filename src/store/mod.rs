@@ -1036,9 +1036,6 @@ impl Writer {
                 Event::Unhidden { mailbox, folder, moves }
             }
             Change::Move { mailbox, from, to, uids } => {
-                if from == to {
-                    return Err(StoreError::Invalid(format!("move within one folder ({mailbox}/{from})")));
-                }
                 if self.folder_state(&mailbox, &from)?.is_none() {
                     return Err(StoreError::Invalid(format!("no folder {mailbox}/{from}")));
                 }

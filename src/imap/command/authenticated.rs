@@ -226,7 +226,12 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     }
     io.status(untagged(StatusKind::Ok, Some(Code::PermanentFlags(perm)), "flags"));
     io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-    let recent = view.recent_claim(&folder, msgs.iter().map(|m| m.0));
+    // EXAMINE looks without taking: the messages stay recent.
+    let recent = if rw {
+        view.recent_claim(&folder, msgs.iter().map(|m| m.0))
+    } else {
+        view.recent_peek(&folder, msgs.iter().map(|m| m.0))
+    };
     io.data(Data::Recent(u32::try_from(recent.len()).unwrap_or(u32::MAX)));
     if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));

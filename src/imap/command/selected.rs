@@ -170,7 +170,8 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
     if msgs.len() != before {
         io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-        let fresh = user.view.recent_claim(&sel.folder, msgs[before..].iter().map(|m| m.0));
+        let uids = msgs[before..].iter().map(|m| m.0);
+        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, uids) } else { user.view.recent_peek(&sel.folder, uids) };
         if !fresh.is_empty() {
             sel.recent.extend(fresh);
             io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));

@@ -164,22 +164,33 @@ pub async fn r#move(
         return io.status(cannot(tag, "virtual folders cannot hold moved messages"));
     };
     let (from, to) = (from.as_str(), to.as_str());
-    if from == to {
+    if from == to && sel.folder.handling.is_some() {
         return io.status(cannot(
             tag,
-            if sel.folder.handling.is_some() {
-                "the messages of a handling view are in INBOX already; to change their handling, move them into To handle, Mine, Offices/<office> or Done"
-            } else {
-                "source and target are the same folder"
-            },
+            "the messages of a handling view are in INBOX already; to change their handling, move them into To handle, Mine, Offices/<office> or Done",
         ));
     }
-    let uids: Vec<u32> = sel.source_uids(&targets(sel, set, uid).iter().map(|t| t.1).collect::<Vec<_>>());
+    // A MOVE into the folder itself gives the messages new UIDs (RFC 6851).
+    let shown: Vec<u32> = targets(sel, set, uid).iter().map(|t| t.1).collect();
+    let uids: Vec<u32> = sel.source_uids(&shown);
     if !uids.is_empty() {
+        let shown_of: HashMap<u32, u32> = uids.iter().copied().zip(shown.iter().copied()).collect();
         let mb = allowed.mailbox().to_string();
         let ch = Change::Move { mailbox: mb.clone(), from: from.into(), to: to.into(), uids: uids.clone() };
-        if let Err(e) = user.record(conn, "move", &mb, from, uids, ch).await {
-            return io.status(serverbug(tag, &e));
+        let a = user.audit(conn, "move").mailbox(&mb).folder(sel.folder.audit_name()).uids(uids);
+        let moves = match conn.ctx.store.commit(a, ch).await {
+            Ok(c) => match c.event {
+                StoreEvent::Moved { moves, .. } => moves,
+                _ => vec![],
+            },
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        // COPYUID before the EXPUNGEs (RFC 6851 §4.3).
+        let uv = conn.ctx.store.folder(&mb, to).ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
+        if let Some((source, destination)) =
+            uid_set(moves.iter().map(|m| shown_of.get(&m.0).copied().unwrap_or(m.0))).zip(uid_set(moves.iter().map(|m| m.1)))
+        {
+            io.status(untagged(StatusKind::Ok, Some(Code::CopyUid { uid_validity: nz(uv), source, destination }), "moved"));
         }
     }
     refresh(user, sel, io, true, &HashSet::new());
