@@ -501,3 +501,23 @@ async fn drafts_are_private_and_expunge_deletes() {
     assert_eq!(c.store.find_hash(own, &hash).unwrap(), None, "deleted, not hidden");
     assert!(c.store.hidden_messages(own).unwrap().is_empty());
 }
+
+/// `<mailbox>/All` (`\All`): every message once, wherever it is filed
+/// (a message moved into a category, not its labels), read-only.
+#[tokio::test]
+async fn all_shows_every_message_once() {
+    let mut c = start(3).await;
+    c.login("anna").await;
+    let r = c.cmd("l", "LIST \"\" prot/All").await;
+    assert!(r.contains("* LIST (\\HasNoChildren \\All) \"/\" prot/All\r\n"), "{r}");
+    assert!(c.cmd("c", "CREATE prot/Cartella").await.contains("c OK"));
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    assert!(c.cmd("k", "UID COPY 1 prot/Cartella").await.contains("k OK"));
+    assert!(c.cmd("m", "UID MOVE 2 prot/Cartella").await.contains("m OK"));
+    let r = c.cmd("a", "SELECT prot/All").await;
+    assert!(r.contains("* 3 EXISTS") && tagged_line(&r, "a").starts_with("a OK [READ-ONLY]"), "{r}");
+    let r = c.cmd("f", "UID FETCH 1:* (UID)").await;
+    assert!(r.contains("(UID 1)") && r.contains("(UID 2)") && r.contains("(UID 3)"), "the archive order: {r}");
+    let r = c.cmd("x", "UID COPY 1 prot/Cartella").await;
+    assert!(tagged_line(&r, "x").starts_with("x NO [CANNOT]"), "{r}");
+}

@@ -141,6 +141,8 @@ mod tests {
             source_uid: None,
             trash_uid: None,
             appended: false,
+            all_uid: None,
+            label: false,
         }
     }
 

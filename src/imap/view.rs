@@ -44,6 +44,8 @@ pub const INBOX: &str = "INBOX";
 pub const OFFICES: &str = "Offices";
 /// The virtual folder's leaf name.
 pub const UNDELIVERED: &str = "Undelivered";
+/// The virtual folder of every message of a mailbox once.
+pub const ALL: &str = "All";
 /// The virtual folder of hidden messages (users with `delete` only).
 pub const TRASH: &str = "Trash";
 
@@ -79,6 +81,9 @@ pub struct Folder {
     /// One of the user's own `Drafts` and `Templates` (a category of their
     /// private store): not PEC, not evidence; EXPUNGE there deletes.
     pub private: bool,
+    /// The mailbox's `All` (virtual, `\\All`, read-only): every message
+    /// once, wherever it is filed, numbered by All UIDs.
+    pub all: bool,
 }
 
 impl Folder {
@@ -241,6 +246,7 @@ impl View {
                     handling: None,
                     trash: false,
                     private: false,
+                        all: false,
                 }),
             });
         }
@@ -260,6 +266,7 @@ impl View {
                     handling: None,
                     trash: false,
                     private: true,
+                    all: false,
                 }),
             });
         }
@@ -281,9 +288,25 @@ impl View {
                         handling: None,
                         trash: false,
                         private: false,
+                        all: false,
                     }),
                 });
             }
+            let name = format!("{m}{DELIMITER}{ALL}");
+            out.push(ListEntry {
+                name: name.clone(),
+                folder: Some(Folder {
+                    name,
+                    mailbox: m.to_string(),
+                    store_folder: None,
+                    category: false,
+                    special_use: Some("All"),
+                    handling: None,
+                    trash: false,
+                    private: false,
+                    all: true,
+                }),
+            });
             if self.user.may(m, Right::Delete) {
                 let name = format!("{m}{DELIMITER}{TRASH}");
                 out.push(ListEntry {
@@ -297,6 +320,7 @@ impl View {
                         handling: None,
                         trash: true,
                         private: false,
+                        all: false,
                     }),
                 });
             }
@@ -320,6 +344,7 @@ impl View {
                         handling: Some(kind),
                         trash: false,
                         private: false,
+                        all: false,
                     }),
                 });
             }
@@ -336,6 +361,7 @@ impl View {
                         handling: None,
                         trash: false,
                         private: false,
+                        all: false,
                     }),
                 });
             }
@@ -408,6 +434,9 @@ impl View {
         if f.trash {
             return self.trash_snapshot(f);
         }
+        if f.all {
+            return self.all_snapshot(f);
+        }
         let key = match &f.handling {
             Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
             None => format!("{}\0{:?}", f.mailbox, f.store_folder.as_deref()),
@@ -466,6 +495,33 @@ impl View {
             m.source_uid = Some(uid);
             m.pec = None;
             msgs.push((t, Arc::new(m)));
+        }
+        Ok((Arc::new(msgs), seen))
+    }
+
+    /// All: every message of the mailbox once, where it is filed, by All
+    /// UID (`source_uid`: its UID in that folder), with this user's
+    /// `\\Seen` from there. Keywords are the stored ones (the computed
+    /// `$Pec*` show in the message's own folder).
+    fn all_snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
+        let mut msgs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        for (a, folder, uid, mut m) in self.store.all_messages(&f.mailbox)? {
+            let s = match seen_in.get(&folder) {
+                Some(s) => s,
+                None => {
+                    let s = self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?;
+                    seen_in.entry(folder.clone()).or_insert(s)
+                }
+            };
+            if s.contains(&uid) {
+                seen.insert(a);
+            }
+            m.flags.retain(|fl| !is_pec_keyword(fl));
+            m.source_uid = Some(uid);
+            m.pec = None;
+            msgs.push((a, Arc::new(m)));
         }
         Ok((Arc::new(msgs), seen))
     }
@@ -623,6 +679,17 @@ impl View {
             let counts = Counts {
                 uidvalidity: (!uv).wrapping_sub(7).max(1),
                 uidnext: self.store.last_trash_uid(&f.mailbox)?.saturating_add(1),
+                exists,
+                unseen,
+                highest_modseq: 1,
+            };
+            return Ok((counts, snap));
+        }
+        if f.all {
+            let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
+            let counts = Counts {
+                uidvalidity: (!uv).wrapping_sub(11).max(1),
+                uidnext: self.store.last_all_uid(&f.mailbox)?.saturating_add(1),
                 exists,
                 unseen,
                 highest_modseq: 1,

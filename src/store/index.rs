@@ -74,6 +74,15 @@ pub struct MessageMeta {
     /// also take it away (hide it) without the delete right.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub appended: bool,
+    /// Its UID in the mailbox's virtual `All` (given in the order
+    /// messages entered the archive; kept through moves and hiding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_uid: Option<u32>,
+    /// A category's label of a message filed elsewhere (a COPY, or an
+    /// APPEND of bytes already held): `All` shows the message once, where
+    /// it is filed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub label: bool,
 }
 
 impl MessageMeta {
@@ -232,8 +241,8 @@ pub struct Index {
 }
 
 /// The index format this code writes. 2: hidden messages carry their
-/// Trash UID.
-pub const FORMAT: u32 = 2;
+/// Trash UID. 3: messages carry their All UID, labels are marked.
+pub const FORMAT: u32 = 3;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
 
@@ -368,6 +377,7 @@ impl Index {
                             ts.highest_modseq += 1;
                             ts.uidnext = ts.uidnext.max(new + 1);
                             m.modseq = ts.highest_modseq;
+                            m.label = true;
                             msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&m))?;
                             // Every user's \Seen comes along (a copy keeps its flags).
                             if let Some(users) = get_json::<Vec<String>>(seen_by, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? {
@@ -411,6 +421,8 @@ impl Index {
                             modseq: st.highest_modseq,
                             archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
                             appended: home.as_ref().is_none_or(|h| h.appended),
+                            all_uid: home.as_ref().and_then(|h| h.all_uid),
+                            label: true,
                             pec: home.and_then(|h| h.pec),
                             source_uid: None,
                             trash_uid: None,
@@ -492,6 +504,16 @@ impl Index {
                                 source_uid: None,
                                 trash_uid: None,
                                 appended: st.category.is_some(),
+                                all_uid: Some({
+                                    // Numbered in the virtual All in the
+                                    // order of archiving (a fold over the
+                                    // journal, like Trash).
+                                    let ak = key(&[b"all", mailbox.as_bytes()]);
+                                    let a = meta.get(&ak)?.map(|v| be32(&v)).unwrap_or(0) + 1;
+                                    meta.insert(ak, &a.to_be_bytes())?;
+                                    a
+                                }),
+                                label: false,
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(
@@ -851,6 +873,30 @@ impl Index {
     /// ((0, 0): none).
     pub fn last_category(&self, mailbox: &str) -> Result<(u32, u32), sled::Error> {
         Ok(self.meta.get(key(&[b"category", mailbox.as_bytes()]))?.map(|v| last_category(&v)).unwrap_or((0, 0)))
+    }
+
+    /// The last All UID given out in `mailbox` (0: none).
+    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32, sled::Error> {
+        Ok(self.meta.get(key(&[b"all", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    }
+
+    /// Every message of `mailbox` once, where it is filed (labels left
+    /// out, hidden ones too): (All UID, folder, UID there, metadata), by
+    /// All UID.
+    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.msgs.scan_prefix(&p) {
+            let (k, v) = kv?;
+            let m: MessageMeta = unjson(&v)?;
+            let (Some(a), false) = (m.all_uid, m.label) else { continue };
+            let rest = &k[p.len()..];
+            let cut = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            let folder = String::from_utf8_lossy(&rest[..cut]).into_owned();
+            out.push((a, folder, be32(&rest[(cut + 1).min(rest.len())..]), m));
+        }
+        out.sort_by_key(|e| e.0);
+        Ok(out)
     }
 
     /// The last Trash UID given out in `mailbox` (0: none).

@@ -527,6 +527,17 @@ impl Store {
     }
 
     /// The last UID the virtual Trash of `mailbox` gave out (0: none).
+    /// Every message of `mailbox` once, where it is filed: (All UID,
+    /// folder, UID there, metadata), by All UID (the virtual `All`).
+    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>> {
+        Ok(self.inner.index.all_messages(mailbox)?)
+    }
+
+    /// The last All UID given out in `mailbox` (0: none).
+    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32> {
+        Ok(self.inner.index.last_all_uid(mailbox)?)
+    }
+
     pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32> {
         Ok(self.inner.index.last_trash_uid(mailbox)?)
     }

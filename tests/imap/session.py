@@ -68,6 +68,8 @@ want = [
     '(\\HasNoChildren) "/" prot/Receipts',
     '(\\HasNoChildren) "/" prot/Anomalies',
     '(\\HasNoChildren) "/" prot/Undelivered',
+    # Every message once, wherever it is filed (issue 22).
+    '(\\HasNoChildren \\All) "/" prot/All',
     # mario holds delete: what is hidden is listed in Trash (issue 13).
     '(\\HasNoChildren \\Trash) "/" prot/Trash',
     '(\\HasNoChildren) "/" "prot/To handle"',

@@ -75,6 +75,8 @@ check(ix_copyuid is not None and ix_expunge is not None and ix_copyuid < ix_expu
 raw.close()
 typ, data = anna.status(CAT, "(MESSAGES)")
 check(b"(MESSAGES 2)" in data[0], "the category shows the copied and the moved message", data)
+typ, data = anna.status("prot/All", "(MESSAGES)")
+check(b"(MESSAGES 2)" in data[0], "prot/All (\\All) shows each message once: the copy is a label, the move files", data)
 
 # ---------------------------------------------------------- item 9: APPEND of bytes already held
 DUP = "From: a@example.it\r\nSubject: doppio\r\nMessage-ID: <dup@example.it>\r\n\r\nstesso testo\r\n"

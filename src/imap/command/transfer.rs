@@ -58,6 +58,9 @@ pub async fn copy(
     if sel.folder.trash {
         return io.status(cannot(tag, "messages in Trash are hidden; MOVE them out to show them again"));
     }
+    if sel.folder.all {
+        return io.status(cannot(tag, "All shows each message where it is filed: select that folder to copy from it"));
+    }
     if target.category {
         return label(conn, user, sel, io, tag, set, uid, &target).await;
     }
