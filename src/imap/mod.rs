@@ -108,6 +108,13 @@ impl RecentMarks {
         fresh
     }
 
+    /// The UIDs among `uids` that are recent, without telling (EXAMINE:
+    /// a read-only look leaves them recent, RFC 3501 §6.3.2).
+    pub fn peek(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> std::collections::HashSet<u32> {
+        let last = self.0.lock().ok().and_then(|m| m.get(&Self::key(user, folder)).copied()).unwrap_or(0);
+        uids.filter(|u| *u > last).collect()
+    }
+
     /// How many of `uids` would be recent (STATUS), without telling.
     pub fn count(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> u32 {
         let last = self.0.lock().ok().and_then(|m| m.get(&Self::key(user, folder)).copied()).unwrap_or(0);

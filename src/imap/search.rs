@@ -283,6 +283,7 @@ mod tests {
             pec: None,
             source_uid: None,
             trash_uid: None,
+            appended: false,
         };
         let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, recent: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);

@@ -140,6 +140,7 @@ mod tests {
             pec: None,
             source_uid: None,
             trash_uid: None,
+            appended: false,
         }
     }
 

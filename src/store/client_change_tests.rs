@@ -231,3 +231,87 @@ async fn derived_data_is_cached_per_blob() {
     // A missing blob is an error, not a cached empty value.
     assert!(store.derived("len-1", &"0".repeat(64), len).is_err());
 }
+
+/// Categories: folders people create, as labels over the archive. Every
+/// step is a journal record, so a rebuild gives the same folders, names,
+/// UIDs and labels; no step removes a message from the archive.
+#[tokio::test]
+async fn categories_are_labels_and_survive_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let a = || Audit::user("mario", Some("127.0.0.1:1".into()), "imap", "test");
+    let mut blobs = Vec::new();
+    for i in 0..3 {
+        let b = store.put_blob(format!("Subject: c{i}\r\n\r\nbody {i}\r\n").into_bytes()).await.unwrap();
+        store.commit(a(), archive("prot", "INBOX", b.clone())).await.unwrap();
+        blobs.push(b);
+    }
+    let cat = |s: &Store, name: &str| -> Option<String> {
+        s.folders("prot").unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some(name)).map(|(f, _)| f)
+    };
+    let create = |name: &str| Change::CreateCategory { mailbox: "prot".into(), name: name.into() };
+    store.commit(a(), create("Contratti/2026")).await.unwrap();
+    let (parent, child) = (cat(&store, "Contratti").expect("parent created"), cat(&store, "Contratti/2026").expect("created"));
+    assert_ne!(parent, child);
+    assert!(matches!(store.commit(a(), create("Contratti/2026")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.commit(a(), create("a//b")).await, Err(StoreError::Conflict(_))));
+
+    // COPY labels: the message stays in INBOX, filed there.
+    let c = store
+        .commit(a(), Change::Copy { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), uids: vec![1, 2, 77] })
+        .await
+        .unwrap();
+    assert_eq!(c.event, Event::Copied { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), copies: vec![(1, 1), (2, 2)] });
+    assert_eq!(store.find_hash("prot", &blobs[0].hash).unwrap(), Some(("INBOX".into(), 1)));
+    // APPEND of bytes already held: a message of its own in the category.
+    let l = store
+        .commit(
+            a(),
+            Change::Label { mailbox: "prot".into(), folder: child.clone(), hash: blobs[0].hash.clone(), size: blobs[0].size, internal_date: Utc::now().trunc_subsecs(0), flags: vec!["\\Flagged".into()] },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(l.event, Event::Labeled { uid: 3, .. }));
+    assert_eq!(store.messages("prot", &child).unwrap().len(), 3);
+    // MOVE files it in the category: INBOX no longer shows it.
+    store.commit(a(), Change::Move { mailbox: "prot".into(), from: "INBOX".into(), to: parent.clone(), uids: vec![3] }).await.unwrap();
+    assert_eq!(store.find_hash("prot", &blobs[2].hash).unwrap(), Some((parent.clone(), 1)));
+    assert_eq!(store.messages("prot", "INBOX").unwrap().len(), 2);
+    // A label moving between categories leaves the message where it is filed.
+    store.commit(a(), Change::Move { mailbox: "prot".into(), from: child.clone(), to: parent.clone(), uids: vec![2] }).await.unwrap();
+    assert_eq!(store.find_hash("prot", &blobs[1].hash).unwrap(), Some(("INBOX".into(), 2)));
+
+    // EXPUNGE in a category removes labels only, never what is filed there.
+    let u = store.commit(a(), Change::Unlabel { mailbox: "prot".into(), folder: parent.clone(), uids: vec![1, 2] }).await.unwrap();
+    assert!(matches!(&u.event, Event::Unlabeled { uids, .. } if uids == &vec![2]), "{:?}", u.event);
+    assert_eq!(store.messages("prot", &parent).unwrap().iter().map(|m| m.0).collect::<Vec<_>>(), vec![1]);
+
+    // RENAME takes the inferiors along and moves no message.
+    let uv = store.folder("prot", &child).unwrap().unwrap().uidvalidity;
+    store.commit(a(), Change::RenameCategory { mailbox: "prot".into(), from: "Contratti".into(), to: "Archivio/Contratti".into() }).await.unwrap();
+    assert_eq!(cat(&store, "Archivio/Contratti/2026").as_deref(), Some(child.as_str()));
+    assert!(cat(&store, "Archivio").is_some(), "the new parent was created");
+    assert_eq!(store.folder("prot", &child).unwrap().unwrap().uidvalidity, uv);
+
+    // DELETE: refused while it has inferiors; then labels go and what the
+    // category alone filed is hidden, never removed.
+    let del = |name: &str| Change::DeleteCategory { mailbox: "prot".into(), name: name.into() };
+    assert!(matches!(store.commit(a(), del("Archivio/Contratti")).await, Err(StoreError::Conflict(_))));
+    store.commit(a(), del("Archivio/Contratti/2026")).await.unwrap();
+    store.commit(a(), del("Archivio/Contratti")).await.unwrap();
+    assert!(cat(&store, "Archivio/Contratti").is_none());
+    assert!(store.folder("prot", &parent).unwrap().is_none());
+    assert!(store.hidden_message("prot", &parent, 1).unwrap().is_some(), "the filed message is hidden");
+    assert_eq!(store.messages("prot", "INBOX").unwrap().len(), 2, "labels went; INBOX is untouched");
+    // Numbers are never given out twice.
+    store.commit(a(), create("Nuova")).await.unwrap();
+    let n = cat(&store, "Nuova").unwrap();
+    assert!(![parent.clone(), child.clone()].contains(&n), "{n}");
+
+    let live = store.index_dump().unwrap();
+    store.close().unwrap();
+    drop(store);
+    rebuild_index(dir.path()).unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.index_dump().unwrap(), live);
+}

@@ -43,6 +43,10 @@ pub struct FolderState {
     pub exists: u64,
     /// Their total size in bytes.
     pub size: u64,
+    /// A category's name under its mailbox (see `Event::FolderCreated`);
+    /// `None` for the gateway's own folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +69,11 @@ pub struct MessageMeta {
     /// virtual `Trash` (given in the order messages were hidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trash_uid: Option<u32>,
+    /// Archived by a client's APPEND into a category: not a message the
+    /// provider delivered nor one pecgate sent, so whoever may file may
+    /// also take it away (hide it) without the delete right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appended: bool,
 }
 
 impl MessageMeta {
@@ -111,6 +120,17 @@ fn reconcile_archived(
         sent.insert(tk, json(&state))?;
     }
     Ok(())
+}
+
+/// The `category` meta value: (last number, last UIDVALIDITY).
+fn last_category(v: &[u8]) -> (u32, u32) {
+    (be32(&v[..v.len().min(4)]), if v.len() >= 8 { be32(&v[4..8]) } else { 0 })
+}
+
+/// A `hashes` value: (folder, UID).
+fn split_loc(v: &[u8]) -> (String, u32) {
+    let cut = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+    (String::from_utf8_lossy(&v[..cut]).into_owned(), be32(&v[(cut + 1).min(v.len())..]))
 }
 
 pub fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -294,7 +314,7 @@ impl Index {
                 }
                 match event {
                     Event::None => {}
-                    Event::FolderCreated { mailbox, folder, uidvalidity } => {
+                    Event::FolderCreated { mailbox, folder, uidvalidity, category } => {
                         let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                         if folders.get(&k)?.is_none() {
                             let st = FolderState {
@@ -303,8 +323,120 @@ impl Index {
                                 highest_modseq: 1,
                                 exists: 0,
                                 size: 0,
+                                category: category.clone(),
                             };
                             folders.insert(k, json(&st))?;
+                        }
+                        if category.is_some() {
+                            // Category store names and UIDVALIDITYs are
+                            // never given out twice, deleted ones included.
+                            let ck = key(&[b"category", mailbox.as_bytes()]);
+                            let (n0, uv0) = meta.get(&ck)?.map(|v| last_category(&v)).unwrap_or((0, 0));
+                            let n = folder.strip_prefix('#').and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+                            let mut v = n0.max(n).to_be_bytes().to_vec();
+                            v.extend_from_slice(&uv0.max(*uidvalidity).to_be_bytes());
+                            meta.insert(ck, v)?;
+                        }
+                    }
+                    Event::FolderRenamed { mailbox, renames } => {
+                        for (folder, name) in renames {
+                            let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                            if let Some(mut st) = get_json::<FolderState>(folders, &k)? {
+                                st.category = Some(name.clone());
+                                folders.insert(k, json(&st))?;
+                            }
+                        }
+                    }
+                    Event::FolderDeleted { mailbox, folder } => {
+                        folders.remove(key(&[mailbox.as_bytes(), folder.as_bytes()]))?;
+                    }
+                    Event::Copied { mailbox, from, to, copies } => {
+                        let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
+                        let Some(mut ts) = get_json::<FolderState>(folders, &tk)? else {
+                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
+                                "record {seq}: copy into {mailbox}/{to}: the folder does not exist"
+                            ))));
+                        };
+                        for (old, new) in copies {
+                            let o = old.to_be_bytes();
+                            let Some(mut m) = get_json::<MessageMeta>(msgs, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? else {
+                                continue;
+                            };
+                            let n = new.to_be_bytes();
+                            ts.exists += 1;
+                            ts.size += m.size;
+                            ts.highest_modseq += 1;
+                            ts.uidnext = ts.uidnext.max(new + 1);
+                            m.modseq = ts.highest_modseq;
+                            msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&m))?;
+                            // Every user's \Seen comes along (a copy keeps its flags).
+                            if let Some(users) = get_json::<Vec<String>>(seen_by, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? {
+                                for user in &users {
+                                    seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), &[])?;
+                                }
+                                seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
+                            }
+                        }
+                        folders.insert(tk, json(&ts))?;
+                    }
+                    Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags } => {
+                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
+                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
+                                "record {seq}: label in {mailbox}/{folder}: the folder does not exist"
+                            ))));
+                        };
+                        // The PEC metadata and archive time are the filed
+                        // message's (wherever it is, hidden included).
+                        let home = match hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))? {
+                            Some(loc) => {
+                                let (f, u) = split_loc(&loc);
+                                let k = key(&[mailbox.as_bytes(), f.as_bytes(), &u.to_be_bytes()]);
+                                match get_json::<MessageMeta>(msgs, &k)? {
+                                    Some(m) => Some(m),
+                                    None => get_json::<MessageMeta>(hidden, &k)?,
+                                }
+                            }
+                            None => None,
+                        };
+                        st.exists += 1;
+                        st.size += size;
+                        st.highest_modseq += 1;
+                        st.uidnext = st.uidnext.max(uid + 1);
+                        let m = MessageMeta {
+                            hash: hash.clone(),
+                            size: *size,
+                            internal_date: *internal_date,
+                            flags: flags.clone(),
+                            modseq: st.highest_modseq,
+                            archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
+                            appended: home.as_ref().is_none_or(|h| h.appended),
+                            pec: home.and_then(|h| h.pec),
+                            source_uid: None,
+                            trash_uid: None,
+                        };
+                        msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), json(&m))?;
+                        folders.insert(fk, json(&st))?;
+                    }
+                    Event::Unlabeled { mailbox, folder, uids, .. } => {
+                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                        if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
+                            for uid in uids {
+                                let u = uid.to_be_bytes();
+                                let Some(v) = msgs.remove(key(&[mailbox.as_bytes(), folder.as_bytes(), &u]))? else { continue };
+                                let m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
+                                st.exists = st.exists.saturating_sub(1);
+                                st.size = st.size.saturating_sub(m.size);
+                                st.highest_modseq += 1;
+                                let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
+                                if let Some(users) = get_json::<Vec<String>>(seen_by, &k2)? {
+                                    seen_by.remove(k2)?;
+                                    for user in &users {
+                                        seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]))?;
+                                    }
+                                }
+                            }
+                            folders.insert(fk, json(&st))?;
                         }
                     }
                     Event::Archived {
@@ -353,6 +485,7 @@ impl Index {
                                 pec: pec.clone(),
                                 source_uid: None,
                                 trash_uid: None,
+                                appended: st.category.is_some(),
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(
@@ -492,6 +625,7 @@ impl Index {
                                 "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
                             ))));
                         };
+                        let before = (fs.exists, fs.size);
                         for (old, new) in moves {
                             let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
                             let Some(v) = msgs.remove(ok)? else { continue };
@@ -505,10 +639,13 @@ impl Index {
                             ts.uidnext = ts.uidnext.max(new + 1);
                             m.modseq = ts.highest_modseq;
                             msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), json(&m))?;
-                            hashes.insert(
-                                key(&[mailbox.as_bytes(), m.hash.as_bytes()]),
-                                key(&[to.as_bytes(), &new.to_be_bytes()]),
-                            )?;
+                            // Where the message is filed moves with it; a
+                            // category's label moving elsewhere leaves it.
+                            let hk = key(&[mailbox.as_bytes(), m.hash.as_bytes()]);
+                            let filed_here = hashes.get(&hk)?.is_none_or(|loc| split_loc(&loc) == (from.clone(), *old));
+                            if filed_here {
+                                hashes.insert(hk, key(&[to.as_bytes(), &new.to_be_bytes()]))?;
+                            }
                             // Carry every user's \\Seen along.
                             let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
                             let ok2 = key(&[mailbox.as_bytes(), from.as_bytes(), &o]);
@@ -521,7 +658,14 @@ impl Index {
                                 seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
                             }
                         }
-                        folders.insert(fk, json(&fs))?;
+                        if from == to {
+                            // Into the folder itself: new UIDs, the same
+                            // messages (one state, read twice above).
+                            (ts.exists, ts.size) = before;
+                        }
+                        if from != to {
+                            folders.insert(fk, json(&fs))?;
+                        }
                         folders.insert(tk, json(&ts))?;
                     }
                     Event::Handled { mailbox, transition, items } => {
@@ -605,10 +749,7 @@ impl Index {
 
     /// Where these bytes already are in `mailbox`, if anywhere.
     pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>, sled::Error> {
-        Ok(self.hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))?.map(|v| {
-            let cut = v.iter().position(|b| *b == 0).unwrap_or(v.len());
-            (String::from_utf8_lossy(&v[..cut]).into_owned(), be32(&v[(cut + 1).min(v.len())..]))
-        }))
+        Ok(self.hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))?.map(|v| split_loc(&v)))
     }
 
     /// Archived messages still on the provider, by provider UID.
@@ -698,6 +839,12 @@ impl Index {
         }
         out.sort_by_key(|(_, _, m)| m.trash_uid);
         Ok(out)
+    }
+
+    /// The last category number and UIDVALIDITY given out in `mailbox`
+    /// ((0, 0): none).
+    pub fn last_category(&self, mailbox: &str) -> Result<(u32, u32), sled::Error> {
+        Ok(self.meta.get(key(&[b"category", mailbox.as_bytes()]))?.map(|v| last_category(&v)).unwrap_or((0, 0)))
     }
 
     /// The last Trash UID given out in `mailbox` (0: none).

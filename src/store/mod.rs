@@ -63,6 +63,11 @@ pub enum StoreError {
     /// somebody else got first): an answer for the user, not a failure.
     #[error("{0}")]
     Refused(crate::handling::Refusal),
+    /// A folder change that does not fit the folders as they are now (a
+    /// category that exists already, or no longer): an answer for the
+    /// user, nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -125,6 +130,25 @@ pub enum Change {
     /// the same message at once the first wins and the second gets
     /// [`StoreError::Refused`]; nothing of a refused request is recorded.
     Handle { mailbox: String, hashes: Vec<String>, transition: crate::handling::Transition },
+    /// Create a category (a folder people made) called `name` under
+    /// `mailbox`, and any parent it lacks (`A/B` creates `A` too).
+    CreateCategory { mailbox: String, name: String },
+    /// Rename a category and its inferiors (creating missing parents of
+    /// the new name).
+    RenameCategory { mailbox: String, from: String, to: String },
+    /// Delete a category that has no inferiors: its labels go, and what
+    /// it alone files is hidden (the archive keeps every message).
+    DeleteCategory { mailbox: String, name: String },
+    /// Label messages of `from` into the category (store name) `to` as
+    /// well (a COPY): they stay where they are filed.
+    Copy { mailbox: String, from: String, to: String, uids: Vec<u32> },
+    /// APPEND into a category of bytes the mailbox already holds: a new
+    /// message there (its own UID) sharing the archived one.
+    Label { mailbox: String, folder: String, hash: String, size: u64, internal_date: DateTime<Utc>, flags: Vec<String> },
+    /// Remove labels from a category (an EXPUNGE there). Entries where a
+    /// message is filed (moved or appended there) are left out: taking
+    /// those away is hiding ([`Change::Hide`], the delete right).
+    Unlabel { mailbox: String, folder: String, uids: Vec<u32> },
 }
 
 /// What a committed change became.
@@ -256,6 +280,8 @@ impl Store {
             folders: HashMap::new(),
             handling: HashMap::new(),
             vuids: HashMap::new(),
+            categories: HashMap::new(),
+            gone: HashSet::new(),
             notify: notify.clone(),
             generation: generation.clone(),
             failed: failed.clone(),
@@ -702,6 +728,12 @@ struct Writer {
     handling: HashMap<(String, String), crate::handling::Handling>,
     /// Last handling-view UID per mailbox, as the writer knows it.
     vuids: HashMap<String, u32>,
+    /// Last category number and UIDVALIDITY per mailbox, as the writer
+    /// knows them.
+    categories: HashMap<String, (u32, u32)>,
+    /// Categories deleted by the batch being prepared (the index still
+    /// has them until it is applied).
+    gone: HashSet<(String, String)>,
     notify: broadcast::Sender<Notice>,
     generation: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
@@ -759,6 +791,7 @@ impl Writer {
         let snapshot = self.folders.clone();
         let vuids_snapshot = self.vuids.clone();
         self.handling.clear();
+        self.gone.clear();
         for r in reqs {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
@@ -846,6 +879,9 @@ impl Writer {
 
     fn folder_state(&mut self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         let k = (mailbox.to_string(), folder.to_string());
+        if self.gone.contains(&k) {
+            return Ok(None);
+        }
         if let Some(st) = self.folders.get(&k) {
             return Ok(Some(st.clone()));
         }
@@ -894,10 +930,10 @@ impl Writer {
                     Some(st) => st,
                     None => {
                         let uidvalidity = new_uidvalidity(now);
-                        let ev = Event::FolderCreated { mailbox: mailbox.clone(), folder: folder.clone(), uidvalidity };
+                        let ev = Event::FolderCreated { mailbox: mailbox.clone(), folder: folder.clone(), uidvalidity, category: None };
                         let a = Audit::system("store", "folder-create").mailbox(&mailbox);
                         out.push(mk(&a, ev, Some(folder.clone()), vec![]));
-                        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0 };
+                        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0, category: None };
                         self.folders.insert((mailbox.clone(), folder.clone()), st.clone());
                         st
                     }
@@ -1000,9 +1036,6 @@ impl Writer {
                 Event::Unhidden { mailbox, folder, moves }
             }
             Change::Move { mailbox, from, to, uids } => {
-                if from == to {
-                    return Err(StoreError::Invalid(format!("move within one folder ({mailbox}/{from})")));
-                }
                 if self.folder_state(&mailbox, &from)?.is_none() {
                     return Err(StoreError::Invalid(format!("no folder {mailbox}/{from}")));
                 }
@@ -1046,6 +1079,126 @@ impl Writer {
                 }
                 Event::Handled { mailbox, transition, items }
             }
+            Change::CreateCategory { mailbox, name } => {
+                check_category_name(&name)?;
+                let cats = self.categories_of(&mailbox)?;
+                if cats.iter().any(|(_, st)| st.category.as_deref() == Some(name.as_str())) {
+                    return Err(StoreError::Conflict(format!("{name} exists already")));
+                }
+                let last = self.create_categories(&mailbox, &name, &cats, now, out, &mk)?;
+                let (folder, uidvalidity) = last.expect("a missing name was created");
+                let ev = Event::FolderCreated { mailbox, folder: folder.clone(), uidvalidity, category: Some(name) };
+                out.push(mk(&audit, ev, Some(folder), vec![]));
+                return Ok(out.len() - 1);
+            }
+            Change::RenameCategory { mailbox, from, to } => {
+                check_category_name(&to)?;
+                let cats = self.categories_of(&mailbox)?;
+                if !cats.iter().any(|(_, st)| st.category.as_deref() == Some(from.as_str())) {
+                    return Err(StoreError::Conflict(format!("no category {from}")));
+                }
+                if cats.iter().any(|(_, st)| st.category.as_deref() == Some(to.as_str())) {
+                    return Err(StoreError::Conflict(format!("{to} exists already")));
+                }
+                if to.starts_with(&format!("{from}/")) {
+                    return Err(StoreError::Conflict(format!("{from} cannot become its own inferior {to}")));
+                }
+                let mut renames = Vec::new();
+                for (folder, st) in &cats {
+                    let Some(n) = st.category.as_deref() else { continue };
+                    let rest = if n == from { Some("") } else { n.strip_prefix(&format!("{from}/")).map(|_| &n[from.len()..]) };
+                    if let Some(rest) = rest {
+                        renames.push((folder.clone(), format!("{to}{rest}")));
+                    }
+                }
+                // Parents the new name needs (`X` for `X/Y`).
+                if let Some((parent, _)) = to.rsplit_once('/') {
+                    if !cats.iter().any(|(_, st)| st.category.as_deref() == Some(parent)) {
+                        let created = self.create_categories(&mailbox, parent, &cats, now, out, &mk)?;
+                        if let Some((folder, uidvalidity)) = created {
+                            let ev = Event::FolderCreated {
+                                mailbox: mailbox.clone(),
+                                folder: folder.clone(),
+                                uidvalidity,
+                                category: Some(parent.to_string()),
+                            };
+                            let a = Audit::system("store", "folder-create").mailbox(&mailbox);
+                            out.push(mk(&a, ev, Some(folder), vec![]));
+                        }
+                    }
+                }
+                for (folder, name) in &renames {
+                    if let Some(st) = self.folders.get_mut(&(mailbox.clone(), folder.clone())) {
+                        st.category = Some(name.clone());
+                    }
+                }
+                Event::FolderRenamed { mailbox, renames }
+            }
+            Change::DeleteCategory { mailbox, name } => {
+                let cats = self.categories_of(&mailbox)?;
+                let Some((folder, _)) = cats.iter().find(|(_, st)| st.category.as_deref() == Some(name.as_str())).cloned() else {
+                    return Err(StoreError::Conflict(format!("no category {name}")));
+                };
+                let inner = format!("{name}/");
+                if cats.iter().any(|(_, st)| st.category.as_deref().is_some_and(|n| n.starts_with(&inner))) {
+                    return Err(StoreError::Conflict(format!("{name} has subfolders: delete them first")));
+                }
+                let (mut labels, mut filed, mut filed_hashes) = (Vec::new(), Vec::new(), Vec::new());
+                for (uid, m) in self.index.messages(&mailbox, &folder)? {
+                    if self.index.find_hash(&mailbox, &m.hash)? == Some((folder.clone(), uid)) {
+                        filed.push(uid);
+                        filed_hashes.push(m.hash);
+                    } else {
+                        labels.push(uid);
+                    }
+                }
+                if !labels.is_empty() {
+                    let ev = Event::Unlabeled { mailbox: mailbox.clone(), folder: folder.clone(), uids: labels.clone(), hashes: vec![] };
+                    out.push(mk(&audit, ev, Some(folder.clone()), labels));
+                }
+                if !filed.is_empty() {
+                    let ev = Event::Hidden { mailbox: mailbox.clone(), folder: folder.clone(), uids: filed.clone(), hashes: filed_hashes };
+                    out.push(mk(&audit, ev, Some(folder.clone()), filed));
+                }
+                self.folders.remove(&(mailbox.clone(), folder.clone()));
+                self.gone.insert((mailbox.clone(), folder.clone()));
+                Event::FolderDeleted { mailbox, folder }
+            }
+            Change::Copy { mailbox, from, to, uids } => {
+                let Some(mut st) = self.folder_state(&mailbox, &to)?.filter(|st| st.category.is_some()) else {
+                    return Err(StoreError::Conflict(format!("no category {mailbox}/{to}")));
+                };
+                let mut copies = Vec::new();
+                for uid in uids {
+                    if self.index.message(&mailbox, &from, uid)?.is_some() {
+                        copies.push((uid, st.uidnext));
+                        st.uidnext += 1;
+                    }
+                }
+                self.folders.insert((mailbox.clone(), to.clone()), st);
+                Event::Copied { mailbox, from, to, copies }
+            }
+            Change::Label { mailbox, folder, hash, size, internal_date, flags } => {
+                let Some(mut st) = self.folder_state(&mailbox, &folder)?.filter(|st| st.category.is_some()) else {
+                    return Err(StoreError::Conflict(format!("no category {mailbox}/{folder}")));
+                };
+                let uid = st.uidnext;
+                st.uidnext += 1;
+                self.folders.insert((mailbox.clone(), folder.clone()), st);
+                Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags }
+            }
+            Change::Unlabel { mailbox, folder, uids } => {
+                let (mut kept, mut hashes) = (Vec::new(), Vec::new());
+                for uid in uids {
+                    if let Some(m) = self.index.message(&mailbox, &folder, uid)? {
+                        if self.index.find_hash(&mailbox, &m.hash)? != Some((folder.clone(), uid)) {
+                            kept.push(uid);
+                            hashes.push(m.hash);
+                        }
+                    }
+                }
+                Event::Unlabeled { mailbox, folder, uids: kept, hashes }
+            }
         };
         let (folder, uids) = match &event {
             Event::Archived { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
@@ -1054,6 +1207,10 @@ impl Writer {
             | Event::SeenChanged { folder, uids, .. }
             | Event::Hidden { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
             Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
+            Event::Copied { from, copies, .. } => (Some(from.clone()), copies.iter().map(|m| m.0).collect()),
+            Event::Labeled { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
+            Event::Unlabeled { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            Event::FolderDeleted { folder, .. } => (Some(folder.clone()), vec![]),
             Event::Unhidden { folder, moves, .. } => (Some(folder.clone()), moves.iter().map(|m| m.1).collect()),
             Event::Handled { items, .. } => (
                 items.first().map(|i| i.folder.clone()).filter(|f| !f.is_empty()),
@@ -1079,6 +1236,76 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// The categories of `mailbox` as the writer knows them: (store name,
+    /// state), the batch's changes included.
+    fn categories_of(&mut self, mailbox: &str) -> Result<Vec<(String, FolderState)>> {
+        let mut by: std::collections::BTreeMap<String, FolderState> =
+            self.index.folders(mailbox)?.into_iter().filter(|(_, st)| st.category.is_some()).collect();
+        for ((m, f), st) in &self.folders {
+            if m == mailbox && st.category.is_some() {
+                by.insert(f.clone(), st.clone());
+            }
+        }
+        for (m, f) in &self.gone {
+            if m == mailbox {
+                by.remove(f);
+            }
+        }
+        Ok(by.into_iter().collect())
+    }
+
+    /// Create the missing parents of `name` and, if missing, `name`
+    /// itself, except that the last one created is returned (store name,
+    /// UIDVALIDITY) for the caller's own record instead of recorded here.
+    #[allow(clippy::too_many_arguments)]
+    fn create_categories(
+        &mut self,
+        mailbox: &str,
+        name: &str,
+        cats: &[(String, FolderState)],
+        now: DateTime<Utc>,
+        out: &mut Vec<Record>,
+        mk: &MakeRecord<'_>,
+    ) -> Result<Option<(String, u32)>> {
+        let parts: Vec<&str> = name.split('/').collect();
+        let mut last: Option<(String, u32, String)> = None;
+        for i in 1..=parts.len() {
+            let prefix = parts[..i].join("/");
+            if cats.iter().any(|(_, st)| st.category.as_deref() == Some(prefix.as_str())) {
+                continue;
+            }
+            if let Some((folder, uidvalidity, pname)) = last.take() {
+                let ev = Event::FolderCreated { mailbox: mailbox.to_string(), folder: folder.clone(), uidvalidity, category: Some(pname) };
+                let a = Audit::system("store", "folder-create").mailbox(mailbox);
+                out.push(mk(&a, ev, Some(folder), vec![]));
+            }
+            let (n0, uv0) = match self.categories.get(mailbox) {
+                Some(v) => *v,
+                None => self.index.last_category(mailbox)?,
+            };
+            let n = n0.checked_add(1).ok_or_else(|| StoreError::Invalid(format!("{mailbox}: category numbers exhausted")))?;
+            let uidvalidity = new_uidvalidity(now).max(uv0.saturating_add(1));
+            self.categories.insert(mailbox.to_string(), (n, uidvalidity));
+            let folder = format!("#{n}");
+            let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0, category: Some(prefix.clone()) };
+            self.folders.insert((mailbox.to_string(), folder.clone()), st);
+            last = Some((folder, uidvalidity, prefix));
+        }
+        Ok(last.map(|(f, uv, _)| (f, uv)))
+    }
+}
+
+/// A category name the store accepts: `/`-separated parts, none empty,
+/// no NUL, at most 8 levels and 255 bytes. (What names clients may use
+/// beyond that is the IMAP layer's business.)
+fn check_category_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.contains('\0') || name.split('/').any(str::is_empty) || name.split('/').count() > 8 {
+        return Err(StoreError::Conflict(format!("not a valid folder name: {name:?}")));
+    }
+    Ok(())
+}
+
 /// Builds a record from its audit part and event (the writer's `mk`).
 type MakeRecord<'a> = dyn Fn(&Audit, Event, Option<String>, Vec<u32>) -> Record + 'a;
 
@@ -1097,10 +1324,10 @@ impl Writer {
             return Ok(st);
         }
         let uidvalidity = new_uidvalidity(now);
-        let ev = Event::FolderCreated { mailbox: mailbox.to_string(), folder: folder.to_string(), uidvalidity };
+        let ev = Event::FolderCreated { mailbox: mailbox.to_string(), folder: folder.to_string(), uidvalidity, category: None };
         let a = Audit::system("store", "folder-create").mailbox(mailbox);
         out.push(mk(&a, ev, Some(folder.to_string()), vec![]));
-        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0 };
+        let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0, category: None };
         self.folders.insert((mailbox.to_string(), folder.to_string()), st.clone());
         Ok(st)
     }

@@ -28,7 +28,48 @@ pub enum Event {
     /// Nothing changed (a login, a read): the record is audit only.
     None,
     /// A gateway folder came into existence with this UIDVALIDITY.
-    FolderCreated { mailbox: String, folder: String, uidvalidity: u32 },
+    /// `category` is set for a folder people created (a category): its
+    /// name as shown under the mailbox (`Contratti 2026`, `Solleciti/
+    /// Risposte`), while `folder` is its fixed store name (`#1`), so a
+    /// rename changes one name and moves no message.
+    FolderCreated {
+        mailbox: String,
+        folder: String,
+        uidvalidity: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        category: Option<String>,
+    },
+    /// Categories got new names (a RENAME renames the inferiors too):
+    /// (store name, new name).
+    FolderRenamed { mailbox: String, renames: Vec<(String, String)> },
+    /// A category is gone. The records before it removed its labels and
+    /// hid what it alone filed; no message is removed by this record.
+    FolderDeleted { mailbox: String, folder: String },
+    /// Messages of one folder labelled into a category too (a COPY):
+    /// `copies` pairs each UID in `from` with the new UID in `to`. The
+    /// message keeps its place; the category shows it as well.
+    Copied { mailbox: String, from: String, to: String, copies: Vec<(u32, u32)> },
+    /// Bytes the mailbox already holds, APPENDed into a category: a label
+    /// with its own UID there (RFC 3501: every APPEND makes a message).
+    Labeled {
+        mailbox: String,
+        folder: String,
+        uid: u32,
+        hash: String,
+        size: u64,
+        internal_date: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<String>,
+    },
+    /// Labels removed from a category (an EXPUNGE there): the messages
+    /// stay where they are filed; nothing is hidden.
+    Unlabeled {
+        mailbox: String,
+        folder: String,
+        uids: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hashes: Vec<String>,
+    },
     /// A message was archived: its blob is durable and it is now `uid` in
     /// `folder`. `duplicate` means the same bytes were already in this
     /// mailbox (at `folder`/`uid`): only the provider reference is new.
@@ -154,6 +195,11 @@ impl Event {
         match self {
             Event::None => None,
             Event::FolderCreated { mailbox, .. }
+            | Event::FolderRenamed { mailbox, .. }
+            | Event::FolderDeleted { mailbox, .. }
+            | Event::Copied { mailbox, .. }
+            | Event::Labeled { mailbox, .. }
+            | Event::Unlabeled { mailbox, .. }
             | Event::Archived { mailbox, .. }
             | Event::ProviderDeleted { mailbox, .. }
             | Event::ProviderReset { mailbox, .. }

@@ -159,8 +159,12 @@ check(typ == "NO" and typ2 == "NO" and d1 == d2, "SELECT of an ungranted mailbox
 typ, d1 = mario.status("tributi/INBOX", "(MESSAGES)")
 typ2, d2 = mario.status("nosuch/INBOX", "(MESSAGES)")
 check(typ == "NO" and typ2 == "NO" and d1 == d2, "STATUS of an ungranted mailbox looks like a missing one", (d1, d2))
-typ, _ = mario.create("prot/Other")
-check(typ == "NO", "CREATE refused")
+typ, _ = mario.create("Other")
+check(typ == "NO", "CREATE outside a PEC mailbox refused")
+typ, _ = mario.create("tributi/Other")
+check(typ == "NO", "CREATE in an ungranted mailbox refused")
+typ, _ = mario.create("prot/Sent")
+check(typ == "NO", "CREATE of the gateway's own folder refused")
 
 # --- EXPUNGE hides, blob stays ---
 h2 = hashlib.sha256(fetch_one(mario, 2, "(BODY.PEEK[])")[0][1]).hexdigest()

@@ -18,6 +18,7 @@
 pub mod anonymous;
 pub mod anystate;
 pub mod authenticated;
+pub mod folders;
 pub mod selected;
 pub mod transfer;
 

@@ -68,7 +68,7 @@ pub async fn handle(
         CommandBody::Close => {
             // With the delete right, \Deleted messages are hidden, silently.
             if let Some(a) = allowed {
-                if let Err(e) = hide_deleted(conn, user, sel, &a, None).await {
+                if let Err(e) = hide_deleted(conn, user, sel, &a, None).await.map(|_| ()) {
                     io.status(serverbug(tag, &e));
                     return Ok(Transition::Unselect);
                 }
@@ -181,7 +181,8 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
     if msgs.len() != before {
         io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-        let fresh = user.view.recent_claim(&sel.folder, msgs[before..].iter().map(|m| m.0));
+        let uids = msgs[before..].iter().map(|m| m.0);
+        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, uids) } else { user.view.recent_peek(&sel.folder, uids) };
         if !fresh.is_empty() {
             sel.recent.extend(fresh);
             io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));
@@ -556,23 +557,32 @@ async fn expunge(
     allowed: Allowed,
     set: Option<SequenceSet>,
 ) {
-    if let Err(e) = hide_deleted(conn, user, sel, &allowed, set.as_ref()).await {
-        return io.status(serverbug(tag, &e));
-    }
+    let kept = match hide_deleted(conn, user, sel, &allowed, set.as_ref()).await {
+        Ok(k) => k,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
     refresh(user, sel, io, true, &HashSet::new());
+    if kept > 0 {
+        return io.status(ok(
+            tag,
+            &format!("EXPUNGE done; kept {kept} message(s) filed only in this folder: hiding them needs the delete right"),
+        ));
+    }
     io.status(ok(tag, "EXPUNGE done"));
 }
 
 /// Hide the selected folder's messages marked `\Deleted` (those in `set`,
-/// if given): EXPUNGE, UID EXPUNGE, CLOSE.
+/// if given): EXPUNGE, UID EXPUNGE, CLOSE. In a category, labels are
+/// removed, and what the category alone files is hidden for a user with
+/// the delete right; returns how many of those were kept for want of it.
 async fn hide_deleted(
     conn: &Conn,
     user: &Authed,
     sel: &Selected,
     allowed: &Allowed,
     set: Option<&SequenceSet>,
-) -> Result<(), crate::store::StoreError> {
-    let Some(sfolder) = sel.folder.store_folder else { return Ok(()) };
+) -> Result<usize, crate::store::StoreError> {
+    let Some(sfolder) = sel.folder.store_folder.clone() else { return Ok(0) };
     let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
     let uids: Vec<u32> = sel
         .msgs
@@ -582,9 +592,53 @@ async fn hide_deleted(
         .map(|(u, _)| *u)
         .collect();
     if uids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mailbox = allowed.mailbox().to_string();
-    let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone() };
-    user.record(conn, "expunge", &mailbox, sfolder, uids, ch).await
+    let (uids, kept) = if sel.folder.category {
+        let (labels, filed) = split_filed(conn, sel, &uids)?;
+        if !labels.is_empty() {
+            let ch = Change::Unlabel { mailbox: mailbox.clone(), folder: sfolder.clone(), uids: labels.clone() };
+            user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), labels, ch).await?;
+        }
+        let (hide, kept) = hideable(user, sel, filed);
+        (hide, kept.len())
+    } else {
+        (uids, 0)
+    };
+    if !uids.is_empty() {
+        let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder, uids: uids.clone() };
+        user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), uids, ch).await?;
+    }
+    Ok(kept)
+}
+
+/// Of `uids` in the selected category: (labels, messages filed there).
+/// A filed message appended by a client comes first among the filed ones
+/// only in the sense that [`hideable`] tells them apart.
+pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
+    let folder = sel.folder.source();
+    let by_uid: std::collections::HashMap<u32, &str> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.as_str())).collect();
+    let (mut labels, mut filed) = (Vec::new(), Vec::new());
+    for &u in uids {
+        let Some(hash) = by_uid.get(&u) else { continue };
+        if conn.ctx.store.find_hash(&sel.folder.mailbox, hash)? == Some((folder.to_string(), u)) {
+            filed.push(u);
+        } else {
+            labels.push(u);
+        }
+    }
+    Ok((labels, filed))
+}
+
+/// Of messages filed in the selected category: (those this user may
+/// hide, those kept). Hiding needs the delete right, except for what a
+/// client APPENDed there (not a PEC the provider delivered or pecgate
+/// sent): whoever may file may take that away.
+pub fn hideable(user: &Authed, sel: &Selected, filed: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+    if user.view.user.may(&sel.folder.mailbox, crate::auth::Right::Delete) {
+        return (filed, vec![]);
+    }
+    let appended: HashSet<u32> = sel.msgs.iter().filter(|(_, m)| m.appended).map(|(u, _)| *u).collect();
+    filed.into_iter().partition(|u| appended.contains(u))
 }
