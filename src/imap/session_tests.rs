@@ -479,5 +479,34 @@ fn cat_of(store: &Store, name: &str) -> String {
     store.folders("prot").unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some(name)).map(|(f, _)| f).expect("category")
 }
 
+/// Each user's own Drafts (`\Drafts`) and Templates: made at first login,
+/// nobody else's to see, and EXPUNGE there deletes (not PEC, not evidence).
+#[tokio::test]
+async fn drafts_are_private_and_expunge_deletes() {
+    let mut c = start(0).await;
+    c.login("anna").await;
+    let r = c.cmd("l", "LIST \"\" %").await;
+    assert!(r.contains("* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" Templates\r\n"), "{r}");
+    let msg = "From: anna@example.it\r\nSubject: bozza\r\n\r\nda finire\r\n";
+    c.send(format!("a APPEND Drafts (\\Draft) {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes()).await;
+    let r = c.tagged("a").await;
+    assert!(tagged_line(&r, "a").starts_with("a OK [APPENDUID "), "{r}");
+    let mut m = c.another().await;
+    m.login("mario").await;
+    let r = m.cmd("s", "STATUS Drafts (MESSAGES)").await;
+    assert!(r.contains("(MESSAGES 0)"), "mario's Drafts are his own: {r}");
+    assert!(c.cmd("s", "SELECT Drafts").await.contains("* 1 EXISTS"));
+    assert!(c.cmd("d", "STORE 1 +FLAGS (\\Deleted)").await.contains("d OK"));
+    let r = c.cmd("e", "EXPUNGE").await;
+    assert!(r.contains("* 1 EXPUNGE") && tagged_line(&r, "e").starts_with("e OK"), "{r}");
+    let own = "~anna";
+    let drafts = c.store.folders(own).unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some("Drafts")).unwrap().0;
+    assert!(c.store.messages(own, &drafts).unwrap().is_empty());
+    let hash = crate::store::blobs::sha256_hex(msg.as_bytes());
+    assert_eq!(c.store.find_hash(own, &hash).unwrap(), None, "deleted, not hidden");
+    assert!(c.store.hidden_messages(own).unwrap().is_empty());
+}
+
 #[path = "session_sort_tests.rs"]
 mod sort;

@@ -24,6 +24,10 @@ pub const DELIMITER: char = '/';
 /// Folders of every mailbox subtree: (IMAP leaf name, store folder, special
 /// use). `None` as store folder is a virtual folder (computed: only
 /// `Undelivered` exists, see [`View::snapshot`]).
+/// Each user's own folders, top level: (name, special use). Clients save
+/// unfinished messages there; they are not PEC and not evidence.
+pub const PRIVATE: [(&str, Option<&str>); 2] = [("Drafts", Some("Drafts")), ("Templates", None)];
+
 pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
     ("INBOX", Some("INBOX"), None),
     ("Sent", Some("Sent"), Some("Sent")),
@@ -72,6 +76,9 @@ pub struct Folder {
     /// The mailbox's `Trash` (virtual, `\\Trash`): what was hidden from its
     /// folders, numbered by Trash UIDs; only for users holding `delete`.
     pub trash: bool,
+    /// One of the user's own `Drafts` and `Templates` (a category of their
+    /// private store): not PEC, not evidence; EXPUNGE there deletes.
+    pub private: bool,
 }
 
 impl Folder {
@@ -233,6 +240,26 @@ impl View {
                     special_use: None,
                     handling: None,
                     trash: false,
+                    private: false,
+                }),
+            });
+        }
+        // The user's own Drafts and Templates (made at login, see
+        // [`PRIVATE`]), top level like INBOX.
+        let own = self.user.private_mailbox();
+        for (store_name, shown) in self.categories(&own) {
+            let Some(su) = PRIVATE.iter().find(|(n, _)| *n == shown).map(|(_, su)| *su) else { continue };
+            out.push(ListEntry {
+                name: shown.clone(),
+                folder: Some(Folder {
+                    name: shown,
+                    mailbox: own.clone(),
+                    store_folder: Some(store_name),
+                    category: true,
+                    special_use: su,
+                    handling: None,
+                    trash: false,
+                    private: true,
                 }),
             });
         }
@@ -253,6 +280,7 @@ impl View {
                         special_use: su,
                         handling: None,
                         trash: false,
+                        private: false,
                     }),
                 });
             }
@@ -268,6 +296,7 @@ impl View {
                         special_use: Some("Trash"),
                         handling: None,
                         trash: true,
+                        private: false,
                     }),
                 });
             }
@@ -290,6 +319,7 @@ impl View {
                         special_use: None,
                         handling: Some(kind),
                         trash: false,
+                        private: false,
                     }),
                 });
             }
@@ -305,6 +335,7 @@ impl View {
                         special_use: None,
                         handling: None,
                         trash: false,
+                        private: false,
                     }),
                 });
             }

@@ -418,7 +418,7 @@ impl Index {
                         msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), json(&m))?;
                         folders.insert(fk, json(&st))?;
                     }
-                    Event::Unlabeled { mailbox, folder, uids, .. } => {
+                    Event::Unlabeled { mailbox, folder, uids, .. } | Event::Purged { mailbox, folder, uids, .. } => {
                         let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                         if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
                             for uid in uids {
@@ -428,6 +428,12 @@ impl Index {
                                 st.exists = st.exists.saturating_sub(1);
                                 st.size = st.size.saturating_sub(m.size);
                                 st.highest_modseq += 1;
+                                // A purge may take the place a message is
+                                // filed at: the mailbox no longer holds it.
+                                let hk = key(&[mailbox.as_bytes(), m.hash.as_bytes()]);
+                                if hashes.get(&hk)?.is_some_and(|loc| split_loc(&loc) == (folder.clone(), *uid)) {
+                                    hashes.remove(hk)?;
+                                }
                                 let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
                                 if let Some(users) = get_json::<Vec<String>>(seen_by, &k2)? {
                                     seen_by.remove(k2)?;

@@ -149,6 +149,9 @@ pub enum Change {
     /// message is filed (moved or appended there) are left out: taking
     /// those away is hiding ([`Change::Hide`], the delete right).
     Unlabel { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Delete messages from a user's own folders (`~user`: Drafts,
+    /// Templates). Refused anywhere else: PEC is never deleted.
+    Purge { mailbox: String, folder: String, uids: Vec<u32> },
 }
 
 /// What a committed change became.
@@ -1187,6 +1190,19 @@ impl Writer {
                 self.folders.insert((mailbox.clone(), folder.clone()), st);
                 Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags }
             }
+            Change::Purge { mailbox, folder, uids } => {
+                if !mailbox.starts_with('~') {
+                    return Err(StoreError::Invalid(format!("{mailbox} is a PEC mailbox: its messages are never deleted")));
+                }
+                let (mut kept, mut hashes) = (Vec::new(), Vec::new());
+                for uid in uids {
+                    if let Some(m) = self.index.message(&mailbox, &folder, uid)? {
+                        kept.push(uid);
+                        hashes.push(m.hash);
+                    }
+                }
+                Event::Purged { mailbox, folder, uids: kept, hashes }
+            }
             Change::Unlabel { mailbox, folder, uids } => {
                 let (mut kept, mut hashes) = (Vec::new(), Vec::new());
                 for uid in uids {
@@ -1209,7 +1225,7 @@ impl Writer {
             Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
             Event::Copied { from, copies, .. } => (Some(from.clone()), copies.iter().map(|m| m.0).collect()),
             Event::Labeled { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
-            Event::Unlabeled { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            Event::Unlabeled { folder, uids, .. } | Event::Purged { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
             Event::FolderDeleted { folder, .. } => (Some(folder.clone()), vec![]),
             Event::Unhidden { folder, moves, .. } => (Some(folder.clone()), moves.iter().map(|m| m.1).collect()),
             Event::Handled { items, .. } => (

@@ -595,6 +595,12 @@ async fn hide_deleted(
         return Ok(0);
     }
     let mailbox = allowed.mailbox().to_string();
+    if sel.folder.private {
+        // The user's own drafts: deleted, not hidden.
+        let ch = Change::Purge { mailbox: mailbox.clone(), folder: sfolder, uids: uids.clone() };
+        user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), uids, ch).await?;
+        return Ok(0);
+    }
     let (uids, kept) = if sel.folder.category {
         let (labels, filed) = split_filed(conn, sel, &uids)?;
         if !labels.is_empty() {
