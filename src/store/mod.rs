@@ -1090,8 +1090,9 @@ impl Writer {
                 }
                 let last = self.create_categories(&mailbox, &name, &cats, now, out, &mk)?;
                 let (folder, uidvalidity) = last.expect("a missing name was created");
-                let ev = Event::FolderCreated { mailbox, folder: folder.clone(), uidvalidity, category: Some(name) };
-                out.push(mk(&audit, ev, Some(folder), vec![]));
+                // Audited under the name people gave it.
+                let ev = Event::FolderCreated { mailbox, folder, uidvalidity, category: Some(name.clone()) };
+                out.push(mk(&audit, ev, Some(name), vec![]));
                 return Ok(out.len() - 1);
             }
             Change::RenameCategory { mailbox, from, to } => {

@@ -59,6 +59,9 @@ check(typ == "OK", "list")
 got = [l.decode() for l in lines]
 want = [
     '(\\HasNoChildren) "/" INBOX',
+    # Each user's own (issue 22): not PEC, nobody else's to see.
+    '(\\HasNoChildren \\Drafts) "/" Drafts',
+    '(\\HasNoChildren) "/" Templates',
     '(\\Noselect \\HasChildren) "/" prot',
     '(\\HasNoChildren) "/" prot/INBOX',
     '(\\HasNoChildren \\Sent) "/" prot/Sent',

@@ -199,4 +199,19 @@ ok(mario.delete('"prot/Archivio/Pratiche"'), "mario (delete) deletes the categor
 typ, data = mario.status("prot/Trash", "(MESSAGES)")
 check(b"(MESSAGES 0)" not in data[0], "what it filed is hidden (in Trash), not removed", data)
 
+# ---------------------------------------------------------- Drafts and Templates: each user's own
+typ, data = anna.list('""', "%")
+check(any(d.endswith(b"\\Drafts) \"/\" Drafts") for d in data) and any(d.endswith(b" Templates") for d in data),
+      "every user has Drafts (\\Drafts) and Templates at the top", data)
+DRAFT = "From: anna@example.it\r\nSubject: bozza\r\n\r\nda finire\r\n"
+append(anna, "Drafts", DRAFT, "(\\Draft)")
+typ, data = mario.status("Drafts", "(MESSAGES)")
+check(b"(MESSAGES 0)" in data[0], "mario does not see anna's drafts", data)
+ok(anna.select("Drafts"), "anna selects Drafts")
+anna.store("1:*", "+FLAGS.SILENT", "(\\Deleted)")
+typ, data = anna.expunge()
+check(typ == "OK" and data == [b"1"], "EXPUNGE in Drafts deletes the draft", data)
+typ, data = anna.status("Drafts", "(MESSAGES)")
+check(b"(MESSAGES 0)" in data[0], "Drafts is empty", data)
+
 done()
