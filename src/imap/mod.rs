@@ -7,6 +7,8 @@
 //! * [`view`]: the per-user folder tree over the store.
 //! * [`shared`]: selected-folder entries shared between sessions.
 //! * [`fetch`], [`search`]: message data and search over stored messages.
+//! * [`sort`], [`thread`]: RFC 5256 SORT and THREAD over what a search
+//!   selected (pure: base subjects, sort keys, ORDEREDSUBJECT, REFERENCES).
 
 pub mod command;
 pub mod fetch;
@@ -17,6 +19,8 @@ pub mod scan;
 pub mod search;
 pub mod session;
 pub mod shared;
+pub mod sort;
+pub mod thread;
 pub mod view;
 
 use std::collections::HashMap;

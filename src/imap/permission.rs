@@ -9,6 +9,7 @@
 //! | command | needs, on the mailbox of |
 //! |---|---|
 //! | FETCH (a body without PEEK sets the reader's `\Seen`) | read, the selected folder |
+//! | SEARCH, SORT, THREAD | read, the selected folder |
 //! | STORE `\Seen` | read (`\Seen` is each person's own: RFC 4314's `s` right) |
 //! | STORE `\Deleted` | delete (setting it is the first half of hiding) |
 //! | STORE any other flag or keyword, or `FLAGS` (replace) | triage |
@@ -19,7 +20,7 @@
 //! | CREATE, DELETE, RENAME (categories under a mailbox) | triage, on that mailbox |
 //! | in a category: STORE `\Deleted`, EXPUNGE, CLOSE (they remove labels) | triage (hiding what the category alone files also needs delete: the handler checks) |
 //!
-//! Commands not in the table change nothing shared (LIST, STATUS, SEARCH…)
+//! Commands not in the table change nothing shared (LIST, STATUS…)
 //! or are checked by what they can reach (SELECT resolves only folders the
 //! user may read).
 
@@ -118,7 +119,9 @@ fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>
         other => other,
     };
     match body {
-        CommandBody::Fetch { .. } => need(mb, vec![(Right::Read, "not permitted to read".into())], None),
+        CommandBody::Fetch { .. } | CommandBody::Search { .. } | CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
+            need(mb, vec![(Right::Read, "not permitted to read".into())], None)
+        }
         // CLOSE hides what is marked \Deleted, for a user who may (RFC
         // 3501 §6.4.2); for others it only closes.
         // In a category they remove labels: triage.

@@ -40,15 +40,21 @@ fn message(i: usize) -> Vec<u8> {
 }
 
 async fn start(inbox: usize) -> Client {
+    start_with((1..=inbox).map(|i| (message(i), chrono::Utc::now())).collect()).await
+}
+
+/// A server whose prot/INBOX holds `messages` (raw, internal date), in
+/// this order, and a connection to it, greeted.
+async fn start_with(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>) -> Client {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("data"), StoreOptions::default()).expect("store");
-    for i in 1..=inbox {
-        let blob = store.put_blob(message(i)).await.expect("blob");
+    for (raw, internal_date) in messages {
+        let blob = store.put_blob(raw).await.expect("blob");
         let ch = Change::Archive {
             mailbox: "prot".into(),
             folder: "INBOX".into(),
             blob,
-            internal_date: chrono::Utc::now(),
+            internal_date,
             flags: vec![],
             provider: None,
             pec: None,
@@ -521,3 +527,6 @@ async fn all_shows_every_message_once() {
     let r = c.cmd("x", "UID COPY 1 prot/Cartella").await;
     assert!(tagged_line(&r, "x").starts_with("x NO [CANNOT]"), "{r}");
 }
+
+#[path = "session_sort_tests.rs"]
+mod sort;

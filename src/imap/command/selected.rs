@@ -1,22 +1,25 @@
-//! Selected state: FETCH, STORE, SEARCH, EXPUNGE, CLOSE/UNSELECT, and the
-//! refresh that tells the client what changed in the folder (EXPUNGE,
-//! EXISTS, FETCH FLAGS) at the moments RFC 3501 allows.
+//! Selected state: FETCH, STORE, SEARCH, SORT, THREAD, EXPUNGE,
+//! CLOSE/UNSELECT, and the refresh that tells the client what changed in
+//! the folder (EXPUNGE, EXISTS, FETCH FLAGS) at the moments RFC 3501
+//! allows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use imap_next::imap_types::command::CommandBody;
-use imap_next::imap_types::core::{Tag, Vec1};
+use imap_next::imap_types::core::{Charset, Tag, Vec1};
+use imap_next::imap_types::extensions::sort::SortCriterion;
+use imap_next::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_next::imap_types::response::Data;
+use imap_next::imap_types::response::{Code, Data, StatusKind};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 
 use super::super::io::{Io, IoError};
 use super::super::respond::*;
 use super::super::view::{self, is_pec_keyword};
-use super::super::{search, shared};
+use super::super::{search, shared, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
@@ -33,6 +36,8 @@ pub fn is_selected_command(body: &CommandBody<'_>) -> bool {
         CommandBody::Fetch { .. }
             | CommandBody::Store { .. }
             | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
             | CommandBody::Expunge
             | CommandBody::ExpungeUid { .. }
             | CommandBody::Copy { .. }
@@ -51,9 +56,9 @@ pub async fn handle(
     body: CommandBody<'static>,
     allowed: Option<Allowed>,
 ) -> Result<Transition, IoError> {
-    // The table covers every command below but SEARCH, CLOSE (checked
-    // only when it may hide) and UNSELECT.
-    let needs_check = !matches!(body, CommandBody::Search { .. } | CommandBody::Close | CommandBody::Unselect);
+    // The table covers every command below but CLOSE (checked only when
+    // it may hide) and UNSELECT.
+    let needs_check = !matches!(body, CommandBody::Close | CommandBody::Unselect);
     let allowed = match (needs_check, allowed) {
         (false, a) => a,
         (true, Some(a)) => Some(a),
@@ -84,6 +89,12 @@ pub async fn handle(
             }
         }
         CommandBody::Search { criteria, uid, .. } => search(conn, sel, io, tag, criteria.as_ref(), uid).await,
+        CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+            sort(conn, sel, io, tag, sort_criteria.as_ref(), &charset, search_criteria.as_ref(), uid).await
+        }
+        CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+            thread(conn, sel, io, tag, &algorithm, &charset, search_criteria.as_ref(), uid).await
+        }
         CommandBody::Expunge => {
             if let Some(a) = allowed {
                 expunge(conn, user, sel, io, tag, a, None).await
@@ -415,6 +426,126 @@ async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, key
     };
     io.data(Data::Search(hits.into_iter().map(nz).collect(), None));
     io.status(ok(tag, "SEARCH done"));
+}
+
+/// The charsets SORT and THREAD take (RFC 5256 requires both): search
+/// strings are matched as UTF-8, of which US-ASCII is a part.
+const CHARSETS: [&str; 2] = ["UTF-8", "US-ASCII"];
+
+/// `NO [BADCHARSET (UTF-8 US-ASCII)]` for another charset (RFC 3501
+/// §7.1), `None` for one of [`CHARSETS`].
+fn refuse_charset(tag: &Tag<'static>, charset: &Charset<'_>) -> Option<imap_next::imap_types::response::Status<'static>> {
+    if CHARSETS.iter().any(|c| c.eq_ignore_ascii_case(charset.as_ref())) {
+        return None;
+    }
+    let allowed = CHARSETS.iter().filter_map(|c| Charset::try_from(*c).ok()).collect();
+    Some(tagged(tag.clone(), StatusKind::No, Some(Code::BadCharset { allowed }), "the charsets taken are UTF-8 and US-ASCII"))
+}
+
+/// The cached header fields of a message SORT or THREAD needs, when the
+/// search did not read them; a message whose fields cannot be read sorts
+/// with empty header keys (logged), as it would without those headers.
+fn fields_of(store: &crate::store::Store, meta: &MessageMeta) -> Option<crate::store::fields::SearchFields> {
+    store
+        .search_fields(&meta.hash)
+        .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
+        .ok()
+}
+
+/// SORT and UID SORT (RFC 5256): SEARCH's matches, ordered by the keys the
+/// index and the cached header fields hold (no message is read).
+#[allow(clippy::too_many_arguments)]
+async fn sort(
+    conn: &Conn,
+    sel: &Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    criteria: &[SortCriterion],
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'static>],
+    uid: bool,
+) {
+    if let Some(no) = refuse_charset(&tag, charset) {
+        return io.status(no);
+    }
+    let criteria = match sort::criteria(criteria) {
+        Ok(c) => c,
+        Err(why) => return io.status(bad(tag, &why)),
+    };
+    let (store, msgs, seen, recent, keys) =
+        (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let sorted = tokio::task::spawn_blocking(move || {
+        let with_fields = sort::needs_fields(&criteria);
+        let mut items = Vec::new();
+        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+            let (u, meta) = &msgs[i];
+            let fields = if with_fields { fields.or_else(|| fields_of(&store, meta)) } else { None };
+            let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+            items.push((sort::Keys::new(&criteria, meta.internal_date, meta.size, fields.as_ref()), n));
+        });
+        sort::sort(&mut items, &criteria);
+        items.into_iter().map(|(_, n)| n).collect::<Vec<u32>>()
+    })
+    .await;
+    match sorted {
+        Ok(order) => {
+            io.data(Data::Sort(order.into_iter().map(nz).collect(), None));
+            io.status(ok(tag, "SORT done"));
+        }
+        Err(e) => io.status(serverbug(tag, &e)),
+    }
+}
+
+/// THREAD and UID THREAD (RFC 5256): SEARCH's matches threaded by
+/// ORDEREDSUBJECT or REFERENCES, from the cached header fields.
+#[allow(clippy::too_many_arguments)]
+async fn thread(
+    conn: &Conn,
+    sel: &Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    algorithm: &ThreadingAlgorithm<'_>,
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'static>],
+    uid: bool,
+) {
+    let by_references = match algorithm {
+        ThreadingAlgorithm::OrderedSubject => false,
+        ThreadingAlgorithm::References => true,
+        ThreadingAlgorithm::Other(a) => {
+            return io.status(bad(
+                tag,
+                &format!("unknown threading algorithm {}; ORDEREDSUBJECT and REFERENCES are offered", a.as_ref()),
+            ))
+        }
+    };
+    if let Some(no) = refuse_charset(&tag, charset) {
+        return io.status(no);
+    }
+    let (store, msgs, seen, recent, keys) =
+        (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let threads = tokio::task::spawn_blocking(move || {
+        let mut items = Vec::new();
+        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+            let (u, meta) = &msgs[i];
+            let fields = fields.or_else(|| fields_of(&store, meta));
+            let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+            items.push(thread::Msg::new(n, meta.internal_date, fields.as_ref()));
+        });
+        if by_references {
+            thread::references(&items)
+        } else {
+            thread::ordered_subject(&items)
+        }
+    })
+    .await;
+    match threads {
+        Ok(t) => {
+            io.data(Data::Thread(t));
+            io.status(ok(tag, "THREAD done"));
+        }
+        Err(e) => io.status(serverbug(tag, &e)),
+    }
 }
 
 async fn expunge(
