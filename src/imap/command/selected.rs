@@ -27,6 +27,9 @@ use crate::store::{Change, FlagOp, MessageMeta};
 
 /// Messages per FETCH batch (each batch is drained before the next).
 const FETCH_BATCH: usize = 16;
+/// Bytes of blobs one blocking read of a batch gathers before handing
+/// them over (big messages are read a few at a time).
+const FETCH_BATCH_BYTES: usize = 8 << 20;
 
 /// Is `body` a command of the selected state (not of the authenticated
 /// state, which is valid here too)?
@@ -289,16 +292,49 @@ async fn fetch(
     });
     let mut failed = 0usize;
     for chunk in targets.chunks(FETCH_BATCH) {
+        // The chunk's blobs read by one blocking task (or a few, for big
+        // messages), not one each: a task per message cost as much in
+        // scheduling and wake-ups as the reads.
+        let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+        if needs_raw {
+            let hashes: Vec<String> =
+                chunk.iter().filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1)).map(|(_, m)| m.hash.clone()).collect();
+            let mut from = 0;
+            while from < hashes.len() {
+                let store = conn.ctx.store.clone();
+                let part = hashes[from..].to_vec();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    for h in &part {
+                        let b = store.get_blob(h).ok();
+                        bytes += b.as_ref().map_or(0, Vec::len);
+                        out.push(b);
+                        if bytes >= FETCH_BATCH_BYTES {
+                            break;
+                        }
+                    }
+                    out
+                })
+                .await
+                .unwrap_or_default();
+                if read.is_empty() {
+                    raws.extend(std::iter::repeat_with(|| None).take(hashes.len() - from));
+                    break;
+                }
+                from += read.len();
+                raws.extend(read);
+            }
+        }
+        let mut raws = raws.into_iter();
         for (seq, u) in chunk {
             let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
             let meta = meta.clone();
             let seen = sel.seen.contains(u);
             let raw = if needs_raw {
-                let store = conn.ctx.store.clone();
-                let hash = meta.hash.clone();
-                match tokio::task::spawn_blocking(move || store.get_blob(&hash)).await {
-                    Ok(Ok(b)) => Some(b),
-                    _ => {
+                match raws.next().flatten() {
+                    Some(b) => Some(b),
+                    None => {
                         failed += 1;
                         continue;
                     }
