@@ -135,7 +135,18 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         }
     };
     if !Arc::ptr_eq(&sel.msgs, &new) {
-        let more = Selected::new_keywords(&sel.defined, new.iter().map(|(_, m)| m));
+        // Only entries that changed can bring a new keyword: unchanged
+        // ones are the very `Arc`s this session holds (shared metas), so
+        // a merge walk by UID skips them without looking at their flags.
+        let old = &sel.msgs;
+        let mut j = 0;
+        let changed = new.iter().filter(|(u, m)| {
+            while j < old.len() && old[j].0 < *u {
+                j += 1;
+            }
+            !(j < old.len() && old[j].0 == *u && Arc::ptr_eq(&old[j].1, m))
+        });
+        let more = Selected::new_keywords(&sel.defined, changed.map(|(_, m)| m));
         if !more.is_empty() {
             sel.defined.extend(more);
             let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
