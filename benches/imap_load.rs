@@ -20,9 +20,11 @@
 //!   200-message INBOX; another session toggles `\Flagged` on one message
 //!   IMAP_LOAD_WAKE_ROUNDS (5) times; the time until every idling session
 //!   has received the FETCH (the snapshot refresh storm one change causes).
-//! * `search`: SEARCH latency on a folder of IMAP_LOAD_BULK (100,000) small
-//!   messages archived through the store API: SUBJECT, FROM, UNSEEN, SINCE,
-//!   each IMAP_LOAD_SEARCHES times from one session; then the same against
+//! * `search`: SEARCH, SORT and THREAD latency on a folder of
+//!   IMAP_LOAD_BULK (100,000) small messages archived through the store
+//!   API: SEARCH SUBJECT, FROM, UNSEEN, SINCE, SORT by date, subject and
+//!   sender, THREAD REFERENCES and ORDEREDSUBJECT, each
+//!   IMAP_LOAD_SEARCHES times from one session; then the same against
 //!   a Dovecot holding the same messages (a Maildir with the same dates).
 
 #[path = "../tests/imap_support/mod.rs"]
@@ -407,7 +409,8 @@ fn wake_mode() {
     });
 }
 
-/// SEARCH latency on a large folder, pecgate and Dovecot side by side.
+/// SEARCH, SORT and THREAD latency on a large folder, pecgate and Dovecot
+/// side by side.
 fn search_mode() {
     let bulk = env("IMAP_LOAD_BULK", 100_000);
     let searches = env("IMAP_LOAD_SEARCHES", 5);
@@ -424,6 +427,11 @@ fn search_mode() {
         ("SINCE (today)".into(), format!("UID SEARCH SINCE {since}")),
         ("UID range + FLAGGED".into(), "UID SEARCH UID 1000:2000 FLAGGED".into()),
         ("UNSEEN (all)".into(), "UID SEARCH UNSEEN".into()),
+        ("SORT REVERSE DATE (all)".into(), "UID SORT (REVERSE DATE) UTF-8 ALL".into()),
+        ("SORT SUBJECT (all)".into(), "UID SORT (SUBJECT) UTF-8 ALL".into()),
+        ("SORT FROM (1/1000)".into(), "UID SORT (FROM) UTF-8 FROM mittente7@pec.example.it".into()),
+        ("THREAD REFERENCES (all)".into(), "UID THREAD REFERENCES UTF-8 ALL".into()),
+        ("THREAD ORDEREDSUBJ (all)".into(), "UID THREAD ORDEREDSUBJECT UTF-8 ALL".into()),
     ];
     let pec = Target { name: "pecgate", port: gw.port, ca: gw.cert(), user: "mario".into(), password: imap_support::PASSWORD.into() };
     let p = rt.block_on(search_queries(&pec, &queries, searches, bulk));
@@ -472,8 +480,14 @@ async fn search_queries(t: &Target, queries: &[(String, String)], searches: usiz
             let t1 = Instant::now();
             match c.try_cmd(q).await {
                 Ok(r) => {
-                    let line = r.untagged.iter().find(|l| l.starts_with("* SEARCH")).unwrap_or_else(|| panic!("{}: {q}: no SEARCH", t.name));
-                    hits = line.split_whitespace().count() - 2;
+                    let answer = ["* SEARCH", "* SORT", "* THREAD"];
+                    let line = r
+                        .untagged
+                        .iter()
+                        .find(|l| answer.iter().any(|a| l.starts_with(a)))
+                        .unwrap_or_else(|| panic!("{}: {q}: no SEARCH, SORT or THREAD", t.name));
+                    // Messages named (a THREAD's too).
+                    hits = line.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).count();
                 }
                 Err(e) => panic!("{}: {q} failed after {:.2?}: {e}", t.name, t1.elapsed()),
             }

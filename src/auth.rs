@@ -153,8 +153,17 @@ pub struct User {
 }
 
 impl User {
+    /// Every right on the user's own private store (Drafts, Templates);
+    /// on PEC mailboxes, what the grants say.
     pub fn may(&self, mailbox: &str, right: Right) -> bool {
-        self.grants.get(mailbox).is_some_and(|r| r.contains(&right))
+        mailbox.strip_prefix('~') == Some(self.name.as_str()) || self.grants.get(mailbox).is_some_and(|r| r.contains(&right))
+    }
+
+    /// The store name of the user's private folders (Drafts, Templates):
+    /// not a PEC mailbox (aliases never start with `~`), never synced
+    /// with a provider, and nobody else's to see.
+    pub fn private_mailbox(&self) -> String {
+        format!("~{}", self.name)
     }
 
     /// Mailboxes the user can see (holds `read` on), in name order.

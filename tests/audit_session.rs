@@ -281,6 +281,9 @@ s.close()
     };
     let expected = vec![
         t("imap", "login", "", "", &[], "ok"),
+        // First login: the user's own Drafts and Templates are made.
+        t("imap", "create", "~mario", "Drafts", &[], "ok"),
+        t("imap", "create", "~mario", "Templates", &[], "ok"),
         t("imap", "select", "prot", "INBOX", &[], "ok"),
         t("imap", "read", "prot", "INBOX", &[1], "ok"),
         t("imap", "store-seen", "prot", "INBOX", &[1], "ok"),
@@ -299,15 +302,15 @@ s.close()
     let got = query(&env.gw, &["--user", "mario"]);
     assert_eq!(got, expected, "audit query --user mario");
     // The filters narrow it exactly.
-    assert_eq!(query(&env.gw, &["--user", "mario", "--op", "read"]), vec![expected[2].clone()]);
+    assert_eq!(query(&env.gw, &["--user", "mario", "--op", "read"]), vec![expected[4].clone()]);
     assert_eq!(
         query(&env.gw, &["--user", "mario", "--mailbox", "legal"]),
-        vec![expected[10].clone()],
+        vec![expected[12].clone()],
         "only the refused send names legal"
     );
     assert_eq!(
         query(&env.gw, &["--user", "mario", "--op", "send"]),
-        vec![expected[7].clone(), expected[10].clone(), expected[12].clone()]
+        vec![expected[9].clone(), expected[12].clone(), expected[14].clone()]
     );
     // Nobody else acted; anna has no records.
     assert!(query(&env.gw, &["--user", "anna"]).is_empty());

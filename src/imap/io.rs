@@ -75,6 +75,27 @@ pub enum Transport {
     Memory(DuplexStream),
 }
 
+impl Transport {
+    /// Acknowledge what the client sent at once rather than after the
+    /// kernel's delayed-ACK timer (Linux `TCP_QUICKACK`, which lasts
+    /// until the kernel turns it off again). Called when a read ends in
+    /// the middle of a command: a client that wrote a literal and then
+    /// its closing CRLF separately (Python's imaplib does) holds the CRLF
+    /// under Nagle's algorithm until its literal is acknowledged, so
+    /// every APPEND would wait 40 ms (BENCHMARKS.md, APPEND).
+    fn ack_now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let tcp = match self {
+                Transport::Plain(s) => s,
+                Transport::Tls(s) => s.get_ref().0,
+                Transport::Memory(_) => return,
+            };
+            let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+        }
+    }
+}
+
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
@@ -265,6 +286,9 @@ impl Io {
                         self.eof = Some(IoError::Exceeded(e));
                     } else {
                         self.unparsed.extend_from_slice(got);
+                        if self.scanner.mid_command() {
+                            self.transport.ack_now();
+                        }
                     }
                     if until_read {
                         return Poll::Ready(Ok(()));

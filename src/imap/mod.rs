@@ -7,6 +7,8 @@
 //! * [`view`]: the per-user folder tree over the store.
 //! * [`shared`]: selected-folder entries shared between sessions.
 //! * [`fetch`], [`search`]: message data and search over stored messages.
+//! * [`sort`], [`thread`]: RFC 5256 SORT and THREAD over what a search
+//!   selected (pure: base subjects, sort keys, ORDEREDSUBJECT, REFERENCES).
 
 pub mod command;
 pub mod fetch;
@@ -17,6 +19,8 @@ pub mod scan;
 pub mod search;
 pub mod session;
 pub mod shared;
+pub mod sort;
+pub mod thread;
 pub mod view;
 
 use std::collections::HashMap;
@@ -102,6 +106,13 @@ impl RecentMarks {
             *last = (*last).max(*max);
         }
         fresh
+    }
+
+    /// The UIDs among `uids` that are recent, without telling (EXAMINE:
+    /// a read-only look leaves them recent, RFC 3501 §6.3.2).
+    pub fn peek(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> std::collections::HashSet<u32> {
+        let last = self.0.lock().ok().and_then(|m| m.get(&Self::key(user, folder)).copied()).unwrap_or(0);
+        uids.filter(|u| *u > last).collect()
     }
 
     /// How many of `uids` would be recent (STATUS), without telling.

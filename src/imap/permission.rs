@@ -9,15 +9,18 @@
 //! | command | needs, on the mailbox of |
 //! |---|---|
 //! | FETCH (a body without PEEK sets the reader's `\Seen`) | read, the selected folder |
+//! | SEARCH, SORT, THREAD | read, the selected folder |
 //! | STORE `\Seen` | read (`\Seen` is each person's own: RFC 4314's `s` right) |
 //! | STORE `\Deleted` | delete (setting it is the first half of hiding) |
 //! | STORE any other flag or keyword, or `FLAGS` (replace) | triage |
 //! | EXPUNGE, UID EXPUNGE, and CLOSE's silent expunge | delete |
 //! | MOVE between folders, COPY, into a handling view | triage, on the target's mailbox |
 //! | MOVE into or out of `Trash` | delete |
-//! | APPEND | send, on the target's mailbox (only `Sent` takes messages) |
+//! | APPEND | send, on the target's mailbox, into `Sent`; triage into a category |
+//! | CREATE, DELETE, RENAME (categories under a mailbox) | triage, on that mailbox |
+//! | in a category: STORE `\Deleted`, EXPUNGE, CLOSE (they remove labels) | triage (hiding what the category alone files also needs delete: the handler checks) |
 //!
-//! Commands not in the table change nothing shared (LIST, STATUS, SEARCH…)
+//! Commands not in the table change nothing shared (LIST, STATUS…)
 //! or are checked by what they can reach (SELECT resolves only folders the
 //! user may read).
 
@@ -83,7 +86,17 @@ pub fn check(view: &View, sel: Option<&Selected>, body: &CommandBody<'_>) -> Res
         CommandBody::Append { mailbox, .. } => {
             let target = view.resolve(&mailbox_name(mailbox)).map_err(|_| Denied::NoSuchFolder)?;
             let mb = target.mailbox.clone();
+            if target.category {
+                return need(&mb, vec![(Right::Triage, format!("not permitted: filing messages in {mb}'s folders needs the triage right"))], Some(target));
+            }
             need(&mb, vec![(Right::Send, format!("not permitted to send from {mb}"))], Some(target))
+        }
+        // Folders people create live under a PEC mailbox; a name outside
+        // every visible mailbox is the handler's to refuse (no token).
+        CommandBody::Create { mailbox } | CommandBody::Delete { mailbox } | CommandBody::Rename { from: mailbox, .. } => {
+            let Some(mb) = view.mailbox_of(&mailbox_name(mailbox)) else { return Ok(None) };
+            let why = format!("not permitted: creating, renaming and deleting folders in {mb} needs the triage right");
+            need(&mb, vec![(Right::Triage, why)], None)
         }
         _ => {
             let Some(sel) = sel else { return Ok(None) };
@@ -106,15 +119,25 @@ fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>
         other => other,
     };
     match body {
-        CommandBody::Fetch { .. } => need(mb, vec![(Right::Read, "not permitted to read".into())], None),
+        CommandBody::Fetch { .. } | CommandBody::Search { .. } | CommandBody::Sort { .. } | CommandBody::Thread { .. } => {
+            need(mb, vec![(Right::Read, "not permitted to read".into())], None)
+        }
         // CLOSE hides what is marked \Deleted, for a user who may (RFC
         // 3501 §6.4.2); for others it only closes.
-        CommandBody::Close if sel.writable && view.user.may(mb, Right::Delete) => {
+        // In a category they remove labels: triage.
+        CommandBody::Close if sel.writable && sel.folder.category && view.user.may(mb, Right::Triage) => {
+            need(mb, vec![(Right::Triage, "removing messages from a folder needs the triage right".into())], None)
+        }
+        CommandBody::Close if sel.writable && !sel.folder.category && view.user.may(mb, Right::Delete) => {
             need(mb, vec![(Right::Delete, "hiding messages needs the delete right".into())], None)
         }
         CommandBody::Store { kind, flags, .. } => read_only(
-            need(mb, store_rights(*kind, flags), None),
+            need(mb, store_rights(*kind, flags, sel.folder.category), None),
             "the folder is read-only (EXAMINE, or a folder that cannot change)",
+        ),
+        CommandBody::Expunge | CommandBody::ExpungeUid { .. } if sel.folder.category => read_only(
+            need(mb, vec![(Right::Triage, "not permitted: removing messages from a folder needs the triage right".into())], None),
+            "the folder is read-only",
         ),
         CommandBody::Expunge | CommandBody::ExpungeUid { .. } => read_only(
             need(mb, vec![(Right::Delete, "not permitted: hiding messages needs the delete right".into())], None),
@@ -146,8 +169,9 @@ fn selected(view: &View, sel: &Selected, body: &CommandBody<'_>, need: &Need<'_>
     }
 }
 
-/// The rights a STORE of `flags` needs.
-fn store_rights(kind: StoreType, flags: &[Flag<'_>]) -> Vec<(Right, String)> {
+/// The rights a STORE of `flags` needs (in a category `\Deleted` marks
+/// a label for removal: triage).
+fn store_rights(kind: StoreType, flags: &[Flag<'_>], category: bool) -> Vec<(Right, String)> {
     let mut out: Vec<(Right, String)> = Vec::new();
     fn add(out: &mut Vec<(Right, String)>, r: Right, why: &str) {
         if !out.iter().any(|(x, _)| *x == r) {
@@ -157,6 +181,7 @@ fn store_rights(kind: StoreType, flags: &[Flag<'_>]) -> Vec<(Right, String)> {
     for f in flags {
         match f {
             Flag::Seen => add(&mut out, Right::Read, "not permitted to read"),
+            Flag::Deleted if category => add(&mut out, Right::Triage, "not permitted: removing messages from a folder needs the triage right"),
             Flag::Deleted => add(&mut out, Right::Delete, "hiding a message needs the delete right"),
             f if handling::is_settable_keyword(&f.to_string()) => {
                 add(&mut out, Right::Triage, "changing the handling of messages needs triage on this mailbox")
@@ -179,7 +204,7 @@ mod tests {
     use super::*;
 
     fn rights(kind: StoreType, flags: &[Flag<'static>]) -> Vec<Right> {
-        store_rights(kind, flags).into_iter().map(|(r, _)| r).collect()
+        store_rights(kind, flags, false).into_iter().map(|(r, _)| r).collect()
     }
 
     #[test]
@@ -194,6 +219,12 @@ mod tests {
     }
 
     #[test]
+    fn deleted_in_a_category_is_triage() {
+        let r: Vec<Right> = store_rights(StoreType::Add, &[Flag::Deleted], true).into_iter().map(|(r, _)| r).collect();
+        assert_eq!(r, vec![Right::Triage]);
+    }
+
+    #[test]
     fn replace_always_needs_triage() {
         assert_eq!(rights(StoreType::Replace, &[Flag::Seen]), vec![Right::Read, Right::Triage]);
         assert_eq!(rights(StoreType::Replace, &[]), vec![Right::Triage]);
@@ -201,7 +232,7 @@ mod tests {
 
     #[test]
     fn deleted_message_names_the_right() {
-        let r = store_rights(StoreType::Add, &[Flag::Deleted]);
+        let r = store_rights(StoreType::Add, &[Flag::Deleted], false);
         assert_eq!(r[0].1, "hiding a message needs the delete right");
     }
 }

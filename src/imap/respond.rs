@@ -205,7 +205,11 @@ pub fn message_items(
     newly_seen: bool,
     raw: Option<&[u8]>,
 ) -> Vec<MessageDataItem<'static>> {
-    let parsed = raw.and_then(fetch::parse);
+    // Parsed only for the items that need the structure (ENVELOPE, BODY,
+    // BODYSTRUCTURE): a parse decodes every part, attachments included,
+    // and BODY[] or RFC822.SIZE need none of it.
+    let parsed_cell = std::cell::OnceCell::new();
+    let parsed = || parsed_cell.get_or_init(|| raw.and_then(fetch::parse));
     let mut out = Vec::new();
     let mut flags_sent = false;
     for n in names {
@@ -223,14 +227,14 @@ pub fn message_items(
                 MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
             }
             MessageDataItemName::Envelope => {
-                MessageDataItem::Envelope(fetch::envelope(parsed.as_ref()))
+                MessageDataItem::Envelope(fetch::envelope(parsed().as_ref()))
             }
             MessageDataItemName::Body => MessageDataItem::Body(fetch::body_structure(
                 raw.unwrap_or_default(),
-                parsed.as_ref(),
+                parsed().as_ref(),
             )),
             MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
-                fetch::body_structure(raw.unwrap_or_default(), parsed.as_ref()),
+                fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()),
             ),
             MessageDataItemName::Rfc822 => {
                 MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec()))

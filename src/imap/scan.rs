@@ -38,6 +38,8 @@ pub struct Scanner {
     line: usize,
     /// Bytes of literal data still to come.
     literal: u64,
+    /// A literal just ended: the command goes on (at least its CRLF).
+    after_literal: bool,
     /// The last bytes of the current line (a literal announcement is at
     /// its end: `{` up to 20 digits, `+` or `-`, `}` and CR).
     tail: Vec<u8>,
@@ -59,12 +61,14 @@ impl Scanner {
             if self.literal > 0 {
                 let n = (bytes.len() as u64).min(self.literal) as usize;
                 self.literal -= n as u64;
+                self.after_literal = self.literal == 0;
                 bytes = &bytes[n..];
                 continue;
             }
             match bytes.iter().position(|b| *b == b'\n') {
                 None => {
                     self.line += bytes.len();
+                    self.after_literal = false;
                     self.keep_tail(bytes);
                     if self.line > MAX_LINE {
                         return Err(Exceeded::Line);
@@ -91,12 +95,19 @@ impl Scanner {
                         }
                     }
                     self.line = 0;
+                    self.after_literal = false;
                     self.tail.clear();
                     bytes = &bytes[i + 1..];
                 }
             }
         }
         Ok(())
+    }
+
+    /// Is a command under way (part of a line or of a literal read, or a
+    /// literal's closing CRLF still to come)?
+    pub fn mid_command(&self) -> bool {
+        self.literal > 0 || self.line > 0 || self.after_literal
     }
 
     fn keep_tail(&mut self, bytes: &[u8]) {

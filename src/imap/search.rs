@@ -89,10 +89,28 @@ pub fn run(
     keys: &[SearchKey<'_>],
     by_uid: bool,
 ) -> Vec<u32> {
+    let mut hits = Vec::new();
+    each_match(store, msgs, seen, recent, keys, |i, _| {
+        let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        hits.push(if by_uid { msgs[i].0 } else { seq });
+    });
+    hits
+}
+
+/// Call `hit` with the index (in `msgs`) of each message that `keys`
+/// match, in sequence order, and its header fields when evaluating the
+/// keys read them (SORT and THREAD then need not read them again).
+pub fn each_match(
+    store: &Store,
+    msgs: &[(u32, std::sync::Arc<MessageMeta>)],
+    seen: &HashSet<u32>,
+    recent: &HashSet<u32>,
+    keys: &[SearchKey<'_>],
+    mut hit: impl FnMut(usize, Option<Fields>),
+) {
     let need = keys.iter().map(need).max().unwrap_or(Need::Index);
     let max_seq = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
     let max_uid = msgs.last().map(|m| m.0).unwrap_or(0);
-    let mut hits = Vec::new();
     for (i, (u, meta)) in msgs.iter().enumerate() {
         let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let raw = if need == Need::Blob {
@@ -125,10 +143,9 @@ pub fn run(
             max_uid,
         };
         if keys.iter().all(|k| matches(k, &c, src, &meta.flags)) {
-            hits.push(if by_uid { *u } else { seq });
+            hit(i, fields);
         }
     }
-    hits
 }
 
 pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
@@ -266,6 +283,9 @@ mod tests {
             pec: None,
             source_uid: None,
             trash_uid: None,
+            appended: false,
+            all_uid: None,
+            label: false,
         };
         let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, recent: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);

@@ -40,15 +40,21 @@ fn message(i: usize) -> Vec<u8> {
 }
 
 async fn start(inbox: usize) -> Client {
+    start_with((1..=inbox).map(|i| (message(i), chrono::Utc::now())).collect()).await
+}
+
+/// A server whose prot/INBOX holds `messages` (raw, internal date), in
+/// this order, and a connection to it, greeted.
+async fn start_with(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>) -> Client {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("data"), StoreOptions::default()).expect("store");
-    for i in 1..=inbox {
-        let blob = store.put_blob(message(i)).await.expect("blob");
+    for (raw, internal_date) in messages {
+        let blob = store.put_blob(raw).await.expect("blob");
         let ch = Change::Archive {
             mailbox: "prot".into(),
             folder: "INBOX".into(),
             blob,
-            internal_date: chrono::Utc::now(),
+            internal_date,
             flags: vec![],
             provider: None,
             pec: None,
@@ -385,3 +391,142 @@ async fn recent_goes_to_the_first_session_that_sees_a_message() {
     let r = b.cmd("t", "STATUS prot/Sent (RECENT)").await;
     assert!(r.contains("RECENT 0"), "{r}");
 }
+
+/// Categories (issue 22): folders people create under a mailbox, labels
+/// over the archive. CREATE/RENAME/DELETE need triage; COPY labels; MOVE
+/// files; EXPUNGE there removes labels; nothing leaves the archive.
+#[tokio::test]
+async fn categories_are_folders_people_create() {
+    let mut c = start(3).await;
+    c.login("anna").await;
+    // The gateway's own folders and names outside a mailbox stay fixed.
+    for (t, name) in [("c1", "prot/Sent"), ("c2", "prot/inbox/x"), ("c3", "Altro")] {
+        let r = c.cmd(t, &format!("CREATE \"{name}\"")).await;
+        assert!(tagged_line(&r, t).starts_with(&format!("{t} NO")), "{name}: {r}");
+    }
+    let r = c.cmd("c4", "CREATE \"prot/Contratti 2026/Fornitori\"").await;
+    assert!(tagged_line(&r, "c4").starts_with("c4 OK"), "{r}");
+    let r = c.cmd("c5", "CREATE \"prot/Contratti 2026\"").await;
+    assert!(tagged_line(&r, "c5").starts_with("c5 NO [ALREADYEXISTS]"), "{r}");
+    let r = c.cmd("l", "LIST \"\" \"prot/Contratti*\"").await;
+    assert!(r.contains("(\\HasChildren) \"/\" \"prot/Contratti 2026\"\r\n"), "{r}");
+    assert!(r.contains("(\\HasNoChildren) \"/\" \"prot/Contratti 2026/Fornitori\"\r\n"), "{r}");
+
+    // COPY labels: INBOX keeps its three messages.
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    let r = c.cmd("k", "UID COPY 1:2 \"prot/Contratti 2026\"").await;
+    assert!(tagged_line(&r, "k").contains("[COPYUID ") && tagged_line(&r, "k").contains(" 1,2 1,2]"), "{r}");
+    // MOVE files: INBOX no longer shows message 3.
+    let r = c.cmd("m", "UID MOVE 3 \"prot/Contratti 2026\"").await;
+    assert!(r.contains("* 3 EXPUNGE") && tagged_line(&r, "m").starts_with("m OK"), "{r}");
+    let r = c.cmd("st", "STATUS \"prot/Contratti 2026\" (MESSAGES UIDNEXT)").await;
+    assert!(r.contains("(MESSAGES 3 UIDNEXT 4)"), "{r}");
+
+    // APPEND: new bytes, and bytes already held (a message of its own).
+    let msg = "From: a@b.it\r\nSubject: bozza\r\n\r\nciao\r\n";
+    for t in ["a1", "a2"] {
+        c.send(format!("{t} APPEND \"prot/Contratti 2026\" (\\Flagged) {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes()).await;
+        let r = c.tagged(t).await;
+        assert!(tagged_line(&r, t).starts_with(&format!("{t} OK [APPENDUID ")), "{r}");
+    }
+    c.send(format!("a3 APPEND \"prot/Contratti 2026\" {{{}+}}\r\n{}\r\n", message(1).len(), String::from_utf8(message(1)).unwrap()).as_bytes()).await;
+    let r = c.tagged("a3").await;
+    assert!(tagged_line(&r, "a3").contains(" 6] "), "the 6th message of the folder: {r}");
+
+    // EXPUNGE in the category: labels go; filed messages stay for a user
+    // without delete.
+    assert!(c.cmd("s2", "SELECT \"prot/Contratti 2026\"").await.contains("* 6 EXISTS"));
+    let r = c.cmd("d", "STORE 1:6 +FLAGS.SILENT (\\Deleted)").await;
+    assert!(tagged_line(&r, "d").starts_with("d OK"), "{r}");
+    let r = c.cmd("e", "EXPUNGE").await;
+    assert!(tagged_line(&r, "e").contains("kept 1 message(s) filed only in this folder"), "{r}");
+    let r = c.cmd("n", "NOOP").await;
+    let _ = r;
+    let left: Vec<u32> = c.store.messages("prot", &cat_of(&c.store, "Contratti 2026")).unwrap().iter().map(|m| m.0).collect();
+    assert_eq!(left, vec![3], "the moved PEC is filed here; what anna appended she may take away");
+    assert_eq!(c.store.messages("prot", "INBOX").unwrap().len(), 2);
+    let r = c.cmd("u", "UNSELECT").await;
+    assert!(r.contains("u OK"));
+
+    // RENAME takes the inferiors along; DELETE refuses while messages are
+    // filed only there (anna lacks delete) and while it has inferiors.
+    let r = c.cmd("r", "RENAME \"prot/Contratti 2026\" \"prot/Archivio/Contratti\"").await;
+    assert!(tagged_line(&r, "r").starts_with("r OK"), "{r}");
+    let r = c.cmd("l2", "LIST \"\" \"prot/Archivio*\"").await;
+    assert!(r.contains(" prot/Archivio/Contratti/Fornitori\r\n"), "{r}");
+    let r = c.cmd("x1", "DELETE \"prot/Archivio/Contratti\"").await;
+    assert!(tagged_line(&r, "x1").starts_with("x1 NO [NOPERM]"), "{r}");
+    let r = c.cmd("x2", "DELETE \"prot/Archivio/Contratti/Fornitori\"").await;
+    assert!(tagged_line(&r, "x2").starts_with("x2 OK"), "{r}");
+    let r = c.cmd("x3", "DELETE \"prot/INBOX\"").await;
+    assert!(tagged_line(&r, "x3").starts_with("x3 NO [CANNOT]"), "{r}");
+
+    // A read-only user may not make folders.
+    let mut ro = c.another().await;
+    ro.login("ro").await;
+    let r = ro.cmd("c", "CREATE \"prot/Mio\"").await;
+    assert!(tagged_line(&r, "c").starts_with("c NO [NOPERM]"), "{r}");
+    // mario (delete) deletes it: what it filed is hidden, not removed.
+    let mut m = c.another().await;
+    m.login("mario").await;
+    let r = m.cmd("x", "DELETE \"prot/Archivio/Contratti\"").await;
+    assert!(tagged_line(&r, "x").starts_with("x OK"), "{r}");
+    let r = m.cmd("t", "STATUS \"prot/Trash\" (MESSAGES)").await;
+    assert!(r.contains("(MESSAGES 2)"), "{r}");
+}
+
+fn cat_of(store: &Store, name: &str) -> String {
+    store.folders("prot").unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some(name)).map(|(f, _)| f).expect("category")
+}
+
+/// Each user's own Drafts (`\Drafts`) and Templates: made at first login,
+/// nobody else's to see, and EXPUNGE there deletes (not PEC, not evidence).
+#[tokio::test]
+async fn drafts_are_private_and_expunge_deletes() {
+    let mut c = start(0).await;
+    c.login("anna").await;
+    let r = c.cmd("l", "LIST \"\" %").await;
+    assert!(r.contains("* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" Templates\r\n"), "{r}");
+    let msg = "From: anna@example.it\r\nSubject: bozza\r\n\r\nda finire\r\n";
+    c.send(format!("a APPEND Drafts (\\Draft) {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes()).await;
+    let r = c.tagged("a").await;
+    assert!(tagged_line(&r, "a").starts_with("a OK [APPENDUID "), "{r}");
+    let mut m = c.another().await;
+    m.login("mario").await;
+    let r = m.cmd("s", "STATUS Drafts (MESSAGES)").await;
+    assert!(r.contains("(MESSAGES 0)"), "mario's Drafts are his own: {r}");
+    assert!(c.cmd("s", "SELECT Drafts").await.contains("* 1 EXISTS"));
+    assert!(c.cmd("d", "STORE 1 +FLAGS (\\Deleted)").await.contains("d OK"));
+    let r = c.cmd("e", "EXPUNGE").await;
+    assert!(r.contains("* 1 EXPUNGE") && tagged_line(&r, "e").starts_with("e OK"), "{r}");
+    let own = "~anna";
+    let drafts = c.store.folders(own).unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some("Drafts")).unwrap().0;
+    assert!(c.store.messages(own, &drafts).unwrap().is_empty());
+    let hash = crate::store::blobs::sha256_hex(msg.as_bytes());
+    assert_eq!(c.store.find_hash(own, &hash).unwrap(), None, "deleted, not hidden");
+    assert!(c.store.hidden_messages(own).unwrap().is_empty());
+}
+
+/// `<mailbox>/All` (`\All`): every message once, wherever it is filed
+/// (a message moved into a category, not its labels), read-only.
+#[tokio::test]
+async fn all_shows_every_message_once() {
+    let mut c = start(3).await;
+    c.login("anna").await;
+    let r = c.cmd("l", "LIST \"\" prot/All").await;
+    assert!(r.contains("* LIST (\\HasNoChildren \\All) \"/\" prot/All\r\n"), "{r}");
+    assert!(c.cmd("c", "CREATE prot/Cartella").await.contains("c OK"));
+    assert!(c.cmd("s", "SELECT prot/INBOX").await.contains("s OK"));
+    assert!(c.cmd("k", "UID COPY 1 prot/Cartella").await.contains("k OK"));
+    assert!(c.cmd("m", "UID MOVE 2 prot/Cartella").await.contains("m OK"));
+    let r = c.cmd("a", "SELECT prot/All").await;
+    assert!(r.contains("* 3 EXISTS") && tagged_line(&r, "a").starts_with("a OK [READ-ONLY]"), "{r}");
+    let r = c.cmd("f", "UID FETCH 1:* (UID)").await;
+    assert!(r.contains("(UID 1)") && r.contains("(UID 2)") && r.contains("(UID 3)"), "the archive order: {r}");
+    let r = c.cmd("x", "UID COPY 1 prot/Cartella").await;
+    assert!(tagged_line(&r, "x").starts_with("x NO [CANNOT]"), "{r}");
+}
+
+#[path = "session_sort_tests.rs"]
+mod sort;

@@ -140,6 +140,9 @@ mod tests {
             pec: None,
             source_uid: None,
             trash_uid: None,
+            appended: false,
+            all_uid: None,
+            label: false,
         }
     }
 

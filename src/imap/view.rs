@@ -24,6 +24,10 @@ pub const DELIMITER: char = '/';
 /// Folders of every mailbox subtree: (IMAP leaf name, store folder, special
 /// use). `None` as store folder is a virtual folder (computed: only
 /// `Undelivered` exists, see [`View::snapshot`]).
+/// Each user's own folders, top level: (name, special use). Clients save
+/// unfinished messages there; they are not PEC and not evidence.
+pub const PRIVATE: [(&str, Option<&str>); 2] = [("Drafts", Some("Drafts")), ("Templates", None)];
+
 pub const LEAVES: [(&str, Option<&str>, Option<&str>); 5] = [
     ("INBOX", Some("INBOX"), None),
     ("Sent", Some("Sent"), Some("Sent")),
@@ -40,6 +44,8 @@ pub const INBOX: &str = "INBOX";
 pub const OFFICES: &str = "Offices";
 /// The virtual folder's leaf name.
 pub const UNDELIVERED: &str = "Undelivered";
+/// The virtual folder of every message of a mailbox once.
+pub const ALL: &str = "All";
 /// The virtual folder of hidden messages (users with `delete` only).
 pub const TRASH: &str = "Trash";
 
@@ -61,7 +67,10 @@ pub struct Folder {
     /// The PEC mailbox alias.
     pub mailbox: String,
     /// Store folder, or `None` for a virtual folder.
-    pub store_folder: Option<&'static str>,
+    pub store_folder: Option<String>,
+    /// A category (a folder people created, see [`View::categories`]):
+    /// `store_folder` is its store name (`#3`).
+    pub category: bool,
     pub special_use: Option<&'static str>,
     /// A handling view (`To handle`, `Mine`, `Offices/<name>`, `Done`):
     /// virtual, over INBOX, numbered by handling-view UIDs.
@@ -69,14 +78,20 @@ pub struct Folder {
     /// The mailbox's `Trash` (virtual, `\\Trash`): what was hidden from its
     /// folders, numbered by Trash UIDs; only for users holding `delete`.
     pub trash: bool,
+    /// One of the user's own `Drafts` and `Templates` (a category of their
+    /// private store): not PEC, not evidence; EXPUNGE there deletes.
+    pub private: bool,
+    /// The mailbox's `All` (virtual, `\\All`, read-only): every message
+    /// once, wherever it is filed, numbered by All UIDs.
+    pub all: bool,
 }
 
 impl Folder {
     /// The store folder whose messages (and per-user `\Seen`) this folder
     /// shows: itself, `Sent` for `Undelivered`, `INBOX` for the handling
     /// views.
-    pub fn source(&self) -> &'static str {
-        match (self.store_folder, &self.handling) {
+    pub fn source(&self) -> &str {
+        match (&self.store_folder, &self.handling) {
             (Some(f), _) => f,
             (None, Some(_)) => INBOX,
             (None, None) => SENT,
@@ -86,8 +101,8 @@ impl Folder {
     /// Where flag changes and moves of the folder's messages go: the store
     /// folder, or INBOX for a handling view (`None`: Undelivered, which is
     /// read-only).
-    pub fn writable_source(&self) -> Option<&'static str> {
-        self.store_folder.or(self.handling.as_ref().map(|_| INBOX))
+    pub fn writable_source(&self) -> Option<&str> {
+        self.store_folder.as_deref().or(self.handling.as_ref().map(|_| INBOX))
     }
 
     /// Does this folder show sent messages (and so their PEC keywords)?
@@ -97,9 +112,9 @@ impl Folder {
 
     /// The folder named in audit records.
     pub fn audit_name(&self) -> &str {
-        match self.store_folder {
-            Some(f) => f,
-            None => self.name.split_once(DELIMITER).map(|(_, leaf)| leaf).unwrap_or(&self.name),
+        match &self.store_folder {
+            Some(f) if !self.category => f,
+            _ => self.name.split_once(DELIMITER).map(|(_, leaf)| leaf).unwrap_or(&self.name),
         }
     }
 }
@@ -225,10 +240,33 @@ impl View {
                 folder: Some(Folder {
                     name: "INBOX".into(),
                     mailbox: m,
-                    store_folder: Some("INBOX"),
+                    store_folder: Some("INBOX".into()),
+                    category: false,
                     special_use: None,
                     handling: None,
                     trash: false,
+                    private: false,
+                        all: false,
+                }),
+            });
+        }
+        // The user's own Drafts and Templates (made at login, see
+        // [`PRIVATE`]), top level like INBOX.
+        let own = self.user.private_mailbox();
+        for (store_name, shown) in self.categories(&own) {
+            let Some(su) = PRIVATE.iter().find(|(n, _)| *n == shown).map(|(_, su)| *su) else { continue };
+            out.push(ListEntry {
+                name: shown.clone(),
+                folder: Some(Folder {
+                    name: shown,
+                    mailbox: own.clone(),
+                    store_folder: Some(store_name),
+                    category: true,
+                    special_use: su,
+                    handling: None,
+                    trash: false,
+                    private: true,
+                    all: false,
                 }),
             });
         }
@@ -244,13 +282,31 @@ impl View {
                     folder: Some(Folder {
                         name,
                         mailbox: m.to_string(),
-                        store_folder: sf,
+                        store_folder: sf.map(str::to_string),
+                        category: false,
                         special_use: su,
                         handling: None,
                         trash: false,
+                        private: false,
+                        all: false,
                     }),
                 });
             }
+            let name = format!("{m}{DELIMITER}{ALL}");
+            out.push(ListEntry {
+                name: name.clone(),
+                folder: Some(Folder {
+                    name,
+                    mailbox: m.to_string(),
+                    store_folder: None,
+                    category: false,
+                    special_use: Some("All"),
+                    handling: None,
+                    trash: false,
+                    private: false,
+                    all: true,
+                }),
+            });
             if self.user.may(m, Right::Delete) {
                 let name = format!("{m}{DELIMITER}{TRASH}");
                 out.push(ListEntry {
@@ -259,9 +315,12 @@ impl View {
                         name,
                         mailbox: m.to_string(),
                         store_folder: None,
+                        category: false,
                         special_use: Some("Trash"),
                         handling: None,
                         trash: true,
+                        private: false,
+                        all: false,
                     }),
                 });
             }
@@ -280,13 +339,47 @@ impl View {
                         name,
                         mailbox: m.to_string(),
                         store_folder: None,
+                        category: false,
                         special_use: None,
                         handling: Some(kind),
                         trash: false,
+                        private: false,
+                        all: false,
+                    }),
+                });
+            }
+            for (store_name, shown) in self.categories(m) {
+                let name = format!("{m}{DELIMITER}{shown}");
+                out.push(ListEntry {
+                    name: name.clone(),
+                    folder: Some(Folder {
+                        name,
+                        mailbox: m.to_string(),
+                        store_folder: Some(store_name),
+                        category: true,
+                        special_use: None,
+                        handling: None,
+                        trash: false,
+                        private: false,
+                        all: false,
                     }),
                 });
             }
         }
+        out
+    }
+
+    /// The categories of `mailbox` (folders people created), as (store
+    /// name, name under the mailbox), by name.
+    pub fn categories(&self, mailbox: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = match self.store.folders(mailbox) {
+            Ok(f) => f.into_iter().filter_map(|(sf, st)| st.category.map(|c| (sf, c))).collect(),
+            Err(e) => {
+                tracing::warn!(mailbox, error = %e, "cannot list the categories");
+                Vec::new()
+            }
+        };
+        out.sort_by(|a, b| a.1.cmp(&b.1));
         out
     }
 
@@ -298,6 +391,13 @@ impl View {
             .filter_map(|e| e.folder)
             .find(|f| f.name == norm)
             .ok_or(ViewError::NotFound)
+    }
+
+    /// The PEC mailbox a folder name lies under (`prot` for `prot/A/B`),
+    /// if the user can see that mailbox.
+    pub fn mailbox_of(&self, name: &str) -> Option<String> {
+        let (mb, _) = name.split_once(DELIMITER)?;
+        self.user.may(mb, Right::Read).then(|| mb.to_string())
     }
 
     /// Is `name` a mailbox parent (`protocollo`) the user can see?
@@ -334,9 +434,12 @@ impl View {
         if f.trash {
             return self.trash_snapshot(f);
         }
+        if f.all {
+            return self.all_snapshot(f);
+        }
         let key = match &f.handling {
             Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
-            None => format!("{}\0{:?}", f.mailbox, f.store_folder),
+            None => format!("{}\0{:?}", f.mailbox, f.store_folder.as_deref()),
         };
         // Read before the index: a change applied meanwhile makes the
         // stamp older than the list, never the other way round. Within one
@@ -396,6 +499,33 @@ impl View {
         Ok((Arc::new(msgs), seen))
     }
 
+    /// All: every message of the mailbox once, where it is filed, by All
+    /// UID (`source_uid`: its UID in that folder), with this user's
+    /// `\\Seen` from there. Keywords are the stored ones (the computed
+    /// `$Pec*` show in the message's own folder).
+    fn all_snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
+        let mut msgs = Vec::new();
+        let mut seen = HashSet::new();
+        let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        for (a, folder, uid, mut m) in self.store.all_messages(&f.mailbox)? {
+            let s = match seen_in.get(&folder) {
+                Some(s) => s,
+                None => {
+                    let s = self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?;
+                    seen_in.entry(folder.clone()).or_insert(s)
+                }
+            };
+            if s.contains(&uid) {
+                seen.insert(a);
+            }
+            m.flags.retain(|fl| !is_pec_keyword(fl));
+            m.source_uid = Some(uid);
+            m.pec = None;
+            msgs.push((a, Arc::new(m)));
+        }
+        Ok((Arc::new(msgs), seen))
+    }
+
     /// The sent copy, in one of the user's mailboxes, of a message with
     /// these bytes (`hash`) or this (normalised) Message-ID: (mailbox,
     /// Sent's UIDVALIDITY, UID).
@@ -428,7 +558,15 @@ impl View {
     /// about yet, now told (`\\Recent`).
     pub fn recent_claim(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
         match &self.recent {
-            Some(r) => r.claim(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            Some(r) => r.claim(&self.user.name, &recent_key(f), uids),
+            None => HashSet::new(),
+        }
+    }
+
+    /// The UIDs among `uids` of `f` that are recent, without telling.
+    pub fn recent_peek(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
+        match &self.recent {
+            Some(r) => r.peek(&self.user.name, &recent_key(f), uids),
             None => HashSet::new(),
         }
     }
@@ -436,7 +574,7 @@ impl View {
     /// How many of `uids` would be recent (STATUS), without telling.
     pub fn recent_count(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> u32 {
         match &self.recent {
-            Some(r) => r.count(&self.user.name, &format!("{}\0{}", f.mailbox, f.name), uids),
+            Some(r) => r.count(&self.user.name, &recent_key(f), uids),
             None => 0,
         }
     }
@@ -547,6 +685,17 @@ impl View {
             };
             return Ok((counts, snap));
         }
+        if f.all {
+            let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
+            let counts = Counts {
+                uidvalidity: (!uv).wrapping_sub(11).max(1),
+                uidnext: self.store.last_all_uid(&f.mailbox)?.saturating_add(1),
+                exists,
+                unseen,
+                highest_modseq: 1,
+            };
+            return Ok((counts, snap));
+        }
         if let Some(kind) = &f.handling {
             // Numbered by the mailbox's handling-view UIDs, under a
             // UIDVALIDITY of their own derived from INBOX's.
@@ -603,6 +752,42 @@ fn view_uidvalidity(inbox: u32, kind: &ViewKind) -> u32 {
         ViewKind::Office(o) => 16 + o.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into())) % 65_536,
     };
     (!inbox).wrapping_sub(salt).max(1)
+}
+
+/// Whose UIDs a `\\Recent` mark counts: a category by its store name
+/// (never given out twice: one deleted and created again under the same
+/// name starts from UID 1 and its messages are recent again).
+fn recent_key(f: &Folder) -> String {
+    match (&f.store_folder, f.category) {
+        (Some(sf), true) => format!("{}\0{sf}", f.mailbox),
+        _ => format!("{}\0{}", f.mailbox, f.name),
+    }
+}
+
+/// Names under a mailbox that are the gateway's own: a category may not
+/// be called so, nor live under one (compared without case: `inbox`,
+/// `sent`).
+pub const RESERVED: [&str; 13] = [
+    "INBOX", "Sent", "Receipts", "Anomalies", "Undelivered", "Trash", "To handle", "Mine", "Offices", "Done", "All", "Drafts",
+    "Templates",
+];
+
+/// Why `name` (under a mailbox) cannot be a category, if it cannot.
+pub fn category_name_problem(name: &str) -> Option<String> {
+    let first = name.split(DELIMITER).next().unwrap_or("");
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(first)) {
+        return Some(format!("{first} is one of the gateway's own folders"));
+    }
+    if name.is_empty() || name.split(DELIMITER).any(|p| p.is_empty() || p.trim() != p) {
+        return Some("empty or space-padded folder name parts are not allowed".into());
+    }
+    if name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+        return Some("folder names may not contain control characters, * or %".into());
+    }
+    if name.len() > 200 || name.split(DELIMITER).count() > 8 {
+        return Some("folder names are at most 200 bytes and 8 levels deep".into());
+    }
+    None
 }
 
 /// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.

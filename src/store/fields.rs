@@ -1,5 +1,5 @@
 //! Header fields of a message, derived from its blob and cached in the
-//! index for SEARCH.
+//! index for SEARCH, SORT and THREAD.
 
 /// The header fields the common SEARCH keys match, derived once per
 /// message and cached in the index (`Store::search_fields`; filled as
@@ -19,11 +19,39 @@ pub struct SearchFields {
     /// §6.4.4 disregards time and time zone; `Date: Sun, 25 Mar 2007
     /// 00:30:00 +0200` is sent on 25 March, though it is 24 March in UTC).
     pub sent: Option<chrono::NaiveDate>,
+    /// The Date header as an instant: RFC 5256 §2.2's sent date, which
+    /// SORT (DATE) and THREAD compare with the time zone taken into
+    /// account. `None` when missing or not a valid date (SORT then uses
+    /// the internal date).
+    pub date: Option<chrono::DateTime<chrono::Utc>>,
+    /// The Subject with encoded words decoded: SORT (SUBJECT) and THREAD
+    /// take its base subject (RFC 5256 §2.1, `imap::sort`).
+    pub subject_text: Option<String>,
+    /// The mailbox (local part) of the first address of From, To and Cc,
+    /// as ENVELOPE shows it (a group's first address is its name): what
+    /// SORT (FROM), (TO) and (CC) compare (RFC 5256 §3, `addr-mailbox`).
+    pub from_mailbox: Option<String>,
+    pub to_mailbox: Option<String>,
+    pub cc_mailbox: Option<String>,
+    /// Message-ID, In-Reply-To and References as written (unfolded), for
+    /// THREAD=REFERENCES (`imap::thread` reads the message IDs in them).
+    /// References keeps only its last [`MAX_REFERENCES`] bytes.
+    pub message_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
 }
 
 /// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
-/// changes.
-pub const FIELDS_KIND: &str = "search-fields-2";
+/// changes (entries under an older key are never read again: each message
+/// is derived anew, once, at its first SEARCH, SORT or THREAD).
+/// 3: the sort and thread fields.
+pub const FIELDS_KIND: &str = "search-fields-3";
+
+/// How much of a References header is kept (its end: the nearest
+/// ancestors come last). HYPOTHESIS: 8 KiB is a hundred or more message
+/// IDs, more than any real conversation's; RFC 5256 expects truncated
+/// References, and a hostile header does not grow every index entry.
+pub const MAX_REFERENCES: usize = 8 * 1024;
 
 const FIELD_NAMES: [&str; 5] = ["From", "To", "Cc", "Bcc", "Subject"];
 
@@ -47,6 +75,17 @@ impl SearchFields {
             bcc: field("Bcc"),
             subject: field("Subject"),
             sent: m.date().and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())),
+            date: m
+                .date()
+                .filter(|d| d.is_valid())
+                .and_then(|d| chrono::DateTime::from_timestamp(d.to_timestamp(), 0)),
+            subject_text: m.subject().map(str::to_string),
+            from_mailbox: first_mailbox(m.from()),
+            to_mailbox: first_mailbox(m.to()),
+            cc_mailbox: first_mailbox(m.cc()),
+            message_id: raw_value(head, &m, "Message-ID"),
+            in_reply_to: raw_value(head, &m, "In-Reply-To"),
+            references: raw_value(head, &m, "References").map(|r| tail(r, MAX_REFERENCES)),
         }
     }
 
@@ -100,6 +139,49 @@ fn haystack(head: &[u8], m: &mail_parser::Message<'_>, name: &str) -> Option<Str
     out
 }
 
+/// The first header `name` as written, unfolded and trimmed.
+fn raw_value(head: &[u8], m: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+    let h = m.headers().iter().find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let r = head.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+    let s = String::from_utf8_lossy(r);
+    Some(s.split(['\r', '\n']).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ").trim().to_string())
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn tail(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = s.len() - max;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    s[cut..].to_string()
+}
+
+/// The mailbox (local part) of the first address, as ENVELOPE gives it:
+/// a named group's first address is the group's start marker, whose
+/// mailbox is the group's name; an address without `@` is all mailbox.
+/// `None` for no address at all.
+fn first_mailbox(a: Option<&mail_parser::Address<'_>>) -> Option<String> {
+    let local = |x: &mail_parser::Addr<'_>| -> Option<String> {
+        let full = x.address.as_deref()?;
+        // A source route (`@route:user@domain`) is not the mailbox.
+        let spec = match full.strip_prefix('@').and_then(|_| full.split_once(':')) {
+            Some((_, rest)) => rest,
+            None => full,
+        };
+        Some(spec.rsplit_once('@').map_or(spec, |(l, _)| l).to_string())
+    };
+    match a? {
+        mail_parser::Address::List(list) => list.iter().find_map(local),
+        mail_parser::Address::Group(groups) => groups.iter().find_map(|g| match g.name.as_deref() {
+            Some(name) => Some(name.to_string()),
+            None => g.addresses.iter().find_map(local),
+        }),
+    }
+}
+
 /// Where the header ends (after the blank line), or the whole message.
 pub fn header_end(raw: &[u8]) -> usize {
     if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -146,6 +228,36 @@ body with From: nobody@else.example\r\n";
         assert_eq!(SearchFields::header_of(MSG, "X-Missing"), None);
     }
 
+
+    /// The sort and thread fields: the Date as an instant, the decoded
+    /// Subject, the first mailbox of each address list (a group's name
+    /// first, as ENVELOPE), the message-ID headers unfolded.
+    #[test]
+    fn sort_and_thread_fields() {
+        let f = SearchFields::of(MSG);
+        assert_eq!(f.date, chrono::DateTime::from_timestamp(1_795_683_600, 0), "10:00 +0100 is 09:00 UTC");
+        assert_eq!(f.subject_text.as_deref(), Some("Pratica n. 42"));
+        assert_eq!(f.from_mailbox.as_deref(), Some("tributi"));
+        assert_eq!(f.to_mailbox.as_deref(), Some("a"));
+        assert_eq!(f.cc_mailbox, None);
+        let raw = b"Date: not a date\r\nCc: uffici: x@y.it, z@y.it;\r\nTo: <@route:capo@y.it>\r\nMessage-ID:\r\n  <id@x>\r\nReferences: <a@x>\r\n\t<b@x>\r\nIn-Reply-To: <b@x> (nota)\r\n\r\nbody\r\n";
+        let f = SearchFields::of(raw);
+        assert_eq!(f.date, None, "an unparsable Date is no date");
+        assert_eq!(f.cc_mailbox.as_deref(), Some("uffici"));
+        assert_eq!(f.to_mailbox.as_deref(), Some("capo"));
+        assert_eq!(f.message_id.as_deref(), Some("<id@x>"));
+        assert_eq!(f.references.as_deref().map(|r| r.split_whitespace().collect::<Vec<_>>()), Some(vec!["<a@x>", "<b@x>"]));
+        assert_eq!(f.in_reply_to.as_deref(), Some("<b@x> (nota)"));
+        assert_eq!((f.subject_text, f.from_mailbox), (None, None));
+        // A huge References keeps its end.
+        let mut big = b"References:".to_vec();
+        for i in 0..2000 {
+            big.extend_from_slice(format!(" <ref{i}@example.it>").as_bytes());
+        }
+        big.extend_from_slice(b"\r\n\r\nx\r\n");
+        let r = SearchFields::of(&big).references.unwrap_or_default();
+        assert!(r.len() <= MAX_REFERENCES && r.ends_with("<ref1999@example.it>"), "{}", r.len());
+    }
 
     proptest::proptest! {
         /// Any bytes (a blob is whatever the provider delivered): fields

@@ -69,6 +69,20 @@ pub struct MessageMeta {
     /// virtual `Trash` (given in the order messages were hidden).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trash_uid: Option<u32>,
+    /// Archived by a client's APPEND into a category: not a message the
+    /// provider delivered nor one pecgate sent, so whoever may file may
+    /// also take it away (hide it) without the delete right.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appended: bool,
+    /// Its UID in the mailbox's virtual `All` (given in the order
+    /// messages entered the archive; kept through moves and hiding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_uid: Option<u32>,
+    /// A category's label of a message filed elsewhere (a COPY, or an
+    /// APPEND of bytes already held): `All` shows the message once, where
+    /// it is filed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub label: bool,
 }
 
 impl MessageMeta {
@@ -227,8 +241,8 @@ pub struct Index {
 }
 
 /// The index format this code writes. 2: hidden messages carry their
-/// Trash UID.
-pub const FORMAT: u32 = 2;
+/// Trash UID. 3: messages carry their All UID, labels are marked.
+pub const FORMAT: u32 = 3;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
 
@@ -363,6 +377,7 @@ impl Index {
                             ts.highest_modseq += 1;
                             ts.uidnext = ts.uidnext.max(new + 1);
                             m.modseq = ts.highest_modseq;
+                            m.label = true;
                             msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&m))?;
                             // Every user's \Seen comes along (a copy keeps its flags).
                             if let Some(users) = get_json::<Vec<String>>(seen_by, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? {
@@ -405,6 +420,9 @@ impl Index {
                             flags: flags.clone(),
                             modseq: st.highest_modseq,
                             archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
+                            appended: home.as_ref().is_none_or(|h| h.appended),
+                            all_uid: home.as_ref().and_then(|h| h.all_uid),
+                            label: true,
                             pec: home.and_then(|h| h.pec),
                             source_uid: None,
                             trash_uid: None,
@@ -412,7 +430,7 @@ impl Index {
                         msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), json(&m))?;
                         folders.insert(fk, json(&st))?;
                     }
-                    Event::Unlabeled { mailbox, folder, uids, .. } => {
+                    Event::Unlabeled { mailbox, folder, uids, .. } | Event::Purged { mailbox, folder, uids, .. } => {
                         let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                         if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
                             for uid in uids {
@@ -422,6 +440,12 @@ impl Index {
                                 st.exists = st.exists.saturating_sub(1);
                                 st.size = st.size.saturating_sub(m.size);
                                 st.highest_modseq += 1;
+                                // A purge may take the place a message is
+                                // filed at: the mailbox no longer holds it.
+                                let hk = key(&[mailbox.as_bytes(), m.hash.as_bytes()]);
+                                if hashes.get(&hk)?.is_some_and(|loc| split_loc(&loc) == (folder.clone(), *uid)) {
+                                    hashes.remove(hk)?;
+                                }
                                 let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
                                 if let Some(users) = get_json::<Vec<String>>(seen_by, &k2)? {
                                     seen_by.remove(k2)?;
@@ -479,6 +503,17 @@ impl Index {
                                 pec: pec.clone(),
                                 source_uid: None,
                                 trash_uid: None,
+                                appended: st.category.is_some(),
+                                all_uid: Some({
+                                    // Numbered in the virtual All in the
+                                    // order of archiving (a fold over the
+                                    // journal, like Trash).
+                                    let ak = key(&[b"all", mailbox.as_bytes()]);
+                                    let a = meta.get(&ak)?.map(|v| be32(&v)).unwrap_or(0) + 1;
+                                    meta.insert(ak, &a.to_be_bytes())?;
+                                    a
+                                }),
+                                label: false,
                             };
                             folders.insert(fk, json(&st))?;
                             msgs.insert(
@@ -618,6 +653,7 @@ impl Index {
                                 "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
                             ))));
                         };
+                        let before = (fs.exists, fs.size);
                         for (old, new) in moves {
                             let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
                             let Some(v) = msgs.remove(ok)? else { continue };
@@ -650,7 +686,14 @@ impl Index {
                                 seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
                             }
                         }
-                        folders.insert(fk, json(&fs))?;
+                        if from == to {
+                            // Into the folder itself: new UIDs, the same
+                            // messages (one state, read twice above).
+                            (ts.exists, ts.size) = before;
+                        }
+                        if from != to {
+                            folders.insert(fk, json(&fs))?;
+                        }
                         folders.insert(tk, json(&ts))?;
                     }
                     Event::Handled { mailbox, transition, items } => {
@@ -830,6 +873,30 @@ impl Index {
     /// ((0, 0): none).
     pub fn last_category(&self, mailbox: &str) -> Result<(u32, u32), sled::Error> {
         Ok(self.meta.get(key(&[b"category", mailbox.as_bytes()]))?.map(|v| last_category(&v)).unwrap_or((0, 0)))
+    }
+
+    /// The last All UID given out in `mailbox` (0: none).
+    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32, sled::Error> {
+        Ok(self.meta.get(key(&[b"all", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    }
+
+    /// Every message of `mailbox` once, where it is filed (labels left
+    /// out, hidden ones too): (All UID, folder, UID there, metadata), by
+    /// All UID.
+    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>, sled::Error> {
+        let p = prefix(&[mailbox.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self.msgs.scan_prefix(&p) {
+            let (k, v) = kv?;
+            let m: MessageMeta = unjson(&v)?;
+            let (Some(a), false) = (m.all_uid, m.label) else { continue };
+            let rest = &k[p.len()..];
+            let cut = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            let folder = String::from_utf8_lossy(&rest[..cut]).into_owned();
+            out.push((a, folder, be32(&rest[(cut + 1).min(rest.len())..]), m));
+        }
+        out.sort_by_key(|e| e.0);
+        Ok(out)
     }
 
     /// The last Trash UID given out in `mailbox` (0: none).

@@ -149,6 +149,9 @@ pub enum Change {
     /// message is filed (moved or appended there) are left out: taking
     /// those away is hiding ([`Change::Hide`], the delete right).
     Unlabel { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Delete messages from a user's own folders (`~user`: Drafts,
+    /// Templates). Refused anywhere else: PEC is never deleted.
+    Purge { mailbox: String, folder: String, uids: Vec<u32> },
 }
 
 /// What a committed change became.
@@ -524,6 +527,17 @@ impl Store {
     }
 
     /// The last UID the virtual Trash of `mailbox` gave out (0: none).
+    /// Every message of `mailbox` once, where it is filed: (All UID,
+    /// folder, UID there, metadata), by All UID (the virtual `All`).
+    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>> {
+        Ok(self.inner.index.all_messages(mailbox)?)
+    }
+
+    /// The last All UID given out in `mailbox` (0: none).
+    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32> {
+        Ok(self.inner.index.last_all_uid(mailbox)?)
+    }
+
     pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32> {
         Ok(self.inner.index.last_trash_uid(mailbox)?)
     }
@@ -1036,9 +1050,6 @@ impl Writer {
                 Event::Unhidden { mailbox, folder, moves }
             }
             Change::Move { mailbox, from, to, uids } => {
-                if from == to {
-                    return Err(StoreError::Invalid(format!("move within one folder ({mailbox}/{from})")));
-                }
                 if self.folder_state(&mailbox, &from)?.is_none() {
                     return Err(StoreError::Invalid(format!("no folder {mailbox}/{from}")));
                 }
@@ -1090,8 +1101,9 @@ impl Writer {
                 }
                 let last = self.create_categories(&mailbox, &name, &cats, now, out, &mk)?;
                 let (folder, uidvalidity) = last.expect("a missing name was created");
-                let ev = Event::FolderCreated { mailbox, folder: folder.clone(), uidvalidity, category: Some(name) };
-                out.push(mk(&audit, ev, Some(folder), vec![]));
+                // Audited under the name people gave it.
+                let ev = Event::FolderCreated { mailbox, folder, uidvalidity, category: Some(name.clone()) };
+                out.push(mk(&audit, ev, Some(name), vec![]));
                 return Ok(out.len() - 1);
             }
             Change::RenameCategory { mailbox, from, to } => {
@@ -1190,6 +1202,19 @@ impl Writer {
                 self.folders.insert((mailbox.clone(), folder.clone()), st);
                 Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags }
             }
+            Change::Purge { mailbox, folder, uids } => {
+                if !mailbox.starts_with('~') {
+                    return Err(StoreError::Invalid(format!("{mailbox} is a PEC mailbox: its messages are never deleted")));
+                }
+                let (mut kept, mut hashes) = (Vec::new(), Vec::new());
+                for uid in uids {
+                    if let Some(m) = self.index.message(&mailbox, &folder, uid)? {
+                        kept.push(uid);
+                        hashes.push(m.hash);
+                    }
+                }
+                Event::Purged { mailbox, folder, uids: kept, hashes }
+            }
             Change::Unlabel { mailbox, folder, uids } => {
                 let (mut kept, mut hashes) = (Vec::new(), Vec::new());
                 for uid in uids {
@@ -1212,7 +1237,7 @@ impl Writer {
             Event::Moved { from, moves, .. } => (Some(from.clone()), moves.iter().map(|m| m.0).collect()),
             Event::Copied { from, copies, .. } => (Some(from.clone()), copies.iter().map(|m| m.0).collect()),
             Event::Labeled { folder, uid, .. } => (Some(folder.clone()), vec![*uid]),
-            Event::Unlabeled { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
+            Event::Unlabeled { folder, uids, .. } | Event::Purged { folder, uids, .. } => (Some(folder.clone()), uids.clone()),
             Event::FolderDeleted { folder, .. } => (Some(folder.clone()), vec![]),
             Event::Unhidden { folder, moves, .. } => (Some(folder.clone()), moves.iter().map(|m| m.1).collect()),
             Event::Handled { items, .. } => (

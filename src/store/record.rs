@@ -61,6 +61,17 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         flags: Vec<String>,
     },
+    /// Messages deleted from a user's own Drafts or Templates (not PEC,
+    /// not evidence): gone from every folder; the record keeps their
+    /// hashes. (Their blobs stay on disk until a blob sweep, which does
+    /// not exist yet.)
+    Purged {
+        mailbox: String,
+        folder: String,
+        uids: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hashes: Vec<String>,
+    },
     /// Labels removed from a category (an EXPUNGE there): the messages
     /// stay where they are filed; nothing is hidden.
     Unlabeled {
@@ -200,6 +211,7 @@ impl Event {
             | Event::Copied { mailbox, .. }
             | Event::Labeled { mailbox, .. }
             | Event::Unlabeled { mailbox, .. }
+            | Event::Purged { mailbox, .. }
             | Event::Archived { mailbox, .. }
             | Event::ProviderDeleted { mailbox, .. }
             | Event::ProviderReset { mailbox, .. }

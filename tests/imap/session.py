@@ -59,12 +59,17 @@ check(typ == "OK", "list")
 got = [l.decode() for l in lines]
 want = [
     '(\\HasNoChildren) "/" INBOX',
+    # Each user's own (issue 22): not PEC, nobody else's to see.
+    '(\\HasNoChildren \\Drafts) "/" Drafts',
+    '(\\HasNoChildren) "/" Templates',
     '(\\Noselect \\HasChildren) "/" prot',
     '(\\HasNoChildren) "/" prot/INBOX',
     '(\\HasNoChildren \\Sent) "/" prot/Sent',
     '(\\HasNoChildren) "/" prot/Receipts',
     '(\\HasNoChildren) "/" prot/Anomalies',
     '(\\HasNoChildren) "/" prot/Undelivered',
+    # Every message once, wherever it is filed (issue 22).
+    '(\\HasNoChildren \\All) "/" prot/All',
     # mario holds delete: what is hidden is listed in Trash (issue 13).
     '(\\HasNoChildren \\Trash) "/" prot/Trash',
     '(\\HasNoChildren) "/" "prot/To handle"',
@@ -159,8 +164,12 @@ check(typ == "NO" and typ2 == "NO" and d1 == d2, "SELECT of an ungranted mailbox
 typ, d1 = mario.status("tributi/INBOX", "(MESSAGES)")
 typ2, d2 = mario.status("nosuch/INBOX", "(MESSAGES)")
 check(typ == "NO" and typ2 == "NO" and d1 == d2, "STATUS of an ungranted mailbox looks like a missing one", (d1, d2))
-typ, _ = mario.create("prot/Other")
-check(typ == "NO", "CREATE refused")
+typ, _ = mario.create("Other")
+check(typ == "NO", "CREATE outside a PEC mailbox refused")
+typ, _ = mario.create("tributi/Other")
+check(typ == "NO", "CREATE in an ungranted mailbox refused")
+typ, _ = mario.create("prot/Sent")
+check(typ == "NO", "CREATE of the gateway's own folder refused")
 
 # --- EXPUNGE hides, blob stays ---
 h2 = hashlib.sha256(fetch_one(mario, 2, "(BODY.PEEK[])")[0][1]).hexdigest()

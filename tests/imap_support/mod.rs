@@ -77,6 +77,9 @@ pub struct Setup {
     /// Archive this many more small messages ([`bulk_message`]) in
     /// prot/INBOX after the others, in batches (load tools: a 100k folder).
     pub bulk: usize,
+    /// Messages (raw, internal date) archived in prot/INBOX after the
+    /// `inbox` ones, in this order (e.g. the SORT and THREAD fixture).
+    pub dated: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// A small message for bulk folders: 1,000 senders, subjects numbered,
@@ -244,6 +247,25 @@ pub fn start_with(setup: Setup) -> Gateway {
                 .expect("commit");
             inbox.push(raw);
             blobs.push(blob);
+        }
+        for (raw, internal_date) in &setup.dated {
+            let blob = store.put_blob(raw.clone()).await.expect("blob");
+            store
+                .commit(
+                    Audit::system("test", "archive"),
+                    Change::Archive {
+                        mailbox: "prot".into(),
+                        folder: "INBOX".into(),
+                        blob,
+                        internal_date: *internal_date,
+                        flags: vec![],
+                        provider: None,
+                        pec: None,
+                        handling: None,
+                    },
+                )
+                .await
+                .expect("commit");
         }
         let b = store
             .put_blob(b"Subject: tributi\r\n\r\nsecret\r\n".to_vec())

@@ -58,6 +58,24 @@ pub async fn plain(conn: &Conn, tag: Tag<'static>, data: &[u8]) -> (Status<'stat
     login(conn, tag, user.to_string(), pw.to_string()).await
 }
 
+/// Make the user's own Drafts and Templates on their first login (one
+/// record each, once). A failure is logged: the session goes on without.
+async fn ensure_private(conn: &Conn, view: &View) {
+    let own = view.user.private_mailbox();
+    let have = view.categories(&own);
+    for (name, _) in crate::imap::view::PRIVATE {
+        if have.iter().any(|(_, n)| n == name) {
+            continue;
+        }
+        let a = Audit::user(&view.user.name, conn.source(), "imap", "create").mailbox(&own).folder(name);
+        let ch = crate::store::Change::CreateCategory { mailbox: own.clone(), name: name.to_string() };
+        match conn.ctx.store.commit(a, ch).await {
+            Ok(_) | Err(crate::store::StoreError::Conflict(_)) => {}
+            Err(e) => tracing::warn!(user = %view.user.name, folder = name, error = %e, "cannot make the user's own folder"),
+        }
+    }
+}
+
 /// What `user` sees, with the server's settings.
 pub fn new_view(conn: &Conn, user: Arc<User>) -> View {
     View::new(user, conn.ctx.store.clone())
@@ -77,7 +95,9 @@ async fn login(conn: &Conn, tag: Tag<'static>, name: String, password: String) -
             if !conn.audit_only(a).await {
                 return (unavailable(tag), Transition::None);
             }
-            let authed = Box::new(Authed { view: new_view(conn, user), _guard: guard });
+            let view = new_view(conn, user);
+            ensure_private(conn, &view).await;
+            let authed = Box::new(Authed { view, _guard: guard });
             // The capabilities change with login (LITERAL+, APPENDLIMIT).
             let caps = anystate::capabilities(conn, true);
             let code = Vec1::try_from(caps).ok().map(Code::Capability);

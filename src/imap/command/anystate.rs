@@ -3,6 +3,7 @@
 use imap_next::imap_types::auth::AuthMechanism;
 use imap_next::imap_types::core::{Tag, Vec1};
 use imap_next::imap_types::extensions::quota::Resource;
+use imap_next::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_next::imap_types::response::{Capability, Data};
 
 use super::super::fetch;
@@ -40,6 +41,9 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         cap("CHILDREN"),
         Capability::Quota,
         Capability::QuotaRes(Resource::Storage),
+        Capability::Sort(None),
+        Capability::Thread(ThreadingAlgorithm::OrderedSubject),
+        Capability::Thread(ThreadingAlgorithm::References),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));

@@ -57,8 +57,10 @@ pub async fn handle(
         }
         CommandBody::Select { mailbox, .. } => return select(conn, user, io, tag, &mailbox, true).await,
         CommandBody::Examine { mailbox, .. } => return select(conn, user, io, tag, &mailbox, false).await,
-        CommandBody::Create { .. } | CommandBody::Delete { .. } | CommandBody::Rename { .. } => {
-            io.status(no_code(tag, "CANNOT", "the PEC folder tree is fixed by the gateway"))
+        CommandBody::Create { mailbox } => super::folders::create(conn, user, io, tag, mailbox_name(&mailbox), allowed).await,
+        CommandBody::Delete { mailbox } => super::folders::delete(conn, user, io, tag, mailbox_name(&mailbox), allowed).await,
+        CommandBody::Rename { from, to } => {
+            super::folders::rename(conn, user, io, tag, mailbox_name(&from), mailbox_name(&to), allowed).await
         }
         CommandBody::GetQuotaRoot { mailbox } => match view.resolve(&mailbox_name(&mailbox)) {
             Err(_) => io.status(no(tag, "no such folder")),
@@ -148,7 +150,10 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     };
     // A store folder nothing was filed in yet is created now, so that the
     // UIDVALIDITY this SELECT reports is the one it keeps (issue 22 item 8).
-    let missing = match folder.store_folder {
+    let missing = match folder.store_folder.as_deref() {
+        // A category exists from its CREATE (one deleted meanwhile is
+        // not made again here).
+        Some(_) if folder.category => None,
         Some(sf) => match conn.ctx.store.folder(&folder.mailbox, sf) {
             Ok(st) => st.is_none().then_some(sf),
             Err(e) => {
@@ -221,7 +226,12 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     }
     io.status(untagged(StatusKind::Ok, Some(Code::PermanentFlags(perm)), "flags"));
     io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-    let recent = view.recent_claim(&folder, msgs.iter().map(|m| m.0));
+    // EXAMINE looks without taking: the messages stay recent.
+    let recent = if rw {
+        view.recent_claim(&folder, msgs.iter().map(|m| m.0))
+    } else {
+        view.recent_peek(&folder, msgs.iter().map(|m| m.0))
+    };
     io.data(Data::Recent(u32::try_from(recent.len()).unwrap_or(u32::MAX)));
     if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
@@ -257,7 +267,10 @@ fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pa
     let mut full = refname.into_bytes();
     full.extend_from_slice(&pat);
     let full_norm = if full.eq_ignore_ascii_case(b"inbox") { b"INBOX".to_vec() } else { full };
-    for e in view.tree() {
+    let tree = view.tree();
+    let parents: std::collections::HashSet<&str> =
+        tree.iter().filter_map(|e| e.name.rsplit_once(view::DELIMITER).map(|(p, _)| p)).collect();
+    for e in &tree {
         if !view::pattern_matches(&full_norm, e.name.as_bytes()) {
             continue;
         }
@@ -268,7 +281,7 @@ fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pa
                 items.extend(attr("HasChildren"));
             }
             Some(f) => {
-                items.extend(attr("HasNoChildren"));
+                items.extend(attr(if parents.contains(e.name.as_str()) { "HasChildren" } else { "HasNoChildren" }));
                 if let Some(su) = f.special_use {
                     items.extend(attr(su));
                 }
@@ -350,8 +363,11 @@ async fn append(
     let Some(folder) = allowed.target().cloned() else {
         return no(tag, "no such folder");
     };
-    if folder.store_folder != Some(view::SENT) {
-        return no_code(tag, "CANNOT", "messages can be appended only to a mailbox's Sent folder");
+    if folder.category {
+        return append_category(conn, user, tag, &folder, flags, date, bytes).await;
+    }
+    if folder.store_folder.as_deref() != Some(view::SENT) {
+        return no_code(tag, "CANNOT", "messages can be appended only to a mailbox's Sent folder or to folders people created");
     }
     let store = &conn.ctx.store;
     let hash = crate::store::blobs::sha256_hex(&bytes);
@@ -431,6 +447,62 @@ async fn append(
         }
     }
     let uv = store.folder(&folder.mailbox, &where_).ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
+    tagged(tag, StatusKind::Ok, Some(Code::AppendUid { uid_validity: nz(uv), uid: nz(uid) }), "APPEND done")
+}
+
+/// APPEND into a category: new bytes are archived there (filed there);
+/// bytes the mailbox holds already become a message of their own in the
+/// category, sharing the archived copy (each APPEND makes a message, RFC
+/// 3501 §6.3.11).
+async fn append_category(
+    conn: &Conn,
+    user: &Authed,
+    tag: Tag<'static>,
+    folder: &view::Folder,
+    flags: &[Flag<'_>],
+    date: Option<DateTime<Utc>>,
+    bytes: Vec<u8>,
+) -> Status<'static> {
+    let store = &conn.ctx.store;
+    let sf = folder.source().to_string();
+    let mb = folder.mailbox.clone();
+    let shared: Vec<String> = flags
+        .iter()
+        .map(flag_string)
+        .filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f))
+        .collect();
+    let internal_date = date.unwrap_or_else(Utc::now);
+    let hash = crate::store::blobs::sha256_hex(&bytes);
+    let held = match store.find_hash(&mb, &hash) {
+        Ok(h) => h.is_some(),
+        Err(e) => return serverbug(tag, &e),
+    };
+    let audit = user.audit(conn, "append").mailbox(&mb).folder(folder.audit_name());
+    let change = if held {
+        let size = bytes.len() as u64;
+        Change::Label { mailbox: mb.clone(), folder: sf.clone(), hash, size, internal_date, flags: shared }
+    } else {
+        let blob: BlobRef = match store.put_blob(bytes).await {
+            Ok(b) => b,
+            Err(e) => return serverbug(tag, &e),
+        };
+        Change::Archive { mailbox: mb.clone(), folder: sf.clone(), blob, internal_date, flags: shared, provider: None, pec: None, handling: None }
+    };
+    let uid = match store.commit(audit, change).await {
+        Ok(c) => match c.event {
+            StoreEvent::Archived { uid, duplicate: false, .. } | StoreEvent::Labeled { uid, .. } => uid,
+            _ => return no_code(tag, "CANNOT", "the archive took these bytes elsewhere meanwhile; APPEND again"),
+        },
+        Err(crate::store::StoreError::Conflict(why)) => return no_code(tag, "TRYCREATE", &why),
+        Err(e) => return serverbug(tag, &e),
+    };
+    if flags.iter().any(|f| matches!(f, Flag::Seen)) {
+        let ch = Change::SetSeen { user: user.view.user.name.clone(), mailbox: mb.clone(), folder: sf.clone(), uids: vec![uid], seen: true };
+        if let Err(e) = store.commit(user.audit(conn, "store-seen").mailbox(&mb).folder(folder.audit_name()), ch).await {
+            return serverbug(tag, &e);
+        }
+    }
+    let uv = store.folder(&mb, &sf).ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
     tagged(tag, StatusKind::Ok, Some(Code::AppendUid { uid_validity: nz(uv), uid: nz(uid) }), "APPEND done")
 }
 

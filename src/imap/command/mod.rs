@@ -4,8 +4,8 @@
 //! * [`anystate`]: CAPABILITY, NOOP, LOGOUT, ID — valid in every state.
 //! * [`anonymous`]: not authenticated: STARTTLS, LOGIN, AUTHENTICATE.
 //! * [`authenticated`]: SELECT/EXAMINE, LIST, STATUS, APPEND, …
-//! * [`selected`]: FETCH, STORE, SEARCH, EXPUNGE, CLOSE, and the refresh
-//!   that tells the client what changed.
+//! * [`selected`]: FETCH, STORE, SEARCH, SORT, THREAD, EXPUNGE, CLOSE,
+//!   and the refresh that tells the client what changed.
 //! * [`transfer`]: COPY and MOVE (between folders, mailboxes, handling
 //!   views and Trash).
 //!
@@ -18,6 +18,7 @@
 pub mod anonymous;
 pub mod anystate;
 pub mod authenticated;
+pub mod folders;
 pub mod selected;
 pub mod transfer;
 

@@ -1,22 +1,25 @@
-//! Selected state: FETCH, STORE, SEARCH, EXPUNGE, CLOSE/UNSELECT, and the
-//! refresh that tells the client what changed in the folder (EXPUNGE,
-//! EXISTS, FETCH FLAGS) at the moments RFC 3501 allows.
+//! Selected state: FETCH, STORE, SEARCH, SORT, THREAD, EXPUNGE,
+//! CLOSE/UNSELECT, and the refresh that tells the client what changed in
+//! the folder (EXPUNGE, EXISTS, FETCH FLAGS) at the moments RFC 3501
+//! allows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use imap_next::imap_types::command::CommandBody;
-use imap_next::imap_types::core::{Tag, Vec1};
+use imap_next::imap_types::core::{Charset, Tag, Vec1};
+use imap_next::imap_types::extensions::sort::SortCriterion;
+use imap_next::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_next::imap_types::response::Data;
+use imap_next::imap_types::response::{Code, Data, StatusKind};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 
 use super::super::io::{Io, IoError};
 use super::super::respond::*;
 use super::super::view::{self, is_pec_keyword};
-use super::super::{search, shared};
+use super::super::{search, shared, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
@@ -24,6 +27,9 @@ use crate::store::{Change, FlagOp, MessageMeta};
 
 /// Messages per FETCH batch (each batch is drained before the next).
 const FETCH_BATCH: usize = 16;
+/// Bytes of blobs one blocking read of a batch gathers before handing
+/// them over (big messages are read a few at a time).
+const FETCH_BATCH_BYTES: usize = 8 << 20;
 
 /// Is `body` a command of the selected state (not of the authenticated
 /// state, which is valid here too)?
@@ -33,6 +39,8 @@ pub fn is_selected_command(body: &CommandBody<'_>) -> bool {
         CommandBody::Fetch { .. }
             | CommandBody::Store { .. }
             | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
             | CommandBody::Expunge
             | CommandBody::ExpungeUid { .. }
             | CommandBody::Copy { .. }
@@ -51,9 +59,9 @@ pub async fn handle(
     body: CommandBody<'static>,
     allowed: Option<Allowed>,
 ) -> Result<Transition, IoError> {
-    // The table covers every command below but SEARCH, CLOSE (checked
-    // only when it may hide) and UNSELECT.
-    let needs_check = !matches!(body, CommandBody::Search { .. } | CommandBody::Close | CommandBody::Unselect);
+    // The table covers every command below but CLOSE (checked only when
+    // it may hide) and UNSELECT.
+    let needs_check = !matches!(body, CommandBody::Close | CommandBody::Unselect);
     let allowed = match (needs_check, allowed) {
         (false, a) => a,
         (true, Some(a)) => Some(a),
@@ -63,7 +71,7 @@ pub async fn handle(
         CommandBody::Close => {
             // With the delete right, \Deleted messages are hidden, silently.
             if let Some(a) = allowed {
-                if let Err(e) = hide_deleted(conn, user, sel, &a, None).await {
+                if let Err(e) = hide_deleted(conn, user, sel, &a, None).await.map(|_| ()) {
                     io.status(serverbug(tag, &e));
                     return Ok(Transition::Unselect);
                 }
@@ -84,6 +92,12 @@ pub async fn handle(
             }
         }
         CommandBody::Search { criteria, uid, .. } => search(conn, sel, io, tag, criteria.as_ref(), uid).await,
+        CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+            sort(conn, sel, io, tag, sort_criteria.as_ref(), &charset, search_criteria.as_ref(), uid).await
+        }
+        CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+            thread(conn, sel, io, tag, &algorithm, &charset, search_criteria.as_ref(), uid).await
+        }
         CommandBody::Expunge => {
             if let Some(a) = allowed {
                 expunge(conn, user, sel, io, tag, a, None).await
@@ -121,7 +135,18 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         }
     };
     if !Arc::ptr_eq(&sel.msgs, &new) {
-        let more = Selected::new_keywords(&sel.defined, new.iter().map(|(_, m)| m));
+        // Only entries that changed can bring a new keyword: unchanged
+        // ones are the very `Arc`s this session holds (shared metas), so
+        // a merge walk by UID skips them without looking at their flags.
+        let old = &sel.msgs;
+        let mut j = 0;
+        let changed = new.iter().filter(|(u, m)| {
+            while j < old.len() && old[j].0 < *u {
+                j += 1;
+            }
+            !(j < old.len() && old[j].0 == *u && Arc::ptr_eq(&old[j].1, m))
+        });
+        let more = Selected::new_keywords(&sel.defined, changed.map(|(_, m)| m));
         if !more.is_empty() {
             sel.defined.extend(more);
             let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
@@ -170,7 +195,8 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
     if msgs.len() != before {
         io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-        let fresh = user.view.recent_claim(&sel.folder, msgs[before..].iter().map(|m| m.0));
+        let uids = msgs[before..].iter().map(|m| m.0);
+        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, uids) } else { user.view.recent_peek(&sel.folder, uids) };
         if !fresh.is_empty() {
             sel.recent.extend(fresh);
             io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));
@@ -277,16 +303,49 @@ async fn fetch(
     });
     let mut failed = 0usize;
     for chunk in targets.chunks(FETCH_BATCH) {
+        // The chunk's blobs read by one blocking task (or a few, for big
+        // messages), not one each: a task per message cost as much in
+        // scheduling and wake-ups as the reads.
+        let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
+        if needs_raw {
+            let hashes: Vec<String> =
+                chunk.iter().filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1)).map(|(_, m)| m.hash.clone()).collect();
+            let mut from = 0;
+            while from < hashes.len() {
+                let store = conn.ctx.store.clone();
+                let part = hashes[from..].to_vec();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    let mut bytes = 0usize;
+                    for h in &part {
+                        let b = store.get_blob(h).ok();
+                        bytes += b.as_ref().map_or(0, Vec::len);
+                        out.push(b);
+                        if bytes >= FETCH_BATCH_BYTES {
+                            break;
+                        }
+                    }
+                    out
+                })
+                .await
+                .unwrap_or_default();
+                if read.is_empty() {
+                    raws.extend(std::iter::repeat_with(|| None).take(hashes.len() - from));
+                    break;
+                }
+                from += read.len();
+                raws.extend(read);
+            }
+        }
+        let mut raws = raws.into_iter();
         for (seq, u) in chunk {
             let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
             let meta = meta.clone();
             let seen = sel.seen.contains(u);
             let raw = if needs_raw {
-                let store = conn.ctx.store.clone();
-                let hash = meta.hash.clone();
-                match tokio::task::spawn_blocking(move || store.get_blob(&hash)).await {
-                    Ok(Ok(b)) => Some(b),
-                    _ => {
+                match raws.next().flatten() {
+                    Some(b) => Some(b),
+                    None => {
                         failed += 1;
                         continue;
                     }
@@ -416,6 +475,126 @@ async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, key
     io.status(ok(tag, "SEARCH done"));
 }
 
+/// The charsets SORT and THREAD take (RFC 5256 requires both): search
+/// strings are matched as UTF-8, of which US-ASCII is a part.
+const CHARSETS: [&str; 2] = ["UTF-8", "US-ASCII"];
+
+/// `NO [BADCHARSET (UTF-8 US-ASCII)]` for another charset (RFC 3501
+/// §7.1), `None` for one of [`CHARSETS`].
+fn refuse_charset(tag: &Tag<'static>, charset: &Charset<'_>) -> Option<imap_next::imap_types::response::Status<'static>> {
+    if CHARSETS.iter().any(|c| c.eq_ignore_ascii_case(charset.as_ref())) {
+        return None;
+    }
+    let allowed = CHARSETS.iter().filter_map(|c| Charset::try_from(*c).ok()).collect();
+    Some(tagged(tag.clone(), StatusKind::No, Some(Code::BadCharset { allowed }), "the charsets taken are UTF-8 and US-ASCII"))
+}
+
+/// The cached header fields of a message SORT or THREAD needs, when the
+/// search did not read them; a message whose fields cannot be read sorts
+/// with empty header keys (logged), as it would without those headers.
+fn fields_of(store: &crate::store::Store, meta: &MessageMeta) -> Option<crate::store::fields::SearchFields> {
+    store
+        .search_fields(&meta.hash)
+        .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
+        .ok()
+}
+
+/// SORT and UID SORT (RFC 5256): SEARCH's matches, ordered by the keys the
+/// index and the cached header fields hold (no message is read).
+#[allow(clippy::too_many_arguments)]
+async fn sort(
+    conn: &Conn,
+    sel: &Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    criteria: &[SortCriterion],
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'static>],
+    uid: bool,
+) {
+    if let Some(no) = refuse_charset(&tag, charset) {
+        return io.status(no);
+    }
+    let criteria = match sort::criteria(criteria) {
+        Ok(c) => c,
+        Err(why) => return io.status(bad(tag, &why)),
+    };
+    let (store, msgs, seen, recent, keys) =
+        (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let sorted = tokio::task::spawn_blocking(move || {
+        let with_fields = sort::needs_fields(&criteria);
+        let mut items = Vec::new();
+        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+            let (u, meta) = &msgs[i];
+            let fields = if with_fields { fields.or_else(|| fields_of(&store, meta)) } else { None };
+            let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+            items.push((sort::Keys::new(&criteria, meta.internal_date, meta.size, fields.as_ref()), n));
+        });
+        sort::sort(&mut items, &criteria);
+        items.into_iter().map(|(_, n)| n).collect::<Vec<u32>>()
+    })
+    .await;
+    match sorted {
+        Ok(order) => {
+            io.data(Data::Sort(order.into_iter().map(nz).collect(), None));
+            io.status(ok(tag, "SORT done"));
+        }
+        Err(e) => io.status(serverbug(tag, &e)),
+    }
+}
+
+/// THREAD and UID THREAD (RFC 5256): SEARCH's matches threaded by
+/// ORDEREDSUBJECT or REFERENCES, from the cached header fields.
+#[allow(clippy::too_many_arguments)]
+async fn thread(
+    conn: &Conn,
+    sel: &Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    algorithm: &ThreadingAlgorithm<'_>,
+    charset: &Charset<'_>,
+    keys: &[SearchKey<'static>],
+    uid: bool,
+) {
+    let by_references = match algorithm {
+        ThreadingAlgorithm::OrderedSubject => false,
+        ThreadingAlgorithm::References => true,
+        ThreadingAlgorithm::Other(a) => {
+            return io.status(bad(
+                tag,
+                &format!("unknown threading algorithm {}; ORDEREDSUBJECT and REFERENCES are offered", a.as_ref()),
+            ))
+        }
+    };
+    if let Some(no) = refuse_charset(&tag, charset) {
+        return io.status(no);
+    }
+    let (store, msgs, seen, recent, keys) =
+        (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let threads = tokio::task::spawn_blocking(move || {
+        let mut items = Vec::new();
+        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+            let (u, meta) = &msgs[i];
+            let fields = fields.or_else(|| fields_of(&store, meta));
+            let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+            items.push(thread::Msg::new(n, meta.internal_date, fields.as_ref()));
+        });
+        if by_references {
+            thread::references(&items)
+        } else {
+            thread::ordered_subject(&items)
+        }
+    })
+    .await;
+    match threads {
+        Ok(t) => {
+            io.data(Data::Thread(t));
+            io.status(ok(tag, "THREAD done"));
+        }
+        Err(e) => io.status(serverbug(tag, &e)),
+    }
+}
+
 async fn expunge(
     conn: &Conn,
     user: &Authed,
@@ -425,23 +604,32 @@ async fn expunge(
     allowed: Allowed,
     set: Option<SequenceSet>,
 ) {
-    if let Err(e) = hide_deleted(conn, user, sel, &allowed, set.as_ref()).await {
-        return io.status(serverbug(tag, &e));
-    }
+    let kept = match hide_deleted(conn, user, sel, &allowed, set.as_ref()).await {
+        Ok(k) => k,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
     refresh(user, sel, io, true, &HashSet::new());
+    if kept > 0 {
+        return io.status(ok(
+            tag,
+            &format!("EXPUNGE done; kept {kept} message(s) filed only in this folder: hiding them needs the delete right"),
+        ));
+    }
     io.status(ok(tag, "EXPUNGE done"));
 }
 
 /// Hide the selected folder's messages marked `\Deleted` (those in `set`,
-/// if given): EXPUNGE, UID EXPUNGE, CLOSE.
+/// if given): EXPUNGE, UID EXPUNGE, CLOSE. In a category, labels are
+/// removed, and what the category alone files is hidden for a user with
+/// the delete right; returns how many of those were kept for want of it.
 async fn hide_deleted(
     conn: &Conn,
     user: &Authed,
     sel: &Selected,
     allowed: &Allowed,
     set: Option<&SequenceSet>,
-) -> Result<(), crate::store::StoreError> {
-    let Some(sfolder) = sel.folder.store_folder else { return Ok(()) };
+) -> Result<usize, crate::store::StoreError> {
+    let Some(sfolder) = sel.folder.store_folder.clone() else { return Ok(0) };
     let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
     let uids: Vec<u32> = sel
         .msgs
@@ -451,9 +639,59 @@ async fn hide_deleted(
         .map(|(u, _)| *u)
         .collect();
     if uids.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mailbox = allowed.mailbox().to_string();
-    let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone() };
-    user.record(conn, "expunge", &mailbox, sfolder, uids, ch).await
+    if sel.folder.private {
+        // The user's own drafts: deleted, not hidden.
+        let ch = Change::Purge { mailbox: mailbox.clone(), folder: sfolder, uids: uids.clone() };
+        user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), uids, ch).await?;
+        return Ok(0);
+    }
+    let (uids, kept) = if sel.folder.category {
+        let (labels, filed) = split_filed(conn, sel, &uids)?;
+        if !labels.is_empty() {
+            let ch = Change::Unlabel { mailbox: mailbox.clone(), folder: sfolder.clone(), uids: labels.clone() };
+            user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), labels, ch).await?;
+        }
+        let (hide, kept) = hideable(user, sel, filed);
+        (hide, kept.len())
+    } else {
+        (uids, 0)
+    };
+    if !uids.is_empty() {
+        let ch = Change::Hide { mailbox: mailbox.clone(), folder: sfolder, uids: uids.clone() };
+        user.record(conn, "expunge", &mailbox, sel.folder.audit_name(), uids, ch).await?;
+    }
+    Ok(kept)
+}
+
+/// Of `uids` in the selected category: (labels, messages filed there).
+/// A filed message appended by a client comes first among the filed ones
+/// only in the sense that [`hideable`] tells them apart.
+pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
+    let folder = sel.folder.source();
+    let by_uid: std::collections::HashMap<u32, &str> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.as_str())).collect();
+    let (mut labels, mut filed) = (Vec::new(), Vec::new());
+    for &u in uids {
+        let Some(hash) = by_uid.get(&u) else { continue };
+        if conn.ctx.store.find_hash(&sel.folder.mailbox, hash)? == Some((folder.to_string(), u)) {
+            filed.push(u);
+        } else {
+            labels.push(u);
+        }
+    }
+    Ok((labels, filed))
+}
+
+/// Of messages filed in the selected category: (those this user may
+/// hide, those kept). Hiding needs the delete right, except for what a
+/// client APPENDed there (not a PEC the provider delivered or pecgate
+/// sent): whoever may file may take that away.
+pub fn hideable(user: &Authed, sel: &Selected, filed: Vec<u32>) -> (Vec<u32>, Vec<u32>) {
+    if user.view.user.may(&sel.folder.mailbox, crate::auth::Right::Delete) {
+        return (filed, vec![]);
+    }
+    let appended: HashSet<u32> = sel.msgs.iter().filter(|(_, m)| m.appended).map(|(u, _)| *u).collect();
+    filed.into_iter().partition(|u| appended.contains(u))
 }

@@ -10,7 +10,7 @@ use imap_next::imap_types::sequence::SequenceSet;
 use super::super::io::Io;
 use super::super::respond::*;
 use super::super::view::{self, is_pec_keyword, Folder};
-use super::selected::{refresh, targets};
+use super::selected::{refresh, split_filed, targets};
 use super::{Allowed, Authed, Conn, Selected};
 use crate::handling::{Refusal, Transition, ViewKind};
 use crate::store::{BlobRef, Change, Event as StoreEvent, MessageMeta};
@@ -58,6 +58,12 @@ pub async fn copy(
     if sel.folder.trash {
         return io.status(cannot(tag, "messages in Trash are hidden; MOVE them out to show them again"));
     }
+    if sel.folder.all {
+        return io.status(cannot(tag, "All shows each message where it is filed: select that folder to copy from it"));
+    }
+    if target.category {
+        return label(conn, user, sel, io, tag, set, uid, &target).await;
+    }
     let targets = targets(sel, set, uid);
     let from = sel.folder.source();
     if target.mailbox == sel.folder.mailbox {
@@ -66,7 +72,7 @@ pub async fn copy(
             "this PEC mailbox already holds these messages: the archive keeps each message once per mailbox; use MOVE to refile",
         ));
     }
-    let Some(to) = target.store_folder else {
+    let Some(to) = target.store_folder.as_deref() else {
         return io.status(cannot(tag, "virtual folders cannot hold copied messages"));
     };
     if to == view::SENT {
@@ -154,24 +160,121 @@ pub async fn r#move(
     if target.trash {
         return hide(conn, user, sel, io, tag, allowed, set, uid).await;
     }
-    let (Some(from), Some(to)) = (sel.folder.writable_source(), target.store_folder) else {
+    if sel.folder.category && !target.category {
+        return unfile(conn, user, sel, io, tag, allowed, set, uid, &target).await;
+    }
+    let (Some(from), Some(to)) = (sel.folder.writable_source().map(str::to_string), target.store_folder.clone()) else {
         return io.status(cannot(tag, "virtual folders cannot hold moved messages"));
     };
-    if from == to {
+    let (from, to) = (from.as_str(), to.as_str());
+    if from == to && sel.folder.handling.is_some() {
         return io.status(cannot(
             tag,
-            if sel.folder.handling.is_some() {
-                "the messages of a handling view are in INBOX already; to change their handling, move them into To handle, Mine, Offices/<office> or Done"
-            } else {
-                "source and target are the same folder"
-            },
+            "the messages of a handling view are in INBOX already; to change their handling, move them into To handle, Mine, Offices/<office> or Done",
         ));
     }
-    let uids: Vec<u32> = sel.source_uids(&targets(sel, set, uid).iter().map(|t| t.1).collect::<Vec<_>>());
+    // A MOVE into the folder itself gives the messages new UIDs (RFC 6851).
+    let shown: Vec<u32> = targets(sel, set, uid).iter().map(|t| t.1).collect();
+    let uids: Vec<u32> = sel.source_uids(&shown);
     if !uids.is_empty() {
+        let shown_of: HashMap<u32, u32> = uids.iter().copied().zip(shown.iter().copied()).collect();
         let mb = allowed.mailbox().to_string();
         let ch = Change::Move { mailbox: mb.clone(), from: from.into(), to: to.into(), uids: uids.clone() };
-        if let Err(e) = user.record(conn, "move", &mb, from, uids, ch).await {
+        let a = user.audit(conn, "move").mailbox(&mb).folder(sel.folder.audit_name()).uids(uids);
+        let moves = match conn.ctx.store.commit(a, ch).await {
+            Ok(c) => match c.event {
+                StoreEvent::Moved { moves, .. } => moves,
+                _ => vec![],
+            },
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        // COPYUID before the EXPUNGEs (RFC 6851 §4.3).
+        let uv = conn.ctx.store.folder(&mb, to).ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
+        if let Some((source, destination)) =
+            uid_set(moves.iter().map(|m| shown_of.get(&m.0).copied().unwrap_or(m.0))).zip(uid_set(moves.iter().map(|m| m.1)))
+        {
+            io.status(untagged(StatusKind::Ok, Some(Code::CopyUid { uid_validity: nz(uv), source, destination }), "moved"));
+        }
+    }
+    refresh(user, sel, io, true, &HashSet::new());
+    io.status(ok(tag, "MOVE done"));
+}
+
+/// COPY into a category of the same PEC mailbox: the messages are
+/// labelled there too and stay where they are filed.
+#[allow(clippy::too_many_arguments)]
+async fn label(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    set: &SequenceSet,
+    uid: bool,
+    target: &Folder,
+) {
+    if target.mailbox != sel.folder.mailbox {
+        return io.status(cannot(tag, "a folder people created holds messages of its own PEC mailbox only"));
+    }
+    let Some(to) = target.store_folder.clone() else { return io.status(no(tag, "no such folder")) };
+    let from = sel.folder.source().to_string();
+    let shown: Vec<u32> = targets(sel, set, uid).iter().map(|t| t.1).collect();
+    let uids = sel.source_uids(&shown);
+    if uids.is_empty() {
+        return io.status(ok(tag, "COPY done (no messages)"));
+    }
+    // A handling view shows INBOX messages under UIDs of its own.
+    let shown_of: HashMap<u32, u32> = uids.iter().copied().zip(shown.iter().copied()).collect();
+    let mb = sel.folder.mailbox.clone();
+    let ch = Change::Copy { mailbox: mb.clone(), from: from.clone(), to: to.clone(), uids: uids.clone() };
+    let a = user.audit(conn, "copy").mailbox(&mb).folder(sel.folder.audit_name()).uids(uids);
+    let committed = match conn.ctx.store.commit(a, ch).await {
+        Ok(c) => c,
+        Err(crate::store::StoreError::Conflict(why)) => return io.status(no_code(tag, "TRYCREATE", &why)),
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
+    let StoreEvent::Copied { copies, .. } = committed.event else { return io.status(ok(tag, "COPY done")) };
+    let uv = conn.ctx.store.folder(&mb, &to).ok().flatten().map(|s| s.uidvalidity).unwrap_or(1);
+    let code = uid_set(copies.iter().map(|p| shown_of.get(&p.0).copied().unwrap_or(p.0)))
+        .zip(uid_set(copies.iter().map(|p| p.1)))
+        .map(|(source, destination)| Code::CopyUid { uid_validity: nz(uv), source, destination });
+    io.status(tagged(tag, StatusKind::Ok, code, "COPY done"));
+}
+
+/// MOVE from a category to one of the gateway's folders: a label is
+/// removed (the message is filed elsewhere already); a message filed in
+/// the category moves there.
+#[allow(clippy::too_many_arguments)]
+async fn unfile(
+    conn: &Conn,
+    user: &Authed,
+    sel: &mut Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    allowed: Allowed,
+    set: &SequenceSet,
+    uid: bool,
+    target: &Folder,
+) {
+    let Some(to) = target.store_folder.clone() else {
+        return io.status(cannot(tag, "virtual folders cannot hold moved messages"));
+    };
+    let from = sel.folder.source().to_string();
+    let uids: Vec<u32> = targets(sel, set, uid).iter().map(|t| t.1).collect();
+    let (labels, filed) = match split_filed(conn, sel, &uids) {
+        Ok(x) => x,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
+    let mb = allowed.mailbox().to_string();
+    if !labels.is_empty() {
+        let ch = Change::Unlabel { mailbox: mb.clone(), folder: from.clone(), uids: labels.clone() };
+        if let Err(e) = user.record(conn, "move", &mb, sel.folder.audit_name(), labels, ch).await {
+            return io.status(serverbug(tag, &e));
+        }
+    }
+    if !filed.is_empty() {
+        let ch = Change::Move { mailbox: mb.clone(), from: from.clone(), to, uids: filed.clone() };
+        if let Err(e) = user.record(conn, "move", &mb, sel.folder.audit_name(), filed, ch).await {
             return io.status(serverbug(tag, &e));
         }
     }
@@ -192,10 +295,27 @@ async fn hide(
     set: &SequenceSet,
     uid: bool,
 ) {
-    let Some(from) = sel.folder.writable_source() else {
+    let Some(from) = sel.folder.writable_source().map(str::to_string) else {
         return io.status(cannot(tag, "messages of a virtual folder are hidden from the folder that holds them"));
     };
-    let uids = sel.source_uids(&targets(sel, set, uid).iter().map(|t| t.1).collect::<Vec<_>>());
+    let from = from.as_str();
+    let mut uids = sel.source_uids(&targets(sel, set, uid).iter().map(|t| t.1).collect::<Vec<_>>());
+    if sel.folder.category {
+        // Labels go; what the category alone files is hidden.
+        let (labels, filed) = match split_filed(conn, sel, &uids) {
+            Ok(x) => x,
+            Err(e) => return io.status(serverbug(tag, &e)),
+        };
+        if !labels.is_empty() {
+            let mb = allowed.mailbox().to_string();
+            let ch = Change::Unlabel { mailbox: mb.clone(), folder: from.into(), uids: labels.clone() };
+            if let Err(e) = user.record(conn, "hide", &mb, sel.folder.audit_name(), labels, ch).await {
+                return io.status(serverbug(tag, &e));
+            }
+        }
+        uids = filed;
+    }
+    // Hiding needs delete, which the table checked for a MOVE into Trash.
     if !uids.is_empty() {
         let mb = allowed.mailbox().to_string();
         let ch = Change::Hide { mailbox: mb.clone(), folder: from.into(), uids: uids.clone() };
@@ -232,8 +352,16 @@ async fn unhide(
         by_folder.entry(folder).or_default().push(u);
     }
     let mut elsewhere = false;
+    for folder in by_folder.keys() {
+        if !matches!(conn.ctx.store.folder(&mb, folder), Ok(Some(_))) {
+            return io.status(cannot(
+                tag,
+                "some of these messages were filed in a folder that was deleted since; they stay in Trash (the archive keeps them)",
+            ));
+        }
+    }
     for (folder, uids) in by_folder {
-        elsewhere |= target.store_folder != Some(folder.as_str());
+        elsewhere |= target.store_folder.as_deref() != Some(folder.as_str());
         let ch = Change::Unhide { mailbox: mb.clone(), folder: folder.clone(), uids: uids.clone() };
         if let Err(e) = user.record(conn, "unhide", &mb, &folder, uids, ch).await {
             return io.status(serverbug(tag, &e));
