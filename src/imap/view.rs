@@ -476,11 +476,19 @@ impl View {
     /// the UID each had in the folder it was hidden from), with this
     /// user's `\\Seen` from there.
     fn trash_snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
+        let hidden = self.store.hidden_messages(&f.mailbox)?;
+        self.gathered(f, hidden.into_iter().filter_map(|(folder, uid, m)| Some((m.trash_uid?, folder, uid, m))))
+    }
+
+    /// A virtual folder's snapshot from messages gathered out of other
+    /// folders: (its UID here, folder, UID there, metadata), with this
+    /// user's `\\Seen` from each message's folder and `source_uid` its UID
+    /// there; computed keywords and PEC metadata left out.
+    fn gathered(&self, f: &Folder, items: impl Iterator<Item = (u32, String, u32, MessageMeta)>) -> Result<Snapshot, ViewError> {
         let mut msgs = Vec::new();
         let mut seen = HashSet::new();
         let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
-        for (folder, uid, mut m) in self.store.hidden_messages(&f.mailbox)? {
-            let Some(t) = m.trash_uid else { continue };
+        for (shown, folder, uid, mut m) in items {
             let s = match seen_in.get(&folder) {
                 Some(s) => s,
                 None => {
@@ -489,12 +497,12 @@ impl View {
                 }
             };
             if s.contains(&uid) {
-                seen.insert(t);
+                seen.insert(shown);
             }
             m.flags.retain(|fl| !is_pec_keyword(fl));
             m.source_uid = Some(uid);
             m.pec = None;
-            msgs.push((t, Arc::new(m)));
+            msgs.push((shown, Arc::new(m)));
         }
         Ok((Arc::new(msgs), seen))
     }
@@ -504,26 +512,7 @@ impl View {
     /// `\\Seen` from there. Keywords are the stored ones (the computed
     /// `$Pec*` show in the message's own folder).
     fn all_snapshot(&self, f: &Folder) -> Result<Snapshot, ViewError> {
-        let mut msgs = Vec::new();
-        let mut seen = HashSet::new();
-        let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
-        for (a, folder, uid, mut m) in self.store.all_messages(&f.mailbox)? {
-            let s = match seen_in.get(&folder) {
-                Some(s) => s,
-                None => {
-                    let s = self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?;
-                    seen_in.entry(folder.clone()).or_insert(s)
-                }
-            };
-            if s.contains(&uid) {
-                seen.insert(a);
-            }
-            m.flags.retain(|fl| !is_pec_keyword(fl));
-            m.source_uid = Some(uid);
-            m.pec = None;
-            msgs.push((a, Arc::new(m)));
-        }
-        Ok((Arc::new(msgs), seen))
+        self.gathered(f, self.store.all_messages(&f.mailbox)?.into_iter())
     }
 
     /// The sent copy, in one of the user's mailboxes, of a message with
