@@ -27,10 +27,18 @@ fn notify_socket_gets_ready_and_stopping() {
         .spawn()
         .unwrap();
     let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf).expect("a readiness notification");
+    // A signal to the test process (another test's child exiting) can
+    // interrupt the wait: EINTR is not an answer, wait again.
+    let recv = |buf: &mut [u8]| loop {
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    let n = recv(&mut buf).expect("a readiness notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let n = sock.recv(&mut buf).expect("a stopping notification");
+    let n = recv(&mut buf).expect("a stopping notification");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
