@@ -268,7 +268,7 @@ pub enum StoreCmd {
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -430,8 +430,15 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;
-            let n = store::rebuild_index(&cfg.store.data_dir)?;
-            println!("index rebuilt from {n} journal records");
+            let bar = progress_bar(JOURNAL_PROGRESS);
+            let started = std::time::Instant::now();
+            let n = store::rebuild_index(&cfg.store.data_dir, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            println!("index rebuilt from {n} journal records in {secs:.1} s ({:.0} records/s)", n as f64 / secs.max(1e-9));
             Ok(ExitCode::SUCCESS)
         }
     }

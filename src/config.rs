@@ -153,6 +153,15 @@ pub struct StoreConfig {
     /// quick to verify and copy, and a million-message archive in ~100 files.
     #[serde(default = "default_segment_bytes")]
     pub journal_segment_bytes: u64,
+    /// Memory (bytes) the index may use to cache its pages. The default,
+    /// 128 MiB, serves a million-message mailbox (its index is ≈ 300 MB on
+    /// disk; SELECT and FETCH read ranges of it in order).
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+}
+
+fn default_cache_capacity() -> usize {
+    crate::store::StoreOptions::default().index_cache_bytes
 }
 
 fn default_retention() -> Duration {

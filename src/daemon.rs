@@ -32,7 +32,10 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let (store, report) = Store::open(
         &cfg.store.data_dir,
-        StoreOptions { journal_segment_bytes: cfg.store.journal_segment_bytes },
+        StoreOptions {
+            journal_segment_bytes: cfg.store.journal_segment_bytes,
+            index_cache_bytes: cfg.store.cache_capacity,
+        },
     )
     .with_context(|| format!("opening the archive in {}", cfg.store.data_dir.display()))?;
     tracing::info!(

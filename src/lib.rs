@@ -6,7 +6,7 @@
 //!   validation that names the key of every problem.
 //! * [`store`]: the archive, and the only code that touches disk: blobs
 //!   (content-addressed raw messages), the journal (hash-chained records),
-//!   the sled index derived from the journal.
+//!   the index (redb) derived from the journal.
 //! * [`audit`]: checking and reading the audit chain.
 //! * [`pec`]: pure functions over PEC messages: classification, daticert.xml,
 //!   unwrapping, signature check, receipt reconciliation. No I/O.

@@ -117,5 +117,5 @@ fn copy_across_mailboxes_only() {
             && l.contains("tributi")),
         "no copy record by capo from prot to tributi"
     );
-    pecgate::store::rebuild_index(&gw.data()).expect("rebuild index");
+    pecgate::store::rebuild_index(&gw.data(), &mut |_, _| {}).expect("rebuild index");
 }

@@ -80,7 +80,7 @@ fn delete_hides_into_trash_and_back() {
     });
     run(&gw, "trash.py", &[]);
     gw.stop();
-    pecgate::store::rebuild_index(&gw.data()).expect("rebuild index");
+    pecgate::store::rebuild_index(&gw.data(), &mut |_, _| {}).expect("rebuild index");
     let mut records = Vec::new();
     for e in std::fs::read_dir(gw.data().join("journal")).expect("journal dir") {
         let text = std::fs::read_to_string(e.expect("entry").path()).expect("segment");

@@ -59,5 +59,5 @@ fn imap_session_end_to_end() {
         "failed logins are recorded"
     );
     // The store's own view agrees after a rebuild from the journal.
-    pecgate::store::rebuild_index(&gw.data()).expect("rebuild index");
+    pecgate::store::rebuild_index(&gw.data(), &mut |_, _| {}).expect("rebuild index");
 }

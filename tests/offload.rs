@@ -65,8 +65,8 @@ fn offload_1000_messages_byte_identical_then_nothing_more() {
     }
     s.close().unwrap();
     drop(s); // releases the index lock for the CLI below
-    // sled lets go of its lock file when its background flusher has
-    // stopped; on a loaded machine that can take a moment.
+    // The index's lock goes with the last handle (the writer thread's
+    // too); on a loaded machine that can take a moment.
     let mut check = g.cli(&["store", "check", "--deep"]);
     for _ in 0..20 {
         if check.status.success() || !String::from_utf8_lossy(&check.stderr).contains("in use by another pecgate process") {

@@ -1,6 +1,6 @@
 //! The per-user mailbox view: which IMAP folder names a user has, what each
 //! one is in the store, and snapshots of their contents. Protocol code asks
-//! this module, never sled or the blob files.
+//! this module, never the index database or the blob files.
 //!
 //! For each mailbox the user holds `read` on, a subtree named by its alias;
 //! `INBOX` is the default mailbox's INBOX. Names of mailboxes the user holds

@@ -81,7 +81,7 @@ impl MailStore {
             cfg.imap_listen.parse().map_err(|_| err(format!("mailstore.imap_listen: {:?} is not ip:port", cfg.imap_listen)))?;
         let dir = cfg.data_dir.clone();
         let mbs = mailboxes.to_vec();
-        // Opening sled and hashing passwords (argon2) block: off the runtime.
+        // Opening the index and hashing passwords (argon2) block: off the runtime.
         let (store, users, tls) = tokio::task::spawn_blocking(move || -> Result<_, String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let (store, _) = Store::open(&dir.join("archive"), StoreOptions::default()).map_err(|e| e.to_string())?;

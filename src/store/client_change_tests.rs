@@ -10,7 +10,7 @@ use super::*;
 fn rebuild_when_free(dir: &Path) {
     let t0 = std::time::Instant::now();
     loop {
-        match rebuild_index(dir) {
+        match rebuild_index(dir, &mut |_, _| {}) {
             Ok(_) => return,
             Err(StoreError::Locked(_)) if t0.elapsed() < std::time::Duration::from_secs(10) => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
@@ -329,4 +329,49 @@ async fn categories_are_labels_and_survive_a_rebuild() {
     rebuild_when_free(dir.path());
     let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(store.index_dump().unwrap(), live);
+}
+
+/// A data directory of an older pecgate has its index in `index/` (sled):
+/// the first open removes it and rebuilds from the journal, and says so;
+/// and an index behind the journal (commits a crash lost: most index
+/// commits are not fsynced) catches up by replay.
+#[tokio::test]
+async fn an_old_index_is_rebuilt_and_a_lagging_one_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let a = || Audit::user("mario", Some("127.0.0.1:1".into()), "imap", "test");
+    for i in 0..3 {
+        let b = store.put_blob(format!("Subject: {i}\r\n\r\nbody\r\n").into_bytes()).await.unwrap();
+        store.commit(a(), archive("prot", "INBOX", b)).await.unwrap();
+    }
+    let live = store.index_dump().unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    // As an older version left it: a sled directory, no index.redb.
+    std::fs::create_dir_all(dir.path().join("index/blobs")).unwrap();
+    std::fs::write(dir.path().join("index/conf"), b"segment_size: 524288\n").unwrap();
+    std::fs::remove_file(dir.path().join(index::FILE)).unwrap();
+    let (store, rep) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(rep.rebuilt_index, "{rep:?}");
+    assert_eq!(rep.replayed_records, 3 + 1, "three archives and the INBOX's creation: {rep:?}");
+    assert!(!dir.path().join("index").exists(), "the old index is removed");
+    assert_eq!(store.index_dump().unwrap(), live);
+    store.close().unwrap();
+    drop(store);
+
+    // An index that lost its last commits: open replays them.
+    let saved = std::fs::read(dir.path().join(index::FILE)).unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let b = store.put_blob(b"Subject: late\r\n\r\nbody\r\n".to_vec()).await.unwrap();
+    store.commit(a(), archive("prot", "INBOX", b)).await.unwrap();
+    let live = store.index_dump().unwrap();
+    store.close().unwrap();
+    drop(store);
+    std::fs::write(dir.path().join(index::FILE), saved).unwrap();
+    let (store, rep) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(!rep.rebuilt_index);
+    assert_eq!(rep.replayed_records, 1);
+    assert_eq!(store.index_dump().unwrap(), live);
+    assert_eq!(store.messages("prot", "INBOX").unwrap().len(), 4);
 }

@@ -1,15 +1,15 @@
-//! The index in sled: derived from the journal, rebuilt from it at will.
+//! The index in redb: derived from the journal, rebuilt from it at will.
 //!
-//! Trees (keys use `\0` between parts; aliases and folder names never
-//! contain it):
+//! Tables of `index.redb` (byte keys, parts joined by `\0`; aliases and
+//! folder names never contain it):
 //!
-//! | tree | key | value |
+//! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `applied_seq` | last journal seq applied (u64 BE) |
-//! | `folders` | mailbox, folder | [`FolderState`] |
-//! | `msgs` | mailbox, folder, uid (u32 BE) | [`MessageMeta`] |
-//! | `hashes` | mailbox, hash | folder, uid (de-duplication) |
-//! | `provider` | mailbox, provider folder, uidvalidity, uid | [`ProviderEntry`]: archived, still on the provider |
+//! | `folders` | mailbox, folder | [`FolderState`] (JSON) |
+//! | `msgs` | mailbox, folder, uid (u32 BE) | [`MessageMeta`] (binary, see `codec`) |
+//! | `hashes` | mailbox, hash (32 raw bytes) | folder, uid (de-duplication) |
+//! | `provider` | mailbox, provider folder, uidvalidity, uid | [`ProviderEntry`] (binary): archived, still on the provider |
 //! | `sync` | mailbox, provider folder | provider UIDVALIDITY (u32 BE) |
 //! | `seen` | user, mailbox, folder, uid | empty: `user` has seen it (`\Seen` is per user) |
 //! | `seen_by` | mailbox, folder, uid | users who have seen it (JSON list; so a move carries it in one read) |
@@ -19,16 +19,35 @@
 //! | `hstate` | mailbox, state code, view UID (u32 BE) | hash: the tracked messages by state, in view-UID order (views scan one state) |
 //! | `meta` | `vuid`, mailbox | last handling-view UID of the mailbox (u32 BE) |
 //!
-//! Each journal record is applied in one sled transaction together with
-//! `applied_seq`, so a replay after a crash never applies a record twice.
+//! A folder's messages are one key range in UID order, so SELECT and FETCH
+//! read a range, never the whole table.
+//!
+//! ## Crash model
+//!
+//! The journal is the truth: the writer fsyncs a batch of records there
+//! before it applies them here. Each batch is applied in one redb write
+//! transaction together with `applied_seq` (all or nothing). Most commits
+//! are made without fsync (`Durability::None`); one at least every second,
+//! every [`Index::flush`] (before a provider delete, at close) and the end
+//! of a rebuild are durable. redb's copy-on-write commit makes a crash
+//! leave the last durable commit intact, whatever was being written; the
+//! commits after it are lost together with their `applied_seq`, and the
+//! next open replays those records from the journal. A record is never
+//! applied twice (records at or below `applied_seq` are skipped), and the
+//! index is never ahead of the journal (the writer applies only what the
+//! journal has fsynced).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::codec;
 use super::record::Event;
 use crate::handling::{Handling, State};
 use crate::pec::meta::{PecMeta, StoredPec};
@@ -105,12 +124,7 @@ pub struct ProviderEntry {
 /// starts (or completes) its entry, a receipt updates the entry it refers
 /// to. Receipts may come first, twice, or for a message never seen sent:
 /// `SentMessage::apply` is order-independent and idempotent.
-fn reconcile_archived(
-    sent: &sled::transaction::TransactionalTree,
-    mailbox: &str,
-    m: &PecMeta,
-    internal_date: DateTime<Utc>,
-) -> TxResult<()> {
+fn reconcile_archived(sent: &mut Tbl<'_>, mailbox: &str, m: &PecMeta, internal_date: DateTime<Utc>) -> TxResult<()> {
     let (k, ev) = match (&m.sent, key_of(&m.classification)) {
         (Some(s), _) => (s.key.clone(), ReconcileEvent::Submitted { recipients: s.recipients.clone(), at: s.at }),
         (None, Some(k)) if m.classification.is_receipt() => {
@@ -120,13 +134,13 @@ fn reconcile_archived(
     };
     let tk = key(&[mailbox.as_bytes(), k.as_bytes()]);
     let mut state = match sent.get(&tk)? {
-        Some(v) => unjson::<SentMessage>(&v).map_err(ConflictableTransactionError::Abort)?,
+        Some(v) => dec::<SentMessage>(&v)?,
         None => SentMessage::new(&k),
     };
     // An event that does not apply (a receipt without a usable reference)
     // leaves the state as it was; the message itself is archived anyway.
     if state.apply(&ev).is_ok() {
-        sent.insert(tk, json(&state))?;
+        sent.insert(tk, enc(&state))?;
     }
     Ok(())
 }
@@ -140,6 +154,14 @@ fn last_category(v: &[u8]) -> (u32, u32) {
 fn split_loc(v: &[u8]) -> (String, u32) {
     let cut = v.iter().position(|b| *b == 0).unwrap_or(v.len());
     (String::from_utf8_lossy(&v[..cut]).into_owned(), be32(&v[(cut + 1).min(v.len())..]))
+}
+
+/// A `hashes` key: the mailbox, then the hash's bytes (32 for SHA-256 hex).
+fn hash_key(mailbox: &str, hash: &str) -> Vec<u8> {
+    let mut k = mailbox.as_bytes().to_vec();
+    k.push(0);
+    codec::hash_bytes(&mut k, hash);
+    k
 }
 
 pub fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -159,12 +181,52 @@ fn prefix(parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_else(|e| unreachable!("index values serialise: {e}"))
+/// How a value is kept in the index: the per-message entries in the
+/// compact binary of [`codec`], the rest (a few entries per folder, sent
+/// message or tracked message) as JSON.
+trait Val: Sized {
+    fn enc(&self) -> Vec<u8>;
+    fn dec(b: &[u8]) -> Result<Self, Error>;
 }
 
-fn unjson<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, sled::Error> {
-    serde_json::from_slice(b).map_err(|e| sled::Error::Unsupported(format!("corrupt index value: {e}")))
+macro_rules! json_val {
+    ($($t:ty),*) => {$(
+        impl Val for $t {
+            fn enc(&self) -> Vec<u8> {
+                serde_json::to_vec(self).unwrap_or_else(|e| unreachable!("index values serialise: {e}"))
+            }
+            fn dec(b: &[u8]) -> Result<Self, Error> {
+                serde_json::from_slice(b).map_err(|e| Error::Invalid(format!("corrupt index value: {e}")))
+            }
+        }
+    )*};
+}
+json_val!(FolderState, SentMessage, Handling, Vec<String>);
+
+impl Val for MessageMeta {
+    fn enc(&self) -> Vec<u8> {
+        codec::encode_meta(self)
+    }
+    fn dec(b: &[u8]) -> Result<Self, Error> {
+        codec::decode_meta(b).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+impl Val for ProviderEntry {
+    fn enc(&self) -> Vec<u8> {
+        codec::encode_provider(self)
+    }
+    fn dec(b: &[u8]) -> Result<Self, Error> {
+        codec::decode_provider(b).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+fn enc<T: Val>(v: &T) -> Vec<u8> {
+    v.enc()
+}
+
+fn dec<T: Val>(b: &[u8]) -> Result<T, Error> {
+    T::dec(b)
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -174,12 +236,9 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(a)
 }
 
-fn get_json<T: for<'de> Deserialize<'de>>(
-    t: &sled::transaction::TransactionalTree,
-    k: &[u8],
-) -> TxResult<Option<T>> {
+fn get_val<T: Val>(t: &Tbl<'_>, k: &[u8]) -> TxResult<Option<T>> {
     match t.get(k)? {
-        Some(v) => Ok(Some(unjson(&v).map_err(ConflictableTransactionError::Abort)?)),
+        Some(v) => Ok(Some(dec(&v)?)),
         None => Ok(None),
     }
 }
@@ -187,9 +246,9 @@ fn get_json<T: for<'de> Deserialize<'de>>(
 /// Store a message's handling and keep the by-state tree and the
 /// mailbox's last view UID in step.
 fn set_handling(
-    meta: &sled::transaction::TransactionalTree,
-    handling: &sled::transaction::TransactionalTree,
-    hstate: &sled::transaction::TransactionalTree,
+    meta: &mut Tbl<'_>,
+    handling: &mut Tbl<'_>,
+    hstate: &mut Tbl<'_>,
     mailbox: &str,
     hash: &str,
     old: Option<&Handling>,
@@ -199,77 +258,251 @@ fn set_handling(
         hstate.remove(key(&[mailbox.as_bytes(), &[o.state.code()], &o.vuid.to_be_bytes()]))?;
     }
     hstate.insert(key(&[mailbox.as_bytes(), &[h.state.code()], &h.vuid.to_be_bytes()]), hash.as_bytes())?;
-    handling.insert(key(&[mailbox.as_bytes(), hash.as_bytes()]), json(h))?;
+    handling.insert(key(&[mailbox.as_bytes(), hash.as_bytes()]), enc(h))?;
     let vk = key(&[b"vuid", mailbox.as_bytes()]);
     let last = meta.get(&vk)?.map(|v| be32(&v)).unwrap_or(0);
     if h.vuid > last {
-        meta.insert(vk, &h.vuid.to_be_bytes())?;
+        meta.insert(vk, h.vuid.to_be_bytes())?;
     }
     Ok(())
 }
 
-fn set_applied(meta: &sled::transaction::TransactionalTree, seq: u64) -> TxResult<()> {
-    meta.insert("applied_seq", &seq.to_be_bytes())?;
+fn set_applied(meta: &mut Tbl<'_>, seq: u64) -> TxResult<()> {
+    meta.insert("applied_seq", seq.to_be_bytes())?;
     Ok(())
 }
+
+/// Provider entries keyed by (UIDVALIDITY, UID).
+pub type ProviderEntries = Vec<((u32, u32), ProviderEntry)>;
 
 /// Every index entry as (tree, key, value), for comparing two indexes.
 pub type Dump = Vec<(String, Vec<u8>, Vec<u8>)>;
 
+/// A table of the index: byte keys to byte values.
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+const META: Def = TableDefinition::new("meta");
+const FOLDERS: Def = TableDefinition::new("folders");
+const MSGS: Def = TableDefinition::new("msgs");
+const HASHES: Def = TableDefinition::new("hashes");
+const PROVIDER: Def = TableDefinition::new("provider");
+const SYNC: Def = TableDefinition::new("sync");
+const SEEN: Def = TableDefinition::new("seen");
+const SEEN_BY: Def = TableDefinition::new("seen_by");
+const HIDDEN: Def = TableDefinition::new("hidden");
+/// Reconciliation state per sent message: (mailbox, Message-ID) →
+/// `pec::reconcile::SentMessage`, folded from the archived sent copies and
+/// receipts.
+const SENT: Def = TableDefinition::new("sent");
+const HANDLING: Def = TableDefinition::new("handling");
+const HSTATE: Def = TableDefinition::new("hstate");
+/// In `derived.redb`: data derived from blobs (search fields), by (kind,
+/// hash). Not from the journal: blobs never change, so an entry never goes
+/// stale, and a missing one is derived again; a rebuild starts it empty
+/// and [`Index::dump`] leaves it out.
+const DERIVED: Def = TableDefinition::new("derived");
+
+/// Every journal-derived table, in dump order.
+const TABLES: [(&str, Def); 12] = [
+    ("meta", META),
+    ("folders", FOLDERS),
+    ("msgs", MSGS),
+    ("hashes", HASHES),
+    ("provider", PROVIDER),
+    ("sync", SYNC),
+    ("seen", SEEN),
+    ("seen_by", SEEN_BY),
+    ("hidden", HIDDEN),
+    ("sent", SENT),
+    ("handling", HANDLING),
+    ("hstate", HSTATE),
+];
+
+/// A failure of the index's database, or a value it cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Db(#[from] redb::Error),
+    /// Another process has the index open.
+    #[error("the index is open in another process")]
+    Locked,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                match redb::Error::from(e) {
+                    redb::Error::DatabaseAlreadyOpen => Error::Locked,
+                    e => Error::Db(e),
+                }
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A table inside the write transaction that applies records.
+struct Tbl<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
+
+impl Tbl<'_> {
+    fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.0.get(k.as_ref())?.map(|v| v.value().to_vec()))
+    }
+
+    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.0.insert(k.as_ref(), v.as_ref())?;
+        Ok(())
+    }
+
+    fn remove(&mut self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.0.remove(k.as_ref())?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// A key and value read from a table.
+type Entry = Result<(Vec<u8>, Vec<u8>), Error>;
+
+/// A table in a read transaction (a consistent view of one commit).
+struct RTbl(redb::ReadOnlyTable<&'static [u8], &'static [u8]>);
+
+impl RTbl {
+    fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.0.get(k.as_ref())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Entries whose key starts with `p`, in key order.
+    fn scan_prefix(&self, p: impl AsRef<[u8]>) -> impl Iterator<Item = Entry> + '_ {
+        let p = p.as_ref().to_vec();
+        let range = self.0.range(p.as_slice()..).map_err(Error::from);
+        let it: Box<dyn Iterator<Item = Entry>> = match range {
+            Ok(r) => Box::new(
+                r.map(|kv| kv.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).map_err(Error::from))
+                    .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&p))),
+            ),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        it
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.scan_prefix([])
+    }
+}
+
+/// The write transaction's tables, opened once per batch.
+struct Tables<'t> {
+    meta: Tbl<'t>,
+    folders: Tbl<'t>,
+    msgs: Tbl<'t>,
+    hashes: Tbl<'t>,
+    provider: Tbl<'t>,
+    sync: Tbl<'t>,
+    seen: Tbl<'t>,
+    seen_by: Tbl<'t>,
+    hidden: Tbl<'t>,
+    sent: Tbl<'t>,
+    handling: Tbl<'t>,
+    hstate: Tbl<'t>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
+        let t = |d: Def| -> Result<Tbl<'t>, Error> { Ok(Tbl(tx.open_table(d)?)) };
+        Ok(Tables {
+            meta: t(META)?,
+            folders: t(FOLDERS)?,
+            msgs: t(MSGS)?,
+            hashes: t(HASHES)?,
+            provider: t(PROVIDER)?,
+            sync: t(SYNC)?,
+            seen: t(SEEN)?,
+            seen_by: t(SEEN_BY)?,
+            hidden: t(HIDDEN)?,
+            sent: t(SENT)?,
+            handling: t(HANDLING)?,
+            hstate: t(HSTATE)?,
+        })
+    }
+}
+
+/// Sizes of the index's two databases (see [`Index::open`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Cache {
+    /// Bytes of memory redb may use to cache `index.redb`'s pages.
+    pub bytes: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        // A million-message mailbox's index is ≈ 300 MB on disk; its
+        // per-folder ranges are read in order, so a cache of a fraction of
+        // it serves SELECT and FETCH (BENCHMARKS.md "Ten-year scale").
+        Cache { bytes: 128 * 1024 * 1024 }
+    }
+}
+
+/// A durable commit at least this often while records are applied (the
+/// others are commits without fsync: the journal has every record, and a
+/// crash only makes the next open replay a little more of it).
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Index {
-    db: sled::Db,
-    meta: sled::Tree,
-    folders: sled::Tree,
-    msgs: sled::Tree,
-    hashes: sled::Tree,
-    provider: sled::Tree,
-    sync: sled::Tree,
-    seen: sled::Tree,
-    seen_by: sled::Tree,
-    hidden: sled::Tree,
-    /// Reconciliation state per sent message: (mailbox, Message-ID) →
-    /// `pec::reconcile::SentMessage`, folded from the archived sent copies
-    /// and receipts.
-    sent: sled::Tree,
-    handling: sled::Tree,
-    hstate: sled::Tree,
-    /// Data derived from blobs (search fields), by (kind, hash). Not from
-    /// the journal: blobs never change, so an entry never goes stale, and
-    /// a missing one is derived again; a rebuild starts it empty and
-    /// [`Index::dump`] leaves it out.
-    derived: sled::Tree,
+    db: Database,
+    derived: Database,
+    /// When the last durable commit was made.
+    durable: Mutex<Instant>,
 }
 
 /// The index format this code writes. 2: hidden messages carry their
-/// Trash UID. 3: messages carry their All UID, labels are marked.
-pub const FORMAT: u32 = 3;
+/// Trash UID. 3: messages carry their All UID, labels are marked. 4: redb,
+/// binary message entries, hashes keyed by their raw bytes.
+pub const FORMAT: u32 = 4;
 
-type TxResult<T> = Result<T, ConflictableTransactionError<sled::Error>>;
+type TxResult<T> = Result<T, Error>;
+
+/// The index's file in the data directory.
+pub const FILE: &str = "index.redb";
+/// The derived-data cache's file in the data directory.
+pub const DERIVED_FILE: &str = "derived.redb";
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Index, sled::Error> {
-        let db = sled::Config::new().path(path).open()?;
-        Ok(Index {
-            meta: db.open_tree("meta")?,
-            folders: db.open_tree("folders")?,
-            msgs: db.open_tree("msgs")?,
-            hashes: db.open_tree("hashes")?,
-            provider: db.open_tree("provider")?,
-            sync: db.open_tree("sync")?,
-            seen: db.open_tree("seen")?,
-            seen_by: db.open_tree("seen_by")?,
-            hidden: db.open_tree("hidden")?,
-            sent: db.open_tree("sent")?,
-            handling: db.open_tree("handling")?,
-            hstate: db.open_tree("hstate")?,
-            derived: db.open_tree("derived")?,
-            db,
-        })
+    /// Open (creating) the index files in `dir`. Fails with
+    /// [`Error::Locked`] if another process has them open.
+    pub fn open(dir: &Path, cache: Cache) -> Result<Index, Error> {
+        let open = |file: &str, bytes: usize| -> Result<Database, Error> {
+            Ok(redb::Builder::new().set_cache_size(bytes).create(dir.join(file))?)
+        };
+        let db = open(FILE, cache.bytes)?;
+        let derived = open(DERIVED_FILE, (cache.bytes / 4).max(4 << 20))?;
+        let index = Index { db, derived, durable: Mutex::new(Instant::now()) };
+        // Every table exists from the start, so readers never meet a
+        // missing one.
+        let tx = index.db.begin_write()?;
+        Tables::open(&tx)?;
+        tx.commit()?;
+        let tx = index.derived.begin_write()?;
+        tx.open_table(DERIVED)?;
+        tx.commit()?;
+        Ok(index)
     }
 
-    pub fn applied_seq(&self) -> Result<u64, sled::Error> {
+    fn r(&self, d: Def) -> Result<RTbl, Error> {
+        Ok(RTbl(self.db.begin_read()?.open_table(d)?))
+    }
+
+    pub fn applied_seq(&self) -> Result<u64, Error> {
         Ok(self
-            .meta
+            .r(META)?
             .get("applied_seq")?
             .map(|v| {
                 let mut a = [0u8; 8];
@@ -280,474 +513,491 @@ impl Index {
             .unwrap_or(0))
     }
 
-    /// Make everything applied so far durable (sled's own fsync). Called
-    /// before anything irreversible depends on the index, such as a provider
-    /// delete.
-    pub fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush().map(|_| ())
+    /// Make everything applied so far durable (fsync). Called before
+    /// anything irreversible depends on the index, such as a provider
+    /// delete, and at close.
+    pub fn flush(&self) -> Result<(), Error> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.set_quick_repair(true);
+        tx.commit()?;
+        *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        let mut tx = self.derived.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
     }
 
-    /// Apply one journal record's event, atomically with `applied_seq`.
-    /// Records at or below `applied_seq` are skipped (replay is idempotent).
-    pub fn apply(&self, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), sled::Error> {
-        if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
-            if let Some(why) = p.unrecognised_because() {
-                tracing::warn!(
-                    seq, mailbox = %mailbox, folder = %folder, uid, error = %why,
-                    "journal record: PEC metadata not understood; kept as written, the message counts as without"
-                );
+    /// Apply journal records' events in order, in one transaction with
+    /// `applied_seq`: all or none. Records at or below `applied_seq` are
+    /// skipped (replay is idempotent). The commit is durable at most
+    /// [`DURABLE_EVERY`] apart (or at [`Index::flush`]); one that a crash
+    /// loses is replayed from the journal at the next open.
+    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)]) -> Result<(), Error> {
+        for (seq, _, event) in records {
+            if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
+                if let Some(why) = p.unrecognised_because() {
+                    tracing::warn!(
+                        seq, mailbox = %mailbox, folder = %folder, uid, error = %why,
+                        "journal record: PEC metadata not understood; kept as written, the message counts as without"
+                    );
+                }
             }
         }
-        let trees = (
-            &self.meta,
-            &self.folders,
-            &self.msgs,
-            &self.hashes,
-            &self.provider,
-            &self.sync,
-            &self.seen,
-            &self.seen_by,
-            &self.hidden,
-            &self.sent,
-            &self.handling,
-            &self.hstate,
-        );
-        let r: Result<(), TransactionError<sled::Error>> = trees.transaction(
-            |(meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate)| -> TxResult<()> {
-                let applied = meta
-                    .get("applied_seq")?
-                    .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
-                    .unwrap_or(0);
-                if seq <= applied {
-                    return Ok(());
+        let mut tx = self.db.begin_write()?;
+        let durable = {
+            let last = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+            last.elapsed() >= DURABLE_EVERY
+        };
+        if durable {
+            tx.set_quick_repair(true);
+        } else {
+            tx.set_durability(Durability::None)?;
+        }
+        {
+            let mut t = Tables::open(&tx)?;
+            let applied = t
+                .meta
+                .get("applied_seq")?
+                .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+                .unwrap_or(0);
+            let mut last = applied;
+            for (seq, time, event) in records {
+                if *seq <= last {
+                    continue;
                 }
-                match event {
-                    Event::None => {}
-                    Event::FolderCreated { mailbox, folder, uidvalidity, category } => {
-                        let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        if folders.get(&k)?.is_none() {
-                            let st = FolderState {
-                                uidvalidity: *uidvalidity,
-                                uidnext: 1,
-                                highest_modseq: 1,
-                                exists: 0,
-                                size: 0,
-                                category: category.clone(),
-                            };
-                            folders.insert(k, json(&st))?;
-                        }
-                        if category.is_some() {
-                            // Category store names and UIDVALIDITYs are
-                            // never given out twice, deleted ones included.
-                            let ck = key(&[b"category", mailbox.as_bytes()]);
-                            let (n0, uv0) = meta.get(&ck)?.map(|v| last_category(&v)).unwrap_or((0, 0));
-                            let n = folder.strip_prefix('#').and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
-                            let mut v = n0.max(n).to_be_bytes().to_vec();
-                            v.extend_from_slice(&uv0.max(*uidvalidity).to_be_bytes());
-                            meta.insert(ck, v)?;
-                        }
-                    }
-                    Event::FolderRenamed { mailbox, renames } => {
-                        for (folder, name) in renames {
-                            let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                            if let Some(mut st) = get_json::<FolderState>(folders, &k)? {
-                                st.category = Some(name.clone());
-                                folders.insert(k, json(&st))?;
-                            }
-                        }
-                    }
-                    Event::FolderDeleted { mailbox, folder } => {
-                        folders.remove(key(&[mailbox.as_bytes(), folder.as_bytes()]))?;
-                    }
-                    Event::Copied { mailbox, from, to, copies } => {
-                        let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
-                        let Some(mut ts) = get_json::<FolderState>(folders, &tk)? else {
-                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
-                                "record {seq}: copy into {mailbox}/{to}: the folder does not exist"
-                            ))));
-                        };
-                        for (old, new) in copies {
-                            let o = old.to_be_bytes();
-                            let Some(mut m) = get_json::<MessageMeta>(msgs, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? else {
-                                continue;
-                            };
-                            let n = new.to_be_bytes();
-                            ts.exists += 1;
-                            ts.size += m.size;
-                            ts.highest_modseq += 1;
-                            ts.uidnext = ts.uidnext.max(new + 1);
-                            m.modseq = ts.highest_modseq;
-                            m.label = true;
-                            msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&m))?;
-                            // Every user's \Seen comes along (a copy keeps its flags).
-                            if let Some(users) = get_json::<Vec<String>>(seen_by, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))? {
-                                for user in &users {
-                                    seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), &[])?;
-                                }
-                                seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
-                            }
-                        }
-                        folders.insert(tk, json(&ts))?;
-                    }
-                    Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags } => {
-                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
-                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
-                                "record {seq}: label in {mailbox}/{folder}: the folder does not exist"
-                            ))));
-                        };
-                        // The PEC metadata and archive time are the filed
-                        // message's (wherever it is, hidden included).
-                        let home = match hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))? {
-                            Some(loc) => {
-                                let (f, u) = split_loc(&loc);
-                                let k = key(&[mailbox.as_bytes(), f.as_bytes(), &u.to_be_bytes()]);
-                                match get_json::<MessageMeta>(msgs, &k)? {
-                                    Some(m) => Some(m),
-                                    None => get_json::<MessageMeta>(hidden, &k)?,
-                                }
-                            }
-                            None => None,
-                        };
-                        st.exists += 1;
-                        st.size += size;
-                        st.highest_modseq += 1;
-                        st.uidnext = st.uidnext.max(uid + 1);
-                        let m = MessageMeta {
-                            hash: hash.clone(),
-                            size: *size,
-                            internal_date: *internal_date,
-                            flags: flags.clone(),
-                            modseq: st.highest_modseq,
-                            archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
-                            appended: home.as_ref().is_none_or(|h| h.appended),
-                            all_uid: home.as_ref().and_then(|h| h.all_uid),
-                            label: true,
-                            pec: home.and_then(|h| h.pec),
-                            source_uid: None,
-                            trash_uid: None,
-                        };
-                        msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), json(&m))?;
-                        folders.insert(fk, json(&st))?;
-                    }
-                    Event::Unlabeled { mailbox, folder, uids, .. } | Event::Purged { mailbox, folder, uids, .. } => {
-                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
-                            for uid in uids {
-                                let u = uid.to_be_bytes();
-                                let Some(v) = msgs.remove(key(&[mailbox.as_bytes(), folder.as_bytes(), &u]))? else { continue };
-                                let m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
-                                st.exists = st.exists.saturating_sub(1);
-                                st.size = st.size.saturating_sub(m.size);
-                                st.highest_modseq += 1;
-                                // A purge may take the place a message is
-                                // filed at: the mailbox no longer holds it.
-                                let hk = key(&[mailbox.as_bytes(), m.hash.as_bytes()]);
-                                if hashes.get(&hk)?.is_some_and(|loc| split_loc(&loc) == (folder.clone(), *uid)) {
-                                    hashes.remove(hk)?;
-                                }
-                                let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
-                                if let Some(users) = get_json::<Vec<String>>(seen_by, &k2)? {
-                                    seen_by.remove(k2)?;
-                                    for user in &users {
-                                        seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]))?;
-                                    }
-                                }
-                            }
-                            folders.insert(fk, json(&st))?;
-                        }
-                    }
-                    Event::Archived {
-                        mailbox,
-                        folder,
-                        uid,
-                        hash,
-                        size,
-                        internal_date,
-                        flags,
-                        provider: pref,
-                        duplicate,
-                        pec,
-                        handling: routing,
-                        view_uid,
-                    } => {
-                        if let (false, Some(r)) = (duplicate, routing) {
-                            let mut h = Handling::open(r, "system", time);
-                            h.vuid = view_uid.unwrap_or(0);
-                            set_handling(meta, handling, hstate, mailbox, hash, None, &h)?;
-                        }
-                        if !duplicate {
-                            if let Some(m) = pec.as_ref().and_then(StoredPec::meta) {
-                                reconcile_archived(sent, mailbox, m, *internal_date)?;
-                            }
-                            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                            let mut st: FolderState = match folders.get(&fk)? {
-                                Some(v) => unjson(&v).map_err(ConflictableTransactionError::Abort)?,
-                                None => {
-                                    return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(
-                                        format!("record {seq}: folder {mailbox}/{folder} does not exist"),
-                                    )))
-                                }
-                            };
-                            st.highest_modseq += 1;
-                            st.uidnext = st.uidnext.max(uid + 1);
-                            st.exists += 1;
-                            st.size += size;
-                            let meta_v = MessageMeta {
-                                hash: hash.clone(),
-                                size: *size,
-                                internal_date: *internal_date,
-                                flags: flags.clone(),
-                                modseq: st.highest_modseq,
-                                archived: time,
-                                pec: pec.clone(),
-                                source_uid: None,
-                                trash_uid: None,
-                                appended: st.category.is_some(),
-                                all_uid: Some({
-                                    // Numbered in the virtual All in the
-                                    // order of archiving (a fold over the
-                                    // journal, like Trash).
-                                    let ak = key(&[b"all", mailbox.as_bytes()]);
-                                    let a = meta.get(&ak)?.map(|v| be32(&v)).unwrap_or(0) + 1;
-                                    meta.insert(ak, &a.to_be_bytes())?;
-                                    a
-                                }),
-                                label: false,
-                            };
-                            folders.insert(fk, json(&st))?;
-                            msgs.insert(
-                                key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]),
-                                json(&meta_v),
-                            )?;
-                            hashes.insert(
-                                key(&[mailbox.as_bytes(), hash.as_bytes()]),
-                                key(&[folder.as_bytes(), &uid.to_be_bytes()]),
-                            )?;
-                        }
-                        if let Some(p) = pref {
-                            provider.insert(
-                                key(&[
-                                    mailbox.as_bytes(),
-                                    p.folder.as_bytes(),
-                                    &p.uidvalidity.to_be_bytes(),
-                                    &p.uid.to_be_bytes(),
-                                ]),
-                                json(&ProviderEntry { hash: hash.clone(), size: *size, internal_date: *internal_date }),
-                            )?;
-                            sync.insert(key(&[mailbox.as_bytes(), p.folder.as_bytes()]), &p.uidvalidity.to_be_bytes())?;
-                        }
-                    }
-                    Event::ProviderDeleted { mailbox, folder, uidvalidity, uids, .. } => {
-                        for uid in uids {
-                            provider.remove(key(&[
-                                mailbox.as_bytes(),
-                                folder.as_bytes(),
-                                &uidvalidity.to_be_bytes(),
-                                &uid.to_be_bytes(),
-                            ]))?;
-                        }
-                    }
-                    Event::ProviderReset { mailbox, folder, new_uidvalidity, .. } => {
-                        // Provider entries under the old UIDVALIDITY are
-                        // removed by the caller's scan (they are keyed by
-                        // UIDVALIDITY, so they no longer match anything).
-                        sync.insert(key(&[mailbox.as_bytes(), folder.as_bytes()]), &new_uidvalidity.to_be_bytes())?;
-                    }
-                    Event::FlagsChanged { mailbox, folder, uids, op, flags } => {
-                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
-                            return set_applied(meta, seq);
-                        };
-                        for uid in uids {
-                            let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
-                            let Some(mut m) = get_json::<MessageMeta>(msgs, &mk)? else { continue };
-                            let new = op.apply(&m.flags, flags);
-                            if new != m.flags {
-                                st.highest_modseq += 1;
-                                m.flags = new;
-                                m.modseq = st.highest_modseq;
-                                msgs.insert(mk, json(&m))?;
-                            }
-                        }
-                        folders.insert(fk, json(&st))?;
-                    }
-                    Event::SeenChanged { user, mailbox, folder, uids, seen: on } => {
-                        for uid in uids {
-                            let u = uid.to_be_bytes();
-                            let k1 = key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]);
-                            let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
-                            let mut users: Vec<String> = get_json(seen_by, &k2)?.unwrap_or_default();
-                            users.retain(|x| x != user);
-                            if *on {
-                                seen.insert(k1, &[])?;
-                                users.push(user.clone());
-                            } else {
-                                seen.remove(k1)?;
-                            }
-                            if users.is_empty() {
-                                seen_by.remove(k2)?;
-                            } else {
-                                seen_by.insert(k2, json(&users))?;
-                            }
-                        }
-                    }
-                    Event::Hidden { mailbox, folder, uids, .. } => {
-                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        if let Some(mut st) = get_json::<FolderState>(folders, &fk)? {
-                            for uid in uids {
-                                let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
-                                if let Some(v) = msgs.remove(mk.clone())? {
-                                    let m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
-                                    st.exists = st.exists.saturating_sub(1);
-                                    st.size = st.size.saturating_sub(m.size);
-                                    st.highest_modseq += 1;
-                                    // Numbered in the virtual Trash in the
-                                    // order of hiding: a fold over the
-                                    // journal, so a rebuild numbers alike.
-                                    let tk = key(&[b"trash", mailbox.as_bytes()]);
-                                    let t = meta.get(&tk)?.map(|v| be32(&v)).unwrap_or(0) + 1;
-                                    meta.insert(tk, &t.to_be_bytes())?;
-                                    let mut m = m;
-                                    m.trash_uid = Some(t);
-                                    // The hashes entry stays: the provider copy
-                                    // (if any) is recognised, not re-filed.
-                                    hidden.insert(mk, json(&m))?;
-                                }
-                            }
-                            folders.insert(fk, json(&st))?;
-                        }
-                    }
-                    Event::Unhidden { mailbox, folder, moves } => {
-                        let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
-                        let Some(mut st) = get_json::<FolderState>(folders, &fk)? else {
-                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
-                                "record {seq}: unhide into {mailbox}/{folder}: the folder does not exist"
-                            ))));
-                        };
-                        for (old, new) in moves {
-                            let hk = key(&[mailbox.as_bytes(), folder.as_bytes(), &old.to_be_bytes()]);
-                            let Some(v) = hidden.remove(hk)? else { continue };
-                            let mut m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
-                            m.trash_uid = None;
-                            st.exists += 1;
-                            st.size += m.size;
-                            st.highest_modseq += 1;
-                            st.uidnext = st.uidnext.max(new + 1);
-                            m.modseq = st.highest_modseq;
-                            msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &new.to_be_bytes()]), json(&m))?;
-                            hashes.insert(
-                                key(&[mailbox.as_bytes(), m.hash.as_bytes()]),
-                                key(&[folder.as_bytes(), &new.to_be_bytes()]),
-                            )?;
-                        }
-                        folders.insert(fk, json(&st))?;
-                    }
-                    Event::Moved { mailbox, from, to, moves } => {
-                        let fk = key(&[mailbox.as_bytes(), from.as_bytes()]);
-                        let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
-                        let (Some(mut fs), Some(mut ts)) =
-                            (get_json::<FolderState>(folders, &fk)?, get_json::<FolderState>(folders, &tk)?)
-                        else {
-                            return Err(ConflictableTransactionError::Abort(sled::Error::Unsupported(format!(
-                                "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
-                            ))));
-                        };
-                        let before = (fs.exists, fs.size);
-                        for (old, new) in moves {
-                            let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
-                            let Some(v) = msgs.remove(ok)? else { continue };
-                            let mut m: MessageMeta = unjson(&v).map_err(ConflictableTransactionError::Abort)?;
-                            fs.exists = fs.exists.saturating_sub(1);
-                            fs.size = fs.size.saturating_sub(m.size);
-                            fs.highest_modseq += 1;
-                            ts.exists += 1;
-                            ts.size += m.size;
-                            ts.highest_modseq += 1;
-                            ts.uidnext = ts.uidnext.max(new + 1);
-                            m.modseq = ts.highest_modseq;
-                            msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), json(&m))?;
-                            // Where the message is filed moves with it; a
-                            // category's label moving elsewhere leaves it.
-                            let hk = key(&[mailbox.as_bytes(), m.hash.as_bytes()]);
-                            let filed_here = hashes.get(&hk)?.is_none_or(|loc| split_loc(&loc) == (from.clone(), *old));
-                            if filed_here {
-                                hashes.insert(hk, key(&[to.as_bytes(), &new.to_be_bytes()]))?;
-                            }
-                            // Carry every user's \\Seen along.
-                            let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
-                            let ok2 = key(&[mailbox.as_bytes(), from.as_bytes(), &o]);
-                            if let Some(users) = get_json::<Vec<String>>(seen_by, &ok2)? {
-                                seen_by.remove(ok2)?;
-                                for user in &users {
-                                    seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), from.as_bytes(), &o]))?;
-                                    seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), &[])?;
-                                }
-                                seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), json(&users))?;
-                            }
-                        }
-                        if from == to {
-                            // Into the folder itself: new UIDs, the same
-                            // messages (one state, read twice above).
-                            (ts.exists, ts.size) = before;
-                        }
-                        if from != to {
-                            folders.insert(fk, json(&fs))?;
-                        }
-                        folders.insert(tk, json(&ts))?;
-                    }
-                    Event::Handled { mailbox, transition, items } => {
-                        for i in items {
-                            let k = key(&[mailbox.as_bytes(), i.hash.as_bytes()]);
-                            let cur: Option<Handling> = get_json(handling, &k)?;
-                            let mut h = Handling::apply(cur.as_ref(), transition, time);
-                            h.vuid = i.vuid;
-                            set_handling(meta, handling, hstate, mailbox, &i.hash, cur.as_ref(), &h)?;
-                            // Its computed keywords changed: a new MODSEQ.
-                            let fk = key(&[mailbox.as_bytes(), i.folder.as_bytes()]);
-                            let mk = key(&[mailbox.as_bytes(), i.folder.as_bytes(), &i.uid.to_be_bytes()]);
-                            if let (Some(mut st), Some(mut m)) =
-                                (get_json::<FolderState>(folders, &fk)?, get_json::<MessageMeta>(msgs, &mk)?)
-                            {
-                                st.highest_modseq += 1;
-                                m.modseq = st.highest_modseq;
-                                folders.insert(fk, json(&st))?;
-                                msgs.insert(mk, json(&m))?;
-                            }
-                        }
-                    }
-                }
-                set_applied(meta, seq)?;
-                Ok(())
-            },
-        );
-        r.map_err(|e| match e {
-            TransactionError::Abort(e) | TransactionError::Storage(e) => e,
-        })
+                apply_one(&mut t, *seq, *time, event)?;
+                last = *seq;
+            }
+            if last > applied {
+                set_applied(&mut t.meta, last)?;
+            }
+        }
+        tx.commit()?;
+        if durable {
+            *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+        Ok(())
     }
+}
 
-    pub fn folder(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>, sled::Error> {
-        match self.folders.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))? {
-            Some(v) => Ok(Some(unjson(&v)?)),
+/// Apply one record's event to the tables of the batch's transaction.
+fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), Error> {
+    let Tables { meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate } = t;
+    match event {
+        Event::None => {}
+        Event::FolderCreated { mailbox, folder, uidvalidity, category } => {
+            let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            if folders.get(&k)?.is_none() {
+                let st = FolderState {
+                    uidvalidity: *uidvalidity,
+                    uidnext: 1,
+                    highest_modseq: 1,
+                    exists: 0,
+                    size: 0,
+                    category: category.clone(),
+                };
+                folders.insert(k, enc(&st))?;
+            }
+            if category.is_some() {
+                // Category store names and UIDVALIDITYs are
+                // never given out twice, deleted ones included.
+                let ck = key(&[b"category", mailbox.as_bytes()]);
+                let (n0, uv0) = meta.get(&ck)?.map(|v| last_category(&v)).unwrap_or((0, 0));
+                let n = folder.strip_prefix('#').and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+                let mut v = n0.max(n).to_be_bytes().to_vec();
+                v.extend_from_slice(&uv0.max(*uidvalidity).to_be_bytes());
+                meta.insert(ck, v)?;
+            }
+        }
+        Event::FolderRenamed { mailbox, renames } => {
+            for (folder, name) in renames {
+                let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                if let Some(mut st) = get_val::<FolderState>(folders, &k)? {
+                    st.category = Some(name.clone());
+                    folders.insert(k, enc(&st))?;
+                }
+            }
+        }
+        Event::FolderDeleted { mailbox, folder } => {
+            folders.remove(key(&[mailbox.as_bytes(), folder.as_bytes()]))?;
+        }
+        Event::Copied { mailbox, from, to, copies } => {
+            let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
+            let Some(mut ts) = get_val::<FolderState>(folders, &tk)? else {
+                return Err(Error::Invalid(format!(
+                    "record {seq}: copy into {mailbox}/{to}: the folder does not exist"
+                )));
+            };
+            for (old, new) in copies {
+                let o = old.to_be_bytes();
+                let Some(mut m) = get_val::<MessageMeta>(msgs, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))?
+                else {
+                    continue;
+                };
+                let n = new.to_be_bytes();
+                ts.exists += 1;
+                ts.size += m.size;
+                ts.highest_modseq += 1;
+                ts.uidnext = ts.uidnext.max(new + 1);
+                m.modseq = ts.highest_modseq;
+                m.label = true;
+                msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), enc(&m))?;
+                // Every user's \Seen comes along (a copy keeps its flags).
+                if let Some(users) = get_val::<Vec<String>>(seen_by, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))?
+                {
+                    for user in &users {
+                        seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), [])?;
+                    }
+                    seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), enc(&users))?;
+                }
+            }
+            folders.insert(tk, enc(&ts))?;
+        }
+        Event::Labeled { mailbox, folder, uid, hash, size, internal_date, flags } => {
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            let Some(mut st) = get_val::<FolderState>(folders, &fk)? else {
+                return Err(Error::Invalid(format!(
+                    "record {seq}: label in {mailbox}/{folder}: the folder does not exist"
+                )));
+            };
+            // The PEC metadata and archive time are the filed
+            // message's (wherever it is, hidden included).
+            let home = match hashes.get(hash_key(mailbox, hash))? {
+                Some(loc) => {
+                    let (f, u) = split_loc(&loc);
+                    let k = key(&[mailbox.as_bytes(), f.as_bytes(), &u.to_be_bytes()]);
+                    match get_val::<MessageMeta>(msgs, &k)? {
+                        Some(m) => Some(m),
+                        None => get_val::<MessageMeta>(hidden, &k)?,
+                    }
+                }
+                None => None,
+            };
+            st.exists += 1;
+            st.size += size;
+            st.highest_modseq += 1;
+            st.uidnext = st.uidnext.max(uid + 1);
+            let m = MessageMeta {
+                hash: hash.clone(),
+                size: *size,
+                internal_date: *internal_date,
+                flags: flags.clone(),
+                modseq: st.highest_modseq,
+                archived: home.as_ref().map(|h| h.archived).unwrap_or(time),
+                appended: home.as_ref().is_none_or(|h| h.appended),
+                all_uid: home.as_ref().and_then(|h| h.all_uid),
+                label: true,
+                pec: home.and_then(|h| h.pec),
+                source_uid: None,
+                trash_uid: None,
+            };
+            msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), enc(&m))?;
+            folders.insert(fk, enc(&st))?;
+        }
+        Event::Unlabeled { mailbox, folder, uids, .. } | Event::Purged { mailbox, folder, uids, .. } => {
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            if let Some(mut st) = get_val::<FolderState>(folders, &fk)? {
+                for uid in uids {
+                    let u = uid.to_be_bytes();
+                    let Some(v) = msgs.remove(key(&[mailbox.as_bytes(), folder.as_bytes(), &u]))? else {
+                        continue;
+                    };
+                    let m: MessageMeta = dec(&v)?;
+                    st.exists = st.exists.saturating_sub(1);
+                    st.size = st.size.saturating_sub(m.size);
+                    st.highest_modseq += 1;
+                    // A purge may take the place a message is
+                    // filed at: the mailbox no longer holds it.
+                    let hk = hash_key(mailbox, &m.hash);
+                    if hashes.get(&hk)?.is_some_and(|loc| split_loc(&loc) == (folder.clone(), *uid)) {
+                        hashes.remove(hk)?;
+                    }
+                    let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
+                    if let Some(users) = get_val::<Vec<String>>(seen_by, &k2)? {
+                        seen_by.remove(k2)?;
+                        for user in &users {
+                            seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]))?;
+                        }
+                    }
+                }
+                folders.insert(fk, enc(&st))?;
+            }
+        }
+        Event::Archived {
+            mailbox,
+            folder,
+            uid,
+            hash,
+            size,
+            internal_date,
+            flags,
+            provider: pref,
+            duplicate,
+            pec,
+            handling: routing,
+            view_uid,
+        } => {
+            if let (false, Some(r)) = (duplicate, routing) {
+                let mut h = Handling::open(r, "system", time);
+                h.vuid = view_uid.unwrap_or(0);
+                set_handling(meta, handling, hstate, mailbox, hash, None, &h)?;
+            }
+            if !duplicate {
+                if let Some(m) = pec.as_ref().and_then(StoredPec::meta) {
+                    reconcile_archived(sent, mailbox, m, *internal_date)?;
+                }
+                let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+                let mut st: FolderState = match folders.get(&fk)? {
+                    Some(v) => dec(&v)?,
+                    None => {
+                        return Err(Error::Invalid(format!("record {seq}: folder {mailbox}/{folder} does not exist")))
+                    }
+                };
+                st.highest_modseq += 1;
+                st.uidnext = st.uidnext.max(uid + 1);
+                st.exists += 1;
+                st.size += size;
+                let meta_v = MessageMeta {
+                    hash: hash.clone(),
+                    size: *size,
+                    internal_date: *internal_date,
+                    flags: flags.clone(),
+                    modseq: st.highest_modseq,
+                    archived: time,
+                    pec: pec.clone(),
+                    source_uid: None,
+                    trash_uid: None,
+                    appended: st.category.is_some(),
+                    all_uid: Some({
+                        // Numbered in the virtual All in the
+                        // order of archiving (a fold over the
+                        // journal, like Trash).
+                        let ak = key(&[b"all", mailbox.as_bytes()]);
+                        let a = meta.get(&ak)?.map(|v| be32(&v)).unwrap_or(0) + 1;
+                        meta.insert(ak, a.to_be_bytes())?;
+                        a
+                    }),
+                    label: false,
+                };
+                folders.insert(fk, enc(&st))?;
+                msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]), enc(&meta_v))?;
+                hashes.insert(hash_key(mailbox, hash), key(&[folder.as_bytes(), &uid.to_be_bytes()]))?;
+            }
+            if let Some(p) = pref {
+                provider.insert(
+                    key(&[mailbox.as_bytes(), p.folder.as_bytes(), &p.uidvalidity.to_be_bytes(), &p.uid.to_be_bytes()]),
+                    enc(&ProviderEntry { hash: hash.clone(), size: *size, internal_date: *internal_date }),
+                )?;
+                sync.insert(key(&[mailbox.as_bytes(), p.folder.as_bytes()]), p.uidvalidity.to_be_bytes())?;
+            }
+        }
+        Event::ProviderDeleted { mailbox, folder, uidvalidity, uids, .. } => {
+            for uid in uids {
+                provider.remove(key(&[
+                    mailbox.as_bytes(),
+                    folder.as_bytes(),
+                    &uidvalidity.to_be_bytes(),
+                    &uid.to_be_bytes(),
+                ]))?;
+            }
+        }
+        Event::ProviderReset { mailbox, folder, new_uidvalidity, .. } => {
+            // Provider entries under the old UIDVALIDITY are
+            // removed by the caller's scan (they are keyed by
+            // UIDVALIDITY, so they no longer match anything).
+            sync.insert(key(&[mailbox.as_bytes(), folder.as_bytes()]), new_uidvalidity.to_be_bytes())?;
+        }
+        Event::FlagsChanged { mailbox, folder, uids, op, flags } => {
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            let Some(mut st) = get_val::<FolderState>(folders, &fk)? else {
+                return Ok(());
+            };
+            for uid in uids {
+                let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
+                let Some(mut m) = get_val::<MessageMeta>(msgs, &mk)? else {
+                    continue;
+                };
+                let new = op.apply(&m.flags, flags);
+                if new != m.flags {
+                    st.highest_modseq += 1;
+                    m.flags = new;
+                    m.modseq = st.highest_modseq;
+                    msgs.insert(mk, enc(&m))?;
+                }
+            }
+            folders.insert(fk, enc(&st))?;
+        }
+        Event::SeenChanged { user, mailbox, folder, uids, seen: on } => {
+            for uid in uids {
+                let u = uid.to_be_bytes();
+                let k1 = key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]);
+                let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
+                let mut users: Vec<String> = get_val(seen_by, &k2)?.unwrap_or_default();
+                users.retain(|x| x != user);
+                if *on {
+                    seen.insert(k1, [])?;
+                    users.push(user.clone());
+                } else {
+                    seen.remove(k1)?;
+                }
+                if users.is_empty() {
+                    seen_by.remove(k2)?;
+                } else {
+                    seen_by.insert(k2, enc(&users))?;
+                }
+            }
+        }
+        Event::Hidden { mailbox, folder, uids, .. } => {
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            if let Some(mut st) = get_val::<FolderState>(folders, &fk)? {
+                for uid in uids {
+                    let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
+                    if let Some(v) = msgs.remove(mk.clone())? {
+                        let m: MessageMeta = dec(&v)?;
+                        st.exists = st.exists.saturating_sub(1);
+                        st.size = st.size.saturating_sub(m.size);
+                        st.highest_modseq += 1;
+                        // Numbered in the virtual Trash in the
+                        // order of hiding: a fold over the
+                        // journal, so a rebuild numbers alike.
+                        let tk = key(&[b"trash", mailbox.as_bytes()]);
+                        let t = meta.get(&tk)?.map(|v| be32(&v)).unwrap_or(0) + 1;
+                        meta.insert(tk, t.to_be_bytes())?;
+                        let mut m = m;
+                        m.trash_uid = Some(t);
+                        // The hashes entry stays: the provider copy
+                        // (if any) is recognised, not re-filed.
+                        hidden.insert(mk, enc(&m))?;
+                    }
+                }
+                folders.insert(fk, enc(&st))?;
+            }
+        }
+        Event::Unhidden { mailbox, folder, moves } => {
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            let Some(mut st) = get_val::<FolderState>(folders, &fk)? else {
+                return Err(Error::Invalid(format!(
+                    "record {seq}: unhide into {mailbox}/{folder}: the folder does not exist"
+                )));
+            };
+            for (old, new) in moves {
+                let hk = key(&[mailbox.as_bytes(), folder.as_bytes(), &old.to_be_bytes()]);
+                let Some(v) = hidden.remove(hk)? else {
+                    continue;
+                };
+                let mut m: MessageMeta = dec(&v)?;
+                m.trash_uid = None;
+                st.exists += 1;
+                st.size += m.size;
+                st.highest_modseq += 1;
+                st.uidnext = st.uidnext.max(new + 1);
+                m.modseq = st.highest_modseq;
+                msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
+                hashes.insert(hash_key(mailbox, &m.hash), key(&[folder.as_bytes(), &new.to_be_bytes()]))?;
+            }
+            folders.insert(fk, enc(&st))?;
+        }
+        Event::Moved { mailbox, from, to, moves } => {
+            let fk = key(&[mailbox.as_bytes(), from.as_bytes()]);
+            let tk = key(&[mailbox.as_bytes(), to.as_bytes()]);
+            let (Some(mut fs), Some(mut ts)) =
+                (get_val::<FolderState>(folders, &fk)?, get_val::<FolderState>(folders, &tk)?)
+            else {
+                return Err(Error::Invalid(format!(
+                    "record {seq}: move between {mailbox}/{from} and {mailbox}/{to}: a folder does not exist"
+                )));
+            };
+            let before = (fs.exists, fs.size);
+            for (old, new) in moves {
+                let ok = key(&[mailbox.as_bytes(), from.as_bytes(), &old.to_be_bytes()]);
+                let Some(v) = msgs.remove(ok)? else { continue };
+                let mut m: MessageMeta = dec(&v)?;
+                fs.exists = fs.exists.saturating_sub(1);
+                fs.size = fs.size.saturating_sub(m.size);
+                fs.highest_modseq += 1;
+                ts.exists += 1;
+                ts.size += m.size;
+                ts.highest_modseq += 1;
+                ts.uidnext = ts.uidnext.max(new + 1);
+                m.modseq = ts.highest_modseq;
+                msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
+                // Where the message is filed moves with it; a
+                // category's label moving elsewhere leaves it.
+                let hk = hash_key(mailbox, &m.hash);
+                let filed_here = hashes.get(&hk)?.is_none_or(|loc| split_loc(&loc) == (from.clone(), *old));
+                if filed_here {
+                    hashes.insert(hk, key(&[to.as_bytes(), &new.to_be_bytes()]))?;
+                }
+                // Carry every user's \\Seen along.
+                let (o, n) = (old.to_be_bytes(), new.to_be_bytes());
+                let ok2 = key(&[mailbox.as_bytes(), from.as_bytes(), &o]);
+                if let Some(users) = get_val::<Vec<String>>(seen_by, &ok2)? {
+                    seen_by.remove(ok2)?;
+                    for user in &users {
+                        seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), from.as_bytes(), &o]))?;
+                        seen.insert(key(&[user.as_bytes(), mailbox.as_bytes(), to.as_bytes(), &n]), [])?;
+                    }
+                    seen_by.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &n]), enc(&users))?;
+                }
+            }
+            if from == to {
+                // Into the folder itself: new UIDs, the same
+                // messages (one state, read twice above).
+                (ts.exists, ts.size) = before;
+            }
+            if from != to {
+                folders.insert(fk, enc(&fs))?;
+            }
+            folders.insert(tk, enc(&ts))?;
+        }
+        Event::Handled { mailbox, transition, items } => {
+            for i in items {
+                let k = key(&[mailbox.as_bytes(), i.hash.as_bytes()]);
+                let cur: Option<Handling> = get_val(handling, &k)?;
+                let mut h = Handling::apply(cur.as_ref(), transition, time);
+                h.vuid = i.vuid;
+                set_handling(meta, handling, hstate, mailbox, &i.hash, cur.as_ref(), &h)?;
+                // Its computed keywords changed: a new MODSEQ.
+                let fk = key(&[mailbox.as_bytes(), i.folder.as_bytes()]);
+                let mk = key(&[mailbox.as_bytes(), i.folder.as_bytes(), &i.uid.to_be_bytes()]);
+                if let (Some(mut st), Some(mut m)) =
+                    (get_val::<FolderState>(folders, &fk)?, get_val::<MessageMeta>(msgs, &mk)?)
+                {
+                    st.highest_modseq += 1;
+                    m.modseq = st.highest_modseq;
+                    folders.insert(fk, enc(&st))?;
+                    msgs.insert(mk, enc(&m))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Index {
+    pub fn folder(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>, Error> {
+        match self.r(FOLDERS)?.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))? {
+            Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
 
     /// Every folder of `mailbox` with its state.
-    pub fn folders(&self, mailbox: &str) -> Result<Vec<(String, FolderState)>, sled::Error> {
+    pub fn folders(&self, mailbox: &str) -> Result<Vec<(String, FolderState)>, Error> {
         let mut out = Vec::new();
-        for kv in self.folders.scan_prefix(prefix(&[mailbox.as_bytes()])) {
+        for kv in self.r(FOLDERS)?.scan_prefix(prefix(&[mailbox.as_bytes()])) {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k[mailbox.len() + 1..]).into_owned();
-            out.push((name, unjson(&v)?));
+            out.push((name, dec(&v)?));
         }
         Ok(out)
     }
 
     /// Every mailbox that has folders.
-    pub fn mailboxes(&self) -> Result<Vec<String>, sled::Error> {
+    pub fn mailboxes(&self) -> Result<Vec<String>, Error> {
         let mut out: Vec<String> = Vec::new();
-        for kv in self.folders.iter() {
+        for kv in self.r(FOLDERS)?.iter() {
             let (k, _) = kv?;
             let m = k.split(|b| *b == 0).next().unwrap_or_default();
             let m = String::from_utf8_lossy(m).into_owned();
@@ -758,26 +1008,26 @@ impl Index {
         Ok(out)
     }
 
-    pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>, sled::Error> {
+    pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
         let mut out = Vec::new();
-        for kv in self.msgs.scan_prefix(&p) {
+        for kv in self.r(MSGS)?.scan_prefix(&p) {
             let (k, v) = kv?;
-            out.push((be32(&k[p.len()..]), unjson(&v)?));
+            out.push((be32(&k[p.len()..]), dec(&v)?));
         }
         Ok(out)
     }
 
-    pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, sled::Error> {
-        match self.msgs.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
-            Some(v) => Ok(Some(unjson(&v)?)),
+    pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, Error> {
+        match self.r(MSGS)?.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
+            Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
 
     /// Where these bytes already are in `mailbox`, if anywhere.
-    pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>, sled::Error> {
-        Ok(self.hashes.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))?.map(|v| split_loc(&v)))
+    pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>, Error> {
+        Ok(self.r(HASHES)?.get(hash_key(mailbox, hash))?.map(|v| split_loc(&v)))
     }
 
     /// Archived messages still on the provider, by provider UID.
@@ -786,44 +1036,40 @@ impl Index {
         mailbox: &str,
         folder: &str,
         uidvalidity: u32,
-    ) -> Result<BTreeMap<u32, ProviderEntry>, sled::Error> {
+    ) -> Result<BTreeMap<u32, ProviderEntry>, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes(), &uidvalidity.to_be_bytes()]);
         let mut out = BTreeMap::new();
-        for kv in self.provider.scan_prefix(&p) {
+        for kv in self.r(PROVIDER)?.scan_prefix(&p) {
             let (k, v) = kv?;
-            out.insert(be32(&k[p.len()..]), unjson(&v)?);
+            out.insert(be32(&k[p.len()..]), dec(&v)?);
         }
         Ok(out)
     }
 
     /// Provider entries of `mailbox`/`folder` under any UIDVALIDITY, keyed
     /// by (uidvalidity, uid).
-    pub fn provider_entries_all(
-        &self,
-        mailbox: &str,
-        folder: &str,
-    ) -> Result<Vec<((u32, u32), ProviderEntry)>, sled::Error> {
+    pub fn provider_entries_all(&self, mailbox: &str, folder: &str) -> Result<ProviderEntries, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
         let mut out = Vec::new();
-        for kv in self.provider.scan_prefix(&p) {
+        for kv in self.r(PROVIDER)?.scan_prefix(&p) {
             let (k, v) = kv?;
             let rest = &k[p.len()..];
             if rest.len() == 9 {
-                out.push(((be32(&rest[..4]), be32(&rest[5..])), unjson(&v)?));
+                out.push(((be32(&rest[..4]), be32(&rest[5..])), dec(&v)?));
             }
         }
         Ok(out)
     }
 
-    pub fn provider_uidvalidity(&self, mailbox: &str, folder: &str) -> Result<Option<u32>, sled::Error> {
-        Ok(self.sync.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?.map(|v| be32(&v)))
+    pub fn provider_uidvalidity(&self, mailbox: &str, folder: &str) -> Result<Option<u32>, Error> {
+        Ok(self.r(SYNC)?.get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?.map(|v| be32(&v)))
     }
 
     /// UIDs in `mailbox`/`folder` that `user` has seen.
-    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<std::collections::HashSet<u32>, sled::Error> {
+    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<std::collections::HashSet<u32>, Error> {
         let p = prefix(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes()]);
         let mut out = std::collections::HashSet::new();
-        for kv in self.seen.scan_prefix(&p) {
+        for kv in self.r(SEEN)?.scan_prefix(&p) {
             let (k, _) = kv?;
             out.insert(be32(&k[p.len()..]));
         }
@@ -831,18 +1077,22 @@ impl Index {
     }
 
     /// A cached value derived from blob `hash` under `kind`.
-    pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<sled::IVec>, sled::Error> {
-        self.derived.get(key(&[kind.as_bytes(), hash.as_bytes()]))
+    pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
+        RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(key(&[kind.as_bytes(), hash.as_bytes()]))
     }
 
-    pub fn put_derived(&self, kind: &str, hash: &str, v: &[u8]) -> Result<(), sled::Error> {
-        self.derived.insert(key(&[kind.as_bytes(), hash.as_bytes()]), v).map(|_| ())
+    pub fn put_derived(&self, kind: &str, hash: &str, v: &[u8]) -> Result<(), Error> {
+        let mut tx = self.derived.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        Tbl(tx.open_table(DERIVED)?).insert(key(&[kind.as_bytes(), hash.as_bytes()]), v)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A message hidden from `mailbox`/`folder` by a client's EXPUNGE.
-    pub fn hidden_message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, sled::Error> {
-        match self.hidden.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
-            Some(v) => Ok(Some(unjson(&v)?)),
+    pub fn hidden_message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, Error> {
+        match self.r(HIDDEN)?.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]))? {
+            Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
@@ -850,10 +1100,10 @@ impl Index {
     /// Every message hidden from `mailbox` (by EXPUNGE or a move into
     /// Trash): (folder, uid there, meta with its `trash_uid`), in Trash
     /// order.
-    pub fn hidden_messages(&self, mailbox: &str) -> Result<Vec<(String, u32, MessageMeta)>, sled::Error> {
+    pub fn hidden_messages(&self, mailbox: &str) -> Result<Vec<(String, u32, MessageMeta)>, Error> {
         let p = prefix(&[mailbox.as_bytes()]);
         let mut out = Vec::new();
-        for kv in self.hidden.scan_prefix(&p) {
+        for kv in self.r(HIDDEN)?.scan_prefix(&p) {
             let (k, v) = kv?;
             let rest = &k[p.len()..];
             // folder, 0 separator, 4-byte UID (see `key`)
@@ -862,7 +1112,7 @@ impl Index {
             }
             let folder = String::from_utf8_lossy(&rest[..rest.len() - 5]).into_owned();
             let uid = be32(&rest[rest.len() - 4..]);
-            let m: MessageMeta = unjson(&v)?;
+            let m: MessageMeta = dec(&v)?;
             out.push((folder, uid, m));
         }
         out.sort_by_key(|(_, _, m)| m.trash_uid);
@@ -871,25 +1121,27 @@ impl Index {
 
     /// The last category number and UIDVALIDITY given out in `mailbox`
     /// ((0, 0): none).
-    pub fn last_category(&self, mailbox: &str) -> Result<(u32, u32), sled::Error> {
-        Ok(self.meta.get(key(&[b"category", mailbox.as_bytes()]))?.map(|v| last_category(&v)).unwrap_or((0, 0)))
+    pub fn last_category(&self, mailbox: &str) -> Result<(u32, u32), Error> {
+        Ok(self.r(META)?.get(key(&[b"category", mailbox.as_bytes()]))?.map(|v| last_category(&v)).unwrap_or((0, 0)))
     }
 
     /// The last All UID given out in `mailbox` (0: none).
-    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32, sled::Error> {
-        Ok(self.meta.get(key(&[b"all", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    pub fn last_all_uid(&self, mailbox: &str) -> Result<u32, Error> {
+        Ok(self.r(META)?.get(key(&[b"all", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
     }
 
     /// Every message of `mailbox` once, where it is filed (labels left
     /// out, hidden ones too): (All UID, folder, UID there, metadata), by
     /// All UID.
-    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>, sled::Error> {
+    pub fn all_messages(&self, mailbox: &str) -> Result<Vec<(u32, String, u32, MessageMeta)>, Error> {
         let p = prefix(&[mailbox.as_bytes()]);
         let mut out = Vec::new();
-        for kv in self.msgs.scan_prefix(&p) {
+        for kv in self.r(MSGS)?.scan_prefix(&p) {
             let (k, v) = kv?;
-            let m: MessageMeta = unjson(&v)?;
-            let (Some(a), false) = (m.all_uid, m.label) else { continue };
+            let m: MessageMeta = dec(&v)?;
+            let (Some(a), false) = (m.all_uid, m.label) else {
+                continue;
+            };
             let rest = &k[p.len()..];
             let cut = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
             let folder = String::from_utf8_lossy(&rest[..cut]).into_owned();
@@ -900,41 +1152,32 @@ impl Index {
     }
 
     /// The last Trash UID given out in `mailbox` (0: none).
-    pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32, sled::Error> {
-        Ok(self.meta.get(key(&[b"trash", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    pub fn last_trash_uid(&self, mailbox: &str) -> Result<u32, Error> {
+        Ok(self.r(META)?.get(key(&[b"trash", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
     }
 
     /// The index's format: one written by an older pecgate is rebuilt
     /// from the journal when the store opens.
-    pub fn format(&self) -> Result<u32, sled::Error> {
-        Ok(self.meta.get("format")?.map(|v| be32(&v)).unwrap_or(0))
+    pub fn format(&self) -> Result<u32, Error> {
+        Ok(self.r(META)?.get("format")?.map(|v| be32(&v)).unwrap_or(0))
     }
 
-    pub fn set_format(&self) -> Result<(), sled::Error> {
-        self.meta.insert("format", &FORMAT.to_be_bytes()).map(|_| ())
+    pub fn set_format(&self) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        Tbl(tx.open_table(META)?).insert("format", FORMAT.to_be_bytes())?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every tree's content, for tests comparing a rebuilt index with the
     /// live one.
-    pub fn dump(&self) -> Result<Dump, sled::Error> {
+    pub fn dump(&self) -> Result<Dump, Error> {
         let mut out = Vec::new();
-        for (name, t) in [
-            ("meta", &self.meta),
-            ("folders", &self.folders),
-            ("msgs", &self.msgs),
-            ("hashes", &self.hashes),
-            ("provider", &self.provider),
-            ("sync", &self.sync),
-            ("seen", &self.seen),
-            ("seen_by", &self.seen_by),
-            ("hidden", &self.hidden),
-            ("sent", &self.sent),
-            ("handling", &self.handling),
-            ("hstate", &self.hstate),
-        ] {
-            for kv in t.iter() {
+        let tx = self.db.begin_read()?;
+        for (name, d) in TABLES {
+            for kv in RTbl(tx.open_table(d)?).iter() {
                 let (k, v) = kv?;
-                out.push((name.to_string(), k.to_vec(), v.to_vec()));
+                out.push((name.to_string(), k, v));
             }
         }
         Ok(out)
@@ -943,46 +1186,46 @@ impl Index {
     /// Drop every tree (before a rebuild from the journal).
     /// The reconciliation state of the sent message `key` (a normalised
     /// Message-ID) in `mailbox`.
-    pub fn sent_state(&self, mailbox: &str, key: &str) -> Result<Option<SentMessage>, sled::Error> {
-        match self.sent.get(self::key(&[mailbox.as_bytes(), key.as_bytes()]))? {
-            Some(v) => Ok(Some(unjson(&v)?)),
+    pub fn sent_state(&self, mailbox: &str, key: &str) -> Result<Option<SentMessage>, Error> {
+        match self.r(SENT)?.get(self::key(&[mailbox.as_bytes(), key.as_bytes()]))? {
+            Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
 
     /// Every sent message of `mailbox` with its state (also those known
     /// only from receipts, e.g. sent from the provider's webmail).
-    pub fn sent_states(&self, mailbox: &str) -> Result<Vec<SentMessage>, sled::Error> {
+    pub fn sent_states(&self, mailbox: &str) -> Result<Vec<SentMessage>, Error> {
         let mut out = Vec::new();
-        for kv in self.sent.scan_prefix(prefix(&[mailbox.as_bytes()])) {
-            out.push(unjson(&kv?.1)?);
+        for kv in self.r(SENT)?.scan_prefix(prefix(&[mailbox.as_bytes()])) {
+            out.push(dec(&kv?.1)?);
         }
         Ok(out)
     }
 
-    pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<Handling>, sled::Error> {
-        match self.handling.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))? {
-            Some(v) => Ok(Some(unjson(&v)?)),
+    pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<Handling>, Error> {
+        match self.r(HANDLING)?.get(key(&[mailbox.as_bytes(), hash.as_bytes()]))? {
+            Some(v) => Ok(Some(dec(&v)?)),
             None => Ok(None),
         }
     }
 
-    pub fn handling_all(&self, mailbox: &str) -> Result<Vec<(String, Handling)>, sled::Error> {
+    pub fn handling_all(&self, mailbox: &str) -> Result<Vec<(String, Handling)>, Error> {
         let p = prefix(&[mailbox.as_bytes()]);
         let mut out = Vec::new();
-        for kv in self.handling.scan_prefix(&p) {
+        for kv in self.r(HANDLING)?.scan_prefix(&p) {
             let (k, v) = kv?;
-            out.push((String::from_utf8_lossy(&k[p.len()..]).into_owned(), unjson(&v)?));
+            out.push((String::from_utf8_lossy(&k[p.len()..]).into_owned(), dec(&v)?));
         }
         Ok(out)
     }
 
     /// Tracked messages in one of `states`, in view-UID order.
-    pub fn handling_in(&self, mailbox: &str, states: &[State]) -> Result<Vec<(String, Handling)>, sled::Error> {
+    pub fn handling_in(&self, mailbox: &str, states: &[State]) -> Result<Vec<(String, Handling)>, Error> {
         let mut out = Vec::new();
         for s in states {
             let p = prefix(&[mailbox.as_bytes(), &[s.code()]]);
-            for kv in self.hstate.scan_prefix(&p) {
+            for kv in self.r(HSTATE)?.scan_prefix(&p) {
                 let (_, v) = kv?;
                 let hash = String::from_utf8_lossy(&v).into_owned();
                 if let Some(h) = self.handling(mailbox, &hash)? {
@@ -997,27 +1240,23 @@ impl Index {
     }
 
     /// The last handling-view UID given out in `mailbox` (0: none).
-    pub fn last_vuid(&self, mailbox: &str) -> Result<u32, sled::Error> {
-        Ok(self.meta.get(key(&[b"vuid", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
+    pub fn last_vuid(&self, mailbox: &str) -> Result<u32, Error> {
+        Ok(self.r(META)?.get(key(&[b"vuid", mailbox.as_bytes()]))?.map(|v| be32(&v)).unwrap_or(0))
     }
 
-    pub fn clear(&self) -> Result<(), sled::Error> {
-        for t in [
-            &self.meta,
-            &self.folders,
-            &self.msgs,
-            &self.hashes,
-            &self.provider,
-            &self.sync,
-            &self.seen,
-            &self.seen_by,
-            &self.hidden,
-            &self.sent,
-            &self.handling,
-            &self.hstate,
-        ] {
-            t.clear()?;
+    /// Empty every table (before a rebuild from the journal), and the
+    /// derived cache with them.
+    pub fn clear(&self) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        for (_, d) in TABLES {
+            tx.delete_table(d)?;
         }
+        Tables::open(&tx)?;
+        tx.commit()?;
+        let tx = self.derived.begin_write()?;
+        tx.delete_table(DERIVED)?;
+        tx.open_table(DERIVED)?;
+        tx.commit()?;
         self.flush()
     }
 }

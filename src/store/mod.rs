@@ -4,7 +4,8 @@
 //! data_dir/
 //!   blobs/ab/cd/abcd….eml   raw messages, named by SHA-256 (evidence)
 //!   journal/000001.log …    the audit chain, hash-chained records (evidence)
-//!   index/                  sled: derived from the journal, rebuildable
+//!   index.redb              the index (redb): derived from the journal, rebuildable
+//!   derived.redb            data derived from blobs (search fields): a cache
 //!   status.json             the daemon's live status (not evidence)
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! a restart re-opens from disk.
 
 pub mod blobs;
+mod codec;
 pub mod fields;
 mod index;
 mod journal;
@@ -75,10 +77,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A failure of the index's database (its type stays inside the store).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
-pub struct IndexError(sled::Error);
+pub struct IndexError(index::Error);
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
+impl From<index::Error> for StoreError {
+    fn from(e: index::Error) -> Self {
         StoreError::Index(IndexError(e))
     }
 }
@@ -180,12 +182,39 @@ pub struct OpenReport {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub journal_segment_bytes: u64,
+    /// Memory the index may use to cache its pages.
+    pub index_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { journal_segment_bytes: 64 * 1024 * 1024 }
+        StoreOptions { journal_segment_bytes: 64 * 1024 * 1024, index_cache_bytes: index::Cache::default().bytes }
     }
+}
+
+/// Open the index of the data directory `dir`: [`StoreError::Locked`] if
+/// another process has it. An index of an older pecgate (sled, in
+/// `index/`) is removed, logged; `true` then: the caller rebuilds it from
+/// the journal.
+fn open_index(dir: &Path, cache_bytes: usize) -> Result<(Index, bool)> {
+    let old = dir.join("index");
+    let fresh = !dir.join(index::FILE).exists();
+    let index = Index::open(dir, index::Cache { bytes: cache_bytes }).map_err(|e| match e {
+        index::Error::Locked => StoreError::Locked(dir.into()),
+        e => StoreError::from(e),
+    })?;
+    // After the open, which holds redb's lock: no other pecgate is using
+    // the old files either (it would hold the new one too).
+    let mut migrated = false;
+    if old.is_dir() {
+        tracing::warn!(
+            path = %old.display(),
+            "found an index written by an older pecgate (sled): removing it; the new index is rebuilt from the journal"
+        );
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        migrated = true;
+    }
+    Ok((index, migrated && fresh))
 }
 
 enum Request {
@@ -225,14 +254,9 @@ impl Store {
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<(Store, OpenReport)> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut report = OpenReport::default();
-        // sled takes an exclusive lock on its files: opening it first makes
+        // redb takes an exclusive lock on its file: opening it first makes
         // sure no other process writes the journal.
-        let index_dir = dir.join("index");
-        let index = Index::open(&index_dir).map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked(dir.into()),
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked(dir.into()),
-            e => StoreError::from(e),
-        })?;
+        let (index, migrated) = open_index(dir, opts.index_cache_bytes)?;
         let blob_dir = dir.join("blobs");
         let (blobs, removed) = Blobs::open(&blob_dir).map_err(io_err(&blob_dir))?;
         report.removed_tmp_files = removed;
@@ -249,6 +273,8 @@ impl Store {
             );
             index.clear()?;
             report.rebuilt_index = true;
+        } else if migrated {
+            report.rebuilt_index = true;
         } else if applied > 0 && index.format()? != index::FORMAT {
             tracing::warn!(
                 found = index.format()?,
@@ -259,7 +285,10 @@ impl Store {
             report.rebuilt_index = true;
         }
         index.set_format()?;
-        report.replayed_records = replay(&JournalReader::at(jdir), &index)?;
+        if report.rebuilt_index {
+            tracing::info!("rebuilding the index from the journal");
+        }
+        report.replayed_records = replay(&JournalReader::at(jdir), &index, &mut |_, _| {})?;
         index.flush()?;
 
         let index = Arc::new(index);
@@ -402,7 +431,7 @@ impl Store {
         v.pop().ok_or(StoreError::Closed)
     }
 
-    /// Make the index durable in sled itself (its own fsync), beyond the
+    /// Make the index durable itself (its own fsync), beyond the
     /// journal. Called before a provider delete.
     pub async fn flush_index(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
@@ -701,30 +730,63 @@ impl JournalReader {
     }
 }
 
-/// Apply journal records the index has not seen. Returns how many.
-fn replay(journal: &JournalReader, index: &Index) -> Result<u64> {
-    let applied = index.applied_seq()?;
-    let mut n = 0;
-    for rec in journal.records()? {
-        let rec = rec?;
-        if rec.seq > applied {
-            index.apply(rec.seq, rec.time, &rec.event)?;
-            n += 1;
+/// Records applied per index transaction when replaying the journal.
+const REPLAY_BATCH: usize = 4096;
+
+/// Apply journal records the index has not seen, in large transactions.
+/// `progress` gets the journal bytes read so far and its size now and then.
+/// Returns how many records were applied.
+fn replay(journal: &JournalReader, index: &Index, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+    enum Stop {
+        Io(std::io::Error),
+        Store(StoreError),
+    }
+    impl From<std::io::Error> for Stop {
+        fn from(e: std::io::Error) -> Self {
+            Stop::Io(e)
         }
     }
+    let applied = index.applied_seq()?;
+    let mut n = 0;
+    let mut batch: Vec<Record> = Vec::with_capacity(REPLAY_BATCH);
+    let apply = |batch: &mut Vec<Record>| -> Result<()> {
+        let refs: Vec<_> = batch.iter().map(|r| (r.seq, r.time, &r.event)).collect();
+        index.apply_batch(&refs)?;
+        batch.clear();
+        Ok(())
+    };
+    let r = journal.scan(progress, |line| -> Result<(), Stop> {
+        let (rec, _) = line.parsed.map_err(|e| {
+            Stop::Store(StoreError::Invalid(format!(
+                "journal {} line {}: {e}; the journal is damaged, run `pecgate audit verify`",
+                line.segment, line.line_no
+            )))
+        })?;
+        if rec.seq > applied {
+            batch.push(rec);
+            n += 1;
+            if batch.len() >= REPLAY_BATCH {
+                apply(&mut batch).map_err(Stop::Store)?;
+            }
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => {}
+        Err(Stop::Io(e)) => return Err(StoreError::Io { path: journal.dir().to_path_buf(), source: e }),
+        Err(Stop::Store(e)) => return Err(e),
+    }
+    apply(&mut batch)?;
     Ok(n)
 }
 
-/// Throw the index away and rebuild it from the journal alone.
-pub fn rebuild_index(dir: &Path) -> Result<u64> {
-    let index_dir = dir.join("index");
-    let index = Index::open(&index_dir).map_err(|e| match e {
-        sled::Error::Io(_) => StoreError::Locked(dir.into()),
-        e => StoreError::from(e),
-    })?;
+/// Throw the index away and rebuild it from the journal alone (the
+/// daemon must be stopped). `progress` as for [`replay`].
+pub fn rebuild_index(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+    let (index, _) = open_index(dir, StoreOptions::default().index_cache_bytes)?;
     index.clear()?;
     index.set_format()?;
-    let n = replay(&JournalReader::open_read_only(dir), &index)?;
+    let n = replay(&JournalReader::open_read_only(dir), &index, progress)?;
     index.flush()?;
     Ok(n)
 }
@@ -848,22 +910,24 @@ impl Writer {
             return;
         }
         let mut notices = Vec::new();
-        for rec in &records {
-            if let Err(e) = self.index.apply(rec.seq, rec.time, &rec.event) {
-                // The journal has it; the next open replays it.
-                let why = format!("index apply of record {}: {e}", rec.seq);
-                self.latch(why);
-                break;
-            }
-            if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
-                notices.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
-            }
-            if let Event::Moved { mailbox, to, .. } = &rec.event {
-                notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
-            }
-            if let Event::Handled { mailbox, items, .. } = &rec.event {
-                for i in items.iter().filter(|i| !i.folder.is_empty()) {
-                    notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+        let batch: Vec<_> = records.iter().map(|r| (r.seq, r.time, &r.event)).collect();
+        if batch.is_empty() {
+        } else if let Err(e) = self.index.apply_batch(&batch) {
+            // The journal has them; the next open replays them.
+            let why = format!("index apply of records {}..={}: {e}", batch[0].0, batch[batch.len() - 1].0);
+            self.latch(why);
+        } else {
+            for rec in &records {
+                if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
+                    notices.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
+                }
+                if let Event::Moved { mailbox, to, .. } = &rec.event {
+                    notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
+                }
+                if let Event::Handled { mailbox, items, .. } = &rec.event {
+                    for i in items.iter().filter(|i| !i.folder.is_empty()) {
+                        notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+                    }
                 }
             }
         }

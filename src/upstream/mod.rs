@@ -490,7 +490,7 @@ impl MailboxTask {
         }
         let alias = self.cfg.alias.clone();
         // Everything the delete depends on is in the fsynced journal; flush
-        // sled too so the index agrees without a replay.
+        // the index too so it agrees without a replay.
         self.store.flush_index().await?;
         let mut done = 0;
         for chunk in uids.chunks(500) {

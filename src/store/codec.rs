@@ -1,0 +1,304 @@
+//! Compact binary values for the index's per-message tables.
+//!
+//! A million-message mailbox has a million `msgs` entries: as JSON they took
+//! ≈ 400 bytes each before the database's own overhead. Here an entry is a
+//! version byte, then fields in a fixed order: the blob hash as 32 raw bytes,
+//! integers as LEB128 varints, times as seconds and nanoseconds, optional
+//! fields behind a presence bit. The PEC metadata stays JSON (it is the
+//! journal's own text, kept byte for byte, and most messages' is small).
+//!
+//! Values are derived and rebuilt from the journal, so a change of layout
+//! bumps `index::FORMAT` (the index is rebuilt at open) rather than keeping
+//! old layouts readable.
+
+use chrono::{DateTime, Utc};
+
+use super::index::{MessageMeta, ProviderEntry};
+use crate::pec::meta::StoredPec;
+
+const V1: u8 = 1;
+
+// Presence bits of a message entry.
+const PEC: u8 = 1;
+const TRASH: u8 = 2;
+const APPENDED: u8 = 4;
+const ALL: u8 = 8;
+const LABEL: u8 = 16;
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt index value: {0}")]
+pub struct Corrupt(pub String);
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    let s = t.timestamp();
+    // Zigzag: dates before 1970 stay small too.
+    varint(out, ((s << 1) ^ (s >> 63)) as u64);
+    varint(out, u64::from(t.timestamp_subsec_nanos()));
+}
+
+/// A blob hash: 32 bytes for the SHA-256 hex every blob is named by, the
+/// text as written (length + 0x80 marker) for anything else.
+pub fn hash_bytes(out: &mut Vec<u8>, h: &str) {
+    let mut raw = [0u8; 32];
+    if h.len() == 64 && hex::decode_to_slice(h, &mut raw).is_ok() && h.bytes().all(|c| !c.is_ascii_uppercase()) {
+        out.push(32);
+        out.extend_from_slice(&raw);
+    } else {
+        out.push(0x80);
+        bytes(out, h.as_bytes());
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, what: &str) -> Corrupt {
+        Corrupt(format!("{what} ({} bytes left)", self.b.len()))
+    }
+
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        let (&v, rest) = self.b.split_first().ok_or_else(|| self.fail("truncated"))?;
+        self.b = rest;
+        Ok(v)
+    }
+
+    fn varint(&mut self) -> Result<u64, Corrupt> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.fail("varint too long"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.b.len() < n {
+            return Err(self.fail("truncated"));
+        }
+        let (a, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(a)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], Corrupt> {
+        let n = usize::try_from(self.varint()?).map_err(|_| self.fail("length"))?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, Corrupt> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.fail("not UTF-8"))
+    }
+
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        u32::try_from(self.varint()?).map_err(|_| self.fail("u32 out of range"))
+    }
+
+    fn time(&mut self) -> Result<DateTime<Utc>, Corrupt> {
+        let z = self.varint()?;
+        let s = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        let n = u32::try_from(self.varint()?).map_err(|_| self.fail("nanoseconds"))?;
+        DateTime::from_timestamp(s, n).ok_or_else(|| self.fail("time out of range"))
+    }
+
+    fn hash(&mut self) -> Result<String, Corrupt> {
+        match self.u8()? {
+            32 => Ok(hex::encode(self.take(32)?)),
+            0x80 => self.string(),
+            _ => Err(self.fail("hash marker")),
+        }
+    }
+
+    fn end(&self) -> Result<(), Corrupt> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail("trailing bytes"))
+        }
+    }
+}
+
+pub fn encode_meta(m: &MessageMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(V1);
+    let mut bits = 0;
+    if m.pec.is_some() {
+        bits |= PEC;
+    }
+    if m.trash_uid.is_some() {
+        bits |= TRASH;
+    }
+    if m.appended {
+        bits |= APPENDED;
+    }
+    if m.all_uid.is_some() {
+        bits |= ALL;
+    }
+    if m.label {
+        bits |= LABEL;
+    }
+    out.push(bits);
+    hash_bytes(&mut out, &m.hash);
+    varint(&mut out, m.size);
+    time(&mut out, &m.internal_date);
+    time(&mut out, &m.archived);
+    varint(&mut out, m.modseq);
+    varint(&mut out, m.flags.len() as u64);
+    for f in &m.flags {
+        bytes(&mut out, f.as_bytes());
+    }
+    if let Some(t) = m.trash_uid {
+        varint(&mut out, t.into());
+    }
+    if let Some(a) = m.all_uid {
+        varint(&mut out, a.into());
+    }
+    if let Some(p) = &m.pec {
+        let j = serde_json::to_vec(p).unwrap_or_else(|e| unreachable!("PEC metadata serialises: {e}"));
+        bytes(&mut out, &j);
+    }
+    out
+}
+
+pub fn decode_meta(b: &[u8]) -> Result<MessageMeta, Corrupt> {
+    let mut r = Reader { b };
+    if r.u8()? != V1 {
+        return Err(Corrupt("unknown message entry version".into()));
+    }
+    let bits = r.u8()?;
+    let hash = r.hash()?;
+    let size = r.varint()?;
+    let internal_date = r.time()?;
+    let archived = r.time()?;
+    let modseq = r.varint()?;
+    let n = r.varint()?;
+    let mut flags = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        flags.push(r.string()?);
+    }
+    let trash_uid = if bits & TRASH != 0 { Some(r.u32()?) } else { None };
+    let all_uid = if bits & ALL != 0 { Some(r.u32()?) } else { None };
+    let pec = if bits & PEC != 0 {
+        let j = r.bytes()?;
+        Some(serde_json::from_slice::<StoredPec>(j).map_err(|e| Corrupt(format!("PEC metadata: {e}")))?)
+    } else {
+        None
+    };
+    r.end()?;
+    Ok(MessageMeta {
+        hash,
+        size,
+        internal_date,
+        flags,
+        modseq,
+        archived,
+        pec,
+        source_uid: None,
+        trash_uid,
+        appended: bits & APPENDED != 0,
+        all_uid,
+        label: bits & LABEL != 0,
+    })
+}
+
+pub fn encode_provider(p: &ProviderEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.push(V1);
+    hash_bytes(&mut out, &p.hash);
+    varint(&mut out, p.size);
+    time(&mut out, &p.internal_date);
+    out
+}
+
+pub fn decode_provider(b: &[u8]) -> Result<ProviderEntry, Corrupt> {
+    let mut r = Reader { b };
+    if r.u8()? != V1 {
+        return Err(Corrupt("unknown provider entry version".into()));
+    }
+    let hash = r.hash()?;
+    let size = r.varint()?;
+    let internal_date = r.time()?;
+    r.end()?;
+    Ok(ProviderEntry { hash, size, internal_date })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pec::meta::PecMeta;
+
+    fn meta() -> MessageMeta {
+        MessageMeta {
+            hash: "ab".repeat(32),
+            size: 123_456,
+            internal_date: DateTime::from_timestamp(1_700_000_000, 250_000_000).unwrap(),
+            flags: vec!["\\Flagged".into(), "$Label1".into()],
+            modseq: 99,
+            archived: DateTime::from_timestamp(-5, 7).unwrap(),
+            pec: None,
+            source_uid: None,
+            trash_uid: Some(4),
+            appended: true,
+            all_uid: Some(1_000_000),
+            label: false,
+        }
+    }
+
+    #[test]
+    fn message_entries_round_trip() {
+        let mut m = meta();
+        assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        m.hash = "not-a-sha256".into();
+        m.trash_uid = None;
+        m.label = true;
+        m.pec = Some(StoredPec::Unrecognised(serde_json::json!({"kind": "from the future"})));
+        assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        // Upper-case hex is kept as written, not folded.
+        m.hash = "AB".repeat(32);
+        assert_eq!(decode_meta(&encode_meta(&m)).unwrap().hash, m.hash);
+        let _: Option<&PecMeta> = m.pec_meta();
+    }
+
+    #[test]
+    fn a_small_message_entry_is_small() {
+        let mut m = meta();
+        m.flags.clear();
+        m.trash_uid = None;
+        assert!(encode_meta(&m).len() < 60, "{}", encode_meta(&m).len());
+    }
+
+    #[test]
+    fn damaged_entries_are_errors_not_panics() {
+        let full = encode_meta(&meta());
+        for n in 0..full.len() {
+            assert!(decode_meta(&full[..n]).is_err(), "truncated at {n}");
+        }
+        let mut long = full.clone();
+        long.push(0);
+        assert!(decode_meta(&long).is_err());
+        assert!(decode_meta(&[V1, 0, 32]).is_err());
+        assert!(decode_meta(&[9; 40]).is_err());
+        let p = ProviderEntry { hash: "cd".repeat(32), size: 5, internal_date: Utc::now() };
+        assert_eq!(decode_provider(&encode_provider(&p)).unwrap(), p);
+        assert!(decode_provider(&encode_provider(&p)[..10]).is_err());
+    }
+}
