@@ -584,7 +584,11 @@ impl View {
     /// computed keywords.
     fn folder_messages(&self, f: &Folder, now: DateTime<Utc>) -> Result<Vec<(u32, MessageMeta)>, ViewError> {
         let sf = f.source();
-        let mut msgs = self.store.messages(&f.mailbox, sf)?;
+        // Only Sent's keywords need the PEC metadata (its reconciliation key).
+        let mut msgs = match f.shows_sent() {
+            true => self.store.messages(&f.mailbox, sf)?,
+            false => self.store.messages_brief(&f.mailbox, sf)?,
+        };
         for (_, m) in msgs.iter_mut() {
             m.flags.retain(|fl| !is_pec_keyword(fl));
         }

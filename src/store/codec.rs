@@ -180,6 +180,12 @@ pub fn encode_meta(m: &MessageMeta) -> Vec<u8> {
 }
 
 pub fn decode_meta(b: &[u8]) -> Result<MessageMeta, Corrupt> {
+    decode_meta_with(b, true)
+}
+
+/// [`decode_meta`], leaving out the PEC metadata (skipped, not parsed)
+/// unless `pec`.
+pub fn decode_meta_with(b: &[u8], pec: bool) -> Result<MessageMeta, Corrupt> {
     let mut r = Reader { b };
     if r.u8()? != V1 {
         return Err(Corrupt("unknown message entry version".into()));
@@ -197,11 +203,16 @@ pub fn decode_meta(b: &[u8]) -> Result<MessageMeta, Corrupt> {
     }
     let trash_uid = if bits & TRASH != 0 { Some(r.u32()?) } else { None };
     let all_uid = if bits & ALL != 0 { Some(r.u32()?) } else { None };
-    let pec = if bits & PEC != 0 {
-        let j = r.bytes()?;
-        Some(serde_json::from_slice::<StoredPec>(j).map_err(|e| Corrupt(format!("PEC metadata: {e}")))?)
-    } else {
-        None
+    let pec = match (bits & PEC != 0, pec) {
+        (true, true) => {
+            let j = r.bytes()?;
+            Some(serde_json::from_slice::<StoredPec>(j).map_err(|e| Corrupt(format!("PEC metadata: {e}")))?)
+        }
+        (true, false) => {
+            r.bytes()?;
+            None
+        }
+        (false, _) => None,
     };
     r.end()?;
     Ok(MessageMeta {
@@ -272,6 +283,9 @@ mod tests {
         m.label = true;
         m.pec = Some(StoredPec::Unrecognised(serde_json::json!({"kind": "from the future"})));
         assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        let brief = decode_meta_with(&encode_meta(&m), false).unwrap();
+        assert_eq!(brief.pec, None);
+        assert_eq!(MessageMeta { pec: m.pec.clone(), ..brief }, m);
         // Upper-case hex is kept as written, not folded.
         m.hash = "AB".repeat(32);
         assert_eq!(decode_meta(&encode_meta(&m)).unwrap().hash, m.hash);

@@ -1008,12 +1008,20 @@ impl Index {
         Ok(out)
     }
 
-    pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>, Error> {
+    /// A folder's messages in UID order: one key range, decoded in place.
+    /// Without `pec`, their PEC metadata is left out (not even parsed).
+    pub fn messages(&self, mailbox: &str, folder: &str, pec: bool) -> Result<Vec<(u32, MessageMeta)>, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
+        let t = self.r(MSGS)?;
         let mut out = Vec::new();
-        for kv in self.r(MSGS)?.scan_prefix(&p) {
+        for kv in t.0.range(p.as_slice()..)? {
             let (k, v) = kv?;
-            out.push((be32(&k[p.len()..]), dec(&v)?));
+            let k = k.value();
+            if !k.starts_with(&p) {
+                break;
+            }
+            let m = codec::decode_meta_with(v.value(), pec).map_err(|e| Error::Invalid(e.to_string()))?;
+            out.push((be32(&k[p.len()..]), m));
         }
         Ok(out)
     }

@@ -469,7 +469,13 @@ impl Store {
     }
 
     pub fn messages(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>> {
-        Ok(self.inner.index.messages(mailbox, folder)?)
+        Ok(self.inner.index.messages(mailbox, folder, true)?)
+    }
+
+    /// [`Store::messages`] without their PEC metadata (quicker: it is the
+    /// larger part of an entry).
+    pub fn messages_brief(&self, mailbox: &str, folder: &str) -> Result<Vec<(u32, MessageMeta)>> {
+        Ok(self.inner.index.messages(mailbox, folder, false)?)
     }
 
     pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>> {
@@ -607,7 +613,7 @@ impl Store {
         let mut referenced = HashSet::new();
         for mailbox in index.mailboxes()? {
             for (folder, _) in index.folders(&mailbox)? {
-                for (uid, m) in index.messages(&mailbox, &folder)? {
+                for (uid, m) in index.messages(&mailbox, &folder, false)? {
                     rep.messages += 1;
                     referenced.insert(m.hash.clone());
                     let path = self.inner.blobs.path(&m.hash);
@@ -1223,7 +1229,7 @@ impl Writer {
                     return Err(StoreError::Conflict(format!("{name} has subfolders: delete them first")));
                 }
                 let (mut labels, mut filed, mut filed_hashes) = (Vec::new(), Vec::new(), Vec::new());
-                for (uid, m) in self.index.messages(&mailbox, &folder)? {
+                for (uid, m) in self.index.messages(&mailbox, &folder, false)? {
                     if self.index.find_hash(&mailbox, &m.hash)? == Some((folder.clone(), uid)) {
                         filed.push(uid);
                         filed_hashes.push(m.hash);
