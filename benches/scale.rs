@@ -17,9 +17,10 @@
 //!   message has in its subject, twice;
 //! * the daemon's VmRSS with one session selected, and with 100 sessions
 //!   that each SELECTed INBOX;
-//! * the same SELECT, FETCH and SEARCH against Dovecot: SELECT the first
-//!   time ever (Dovecot builds its index), cold after a restart (index on
-//!   disk) and warm.
+//! * the same session against Dovecot twice: its first session ever
+//!   (Dovecot builds its index and caches), and again after a restart
+//!   (index and caches on disk; the column compared with pecgate, whose
+//!   index is on disk before `serve` starts).
 //!
 //! Filling a million messages takes minutes, so the filled data is cached
 //! in `SCALE_CACHE` (default `/var/tmp/pecgate-scale`: Dovecot's
@@ -86,6 +87,8 @@ const FILL_BATCH: usize = 5000;
 /// `put_blob`s in flight while filling: each fsyncs its file and
 /// directory, and the file system's journal commits many at once.
 const FILL_CONCURRENCY: usize = 256;
+/// Pause before the warm SELECT (see [`session_script`]).
+const WARM_PAUSE: Duration = Duration::from_millis(1100);
 /// Deadline for one IMAP command (a regression should fail, not hang).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -703,6 +706,11 @@ struct Script {
 
 /// LOGIN, SELECT INBOX twice (checked to hold `n`), FETCH the last 50
 /// (FLAGS ENVELOPE), UID SEARCH SUBJECT [`UNIQUE`] twice (one hit).
+///
+/// The second SELECT waits [`WARM_PAUSE`] first: pecgate reuses a folder's
+/// list read in the same second at the same store generation
+/// (`src/imap/shared.rs`), which would make an immediate second SELECT
+/// measure that reuse, not a SELECT on warm caches.
 async fn session_script(
     c: &mut Client,
     user: &str,
@@ -716,6 +724,7 @@ async fn session_script(
     assert_eq!(r.exists, Some(n), "{name}: SELECT INBOX: EXISTS");
     s.select_cold = d;
     println!("{name}: SELECT INBOX (cold) {}", fmt_d(d));
+    tokio::time::sleep(WARM_PAUSE).await;
     let (d, r) = c.timed("SELECT INBOX").await;
     assert_eq!(r.exists, Some(n), "{name}: SELECT INBOX again: EXISTS");
     s.select_warm = d;
@@ -1025,8 +1034,11 @@ fn run_pecgate(
 // Dovecot
 
 struct DovecotFigures {
+    /// The first session ever: Dovecot builds its index and caches.
     first_ever: Script,
-    select_after_restart: Duration,
+    /// The same script after a restart, index and caches on disk: the
+    /// column compared with pecgate.
+    after_restart: Script,
     imap_rss: u64,
     index: Du,
 }
@@ -1079,40 +1091,33 @@ fn run_dovecot(cache: &Cache, rt: &tokio::runtime::Runtime, tls: &TlsFiles) -> D
     std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown home");
     let port = dv.tls_port.expect("dovecot tls port");
     let cfg = tls_config(&std::fs::read(&tls.ca).expect("read CA"));
+    let script = |name: &'static str| {
+        let cfg = cfg.clone();
+        async move {
+            let mut c = Client::connect(port, cfg)
+                .await
+                .expect("connect to dovecot");
+            let s = session_script(&mut c, "bench", "pw-bench", n, name).await;
+            (c, s)
+        }
+    };
+    let (c, first_ever) = rt.block_on(script("dovecot, first session ever"));
+    drop(c);
+    dv.stop();
+    let index = du(&home);
+    dv.start_again();
     let pgid = dv.pid().expect("dovecot pid");
-    let (first_ever, imap_rss) = rt.block_on(async {
-        let mut c = Client::connect(port, cfg.clone())
-            .await
-            .expect("connect to dovecot");
-        let s = session_script(&mut c, "bench", "pw-bench", n, "dovecot").await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = group_imap_rss(pgid);
-        c.cmd("LOGOUT").await;
-        (s, rss)
-    });
+    let (c, after_restart) = rt.block_on(script("dovecot, after a restart"));
+    std::thread::sleep(Duration::from_secs(1));
+    let imap_rss = group_imap_rss(pgid);
     println!(
         "dovecot: VmRSS of its imap process with one session selected: {}",
         mib(imap_rss)
     );
-    dv.stop();
-    let index = du(&home);
-    dv.start_again();
-    let select_after_restart = rt.block_on(async {
-        let mut c = Client::connect(port, cfg.clone())
-            .await
-            .expect("connect to dovecot");
-        c.cmd("LOGIN bench \"pw-bench\"").await;
-        let (d, r) = c.timed("SELECT INBOX").await;
-        assert_eq!(r.exists, Some(n), "dovecot: SELECT after restart: EXISTS");
-        d
-    });
-    println!(
-        "dovecot: SELECT INBOX (cold, after a restart, index on disk) {}",
-        fmt_d(select_after_restart)
-    );
+    drop(c);
     DovecotFigures {
         first_ever,
-        select_after_restart,
+        after_restart,
         imap_rss,
         index,
     }
@@ -1239,57 +1244,62 @@ fn main() {
     row(
         "SELECT INBOX, cold (first after start)",
         fmt_d(s.select_cold),
-        dv(&|d| {
-            format!(
-                "{} (after a restart, index on disk)",
-                fmt_d(d.select_after_restart)
-            )
-        }),
+        dv(&|d| fmt_d(d.after_restart.select_cold)),
         "< 0.5 s, ≤ Dovecot",
         met(under(
             s.select_cold,
             0.5,
-            d.as_ref().map(|d| d.select_after_restart),
+            d.as_ref().map(|d| d.after_restart.select_cold),
         )),
     );
     row(
-        "SELECT INBOX, Dovecot's first ever (builds its index)",
-        "—".into(),
-        dv(&|d| fmt_d(d.first_ever.select_cold)),
-        "",
-        "",
-    );
-    row(
-        "SELECT INBOX, warm (again)",
+        "SELECT INBOX, warm (again, 1 s later)",
         fmt_d(s.select_warm),
-        dv(&|d| fmt_d(d.first_ever.select_warm)),
+        dv(&|d| fmt_d(d.after_restart.select_warm)),
         "< 0.5 s, ≤ Dovecot",
         met(under(
             s.select_warm,
             0.5,
-            d.as_ref().map(|d| d.first_ever.select_warm),
+            d.as_ref().map(|d| d.after_restart.select_warm),
         )),
     );
     row(
         "FETCH last 50 (FLAGS ENVELOPE)",
         fmt_d(s.fetch50),
-        dv(&|d| fmt_d(d.first_ever.fetch50)),
+        dv(&|d| fmt_d(d.after_restart.fetch50)),
         "< 50 ms",
         met(s.fetch50.as_secs_f64() < 0.05),
     );
     row(
         "UID SEARCH SUBJECT (1 hit), first",
         fmt_d(s.search_first),
-        dv(&|d| fmt_d(d.first_ever.search_first)),
+        dv(&|d| fmt_d(d.after_restart.search_first)),
         "< 1 s",
         met(s.search_first.as_secs_f64() < 1.0),
     );
     row(
         "UID SEARCH SUBJECT (1 hit), second",
         fmt_d(s.search_second),
-        dv(&|d| fmt_d(d.first_ever.search_second)),
+        dv(&|d| fmt_d(d.after_restart.search_second)),
         "< 1 s",
         met(s.search_second.as_secs_f64() < 1.0),
+    );
+    row(
+        "Dovecot's first session ever (it builds its index): SELECT, again, FETCH 50, SEARCH ×2",
+        "—".into(),
+        dv(&|d| {
+            let f = &d.first_ever;
+            format!(
+                "{}, {}, {}, {} / {}",
+                fmt_d(f.select_cold),
+                fmt_d(f.select_warm),
+                fmt_d(f.fetch50),
+                fmt_d(f.search_first),
+                fmt_d(f.search_second)
+            )
+        }),
+        "",
+        "",
     );
     row(
         "RSS, one session selected",
