@@ -247,6 +247,19 @@ struct Du {
 }
 
 /// Files under `path` (symbolic links not followed).
+/// The index in a data directory, whichever form this code keeps it in:
+/// `index.redb` and `derived.redb` (redb), or `index/` (sled, before).
+fn index_du(data: &Path) -> Du {
+    let mut d = Du::default();
+    for p in ["index", "index.redb", "derived.redb"] {
+        let x = du(&data.join(p));
+        d.bytes += x.bytes;
+        d.allocated += x.allocated;
+        d.files += x.files;
+    }
+    d
+}
+
 fn du(path: &Path) -> Du {
     let mut d = Du::default();
     let mut stack = vec![path.to_path_buf()];
@@ -353,7 +366,10 @@ impl Cache {
         );
         // The index is not kept (each run builds its own); its size as
         // this code left it is worth a line.
-        std::fs::remove_dir_all(partial.join("index")).expect("remove the fill's index");
+        for p in ["index.redb", "derived.redb"] {
+            let _ = std::fs::remove_file(partial.join(p));
+        }
+        let _ = std::fs::remove_dir_all(partial.join("index"));
         let _ = std::fs::remove_file(partial.join("status.json"));
         let blobs = du(&partial.join("blobs"));
         let journal = du(&partial.join("journal"));
@@ -509,7 +525,7 @@ async fn fill_archive(data: &Path, n: usize) -> (Du, u64) {
     store.flush_index().await.expect("flush index");
     store.close().expect("close store");
     drop(store);
-    (du(&data.join("index")), bytes)
+    (index_du(&data), bytes)
 }
 
 /// The uid and gid Dovecot's mail processes run as (see tests/support:
@@ -894,7 +910,7 @@ fn run_pecgate(
         .split_whitespace()
         .find_map(|w| w.parse::<u64>().ok())
         .unwrap_or(0);
-    let index_rebuilt = du(&data.join("index"));
+    let index_rebuilt = index_du(&data);
     println!(
         "pecgate: store rebuild-index: {} ({rebuild_records} records, {:.0} msg/s); index {}",
         fmt_d(rebuild),
@@ -904,7 +920,7 @@ fn run_pecgate(
 
     // 2. What archiving derives from the bytes, derived again.
     let derive = flag("SCALE_DERIVE", true).then(|| derive_again(rt, &data, n));
-    let index = du(&data.join("index"));
+    let index = index_du(&data);
     if let Some(d) = derive {
         println!(
             "pecgate: put_blob of every message again: {}; index {}",
@@ -1023,7 +1039,7 @@ fn run_pecgate(
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.wait();
-    let index_after_run = du(&data.join("index"));
+    let index_after_run = index_du(&data);
     let journal_after_run = du(&data.join("journal"));
     PecgateFigures {
         index_rebuilt,

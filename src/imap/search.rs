@@ -111,6 +111,8 @@ pub fn each_match(
     let need = keys.iter().map(need).max().unwrap_or(Need::Index);
     let max_seq = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
     let max_uid = msgs.last().map(|m| m.0).unwrap_or(0);
+    // One read of the fields cache for every message.
+    let reader = if need == Need::Fields { store.fields_reader().ok() } else { None };
     for (i, (u, meta)) in msgs.iter().enumerate() {
         let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
         let raw = if need == Need::Blob {
@@ -123,8 +125,10 @@ pub fn each_match(
         };
         let fields = match (&raw, need) {
             (Some(r), _) => Some(Fields::of(r)),
-            (None, Need::Fields) => store
-                .search_fields(&meta.hash)
+            (None, Need::Fields) => match &reader {
+                Some(r) => r.get(&meta.hash),
+                None => store.search_fields(&meta.hash),
+            }
                 .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
                 .ok(),
             _ => None,

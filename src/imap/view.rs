@@ -655,6 +655,19 @@ impl View {
         Ok(msgs)
     }
 
+    /// Whether the folder's list can change with the clock alone (no
+    /// change applied): Sent's and Undelivered's `$Pec*` keywords (a
+    /// message becomes overdue), the handling views and INBOX's handling
+    /// keywords once the mailbox tracks messages.
+    pub fn changes_with_time(&self, f: &Folder) -> bool {
+        if f.trash || f.all {
+            return false;
+        }
+        f.shows_sent()
+            || f.handling.is_some()
+            || (f.source() == INBOX && self.store.last_view_uid(&f.mailbox).map_or(true, |v| v > 0))
+    }
+
     /// The folder's counters (STATUS).
     pub fn counts(&self, f: &Folder) -> Result<Counts, ViewError> {
         Ok(self.open(f)?.0)

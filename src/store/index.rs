@@ -399,6 +399,16 @@ impl RTbl {
     }
 }
 
+/// Lookups in the derived cache as of one moment (see
+/// [`Index::derived_reader`]).
+pub struct DerivedReader(RTbl);
+
+impl DerivedReader {
+    pub fn get(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.0.get(key(&[kind.as_bytes(), hash.as_bytes()]))
+    }
+}
+
 /// The write transaction's tables, opened once per batch.
 struct Tables<'t> {
     meta: Tbl<'t>,
@@ -1085,6 +1095,11 @@ impl Index {
     }
 
     /// A cached value derived from blob `hash` under `kind`.
+    /// One read transaction on the derived cache, for many lookups.
+    pub fn derived_reader(&self) -> Result<DerivedReader, Error> {
+        Ok(DerivedReader(RTbl(self.derived.begin_read()?.open_table(DERIVED)?)))
+    }
+
     pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
         RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(key(&[kind.as_bytes(), hash.as_bytes()]))
     }

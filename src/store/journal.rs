@@ -17,7 +17,7 @@
 //! cut off when the journal is opened.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -274,6 +274,25 @@ fn read_all(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<JournalLin
     }))
 }
 
+/// The seq a line starts with (`{"seq":N,`, as every record is written),
+/// read without decoding the line; `None` if it does not start so.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// The seq of a segment's first record (`None`: empty, or a first line
+/// that does not start as records do).
+fn first_seq(path: &Path) -> io::Result<Option<u64>> {
+    let mut first = Vec::new();
+    BufReader::new(File::open(path)?).take(64 * 1024).read_until(b'\n', &mut first)?;
+    Ok(leading_seq(&first))
+}
+
 fn segment_label(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -328,15 +347,42 @@ impl JournalReader {
     /// the end.
     pub fn scan<E: From<io::Error>>(
         &self,
+        progress: impl FnMut(u64, u64),
+        each: impl FnMut(JournalLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_after(0, progress, each)
+    }
+
+    /// [`JournalReader::scan`] of the records after `seq` only: segments
+    /// that end at or before it are not read at all, and lines at or below
+    /// it in the first segment read are passed over without being decoded
+    /// (the index's replay at every start reads only what it lacks).
+    /// `progress` counts the bytes of the segments read.
+    pub fn scan_after<E: From<io::Error>>(
+        &self,
+        after: u64,
         mut progress: impl FnMut(u64, u64),
         mut each: impl FnMut(JournalLine) -> Result<(), E>,
     ) -> Result<(), E> {
-        let segs = segments(&self.dir)?;
+        let mut segs = segments(&self.dir)?;
+        if after > 0 {
+            // The newest segment starting at or before `after + 1` holds it
+            // (segments are in seq order); older ones end before it.
+            let mut from = 0;
+            for (i, (_, path)) in segs.iter().enumerate() {
+                match first_seq(path)? {
+                    Some(first) if first <= after + 1 => from = i,
+                    Some(_) => break,
+                    None => {}
+                }
+            }
+            segs.drain(..from);
+        }
         let total: u64 = segs.iter().map(|(_, p)| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
         let mut done = 0u64;
         for (_, path) in segs {
             let segment = segment_label(&path);
-            let mut r = BufReader::new(File::open(&path)?);
+            let mut r = BufReader::with_capacity(256 * 1024, File::open(&path)?);
             let mut buf = Vec::new();
             let mut line_no = 0u64;
             loop {
@@ -347,14 +393,17 @@ impl JournalReader {
                 }
                 line_no += 1;
                 done += n as u64;
+                if line_no.is_multiple_of(1024) {
+                    progress(done, total);
+                }
+                if leading_seq(&buf).is_some_and(|s| s <= after) {
+                    continue;
+                }
                 let (text, parsed) = match std::str::from_utf8(&buf[..n - 1]) {
                     Ok(t) => (t.to_string(), decode_line(t)),
                     Err(_) => (String::from_utf8_lossy(&buf[..n - 1]).into_owned(), Err(LineError::NotUtf8)),
                 };
                 each(JournalLine { segment: segment.clone(), line_no, text, parsed })?;
-                if line_no.is_multiple_of(1024) {
-                    progress(done, total);
-                }
             }
         }
         progress(total, total);
@@ -442,6 +491,52 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 30);
+    }
+
+    /// A replay at start reads only the records the index lacks: whole
+    /// segments before them are not read, and lines before them are not
+    /// decoded (a damaged one there goes unnoticed here: `audit verify`
+    /// reads everything).
+    #[test]
+    fn scan_after_reads_only_the_records_after() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(d.path(), 1000).unwrap();
+        let mut recs: Vec<Record> = (0..30).map(|i| rec(&format!("op{i}"))).collect();
+        j.append(&mut recs).unwrap();
+        drop(j);
+        let segs = segments(d.path()).unwrap();
+        assert!(segs.len() > 3, "{segs:?}");
+        let r = JournalReader::at(d.path().to_path_buf());
+        for after in [0, 1, 7, 15, 29, 30, 31] {
+            let mut seqs = Vec::new();
+            let mut read = 0;
+            r.scan_after(after, |_, total| read = total, |l| -> io::Result<()> {
+                seqs.push(l.parsed.unwrap().0.seq);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seqs, ((after + 1)..=30).collect::<Vec<_>>(), "after {after}");
+            let all: u64 = segs.iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum();
+            if after >= 15 {
+                assert!(read < all, "after {after}: segments before it are skipped ({read} of {all} bytes)");
+            }
+        }
+        // Lines before the point are not even decoded.
+        let first = &segs[0].1;
+        let text = fs::read_to_string(first).unwrap();
+        fs::write(first, text.replacen("op0", "OP0", 1)).unwrap();
+        let mut n = 0;
+        r.scan_after(1, |_, _| {}, |l| -> io::Result<()> {
+            l.parsed.unwrap();
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 29);
+        assert_eq!(leading_seq(b"{\"seq\":12,\"time\""), Some(12));
+        assert_eq!(leading_seq(b"{\"seq\":12}"), None);
+        assert_eq!(leading_seq(b"{\"time\":1,\"seq\":2,"), None);
+        assert_eq!(leading_seq(b"{\"seq\":99999999999999999999999,"), None);
     }
 
     #[test]

@@ -392,6 +392,12 @@ impl Store {
         self.derived(fields::FIELDS_KIND, hash, fields::SearchFields::of)
     }
 
+    /// A reader of many messages' search fields (one read transaction on
+    /// the cache for all of them: SEARCH and SORT over a large folder).
+    pub fn fields_reader(&self) -> Result<FieldsReader> {
+        Ok(FieldsReader { store: self.clone(), cache: self.inner.index.derived_reader()? })
+    }
+
     /// Data derived from blob `hash`, cached in the index under `kind`:
     /// read from the cache, or computed by `derive` from the blob and
     /// cached. Blobs never change, so a cached value is never stale; change
@@ -663,6 +669,24 @@ impl Store {
     }
 }
 
+/// See [`Store::fields_reader`].
+pub struct FieldsReader {
+    store: Store,
+    cache: index::DerivedReader,
+}
+
+impl FieldsReader {
+    /// As [`Store::search_fields`].
+    pub fn get(&self, hash: &str) -> Result<fields::SearchFields> {
+        if let Some(v) = self.cache.get(fields::FIELDS_KIND, hash)? {
+            if let Ok(t) = serde_json::from_slice(&v) {
+                return Ok(t);
+            }
+        }
+        self.store.search_fields(hash)
+    }
+}
+
 impl Inner {
     /// Cache `value`, derived from blob `hash`, under `kind` (see
     /// [`Store::derived`]). A cache that cannot be written is only slower:
@@ -761,7 +785,7 @@ fn replay(journal: &JournalReader, index: &Index, progress: &mut dyn FnMut(u64, 
         batch.clear();
         Ok(())
     };
-    let r = journal.scan(progress, |line| -> Result<(), Stop> {
+    let r = journal.scan_after(applied, progress, |line| -> Result<(), Stop> {
         let (rec, _) = line.parsed.map_err(|e| {
             Stop::Store(StoreError::Invalid(format!(
                 "journal {} line {}: {e}; the journal is damaged, run `pecgate audit verify`",

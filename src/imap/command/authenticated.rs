@@ -175,8 +175,21 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
         io.status(unavailable(tag));
         return Transition::Unselect;
     }
-    let (counts, snap) = match view.open(&folder) {
-        Ok(x) => x,
+    // Read before the snapshot: a change applied meanwhile makes the next
+    // refresh look again (see `selected::refresh`).
+    let generation = conn.ctx.store.generation();
+    // Off the runtime's workers: a large folder's snapshot takes a while,
+    // and other sessions' commands should not wait for it.
+    let opened = {
+        let (view, folder) = (view.clone(), folder.clone());
+        tokio::task::spawn_blocking(move || view.open(&folder)).await
+    };
+    let (counts, snap) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            io.status(serverbug(tag, &e));
+            return Transition::Unselect;
+        }
         Err(e) => {
             io.status(serverbug(tag, &e));
             return Transition::Unselect;
@@ -242,7 +255,7 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // lets only CONDSTORE servers send it).
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
-    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent }))
+    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent, generation }))
 }
 
 fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {

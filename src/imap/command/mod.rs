@@ -108,6 +108,9 @@ pub struct Selected {
     pub defined: Vec<String>,
     /// Messages this session is the first to see (`\\Recent`).
     pub recent: HashSet<u32>,
+    /// The store's generation read before `msgs` was (see
+    /// `selected::refresh`).
+    pub generation: u64,
 }
 
 impl Selected {

@@ -127,6 +127,14 @@ pub async fn handle(
 /// EXPUNGE (only if `expunge` is allowed now), EXISTS, and FETCH FLAGS
 /// for messages whose flags changed (except those in `quiet`).
 pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, quiet: &HashSet<u32>) {
+    // Nothing was applied since this session's list was read, and the
+    // folder shows nothing that changes with the clock: the list is
+    // current (a million-message folder is not read again after every
+    // command).
+    let generation = user.view.store.generation();
+    if generation == sel.generation && !user.view.changes_with_time(&sel.folder) {
+        return;
+    }
     let (new, seen) = match user.view.snapshot(&sel.folder) {
         Ok(s) => s,
         Err(e) => {
@@ -165,6 +173,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
             }
         }
         sel.seen = seen;
+        sel.generation = generation;
         return;
     }
     let new_map: HashMap<u32, &Arc<MessageMeta>> = new.iter().map(|(u, m)| (*u, m)).collect();
@@ -207,6 +216,11 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         sel.msgs = new;
     }
     sel.seen = seen;
+    // Unless EXPUNGEs were held back: then the list still differs from
+    // the store's, and the next refresh must look again.
+    if expunge {
+        sel.generation = generation;
+    }
 }
 
 /// (seq, uid) of the messages a sequence set names.
@@ -492,9 +506,15 @@ fn refuse_charset(tag: &Tag<'static>, charset: &Charset<'_>) -> Option<imap_next
 /// The cached header fields of a message SORT or THREAD needs, when the
 /// search did not read them; a message whose fields cannot be read sorts
 /// with empty header keys (logged), as it would without those headers.
-fn fields_of(store: &crate::store::Store, meta: &MessageMeta) -> Option<crate::store::fields::SearchFields> {
-    store
-        .search_fields(&meta.hash)
+fn fields_of(
+    store: &crate::store::Store,
+    reader: Option<&crate::store::FieldsReader>,
+    meta: &MessageMeta,
+) -> Option<crate::store::fields::SearchFields> {
+    match reader {
+        Some(r) => r.get(&meta.hash),
+        None => store.search_fields(&meta.hash),
+    }
         .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
         .ok()
 }
@@ -523,10 +543,11 @@ async fn sort(
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
     let sorted = tokio::task::spawn_blocking(move || {
         let with_fields = sort::needs_fields(&criteria);
+        let reader = store.fields_reader().ok();
         let mut items = Vec::new();
         search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
             let (u, meta) = &msgs[i];
-            let fields = if with_fields { fields.or_else(|| fields_of(&store, meta)) } else { None };
+            let fields = if with_fields { fields.or_else(|| fields_of(&store, reader.as_ref(), meta)) } else { None };
             let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
             items.push((sort::Keys::new(&criteria, meta.internal_date, meta.size, fields.as_ref()), n));
         });
@@ -572,10 +593,11 @@ async fn thread(
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
     let threads = tokio::task::spawn_blocking(move || {
+        let reader = store.fields_reader().ok();
         let mut items = Vec::new();
         search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
             let (u, meta) = &msgs[i];
-            let fields = fields.or_else(|| fields_of(&store, meta));
+            let fields = fields.or_else(|| fields_of(&store, reader.as_ref(), meta));
             let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
             items.push(thread::Msg::new(n, meta.internal_date, fields.as_ref()));
         });
