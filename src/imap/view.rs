@@ -447,7 +447,10 @@ impl View {
         // list without reading the index (ten thousand IDLE sessions
         // woken by one new message read it once); the computed keywords
         // may lag the clock by under a second.
-        let stamp = Stamp { generation: self.store.generation(), second: now.timestamp() };
+        // A folder whose list does not change with the clock is current
+        // for as long as the generation is.
+        let second = if self.changes_with_time(f) { now.timestamp() } else { 0 };
+        let stamp = Stamp { generation: self.store.generation(), second };
         let msgs = match self.metas.cached(&key, stamp) {
             Some(m) => m,
             None => {

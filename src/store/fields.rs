@@ -44,8 +44,8 @@ pub struct SearchFields {
 /// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
 /// changes (entries under an older key are never read again: each message
 /// is derived anew, once, at its first SEARCH, SORT or THREAD).
-/// 3: the sort and thread fields.
-pub const FIELDS_KIND: &str = "search-fields-3";
+/// 3: the sort and thread fields. 4: postcard instead of JSON.
+pub const FIELDS_KIND: &str = "search-fields-4";
 
 /// How much of a References header is kept (its end: the nearest
 /// ancestors come last). HYPOTHESIS: 8 KiB is a hundred or more message

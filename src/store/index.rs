@@ -471,6 +471,8 @@ pub struct Index {
     derived: Database,
     /// When the last durable commit was made.
     durable: Mutex<Instant>,
+    /// The same for the derived cache.
+    derived_durable: Mutex<Instant>,
 }
 
 /// The index format this code writes. 2: hidden messages carry their
@@ -494,7 +496,7 @@ impl Index {
         };
         let db = open(FILE, cache.bytes)?;
         let derived = open(DERIVED_FILE, (cache.bytes / 4).max(4 << 20))?;
-        let index = Index { db, derived, durable: Mutex::new(Instant::now()) };
+        let index = Index { db, derived, durable: Mutex::new(Instant::now()), derived_durable: Mutex::new(Instant::now()) };
         // Every table exists from the start, so readers never meet a
         // missing one.
         let tx = index.db.begin_write()?;
@@ -1104,9 +1106,22 @@ impl Index {
         RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(key(&[kind.as_bytes(), hash.as_bytes()]))
     }
 
+    /// Cache a derived value. Durable at most a second apart: a redb
+    /// file whose commits are never durable cannot reuse the pages they
+    /// free, and grows.
     pub fn put_derived(&self, kind: &str, hash: &str, v: &[u8]) -> Result<(), Error> {
         let mut tx = self.derived.begin_write()?;
-        tx.set_durability(Durability::None)?;
+        let durable = {
+            let mut last = self.derived_durable.lock().unwrap_or_else(PoisonError::into_inner);
+            let due = last.elapsed() >= DURABLE_EVERY;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if !durable {
+            tx.set_durability(Durability::None)?;
+        }
         Tbl(tx.open_table(DERIVED)?).insert(key(&[kind.as_bytes(), hash.as_bytes()]), v)?;
         tx.commit()?;
         Ok(())

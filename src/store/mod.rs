@@ -410,7 +410,7 @@ impl Store {
     {
         let index = &self.inner.index;
         if let Some(v) = index.derived(kind, hash)? {
-            if let Ok(t) = serde_json::from_slice(&v) {
+            if let Ok(t) = postcard::from_bytes(&v) {
                 return Ok(t);
             }
         }
@@ -679,7 +679,7 @@ impl FieldsReader {
     /// As [`Store::search_fields`].
     pub fn get(&self, hash: &str) -> Result<fields::SearchFields> {
         if let Some(v) = self.cache.get(fields::FIELDS_KIND, hash)? {
-            if let Ok(t) = serde_json::from_slice(&v) {
+            if let Ok(t) = postcard::from_bytes(&v) {
                 return Ok(t);
             }
         }
@@ -692,7 +692,7 @@ impl Inner {
     /// [`Store::derived`]). A cache that cannot be written is only slower:
     /// logged, not an error.
     fn cache_derived<T: serde::Serialize>(&self, kind: &str, hash: &str, value: &T) {
-        match serde_json::to_vec(value) {
+        match postcard::to_allocvec(value) {
             Ok(v) => {
                 if let Err(e) = self.index.put_derived(kind, hash, &v) {
                     tracing::warn!(error = %e, kind, "caching derived data");
