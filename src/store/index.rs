@@ -156,6 +156,11 @@ fn split_loc(v: &[u8]) -> (String, u32) {
     (String::from_utf8_lossy(&v[..cut]).into_owned(), be32(&v[(cut + 1).min(v.len())..]))
 }
 
+/// A derived-cache key: the kind, then the hash's bytes.
+fn derived_key(kind: &str, hash: &str) -> Vec<u8> {
+    hash_key(kind, hash)
+}
+
 /// A `hashes` key: the mailbox, then the hash's bytes (32 for SHA-256 hex).
 fn hash_key(mailbox: &str, hash: &str) -> Vec<u8> {
     let mut k = mailbox.as_bytes().to_vec();
@@ -297,7 +302,7 @@ const SENT: Def = TableDefinition::new("sent");
 const HANDLING: Def = TableDefinition::new("handling");
 const HSTATE: Def = TableDefinition::new("hstate");
 /// In `derived.redb`: data derived from blobs (search fields), by (kind,
-/// hash). Not from the journal: blobs never change, so an entry never goes
+/// raw hash bytes). Not from the journal: blobs never change, so an entry never goes
 /// stale, and a missing one is derived again; a rebuild starts it empty
 /// and [`Index::dump`] leaves it out.
 const DERIVED: Def = TableDefinition::new("derived");
@@ -405,7 +410,7 @@ pub struct DerivedReader(RTbl);
 
 impl DerivedReader {
     pub fn get(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.0.get(key(&[kind.as_bytes(), hash.as_bytes()]))
+        self.0.get(derived_key(kind, hash))
     }
 }
 
@@ -1103,7 +1108,7 @@ impl Index {
     }
 
     pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
-        RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(key(&[kind.as_bytes(), hash.as_bytes()]))
+        RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(derived_key(kind, hash))
     }
 
     /// Cache a derived value. Durable at most a second apart: a redb
@@ -1122,7 +1127,7 @@ impl Index {
         if !durable {
             tx.set_durability(Durability::None)?;
         }
-        Tbl(tx.open_table(DERIVED)?).insert(key(&[kind.as_bytes(), hash.as_bytes()]), v)?;
+        Tbl(tx.open_table(DERIVED)?).insert(derived_key(kind, hash), v)?;
         tx.commit()?;
         Ok(())
     }
