@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod filing;
+pub mod frame;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
