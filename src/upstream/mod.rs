@@ -28,14 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use imap_next::imap_types::command::CommandBody;
-use imap_next::imap_types::core::Vec1;
-use imap_next::imap_types::extensions::quota::Resource;
-use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
-use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_next::imap_types::response::{Code, Data};
-use imap_next::imap_types::search::SearchKey;
-use imap_next::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::extensions::quota::Resource;
+use imap_codec::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::response::{Code, Data};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::sync::watch;
 
 use crate::config::{MailboxConfig, Offload};
@@ -542,7 +542,7 @@ impl MailboxTask {
     }
 
     async fn read_quota(&mut self, c: &mut ImapClient) -> Result<Option<QuotaStatus>, SyncError> {
-        let mailbox = imap_next::imap_types::mailbox::Mailbox::Inbox;
+        let mailbox = imap_codec::imap_types::mailbox::Mailbox::Inbox;
         let data = match c.run("GETQUOTAROOT", CommandBody::GetQuotaRoot { mailbox }).await {
             Ok(d) => d,
             // Some providers advertise QUOTA but have no root for INBOX.
