@@ -20,7 +20,9 @@
 //! * `PECGATE_BENCH_ATTACH='strace -c -f -o /tmp/s.txt -p {pid}'`: start
 //!   this command against pecgate's pid once it is spawned and stop it
 //!   (SIGINT) when the last message is in; `perf record -g -p {pid}` works
-//!   the same way.
+//!   the same way;
+//! * `PECGATE_BENCH_LOG=/tmp/pecgate.log`: keep pecgate's log (debug, with
+//!   timestamps) of the last round there.
 //!
 //! Prints one line per tool and the ratio; BENCHMARKS.md records the result.
 
@@ -157,6 +159,9 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
     let pg_time = t.elapsed();
     detach(tracer);
     g.stop();
+    if let Some(path) = std::env::var_os("PECGATE_BENCH_LOG") {
+        std::fs::copy(&g.log_path, path).expect("copy pecgate's log");
+    }
     let name = if delete { "pecgate -> archive + delete" } else { "pecgate -> archive" };
     let pg = report(name, n, bytes, pg_time);
     if let Some((mb, mb_time)) = mb {
