@@ -21,6 +21,10 @@
 //!   this command against pecgate's pid once it is spawned and stop it
 //!   (SIGINT) when the last message is in; `perf record -g -p {pid}` works
 //!   the same way;
+//! * `PECGATE_BENCH_WARM_BLOB_DIRS=1`: create the archive's 65,536 blob
+//!   directories (`blobs/xx/yy`) before pecgate starts, as in an archive
+//!   that already holds a few hundred thousand messages: a fresh one pays
+//!   a `mkdir` and a directory fsync for nearly every blob;
 //! * `PECGATE_BENCH_LOG=/tmp/pecgate.log`: keep pecgate's log (debug, with
 //!   timestamps) of the last round there.
 //!
@@ -83,6 +87,23 @@ fn report(name: &str, n: usize, bytes: usize, d: Duration) -> f64 {
     n as f64 / s
 }
 
+/// CPU time (user, system) of the children waited for so far: the
+/// difference around a tool's run is its own, whatever else the machine
+/// is doing.
+fn children_cpu() -> (f64, f64) {
+    // SAFETY: rusage is plain integers (all zeroes is a valid value), and
+    // getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
+
+fn report_cpu(name: &str, before: (f64, f64)) {
+    let after = children_cpu();
+    println!("{name:<28} CPU: {:.2} s user, {:.2} s system", after.0 - before.0, after.1 - before.1);
+}
+
 /// `PECGATE_BENCH_ATTACH` started against `pid`.
 fn attach(pid: u32) -> Option<Child> {
     let cmd = std::env::var("PECGATE_BENCH_ATTACH").ok().filter(|c| !c.is_empty())?;
@@ -130,6 +151,7 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
             ),
         )
         .unwrap();
+        let cpu = children_cpu();
         let t = Instant::now();
         let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output().expect("mbsync (Debian package isync)");
         let mbsync_time = t.elapsed();
@@ -138,6 +160,7 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
             + std::fs::read_dir(maildir.join("INBOX/new")).map(|d| d.count()).unwrap_or(0);
         assert_eq!(got, n, "mbsync pulled every message");
         mb = Some((report("mbsync -> Maildir", n, bytes, mbsync_time), mbsync_time));
+        report_cpu("mbsync -> Maildir", cpu);
     }
 
     // pecgate into its archive.
@@ -148,6 +171,14 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
         Mix::LogUniform => "offload = { mode = \"after-archive\" }",
     };
     let mut g = Gateway::new(&mailbox_toml("bench", USER, PASS, dv.port, offload));
+    if std::env::var("PECGATE_BENCH_WARM_BLOB_DIRS").is_ok_and(|v| !v.is_empty() && v != "0") {
+        for a in 0..256 {
+            for b in 0..256 {
+                std::fs::create_dir_all(g.data_dir.join(format!("blobs/{a:02x}/{b:02x}"))).unwrap();
+            }
+        }
+    }
+    let cpu = children_cpu();
     let t = Instant::now();
     g.start();
     let tracer = attach(g.pid().expect("pecgate pid"));
@@ -164,6 +195,7 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
     }
     let name = if delete { "pecgate -> archive + delete" } else { "pecgate -> archive" };
     let pg = report(name, n, bytes, pg_time);
+    report_cpu(name, cpu);
     if let Some((mb, mb_time)) = mb {
         println!(
             "ratio pecgate/mbsync (messages/s): {:.2}   (times: mbsync {:.2} s, pecgate {:.2} s)",
