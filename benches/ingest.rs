@@ -25,6 +25,10 @@
 //!   directories (`blobs/xx/yy`) before pecgate starts, as in an archive
 //!   that already holds a few hundred thousand messages: a fresh one pays
 //!   a `mkdir` and a directory fsync for nearly every blob;
+//! * `PECGATE_BENCH_STORE_ONLY=1`: no IMAP at all, only the archive's
+//!   blob writes of the same messages (`Store::put_blob`, 64 at a time as
+//!   the upstream sync does), in this process: the floor under pecgate's
+//!   time that the store sets;
 //! * `PECGATE_BENCH_LOG=/tmp/pecgate.log`: keep pecgate's log (debug, with
 //!   timestamps) of the last round there.
 //!
@@ -91,10 +95,19 @@ fn report(name: &str, n: usize, bytes: usize, d: Duration) -> f64 {
 /// difference around a tool's run is its own, whatever else the machine
 /// is doing.
 fn children_cpu() -> (f64, f64) {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// This process's own CPU time (user, system).
+fn self_cpu() -> (f64, f64) {
+    rusage(libc::RUSAGE_SELF)
+}
+
+fn rusage(who: libc::c_int) -> (f64, f64) {
     // SAFETY: rusage is plain integers (all zeroes is a valid value), and
     // getrusage only writes the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    unsafe { libc::getrusage(who, &mut ru) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     (secs(ru.ru_utime), secs(ru.ru_stime))
 }
@@ -206,6 +219,47 @@ fn round(mix: Mix, n: usize, skip_mbsync: bool) {
     }
 }
 
+/// The archive's blob writes alone: `n` messages of the mix through
+/// `Store::put_blob`, 64 in flight (upstream's BLOB_WRITERS).
+fn store_only(mix: Mix, n: usize, warm: bool) {
+    let sizes: Vec<usize> = match mix {
+        Mix::Small => (0..n).map(size_small).collect(),
+        Mix::LogUniform => sizes_loguniform(n),
+    };
+    let bytes: usize = sizes.iter().sum();
+    let msgs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, s)| make_message(i, *s)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    if warm {
+        for a in 0..256 {
+            for b in 0..256 {
+                std::fs::create_dir_all(dir.path().join(format!("blobs/{a:02x}/{b:02x}"))).unwrap();
+            }
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (store, _) = pecgate::store::Store::open(dir.path(), Default::default()).unwrap();
+    let cpu = self_cpu();
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut writing: std::collections::VecDeque<tokio::task::JoinHandle<Result<_, pecgate::store::StoreError>>> =
+            std::collections::VecDeque::new();
+        for m in msgs {
+            if writing.len() >= 64 {
+                writing.pop_front().unwrap().await.unwrap().unwrap();
+            }
+            let store = store.clone();
+            writing.push_back(tokio::spawn(async move { store.put_blob(m).await }));
+        }
+        for w in writing {
+            w.await.unwrap().unwrap();
+        }
+    });
+    let d = t.elapsed();
+    let after = self_cpu();
+    report("Store::put_blob x n", n, bytes, d);
+    println!("{:<28} CPU: {:.2} s user, {:.2} s system", "Store::put_blob x n", after.0 - cpu.0, after.1 - cpu.1);
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing:
     // run a tiny smoke round then.
@@ -224,11 +278,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if benching { full } else { 50 });
     let runs: usize = std::env::var("PECGATE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let skip_mbsync = std::env::var("PECGATE_BENCH_SKIP_MBSYNC").is_ok_and(|v| !v.is_empty() && v != "0");
+    let flag = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
     for r in 0..runs {
         if runs > 1 {
             println!("-- round {} of {runs}", r + 1);
         }
-        round(mix, n, skip_mbsync);
+        if flag("PECGATE_BENCH_STORE_ONLY") {
+            store_only(mix, n, flag("PECGATE_BENCH_WARM_BLOB_DIRS"));
+        } else {
+            round(mix, n, flag("PECGATE_BENCH_SKIP_MBSYNC"));
+        }
     }
 }
