@@ -2,15 +2,42 @@
 //! archive (fsync on), against mbsync pulling the same mailbox into a
 //! Maildir (its default: fsync on), in the same run.
 //!
-//!     cargo bench --bench ingest            # 2,000 messages, ~110 MB
+//!     cargo bench --bench ingest            # 2,000 messages, ~120 MB
 //!     PECGATE_BENCH_MESSAGES=500 cargo bench --bench ingest
+//!
+//! The default mix is mostly small messages (issue 2), and pecgate runs
+//! with offload `never` (the same work as mbsync). `PECGATE_BENCH_MIX=
+//! loguniform` (issue 14) is 1,000 messages of sizes log-uniform between
+//! 2 KiB and 2 MiB (a fixed seed: every run loads the same ≈ 300 MB), and
+//! pecgate also deletes each message from the provider once archived
+//! (offload `after-archive`), which mbsync does not.
+//!
+//! Other knobs:
+//!
+//! * `PECGATE_BENCH_RUNS=3`: repeat the whole round (fresh Dovecot each
+//!   time) and print every round;
+//! * `PECGATE_BENCH_SKIP_MBSYNC=1`: pecgate only (for profiling);
+//! * `PECGATE_BENCH_ATTACH='strace -c -f -o /tmp/s.txt -p {pid}'`: start
+//!   this command against pecgate's pid once it is spawned and stop it
+//!   (SIGINT) when the last message is in; `perf record -g -p {pid}` works
+//!   the same way;
+//! * `PECGATE_BENCH_WARM_BLOB_DIRS=1`: create the archive's 65,536 blob
+//!   directories (`blobs/xx/yy`) before pecgate starts, as in an archive
+//!   that already holds a few hundred thousand messages: a fresh one pays
+//!   a `mkdir` and a directory fsync for nearly every blob;
+//! * `PECGATE_BENCH_STORE_ONLY=1`: no IMAP at all, only the archive's
+//!   blob writes of the same messages (`Store::put_blob`, 64 at a time as
+//!   the upstream sync does), in this process: the floor under pecgate's
+//!   time that the store sets;
+//! * `PECGATE_BENCH_LOG=/tmp/pecgate.log`: keep pecgate's log (debug, with
+//!   timestamps) of the last round there.
 //!
 //! Prints one line per tool and the ratio; BENCHMARKS.md records the result.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use support::gateway::{mailbox_toml, Gateway};
@@ -19,13 +46,37 @@ use support::{make_message, Dovecot, DovecotOptions, UserSpec};
 const USER: &str = "bench@pec.example.it";
 const PASS: &str = "bench-secret";
 
-fn size(i: usize) -> usize {
+#[derive(Clone, Copy, PartialEq)]
+enum Mix {
+    /// Issue 2: mostly 2–40 KB, every tenth 200 KB, every hundredth 2 MB.
+    Small,
+    /// Issue 14: log-uniform between 2 KiB and 2 MiB.
+    LogUniform,
+}
+
+fn size_small(i: usize) -> usize {
     // The same mix as the offload test: mostly small, some large.
     match i % 100 {
         0 => 2 * 1024 * 1024,
         n if n % 10 == 0 => 200 * 1024,
         n => 2 * 1024 + (n * 997 % 40) * 1024,
     }
+}
+
+/// `n` sizes, log-uniform in [2 KiB, 2 MiB], from a fixed seed.
+fn sizes_loguniform(n: usize) -> Vec<usize> {
+    let mut state: u64 = 0x5EED_1405_0000_0001;
+    let (lo, hi) = ((2.0f64 * 1024.0).ln(), (2.0f64 * 1024.0 * 1024.0).ln());
+    (0..n)
+        .map(|_| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+            (lo + u * (hi - lo)).exp() as usize
+        })
+        .collect()
 }
 
 fn report(name: &str, n: usize, bytes: usize, d: Duration) -> f64 {
@@ -40,53 +91,202 @@ fn report(name: &str, n: usize, bytes: usize, d: Duration) -> f64 {
     n as f64 / s
 }
 
+/// CPU time (user, system) of the children waited for so far: the
+/// difference around a tool's run is its own, whatever else the machine
+/// is doing.
+fn children_cpu() -> (f64, f64) {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// This process's own CPU time (user, system).
+fn self_cpu() -> (f64, f64) {
+    rusage(libc::RUSAGE_SELF)
+}
+
+fn rusage(who: libc::c_int) -> (f64, f64) {
+    // SAFETY: rusage is plain integers (all zeroes is a valid value), and
+    // getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
+
+fn report_cpu(name: &str, before: (f64, f64)) {
+    let after = children_cpu();
+    println!("{name:<28} CPU: {:.2} s user, {:.2} s system", after.0 - before.0, after.1 - before.1);
+}
+
+/// `PECGATE_BENCH_ATTACH` started against `pid`.
+fn attach(pid: u32) -> Option<Child> {
+    let cmd = std::env::var("PECGATE_BENCH_ATTACH").ok().filter(|c| !c.is_empty())?;
+    let cmd = cmd.replace("{pid}", &pid.to_string());
+    let child = Command::new("sh").arg("-c").arg(format!("exec {cmd}")).spawn().expect("start PECGATE_BENCH_ATTACH");
+    // Let strace/perf attach before the first FETCH.
+    std::thread::sleep(Duration::from_millis(300));
+    Some(child)
+}
+
+fn detach(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+        let _ = c.wait();
+    }
+}
+
+fn round(mix: Mix, n: usize, skip_mbsync: bool) {
+    let dv = Dovecot::start(DovecotOptions::new().user(UserSpec::new(USER, PASS).quota(8 << 30, 10_000_000)));
+    let sizes: Vec<usize> = match mix {
+        Mix::Small => (0..n).map(size_small).collect(),
+        Mix::LogUniform => sizes_loguniform(n),
+    };
+    let bytes: usize = sizes.iter().sum();
+    // Generated lazily: 300 MB need not sit in memory at once.
+    dv.imap(USER).append("INBOX", sizes.iter().enumerate().map(|(i, s)| make_message(i, *s)));
+
+    // mbsync into a Maildir.
+    let mut mb = None;
+    if !skip_mbsync {
+        let tmp = tempfile::tempdir().unwrap();
+        let maildir = tmp.path().join("Maildir");
+        std::fs::create_dir_all(&maildir).unwrap();
+        let rc = tmp.path().join("mbsyncrc");
+        std::fs::write(
+            &rc,
+            format!(
+                "IMAPAccount bench\nHost 127.0.0.1\nPort {}\nUser {USER}\nPass {PASS}\nSSLType None\nAuthMechs LOGIN\n\n\
+                 IMAPStore remote\nAccount bench\n\n\
+                 MaildirStore local\nPath {}/\nInbox {}/INBOX\n\n\
+                 Channel pull\nFar :remote:\nNear :local:\nPatterns INBOX\nSync Pull\nCreate Near\nSyncState *\n",
+                dv.port,
+                maildir.display(),
+                maildir.display()
+            ),
+        )
+        .unwrap();
+        let cpu = children_cpu();
+        let t = Instant::now();
+        let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output().expect("mbsync (Debian package isync)");
+        let mbsync_time = t.elapsed();
+        assert!(out.status.success(), "mbsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        let got = std::fs::read_dir(maildir.join("INBOX/cur")).map(|d| d.count()).unwrap_or(0)
+            + std::fs::read_dir(maildir.join("INBOX/new")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(got, n, "mbsync pulled every message");
+        mb = Some((report("mbsync -> Maildir", n, bytes, mbsync_time), mbsync_time));
+        report_cpu("mbsync -> Maildir", cpu);
+    }
+
+    // pecgate into its archive.
+    let offload = match mix {
+        // The same work as mbsync.
+        Mix::Small => "offload = { mode = \"never\" }",
+        // Issue 14: the provider delete included.
+        Mix::LogUniform => "offload = { mode = \"after-archive\" }",
+    };
+    let mut g = Gateway::new(&mailbox_toml("bench", USER, PASS, dv.port, offload));
+    if std::env::var("PECGATE_BENCH_WARM_BLOB_DIRS").is_ok_and(|v| !v.is_empty() && v != "0") {
+        for a in 0..256 {
+            for b in 0..256 {
+                std::fs::create_dir_all(g.data_dir.join(format!("blobs/{a:02x}/{b:02x}"))).unwrap();
+            }
+        }
+    }
+    let cpu = children_cpu();
+    let t = Instant::now();
+    g.start();
+    let tracer = attach(g.pid().expect("pecgate pid"));
+    let delete = mix == Mix::LogUniform;
+    let what = if delete { "all archived and deleted" } else { "all archived" };
+    g.wait_mailbox("bench", Duration::from_secs(900), what, |s| {
+        s["archived_total"] == n && (!delete || s["deleted_this_run"] == n)
+    });
+    let pg_time = t.elapsed();
+    detach(tracer);
+    g.stop();
+    if let Some(path) = std::env::var_os("PECGATE_BENCH_LOG") {
+        std::fs::copy(&g.log_path, path).expect("copy pecgate's log");
+    }
+    let name = if delete { "pecgate -> archive + delete" } else { "pecgate -> archive" };
+    let pg = report(name, n, bytes, pg_time);
+    report_cpu(name, cpu);
+    if let Some((mb, mb_time)) = mb {
+        println!(
+            "ratio pecgate/mbsync (messages/s): {:.2}   (times: mbsync {:.2} s, pecgate {:.2} s)",
+            pg / mb,
+            mb_time.as_secs_f64(),
+            pg_time.as_secs_f64()
+        );
+    }
+}
+
+/// The archive's blob writes alone: `n` messages of the mix through
+/// `Store::put_blob`, 64 in flight (upstream's BLOB_WRITERS).
+fn store_only(mix: Mix, n: usize, warm: bool) {
+    let sizes: Vec<usize> = match mix {
+        Mix::Small => (0..n).map(size_small).collect(),
+        Mix::LogUniform => sizes_loguniform(n),
+    };
+    let bytes: usize = sizes.iter().sum();
+    let msgs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, s)| make_message(i, *s)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    if warm {
+        for a in 0..256 {
+            for b in 0..256 {
+                std::fs::create_dir_all(dir.path().join(format!("blobs/{a:02x}/{b:02x}"))).unwrap();
+            }
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (store, _) = pecgate::store::Store::open(dir.path(), Default::default()).unwrap();
+    let cpu = self_cpu();
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut writing: std::collections::VecDeque<tokio::task::JoinHandle<Result<_, pecgate::store::StoreError>>> =
+            std::collections::VecDeque::new();
+        for m in msgs {
+            if writing.len() >= 64 {
+                writing.pop_front().unwrap().await.unwrap().unwrap();
+            }
+            let store = store.clone();
+            writing.push_back(tokio::spawn(async move { store.put_blob(m).await }));
+        }
+        for w in writing {
+            w.await.unwrap().unwrap();
+        }
+    });
+    let d = t.elapsed();
+    let after = self_cpu();
+    report("Store::put_blob x n", n, bytes, d);
+    println!("{:<28} CPU: {:.2} s user, {:.2} s system", "Store::put_blob x n", after.0 - cpu.0, after.1 - cpu.1);
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing:
     // run a tiny smoke round then.
     let benching = std::env::args().any(|a| a == "--bench");
+    let mix = match std::env::var("PECGATE_BENCH_MIX").as_deref() {
+        Ok("loguniform") => Mix::LogUniform,
+        Ok("") | Ok("small") | Err(_) => Mix::Small,
+        Ok(other) => panic!("PECGATE_BENCH_MIX={other}: expected `small` or `loguniform`"),
+    };
+    let full = match mix {
+        Mix::Small => 2000,
+        Mix::LogUniform => 1000,
+    };
     let n: usize = std::env::var("PECGATE_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if benching { 2000 } else { 50 });
-    let dv = Dovecot::start(DovecotOptions::new().user(UserSpec::new(USER, PASS).quota(8 << 30, 10_000_000)));
-    let msgs: Vec<Vec<u8>> = (0..n).map(|i| make_message(i, size(i))).collect();
-    let bytes: usize = msgs.iter().map(Vec::len).sum();
-    dv.imap(USER).append("INBOX", msgs.iter().map(|m| m.as_slice()));
-
-    // mbsync into a Maildir.
-    let tmp = tempfile::tempdir().unwrap();
-    let maildir = tmp.path().join("Maildir");
-    std::fs::create_dir_all(&maildir).unwrap();
-    let rc = tmp.path().join("mbsyncrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "IMAPAccount bench\nHost 127.0.0.1\nPort {}\nUser {USER}\nPass {PASS}\nSSLType None\nAuthMechs LOGIN\n\n\
-             IMAPStore remote\nAccount bench\n\n\
-             MaildirStore local\nPath {}/\nInbox {}/INBOX\n\n\
-             Channel pull\nFar :remote:\nNear :local:\nPatterns INBOX\nSync Pull\nCreate Near\nSyncState *\n",
-            dv.port,
-            maildir.display(),
-            maildir.display()
-        ),
-    )
-    .unwrap();
-    let t = Instant::now();
-    let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output().expect("mbsync (Debian package isync)");
-    let mbsync_time = t.elapsed();
-    assert!(out.status.success(), "mbsync failed: {}", String::from_utf8_lossy(&out.stderr));
-    let got = std::fs::read_dir(maildir.join("INBOX/cur")).map(|d| d.count()).unwrap_or(0)
-        + std::fs::read_dir(maildir.join("INBOX/new")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(got, n, "mbsync pulled every message");
-    let mb = report("mbsync -> Maildir", n, bytes, mbsync_time);
-
-    // pecgate into its archive (offload "never": the same work as mbsync).
-    let mut g = Gateway::new(&mailbox_toml("bench", USER, PASS, dv.port, "offload = { mode = \"never\" }"));
-    let t = Instant::now();
-    g.start();
-    g.wait_mailbox("bench", Duration::from_secs(600), "all archived", |s| s["archived_total"] == n);
-    let pg_time = t.elapsed();
-    g.stop();
-    let pg = report("pecgate -> archive", n, bytes, pg_time);
-    println!("ratio pecgate/mbsync (messages/s): {:.2}", pg / mb);
+        .unwrap_or(if benching { full } else { 50 });
+    let runs: usize = std::env::var("PECGATE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let flag = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
+    for r in 0..runs {
+        if runs > 1 {
+            println!("-- round {} of {runs}", r + 1);
+        }
+        if flag("PECGATE_BENCH_STORE_ONLY") {
+            store_only(mix, n, flag("PECGATE_BENCH_WARM_BLOB_DIRS"));
+        } else {
+            round(mix, n, flag("PECGATE_BENCH_SKIP_MBSYNC"));
+        }
+    }
 }

@@ -267,8 +267,19 @@ pub enum StoreCmd {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // imap-next opens an INFO span for every fragment its parser reads or
+    // its encoder writes (every read of an IMAP session, every part of a
+    // FETCH response), and the fmt layer allocates and formats each one;
+    // they carry nothing pecgate's own logs lack, and at TRACE they would
+    // log wire bytes (a LOGIN's password among them). Off unless RUST_LOG
+    // names imap_next (issue 14).
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("imap_next")) {
+        if let Ok(quiet) = "imap_next=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

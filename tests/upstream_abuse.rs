@@ -92,3 +92,214 @@ fn garbage_truncated_and_oversized_responses_are_errors_not_panics() {
     assert!(!log.contains("panicked"), "{log}");
     assert!(!log.contains("pw-hostile-9"), "the password never reaches the log");
 }
+
+/// The client itself, in process, against a scripted provider: each broken
+/// answer gives the error it should, at once (not after a timeout), and the
+/// flows around it (literals, odd line ends, reads cut anywhere) work.
+mod client {
+    use std::future::Future;
+    use std::time::{Duration, Instant};
+
+    use imap_codec::imap_types::command::CommandBody;
+    use imap_codec::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+    use imap_codec::imap_types::response::Data;
+    use pecgate::config::TlsMode;
+    use pecgate::upstream::client::{ClientError, ImapClient};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] ready\r\n";
+    /// Longer than any case needs: hitting it means the client waited
+    /// instead of failing.
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// A provider on port 0 running `script` on its one connection.
+    async fn provider<F, Fut>(script: F) -> u16
+    where
+        F: FnOnce(BufReader<TcpStream>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            script(BufReader::new(s)).await;
+        });
+        port
+    }
+
+    async fn connect(port: u16) -> Result<ImapClient, ClientError> {
+        let tls = pecgate::tls::client_config(None).unwrap();
+        ImapClient::connect("127.0.0.1", port, TlsMode::None, tls, STEP).await
+    }
+
+    /// The tag of the next command line.
+    async fn command(s: &mut BufReader<TcpStream>) -> (String, String) {
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        let tag = line.split(' ').next().unwrap().to_string();
+        (tag, line)
+    }
+
+    /// Greet, read one command, answer it with `answer(tag)`, then hold
+    /// the connection open (`hold`) or close it.
+    async fn answering(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static, hold: bool) -> u16 {
+        provider(move |mut s| async move {
+            s.get_mut().write_all(GREETING).await.unwrap();
+            let (tag, _) = command(&mut s).await;
+            let _ = s.get_mut().write_all(&answer(&tag)).await;
+            if hold {
+                tokio::time::sleep(STEP * 3).await;
+            }
+        })
+        .await
+    }
+
+    /// Run CAPABILITY against `port`, timing it.
+    async fn capability(port: u16) -> (Result<(), ClientError>, Duration) {
+        let mut c = connect(port).await.unwrap();
+        let t = Instant::now();
+        let r = c.capability().await;
+        (r, t.elapsed())
+    }
+
+    #[tokio::test]
+    async fn broken_greetings() {
+        for (bytes, closed) in [
+            (&b"SSH-2.0-OpenSSH_9.2\r\n"[..], false),
+            (&b"\x00\x01\x02\xff garbage\r\n"[..], false),
+            (&b"* OK [CAPAB"[..], true),
+            (&b"* BYE too many connections\r\n"[..], true),
+        ] {
+            let port = provider(move |mut s| async move {
+                let _ = s.get_mut().write_all(bytes).await;
+            })
+            .await;
+            match connect(port).await {
+                Err(ClientError::Closed) if closed => {}
+                Err(ClientError::Protocol(_)) if !closed => {}
+                Err(e) => panic!("{:?}: {e:?}", String::from_utf8_lossy(bytes)),
+                Ok(_) => panic!("{:?}: accepted", String::from_utf8_lossy(bytes)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_fail_at_once() {
+        // 100 GB announced, the connection held open: refused on sight.
+        let port = answering(|_| b"* CAPABILITY {107374182400}\r\n".to_vec(), true).await;
+        let (r, took) = capability(port).await;
+        assert!(matches!(&r, Err(ClientError::Protocol(m)) if m.contains("longer than")), "{r:?}");
+        assert!(took < STEP, "{took:?}");
+        // A line without end past the limit (150 MiB), held open.
+        let port = answering(|_| vec![b'A'; 151 << 20], true).await;
+        let (r, took) = capability(port).await;
+        assert!(matches!(&r, Err(ClientError::Protocol(m)) if m.contains("longer than")), "{r:?}");
+        assert!(took < STEP, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_truncated_and_refused_answers() {
+        type Check = fn(&Result<(), ClientError>) -> bool;
+        let cases: Vec<(&'static str, bool, Check)> = vec![
+            // Complete but not IMAP: malformed.
+            (
+                "* 1 FETCH (UID \"x\")\r\n",
+                true,
+                |r| matches!(r, Err(ClientError::Protocol(m)) if m.contains("malformed")),
+            ),
+            ("* CAPABILITY IMAP4rev1 {3}\r\nabc\r\n", true, |r| matches!(r, Err(ClientError::Protocol(_)))),
+            // Cut inside a literal, then closed.
+            ("* 1 FETCH (UID 1 BODY[] {5}\r\nab", false, |r| matches!(r, Err(ClientError::Closed))),
+            // Cut inside a literal, then silence: the step timeout.
+            ("* 1 FETCH (UID 1 BODY[] {5}\r\nab", true, |r| matches!(r, Err(ClientError::Timeout(_)))),
+            // A tag never sent, then BYE.
+            ("Z999 OK whatever\r\n* BYE closing\r\n", true, |r| matches!(r, Err(ClientError::Closed))),
+            ("{tag} NO [UNAVAILABLE] later\r\n", true, |r| matches!(r, Err(ClientError::Refused { .. }))),
+            ("{tag} BAD what\r\n", true, |r| matches!(r, Err(ClientError::Refused { .. }))),
+        ];
+        for (answer, hold, check) in cases {
+            let port = answering(move |tag| answer.replace("{tag}", tag).into_bytes(), hold).await;
+            let mut c = connect(port).await.unwrap();
+            c.timeout = Duration::from_millis(500);
+            let r = c.capability().await;
+            assert!(check(&r), "{answer:?}: {r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bare_lf_and_one_byte_writes_and_a_large_literal() {
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| b"abc\r\n{1}\n"[i as usize % 9]).collect();
+        let sent = body.clone();
+        let port = provider(move |mut s| async move {
+            let w = s.get_mut();
+            for b in b"* OK [CAPABILITY IMAP4rev1 IDLE] hi\n" {
+                w.write_all(&[*b]).await.unwrap();
+            }
+            let (tag, _) = command(&mut s).await;
+            let mut r = format!("* 1 FETCH (UID 42 BODY[] {{{}}}\r\n", sent.len()).into_bytes();
+            r.extend_from_slice(&sent);
+            r.extend_from_slice(format!(")\n{tag} OK done\r\n").as_bytes());
+            let w = s.get_mut();
+            let (head, tail) = r.split_at(40);
+            for b in head {
+                w.write_all(&[*b]).await.unwrap();
+            }
+            w.write_all(tail).await.unwrap();
+            tokio::time::sleep(STEP).await;
+        })
+        .await;
+        let mut c = connect(port).await.unwrap();
+        assert!(c.has("IDLE"));
+        let items =
+            vec![MessageDataItemName::Uid, MessageDataItemName::BodyExt { section: None, partial: None, peek: true }];
+        let data = c.run("UID FETCH", CommandBody::fetch("42", items, true).unwrap()).await.unwrap();
+        let [Data::Fetch { items, .. }] = &data[..] else { panic!("{} responses", data.len()) };
+        let got = items.as_ref().iter().find_map(|i| match i {
+            MessageDataItem::BodyExt { data, .. } => data.0.as_ref().map(|s| s.as_ref().to_vec()),
+            _ => None,
+        });
+        assert!(got.as_deref() == Some(&body[..]), "the literal arrives whole and unchanged");
+    }
+
+    /// A password that needs a literal: sent only after the provider's
+    /// continuation request; a NO instead means the literal is never sent.
+    #[tokio::test]
+    async fn synchronizing_literal_login() {
+        let port = provider(|mut s| async move {
+            s.get_mut().write_all(GREETING).await.unwrap();
+            let (tag, line) = command(&mut s).await;
+            let n: usize = line.trim_end().rsplit('{').next().unwrap().trim_end_matches('}').parse().unwrap();
+            // Nothing more comes before the continuation.
+            let mut early = [0u8; 1];
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), s.read(&mut early)).await.is_err(),
+                "literal sent early"
+            );
+            s.get_mut().write_all(b"+ go on\r\n").await.unwrap();
+            let mut lit = vec![0u8; n + 2];
+            s.read_exact(&mut lit).await.unwrap();
+            assert_eq!(&lit[..n], "pässwörd".as_bytes());
+            assert_eq!(&lit[n..], b"\r\n");
+            s.get_mut().write_all(format!("{tag} OK logged in\r\n").as_bytes()).await.unwrap();
+            tokio::time::sleep(STEP).await;
+        })
+        .await;
+        let mut c = connect(port).await.unwrap();
+        c.login("user", "pässwörd").await.unwrap();
+
+        let port = provider(|mut s| async move {
+            s.get_mut().write_all(GREETING).await.unwrap();
+            let (tag, _) = command(&mut s).await;
+            s.get_mut().write_all(format!("{tag} NO [AUTHENTICATIONFAILED] no\r\n").as_bytes()).await.unwrap();
+            let mut more = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_millis(500), s.read(&mut more)).await;
+            assert!(!matches!(r, Ok(Ok(n)) if n > 0), "literal sent after a NO");
+        })
+        .await;
+        let mut c = connect(port).await.unwrap();
+        let r = c.login("user", "pässwörd").await;
+        assert!(matches!(r, Err(ClientError::LoginRefused(_))), "{r:?}");
+    }
+}

@@ -20,21 +20,22 @@
 
 pub mod client;
 pub mod filing;
+pub mod frame;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use imap_next::imap_types::command::CommandBody;
-use imap_next::imap_types::core::Vec1;
-use imap_next::imap_types::extensions::quota::Resource;
-use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
-use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_next::imap_types::response::{Code, Data};
-use imap_next::imap_types::search::SearchKey;
-use imap_next::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::extensions::quota::Resource;
+use imap_codec::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::response::{Code, Data};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::sync::watch;
 
 use crate::config::{MailboxConfig, Offload};
@@ -78,9 +79,15 @@ pub struct SyncOptions {
     /// First retry delay after a failure; doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// HYPOTHESIS: 64 messages or 32 MiB per FETCH keeps memory bounded
-    /// (messages are held until their batch is committed) while letting one
-    /// fsync of the journal cover many messages.
+    /// A FETCH window ends at whichever comes first: `window_messages`
+    /// messages or `window_bytes` of their RFC822.SIZE (the window's first
+    /// message always goes, however large). HYPOTHESIS: 32 MiB keeps
+    /// memory bounded (a window is held until its batch is committed, and
+    /// the next one is fetched meanwhile: two windows), which for 2 MB
+    /// messages means 16 of them; 256 lets a window of 2 KB messages share
+    /// one round trip and one journal fsync among 256 (with 64, the issue 2
+    /// mix of mostly small messages took 3.1 s instead of 2.0–2.3 s). It
+    /// also bounds the damage of a provider whose RFC822.SIZE understates.
     pub window_messages: usize,
     pub window_bytes: u64,
     /// Longest IDLE before re-checking (RFC 2177: re-issue within 29 min).
@@ -93,7 +100,7 @@ impl Default for SyncOptions {
             timeout: Duration::from_secs(120),
             min_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
-            window_messages: 64,
+            window_messages: 256,
             window_bytes: 32 * 1024 * 1024,
             max_idle: Duration::from_secs(25 * 60),
         }
@@ -366,20 +373,25 @@ impl MailboxTask {
         }
         // While one window is being written and committed, the next one is
         // fetched: at most two windows in memory.
-        let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<(u32, ProviderEntry)>, SyncError>>> = None;
+        let mut in_flight: Option<ArchiveTask> = None;
         let mut i = 0;
         while i < todo.len() && !self.stopping() {
-            let mut j = i;
-            let mut bytes = 0;
-            while j < todo.len() && j - i < self.opts.window_messages && (j == i || bytes + todo[j].1.size <= self.opts.window_bytes) {
-                bytes += todo[j].1.size;
-                j += 1;
-            }
+            let (j, bytes) = window_end(&todo, i, self.opts.window_messages, self.opts.window_bytes);
             let uids: Vec<u32> = todo[i..j].iter().map(|(u, _)| *u).collect();
+            let started = std::time::Instant::now();
             let msgs = self.fetch_window(c, &uids).await?;
+            let fetched = started.elapsed();
             if let Some(prev) = in_flight.take() {
                 archived.extend(prev.await.map_err(|e| SyncError::Other(format!("archive task: {e}")))??);
             }
+            tracing::debug!(
+                mailbox = %alias,
+                messages = uids.len(),
+                listed_bytes = bytes,
+                fetch_ms = fetched.as_millis() as u64,
+                waited_for_archive_ms = (started.elapsed() - fetched).as_millis() as u64,
+                "fetched a window"
+            );
             in_flight = Some(tokio::spawn(self.archiver(pfolder, uidvalidity).archive(msgs)));
             i = j;
         }
@@ -541,7 +553,7 @@ impl MailboxTask {
     }
 
     async fn read_quota(&mut self, c: &mut ImapClient) -> Result<Option<QuotaStatus>, SyncError> {
-        let mailbox = imap_next::imap_types::mailbox::Mailbox::Inbox;
+        let mailbox = imap_codec::imap_types::mailbox::Mailbox::Inbox;
         let data = match c.run("GETQUOTAROOT", CommandBody::GetQuotaRoot { mailbox }).await {
             Ok(d) => d,
             // Some providers advertise QUOTA but have no root for INBOX.
@@ -650,18 +662,30 @@ impl Archiver {
     /// Write each blob (fsynced, in parallel), then commit the window as one
     /// journal batch (one fsync). Returns the new provider entries.
     async fn archive(self, msgs: Vec<(u32, DateTime<Utc>, Vec<u8>)>) -> Result<Vec<(u32, ProviderEntry)>, SyncError> {
-        let mut writes = Vec::with_capacity(msgs.len());
+        let started = std::time::Instant::now();
+        // Each blob is written as soon as its message is classified, at
+        // most BLOB_WRITERS at once whatever the window's size.
+        let mut writing = VecDeque::with_capacity(BLOB_WRITERS);
+        let mut written = Vec::with_capacity(msgs.len());
         for (uid, date, raw) in msgs {
             let mut filing = filing::file(&raw, self.from_sent, date, self.trust.as_deref());
-            let routed = self.route(&raw, &mut filing);
+            let (handling, flags) = self.route(&raw, &mut filing);
+            if writing.len() >= BLOB_WRITERS {
+                if let Some(w) = writing.pop_front() {
+                    written.push(blob_written(w).await?);
+                }
+            }
             let store = self.store.clone();
             let blob = tokio::spawn(async move { store.put_blob(raw).await });
-            writes.push((uid, date, filing, routed, blob));
+            writing.push_back((Arriving { uid, date, filing, handling, flags }, blob));
         }
-        let mut batch = Vec::with_capacity(writes.len());
-        let mut entries = Vec::with_capacity(writes.len());
-        for (uid, date, filing, (handling, flags), blob) in writes {
-            let blob: BlobRef = blob.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??;
+        while let Some(w) = writing.pop_front() {
+            written.push(blob_written(w).await?);
+        }
+        let blobs_done = started.elapsed();
+        let mut batch = Vec::with_capacity(written.len());
+        let mut entries = Vec::with_capacity(written.len());
+        for (Arriving { uid, date, filing, handling, flags }, blob) in written {
             entries.push((uid, ProviderEntry { hash: blob.hash.clone(), size: blob.size, internal_date: date }));
             batch.push((
                 Audit::system("upstream", "archive").mailbox(&self.alias).folder(&filing.folder).message_id(filing.message_id),
@@ -680,12 +704,62 @@ impl Archiver {
         let n = batch.len() as u64;
         let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
         self.store.commit_batch(batch).await?;
+        tracing::debug!(
+            mailbox = %self.alias,
+            messages = n,
+            bytes,
+            blobs_ms = blobs_done.as_millis() as u64,
+            commit_ms = (started.elapsed() - blobs_done).as_millis() as u64,
+            "archived a window"
+        );
         self.board.update(&self.alias, |s| {
             s.archived_this_run += n;
             s.archived_bytes_this_run += bytes;
         });
         Ok(entries)
     }
+}
+
+/// A window being written and committed: its new provider entries.
+type ArchiveTask = tokio::task::JoinHandle<Result<Vec<(u32, ProviderEntry)>, SyncError>>;
+
+/// Where the FETCH window starting at `todo[start]` ends (exclusive), and
+/// its listed bytes: at most `max_messages`, and no more than `max_bytes`
+/// unless its first message alone is larger.
+fn window_end(todo: &[(u32, Listed)], start: usize, max_messages: usize, max_bytes: u64) -> (usize, u64) {
+    let mut end = start;
+    let mut bytes = 0u64;
+    while end < todo.len()
+        && end - start < max_messages.max(1)
+        && (end == start || bytes.saturating_add(todo[end].1.size) <= max_bytes)
+    {
+        bytes = bytes.saturating_add(todo[end].1.size);
+        end += 1;
+    }
+    (end, bytes)
+}
+
+/// Blob writes in flight per window. HYPOTHESIS: 64 at once (what windows
+/// of 64 messages had) let the file system merge their fsyncs without a
+/// thread per message of a large window.
+const BLOB_WRITERS: usize = 64;
+
+/// A message on its way into the archive: what its journal record needs
+/// besides its blob.
+struct Arriving {
+    uid: u32,
+    date: DateTime<Utc>,
+    filing: filing::Filing,
+    handling: Option<crate::handling::Routing>,
+    flags: Vec<String>,
+}
+
+/// Wait for a message's blob write.
+async fn blob_written(
+    (m, blob): (Arriving, tokio::task::JoinHandle<Result<BlobRef, StoreError>>),
+) -> Result<(Arriving, BlobRef), SyncError> {
+    let blob = blob.await.map_err(|e| SyncError::Other(format!("blob task: {e}")))??;
+    Ok((m, blob))
 }
 
 fn select(folder: &str) -> Result<CommandBody<'static>, SyncError> {
@@ -721,6 +795,29 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_are_bounded_by_count_and_bytes() {
+        let listed = |sizes: &[u64]| -> Vec<(u32, Listed)> {
+            sizes.iter().enumerate().map(|(i, s)| (i as u32 + 1, Listed { size: *s })).collect()
+        };
+        const MIB: u64 = 1 << 20;
+        // 2 MB messages: 16 to a 32 MiB window.
+        let big = listed(&[2 * MIB; 40]);
+        assert_eq!(window_end(&big, 0, 256, 32 * MIB), (16, 32 * MIB));
+        assert_eq!(window_end(&big, 32, 256, 32 * MIB), (40, 16 * MIB));
+        // 2 KB messages: the count binds.
+        let small = listed(&[2048; 1000]);
+        assert_eq!(window_end(&small, 0, 256, 32 * MIB).0, 256);
+        assert_eq!(window_end(&small, 768, 256, 32 * MIB).0, 1000);
+        // A message over the budget goes alone; a lying size cannot overflow.
+        let odd = listed(&[100 * MIB, 1, u64::MAX, 1]);
+        assert_eq!(window_end(&odd, 0, 256, 32 * MIB), (1, 100 * MIB));
+        assert_eq!(window_end(&odd, 1, 256, 32 * MIB), (2, 1));
+        assert_eq!(window_end(&odd, 2, 256, 32 * MIB), (3, u64::MAX));
+        // Never an empty window.
+        assert_eq!(window_end(&small, 5, 0, 0).0, 6);
+    }
 
     #[test]
     fn sequence_sets_are_compact() {
