@@ -1029,8 +1029,15 @@ impl Index {
     /// Without `pec`, their PEC metadata is left out (not even parsed).
     pub fn messages(&self, mailbox: &str, folder: &str, pec: bool) -> Result<Vec<(u32, MessageMeta)>, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
-        let t = self.r(MSGS)?;
-        let mut out = Vec::new();
+        let tx = self.db.begin_read()?;
+        // Sized once from the folder's count (a million entries grown by
+        // doubling were copied twice over).
+        let exists = RTbl(tx.open_table(FOLDERS)?)
+            .get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?
+            .and_then(|v| dec::<FolderState>(&v).ok())
+            .map_or(0, |st| st.exists);
+        let t = RTbl(tx.open_table(MSGS)?);
+        let mut out = Vec::with_capacity(usize::try_from(exists).unwrap_or(0).min(1 << 24));
         for kv in t.0.range(p.as_slice()..)? {
             let (k, v) = kv?;
             let k = k.value();
