@@ -359,9 +359,14 @@ redb_errors!(
 /// A table inside the write transaction that applies records.
 struct Tbl<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
 
+/// A value of a table, copied out (read or write transaction alike).
+fn get_in(t: &impl ReadableTable<&'static [u8], &'static [u8]>, k: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    Ok(t.get(k)?.map(|v| v.value().to_vec()))
+}
+
 impl Tbl<'_> {
     fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.0.get(k.as_ref())?.map(|v| v.value().to_vec()))
+        get_in(&self.0, k.as_ref())
     }
 
     fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), Error> {
@@ -382,7 +387,7 @@ struct RTbl(redb::ReadOnlyTable<&'static [u8], &'static [u8]>);
 
 impl RTbl {
     fn get(&self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.0.get(k.as_ref())?.map(|v| v.value().to_vec()))
+        get_in(&self.0, k.as_ref())
     }
 
     /// Entries whose key starts with `p`, in key order.
@@ -1115,7 +1120,7 @@ impl Index {
     }
 
     pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
-        RTbl(self.derived.begin_read()?.open_table(DERIVED)?).get(derived_key(kind, hash))
+        self.derived_reader()?.get(kind, hash)
     }
 
     /// Cache a derived value. Durable at most a second apart: a redb

@@ -408,8 +408,17 @@ impl Store {
         T: serde::Serialize + serde::de::DeserializeOwned,
         F: FnOnce(&[u8]) -> T,
     {
-        let index = &self.inner.index;
-        if let Some(v) = index.derived(kind, hash)? {
+        self.derived_from(self.inner.index.derived(kind, hash)?, kind, hash, derive)
+    }
+
+    /// [`Store::derived`] with the cache's value (`cached`) already looked
+    /// up by the caller (in a [`FieldsReader`]'s transaction).
+    fn derived_from<T, F>(&self, cached: Option<Vec<u8>>, kind: &str, hash: &str, derive: F) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce(&[u8]) -> T,
+    {
+        if let Some(v) = cached {
             if let Ok(t) = postcard::from_bytes(&v) {
                 return Ok(t);
             }
@@ -678,12 +687,8 @@ pub struct FieldsReader {
 impl FieldsReader {
     /// As [`Store::search_fields`].
     pub fn get(&self, hash: &str) -> Result<fields::SearchFields> {
-        if let Some(v) = self.cache.get(fields::FIELDS_KIND, hash)? {
-            if let Ok(t) = postcard::from_bytes(&v) {
-                return Ok(t);
-            }
-        }
-        self.store.search_fields(hash)
+        let cached = self.cache.get(fields::FIELDS_KIND, hash)?;
+        self.store.derived_from(cached, fields::FIELDS_KIND, hash, fields::SearchFields::of)
     }
 }
 
