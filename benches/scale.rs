@@ -525,7 +525,7 @@ async fn fill_archive(data: &Path, n: usize) -> (Du, u64) {
     store.flush_index().await.expect("flush index");
     store.close().expect("close store");
     drop(store);
-    (index_du(&data), bytes)
+    (index_du(data), bytes)
 }
 
 /// The uid and gid Dovecot's mail processes run as (see tests/support:
