@@ -14,7 +14,7 @@ use imap_next::imap_types::response::{
 
 use super::fetch;
 use super::io::Io;
-use crate::store::MessageMeta;
+use super::shared::Msg;
 
 pub fn text(s: impl Into<String>) -> Text<'static> {
     let s: String = s.into();
@@ -154,14 +154,14 @@ pub fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
 
 /// An unsolicited `* n FETCH (UID u FLAGS (...))` for the message at index
 /// `i` of the selected folder.
-pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &MessageMeta, seen: bool, recent: bool) {
+pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &Msg, seen: bool, recent: bool) {
     let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen, recent))];
     if let Ok(items) = Vec1::try_from(items) {
         io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
     }
 }
 
-pub fn flags_of(meta: &MessageMeta, seen: bool, recent: bool) -> Vec<FlagFetch<'static>> {
+pub fn flags_of(meta: &Msg, seen: bool, recent: bool) -> Vec<FlagFetch<'static>> {
     let mut out: Vec<FlagFetch<'static>> = meta
         .flags
         .iter()
@@ -199,7 +199,7 @@ pub fn internal_date(d: chrono::DateTime<chrono::Utc>) -> imap_next::imap_types:
 pub fn message_items(
     names: &[MessageDataItemName<'static>],
     uid: u32,
-    meta: &MessageMeta,
+    meta: &Msg,
     seen: bool,
     recent: bool,
     newly_seen: bool,

@@ -7,7 +7,7 @@
 //! text parts, plus the raw bytes (so encoded words and base64 bodies are
 //! found once decoded).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use imap_next::imap_types::search::SearchKey;
@@ -15,19 +15,37 @@ use imap_next::imap_types::sequence::SequenceSet;
 
 use super::fetch;
 use crate::store::fields::SearchFields as Fields;
-use crate::store::{MessageMeta, Store};
+use super::shared::{Entries, Msg};
+use crate::store::fields::MatchFields;
+use crate::store::{BlobHash, FieldsReader, Store};
 
 /// One message as SEARCH sees it.
 pub struct Candidate<'a> {
     pub seq: u32,
     pub uid: u32,
-    pub meta: &'a MessageMeta,
+    pub meta: &'a Msg,
     pub seen: bool,
     /// This session is the first to see it (`\\Recent`).
     pub recent: bool,
     /// Highest sequence number and UID in the folder (for `*`).
     pub max_seq: u32,
     pub max_uid: u32,
+}
+
+impl<'a> Candidate<'a> {
+    /// Message `i` of `msgs`.
+    pub fn at(msgs: &'a Entries, i: usize, seen: &HashSet<u32>, recent: &HashSet<u32>) -> Candidate<'a> {
+        let (uid, meta) = &msgs[i];
+        Candidate {
+            seq: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            uid: *uid,
+            meta,
+            seen: seen.contains(uid),
+            recent: recent.contains(uid),
+            max_seq: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
+            max_uid: msgs.last().map_or(0, |m| m.0),
+        }
+    }
 }
 
 /// What evaluating a key needs beyond the index.
@@ -73,9 +91,15 @@ pub fn need(k: &SearchKey<'_>) -> Need {
 /// some key needs [`Need::Blob`]).
 #[derive(Default, Clone, Copy)]
 pub struct Source<'a> {
-    pub fields: Option<&'a Fields>,
+    pub fields: Option<MatchFields<'a>>,
     pub raw: Option<&'a [u8]>,
 }
+
+/// From this many messages on, a SEARCH on cached header fields reads the
+/// fields cache in one pass in its own order instead of looking each
+/// message up (a million lookups in a cache larger than memory were
+/// 6–8 s; one pass, under a second).
+const SCAN_FROM: usize = 4096;
 
 /// Evaluate `keys` (all must match) over a folder's messages in sequence
 /// order; returns the matching UIDs (`by_uid`) or sequence numbers. Reads
@@ -83,17 +107,63 @@ pub struct Source<'a> {
 /// whose data cannot be read matches no key that needs it (logged).
 pub fn run(
     store: &Store,
-    msgs: &[(u32, std::sync::Arc<MessageMeta>)],
+    msgs: &Entries,
     seen: &HashSet<u32>,
     recent: &HashSet<u32>,
     keys: &[SearchKey<'_>],
     by_uid: bool,
 ) -> Vec<u32> {
+    let number = |i: usize| if by_uid { msgs[i].0 } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+    let need = keys.iter().map(need).max().unwrap_or(Need::Index);
+    if need == Need::Fields && msgs.len() >= SCAN_FROM {
+        if let Ok(reader) = store.fields_reader() {
+            let mut hits = scanned(store, &reader, msgs, seen, recent, keys);
+            hits.sort_unstable();
+            return hits.into_iter().map(number).collect();
+        }
+    }
     let mut hits = Vec::new();
-    each_match(store, msgs, seen, recent, keys, |i, _| {
-        let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        hits.push(if by_uid { msgs[i].0 } else { seq });
-    });
+    each_match(store, msgs, seen, recent, keys, |i, _| hits.push(number(i)));
+    hits
+}
+
+/// [`run`] through one pass over the fields cache: the indexes (in
+/// `msgs`) of the matches, in no order. Messages the pass does not reach
+/// (fields not cached yet, a blob twice in the folder) are looked up one
+/// by one, as [`each_match`] does.
+fn scanned(
+    store: &Store,
+    reader: &FieldsReader,
+    msgs: &Entries,
+    seen: &HashSet<u32>,
+    recent: &HashSet<u32>,
+    keys: &[SearchKey<'_>],
+) -> Vec<usize> {
+    let mut at: HashMap<&BlobHash, usize> = HashMap::with_capacity(msgs.len());
+    let mut done = vec![false; msgs.len()];
+    for (i, (_, m)) in msgs.iter().enumerate() {
+        at.entry(&m.hash).or_insert(i);
+    }
+    let mut hits = Vec::new();
+    let walked = reader.scan(
+        |h| at.get(h).copied(),
+        |i, f| {
+            done[i] = true;
+            let c = Candidate::at(msgs, i, seen, recent);
+            let src = Source { fields: Some(f), raw: None };
+            if keys.iter().all(|k| matches(k, &c, src, &msgs[i].1.flags)) {
+                hits.push(i);
+            }
+        },
+    );
+    if let Err(e) = walked {
+        tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one");
+    }
+    for i in (0..msgs.len()).filter(|&i| !done[i]) {
+        if evaluate(store, Some(reader), msgs, i, seen, recent, keys, Need::Fields).0 {
+            hits.push(i);
+        }
+    }
     hits
 }
 
@@ -102,54 +172,58 @@ pub fn run(
 /// keys read them (SORT and THREAD then need not read them again).
 pub fn each_match(
     store: &Store,
-    msgs: &[(u32, std::sync::Arc<MessageMeta>)],
+    msgs: &Entries,
     seen: &HashSet<u32>,
     recent: &HashSet<u32>,
     keys: &[SearchKey<'_>],
     mut hit: impl FnMut(usize, Option<Fields>),
 ) {
     let need = keys.iter().map(need).max().unwrap_or(Need::Index);
-    let max_seq = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-    let max_uid = msgs.last().map(|m| m.0).unwrap_or(0);
     // One read of the fields cache for every message.
     let reader = if need == Need::Fields { store.fields_reader().ok() } else { None };
-    for (i, (u, meta)) in msgs.iter().enumerate() {
-        let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let raw = if need == Need::Blob {
-            store
-                .get_blob(&meta.hash)
-                .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
-                .ok()
-        } else {
-            None
-        };
-        let fields = match (&raw, need) {
-            (Some(r), _) => Some(Fields::of(r)),
-            (None, Need::Fields) => match &reader {
-                Some(r) => r.get(&meta.hash),
-                None => store.search_fields(&meta.hash),
-            }
-                .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
-                .ok(),
-            _ => None,
-        };
-        let src = Source {
-            fields: fields.as_ref(),
-            raw: raw.as_deref(),
-        };
-        let c = Candidate {
-            seq,
-            uid: *u,
-            meta,
-            seen: seen.contains(u),
-            recent: recent.contains(u),
-            max_seq,
-            max_uid,
-        };
-        if keys.iter().all(|k| matches(k, &c, src, &meta.flags)) {
+    for i in 0..msgs.len() {
+        if let (true, fields) = evaluate(store, reader.as_ref(), msgs, i, seen, recent, keys, need) {
             hit(i, fields);
         }
     }
+}
+
+/// Do `keys` match message `i` of `msgs`? Reads what `need` says, and
+/// returns the fields it read.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    store: &Store,
+    reader: Option<&FieldsReader>,
+    msgs: &Entries,
+    i: usize,
+    seen: &HashSet<u32>,
+    recent: &HashSet<u32>,
+    keys: &[SearchKey<'_>],
+    need: Need,
+) -> (bool, Option<Fields>) {
+    let meta = &msgs[i].1;
+    let hash = if need >= Need::Fields { meta.hash.hex() } else { String::new() };
+    let raw = if need == Need::Blob {
+        store
+            .get_blob(&hash)
+            .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
+            .ok()
+    } else {
+        None
+    };
+    let fields = match (&raw, need) {
+        (Some(r), _) => Some(Fields::of(r)),
+        (None, Need::Fields) => match reader {
+            Some(r) => r.get(&hash),
+            None => store.search_fields(&hash),
+        }
+            .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
+            .ok(),
+        _ => None,
+    };
+    let src = Source { fields: fields.as_ref().map(Fields::matching), raw: raw.as_deref() };
+    let c = Candidate::at(msgs, i, seen, recent);
+    (keys.iter().all(|k| matches(k, &c, src, &meta.flags)), fields)
 }
 
 pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
@@ -263,6 +337,82 @@ mod tests {
 
     use crate::store::fields::tests::MSG;
 
+    /// A large folder's SEARCH on header fields reads the cache in one
+    /// pass; it finds what looking each message up finds, in the same
+    /// order, for every kind of header key and with other keys beside.
+    #[tokio::test]
+    async fn one_pass_over_the_cache_finds_what_lookups_find() {
+        use crate::store::{Audit, Change, StoreOptions};
+        use imap_next::imap_types::core::AString;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let n = SCAN_FROM + 300;
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let raw = format!(
+                "From: mittente{}@pec.example.it\r\nTo: a{}@example.it\r\nSubject: Pratica {i}\r\nDate: Thu, {} Nov 2026 10:00:00 +0100\r\n\r\nx\r\n",
+                i % 7,
+                i % 3,
+                1 + i % 28
+            );
+            let blob = store.put_blob(raw.into_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+            let flags = if i % 5 == 0 { vec!["\\Flagged".to_string()] } else { vec![] };
+            let ch = Change::Archive {
+                mailbox: "prot".into(),
+                folder: "INBOX".into(),
+                blob,
+                internal_date: chrono::Utc::now(),
+                flags,
+                provider: None,
+                pec: None,
+                handling: None,
+            };
+            batch.push((Audit::system("test", "archive"), ch));
+        }
+        store.commit_batch(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut sets = crate::imap::shared::FlagSets::default();
+        let msgs: Entries = store
+            .messages("prot", "INBOX")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(u, m)| (u, Msg::from_meta(&m, &mut sets)))
+            .collect();
+        assert_eq!(msgs.len(), n);
+        let seen: HashSet<u32> = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
+        let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
+        let d = |day| imap_next::imap_types::datetime::NaiveDate::try_from(chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
+        let cases: Vec<Vec<SearchKey<'_>>> = vec![
+            vec![SearchKey::Subject(s("Pratica 4100"))],
+            vec![SearchKey::From(s("mittente3"))],
+            vec![SearchKey::To(s("a2@")), SearchKey::Flagged],
+            vec![SearchKey::Not(Box::new(SearchKey::Subject(s("pratica 1"))))],
+            vec![SearchKey::Or(Box::new(SearchKey::Cc(s("x"))), Box::new(SearchKey::SentOn(d(3)))), SearchKey::Unseen],
+            vec![SearchKey::Header(s("subject"), s("PRATICA 42"))],
+        ];
+        for keys in &cases {
+            assert_eq!(keys.iter().map(need).max(), Some(Need::Fields));
+            for by_uid in [true, false] {
+                let scanned = run(&store, &msgs, &seen, &HashSet::new(), keys, by_uid);
+                let mut looked_up = Vec::new();
+                each_match(&store, &msgs, &seen, &HashSet::new(), keys, |i, _| {
+                    looked_up.push(if by_uid { msgs[i].0 } else { i as u32 + 1 })
+                });
+                assert!(!looked_up.is_empty(), "{keys:?} finds something");
+                assert_eq!(scanned, looked_up, "{keys:?}");
+            }
+        }
+        // A message the cache does not hold (its blob is not a SHA-256
+        // name here) is still looked at, as when looked up: its fields
+        // cannot be read, so SUBJECT does not match it and NOT SUBJECT
+        // does.
+        let mut odd = msgs.clone();
+        odd.push((u32::MAX, Msg { hash: BlobHash::parse("not-cached"), ..msgs[0].1.clone() }));
+        let hits = run(&store, &odd, &seen, &HashSet::new(), &[SearchKey::Subject(s("Pratica"))], true);
+        assert_eq!(hits.len(), n, "every cached one, not the unreadable one");
+        let keys = [SearchKey::Not(Box::new(SearchKey::Subject(s("Pratica"))))];
+        assert_eq!(run(&store, &odd, &seen, &HashSet::new(), &keys, true), vec![u32::MAX]);
+    }
+
     #[test]
     fn keys_ask_for_what_they_need() {
         use imap_next::imap_types::core::AString;
@@ -277,23 +427,18 @@ mod tests {
     }
 
     fn matches_fields(key: &SearchKey<'_>, raw: &[u8]) -> bool {
-        let meta = MessageMeta {
-            hash: String::new(),
+        let meta = Msg {
+            hash: crate::store::BlobHash::parse(""),
             size: raw.len() as u64,
             internal_date: Utc::now(),
-            flags: vec![],
             modseq: 1,
-            archived: Utc::now(),
-            pec: None,
+            flags: std::sync::Arc::from(Vec::new()),
             source_uid: None,
-            trash_uid: None,
             appended: false,
-            all_uid: None,
-            label: false,
         };
         let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, recent: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);
-        matches(key, &c, Source { fields: Some(&f), raw: None }, &[])
+        matches(key, &c, Source { fields: Some(f.matching()), raw: None }, &[])
     }
 
     #[test]

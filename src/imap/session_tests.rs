@@ -530,3 +530,51 @@ async fn all_shows_every_message_once() {
 
 #[path = "session_sort_tests.rs"]
 mod sort;
+
+/// Issue 14: what another session changed reaches this one as RFC 3501
+/// §7.4.1 allows. During FETCH, STORE and SEARCH an EXPUNGE is held back
+/// (sequence numbers must not move under the client), flag changes and
+/// new messages are told at once; the next NOOP tells the EXPUNGE, with
+/// sequence numbers that agree with what the client was shown.
+#[tokio::test]
+async fn changes_by_another_session_arrive_in_order() {
+    let mut a = start(4).await;
+    a.login("mario").await;
+    assert!(a.cmd("s", "SELECT prot/INBOX").await.contains("* 4 EXISTS"));
+    let mut b = a.another().await;
+    b.login("mario").await;
+    assert!(b.cmd("s", "SELECT prot/INBOX").await.contains("* 4 EXISTS"));
+    assert!(b.cmd("d", "STORE 2 +FLAGS (\\Deleted)").await.contains("d OK"));
+    assert!(b.cmd("f", "STORE 4 +FLAGS (\\Flagged)").await.contains("f OK"));
+    assert!(b.cmd("e", "EXPUNGE").await.contains("* 2 EXPUNGE"));
+    // A new message, as archiving brings it.
+    let blob = a.store.put_blob(message(5)).await.expect("blob");
+    let ch = Change::Archive {
+        mailbox: "prot".into(),
+        folder: "INBOX".into(),
+        blob,
+        internal_date: chrono::Utc::now(),
+        flags: vec![],
+        provider: None,
+        pec: None,
+        handling: None,
+    };
+    a.store.commit(Audit::system("test", "archive"), ch).await.expect("archive");
+    // FETCH: no EXPUNGE, the old numbering (4 is still UID 4), the new
+    // flag and the new message.
+    let r = a.cmd("f", "FETCH 1:* (UID FLAGS)").await;
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    assert!(r.contains("* 5 EXISTS"), "{r}");
+    assert!(r.contains("* 4 FETCH (UID 4 FLAGS (\\Flagged \\Recent))"), "{r}");
+    // The hidden message keeps its place until EXPUNGE may be told.
+    assert!(a.cmd("g", "FETCH 2 UID").await.contains("* 2 FETCH (UID 2)"));
+    let r = a.cmd("n", "NOOP").await;
+    assert!(r.contains("* 2 EXPUNGE") && !r.contains("EXISTS"), "{r}");
+    let r = a.cmd("u", "FETCH 1:* UID").await;
+    let uids: Vec<&str> = r.lines().filter(|l| l.contains(" FETCH (UID ")).collect();
+    assert_eq!(uids.len(), 4, "{r}");
+    assert!(r.contains("* 2 FETCH (UID 3)") && r.contains("* 4 FETCH (UID 5)"), "{r}");
+    // Both sessions now show the same list and say nothing more.
+    let r = a.cmd("m", "NOOP").await;
+    assert!(!r.contains("EXPUNGE") && !r.contains("EXISTS") && !r.contains("FETCH"), "{r}");
+}

@@ -16,8 +16,8 @@ use crate::auth::{Right, User};
 use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::reconcile::SentMessage;
-use super::shared::{Entries, SharedMetas, Stamp};
-use crate::store::{MessageMeta, Store, StoreError};
+use super::shared::{Entries, FlagSets, Msg, SharedMetas, Stamp};
+use crate::store::{BlobHash, MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
 
@@ -491,6 +491,7 @@ impl View {
         let mut msgs = Vec::new();
         let mut seen = HashSet::new();
         let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        let mut sets = FlagSets::default();
         for (shown, folder, uid, mut m) in items {
             let s = match seen_in.get(&folder) {
                 Some(s) => s,
@@ -504,8 +505,7 @@ impl View {
             }
             m.flags.retain(|fl| !is_pec_keyword(fl));
             m.source_uid = Some(uid);
-            m.pec = None;
-            msgs.push((shown, Arc::new(m)));
+            msgs.push((shown, Msg::from_meta(&m, &mut sets)));
         }
         Ok((Arc::new(msgs), seen))
     }
@@ -584,61 +584,57 @@ impl View {
     }
 
     /// A store folder's messages (or Undelivered's, from Sent), with the
-    /// computed keywords.
-    fn folder_messages(&self, f: &Folder, now: DateTime<Utc>) -> Result<Vec<(u32, MessageMeta)>, ViewError> {
+    /// computed keywords. Stored `$Pec*` keywords are dropped (see
+    /// [`View::snapshot_at`]).
+    fn folder_messages(&self, f: &Folder, now: DateTime<Utc>) -> Result<Entries, ViewError> {
         let sf = f.source();
-        // Only Sent's keywords need the PEC metadata (its reconciliation key).
-        let mut msgs = match f.shows_sent() {
-            true => self.store.messages(&f.mailbox, sf)?,
-            false => self.store.messages_brief(&f.mailbox, sf)?,
-        };
-        for (_, m) in msgs.iter_mut() {
-            m.flags.retain(|fl| !is_pec_keyword(fl));
-        }
+        let mut sets = FlagSets::default();
         if f.shows_sent() {
+            // Only Sent's keywords need the PEC metadata (its
+            // reconciliation key); Sent holds what was sent, not the
+            // million receipts.
             let states = self.sent_states(&f.mailbox)?;
-            let mut out = Vec::with_capacity(msgs.len());
-            for (uid, mut m) in msgs {
+            let mut out = Vec::new();
+            for (uid, mut m) in self.store.messages(&f.mailbox, sf)? {
+                m.flags.retain(|fl| !is_pec_keyword(fl));
                 let state = m.pec_meta().and_then(|p| p.sent.as_ref()).and_then(|s| states.get(&s.key));
                 if f.store_folder.is_none() && !state.is_some_and(|s| s.is_undelivered(now)) {
                     continue;
                 }
                 if let Some(s) = state {
-                    m.flags
-                        .extend(s.keywords(now).into_iter().map(str::to_string));
+                    m.flags.extend(s.keywords(now).into_iter().map(str::to_string));
                 }
-                out.push((uid, m));
+                out.push((uid, Msg::from_meta(&m, &mut sets)));
             }
-            msgs = out;
+            return Ok(out);
         }
+        // Any other folder: read in place from the index, each entry
+        // straight into its compact form.
+        let mut msgs =
+            self.store.scan_folder(&f.mailbox, sf, |b| Msg::from_brief(b, &mut sets, |fl| !is_pec_keyword(fl)))?;
         if sf == INBOX {
-            let states: HashMap<String, crate::handling::Handling> =
-                self.store.handling_all(&f.mailbox)?.into_iter().collect();
+            let states: HashMap<BlobHash, crate::handling::Handling> =
+                self.store.handling_all(&f.mailbox)?.into_iter().map(|(h, s)| (BlobHash::parse(&h), s)).collect();
             if !states.is_empty() {
                 for (_, m) in msgs.iter_mut() {
                     if let Some(h) = states.get(&m.hash) {
-                        m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
+                        let kw = h.keywords(now);
+                        m.flags = sets.get(m.flags.iter().map(String::as_str).chain(kw.iter().copied()));
                     }
                 }
             }
         }
-        // A session keeps its snapshot while the folder is selected: the
-        // PEC metadata (the larger part of a meta) is not needed there once
-        // the keywords are computed, and COPY reads it from the store.
-        for (_, m) in msgs.iter_mut() {
-            m.pec = None;
-        }
         Ok(msgs)
     }
-
 
     /// A handling view: the INBOX messages whose handling puts them there
     /// for this user, numbered by their view UIDs, with the handling
     /// keywords. Only the states the view can show are read from the index.
-    fn handling_messages(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Vec<(u32, MessageMeta)>, ViewError> {
+    fn handling_messages(&self, f: &Folder, kind: &ViewKind, now: DateTime<Utc>) -> Result<Entries, ViewError> {
         let offices = self.rules.current().offices_of(&self.user.name);
         let offices: Vec<&str> = offices.iter().map(String::as_str).collect();
         let mut msgs = Vec::new();
+        let mut sets = FlagSets::default();
         for (hash, h) in self.store.handling_in(&f.mailbox, kind.states())? {
             if !kind.shows(&h, &self.user.name, &offices) {
                 continue;
@@ -652,8 +648,7 @@ impl View {
             m.flags.retain(|fl| !is_pec_keyword(fl));
             m.flags.extend(h.keywords(now).into_iter().map(str::to_string));
             m.source_uid = Some(uid);
-            m.pec = None;
-            msgs.push((h.vuid, m));
+            msgs.push((h.vuid, Msg::from_meta(&m, &mut sets)));
         }
         Ok(msgs)
     }

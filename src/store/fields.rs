@@ -41,6 +41,40 @@ pub struct SearchFields {
     pub references: Option<String>,
 }
 
+/// The fields SEARCH matches, borrowed from a cached [`SearchFields`]:
+/// its first fields, in its order (postcard reads them and leaves the
+/// rest), with no string copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+pub struct MatchFields<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub cc: Option<&'a str>,
+    pub bcc: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub sent: Option<chrono::NaiveDate>,
+}
+
+impl<'a> MatchFields<'a> {
+    /// From a cached value (postcard); `None` if it is not one.
+    pub fn decode(v: &'a [u8]) -> Option<MatchFields<'a>> {
+        postcard::from_bytes(v).ok()
+    }
+
+    /// The value of cached header `name`: `None` if it is not a cached
+    /// field, `Some(None)` if the message has no such header.
+    pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
+        let v = match name.to_ascii_lowercase().as_str() {
+            "from" => self.from,
+            "to" => self.to,
+            "cc" => self.cc,
+            "bcc" => self.bcc,
+            "subject" => self.subject,
+            _ => return None,
+        };
+        Some(v)
+    }
+}
+
 /// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
 /// changes (entries under an older key are never read again: each message
 /// is derived anew, once, at its first SEARCH, SORT or THREAD).
@@ -101,15 +135,19 @@ impl SearchFields {
     /// The cached value of header `name`: `None` if it is not a cached
     /// field, `Some(None)` if the message has no such header.
     pub fn get(&self, name: &str) -> Option<Option<&str>> {
-        let v = match name.to_ascii_lowercase().as_str() {
-            "from" => &self.from,
-            "to" => &self.to,
-            "cc" => &self.cc,
-            "bcc" => &self.bcc,
-            "subject" => &self.subject,
-            _ => return None,
-        };
-        Some(v.as_deref())
+        self.matching().get(name)
+    }
+
+    /// What SEARCH matches, borrowed.
+    pub fn matching(&self) -> MatchFields<'_> {
+        MatchFields {
+            from: self.from.as_deref(),
+            to: self.to.as_deref(),
+            cc: self.cc.as_deref(),
+            bcc: self.bcc.as_deref(),
+            subject: self.subject.as_deref(),
+            sent: self.sent,
+        }
     }
 }
 
@@ -228,6 +266,20 @@ body with From: nobody@else.example\r\n";
         assert_eq!(SearchFields::header_of(MSG, "X-Missing"), None);
     }
 
+    /// A cached value read in place gives SEARCH what the whole value
+    /// gives (the prefix of the same layout), for every field's presence.
+    #[test]
+    fn match_fields_read_a_cached_value_in_place() {
+        for raw in [MSG, b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\n\r\nx\r\n", b"\r\nno header\r\n"] {
+            let f = SearchFields::of(raw);
+            let v = postcard::to_allocvec(&f).unwrap_or_default();
+            assert_eq!(MatchFields::decode(&v), Some(f.matching()));
+            for name in FIELD_NAMES {
+                assert_eq!(MatchFields::decode(&v).and_then(|m| m.get(name)), f.get(name));
+            }
+        }
+        assert_eq!(MatchFields::decode(&[0xff, 0xff]), None);
+    }
 
     /// The sort and thread fields: the Date as an instant, the decoded
     /// Subject, the first mailbox of each address list (a group's name

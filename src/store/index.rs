@@ -417,6 +417,25 @@ impl DerivedReader {
     pub fn get(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
         self.0.get(derived_key(kind, hash))
     }
+
+    /// Every value cached under `kind`, in key order (a sequential read
+    /// of the table): `each` gets the blob's hash and the value.
+    pub fn scan(&self, kind: &str, mut each: impl FnMut(codec::BlobHash, &[u8])) -> Result<(), Error> {
+        let mut p = kind.as_bytes().to_vec();
+        p.push(0);
+        for kv in self.0 .0.range(p.as_slice()..)? {
+            let (k, v) = kv?;
+            let k = k.value();
+            if !k.starts_with(&p) {
+                break;
+            }
+            // A key that is not a hash would be damage: not this kind's.
+            if let Ok(h) = codec::decode_hash(&k[p.len()..]) {
+                each(h, v.value());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The write transaction's tables, opened once per batch.
@@ -1051,6 +1070,35 @@ impl Index {
             }
             let m = codec::decode_meta_with(v.value(), pec).map_err(|e| Error::Invalid(e.to_string()))?;
             out.push((be32(&k[p.len()..]), m));
+        }
+        Ok(out)
+    }
+
+    /// A folder's messages in UID order, each made by `each` from its
+    /// [`codec::Brief`] while the entry is at hand (nothing decoded into
+    /// owned values but what `each` makes), in a list sized once.
+    pub fn scan_folder<T>(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        mut each: impl FnMut(codec::Brief<'_>) -> T,
+    ) -> Result<Vec<(u32, T)>, Error> {
+        let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
+        let tx = self.db.begin_read()?;
+        let exists = RTbl(tx.open_table(FOLDERS)?)
+            .get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?
+            .and_then(|v| dec::<FolderState>(&v).ok())
+            .map_or(0, |st| st.exists);
+        let mut out = Vec::with_capacity(usize::try_from(exists).unwrap_or(0).min(1 << 24));
+        let t = RTbl(tx.open_table(MSGS)?);
+        for kv in t.0.range(p.as_slice()..)? {
+            let (k, v) = kv?;
+            let k = k.value();
+            if !k.starts_with(&p) {
+                break;
+            }
+            let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
+            out.push((be32(&k[p.len()..]), each(b)));
         }
         Ok(out)
     }

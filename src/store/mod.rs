@@ -34,6 +34,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::BlobRef;
+pub use codec::{BlobHash, Brief};
 pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
 pub use record::{Audit, Event, FlagOp, HandledItem, ProviderRef, Record};
@@ -493,6 +494,14 @@ impl Store {
         Ok(self.inner.index.messages(mailbox, folder, false)?)
     }
 
+    /// A folder's messages in UID order, each made by `each` from its
+    /// [`Brief`], borrowed from the index while `each` looks at it (a
+    /// selected folder's listing, built without a decoded [`MessageMeta`]
+    /// per message).
+    pub fn scan_folder<T>(&self, mailbox: &str, folder: &str, each: impl FnMut(Brief<'_>) -> T) -> Result<Vec<(u32, T)>> {
+        Ok(self.inner.index.scan_folder(mailbox, folder, each)?)
+    }
+
     pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>> {
         Ok(self.inner.index.message(mailbox, folder, uid)?)
     }
@@ -689,6 +698,27 @@ impl FieldsReader {
     pub fn get(&self, hash: &str) -> Result<fields::SearchFields> {
         let cached = self.cache.get(fields::FIELDS_KIND, hash)?;
         self.store.derived_from(cached, fields::FIELDS_KIND, hash, fields::SearchFields::of)
+    }
+
+    /// The cached fields SEARCH matches of the blobs `want` picks (by
+    /// hash), read in one pass through the cache in its own order: a
+    /// large folder's SEARCH reads the cache sequentially instead of
+    /// looking a million messages up one by one. Blobs whose fields are
+    /// not cached (or not readable) are not visited: [`FieldsReader::get`]
+    /// derives them.
+    pub fn scan<W>(
+        &self,
+        mut want: impl FnMut(&BlobHash) -> Option<W>,
+        mut each: impl FnMut(W, fields::MatchFields<'_>),
+    ) -> Result<()> {
+        self.cache.scan(fields::FIELDS_KIND, |h, v| {
+            if let Some(w) = want(&h) {
+                if let Some(f) = fields::MatchFields::decode(v) {
+                    each(w, f);
+                }
+            }
+        })?;
+        Ok(())
     }
 }
 

@@ -115,10 +115,10 @@ pub struct Selected {
 
 impl Selected {
     /// Keywords on `msgs` not yet in `defined` (each once).
-    pub fn new_keywords<'a>(defined: &[String], msgs: impl Iterator<Item = &'a Arc<crate::store::MessageMeta>>) -> Vec<String> {
+    pub fn new_keywords<'a>(defined: &[String], msgs: impl Iterator<Item = &'a super::shared::Msg>) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for m in msgs {
-            for f in &m.flags {
+            for f in m.flags.iter() {
                 let known = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(f));
                 if !f.starts_with('\\') && !known(defined) && !known(&out) {
                     out.push(f.clone());
@@ -150,7 +150,7 @@ impl Selected {
         uids.iter()
             .filter_map(|u| {
                 let i = self.msgs.binary_search_by_key(u, |m| m.0).ok()?;
-                Some(self.msgs[i].1.hash.clone())
+                Some(self.msgs[i].1.hash.hex())
             })
             .collect()
     }

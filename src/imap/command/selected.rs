@@ -19,11 +19,12 @@ use imap_next::imap_types::sequence::SequenceSet;
 use super::super::io::{Io, IoError};
 use super::super::respond::*;
 use super::super::view::{self, is_pec_keyword};
-use super::super::{search, shared, sort, thread};
+use super::super::{search, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
-use crate::store::{Change, FlagOp, MessageMeta};
+use super::super::shared::{Entries, Msg};
+use crate::store::{Change, FlagOp};
 
 /// Messages per FETCH batch (each batch is drained before the next).
 const FETCH_BATCH: usize = 16;
@@ -142,25 +143,6 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
             return;
         }
     };
-    if !Arc::ptr_eq(&sel.msgs, &new) {
-        // Only entries that changed can bring a new keyword: unchanged
-        // ones are the very `Arc`s this session holds (shared metas), so
-        // a merge walk by UID skips them without looking at their flags.
-        let old = &sel.msgs;
-        let mut j = 0;
-        let changed = new.iter().filter(|(u, m)| {
-            while j < old.len() && old[j].0 < *u {
-                j += 1;
-            }
-            !(j < old.len() && old[j].0 == *u && Arc::ptr_eq(&old[j].1, m))
-        });
-        let more = Selected::new_keywords(&sel.defined, changed.map(|(_, m)| m));
-        if !more.is_empty() {
-            sel.defined.extend(more);
-            let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
-            io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
-        }
-    }
     if Arc::ptr_eq(&sel.msgs, &new) {
         // The very list this session holds (the usual case when a
         // change elsewhere woke it): only this user's \Seen can differ.
@@ -176,51 +158,135 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         sel.generation = generation;
         return;
     }
-    let new_map: HashMap<u32, &Arc<MessageMeta>> = new.iter().map(|(u, m)| (*u, m)).collect();
-    let msgs = Arc::make_mut(&mut sel.msgs);
-    if expunge {
-        let mut i = msgs.len();
-        while i > 0 {
-            i -= 1;
-            if !new_map.contains_key(&msgs[i].0) {
-                msgs.remove(i);
-                io.data(Data::Expunge(nz(i as u32 + 1)));
-            }
+    let d = diff(&sel.msgs, &new, expunge);
+    let changed = d.changed.iter().map(|&(_, j)| &new[j].1);
+    let added = new[d.added..].iter().map(|(_, m)| m);
+    let more = Selected::new_keywords(&sel.defined, changed.chain(added));
+    if !more.is_empty() {
+        sel.defined.extend(more);
+        let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
+        io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
+    }
+    for &i in d.expunged.iter().rev() {
+        io.data(Data::Expunge(nz(i as u32 + 1)));
+    }
+    for &(i, j) in &d.seen_or_changed(&new, &sel.seen, &seen) {
+        let uid = new[j].0;
+        if !quiet.contains(&uid) {
+            flags_update(io, i, uid, &new[j].1, seen.contains(&uid), sel.recent.contains(&uid));
         }
     }
-    for (i, (uid, meta)) in msgs.iter_mut().enumerate() {
-        let Some(m) = new_map.get(uid) else { continue };
-        let was_seen = sel.seen.contains(uid);
-        let is_seen = seen.contains(uid);
-        if m.flags != meta.flags || was_seen != is_seen {
-            *meta = Arc::clone(m);
-            if !quiet.contains(uid) {
-                flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(uid));
+    let before = sel.msgs.len() - d.expunged.len();
+    let count = before + (new.len() - d.added);
+    if d.exact {
+        // What this session now shows is the store's list: share it.
+        sel.msgs = new.clone();
+    } else {
+        // EXPUNGEs held back, or messages below the last UID this session
+        // knows appeared (a view's older message): a list of its own.
+        let msgs = Arc::make_mut(&mut sel.msgs);
+        let by_uid: HashMap<u32, &Msg> = new.iter().map(|(u, m)| (*u, m)).collect();
+        for (u, m) in msgs.iter_mut() {
+            if let Some(n) = by_uid.get(u) {
+                if *m != **n {
+                    *m = (*n).clone();
+                }
             }
         }
+        if expunge {
+            msgs.retain(|(u, _)| by_uid.contains_key(u));
+        }
+        msgs.extend(new[d.added..].iter().cloned());
     }
-    let last = msgs.last().map(|m| m.0).unwrap_or(0);
-    let before = msgs.len();
-    msgs.extend(new.iter().filter(|(u, _)| *u > last).cloned());
-    if msgs.len() != before {
-        io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
-        let uids = msgs[before..].iter().map(|m| m.0);
+    if count != before {
+        io.data(Data::Exists(u32::try_from(count).unwrap_or(u32::MAX)));
+        let uids = new[d.added..].iter().map(|m| m.0);
         let fresh = if sel.writable { user.view.recent_claim(&sel.folder, uids) } else { user.view.recent_peek(&sel.folder, uids) };
         if !fresh.is_empty() {
             sel.recent.extend(fresh);
             io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));
         }
     }
-    // Back to the shared list when this session shows what it holds.
-    if shared::same(msgs, &new) {
-        sel.msgs = new;
-    }
     sel.seen = seen;
     // Unless EXPUNGEs were held back: then the list still differs from
     // the store's, and the next refresh must look again.
-    if expunge {
+    if expunge || d.expunged.is_empty() && d.kept_gone == 0 {
         sel.generation = generation;
     }
+}
+
+/// How a session's list (`old`) differs from the store's (`new`), both
+/// in UID order, found in one merge walk (no copy of either).
+struct Diff {
+    /// Indexes in `old` of messages gone, to announce (only when EXPUNGE
+    /// may be sent).
+    expunged: Vec<usize>,
+    /// Gone, but kept because EXPUNGE may not be sent now.
+    kept_gone: usize,
+    /// (index in the list as it will be shown, index in `new`) of
+    /// messages in both whose entry differs.
+    changed: Vec<(usize, usize)>,
+    /// Messages in both, (index shown, index in `new`), to look at for a
+    /// change of this user's `\Seen`.
+    both: Vec<(usize, usize)>,
+    /// Index in `new` from which its messages are new to this session
+    /// (UIDs above the last one it knows).
+    added: usize,
+    /// The list shown after announcing is exactly `new`.
+    exact: bool,
+}
+
+impl Diff {
+    /// Messages whose entry or whose `\Seen` changed: (index shown,
+    /// index in `new`).
+    fn seen_or_changed(&self, new: &Entries, was: &HashSet<u32>, is: &HashSet<u32>) -> Vec<(usize, usize)> {
+        if was == is {
+            return self.changed.clone();
+        }
+        self.both
+            .iter()
+            .copied()
+            .filter(|&(i, j)| {
+                let u = new[j].0;
+                self.changed.binary_search(&(i, j)).is_ok() || was.contains(&u) != is.contains(&u)
+            })
+            .collect()
+    }
+}
+
+fn diff(old: &Entries, new: &Entries, expunge: bool) -> Diff {
+    let last = old.last().map_or(0, |m| m.0);
+    let added = new.partition_point(|m| m.0 <= last);
+    let mut d = Diff { expunged: vec![], kept_gone: 0, changed: vec![], both: vec![], added, exact: true };
+    let (mut i, mut j, mut shown) = (0, 0, 0);
+    while i < old.len() || j < added {
+        match (old.get(i), new[..added].get(j)) {
+            (Some(o), Some(n)) if o.0 == n.0 => {
+                if o.1 != n.1 {
+                    d.changed.push((shown, j));
+                }
+                d.both.push((shown, j));
+                (i, j, shown) = (i + 1, j + 1, shown + 1);
+            }
+            (Some(o), n) if n.is_none_or(|n| o.0 < n.0) => {
+                if expunge {
+                    d.expunged.push(i);
+                } else {
+                    d.kept_gone += 1;
+                    d.exact = false;
+                    shown += 1;
+                }
+                i += 1;
+            }
+            _ => {
+                // In `new` below the last UID this session knows: not
+                // shown until the folder is selected again.
+                d.exact = false;
+                j += 1;
+            }
+        }
+    }
+    d
 }
 
 /// (seq, uid) of the messages a sequence set names.
@@ -323,7 +389,7 @@ async fn fetch(
         let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
         if needs_raw {
             let hashes: Vec<String> =
-                chunk.iter().filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1)).map(|(_, m)| m.hash.clone()).collect();
+                chunk.iter().filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1)).map(|(_, m)| m.hash.hex()).collect();
             let mut from = 0;
             while from < hashes.len() {
                 let store = conn.ctx.store.clone();
@@ -509,11 +575,12 @@ fn refuse_charset(tag: &Tag<'static>, charset: &Charset<'_>) -> Option<imap_next
 fn fields_of(
     store: &crate::store::Store,
     reader: Option<&crate::store::FieldsReader>,
-    meta: &MessageMeta,
+    meta: &Msg,
 ) -> Option<crate::store::fields::SearchFields> {
+    let hash = meta.hash.hex();
     match reader {
-        Some(r) => r.get(&meta.hash),
-        None => store.search_fields(&meta.hash),
+        Some(r) => r.get(&hash),
+        None => store.search_fields(&hash),
     }
         .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
         .ok()
@@ -693,7 +760,7 @@ async fn hide_deleted(
 /// only in the sense that [`hideable`] tells them apart.
 pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
     let folder = sel.folder.source();
-    let by_uid: std::collections::HashMap<u32, &str> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.as_str())).collect();
+    let by_uid: std::collections::HashMap<u32, String> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.hex())).collect();
     let (mut labels, mut filed) = (Vec::new(), Vec::new());
     for &u in uids {
         let Some(hash) = by_uid.get(&u) else { continue };
@@ -716,4 +783,56 @@ pub fn hideable(user: &Authed, sel: &Selected, filed: Vec<u32>) -> (Vec<u32>, Ve
     }
     let appended: HashSet<u32> = sel.msgs.iter().filter(|(_, m)| m.appended).map(|(u, _)| *u).collect();
     filed.into_iter().partition(|u| appended.contains(u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BlobHash, MessageMeta};
+
+    fn list(items: &[(u32, &[&str])]) -> Entries {
+        let mut sets = crate::imap::shared::FlagSets::default();
+        items
+            .iter()
+            .map(|(u, f)| {
+                let m = MessageMeta {
+                    hash: format!("h{u}"),
+                    size: 1,
+                    internal_date: chrono::DateTime::UNIX_EPOCH,
+                    flags: f.iter().map(|x| x.to_string()).collect(),
+                    modseq: 1,
+                    archived: chrono::DateTime::UNIX_EPOCH,
+                    pec: None,
+                    source_uid: None,
+                    trash_uid: None,
+                    appended: false,
+                    all_uid: None,
+                    label: false,
+                };
+                (*u, Msg::from_meta(&m, &mut sets))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_diff_finds_what_changed_in_one_walk() {
+        let old = list(&[(1, &[]), (2, &[]), (3, &[]), (5, &[])]);
+        let new = list(&[(1, &[]), (3, &["\\Flagged"]), (4, &[]), (5, &[]), (6, &[]), (7, &[])]);
+        let d = diff(&old, &new, true);
+        assert_eq!(d.expunged, vec![1], "UID 2, the second");
+        assert_eq!(d.changed, vec![(1, 1)], "UID 3: shown second once 2 is gone, second in new");
+        assert_eq!(d.added, 4, "6 and 7 are above the last UID known (5)");
+        assert!(!d.exact, "UID 4 appeared below it: not shown until SELECT");
+        assert_eq!(d.both.len(), 3);
+        let d = diff(&old, &new, false);
+        assert!(d.expunged.is_empty() && d.kept_gone == 1);
+        assert_eq!(d.changed, vec![(2, 1)], "UID 2 kept: UID 3 is still third");
+        let new = list(&[(1, &[]), (3, &[]), (5, &[]), (8, &[])]);
+        let d = diff(&old, &new, true);
+        assert!(d.exact && d.changed.is_empty() && d.added == 3);
+        assert_eq!(d.expunged, vec![1]);
+        let same = diff(&old, &old, false);
+        assert!(same.exact && same.changed.is_empty() && same.added == old.len());
+        assert_eq!(BlobHash::parse("h1"), old[0].1.hash);
+    }
 }

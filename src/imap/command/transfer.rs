@@ -13,7 +13,8 @@ use super::super::view::{self, is_pec_keyword, Folder};
 use super::selected::{refresh, split_filed, targets};
 use super::{Allowed, Authed, Conn, Selected};
 use crate::handling::{Refusal, Transition, ViewKind};
-use crate::store::{BlobRef, Change, Event as StoreEvent, MessageMeta};
+use super::super::shared::Msg;
+use crate::store::{BlobRef, Change, Event as StoreEvent};
 
 fn cannot(tag: Tag<'static>, t: &str) -> Status<'static> {
     no_code(tag, "CANNOT", t)
@@ -84,7 +85,7 @@ pub async fn copy(
             "across PEC mailboxes a message is copied only into the folder of the same kind (INBOX to INBOX, Receipts to Receipts, Anomalies to Anomalies)",
         ));
     }
-    let by_uid: HashMap<u32, &MessageMeta> = sel.msgs.iter().map(|(u, m)| (*u, &**m)).collect();
+    let by_uid: HashMap<u32, &Msg> = sel.msgs.iter().map(|(u, m)| (*u, m)).collect();
     let src_mailbox = sel.folder.mailbox.clone();
     let store = &conn.ctx.store;
     let mut src_uids = Vec::new();
@@ -96,19 +97,16 @@ pub async fn copy(
         let ch = Change::Archive {
             mailbox: target.mailbox.clone(),
             folder: to.to_string(),
-            blob: BlobRef { hash: m.hash.clone(), size: m.size },
+            blob: BlobRef { hash: m.hash.hex(), size: m.size },
             internal_date: m.internal_date,
             flags: m.flags.iter().filter(|f| !is_pec_keyword(f)).cloned().collect(),
             provider: None,
-            // Session snapshots carry no PEC metadata (view::snapshot_at).
-            pec: match &m.pec {
-                Some(p) => Some(p.clone()),
-                None => sel
-                    .source_uids(&[*u])
-                    .first()
-                    .and_then(|su| store.message(&src_mailbox, from, *su).ok().flatten())
-                    .and_then(|x| x.pec),
-            },
+            // Session snapshots carry no PEC metadata: from the index.
+            pec: sel
+                .source_uids(&[*u])
+                .first()
+                .and_then(|su| store.message(&src_mailbox, from, *su).ok().flatten())
+                .and_then(|x| x.pec),
             handling: None,
         };
         batch.push((a, ch));
