@@ -111,8 +111,22 @@ pub struct SharedMetas {
 struct Table {
     /// Whole snapshots by folder key (see [`SharedMetas::intern_folder`]),
     /// with the newest stamp they are known to be current at.
-    lists: HashMap<String, (Stamp, Weak<Entries>)>,
+    lists: HashMap<String, Listed>,
 }
+
+struct Listed {
+    stamp: Stamp,
+    /// The folder's version read before the list (see [`Version`]).
+    version: Option<Version>,
+    list: Weak<Entries>,
+}
+
+/// A store folder's state that changes whenever any of its entries does
+/// (every insertion, removal or flag change bumps its highest modseq):
+/// (UIDVALIDITY, UIDNEXT, messages, highest modseq); `None` inside for a
+/// folder that does not exist. A list whose folder is at the version it
+/// was read at is current, whatever else the store applied meanwhile.
+pub type Version = Option<(u32, u32, u64, u64)>;
 
 /// When a list was read: the store's generation (read before the index)
 /// and the second (computed keywords depend on the time).
@@ -131,27 +145,40 @@ const SWEEP_SLACK: usize = 4096;
 impl SharedMetas {
     /// The list last interned under `key`, if it was read at `stamp`
     /// (same store generation, same second) and a session still holds it.
-    pub fn cached(&self, key: &str, stamp: Stamp) -> Option<Arc<Entries>> {
-        let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        t.lists.get(key).filter(|(st, _)| *st == stamp).and_then(|(_, w)| w.upgrade())
+    /// Or, for a list that depends only on its folder's entries
+    /// (`version` given), if the folder is still at the version the list
+    /// was read at: then it is current at `stamp` too.
+    pub fn cached(&self, key: &str, stamp: Stamp, version: Option<Version>) -> Option<Arc<Entries>> {
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let l = t.lists.get_mut(key)?;
+        if l.stamp == stamp {
+            return l.list.upgrade();
+        }
+        if version.is_some() && l.version == version && l.stamp < stamp {
+            let a = l.list.upgrade()?;
+            l.stamp = stamp;
+            return Some(a);
+        }
+        None
     }
 
     /// `msgs` (read at `stamp`) as a list shared with any session holding
     /// an equal one under `key` (a folder as seen by a user: equal keys
     /// usually mean equal lists).
-    pub fn intern_folder(&self, key: &str, msgs: Entries, stamp: Stamp) -> Arc<Entries> {
+    pub fn intern_folder(&self, key: &str, msgs: Entries, stamp: Stamp, version: Option<Version>) -> Arc<Entries> {
         let held = {
             let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            t.lists.get(key).and_then(|(st, w)| Some((*st, w.upgrade()?)))
+            t.lists.get(key).and_then(|l| Some((l.stamp, l.list.upgrade()?)))
         };
         // Compared outside the lock: a million entries take milliseconds.
         if let Some((st, a)) = held {
             if *a == msgs {
                 let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some((s, w)) = t.lists.get_mut(key) {
-                    if w.ptr_eq(&Arc::downgrade(&a)) {
+                if let Some(l) = t.lists.get_mut(key) {
+                    if l.list.ptr_eq(&Arc::downgrade(&a)) && stamp > l.stamp {
                         // Still current at the newer of the two stamps.
-                        *s = (*s).max(stamp);
+                        l.stamp = stamp;
+                        l.version = version;
                     }
                 }
                 return a;
@@ -166,9 +193,9 @@ impl SharedMetas {
         msgs.shrink_to_fit();
         let a = Arc::new(msgs);
         let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        t.lists.insert(key.to_string(), (stamp, Arc::downgrade(&a)));
+        t.lists.insert(key.to_string(), Listed { stamp, version, list: Arc::downgrade(&a) });
         if t.lists.len() > SWEEP_SLACK {
-            t.lists.retain(|_, (_, w)| w.strong_count() > 0);
+            t.lists.retain(|_, l| l.list.strong_count() > 0);
         }
         a
     }
@@ -221,14 +248,14 @@ mod tests {
     #[test]
     fn equal_folders_share_one_list() {
         let s = SharedMetas::default();
-        let a = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default());
-        let b = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default());
+        let a = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default(), None);
+        let b = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default(), None);
         assert!(Arc::ptr_eq(&a, &b), "an unchanged folder is one list");
-        let c = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default());
+        let c = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
         assert!(!Arc::ptr_eq(&a, &c), "a changed folder is a new list");
         assert_eq!(&*c[1].1.flags, &["\\Flagged".to_string()]);
         assert!(a[1].1.flags.is_empty(), "the older version is still whole for the session that holds it");
-        let d = s.intern_folder("other/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default());
+        let d = s.intern_folder("other/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
         assert!(*c == *d && !Arc::ptr_eq(&c, &d), "another key is another list, of the same entries");
         assert_eq!(b.len(), 2);
     }
@@ -237,29 +264,44 @@ mod tests {
     fn lists_are_cached_for_their_stamp_only() {
         let s = SharedMetas::default();
         let at = |generation, second| Stamp { generation, second };
-        let a = s.intern_folder("k", list(&[(1, "aa", &[])]), at(1, 100));
-        assert!(Arc::ptr_eq(&s.cached("k", at(1, 100)).unwrap_or_default(), &a));
-        assert!(s.cached("k", at(2, 100)).is_none(), "the store changed since");
-        assert!(s.cached("k", at(1, 101)).is_none(), "a second later: keywords may differ");
-        assert!(s.cached("other", at(1, 100)).is_none());
+        let a = s.intern_folder("k", list(&[(1, "aa", &[])]), at(1, 100), None);
+        assert!(Arc::ptr_eq(&s.cached("k", at(1, 100), None).unwrap_or_default(), &a));
+        assert!(s.cached("k", at(2, 100), None).is_none(), "the store changed since");
+        assert!(s.cached("k", at(1, 101), None).is_none(), "a second later: keywords may differ");
+        assert!(s.cached("other", at(1, 100), None).is_none());
         // Read again at a newer stamp and found equal: current there too.
-        let b = s.intern_folder("k", list(&[(1, "aa", &[])]), at(2, 100));
+        let b = s.intern_folder("k", list(&[(1, "aa", &[])]), at(2, 100), None);
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(s.cached("k", at(2, 100)).is_some());
+        assert!(s.cached("k", at(2, 100), None).is_some());
         // A slow reader's older, different list does not replace it.
-        let old = s.intern_folder("k", list(&[(1, "aa", &["\\Seen"])]), at(1, 100));
+        let old = s.intern_folder("k", list(&[(1, "aa", &["\\Seen"])]), at(1, 100), None);
         assert!(!Arc::ptr_eq(&old, &a));
-        assert!(Arc::ptr_eq(&s.cached("k", at(2, 100)).unwrap_or_default(), &a));
+        assert!(Arc::ptr_eq(&s.cached("k", at(2, 100), None).unwrap_or_default(), &a));
         // Nobody holds it any more: not cached.
         drop((a, b));
-        assert!(s.cached("k", at(2, 100)).is_none());
+        assert!(s.cached("k", at(2, 100), None).is_none());
+    }
+
+    #[test]
+    fn a_list_stays_current_while_its_folder_is_at_its_version() {
+        let s = SharedMetas::default();
+        let at = |generation| Stamp { generation, second: 0 };
+        let v1 = Some(Some((7, 3, 2, 10)));
+        let a = s.intern_folder("k", list(&[(1, "aa", &[]), (2, "bb", &[])]), at(1), v1);
+        // Other folders changed (the generation moved), this one did not.
+        assert!(Arc::ptr_eq(&s.cached("k", at(5), v1).unwrap_or_default(), &a));
+        assert!(Arc::ptr_eq(&s.cached("k", at(5), None).unwrap_or_default(), &a), "and now at that stamp");
+        // It changed: not current.
+        assert!(s.cached("k", at(6), Some(Some((7, 3, 2, 11)))).is_none());
+        assert!(s.cached("k", at(6), Some(None)).is_none(), "deleted");
+        assert!(s.cached("k", at(6), None).is_none(), "a list that depends on more than its folder");
     }
 
     #[test]
     fn dead_lists_are_swept() {
         let s = SharedMetas::default();
         for i in 0..SWEEP_SLACK + 10 {
-            drop(s.intern_folder(&format!("k{i}"), list(&[(1, "aa", &[])]), Stamp::default()));
+            drop(s.intern_folder(&format!("k{i}"), list(&[(1, "aa", &[])]), Stamp::default(), None));
         }
         let n = s.inner.lock().unwrap_or_else(PoisonError::into_inner).lists.len();
         assert!(n <= SWEEP_SLACK + 1, "table kept {n} dead lists");

@@ -449,16 +449,30 @@ impl View {
         // may lag the clock by under a second.
         // A folder whose list does not change with the clock is current
         // for as long as the generation is.
-        let second = if self.changes_with_time(f) { now.timestamp() } else { 0 };
+        let timely = self.changes_with_time(f);
+        let second = if timely { now.timestamp() } else { 0 };
         let stamp = Stamp { generation: self.store.generation(), second };
-        let msgs = match self.metas.cached(&key, stamp) {
+        // A list of a store folder's own entries (no keyword computed
+        // from other records) stays current while the folder's version
+        // does: a message archived into another folder or mailbox does
+        // not make a million-message folder be read again. Read after the
+        // generation and before the list, like the stamp.
+        let version = match timely || f.handling.is_some() || f.shows_sent() {
+            true => None,
+            false => Some(
+                self.store
+                    .folder(&f.mailbox, f.source())?
+                    .map(|st| (st.uidvalidity, st.uidnext, st.exists, st.highest_modseq)),
+            ),
+        };
+        let msgs = match self.metas.cached(&key, stamp, version) {
             Some(m) => m,
             None => {
                 let m = match &f.handling {
                     Some(kind) => self.handling_messages(f, kind, now)?,
                     None => self.folder_messages(f, now)?,
                 };
-                self.metas.intern_folder(&key, m, stamp)
+                self.metas.intern_folder(&key, m, stamp, version)
             }
         };
         let seen = match &f.handling {
