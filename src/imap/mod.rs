@@ -16,6 +16,7 @@ pub mod io;
 pub mod permission;
 pub mod respond;
 pub mod scan;
+pub mod recent;
 pub mod search;
 pub mod session;
 pub mod shared;
@@ -84,43 +85,7 @@ pub struct Ctx {
     pub recent: Arc<RecentMarks>,
 }
 
-/// `\\Recent` (RFC 3501 §2.3.2): a message is recent in the first session
-/// that sees it. Per user and folder, the highest UID a session was told
-/// about. In memory only: after a restart every message is recent once
-/// more, as the RFC allows when a server cannot tell.
-#[derive(Default)]
-pub struct RecentMarks(Mutex<HashMap<String, u32>>);
-
-impl RecentMarks {
-    fn key(user: &str, folder: &str) -> String {
-        format!("{user}\0{folder}")
-    }
-
-    /// The UIDs among `uids` no session of `user` was told about in
-    /// `folder`, now told.
-    pub fn claim(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> std::collections::HashSet<u32> {
-        let Ok(mut m) = self.0.lock() else { return Default::default() };
-        let last = m.entry(Self::key(user, folder)).or_insert(0);
-        let fresh: std::collections::HashSet<u32> = uids.filter(|u| *u > *last).collect();
-        if let Some(max) = fresh.iter().max() {
-            *last = (*last).max(*max);
-        }
-        fresh
-    }
-
-    /// The UIDs among `uids` that are recent, without telling (EXAMINE:
-    /// a read-only look leaves them recent, RFC 3501 §6.3.2).
-    pub fn peek(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> std::collections::HashSet<u32> {
-        let last = self.0.lock().ok().and_then(|m| m.get(&Self::key(user, folder)).copied()).unwrap_or(0);
-        uids.filter(|u| *u > last).collect()
-    }
-
-    /// How many of `uids` would be recent (STATUS), without telling.
-    pub fn count(&self, user: &str, folder: &str, uids: impl Iterator<Item = u32>) -> u32 {
-        let last = self.0.lock().ok().and_then(|m| m.get(&Self::key(user, folder)).copied()).unwrap_or(0);
-        u32::try_from(uids.filter(|u| *u > last).count()).unwrap_or(u32::MAX)
-    }
-}
+pub use recent::RecentMarks;
 
 /// Counts one authenticated session of a user; dropping it releases it.
 pub struct SessionGuard {

@@ -15,6 +15,7 @@ use imap_next::imap_types::sequence::SequenceSet;
 
 use super::fetch;
 use crate::store::fields::SearchFields as Fields;
+use super::recent::Recent;
 use super::shared::{Entries, Msg};
 use crate::store::fields::MatchFields;
 use crate::store::{BlobHash, FieldsReader, Store};
@@ -34,14 +35,14 @@ pub struct Candidate<'a> {
 
 impl<'a> Candidate<'a> {
     /// Message `i` of `msgs`.
-    pub fn at(msgs: &'a Entries, i: usize, seen: &HashSet<u32>, recent: &HashSet<u32>) -> Candidate<'a> {
+    pub fn at(msgs: &'a Entries, i: usize, seen: &HashSet<u32>, recent: &Recent) -> Candidate<'a> {
         let (uid, meta) = &msgs[i];
         Candidate {
             seq: u32::try_from(i + 1).unwrap_or(u32::MAX),
             uid: *uid,
             meta,
             seen: seen.contains(uid),
-            recent: recent.contains(uid),
+            recent: recent.contains(*uid),
             max_seq: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
             max_uid: msgs.last().map_or(0, |m| m.0),
         }
@@ -109,7 +110,7 @@ pub fn run(
     store: &Store,
     msgs: &Entries,
     seen: &HashSet<u32>,
-    recent: &HashSet<u32>,
+    recent: &Recent,
     keys: &[SearchKey<'_>],
     by_uid: bool,
 ) -> Vec<u32> {
@@ -136,7 +137,7 @@ fn scanned(
     reader: &FieldsReader,
     msgs: &Entries,
     seen: &HashSet<u32>,
-    recent: &HashSet<u32>,
+    recent: &Recent,
     keys: &[SearchKey<'_>],
 ) -> Vec<usize> {
     let mut at: HashMap<&BlobHash, usize> = HashMap::with_capacity(msgs.len());
@@ -174,7 +175,7 @@ pub fn each_match(
     store: &Store,
     msgs: &Entries,
     seen: &HashSet<u32>,
-    recent: &HashSet<u32>,
+    recent: &Recent,
     keys: &[SearchKey<'_>],
     mut hit: impl FnMut(usize, Option<Fields>),
 ) {
@@ -197,7 +198,7 @@ fn evaluate(
     msgs: &Entries,
     i: usize,
     seen: &HashSet<u32>,
-    recent: &HashSet<u32>,
+    recent: &Recent,
     keys: &[SearchKey<'_>],
     need: Need,
 ) -> (bool, Option<Fields>) {
@@ -392,9 +393,9 @@ mod tests {
         for keys in &cases {
             assert_eq!(keys.iter().map(need).max(), Some(Need::Fields));
             for by_uid in [true, false] {
-                let scanned = run(&store, &msgs, &seen, &HashSet::new(), keys, by_uid);
+                let scanned = run(&store, &msgs, &seen, &Recent::default(), keys, by_uid);
                 let mut looked_up = Vec::new();
-                each_match(&store, &msgs, &seen, &HashSet::new(), keys, |i, _| {
+                each_match(&store, &msgs, &seen, &Recent::default(), keys, |i, _| {
                     looked_up.push(if by_uid { msgs[i].0 } else { i as u32 + 1 })
                 });
                 assert!(!looked_up.is_empty(), "{keys:?} finds something");
@@ -407,10 +408,10 @@ mod tests {
         // does.
         let mut odd = msgs.clone();
         odd.push((u32::MAX, Msg { hash: BlobHash::parse("not-cached"), ..msgs[0].1.clone() }));
-        let hits = run(&store, &odd, &seen, &HashSet::new(), &[SearchKey::Subject(s("Pratica"))], true);
+        let hits = run(&store, &odd, &seen, &Recent::default(), &[SearchKey::Subject(s("Pratica"))], true);
         assert_eq!(hits.len(), n, "every cached one, not the unreadable one");
         let keys = [SearchKey::Not(Box::new(SearchKey::Subject(s("Pratica"))))];
-        assert_eq!(run(&store, &odd, &seen, &HashSet::new(), &keys, true), vec![u32::MAX]);
+        assert_eq!(run(&store, &odd, &seen, &Recent::default(), &keys, true), vec![u32::MAX]);
     }
 
     #[test]

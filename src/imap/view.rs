@@ -16,6 +16,7 @@ use crate::auth::{Right, User};
 use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::reconcile::SentMessage;
+use super::recent::Recent;
 use super::shared::{Entries, FlagSets, Msg, SharedMetas, Stamp};
 use crate::store::{BlobHash, MessageMeta, Store, StoreError};
 
@@ -560,28 +561,20 @@ impl View {
         Ok(None)
     }
 
-    /// The UIDs among `uids` of `f` no session of this user was told
+    /// The UIDs of `f` up to `upto` no session of this user was told
     /// about yet, now told (`\\Recent`).
-    pub fn recent_claim(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
+    pub fn recent_claim(&self, f: &Folder, upto: u32) -> Recent {
         match &self.recent {
-            Some(r) => r.claim(&self.user.name, &recent_key(f), uids),
-            None => HashSet::new(),
+            Some(r) => r.claim(&self.user.name, &recent_key(f), upto),
+            None => Recent::default(),
         }
     }
 
-    /// The UIDs among `uids` of `f` that are recent, without telling.
-    pub fn recent_peek(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> HashSet<u32> {
+    /// The UIDs of `f` that are recent, without telling.
+    pub fn recent_peek(&self, f: &Folder) -> Recent {
         match &self.recent {
-            Some(r) => r.peek(&self.user.name, &recent_key(f), uids),
-            None => HashSet::new(),
-        }
-    }
-
-    /// How many of `uids` would be recent (STATUS), without telling.
-    pub fn recent_count(&self, f: &Folder, uids: impl Iterator<Item = u32>) -> u32 {
-        match &self.recent {
-            Some(r) => r.count(&self.user.name, &recent_key(f), uids),
-            None => 0,
+            Some(r) => r.peek(&self.user.name, &recent_key(f)),
+            None => Recent::default(),
         }
     }
 

@@ -240,12 +240,11 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     io.status(untagged(StatusKind::Ok, Some(Code::PermanentFlags(perm)), "flags"));
     io.data(Data::Exists(u32::try_from(msgs.len()).unwrap_or(u32::MAX)));
     // EXAMINE looks without taking: the messages stay recent.
-    let recent = if rw {
-        view.recent_claim(&folder, msgs.iter().map(|m| m.0))
-    } else {
-        view.recent_peek(&folder, msgs.iter().map(|m| m.0))
+    let recent = match rw {
+        true => view.recent_claim(&folder, msgs.last().map_or(0, |m| m.0)),
+        false => view.recent_peek(&folder),
     };
-    io.data(Data::Recent(u32::try_from(recent.len()).unwrap_or(u32::MAX)));
+    io.data(Data::Recent(u32::try_from(recent.count_in(&msgs)).unwrap_or(u32::MAX)));
     if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
     }
@@ -255,6 +254,7 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // lets only CONDSTORE servers send it).
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
+    let seen = std::sync::Arc::new(seen);
     Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent, generation }))
 }
 
@@ -335,7 +335,7 @@ fn status(io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, na
         Ok(c) => c,
         Err(e) => return io.status(serverbug(tag, &e)),
     };
-    let recent = view.recent_count(&folder, snap.0.iter().map(|m| m.0));
+    let recent = u32::try_from(view.recent_peek(&folder).count_in(&snap.0)).unwrap_or(u32::MAX);
     let items: Vec<StatusDataItem> = names
         .iter()
         .filter_map(|n| match n {

@@ -101,13 +101,15 @@ pub struct Selected {
     /// (uid, meta) in sequence order; shared with other sessions that
     /// see the same (see `imap::shared`), copied when this one diverges.
     pub msgs: Arc<Entries>,
-    pub seen: HashSet<u32>,
+    /// The messages this user has seen (shared with the SEARCHes running
+    /// on it, not copied for each).
+    pub seen: Arc<HashSet<u32>>,
     /// The flags and keywords last announced in `* FLAGS`: a keyword a
     /// message gets that is not among them is announced before the
     /// message's FETCH shows it (RFC 3501 §7.2.6).
     pub defined: Vec<String>,
     /// Messages this session is the first to see (`\\Recent`).
-    pub recent: HashSet<u32>,
+    pub recent: super::recent::Recent,
     /// The store's generation read before `msgs` was (see
     /// `selected::refresh`).
     pub generation: u64,

@@ -146,15 +146,15 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     if Arc::ptr_eq(&sel.msgs, &new) {
         // The very list this session holds (the usual case when a
         // change elsewhere woke it): only this user's \Seen can differ.
-        if seen != sel.seen {
+        if seen != *sel.seen {
             for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
                 let is_seen = seen.contains(uid);
                 if sel.seen.contains(uid) != is_seen && !quiet.contains(uid) {
-                    flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(uid));
+                    flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(*uid));
                 }
             }
         }
-        sel.seen = seen;
+        sel.seen = Arc::new(seen);
         sel.generation = generation;
         return;
     }
@@ -173,7 +173,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     for &(i, j) in &d.seen_or_changed(&new, &sel.seen, &seen) {
         let uid = new[j].0;
         if !quiet.contains(&uid) {
-            flags_update(io, i, uid, &new[j].1, seen.contains(&uid), sel.recent.contains(&uid));
+            flags_update(io, i, uid, &new[j].1, seen.contains(&uid), sel.recent.contains(uid));
         }
     }
     let before = sel.msgs.len() - d.expunged.len();
@@ -200,14 +200,16 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     }
     if count != before {
         io.data(Data::Exists(u32::try_from(count).unwrap_or(u32::MAX)));
-        let uids = new[d.added..].iter().map(|m| m.0);
-        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, uids) } else { user.view.recent_peek(&sel.folder, uids) };
-        if !fresh.is_empty() {
-            sel.recent.extend(fresh);
-            io.data(Data::Recent(u32::try_from(sel.recent.len()).unwrap_or(u32::MAX)));
+        let upto = new.last().map_or(0, |m| m.0);
+        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, upto) } else { user.view.recent_peek(&sel.folder) };
+        let was = sel.recent.count_in(&sel.msgs);
+        sel.recent.extend(fresh);
+        let now = sel.recent.count_in(&sel.msgs);
+        if now != was {
+            io.data(Data::Recent(u32::try_from(now).unwrap_or(u32::MAX)));
         }
     }
-    sel.seen = seen;
+    sel.seen = Arc::new(seen);
     // Unless EXPUNGEs were held back: then the list still differs from
     // the store's, and the next refresh must look again.
     if expunge || d.expunged.is_empty() && d.kept_gone == 0 {
@@ -370,7 +372,7 @@ async fn fetch(
             }
         }
     }
-    sel.seen.extend(newly_seen.iter().copied());
+    Arc::make_mut(&mut sel.seen).extend(newly_seen.iter().copied());
     let needs_raw = names.iter().any(|n| {
         !matches!(
             n,
@@ -433,7 +435,7 @@ async fn fetch(
             } else {
                 None
             };
-            let items = message_items(&names, *u, &meta, seen, sel.recent.contains(u), newly_seen.contains(u), raw.as_deref());
+            let items = message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
             if let Ok(items) = Vec1::try_from(items) {
                 io.data(Data::Fetch { seq: nz(*seq), items });
             }
