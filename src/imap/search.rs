@@ -8,6 +8,7 @@
 //! found once decoded).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use imap_next::imap_types::search::SearchKey;
@@ -140,25 +141,36 @@ fn scanned(
     recent: &Recent,
     keys: &[SearchKey<'_>],
 ) -> Vec<usize> {
-    let mut at: HashMap<&BlobHash, usize> = HashMap::with_capacity(msgs.len());
+    // By the hash's first 64 bits (a SHA-256's, uniform already: not
+    // hashed again); a second message under the same bits (the same blob
+    // twice) is left to the lookups.
+    let mut at: HashMap<u64, usize, BuildHasherDefault<Bits>> = HashMap::default();
+    at.reserve(msgs.len());
     let mut done = vec![false; msgs.len()];
     for (i, (_, m)) in msgs.iter().enumerate() {
-        at.entry(&m.hash).or_insert(i);
+        if let Some(k) = bits(&m.hash) {
+            at.entry(k).or_insert(i);
+        }
     }
     let mut hits = Vec::new();
     let walked = reader.scan(
-        |h| at.get(h).copied(),
+        |h| at.get(&bits(h)?).copied().filter(|&i| msgs[i].1.hash == *h),
         |i, f| {
-            done[i] = true;
             let c = Candidate::at(msgs, i, seen, recent);
             let src = Source { fields: Some(f), raw: None };
-            if keys.iter().all(|k| matches(k, &c, src, &msgs[i].1.flags)) {
-                hits.push(i);
-            }
+            (i, keys.iter().all(|k| matches(k, &c, src, &msgs[i].1.flags)))
         },
     );
-    if let Err(e) = walked {
-        tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one");
+    match walked {
+        Ok(seen_there) => {
+            for (i, hit) in seen_there {
+                done[i] = true;
+                if hit {
+                    hits.push(i);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one"),
     }
     for i in (0..msgs.len()).filter(|&i| !done[i]) {
         if evaluate(store, Some(reader), msgs, i, seen, recent, keys, Need::Fields).0 {
@@ -166,6 +178,34 @@ fn scanned(
         }
     }
     hits
+}
+
+/// A SHA-256 blob hash's first 64 bits.
+fn bits(h: &BlobHash) -> Option<u64> {
+    match h {
+        BlobHash::Sha256(raw) => Some(u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]])),
+        BlobHash::Other(_) => None,
+    }
+}
+
+/// A hasher for keys that are uniform already ([`bits`]).
+#[derive(Default)]
+struct Bits(u64);
+
+impl std::hash::Hasher for Bits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Call `hit` with the index (in `msgs`) of each message that `keys`
@@ -246,12 +286,23 @@ fn resolve(v: &imap_next::imap_types::sequence::SeqOrUid, max: u32) -> u32 {
     }
 }
 
+/// Is `needle` in `hay`, ASCII case-insensitively? Jumps between
+/// occurrences of the needle's first byte (either case) with memchr; no
+/// allocation (SEARCH calls it for every message of the folder).
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
+    let Some((&first, rest)) = needle.split_first() else { return true };
+    let Some(last_start) = hay.len().checked_sub(needle.len()) else { return false };
+    let (lo, up) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut from = 0;
+    while from <= last_start {
+        let Some(p) = memchr::memchr2(lo, up, &hay[from..=last_start]) else { return false };
+        let at = from + p;
+        if hay[at + 1..at + needle.len()].eq_ignore_ascii_case(rest) {
+            return true;
+        }
+        from = at + 1;
     }
-    let n = needle.to_ascii_lowercase();
-    hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(&n))
+    false
 }
 
 fn date_of(d: &DateTime<Utc>) -> NaiveDate {
@@ -288,7 +339,7 @@ pub fn matches(
                 .is_some_and(|t| contains(t.as_bytes(), needle))
         }) || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
     };
-    let sent = || src.fields.and_then(|f| f.sent);
+    let sent = || src.fields.and_then(|f| f.sent());
     match key {
         SearchKey::And(ks) => ks.as_ref().iter().all(|k| matches(k, c, src, flags_lc)),
         SearchKey::Or(a, b) => matches(a, c, src, flags_lc) || matches(b, c, src, flags_lc),
@@ -412,6 +463,19 @@ mod tests {
         assert_eq!(hits.len(), n, "every cached one, not the unreadable one");
         let keys = [SearchKey::Not(Box::new(SearchKey::Subject(s("Pratica"))))];
         assert_eq!(run(&store, &odd, &seen, &Recent::default(), &keys, true), vec![u32::MAX]);
+    }
+
+    #[test]
+    fn substrings_are_found_in_either_case() {
+        assert!(contains(b"Oggetto: Sollecito", b"SOLLECITO"));
+        assert!(contains(b"abc", b""));
+        assert!(!contains(b"ab", b"abc"));
+        assert!(contains(b"aab", b"ab"), "after a false start");
+        assert!(contains(b"xx.it", b".IT"), "a first byte without case");
+        assert!(contains(b"citt\xc3\xa0", b"CITT\xc3\xa0"));
+        assert!(!contains(b"ornitorinco", b"ornitorinchi"));
+        assert!(contains(b"ORNITORINCO", b"o"));
+        assert!(!contains(b"", b"o"));
     }
 
     #[test]

@@ -51,10 +51,20 @@ pub struct MatchFields<'a> {
     pub cc: Option<&'a str>,
     pub bcc: Option<&'a str>,
     pub subject: Option<&'a str>,
-    pub sent: Option<chrono::NaiveDate>,
+    /// The sent date as chrono serialises it (ISO 8601 text), parsed only
+    /// when a SENT* key asks ([`MatchFields::sent`]): parsing it for every
+    /// message of a SUBJECT search was a tenth of the search.
+    sent_text: Option<&'a str>,
+    #[serde(skip)]
+    sent_date: Option<chrono::NaiveDate>,
 }
 
 impl<'a> MatchFields<'a> {
+    /// The Date header's calendar date (see [`SearchFields::sent`]).
+    pub fn sent(&self) -> Option<chrono::NaiveDate> {
+        self.sent_date.or_else(|| self.sent_text?.parse().ok())
+    }
+
     /// From a cached value (postcard); `None` if it is not one.
     pub fn decode(v: &'a [u8]) -> Option<MatchFields<'a>> {
         postcard::from_bytes(v).ok()
@@ -63,15 +73,20 @@ impl<'a> MatchFields<'a> {
     /// The value of cached header `name`: `None` if it is not a cached
     /// field, `Some(None)` if the message has no such header.
     pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
-        let v = match name.to_ascii_lowercase().as_str() {
-            "from" => self.from,
-            "to" => self.to,
-            "cc" => self.cc,
-            "bcc" => self.bcc,
-            "subject" => self.subject,
-            _ => return None,
-        };
-        Some(v)
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        Some(if is("subject") {
+            self.subject
+        } else if is("from") {
+            self.from
+        } else if is("to") {
+            self.to
+        } else if is("cc") {
+            self.cc
+        } else if is("bcc") {
+            self.bcc
+        } else {
+            return None;
+        })
     }
 }
 
@@ -146,7 +161,8 @@ impl SearchFields {
             cc: self.cc.as_deref(),
             bcc: self.bcc.as_deref(),
             subject: self.subject.as_deref(),
-            sent: self.sent,
+            sent_text: None,
+            sent_date: self.sent,
         }
     }
 }
@@ -273,12 +289,18 @@ body with From: nobody@else.example\r\n";
         for raw in [MSG, b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\n\r\nx\r\n", b"\r\nno header\r\n"] {
             let f = SearchFields::of(raw);
             let v = postcard::to_allocvec(&f).unwrap_or_default();
-            assert_eq!(MatchFields::decode(&v), Some(f.matching()));
+            let m = MatchFields::decode(&v).unwrap_or_default();
+            assert_eq!((m.from, m.to, m.cc, m.bcc, m.subject), (f.from.as_deref(), f.to.as_deref(), f.cc.as_deref(), f.bcc.as_deref(), f.subject.as_deref()));
+            assert_eq!(m.sent(), f.sent);
+            assert_eq!(f.matching().sent(), f.sent);
             for name in FIELD_NAMES {
                 assert_eq!(MatchFields::decode(&v).and_then(|m| m.get(name)), f.get(name));
             }
         }
         assert_eq!(MatchFields::decode(&[0xff, 0xff]), None);
+        let far = SearchFields { sent: chrono::NaiveDate::from_ymd_opt(12_000, 1, 2), ..SearchFields::default() };
+        let v = postcard::to_allocvec(&far).unwrap_or_default();
+        assert_eq!(MatchFields::decode(&v).and_then(|m| m.sent()), far.sent, "a year past 9999 too");
     }
 
     /// The sort and thread fields: the Date as an instant, the decoded

@@ -418,23 +418,54 @@ impl DerivedReader {
         self.0.get(derived_key(kind, hash))
     }
 
-    /// Every value cached under `kind`, in key order (a sequential read
-    /// of the table): `each` gets the blob's hash and the value.
-    pub fn scan(&self, kind: &str, mut each: impl FnMut(codec::BlobHash, &[u8])) -> Result<(), Error> {
+    /// Every value cached under `kind`, read sequentially in `parts`
+    /// key ranges at once, one thread each (split by the hash's first
+    /// byte: SHA-256s spread evenly): `each` gets its part's state (from
+    /// `init`), the blob's hash and the value. The states, in key order.
+    pub fn scan<S: Send>(
+        &self,
+        kind: &str,
+        parts: usize,
+        init: impl Fn() -> S + Sync,
+        each: impl Fn(&mut S, codec::BlobHash, &[u8]) + Sync,
+    ) -> Result<Vec<S>, Error> {
         let mut p = kind.as_bytes().to_vec();
         p.push(0);
-        for kv in self.0 .0.range(p.as_slice()..)? {
-            let (k, v) = kv?;
-            let k = k.value();
-            if !k.starts_with(&p) {
-                break;
+        let parts = parts.clamp(1, 16);
+        // Part i starts at the SHA-256 marker and first byte 256·i/parts;
+        // the first part also holds any key before (none are), the last
+        // every key after (names that are not a SHA-256).
+        let bound = |i: usize| -> Option<Vec<u8>> {
+            (i > 0 && i < parts).then(|| {
+                let mut b = p.clone();
+                b.extend_from_slice(&[32, u8::try_from(256 * i / parts).unwrap_or(u8::MAX)]);
+                b
+            })
+        };
+        let part = |i: usize| -> Result<S, Error> {
+            let mut s = init();
+            let (from, to) = (bound(i).unwrap_or_else(|| p.clone()), bound(i + 1));
+            for kv in self.0 .0.range(from.as_slice()..)? {
+                let (k, v) = kv?;
+                let k = k.value();
+                if !k.starts_with(&p) || to.as_deref().is_some_and(|t| k >= t) {
+                    break;
+                }
+                // A key that is not a hash would be damage: not this kind's.
+                if let Ok(h) = codec::decode_hash(&k[p.len()..]) {
+                    each(&mut s, h, v.value());
+                }
             }
-            // A key that is not a hash would be damage: not this kind's.
-            if let Ok(h) = codec::decode_hash(&k[p.len()..]) {
-                each(h, v.value());
+            Ok(s)
+        };
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (1..parts).map(|i| sc.spawn(move || part(i))).collect();
+            let mut out = vec![part(0)?];
+            for h in handles {
+                out.push(h.join().map_err(|_| Error::Invalid("a cache scan thread panicked".into()))??);
             }
-        }
-        Ok(())
+            Ok(out)
+        })
     }
 }
 

@@ -700,25 +700,26 @@ impl FieldsReader {
         self.store.derived_from(cached, fields::FIELDS_KIND, hash, fields::SearchFields::of)
     }
 
-    /// The cached fields SEARCH matches of the blobs `want` picks (by
-    /// hash), read in one pass through the cache in its own order: a
-    /// large folder's SEARCH reads the cache sequentially instead of
-    /// looking a million messages up one by one. Blobs whose fields are
-    /// not cached (or not readable) are not visited: [`FieldsReader::get`]
-    /// derives them.
-    pub fn scan<W>(
+    /// What `each` makes of the cached fields SEARCH matches of the
+    /// blobs `want` picks (by hash), read in one pass through the cache in
+    /// its own order, on every core (a large folder's SEARCH reads the
+    /// cache sequentially instead of looking a million messages up one by
+    /// one). Blobs whose fields are not cached (or not readable) are not
+    /// visited: [`FieldsReader::get`] derives them.
+    pub fn scan<W, R: Send>(
         &self,
-        mut want: impl FnMut(&BlobHash) -> Option<W>,
-        mut each: impl FnMut(W, fields::MatchFields<'_>),
-    ) -> Result<()> {
-        self.cache.scan(fields::FIELDS_KIND, |h, v| {
+        want: impl Fn(&BlobHash) -> Option<W> + Sync,
+        each: impl Fn(W, fields::MatchFields<'_>) -> R + Sync,
+    ) -> Result<Vec<R>> {
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let done = self.cache.scan(fields::FIELDS_KIND, parts, Vec::new, |out: &mut Vec<R>, h, v| {
             if let Some(w) = want(&h) {
                 if let Some(f) = fields::MatchFields::decode(v) {
-                    each(w, f);
+                    out.push(each(w, f));
                 }
             }
         })?;
-        Ok(())
+        Ok(done.into_iter().flatten().collect())
     }
 }
 
