@@ -578,3 +578,57 @@ async fn changes_by_another_session_arrive_in_order() {
     let r = a.cmd("m", "NOOP").await;
     assert!(!r.contains("EXPUNGE") && !r.contains("EXISTS") && !r.contains("FETCH"), "{r}");
 }
+
+/// Issue 14: a selected folder's list is brought up to date from the
+/// entries the writer changed, not read again whole; what that gives is
+/// what reading the folder whole gives, through new messages, flag
+/// changes and hiding; a change of more than a quarter of the list reads
+/// it whole, the same.
+#[tokio::test]
+async fn a_list_is_maintained_from_the_writers_changes() {
+    let c = start(40).await;
+    let user = c.ctx.auth.user("mario").expect("user");
+    let view = crate::imap::view::View::new(user.clone(), c.store.clone()).with_shared(c.ctx.metas.clone());
+    let fresh = || crate::imap::view::View::new(user.clone(), c.store.clone());
+    let inbox = view.resolve("prot/INBOX").expect("folder");
+    // Lists are kept while a session holds them: hold each.
+    let mut held = vec![view.snapshot(&inbox).expect("snapshot").0];
+    let a = |op: &str| Audit::system("test", op);
+    let flags = |uids: Vec<u32>, flag: &str| Change::SetFlags {
+        mailbox: "prot".into(),
+        folder: "INBOX".into(),
+        uids,
+        op: crate::store::FlagOp::Add,
+        flags: vec![flag.into()],
+    };
+    for round in 0..3u32 {
+        let blob = c.store.put_blob(message(100 + round as usize)).await.expect("blob");
+        let ch = Change::Archive {
+            mailbox: "prot".into(),
+            folder: "INBOX".into(),
+            blob,
+            internal_date: chrono::Utc::now(),
+            flags: vec!["$Nuovo".into()],
+            provider: None,
+            pec: None,
+            handling: None,
+        };
+        c.store.commit(a("archive"), ch).await.expect("archive");
+        c.store.commit(a("flag"), flags(vec![3 + round], "\\Flagged")).await.expect("flags");
+        let ch = Change::Hide { mailbox: "prot".into(), folder: "INBOX".into(), uids: vec![10 + round] };
+        c.store.commit(a("hide"), ch).await.expect("hide");
+        let (now, _) = view.snapshot(&inbox).expect("snapshot");
+        let (whole, _) = fresh().snapshot(&inbox).expect("snapshot");
+        assert_eq!(*now, *whole, "round {round}: maintained = read whole");
+        assert_eq!(now.len(), 40, "one in, one hidden");
+        assert!(now.iter().any(|(u, m)| *u == 3 + round && m.flags.iter().any(|f| f == "\\Flagged")));
+        assert!(now.last().is_some_and(|(_, m)| m.flags.iter().any(|f| f == "$Nuovo")));
+        held.push(now);
+    }
+    assert_ne!(*held[0], *held[3]);
+    // Twenty of forty changed: read whole.
+    c.store.commit(a("flag"), flags((20..40).collect(), "$Visto")).await.expect("flags");
+    let (now, _) = view.snapshot(&inbox).expect("snapshot");
+    assert_eq!(*now, *fresh().snapshot(&inbox).expect("snapshot").0);
+    assert_eq!(now.iter().filter(|(_, m)| m.flags.iter().any(|f| f == "$Visto")).count(), 20);
+}

@@ -101,6 +101,24 @@ impl FlagSets {
     }
 }
 
+/// `old` with `changes` (UID, new entry or `None`: gone), both in UID
+/// order, in one pass.
+pub fn merge(old: &Entries, changes: Vec<(u32, Option<Msg>)>) -> Entries {
+    let mut out = Vec::with_capacity(old.len() + changes.len());
+    let mut ch = changes.into_iter().peekable();
+    for e in old {
+        while let Some((u, m)) = ch.next_if(|c| c.0 < e.0) {
+            out.extend(m.map(|m| (u, m)));
+        }
+        match ch.next_if(|c| c.0 == e.0) {
+            Some((u, m)) => out.extend(m.map(|m| (u, m))),
+            None => out.push(e.clone()),
+        }
+    }
+    out.extend(ch.filter_map(|(u, m)| Some((u, m?))));
+    out
+}
+
 /// Lists by folder key.
 #[derive(Default)]
 pub struct SharedMetas {
@@ -160,6 +178,13 @@ impl SharedMetas {
             return Some(a);
         }
         None
+    }
+
+    /// The list last interned under `key`, whatever it was read at, if a
+    /// session still holds it.
+    pub fn latest(&self, key: &str) -> Option<(Stamp, Arc<Entries>)> {
+        let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        t.lists.get(key).and_then(|l| Some((l.stamp, l.list.upgrade()?)))
     }
 
     /// `msgs` (read at `stamp`) as a list shared with any session holding
@@ -295,6 +320,18 @@ mod tests {
         assert!(s.cached("k", at(6), Some(Some((7, 3, 2, 11)))).is_none());
         assert!(s.cached("k", at(6), Some(None)).is_none(), "deleted");
         assert!(s.cached("k", at(6), None).is_none(), "a list that depends on more than its folder");
+    }
+
+    #[test]
+    fn changes_merge_into_a_list_in_uid_order() {
+        let old = list(&[(2, "b", &[]), (4, "d", &[]), (6, "f", &[])]);
+        let new = list(&[(1, "a", &[]), (4, "d", &["\\Seen"]), (5, "e", &[]), (9, "i", &[])]);
+        let changes = vec![(1, Some(new[0].1.clone())), (2, None), (4, Some(new[1].1.clone())), (5, Some(new[2].1.clone())), (7, None), (9, Some(new[3].1.clone()))];
+        let m = merge(&old, changes);
+        assert_eq!(m.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 4, 5, 6, 9]);
+        assert_eq!(m[1].1, new[1].1, "changed");
+        assert_eq!(m[3].1, old[2].1, "untouched");
+        assert_eq!(merge(&old, vec![]), old);
     }
 
     #[test]

@@ -473,7 +473,7 @@ impl DerivedReader {
 struct Tables<'t> {
     meta: Tbl<'t>,
     folders: Tbl<'t>,
-    msgs: Tbl<'t>,
+    msgs: MsgsTbl<'t>,
     hashes: Tbl<'t>,
     provider: Tbl<'t>,
     sync: Tbl<'t>,
@@ -485,13 +485,44 @@ struct Tables<'t> {
     hstate: Tbl<'t>,
 }
 
+/// The `msgs` table of a write transaction, noting every key it inserts or
+/// removes (what the batch changed among the folders' entries).
+struct MsgsTbl<'t> {
+    t: Tbl<'t>,
+    touched: Vec<Vec<u8>>,
+}
+
+impl MsgsTbl<'_> {
+    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.touched.push(k.as_ref().to_vec());
+        self.t.insert(k, v)
+    }
+
+    fn remove(&mut self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        let v = self.t.remove(k.as_ref())?;
+        if v.is_some() {
+            self.touched.push(k.as_ref().to_vec());
+        }
+        Ok(v)
+    }
+}
+
+/// A `msgs` key as (mailbox, folder, UID).
+fn split_msg_key(k: &[u8]) -> Option<super::changes::Touched> {
+    let (rest, uid) = k.split_at_checked(k.len().checked_sub(4)?)?;
+    let rest = rest.strip_suffix(&[0])?;
+    let at = rest.iter().position(|b| *b == 0)?;
+    let (mailbox, folder) = (&rest[..at], &rest[at + 1..]);
+    Some((String::from_utf8(mailbox.to_vec()).ok()?, String::from_utf8(folder.to_vec()).ok()?, be32(uid)))
+}
+
 impl<'t> Tables<'t> {
     fn open(tx: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
         let t = |d: Def| -> Result<Tbl<'t>, Error> { Ok(Tbl(tx.open_table(d)?)) };
         Ok(Tables {
             meta: t(META)?,
             folders: t(FOLDERS)?,
-            msgs: t(MSGS)?,
+            msgs: MsgsTbl { t: t(MSGS)?, touched: Vec::new() },
             hashes: t(HASHES)?,
             provider: t(PROVIDER)?,
             sync: t(SYNC)?,
@@ -605,7 +636,9 @@ impl Index {
     /// skipped (replay is idempotent). The commit is durable at most
     /// [`DURABLE_EVERY`] apart (or at [`Index::flush`]); one that a crash
     /// loses is replayed from the journal at the next open.
-    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)]) -> Result<(), Error> {
+    /// Apply a batch of records in one transaction; returns the message
+    /// entries it inserted, changed or removed (see `store::changes`).
+    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)]) -> Result<Vec<super::changes::Touched>, Error> {
         for (seq, _, event) in records {
             if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
                 if let Some(why) = p.unrecognised_because() {
@@ -626,7 +659,7 @@ impl Index {
         } else {
             tx.set_durability(Durability::None)?;
         }
-        {
+        let touched = {
             let mut t = Tables::open(&tx)?;
             let applied = t
                 .meta
@@ -644,12 +677,13 @@ impl Index {
             if last > applied {
                 set_applied(&mut t.meta, last)?;
             }
-        }
+            std::mem::take(&mut t.msgs.touched)
+        };
         tx.commit()?;
         if durable {
             *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         }
-        Ok(())
+        Ok(touched.iter().filter_map(|k| split_msg_key(k)).collect())
     }
 }
 
@@ -703,7 +737,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             };
             for (old, new) in copies {
                 let o = old.to_be_bytes();
-                let Some(mut m) = get_val::<MessageMeta>(msgs, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))?
+                let Some(mut m) = get_val::<MessageMeta>(&msgs.t, &key(&[mailbox.as_bytes(), from.as_bytes(), &o]))?
                 else {
                     continue;
                 };
@@ -739,7 +773,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 Some(loc) => {
                     let (f, u) = split_loc(&loc);
                     let k = key(&[mailbox.as_bytes(), f.as_bytes(), &u.to_be_bytes()]);
-                    match get_val::<MessageMeta>(msgs, &k)? {
+                    match get_val::<MessageMeta>(&msgs.t, &k)? {
                         Some(m) => Some(m),
                         None => get_val::<MessageMeta>(hidden, &k)?,
                     }
@@ -887,7 +921,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             };
             for uid in uids {
                 let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]);
-                let Some(mut m) = get_val::<MessageMeta>(msgs, &mk)? else {
+                let Some(mut m) = get_val::<MessageMeta>(&msgs.t, &mk)? else {
                     continue;
                 };
                 let new = op.apply(&m.flags, flags);
@@ -1034,7 +1068,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 let fk = key(&[mailbox.as_bytes(), i.folder.as_bytes()]);
                 let mk = key(&[mailbox.as_bytes(), i.folder.as_bytes(), &i.uid.to_be_bytes()]);
                 if let (Some(mut st), Some(mut m)) =
-                    (get_val::<FolderState>(folders, &fk)?, get_val::<MessageMeta>(msgs, &mk)?)
+                    (get_val::<FolderState>(folders, &fk)?, get_val::<MessageMeta>(&msgs.t, &mk)?)
                 {
                     st.highest_modseq += 1;
                     m.modseq = st.highest_modseq;
@@ -1132,6 +1166,31 @@ impl Index {
             out.push((be32(&k[p.len()..]), each(b)));
         }
         Ok(out)
+    }
+
+    /// The folder's state and the entries of `uids` (`None`: not there),
+    /// each made by `each`, in one read transaction.
+    pub fn briefs<T>(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uids: &[u32],
+        mut each: impl FnMut(codec::Brief<'_>) -> T,
+    ) -> Result<(Option<FolderState>, Vec<(u32, Option<T>)>), Error> {
+        let tx = self.db.begin_read()?;
+        let st = RTbl(tx.open_table(FOLDERS)?).get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?;
+        let st = st.map(|v| dec::<FolderState>(&v)).transpose()?;
+        let t = tx.open_table(MSGS)?;
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let v = t.get(key(&[mailbox.as_bytes(), folder.as_bytes(), &uid.to_be_bytes()]).as_slice())?;
+            let m = match v {
+                Some(v) => Some(each(codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?)),
+                None => None,
+            };
+            out.push((uid, m));
+        }
+        Ok((st, out))
     }
 
     pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>, Error> {

@@ -18,6 +18,7 @@
 //! a restart re-opens from disk.
 
 pub mod blobs;
+mod changes;
 mod codec;
 pub mod fields;
 mod index;
@@ -233,6 +234,7 @@ struct Inner {
     /// Bumped by the writer after each applied batch (see
     /// [`Store::generation`]).
     generation: Arc<AtomicU64>,
+    changes: Arc<changes::ChangeLog>,
     failed: Arc<Mutex<Option<String>>>,
     closed: AtomicBool,
     /// How long durable writes take (`journal`: a group commit, append +
@@ -297,6 +299,7 @@ impl Store {
         let (notify, _) = broadcast::channel(1024);
         let failed = Arc::new(Mutex::new(None));
         let generation = Arc::new(AtomicU64::new(0));
+        let changes = Arc::new(changes::ChangeLog::default());
         let write_latency = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new(
                 "pecgate_store_write_duration_seconds",
@@ -317,6 +320,7 @@ impl Store {
             gone: HashSet::new(),
             notify: notify.clone(),
             generation: generation.clone(),
+            changes: changes.clone(),
             failed: failed.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -332,6 +336,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 notify,
                 generation,
+                changes,
                 failed,
                 closed: AtomicBool::new(false),
                 write_latency,
@@ -500,6 +505,29 @@ impl Store {
     /// per message).
     pub fn scan_folder<T>(&self, mailbox: &str, folder: &str, each: impl FnMut(Brief<'_>) -> T) -> Result<Vec<(u32, T)>> {
         Ok(self.inner.index.scan_folder(mailbox, folder, each)?)
+    }
+
+    /// What changed in a folder since generation `after` (a list read
+    /// then is brought up to date with it): the folder's state and, for
+    /// each UID whose entry was inserted, changed or removed since, its
+    /// entry made by `each` or `None` (gone), read together with the
+    /// state while no batch is applied. `None` when the writer's log no
+    /// longer reaches back to `after` or more than `most` entries changed:
+    /// read the folder whole ([`Store::scan_folder`]).
+    #[allow(clippy::type_complexity)]
+    pub fn folder_changes<T>(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        after: u64,
+        most: usize,
+        each: impl FnMut(Brief<'_>) -> T,
+    ) -> Result<Option<(Option<FolderState>, Vec<(u32, Option<T>)>)>> {
+        let log = self.inner.changes.lock();
+        let Some(uids) = log.since(after, mailbox, folder).filter(|u| u.len() <= most) else { return Ok(None) };
+        let r = self.inner.index.briefs(mailbox, folder, &uids, each)?;
+        drop(log);
+        Ok(Some(r))
     }
 
     pub fn message(&self, mailbox: &str, folder: &str, uid: u32) -> Result<Option<MessageMeta>> {
@@ -878,6 +906,9 @@ struct Writer {
     gone: HashSet<(String, String)>,
     notify: broadcast::Sender<Notice>,
     generation: Arc<AtomicU64>,
+    /// What each batch changed among message entries (only this thread
+    /// moves the generation, under this log's lock).
+    changes: Arc<changes::ChangeLog>,
     failed: Arc<Mutex<Option<String>>>,
     write_latency: prometheus::HistogramVec,
 }
@@ -977,8 +1008,12 @@ impl Writer {
         }
         let mut notices = Vec::new();
         let batch: Vec<_> = records.iter().map(|r| (r.seq, r.time, &r.event)).collect();
+        // Held from the index's apply until the generation moves: a reader
+        // holding it sees the index and the change log agree.
+        let mut log = self.changes.lock();
+        let mut touched = Vec::new();
         if batch.is_empty() {
-        } else if let Err(e) = self.index.apply_batch(&batch) {
+        } else if let Err(e) = self.index.apply_batch(&batch).map(|t| touched = t) {
             // The journal has them; the next open replays them.
             let why = format!("index apply of records {}..={}: {e}", batch[0].0, batch[batch.len() - 1].0);
             self.latch(why);
@@ -1003,8 +1038,11 @@ impl Writer {
         // After the index has the batch, before anyone hears of it; audit-only
         // records (logins, reads) change nothing a reader sees.
         if records.iter().any(|r| !matches!(r.event, Event::None)) {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            let g = self.generation.load(Ordering::Acquire) + 1;
+            log.push(g, touched);
+            self.generation.store(g, Ordering::Release);
         }
+        drop(log);
         for (reply, idx) in answers {
             let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
             let _ = reply.send(Ok(out));
