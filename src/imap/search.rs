@@ -430,6 +430,12 @@ mod tests {
             .map(|(u, m)| (u, Msg::from_meta(&m, &mut sets)))
             .collect();
         assert_eq!(msgs.len(), n);
+        // The listing a SELECT reads (in two parts, from 1,024 entries in
+        // tests) is the same.
+        let listed = store
+            .scan_folder("prot", "INBOX", crate::imap::shared::FlagSets::default, |s, b| Msg::from_brief(b, s, |_| true))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed, msgs);
         let seen: HashSet<u32> = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
         let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
         let d = |day| imap_next::imap_types::datetime::NaiveDate::try_from(chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default()).unwrap_or_else(|_| unreachable!());

@@ -621,7 +621,9 @@ impl View {
         // Any other folder: read in place from the index, each entry
         // straight into its compact form.
         let mut msgs =
-            self.store.scan_folder(&f.mailbox, sf, |b| Msg::from_brief(b, &mut sets, |fl| !is_pec_keyword(fl)))?;
+            self.store.scan_folder(&f.mailbox, sf, FlagSets::default, |sets, b| {
+                Msg::from_brief(b, sets, |fl| !is_pec_keyword(fl))
+            })?;
         if sf == INBOX {
             let states: HashMap<BlobHash, crate::handling::Handling> =
                 self.store.handling_all(&f.mailbox)?.into_iter().map(|(h, s)| (BlobHash::parse(&h), s)).collect();

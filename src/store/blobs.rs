@@ -3,7 +3,9 @@
 //! `blobs/ab/cd/abcd….eml`, byte-for-byte as received. A blob is written to
 //! `blobs/tmp/`, fsynced, renamed into place, and the directory fsynced, so
 //! after a crash a blob is either whole under its name or absent (a leftover
-//! temporary file is removed on the next open).
+//! temporary file is removed on the next open). A blob already under its
+//! name (the same bytes stored again) has its directory fsynced before
+//! `put` returns: it may be another write's, not yet durable.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -58,6 +60,11 @@ impl Blobs {
         let dest = self.path(&hash);
         if let Ok(meta) = fs::metadata(&dest) {
             if meta.len() == r.size {
+                // Present is not yet durable: another write of the same
+                // bytes may be between its rename and its directory's
+                // fsync, or a process killed there left it. Made durable
+                // before the caller references it (rare: equal bytes).
+                sync_dir(dest.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?)?;
                 return Ok(r);
             }
             // A blob of the wrong size under a content address can only be

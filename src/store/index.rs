@@ -1141,30 +1141,58 @@ impl Index {
 
     /// A folder's messages in UID order, each made by `each` from its
     /// [`codec::Brief`] while the entry is at hand (nothing decoded into
-    /// owned values but what `each` makes), in a list sized once.
-    pub fn scan_folder<T>(
+    /// owned values but what `each` makes), with a state per thread from
+    /// `init`. A large folder is read in two UID ranges at once, one
+    /// thread each (a million entries: half the time on two cores).
+    pub fn scan_folder<S, T: Send>(
         &self,
         mailbox: &str,
         folder: &str,
-        mut each: impl FnMut(codec::Brief<'_>) -> T,
+        init: impl Fn() -> S + Sync,
+        each: impl Fn(&mut S, codec::Brief<'_>) -> T + Sync,
     ) -> Result<Vec<(u32, T)>, Error> {
         let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
         let tx = self.db.begin_read()?;
-        let exists = RTbl(tx.open_table(FOLDERS)?)
+        let st = RTbl(tx.open_table(FOLDERS)?)
             .get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?
-            .and_then(|v| dec::<FolderState>(&v).ok())
-            .map_or(0, |st| st.exists);
-        let mut out = Vec::with_capacity(usize::try_from(exists).unwrap_or(0).min(1 << 24));
+            .and_then(|v| dec::<FolderState>(&v).ok());
+        let exists = usize::try_from(st.as_ref().map_or(0, |st| st.exists)).unwrap_or(0).min(1 << 24);
         let t = RTbl(tx.open_table(MSGS)?);
-        for kv in t.0.range(p.as_slice()..)? {
-            let (k, v) = kv?;
-            let k = k.value();
-            if !k.starts_with(&p) {
-                break;
+        // UIDs below `to` (all when `None`) from `from` on.
+        let part = |from: u32, to: Option<u32>, cap: usize| -> Result<Vec<(u32, T)>, Error> {
+            let mut s = init();
+            let mut out = Vec::with_capacity(cap);
+            let mut k = p.clone();
+            k.extend_from_slice(&from.to_be_bytes());
+            for kv in t.0.range(k.as_slice()..)? {
+                let (k, v) = kv?;
+                let k = k.value();
+                if !k.starts_with(&p) {
+                    break;
+                }
+                let uid = be32(&k[p.len()..]);
+                if to.is_some_and(|to| uid >= to) {
+                    break;
+                }
+                let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
+                out.push((uid, each(&mut s, b)));
             }
-            let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
-            out.push((be32(&k[p.len()..]), each(b)));
+            Ok(out)
+        };
+        // UIDs are given in order and mostly kept: the middle UID splits
+        // the entries about in half.
+        let mid = st.as_ref().map_or(0, |st| st.uidnext / 2);
+        // Smaller in tests, so that they read folders in two parts too.
+        const SPLIT_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
+        if exists < SPLIT_FROM || mid == 0 {
+            return part(0, None, exists);
         }
+        let (low, high) = std::thread::scope(|sc| {
+            let high = sc.spawn(|| part(mid, None, exists / 2 + 1024));
+            (part(0, Some(mid), exists / 2 + 1024), high.join())
+        });
+        let mut out = low?;
+        out.extend(high.map_err(|_| Error::Invalid("a folder scan thread panicked".into()))??);
         Ok(out)
     }
 

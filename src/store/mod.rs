@@ -503,8 +503,15 @@ impl Store {
     /// [`Brief`], borrowed from the index while `each` looks at it (a
     /// selected folder's listing, built without a decoded [`MessageMeta`]
     /// per message).
-    pub fn scan_folder<T>(&self, mailbox: &str, folder: &str, each: impl FnMut(Brief<'_>) -> T) -> Result<Vec<(u32, T)>> {
-        Ok(self.inner.index.scan_folder(mailbox, folder, each)?)
+    /// `init` makes a state for each thread reading a part of the folder.
+    pub fn scan_folder<S, T: Send>(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        init: impl Fn() -> S + Sync,
+        each: impl Fn(&mut S, Brief<'_>) -> T + Sync,
+    ) -> Result<Vec<(u32, T)>> {
+        Ok(self.inner.index.scan_folder(mailbox, folder, init, each)?)
     }
 
     /// What changed in a folder since generation `after` (a list read
