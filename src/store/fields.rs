@@ -169,23 +169,30 @@ impl SearchFields {
 
 /// Every occurrence of header `name` as one string, a line per form: the
 /// raw value (encoded words and all), its decoded text, and its addresses'
-/// names and addresses.
+/// names and addresses — each form only if the string does not hold it
+/// already (a plain Subject's decoded text is its raw value, a plain
+/// From's name and address are in it): a search string found in a form
+/// left out is found in the form that holds it, and a million messages'
+/// cache is a third smaller.
 fn haystack(head: &[u8], m: &mail_parser::Message<'_>, name: &str) -> Option<String> {
     let mut out: Option<String> = None;
+    let add = |hay: &mut String, form: &str| {
+        if !hay.contains(form) {
+            hay.push_str(form);
+            hay.push('\n');
+        }
+    };
     for h in m.headers().iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(name)) {
         let hay = out.get_or_insert_with(String::new);
         let r = head.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
-        hay.push_str(&String::from_utf8_lossy(r.trim_ascii()));
-        hay.push('\n');
+        add(hay, &String::from_utf8_lossy(r.trim_ascii()));
         if let Some(t) = h.value.as_text() {
-            hay.push_str(t);
-            hay.push('\n');
+            add(hay, t);
         }
         if let Some(a) = h.value.as_address() {
             for x in a.iter() {
                 for part in [x.name.as_deref(), x.address.as_deref()].into_iter().flatten() {
-                    hay.push_str(part);
-                    hay.push('\n');
+                    add(hay, part);
                 }
             }
         }
@@ -280,6 +287,10 @@ body with From: nobody@else.example\r\n";
         // Any header, uncached, the same way.
         assert_eq!(SearchFields::header_of(MSG, "from"), f.from);
         assert_eq!(SearchFields::header_of(MSG, "X-Missing"), None);
+        // A form the string holds already is not added again.
+        let plain = SearchFields::of(b"From: Mario Rossi <mario@example.it>\r\nSubject: Pratica 42\r\n\r\nx\r\n");
+        assert_eq!(plain.subject.as_deref(), Some("Pratica 42\n"));
+        assert_eq!(plain.from.as_deref(), Some("Mario Rossi <mario@example.it>\n"));
     }
 
     /// A cached value read in place gives SEARCH what the whole value

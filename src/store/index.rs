@@ -490,17 +490,20 @@ struct Tables<'t> {
 struct MsgsTbl<'t> {
     t: Tbl<'t>,
     touched: Vec<Vec<u8>>,
+    note: bool,
 }
 
 impl MsgsTbl<'_> {
     fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.touched.push(k.as_ref().to_vec());
+        if self.note {
+            self.touched.push(k.as_ref().to_vec());
+        }
         self.t.insert(k, v)
     }
 
     fn remove(&mut self, k: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
         let v = self.t.remove(k.as_ref())?;
-        if v.is_some() {
+        if v.is_some() && self.note {
             self.touched.push(k.as_ref().to_vec());
         }
         Ok(v)
@@ -522,7 +525,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             meta: t(META)?,
             folders: t(FOLDERS)?,
-            msgs: MsgsTbl { t: t(MSGS)?, touched: Vec::new() },
+            msgs: MsgsTbl { t: t(MSGS)?, touched: Vec::new(), note: true },
             hashes: t(HASHES)?,
             provider: t(PROVIDER)?,
             sync: t(SYNC)?,
@@ -637,8 +640,10 @@ impl Index {
     /// [`DURABLE_EVERY`] apart (or at [`Index::flush`]); one that a crash
     /// loses is replayed from the journal at the next open.
     /// Apply a batch of records in one transaction; returns the message
-    /// entries it inserted, changed or removed (see `store::changes`).
-    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)]) -> Result<Vec<super::changes::Touched>, Error> {
+    /// entries it inserted, changed or removed (see `store::changes`) if
+    /// `note` (the writer's batches; not a replay or a rebuild, whose
+    /// million entries nobody holds a list of yet).
+    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)], note: bool) -> Result<Vec<super::changes::Touched>, Error> {
         for (seq, _, event) in records {
             if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
                 if let Some(why) = p.unrecognised_because() {
@@ -661,6 +666,7 @@ impl Index {
         }
         let touched = {
             let mut t = Tables::open(&tx)?;
+            t.msgs.note = note;
             let applied = t
                 .meta
                 .get("applied_seq")?
@@ -1189,7 +1195,9 @@ impl Index {
         }
         let (low, high) = std::thread::scope(|sc| {
             let high = sc.spawn(|| part(mid, None, exists / 2 + 1024));
-            (part(0, Some(mid), exists / 2 + 1024), high.join())
+            // The lower part sized for both: the upper is appended without
+            // the list being copied again (a million entries: 100 MB).
+            (part(0, Some(mid), exists + 1024), high.join())
         });
         let mut out = low?;
         out.extend(high.map_err(|_| Error::Invalid("a folder scan thread panicked".into()))??);

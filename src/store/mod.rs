@@ -852,7 +852,7 @@ fn replay(journal: &JournalReader, index: &Index, progress: &mut dyn FnMut(u64, 
     let mut batch: Vec<Record> = Vec::with_capacity(REPLAY_BATCH);
     let apply = |batch: &mut Vec<Record>| -> Result<()> {
         let refs: Vec<_> = batch.iter().map(|r| (r.seq, r.time, &r.event)).collect();
-        index.apply_batch(&refs)?;
+        index.apply_batch(&refs, false)?;
         batch.clear();
         Ok(())
     };
@@ -1020,7 +1020,7 @@ impl Writer {
         let mut log = self.changes.lock();
         let mut touched = Vec::new();
         if batch.is_empty() {
-        } else if let Err(e) = self.index.apply_batch(&batch).map(|t| touched = t) {
+        } else if let Err(e) = self.index.apply_batch(&batch, true).map(|t| touched = t) {
             // The journal has them; the next open replays them.
             let why = format!("index apply of records {}..={}: {e}", batch[0].0, batch[batch.len() - 1].0);
             self.latch(why);
