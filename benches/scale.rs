@@ -23,7 +23,8 @@
 //!   of the last 50 `(FLAGS ENVELOPE)`; `UID SEARCH SUBJECT` of a word one
 //!   message has in its subject, twice;
 //! * the daemon's VmRSS with one session selected, and with 100 sessions
-//!   that each SELECTed INBOX;
+//!   that each SELECTed INBOX; then the first session's NOOP after another
+//!   flagged a message (the refresh of the list after one change);
 //! * the same session against Dovecot twice: its first session ever
 //!   (Dovecot builds its index and caches), and again after a restart
 //!   (index and caches on disk; the column compared with pecgate, whose
