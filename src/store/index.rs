@@ -111,6 +111,9 @@ impl MessageMeta {
     }
 }
 
+/// A folder's state and some of its entries by UID (`None`: not there).
+pub type FolderChanges<T> = (Option<FolderState>, Vec<(u32, Option<T>)>);
+
 /// A provider message that is archived and (as far as we know) still on the
 /// provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1212,7 +1215,7 @@ impl Index {
         folder: &str,
         uids: &[u32],
         mut each: impl FnMut(codec::Brief<'_>) -> T,
-    ) -> Result<(Option<FolderState>, Vec<(u32, Option<T>)>), Error> {
+    ) -> Result<FolderChanges<T>, Error> {
         let tx = self.db.begin_read()?;
         let st = RTbl(tx.open_table(FOLDERS)?).get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?;
         let st = st.map(|v| dec::<FolderState>(&v)).transpose()?;

@@ -521,7 +521,6 @@ impl Store {
     /// state while no batch is applied. `None` when the writer's log no
     /// longer reaches back to `after` or more than `most` entries changed:
     /// read the folder whole ([`Store::scan_folder`]).
-    #[allow(clippy::type_complexity)]
     pub fn folder_changes<T>(
         &self,
         mailbox: &str,
@@ -529,7 +528,7 @@ impl Store {
         after: u64,
         most: usize,
         each: impl FnMut(Brief<'_>) -> T,
-    ) -> Result<Option<(Option<FolderState>, Vec<(u32, Option<T>)>)>> {
+    ) -> Result<Option<index::FolderChanges<T>>> {
         let log = self.inner.changes.lock();
         let Some(uids) = log.since(after, mailbox, folder).filter(|u| u.len() <= most) else { return Ok(None) };
         let r = self.inner.index.briefs(mailbox, folder, &uids, each)?;
