@@ -22,6 +22,7 @@ pub mod session;
 pub mod shared;
 pub mod sort;
 pub mod thread;
+pub mod uidset;
 pub mod view;
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! text parts, plus the raw bytes (so encoded words and base64 bodies are
 //! found once decoded).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -17,6 +17,7 @@ use imap_next::imap_types::sequence::SequenceSet;
 use super::fetch;
 use crate::store::fields::SearchFields as Fields;
 use super::recent::Recent;
+use super::uidset::UidSet;
 use super::shared::{Entries, Msg};
 use crate::store::fields::MatchFields;
 use crate::store::{BlobHash, FieldsReader, Store};
@@ -36,13 +37,13 @@ pub struct Candidate<'a> {
 
 impl<'a> Candidate<'a> {
     /// Message `i` of `msgs`.
-    pub fn at(msgs: &'a Entries, i: usize, seen: &HashSet<u32>, recent: &Recent) -> Candidate<'a> {
+    pub fn at(msgs: &'a Entries, i: usize, seen: &UidSet, recent: &Recent) -> Candidate<'a> {
         let (uid, meta) = &msgs[i];
         Candidate {
             seq: u32::try_from(i + 1).unwrap_or(u32::MAX),
             uid: *uid,
             meta,
-            seen: seen.contains(uid),
+            seen: seen.contains(*uid),
             recent: recent.contains(*uid),
             max_seq: u32::try_from(msgs.len()).unwrap_or(u32::MAX),
             max_uid: msgs.last().map_or(0, |m| m.0),
@@ -110,7 +111,7 @@ const SCAN_FROM: usize = 4096;
 pub fn run(
     store: &Store,
     msgs: &Entries,
-    seen: &HashSet<u32>,
+    seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
     by_uid: bool,
@@ -137,7 +138,7 @@ fn scanned(
     store: &Store,
     reader: &FieldsReader,
     msgs: &Entries,
-    seen: &HashSet<u32>,
+    seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
 ) -> Vec<usize> {
@@ -214,7 +215,7 @@ impl std::hash::Hasher for Bits {
 pub fn each_match(
     store: &Store,
     msgs: &Entries,
-    seen: &HashSet<u32>,
+    seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
     mut hit: impl FnMut(usize, Option<Fields>),
@@ -237,7 +238,7 @@ fn evaluate(
     reader: Option<&FieldsReader>,
     msgs: &Entries,
     i: usize,
-    seen: &HashSet<u32>,
+    seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
     need: Need,
@@ -436,7 +437,7 @@ mod tests {
             .scan_folder("prot", "INBOX", crate::imap::shared::FlagSets::default, |s, b| Msg::from_brief(b, s, |_| true))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(listed, msgs);
-        let seen: HashSet<u32> = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
+        let seen: UidSet = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
         let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
         let d = |day| imap_next::imap_types::datetime::NaiveDate::try_from(chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
         let cases: Vec<Vec<SearchKey<'_>>> = vec![

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use chrono::{DateTime, Utc};
 
+use super::uidset::UidSet;
 use crate::store::{BlobHash, Brief, MessageMeta};
 
 /// A set of flags and keywords, shared by every message that has it.
@@ -130,6 +131,9 @@ struct Table {
     /// Whole snapshots by folder key (see [`SharedMetas::intern_folder`]),
     /// with the newest stamp they are known to be current at.
     lists: HashMap<String, Listed>,
+    /// The UIDs a user has seen, by user and folder key, with the stamp
+    /// they were read at (see [`SharedMetas::seen`]).
+    seen: HashMap<String, (Stamp, Weak<UidSet>)>,
 }
 
 struct Listed {
@@ -178,6 +182,41 @@ impl SharedMetas {
             return Some(a);
         }
         None
+    }
+
+    /// The seen set under `key` read at `stamp`, or the one `read` gives,
+    /// shared with every session that reads an equal one: a user's
+    /// sessions on one folder hold one set, read once per store
+    /// generation.
+    pub fn seen<E>(&self, key: &str, stamp: Stamp, read: impl FnOnce() -> Result<UidSet, E>) -> Result<Arc<UidSet>, E> {
+        let held = {
+            let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            t.seen.get(key).and_then(|(st, w)| Some((*st, w.upgrade()?)))
+        };
+        if let Some((st, s)) = &held {
+            if *st == stamp {
+                return Ok(s.clone());
+            }
+        }
+        let fresh = read()?;
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((st, s)) = held {
+            if *s == fresh {
+                if stamp > st {
+                    t.seen.insert(key.to_string(), (stamp, Arc::downgrade(&s)));
+                }
+                return Ok(s);
+            }
+            if st > stamp {
+                return Ok(Arc::new(fresh));
+            }
+        }
+        let a = Arc::new(fresh);
+        t.seen.insert(key.to_string(), (stamp, Arc::downgrade(&a)));
+        if t.seen.len() > SWEEP_SLACK {
+            t.seen.retain(|_, (_, w)| w.strong_count() > 0);
+        }
+        Ok(a)
     }
 
     /// The list last interned under `key`, whatever it was read at, if a
@@ -332,6 +371,23 @@ mod tests {
         assert_eq!(m[1].1, new[1].1, "changed");
         assert_eq!(m[3].1, old[2].1, "untouched");
         assert_eq!(merge(&old, vec![]), old);
+    }
+
+    #[test]
+    fn a_users_seen_set_is_read_once_a_generation_and_shared() {
+        let s = SharedMetas::default();
+        let at = |generation| Stamp { generation, second: 0 };
+        let read = |uids: Vec<u32>| move || -> Result<UidSet, ()> { Ok(UidSet::from_sorted(uids)) };
+        let a = s.seen("mario\0k", at(1), read(vec![1, 2])).unwrap_or_default();
+        let b = s.seen("mario\0k", at(1), || -> Result<UidSet, ()> { panic!("read again at the same stamp") });
+        assert!(Arc::ptr_eq(&a, &b.unwrap_or_default()));
+        let c = s.seen("mario\0k", at(2), read(vec![1, 2])).unwrap_or_default();
+        assert!(Arc::ptr_eq(&a, &c), "read again, equal: the same set");
+        let d = s.seen("mario\0k", at(3), read(vec![1, 2, 3])).unwrap_or_default();
+        assert!(!Arc::ptr_eq(&a, &d) && d.contains(3));
+        let e = s.seen("anna\0k", at(3), read(vec![1, 2, 3])).unwrap_or_default();
+        assert!(!Arc::ptr_eq(&d, &e), "another user's is their own");
+        assert_eq!(s.seen("mario\0k", at(4), || Err("index")), Err("index"));
     }
 
     #[test]

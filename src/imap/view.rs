@@ -17,6 +17,7 @@ use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::reconcile::SentMessage;
 use super::recent::Recent;
+use super::uidset::UidSet;
 use super::shared::{Entries, FlagSets, Msg, SharedMetas, Stamp, Version};
 use crate::store::{BlobHash, MessageMeta, Store, StoreError};
 
@@ -57,7 +58,7 @@ pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 /// A folder's messages in UID order (flags include the computed `$Pec*`
 /// keywords), shared with other sessions (see [`super::shared`]), and the
 /// UIDs this user has seen.
-pub type Snapshot = (Arc<Entries>, HashSet<u32>);
+pub type Snapshot = (Arc<Entries>, Arc<UidSet>);
 
 
 /// One selectable folder as the user sees it.
@@ -479,17 +480,17 @@ impl View {
                 }
             },
         };
-        let seen = match &f.handling {
-            // `\Seen` is the user's on the INBOX message.
-            Some(_) => {
-                let inbox = self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?;
-                msgs.iter()
-                    .filter(|(_, m)| m.source_uid.is_some_and(|u| inbox.contains(&u)))
-                    .map(|(v, _)| *v)
-                    .collect()
-            }
-            None => self.store.seen_uids(&self.user.name, &f.mailbox, f.source())?,
-        };
+        let seen_key = format!("{}\0{key}", self.user.name);
+        let seen = self.metas.seen(&seen_key, stamp, || -> Result<UidSet, ViewError> {
+            Ok(match &f.handling {
+                // `\Seen` is the user's on the INBOX message.
+                Some(_) => {
+                    let inbox = UidSet::from_sorted(self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?);
+                    msgs.iter().filter(|(_, m)| m.source_uid.is_some_and(|u| inbox.contains(u))).map(|(v, _)| *v).collect()
+                }
+                None => UidSet::from_sorted(self.store.seen_uids(&self.user.name, &f.mailbox, f.source())?),
+            })
+        })?;
         Ok((msgs, seen))
     }
 
@@ -507,25 +508,25 @@ impl View {
     /// there; computed keywords and PEC metadata left out.
     fn gathered(&self, f: &Folder, items: impl Iterator<Item = (u32, String, u32, MessageMeta)>) -> Result<Snapshot, ViewError> {
         let mut msgs = Vec::new();
-        let mut seen = HashSet::new();
-        let mut seen_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        let mut seen = Vec::new();
+        let mut seen_in: HashMap<String, UidSet> = HashMap::new();
         let mut sets = FlagSets::default();
         for (shown, folder, uid, mut m) in items {
             let s = match seen_in.get(&folder) {
                 Some(s) => s,
                 None => {
-                    let s = self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?;
+                    let s = UidSet::from_sorted(self.store.seen_uids(&self.user.name, &f.mailbox, &folder)?);
                     seen_in.entry(folder.clone()).or_insert(s)
                 }
             };
-            if s.contains(&uid) {
-                seen.insert(shown);
+            if s.contains(uid) {
+                seen.push(shown);
             }
             m.flags.retain(|fl| !is_pec_keyword(fl));
             m.source_uid = Some(uid);
             msgs.push((shown, Msg::from_meta(&m, &mut sets)));
         }
-        Ok((Arc::new(msgs), seen))
+        Ok((Arc::new(msgs), Arc::new(seen.into_iter().collect())))
     }
 
     /// All: every message of the mailbox once, where it is filed, by All
@@ -706,7 +707,7 @@ impl View {
     pub fn open(&self, f: &Folder) -> Result<(Counts, Snapshot), ViewError> {
         let snap = self.snapshot(f)?;
         let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
-        let unseen = u32::try_from(snap.0.iter().filter(|(u, _)| !snap.1.contains(u)).count()).unwrap_or(u32::MAX);
+        let unseen = u32::try_from(snap.0.iter().filter(|(u, _)| !snap.1.contains(*u)).count()).unwrap_or(u32::MAX);
         if f.trash {
             // A UIDVALIDITY of its own derived from INBOX's (like the
             // handling views'); UIDs from the fold's Trash counter.

@@ -143,11 +143,11 @@ async fn rebuild_reproduces_client_changes() {
         .is_empty());
     assert_eq!(
         store.seen_uids("anna", "prot", "Receipts").unwrap(),
-        HashSet::from([1])
+        vec![1]
     );
     assert_eq!(
         store.seen_uids("mario", "prot", "Receipts").unwrap(),
-        HashSet::from([1])
+        vec![1]
     );
     assert!(store.hidden_message("prot", "INBOX", 2).unwrap().is_some());
     assert!(

@@ -1280,12 +1280,13 @@ impl Index {
     }
 
     /// UIDs in `mailbox`/`folder` that `user` has seen.
-    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<std::collections::HashSet<u32>, Error> {
+    /// The UIDs `user` has seen in `folder`, ascending (the keys' order).
+    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<Vec<u32>, Error> {
         let p = prefix(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes()]);
-        let mut out = std::collections::HashSet::new();
+        let mut out = Vec::new();
         for kv in self.r(SEEN)?.scan_prefix(&p) {
             let (k, _) = kv?;
-            out.insert(be32(&k[p.len()..]));
+            out.push(be32(&k[p.len()..]));
         }
         Ok(out)
     }

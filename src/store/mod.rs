@@ -604,7 +604,8 @@ impl Store {
     }
 
     /// UIDs in `mailbox`/`folder` that `user` has seen (`\Seen` is per user).
-    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<HashSet<u32>> {
+    /// The UIDs `user` has seen in `folder`, ascending.
+    pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<Vec<u32>> {
         Ok(self.inner.index.seen_uids(user, mailbox, folder)?)
     }
 

@@ -245,7 +245,7 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
         false => view.recent_peek(&folder),
     };
     io.data(Data::Recent(u32::try_from(recent.count_in(&msgs)).unwrap_or(u32::MAX)));
-    if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(u)) {
+    if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(*u)) {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
     }
     io.status(untagged(StatusKind::Ok, Some(Code::UidValidity(nz(counts.uidvalidity))), "UIDs valid"));
@@ -254,7 +254,6 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     // lets only CONDSTORE servers send it).
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
-    let seen = std::sync::Arc::new(seen);
     Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent, generation }))
 }
 

@@ -22,7 +22,6 @@ pub mod folders;
 pub mod selected;
 pub mod transfer;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -103,7 +102,7 @@ pub struct Selected {
     pub msgs: Arc<Entries>,
     /// The messages this user has seen (shared with the SEARCHes running
     /// on it, not copied for each).
-    pub seen: Arc<HashSet<u32>>,
+    pub seen: Arc<super::uidset::UidSet>,
     /// The flags and keywords last announced in `* FLAGS`: a keyword a
     /// message gets that is not among them is announced before the
     /// message's FETCH shows it (RFC 3501 §7.2.6).

@@ -24,6 +24,7 @@ use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
 use super::super::shared::{Entries, Msg};
+use super::super::uidset::UidSet;
 use crate::store::{Change, FlagOp};
 
 /// Messages per FETCH batch (each batch is drained before the next).
@@ -146,15 +147,15 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     if Arc::ptr_eq(&sel.msgs, &new) {
         // The very list this session holds (the usual case when a
         // change elsewhere woke it): only this user's \Seen can differ.
-        if seen != *sel.seen {
+        if !Arc::ptr_eq(&seen, &sel.seen) && *seen != *sel.seen {
             for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
-                let is_seen = seen.contains(uid);
-                if sel.seen.contains(uid) != is_seen && !quiet.contains(uid) {
+                let is_seen = seen.contains(*uid);
+                if sel.seen.contains(*uid) != is_seen && !quiet.contains(uid) {
                     flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(*uid));
                 }
             }
         }
-        sel.seen = Arc::new(seen);
+        sel.seen = seen;
         sel.generation = generation;
         return;
     }
@@ -173,7 +174,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     for &(i, j) in &d.seen_or_changed(&new, &sel.seen, &seen) {
         let uid = new[j].0;
         if !quiet.contains(&uid) {
-            flags_update(io, i, uid, &new[j].1, seen.contains(&uid), sel.recent.contains(uid));
+            flags_update(io, i, uid, &new[j].1, seen.contains(uid), sel.recent.contains(uid));
         }
     }
     let before = sel.msgs.len() - d.expunged.len();
@@ -209,7 +210,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
             io.data(Data::Recent(u32::try_from(now).unwrap_or(u32::MAX)));
         }
     }
-    sel.seen = Arc::new(seen);
+    sel.seen = seen;
     // Unless EXPUNGEs were held back: then the list still differs from
     // the store's, and the next refresh must look again.
     if expunge || d.expunged.is_empty() && d.kept_gone == 0 {
@@ -241,7 +242,7 @@ struct Diff {
 impl Diff {
     /// Messages whose entry or whose `\Seen` changed: (index shown,
     /// index in `new`).
-    fn seen_or_changed(&self, new: &Entries, was: &HashSet<u32>, is: &HashSet<u32>) -> Vec<(usize, usize)> {
+    fn seen_or_changed(&self, new: &Entries, was: &UidSet, is: &UidSet) -> Vec<(usize, usize)> {
         if was == is {
             return self.changed.clone();
         }
@@ -250,7 +251,7 @@ impl Diff {
             .copied()
             .filter(|&(i, j)| {
                 let u = new[j].0;
-                self.changed.binary_search(&(i, j)).is_ok() || was.contains(&u) != is.contains(&u)
+                self.changed.binary_search(&(i, j)).is_ok() || was.contains(u) != is.contains(u)
             })
             .collect()
     }
@@ -355,7 +356,7 @@ async fn fetch(
     let mut newly_seen = HashSet::new();
     if sets_seen && sel.writable {
         if let Some(f) = sel.folder.writable_source() {
-            let unseen: Vec<u32> = uids.iter().copied().filter(|u| !sel.seen.contains(u)).collect();
+            let unseen: Vec<u32> = uids.iter().copied().filter(|u| !sel.seen.contains(*u)).collect();
             if !unseen.is_empty() {
                 let ch = Change::SetSeen {
                     user: user.view.user.name.clone(),
@@ -423,7 +424,7 @@ async fn fetch(
         for (seq, u) in chunk {
             let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
             let meta = meta.clone();
-            let seen = sel.seen.contains(u);
+            let seen = sel.seen.contains(*u);
             let raw = if needs_raw {
                 match raws.next().flatten() {
                     Some(b) => Some(b),
