@@ -102,21 +102,7 @@ mod tests {
 
     fn list(uids: &[u32]) -> Entries {
         let mut sets = super::super::shared::FlagSets::default();
-        let m = crate::store::MessageMeta {
-            hash: "h".into(),
-            size: 1,
-            internal_date: chrono::DateTime::UNIX_EPOCH,
-            flags: vec![],
-            modseq: 1,
-            archived: chrono::DateTime::UNIX_EPOCH,
-            pec: None,
-            source_uid: None,
-            trash_uid: None,
-            appended: false,
-            all_uid: None,
-            label: false,
-        };
-        let e = super::super::shared::Msg::from_meta(&m, &mut sets);
+        let e = super::super::shared::Msg::from_meta(&super::super::shared::tests::meta("h", &[]), &mut sets);
         uids.iter().map(|u| (*u, e.clone())).collect()
     }
 

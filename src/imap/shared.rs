@@ -266,10 +266,12 @@ impl SharedMetas {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn meta(hash: &str, flags: &[&str]) -> MessageMeta {
+    /// A stored entry with these flags (the other fields fixed), for the
+    /// tests of what the lists hold.
+    pub(crate) fn meta(hash: &str, flags: &[&str]) -> MessageMeta {
         MessageMeta {
             hash: hash.into(),
             size: 10,

@@ -72,21 +72,22 @@ impl BlobHash {
 
     /// The name as the store's API takes it.
     pub fn hex(&self) -> String {
-        self.to_string()
+        match self {
+            BlobHash::Sha256(raw) => {
+                // Into a buffer, then one String: `hex::encode`'s char
+                // iterator was 18 % of a large SELECT.
+                let mut buf = [0u8; 64];
+                let _ = hex::encode_to_slice(raw, &mut buf);
+                std::str::from_utf8(&buf).unwrap_or_default().to_owned()
+            }
+            BlobHash::Other(s) => s.to_string(),
+        }
     }
 }
 
 impl std::fmt::Display for BlobHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BlobHash::Sha256(raw) => {
-                let mut buf = [0u8; 64];
-                // Cannot fail: the buffer is twice the input.
-                let _ = hex::encode_to_slice(raw, &mut buf);
-                f.write_str(std::str::from_utf8(&buf).unwrap_or_default())
-            }
-            BlobHash::Other(s) => f.write_str(s),
-        }
+        f.write_str(&self.hex())
     }
 }
 
@@ -164,17 +165,7 @@ impl<'a> Reader<'a> {
     }
 
     fn hash(&mut self) -> Result<String, Corrupt> {
-        match self.u8()? {
-            32 => {
-                // `hex::encode` goes char by char through an iterator: 18 %
-                // of a large SELECT. Into a buffer, then one String.
-                let mut buf = [0u8; 64];
-                hex::encode_to_slice(self.take(32)?, &mut buf).map_err(|_| self.fail("hash"))?;
-                String::from_utf8(buf.to_vec()).map_err(|_| self.fail("hash"))
-            }
-            0x80 => self.string(),
-            _ => Err(self.fail("hash marker")),
-        }
+        Ok(self.blob_hash()?.hex())
     }
 
     fn blob_hash(&mut self) -> Result<BlobHash, Corrupt> {
@@ -194,6 +185,22 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).map_err(|_| self.fail("not UTF-8"))
     }
 
+    /// The fields a message entry starts with, up to its flags' count.
+    fn head(&mut self) -> Result<Head, Corrupt> {
+        if self.u8()? != V1 {
+            return Err(Corrupt("unknown message entry version".into()));
+        }
+        Ok(Head {
+            bits: self.u8()?,
+            hash: self.blob_hash()?,
+            size: self.varint()?,
+            internal_date: self.time()?,
+            archived: self.time()?,
+            modseq: self.varint()?,
+            flags: self.varint()?,
+        })
+    }
+
     fn end(&self) -> Result<(), Corrupt> {
         if self.b.is_empty() {
             Ok(())
@@ -201,6 +208,18 @@ impl<'a> Reader<'a> {
             Err(self.fail("trailing bytes"))
         }
     }
+}
+
+/// What every message entry starts with, in this order ([`encode_meta`]).
+struct Head {
+    bits: u8,
+    hash: BlobHash,
+    size: u64,
+    internal_date: DateTime<Utc>,
+    archived: DateTime<Utc>,
+    modseq: u64,
+    /// How many flags follow.
+    flags: u64,
 }
 
 pub fn encode_meta(m: &MessageMeta) -> Vec<u8> {
@@ -253,16 +272,7 @@ pub fn decode_meta(b: &[u8]) -> Result<MessageMeta, Corrupt> {
 /// unless `pec`.
 pub fn decode_meta_with(b: &[u8], pec: bool) -> Result<MessageMeta, Corrupt> {
     let mut r = Reader { b };
-    if r.u8()? != V1 {
-        return Err(Corrupt("unknown message entry version".into()));
-    }
-    let bits = r.u8()?;
-    let hash = r.hash()?;
-    let size = r.varint()?;
-    let internal_date = r.time()?;
-    let archived = r.time()?;
-    let modseq = r.varint()?;
-    let n = r.varint()?;
+    let Head { bits, hash, size, internal_date, archived, modseq, flags: n } = r.head()?;
     let mut flags = Vec::with_capacity(n.min(64) as usize);
     for _ in 0..n {
         flags.push(r.string()?);
@@ -282,7 +292,7 @@ pub fn decode_meta_with(b: &[u8], pec: bool) -> Result<MessageMeta, Corrupt> {
     };
     r.end()?;
     Ok(MessageMeta {
-        hash,
+        hash: hash.hex(),
         size,
         internal_date,
         flags,
@@ -347,16 +357,7 @@ impl<'a> Iterator for Flags<'a> {
 /// checked and skipped.
 pub fn decode_brief(b: &[u8]) -> Result<Brief<'_>, Corrupt> {
     let mut r = Reader { b };
-    if r.u8()? != V1 {
-        return Err(Corrupt("unknown message entry version".into()));
-    }
-    let bits = r.u8()?;
-    let hash = r.blob_hash()?;
-    let size = r.varint()?;
-    let internal_date = r.time()?;
-    r.time()?;
-    let modseq = r.varint()?;
-    let n = r.varint()?;
+    let Head { bits, hash, size, internal_date, modseq, flags: n, .. } = r.head()?;
     let flags = Flags { r: Reader { b: r.b }, left: n };
     for _ in 0..n {
         r.str()?;

@@ -791,30 +791,12 @@ pub fn hideable(user: &Authed, sel: &Selected, filed: Vec<u32>) -> (Vec<u32>, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BlobHash, MessageMeta};
+    use crate::imap::shared::tests::meta;
+    use crate::store::BlobHash;
 
     fn list(items: &[(u32, &[&str])]) -> Entries {
         let mut sets = crate::imap::shared::FlagSets::default();
-        items
-            .iter()
-            .map(|(u, f)| {
-                let m = MessageMeta {
-                    hash: format!("h{u}"),
-                    size: 1,
-                    internal_date: chrono::DateTime::UNIX_EPOCH,
-                    flags: f.iter().map(|x| x.to_string()).collect(),
-                    modseq: 1,
-                    archived: chrono::DateTime::UNIX_EPOCH,
-                    pec: None,
-                    source_uid: None,
-                    trash_uid: None,
-                    appended: false,
-                    all_uid: None,
-                    label: false,
-                };
-                (*u, Msg::from_meta(&m, &mut sets))
-            })
-            .collect()
+        items.iter().map(|(u, f)| (*u, Msg::from_meta(&meta(&format!("h{u}"), f), &mut sets))).collect()
     }
 
     #[test]
