@@ -459,26 +459,33 @@ impl View {
         // does: a message archived into another folder or mailbox does
         // not make a million-message folder be read again. Read after the
         // generation and before the list, like the stamp.
-        let version = match timely || f.handling.is_some() || f.shows_sent() {
-            true => None,
-            false => Some(
-                self.store
-                    .folder(&f.mailbox, f.source())?
-                    .map(|st| (st.uidvalidity, st.uidnext, st.exists, st.highest_modseq)),
-            ),
-        };
-        let msgs = match self.metas.cached(&key, stamp, version) {
+        let msgs = match self.metas.cached(&key, stamp, None) {
+            // Read at this very stamp (ten thousand sessions woken by one
+            // change): no version to read.
             Some(m) => m,
-            None => match version.map(|_| self.patched(f, &key)).transpose()?.flatten() {
-                Some((m, v)) => self.metas.intern_folder(&key, m, stamp, Some(v)),
-                None => {
-                    let m = match &f.handling {
-                        Some(kind) => self.handling_messages(f, kind, now)?,
-                        None => self.folder_messages(f, now)?,
-                    };
-                    self.metas.intern_folder(&key, m, stamp, version)
+            None => {
+                let version = match timely || f.handling.is_some() || f.shows_sent() {
+                    true => None,
+                    false => Some(
+                        self.store
+                            .folder(&f.mailbox, f.source())?
+                            .map(|st| (st.uidvalidity, st.uidnext, st.exists, st.highest_modseq)),
+                    ),
+                };
+                match self.metas.cached(&key, stamp, version) {
+                    Some(m) => m,
+                    None => match version.map(|_| self.patched(f, &key)).transpose()?.flatten() {
+                        Some((m, v)) => self.metas.intern_folder(&key, m, stamp, Some(v)),
+                        None => {
+                            let m = match &f.handling {
+                                Some(kind) => self.handling_messages(f, kind, now)?,
+                                None => self.folder_messages(f, now)?,
+                            };
+                            self.metas.intern_folder(&key, m, stamp, version)
+                        }
+                    },
                 }
-            },
+            }
         };
         let seen_key = format!("{}\0{key}", self.user.name);
         let seen = self.metas.seen(&seen_key, stamp, || -> Result<UidSet, ViewError> {
