@@ -227,6 +227,30 @@ pub struct MailboxConfig {
     /// mailbox) like certified messages; they are then filed in INBOX.
     #[serde(default)]
     pub handle_anomalies: bool,
+    /// What the provider accepts from this mailbox, applied to everything
+    /// relayed through it (client submissions and campaigns alike).
+    #[serde(default)]
+    pub sending: SendingLimits,
+}
+
+/// A mailbox's sending limits (`sending = { per_minute = 6, … }`), as its
+/// provider enforces them: InfoCert Legalmail accepts 6 messages a minute and
+/// refuses more with a 5xx; Aruba at most 500 recipients and 100 MB per
+/// message, the size counted once per recipient. Absent = no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendingLimits {
+    /// Messages per sliding minute.
+    pub per_minute: Option<u32>,
+    /// Messages per sliding hour.
+    pub per_hour: Option<u32>,
+    /// Messages per sliding 24 hours.
+    pub per_day: Option<u32>,
+    /// Recipients of one message.
+    pub max_recipients: Option<usize>,
+    /// A message's size times its recipients, in bytes (what the provider
+    /// counts).
+    pub max_message_bytes: Option<u64>,
 }
 
 fn default_folders() -> Vec<String> {
@@ -484,6 +508,18 @@ impl Config {
             }
             if m.poll_interval < Duration::from_secs(1) {
                 push(k("poll_interval"), "must be at least 1s".into());
+            }
+            let s = &m.sending;
+            for (name, v) in [("per_minute", s.per_minute), ("per_hour", s.per_hour), ("per_day", s.per_day)] {
+                if v == Some(0) {
+                    push(k(&format!("sending.{name}")), "must be at least 1 (leave it out for no limit)".into());
+                }
+            }
+            if s.max_recipients == Some(0) {
+                push(k("sending.max_recipients"), "must be at least 1 (leave it out for no limit)".into());
+            }
+            if s.max_message_bytes == Some(0) {
+                push(k("sending.max_message_bytes"), "must be more than 0 (leave it out for no limit)".into());
             }
         }
         self.validate_clients(&mut push);

@@ -117,6 +117,9 @@ struct Shared {
     rules: crate::handling::rules::LiveRules,
     cert: Option<Arc<crate::tls::ReloadableCert>>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The mailboxes' sends against their sending limits, for SMTP
+    /// submissions and campaigns alike.
+    limiter: Arc<crate::sending::Limiter>,
 }
 
 fn shared(cfg: &Config) -> anyhow::Result<Shared> {
@@ -130,7 +133,7 @@ fn shared(cfg: &Config) -> anyhow::Result<Shared> {
         None => (None, None),
     };
     let rules = crate::handling::rules::LiveRules::new(crate::handling::rules::Rules::compile(cfg));
-    Ok(Shared { auth, rules, cert, tls })
+    Ok(Shared { auth, rules, cert, tls, limiter: Default::default() })
 }
 
 fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
@@ -176,6 +179,7 @@ async fn start_smtp(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<
         auth: sh.auth.clone(),
         mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.clone())).collect(),
         timeout: cfg.upstream.timeout,
+        limiter: sh.limiter.clone(),
     });
     let tasks = crate::smtp::start(ctx, rx).await?;
     Ok((stop, tasks))

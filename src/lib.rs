@@ -37,6 +37,7 @@ pub mod imap;
 pub mod listener;
 pub mod metrics;
 pub mod pec;
+pub mod sending;
 pub mod sim;
 pub mod smtp;
 pub mod store;

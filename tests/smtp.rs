@@ -38,6 +38,11 @@ fn user(name: &str, grants: &str) -> String {
 }
 
 fn setup() -> Env {
+    setup_with("")
+}
+
+/// `prot_extra`: more settings of the `prot` mailbox (e.g. its `sending`).
+fn setup_with(prot_extra: &str) -> Env {
     let dv = Dovecot::start(
         DovecotOptions::new()
             .user(UserSpec::new("prot", "imap-prot"))
@@ -78,7 +83,7 @@ fn setup() -> Env {
     let body = format!(
         "{FAST_UPSTREAM}[pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[tls]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n\
          [smtp]\nlisten = [\"127.0.0.1:{smtps}\"]\nlisten_starttls = [\"127.0.0.1:{submission}\"]\nmax_message_size = 1048576\nmax_recipients = 3\n\n{}{}{}{}",
-        mailbox("prot", PROT, "prot", "imap-prot"),
+        mailbox("prot", PROT, "prot", "imap-prot") + prot_extra,
         mailbox("legal", LEGAL, "legal", "imap-legal"),
         user("mario", "prot = [\"read\", \"send\"], legal = [\"read\"]"),
         user("anna", "legal = [\"read\"]"),
@@ -247,6 +252,29 @@ fn provider_down_gives_451_and_archives_nothing_then_retry_goes_through_once() {
     let st = store.sent_state("prot", "<down@pecgate.test>").unwrap().expect("reconciled");
     assert_eq!(st.statuses(chrono::Utc::now()).get(LEGAL), Some(&RecipientStatus::Delivered));
     assert_eq!(env.sim.log().matches(" accettazione").count(), 1, "{}", env.sim.log());
+}
+
+#[test]
+fn the_mailbox_sending_limits_defer_refuse_and_say_when_to_retry() {
+    let env = setup_with("sending = { per_minute = 2, max_recipients = 2, max_message_bytes = 150000 }\n");
+    // Three recipients where the provider takes two: the third RCPT gets
+    // 452, the message goes to the other two (the first of two a minute).
+    let r = swaks(env.smtps, "--tls-on-connect", "mario", PROT, &format!("{LEGAL},{FULL},x@pec.sim.test"), &[]);
+    assert!(r.out.contains("452 4.5.3 Too many recipients: mailbox prot sends to at most 2"), "{}", r.out);
+    assert!(r.out.contains("250 2.0.0 Accepted by the PEC provider"), "{}", r.out);
+    // 100 KB to two recipients is 200 KB at the provider: 552, nothing relayed.
+    let body = "x".repeat(100 * 1024);
+    let r = swaks(env.smtps, "--tls-on-connect", "mario", PROT, &format!("{LEGAL},{FULL}"), &["--body", &body]);
+    assert!(!r.ok && r.out.contains("552 5.3.4 Message too big for mailbox prot"), "{}", r.out);
+    // Two a minute: the third is deferred with when to come back.
+    let r = swaks(env.smtps, "--tls-on-connect", "mario", PROT, LEGAL, &["--header", "Message-Id: <rate1@pecgate.test>"]);
+    assert!(r.ok, "{}", r.out);
+    let r = swaks(env.smtps, "--tls-on-connect", "mario", PROT, LEGAL, &["--header", "Message-Id: <rate2@pecgate.test>"]);
+    assert!(!r.ok && r.out.contains("451 4.7.0 sending limit of mailbox prot reached (2 per minute): try again in"), "{}", r.out);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.sim.log().matches(" accettazione").count(), 2, "{}", env.sim.log());
+    let j = journal(&env.gw);
+    assert!(j.contains("deferred by pecgate: sending limit") && j.contains("<rate2@pecgate.test>"), "{j}");
 }
 
 /// Send lines on a plain connection, read one reply per expected code.

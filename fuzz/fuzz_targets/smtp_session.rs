@@ -56,6 +56,10 @@ fuzz_target!(|data: &[u8]| {
         starttls: opts & 4 != 0,
         plaintext_ok: opts & 2 != 0,
         mailboxes: mailboxes.clone(),
+        sending: Arc::new(std::collections::HashMap::from([(
+            "prot".to_string(),
+            pecgate::config::SendingLimits { max_recipients: Some(2), max_message_bytes: Some(1500), ..Default::default() },
+        )])),
     };
     let user = Arc::new(User {
         name: "mario".into(),

@@ -106,6 +106,12 @@ pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> R
 
 fn classify_error(e: mail_send::Error) -> RelayOutcome {
     match e {
+        // A provider over its sending limit answers 5xx (InfoCert: `550 …
+        // "Class Of Service" - Too much traffic from this sender`), yet the
+        // same message goes through later: temporary, never a failure.
+        mail_send::Error::UnexpectedReply(r) if is_rate_limited(&r.message) => {
+            RelayOutcome::Temporary(format!("{} {}", r.code, r.message))
+        }
         mail_send::Error::UnexpectedReply(r) if (500..600).contains(&r.code) => {
             RelayOutcome::Permanent { code: r.code, text: r.message }
         }
@@ -118,6 +124,12 @@ fn classify_error(e: mail_send::Error) -> RelayOutcome {
         }
         other => RelayOutcome::Temporary(other.to_string()),
     }
+}
+
+/// Does a provider's refusal say the sender is over its rate limit?
+pub fn is_rate_limited(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("too much traffic") || t.contains("class of service") || t.contains("rate limit")
 }
 
 /// Audit the attempt and, when the provider accepted, archive the sent copy

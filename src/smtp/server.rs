@@ -44,6 +44,8 @@ pub struct Ctx {
     pub mailboxes: HashMap<String, MailboxConfig>,
     /// Longest wait for the provider.
     pub timeout: Duration,
+    /// The mailboxes' sends, shared with campaigns.
+    pub limiter: Arc<crate::sending::Limiter>,
 }
 
 impl Ctx {
@@ -58,6 +60,7 @@ impl Ctx {
             starttls,
             plaintext_ok: self.cfg.allow_plaintext_on_loopback && peer.ip().is_loopback(),
             mailboxes: Arc::new(boxes),
+            sending: Arc::new(self.mailboxes.values().map(|m| (m.alias.clone(), m.sending)).collect()),
         }
     }
 }
@@ -192,7 +195,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if !out.is_empty() && stream.write_all(std::mem::take(&mut out).as_bytes()).await.is_err() {
                         return End::Closed;
                     }
-                    let outcome = match ctx.mailboxes.get(&sub.mailbox) {
+                    let mb = ctx.mailboxes.get(&sub.mailbox);
+                    let sending = mb.map(|m| m.sending).unwrap_or_default();
+                    if let Err(w) = ctx.limiter.try_acquire(&sub.mailbox, &sending, std::time::Instant::now()) {
+                        let reason = w.describe(&sub.mailbox);
+                        tracing::info!(user = %sub.user, mailbox = %sub.mailbox, %reason, "SMTP submission deferred");
+                        let audit = Audit::user(&sub.user, Some(source.clone()), "smtp", "send")
+                            .mailbox(&sub.mailbox)
+                            .message_id(Some(sub.message_id.clone()))
+                            .outcome(format!("deferred by pecgate: {reason}"));
+                        if let Err(e) = ctx.store.commit(audit, Change::None).await {
+                            tracing::error!(error = %e, "cannot audit a deferred submission");
+                        }
+                        counters::smtp_submissions().with_label_values(&["deferred"]).inc();
+                        out.push_str(&session.deferred(&reason));
+                        continue;
+                    }
+                    let outcome = match mb {
                         Some(mb) => relay::relay(mb, &sub, ctx.timeout).await,
                         None => super::session::RelayOutcome::Temporary("mailbox no longer configured".into()),
                     };

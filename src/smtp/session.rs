@@ -5,12 +5,14 @@
 //! are allowed when, who may send from which address, limits) is decided
 //! here, so it is tested without sockets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use smtp_proto::{Error as ProtoError, Request, AUTH_LOGIN, AUTH_PLAIN};
 
 use super::wire::{Body, Line, Wire};
 use crate::auth::{Right, User};
+use crate::config::SendingLimits;
 
 /// Settings a session needs.
 #[derive(Debug, Clone)]
@@ -24,6 +26,10 @@ pub struct Limits {
     pub plaintext_ok: bool,
     /// `(alias, address)` of every PEC mailbox that can send.
     pub mailboxes: Arc<Vec<(String, String)>>,
+    /// Mailboxes' sending limits by alias (absent: none). The rate limits
+    /// are the driver's to apply ([`crate::sending::Limiter`]); recipients
+    /// and size are checked here.
+    pub sending: Arc<HashMap<String, SendingLimits>>,
 }
 
 /// A message ready to be relayed.
@@ -300,6 +306,12 @@ impl Session {
                 if self.rcpts.len() >= self.limits.max_recipients {
                     return reply(format!("452 4.5.3 Too many recipients (at most {} per message)\r\n", self.limits.max_recipients));
                 }
+                if let Some((alias, _)) = &self.mail {
+                    let l = self.limits.sending.get(alias).copied().unwrap_or_default();
+                    if let Err(r) = crate::sending::check_message(alias, &l, 0, self.rcpts.len() + 1) {
+                        return reply(r);
+                    }
+                }
                 self.rcpts.push(to.address);
                 reply("250 2.1.5 Recipient ok\r\n")
             }
@@ -357,6 +369,10 @@ impl Session {
         }
         if size > self.limits.max_message_size {
             return reply(format!("552 5.3.4 Message size exceeds the limit of {} bytes\r\n", self.limits.max_message_size));
+        }
+        let l = self.limits.sending.get(&alias).copied().unwrap_or_default();
+        if let Err(r) = crate::sending::check_message(&alias, &l, size, 1) {
+            return reply(r);
         }
         self.mail = Some((alias, addr));
         reply("250 2.1.0 Sender ok\r\n")
@@ -422,6 +438,10 @@ impl Session {
         };
         let rcpts = std::mem::take(&mut self.rcpts);
         self.mail = None;
+        let l = self.limits.sending.get(&alias).copied().unwrap_or_default();
+        if let Err(r) = crate::sending::check_message(&alias, &l, data.len(), rcpts.len()) {
+            return reply(r);
+        }
         let Some(headers) = mail_parser::MessageParser::default().parse_headers(&data) else {
             return self.error("554 5.6.0 The message has no readable header\r\n");
         };
@@ -467,6 +487,13 @@ impl Session {
         };
         self.waiting = true;
         Some(Action::Relay(Submission { user: user.name.clone(), mailbox: alias, from: addr, rcpts, data, message_id }))
+    }
+
+    /// The message was not relayed because the mailbox's sending limit is
+    /// reached: `reason` says until when.
+    pub fn deferred(&mut self, reason: &str) -> String {
+        self.waiting = false;
+        format!("451 4.7.0 {}\r\n", reason.replace(['\r', '\n'], " "))
     }
 
     /// The relay ended.

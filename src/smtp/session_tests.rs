@@ -23,6 +23,7 @@ fn session(tls: bool, plaintext_ok: bool) -> Session {
             starttls: true,
             plaintext_ok,
             mailboxes: Arc::new(vec![("prot".into(), "prot@pec.test".into()), ("ro".into(), "ro@pec.test".into())]),
+            sending: Arc::new(Default::default()),
         },
         tls,
     )
