@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::record::Event;
+use crate::campaign::model::{CampaignRow, NoticeRow, Status};
 use crate::handling::{Handling, State};
 use crate::pec::meta::{PecMeta, StoredPec};
 use crate::pec::reconcile::{key_of, Event as ReconcileEvent, SentMessage};
@@ -209,7 +210,7 @@ macro_rules! json_val {
         }
     )*};
 }
-json_val!(FolderState, SentMessage, Handling, Vec<String>);
+json_val!(FolderState, SentMessage, Handling, Vec<String>, CampaignRow, NoticeRow);
 
 impl Val for MessageMeta {
     fn enc(&self) -> Vec<u8> {
@@ -275,6 +276,10 @@ fn set_handling(
     Ok(())
 }
 
+fn notice_key(campaign: &str, n: u32) -> Vec<u8> {
+    key(&[campaign.as_bytes(), &n.to_be_bytes()])
+}
+
 fn set_applied(meta: &mut Tbl<'_>, seq: u64) -> TxResult<()> {
     meta.insert("applied_seq", seq.to_be_bytes())?;
     Ok(())
@@ -304,6 +309,10 @@ const HIDDEN: Def = TableDefinition::new("hidden");
 const SENT: Def = TableDefinition::new("sent");
 const HANDLING: Def = TableDefinition::new("handling");
 const HSTATE: Def = TableDefinition::new("hstate");
+/// Campaigns by id (`campaign::model::CampaignRow`), and their notices by
+/// (id, notice number as 4 big-endian bytes) (`NoticeRow`).
+const CAMPAIGNS: Def = TableDefinition::new("campaigns");
+const NOTICES: Def = TableDefinition::new("notices");
 /// In `derived.redb`: data derived from blobs (search fields), by (kind,
 /// raw hash bytes). Not from the journal: blobs never change, so an entry never goes
 /// stale, and a missing one is derived again; a rebuild starts it empty
@@ -311,7 +320,7 @@ const HSTATE: Def = TableDefinition::new("hstate");
 const DERIVED: Def = TableDefinition::new("derived");
 
 /// Every journal-derived table, in dump order.
-const TABLES: [(&str, Def); 12] = [
+const TABLES: [(&str, Def); 14] = [
     ("meta", META),
     ("folders", FOLDERS),
     ("msgs", MSGS),
@@ -324,6 +333,8 @@ const TABLES: [(&str, Def); 12] = [
     ("sent", SENT),
     ("handling", HANDLING),
     ("hstate", HSTATE),
+    ("campaigns", CAMPAIGNS),
+    ("notices", NOTICES),
 ];
 
 /// A failure of the index's database, or a value it cannot read.
@@ -486,6 +497,8 @@ struct Tables<'t> {
     sent: Tbl<'t>,
     handling: Tbl<'t>,
     hstate: Tbl<'t>,
+    campaigns: Tbl<'t>,
+    notices: Tbl<'t>,
 }
 
 /// The `msgs` table of a write transaction, noting every key it inserts or
@@ -538,6 +551,8 @@ impl<'t> Tables<'t> {
             sent: t(SENT)?,
             handling: t(HANDLING)?,
             hstate: t(HSTATE)?,
+            campaigns: t(CAMPAIGNS)?,
+            notices: t(NOTICES)?,
         })
     }
 }
@@ -698,9 +713,46 @@ impl Index {
 
 /// Apply one record's event to the tables of the batch's transaction.
 fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), Error> {
-    let Tables { meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate } = t;
+    let Tables { meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate, campaigns, notices } =
+        t;
     match event {
         Event::None => {}
+        Event::CampaignCreated { campaign } => {
+            let k = campaign.id.as_bytes();
+            if campaigns.get(k)?.is_none() {
+                let row = CampaignRow {
+                    spec: campaign.clone(),
+                    status: Status::Ready,
+                    created_at: time,
+                    changed_at: time,
+                };
+                campaigns.insert(k, enc(&row))?;
+            }
+        }
+        Event::NoticesQueued { campaign, notices: queued } => {
+            for n in queued {
+                let k = notice_key(campaign, n.n);
+                if notices.get(&k)?.is_none() {
+                    notices.insert(k, enc(&NoticeRow::queued(n.clone())))?;
+                }
+            }
+        }
+        Event::CampaignControlled { campaign, control } => {
+            if let Some(mut row) = get_val::<CampaignRow>(campaigns, campaign.as_bytes())? {
+                if let Ok(status) = row.status.after(*control) {
+                    row.status = status;
+                    row.changed_at = time;
+                    campaigns.insert(campaign.as_bytes(), enc(&row))?;
+                }
+            }
+        }
+        Event::NoticeStepped { campaign, n, step } => {
+            let k = notice_key(campaign, *n);
+            if let Some(mut row) = get_val::<NoticeRow>(notices, &k)? {
+                row.apply(step, time);
+                notices.insert(k, enc(&row))?;
+            }
+        }
         Event::FolderCreated { mailbox, folder, uidvalidity, category } => {
             let k = key(&[mailbox.as_bytes(), folder.as_bytes()]);
             if folders.get(&k)?.is_none() {
@@ -1442,6 +1494,28 @@ impl Index {
             out.push(dec(&kv?.1)?);
         }
         Ok(out)
+    }
+
+    pub fn campaign(&self, id: &str) -> Result<Option<CampaignRow>, Error> {
+        self.r(CAMPAIGNS)?.get(id.as_bytes())?.map(|v| dec(&v)).transpose()
+    }
+
+    /// Every campaign, by id (ids begin with their creation time).
+    pub fn campaigns(&self) -> Result<Vec<CampaignRow>, Error> {
+        self.r(CAMPAIGNS)?.iter().map(|kv| dec(&kv?.1)).collect()
+    }
+
+    pub fn notice(&self, campaign: &str, n: u32) -> Result<Option<NoticeRow>, Error> {
+        self.r(NOTICES)?.get(notice_key(campaign, n))?.map(|v| dec(&v)).transpose()
+    }
+
+    /// A campaign's notices in order, read one at a time by `each`
+    /// (a campaign can hold tens of thousands).
+    pub fn notices(&self, campaign: &str, mut each: impl FnMut(NoticeRow)) -> Result<(), Error> {
+        for kv in self.r(NOTICES)?.scan_prefix(prefix(&[campaign.as_bytes()])) {
+            each(dec(&kv?.1)?);
+        }
+        Ok(())
     }
 
     pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<Handling>, Error> {

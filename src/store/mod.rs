@@ -156,6 +156,12 @@ pub enum Change {
     /// Delete messages from a user's own folders (`~user`: Drafts,
     /// Templates). Refused anywhere else: PEC is never deleted.
     Purge { mailbox: String, folder: String, uids: Vec<u32> },
+    /// A campaign event (`CampaignCreated`, `NoticesQueued`,
+    /// `CampaignControlled`, `NoticeStepped`), recorded as given once the
+    /// writer has checked it against the campaign's current state; one
+    /// that does not follow (a notice already accepted sent again, a
+    /// cancelled campaign resumed) is [`StoreError::Conflict`].
+    Campaign(Event),
 }
 
 /// What a committed change became.
@@ -549,6 +555,23 @@ impl Store {
     }
 
     /// The handling of the message with blob `hash` in `mailbox`.
+    pub fn campaign(&self, id: &str) -> Result<Option<crate::campaign::model::CampaignRow>> {
+        Ok(self.inner.index.campaign(id)?)
+    }
+
+    pub fn campaigns(&self) -> Result<Vec<crate::campaign::model::CampaignRow>> {
+        Ok(self.inner.index.campaigns()?)
+    }
+
+    pub fn notice(&self, campaign: &str, n: u32) -> Result<Option<crate::campaign::model::NoticeRow>> {
+        Ok(self.inner.index.notice(campaign, n)?)
+    }
+
+    /// A campaign's notices in order, one at a time.
+    pub fn notices(&self, campaign: &str, each: impl FnMut(crate::campaign::model::NoticeRow)) -> Result<()> {
+        Ok(self.inner.index.notices(campaign, each)?)
+    }
+
     pub fn handling(&self, mailbox: &str, hash: &str) -> Result<Option<crate::handling::Handling>> {
         Ok(self.inner.index.handling(mailbox, hash)?)
     }
@@ -1081,6 +1104,50 @@ impl Writer {
         Ok(st)
     }
 
+    /// Does a campaign event follow from the campaign's state in the index?
+    fn check_campaign(&self, event: &Event) -> Result<()> {
+        let conflict = |m: String| Err(StoreError::Conflict(m));
+        let campaign = |id: &str| -> Result<crate::campaign::model::CampaignRow> {
+            self.index.campaign(id)?.ok_or_else(|| StoreError::Invalid(format!("no campaign {id}")))
+        };
+        match event {
+            Event::CampaignCreated { campaign: spec } => {
+                if self.index.campaign(&spec.id)?.is_some() {
+                    return conflict(format!("campaign {} exists already", spec.id));
+                }
+                let hashes = [&spec.recipients, &spec.template].into_iter().chain(spec.attachments.iter().map(|a| &a.1));
+                if let Some(h) = hashes.into_iter().find(|h| !blobs::valid_hash(h)) {
+                    return Err(StoreError::Invalid(format!("not a blob hash: {h:?}")));
+                }
+            }
+            Event::NoticesQueued { campaign: id, notices } => {
+                let c = campaign(id)?;
+                if c.status != crate::campaign::model::Status::Ready {
+                    return conflict(format!("campaign {id} is {}: notices are queued before it starts", c.status.name()));
+                }
+                for n in notices {
+                    if !blobs::valid_hash(&n.hash) {
+                        return Err(StoreError::Invalid(format!("not a blob hash: {:?}", n.hash)));
+                    }
+                    if self.index.notice(id, n.n)?.is_some() {
+                        return conflict(format!("campaign {id}: notice {} is queued already", n.n));
+                    }
+                }
+            }
+            Event::CampaignControlled { campaign: id, control } => {
+                campaign(id)?.status.after(*control).map_err(|m| StoreError::Conflict(format!("campaign {id}: {m}")))?;
+            }
+            Event::NoticeStepped { campaign: id, n, step } => {
+                let row = self.index.notice(id, *n)?.ok_or_else(|| StoreError::Invalid(format!("campaign {id} has no notice {n}")))?;
+                if !row.allows(step) {
+                    return conflict(format!("campaign {id}: notice {n} is {}: {step:?} does not follow", row.state.name()));
+                }
+            }
+            other => return Err(StoreError::Invalid(format!("not a campaign event: {other:?}"))),
+        }
+        Ok(())
+    }
+
     /// Turn one change into records appended to `out`; returns the index of
     /// the record that answers it.
     fn prepare(
@@ -1204,6 +1271,10 @@ impl Writer {
                     }
                 }
                 Event::Hidden { mailbox, folder, uids: kept, hashes }
+            }
+            Change::Campaign(event) => {
+                self.check_campaign(&event)?;
+                event
             }
             Change::EnsureFolder { mailbox, folder } => {
                 self.ensure_folder(&mailbox, &folder, now, out, &mk)?;

@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::campaign::model::{CampaignSpec, Control, QueuedNotice, Step};
 use crate::pec::meta::StoredPec;
 
 /// Where a message came from at the provider: enough to find it again and to
@@ -153,6 +154,15 @@ pub enum Event {
     /// the transition with its actor, and for each message (by blob hash,
     /// which survives moves) where it was and its state before and after.
     Handled { mailbox: String, transition: crate::handling::Transition, items: Vec<HandledItem> },
+    /// A campaign was created (its inputs are blobs; its notices follow
+    /// in `notices-queued` records).
+    CampaignCreated { campaign: CampaignSpec },
+    /// Notices of a campaign, rendered, their bytes stored as blobs.
+    NoticesQueued { campaign: String, notices: Vec<QueuedNotice> },
+    /// Started, paused, resumed, cancelled.
+    CampaignControlled { campaign: String, control: Control },
+    /// One notice's sending moved on.
+    NoticeStepped { campaign: String, n: u32, step: Step },
 }
 
 /// One message of a [`Event::Handled`] record.
@@ -204,7 +214,11 @@ impl FlagOp {
 impl Event {
     pub fn mailbox(&self) -> Option<&str> {
         match self {
-            Event::None => None,
+            Event::None
+            | Event::NoticesQueued { .. }
+            | Event::CampaignControlled { .. }
+            | Event::NoticeStepped { .. } => None,
+            Event::CampaignCreated { campaign } => Some(&campaign.mailbox),
             Event::FolderCreated { mailbox, .. }
             | Event::FolderRenamed { mailbox, .. }
             | Event::FolderDeleted { mailbox, .. }
