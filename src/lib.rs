@@ -26,6 +26,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod counters;

@@ -1,0 +1,500 @@
+//! The recipients list of a campaign: a CSV file as Italian offices export it.
+//!
+//! [`read`] takes the file's bytes (reading the file is the caller's job) and
+//! returns every row, good or bad, with the physical line it starts on.
+//!
+//! What is accepted:
+//!
+//! * **Encoding**: UTF-8, with or without BOM; a file that is not valid UTF-8
+//!   is read as Windows-1252 (what Excel "CSV" saves on Italian Windows); a
+//!   UTF-16 file with a BOM (Excel "Unicode text") is read as UTF-16.
+//!   [`Recipients::encoding`] says which was used.
+//! * **Separator**: `;` (Excel in Italian), `,` or tab, chosen from the header
+//!   line: the one that splits it into the most columns (quotes respected; on a
+//!   tie `;`, then `,`, then tab). Fields may be quoted with `"`, with `""` for a
+//!   quote inside and separators or line breaks inside the quotes.
+//! * **Header**: the first non-empty line names the columns. Names are trimmed
+//!   and matched case-insensitively; an empty or repeated name is an error.
+//! * **Address column**: `--address-column NAME`, else the first of
+//!   [`ADDRESS_COLUMN_NAMES`] (in that order of preference) present in the
+//!   header. **Key column** (what identifies a recipient in reports):
+//!   `--key-column NAME`, else the first column that is not the address (the
+//!   address itself when it is the only column). **Attachment column** (only
+//!   when chosen with `--attachment-column NAME`): one or more file paths
+//!   separated by `|`, e.g. `avviso.pdf|allegato 2.pdf`; spaces around each
+//!   path are trimmed, an empty cell means no attachment for that recipient.
+//! * **Rows**: lines that are empty, or whose fields are all blank (`;;;` as
+//!   Excel writes for formatted empty rows), are skipped. A row is rejected
+//!   (with its line number and reason in [`Recipients::errors`]) when it has a
+//!   different number of fields than the header, an empty or malformed
+//!   address (see [`check_address`]), or an address already used by an
+//!   earlier row (compared case-insensitively; the reason names that line).
+//!
+//! [`rejected_csv`] writes the rejected rows back as a CSV the office can fix
+//! in Excel and send again.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Header names recognised as the address column, in order of preference
+/// (case-insensitive).
+pub const ADDRESS_COLUMN_NAMES: &[&str] = &[
+    "pec",
+    "indirizzo_pec",
+    "indirizzo pec",
+    "email_pec",
+    "pec_address",
+    "email",
+    "e-mail",
+    "mail",
+    "indirizzo",
+    "address",
+];
+
+/// Name of the column [`rejected_csv`] adds with the line of the rejected row.
+pub const LINE_COLUMN: &str = "riga";
+/// Name of the column [`rejected_csv`] adds with the reason of the rejection.
+pub const REASON_COLUMN: &str = "motivo";
+
+/// Which columns to use, as given on the command line (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputOptions {
+    /// `--address-column`: the column holding the PEC addresses.
+    pub address_column: Option<String>,
+    /// `--key-column`: the column identifying each recipient in reports.
+    pub key_column: Option<String>,
+    /// `--attachment-column`: per-recipient attachment paths, `|`-separated.
+    pub attachment_column: Option<String>,
+}
+
+/// The list as read: the columns, the good rows and the rejected ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipients {
+    /// Column names from the header, trimmed, in file order.
+    pub columns: Vec<String>,
+    pub address_column: usize,
+    pub key_column: usize,
+    pub attachment_column: Option<usize>,
+    /// `"UTF-8"`, `"windows-1252"`, `"UTF-16LE"` or `"UTF-16BE"`.
+    pub encoding: &'static str,
+    /// `b';'`, `b','` or `b'\t'`.
+    pub separator: u8,
+    /// Good rows, in file order.
+    pub rows: Vec<Row>,
+    /// Rejected rows, in file order.
+    pub errors: Vec<RowError>,
+}
+
+/// One good recipient row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Physical line (1-based; the header is line 1 in a file without
+    /// leading blank lines) where the record starts.
+    pub line: u64,
+    /// The address, trimmed, as written (case kept).
+    pub address: String,
+    /// One value per column of [`Recipients::columns`], as written (the
+    /// address cell trimmed).
+    pub values: Vec<String>,
+    /// Attachment paths from the attachment column, if any.
+    pub attachments: Vec<String>,
+}
+
+/// One rejected row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub line: u64,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// The fields as read (possibly not as many as the columns).
+    pub values: Vec<String>,
+}
+
+/// A problem with the file as a whole: nothing can be sent from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the recipients file is empty: it needs a header line naming the columns (e.g. `nome;pec`) and one line per recipient")]
+    Empty,
+    #[error(
+        "the recipients file is {0}, not a CSV: save it from the spreadsheet as \"CSV (separato da punto e virgola)\""
+    )]
+    NotCsv(&'static str),
+    #[error(
+        "line {line}: the recipients file cannot be read as CSV ({message}); save it again as CSV from the spreadsheet"
+    )]
+    Csv { line: u64, message: String },
+    #[error(
+        "line {line}: column {column} of the header has no name; give every column a name (or delete the empty column)"
+    )]
+    EmptyColumnName { line: u64, column: usize },
+    #[error("line {line}: the header names column `{name}` twice (columns {first} and {second}); column names must be unique (case does not count)")]
+    DuplicateColumn { line: u64, name: String, first: usize, second: usize },
+    #[error("no address column: none of the columns ({}) is named {}; rename the column with the PEC addresses or choose it with --address-column NAME", .columns.join(", "), ADDRESS_COLUMN_NAMES.join(", "))]
+    NoAddressColumn { columns: Vec<String> },
+    #[error("{option} `{name}`: there is no such column; the columns are: {}", .columns.join(", "))]
+    UnknownColumn { option: &'static str, name: String, columns: Vec<String> },
+    #[error("--attachment-column `{0}` is the address column; choose the column that holds the attachment file names")]
+    AttachmentIsAddress(String),
+}
+
+impl Recipients {
+    /// Index of the column named `name` (trimmed, case-insensitive).
+    pub fn column(&self, name: &str) -> Option<usize> {
+        find_column(&self.columns, name)
+    }
+}
+
+impl Row {
+    /// The value of the key column.
+    pub fn key<'a>(&'a self, r: &Recipients) -> &'a str {
+        self.values.get(r.key_column).map(String::as_str).unwrap_or("")
+    }
+
+    /// The value of the column named `name` (case-insensitive).
+    pub fn get<'a>(&'a self, r: &Recipients, name: &str) -> Option<&'a str> {
+        r.column(name).and_then(|i| self.values.get(i)).map(String::as_str)
+    }
+}
+
+/// Case-insensitive (Unicode) equality of two names, ignoring surrounding
+/// white space.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.trim().chars().flat_map(char::to_lowercase).eq(b.trim().chars().flat_map(char::to_lowercase))
+}
+
+fn find_column(columns: &[String], name: &str) -> Option<usize> {
+    columns.iter().position(|c| same_name(c, name))
+}
+
+/// Decodes the file: (text, encoding name).
+fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, &'static str), InputError> {
+    if let Some(rest) = bytes.strip_prefix(b"\xFF\xFE") {
+        return Ok((encoding_rs::UTF_16LE.decode_without_bom_handling(rest).0, "UTF-16LE"));
+    }
+    if let Some(rest) = bytes.strip_prefix(b"\xFE\xFF") {
+        return Ok((encoding_rs::UTF_16BE.decode_without_bom_handling(rest).0, "UTF-16BE"));
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err(InputError::NotCsv("an Excel workbook or another ZIP archive"));
+    }
+    if bytes.starts_with(b"\xD0\xCF\x11\xE0") {
+        return Err(InputError::NotCsv("an old Excel (.xls) workbook"));
+    }
+    if bytes.starts_with(b"%PDF") {
+        return Err(InputError::NotCsv("a PDF document"));
+    }
+    if memchr::memchr(0, bytes).is_some() {
+        return Err(InputError::NotCsv("binary (it contains NUL bytes)"));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok((Cow::Borrowed(text), "UTF-8")),
+        Err(_) => Ok((encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0, "windows-1252")),
+    }
+}
+
+fn reader(text: &str, separator: u8) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new().delimiter(separator).has_headers(false).flexible(true).from_reader(text.as_bytes())
+}
+
+/// The separator that splits the first record into the most fields.
+fn detect_separator(text: &str) -> u8 {
+    let mut best = (b';', 0usize);
+    for sep in [b';', b',', b'\t'] {
+        let mut record = csv::StringRecord::new();
+        let n = match reader(text, sep).read_record(&mut record) {
+            Ok(true) => record.len(),
+            _ => 0,
+        };
+        if n > best.1 {
+            best = (sep, n);
+        }
+    }
+    best.0
+}
+
+/// Turns csv's byte offsets of record starts into physical line numbers,
+/// counting line feeds incrementally (one pass over the text in total).
+struct LineCounter<'a> {
+    text: &'a [u8],
+    at: usize,
+    line: u64,
+}
+
+impl LineCounter<'_> {
+    fn line_at(&mut self, byte: u64) -> u64 {
+        let mut start = usize::try_from(byte).unwrap_or(usize::MAX).min(self.text.len());
+        // A record never starts with a line break: skip blank lines csv
+        // may count as part of the gap before it.
+        while matches!(self.text.get(start), Some(b'\r' | b'\n')) {
+            start += 1;
+        }
+        if start >= self.at {
+            let gap = self.text.get(self.at..start).unwrap_or_default();
+            self.line += memchr::memchr_iter(b'\n', gap).count() as u64;
+            self.at = start;
+        }
+        self.line
+    }
+}
+
+/// Reads the recipients list. File-level problems are `Err`; problems with
+/// single rows are collected in [`Recipients::errors`].
+pub fn read(bytes: &[u8], opts: &InputOptions) -> Result<Recipients, InputError> {
+    let (text, encoding) = decode(bytes)?;
+    let separator = detect_separator(&text);
+    let mut rdr = reader(&text, separator);
+    let mut lines = LineCounter { text: text.as_bytes(), at: 0, line: 1 };
+    let mut record = csv::StringRecord::new();
+
+    let csv_error = |e: csv::Error, line: u64| InputError::Csv {
+        line: e.position().map(|p| p.line()).unwrap_or(line),
+        message: e.to_string(),
+    };
+
+    // Header: the first record with a non-blank field.
+    let header_line = loop {
+        match rdr.read_record(&mut record) {
+            Ok(false) => return Err(InputError::Empty),
+            Ok(true) if record.iter().all(|f| f.trim().is_empty()) => continue,
+            Ok(true) => break lines.line_at(record.position().map(|p| p.byte()).unwrap_or(0)),
+            Err(e) => return Err(csv_error(e, 1)),
+        }
+    };
+    let mut columns: Vec<String> = Vec::with_capacity(record.len());
+    for (i, name) in record.iter().enumerate() {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(InputError::EmptyColumnName { line: header_line, column: i + 1 });
+        }
+        if let Some(first) = find_column(&columns, name) {
+            return Err(InputError::DuplicateColumn {
+                line: header_line,
+                name: name.to_string(),
+                first: first + 1,
+                second: i + 1,
+            });
+        }
+        columns.push(name.to_string());
+    }
+
+    let chosen = |option: &'static str, name: &Option<String>| -> Result<Option<usize>, InputError> {
+        match name {
+            None => Ok(None),
+            Some(name) => find_column(&columns, name).map(Some).ok_or_else(|| InputError::UnknownColumn {
+                option,
+                name: name.clone(),
+                columns: columns.clone(),
+            }),
+        }
+    };
+    let address_column = match chosen("--address-column", &opts.address_column)? {
+        Some(i) => i,
+        None => ADDRESS_COLUMN_NAMES
+            .iter()
+            .find_map(|n| find_column(&columns, n))
+            .ok_or_else(|| InputError::NoAddressColumn { columns: columns.clone() })?,
+    };
+    let key_column = match chosen("--key-column", &opts.key_column)? {
+        Some(i) => i,
+        None => (0..columns.len()).find(|&i| i != address_column).unwrap_or(address_column),
+    };
+    let attachment_column = chosen("--attachment-column", &opts.attachment_column)?;
+    if attachment_column == Some(address_column) {
+        return Err(InputError::AttachmentIsAddress(columns.get(address_column).cloned().unwrap_or_default()));
+    }
+
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    loop {
+        match rdr.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(csv_error(e, lines.line)),
+        }
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let line = lines.line_at(record.position().map(|p| p.byte()).unwrap_or(0));
+        let mut values: Vec<String> = record.iter().map(str::to_string).collect();
+        let mut reject = |reason: String, values: Vec<String>| errors.push(RowError { line, reason, values });
+
+        if values.len() != columns.len() {
+            let spans = values.iter().any(|v| v.contains('\n'));
+            let mut reason = format!(
+                "{} fields instead of {} (the header has {} columns separated by `{}`)",
+                values.len(),
+                columns.len(),
+                columns.len(),
+                separator_name(separator)
+            );
+            if spans {
+                reason.push_str("; a quote (\") may be left open, joining several lines into one");
+            }
+            reject(reason, values);
+            continue;
+        }
+        let raw = values.get(address_column).map(|s| s.trim()).unwrap_or("");
+        if raw.is_empty() {
+            reject("the address is empty".to_string(), values);
+            continue;
+        }
+        if let Err(why) = check_address(raw) {
+            let reason = format!("invalid address `{}`: {why}", printable(raw));
+            reject(reason, values);
+            continue;
+        }
+        let address = raw.to_string();
+        match seen.get(&address.to_lowercase()) {
+            Some(first) => {
+                let reason = format!("duplicate of line {first} (same address {address})");
+                reject(reason, values);
+                continue;
+            }
+            None => {
+                seen.insert(address.to_lowercase(), line);
+            }
+        }
+        if let Some(cell) = values.get_mut(address_column) {
+            cell.clone_from(&address);
+        }
+        let attachments = attachment_column
+            .and_then(|i| values.get(i))
+            .map(|cell| cell.split('|').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        rows.push(Row { line, address, values, attachments });
+    }
+
+    Ok(Recipients { columns, address_column, key_column, attachment_column, encoding, separator, rows, errors })
+}
+
+fn separator_name(sep: u8) -> &'static str {
+    match sep {
+        b';' => ";",
+        b',' => ",",
+        _ => "tab",
+    }
+}
+
+/// `s` with control characters shown as `\u{..}` and cut to 100 characters,
+/// for messages.
+fn printable(s: &str) -> String {
+    let mut out: String = s.chars().take(100).flat_map(char::escape_debug).collect();
+    if s.chars().nth(100).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Checks the syntax of one PEC address (already trimmed): `local@domain`,
+/// ASCII only (PEC providers issue ASCII addresses), no spaces, angle
+/// brackets, control characters or quoted local parts; the local part is
+/// dot-separated atoms of RFC 5322 `atext`, at most 64 characters; the domain
+/// has at least two dot-separated labels of letters, digits and inner
+/// hyphens, at most 63 characters each and 253 in all. Returns the reason
+/// when it is not acceptable.
+pub fn check_address(address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(c) = address.chars().find(|c| c.is_control()) {
+        return Err(format!("it contains the control character {:?}", c));
+    }
+    if address.chars().any(char::is_whitespace) {
+        return Err("it contains a space; write one address per row, nothing else".into());
+    }
+    if address.contains(['<', '>']) {
+        return Err("it contains < or >; write only the address, without a name or angle brackets".into());
+    }
+    if let Some(c) = address.chars().find(|c| !c.is_ascii()) {
+        return Err(format!("it contains `{c}`; PEC addresses use ASCII letters only (no accents)"));
+    }
+    if address.contains([',', ';']) {
+        return Err("it contains , or ;: write one address per row".into());
+    }
+    let (local, domain) = match address.split_once('@') {
+        None => return Err("it has no @".into()),
+        Some((_, d)) if d.contains('@') => return Err("it has more than one @; write one address per row".into()),
+        Some(parts) => parts,
+    };
+    if local.is_empty() {
+        return Err("nothing before the @".into());
+    }
+    if local.len() > 64 {
+        return Err("the part before the @ is longer than 64 characters".into());
+    }
+    if local.split('.').any(str::is_empty) {
+        return Err("the part before the @ starts or ends with a dot, or has two dots in a row".into());
+    }
+    if let Some(c) =
+        local.chars().find(|&c| !(c.is_ascii_alphanumeric() || c == '.' || "!#$%&'*+/=?^_`{|}~-".contains(c)))
+    {
+        return Err(format!("`{c}` is not allowed before the @"));
+    }
+    if domain.is_empty() {
+        return Err("nothing after the @".into());
+    }
+    if domain.len() > 253 {
+        return Err("the domain is longer than 253 characters".into());
+    }
+    if !domain.contains('.') {
+        return Err(format!("the domain `{domain}` has no dot (e.g. pec.it)"));
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Err("the domain starts or ends with a dot, or has two dots in a row".into());
+        }
+        if label.len() > 63 {
+            return Err("a part of the domain is longer than 63 characters".into());
+        }
+        if let Some(c) = label.chars().find(|&c| !(c.is_ascii_alphanumeric() || c == '-')) {
+            return Err(format!("`{c}` is not allowed in the domain"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a part of the domain starts or ends with -".into());
+        }
+    }
+    Ok(())
+}
+
+/// The rejected rows as a CSV for `--skip-invalid`: UTF-8 with a BOM (so
+/// Excel shows accents right), the file's separator, CRLF line ends; the
+/// original header plus a `riga` column (line in the original file) and a
+/// `motivo` column (reason). When the file already has those columns (it is
+/// itself a rejected list, fixed and sent again) they are reused. A row with
+/// fewer fields than the header is padded with empty ones; a row with more
+/// keeps the extra fields after `motivo`, so `riga` and `motivo` always sit
+/// under their header.
+pub fn rejected_csv(r: &Recipients) -> Vec<u8> {
+    let mut header = r.columns.clone();
+    let line_col = r.column(LINE_COLUMN).unwrap_or_else(|| {
+        header.push(LINE_COLUMN.to_string());
+        header.len() - 1
+    });
+    let reason_col = find_column(&header, REASON_COLUMN).unwrap_or_else(|| {
+        header.push(REASON_COLUMN.to_string());
+        header.len() - 1
+    });
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(r.separator)
+        .terminator(csv::Terminator::CRLF)
+        .flexible(true)
+        .from_writer(b"\xEF\xBB\xBF".to_vec());
+    let _ = w.write_record(&header);
+    for e in &r.errors {
+        let known = e.values.len().min(r.columns.len());
+        let mut out: Vec<&str> = e.values.iter().take(known).map(String::as_str).collect();
+        out.resize(header.len(), "");
+        let line = e.line.to_string();
+        if let Some(cell) = out.get_mut(line_col) {
+            *cell = &line;
+        }
+        if let Some(cell) = out.get_mut(reason_col) {
+            *cell = &e.reason;
+        }
+        out.extend(e.values.iter().skip(known).map(String::as_str));
+        let _ = w.write_record(&out);
+    }
+    w.into_inner().unwrap_or_default()
+}
