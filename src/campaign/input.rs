@@ -262,12 +262,13 @@ pub fn read(bytes: &[u8], opts: &InputOptions) -> Result<Recipients, InputError>
         }
     };
     let mut columns: Vec<String> = Vec::with_capacity(record.len());
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(record.len());
     for (i, name) in record.iter().enumerate() {
         let name = name.trim();
         if name.is_empty() {
             return Err(InputError::EmptyColumnName { line: header_line, column: i + 1 });
         }
-        if let Some(first) = find_column(&columns, name) {
+        if let Some(first) = names.insert(name.to_lowercase(), i) {
             return Err(InputError::DuplicateColumn {
                 line: header_line,
                 name: name.to_string(),
@@ -497,4 +498,278 @@ pub fn rejected_csv(r: &Recipients) -> Vec<u8> {
         let _ = w.write_record(&out);
     }
     w.into_inner().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_ok(bytes: &[u8]) -> Recipients {
+        match read(bytes, &InputOptions::default()) {
+            Ok(r) => r,
+            Err(e) => panic!("unexpected file error: {e}"),
+        }
+    }
+
+    fn lines_of_errors(r: &Recipients) -> Vec<u64> {
+        r.errors.iter().map(|e| e.line).collect()
+    }
+
+    #[test]
+    fn semicolon_file_with_quoted_separator_and_newline() {
+        let csv = "nome;PEC;note\r\n\"Rossi; Mario\";mario.rossi@pec.it;\"prima riga\r\nseconda riga\"\r\nBianchi;bianchi@pec.it;x\r\n";
+        let r = read_ok(csv.as_bytes());
+        assert_eq!(r.separator, b';');
+        assert_eq!(r.encoding, "UTF-8");
+        assert_eq!(r.columns, ["nome", "PEC", "note"]);
+        assert_eq!(r.address_column, 1);
+        assert_eq!(r.key_column, 0);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].values[0], "Rossi; Mario");
+        assert_eq!(r.rows[0].values[2], "prima riga\r\nseconda riga");
+        assert_eq!(r.rows[0].key(&r), "Rossi; Mario");
+        assert_eq!(r.rows[0].get(&r, "NOTE"), Some("prima riga\r\nseconda riga"));
+        // The quoted field spans lines 2-3, so Bianchi is on line 4.
+        assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [2, 4]);
+    }
+
+    #[test]
+    fn comma_and_tab_files() {
+        let r = read_ok(b"email,nome\nA@pec.it,Anna\nb@pec.it,\"Bruno, detto \"\"Bubi\"\"\"\n");
+        assert_eq!(r.separator, b',');
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].address, "A@pec.it");
+        assert_eq!(r.rows[1].values[1], "Bruno, detto \"Bubi\"");
+        assert_eq!(r.key_column, 1);
+        let r = read_ok(b"pec\tnome\na@pec.it\tAnna\n");
+        assert_eq!(r.separator, b'\t');
+        assert_eq!(r.rows[0].values, ["a@pec.it", "Anna"]);
+    }
+
+    #[test]
+    fn utf8_with_bom() {
+        let r = read_ok("\u{feff}Pec;Città\na@pec.it;Forlì\n".as_bytes());
+        assert_eq!(r.encoding, "UTF-8");
+        assert_eq!(r.columns, ["Pec", "Città"]);
+        assert_eq!(r.address_column, 0);
+        assert_eq!(r.rows[0].get(&r, "città"), Some("Forlì"));
+    }
+
+    #[test]
+    fn windows_1252() {
+        let r = read_ok(b"pec;Citt\xe0\na@pec.it;Forl\xec \x80\n");
+        assert_eq!(r.encoding, "windows-1252");
+        assert_eq!(r.columns, ["pec", "Città"]);
+        assert_eq!(r.rows[0].values[1], "Forlì €");
+    }
+
+    #[test]
+    fn utf16_excel_unicode_text() {
+        let text = "pec\tnome\r\na@pec.it\tNicolò\r\n";
+        let mut bytes = vec![0xFF, 0xFE];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let r = read_ok(&bytes);
+        assert_eq!(r.encoding, "UTF-16LE");
+        assert_eq!(r.rows[0].values[1], "Nicolò");
+    }
+
+    #[test]
+    fn header_with_comma_in_a_name_is_still_semicolon() {
+        let r = read_ok(b"\"Cognome, nome\";pec;comune\nRossi, Mario;m@pec.it;Roma\n");
+        assert_eq!(r.separator, b';');
+        assert_eq!(r.columns, ["Cognome, nome", "pec", "comune"]);
+        assert_eq!(r.rows[0].values[0], "Rossi, Mario");
+        assert!(r.errors.is_empty());
+    }
+
+    #[test]
+    fn rows_with_commas_under_a_semicolon_header_are_rejected_with_lines() {
+        let r = read_ok(b"nome;pec;comune\nRossi,m@pec.it,Roma\n\nBianchi;b@pec.it;Milano\nVerdi,v@pec.it,Napoli\n");
+        assert_eq!(r.separator, b';');
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].line, 4);
+        assert_eq!(lines_of_errors(&r), [2, 5]);
+        assert!(r.errors[0].reason.contains("1 fields instead of 3"), "{}", r.errors[0].reason);
+        assert!(r.errors[0].reason.contains('`') && r.errors[0].reason.contains(';'));
+    }
+
+    #[test]
+    fn missing_address_column_is_a_file_error() {
+        let e = read(b"nome;cognome\nMario;Rossi\n", &InputOptions::default()).unwrap_err();
+        assert!(matches!(e, InputError::NoAddressColumn { .. }));
+        let msg = e.to_string();
+        assert!(msg.contains("--address-column") && msg.contains("indirizzo_pec") && msg.contains("nome, cognome"));
+        // Chosen by option, case-insensitively.
+        let opts = InputOptions { address_column: Some(" Casella ".into()), ..Default::default() };
+        let r = read(b"nome;casella\nMario;m@pec.it\n", &opts).unwrap();
+        assert_eq!(r.address_column, 1);
+        // An option naming no column says which exist.
+        let opts = InputOptions { key_column: Some("codice".into()), ..Default::default() };
+        let e = read(b"nome;pec\nMario;m@pec.it\n", &opts).unwrap_err();
+        assert!(e.to_string().contains("--key-column `codice`") && e.to_string().contains("nome, pec"), "{e}");
+    }
+
+    #[test]
+    fn address_column_preference_order_and_key_choice() {
+        // `pec` is preferred over `email` even when `email` comes first.
+        let r = read_ok(b"email;ragione sociale;pec\nx@gmail.com;ACME;acme@pec.it\n");
+        assert_eq!(r.address_column, 2);
+        assert_eq!(r.key_column, 0);
+        let r = read_ok(b"PEC\na@pec.it\n");
+        assert_eq!(r.key_column, 0);
+        let opts = InputOptions { key_column: Some("CF".into()), ..Default::default() };
+        let r = read(b"nome;cf;pec\nMario;RSSMRA;m@pec.it\n", &opts).unwrap();
+        assert_eq!(r.rows[0].key(&r), "RSSMRA");
+    }
+
+    #[test]
+    fn bad_headers() {
+        let e = read(b"pec;;nome\n", &InputOptions::default()).unwrap_err();
+        assert_eq!(e, InputError::EmptyColumnName { line: 1, column: 2 });
+        let e = read(b"pec;Nome;NOME \n", &InputOptions::default()).unwrap_err();
+        assert!(matches!(e, InputError::DuplicateColumn { first: 2, second: 3, .. }), "{e:?}");
+        assert_eq!(read(b"", &InputOptions::default()).unwrap_err(), InputError::Empty);
+        assert_eq!(read(b"\n\n;;\n", &InputOptions::default()).unwrap_err(), InputError::Empty);
+        assert!(matches!(read(b"PK\x03\x04rest", &InputOptions::default()), Err(InputError::NotCsv(_))));
+    }
+
+    #[test]
+    fn duplicate_address_names_the_first_line() {
+        let r = read_ok(b"nome;pec\nA;a@pec.it\nB;b@pec.it\nC; A@PEC.IT \n");
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(lines_of_errors(&r), [4]);
+        assert!(r.errors[0].reason.contains("duplicate of line 2"), "{}", r.errors[0].reason);
+    }
+
+    #[test]
+    fn invalid_addresses() {
+        let csv = "nome;pec\nA;mario.rossi\nB;a@b\nC;<a@b.it>\nD;a b@c.it\nE;\nF; ok@pec.it \nG;a@b@c.it\nH;è@pec.it\nI;a..b@pec.it\nJ;a@-x.it\nK;a@pec.it;b@pec.it\n";
+        let r = read_ok(csv.as_bytes());
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].address, "ok@pec.it");
+        assert_eq!(r.rows[0].values[1], "ok@pec.it");
+        assert_eq!(r.rows[0].line, 7);
+        assert_eq!(lines_of_errors(&r), [2, 3, 4, 5, 6, 8, 9, 10, 11, 12]);
+        assert!(r.errors[0].reason.contains("no @"), "{}", r.errors[0].reason);
+        assert!(r.errors[1].reason.contains("no dot"), "{}", r.errors[1].reason);
+        assert!(r.errors[2].reason.contains("angle brackets"), "{}", r.errors[2].reason);
+        assert!(r.errors[3].reason.contains("space"), "{}", r.errors[3].reason);
+        assert_eq!(r.errors[4].reason, "the address is empty");
+        for bad in ["mario.rossi", "a@b", "<a@b.it>", "a b@c.it", "a@b.it.", ".a@b.it", "a@b..it", "a\u{7}@b.it"] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+        for good in ["mario.rossi@pec.it", "M.Rossi+x@Pec.Comune.Roma.IT", "o'neil@a-b.example.it"] {
+            assert_eq!(check_address(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn line_numbers_with_multiline_fields_and_empty_lines() {
+        let csv = "\n\npec;note\n\na@pec.it;\"uno\ndue\n\ntre\"\n;;\n   \nbad;x\n\"c@pec.it\";\"x\"\"\ny\"\nbad2\n";
+        let r = read_ok(csv.as_bytes());
+        assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [5, 12]);
+        assert_eq!(r.rows[0].values[1], "uno\ndue\n\ntre");
+        assert_eq!(lines_of_errors(&r), [11, 14]);
+    }
+
+    #[test]
+    fn crlf_line_numbers() {
+        let r = read_ok(b"pec;n\r\n\r\na@pec.it;1\r\nb@pec.it;\"2\r\n3\"\r\nc@pec.it;4\r\n");
+        assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [3, 4, 6]);
+    }
+
+    #[test]
+    fn attachments_column() {
+        let opts = InputOptions { attachment_column: Some("Allegati".into()), ..Default::default() };
+        let r = read(b"pec;allegati\na@pec.it; avviso.pdf | doc 2.pdf|\nb@pec.it;\n", &opts).unwrap();
+        assert_eq!(r.attachment_column, Some(1));
+        assert_eq!(r.rows[0].attachments, ["avviso.pdf", "doc 2.pdf"]);
+        assert!(r.rows[1].attachments.is_empty());
+        let opts = InputOptions { attachment_column: Some("pec".into()), ..Default::default() };
+        assert!(matches!(read(b"pec;x\n", &opts), Err(InputError::AttachmentIsAddress(_))));
+    }
+
+    #[test]
+    fn rejected_csv_round_trips() {
+        let csv = "Nome;pec;comune\nRossi;m@pec.it;Roma\nBianchi;non-valido;\"Reggio; Emilia\"\nVerdi,v@pec.it,Napoli\nNeri;M@pec.it;Bari\nGialli;g@pec.it;Roma;extra;più\n";
+        let r = read_ok(csv.as_bytes());
+        assert_eq!(lines_of_errors(&r), [3, 4, 5, 6]);
+        let out = rejected_csv(&r);
+        assert!(out.starts_with(b"\xEF\xBB\xBFNome;pec;comune;riga;motivo\r\n"), "{}", String::from_utf8_lossy(&out));
+        let back = read_ok(&out);
+        assert_eq!(back.encoding, "UTF-8");
+        assert_eq!(back.separator, b';');
+        assert_eq!(back.columns, ["Nome", "pec", "comune", "riga", "motivo"]);
+        // The duplicate is fine on its own; the others are still wrong.
+        assert_eq!(back.rows.len(), 1);
+        assert_eq!(back.rows[0].values[..4], ["Neri", "M@pec.it", "Bari", "5"]);
+        assert!(back.rows[0].values[4].contains("duplicate of line 2"));
+        assert_eq!(back.errors.len(), 3);
+        assert_eq!(back.errors[0].values[..4], ["Bianchi", "non-valido", "Reggio; Emilia", "3"]);
+        assert_eq!(back.errors[1].values[..4], ["Verdi,v@pec.it,Napoli", "", "", "4"]);
+        assert_eq!(back.errors[2].values, ["Gialli", "g@pec.it", "Roma", "6", &r.errors[3].reason, "extra", "più"]);
+        // Rejecting the rejected list again reuses riga/motivo.
+        let again = rejected_csv(&back);
+        let again = read_ok(&again);
+        assert_eq!(again.columns, back.columns);
+        assert_eq!(again.errors.len(), 3);
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"\"".to_vec(),
+            b"pec\n\"a@pec.it".to_vec(),
+            b"pec;\"".to_vec(),
+            b"\xEF\xBB\xBF".to_vec(),
+            b"\xFF\xFE".to_vec(),
+            b"\xFF\xFEp".to_vec(),
+            b"\r\r\r".to_vec(),
+            b"pec\r\na@pec.it\ra@pec.it".to_vec(),
+            "pec\n\u{1F600}@pec.it\n".as_bytes().to_vec(),
+            vec![b'a'; 1 << 20],
+            vec![b'\n'; 10_000],
+        ];
+        let mut wide = (0..10_000).map(|i| format!("c{i}")).collect::<Vec<_>>().join(";");
+        wide.push_str(";pec\n");
+        wide.push_str(&";".repeat(10_000));
+        wide.push_str("a@pec.it\n");
+        inputs.push(wide.into_bytes());
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for len in [1usize, 7, 100, 4096, 65_536] {
+            let bytes = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 24) as u8
+                })
+                .collect::<Vec<u8>>();
+            inputs.push(bytes.iter().map(|b| if *b == 0 { b';' } else { *b }).collect());
+            inputs.push(bytes);
+        }
+        for input in &inputs {
+            let opts = InputOptions { address_column: Some("pec".into()), ..Default::default() };
+            for opts in [InputOptions::default(), opts] {
+                if let Ok(r) = read(input, &opts) {
+                    let _ = rejected_csv(&r);
+                }
+            }
+        }
+        let wide = read(inputs.iter().find(|i| i.starts_with(b"c0;")).unwrap(), &InputOptions::default()).unwrap();
+        assert_eq!(wide.columns.len(), 10_001);
+        assert_eq!(wide.rows.len(), 1);
+    }
+
+    #[test]
+    fn a_large_list() {
+        let mut csv = String::from("codice;ragione sociale;pec\n");
+        for i in 0..48_397 {
+            csv.push_str(&format!("{i};Ditta {i} s.r.l.;ditta{i}@pec.it\n"));
+        }
+        let r = read_ok(csv.as_bytes());
+        assert_eq!(r.rows.len(), 48_397);
+        assert_eq!(r.rows.last().map(|row| row.line), Some(48_398));
+    }
 }
