@@ -418,3 +418,233 @@ fn crlf(s: String) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::{MessageParser, MimeHeaders};
+
+    const TEMPLATE: &str = "\u{feff}Subject: Avviso n. {{numero}} per {{ Ragione Sociale }} – città {{città}}\r\n\
+Reply-To: tributi@pec.comune.example.it\r\n\
+\r\n\
+Gentile {{ragione sociale}},\r\n\
+le notifichiamo l'avviso n. {{NUMERO}}.\r\n\
+Note: {{note}}\r\n\
+--- html ---\r\n\
+<p>Gentile <b>{{ragione sociale}}</b>,</p>\r\n\
+<p>Note: {{note}}</p>\r\n";
+
+    fn columns() -> Vec<String> {
+        ["numero", "Ragione sociale", "Città", "note", "pec"].map(String::from).to_vec()
+    }
+
+    fn values() -> Vec<String> {
+        ["42/2024", "Caffè & Co. <s.r.l.>", "Forlì", "riga 1\nriga 2 \"x\"", "caffe@pec.it"].map(String::from).to_vec()
+    }
+
+    fn date() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2024-03-05T10:20:30+01:00").unwrap()
+    }
+
+    #[test]
+    fn parse_and_placeholders() {
+        let t = parse(TEMPLATE.as_bytes()).unwrap();
+        assert_eq!(t.placeholders(), ["numero", "Ragione Sociale", "città", "note"]);
+        assert!(t.unknown(&columns()).is_empty());
+        assert!(t.has_html());
+        let cols = ["NUMERO", "ragione sociale"].map(String::from);
+        assert_eq!(t.unknown(&cols), ["città", "note"]);
+        // LF only, no html, no Reply-To, `Oggetto` as Subject.
+        let t = parse(b"oggetto: Ciao {{x}}\n\nTesto {{y}}\n").unwrap();
+        assert_eq!(t.placeholders(), ["x", "y"]);
+        assert!(!t.has_html());
+    }
+
+    #[test]
+    fn parse_errors_with_lines() {
+        assert_eq!(parse(b"\nTesto\n"), Err(TemplateError::MissingSubject));
+        assert_eq!(parse(b"Reply-To: a@pec.it\n\nTesto\n"), Err(TemplateError::MissingSubject));
+        assert_eq!(parse(b"Gentile cliente,\n\nTesto\n"), Err(TemplateError::NotAHeader { line: 1 }));
+        assert_eq!(
+            parse(b"Subject: x\nFrom: a@b.it\n\nT"),
+            Err(TemplateError::UnknownHeader { line: 2, name: "From".into() })
+        );
+        assert_eq!(
+            parse(b"Subject: x\nSubject: y\n\nT"),
+            Err(TemplateError::DuplicateHeader { line: 2, name: "Subject".into() })
+        );
+        assert_eq!(parse(b"Subject: \n\nT"), Err(TemplateError::EmptySubject { line: 1 }));
+        assert_eq!(parse(b"Subject: a {{b\n\nT"), Err(TemplateError::Unterminated { line: 1 }));
+        assert_eq!(
+            parse(b"Subject: a\r\n\r\nuno\r\ndue {{nome\r\n}}\r\n"),
+            Err(TemplateError::Unterminated { line: 4 })
+        );
+        assert_eq!(
+            parse(b"Subject: a\n\nuno\n--- html ---\n<p>\n{{ }}</p>\n"),
+            Err(TemplateError::EmptyPlaceholder { line: 6 })
+        );
+        assert!(matches!(parse(b"Subject: a\n\n{{a{b}}\n"), Err(TemplateError::BadPlaceholder { line: 3, .. })));
+        assert_eq!(parse(b"Subject: a\n\nok\n\xff\n"), Err(TemplateError::NotUtf8 { line: 4 }));
+        // Messages say what to do.
+        assert!(TemplateError::MissingSubject.to_string().contains("Subject:"));
+        assert!(TemplateError::Unterminated { line: 4 }.to_string().contains("`{{` is not closed by `}}`"));
+    }
+
+    fn notice<'a>(
+        columns: &'a [String],
+        values: &'a [String],
+        attachments: &'a [(&'a str, &'a [u8])],
+    ) -> NoticeInput<'a> {
+        NoticeInput {
+            from: "protocollo@pec.comune.example.it",
+            from_name: Some("Comune di Forlì"),
+            to: "caffe@pec.it",
+            columns,
+            values,
+            message_id: "<camp-1.42@pecgate.example.it>",
+            date: date(),
+            attachments,
+        }
+    }
+
+    #[test]
+    fn render_parses_back() {
+        let t = parse(TEMPLATE.as_bytes()).unwrap();
+        let (columns, values) = (columns(), values());
+        let pdf: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let attachments: [(&str, &[u8]); 2] = [("dir/Avviso città.pdf", &pdf), ("nota.txt", b"riga\r\n")];
+        let bytes = t.render(&notice(&columns, &values, &attachments)).unwrap();
+        assert!(!bytes.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "bare LF in output");
+        let head =
+            String::from_utf8_lossy(&bytes[..bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]).to_string();
+        assert!(head.contains("Date: Tue, 5 Mar 2024 10:20:30 +0100"), "{head}");
+        assert!(head.contains("MIME-Version: 1.0"), "{head}");
+        assert!(head.is_ascii(), "{head}");
+
+        let m = MessageParser::default().parse(&bytes).unwrap();
+        assert_eq!(m.subject(), Some("Avviso n. 42/2024 per Caffè & Co. <s.r.l.> – città Forlì"));
+        assert_eq!(m.to().and_then(|a| a.first()).and_then(|a| a.address()), Some("caffe@pec.it"));
+        let from = m.from().and_then(|a| a.first()).unwrap();
+        assert_eq!(from.address(), Some("protocollo@pec.comune.example.it"));
+        assert_eq!(from.name(), Some("Comune di Forlì"));
+        assert_eq!(
+            m.reply_to().and_then(|a| a.first()).and_then(|a| a.address()),
+            Some("tributi@pec.comune.example.it")
+        );
+        assert_eq!(m.message_id(), Some("camp-1.42@pecgate.example.it"));
+        let text = m.body_text(0).unwrap();
+        assert!(text.contains("Gentile Caffè & Co. <s.r.l.>,"), "{text}");
+        assert!(text.contains("avviso n. 42/2024."), "{text}");
+        assert!(text.contains("Note: riga 1\r\nriga 2 \"x\""), "{text:?}");
+        let html = m.body_html(0).unwrap();
+        assert!(html.contains("<b>Caffè &amp; Co. &lt;s.r.l.&gt;</b>"), "{html}");
+        assert!(html.contains("riga 2 &quot;x&quot;"), "{html}");
+        assert!(!html.contains("<s.r.l.>"), "{html}");
+        assert_eq!(m.attachment_count(), 2);
+        let a = m.attachment(0).unwrap();
+        assert_eq!(a.attachment_name(), Some("Avviso città.pdf"));
+        assert_eq!(a.content_type().map(|c| (c.ctype(), c.subtype())), Some(("application", Some("pdf"))));
+        assert_eq!(a.contents(), &pdf[..]);
+        let b = m.attachment(1).unwrap();
+        assert_eq!(b.attachment_name(), Some("nota.txt"));
+        assert_eq!(b.content_type().map(|c| c.ctype()), Some("text"));
+        assert_eq!(b.contents(), b"riga\r\n");
+        let root = m.content_type().unwrap();
+        assert_eq!((root.ctype(), root.subtype()), ("multipart", Some("mixed")));
+    }
+
+    #[test]
+    fn plain_text_only() {
+        let t = parse("Subject: Avviso {{n}}\n\nGentile {{nome}},\nciao.\n".as_bytes()).unwrap();
+        let columns = ["nome", "n"].map(String::from);
+        let values = ["Nicolò <x>", "7"].map(String::from);
+        let bytes = t.render(&notice(&columns, &values, &[])).unwrap();
+        let m = MessageParser::default().parse(&bytes).unwrap();
+        assert_eq!(m.subject(), Some("Avviso 7"));
+        let root = m.content_type().unwrap();
+        assert_eq!((root.ctype(), root.subtype()), ("text", Some("plain")));
+        assert_eq!(m.body_text(0).as_deref(), Some("Gentile Nicolò <x>,\r\nciao.\r\n"));
+        assert_eq!(m.attachment_count(), 0);
+    }
+
+    #[test]
+    fn render_errors() {
+        let t = parse(TEMPLATE.as_bytes()).unwrap();
+        let columns = columns();
+        let mut values = values();
+        values[1] = "Caffè\r\nBcc: x@y.it".into();
+        let e = t.render(&notice(&columns, &values, &[])).unwrap_err();
+        assert_eq!(e, RenderError::LineBreak { field: "Ragione Sociale".into(), header: "Subject" });
+        assert!(e.to_string().contains("Ragione Sociale"));
+        let values = super::tests::values();
+        let short = &columns[..2];
+        assert_eq!(t.render(&notice(short, &values, &[])).unwrap_err(), RenderError::UnknownField("città".into()));
+        let mut n = notice(&columns, &values, &[]);
+        n.to = "not an address";
+        assert!(matches!(t.render(&n), Err(RenderError::BadAddress { what: "recipient", .. })));
+        let mut n = notice(&columns, &values, &[]);
+        n.message_id = "no-brackets@x.it";
+        assert!(matches!(t.render(&n), Err(RenderError::BadMessageId(_))));
+        let mut n = notice(&columns, &values, &[]);
+        n.from_name = Some("Comune\r\nBcc: x@y.it");
+        assert_eq!(t.render(&n), Err(RenderError::BadDisplayName));
+        let att: [(&str, &[u8]); 1] = [("dir/", b"x")];
+        assert!(matches!(t.render(&notice(&columns, &values, &att)), Err(RenderError::BadAttachmentName(_))));
+        // A Reply-To built from a value must still be one address.
+        let t = parse(b"Subject: x\nReply-To: {{pec}}\n\nT\n").unwrap();
+        let bad = ["a@b.it, c@d.it".to_string()];
+        let e = t.render(&notice(&["pec".to_string()], &bad, &[])).unwrap_err();
+        assert!(matches!(e, RenderError::BadAddress { what: "Reply-To", .. }), "{e:?}");
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type("a.PDF"), "application/pdf");
+        assert_eq!(content_type("a.pdf.p7m"), "application/pkcs7-mime");
+        assert_eq!(content_type("fattura.xml"), "application/xml");
+        assert_eq!(content_type("leggimi.txt"), "text/plain");
+        assert_eq!(content_type("archivio.zip"), "application/octet-stream");
+        assert_eq!(content_type("senza_estensione"), "application/octet-stream");
+    }
+
+    #[test]
+    fn hostile_templates_do_not_panic() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"{{".to_vec(),
+            b"Subject: {{".to_vec(),
+            b"Subject: }}{{".to_vec(),
+            b"Subject: {{{{}}}}".to_vec(),
+            b"Subject: x\n\n{{\xc3".to_vec(),
+            "Subject: {{è}}\n\n{{à".as_bytes().to_vec(),
+            b"Subject: x\n\n--- html ---".to_vec(),
+            b"Subject: x\n\n--- html ---\n--- html ---\n{{a}".to_vec(),
+            b" continuation\nSubject: x".to_vec(),
+            b"Subject: x\r".to_vec(),
+            b"\xEF\xBB\xBF".to_vec(),
+        ];
+        let mut long = b"Subject: ".to_vec();
+        long.extend(std::iter::repeat_n(b"{{a}}x".as_slice(), 100_000).flatten());
+        inputs.push(long);
+        inputs.push(vec![b'{'; 1 << 20]);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for len in [1usize, 10, 300, 5000] {
+            let mut bytes = b"Subject: x\n\n".to_vec();
+            bytes.extend((0..len).map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                b"{} \n\r<>&aZ\xc3\xa8"[(seed % 12) as usize]
+            }));
+            inputs.push(bytes);
+        }
+        let columns = ["a".to_string()];
+        let values = ["v\u{0}<\r\n".to_string()];
+        for input in &inputs {
+            if let Ok(t) = parse(input) {
+                let _ = t.placeholders();
+                let _ = t.unknown(&columns);
+                let _ = t.render(&notice(&columns, &values, &[]));
+            }
+        }
+    }
+}
