@@ -230,8 +230,15 @@ impl LineCounter<'_> {
             start += 1;
         }
         if start >= self.at {
-            let gap = self.text.get(self.at..start).unwrap_or_default();
-            self.line += memchr::memchr_iter(b'\n', gap).count() as u64;
+            // Line breaks as csv reads them: LF, CRLF, or a lone CR.
+            let from = self.at;
+            let gap = self.text.get(from..start).unwrap_or_default();
+            for i in memchr::memchr2_iter(b'\r', b'\n', gap) {
+                let lone_cr = gap.get(i) == Some(&b'\r') && self.text.get(from + i + 1) != Some(&b'\n');
+                if lone_cr || gap.get(i) == Some(&b'\n') {
+                    self.line += 1;
+                }
+            }
             self.at = start;
         }
         self.line
@@ -676,6 +683,9 @@ mod tests {
     #[test]
     fn crlf_line_numbers() {
         let r = read_ok(b"pec;n\r\n\r\na@pec.it;1\r\nb@pec.it;\"2\r\n3\"\r\nc@pec.it;4\r\n");
+        assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [3, 4, 6]);
+        // Old Mac line ends (lone CR), as csv reads them.
+        let r = read_ok(b"pec;n\r\ra@pec.it;1\rb@pec.it;\"2\r3\"\rc@pec.it;4\r");
         assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [3, 4, 6]);
     }
 

@@ -455,8 +455,8 @@ Note: {{note}}\r\n\
         let cols = ["NUMERO", "ragione sociale"].map(String::from);
         assert_eq!(t.unknown(&cols), ["città", "note"]);
         // LF only, no html, no Reply-To, `Oggetto` as Subject.
-        let t = parse(b"oggetto: Ciao {{x}}\n\nTesto {{y}}\n").unwrap();
-        assert_eq!(t.placeholders(), ["x", "y"]);
+        let t = parse(b"oggetto: Ciao {{x}}\n\tcontinua {{z}}\n\nTesto {{y}}\n").unwrap();
+        assert_eq!(t.placeholders(), ["x", "z", "y"]);
         assert!(!t.has_html());
     }
 
