@@ -13,8 +13,10 @@
 //!   line: the one that splits it into the most columns (quotes respected; on a
 //!   tie `;`, then `,`, then tab). Fields may be quoted with `"`, with `""` for a
 //!   quote inside and separators or line breaks inside the quotes.
-//! * **Header**: the first non-empty line names the columns. Names are trimmed
-//!   and matched case-insensitively; an empty or repeated name is an error.
+//! * **Header**: the first line with something other than spaces and
+//!   separators names the columns (empty spreadsheet rows above it are
+//!   skipped). Names are trimmed and matched case-insensitively; an empty or
+//!   repeated name is an error.
 //! * **Address column**: `--address-column NAME`, else the first of
 //!   [`ADDRESS_COLUMN_NAMES`] (in that order of preference) present in the
 //!   header. **Key column** (what identifies a recipient in reports):
@@ -197,6 +199,20 @@ fn reader(text: &str, separator: u8) -> csv::Reader<&[u8]> {
     csv::ReaderBuilder::new().delimiter(separator).has_headers(false).flexible(true).from_reader(text.as_bytes())
 }
 
+/// Byte offset and line number of the first line with something other than
+/// spaces and separators.
+fn header_start(text: &str) -> (usize, u64) {
+    let (mut offset, mut line) = (0, 1);
+    for l in text.split_inclusive('\n') {
+        if l.chars().any(|c| !c.is_whitespace() && c != ';' && c != ',') {
+            break;
+        }
+        offset += l.len();
+        line += 1;
+    }
+    (offset, line)
+}
+
 /// The separator that splits the first record into the most fields.
 fn detect_separator(text: &str) -> u8 {
     let mut best = (b';', 0usize);
@@ -249,9 +265,14 @@ impl LineCounter<'_> {
 /// single rows are collected in [`Recipients::errors`].
 pub fn read(bytes: &[u8], opts: &InputOptions) -> Result<Recipients, InputError> {
     let (text, encoding) = decode(bytes)?;
-    let separator = detect_separator(&text);
-    let mut rdr = reader(&text, separator);
-    let mut lines = LineCounter { text: text.as_bytes(), at: 0, line: 1 };
+    // Lines before the header holding nothing but separators and spaces
+    // (`;;;` from a spreadsheet's empty top rows) would fool the separator
+    // detection: start at the header line.
+    let (start, first_line) = header_start(&text);
+    let text = text.get(start..).unwrap_or("");
+    let separator = detect_separator(text);
+    let mut rdr = reader(text, separator);
+    let mut lines = LineCounter { text: text.as_bytes(), at: 0, line: first_line };
     let mut record = csv::StringRecord::new();
 
     let csv_error = |e: csv::Error, line: u64| InputError::Csv {
@@ -678,6 +699,15 @@ mod tests {
         assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [5, 12]);
         assert_eq!(r.rows[0].values[1], "uno\ndue\n\ntre");
         assert_eq!(lines_of_errors(&r), [11, 14]);
+    }
+
+    #[test]
+    fn blank_spreadsheet_rows_above_the_header() {
+        let r = read_ok(b";;;\r\n,,\r\n\r\npec,nome\r\na@pec.it,Anna\r\n;\r\nb@pec.it,Bea\r\n");
+        assert_eq!(r.separator, b',');
+        assert_eq!(r.columns, ["pec", "nome"]);
+        assert_eq!(r.rows.iter().map(|row| row.line).collect::<Vec<_>>(), [5, 7]);
+        assert_eq!(lines_of_errors(&r), [6]);
     }
 
     #[test]
