@@ -30,6 +30,9 @@ pub struct Config {
     pub pec: PecConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// How the daemon runs campaigns.
+    #[serde(default)]
+    pub campaigns: CampaignsConfig,
     /// The client-facing IMAP server; absent means no IMAP listener.
     #[serde(default)]
     pub imap: Option<ImapConfig>,
@@ -181,6 +184,39 @@ pub struct PecConfig {
     /// "overdue". 24 h is the regulatory maximum before a non-delivery notice.
     #[serde(default, with = "humantime_serde::option")]
     pub overdue_after: Option<Duration>,
+}
+
+/// `[campaigns]`: how the daemon sends campaigns' notices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignsConfig {
+    /// A notice whose provider dialogue broke after it started (or that
+    /// was mid-dialogue when pecgate stopped) may have been sent: it waits
+    /// this long for the provider's acceptance receipt to settle it, then
+    /// becomes "ambiguous".
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle_after: Duration,
+    /// Resend ambiguous notices by themselves (the recipient may get two);
+    /// otherwise an administrator decides (`pecgate campaign resolve`).
+    #[serde(default)]
+    pub resend_ambiguous: bool,
+    /// Attempts at a notice the provider keeps answering 4xx (or cannot be
+    /// reached for) before it fails.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        CampaignsConfig { settle_after: default_settle(), resend_ambiguous: false, max_attempts: default_attempts() }
+    }
+}
+
+fn default_settle() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_attempts() -> u32 {
+    20
 }
 
 /// One PEC mailbox at a provider.

@@ -55,7 +55,8 @@ struct Generation {
     tasks: JoinSet<()>,
 }
 
-fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, rules: &crate::handling::rules::LiveRules) -> anyhow::Result<Generation> {
+fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Shared) -> anyhow::Result<Generation> {
+    let rules = &sh.rules;
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let opts = SyncOptions {
@@ -89,6 +90,16 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, rules: &cr
         };
         tasks.spawn(task.run());
     }
+    let sender = crate::campaign::run::Sender {
+        store: store.clone(),
+        limiter: sh.limiter.clone(),
+        cfg: cfg.campaigns.clone(),
+        timeout: cfg.upstream.timeout,
+        wake: sh.wake.clone(),
+    };
+    for m in cfg.mailboxes.iter().filter(|m| m.smtp.is_some()) {
+        tasks.spawn(sender.clone().run(m.clone(), rx.clone()));
+    }
     Ok(Generation { stop, tasks })
 }
 
@@ -120,6 +131,8 @@ struct Shared {
     /// The mailboxes' sends against their sending limits, for SMTP
     /// submissions and campaigns alike.
     limiter: Arc<crate::sending::Limiter>,
+    /// Wakes the campaign senders (a campaign started, resumed, resolved).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn shared(cfg: &Config) -> anyhow::Result<Shared> {
@@ -133,7 +146,7 @@ fn shared(cfg: &Config) -> anyhow::Result<Shared> {
         None => (None, None),
     };
     let rules = crate::handling::rules::LiveRules::new(crate::handling::rules::Rules::compile(cfg));
-    Ok(Shared { auth, rules, cert, tls, limiter: Default::default() })
+    Ok(Shared { auth, rules, cert, tls, limiter: Default::default(), wake: Default::default() })
 }
 
 fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
@@ -237,7 +250,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
     let sh = shared(&cfg)?;
-    let mut generation = start_generation(&cfg, &store, &board, &sh.rules)?;
+    let mut generation = start_generation(&cfg, &store, &board, &sh)?;
     let (imap_stop, mut imap_tasks, imap_ctx_tx) = start_imap(&cfg, &sh, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
@@ -246,6 +259,13 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             let state = crate::http::HttpState {
                 metrics: metrics.clone(),
                 auth: sh.auth.clone(),
+                campaigns: Some(Arc::new(crate::campaign::api::Api {
+                    store: store.clone(),
+                    mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.clone())).collect(),
+                    limiter: sh.limiter.clone(),
+                    wake: sh.wake.clone(),
+                    overdue_after: cfg.pec.overdue_after,
+                })),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }
@@ -275,7 +295,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         generation.stop(Duration::from_secs(30)).await;
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
-                        generation = start_generation(&cfg, &store, &new_board, &sh.rules)?;
+                        generation = start_generation(&cfg, &store, &new_board, &sh)?;
                         metrics.set_board(new_board);
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),

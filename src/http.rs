@@ -57,7 +57,14 @@ const AUDIT_LIMIT: usize = 10_000;
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// The campaign endpoints (absent: 404).
+    pub campaigns: Option<Arc<crate::campaign::api::Api>>,
 }
+
+/// Largest upload (a campaign's recipients list, template or attachment).
+const MAX_UPLOAD: usize = 128 * 1024 * 1024;
+/// Largest JSON request body.
+const MAX_JSON: usize = 4 * 1024 * 1024;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -122,7 +129,69 @@ fn error(status: StatusCode, msg: &str) -> Resp {
     json_resp(status, &json!({ "error": msg }))
 }
 
+/// The request's body, at most `max` bytes.
+async fn body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is over {max} bytes")))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"))),
+    }
+}
+
+/// `/api/uploads` and `/api/campaigns…` (see `campaign::api`).
+async fn campaigns(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let Some(api) = st.campaigns.clone() else { return error(StatusCode::NOT_FOUND, "campaigns are not available here") };
+    let user = match authenticate(st, peer, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let params = parse_query(req.uri().query().unwrap_or(""));
+    let source = peer.to_string();
+    let parts: Vec<&str> = path.trim_start_matches("/api/").split('/').filter(|p| !p.is_empty()).collect();
+    let answer = match (method.clone(), parts.as_slice()) {
+        (Method::POST, ["uploads"]) => match body(req, MAX_UPLOAD).await {
+            Ok(b) => api.upload(&user, b).await,
+            Err(r) => return r,
+        },
+        (Method::POST, ["campaigns"]) => match body(req, MAX_JSON).await {
+            Ok(b) => api.create(&user, &source, &b).await,
+            Err(r) => return r,
+        },
+        (Method::GET, ["campaigns"]) => api.list(&user),
+        (Method::GET, ["campaigns", id]) => api.status(&user, id),
+        (Method::GET, ["campaigns", id, "report"]) => {
+            let (api, user, id, params) = (api.clone(), user.clone(), id.to_string(), params.clone());
+            match tokio::task::spawn_blocking(move || api.report(&user, &id, &params)).await {
+                Ok(a) => a,
+                Err(_) => (500, "application/json", b"{\"error\":\"report task failed\"}".to_vec()),
+            }
+        }
+        (Method::POST, ["campaigns", id, "resolve"]) => match body(req, MAX_JSON).await {
+            Ok(b) => api.resolve(&user, &source, id, &b).await,
+            Err(r) => return r,
+        },
+        (Method::POST, ["campaigns", id, order]) => match crate::campaign::model::Control::parse(order) {
+            Some(c) => match api.control(&user, &source, id, c).await {
+                Ok(v) => (200, "application/json", v.to_string().into_bytes()),
+                Err(a) => a,
+            },
+            None => (404, "application/json", b"{\"error\":\"no such campaign order\"}".to_vec()),
+        },
+        _ => return error(StatusCode::NOT_FOUND, &format!("no endpoint {method} {path}")),
+    };
+    let (status, ct, b) = answer;
+    respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
+}
+
 async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let p = req.uri().path();
+    if p == "/api/uploads" || p == "/api/campaigns" || p.starts_with("/api/campaigns/") {
+        return campaigns(st, peer, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only");
     }

@@ -5,6 +5,10 @@
 //! * [`template`]: the notice template (`Subject:`, body, `{{field}}`), rendered.
 //! * [`model`]: what the journal records and the index folds (pure).
 
+pub mod api;
+pub mod create;
 pub mod input;
 pub mod model;
+pub mod report;
+pub mod run;
 pub mod template;

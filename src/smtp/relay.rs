@@ -43,21 +43,37 @@ fn provider_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
     Ok(cfg)
 }
 
-/// Send `sub` through the provider of `mb`.
-pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> RelayOutcome {
+/// How one provider dialogue ended, as far as the gateway can know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The provider answered 250 to the message: its reply.
+    Accepted(String),
+    /// It refused the message for good (5xx).
+    Refused { code: u16, text: String },
+    /// Nothing was handed over (no connection, login or TLS failed), or it
+    /// answered 4xx (or over its rate limit): safe to try again.
+    NotSent(String),
+    /// The dialogue broke after it had started (connection lost, no
+    /// answer in time): the provider may have taken the message. Only its
+    /// receipts can tell.
+    Uncertain(String),
+}
+
+/// One dialogue with the provider of `mb`: `body` from `from` to `rcpts`.
+pub async fn send(mb: &MailboxConfig, from: &str, rcpts: &[String], body: &[u8], timeout: Duration) -> Sent {
     let password = match mb.read_password() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(mailbox = %mb.alias, error = %e, "cannot read the provider password");
-            return RelayOutcome::Temporary("the gateway cannot read this mailbox's provider password".into());
+            return Sent::NotSent("the gateway cannot read this mailbox's provider password".into());
         }
     };
     let Some(ep) = &mb.smtp else {
-        return RelayOutcome::Permanent { code: 550, text: format!("mailbox {} has no provider SMTP endpoint configured", mb.alias) };
+        return Sent::Refused { code: 550, text: format!("mailbox {} has no provider SMTP endpoint configured", mb.alias) };
     };
     let tls = match provider_tls(mb.ca_file.as_deref()) {
         Ok(t) => t,
-        Err(e) => return RelayOutcome::Temporary(format!("TLS trust for the provider: {e}")),
+        Err(e) => return Sent::NotSent(format!("TLS trust for the provider: {e}")),
     };
     let builder = SmtpClientBuilder::new_with_tls_connector(ep.host.clone(), ep.port, tokio_rustls::TlsConnector::from(tls))
         .implicit_tls(ep.tls == TlsMode::Implicit)
@@ -67,62 +83,66 @@ pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> R
     // mail-send always ends DATA with CRLF.CRLF, adding a line break of its
     // own: hand it the body without its final CRLF so the provider receives
     // (and certifies) exactly the bytes we archive.
-    let body = sub.data.strip_suffix(b"\r\n").unwrap_or(&sub.data);
-    let message = Message::new(sub.from.as_str(), sub.rcpts.iter().map(String::as_str), body);
-    let result = tokio::time::timeout(timeout + Duration::from_secs(5), async {
-        match ep.tls {
-            // No Nagle: mail-send writes the final `.` of DATA as a small
-            // segment of its own, which Nagle would hold until the
-            // provider's delayed ACK (40 ms on Linux) on every message.
-            // QUIT is not waited for: the provider's answer to DATA is all
-            // the client waits on.
-            TlsMode::None => match builder.connect_plain().await {
-                Ok(mut c) => {
-                    let _ = c.stream.set_nodelay(true);
-                    let r = c.send(message).await;
-                    tokio::spawn(async move { c.quit().await });
-                    r
-                }
-                Err(e) => Err(e),
-            },
-            _ => match builder.connect().await {
-                Ok(mut c) => {
-                    let _ = c.stream.get_ref().0.set_nodelay(true);
-                    let r = c.send(message).await;
-                    tokio::spawn(async move { c.quit().await });
-                    r
-                }
-                Err(e) => Err(e),
-            },
-        }
-    })
-    .await;
+    let body = body.strip_suffix(b"\r\n").unwrap_or(body);
+    let message = Message::new(from, rcpts.iter().map(String::as_str), body);
+    let limit = timeout + Duration::from_secs(5);
+    // No Nagle: mail-send writes the final `.` of DATA as a small segment
+    // of its own, which Nagle would hold until the provider's delayed ACK
+    // (40 ms on Linux) on every message. QUIT is not waited for: the
+    // provider's answer to DATA is all the client waits on.
+    let result = match ep.tls {
+        TlsMode::None => match tokio::time::timeout(limit, builder.connect_plain()).await {
+            Err(_) => return Sent::NotSent("the provider did not answer in time".into()),
+            Ok(Err(e)) => return not_sent(e),
+            Ok(Ok(mut c)) => {
+                let _ = c.stream.set_nodelay(true);
+                let r = tokio::time::timeout(limit, c.send(message)).await;
+                tokio::spawn(async move { c.quit().await });
+                r
+            }
+        },
+        _ => match tokio::time::timeout(limit, builder.connect()).await {
+            Err(_) => return Sent::NotSent("the provider did not answer in time".into()),
+            Ok(Err(e)) => return not_sent(e),
+            Ok(Ok(mut c)) => {
+                let _ = c.stream.get_ref().0.set_nodelay(true);
+                let r = tokio::time::timeout(limit, c.send(message)).await;
+                tokio::spawn(async move { c.quit().await });
+                r
+            }
+        },
+    };
     match result {
-        Err(_) => RelayOutcome::Temporary("the provider did not answer in time".into()),
-        Ok(Ok(resp)) => RelayOutcome::Accepted(format!("{} {}", resp.code, resp.message)),
-        Ok(Err(e)) => classify_error(e),
+        Err(_) => Sent::Uncertain("the provider stopped answering during the dialogue".into()),
+        Ok(Ok(resp)) => Sent::Accepted(format!("{} {}", resp.code, resp.message)),
+        Ok(Err(mail_send::Error::UnexpectedReply(r))) if (500..600).contains(&r.code) && !is_rate_limited(&r.message) => {
+            Sent::Refused { code: r.code, text: r.message }
+        }
+        Ok(Err(mail_send::Error::UnexpectedReply(r))) => Sent::NotSent(format!("{} {}", r.code, r.message)),
+        Ok(Err(e)) => Sent::Uncertain(e.to_string()),
     }
 }
 
-fn classify_error(e: mail_send::Error) -> RelayOutcome {
+/// A failure to connect or log in: nothing was handed over.
+fn not_sent(e: mail_send::Error) -> Sent {
     match e {
-        // A provider over its sending limit answers 5xx (InfoCert: `550 …
-        // "Class Of Service" - Too much traffic from this sender`), yet the
-        // same message goes through later: temporary, never a failure.
-        mail_send::Error::UnexpectedReply(r) if is_rate_limited(&r.message) => {
-            RelayOutcome::Temporary(format!("{} {}", r.code, r.message))
-        }
-        mail_send::Error::UnexpectedReply(r) if (500..600).contains(&r.code) => {
-            RelayOutcome::Permanent { code: r.code, text: r.message }
-        }
-        mail_send::Error::UnexpectedReply(r) => RelayOutcome::Temporary(format!("{} {}", r.code, r.message)),
         // A refused provider login is the gateway's configuration problem,
         // not the message's: temporary, so nothing is lost while it is fixed.
         mail_send::Error::AuthenticationFailed(r) => {
             tracing::error!(code = r.code, "the provider refused the mailbox's SMTP credentials");
-            RelayOutcome::Temporary("the provider refused the gateway's login for this mailbox".into())
+            Sent::NotSent("the provider refused the gateway's login for this mailbox".into())
         }
-        other => RelayOutcome::Temporary(other.to_string()),
+        other => Sent::NotSent(other.to_string()),
+    }
+}
+
+/// Send `sub` through the provider of `mb` (a client's submission: it
+/// retries whatever was not definitely accepted or refused).
+pub async fn relay(mb: &MailboxConfig, sub: &Submission, timeout: Duration) -> RelayOutcome {
+    match send(mb, &sub.from, &sub.rcpts, &sub.data, timeout).await {
+        Sent::Accepted(r) => RelayOutcome::Accepted(r),
+        Sent::Refused { code, text } => RelayOutcome::Permanent { code, text },
+        Sent::NotSent(t) | Sent::Uncertain(t) => RelayOutcome::Temporary(t),
     }
 }
 
@@ -130,6 +150,27 @@ fn classify_error(e: mail_send::Error) -> RelayOutcome {
 pub fn is_rate_limited(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("too much traffic") || t.contains("class of service") || t.contains("rate limit")
+}
+
+/// Filing what the provider accepted in the mailbox's `Sent`, with what
+/// reconciliation needs (its Message-ID, recipients, when).
+pub fn sent_copy(mailbox: &str, blob: crate::store::BlobRef, data: &[u8], message_id: &str, rcpts: &[String]) -> Change {
+    let now = Utc::now();
+    let meta = PecMeta {
+        classification: crate::pec::classify(data),
+        signature: None,
+        sent: Some(SentInfo { key: message_id.to_string(), recipients: rcpts.to_vec(), at: now }),
+    };
+    Change::Archive {
+        mailbox: mailbox.to_string(),
+        folder: "Sent".into(),
+        blob,
+        internal_date: now,
+        flags: Vec::new(),
+        provider: None,
+        pec: Some(meta.into()),
+        handling: None,
+    }
 }
 
 /// Audit the attempt and, when the provider accepted, archive the sent copy
@@ -154,29 +195,11 @@ pub async fn record(store: &Store, sub: &Submission, source: &str, outcome: &Rel
     let mut entries = vec![(audit, Change::None)];
     if matches!(outcome, RelayOutcome::Accepted(_)) {
         let blob = store.put_blob(sub.data.clone()).await.map_err(|e| e.to_string())?;
-        let now = Utc::now();
-        let meta = PecMeta {
-            classification: crate::pec::classify(&sub.data),
-            signature: None,
-            sent: Some(SentInfo { key: sub.message_id.clone(), recipients: sub.rcpts.clone(), at: now }),
-        };
         let archive = Audit::user(&sub.user, Some(source.to_string()), "smtp", "archive-sent")
             .mailbox(&sub.mailbox)
             .folder("Sent")
             .message_id(Some(sub.message_id.clone()));
-        entries.push((
-            archive,
-            Change::Archive {
-                mailbox: sub.mailbox.clone(),
-                folder: "Sent".into(),
-                blob,
-                internal_date: now,
-                flags: Vec::new(),
-                provider: None,
-                pec: Some(meta.into()),
-                handling: None,
-            },
-        ));
+        entries.push((archive, sent_copy(&sub.mailbox, blob, &sub.data, &sub.message_id, &sub.rcpts)));
     }
     store.commit_batch(entries).await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -93,6 +93,14 @@ impl Blobs {
         result.map(|()| r)
     }
 
+    /// The size of a stored blob, without reading it.
+    pub fn size(&self, hash: &str) -> io::Result<u64> {
+        if !valid_hash(hash) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a blob hash"));
+        }
+        Ok(std::fs::metadata(self.path(hash))?.len())
+    }
+
     pub fn get(&self, hash: &str) -> io::Result<Vec<u8>> {
         if !valid_hash(hash) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"));

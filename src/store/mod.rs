@@ -393,6 +393,11 @@ impl Store {
         }
     }
 
+    /// A stored blob's size in bytes.
+    pub fn blob_size(&self, hash: &str) -> Result<u64> {
+        self.inner.blobs.size(hash).map_err(io_err(&self.inner.blobs.path(hash)))
+    }
+
     pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
         self.inner.blobs.get(hash).map_err(io_err(&self.inner.blobs.path(hash)))
     }

@@ -1,0 +1,241 @@
+//! A campaign's report: one row per recipient, its sending state joined
+//! with what the provider's receipts say (reconciliation of the notice's
+//! sent copy), and the fallback list of those who need registered mail.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::input::{self, InputOptions};
+use super::model::{CampaignRow, NoticeRow, SendState, Status};
+use crate::pec::reconcile::{RecipientStatus, SentMessage};
+use crate::store::{Store, StoreError};
+
+/// One recipient's line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub n: u32,
+    /// The CSV line of the recipient's row.
+    pub line: u64,
+    pub address: String,
+    pub key: String,
+    /// queued, submitting, retrying, ambiguous, cancelled, accepted,
+    /// acceptance-receipt, delivered, failed, not-accepted, warned,
+    /// overdue, not-certified.
+    pub state: &'static str,
+    pub provider_id: Option<String>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// The delivery receipt's time: the legal notification.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// As the provider (or the network) wrote it.
+    pub failure: Option<String>,
+    pub attempts: u32,
+    pub message_id: String,
+    /// SHA-256 of the notice as sent.
+    pub notice_sha256: String,
+    /// The receipts' own Message-IDs (acceptance, delivery or failure).
+    pub receipts: Vec<String>,
+}
+
+/// Is this row one for registered mail? Failed for good, or not delivered
+/// by `deadline` (when there is one and it has passed, or the delivery came
+/// after it).
+pub fn needs_fallback(r: &Row, deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    if matches!(r.state, "failed" | "not-accepted" | "not-certified" | "cancelled") {
+        return true;
+    }
+    match (deadline, r.delivered_at) {
+        (Some(d), Some(at)) => at > d,
+        (Some(d), None) => now >= d,
+        (None, _) => false,
+    }
+}
+
+fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<Utc>) -> Row {
+    let mut r = Row {
+        n: n.notice.n,
+        line: n.notice.line,
+        address: n.notice.to.clone(),
+        key: n.notice.key.clone(),
+        state: "queued",
+        provider_id: None,
+        accepted_at: n.accepted_at,
+        delivered_at: None,
+        failure: n.reason.clone(),
+        attempts: n.attempts,
+        message_id: n.notice.message_id.clone(),
+        notice_sha256: n.notice.hash.clone(),
+        receipts: Vec::new(),
+    };
+    let cancelled = c.status == Status::Cancelled;
+    r.state = match n.state {
+        SendState::Queued | SendState::Retry if cancelled => "cancelled",
+        SendState::Queued => "queued",
+        SendState::Retry => "retrying",
+        SendState::Submitting => "submitting",
+        SendState::Ambiguous => "ambiguous",
+        SendState::Failed => "failed",
+        SendState::Accepted => "accepted",
+    };
+    let Some(s) = sent else { return r };
+    r.provider_id = s.identificativo().map(str::to_string);
+    if let Some(e) = &s.accepted {
+        r.receipts.extend(e.receipt_id.clone());
+        if n.state == SendState::Accepted {
+            r.state = "acceptance-receipt";
+        }
+    }
+    if let Some(e) = &s.not_accepted {
+        r.receipts.extend(e.receipt_id.clone());
+        r.failure = e.detail.clone().or(r.failure);
+        r.state = "not-accepted";
+        return r;
+    }
+    let key = crate::pec::normalize_address(&n.notice.to);
+    let Some(rec) = s.recipients.get(&key) else { return r };
+    for e in [&rec.delivered, &rec.failed, &rec.warned].into_iter().flatten() {
+        r.receipts.extend(e.receipt_id.clone());
+    }
+    if n.state != SendState::Accepted {
+        return r;
+    }
+    match s.recipient_status(rec, now) {
+        RecipientStatus::Delivered => {
+            r.state = "delivered";
+            r.delivered_at = rec.delivered.as_ref().map(|e| e.at);
+        }
+        RecipientStatus::DeliveryFailed => {
+            r.state = "failed";
+            r.failure = rec.failed.as_ref().and_then(|e| e.detail.clone()).or(r.failure);
+        }
+        RecipientStatus::Warned => {
+            r.state = "warned";
+            r.failure = rec.warned.as_ref().and_then(|e| e.detail.clone()).or(r.failure);
+        }
+        RecipientStatus::Overdue => r.state = "overdue",
+        RecipientStatus::SentToNonCertified => r.state = "not-certified",
+        RecipientStatus::NotSent => r.state = "not-accepted",
+        RecipientStatus::Pending => {}
+    }
+    r
+}
+
+/// Every recipient's row, in CSV order.
+pub fn rows(
+    store: &Store,
+    c: &CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+) -> Result<Vec<Row>, StoreError> {
+    let (now, mut notices) = (Utc::now(), Vec::new());
+    store.notices(&c.spec.id, |n| notices.push(n))?;
+    let mut out = Vec::with_capacity(notices.len());
+    for n in notices {
+        let sent = store.sent_state(&c.spec.mailbox, &n.notice.message_id)?;
+        let sent = match overdue_after {
+            Some(d) => sent.map(|s| s.with_overdue_after(d)),
+            None => sent,
+        };
+        out.push(row(c, n, sent, now));
+    }
+    Ok(out)
+}
+
+/// How many rows are in each state.
+pub fn counts(rows: &[Row]) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in rows {
+        *m.entry(r.state).or_insert(0) += 1;
+    }
+    m
+}
+
+const CSV_HEADER: [&str; 13] = [
+    "n",
+    "line",
+    "address",
+    "key",
+    "state",
+    "provider_id",
+    "accepted_at",
+    "delivered_at",
+    "failure",
+    "attempts",
+    "message_id",
+    "notice_sha256",
+    "receipts",
+];
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+}
+
+/// The report as CSV (UTF-8, `,`).
+pub fn to_csv(rows: &[Row]) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(CSV_HEADER);
+    for r in rows {
+        let _ = w.write_record([
+            r.n.to_string(),
+            r.line.to_string(),
+            r.address.clone(),
+            r.key.clone(),
+            r.state.to_string(),
+            r.provider_id.clone().unwrap_or_default(),
+            time(r.accepted_at),
+            time(r.delivered_at),
+            r.failure.clone().unwrap_or_default(),
+            r.attempts.to_string(),
+            r.message_id.clone(),
+            r.notice_sha256.clone(),
+            r.receipts.join(" "),
+        ]);
+    }
+    w.into_inner().unwrap_or_default()
+}
+
+/// The report as JSON lines.
+pub fn to_jsonl(rows: &[Row]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rows {
+        if let Ok(mut l) = serde_json::to_vec(r) {
+            out.append(&mut l);
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// The fallback list, ready for a mail merge: the recipients' own rows as
+/// they were uploaded (same columns, same separator) plus `stato` and
+/// `motivo`, for those who need registered mail.
+pub fn fallback_csv(
+    store: &Store,
+    c: &CampaignRow,
+    rows: &[Row],
+    deadline: Option<DateTime<Utc>>,
+) -> Result<Vec<u8>, String> {
+    let now = Utc::now();
+    let csv = store.get_blob(&c.spec.recipients).map_err(|e| e.to_string())?;
+    let list = input::read(&csv, &InputOptions::default()).map_err(|e| e.to_string())?;
+    let by_line: std::collections::HashMap<u64, &Vec<String>> = list.rows.iter().map(|r| (r.line, &r.values)).collect();
+    let mut w = csv::WriterBuilder::new().delimiter(list.separator).from_writer(Vec::new());
+    let mut header = list.columns.clone();
+    header.extend(["stato".to_string(), "motivo".to_string()]);
+    w.write_record(&header).map_err(|e| e.to_string())?;
+    for r in rows.iter().filter(|r| needs_fallback(r, deadline.or(c.spec.deadline), now)) {
+        let mut rec: Vec<String> = by_line.get(&r.line).map(|v| v.to_vec()).unwrap_or_else(|| {
+            let mut v = vec![String::new(); list.columns.len()];
+            if let Some(a) = v.get_mut(list.address_column) {
+                *a = r.address.clone();
+            }
+            v
+        });
+        let why = match (r.state, &r.failure) {
+            (_, Some(f)) => f.clone(),
+            ("delivered", None) => format!("delivered after the deadline ({})", time(r.delivered_at)),
+            (s, None) => format!("not delivered ({s})"),
+        };
+        rec.extend([r.state.to_string(), why]);
+        w.write_record(&rec).map_err(|e| e.to_string())?;
+    }
+    w.into_inner().map_err(|e| e.to_string())
+}

@@ -1,0 +1,269 @@
+//! The daemon's campaign sender: one task per mailbox that can send, which
+//! sends its running campaigns' notices at the mailbox's rate, one provider
+//! dialogue at a time, through the same relay and the same sending limits
+//! as the clients' submissions.
+//!
+//! Exactly once across crashes: `submitting` is durable before the
+//! dialogue starts and `accepted` (with the sent copy filed in `Sent`, where
+//! the receipts reconcile) after the provider's 250. A notice left
+//! `submitting` (pecgate stopped mid-dialogue, or the dialogue broke after
+//! it started) is settled by the provider's receipts: its acceptance (or any
+//! receipt naming its Message-ID) makes it accepted, a non-acceptance
+//! failed; with neither within `settle_after` it becomes ambiguous and is
+//! resent only by policy or by an administrator.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Notify};
+
+use super::model::{CampaignRow, NoticeRow, SendState, Status, Step};
+use crate::config::{CampaignsConfig, MailboxConfig};
+use crate::sending::Limiter;
+use crate::smtp::relay::{self, Sent};
+use crate::store::{Audit, Change, Event, Store, StoreError};
+
+/// What every mailbox's sender shares.
+#[derive(Clone)]
+pub struct Sender {
+    pub store: Store,
+    pub limiter: Arc<Limiter>,
+    pub cfg: CampaignsConfig,
+    /// Longest wait for the provider.
+    pub timeout: Duration,
+    /// Poked when a campaign is started, resumed or resolved.
+    pub wake: Arc<Notify>,
+}
+
+/// The work found in one pass over a mailbox's campaigns.
+#[derive(Default)]
+struct Plan {
+    /// (campaign, notice) to send now, in campaign then notice order.
+    due: Vec<(String, u32)>,
+    /// Notices left mid-dialogue, to settle.
+    unsettled: Vec<(CampaignRow, NoticeRow)>,
+    /// The earliest retry not yet due.
+    next_retry: Option<DateTime<Utc>>,
+    /// When notices of this mailbox started a dialogue in the last day
+    /// (to count against the sending limits after a restart).
+    recent: Vec<DateTime<Utc>>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(60u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)).min(3600))
+}
+
+impl Sender {
+    /// Send `mb`'s campaigns until `shutdown`.
+    pub async fn run(self, mb: MailboxConfig, mut shutdown: watch::Receiver<bool>) {
+        if mb.smtp.is_none() {
+            return;
+        }
+        let mut seeded = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let plan = match self.plan(&mb.alias) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(mailbox = %mb.alias, error = %e, "campaigns: cannot read the queue");
+                    Plan::default()
+                }
+            };
+            if !seeded {
+                let now = Utc::now();
+                let ago = plan.recent.iter().filter_map(|t| (now - *t).to_std().ok());
+                self.limiter.seed(&mb.alias, ago, Instant::now());
+                seeded = true;
+            }
+            for (c, n) in &plan.unsettled {
+                if let Err(e) = self.settle(&mb, c, n).await {
+                    tracing::error!(campaign = %c.spec.id, notice = n.notice.n, error = %e, "campaigns: cannot settle a notice");
+                }
+            }
+            let mut sent_any = false;
+            for (id, n) in &plan.due {
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.limiter.acquire(&mb.alias, &mb.sending) => {}
+                    _ = shutdown.changed() => return,
+                }
+                match self.send_one(&mb, id, *n).await {
+                    Ok(sent) => sent_any |= sent,
+                    Err(e) => {
+                        tracing::error!(campaign = %id, notice = n, error = %e, "campaigns: cannot record a step; pausing the sender");
+                        break;
+                    }
+                }
+            }
+            if sent_any {
+                continue;
+            }
+            // Nothing due: wait for an order, the next retry, or a while
+            // (unsettled notices' receipts arrive by themselves).
+            let mut wait = Duration::from_secs(if plan.unsettled.is_empty() { 30 } else { 5 });
+            if let Some(at) = plan.next_retry {
+                wait = wait.min((at - Utc::now()).to_std().unwrap_or_default().max(Duration::from_millis(100)));
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn plan(&self, alias: &str) -> Result<Plan, StoreError> {
+        let (mut plan, now) = (Plan::default(), Utc::now());
+        for c in self.store.campaigns()? {
+            if c.spec.mailbox != alias {
+                continue;
+            }
+            let running = c.status == Status::Running;
+            self.store.notices(&c.spec.id, |n| {
+                if let Some(t) = n.submitted_at.filter(|t| now - *t < chrono::Duration::days(1)) {
+                    plan.recent.push(t);
+                }
+                match n.state {
+                    SendState::Submitting | SendState::Ambiguous => plan.unsettled.push((c.clone(), n)),
+                    SendState::Queued if running => plan.due.push((c.spec.id.clone(), n.notice.n)),
+                    SendState::Retry if running => match n.not_before {
+                        Some(t) if t > now => plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t))),
+                        _ => plan.due.push((c.spec.id.clone(), n.notice.n)),
+                    },
+                    _ => {}
+                }
+            })?;
+        }
+        Ok(plan)
+    }
+
+    fn audit(&self, c: &CampaignRow, n: &NoticeRow, op: &str, outcome: String) -> Audit {
+        Audit::system("campaign", op)
+            .mailbox(&c.spec.mailbox)
+            .message_id(Some(n.notice.message_id.clone()))
+            .outcome(format!("campaign {} notice {} to <{}>: {outcome}", c.spec.id, n.notice.n, n.notice.to))
+    }
+
+    async fn step(
+        &self,
+        c: &CampaignRow,
+        n: &NoticeRow,
+        op: &str,
+        outcome: String,
+        step: Step,
+    ) -> Result<(), StoreError> {
+        let event = Event::NoticeStepped { campaign: c.spec.id.clone(), n: n.notice.n, step };
+        self.store.commit(self.audit(c, n, op, outcome), Change::Campaign(event)).await.map(|_| ())
+    }
+
+    /// Accepted: the step and the sent copy in `Sent`, in one batch.
+    async fn accepted(&self, c: &CampaignRow, n: &NoticeRow, reply: String) -> Result<(), StoreError> {
+        let data = self.store.get_blob(&n.notice.hash)?;
+        let blob = crate::store::BlobRef { hash: n.notice.hash.clone(), size: data.len() as u64 };
+        let copy =
+            relay::sent_copy(&c.spec.mailbox, blob, &data, &n.notice.message_id, std::slice::from_ref(&n.notice.to));
+        let event = Event::NoticeStepped {
+            campaign: c.spec.id.clone(),
+            n: n.notice.n,
+            step: Step::Accepted { reply: reply.clone() },
+        };
+        self.store
+            .commit_batch(vec![
+                (self.audit(c, n, "notice-accepted", format!("accepted: {reply}")), Change::Campaign(event)),
+                (self.audit(c, n, "archive-sent", "ok".into()).folder("Sent"), copy),
+            ])
+            .await
+            .map(|_| ())
+    }
+
+    /// One dialogue for notice `n`, if it is still due. True if one took place.
+    async fn send_one(&self, mb: &MailboxConfig, id: &str, n: u32) -> Result<bool, StoreError> {
+        let (Some(c), Some(row)) = (self.store.campaign(id)?, self.store.notice(id, n)?) else { return Ok(false) };
+        if c.status != Status::Running || !matches!(row.state, SendState::Queued | SendState::Retry) {
+            return Ok(false);
+        }
+        let attempt = row.attempts + 1;
+        self.step(&c, &row, "notice-submitting", format!("attempt {attempt}"), Step::Submitting { attempt }).await?;
+        let data = self.store.get_blob(&row.notice.hash)?;
+        let result = relay::send(mb, &mb.address, std::slice::from_ref(&row.notice.to), &data, self.timeout).await;
+        tracing::info!(campaign = %id, notice = n, to = %row.notice.to, attempt, result = ?result, "campaign notice");
+        let Some(row) = self.store.notice(id, n)? else { return Ok(true) };
+        match result {
+            Sent::Accepted(reply) => self.accepted(&c, &row, reply).await?,
+            Sent::Refused { code, text } => {
+                let reason = format!("{code} {text}");
+                self.step(&c, &row, "notice-failed", format!("refused: {reason}"), Step::Failed { reason }).await?
+            }
+            Sent::NotSent(reason) if attempt >= self.cfg.max_attempts => {
+                let reason = format!("gave up after {attempt} attempts: {reason}");
+                self.step(&c, &row, "notice-failed", reason.clone(), Step::Failed { reason }).await?
+            }
+            Sent::NotSent(reason) => {
+                let not_before = Utc::now() + chrono::Duration::from_std(backoff(attempt)).unwrap_or_default();
+                let outcome = format!("not sent, retry after {}: {reason}", not_before.format("%H:%M:%S"));
+                self.step(&c, &row, "notice-retry", outcome, Step::Retry { reason, not_before }).await?
+            }
+            // Left submitting: the receipts will settle it.
+            Sent::Uncertain(reason) => {
+                tracing::warn!(campaign = %id, notice = n, %reason, "campaign notice: the dialogue broke after it started; waiting for the provider's receipts");
+            }
+        }
+        Ok(true)
+    }
+
+    /// A notice left mid-dialogue (or ambiguous): do the provider's
+    /// receipts say what became of it?
+    async fn settle(&self, mb: &MailboxConfig, c: &CampaignRow, n: &NoticeRow) -> Result<(), StoreError> {
+        let state = self.store.sent_state(&mb.alias, &n.notice.message_id)?;
+        if let Some(s) = &state {
+            if let Some(e) = &s.not_accepted {
+                let reason = format!("non-acceptance: {}", e.detail.clone().unwrap_or_default());
+                return self
+                    .step(c, n, "notice-failed", format!("settled by the provider: {reason}"), Step::Failed { reason })
+                    .await;
+            }
+            if s.accepted.is_some() || !s.identificativi.is_empty() || !s.recipients.is_empty() {
+                return self.accepted(c, n, "settled by the provider's receipts".into()).await;
+            }
+        }
+        if n.state == SendState::Submitting {
+            let since = n.submitted_at.unwrap_or(c.created_at);
+            let waited = (Utc::now() - since).to_std().unwrap_or_default();
+            if waited >= self.cfg.settle_after {
+                let reason = format!(
+                    "no receipt from the provider {} after the dialogue started",
+                    humantime::format_duration(self.cfg.settle_after)
+                );
+                self.step(c, n, "notice-ambiguous", reason.clone(), Step::Ambiguous { reason }).await?;
+                if self.cfg.resend_ambiguous {
+                    let Some(n) = self.store.notice(&c.spec.id, n.notice.n)? else { return Ok(()) };
+                    let reason = "resent by policy (campaigns.resend_ambiguous)".to_string();
+                    self.step(c, &n, "notice-requeued", reason.clone(), Step::Requeued { reason }).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start one sender per mailbox that can send.
+pub fn start(
+    sender: &Sender,
+    mailboxes: &[MailboxConfig],
+    shutdown: &watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut seen = HashMap::new();
+    for mb in mailboxes.iter().filter(|m| m.smtp.is_some()) {
+        if seen.insert(mb.alias.clone(), ()).is_none() {
+            tasks.spawn(sender.clone().run(mb.clone(), shutdown.clone()));
+        }
+    }
+    tasks
+}
