@@ -33,10 +33,23 @@ fn every_notice_classifies_and_verifies() {
         (Notice::Accettazione, PecKind::Accettazione),
         (Notice::NonAccettazione { reason: "mittente errato".into() }, PecKind::NonAccettazione),
         (Notice::Envelope, PecKind::PostaCertificata),
-        (Notice::Consegna { recipient: "legale@pec.sim.test".into() }, PecKind::AvvenutaConsegna { form: ReceiptForm::Completa }),
         (
-            Notice::ErroreConsegna { recipient: "nobody@pec.sim.test".into(), reason: "5.1.1 - Utente non riconosciuto".into() },
+            Notice::Consegna { recipient: "legale@pec.sim.test".into() },
+            PecKind::AvvenutaConsegna { form: ReceiptForm::Completa },
+        ),
+        (
+            Notice::ErroreConsegna {
+                recipient: "nobody@pec.sim.test".into(),
+                reason: "5.1.1 - Utente non riconosciuto".into(),
+            },
             PecKind::ErroreConsegna,
+        ),
+        (
+            Notice::PreavvisoErroreConsegna {
+                recipient: "lento@cittadini.sim".into(),
+                reason: "Nessuna ricevuta dal gestore del destinatario entro 12 ore".into(),
+            },
+            PecKind::PreavvisoErroreConsegna,
         ),
     ];
     for (notice, kind) in cases {
@@ -51,7 +64,10 @@ fn every_notice_classifies_and_verifies() {
         if matches!(notice, Notice::Envelope | Notice::Consegna { .. }) {
             assert_eq!(unwrap_envelope(&raw).unwrap().original.as_deref(), Some(&s.original[..]));
         }
-        if let Notice::Consegna { recipient } = &notice {
+        if let Notice::Consegna { recipient }
+        | Notice::ErroreConsegna { recipient, .. }
+        | Notice::PreavvisoErroreConsegna { recipient, .. } = &notice
+        {
             assert_eq!(c.consegna(), Some(recipient.as_str()));
         }
     }
