@@ -257,7 +257,7 @@ fn check_pattern(pattern: &str, domain: &str) -> Result<(), String> {
     match pattern.split_once('@') {
         None => Ok(()),
         Some((_, d)) if d.contains('@') => Err("holds more than one `@`".into()),
-        Some((local, _)) if local.is_empty() => Err("has nothing before `@`".into()),
+        Some(("", _)) => Err("has nothing before `@`".into()),
         Some((_, d)) if !glob_match(d, domain) => Err(format!("can never match an address of {domain}")),
         Some(_) => Ok(()),
     }

@@ -65,7 +65,9 @@ impl From<SimConfig> for SimSettings {
     }
 }
 
-/// `sim-provider` configuration (TOML).
+/// `sim-provider` configuration (TOML). The same file may also hold,
+/// at its top level, the keys of [`campaign::Campaign`] (rate limits,
+/// remote domains, drops, the record); [`SimConfig::load`] reads both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
