@@ -73,14 +73,15 @@ struct Env {
 
 /// The simulator with mailboxes `prot`, `massivo` and `legal` (IMAP login =
 /// local part, password `pw`), at most 6 submissions a minute per sender
-/// and [`REMOTES`], recording to `record.jsonl`.
-fn start() -> Env {
+/// and [`REMOTES`], recording to `record.jsonl`; `extra`: more top-level
+/// keys.
+fn start(extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (smtp_port, imap_port) = (free_port(), free_port());
     let record = dir.path().join("record.jsonl");
     let mut toml = format!(
         "listen = \"127.0.0.1:{smtp_port}\"\ndomains = [\"{DOMAIN}\"]\npki_dir = \"{pki}\"\nrecord = \"{rec}\"\n\
-         sender_limit = {{ per_minute = 6 }}\n\
+         sender_limit = {{ per_minute = 6 }}\n{extra}\n\
          [mailstore]\ndata_dir = \"{store}\"\nimap_listen = \"127.0.0.1:{imap_port}\"\n",
         pki = dir.path().join("pki").display(),
         rec = record.display(),
@@ -218,7 +219,7 @@ fn raw_mail_from(port: u16, user: &str) -> String {
 
 #[test]
 fn seventh_message_in_a_minute_is_too_much_traffic() {
-    let env = start();
+    let env = start("");
     let msgs: Vec<Value> = (1..=7)
         .map(|i| {
             let id = format!("rate-{i}@client.test");
@@ -281,7 +282,7 @@ fn seventh_message_in_a_minute_is_too_much_traffic() {
 
 #[test]
 fn remote_recipients_get_scripted_receipts_and_drop_closes_after_250() {
-    let env = start();
+    let env = start("");
     let to = [
         "pieno.1@cittadini.sim",
         "ignoto.2@cittadini.sim",
@@ -407,4 +408,22 @@ fn malformed_campaign_config_is_refused_naming_the_key() {
         }
         assert!(err.contains("bad.toml"), "{err}");
     }
+}
+
+#[test]
+fn drop_after_accept_closes_after_250_at_random() {
+    // 1.0: every submission, whatever its recipients.
+    let env = start("drop_after_accept = 1.0");
+    let to = ["mario.rossi@cittadini.sim"];
+    let d = smtp_job(json!({
+        "port": env.smtp_port, "user": PROT, "probe": true,
+        "messages": [{ "from": PROT, "to": to, "data": message(PROT, &to, "caso@client.test") }],
+    }));
+    assert_eq!(d["results"][0]["data"][0], 250, "{d}");
+    assert_eq!(d["after"], "closed", "{d}");
+    let record = env.record();
+    assert_eq!(record.len(), 1, "{record:#?}");
+    assert_eq!(record[0]["dropped"], true);
+    let kinds: Vec<&str> = env.inbox("prot", 2).iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(kinds, ["accettazione", "avvenuta-consegna"]);
 }
