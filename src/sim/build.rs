@@ -1,5 +1,6 @@
 //! Building the provider's messages: transport envelope, acceptance and
-//! non-acceptance, delivery receipt (complete form), non-delivery notice.
+//! non-acceptance, delivery receipt (complete form), non-delivery warning
+//! and notice.
 //! Pure functions over the submission, signed with the simulator's PKI; the
 //! layout follows PEC-SPEC.md (and the shared samples in `tests/data/pec`).
 
@@ -37,6 +38,11 @@ pub enum Notice {
     Consegna { recipient: String },
     /// Non-delivery notice about one recipient.
     ErroreConsegna { recipient: String, reason: String },
+    /// Non-delivery warning about one recipient: no delivery receipt from
+    /// its provider within the time limit (PEC-SPEC.md: 12 hours; the
+    /// definitive notice follows at 24). Not final: a delivery receipt may
+    /// still come.
+    PreavvisoErroreConsegna { recipient: String, reason: String },
 }
 
 /// The provider's identity in its messages.
@@ -170,6 +176,28 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
                 s,
                 "errore-consegna",
                 "no-dest",
+                &format!("<consegna>{}</consegna>\r\n<errore-esteso>{}</errore-esteso>\r\n", xml(recipient), xml(reason)),
+            ),
+            false,
+        ),
+        // Layout as the shared sample `06-preavviso-errore-consegna.eml`:
+        // `errore="altro"`, `consegna` and `errore-esteso`, no original.
+        Notice::PreavvisoErroreConsegna { recipient, reason } => (
+            p.address.clone(),
+            s.sender.clone(),
+            format!(
+                "Subject: {}\r\nMessage-ID: <preavviso-{}-{id}>\r\nX-Ricevuta: preavviso-errore-consegna\r\n",
+                header_text(&format!("AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: {subj}")),
+                hex::encode(&sha256(recipient.as_bytes())[..6])
+            ),
+            format!(
+                "Avviso di mancata consegna per superamento del tempo massimo: il messaggio \"{subj}\" non risulta ancora consegnato a {recipient}: {reason}"
+            ),
+            daticert(
+                p,
+                s,
+                "preavviso-errore-consegna",
+                "altro",
                 &format!("<consegna>{}</consegna>\r\n<errore-esteso>{}</errore-esteso>\r\n", xml(recipient), xml(reason)),
             ),
             false,

@@ -20,10 +20,14 @@
 //! * [`build`]: the provider messages (pure).
 //! * [`deliver`]: IMAP APPEND into a mailbox on a real IMAP server.
 //! * [`mailstore`]: the simulator's own mailboxes and their IMAP server.
+//! * [`campaign`]: what bulk campaigns are tested against: per-sender rate
+//!   limits, recipients on other providers with scripted outcomes, the
+//!   connection closed right after `250`, a record of what was done.
 //! * this file: configuration, the SMTP listener and what happens to a
 //!   submission.
 
 pub mod build;
+pub mod campaign;
 pub mod deliver;
 pub mod mailstore;
 pub mod pki;
@@ -32,7 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -42,9 +46,28 @@ use tokio::sync::watch;
 
 use crate::smtp::wire::{Body, Line, Wire};
 use build::{Notice, Provider, Submission};
+use campaign::{Counters, Dest, Outcome, RateLimiter, Recorder, Script};
 use pki::Pki;
 
-/// `sim-provider` configuration (TOML).
+/// A simulator's whole configuration: the provider ([`SimConfig`], all
+/// `pecgate demo` sets in code) and the campaign behaviour
+/// ([`campaign::Campaign`], validated), which is off unless the
+/// configuration file asks for it.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub provider: SimConfig,
+    pub script: Script,
+}
+
+impl From<SimConfig> for SimSettings {
+    fn from(provider: SimConfig) -> SimSettings {
+        SimSettings { provider, script: Script::default() }
+    }
+}
+
+/// `sim-provider` configuration (TOML). The same file may also hold,
+/// at its top level, the keys of [`campaign::Campaign`] (rate limits,
+/// remote domains, drops, the record); [`SimConfig::load`] reads both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
@@ -124,14 +147,23 @@ pub enum SimError {
 }
 
 impl SimConfig {
-    pub fn load(path: &Path) -> Result<SimConfig, SimError> {
+    /// Read a configuration file: the provider's settings (this struct)
+    /// and, beside them at the top level, the campaign's
+    /// ([`campaign::KEYS`]).
+    pub fn load(path: &Path) -> Result<SimSettings, SimError> {
         let err = |message: String| SimError::Config { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let c: SimConfig = config::Config::builder()
+        let top: config::Map<String, config::Value> = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| err(e.to_string()))?;
+        // Two structs, each refusing unknown keys: split the top level.
+        let (campaign, provider): (config::Map<_, _>, config::Map<_, _>) =
+            top.into_iter().partition(|(k, _)| campaign::KEYS.contains(&k.as_str()));
+        let c: SimConfig = config::Value::from(provider).try_deserialize().map_err(|e| err(e.to_string()))?;
+        let campaign: campaign::Campaign =
+            config::Value::from(campaign).try_deserialize().map_err(|e| err(e.to_string()))?;
         if c.domains.is_empty() {
             return Err(err("domains: name at least one simulated domain".into()));
         }
@@ -151,7 +183,8 @@ impl SimConfig {
         if let Some(w) = users.windows(2).find(|w| w[0] == w[1]) {
             return Err(err(format!("mailbox: imap_user {:?} is used twice", w[0])));
         }
-        Ok(c)
+        let script = campaign.compile(&c.domains).map_err(err)?;
+        Ok(SimSettings { provider: c, script })
     }
 
     /// The provider's own certified address.
@@ -177,6 +210,11 @@ struct Sim {
     /// The simulator's own mailboxes (`[mailstore]`), else `None`: APPEND
     /// to the mailboxes' IMAP server.
     own: Option<mailstore::MailStore>,
+    /// The campaign behaviour (all off by default).
+    script: Script,
+    rate: RateLimiter,
+    record: Option<Recorder>,
+    counters: Counters,
 }
 
 /// A running simulator.
@@ -191,7 +229,15 @@ pub struct Running {
 }
 
 /// Bind, load or create the PKI, and serve until `shutdown` turns true.
-pub async fn start(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Result<Running, SimError> {
+pub async fn start(settings: impl Into<SimSettings>, shutdown: watch::Receiver<bool>) -> Result<Running, SimError> {
+    let SimSettings { provider: cfg, script } = settings.into();
+    let record = match &script.record {
+        Some(path) => Some(
+            Recorder::open(path)
+                .map_err(|e| SimError::Config { path: path.clone(), message: format!("record: {e}") })?,
+        ),
+        None => None,
+    };
     let (dir, signer) = (cfg.pki_dir.clone(), cfg.provider_address());
     let pki = tokio::task::spawn_blocking(move || Pki::load_or_generate(&dir, &signer))
         .await
@@ -209,9 +255,15 @@ pub async fn start(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> Result<Ru
     let provider = Provider { address: cfg.provider_address(), name: cfg.provider_name.clone() };
     let ca_file = cfg.pki_dir.join("ca.pem");
     tracing::info!(%addr, ca = %ca_file.display(), domains = ?cfg.domains, "PEC provider simulator listening");
-    let sim = Arc::new(Sim { cfg, pki, provider, counter: AtomicU64::new(0), own });
+    if let Some(r) = &record {
+        tracing::info!(file = %r.path().display(), "recording accepted and refused submissions");
+    }
+    let rate = RateLimiter::new(&script.sender_limit);
+    let counters = Counters::default();
+    let sim = Arc::new(Sim { cfg, pki, provider, counter: AtomicU64::new(0), own, script, rate, record, counters });
     let task = tokio::spawn(async move {
         accept_loop(listener, sim.clone(), shutdown).await;
+        sim.counters.log("shutdown");
         // Submissions still being processed hold the other references;
         // the archive closes when they are done.
         if let Some(own) = Arc::into_inner(sim).and_then(|s| s.own) {
@@ -282,8 +334,25 @@ async fn session(sim: Arc<Sim>, mut tcp: TcpStream) {
                     Some(Body::Complete(body)) => {
                         let (user, from, rcpts) = (st.user.clone().unwrap_or_default(), st.from.take(), std::mem::take(&mut st.rcpts));
                         let id = sim.next_id();
+                        let plan = sim.plan(user, &from.unwrap_or_default(), rcpts, &body, id.clone());
+                        // The record is written before the 250 can be:
+                        // whatever the client saw accepted is in it.
+                        if let Err(e) = sim.accepted(&plan) {
+                            tracing::error!(error = %e, %id, "cannot record the submission: refused");
+                            out.extend_from_slice(b"451 4.3.0 cannot record the submission, try again\r\n");
+                            continue;
+                        }
                         out.extend_from_slice(format!("250 2.0.0 Ok: queued as {id}\r\n").as_bytes());
-                        tokio::spawn(process(sim.clone(), user, from.unwrap_or_default(), rcpts, body, id));
+                        let drop = plan.drop;
+                        tokio::spawn(process(sim.clone(), plan, body));
+                        if drop {
+                            // The ambiguous case: the 250 leaves, then the
+                            // connection closes without waiting for QUIT.
+                            tracing::info!(%id, "closing the connection right after 250 (drop)");
+                            let _ = tcp.write_all(&out).await;
+                            let _ = tcp.shutdown().await;
+                            return;
+                        }
                     }
                 }
                 continue;
@@ -394,6 +463,11 @@ impl Sim {
             }
             "MAIL" if st.user.is_none() => "530 5.7.0 Authentication required\r\n".into(),
             "MAIL" => match angle(&text) {
+                Some(a) if self.over_limit(st.user.as_deref().unwrap_or_default()) => {
+                    st.from = None;
+                    st.rcpts.clear();
+                    campaign::too_much_traffic(&a)
+                }
                 Some(a) => {
                     st.from = Some(a);
                     st.rcpts.clear();
@@ -434,26 +508,136 @@ fn angle(cmd: &str) -> Option<String> {
     (a.contains('@') && !a.contains(char::is_whitespace)).then(|| a.to_string())
 }
 
+/// What the simulator will do with one submission, decided before its
+/// `250` so that the record can say it.
+struct Plan {
+    /// The provider's identifier (`identificativo`).
+    id: String,
+    /// The authenticated sender.
+    user: String,
+    rcpts: Vec<(String, Dest)>,
+    subject: String,
+    /// Message-ID for the receipts, with angle brackets: the submission's,
+    /// else the provider's identifier.
+    msgid: String,
+    /// The submission's own Message-ID, normalised (for the record).
+    message_id: Option<String>,
+    /// Why the provider will answer with a non-acceptance, if it will.
+    non_accettazione: Option<String>,
+    /// Close the connection right after the `250`.
+    drop: bool,
+}
+
+impl Sim {
+    fn plan(&self, user: String, mail_from: &str, rcpts: Vec<String>, body: &[u8], id: String) -> Plan {
+        let parsed = mail_parser::MessageParser::default().parse_headers(body);
+        let header_from = parsed
+            .as_ref()
+            .and_then(|m| m.from())
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_string)
+            .unwrap_or_default();
+        let subject = parsed.as_ref().and_then(|m| m.subject()).unwrap_or("").to_string();
+        let header_msgid = parsed.as_ref().and_then(|m| m.message_id()).map(|m| format!("<{m}>"));
+        let non_accettazione = if !header_from.eq_ignore_ascii_case(&user) {
+            Some(format!("Il mittente ({header_from}) non corrisponde al titolare della casella ({user})"))
+        } else if !mail_from.eq_ignore_ascii_case(&user) {
+            Some(format!("Il mittente della busta ({mail_from}) non corrisponde al titolare della casella ({user})"))
+        } else {
+            None
+        };
+        let mut drop = false;
+        let rcpts = rcpts
+            .into_iter()
+            .map(|r| {
+                let dest = if self.cfg.simulated(&r) {
+                    Dest::Own
+                } else if let Some((dest, d)) = self.script.route(&r) {
+                    drop |= d;
+                    dest
+                } else {
+                    Dest::NotPec
+                };
+                (r, dest)
+            })
+            .collect();
+        let a = self.script.drop_after_accept;
+        drop |= a > 0.0 && rand::random::<f64>() < a;
+        Plan {
+            user,
+            rcpts,
+            subject,
+            message_id: header_msgid.as_deref().and_then(crate::pec::normalize_message_id),
+            msgid: header_msgid.unwrap_or_else(|| format!("<{id}>")),
+            non_accettazione,
+            drop,
+            id,
+        }
+    }
+
+    /// Whether the authenticated `user` is over its `sender_limit` (then
+    /// the refusal is counted and recorded).
+    fn over_limit(&self, user: &str) -> bool {
+        let Some(window) = self.rate.over(user, Instant::now()) else { return false };
+        let refused = self.counters.refused_rate.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(sender = %user, %window, refused_rate = refused, "sender over its limit: Too much traffic");
+        if let Some(r) = &self.record {
+            let line = serde_json::json!({ "refused": "rate", "sender": user, "at": Utc::now().to_rfc3339() });
+            if let Err(e) = r.write(&line) {
+                tracing::error!(error = %e, file = %r.path().display(), "cannot record a refusal");
+            }
+        }
+        true
+    }
+
+    /// `plan` is about to be answered `250`: record it (the error means
+    /// the record could not be written), count it against its sender's
+    /// limit and in the counters.
+    fn accepted(&self, plan: &Plan) -> std::io::Result<()> {
+        if let Some(r) = &self.record {
+            let outcomes: serde_json::Map<String, serde_json::Value> = match plan.non_accettazione {
+                Some(_) => Default::default(),
+                None => plan.rcpts.iter().map(|(a, d)| (a.clone(), d.label().into())).collect(),
+            };
+            let mut line = serde_json::json!({
+                "id": plan.id,
+                "at": Utc::now().to_rfc3339(),
+                "sender": plan.user,
+                "message_id": plan.message_id,
+                "recipients": plan.rcpts.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+                "outcomes": outcomes,
+                "dropped": plan.drop,
+            });
+            if let Some(reason) = &plan.non_accettazione {
+                line["non_accettazione"] = reason.as_str().into();
+            }
+            r.write(&line)?;
+        }
+        self.rate.note(&plan.user, Instant::now());
+        let c = &self.counters;
+        c.accepted.fetch_add(1, Ordering::Relaxed);
+        if plan.drop {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        match plan.non_accettazione {
+            Some(_) => {
+                c.non_accettazione.fetch_add(1, Ordering::Relaxed);
+            }
+            None => plan.rcpts.iter().for_each(|(_, d)| c.count(d)),
+        }
+        c.log("accepted");
+        Ok(())
+    }
+}
+
 /// What happens to a submission after the SMTP transaction: receipts,
 /// envelopes, delivery receipts.
-async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<String>, body: Vec<u8>, id: String) {
-    let parsed = mail_parser::MessageParser::default().parse_headers(&body);
-    let header_from = parsed
-        .as_ref()
-        .and_then(|m| m.from())
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .map(str::to_string)
-        .unwrap_or_default();
-    let subject = parsed.as_ref().and_then(|m| m.subject()).unwrap_or("").to_string();
-    let msgid = parsed
-        .as_ref()
-        .and_then(|m| m.message_id())
-        .map(|m| format!("<{m}>"))
-        .unwrap_or_else(|| format!("<{id}>"));
+async fn process(sim: Arc<Sim>, plan: Plan, body: Vec<u8>) {
+    let Plan { id, user, rcpts, subject, msgid, non_accettazione, .. } = plan;
     let sub = Submission {
         sender: user.clone(),
-        recipients: rcpts.iter().map(|r| (r.clone(), sim.cfg.simulated(r))).collect(),
+        recipients: rcpts.iter().map(|(r, d)| (r.clone(), d.certified())).collect(),
         original: body,
         subject,
         msgid,
@@ -464,30 +648,67 @@ async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<Stri
         tracing::warn!(%user, "sender has no simulated mailbox: receipts dropped");
         return;
     };
-    let bad = if !header_from.eq_ignore_ascii_case(&user) {
-        Some(format!("Il mittente ({header_from}) non corrisponde al titolare della casella ({user})"))
-    } else if !mail_from.eq_ignore_ascii_case(&user) {
-        Some(format!("Il mittente della busta ({mail_from}) non corrisponde al titolare della casella ({user})"))
-    } else {
-        None
-    };
-    if let Some(reason) = bad {
+    if let Some(reason) = non_accettazione {
         tracing::info!(%id, %reason, "non-accettazione");
         sim.send(&sender_box, &sub, Notice::NonAccettazione { reason }).await;
         return;
     }
-    tracing::info!(%id, sender = %user, recipients = ?rcpts, "accettazione");
+    let addresses: Vec<&str> = rcpts.iter().map(|r| r.0.as_str()).collect();
+    tracing::info!(%id, sender = %user, recipients = ?addresses, "accettazione");
     sim.send(&sender_box, &sub, Notice::Accettazione).await;
-    let mut outcomes = Vec::new();
-    for (rcpt, certified) in &sub.recipients {
-        if !certified {
-            continue;
+    // (wait after acceptance, what to send), in recipient order.
+    let mut later: Vec<(Duration, Notice)> = Vec::new();
+    for (rcpt, dest) in &rcpts {
+        let recipient = rcpt.clone();
+        let (delay, notice) = match *dest {
+            Dest::NotPec => continue,
+            Dest::Own => {
+                let notice = match sim.own_delivery(rcpt, &sub).await {
+                    Ok(()) => Notice::Consegna { recipient },
+                    Err(reason) => Notice::ErroreConsegna { recipient, reason },
+                };
+                (sim.cfg.receipt_delay, notice)
+            }
+            // Another provider's recipient: no envelope to keep anywhere,
+            // only the scripted receipt for the sender.
+            Dest::Remote { outcome, delay } => {
+                let notice = match outcome {
+                    Outcome::Delivered => Notice::Consegna { recipient },
+                    Outcome::Full => Notice::ErroreConsegna { recipient, reason: "5.2.2 - Casella piena".into() },
+                    Outcome::Unknown => {
+                        Notice::ErroreConsegna { recipient, reason: "5.1.1 - Utente non riconosciuto".into() }
+                    }
+                    Outcome::Late => Notice::PreavvisoErroreConsegna {
+                        recipient,
+                        reason: "Nessuna ricevuta dal gestore del destinatario entro 12 ore".into(),
+                    },
+                };
+                (delay.unwrap_or(sim.cfg.receipt_delay), notice)
+            }
+        };
+        later.push((delay, notice));
+    }
+    // Stable: the same delay keeps recipient order.
+    later.sort_by_key(|l| l.0);
+    let mut waited = Duration::ZERO;
+    for (delay, notice) in later {
+        if delay > waited {
+            tokio::time::sleep(delay - waited).await;
+            waited = delay;
         }
-        let fail_random = sim.cfg.failure_rate > 0.0 && rand::random::<f64>() < sim.cfg.failure_rate;
-        let outcome = match sim.cfg.mailbox(rcpt) {
+        sim.send(&sender_box, &sub, notice).await;
+    }
+}
+
+impl Sim {
+    /// Deliver the envelope to `rcpt` on one of the simulator's own
+    /// domains; `Err` is the non-delivery reason.
+    async fn own_delivery(&self, rcpt: &str, sub: &Submission) -> Result<(), String> {
+        let fail_random = self.cfg.failure_rate > 0.0 && rand::random::<f64>() < self.cfg.failure_rate;
+        match self.cfg.mailbox(rcpt) {
             None => Err("5.1.1 - Utente non riconosciuto".to_string()),
             Some(_) if fail_random => Err("4.4.7 - Consegna non riuscita (guasto simulato)".to_string()),
-            Some(mb) => match sim.is_full(mb).await {
+            Some(mb) => match self.is_full(mb).await {
                 Ok(true) => {
                     tracing::info!(%rcpt, quota = ?mb.quota_messages, "recipient mailbox full: delivery refused");
                     Err("5.2.2 - Casella piena".to_string())
@@ -496,26 +717,15 @@ async fn process(sim: Arc<Sim>, user: String, mail_from: String, rcpts: Vec<Stri
                     tracing::warn!(error = %e, %rcpt, "cannot count the recipient's messages");
                     Err("5.2.0 - Casella non raggiungibile".to_string())
                 }
-                Ok(false) => match build::build(&sim.pki, &sim.provider, &sub, &Notice::Envelope, Utc::now()) {
-                    Ok(env) => sim.deliver(mb, env).await.map_err(|e| {
+                Ok(false) => match build::build(&self.pki, &self.provider, sub, &Notice::Envelope, Utc::now()) {
+                    Ok(env) => self.deliver(mb, env).await.map_err(|e| {
                         tracing::warn!(error = %e, %rcpt, "envelope delivery failed");
                         "5.2.0 - Casella non raggiungibile".to_string()
                     }),
                     Err(e) => Err(format!("5.3.0 - {e}")),
                 },
             },
-        };
-        outcomes.push((rcpt.clone(), outcome));
-    }
-    if !sim.cfg.receipt_delay.is_zero() {
-        tokio::time::sleep(sim.cfg.receipt_delay).await;
-    }
-    for (rcpt, outcome) in outcomes {
-        let notice = match outcome {
-            Ok(()) => Notice::Consegna { recipient: rcpt },
-            Err(reason) => Notice::ErroreConsegna { recipient: rcpt, reason },
-        };
-        sim.send(&sender_box, &sub, notice).await;
+        }
     }
 }
 
@@ -554,7 +764,7 @@ impl Sim {
 }
 
 /// `pecgate sim-provider`: run until SIGINT/SIGTERM.
-pub async fn run(cfg: SimConfig) -> Result<(), SimError> {
+pub async fn run(cfg: impl Into<SimSettings>) -> Result<(), SimError> {
     let (stop, rx) = watch::channel(false);
     let running = start(cfg, rx).await?;
     println!("simulator listening on {} (CA: {})", running.addr, running.ca_file.display());
