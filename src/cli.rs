@@ -97,6 +97,11 @@ pub enum Command {
     /// done).
     #[command(subcommand)]
     Handling(HandlingCmd),
+    /// Campaigns: thousands of individual certified notices from one
+    /// mailbox, sent by the running daemon at the mailbox's rate, each
+    /// tracked to its delivery receipt (talks to the daemon's HTTP API).
+    #[command(subcommand)]
+    Campaign(crate::campaign::cli::CampaignCmd),
 }
 
 #[derive(Subcommand)]
@@ -414,6 +419,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         cmd @ (Command::Rules(_) | Command::Handling(_)) => handling_command(cmd),
+        Command::Campaign(c) => crate::campaign::cli::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

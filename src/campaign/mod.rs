@@ -6,6 +6,7 @@
 //! * [`model`]: what the journal records and the index folds (pure).
 
 pub mod api;
+pub mod cli;
 pub mod create;
 pub mod input;
 pub mod model;
