@@ -1,0 +1,305 @@
+//! Campaigns end to end, with real peers: `pecgate serve` sends a campaign
+//! created with `pecgate campaign create` (the command line over the
+//! daemon's HTTP API) through the PEC provider simulator (`pecgate
+//! sim-provider`, its own mailboxes, recipients on a remote domain whose
+//! fate is scripted by address), pulls the receipts back over the
+//! simulator's IMAP, and reports per recipient. The simulator's record
+//! says what it received: each notice exactly once.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::gateway::{Gateway, FAST_UPSTREAM};
+use support::sim::{wait_port, Sim};
+use support::{free_port, pecgate_bin};
+
+const PW: &str = "Gw-pass-1";
+const PROT: &str = "prot@pec.sim.test";
+
+const REMOTES: &str = r#"
+[[remote]]
+domain = "cittadini.sim"
+[[remote.rule]]
+pattern = "pieno*"
+outcome = "full"
+[[remote.rule]]
+pattern = "ignoto*"
+outcome = "unknown"
+[[remote.rule]]
+pattern = "taglia*"
+drop = true
+[[remote.rule]]
+pattern = "*"
+outcome = "delivered"
+
+[[remote]]
+domain = "posta.example"
+pec = false
+"#;
+
+struct Env {
+    sim: Sim,
+    gw: Gateway,
+    record: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The simulator (`sim_extra`: more of its top-level keys) and the gateway
+/// (`sending`: the prot mailbox's limits), started.
+fn setup(sim_extra: &str, sending: &str, gw_extra: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let (smtp_port, imap_port, http_port) = (free_port(), free_port(), free_port());
+    let record = dir.path().join("record.jsonl");
+    let sim_cfg = dir.path().join("sim.toml");
+    std::fs::write(
+        &sim_cfg,
+        format!(
+            "listen = \"127.0.0.1:{smtp_port}\"\ndomains = [\"pec.sim.test\"]\npki_dir = \"{pki}\"\nrecord = \"{rec}\"\n{sim_extra}\n\
+             [mailstore]\ndata_dir = \"{store}\"\nimap_listen = \"127.0.0.1:{imap_port}\"\n\
+             [[mailbox]]\naddress = \"{PROT}\"\npassword = \"pw\"\nimap_user = \"prot\"\nimap_password = \"pw\"\n{REMOTES}",
+            pki = dir.path().join("pki").display(),
+            rec = record.display(),
+            store = dir.path().join("store").display(),
+        ),
+    )
+    .unwrap();
+    let mut sim = Sim { child: None, config: sim_cfg, log: dir.path().join("sim.log"), port: smtp_port };
+    sim.start();
+    wait_port(imap_port, &sim.log);
+    let hash = pecgate::auth::hash_password(PW).unwrap();
+    let body = format!(
+        "{FAST_UPSTREAM}[pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n{gw_extra}\n\
+         [[mailbox]]\nalias = \"prot\"\naddress = \"{PROT}\"\nusername = \"prot\"\npassword = \"pw\"\n\
+         imap = {{ host = \"127.0.0.1\", port = {imap_port}, tls = \"none\" }}\n\
+         smtp = {{ host = \"127.0.0.1\", port = {smtp_port}, tls = \"none\" }}\npoll_interval = \"1s\"\n{sending}\n\
+         [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\", \"send\"] }}\n\n\
+         [[user]]\nname = \"anna\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\"] }}\n",
+        pki = dir.path().join("pki").display(),
+    );
+    let mut gw = Gateway::new(&body);
+    gw.start();
+    wait_port(http_port, &gw.log_path);
+    Env { sim, gw, record, dir }
+}
+
+impl Env {
+    fn campaign(&self, user: &str, args: &[&str]) -> Output {
+        Command::new(pecgate_bin())
+            .arg("campaign")
+            .args(args)
+            .args(["--config", self.gw.config_path.to_str().unwrap(), "--user", user])
+            .env("PECGATE_PASSWORD", PW)
+            .output()
+            .expect("run pecgate campaign")
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// Accepted submissions in the simulator's record, by Message-ID.
+    fn received(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for l in std::fs::read_to_string(&self.record).unwrap_or_default().lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            if let Some(id) = v["message_id"].as_str() {
+                *m.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let out = self.campaign("mario", &["status", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Wait until every notice is in a final state.
+    fn wait_final(&mut self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status(id);
+            let open: u64 = ["queued", "submitting", "retrying", "accepted", "acceptance-receipt"]
+                .iter()
+                .map(|s| st["states"][s].as_u64().unwrap_or(0))
+                .sum();
+            if open == 0 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "campaign not settled: {st:#}\n{}\n{}",
+                support::gateway::tail(&self.gw.log(), 40),
+                support::gateway::tail(&self.sim.log(), 20)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn created_id(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text.split_whitespace().nth(1).expect("campaign <id> created").to_string()
+}
+
+/// The recipient of row `i` and what the simulator will do with it.
+fn recipient(i: usize) -> (String, &'static str) {
+    match i % 10 {
+        0 => (format!("pieno{i}@cittadini.sim"), "failed"),
+        1 => (format!("ignoto{i}@cittadini.sim"), "failed"),
+        2 => (format!("taglia{i}@cittadini.sim"), "delivered"),
+        3 => (format!("persona{i}@posta.example"), "not-certified"),
+        _ => (format!("Cittadino.{i}@cittadini.sim"), "delivered"),
+    }
+}
+
+fn csv_rows(n: usize) -> String {
+    let mut csv = String::from("\u{feff}verbale;nome;pec;importo\r\n");
+    for i in 0..n {
+        let (to, _) = recipient(i);
+        csv += &format!("V-{i:05};\"Rossi; Mario {i}\";{to};{},00\r\n", 100 + i);
+    }
+    csv
+}
+
+const TEMPLATE: &str = "Subject: Verbale n. {{verbale}} - notifica\n\nGentile {{nome}},\nle notifichiamo il verbale {{verbale}} di {{importo}} euro.\n";
+
+fn report(env: &Env, id: &str, extra: &[&str]) -> Vec<BTreeMap<String, String>> {
+    let mut args = vec!["report", id];
+    args.extend_from_slice(extra);
+    let out = env.campaign("mario", &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut r = csv::ReaderBuilder::new().delimiter(if extra.contains(&"--fallback") { b';' } else { b',' }).from_reader(out.stdout.as_slice());
+    let headers = r.headers().unwrap().clone();
+    r.records().map(|rec| headers.iter().zip(rec.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()).collect()
+}
+
+fn mixed_campaign(n: usize) {
+    let mut env = setup("", "sending = { per_minute = 6000, max_recipients = 500 }", "");
+    let csv = env.write("destinatari.csv", csv_rows(n).as_bytes());
+    let tpl = env.write("avviso.txt", TEMPLATE.as_bytes());
+    let pdf = env.write("informativa.pdf", b"%PDF-1.4 informativa\n%%EOF\n");
+    // anna may read the mailbox but not send: refused, nothing created.
+    let out = env.campaign("anna", &["create", "--mailbox", "prot", "--name", "x", "--recipients", csv.to_str().unwrap(), "--template", tpl.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("may not send"), "{out:?}");
+    let out = env.campaign(
+        "mario",
+        &["create", "--mailbox", "prot", "--name", "Verbali 2026", "--recipients", csv.to_str().unwrap()]
+            .into_iter()
+            .chain(["--template", tpl.to_str().unwrap(), "--attach", pdf.to_str().unwrap(), "--start"])
+            .collect::<Vec<_>>(),
+    );
+    let id = created_id(&out);
+    let t0 = Instant::now();
+    let st = env.wait_final(&id, Duration::from_secs(60 + n as u64 / 10));
+    eprintln!("{n} notices final in {:?}: {st}", t0.elapsed());
+    let rows = report(&env, &id, &[]);
+    assert_eq!(rows.len(), n);
+    // Every row is what the simulator did to that recipient.
+    for (i, r) in rows.iter().enumerate() {
+        let (to, want) = recipient(i);
+        assert_eq!(r["address"], to);
+        assert_eq!(r["key"], format!("V-{i:05}"));
+        assert_eq!(r["state"], want, "{r:?}");
+        match want {
+            "delivered" => assert!(!r["delivered_at"].is_empty() && !r["provider_id"].is_empty(), "{r:?}"),
+            "failed" => assert!(r["failure"].contains(if i % 10 == 0 { "5.2.2" } else { "5.1.1" }), "{r:?}"),
+            _ => {}
+        }
+        assert_eq!(r["attempts"], "1", "{r:?}");
+        assert_eq!(r["notice_sha256"].len(), 64);
+    }
+    // Each notice reached the provider exactly once (the dropped
+    // connections after 250 included: settled by receipts, not resent).
+    let received = env.received();
+    let ids: BTreeSet<&String> = rows.iter().map(|r| &r["message_id"]).collect();
+    assert_eq!(ids.len(), n);
+    for id in &ids {
+        assert_eq!(received.get(*id), Some(&1), "{id} received {:?} times", received.get(*id));
+    }
+    assert_eq!(received.len(), n, "the simulator got something that is not a notice");
+    // The fallback list: exactly the failed and non-certified rows, as
+    // their original CSV lines plus state and reason.
+    let fb = report(&env, &id, &["--fallback"]);
+    let want: Vec<String> = (0..n).filter(|i| recipient(*i).1 != "delivered").map(|i| format!("V-{i:05}")).collect();
+    assert_eq!(fb.iter().map(|r| r["verbale"].clone()).collect::<Vec<_>>(), want);
+    assert!(fb.iter().all(|r| r["nome"].starts_with("Rossi; Mario") && !r["motivo"].is_empty()), "{fb:?}");
+    // Nothing was delivered late against a deadline in the past: every
+    // row is a fallback then.
+    assert_eq!(report(&env, &id, &["--fallback", "--deadline", "2020-01-01"]).len(), n);
+    // The evidence: the notice as sent is the archived blob, in Sent.
+    assert_eq!(env.gw.stop(), Some(0));
+    let store = env.gw.open_store();
+    let sent = store.messages("prot", "Sent").unwrap();
+    assert_eq!(sent.len(), n, "one sent copy per notice");
+    let r0 = &rows[4];
+    let bytes = store.get_blob(&r0["notice_sha256"]).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Verbale n. V-00004") && text.contains("Rossi; Mario 4") && text.contains("informativa.pdf"), "{text}");
+    assert_eq!(support::sha256_hex(&bytes), r0["notice_sha256"]);
+    // Every step is on the audit chain.
+    let j: String = std::fs::read_dir(env.gw.journal_dir()).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert_eq!(j.matches("\"op\":\"notice-submitting\"").count(), n);
+    assert!(j.contains("\"op\":\"campaign-create\"") && j.contains("\"op\":\"campaign-start\""));
+}
+
+#[test]
+fn a_campaign_with_mixed_outcomes_is_reported_per_recipient_and_sent_once() {
+    mixed_campaign(std::env::var("CAMPAIGN_NOTICES").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
+}
+
+#[test]
+fn bad_recipient_lists_give_each_row_and_queue_nothing() {
+    let env = setup("", "sending = { max_message_bytes = 200000 }", "");
+    let tpl = env.write("t.txt", TEMPLATE.as_bytes());
+    let big = env.write("grande.pdf", &vec![b'x'; 300_000]);
+    let create = |csv: &Path, extra: &[&str]| {
+        let mut a = vec!["create", "--mailbox", "prot", "--name", "prova", "--recipients", csv.to_str().unwrap(), "--template", tpl.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        env.campaign("mario", &a)
+    };
+    let err = |o: &Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // Header with `;`, rows with `,`: each row has the wrong field count.
+    let csv = env.write("a.csv", b"verbale;nome;pec;importo\nV-1,Mario,a@cittadini.sim,10\nV-2,Anna,b@cittadini.sim,20\n");
+    let o = create(&csv, &[]);
+    assert!(!o.status.success() && err(&o).contains("line 2:") && err(&o).contains("line 3:"), "{}", err(&o));
+    // Windows-1252 accents are read as such.
+    let mut w = b"verbale;nome;pec;importo\nV-1;Citt\xe0 di Forl\xec;a@cittadini.sim;10\n".to_vec();
+    w.extend_from_slice(b"V-2;Niccol\xf2;b@cittadini.sim;20\n");
+    let csv = env.write("b.csv", &w);
+    let o = create(&csv, &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    // Missing column (no address), duplicate address, unknown placeholder.
+    let csv = env.write("c.csv", b"verbale;nome;importo\nV-1;Mario;10\n");
+    let o = create(&csv, &[]);
+    assert!(!o.status.success() && err(&o).contains("address"), "{}", err(&o));
+    let csv = env.write("d.csv", b"verbale;nome;pec;importo\nV-1;Mario;a@cittadini.sim;1\nV-2;Anna;A@Cittadini.sim;2\n");
+    let o = create(&csv, &[]);
+    assert!(!o.status.success() && err(&o).contains("line 3") && err(&o).contains("line 2"), "{}", err(&o));
+    // A missing per-recipient attachment, and one over the mailbox's size.
+    let csv = env.write("e.csv", b"verbale;nome;pec;importo;allegato\nV-1;Mario;a@cittadini.sim;1;manca.pdf\nV-2;Anna;b@cittadini.sim;2;grande.pdf\nV-3;Ugo;c@cittadini.sim;3;\n");
+    let _ = big;
+    let o = create(&csv, &["--attachment-column", "allegato"]);
+    let e = err(&o);
+    assert!(!o.status.success() && e.contains("line 2: attachment \"manca.pdf\"") && e.contains("line 3:") && e.contains("too big"), "{e}");
+    // With --skip-invalid the good row is queued and the bad ones written out.
+    let rejected = env.dir.path().join("scartati.csv");
+    let o = create(&csv, &["--attachment-column", "allegato", "--skip-invalid", "--rejected", rejected.to_str().unwrap()]);
+    assert!(o.status.success() && err(&o).contains("1 notices queued"), "{}", err(&o));
+    let r = std::fs::read_to_string(&rejected).unwrap();
+    assert!(r.contains("manca.pdf") && r.contains("grande.pdf") && !r.contains("V-3"), "{r}");
+    // Nothing was sent: no campaign was started.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(env.received().is_empty());
+    let list = env.campaign("mario", &["list"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 2, "the Windows-1252 one and the --skip-invalid one");
+}
