@@ -256,16 +256,23 @@ impl MailboxTask {
             // Wait for news.
             let mut sd = self.shutdown.clone();
             if idle {
-                let wait = if self.cfg.folders.len() == 1 && self.cfg.offload == Offload::AfterArchive {
+                let mut wait = if self.cfg.folders.len() == 1 && self.cfg.offload == Offload::AfterArchive {
                     self.opts.max_idle
                 } else {
                     self.cfg.poll_interval.min(self.opts.max_idle)
                 };
                 let data = c.run("SELECT", select(&self.cfg.folders[0])?).await?;
                 let exists = data.iter().rev().find_map(|d| if let Data::Exists(n) = d { Some(*n) } else { None }).unwrap_or(0);
-                if u64::from(exists) > left_in_first && !rescanned {
-                    rescanned = true;
-                    continue;
+                if u64::from(exists) > left_in_first {
+                    if !rescanned {
+                        rescanned = true;
+                        continue;
+                    }
+                    // Still more than the pass left (mail keeps arriving,
+                    // a campaign's receipts): IDLE reports none of those
+                    // already there, so come back after the poll interval
+                    // rather than the long IDLE.
+                    wait = wait.min(self.cfg.poll_interval);
                 }
                 rescanned = false;
                 c.idle(wait, async move {
