@@ -254,7 +254,7 @@ fn mixed_campaign(n: usize) {
 
 #[test]
 fn a_campaign_with_mixed_outcomes_is_reported_per_recipient_and_sent_once() {
-    mixed_campaign(std::env::var("CAMPAIGN_NOTICES").ok().and_then(|v| v.parse().ok()).unwrap_or(200));
+    mixed_campaign(std::env::var("CAMPAIGN_NOTICES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000));
 }
 
 #[test]
@@ -302,4 +302,85 @@ fn bad_recipient_lists_give_each_row_and_queue_nothing() {
     assert!(env.received().is_empty());
     let list = env.campaign("mario", &["list"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 2, "the Windows-1252 one and the --skip-invalid one");
+}
+
+#[test]
+fn kill_9_at_random_moments_sends_each_notice_once_and_skips_none() {
+    let n = 300;
+    let mut env = setup("", "sending = { per_minute = 1200 }", "[campaigns]\nsettle_after = \"4s\"\n");
+    let csv = env.write("destinatari.csv", csv_rows(n).as_bytes());
+    let tpl = env.write("avviso.txt", TEMPLATE.as_bytes());
+    let out = env.campaign(
+        "mario",
+        &["create", "--mailbox", "prot", "--name", "Kill", "--recipients", csv.to_str().unwrap(), "--template", tpl.to_str().unwrap(), "--start"],
+    );
+    let id = created_id(&out);
+    let http = std::fs::read_to_string(&env.gw.config_path).unwrap();
+    let http_port: u16 = http.split("listen = \"127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    for k in 0..25 {
+        std::thread::sleep(Duration::from_millis(150 + (k * 37 % 200) as u64));
+        env.gw.kill9();
+        env.gw.start();
+        wait_port(http_port, &env.gw.log_path);
+    }
+    // Ambiguous notices (killed after `submitting`, before the provider
+    // had the message): the administrator resends those the provider
+    // never got; one it got is settled by its receipts, never ambiguous.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = env.wait_final(&id, Duration::from_secs(120));
+        let ambiguous = st["states"]["ambiguous"].as_u64().unwrap_or(0);
+        if ambiguous == 0 {
+            break;
+        }
+        let received = env.received();
+        for r in report(&env, &id, &[]).iter().filter(|r| r["state"] == "ambiguous") {
+            assert!(!received.contains_key(&r["message_id"]), "the provider has {r:?}, yet it is ambiguous");
+            let o = env.campaign("mario", &["resolve", &id, "--notice", &r["n"], "--resend"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        assert!(Instant::now() < deadline, "ambiguous notices do not settle");
+    }
+    let rows = report(&env, &id, &[]);
+    let received = env.received();
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["state"], recipient(i).1, "{r:?}");
+        assert_eq!(received.get(&r["message_id"]), Some(&1), "{r:?} received {:?} times", received.get(&r["message_id"]));
+    }
+    assert_eq!(received.len(), n);
+    let log = env.gw.log();
+    assert!(log.matches("pecgate serving").count() >= 26, "the daemon was not restarted 25 times");
+    let j: String = std::fs::read_dir(env.gw.journal_dir()).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    eprintln!(
+        "kill -9 x25: {} dialogues for {n} notices, {} settled by receipts, {} ambiguous, {} resolved",
+        j.matches("\"op\":\"notice-submitting\"").count(),
+        j.matches("settled by the provider's receipts").count(),
+        j.matches("\"op\":\"notice-ambiguous\"").count(),
+        j.matches("\"op\":\"campaign-resolve\"").count()
+    );
+}
+
+#[test]
+fn the_mailbox_rate_is_kept_so_the_provider_never_answers_too_much_traffic() {
+    // The provider takes 3 a minute from a sender (InfoCert's answer
+    // beyond); the mailbox is configured the same.
+    let mut env = setup("sender_limit = { per_minute = 3 }", "sending = { per_minute = 3 }", "");
+    let csv = env.write("d.csv", b"verbale;pec\nV-1;a1@cittadini.sim\nV-2;a2@cittadini.sim\nV-3;a3@cittadini.sim\nV-4;a4@cittadini.sim\n");
+    let tpl = env.write("t.txt", b"Subject: Avviso {{verbale}}\n\nAvviso {{verbale}}.\n");
+    let id = created_id(&env.campaign(
+        "mario",
+        &["create", "--mailbox", "prot", "--name", "Lento", "--recipients", csv.to_str().unwrap(), "--template", tpl.to_str().unwrap(), "--start"],
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let st = env.status(&id);
+    assert_eq!(st["states"]["queued"], 1, "three sent at once, the fourth waits: {st}");
+    assert_eq!(st["rate_per_minute"], 3.0);
+    let st = env.wait_final(&id, Duration::from_secs(120));
+    assert_eq!(st["states"]["delivered"], 4, "{st}");
+    let lines: Vec<Value> = std::fs::read_to_string(&env.record).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().all(|l| l.get("refused").is_none()), "the provider refused: {lines:?}");
+    let at = |l: &Value| chrono::DateTime::parse_from_rfc3339(l["at"].as_str().unwrap()).unwrap();
+    let (first, fourth) = (at(&lines[0]), at(&lines[3]));
+    assert!(fourth - first >= chrono::Duration::seconds(59), "the fourth went out {} after the first", fourth - first);
+    assert!(!env.sim.log().contains("Too much traffic"));
 }
