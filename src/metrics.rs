@@ -160,6 +160,8 @@ pub struct Metrics {
     events: Mutex<EventCounts>,
     /// mailbox → its sent messages as of some index sequence.
     sent: Mutex<BTreeMap<String, SentCache>>,
+    /// The mailboxes' sending limits, by alias.
+    sending: RwLock<BTreeMap<String, crate::config::SendingLimits>>,
 }
 
 impl Metrics {
@@ -170,6 +172,7 @@ impl Metrics {
             store,
             started: Utc::now().timestamp_micros() as f64 / 1e6,
             sent: Mutex::new(BTreeMap::new()),
+            sending: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -379,7 +382,72 @@ impl Metrics {
             &r,
             &statuses.iter().map(|s| s.alias.clone()).collect::<Vec<_>>(),
         )?;
+        self.collect_campaigns(&r, now)?;
         Ok(reg)
+    }
+
+    /// The mailboxes' sending limits (the rate a campaign's ETA assumes).
+    pub fn set_sending(&self, limits: BTreeMap<String, crate::config::SendingLimits>) {
+        if let Ok(mut s) = self.sending.write() {
+            *s = limits;
+        }
+    }
+
+    /// Campaigns created in the last 30 days, or still sending: notices by
+    /// state, dialogues, rate, ETA, deadline.
+    fn collect_campaigns(&self, r: &Reg<'_>, now: chrono::DateTime<Utc>) -> Result<(), MetricsError> {
+        use crate::campaign::{api, model::Status, report};
+        let notices = r.int_gauge_vec(
+            "pecgate_campaign_notices",
+            "Notices of a campaign by state (queued, submitting, retrying, ambiguous, accepted, acceptance-receipt, delivered, failed, not-accepted, warned, overdue, not-certified, cancelled).",
+            &["campaign", "mailbox", "state"],
+        )?;
+        let info = r.int_gauge_vec(
+            "pecgate_campaign_info",
+            "A campaign (value 1): its name, mailbox and status (ready, running, paused, cancelled).",
+            &["campaign", "name", "mailbox", "status"],
+        )?;
+        let running = r.int_gauge_vec("pecgate_campaign_running", "1 while a campaign is running.", &["campaign"])?;
+        let dialogues = r.counter_vec(
+            "pecgate_campaign_dialogues_total",
+            "Provider dialogues started for a campaign's notices (its send rate is the rate of this).",
+            &["campaign"],
+        )?;
+        let waiting = r.int_gauge_vec("pecgate_campaign_waiting", "Notices still to send (queued, retrying, mid-dialogue).", &["campaign"])?;
+        let eta = r.gauge_vec(
+            "pecgate_campaign_eta_timestamp_seconds",
+            "When the last waiting notice will have been sent at the mailbox's limit (or, without one, the rate of the last 15 minutes), unix seconds.",
+            &["campaign"],
+        )?;
+        let deadline = r.gauge_vec(
+            "pecgate_campaign_deadline_timestamp_seconds",
+            "The campaign's delivery deadline, unix seconds.",
+            &["campaign"],
+        )?;
+        let Ok(all) = self.store.campaigns() else { return Ok(()) };
+        let limits = self.sending.read().map(|s| s.clone()).unwrap_or_default();
+        for c in all {
+            let id = c.spec.id.as_str();
+            let Ok(rows) = report::rows(&self.store, &c, None) else { continue };
+            let p = report::progress(&rows, limits.get(&c.spec.mailbox).and_then(api::rate_per_minute), now);
+            if now - c.created_at > chrono::Duration::days(30) && (p.waiting == 0 || c.status == Status::Cancelled) {
+                continue;
+            }
+            for (state, n) in report::counts(&rows) {
+                notices.with_label_values(&[id, &c.spec.mailbox, state]).set(n as i64);
+            }
+            info.with_label_values(&[id, &c.spec.name, &c.spec.mailbox, c.status.name()]).set(1);
+            running.with_label_values(&[id]).set(i64::from(c.status == Status::Running));
+            dialogues.with_label_values(&[id]).inc_by(rows.iter().map(|r| u64::from(r.attempts)).sum());
+            waiting.with_label_values(&[id]).set(p.waiting as i64);
+            if let Some(t) = p.eta.filter(|_| c.status == Status::Running || p.waiting == 0) {
+                eta.with_label_values(&[id]).set(t.timestamp() as f64);
+            }
+            if let Some(d) = c.spec.deadline {
+                deadline.with_label_values(&[id]).set(d.timestamp() as f64);
+            }
+        }
+        Ok(())
     }
 
     /// Sent messages and their receipts, from the reconciliation state.

@@ -98,6 +98,18 @@ impl Env {
             .expect("run pecgate campaign")
     }
 
+    /// The daemon's `/metrics`.
+    fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let cfg = std::fs::read_to_string(&self.gw.config_path).unwrap();
+        let addr = cfg.split("[http]\nlisten = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
     fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
@@ -195,7 +207,7 @@ fn mixed_campaign(n: usize) {
         "mario",
         &["create", "--mailbox", "prot", "--name", "Verbali 2026", "--recipients", csv.to_str().unwrap()]
             .into_iter()
-            .chain(["--template", tpl.to_str().unwrap(), "--attach", pdf.to_str().unwrap(), "--start"])
+            .chain(["--template", tpl.to_str().unwrap(), "--attach", pdf.to_str().unwrap(), "--deadline", "2099-12-31", "--start"])
             .collect::<Vec<_>>(),
     );
     let id = created_id(&out);
@@ -236,6 +248,30 @@ fn mixed_campaign(n: usize) {
     // Nothing was delivered late against a deadline in the past: every
     // row is a fallback then.
     assert_eq!(report(&env, &id, &["--fallback", "--deadline", "2020-01-01"]).len(), n);
+    // Metrics: notices by state, dialogues, ETA; the dashboard's campaign
+    // panels query only what is exported.
+    let metrics = env.scrape();
+    let series = |name: &str, state: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("campaign=\"{id}\"")) && l.contains(state))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let delivered = (0..n).filter(|i| recipient(*i).1 == "delivered").count() as f64;
+    assert_eq!(series("pecgate_campaign_notices{", "state=\"delivered\""), Some(delivered), "{metrics}");
+    assert_eq!(series("pecgate_campaign_notices{", "state=\"failed\""), Some((n / 5) as f64));
+    assert_eq!(series("pecgate_campaign_dialogues_total{", ""), Some(n as f64));
+    assert_eq!(series("pecgate_campaign_waiting{", ""), Some(0.0));
+    assert_eq!(series("pecgate_campaign_running{", ""), Some(1.0));
+    assert!(series("pecgate_campaign_eta_timestamp_seconds{", "").is_some());
+    assert_eq!(series("pecgate_campaign_deadline_timestamp_seconds{", ""), Some(4102444799.0));
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/pecgate.json")).unwrap()).unwrap();
+    let used: Vec<String> = support::dashboard_metric_names(&dashboard).into_iter().filter(|m| m.starts_with("pecgate_campaign_")).collect();
+    assert!(used.len() >= 4, "{used:?}");
+    for m in used {
+        assert!(metrics.contains(&format!("\n{m}{{")), "the dashboard queries {m}, not exported:\n{metrics}");
+    }
     // The evidence: the notice as sent is the archived blob, in Sent.
     assert_eq!(env.gw.stop(), Some(0));
     let store = env.gw.open_store();

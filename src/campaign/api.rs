@@ -259,17 +259,16 @@ impl Api {
             Err(e) => return store_err(e),
         };
         let counts = report::counts(&rows);
-        let waiting = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying" | "submitting")).count() as u64;
         let limits = self.mailboxes.get(&c.spec.mailbox).map(|m| m.sending).unwrap_or_default();
-        let eta = eta(waiting, &limits, Utc::now());
+        let p = report::progress(&rows, rate_per_minute(&limits), Utc::now());
         json_answer(
             200,
             json!({
                 "id": c.spec.id, "name": c.spec.name, "mailbox": c.spec.mailbox, "status": c.status.name(),
-                "notices": c.spec.total, "states": counts, "waiting": waiting,
-                "rate_per_minute": rate_per_minute(&limits),
-                "eta": eta, "deadline": c.spec.deadline,
-                "deadline_at_risk": matches!((eta, c.spec.deadline), (Some(e), Some(d)) if e > d),
+                "notices": c.spec.total, "states": counts, "waiting": p.waiting,
+                "rate_per_minute": p.per_minute, "observed_per_minute": p.observed_per_minute,
+                "eta": p.eta, "deadline": c.spec.deadline,
+                "deadline_at_risk": matches!((p.eta, c.spec.deadline), (Some(e), Some(d)) if e > d),
             }),
         )
     }
@@ -311,13 +310,6 @@ pub fn rate_per_minute(l: &SendingLimits) -> Option<f64> {
         .reduce(f64::min)
 }
 
-/// When `waiting` notices will have been sent at the limited rate.
-pub fn eta(waiting: u64, l: &SendingLimits, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let rate = rate_per_minute(l)?;
-    let minutes = waiting as f64 / rate;
-    Some(now + chrono::Duration::milliseconds((minutes * 60_000.0) as i64))
-}
-
 /// A deadline as RFC 3339 or a date (`2027-01-31`, end of that day, UTC).
 pub fn parse_deadline(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -339,8 +331,8 @@ mod tests {
         let now = Utc::now();
         let l = SendingLimits { per_minute: Some(6), per_hour: Some(300), ..Default::default() };
         assert_eq!(rate_per_minute(&l), Some(5.0));
-        assert_eq!(eta(600, &l, now), Some(now + chrono::Duration::minutes(120)));
-        assert_eq!(eta(10, &SendingLimits::default(), now), None);
+        assert_eq!(rate_per_minute(&SendingLimits::default()), None);
+        let _ = now;
         assert!(parse_deadline("2027-01-31").unwrap().to_rfc3339().starts_with("2027-01-31T23:59:59"));
         assert!(parse_deadline("31/01/2027").is_err());
     }

@@ -29,6 +29,8 @@ pub struct Row {
     /// As the provider (or the network) wrote it.
     pub failure: Option<String>,
     pub attempts: u32,
+    /// The last provider dialogue's start.
+    pub submitted_at: Option<DateTime<Utc>>,
     pub message_id: String,
     /// SHA-256 of the notice as sent.
     pub notice_sha256: String,
@@ -62,6 +64,7 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
         delivered_at: None,
         failure: n.reason.clone(),
         attempts: n.attempts,
+        submitted_at: n.submitted_at,
         message_id: n.notice.message_id.clone(),
         notice_sha256: n.notice.hash.clone(),
         receipts: Vec::new(),
@@ -139,6 +142,40 @@ pub fn rows(
     Ok(out)
 }
 
+/// Where a campaign is: what is left to send, how fast it goes, when it
+/// will be done.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Queued, retrying or mid-dialogue.
+    pub waiting: u64,
+    /// Dialogues started in the last 15 minutes, per minute.
+    pub observed_per_minute: f64,
+    /// The rate the ETA assumes: the mailbox's sending limit when it has
+    /// one (the sender keeps to it), else the observed rate.
+    pub per_minute: Option<f64>,
+    /// When the last waiting notice will have been sent (now when none
+    /// waits; unknown when nothing is being sent and there is no limit).
+    pub eta: Option<DateTime<Utc>>,
+}
+
+const RATE_WINDOW_MINUTES: i64 = 15;
+
+/// `limit_per_minute`: the mailbox's sending limit as a rate (see
+/// `api::rate_per_minute`).
+pub fn progress(rows: &[Row], limit_per_minute: Option<f64>, now: DateTime<Utc>) -> Progress {
+    let waiting = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying" | "submitting")).count() as u64;
+    let since = now - chrono::Duration::minutes(RATE_WINDOW_MINUTES);
+    let recent = rows.iter().filter(|r| r.submitted_at.is_some_and(|t| t > since)).count();
+    let observed = recent as f64 / RATE_WINDOW_MINUTES as f64;
+    let per_minute = limit_per_minute.or((observed > 0.0).then_some(observed));
+    let eta = match (waiting, per_minute) {
+        (0, _) => Some(now),
+        (w, Some(r)) if r > 0.0 => Some(now + chrono::Duration::milliseconds((w as f64 / r * 60_000.0) as i64)),
+        _ => None,
+    };
+    Progress { waiting, observed_per_minute: observed, per_minute, eta }
+}
+
 /// How many rows are in each state.
 pub fn counts(rows: &[Row]) -> std::collections::BTreeMap<&'static str, u64> {
     let mut m = std::collections::BTreeMap::new();
@@ -148,7 +185,7 @@ pub fn counts(rows: &[Row]) -> std::collections::BTreeMap<&'static str, u64> {
     m
 }
 
-const CSV_HEADER: [&str; 13] = [
+const CSV_HEADER: [&str; 14] = [
     "n",
     "line",
     "address",
@@ -159,6 +196,7 @@ const CSV_HEADER: [&str; 13] = [
     "delivered_at",
     "failure",
     "attempts",
+    "submitted_at",
     "message_id",
     "notice_sha256",
     "receipts",
@@ -184,6 +222,7 @@ pub fn to_csv(rows: &[Row]) -> Vec<u8> {
             time(r.delivered_at),
             r.failure.clone().unwrap_or_default(),
             r.attempts.to_string(),
+            time(r.submitted_at),
             r.message_id.clone(),
             r.notice_sha256.clone(),
             r.receipts.join(" "),
@@ -238,4 +277,61 @@ pub fn fallback_csv(
         w.write_record(&rec).map_err(|e| e.to_string())?;
     }
     w.into_inner().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(state: &'static str, submitted: Option<DateTime<Utc>>) -> Row {
+        Row {
+            n: 1,
+            line: 2,
+            address: "a@b.it".into(),
+            key: "k".into(),
+            state,
+            provider_id: None,
+            accepted_at: None,
+            delivered_at: None,
+            failure: None,
+            attempts: 0,
+            submitted_at: submitted,
+            message_id: "<m@b.it>".into(),
+            notice_sha256: String::new(),
+            receipts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_eta_follows_the_limit_else_the_rate_of_the_last_15_minutes() {
+        let now = Utc::now();
+        let mut rows: Vec<Row> = (0..60).map(|_| row("queued", None)).collect();
+        rows.extend((0..30).map(|i| row("delivered", Some(now - chrono::Duration::seconds(i * 20)))));
+        rows.push(row("delivered", Some(now - chrono::Duration::hours(2))));
+        let p = progress(&rows, Some(6.0), now);
+        assert_eq!((p.waiting, p.per_minute), (60, Some(6.0)));
+        assert_eq!(p.eta, Some(now + chrono::Duration::minutes(10)), "60 at 6 a minute");
+        let p = progress(&rows, None, now);
+        assert_eq!(p.observed_per_minute, 2.0, "30 in the last 15 minutes");
+        assert_eq!(p.eta, Some(now + chrono::Duration::minutes(30)));
+        let idle: Vec<Row> = (0..3).map(|_| row("queued", None)).collect();
+        assert_eq!(progress(&idle, None, now).eta, None, "nothing sent, no limit: unknown");
+        assert_eq!(progress(&[], None, now).eta, Some(now));
+    }
+
+    #[test]
+    fn the_fallback_is_the_failed_and_the_late() {
+        let now = Utc::now();
+        let d = now - chrono::Duration::days(1);
+        let mut late = row("delivered", None);
+        late.delivered_at = Some(d + chrono::Duration::hours(1));
+        let mut on_time = row("delivered", None);
+        on_time.delivered_at = Some(d - chrono::Duration::hours(1));
+        assert!(needs_fallback(&late, Some(d), now) && !needs_fallback(&on_time, Some(d), now));
+        assert!(!needs_fallback(&late, None, now), "no deadline: delivered is delivered");
+        assert!(
+            needs_fallback(&row("failed", None), None, now) && needs_fallback(&row("not-certified", None), None, now)
+        );
+        assert!(needs_fallback(&row("queued", None), Some(d), now) && !needs_fallback(&row("queued", None), None, now));
+    }
 }

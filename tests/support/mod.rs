@@ -1062,3 +1062,38 @@ pub fn certified_envelope(pki: &pecgate::sim::pki::Pki, sender: &str, to: &str, 
     let provider = Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
     build(pki, &provider, &sub, &Notice::Envelope, chrono::Utc::now()).expect("build envelope")
 }
+
+/// Metric names in the dashboard's PromQL.
+pub fn dashboard_metric_names(d: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    match (k.as_str(), x) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut exprs = Vec::new();
+    walk(d, &mut exprs);
+    let mut names = std::collections::BTreeSet::new();
+    for e in exprs {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while let Some(p) = e[i..].find("pecgate_") {
+            let start = i + p;
+            let mut end = start;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            names.insert(e[start..end].to_string());
+            i = end;
+        }
+    }
+    names
+}
