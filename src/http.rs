@@ -170,6 +170,7 @@ async fn campaigns(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> 
                 Err(_) => (500, "application/json", b"{\"error\":\"report task failed\"}".to_vec()),
             }
         }
+        (Method::GET, ["campaigns", id, "evidence"]) => api.evidence(&user, id, &params),
         (Method::POST, ["campaigns", id, "resolve"]) => match body(req, MAX_JSON).await {
             Ok(b) => api.resolve(&user, &source, id, &b).await,
             Err(r) => return r,

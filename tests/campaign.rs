@@ -248,6 +248,28 @@ fn mixed_campaign(n: usize) {
     // Nothing was delivered late against a deadline in the past: every
     // row is a fallback then.
     assert_eq!(report(&env, &id, &["--fallback", "--deadline", "2020-01-01"]).len(), n);
+    // Evidence for one delivered and one failed recipient: the notice and
+    // the signed receipts, with their SHA-256 (as in the report).
+    for (i, receipts) in [(4usize, ["accettazione.eml", "consegna.eml"]), (10, ["accettazione.eml", "errore-consegna.eml"])] {
+        let dir = env.dir.path().join(format!("evidence-{i}"));
+        let out = env.campaign("mario", &["evidence", &id, "--recipient", &rows[i]["address"], "--out", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&dir).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+        assert!(sums.contains(&format!("{}  notice.eml", rows[i]["notice_sha256"])), "{sums}");
+        for r in receipts {
+            let line = sums.lines().find(|l| l.ends_with(r)).unwrap_or_else(|| panic!("no {r} in {sums}"));
+            assert!(rows[i]["receipts_sha256"].contains(line.split(' ').next().unwrap()), "{line} vs {:?}", rows[i]);
+            let c = pecgate::pec::classify(&std::fs::read(dir.join(r)).unwrap());
+            assert!(c.kind.is_receipt(), "{r}: {:?}", c.kind);
+            if r == "consegna.eml" {
+                // The delivered time is the receipt's certified time.
+                let at = c.daticert.and_then(|d| d.data).unwrap().with_timezone(&chrono::Utc);
+                assert_eq!(rows[i]["delivered_at"], at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+        }
+    }
     // Metrics: notices by state, dialogues, ETA; the dashboard's campaign
     // panels query only what is exported.
     let metrics = env.scrape();

@@ -302,6 +302,61 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `GET /api/campaigns/{id}/evidence?recipient=ADDR`: the notice as sent
+    /// and the provider's signed receipts about it, each with its SHA-256
+    /// (`eml` in base64).
+    pub fn evidence(&self, user: &User, id: &str, params: &HashMap<String, String>) -> Answer {
+        let c = match self.campaign_for(user, id) {
+            Ok(c) => c,
+            Err(a) => return a,
+        };
+        let Some(want) = params.get("recipient").map(|r| crate::pec::normalize_address(r)) else {
+            return err(400, "recipient= is required");
+        };
+        let mut found = None;
+        if let Err(e) = self.store.notices(id, |n| {
+            if found.is_none() && crate::pec::normalize_address(&n.notice.to) == want {
+                found = Some(n);
+            }
+        }) {
+            return store_err(e);
+        }
+        let Some(n) = found else { return err(404, format!("campaign {id} has no notice to {want}")) };
+        let mut files = vec![("notice.eml".to_string(), n.notice.hash.clone())];
+        match self.store.sent_state(&c.spec.mailbox, &n.notice.message_id) {
+            Ok(Some(s)) => {
+                let rec = s.recipients.get(&want);
+                let slots = [
+                    ("accettazione", s.accepted.as_ref()),
+                    ("non-accettazione", s.not_accepted.as_ref()),
+                    ("consegna", rec.and_then(|r| r.delivered.as_ref())),
+                    ("errore-consegna", rec.and_then(|r| r.failed.as_ref())),
+                    ("preavviso-errore-consegna", rec.and_then(|r| r.warned.as_ref())),
+                ];
+                for (name, e) in slots {
+                    if let Some(h) = e.and_then(|e| e.hash.clone()) {
+                        files.push((format!("{name}.eml"), h));
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return store_err(e),
+        }
+        let mut out = Vec::new();
+        for (name, hash) in files {
+            match self.store.get_blob(&hash) {
+                Ok(b) => out.push(json!({ "name": name, "sha256": hash, "eml": openssl::base64::encode_block(&b) })),
+                Err(e) => return store_err(e),
+            }
+        }
+        json_answer(
+            200,
+            json!({ "campaign": id, "recipient": want, "notice": n.notice.n, "message_id": n.notice.message_id, "files": out }),
+        )
+    }
+}
+
 /// The fastest sustained rate the limits allow, per minute (None: no limit).
 pub fn rate_per_minute(l: &SendingLimits) -> Option<f64> {
     [l.per_minute.map(f64::from), l.per_hour.map(|h| f64::from(h) / 60.0), l.per_day.map(|d| f64::from(d) / 1440.0)]

@@ -108,6 +108,19 @@ pub enum CampaignCmd {
         #[arg(long)]
         sent: bool,
     },
+    /// The evidence for one recipient: the notice as sent and the
+    /// provider's signed receipts about it, as .eml files, with their
+    /// SHA-256 in SHA256SUMS (`sha256sum -c SHA256SUMS` checks them).
+    Evidence {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+        #[arg(long)]
+        recipient: String,
+        /// The directory to write (created).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// One row per recipient: state, provider id, accepted and delivered
     /// times (the delivery receipt's time is the legal notification),
     /// failure as the provider wrote it, SHA-256 of the notice.
@@ -148,7 +161,10 @@ impl Client {
     fn new(conn: &Conn) -> anyhow::Result<Client> {
         let cfg = crate::daemon::load_config(&conn.config)?;
         let Some(http) = cfg.http else {
-            bail!("{}: the daemon's HTTP API is off; add [http] listen = \"127.0.0.1:9180\" and restart it", conn.config.display())
+            bail!(
+                "{}: the daemon's HTTP API is off; add [http] listen = \"127.0.0.1:9180\" and restart it",
+                conn.config.display()
+            )
         };
         let password = match std::env::var("PECGATE_PASSWORD") {
             Ok(p) => p,
@@ -188,7 +204,8 @@ impl Client {
 
     async fn upload(&self, path: &Path) -> anyhow::Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let v = self.json("POST", "/api/uploads", bytes).await.with_context(|| format!("uploading {}", path.display()))?;
+        let v =
+            self.json("POST", "/api/uploads", bytes).await.with_context(|| format!("uploading {}", path.display()))?;
         Ok(v["sha256"].as_str().unwrap_or_default().to_string())
     }
 }
@@ -255,7 +272,8 @@ async fn run_async(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
             start,
         } => {
             let c = Client::new(&conn)?;
-            let deadline = deadline.as_deref().map(super::api::parse_deadline).transpose().map_err(anyhow::Error::msg)?;
+            let deadline =
+                deadline.as_deref().map(super::api::parse_deadline).transpose().map_err(anyhow::Error::msg)?;
             let mut files = HashMap::new();
             let mut missing = Vec::new();
             if let Some(col) = &attachment_column {
@@ -288,7 +306,11 @@ async fn run_async(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
                 Ok(v) => {
                     if let Some(csv) = v["rejected_csv"].as_str() {
                         std::fs::write(&rejected, csv).with_context(|| format!("writing {}", rejected.display()))?;
-                        eprintln!("{} row(s) left out, written to {}", v["rejected"].as_array().map_or(0, Vec::len), rejected.display());
+                        eprintln!(
+                            "{} row(s) left out, written to {}",
+                            v["rejected"].as_array().map_or(0, Vec::len),
+                            rejected.display()
+                        );
                     }
                     println!(
                         "campaign {} created: {} notices queued{}",
@@ -335,7 +357,30 @@ async fn run_async(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
         CampaignCmd::Cancel { conn, id } => order(&conn, &id, "cancel").await,
         CampaignCmd::Resolve { conn, id, notice, resend, .. } => {
             let body = json!({ "notice": notice, "action": if resend { "resend" } else { "sent" } });
-            print(&Client::new(&conn)?.json("POST", &format!("/api/campaigns/{id}/resolve"), body.to_string().into_bytes()).await?);
+            print(
+                &Client::new(&conn)?
+                    .json("POST", &format!("/api/campaigns/{id}/resolve"), body.to_string().into_bytes())
+                    .await?,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CampaignCmd::Evidence { conn, id, recipient, out } => {
+            let c = Client::new(&conn)?;
+            let q = format!("/api/campaigns/{id}/evidence?recipient={}", recipient.replace('+', "%2B"));
+            let v = c.json("GET", &q, Vec::new()).await?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut sums = String::new();
+            for f in v["files"].as_array().into_iter().flatten() {
+                let (name, sha) = (f["name"].as_str().unwrap_or("file.eml"), f["sha256"].as_str().unwrap_or(""));
+                let bytes = openssl::base64::decode_block(f["eml"].as_str().unwrap_or(""))?;
+                if crate::store::blobs::sha256_hex(&bytes) != sha {
+                    bail!("{name}: the bytes received do not match their SHA-256 {sha}");
+                }
+                std::fs::write(out.join(name), &bytes).with_context(|| format!("writing {name}"))?;
+                sums.push_str(&format!("{sha}  {name}\n"));
+            }
+            std::fs::write(out.join("SHA256SUMS"), &sums)?;
+            print!("{sums}");
             Ok(ExitCode::SUCCESS)
         }
         CampaignCmd::Report { conn, id, format, fallback, deadline, out } => {

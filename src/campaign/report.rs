@@ -24,7 +24,8 @@ pub struct Row {
     pub state: &'static str,
     pub provider_id: Option<String>,
     pub accepted_at: Option<DateTime<Utc>>,
-    /// The delivery receipt's time: the legal notification.
+    /// The delivery receipt's certified time (its daticert `data`, else
+    /// when it arrived): the legal notification.
     pub delivered_at: Option<DateTime<Utc>>,
     /// As the provider (or the network) wrote it.
     pub failure: Option<String>,
@@ -34,7 +35,8 @@ pub struct Row {
     pub message_id: String,
     /// SHA-256 of the notice as sent.
     pub notice_sha256: String,
-    /// The receipts' own Message-IDs (acceptance, delivery or failure).
+    /// SHA-256 of the receipts as archived (acceptance or non-acceptance,
+    /// then delivery, failure or warning).
     pub receipts: Vec<String>,
 }
 
@@ -82,13 +84,13 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
     let Some(s) = sent else { return r };
     r.provider_id = s.identificativo().map(str::to_string);
     if let Some(e) = &s.accepted {
-        r.receipts.extend(e.receipt_id.clone());
+        r.receipts.extend(e.hash.clone());
         if n.state == SendState::Accepted {
             r.state = "acceptance-receipt";
         }
     }
     if let Some(e) = &s.not_accepted {
-        r.receipts.extend(e.receipt_id.clone());
+        r.receipts.extend(e.hash.clone());
         r.failure = e.detail.clone().or(r.failure);
         r.state = "not-accepted";
         return r;
@@ -96,7 +98,7 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
     let key = crate::pec::normalize_address(&n.notice.to);
     let Some(rec) = s.recipients.get(&key) else { return r };
     for e in [&rec.delivered, &rec.failed, &rec.warned].into_iter().flatten() {
-        r.receipts.extend(e.receipt_id.clone());
+        r.receipts.extend(e.hash.clone());
     }
     if n.state != SendState::Accepted {
         return r;
@@ -104,7 +106,7 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
     match s.recipient_status(rec, now) {
         RecipientStatus::Delivered => {
             r.state = "delivered";
-            r.delivered_at = rec.delivered.as_ref().map(|e| e.at);
+            r.delivered_at = rec.delivered.as_ref().map(|e| e.certified_at.unwrap_or(e.at));
         }
         RecipientStatus::DeliveryFailed => {
             r.state = "failed";
@@ -199,7 +201,7 @@ const CSV_HEADER: [&str; 14] = [
     "submitted_at",
     "message_id",
     "notice_sha256",
-    "receipts",
+    "receipts_sha256",
 ];
 
 fn time(t: Option<DateTime<Utc>>) -> String {

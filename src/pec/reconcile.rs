@@ -84,6 +84,14 @@ pub struct Evidence {
     pub receipt_id: Option<String>,
     /// Error text (`errore-esteso`, else `errore`), for failures.
     pub detail: Option<String>,
+    /// The event's time as the provider certified it (daticert `data`):
+    /// for a delivery receipt, the legal notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certified_at: Option<DateTime<Utc>>,
+    /// SHA-256 of the receipt as archived (set by the archive, see
+    /// [`SentMessage::note_receipt_blob`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// Keeps the earliest evidence: commutative, associative, idempotent.
@@ -275,6 +283,8 @@ impl SentMessage {
             at,
             receipt_id: c.message_id.clone(),
             detail,
+            certified_at: daticert.and_then(|d| d.data).map(|t| t.with_timezone(&Utc)),
+            hash: None,
         };
         let recipient = c.consegna().map(normalize_address).filter(|a| !a.is_empty());
         let slot: fn(&mut RecipientRecord) -> &mut Option<Evidence> = match c.kind {
@@ -307,6 +317,23 @@ impl SentMessage {
         Ok(())
     }
 
+    /// The receipt with Message-ID `receipt_id` is archived as blob `hash`:
+    /// note it on its evidence (deterministic: the same receipt is the same
+    /// blob).
+    pub fn note_receipt_blob(&mut self, receipt_id: &str, hash: &str) {
+        let note = |e: &mut Evidence| {
+            if e.receipt_id.as_deref() == Some(receipt_id) && e.hash.is_none() {
+                e.hash = Some(hash.to_string());
+            }
+        };
+        [&mut self.accepted, &mut self.not_accepted, &mut self.taken_in_charge]
+            .into_iter()
+            .chain(self.recipients.values_mut().flat_map(|r| [&mut r.delivered, &mut r.failed, &mut r.warned]))
+            .flatten()
+            .for_each(note);
+        self.unattributed.values_mut().for_each(note);
+    }
+
     /// Overall state (does not depend on time).
     pub fn overall(&self) -> Overall {
         if self.not_accepted.is_some() {
@@ -314,10 +341,7 @@ impl SentMessage {
         } else if self.accepted.is_some()
             || self.taken_in_charge.is_some()
             || !self.unattributed.is_empty()
-            || self
-                .recipients
-                .values()
-                .any(|r| r.delivered.is_some() || r.failed.is_some() || r.warned.is_some())
+            || self.recipients.values().any(|r| r.delivered.is_some() || r.failed.is_some() || r.warned.is_some())
         {
             Overall::Accepted
         } else {
@@ -328,10 +352,7 @@ impl SentMessage {
     /// When the overdue clock starts: the submission or acceptance,
     /// whichever is earlier, else the first receipt.
     pub fn clock_start(&self) -> Option<DateTime<Utc>> {
-        let explicit = [self.submitted_at, self.accepted.as_ref().map(|e| e.at)]
-            .into_iter()
-            .flatten()
-            .min();
+        let explicit = [self.submitted_at, self.accepted.as_ref().map(|e| e.at)].into_iter().flatten().min();
         explicit.or(self.first_receipt_at)
     }
 
@@ -366,10 +387,7 @@ impl SentMessage {
 
     /// Every recipient's status at `now`, by normalised address.
     pub fn statuses(&self, now: DateTime<Utc>) -> BTreeMap<&str, RecipientStatus> {
-        self.recipients
-            .iter()
-            .map(|(addr, r)| (addr.as_str(), self.recipient_status(r, now)))
-            .collect()
+        self.recipients.iter().map(|(addr, r)| (addr.as_str(), self.recipient_status(r, now))).collect()
     }
 
     /// IMAP keywords describing the state at `now`, in a fixed order.
@@ -379,11 +397,8 @@ impl SentMessage {
     /// non-acceptance; `$PecWarned` a warning without a final receipt yet.
     pub fn keywords(&self, now: DateTime<Utc>) -> Vec<&'static str> {
         let statuses = self.statuses(now);
-        let certified: Vec<RecipientStatus> = statuses
-            .values()
-            .copied()
-            .filter(|s| *s != RecipientStatus::SentToNonCertified)
-            .collect();
+        let certified: Vec<RecipientStatus> =
+            statuses.values().copied().filter(|s| *s != RecipientStatus::SentToNonCertified).collect();
         let delivered = certified.iter().filter(|s| **s == RecipientStatus::Delivered).count();
         let mut out = Vec::new();
         match self.overall() {
@@ -406,11 +421,9 @@ impl SentMessage {
         if certified.contains(&RecipientStatus::Overdue) {
             out.push("$PecOverdue");
         }
-        let warned = self
-            .recipients
-            .values()
-            .any(|r| r.warned.is_some() && r.delivered.is_none() && r.failed.is_none())
-            || self.unattributed.contains_key(PecKind::PreavvisoErroreConsegna.as_str());
+        let warned =
+            self.recipients.values().any(|r| r.warned.is_some() && r.delivered.is_none() && r.failed.is_none())
+                || self.unattributed.contains_key(PecKind::PreavvisoErroreConsegna.as_str());
         if warned {
             out.push("$PecWarned");
         }

@@ -128,7 +128,13 @@ pub struct ProviderEntry {
 /// starts (or completes) its entry, a receipt updates the entry it refers
 /// to. Receipts may come first, twice, or for a message never seen sent:
 /// `SentMessage::apply` is order-independent and idempotent.
-fn reconcile_archived(sent: &mut Tbl<'_>, mailbox: &str, m: &PecMeta, internal_date: DateTime<Utc>) -> TxResult<()> {
+fn reconcile_archived(
+    sent: &mut Tbl<'_>,
+    mailbox: &str,
+    m: &PecMeta,
+    hash: &str,
+    internal_date: DateTime<Utc>,
+) -> TxResult<()> {
     let (k, ev) = match (&m.sent, key_of(&m.classification)) {
         (Some(s), _) => (s.key.clone(), ReconcileEvent::Submitted { recipients: s.recipients.clone(), at: s.at }),
         (None, Some(k)) if m.classification.is_receipt() => {
@@ -144,6 +150,9 @@ fn reconcile_archived(sent: &mut Tbl<'_>, mailbox: &str, m: &PecMeta, internal_d
     // An event that does not apply (a receipt without a usable reference)
     // leaves the state as it was; the message itself is archived anyway.
     if state.apply(&ev).is_ok() {
+        if let (ReconcileEvent::Receipt(..), Some(id)) = (&ev, m.classification.message_id.as_deref()) {
+            state.note_receipt_blob(id, hash);
+        }
         sent.insert(tk, enc(&state))?;
     }
     Ok(())
@@ -912,7 +921,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             }
             if !duplicate {
                 if let Some(m) = pec.as_ref().and_then(StoredPec::meta) {
-                    reconcile_archived(sent, mailbox, m, *internal_date)?;
+                    reconcile_archived(sent, mailbox, m, hash, *internal_date)?;
                 }
                 let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                 let mut st: FolderState = match folders.get(&fk)? {
