@@ -49,12 +49,12 @@ fn verify_pool() -> &'static std::sync::mpsc::SyncSender<VerifyJob> {
             let spawned = std::thread::Builder::new().name(format!("pecgate-argon2-{i}")).spawn(move || {
                 let mut memory: Vec<argon2::Block> = Vec::new();
                 loop {
-                let job = match rx.lock() {
-                    Ok(r) => r.recv(),
-                    Err(_) => return,
-                };
-                let Ok((pw, hash, reply)) = job else { return };
-                let _ = reply.send(verify_with_memory(&pw, &hash, &mut memory));
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((pw, hash, reply)) = job else { return };
+                    let _ = reply.send(verify_with_memory(&pw, &hash, &mut memory));
                 }
             });
             if let Err(e) = spawned {
@@ -111,9 +111,7 @@ fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<argon2::Block
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-        .unwrap_or(false)
+    PasswordHash::new(hash).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()).unwrap_or(false)
 }
 
 /// What a user may do in one mailbox (DESIGN.md "Permissions").
@@ -156,7 +154,8 @@ impl User {
     /// Every right on the user's own private store (Drafts, Templates);
     /// on PEC mailboxes, what the grants say.
     pub fn may(&self, mailbox: &str, right: Right) -> bool {
-        mailbox.strip_prefix('~') == Some(self.name.as_str()) || self.grants.get(mailbox).is_some_and(|r| r.contains(&right))
+        mailbox.strip_prefix('~') == Some(self.name.as_str())
+            || self.grants.get(mailbox).is_some_and(|r| r.contains(&right))
     }
 
     /// The store name of the user's private folders (Drafts, Templates):
@@ -239,7 +238,18 @@ pub struct Authenticator {
     /// Verified when the user is unknown, so both cases cost the same
     /// ([`dummy_hash`]); replaced with the users.
     dummy_hash: RwLock<String>,
+    /// Recently verified logins, so a client (or a tool making one API
+    /// request per file) that logs in again and again costs one argon2
+    /// verification per [`VERIFIED_FOR`], not one per login: user name →
+    /// (SHA-256 of a per-process salt, the password and the configured
+    /// hash; when). Memory only; a changed password or hash, or a removed
+    /// user, no longer matches.
+    verified: Mutex<HashMap<String, ([u8; 32], Instant)>>,
+    salt: [u8; 32],
 }
+
+/// How long a verified login is remembered.
+pub const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// User name → (password hash, user).
 type UserTable = HashMap<String, (String, Arc<User>)>;
@@ -269,11 +279,8 @@ fn dummy_hash(users: &[UserConfig]) -> String {
 fn table(users: &[UserConfig]) -> UserTable {
     let mut map = HashMap::new();
     for u in users {
-        let grants = u
-            .grants
-            .iter()
-            .map(|(m, rs)| (m.clone(), rs.iter().filter_map(|r| Right::parse(r)).collect()))
-            .collect();
+        let grants =
+            u.grants.iter().map(|(m, rs)| (m.clone(), rs.iter().filter_map(|r| Right::parse(r)).collect())).collect();
         let user = User {
             name: u.name.clone(),
             default_mailbox: u.default_mailbox.clone(),
@@ -292,7 +299,19 @@ impl Authenticator {
             users: RwLock::new(Arc::new(table(users))),
             throttle: Mutex::new(Throttle::default()),
             dummy_hash: RwLock::new(dummy_hash(users)),
+            verified: Mutex::new(HashMap::new()),
+            salt: rand::random(),
         }
+    }
+
+    fn fingerprint(&self, password: &str, hash: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.salt);
+        h.update((password.len() as u64).to_be_bytes());
+        h.update(password.as_bytes());
+        h.update(hash.as_bytes());
+        h.finalize().into()
     }
 
     /// Replace the users (SIGHUP). New logins see the new table at once;
@@ -348,12 +367,23 @@ impl Authenticator {
             Some((h, u)) => (h.clone(), Some(u.clone())),
             None => (self.dummy(), None),
         };
-        let pw = password.to_string();
-        let ok = verify_on_pool(pw, hash).await?;
+        let fp = self.fingerprint(password, &hash);
+        let remembered = user.is_some()
+            && self
+                .verified
+                .lock()
+                .is_ok_and(|v| v.get(name).is_some_and(|(f, at)| *f == fp && at.elapsed() < VERIFIED_FOR));
+        let ok = remembered || verify_on_pool(password.to_string(), hash).await?;
         let mut t = self.throttle.lock().map_err(|_| AuthError::Internal("throttle lock poisoned".into()))?;
         match (ok, user) {
             (true, Some(u)) => {
                 t.failures.remove(&ukey);
+                if !remembered {
+                    if let Ok(mut v) = self.verified.lock() {
+                        v.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
+                        v.insert(name.to_string(), (fp, Instant::now()));
+                    }
+                }
                 Ok(u)
             }
             _ => {
@@ -412,7 +442,13 @@ mod tests {
                 .hash_password(b"pw", &salt)
                 .unwrap()
                 .to_string();
-            UserConfig { name: format!("u{m}"), password_hash: hash, default_mailbox: None, grants: BTreeMap::new(), roles: vec![] }
+            UserConfig {
+                name: format!("u{m}"),
+                password_hash: hash,
+                default_mailbox: None,
+                grants: BTreeMap::new(),
+                roles: vec![],
+            }
         };
         let a = Authenticator::new(&[with(8, 1), with(16, 2), with(24, 1)]);
         assert_eq!(params_of(&a.dummy()), (16, 2, 1));
@@ -443,5 +479,30 @@ mod tests {
         let e1 = a.login("mario", "bad", ip).await.unwrap_err().to_string();
         let e2 = a.login("nobody", "pw", "192.0.2.2".parse().unwrap()).await.unwrap_err().to_string();
         assert_eq!(e1, e2);
+    }
+
+    #[tokio::test]
+    async fn a_verified_login_is_remembered_until_the_password_or_user_changes() {
+        let cfg = |pw: &str| UserConfig {
+            name: "mario".into(),
+            password_hash: hash_password(pw).unwrap(),
+            default_mailbox: None,
+            grants: BTreeMap::new(),
+            roles: vec![],
+        };
+        let a = Authenticator::new(&[cfg("pw")]);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        a.login("mario", "pw", ip).await.unwrap();
+        let t = Instant::now();
+        for _ in 0..50 {
+            a.login("mario", "pw", ip).await.unwrap();
+        }
+        assert!(t.elapsed() < std::time::Duration::from_millis(200), "50 remembered logins took {:?}", t.elapsed());
+        assert!(a.login("mario", "pwx", ip).await.is_err(), "another password is checked, and fails");
+        a.reload(&[cfg("new")]);
+        assert!(a.login("mario", "pw", ip).await.is_err(), "the old password after a change");
+        a.login("mario", "new", ip).await.unwrap();
+        a.reload(&[]);
+        assert!(a.login("mario", "new", ip).await.is_err(), "a removed user");
     }
 }

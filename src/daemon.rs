@@ -255,7 +255,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let sending = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.sending)).collect();
-    metrics.set_sending(sending(&cfg));
+    metrics.set_sending(sending(&cfg), sh.limiter.clone());
     let http_task = match &cfg.http {
         Some(h) => {
             let state = crate::http::HttpState {
@@ -299,7 +299,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
                         generation = start_generation(&cfg, &store, &new_board, &sh)?;
                         metrics.set_board(new_board);
-                        metrics.set_sending(sending(&cfg));
+                        metrics.set_sending(sending(&cfg), sh.limiter.clone());
                     }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: new configuration refused; keeping the old one"),
                 }

@@ -63,8 +63,9 @@ pub struct HttpState {
 
 /// Largest upload (a campaign's recipients list, template or attachment).
 const MAX_UPLOAD: usize = 128 * 1024 * 1024;
-/// Largest JSON request body.
-const MAX_JSON: usize = 4 * 1024 * 1024;
+/// Largest JSON request body (a campaign's per-recipient files map:
+/// ≈ 100 bytes a row, 50,000 rows).
+const MAX_JSON: usize = 64 * 1024 * 1024;
 
 type Resp = Response<Full<Bytes>>;
 

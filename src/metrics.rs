@@ -16,7 +16,7 @@
 //! archive's history.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::Utc;
 use prometheus::core::Collector;
@@ -161,7 +161,7 @@ pub struct Metrics {
     /// mailbox → its sent messages as of some index sequence.
     sent: Mutex<BTreeMap<String, SentCache>>,
     /// The mailboxes' sending limits, by alias.
-    sending: RwLock<BTreeMap<String, crate::config::SendingLimits>>,
+    sending: RwLock<(BTreeMap<String, crate::config::SendingLimits>, Arc<crate::sending::Limiter>)>,
 }
 
 impl Metrics {
@@ -172,7 +172,7 @@ impl Metrics {
             store,
             started: Utc::now().timestamp_micros() as f64 / 1e6,
             sent: Mutex::new(BTreeMap::new()),
-            sending: RwLock::new(BTreeMap::new()),
+            sending: RwLock::new(Default::default()),
         }
     }
 
@@ -386,10 +386,11 @@ impl Metrics {
         Ok(reg)
     }
 
-    /// The mailboxes' sending limits (the rate a campaign's ETA assumes).
-    pub fn set_sending(&self, limits: BTreeMap<String, crate::config::SendingLimits>) {
+    /// The mailboxes' sending limits and sends (what a campaign's ETA
+    /// follows).
+    pub fn set_sending(&self, limits: BTreeMap<String, crate::config::SendingLimits>, limiter: Arc<crate::sending::Limiter>) {
         if let Ok(mut s) = self.sending.write() {
-            *s = limits;
+            *s = (limits, limiter);
         }
     }
 
@@ -425,11 +426,13 @@ impl Metrics {
             &["campaign"],
         )?;
         let Ok(all) = self.store.campaigns() else { return Ok(()) };
-        let limits = self.sending.read().map(|s| s.clone()).unwrap_or_default();
+        let (limits, limiter) = self.sending.read().map(|s| s.clone()).unwrap_or_default();
         for c in all {
             let id = c.spec.id.as_str();
             let Ok(rows) = report::rows(&self.store, &c, None) else { continue };
-            let p = report::progress(&rows, limits.get(&c.spec.mailbox).and_then(api::rate_per_minute), now);
+            let l = limits.get(&c.spec.mailbox).copied().unwrap_or_default();
+            let schedule = |n| limiter.time_for(&c.spec.mailbox, &l, n, std::time::Instant::now());
+            let p = report::progress(&rows, api::rate_per_minute(&l), schedule, now);
             if now - c.created_at > chrono::Duration::days(30) && (p.waiting == 0 || c.status == Status::Cancelled) {
                 continue;
             }

@@ -109,6 +109,33 @@ impl Limiter {
         all.get(alias).and_then(|s| wait_in(s, l, now)).map(|w| w.wait).unwrap_or_default()
     }
 
+    /// How long from `now` until `n` more sends of `alias` will have gone
+    /// out, each as soon as the limits let it (the sends already counted
+    /// included); `None` without rate limits. A campaign's ETA.
+    pub fn time_for(&self, alias: &str, l: &SendingLimits, n: u64, now: Instant) -> Option<Duration> {
+        let wins: Vec<(usize, Duration)> = windows(l).map(|(_, c, w)| (c as usize, w + MARGIN)).collect();
+        let keep = wins.iter().map(|w| w.0).max()?;
+        let mut times: VecDeque<Instant> = {
+            let all = self.sends.lock().unwrap_or_else(|e| e.into_inner());
+            all.get(alias).map(|s| s.iter().skip(s.len().saturating_sub(keep)).copied().collect()).unwrap_or_default()
+        };
+        let mut last = now;
+        for _ in 0..n {
+            let mut t = now;
+            for &(c, w) in &wins {
+                if times.len() >= c {
+                    t = t.max(times[times.len() - c] + w);
+                }
+            }
+            times.push_back(t);
+            if times.len() > keep {
+                times.pop_front();
+            }
+            last = t;
+        }
+        Some(last.saturating_duration_since(now))
+    }
+
     /// Count sends that happened before this process started, `ago` each
     /// (from the archive), so a restart does not reopen the windows.
     pub fn seed(&self, alias: &str, ago: impl IntoIterator<Item = Duration>, now: Instant) {
@@ -195,6 +222,24 @@ mod tests {
         let w = lim.try_acquire("p", &l, now).unwrap_err();
         assert_eq!(w.wait, Duration::from_secs(10) + MARGIN, "the send 50 s ago leaves in 10 s");
         assert_eq!(lim.next_free("p", &l, now), Duration::from_secs(10) + MARGIN);
+    }
+
+    #[test]
+    fn time_for_follows_the_windows_as_the_sender_will() {
+        let (l, lim, t0) = (per_minute(6), Limiter::default(), Instant::now());
+        assert_eq!(lim.time_for("p", &SendingLimits::default(), 10, t0), None);
+        assert_eq!(lim.time_for("p", &l, 6, t0), Some(Duration::ZERO), "six at once");
+        assert_eq!(lim.time_for("p", &l, 13, t0), Some(2 * (MINUTE + MARGIN)), "then six a window");
+        for _ in 0..6 {
+            lim.try_acquire("p", &l, t0).unwrap();
+        }
+        // Six gone at t0: the next seven go at t0+62 (six) and t0+124.
+        assert_eq!(
+            lim.time_for("p", &l, 7, t0 + Duration::from_secs(10)),
+            Some(2 * (MINUTE + MARGIN) - Duration::from_secs(10))
+        );
+        let both = SendingLimits { per_minute: Some(6), per_hour: Some(8), ..Default::default() };
+        assert_eq!(lim.time_for("p", &both, 3, t0), Some(HOUR + MARGIN), "the hour's 8 are used after two more");
     }
 
     #[test]

@@ -433,6 +433,7 @@ fn the_mailbox_rate_is_kept_so_the_provider_never_answers_too_much_traffic() {
     let st = env.status(&id);
     assert_eq!(st["states"]["queued"], 1, "three sent at once, the fourth waits: {st}");
     assert_eq!(st["rate_per_minute"], 3.0);
+    let eta = chrono::DateTime::parse_from_rfc3339(st["eta"].as_str().expect("an ETA")).unwrap();
     let st = env.wait_final(&id, Duration::from_secs(120));
     assert_eq!(st["states"]["delivered"], 4, "{st}");
     let lines: Vec<Value> = std::fs::read_to_string(&env.record).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -440,5 +441,10 @@ fn the_mailbox_rate_is_kept_so_the_provider_never_answers_too_much_traffic() {
     let at = |l: &Value| chrono::DateTime::parse_from_rfc3339(l["at"].as_str().unwrap()).unwrap();
     let (first, fourth) = (at(&lines[0]), at(&lines[3]));
     assert!(fourth - first >= chrono::Duration::seconds(59), "the fourth went out {} after the first", fourth - first);
+    // The ETA shown 3 s after the start was right within 1 % of the
+    // campaign's length.
+    let off = (fourth - eta).num_milliseconds().abs() as f64;
+    let length = (fourth - first).num_milliseconds() as f64;
+    assert!(off <= length / 100.0, "ETA {eta}, the last went out {fourth}: off by {off} ms of {length}");
     assert!(!env.sim.log().contains("Too much traffic"));
 }

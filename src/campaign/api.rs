@@ -260,7 +260,9 @@ impl Api {
         };
         let counts = report::counts(&rows);
         let limits = self.mailboxes.get(&c.spec.mailbox).map(|m| m.sending).unwrap_or_default();
-        let p = report::progress(&rows, rate_per_minute(&limits), Utc::now());
+        let alias = c.spec.mailbox.clone();
+        let schedule = |n| self.limiter.time_for(&alias, &limits, n, std::time::Instant::now());
+        let p = report::progress(&rows, rate_per_minute(&limits), schedule, Utc::now());
         json_answer(
             200,
             json!({

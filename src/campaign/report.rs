@@ -163,16 +163,26 @@ pub struct Progress {
 const RATE_WINDOW_MINUTES: i64 = 15;
 
 /// `limit_per_minute`: the mailbox's sending limit as a rate (see
-/// `api::rate_per_minute`).
-pub fn progress(rows: &[Row], limit_per_minute: Option<f64>, now: DateTime<Utc>) -> Progress {
+/// `api::rate_per_minute`); `schedule(n)`: how long until `n` more sends
+/// have gone out at the mailbox's limits, as the sender will send them
+/// (`Limiter::time_for`; `None` without limits).
+pub fn progress(
+    rows: &[Row],
+    limit_per_minute: Option<f64>,
+    schedule: impl Fn(u64) -> Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Progress {
     let waiting = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying" | "submitting")).count() as u64;
+    // Mid-dialogue notices have their send counted already.
+    let to_send = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying")).count() as u64;
     let since = now - chrono::Duration::minutes(RATE_WINDOW_MINUTES);
     let recent = rows.iter().filter(|r| r.submitted_at.is_some_and(|t| t > since)).count();
     let observed = recent as f64 / RATE_WINDOW_MINUTES as f64;
     let per_minute = limit_per_minute.or((observed > 0.0).then_some(observed));
-    let eta = match (waiting, per_minute) {
-        (0, _) => Some(now),
-        (w, Some(r)) if r > 0.0 => Some(now + chrono::Duration::milliseconds((w as f64 / r * 60_000.0) as i64)),
+    let eta = match (waiting, schedule(to_send), per_minute) {
+        (0, _, _) => Some(now),
+        (_, Some(d), _) => chrono::Duration::from_std(d).ok().map(|d| now + d),
+        (w, None, Some(r)) if r > 0.0 => Some(now + chrono::Duration::milliseconds((w as f64 / r * 60_000.0) as i64)),
         _ => None,
     };
     Progress { waiting, observed_per_minute: observed, per_minute, eta }
@@ -310,15 +320,15 @@ mod tests {
         let mut rows: Vec<Row> = (0..60).map(|_| row("queued", None)).collect();
         rows.extend((0..30).map(|i| row("delivered", Some(now - chrono::Duration::seconds(i * 20)))));
         rows.push(row("delivered", Some(now - chrono::Duration::hours(2))));
-        let p = progress(&rows, Some(6.0), now);
+        let p = progress(&rows, Some(6.0), |n| Some(std::time::Duration::from_secs(n)), now);
         assert_eq!((p.waiting, p.per_minute), (60, Some(6.0)));
-        assert_eq!(p.eta, Some(now + chrono::Duration::minutes(10)), "60 at 6 a minute");
-        let p = progress(&rows, None, now);
+        assert_eq!(p.eta, Some(now + chrono::Duration::seconds(60)), "as the limiter schedules 60 sends");
+        let p = progress(&rows, None, |_| None, now);
         assert_eq!(p.observed_per_minute, 2.0, "30 in the last 15 minutes");
         assert_eq!(p.eta, Some(now + chrono::Duration::minutes(30)));
         let idle: Vec<Row> = (0..3).map(|_| row("queued", None)).collect();
-        assert_eq!(progress(&idle, None, now).eta, None, "nothing sent, no limit: unknown");
-        assert_eq!(progress(&[], None, now).eta, Some(now));
+        assert_eq!(progress(&idle, None, |_| None, now).eta, None, "nothing sent, no limit: unknown");
+        assert_eq!(progress(&[], None, |_| None, now).eta, Some(now));
     }
 
     #[test]
