@@ -51,7 +51,27 @@ struct Ports {
     imap: u16,
     smtps: u16,
     submission: u16,
+    /// The HTTP API (campaigns) and metrics.
+    http: u16,
 }
+
+/// The simulated citizens' PEC domain of the demo's campaign: who gets a
+/// delivery receipt, a full mailbox or an unknown address.
+const CITIZENS: &str = "cittadini.demo";
+const CITIZENS_SCRIPT: &str = r#"
+[[remote]]
+domain = "cittadini.demo"
+[[remote.rule]]
+pattern = "pieno*"
+outcome = "full"
+[[remote.rule]]
+pattern = "ignoto*"
+outcome = "unknown"
+[[remote.rule]]
+pattern = "*"
+outcome = "delivered"
+delay = "3s"
+"#;
 
 pub fn run(data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
     let throwaway = data_dir.is_none();
@@ -74,6 +94,7 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
         imap: base_port.checked_add(143).context("--base-port too large")?,
         smtps: base_port.checked_add(465).context("--base-port too large")?,
         submission: base_port.checked_add(587).context("--base-port too large")?,
+        http: base_port.checked_add(9180).context("--base-port too large")?,
     };
     // Provider mailboxes with their provider passwords, and the users'
     // passwords; kept across runs with the same data dir.
@@ -126,7 +147,12 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
             }),
         };
         let (sim_stop, sim_rx) = tokio::sync::watch::channel(false);
-        let sim = crate::sim::start(sim_cfg, sim_rx).await?;
+        let script: crate::sim::campaign::Campaign = config::Config::builder()
+            .add_source(config::File::from_str(CITIZENS_SCRIPT, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())?;
+        let script = script.compile(&[DOMAIN.to_string()]).map_err(anyhow::Error::msg)?;
+        let sim = crate::sim::start(crate::sim::SimSettings { provider: sim_cfg, script }, sim_rx).await?;
 
         // TLS for the gateway's listeners (kept across runs).
         let tls_dir = dir.join("tls");
@@ -145,7 +171,7 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
             "# written by `pecgate demo`\n[store]\ndata_dir = \"{}\"\n\n[pec]\ntrust_store = \"{}\"\n\n\
              [upstream]\ntimeout = \"30s\"\nmin_backoff = \"1s\"\nmax_backoff = \"10s\"\n\n\
              [tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[imap]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n\
-             [smtp]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n",
+             [smtp]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n",
             dir.join("archive").display(),
             sim.ca_file.display(),
             cert.display(),
@@ -153,7 +179,8 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
             ports.imaps,
             ports.imap,
             ports.smtps,
-            ports.submission
+            ports.submission,
+            ports.http
         );
         for (alias, local) in MAILBOXES {
             write!(
@@ -220,6 +247,25 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
                 "ca_file": sim.ca_file,
             },
         });
+        // A small campaign to try: five notices to simulated citizens.
+        let mut csv = String::from("verbale;nome;pec;importo\n");
+        for (i, (name, pec)) in [
+            ("Mario Bianchi", "mario.bianchi"),
+            ("Giulia Verdi", "giulia.verdi"),
+            ("Luca Neri", "pieno.luca"),
+            ("Sara Gialli", "ignoto.sara"),
+            ("Anna Blu", "anna.blu"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            csv.push_str(&format!("V-2026-{:04};{name};{pec}@{CITIZENS};{},00\n", i + 1, 80 + 20 * i));
+        }
+        std::fs::write(dir.join("campaign-recipients.csv"), csv)?;
+        std::fs::write(
+            dir.join("campaign-template.txt"),
+            "Subject: Notifica verbale n. {{verbale}}\n\nGentile {{nome}},\nle notifichiamo il verbale n. {{verbale}} di {{importo}} euro.\n",
+        )?;
         std::fs::write(dir.join("demo.json"), serde_json::to_vec_pretty(&info)?)?;
         print_instructions(&info, &ports, &mbsync);
 
@@ -270,6 +316,12 @@ fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
          swaks (send a PEC from protocollo to the legal office):\n\
          \x20 swaks --server 127.0.0.1:{smtps} --tls-on-connect --auth PLAIN --auth-user mario --auth-password {mario} \\\n\
          \x20       --from protocollo@{DOMAIN} --to ufficio.legale@{DOMAIN} --header 'Subject: Prova PEC'\n\n\
+         A campaign (five certified notices to simulated citizens; one mailbox full, one address unknown):\n\
+         \x20 export PECGATE_PASSWORD={mario}\n\
+         \x20 pecgate campaign create --config {dir}/pecgate.toml --user mario --mailbox protocollo --name Prova \\\n\
+         \x20       --recipients {dir}/campaign-recipients.csv --template {dir}/campaign-template.txt --start\n\
+         \x20 pecgate campaign status --config {dir}/pecgate.toml --user mario ID\n\
+         \x20 pecgate campaign report --config {dir}/pecgate.toml --user mario ID --fallback\n\n\
          mbsync (mario's folders into {dir}/mbsync-maildir): run\n\
          \x20 mbsync -c {dir}/mbsyncrc -a\n\
          with this configuration (written there; put it in ~/.mbsyncrc to use it as is):\n\

@@ -80,7 +80,9 @@ fn header_text(s: &str) -> String {
     }
 }
 
-fn daticert(p: &Provider, s: &Submission, tipo: &str, errore: &str, extra: &str) -> String {
+/// `at`: the event's time (the provider certifies when it accepted, delivered
+/// or gave up, not when the message was submitted).
+fn daticert(p: &Provider, s: &Submission, at: DateTime<Utc>, tipo: &str, errore: &str, extra: &str) -> String {
     let mut dest = String::new();
     for (a, cert) in &s.recipients {
         let t = if *cert { "certificato" } else { "esterno" };
@@ -94,8 +96,8 @@ fn daticert(p: &Provider, s: &Submission, tipo: &str, errore: &str, extra: &str)
         from = xml(&s.sender),
         subj = xml(&s.subject),
         gestore = xml(&p.name),
-        day = s.at.format("%d/%m/%Y"),
-        time = s.at.format("%H:%M:%S"),
+        day = at.format("%d/%m/%Y"),
+        time = at.format("%H:%M:%S"),
         id = xml(&s.identificativo),
         msgid = xml(&s.msgid),
     )
@@ -114,7 +116,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
             s.sender.clone(),
             format!("Subject: {}\r\nMessage-ID: <accettazione-{id}>\r\nX-Ricevuta: accettazione\r\n", header_text(&format!("ACCETTAZIONE: {subj}"))),
             format!("Ricevuta di accettazione: il messaggio \"{subj}\" inviato da \"{}\" e' stato accettato dal sistema ed inoltrato.", s.sender),
-            daticert(p, s, "accettazione", "nessuno", ""),
+            daticert(p, s, now, "accettazione", "nessuno", ""),
             false,
         ),
         Notice::NonAccettazione { reason } => (
@@ -125,7 +127,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
                 header_text(&format!("AVVISO DI NON ACCETTAZIONE: {subj}"))
             ),
             format!("Avviso di non accettazione: il messaggio \"{subj}\" non e' stato accettato: {reason}"),
-            daticert(p, s, "non-accettazione", "altro", &format!("<errore-esteso>{}</errore-esteso>\r\n", xml(reason))),
+            daticert(p, s, now, "non-accettazione", "altro", &format!("<errore-esteso>{}</errore-esteso>\r\n", xml(reason))),
             false,
         ),
         Notice::Envelope => (
@@ -141,7 +143,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
                 s.sender,
                 all.join(", ")
             ),
-            daticert(p, s, "posta-certificata", "nessuno", ""),
+            daticert(p, s, now, "posta-certificata", "nessuno", ""),
             true,
         ),
         Notice::Consegna { recipient } => (
@@ -156,6 +158,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
             daticert(
                 p,
                 s,
+                now,
                 "avvenuta-consegna",
                 "nessuno",
                 &format!("<ricevuta tipo=\"completa\"/>\r\n<consegna>{}</consegna>\r\n", xml(recipient)),
@@ -174,6 +177,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
             daticert(
                 p,
                 s,
+                now,
                 "errore-consegna",
                 "no-dest",
                 &format!("<consegna>{}</consegna>\r\n<errore-esteso>{}</errore-esteso>\r\n", xml(recipient), xml(reason)),
@@ -196,6 +200,7 @@ pub fn build(pki: &Pki, p: &Provider, s: &Submission, notice: &Notice, now: Date
             daticert(
                 p,
                 s,
+                now,
                 "preavviso-errore-consegna",
                 "altro",
                 &format!("<consegna>{}</consegna>\r\n<errore-esteso>{}</errore-esteso>\r\n", xml(recipient), xml(reason)),
