@@ -248,6 +248,12 @@ fn mixed_campaign(n: usize) {
     // Nothing was delivered late against a deadline in the past: every
     // row is a fallback then.
     assert_eq!(report(&env, &id, &["--fallback", "--deadline", "2020-01-01"]).len(), n);
+    // The HTML report: counts and one row per recipient, values escaped.
+    let html = env.campaign("mario", &["report", &id, "--format", "html"]);
+    assert!(html.status.success());
+    let html = String::from_utf8(html.stdout).unwrap();
+    assert_eq!(html.matches("<tr class=\"delivered\"><td>").count() - 1, rows.iter().filter(|r| r["state"] == "delivered").count(), "one per delivered row, plus the count's");
+    assert!(html.contains("Verbali 2026") && html.contains("5.2.2") && !html.contains("<script"), "{html}");
     // Evidence for one delivered and one failed recipient: the notice and
     // the signed receipts, with their SHA-256 (as in the report).
     for (i, receipts) in [(4usize, ["accettazione.eml", "consegna.eml"]), (10, ["accettazione.eml", "errore-consegna.eml"])] {

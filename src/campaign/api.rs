@@ -275,7 +275,7 @@ impl Api {
         )
     }
 
-    /// `GET /api/campaigns/{id}/report?format=csv|jsonl[&fallback=1][&deadline=RFC3339]`.
+    /// `GET /api/campaigns/{id}/report?format=csv|jsonl|html[&fallback=1][&deadline=RFC3339]`.
     pub fn report(&self, user: &User, id: &str, params: &HashMap<String, String>) -> Answer {
         let c = match self.campaign_for(user, id) {
             Ok(c) => c,
@@ -299,7 +299,8 @@ impl Api {
         match params.get("format").map(String::as_str).unwrap_or("csv") {
             "csv" => (200, "text/csv; charset=utf-8", report::to_csv(&rows)),
             "jsonl" => (200, "application/x-ndjson", report::to_jsonl(&rows)),
-            other => err(400, format!("format {other:?}: use csv or jsonl")),
+            "html" => (200, "text/html; charset=utf-8", report::to_html(&c, &rows)),
+            other => err(400, format!("format {other:?}: use csv, jsonl or html")),
         }
     }
 }

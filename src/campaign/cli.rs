@@ -128,7 +128,7 @@ pub enum CampaignCmd {
         #[command(flatten)]
         conn: Conn,
         id: String,
-        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl", "html"])]
         format: String,
         /// Only the recipients who need registered mail (failed, or not
         /// delivered by the deadline), as their original CSV rows.

@@ -255,6 +255,70 @@ pub fn to_jsonl(rows: &[Row]) -> Vec<u8> {
     out
 }
 
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The report as one HTML page (no scripts, no external resources): the
+/// campaign, counts by state, then one table row per recipient; for
+/// printing or attaching to a file.
+pub fn to_html(c: &CampaignRow, rows: &[Row]) -> Vec<u8> {
+    let mut h = String::from("<!DOCTYPE html>\n<html lang=\"it\"><head><meta charset=\"utf-8\">");
+    h += &format!("<title>Campagna {}</title>", html_escape(&c.spec.name));
+    h += "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;text-align:left}th{background:#eee}.failed,.not-accepted,.not-certified,.ambiguous{background:#fdd}.delivered{background:#dfd}</style></head><body>\n";
+    h += &format!(
+        "<h1>{}</h1>\n<p>Campaign {} from mailbox {}, created {} by {}; {} notices; status {}{}.</p>\n",
+        html_escape(&c.spec.name),
+        html_escape(&c.spec.id),
+        html_escape(&c.spec.mailbox),
+        time(Some(c.created_at)),
+        html_escape(&c.spec.created_by),
+        c.spec.total,
+        c.status.name(),
+        c.spec.deadline.map(|d| format!("; deadline {}", time(Some(d)))).unwrap_or_default()
+    );
+    h += "<table><tr><th>state</th><th>notices</th></tr>\n";
+    for (state, n) in counts(rows) {
+        h += &format!("<tr class=\"{state}\"><td>{state}</td><td>{n}</td></tr>\n");
+    }
+    h += "</table>\n<h2>Recipients</h2>\n<table>\n<tr>";
+    for col in [
+        "n",
+        "line",
+        "address",
+        "key",
+        "state",
+        "provider id",
+        "accepted at",
+        "delivered at",
+        "failure",
+        "attempts",
+        "notice SHA-256",
+    ] {
+        h += &format!("<th>{col}</th>");
+    }
+    h += "</tr>\n";
+    for r in rows {
+        h += &format!(
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
+            r.state,
+            r.n,
+            r.line,
+            html_escape(&r.address),
+            html_escape(&r.key),
+            r.state,
+            html_escape(r.provider_id.as_deref().unwrap_or("")),
+            time(r.accepted_at),
+            time(r.delivered_at),
+            html_escape(r.failure.as_deref().unwrap_or("")),
+            r.attempts,
+            r.notice_sha256
+        );
+    }
+    h += "</table>\n</body></html>\n";
+    h.into_bytes()
+}
+
 /// The fallback list, ready for a mail merge: the recipients' own rows as
 /// they were uploaded (same columns, same separator) plus `stato` and
 /// `motivo`, for those who need registered mail.
