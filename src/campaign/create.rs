@@ -185,7 +185,12 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
         let mut own = Vec::new();
         for p in &row.attachments {
             let name = p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
-            own.push((name, blob(store, "attachment", &req.files[p])?));
+            // Validation left out every row whose files were not uploaded.
+            let hash = req
+                .files
+                .get(p)
+                .ok_or_else(|| CreateError::Input(format!("line {}: attachment {p:?} was not uploaded", row.line)))?;
+            own.push((name, blob(store, "attachment", hash)?));
         }
         let attachments: Vec<(&str, &[u8])> =
             common.iter().chain(own.iter()).map(|(n, b)| (n.as_str(), b.as_slice())).collect();
