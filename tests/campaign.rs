@@ -47,13 +47,15 @@ struct Env {
     gw: Gateway,
     record: PathBuf,
     dir: tempfile::TempDir,
+    /// The gateway's IMAP listener.
+    imap_port: u16,
 }
 
 /// The simulator (`sim_extra`: more of its top-level keys) and the gateway
 /// (`sending`: the prot mailbox's limits), started.
 fn setup(sim_extra: &str, sending: &str, gw_extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let (smtp_port, imap_port, http_port) = (free_port(), free_port(), free_port());
+    let (smtp_port, imap_port, http_port, gw_imap) = (free_port(), free_port(), free_port(), free_port());
     let record = dir.path().join("record.jsonl");
     let sim_cfg = dir.path().join("sim.toml");
     std::fs::write(
@@ -73,18 +75,24 @@ fn setup(sim_extra: &str, sending: &str, gw_extra: &str) -> Env {
     wait_port(imap_port, &sim.log);
     let hash = pecgate::auth::hash_password(PW).unwrap();
     let body = format!(
-        "{FAST_UPSTREAM}[pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n{gw_extra}\n\
+        "{FAST_UPSTREAM}[pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[tls]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n[imap]\nlisten = [\"127.0.0.1:{gw_imap}\"]\n\n{gw_extra}\n\
          [[mailbox]]\nalias = \"prot\"\naddress = \"{PROT}\"\nusername = \"prot\"\npassword = \"pw\"\n\
          imap = {{ host = \"127.0.0.1\", port = {imap_port}, tls = \"none\" }}\n\
          smtp = {{ host = \"127.0.0.1\", port = {smtp_port}, tls = \"none\" }}\npoll_interval = \"1s\"\n{sending}\n\
          [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\", \"send\"] }}\n\n\
          [[user]]\nname = \"anna\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\"] }}\n",
         pki = dir.path().join("pki").display(),
+        d = dir.path().display(),
     );
+    // The gateway's IMAP over TLS, a certificate for 127.0.0.1.
+    let c = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), c.ca).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), c.chain).unwrap();
+    std::fs::write(dir.path().join("key.pem"), c.key).unwrap();
     let mut gw = Gateway::new(&body);
     gw.start();
     wait_port(http_port, &gw.log_path);
-    Env { sim, gw, record, dir }
+    Env { sim, gw, record, dir, imap_port: gw_imap }
 }
 
 impl Env {
@@ -108,6 +116,11 @@ impl Env {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// An IMAP client (imaplib) logged in to the gateway as `user`.
+    fn imap(&self, user: &str) -> support::Imap {
+        support::Imap { host: "127.0.0.1".into(), port: self.imap_port, user: user.into(), password: PW.into(), tls_ca: Some(self.dir.path().join("ca.pem")) }
     }
 
     fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -276,6 +289,29 @@ fn mixed_campaign(n: usize) {
             }
         }
     }
+    // IMAP: the campaign's folder holds each notice as rendered (UID =
+    // its row), its state as keywords; read-only, for readers of the
+    // mailbox too.
+    let folder = "prot/Campaigns/Verbali 2026";
+    assert!(env.imap("anna").list().iter().any(|f| f == folder), "{:?}", env.imap("anna").list());
+    let imap = env.imap("mario");
+    let flags = imap.flags(folder);
+    assert_eq!(flags.len(), n);
+    for (i, (uid, fl)) in flags.iter().enumerate() {
+        assert_eq!(*uid as usize, i + 1);
+        let want = match rows[i]["state"].as_str() {
+            "delivered" => "$PecDelivered",
+            "failed" => "$PecFailed",
+            "not-certified" => "$PecNotCertified",
+            other => panic!("row {i} is {other}"),
+        };
+        assert!(fl.iter().any(|f| f == want) && fl.iter().any(|f| f == "\\Seen"), "row {i} {}: {fl:?}", rows[i]["state"]);
+    }
+    for (uid, sha) in imap.sha256s(folder) {
+        assert_eq!(sha, rows[uid as usize - 1]["notice_sha256"], "notice {uid} as fetched is the notice as sent");
+    }
+    let refused = imap.try_op("store_flags", serde_json::json!({ "folder": folder, "uids": [1], "flags": ["\\Flagged"], "add": true }));
+    assert!(refused.is_err(), "a campaign's folder is read-only: {refused:?}");
     // Metrics: notices by state, dialogues, ETA; the dashboard's campaign
     // panels query only what is exported.
     let metrics = env.scrape();

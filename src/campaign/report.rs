@@ -35,9 +35,34 @@ pub struct Row {
     pub message_id: String,
     /// SHA-256 of the notice as sent.
     pub notice_sha256: String,
+    /// The notice's size in bytes.
+    #[serde(skip)]
+    pub size: u64,
     /// SHA-256 of the receipts as archived (acceptance or non-acceptance,
     /// then delivery, failure or warning).
     pub receipts: Vec<String>,
+}
+
+/// A report state as IMAP keywords (a campaign's folder): the sent
+/// messages' `$Pec*` where they mean the same (`$PecAccepted` is the
+/// acceptance receipt), and one for each sending state before it.
+pub fn keywords(state: &str) -> &'static [&'static str] {
+    match state {
+        "queued" => &["$PecQueued"],
+        "submitting" => &["$PecSubmitting"],
+        "retrying" => &["$PecRetrying"],
+        "ambiguous" => &["$PecAmbiguous"],
+        "cancelled" => &["$PecCancelled"],
+        "accepted" => &["$PecSent"],
+        "acceptance-receipt" => &["$PecSent", "$PecAccepted"],
+        "delivered" => &["$PecSent", "$PecAccepted", "$PecDelivered"],
+        "failed" => &["$PecFailed"],
+        "not-accepted" => &["$PecNotAccepted", "$PecFailed"],
+        "warned" => &["$PecSent", "$PecAccepted", "$PecWarned"],
+        "overdue" => &["$PecSent", "$PecAccepted", "$PecOverdue"],
+        "not-certified" => &["$PecSent", "$PecNotCertified"],
+        _ => &[],
+    }
 }
 
 /// Is this row one for registered mail? Failed for good, or not delivered
@@ -69,6 +94,7 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
         submitted_at: n.submitted_at,
         message_id: n.notice.message_id.clone(),
         notice_sha256: n.notice.hash.clone(),
+        size: n.notice.size,
         receipts: Vec::new(),
     };
     let cancelled = c.status == Status::Cancelled;
@@ -374,6 +400,7 @@ mod tests {
             submitted_at: submitted,
             message_id: "<m@b.it>".into(),
             notice_sha256: String::new(),
+            size: 0,
             receipts: Vec::new(),
         }
     }

@@ -50,6 +50,8 @@ pub const UNDELIVERED: &str = "Undelivered";
 pub const ALL: &str = "All";
 /// The virtual folder of hidden messages (users with `delete` only).
 pub const TRASH: &str = "Trash";
+/// Parent of the campaigns' folders.
+pub const CAMPAIGNS: &str = "Campaigns";
 
 /// The gateway's computed `$Pec*` keywords live in `pec`; re-exported for
 /// the session code.
@@ -86,6 +88,10 @@ pub struct Folder {
     /// The mailbox's `All` (virtual, `\\All`, read-only): every message
     /// once, wherever it is filed, numbered by All UIDs.
     pub all: bool,
+    /// A campaign's folder (`Campaigns/<name>`, virtual, read-only): its
+    /// notices by number, each with its state as `$Pec*` keywords; the
+    /// campaign's id.
+    pub campaign: Option<String>,
 }
 
 impl Folder {
@@ -249,6 +255,7 @@ impl View {
                     trash: false,
                     private: false,
                         all: false,
+                        campaign: None,
                 }),
             });
         }
@@ -269,6 +276,7 @@ impl View {
                     trash: false,
                     private: true,
                     all: false,
+                    campaign: None,
                 }),
             });
         }
@@ -291,6 +299,7 @@ impl View {
                         trash: false,
                         private: false,
                         all: false,
+                        campaign: None,
                     }),
                 });
             }
@@ -307,6 +316,7 @@ impl View {
                     trash: false,
                     private: false,
                     all: true,
+                    campaign: None,
                 }),
             });
             if self.user.may(m, Right::Delete) {
@@ -323,6 +333,7 @@ impl View {
                         trash: true,
                         private: false,
                         all: false,
+                        campaign: None,
                     }),
                 });
             }
@@ -347,9 +358,11 @@ impl View {
                         trash: false,
                         private: false,
                         all: false,
+                        campaign: None,
                     }),
                 });
             }
+            self.campaign_folders(m, &mut out);
             for (store_name, shown) in self.categories(m) {
                 let name = format!("{m}{DELIMITER}{shown}");
                 out.push(ListEntry {
@@ -364,11 +377,88 @@ impl View {
                         trash: false,
                         private: false,
                         all: false,
+                        campaign: None,
                     }),
                 });
             }
         }
         out
+    }
+
+    /// `mailbox`'s campaigns, each a folder under `Campaigns` named as the
+    /// campaign is (a `/` in it shown as `-`; a second campaign of the same
+    /// name gets its id added), oldest first.
+    fn campaign_folders(&self, mailbox: &str, out: &mut Vec<ListEntry>) {
+        let mut campaigns = match self.store.campaigns() {
+            Ok(c) => c.into_iter().filter(|c| c.spec.mailbox == mailbox).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(mailbox, error = %e, "cannot list the campaigns");
+                return;
+            }
+        };
+        if campaigns.is_empty() {
+            return;
+        }
+        campaigns.sort_by(|a, b| (a.created_at, &a.spec.id).cmp(&(b.created_at, &b.spec.id)));
+        out.push(ListEntry { name: format!("{mailbox}{DELIMITER}{CAMPAIGNS}"), folder: None });
+        let mut taken = HashSet::new();
+        for c in campaigns {
+            let mut leaf = campaign_leaf(&c.spec.name);
+            if !taken.insert(leaf.to_lowercase()) {
+                leaf = format!("{leaf} ({})", c.spec.id);
+                taken.insert(leaf.to_lowercase());
+            }
+            let name = format!("{mailbox}{DELIMITER}{CAMPAIGNS}{DELIMITER}{leaf}");
+            out.push(ListEntry {
+                name: name.clone(),
+                folder: Some(Folder {
+                    name,
+                    mailbox: mailbox.to_string(),
+                    store_folder: None,
+                    category: false,
+                    special_use: None,
+                    handling: None,
+                    trash: false,
+                    private: false,
+                    all: false,
+                    campaign: Some(c.spec.id),
+                }),
+            });
+        }
+    }
+
+    /// A campaign's folder: notice `n` as UID `n`, its rendered bytes (what
+    /// was or will be sent), its state as keywords (see
+    /// [`crate::campaign::report::keywords`]), `\Seen` for everybody (a
+    /// report to look at, not mail to read). The list is held per store
+    /// generation: a notice that becomes overdue with no change recorded
+    /// shows so at the next change.
+    fn campaign_snapshot(&self, f: &Folder, id: &str) -> Result<Snapshot, ViewError> {
+        let key = format!("{}\0campaign\0{id}", f.mailbox);
+        let stamp = Stamp { generation: self.store.generation(), second: 0 };
+        let msgs = match self.metas.cached(&key, stamp, None) {
+            Some(m) => m,
+            None => {
+                let Some(c) = self.store.campaign(id)? else { return Err(ViewError::NotFound) };
+                let mut sets = FlagSets::default();
+                let mut out = Vec::with_capacity(c.spec.total as usize);
+                for r in crate::campaign::report::rows(&self.store, &c, self.overdue_after)? {
+                    let m = Msg {
+                        hash: BlobHash::parse(&r.notice_sha256),
+                        size: r.size,
+                        internal_date: c.created_at,
+                        modseq: 1,
+                        flags: sets.get(crate::campaign::report::keywords(r.state).iter().copied()),
+                        source_uid: None,
+                        appended: false,
+                    };
+                    out.push((r.n, m));
+                }
+                self.metas.intern_folder(&key, out, stamp, None)
+            }
+        };
+        let seen = Arc::new(msgs.iter().map(|(u, _)| *u).collect());
+        Ok((msgs, seen))
     }
 
     /// The categories of `mailbox` (folders people created), as (store
@@ -438,6 +528,9 @@ impl View {
         }
         if f.all {
             return self.all_snapshot(f);
+        }
+        if let Some(id) = &f.campaign {
+            return self.campaign_snapshot(f, id);
         }
         let key = match &f.handling {
             Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
@@ -697,7 +790,7 @@ impl View {
     /// message becomes overdue), the handling views and INBOX's handling
     /// keywords once the mailbox tracks messages.
     pub fn changes_with_time(&self, f: &Folder) -> bool {
-        if f.trash || f.all {
+        if f.trash || f.all || f.campaign.is_some() {
             return false;
         }
         f.shows_sent()
@@ -737,6 +830,14 @@ impl View {
                 unseen,
                 highest_modseq: 1,
             };
+            return Ok((counts, snap));
+        }
+        if let Some(id) = &f.campaign {
+            // Notices are numbered once, at creation: the UIDs never
+            // change, and the UIDVALIDITY is the campaign id's.
+            let uidvalidity = id.bytes().fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619)) | 1 << 31;
+            let total = self.store.campaign(id)?.map_or(0, |c| c.spec.total);
+            let counts = Counts { uidvalidity, uidnext: total.saturating_add(1), exists, unseen, highest_modseq: 1 };
             return Ok((counts, snap));
         }
         if let Some(kind) = &f.handling {
@@ -810,10 +911,25 @@ fn recent_key(f: &Folder) -> String {
 /// Names under a mailbox that are the gateway's own: a category may not
 /// be called so, nor live under one (compared without case: `inbox`,
 /// `sent`).
-pub const RESERVED: [&str; 13] = [
+pub const RESERVED: [&str; 14] = [
     "INBOX", "Sent", "Receipts", "Anomalies", "Undelivered", "Trash", "To handle", "Mine", "Offices", "Done", "All", "Drafts",
-    "Templates",
+    "Templates", "Campaigns",
 ];
+
+/// A campaign's folder name under `Campaigns`: its name, with what a
+/// folder name cannot hold (the delimiter, `*`, `%`, control characters)
+/// as `-`, trimmed, at most 100 characters.
+fn campaign_leaf(name: &str) -> String {
+    let leaf: String = name
+        .chars()
+        .map(|c| if c == DELIMITER || c == '*' || c == '%' || c.is_control() { '-' } else { c })
+        .take(100)
+        .collect();
+    match leaf.trim() {
+        "" => "-".into(),
+        t => t.to_string(),
+    }
+}
 
 /// Why `name` (under a mailbox) cannot be a category, if it cannot.
 pub fn category_name_problem(name: &str) -> Option<String> {

@@ -62,6 +62,9 @@ pub async fn copy(
     if sel.folder.all {
         return io.status(cannot(tag, "All shows each message where it is filed: select that folder to copy from it"));
     }
+    if sel.folder.campaign.is_some() {
+        return io.status(cannot(tag, "a campaign's folder shows its notices as rendered; their sent copies are in Sent"));
+    }
     if target.category {
         return label(conn, user, sel, io, tag, set, uid, &target).await;
     }
