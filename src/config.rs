@@ -204,12 +204,27 @@ pub struct CampaignsConfig {
     /// reached for) before it fails.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// A notice the provider accepted whose delivery failed because the
+    /// recipient's mailbox was full is sent once more, as a new message,
+    /// this long after the failure (as Italy's notification platform does:
+    /// 7 days). `"0s"`: never.
+    #[serde(default = "default_retry_full", with = "humantime_serde")]
+    pub retry_full_after: Duration,
 }
 
 impl Default for CampaignsConfig {
     fn default() -> Self {
-        CampaignsConfig { settle_after: default_settle(), resend_ambiguous: false, max_attempts: default_attempts() }
+        CampaignsConfig {
+            settle_after: default_settle(),
+            resend_ambiguous: false,
+            max_attempts: default_attempts(),
+            retry_full_after: default_retry_full(),
+        }
     }
+}
+
+fn default_retry_full() -> Duration {
+    Duration::from_secs(7 * 86_400)
 }
 
 fn default_settle() -> Duration {

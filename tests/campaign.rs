@@ -34,6 +34,9 @@ outcome = "unknown"
 pattern = "taglia*"
 drop = true
 [[remote.rule]]
+pattern = "svuota*"
+outcome = "full-once"
+[[remote.rule]]
 pattern = "*"
 outcome = "delivered"
 
@@ -355,6 +358,56 @@ fn mixed_campaign(n: usize) {
 #[test]
 fn a_campaign_with_mixed_outcomes_is_reported_per_recipient_and_sent_once() {
     mixed_campaign(std::env::var("CAMPAIGN_NOTICES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000));
+}
+
+#[test]
+fn a_full_mailbox_gets_the_notice_once_more_as_a_new_message() {
+    let env = setup("", "sending = { per_minute = 6000 }", "[campaigns]\nretry_full_after = \"3s\"\n");
+    let csv = "verbale;nome;pec;importo\nV-1;Uno;pieno1@cittadini.sim;1\nV-2;Due;svuota2@cittadini.sim;2\nV-3;Tre;ignoto3@cittadini.sim;3\nV-4;Quattro;Cittadino.4@cittadini.sim;4\n";
+    let csv = env.write("d.csv", csv.as_bytes());
+    let tpl = env.write("t.txt", TEMPLATE.as_bytes());
+    let args = ["create", "--mailbox", "prot", "--name", "piene", "--recipients", csv.to_str().unwrap(), "--template", tpl.to_str().unwrap(), "--start"];
+    let id = created_id(&env.campaign("mario", &args));
+    // Until the emptied mailbox has the notice and the full one failed twice.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rows = loop {
+        let rows = report(&env, &id, &[]);
+        if rows[1]["state"] == "delivered" && rows[0]["state"] == "failed" && rows[0]["attempts"] == "2" && rows[0]["receipts_sha256"].split(' ').count() == 4 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "not redelivered: {rows:#?}\n{}", support::gateway::tail(&env.gw.log(), 30));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (full, emptied, unknown, fine) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    // Sent again as a new message, its own Message-ID; both sendings'
+    // receipts (acceptance and delivery error, then acceptance and
+    // delivery) are the row's evidence.
+    assert!(emptied["message_id"].ends_with(".r1@pec.sim.test>") && emptied["attempts"] == "2", "{emptied:?}");
+    assert_eq!(emptied["receipts_sha256"].split(' ').count(), 4, "{emptied:?}");
+    assert!(full["failure"].contains("5.2.2") && full["message_id"].contains(".r1@"), "{full:?}");
+    // Other failures and deliveries are never sent again.
+    assert_eq!((unknown["state"].as_str(), unknown["attempts"].as_str()), ("failed", "1"), "{unknown:?}");
+    assert_eq!((fine["state"].as_str(), fine["attempts"].as_str()), ("delivered", "1"), "{fine:?}");
+    // Once: the mailbox still full after the retry gets nothing more.
+    std::thread::sleep(Duration::from_secs(8));
+    let received = env.received();
+    assert_eq!(received.len(), 6, "{received:?}");
+    assert!(received.values().all(|n| *n == 1), "{received:?}");
+    assert_eq!(report(&env, &id, &[])[0]["attempts"], "2");
+    // The evidence names each sending.
+    let dir = env.dir.path().join("evidence-svuota");
+    let out = env.campaign("mario", &["evidence", &id, "--recipient", "svuota2@cittadini.sim", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    for f in ["invio-1-notice.eml", "invio-1-accettazione.eml", "invio-1-errore-consegna.eml", "notice.eml", "accettazione.eml", "consegna.eml"] {
+        assert!(sums.lines().any(|l| l.ends_with(&format!("  {f}"))), "{f} missing: {sums}");
+    }
+    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&dir).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let again = std::fs::read_to_string(dir.join("notice.eml")).unwrap();
+    let first = std::fs::read_to_string(dir.join("invio-1-notice.eml")).unwrap();
+    assert!(again.contains(emptied["message_id"].as_str()) && !first.contains(emptied["message_id"].as_str()));
+    assert_eq!(again.split("\r\n\r\n").nth(1), first.split("\r\n\r\n").nth(1), "the same notice text");
 }
 
 #[test]

@@ -326,25 +326,26 @@ impl Api {
             return store_err(e);
         }
         let Some(n) = found else { return err(404, format!("campaign {id} has no notice to {want}")) };
-        let mut files = vec![("notice.eml".to_string(), n.notice.hash.clone())];
-        match self.store.sent_state(&c.spec.mailbox, &n.notice.message_id) {
-            Ok(Some(s)) => {
-                let rec = s.recipients.get(&want);
-                let slots = [
-                    ("accettazione", s.accepted.as_ref()),
-                    ("non-accettazione", s.not_accepted.as_ref()),
-                    ("consegna", rec.and_then(|r| r.delivered.as_ref())),
-                    ("errore-consegna", rec.and_then(|r| r.failed.as_ref())),
-                    ("preavviso-errore-consegna", rec.and_then(|r| r.warned.as_ref())),
-                ];
-                for (name, e) in slots {
-                    if let Some(h) = e.and_then(|e| e.hash.clone()) {
-                        files.push((format!("{name}.eml"), h));
-                    }
+        // Each sending: the notice and its receipts (a redelivered notice's
+        // earlier sendings first, their files numbered).
+        let mut sendings: Vec<(String, &str, &str)> = n
+            .earlier
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("invio-{}-", i + 1), e.message_id.as_str(), e.hash.as_str()))
+            .collect();
+        sendings.push((String::new(), n.notice.message_id.as_str(), n.notice.hash.as_str()));
+        let mut files = Vec::new();
+        for (prefix, message_id, hash) in sendings {
+            files.push((format!("{prefix}notice.eml"), hash.to_string()));
+            match self.store.sent_state(&c.spec.mailbox, message_id) {
+                Ok(Some(s)) => {
+                    let found = super::report::receipts(&s, &want);
+                    files.extend(found.into_iter().map(|(name, h)| (format!("{prefix}{name}.eml"), h)));
                 }
+                Ok(None) => {}
+                Err(e) => return store_err(e),
             }
-            Ok(None) => {}
-            Err(e) => return store_err(e),
         }
         let mut out = Vec::new();
         for (name, hash) in files {

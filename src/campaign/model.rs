@@ -12,7 +12,9 @@
 //!   │            │  └──▶ failed (5xx: refused for good)
 //!   │            └──▶ ambiguous (the dialogue broke after the message was sent, or a crash:
 //!   │                            only the provider's receipts can tell) ──▶ accepted | failed
-//!   └─────────── requeued (an administrator's `campaign resolve --resend`)
+//!   ├─────────── requeued (an administrator's `campaign resolve --resend`)
+//!   └─────────── redelivered (accepted, then the recipient's mailbox was full: once, after
+//!                            `campaigns.retry_full_after`, as a new message with its own Message-ID)
 //! ```
 //!
 //! After `accepted`, delivery is the provider's receipts, reconciled like
@@ -90,6 +92,20 @@ pub enum Step {
     Ambiguous { reason: String },
     /// Back in the queue (an administrator's `resolve --resend`).
     Requeued { reason: String },
+    /// Back in the queue as a new message (its own Message-ID and bytes,
+    /// already a blob): the accepted notice's delivery failed because the
+    /// recipient's mailbox was full. Once per notice.
+    Redelivered { message_id: String, hash: String, size: u64, reason: String },
+}
+
+/// A notice's earlier sending, before it was redelivered: its evidence
+/// stays in the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earlier {
+    pub message_id: String,
+    pub hash: String,
+    /// Why it was sent again (the provider's delivery error).
+    pub reason: String,
 }
 
 /// A campaign's lifecycle, as ordered.
@@ -196,6 +212,9 @@ pub struct NoticeRow {
     /// The provider's 250 reply (its queue id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// Sendings before a redelivery, oldest first (`notice` is the last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Earlier>,
 }
 
 impl NoticeRow {
@@ -209,6 +228,7 @@ impl NoticeRow {
             submitted_at: None,
             accepted_at: None,
             reply: None,
+            earlier: Vec::new(),
         }
     }
 
@@ -240,6 +260,19 @@ impl NoticeRow {
             (Submitting, Step::Ambiguous { reason }) => {
                 self.state = Ambiguous;
                 self.reason = Some(reason.clone());
+            }
+            (Accepted, Step::Redelivered { message_id, hash, size, reason }) if self.earlier.is_empty() => {
+                self.earlier.push(Earlier {
+                    message_id: std::mem::replace(&mut self.notice.message_id, message_id.clone()),
+                    hash: std::mem::replace(&mut self.notice.hash, hash.clone()),
+                    reason: reason.clone(),
+                });
+                self.notice.size = *size;
+                self.state = Queued;
+                self.reason = Some(reason.clone());
+                self.accepted_at = None;
+                self.reply = None;
+                self.not_before = None;
             }
             (Ambiguous | Failed | Retry, Step::Requeued { reason }) => {
                 self.state = Queued;
@@ -300,6 +333,21 @@ mod tests {
         assert_eq!(settled.state, SendState::Accepted);
         r.apply(&Step::Requeued { reason: "resolve --resend".into() }, t);
         assert_eq!(r.state, SendState::Queued);
+    }
+
+    #[test]
+    fn a_notice_to_a_full_mailbox_is_redelivered_once_as_a_new_message() {
+        let (mut r, t) = (row(), Utc::now());
+        let again = Step::Redelivered { message_id: "<n1.r@gw>".into(), hash: "11".into(), size: 12, reason: "5.2.2".into() };
+        assert!(!r.allows(&again), "only an accepted notice");
+        r.apply(&Step::Submitting { attempt: 1 }, t);
+        r.apply(&Step::Accepted { reply: "250".into() }, t);
+        r.apply(&again, t);
+        assert_eq!((r.state, r.notice.message_id.as_str(), r.notice.hash.as_str(), r.notice.size), (SendState::Queued, "<n1.r@gw>", "11", 12));
+        assert_eq!(r.earlier, vec![Earlier { message_id: "<n1@gw>".into(), hash: "00".into(), reason: "5.2.2".into() }]);
+        r.apply(&Step::Submitting { attempt: 2 }, t);
+        r.apply(&Step::Accepted { reply: "250".into() }, t);
+        assert!(!r.allows(&again), "once");
     }
 
     #[test]

@@ -123,9 +123,8 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
     }
     let key = crate::pec::normalize_address(&n.notice.to);
     let Some(rec) = s.recipients.get(&key) else { return r };
-    for e in [&rec.delivered, &rec.failed, &rec.warned].into_iter().flatten() {
-        r.receipts.extend(e.hash.clone());
-    }
+    let for_recipient = receipts(&s, &n.notice.to).into_iter().filter(|(name, _)| name.contains("consegna"));
+    r.receipts.extend(for_recipient.map(|(_, h)| h));
     if n.state != SendState::Accepted {
         return r;
     }
@@ -150,6 +149,23 @@ fn row(c: &CampaignRow, n: NoticeRow, sent: Option<SentMessage>, now: DateTime<U
     r
 }
 
+/// The receipts archived for a sending to `to`, as (name, SHA-256): the
+/// acceptance or non-acceptance, then the delivery, delivery error or
+/// warning; named as the evidence files are.
+pub fn receipts(s: &SentMessage, to: &str) -> Vec<(&'static str, String)> {
+    let rec = s.recipients.get(&crate::pec::normalize_address(to));
+    [
+        ("accettazione", s.accepted.as_ref()),
+        ("non-accettazione", s.not_accepted.as_ref()),
+        ("consegna", rec.and_then(|r| r.delivered.as_ref())),
+        ("errore-consegna", rec.and_then(|r| r.failed.as_ref())),
+        ("preavviso-errore-consegna", rec.and_then(|r| r.warned.as_ref())),
+    ]
+    .into_iter()
+    .filter_map(|(name, e)| Some((name, e?.hash.clone()?)))
+    .collect()
+}
+
 /// Every recipient's row, in CSV order.
 pub fn rows(
     store: &Store,
@@ -165,7 +181,19 @@ pub fn rows(
             Some(d) => sent.map(|s| s.with_overdue_after(d)),
             None => sent,
         };
-        out.push(row(c, n, sent, now));
+        // A redelivered notice: the earlier sendings' receipts first.
+        let mut before = Vec::new();
+        for e in &n.earlier {
+            if let Some(s) = store.sent_state(&c.spec.mailbox, &e.message_id)? {
+                before.extend(receipts(&s, &n.notice.to).into_iter().map(|(_, h)| h));
+            }
+        }
+        let mut r = row(c, n, sent, now);
+        if !before.is_empty() {
+            before.append(&mut r.receipts);
+            r.receipts = before;
+        }
+        out.push(r);
     }
     Ok(out)
 }

@@ -11,8 +11,12 @@
 //! receipt naming its Message-ID) makes it accepted, a non-acceptance
 //! failed; with neither within `settle_after` it becomes ambiguous and is
 //! resent only by policy or by an administrator.
+//!
+//! A notice whose delivery failed because the recipient's mailbox was full
+//! is sent once more, as a new message, `retry_full_after` after the
+//! failure (see [`Step::Redelivered`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,7 @@ use tokio::sync::{watch, Notify};
 
 use super::model::{CampaignRow, NoticeRow, SendState, Status, Step};
 use crate::config::{CampaignsConfig, MailboxConfig};
+use crate::pec::reconcile::{is_mailbox_full, RecipientStatus};
 use crate::sending::Limiter;
 use crate::smtp::relay::{self, Sent};
 use crate::store::{Audit, Change, Event, Store, StoreError};
@@ -49,7 +54,15 @@ struct Plan {
     /// When notices of this mailbox started a dialogue in the last day
     /// (to count against the sending limits after a restart).
     recent: Vec<DateTime<Utc>>,
+    /// Accepted notices whose recipient's mailbox was full, due to be
+    /// sent again: with the provider's words.
+    redeliver: Vec<(CampaignRow, NoticeRow, String)>,
 }
+
+/// Accepted notices whose delivery is settled for good (delivered, failed
+/// otherwise than full, not certified, redelivered already): not looked up
+/// again by this sender.
+type Settled = HashSet<(String, u32)>;
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(60u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)).min(3600))
@@ -62,11 +75,12 @@ impl Sender {
             return;
         }
         let mut seeded = false;
+        let mut settled = Settled::new();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let plan = match self.plan(&mb.alias) {
+            let plan = match self.plan(&mb.alias, &mut settled) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(mailbox = %mb.alias, error = %e, "campaigns: cannot read the queue");
@@ -85,6 +99,14 @@ impl Sender {
                 }
             }
             let mut sent_any = false;
+            for (c, n, reason) in &plan.redeliver {
+                match self.redeliver(c, n, reason).await {
+                    Ok(()) => sent_any = true,
+                    Err(e) => {
+                        tracing::error!(campaign = %c.spec.id, notice = n.notice.n, error = %e, "campaigns: cannot queue a redelivery")
+                    }
+                }
+            }
             for (id, n) in &plan.due {
                 if *shutdown.borrow() {
                     return;
@@ -118,13 +140,16 @@ impl Sender {
         }
     }
 
-    fn plan(&self, alias: &str) -> Result<Plan, StoreError> {
+    fn plan(&self, alias: &str, settled: &mut Settled) -> Result<Plan, StoreError> {
         let (mut plan, now) = (Plan::default(), Utc::now());
+        let full_after = chrono::Duration::from_std(self.cfg.retry_full_after).unwrap_or(chrono::Duration::MAX);
         for c in self.store.campaigns()? {
             if c.spec.mailbox != alias {
                 continue;
             }
             let running = c.status == Status::Running;
+            // Accepted long enough ago that a full mailbox may be due again.
+            let mut delivered = Vec::new();
             self.store.notices(&c.spec.id, |n| {
                 if let Some(t) = n.submitted_at.filter(|t| now - *t < chrono::Duration::days(1)) {
                     plan.recent.push(t);
@@ -136,11 +161,69 @@ impl Sender {
                         Some(t) if t > now => plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t))),
                         _ => plan.due.push((c.spec.id.clone(), n.notice.n)),
                     },
+                    SendState::Accepted
+                        if running
+                            && !self.cfg.retry_full_after.is_zero()
+                            && n.earlier.is_empty()
+                            && n.accepted_at.is_some_and(|t| now - t >= full_after)
+                            && !settled.contains(&(c.spec.id.clone(), n.notice.n)) =>
+                    {
+                        delivered.push(n)
+                    }
+                    // Not yet: look again when it may be.
+                    SendState::Accepted if running && !self.cfg.retry_full_after.is_zero() && n.earlier.is_empty() => {
+                        if let Some(t) = n.accepted_at.map(|t| t + full_after) {
+                            plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t)));
+                        }
+                    }
                     _ => {}
                 }
             })?;
+            for n in delivered {
+                let Some(s) = self.store.sent_state(alias, &n.notice.message_id)? else { continue };
+                let s = s.with_overdue_after(Duration::MAX);
+                let rec = s.recipients.get(&crate::pec::normalize_address(&n.notice.to));
+                let failed = match rec.map(|r| s.recipient_status(r, now)) {
+                    Some(RecipientStatus::DeliveryFailed) => rec.and_then(|r| r.failed.as_ref()),
+                    // Not settled yet: looked at again next time.
+                    Some(RecipientStatus::Pending | RecipientStatus::Warned | RecipientStatus::Overdue) => continue,
+                    None if s.not_accepted.is_none() => continue,
+                    _ => None,
+                };
+                let full = failed.and_then(|e| e.detail.clone()).filter(|d| is_mailbox_full(d));
+                let (Some(e), Some(reason)) = (failed, full) else {
+                    settled.insert((c.spec.id.clone(), n.notice.n));
+                    continue;
+                };
+                let due = e.certified_at.unwrap_or(e.at) + full_after;
+                if due <= now {
+                    settled.insert((c.spec.id.clone(), n.notice.n));
+                    plan.redeliver.push((c.clone(), n, reason));
+                } else {
+                    plan.next_retry = Some(plan.next_retry.map_or(due, |o| o.min(due)));
+                }
+            }
         }
         Ok(plan)
+    }
+
+    /// Queue `n` again as a new message (its Message-ID and Date
+    /// replaced): its recipient's mailbox was full (`reason`).
+    async fn redeliver(&self, c: &CampaignRow, n: &NoticeRow, reason: &str) -> Result<(), StoreError> {
+        let old = &n.notice.message_id;
+        let inner = old.trim_start_matches('<').trim_end_matches('>');
+        let message_id = match inner.rsplit_once('@') {
+            Some((local, domain)) => format!("<{local}.r{}@{domain}>", n.earlier.len() + 1),
+            None => format!("<{inner}.r{}>", n.earlier.len() + 1),
+        };
+        let bytes = crate::campaign::template::reissue(&self.store.get_blob(&n.notice.hash)?, &message_id, Utc::now().fixed_offset())
+            .ok_or_else(|| StoreError::Invalid(format!("notice {} has no Message-ID to replace", n.notice.n)))?;
+        let size = bytes.len() as u64;
+        let blob = self.store.put_blob(bytes).await?;
+        let reason = format!("mailbox full, sent again as {message_id}: {reason}");
+        tracing::info!(campaign = %c.spec.id, notice = n.notice.n, to = %n.notice.to, %message_id, "campaign notice: the recipient's mailbox was full; sending it again");
+        let step = Step::Redelivered { message_id, hash: blob.hash, size, reason: reason.clone() };
+        self.step(c, n, "notice-redelivered", reason, step).await
     }
 
     fn audit(&self, c: &CampaignRow, n: &NoticeRow, op: &str, outcome: String) -> Audit {

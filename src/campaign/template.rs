@@ -347,6 +347,45 @@ impl Template {
     }
 }
 
+/// A rendered notice as a new message (a redelivery): the same bytes with
+/// its `Message-ID` and `Date` fields replaced (continuation lines
+/// included), each line ending kept. `None` when the header section has no
+/// `Message-ID`.
+pub fn reissue(bytes: &[u8], message_id: &str, date: DateTime<FixedOffset>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let (mut pos, mut replaced, mut skipping) = (0, false, false);
+    while pos < bytes.len() {
+        let end = bytes[pos..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |i| pos + i + 1);
+        let line = &bytes[pos..end];
+        let content = line.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l)).unwrap_or(line);
+        if content.is_empty() {
+            // The end of the header section: the body as it is.
+            out.extend_from_slice(&bytes[pos..]);
+            break;
+        }
+        let continuation = matches!(content[0], b' ' | b'\t');
+        if !continuation {
+            let name = content.split(|b| *b == b':').next().unwrap_or_default();
+            let eol: &[u8] = if line.ends_with(b"\r\n") { b"\r\n" } else { b"\n" };
+            skipping = false;
+            if name.eq_ignore_ascii_case(b"Message-ID") {
+                out.extend_from_slice(format!("Message-ID: {message_id}").as_bytes());
+                out.extend_from_slice(eol);
+                (skipping, replaced) = (true, true);
+            } else if name.eq_ignore_ascii_case(b"Date") {
+                out.extend_from_slice(format!("Date: {}", date.to_rfc2822()).as_bytes());
+                out.extend_from_slice(eol);
+                skipping = true;
+            }
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    replaced.then_some(out)
+}
+
 /// Content type of an attachment from its file name's extension.
 pub fn content_type(file_name: &str) -> &'static str {
     let ext = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
@@ -421,6 +460,18 @@ fn crlf(s: String) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reissued_notice_has_a_new_message_id_and_date_and_the_same_body() {
+        let old = b"From: a@pec.it\r\nMessage-ID:\r\n <old@gw>\r\nDate: Mon, 1 Jun 2026 10:00:00 +0000\r\nSubject: x\r\n\r\nMessage-ID: <in-body@x>\r\n";
+        let date = chrono::DateTime::parse_from_rfc3339("2026-06-08T10:00:00+02:00").unwrap();
+        let new = super::reissue(old, "<new@gw>", date).unwrap();
+        assert_eq!(
+            String::from_utf8(new).unwrap(),
+            "From: a@pec.it\r\nMessage-ID: <new@gw>\r\nDate: Mon, 8 Jun 2026 10:00:00 +0200\r\nSubject: x\r\n\r\nMessage-ID: <in-body@x>\r\n"
+        );
+        assert_eq!(super::reissue(b"From: a@pec.it\n\nbody\n", "<n@gw>", date), None, "no Message-ID to replace");
+    }
+
     use super::*;
     use mail_parser::{MessageParser, MimeHeaders};
 

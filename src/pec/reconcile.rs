@@ -192,6 +192,15 @@ pub struct SentMessage {
     pub overdue_after: Duration,
 }
 
+/// Does a delivery error say the recipient's mailbox was full? RFC 3463's
+/// "mailbox full" (5.2.2, or 4.2.2) or the words providers write.
+pub fn is_mailbox_full(detail: &str) -> bool {
+    let d = detail.to_lowercase();
+    ["5.2.2", "4.2.2", "casella piena", "mailbox full", "mailbox is full", "quota", "spazio esaurito"]
+        .iter()
+        .any(|w| d.contains(w))
+}
+
 /// The normalised key a receipt is filed under, if it has one.
 pub fn key_of(c: &Classification) -> Option<&str> {
     c.original_message_id.as_deref()

@@ -26,12 +26,12 @@
 //! outcome = "delivered"
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -118,7 +118,9 @@ pub struct RemoteRuleConfig {
     /// `delivered` (delivery receipt), `full` (non-delivery notice "5.2.2 -
     /// Casella piena"), `unknown` (non-delivery notice "5.1.1 - Utente non
     /// riconosciuto"), `late` (no delivery receipt; the non-delivery
-    /// warning `preavviso-errore-consegna` instead). Default `delivered`.
+    /// warning `preavviso-errore-consegna` instead), `full-once` (full the
+    /// first time an address is sent to, delivered after: the citizen
+    /// emptied the mailbox). Default `delivered`.
     #[serde(default)]
     pub outcome: Option<String>,
     /// Wait before that receipt (humantime, e.g. `"2s"`); default the
@@ -143,10 +145,13 @@ pub enum Outcome {
     Unknown,
     /// No delivery receipt; a non-delivery warning (`preavviso-errore-consegna`).
     Late,
+    /// `Full` for an address's first submission, `Delivered` after
+    /// (decided by [`Script::route`]: never in a [`Dest`]).
+    FullOnce,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Delivered, Outcome::Full, Outcome::Unknown, Outcome::Late];
+    const ALL: [Outcome; 5] = [Outcome::Delivered, Outcome::Full, Outcome::Unknown, Outcome::Late, Outcome::FullOnce];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -154,6 +159,7 @@ impl Outcome {
             Outcome::Full => "full",
             Outcome::Unknown => "unknown",
             Outcome::Late => "late",
+            Outcome::FullOnce => "full-once",
         }
     }
 
@@ -219,6 +225,8 @@ pub struct Script {
     remotes: Vec<Remote>,
     pub drop_after_accept: f64,
     pub record: Option<PathBuf>,
+    /// The addresses a `full-once` rule has answered full (lower case).
+    full_once: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Does `text` match the glob `pattern` (`*`, `?`; ASCII case-insensitive)?
@@ -315,6 +323,7 @@ impl Campaign {
             remotes,
             drop_after_accept: self.drop_after_accept,
             record: self.record.clone(),
+            full_once: Arc::default(),
         })
     }
 }
@@ -332,6 +341,10 @@ impl Script {
             return Some((Dest::NotPec, drop));
         }
         let dest = match rule {
+            Some(r) if r.outcome == Outcome::FullOnce => {
+                let first = self.full_once.lock().unwrap_or_else(|e| e.into_inner()).insert(address.to_ascii_lowercase());
+                Dest::Remote { outcome: if first { Outcome::Full } else { Outcome::Delivered }, delay: r.delay }
+            }
             Some(r) => Dest::Remote { outcome: r.outcome, delay: r.delay },
             None => Dest::Remote { outcome: Outcome::Delivered, delay: None },
         };
@@ -459,7 +472,7 @@ impl Counters {
             Dest::Own => &self.own_mailbox,
             Dest::NotPec => &self.not_pec,
             Dest::Remote { outcome: Outcome::Delivered, .. } => &self.delivered,
-            Dest::Remote { outcome: Outcome::Full, .. } => &self.full,
+            Dest::Remote { outcome: Outcome::Full | Outcome::FullOnce, .. } => &self.full,
             Dest::Remote { outcome: Outcome::Unknown, .. } => &self.unknown,
             Dest::Remote { outcome: Outcome::Late, .. } => &self.late,
         };

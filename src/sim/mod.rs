@@ -674,7 +674,7 @@ async fn process(sim: Arc<Sim>, plan: Plan, body: Vec<u8>) {
             Dest::Remote { outcome, delay } => {
                 let notice = match outcome {
                     Outcome::Delivered => Notice::Consegna { recipient },
-                    Outcome::Full => Notice::ErroreConsegna { recipient, reason: "5.2.2 - Casella piena".into() },
+                    Outcome::Full | Outcome::FullOnce => Notice::ErroreConsegna { recipient, reason: "5.2.2 - Casella piena".into() },
                     Outcome::Unknown => {
                         Notice::ErroreConsegna { recipient, reason: "5.1.1 - Utente non riconosciuto".into() }
                     }
