@@ -102,6 +102,10 @@ pub enum Command {
     /// tracked to its delivery receipt (talks to the daemon's HTTP API).
     #[command(subcommand)]
     Campaign(crate::campaign::cli::CampaignCmd),
+    /// Full-text search across the mailboxes you may read (the daemon's
+    /// HTTP API), ranked, with a snippet and the folder to look in; or
+    /// `search reindex` to rebuild the index.
+    Search(crate::fulltext::cli::SearchCmd),
 }
 
 #[derive(Subcommand)]
@@ -420,6 +424,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         cmd @ (Command::Rules(_) | Command::Handling(_)) => handling_command(cmd),
         Command::Campaign(c) => crate::campaign::cli::run(c),
+        Command::Search(c) => crate::fulltext::cli::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

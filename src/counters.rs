@@ -24,6 +24,25 @@ pub fn imap_sessions_open() -> &'static IntGauge {
     })
 }
 
+/// Journal records the full-text index has not read yet (the indexer sets
+/// it each pass; 0 when caught up).
+pub fn fulltext_backlog() -> &'static IntGauge {
+    static G: OnceLock<IntGauge> = OnceLock::new();
+    G.get_or_init(|| {
+        IntGauge::new("pecgate_fulltext_backlog_records", "Journal records the full-text index has not read yet.")
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
+/// Messages in the full-text index.
+pub fn fulltext_documents() -> &'static IntGauge {
+    static G: OnceLock<IntGauge> = OnceLock::new();
+    G.get_or_init(|| {
+        IntGauge::new("pecgate_fulltext_documents", "Messages in the full-text index (one per mailbox holding them).")
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
 /// Open client SMTP submission connections (process-wide), from accept
 /// to close. The SMTP server holds an [`SmtpSessionGuard`] per
 /// connection.

@@ -131,6 +131,9 @@ struct Shared {
     /// The mailboxes' sends against their sending limits, for SMTP
     /// submissions and campaigns alike.
     limiter: Arc<crate::sending::Limiter>,
+    /// The full-text index (`None` if it could not be opened: SEARCH
+    /// then reads the messages).
+    fulltext: Option<Arc<crate::fulltext::FullText>>,
     /// Wakes the campaign senders (a campaign started, resumed, resolved).
     wake: Arc<tokio::sync::Notify>,
 }
@@ -146,7 +149,7 @@ fn shared(cfg: &Config) -> anyhow::Result<Shared> {
         None => (None, None),
     };
     let rules = crate::handling::rules::LiveRules::new(crate::handling::rules::Rules::compile(cfg));
-    Ok(Shared { auth, rules, cert, tls, limiter: Default::default(), wake: Default::default() })
+    Ok(Shared { auth, rules, cert, tls, limiter: Default::default(), wake: Default::default(), fulltext: None })
 }
 
 fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
@@ -154,6 +157,7 @@ fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: 
         cfg: imap.clone(),
         tls: sh.tls.clone().context("[imap] needs [tls]")?,
         store: store.clone(),
+        fulltext: sh.fulltext.clone(),
         auth: sh.auth.clone(),
         sessions: old.map(|o| o.sessions.clone()).unwrap_or_default(),
         addresses: old.map(|o| o.addresses.clone()).unwrap_or_default(),
@@ -249,7 +253,21 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let store = open_store(&cfg)?;
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
-    let sh = shared(&cfg)?;
+    let mut sh = shared(&cfg)?;
+    // The full-text index beside the archive, following its journal.
+    let (fulltext_stop, fulltext_rx) = watch::channel(false);
+    let fulltext_task = match crate::fulltext::FullText::open(&cfg.store.data_dir, true) {
+        Ok(ft) => {
+            let ft = Arc::new(ft);
+            sh.fulltext = Some(ft.clone());
+            tracing::info!(dir = %ft.dir().display(), documents = ft.documents(), indexed_seq = ft.indexed_seq(), "full-text index open");
+            Some(tokio::spawn(crate::fulltext::indexer::run(store.clone(), ft, fulltext_rx)))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "full-text index unavailable: SEARCH BODY/TEXT will read every message, /api/search is off");
+            None
+        }
+    };
     let mut generation = start_generation(&cfg, &store, &board, &sh)?;
     let (imap_stop, mut imap_tasks, imap_ctx_tx) = start_imap(&cfg, &sh, &store).await?;
     let (http_stop, http_rx) = watch::channel(false);
@@ -268,6 +286,13 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     wake: sh.wake.clone(),
                     overdue_after: cfg.pec.overdue_after,
                 })),
+                search: sh.fulltext.clone().map(|ft| {
+                    Arc::new(crate::fulltext::api::SearchApi {
+                        store: store.clone(),
+                        ft,
+                        overdue_after: cfg.pec.overdue_after,
+                    })
+                }),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }
@@ -323,6 +348,10 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         smtp_tasks.abort_all();
     }
     generation.stop(Duration::from_secs(60)).await;
+    let _ = fulltext_stop.send(true);
+    if let Some(t) = fulltext_task {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
     store.close()?;
     tracing::info!("archive closed; bye");
     Ok(())

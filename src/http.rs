@@ -59,6 +59,8 @@ pub struct HttpState {
     pub auth: Arc<Authenticator>,
     /// The campaign endpoints (absent: 404).
     pub campaigns: Option<Arc<crate::campaign::api::Api>>,
+    /// `/api/search` (absent: 404).
+    pub search: Option<Arc<crate::fulltext::api::SearchApi>>,
 }
 
 /// Largest upload (a campaign's recipients list, template or attachment).
@@ -189,10 +191,31 @@ async fn campaigns(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> 
     respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
 }
 
+/// `GET /api/search` (see `fulltext::api`).
+async fn search(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let Some(api) = st.search.clone() else { return error(StatusCode::NOT_FOUND, "full-text search is not available here") };
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "GET only");
+    }
+    let user = match authenticate(st, peer, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let params = parse_query(req.uri().query().unwrap_or(""));
+    let (status, ct, b) = match tokio::task::spawn_blocking(move || api.search(&user, &params)).await {
+        Ok(a) => a,
+        Err(_) => (500, "application/json", b"{\"error\":\"search task failed\"}".to_vec()),
+    };
+    respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
+}
+
 async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let p = req.uri().path();
     if p == "/api/uploads" || p == "/api/campaigns" || p.starts_with("/api/campaigns/") {
         return campaigns(st, peer, req).await;
+    }
+    if p == "/api/search" {
+        return search(st, peer, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only");

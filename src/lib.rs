@@ -32,6 +32,7 @@ pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod demo;
+pub mod fulltext;
 pub mod handling;
 pub mod http;
 pub mod imap;

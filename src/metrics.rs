@@ -236,6 +236,8 @@ impl Metrics {
         .set(self.started);
         r.add(counters::imap_sessions_open().clone())?;
         r.add(counters::smtp_sessions_open().clone())?;
+        r.add(counters::fulltext_backlog().clone())?;
+        r.add(counters::fulltext_documents().clone())?;
         r.add(counters::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
         r.add(counters::commands().clone())?;

@@ -152,13 +152,13 @@ pub struct Conn {
     user: String,
 }
 
-struct Client {
+pub(crate) struct Client {
     addr: String,
     auth: String,
 }
 
 impl Client {
-    fn new(conn: &Conn) -> anyhow::Result<Client> {
+    pub(crate) fn new(conn: &Conn) -> anyhow::Result<Client> {
         let cfg = crate::daemon::load_config(&conn.config)?;
         let Some(http) = cfg.http else {
             bail!(
@@ -193,7 +193,7 @@ impl Client {
     }
 
     /// A JSON call; an error status becomes an error with the daemon's words.
-    async fn json(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    pub(crate) async fn json(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
         let (status, b) = self.call(method, path, body).await?;
         let v: Value = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
         if status >= 400 {

@@ -61,6 +61,8 @@ pub struct Ctx {
     pub cfg: ImapConfig,
     pub tls: Arc<rustls::ServerConfig>,
     pub store: Store,
+    /// The full-text index (BODY and TEXT), when it could be opened.
+    pub fulltext: Option<Arc<crate::fulltext::FullText>>,
     pub auth: Arc<Authenticator>,
     /// Open sessions per user (for `max_sessions_per_user`); shared by the
     /// contexts a SIGHUP replaces, so reloaded limits count every session.

@@ -1,8 +1,11 @@
 //! SEARCH: evaluating search keys against a folder snapshot.
 //!
 //! FROM, TO, CC, BCC, SUBJECT and SENT* use header fields cached in the
-//! store per message (`store::fields`); BODY, TEXT and other HEADER fields
-//! load the blob; the rest use the snapshot only. Text matching is ASCII
+//! store per message (`store::fields`); BODY and TEXT ask the full-text
+//! index (`crate::fulltext`: every word as the start of a word, Italian
+//! analysis) and load the blob only when it cannot answer (a string of
+//! stop words, no index); other HEADER fields load the blob; the rest use
+//! the snapshot only. Text matching is ASCII
 //! case-insensitive substring matching on the decoded header values and
 //! text parts, plus the raw bytes (so encoded words and base64 bodies are
 //! found once decoded).
@@ -64,10 +67,18 @@ pub enum Need {
 
 /// The most any of `k`'s keys needs.
 pub fn need(k: &SearchKey<'_>) -> Need {
+    need_with(k, &FullTextHits::default())
+}
+
+/// [`need`], with BODY and TEXT keys the full-text index answered
+/// needing nothing more than the snapshot.
+pub fn need_with(k: &SearchKey<'_>, ft: &FullTextHits) -> Need {
     match k {
-        SearchKey::And(ks) => ks.as_ref().iter().map(need).max().unwrap_or(Need::Index),
-        SearchKey::Not(k) => need(k),
-        SearchKey::Or(a, b) => need(a).max(need(b)),
+        SearchKey::And(ks) => ks.as_ref().iter().map(|k| need_with(k, ft)).max().unwrap_or(Need::Index),
+        SearchKey::Not(k) => need_with(k, ft),
+        SearchKey::Or(a, b) => need_with(a, ft).max(need_with(b, ft)),
+        SearchKey::Body(s) if ft.answers(s.as_ref(), false).is_some() => Need::Index,
+        SearchKey::Text(s) if ft.answers(s.as_ref(), true).is_some() => Need::Index,
         SearchKey::Bcc(_)
         | SearchKey::Cc(_)
         | SearchKey::From(_)
@@ -91,11 +102,78 @@ pub fn need(k: &SearchKey<'_>) -> Need {
 
 /// What a message offers the keys beyond its snapshot entry: its fields
 /// (when some key needs [`Need::Fields`] or more) and its bytes (when
-/// some key needs [`Need::Blob`]).
+/// some key needs [`Need::Blob`]), and the BODY/TEXT answers of the
+/// full-text index.
 #[derive(Default, Clone, Copy)]
 pub struct Source<'a> {
     pub fields: Option<MatchFields<'a>>,
     pub raw: Option<&'a [u8]>,
+    pub fulltext: Option<&'a FullTextHits>,
+}
+
+/// BODY and TEXT keys answered by the full-text index (word-start
+/// matching with Italian analysis, see `crate::fulltext`): for each key's
+/// string, the matching messages' hashes (first 64 bits). A key the index
+/// cannot answer (only stop words, or the index failed) is not here and
+/// is evaluated by reading the messages (substring matching).
+#[derive(Default, Debug)]
+pub struct FullTextHits {
+    hits: HashMap<(Vec<u8>, bool), std::collections::HashSet<u64>>,
+}
+
+impl FullTextHits {
+    /// Ask `ft` about every BODY and TEXT key of `keys`, in `mailbox`,
+    /// once it has indexed what the archive held when asked (waiting up
+    /// to 2 s for the indexer; past that it answers from what it has).
+    pub fn prepare(
+        store: &Store,
+        ft: Option<&crate::fulltext::FullText>,
+        mailbox: &str,
+        keys: &[SearchKey<'_>],
+    ) -> FullTextHits {
+        let mut out = FullTextHits::default();
+        let Some(ft) = ft else { return out };
+        if keys.iter().all(|k| need(k) < Need::Blob) {
+            return out;
+        }
+        let target = store.applied_seq().unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while ft.indexed_seq() < target && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        fn walk(k: &SearchKey<'_>, each: &mut dyn FnMut(&[u8], bool)) {
+            match k {
+                SearchKey::And(ks) => ks.as_ref().iter().for_each(|k| walk(k, each)),
+                SearchKey::Or(a, b) => {
+                    walk(a, each);
+                    walk(b, each)
+                }
+                SearchKey::Not(k) => walk(k, each),
+                SearchKey::Body(s) => each(s.as_ref(), false),
+                SearchKey::Text(s) => each(s.as_ref(), true),
+                _ => {}
+            }
+        }
+        for k in keys {
+            walk(k, &mut |needle, with_header| {
+                if out.hits.contains_key(&(needle.to_vec(), with_header)) {
+                    return;
+                }
+                match ft.imap_matches(mailbox, &String::from_utf8_lossy(needle), with_header) {
+                    Ok(Some(set)) => {
+                        out.hits.insert((needle.to_vec(), with_header), set);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "SEARCH: the full-text index failed; reading the messages"),
+                }
+            });
+        }
+        out
+    }
+
+    fn answers(&self, needle: &[u8], with_header: bool) -> Option<&std::collections::HashSet<u64>> {
+        self.hits.get(&(needle.to_vec(), with_header))
+    }
 }
 
 /// From this many messages on, a SEARCH on cached header fields reads the
@@ -115,18 +193,19 @@ pub fn run(
     recent: &Recent,
     keys: &[SearchKey<'_>],
     by_uid: bool,
+    ft: &FullTextHits,
 ) -> Vec<u32> {
     let number = |i: usize| if by_uid { msgs[i].0 } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
-    let need = keys.iter().map(need).max().unwrap_or(Need::Index);
+    let need = keys.iter().map(|k| need_with(k, ft)).max().unwrap_or(Need::Index);
     if need == Need::Fields && msgs.len() >= SCAN_FROM {
         if let Ok(reader) = store.fields_reader() {
-            let mut hits = scanned(store, &reader, msgs, seen, recent, keys);
+            let mut hits = scanned(store, &reader, msgs, seen, recent, keys, ft);
             hits.sort_unstable();
             return hits.into_iter().map(number).collect();
         }
     }
     let mut hits = Vec::new();
-    each_match(store, msgs, seen, recent, keys, |i, _| hits.push(number(i)));
+    each_match(store, msgs, seen, recent, keys, ft, |i, _| hits.push(number(i)));
     hits
 }
 
@@ -141,6 +220,7 @@ fn scanned(
     seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
+    ft: &FullTextHits,
 ) -> Vec<usize> {
     // By the hash's first 64 bits (a SHA-256's, uniform already: not
     // hashed again); a second message under the same bits (the same blob
@@ -158,7 +238,7 @@ fn scanned(
         |h| at.get(&bits(h)?).copied().filter(|&i| msgs[i].1.hash == *h),
         |i, f| {
             let c = Candidate::at(msgs, i, seen, recent);
-            let src = Source { fields: Some(f), raw: None };
+            let src = Source { fields: Some(f), raw: None, fulltext: Some(ft) };
             (i, keys.iter().all(|k| matches(k, &c, src, &msgs[i].1.flags)))
         },
     );
@@ -174,7 +254,7 @@ fn scanned(
         Err(e) => tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one"),
     }
     for i in (0..msgs.len()).filter(|&i| !done[i]) {
-        if evaluate(store, Some(reader), msgs, i, seen, recent, keys, Need::Fields).0 {
+        if evaluate(store, Some(reader), msgs, i, seen, recent, keys, Need::Fields, ft).0 {
             hits.push(i);
         }
     }
@@ -218,13 +298,14 @@ pub fn each_match(
     seen: &UidSet,
     recent: &Recent,
     keys: &[SearchKey<'_>],
+    ft: &FullTextHits,
     mut hit: impl FnMut(usize, Option<Fields>),
 ) {
-    let need = keys.iter().map(need).max().unwrap_or(Need::Index);
+    let need = keys.iter().map(|k| need_with(k, ft)).max().unwrap_or(Need::Index);
     // One read of the fields cache for every message.
     let reader = if need == Need::Fields { store.fields_reader().ok() } else { None };
     for i in 0..msgs.len() {
-        if let (true, fields) = evaluate(store, reader.as_ref(), msgs, i, seen, recent, keys, need) {
+        if let (true, fields) = evaluate(store, reader.as_ref(), msgs, i, seen, recent, keys, need, ft) {
             hit(i, fields);
         }
     }
@@ -242,6 +323,7 @@ fn evaluate(
     recent: &Recent,
     keys: &[SearchKey<'_>],
     need: Need,
+    ft: &FullTextHits,
 ) -> (bool, Option<Fields>) {
     let meta = &msgs[i].1;
     let hash = if need >= Need::Fields { meta.hash.hex() } else { String::new() };
@@ -263,7 +345,7 @@ fn evaluate(
             .ok(),
         _ => None,
     };
-    let src = Source { fields: fields.as_ref().map(Fields::matching), raw: raw.as_deref() };
+    let src = Source { fields: fields.as_ref().map(Fields::matching), raw: raw.as_deref(), fulltext: Some(ft) };
     let c = Candidate::at(msgs, i, seen, recent);
     (keys.iter().all(|k| matches(k, &c, src, &meta.flags)), fields)
 }
@@ -377,8 +459,13 @@ pub fn matches(
         SearchKey::Bcc(s) => header("Bcc", s.as_ref()),
         SearchKey::Subject(s) => header("Subject", s.as_ref()),
         SearchKey::Header(name, v) => header(&String::from_utf8_lossy(name.as_ref()), v.as_ref()),
-        SearchKey::Body(s) => body(s.as_ref(), false),
-        SearchKey::Text(s) => body(s.as_ref(), true),
+        SearchKey::Body(s) | SearchKey::Text(s) => {
+            let with_header = matches!(key, SearchKey::Text(_));
+            match src.fulltext.and_then(|f| f.answers(s.as_ref(), with_header)) {
+                Some(set) => bits(&c.meta.hash).is_some_and(|b| set.contains(&b)),
+                None => body(s.as_ref(), with_header),
+            }
+        }
         SearchKey::ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
     }
 }
@@ -451,9 +538,9 @@ mod tests {
         for keys in &cases {
             assert_eq!(keys.iter().map(need).max(), Some(Need::Fields));
             for by_uid in [true, false] {
-                let scanned = run(&store, &msgs, &seen, &Recent::default(), keys, by_uid);
+                let scanned = run(&store, &msgs, &seen, &Recent::default(), keys, by_uid, &FullTextHits::default());
                 let mut looked_up = Vec::new();
-                each_match(&store, &msgs, &seen, &Recent::default(), keys, |i, _| {
+                each_match(&store, &msgs, &seen, &Recent::default(), keys, &FullTextHits::default(), |i, _| {
                     looked_up.push(if by_uid { msgs[i].0 } else { i as u32 + 1 })
                 });
                 assert!(!looked_up.is_empty(), "{keys:?} finds something");
@@ -466,10 +553,10 @@ mod tests {
         // does.
         let mut odd = msgs.clone();
         odd.push((u32::MAX, Msg { hash: BlobHash::parse("not-cached"), ..msgs[0].1.clone() }));
-        let hits = run(&store, &odd, &seen, &Recent::default(), &[SearchKey::Subject(s("Pratica"))], true);
+        let hits = run(&store, &odd, &seen, &Recent::default(), &[SearchKey::Subject(s("Pratica"))], true, &FullTextHits::default());
         assert_eq!(hits.len(), n, "every cached one, not the unreadable one");
         let keys = [SearchKey::Not(Box::new(SearchKey::Subject(s("Pratica"))))];
-        assert_eq!(run(&store, &odd, &seen, &Recent::default(), &keys, true), vec![u32::MAX]);
+        assert_eq!(run(&store, &odd, &seen, &Recent::default(), &keys, true, &FullTextHits::default()), vec![u32::MAX]);
     }
 
     #[test]
@@ -510,7 +597,7 @@ mod tests {
         };
         let c = Candidate { seq: 1, uid: 1, meta: &meta, seen: false, recent: false, max_seq: 1, max_uid: 1 };
         let f = Fields::of(raw);
-        matches(key, &c, Source { fields: Some(f.matching()), raw: None }, &[])
+        matches(key, &c, Source { fields: Some(f.matching()), raw: None, fulltext: None }, &[])
     }
 
     #[test]

@@ -77,6 +77,7 @@ async fn start_with(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>) -> 
         cfg,
         tls: crate::tls::server_config(&c, &k).expect("tls"),
         store: store.clone(),
+        fulltext: None,
         auth: Arc::new(crate::auth::Authenticator::new(&users)),
         sessions: Default::default(),
         addresses: Default::default(),

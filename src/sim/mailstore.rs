@@ -109,6 +109,7 @@ impl MailStore {
             cfg: imap_cfg,
             tls,
             store: store.clone(),
+            fulltext: None,
             auth: Arc::new(crate::auth::Authenticator::new(&users)),
             sessions: Default::default(),
             addresses: Default::default(),

@@ -550,7 +550,13 @@ async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, key
     // store for every message.
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let hits = match tokio::task::spawn_blocking(move || search::run(&store, &msgs, &seen, &recent, &keys, uid)).await {
+    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
+    let hits = match tokio::task::spawn_blocking(move || {
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
+        search::run(&store, &msgs, &seen, &recent, &keys, uid, &ft)
+    })
+    .await
+    {
         Ok(h) => h,
         Err(e) => return io.status(serverbug(tag, &e)),
     };
@@ -611,11 +617,13 @@ async fn sort(
     };
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
     let sorted = tokio::task::spawn_blocking(move || {
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let with_fields = sort::needs_fields(&criteria);
         let reader = store.fields_reader().ok();
         let mut items = Vec::new();
-        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+        search::each_match(&store, &msgs, &seen, &recent, &keys, &ft, |i, fields| {
             let (u, meta) = &msgs[i];
             let fields = if with_fields { fields.or_else(|| fields_of(&store, reader.as_ref(), meta)) } else { None };
             let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
@@ -662,10 +670,12 @@ async fn thread(
     }
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
     let threads = tokio::task::spawn_blocking(move || {
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let reader = store.fields_reader().ok();
         let mut items = Vec::new();
-        search::each_match(&store, &msgs, &seen, &recent, &keys, |i, fields| {
+        search::each_match(&store, &msgs, &seen, &recent, &keys, &ft, |i, fields| {
             let (u, meta) = &msgs[i];
             let fields = fields.or_else(|| fields_of(&store, reader.as_ref(), meta));
             let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };

@@ -1,0 +1,142 @@
+//! `pecgate search`: find messages by their words, over the daemon's HTTP
+//! API as a gateway user (only the mailboxes they may read); `pecgate
+//! search reindex`: rebuild the full-text index from the archive (the
+//! daemon stopped: it holds the index while it runs).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::campaign::cli::{Client, Conn};
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SearchCmd {
+    #[command(subcommand)]
+    pub action: Option<SearchAction>,
+    #[command(flatten)]
+    pub find: Option<Find>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SearchAction {
+    /// Rebuild the full-text index from the archived messages (stop
+    /// `pecgate serve` first; it indexes by itself while it runs). The
+    /// index is derived: deleting it and reindexing gives the same results.
+    Reindex {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Words to find (Italian analysis: `solleciti` finds `sollecito`,
+/// `perche` finds `perché`; each word matches the start of a word), in
+/// subjects, senders, recipients, texts, the original message inside a
+/// certified envelope, PDF and `.p7m` attachments and `daticert.xml`.
+#[derive(clap::Args)]
+pub struct Find {
+    /// The words; every one must be there.
+    pub query: String,
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Only this mailbox (alias).
+    #[arg(long)]
+    pub mailbox: Option<String>,
+    /// Only messages whose sender has these words.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only messages from this day on (YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, value_parser = super::api::KINDS)]
+    pub kind: Option<String>,
+    /// Sent messages in this delivery state.
+    #[arg(long, value_parser = super::api::STATES)]
+    pub state: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// The answer as JSON (one object, `hits` ranked).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
+    match (cmd.action, cmd.find) {
+        (Some(SearchAction::Reindex { config }), _) => reindex(&config),
+        (None, Some(f)) => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(find(f)),
+        (None, None) => anyhow::bail!("give the words to find, or `reindex` (see pecgate search --help)"),
+    }
+}
+
+fn reindex(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = crate::daemon::load_config(config)?;
+    let store = crate::daemon::open_store(&cfg)?;
+    let ft = super::FullText::open(&cfg.store.data_dir, true)?;
+    ft.clear()?;
+    let total = store.applied_seq()?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} journal records, {per_sec}, ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let limits = super::extract::Limits::default();
+    let started = std::time::Instant::now();
+    let mut documents = 0;
+    loop {
+        let p = super::indexer::pass(&store, &ft, 20_000, &limits, &mut |_, _| {}).map_err(anyhow::Error::msg)?;
+        documents += p.documents;
+        bar.set_position(p.seq);
+        if p.records == 0 {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    store.close()?;
+    eprintln!(
+        "reindexed: {documents} messages from {total} journal records in {:.1} s; index {}",
+        started.elapsed().as_secs_f64(),
+        ft.dir().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn find(f: Find) -> anyhow::Result<ExitCode> {
+    let c = Client::new(&f.conn)?;
+    let mut q = vec![("q", f.query.clone()), ("limit", f.limit.to_string())];
+    for (k, v) in [("mailbox", &f.mailbox), ("from", &f.from), ("since", &f.since), ("kind", &f.kind), ("state", &f.state)] {
+        if let Some(v) = v {
+            q.push((k, v.clone()));
+        }
+    }
+    let query: String = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&");
+    let v = c.json("GET", &format!("/api/search?{query}"), Vec::new()).await.context("searching")?;
+    if f.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let hits = v["hits"].as_array().cloned().unwrap_or_default();
+    if hits.is_empty() {
+        eprintln!("nothing found for {:?}", f.query);
+        return Ok(ExitCode::from(1));
+    }
+    for h in &hits {
+        let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+        let state = h["state"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default();
+        println!("{}  {} UID {}  [{}{}]", s("date").get(..10).unwrap_or_default(), s("folder"), h["uid"], s("kind"), if state.is_empty() { String::new() } else { format!(" {state}") });
+        println!("    {}  —  {}", s("subject"), s("from"));
+        println!("    {}", s("snippet"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encoding for a query string value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

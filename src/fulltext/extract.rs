@@ -1,0 +1,307 @@
+//! What the full-text index reads of a message: its subject, sender and
+//! recipients, and the text of everything a person would read in it: text
+//! parts (HTML as text), for a certified envelope the original message
+//! inside (`postacert.eml`) and its attachments, the `daticert.xml`
+//! fields, PDF attachments' text, text attachments, and the document
+//! inside a CAdES `.p7m`. Pure: bytes in, text out, no I/O.
+//!
+//! Hostile attachments are bounded: a PDF larger than [`Limits::pdf_bytes`]
+//! is skipped, at most [`Limits::pdf_pages`] pages are read, each page's
+//! content may inflate to [`Limits::pdf_page_inflated`] bytes (lopdf also
+//! bounds object streams while loading), a PDF gets at most
+//! [`Limits::pdf_time`], and the text kept per message is at most
+//! [`Limits::text_bytes`]. A parser panic is caught. What was skipped is
+//! listed in [`Extracted::skipped`] for the indexer to log.
+
+use std::time::{Duration, Instant};
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+
+/// Bounds on the work one message may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub text_bytes: usize,
+    pub pdf_bytes: usize,
+    pub pdf_pages: usize,
+    pub pdf_page_inflated: usize,
+    pub pdf_time: Duration,
+    /// Messages inside messages (an envelope's `postacert.eml` is one).
+    pub depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            text_bytes: 1 << 20,
+            pdf_bytes: 25 << 20,
+            pdf_pages: 200,
+            pdf_page_inflated: 4 << 20,
+            pdf_time: Duration::from_secs(5),
+            depth: 4,
+        }
+    }
+}
+
+/// A message's searchable text.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// Subject (the original's too, for an envelope).
+    pub subject: String,
+    /// Sender names and addresses.
+    pub from: String,
+    /// Recipients (To, Cc) names and addresses.
+    pub to: String,
+    /// Everything else a person reads: text parts, attachments, daticert.
+    pub body: String,
+    /// Attachments left out, each with why (for the log).
+    pub skipped: Vec<String>,
+}
+
+/// Extract `raw`'s text within `limits`.
+pub fn extract(raw: &[u8], limits: &Limits) -> Extracted {
+    let mut out = Extracted::default();
+    let Some(m) = MessageParser::default().parse(raw) else {
+        out.body = String::from_utf8_lossy(&raw[..raw.len().min(limits.text_bytes)]).into_owned();
+        return out;
+    };
+    out.subject = m.subject().unwrap_or_default().to_string();
+    out.from = addresses(m.from());
+    out.to = [addresses(m.to()), addresses(m.cc())].join(" ").trim().to_string();
+    let mut w = Walk { limits, out: &mut out, started: Instant::now() };
+    w.message(&m, 0);
+    out
+}
+
+fn addresses(a: Option<&mail_parser::Address<'_>>) -> String {
+    let Some(a) = a else { return String::new() };
+    a.iter()
+        .map(|x| format!("{} {}", x.name().unwrap_or_default(), x.address().unwrap_or_default()).trim().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Walk<'a> {
+    limits: &'a Limits,
+    out: &'a mut Extracted,
+    started: Instant,
+}
+
+impl Walk<'_> {
+    fn push(&mut self, text: &str) {
+        let room = self.limits.text_bytes.saturating_sub(self.out.body.len());
+        if room == 0 {
+            return;
+        }
+        let mut cut = text.len().min(room);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.out.body.push_str(&text[..cut]);
+        self.out.body.push('\n');
+    }
+
+    fn message(&mut self, m: &Message<'_>, depth: usize) {
+        for part in &m.parts {
+            let name = part.attachment_name().unwrap_or_default().to_string();
+            match &part.body {
+                PartType::Text(t) => self.push(t),
+                PartType::Html(h) => self.push(&mail_parser::decoders::html::html_to_text(h)),
+                PartType::Message(inner) if depth < self.limits.depth => {
+                    // The original inside an envelope: its headers are what
+                    // people remember of it.
+                    let header = format!(
+                        "{} {} {}",
+                        inner.subject().unwrap_or_default(),
+                        addresses(inner.from()),
+                        addresses(inner.to())
+                    );
+                    self.push(&header);
+                    if depth == 0 && self.out.subject.len() < 2000 {
+                        if let Some(s) = inner.subject() {
+                            self.out.subject.push('\n');
+                            self.out.subject.push_str(s);
+                        }
+                    }
+                    self.message(inner, depth + 1);
+                }
+                PartType::Message(_) => self.out.skipped.push(format!("{name}: nested deeper than {}", self.limits.depth)),
+                PartType::Binary(b) | PartType::InlineBinary(b) => {
+                    let ct = part
+                        .content_type()
+                        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default()).to_ascii_lowercase())
+                        .unwrap_or_default();
+                    self.attachment(&name, &ct, b, depth);
+                }
+                PartType::Multipart(_) => {}
+            }
+        }
+    }
+
+    /// An attachment's text, by its name (what people see) and type.
+    fn attachment(&mut self, name: &str, ct: &str, bytes: &[u8], depth: usize) {
+        let lower = name.to_ascii_lowercase();
+        if !name.is_empty() {
+            self.push(name);
+        }
+        if lower.ends_with(".p7m") || ct == "application/pkcs7-mime" || ct == "application/x-pkcs7-mime" {
+            match p7m_content(bytes) {
+                Some(inner) => {
+                    let inner_name = name.get(..name.len().saturating_sub(4)).unwrap_or_default();
+                    self.attachment(inner_name, "", &inner, depth)
+                }
+                None => self.out.skipped.push(format!("{name}: not a readable CAdES/PKCS#7 envelope")),
+            }
+        } else if lower.ends_with(".pdf") || ct == "application/pdf" {
+            match self.pdf(bytes) {
+                Ok(t) => self.push(&t),
+                Err(why) => self.out.skipped.push(format!("{name}: {why}")),
+            }
+        } else if lower.ends_with(".xml") || ct.ends_with("/xml") {
+            self.push(&xml_text(&String::from_utf8_lossy(bytes)));
+        } else if lower.ends_with(".eml") || ct == "message/rfc822" {
+            match MessageParser::default().parse(bytes) {
+                Some(m) if depth < self.limits.depth => self.message(&m, depth + 1),
+                _ => self.out.skipped.push(format!("{name}: not a readable message")),
+            }
+        } else if lower.ends_with(".txt") || lower.ends_with(".csv") || ct.starts_with("text/") {
+            self.push(&String::from_utf8_lossy(bytes));
+        } else if lower.ends_with(".html") || lower.ends_with(".htm") {
+            self.push(&mail_parser::decoders::html::html_to_text(&String::from_utf8_lossy(bytes)));
+        }
+    }
+
+    /// A PDF's text, within the limits; a parser panic is an error.
+    fn pdf(&self, bytes: &[u8]) -> Result<String, String> {
+        if bytes.len() > self.limits.pdf_bytes {
+            return Err(format!("PDF of {} bytes, over the {} limit", bytes.len(), self.limits.pdf_bytes));
+        }
+        let limits = *self.limits;
+        let started = self.started;
+        std::panic::catch_unwind(move || pdf_text(bytes, &limits, started))
+            .unwrap_or_else(|_| Err("the PDF parser failed on it (a panic, caught)".into()))
+    }
+}
+
+fn pdf_text(bytes: &[u8], limits: &Limits, started: Instant) -> Result<String, String> {
+    let doc = lopdf::Document::load_mem(bytes).map_err(|e| format!("not a readable PDF: {e}"))?;
+    if doc.is_encrypted() {
+        return Err("encrypted PDF".into());
+    }
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
+    let mut text = String::new();
+    let mut notes = Vec::new();
+    if pages.len() > limits.pdf_pages {
+        notes.push(format!("{} pages: only the first {} read", pages.len(), limits.pdf_pages));
+    }
+    for p in pages.iter().take(limits.pdf_pages) {
+        if started.elapsed() > limits.pdf_time {
+            notes.push(format!("stopped at page {p}: over {:?}", limits.pdf_time));
+            break;
+        }
+        match doc.extract_text_with_limit(&[*p], limits.pdf_page_inflated) {
+            Ok(t) => text.push_str(&t),
+            Err(e) => notes.push(format!("page {p}: {e}")),
+        }
+        if text.len() > limits.text_bytes {
+            break;
+        }
+    }
+    if text.trim().is_empty() && !notes.is_empty() {
+        return Err(notes.join("; "));
+    }
+    if !notes.is_empty() {
+        tracing::info!(notes = %notes.join("; "), "full-text: a PDF read in part");
+    }
+    Ok(text)
+}
+
+/// The content of a CAdES (`.p7m`) signed envelope, DER or base64 of DER,
+/// its signature not checked (the text is for finding, not evidence).
+pub fn p7m_content(bytes: &[u8]) -> Option<Vec<u8>> {
+    use openssl::pkcs7::{Pkcs7, Pkcs7Flags};
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    let der = match Pkcs7::from_der(bytes) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            let clean: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            openssl::base64::decode_block(std::str::from_utf8(&clean).ok()?).ok().and_then(|d| Pkcs7::from_der(&d).ok())
+        }
+    }?;
+    let certs = Stack::new().ok()?;
+    let store = X509StoreBuilder::new().ok()?.build();
+    let mut out = Vec::new();
+    der.verify(&certs, &store, None, Some(&mut out), Pkcs7Flags::NOVERIFY | Pkcs7Flags::NOSIGS).ok()?;
+    Some(out)
+}
+
+/// The text of an XML document: its element values and attribute values
+/// (daticert's addresses, identifier, times), tags dropped.
+pub fn xml_text(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len() / 2);
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Text(t)) => {
+                out.push_str(t.xml10_content().trim());
+                out.push(' ');
+            }
+            Ok(quick_xml::events::Event::CData(c)) => {
+                out.push_str(c.xml10_content().trim());
+                out.push(' ');
+            }
+            Ok(quick_xml::events::Event::Start(e)) | Ok(quick_xml::events::Event::Empty(e)) => {
+                for a in e.attributes().flatten() {
+                    out.push_str(&a.value);
+                    out.push(' ');
+                }
+            }
+            Ok(quick_xml::events::Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_gives_the_original_message_and_its_attachments() {
+        let inner = "From: Ditta Rossi <rossi@pec.ditta.it>\r\nTo: protocollo@pec.comune.it\r\nSubject: Contratto di fornitura\r\n\
+                     Content-Type: text/plain; charset=utf-8\r\n\r\nAlleghiamo il contratto firmato perché sia protocollato.\r\n";
+        let raw = format!(
+            "From: posta-certificata@pec.aruba.it\r\nTo: protocollo@pec.comune.it\r\nSubject: POSTA CERTIFICATA: Contratto di fornitura\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n\
+             Il giorno 01/06/2026 alle ore 10:00 il messaggio e' stato inviato\r\n--b1\r\nContent-Type: application/xml; name=daticert.xml\r\n\
+             Content-Disposition: attachment; filename=daticert.xml\r\n\r\n<postacert tipo=\"posta-certificata\"><dati><identificativo>opec-42</identificativo></dati></postacert>\r\n\
+             --b1\r\nContent-Type: message/rfc822; name=postacert.eml\r\nContent-Disposition: attachment; filename=postacert.eml\r\n\r\n{inner}\r\n--b1--\r\n"
+        );
+        let e = extract(raw.as_bytes(), &Limits::default());
+        assert!(e.body.contains("perché sia protocollato"), "{e:?}");
+        assert!(e.body.contains("opec-42") && e.body.contains("posta-certificata"), "daticert fields: {e:?}");
+        assert!(e.subject.contains("Contratto di fornitura") && e.from.contains("posta-certificata@pec.aruba.it"));
+        assert!(e.body.contains("rossi@pec.ditta.it"), "the original's sender: {e:?}");
+    }
+
+    #[test]
+    fn hostile_attachments_are_skipped_not_fatal() {
+        let limits = Limits { pdf_bytes: 100, ..Limits::default() };
+        let mut out = Extracted::default();
+        let mut w = Walk { limits: &limits, out: &mut out, started: Instant::now() };
+        w.attachment("grande.pdf", "application/pdf", &[b'x'; 200], 0);
+        w.attachment("rotto.pdf", "application/pdf", b"%PDF-1.4 garbage", 0);
+        w.attachment("falso.pdf.p7m", "", b"not pkcs7", 0);
+        assert_eq!(out.skipped.len(), 3, "{:?}", out.skipped);
+        assert!(out.skipped[0].contains("over the 100 limit"));
+    }
+
+    #[test]
+    fn the_text_kept_is_bounded() {
+        let limits = Limits { text_bytes: 10, ..Limits::default() };
+        let raw = format!("Subject: x\r\n\r\n{}\r\n", "è".repeat(100));
+        let e = extract(raw.as_bytes(), &limits);
+        assert!(e.body.len() <= 11, "{}", e.body.len());
+    }
+}
