@@ -152,6 +152,12 @@ pub struct Conn {
     user: String,
 }
 
+impl Conn {
+    pub(crate) fn new(config: PathBuf, user: String) -> Conn {
+        Conn { config, user }
+    }
+}
+
 pub(crate) struct Client {
     addr: String,
     auth: String,

@@ -17,7 +17,7 @@ pub struct SearchCmd {
     #[command(subcommand)]
     pub action: Option<SearchAction>,
     #[command(flatten)]
-    pub find: Option<Find>,
+    pub find: Find,
 }
 
 #[derive(clap::Subcommand)]
@@ -38,9 +38,12 @@ pub enum SearchAction {
 #[derive(clap::Args)]
 pub struct Find {
     /// The words; every one must be there.
-    pub query: String,
-    #[command(flatten)]
-    pub conn: Conn,
+    pub query: Option<String>,
+    #[arg(long, short, env = "PECGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The gateway user (the password from PECGATE_PASSWORD, else asked for).
+    #[arg(long, env = "PECGATE_USER")]
+    pub user: Option<String>,
     /// Only this mailbox (alias).
     #[arg(long)]
     pub mailbox: Option<String>,
@@ -63,10 +66,9 @@ pub struct Find {
 }
 
 pub fn run(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
-    match (cmd.action, cmd.find) {
-        (Some(SearchAction::Reindex { config }), _) => reindex(&config),
-        (None, Some(f)) => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(find(f)),
-        (None, None) => anyhow::bail!("give the words to find, or `reindex` (see pecgate search --help)"),
+    match cmd.action {
+        Some(SearchAction::Reindex { config }) => reindex(&config),
+        None => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(find(cmd.find)),
     }
 }
 
@@ -103,8 +105,11 @@ fn reindex(config: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn find(f: Find) -> anyhow::Result<ExitCode> {
-    let c = Client::new(&f.conn)?;
-    let mut q = vec![("q", f.query.clone()), ("limit", f.limit.to_string())];
+    let Some(query) = f.query.clone() else { anyhow::bail!("give the words to find, or `reindex` (see pecgate search --help)") };
+    let Some(config) = f.config.clone() else { anyhow::bail!("--config (or PECGATE_CONFIG): the daemon's configuration file") };
+    let Some(user) = f.user.clone() else { anyhow::bail!("--user (or PECGATE_USER): the gateway user to search as") };
+    let c = Client::new(&Conn::new(config, user))?;
+    let mut q = vec![("q", query.clone()), ("limit", f.limit.to_string())];
     for (k, v) in [("mailbox", &f.mailbox), ("from", &f.from), ("since", &f.since), ("kind", &f.kind), ("state", &f.state)] {
         if let Some(v) = v {
             q.push((k, v.clone()));
@@ -118,7 +123,7 @@ async fn find(f: Find) -> anyhow::Result<ExitCode> {
     }
     let hits = v["hits"].as_array().cloned().unwrap_or_default();
     if hits.is_empty() {
-        eprintln!("nothing found for {:?}", f.query);
+        eprintln!("nothing found for {query:?}");
         return Ok(ExitCode::from(1));
     }
     for h in &hits {

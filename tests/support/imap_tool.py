@@ -294,6 +294,14 @@ def op_flags(conn, req):
     return sorted(out, key=lambda x: x["uid"])
 
 
+def op_search(conn, req):
+    select(conn, req["folder"])
+    crit = [quote(c) if (" " in c or not c) else c for c in req["criteria"]]
+    typ, data = conn.uid("SEARCH", *crit)
+    check(typ, data, "SEARCH")
+    return sorted(int(x) for x in (data[0] or b"").split())
+
+
 def op_store_flags(conn, req):
     select(conn, req["folder"], readonly=False)
     if req["uids"]:
@@ -363,6 +371,7 @@ def op_login(conn, req):
 
 
 OPS = {
+    "search": op_search,
     "append": op_append,
     "uids": op_uids,
     "count": op_count,

@@ -990,6 +990,12 @@ impl Imap {
             .collect()
     }
 
+    /// UID SEARCH with `criteria` (each an IMAP atom or quoted string) in
+    /// `folder`: the matching UIDs, ascending.
+    pub fn search(&self, folder: &str, criteria: &[&str]) -> Vec<u32> {
+        serde_json::from_value(self.op("search", json!({ "folder": folder, "criteria": criteria }))).expect("uids")
+    }
+
     /// UID STORE +FLAGS (add) or -FLAGS on `uids`.
     pub fn store_flags(&self, folder: &str, uids: &[u32], flags: &[&str], add: bool) {
         self.op("store_flags", json!({ "folder": folder, "uids": uids, "flags": flags, "add": add }));
