@@ -663,6 +663,16 @@ pub struct ImapConfig {
     /// names no quota root (RFC 9208's way of saying "unlimited").
     #[serde(default)]
     pub quota_kib: Option<u64>,
+    /// SEARCH BODY and TEXT from the full-text index: each word as the
+    /// start of a word, Italian analysis (`solleciti` finds `sollecito`),
+    /// in milliseconds. `false`: exact substrings (RFC 3501), reading every
+    /// message of the folder.
+    #[serde(default = "yes")]
+    pub fulltext_search: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_sessions() -> usize {

@@ -550,7 +550,7 @@ async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, key
     // store for every message.
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
+    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let hits = match tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         search::run(&store, &msgs, &seen, &recent, &keys, uid, &ft)
@@ -617,7 +617,7 @@ async fn sort(
     };
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
+    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let sorted = tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let with_fields = sort::needs_fields(&criteria);
@@ -670,7 +670,7 @@ async fn thread(
     }
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone(), sel.folder.mailbox.clone());
+    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let threads = tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let reader = store.fields_reader().ok();
