@@ -182,6 +182,12 @@ impl Walk<'_> {
     }
 }
 
+#[cfg(not(feature = "fulltext"))]
+fn pdf_text(_bytes: &[u8], _limits: &Limits, _started: Instant) -> Result<String, String> {
+    Err("this pecgate was built without PDF text (cargo feature `fulltext`)".into())
+}
+
+#[cfg(feature = "fulltext")]
 fn pdf_text(bytes: &[u8], limits: &Limits, started: Instant) -> Result<String, String> {
     let doc = lopdf::Document::load_mem(bytes).map_err(|e| format!("not a readable PDF: {e}"))?;
     if doc.is_encrypted() {

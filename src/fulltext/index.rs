@@ -1,0 +1,467 @@
+//! The tantivy index behind [`super::FullText`] (the `fulltext` feature).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::DateTime;
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RegexQuery, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use super::{Doc, Filter, FullTextError, Hit, Result};
+
+/// The analysers' names in the index: Italian stems, and the words as
+/// written (lower case, accents folded) for prefixes.
+const ITALIAN: &str = "it";
+const FOLDED: &str = "it-folded";
+/// Bump when the schema or the analysis changes: the index is rebuilt.
+const FORMAT: &str = "fulltext-v1";
+/// Text kept per document for snippets.
+const PREVIEW: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Fields {
+    key: Field,
+    mailbox: Field,
+    hash: Field,
+    h64: Field,
+    subject: Field,
+    from: Field,
+    to: Field,
+    body: Field,
+    /// The same texts as written (for prefixes).
+    subject_raw: Field,
+    from_raw: Field,
+    to_raw: Field,
+    body_raw: Field,
+    preview: Field,
+    date: Field,
+    kind: Field,
+}
+
+impl Fields {
+    /// Every text field, (stemmed, as written).
+    fn all(&self) -> Vec<(Field, Field)> {
+        vec![(self.body, self.body_raw), (self.subject, self.subject_raw), (self.from, self.from_raw), (self.to, self.to_raw)]
+    }
+}
+
+pub struct FullText {
+    dir: PathBuf,
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<Option<IndexWriter>>,
+    f: Fields,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = |stored: bool| {
+        let o = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer(ITALIAN).set_index_option(IndexRecordOption::WithFreqs),
+        );
+        if stored {
+            o.set_stored()
+        } else {
+            o
+        }
+    };
+    let raw = || {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer(FOLDED).set_index_option(IndexRecordOption::Basic),
+        )
+    };
+    let f = Fields {
+        key: b.add_text_field("key", STRING),
+        mailbox: b.add_text_field("mailbox", STRING | STORED),
+        hash: b.add_text_field("hash", STRING | STORED),
+        h64: b.add_u64_field("h64", FAST),
+        subject: b.add_text_field("subject", text(true)),
+        from: b.add_text_field("from", text(true)),
+        to: b.add_text_field("to", text(false)),
+        body: b.add_text_field("body", text(false)),
+        subject_raw: b.add_text_field("subject_raw", raw()),
+        from_raw: b.add_text_field("from_raw", raw()),
+        to_raw: b.add_text_field("to_raw", raw()),
+        body_raw: b.add_text_field("body_raw", raw()),
+        preview: b.add_text_field("preview", TextOptions::default().set_stored()),
+        date: b.add_i64_field("date", INDEXED | FAST | STORED),
+        kind: b.add_text_field("kind", STRING | STORED),
+    };
+    (b.build(), f)
+}
+
+fn stop_words() -> StopWordFilter {
+    StopWordFilter::new(Language::Italian).unwrap_or_else(|| StopWordFilter::remove(Vec::new()))
+}
+
+/// The Italian analysis, for the text and the queries alike: words, lower
+/// case, accents folded, stop words dropped, Snowball stems.
+pub fn italian() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(60))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .filter(stop_words())
+        .filter(Stemmer::new(Language::Italian))
+        .build()
+}
+
+/// The words as written, for prefixes (`pagam` is a prefix of
+/// `pagamento`, not of its stem `pag`): [`italian`] without the stems.
+pub fn folded() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(60))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .filter(stop_words())
+        .build()
+}
+
+fn tokens(mut a: TextAnalyzer, text: &str) -> Vec<String> {
+    let mut s = a.token_stream(text);
+    let mut out = Vec::new();
+    while s.advance() {
+        out.push(s.token().text.clone());
+    }
+    out
+}
+
+/// The stems `text` analyses to.
+pub fn terms(text: &str) -> Vec<String> {
+    tokens(italian(), text)
+}
+
+/// Each word of `text` kept by the analysis: (as written, folded; its stem).
+fn query_words(text: &str) -> Vec<(String, String)> {
+    tokens(folded(), text)
+        .into_iter()
+        .map(|w| {
+            let stem = terms(&w).pop().unwrap_or_else(|| w.clone());
+            (w, stem)
+        })
+        .collect()
+}
+
+/// The first 64 bits of a hex SHA-256 (its first 8 bytes, little-endian):
+/// what IMAP's snapshot entries are matched by.
+pub fn h64(hash: &str) -> Option<u64> {
+    let mut b = [0u8; 8];
+    hex::decode_to_slice(hash.get(..16)?, &mut b).ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+impl FullText {
+    /// Open (or create) the index under `data_dir`. `write`: hold the
+    /// writer (one process at a time: the daemon, or `search reindex`).
+    pub fn open(data_dir: &Path, write: bool) -> Result<FullText> {
+        let dir = data_dir.join(FORMAT);
+        std::fs::create_dir_all(&dir).map_err(|e| FullTextError::Other(format!("{}: {e}", dir.display())))?;
+        let err = |source| FullTextError::Index { dir: dir.clone(), source };
+        let (schema, f) = schema();
+        let mmap = tantivy::directory::MmapDirectory::open(&dir).map_err(|e| err(e.into()))?;
+        let index = Index::open_or_create(mmap, schema).map_err(err)?;
+        index.tokenizers().register(ITALIAN, italian());
+        index.tokenizers().register(FOLDED, folded());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(err)?;
+        let writer = match write {
+            true => Some(index.writer(64 << 20).map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => FullTextError::Busy { dir: dir.clone() },
+                e => err(e),
+            })?),
+            false => None,
+        };
+        Ok(FullText { dir, index, reader, writer: Mutex::new(writer), f })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last journal record indexed (0: none).
+    pub fn indexed_seq(&self) -> u64 {
+        self.index
+            .load_metas()
+            .ok()
+            .and_then(|m| m.payload)
+            .and_then(|p| p.strip_prefix("seq=").and_then(|s| s.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Documents in the index.
+    pub fn documents(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    fn with_writer<T>(&self, f: impl FnOnce(&mut IndexWriter) -> tantivy::Result<T>) -> Result<T> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let w = w.as_mut().ok_or_else(|| FullTextError::Other("opened read-only".into()))?;
+        f(w).map_err(|source| FullTextError::Index { dir: self.dir.clone(), source })
+    }
+
+    /// Add (or replace) one message's document; visible after [`FullText::commit`].
+    pub fn add(&self, d: &Doc) -> Result<()> {
+        let f = self.f;
+        let key = format!("{}\0{}", d.mailbox, d.hash);
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.key, &key);
+        doc.add_text(f.mailbox, &d.mailbox);
+        doc.add_text(f.hash, &d.hash);
+        doc.add_u64(f.h64, h64(&d.hash).unwrap_or(0));
+        doc.add_text(f.subject, &d.text.subject);
+        doc.add_text(f.from, &d.text.from);
+        doc.add_text(f.to, &d.text.to);
+        doc.add_text(f.body, &d.text.body);
+        doc.add_text(f.subject_raw, &d.text.subject);
+        doc.add_text(f.from_raw, &d.text.from);
+        doc.add_text(f.to_raw, &d.text.to);
+        doc.add_text(f.body_raw, &d.text.body);
+        let mut cut = d.text.body.len().min(PREVIEW);
+        while !d.text.body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        doc.add_text(f.preview, &d.text.body[..cut]);
+        doc.add_i64(f.date, d.date.timestamp());
+        doc.add_text(f.kind, d.kind);
+        self.with_writer(|w| {
+            w.delete_term(Term::from_field_text(f.key, &key));
+            w.add_document(doc).map(|_| ())
+        })
+    }
+
+    /// Remove a message's document (its bytes left the mailbox for good).
+    pub fn delete(&self, mailbox: &str, hash: &str) -> Result<()> {
+        let key = format!("{mailbox}\0{hash}");
+        let f = self.f;
+        self.with_writer(|w| Ok(w.delete_term(Term::from_field_text(f.key, &key))).map(|_| ()))
+    }
+
+    /// Make what was added durable and visible, with the journal record
+    /// it reaches.
+    pub fn commit(&self, seq: u64) -> Result<()> {
+        self.with_writer(|w| {
+            let mut c = w.prepare_commit()?;
+            c.set_payload(&format!("seq={seq}"));
+            c.commit().map(|_| ())
+        })?;
+        self.reload()
+    }
+
+    /// See the latest commit (another process's too).
+    pub fn reload(&self) -> Result<()> {
+        self.reader.reload().map_err(|source| FullTextError::Index { dir: self.dir.clone(), source })
+    }
+
+    /// Empty the index (before a reindex).
+    pub fn clear(&self) -> Result<()> {
+        self.with_writer(|w| w.delete_all_documents().map(|_| ()))?;
+        self.commit(0)
+    }
+
+    /// Every word of `text` in `fields` (stemmed, raw pairs): its stem, or
+    /// the start of a word as written. `None` when `text` has no word the
+    /// analysis keeps.
+    fn words(&self, text: &str, fields: &[(Field, Field)]) -> Option<Box<dyn Query>> {
+        let words = query_words(text);
+        if words.is_empty() {
+            return None;
+        }
+        let mut all: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (raw, stem) in words {
+            let mut any: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for (stemmed, as_written) in fields {
+                let exact = TermQuery::new(Term::from_field_text(*stemmed, &stem), IndexRecordOption::WithFreqs);
+                any.push((Occur::Should, Box::new(BoostQuery::new(Box::new(exact), 2.0))));
+                if let Ok(prefix) = RegexQuery::from_pattern(&format!("{}.*", regex_escape(&raw)), *as_written) {
+                    any.push((Occur::Should, Box::new(prefix)));
+                }
+            }
+            all.push((Occur::Must, Box::new(BooleanQuery::new(any))));
+        }
+        Some(Box::new(BooleanQuery::new(all)))
+    }
+
+    fn in_mailboxes(&self, mailboxes: &[String]) -> Box<dyn Query> {
+        let any = mailboxes
+            .iter()
+            .map(|m| -> (Occur, Box<dyn Query>) {
+                (Occur::Should, Box::new(TermQuery::new(Term::from_field_text(self.f.mailbox, m), IndexRecordOption::Basic)))
+            })
+            .collect();
+        Box::new(BooleanQuery::new(any))
+    }
+
+    /// IMAP `SEARCH BODY` (`with_header`: `TEXT`) in `mailbox`: the first
+    /// 64 bits of each matching message's hash, or `None` when the words
+    /// are all stop words (the caller scans).
+    pub fn imap_matches(&self, mailbox: &str, text: &str, with_header: bool) -> Result<Option<HashSet<u64>>> {
+        let f = self.f;
+        let fields = if with_header { f.all() } else { vec![(f.body, f.body_raw)] };
+        let Some(words) = self.words(text, &fields) else { return Ok(None) };
+        let q = BooleanQuery::new(vec![(Occur::Must, self.in_mailboxes(&[mailbox.to_string()])), (Occur::Must, words)]);
+        let searcher = self.reader.searcher();
+        let err = |source| FullTextError::Index { dir: self.dir.clone(), source };
+        let docs = searcher.search(&q, &DocSetCollector).map_err(err)?;
+        let mut out = HashSet::with_capacity(docs.len());
+        let mut columns = std::collections::HashMap::new();
+        for d in docs {
+            let col = match columns.get(&d.segment_ord) {
+                Some(c) => c,
+                None => {
+                    let c = searcher.segment_reader(d.segment_ord).fast_fields().u64("h64").map_err(err)?;
+                    columns.entry(d.segment_ord).or_insert(c)
+                }
+            };
+            out.extend(col.first(d.doc_id));
+        }
+        Ok(Some(out))
+    }
+
+    /// Ranked search over `mailboxes` (those the user may read).
+    pub fn search(&self, mailboxes: &[String], text: &str, filter: &Filter, limit: usize) -> Result<Vec<Hit>> {
+        let f = self.f;
+        if mailboxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, self.in_mailboxes(mailboxes))];
+        match self.words(text, &f.all()) {
+            Some(q) => clauses.push((Occur::Must, q)),
+            None if text.trim().is_empty() => {}
+            None => return Ok(Vec::new()),
+        }
+        if let Some(from) = &filter.from {
+            match self.words(from, &[(f.from, f.from_raw)]) {
+                Some(q) => clauses.push((Occur::Must, q)),
+                None => return Ok(Vec::new()),
+            }
+        }
+        if let Some(kind) = &filter.kind {
+            clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(f.kind, kind), IndexRecordOption::Basic))));
+        }
+        if let Some(since) = filter.since {
+            let q = tantivy::query::RangeQuery::new(
+                std::ops::Bound::Included(Term::from_field_i64(f.date, since.timestamp())),
+                std::ops::Bound::Unbounded,
+            );
+            clauses.push((Occur::Must, Box::new(q)));
+        }
+        let q = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let err = |source| FullTextError::Index { dir: self.dir.clone(), source };
+        let top = searcher.search(&q, &TopDocs::with_limit(limit.max(1)).order_by_score()).map_err(err)?;
+        let words = query_words(text);
+        let mut out = Vec::new();
+        for (score, addr) in top {
+            let doc: TantivyDocument = searcher.doc(addr).map_err(err)?;
+            let s = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let date = doc.get_first(f.date).and_then(|v| v.as_i64()).unwrap_or(0);
+            out.push(Hit {
+                mailbox: s(f.mailbox),
+                hash: s(f.hash),
+                score,
+                subject: s(f.subject).lines().next().unwrap_or_default().to_string(),
+                from: s(f.from),
+                date: DateTime::from_timestamp(date, 0).unwrap_or_default(),
+                kind: s(f.kind),
+                snippet: snippet(&s(f.preview), &words),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if ".+*?()|[]{}^$\\#&-~\"<>@".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Up to 200 characters of `text` around the first word that starts with
+/// one of `words` as written, or has its stem, the word in `[…]`.
+fn snippet(text: &str, words: &[(String, String)]) -> String {
+    let mut a = folded();
+    let mut s = a.token_stream(text);
+    let mut at = None;
+    while s.advance() {
+        let t = s.token();
+        let stem = || terms(&t.text).pop().unwrap_or_default();
+        if words.iter().any(|(raw, st)| t.text.starts_with(raw.as_str()) || stem() == *st) {
+            at = Some((t.offset_from, t.offset_to));
+            break;
+        }
+    }
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some((from, to)) = at else {
+        return flat(&text.chars().take(200).collect::<String>());
+    };
+    let start = text[..from].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
+    let end = text[to..].char_indices().nth(100).map_or(text.len(), |(i, _)| to + i);
+    format!(
+        "{}{}[{}]{}{}",
+        if start > 0 { "…" } else { "" },
+        flat(&text[start..from]),
+        &text[from..to],
+        flat(&text[to..end]),
+        if end < text.len() { "…" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fulltext::extract;
+    use chrono::Utc;
+
+    #[test]
+    fn italian_analysis_folds_accents_drops_stop_words_and_stems() {
+        assert_eq!(terms("perché"), terms("perche"));
+        assert_eq!(terms("solleciti"), terms("sollecito"));
+        assert_eq!(terms("il sollecito di pagamento"), terms("Sollecito Pagamento"));
+        assert!(terms("di la il").is_empty());
+    }
+
+    fn doc(mailbox: &str, hash: &str, body: &str) -> Doc {
+        Doc {
+            mailbox: mailbox.into(),
+            hash: hash.into(),
+            date: Utc::now(),
+            kind: "certified",
+            text: extract::Extracted { subject: "Avviso".into(), body: body.into(), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn words_are_found_by_their_start_and_only_in_the_mailboxes_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ft = FullText::open(dir.path(), true).unwrap();
+        let h1 = format!("{:064x}", 1);
+        let h2 = format!("{:064x}", 2);
+        ft.add(&doc("prot", &h1, "Secondo sollecito di pagamento della fattura perché scaduta")).unwrap();
+        ft.add(&doc("legal", &h2, "Ricorso al TAR")).unwrap();
+        ft.commit(7).unwrap();
+        assert_eq!(ft.indexed_seq(), 7);
+        let m = ft.imap_matches("prot", "solleciti", false).unwrap().unwrap();
+        assert_eq!(m, HashSet::from([h64(&h1).unwrap()]));
+        assert_eq!(ft.imap_matches("prot", "sollec pagam", false).unwrap().unwrap().len(), 1, "prefixes");
+        assert!(ft.imap_matches("prot", "ricorso", false).unwrap().unwrap().is_empty(), "another mailbox");
+        assert_eq!(ft.imap_matches("prot", "di", false).unwrap(), None, "stop words only");
+        let hits = ft.search(&["prot".into(), "legal".into()], "perche", &Filter::default(), 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0].snippet.contains("[perché]"), "{}", hits[0].snippet);
+        assert!(ft.search(&["legal".into()], "sollecito", &Filter::default(), 10).unwrap().is_empty());
+        // A second writer is refused with a clear error.
+        assert!(matches!(FullText::open(dir.path(), true), Err(FullTextError::Busy { .. })));
+    }
+}
