@@ -12,6 +12,9 @@
 //! FULLTEXT_MESSAGES=100000 cargo bench --bench fulltext
 //! ```
 //! `FULLTEXT_DIR` keeps the index there (default: a temporary directory).
+//! `FULLTEXT_MAILDIR=DIR` writes the same messages as a Maildir instead
+//! (`DIR/cur/…`) and indexes nothing: what `benches/fulltext-dovecot.sh`
+//! gives Dovecot with fts-xapian, side by side.
 
 use std::time::Instant;
 
@@ -71,6 +74,19 @@ fn message(i: usize, r: &mut Rng) -> Vec<u8> {
 
 fn main() {
     let n: usize = std::env::var("FULLTEXT_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    if let Ok(maildir) = std::env::var("FULLTEXT_MAILDIR") {
+        let cur = std::path::Path::new(&maildir).join("cur");
+        for d in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(std::path::Path::new(&maildir).join(d)).unwrap();
+        }
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        for i in 0..n {
+            let raw = message(i, &mut r);
+            std::fs::write(cur.join(format!("{}.{i}.bench,S={}:2,S", 1_700_000_000 + i, raw.len())), raw).unwrap();
+        }
+        println!("wrote {n} messages to {maildir}");
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = std::env::var("FULLTEXT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
     let ft = FullText::open(&dir, true).unwrap();

@@ -339,6 +339,29 @@ fn mixed_campaign(n: usize) {
     for m in used {
         assert!(metrics.contains(&format!("\n{m}{{")), "the dashboard queries {m}, not exported:\n{metrics}");
     }
+    // Full-text search finds a notice by its words, in Sent, and filters
+    // by what its receipts say.
+    let search = |args: &[&str]| -> Vec<Value> {
+        let out = Command::new(pecgate_bin())
+            .arg("search")
+            .args(args)
+            .args(["--json", "--config", env.gw.config_path.to_str().unwrap(), "--user", "mario"])
+            .env("PECGATE_PASSWORD", PW)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["hits"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while search(&["00014"]).is_empty() {
+        assert!(Instant::now() < deadline, "the notices are not in the full-text index");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let failed = search(&["00010", "--state", "failed", "--kind", "sent"]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0]["folder"].as_str(), failed[0]["subject"].as_str()), (Some("prot/Sent"), Some("Verbale n. V-00010 - notifica")));
+    assert!(search(&["00010", "--state", "delivered"]).is_empty());
+    assert_eq!(search(&["00014", "--state", "delivered"]).len(), 1);
     // The evidence: the notice as sent is the archived blob, in Sent.
     assert_eq!(env.gw.stop(), Some(0));
     let store = env.gw.open_store();

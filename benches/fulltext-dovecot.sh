@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Dovecot 2.3 with fts-xapian on the same messages as benches/fulltext.rs:
+# the side-by-side figures of BENCHMARKS.md "Full-text search".
+#
+#   benches/fulltext-dovecot.sh [N]     # N messages (default 20000)
+#
+# Writes the messages as a Maildir (the bench's FULLTEXT_MAILDIR mode, the
+# same generator and seed), starts a throwaway Dovecot as root's tests do
+# (mail as the dovecot user, vsz_limit raised), times `doveadm index`
+# (which builds the xapian index), then times `doveadm search ... body W`
+# for the words the pecgate bench searches (median of 20 after a warm-up)
+# and prints the index's size. Installs dovecot-imapd and
+# dovecot-fts-xapian if missing (apt-get, as root).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+N=${1:-20000}
+die() { echo "fulltext-dovecot: $*" >&2; exit 1; }
+
+if ! dpkg -s dovecot-fts-xapian >/dev/null 2>&1 || ! dpkg -s dovecot-imapd >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || die "dovecot-imapd and dovecot-fts-xapian are missing: install them (as root)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-fts-xapian >/dev/null
+fi
+
+D=$(mktemp -d /var/tmp/pecgate-fts-dovecot.XXXXXX)
+chmod 755 "$D"
+trap 'kill $(cat "$D/run/master.pid" 2>/dev/null) 2>/dev/null || true' EXIT
+mkdir -p "$D/run" "$D/home/bench"
+FULLTEXT_MAILDIR="$D/home/bench/Maildir" FULLTEXT_MESSAGES="$N" cargo bench --bench fulltext 2>/dev/null | tail -1
+chown -R dovecot:dovecot "$D/home"
+cat > "$D/dovecot.conf" <<EOF
+base_dir = $D/run
+state_dir = $D/run
+log_path = $D/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+default_internal_user = dovecot
+default_login_user = dovenull
+first_valid_uid = 1
+passdb {
+  driver = static
+  args = password=bench
+}
+userdb {
+  driver = static
+  args = uid=dovecot gid=dovecot home=$D/home/%u mail=maildir:~/Maildir
+}
+mail_plugins = fts fts_xapian
+plugin {
+  fts = xapian
+  fts_xapian = partial=3 full=20 verbose=0
+  fts_autoindex = no
+  fts_enforced = yes
+}
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+}
+service imap {
+  vsz_limit = 4G
+}
+service indexer-worker {
+  vsz_limit = 4G
+}
+EOF
+dovecot -c "$D/dovecot.conf"
+bytes=$(du -sb "$D/home/bench/Maildir/cur" | cut -f1)
+start=$(date +%s.%N)
+doveadm -c "$D/dovecot.conf" index -u bench INBOX
+end=$(date +%s.%N)
+secs=$(echo "$end - $start" | bc -l)
+idx=$(du -sb "$D/home/bench/xapian-indexes" 2>/dev/null | cut -f1 || echo 0)
+printf 'dovecot fts-xapian: indexed %d messages (%.1f MB) in %.1f s: %.0f messages/s; index %.1f MB = %.1f %% of the messages\n' \
+  "$N" "$(echo "$bytes/1000000" | bc -l)" "$secs" "$(echo "$N/$secs" | bc -l)" "$(echo "$idx/1000000" | bc -l)" "$(echo "100*$idx/$bytes" | bc -l)"
+for w in raccomandata sollecito raccom "raccomandata urgente"; do
+  args=()
+  for x in $w; do args+=(body "$x"); done
+  doveadm -c "$D/dovecot.conf" search -u bench mailbox INBOX "${args[@]}" >/dev/null
+  ts=()
+  for _ in $(seq 20); do
+    s=$(date +%s%N)
+    hits=$(doveadm -c "$D/dovecot.conf" search -u bench mailbox INBOX "${args[@]}" | wc -l)
+    ts+=($(( ($(date +%s%N) - s) / 1000 )))
+  done
+  median=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n 10p)
+  printf 'dovecot BODY %s: %d hits, median %.2f ms (doveadm process included)\n' "$w" "$hits" "$(echo "$median/1000" | bc -l)"
+done
+echo "data in $D (remove it when done)"
