@@ -70,7 +70,7 @@ start=$(date +%s.%N)
 doveadm -c "$D/dovecot.conf" index -u bench INBOX
 end=$(date +%s.%N)
 secs=$(echo "$end - $start" | bc -l)
-idx=$(du -sb "$D/home/bench/xapian-indexes" 2>/dev/null | cut -f1 || echo 0)
+idx=$(du -sb "$D/home/bench/Maildir/xapian-indexes" 2>/dev/null | cut -f1 || echo 0)
 printf 'dovecot fts-xapian: indexed %d messages (%.1f MB) in %.1f s: %.0f messages/s; index %.1f MB = %.1f %% of the messages\n' \
   "$N" "$(echo "$bytes/1000000" | bc -l)" "$secs" "$(echo "$N/$secs" | bc -l)" "$(echo "$idx/1000000" | bc -l)" "$(echo "100*$idx/$bytes" | bc -l)"
 for w in raccomandata sollecito raccom "raccomandata urgente"; do
