@@ -39,6 +39,7 @@ pub enum SearchAction {
 pub struct Find {
     /// The words; every one must be there.
     pub query: Option<String>,
+    /// The daemon's configuration (where its HTTP API listens).
     #[arg(long, short, env = "PECGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The gateway user (the password from PECGATE_PASSWORD, else asked for).
@@ -53,11 +54,14 @@ pub struct Find {
     /// Only messages from this day on (YYYY-MM-DD).
     #[arg(long)]
     pub since: Option<String>,
+    /// Certified envelopes, receipts, anomalies (errors, non-acceptances,
+    /// virus notices), messages sent through the gateway, or plain mail.
     #[arg(long, value_parser = super::api::KINDS)]
     pub kind: Option<String>,
     /// Sent messages in this delivery state.
     #[arg(long, value_parser = super::api::STATES)]
     pub state: Option<String>,
+    /// At most this many hits, best first (the API allows 1,000).
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
     /// The answer as JSON (one object, `hits` ranked).
