@@ -276,6 +276,7 @@ fuzz_target!(|data: &[u8]| {
         cfg: imap,
         tls: h.tls.clone(),
         store,
+        fulltext: None,
         auth: Arc::new(pecgate::auth::Authenticator::new(&h.users)),
         sessions: Default::default(),
         addresses: Default::default(),
