@@ -322,6 +322,8 @@ fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
          \x20       --recipients {dir}/campaign-recipients.csv --template {dir}/campaign-template.txt --start\n\
          \x20 pecgate campaign status --config {dir}/pecgate.toml --user mario ID\n\
          \x20 pecgate campaign report --config {dir}/pecgate.toml --user mario ID --fallback\n\n\
+         Full-text search (Italian word forms: 'benvenuti' finds the welcome PEC's 'Benvenuto'):\n\
+         \x20 pecgate search --config {dir}/pecgate.toml --user mario benvenuti\n\n\
          mbsync (mario's folders into {dir}/mbsync-maildir): run\n\
          \x20 mbsync -c {dir}/mbsyncrc -a\n\
          with this configuration (written there; put it in ~/.mbsyncrc to use it as is):\n\

@@ -408,12 +408,15 @@ fn snippet(text: &str, words: &[(String, String)]) -> String {
     };
     let start = text[..from].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
     let end = text[to..].char_indices().nth(100).map_or(text.len(), |(i, _)| to + i);
+    let space = |yes: bool| if yes { " " } else { "" };
+    let before = flat(&text[start..from]);
+    let after = flat(&text[to..end]);
     format!(
-        "{}{}[{}]{}{}",
+        "{}{before}{}[{}]{}{after}{}",
         if start > 0 { "…" } else { "" },
-        flat(&text[start..from]),
+        space(!before.is_empty() && text[..from].ends_with(char::is_whitespace)),
         &text[from..to],
-        flat(&text[to..end]),
+        space(!after.is_empty() && text[to..].starts_with(char::is_whitespace)),
         if end < text.len() { "…" } else { "" }
     )
 }
@@ -459,7 +462,7 @@ mod tests {
         assert_eq!(ft.imap_matches("prot", "di", false).unwrap(), None, "stop words only");
         let hits = ft.search(&["prot".into(), "legal".into()], "perche", &Filter::default(), 10).unwrap();
         assert_eq!(hits.len(), 1);
-        assert!(hits[0].snippet.contains("[perché]"), "{}", hits[0].snippet);
+        assert!(hits[0].snippet.contains("fattura [perché] scaduta"), "{}", hits[0].snippet);
         assert!(ft.search(&["legal".into()], "sollecito", &Filter::default(), 10).unwrap().is_empty());
         // A second writer is refused with a clear error.
         assert!(matches!(FullText::open(dir.path(), true), Err(FullTextError::Busy { .. })));
