@@ -42,6 +42,15 @@ impl std::fmt::Display for Broken {
 /// Walk every segment of the journal, checking each line's hash, the link
 /// to the previous record and the sequence numbers.
 pub fn verify(journal: &JournalReader) -> std::io::Result<Verification> {
+    verify_collecting(journal, &mut |_, _| {})
+}
+
+/// [`verify`], handing each good record and its hash to `each` (the
+/// anchor check collects the hashes it needs in the same walk).
+pub fn verify_collecting(
+    journal: &JournalReader,
+    each: &mut dyn FnMut(&crate::store::Record, &str),
+) -> std::io::Result<Verification> {
     let mut prev = GENESIS.to_string();
     let mut expected = 1u64;
     let mut records = 0u64;
@@ -73,7 +82,8 @@ pub fn verify(journal: &JournalReader) -> std::io::Result<Verification> {
         if let Some(b) = fail {
             return Ok(Verification { records, segments: segs.len() as u64, head: prev, broken: Some(b) });
         }
-        if let Ok((_, hash)) = line.parsed {
+        if let Ok((rec, hash)) = line.parsed {
+            each(&rec, &hash);
             prev = hash;
         }
         expected += 1;

@@ -106,6 +106,14 @@ pub enum Command {
     /// HTTP API), ranked, with a snippet and the folder to look in; or
     /// `search reindex` to rebuild the index.
     Search(crate::fulltext::cli::SearchCmd),
+    /// Legal holds: messages (by hash or search) or whole mailboxes that
+    /// retention never removes while the hold stands (the daemon's API,
+    /// role `hold`).
+    #[command(subcommand)]
+    Hold(crate::retention::cli::HoldCmd),
+    /// Retention: what the next expiry run would remove (`plan`).
+    #[command(subcommand)]
+    Retention(crate::retention::cli::RetentionCmd),
 }
 
 #[derive(Subcommand)]
@@ -327,16 +335,41 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => status(&config, json),
         Command::Audit(AuditCmd::Verify { config, json }) => {
             let cfg = daemon::load_config(&config)?;
-            let v = audit::verify(&store::JournalReader::open_read_only(&cfg.store.data_dir))?;
+            let journal = store::JournalReader::open_read_only(&cfg.store.data_dir);
+            let (mut anchors, files) = crate::anchor::Collector::new(&journal)?;
+            let v = audit::verify_collecting(&journal, &mut |r, h| anchors.see(r, h))?;
+            let ca = match &cfg.anchor {
+                Some(a) => Some(std::fs::read(&a.ca_file).with_context(|| format!("anchor.ca_file {}", a.ca_file.display()))?),
+                None => None,
+            };
+            let a = anchors.check(&journal, &files, v.records, ca.as_deref());
+            let ok = v.broken.is_none() && a.broken.is_none();
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if let Some(b) = &v.broken {
-                println!("audit chain BROKEN at {b}");
-                println!("{} records before it verify; chain head before the break: {}", v.records, v.head);
+                let mut out = serde_json::to_value(&v)?;
+                out["anchors"] = serde_json::to_value(&a)?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("audit chain OK: {} records in {} segments; head {}", v.records, v.segments, v.head);
+                if let Some(b) = &v.broken {
+                    println!("audit chain BROKEN at {b}");
+                    println!("{} records before it verify; chain head before the break: {}", v.records, v.head);
+                } else {
+                    println!("audit chain OK: {} records in {} segments; head {}", v.records, v.segments, v.head);
+                }
+                match (&a.broken, a.newest_record) {
+                    (Some(b), _) => println!("anchors FAIL: {b}"),
+                    (None, Some(n)) => println!(
+                        "anchors OK: {} tokens; newest anchored record {n}, time-stamped {}; {} records after it not yet anchored",
+                        a.tokens,
+                        a.newest_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        a.unanchored_records
+                    ),
+                    (None, None) => println!("anchors: none (the chain has never been time-stamped: a cut at its end would not be detected)"),
+                }
+                if let Some(u) = &a.unchecked {
+                    println!("note: {u}");
+                }
             }
-            Ok(if v.broken.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Audit(AuditCmd::Query { config, user, mailbox, op, since, until, format }) => {
             let cfg = daemon::load_config(&config)?;
@@ -425,6 +458,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         cmd @ (Command::Rules(_) | Command::Handling(_)) => handling_command(cmd),
         Command::Campaign(c) => crate::campaign::cli::run(c),
         Command::Search(c) => crate::fulltext::cli::run(c),
+        Command::Hold(c) => crate::retention::cli::run_hold(c),
+        Command::Retention(c) => crate::retention::cli::run_retention(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

@@ -33,6 +33,14 @@ pub struct Config {
     /// How the daemon runs campaigns.
     #[serde(default)]
     pub campaigns: CampaignsConfig,
+    /// When the expiry run removes messages past their mailbox's
+    /// `retention`.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Time-stamping the audit chain's head with an RFC 3161 authority;
+    /// absent means the chain is not anchored.
+    #[serde(default)]
+    pub anchor: Option<AnchorConfig>,
     /// The client-facing IMAP server; absent means no IMAP listener.
     #[serde(default)]
     pub imap: Option<ImapConfig>,
@@ -234,6 +242,64 @@ fn default_attempts() -> u32 {
     20
 }
 
+/// `[retention]`: the daemon's expiry run. Nothing is ever removed from a
+/// mailbox without `retention` set on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Time between expiry runs (the first runs a minute after start).
+    #[serde(default = "default_expiry_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { every: default_expiry_every() }
+    }
+}
+
+fn default_expiry_every() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+/// `[anchor]`: an RFC 3161 time-stamping authority that certifies, every
+/// `every_records` records or `every` (whichever comes first, and only when
+/// there are new records), that the journal's chain head existed then. A
+/// journal cut after an anchored record then fails `audit verify`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorConfig {
+    /// The TSA's URL (`http://` or `https://`; RFC 3161 over HTTP, POST of
+    /// `application/timestamp-query`).
+    pub url: String,
+    /// PEM certificates the TSA's tokens must chain to (its root CA; the
+    /// signing certificate must be for time stamping). Also the trust for
+    /// an `https://` URL, beside the system roots.
+    pub ca_file: PathBuf,
+    /// A file holding `user:password` for HTTP basic authentication, if
+    /// the TSA asks for it (most commercial ones do).
+    pub credentials_file: Option<PathBuf>,
+    /// The TSA policy OID to ask for (default: the TSA's own).
+    pub policy: Option<String>,
+    #[serde(default = "default_anchor_records")]
+    pub every_records: u64,
+    #[serde(default = "default_anchor_every", with = "humantime_serde")]
+    pub every: Duration,
+    /// How long one request may take.
+    #[serde(default = "default_anchor_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_anchor_records() -> u64 {
+    10_000
+}
+fn default_anchor_every() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_anchor_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// One PEC mailbox at a provider.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +348,11 @@ pub struct MailboxConfig {
     /// relayed through it (client submissions and campaigns alike).
     #[serde(default)]
     pub sending: SendingLimits,
+    /// How long messages are kept from the day they entered the archive
+    /// ("10y"); then the expiry run removes those no legal hold covers.
+    /// Absent: kept for ever.
+    #[serde(default, with = "humantime_serde::option")]
+    pub retention: Option<Duration>,
 }
 
 /// A mailbox's sending limits (`sending = { per_minute = 6, … }`), as its
@@ -477,6 +548,35 @@ impl Config {
         }
         if self.upstream.timeout < Duration::from_secs(1) {
             push("upstream.timeout".into(), "must be at least 1s".into());
+        }
+        if self.retention.every < Duration::from_secs(1) {
+            push("retention.every".into(), "must be at least 1s".into());
+        }
+        if let Some(a) = &self.anchor {
+            if !(a.url.starts_with("http://") || a.url.starts_with("https://")) || a.url.parse::<hyper::Uri>().is_err() {
+                push("anchor.url".into(), format!("{:?} is not an http:// or https:// URL", a.url));
+            }
+            if let Err(e) = std::fs::read(&a.ca_file) {
+                push("anchor.ca_file".into(), format!("cannot read {}: {e}", a.ca_file.display()));
+            }
+            if let Some(f) = &a.credentials_file {
+                match std::fs::read_to_string(f) {
+                    Ok(c) if c.trim_end().contains(':') => {}
+                    Ok(_) => push("anchor.credentials_file".into(), "must hold user:password".into()),
+                    Err(e) => push("anchor.credentials_file".into(), format!("cannot read {}: {e}", f.display())),
+                }
+            }
+            if a.every_records == 0 {
+                push("anchor.every_records".into(), "must be at least 1".into());
+            }
+            if a.every < Duration::from_secs(1) || a.timeout < Duration::from_secs(1) {
+                push("anchor.every".into(), "anchor.every and anchor.timeout must be at least 1s".into());
+            }
+            if let Some(p) = &a.policy {
+                if p.split('.').count() < 2 || !p.split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+                    push("anchor.policy".into(), format!("{p:?} is not an OID (dotted numbers)"));
+                }
+            }
         }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, m) in self.mailboxes.iter().enumerate() {
@@ -709,7 +809,8 @@ pub struct UserConfig {
     /// Mailbox alias → rights (`read`, `triage`, `send`, `delete`).
     #[serde(default)]
     pub grants: BTreeMap<String, Vec<String>>,
-    /// Global roles: `audit` (may query the audit log).
+    /// Global roles: `audit` (may query the audit log and see legal holds
+    /// and the retention plan), `hold` (may place and release legal holds).
     #[serde(default)]
     pub roles: Vec<String>,
 }
@@ -717,7 +818,7 @@ pub struct UserConfig {
 /// Rights a grant may name, see DESIGN.md "Permissions".
 pub const RIGHTS: [&str; 4] = ["read", "triage", "send", "delete"];
 /// Roles a user may hold.
-pub const ROLES: [&str; 1] = ["audit"];
+pub const ROLES: [&str; 2] = ["audit", "hold"];
 
 /// Every `listen`/`listen_starttls` entry of `section` must be `ip:port`.
 fn check_listeners(section: &str, listen: &[String], starttls: &[String], push: &mut impl FnMut(String, String)) {

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// Outcomes of [`smtp_submissions`].
 pub const SMTP_OUTCOMES: [&str; 4] = ["accepted", "temporary", "rejected", "refused"];
@@ -123,5 +123,67 @@ pub fn throttled_logins() -> &'static IntCounter {
             "Login attempts delayed by the throttle after earlier failures.",
         )
         .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+    })
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"))
+}
+
+/// The anchoring task's state (`anchor::run`).
+pub struct AnchorMetrics {
+    pub failures: IntCounter,
+    pub last_success: IntGauge,
+    pub anchored: IntGauge,
+    pub unanchored: IntGauge,
+}
+
+pub fn anchor() -> &'static AnchorMetrics {
+    static M: OnceLock<AnchorMetrics> = OnceLock::new();
+    M.get_or_init(|| AnchorMetrics {
+        failures: IntCounter::new(
+            "pecgate_anchor_failures_total",
+            "Attempts to time-stamp the audit chain's head that failed (TSA unreachable, refused, or a token that does not verify).",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+        last_success: gauge(
+            "pecgate_anchor_last_success_timestamp_seconds",
+            "When the audit chain was last anchored by the time-stamping authority (Unix time; 0: not since start).",
+        ),
+        anchored: gauge("pecgate_anchor_record", "The journal record last anchored by this process (0: none since start)."),
+        unanchored: gauge(
+            "pecgate_anchor_unanchored_records",
+            "Journal records after the last anchored one (a cut among them would not be detected yet).",
+        ),
+    })
+}
+
+/// The expiry run's results (`retention::run`).
+pub struct RetentionMetrics {
+    pub expired: IntCounterVec,
+    pub last_run: IntGauge,
+    pub held: IntGaugeVec,
+}
+
+pub fn retention() -> &'static RetentionMetrics {
+    static M: OnceLock<RetentionMetrics> = OnceLock::new();
+    M.get_or_init(|| RetentionMetrics {
+        expired: IntCounterVec::new(
+            Opts::new("pecgate_retention_expired_messages_total", "Messages removed by the expiry run, by mailbox."),
+            &["mailbox"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+        last_run: gauge(
+            "pecgate_retention_last_run_timestamp_seconds",
+            "When the expiry run last completed (Unix time; 0: not since start).",
+        ),
+        held: IntGaugeVec::new(
+            Opts::new(
+                "pecgate_retention_held_messages",
+                "Messages past their retention kept by a legal hold, by mailbox, as of the last expiry run.",
+            ),
+            &["mailbox"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
     })
 }

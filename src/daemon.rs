@@ -100,6 +100,11 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
     for m in cfg.mailboxes.iter().filter(|m| m.smtp.is_some()) {
         tasks.spawn(sender.clone().run(m.clone(), rx.clone()));
     }
+    // Once-per-archive work: the expiry run and anchoring the chain.
+    tasks.spawn(crate::retention::task(store.clone(), cfg.clone(), rx.clone()));
+    if let Some(a) = &cfg.anchor {
+        tasks.spawn(crate::anchor::run(store.clone(), a.clone(), rx.clone()));
+    }
     Ok(Generation { stop, tasks })
 }
 
@@ -293,6 +298,11 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         overdue_after: cfg.pec.overdue_after,
                     })
                 }),
+                holds: Some(Arc::new(crate::retention::api::HoldApi {
+                    store: store.clone(),
+                    ft: sh.fulltext.clone(),
+                    mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.retention)).collect(),
+                })),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }

@@ -61,6 +61,8 @@ pub struct HttpState {
     pub campaigns: Option<Arc<crate::campaign::api::Api>>,
     /// `/api/search` (absent: 404).
     pub search: Option<Arc<crate::fulltext::api::SearchApi>>,
+    /// `/api/holds`, `/api/retention` (absent: 404).
+    pub holds: Option<Arc<crate::retention::api::HoldApi>>,
 }
 
 /// Largest upload (a campaign's recipients list, template or attachment).
@@ -191,6 +193,36 @@ async fn campaigns(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> 
     respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
 }
 
+/// Legal holds and the retention plan (see `retention::api`).
+async fn holds(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let Some(api) = st.holds.clone() else { return error(StatusCode::NOT_FOUND, "legal holds are not available here") };
+    let user = match authenticate(st, peer, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let params = parse_query(req.uri().query().unwrap_or(""));
+    let source = peer.to_string();
+    let parts: Vec<&str> = path.trim_start_matches("/api/").split('/').filter(|p| !p.is_empty()).collect();
+    let (status, ct, b) = match (method.clone(), parts.as_slice()) {
+        (Method::GET, ["holds"]) => api.list(&user, &params),
+        (Method::POST, ["holds"]) => match body(req, MAX_JSON).await {
+            Ok(b) => api.place(&user, &source, &b).await,
+            Err(r) => return r,
+        },
+        (Method::POST, ["holds", id, "release"]) => match body(req, MAX_JSON).await {
+            Ok(b) => api.release(&user, &source, id, &b).await,
+            Err(r) => return r,
+        },
+        (Method::GET, ["retention"]) => match tokio::task::spawn_blocking(move || api.plan(&user, &params)).await {
+            Ok(a) => a,
+            Err(_) => (500, "application/json", b"{\"error\":\"retention plan task failed\"}".to_vec()),
+        },
+        _ => return error(StatusCode::NOT_FOUND, &format!("no endpoint {method} {path}")),
+    };
+    respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
+}
+
 /// `GET /api/search` (see `fulltext::api`).
 async fn search(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let Some(api) = st.search.clone() else { return error(StatusCode::NOT_FOUND, "full-text search is not available here") };
@@ -216,6 +248,9 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
     }
     if p == "/api/search" {
         return search(st, peer, req).await;
+    }
+    if p == "/api/holds" || p.starts_with("/api/holds/") || p == "/api/retention" {
+        return holds(st, peer, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only");

@@ -24,6 +24,7 @@
 //! * [`demo`]: `pecgate demo`, a throw-away complete installation.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod audit;
 pub mod auth;
 pub mod campaign;
@@ -39,6 +40,7 @@ pub mod imap;
 pub mod listener;
 pub mod metrics;
 pub mod pec;
+pub mod retention;
 pub mod sending;
 pub mod sim;
 pub mod smtp;

@@ -238,6 +238,15 @@ impl Metrics {
         r.add(counters::smtp_sessions_open().clone())?;
         r.add(counters::fulltext_backlog().clone())?;
         r.add(counters::fulltext_documents().clone())?;
+        let a = counters::anchor();
+        r.add(a.failures.clone())?;
+        r.add(a.last_success.clone())?;
+        r.add(a.anchored.clone())?;
+        r.add(a.unanchored.clone())?;
+        let t = counters::retention();
+        r.add(t.expired.clone())?;
+        r.add(t.last_run.clone())?;
+        r.add(t.held.clone())?;
         r.add(counters::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
         r.add(counters::commands().clone())?;

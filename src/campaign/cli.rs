@@ -216,6 +216,16 @@ impl Client {
     }
 }
 
+/// Percent-encoding for a query string value.
+pub(crate) fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The daemon said no: its status and answer.
 #[derive(Debug)]
 struct Refused(u16, Value);

@@ -119,7 +119,7 @@ async fn find(f: Find) -> anyhow::Result<ExitCode> {
             q.push((k, v.clone()));
         }
     }
-    let query: String = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&");
+    let query: String = q.iter().map(|(k, v)| format!("{k}={}", crate::campaign::cli::encode(v))).collect::<Vec<_>>().join("&");
     let v = c.json("GET", &format!("/api/search?{query}"), Vec::new()).await.context("searching")?;
     if f.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -138,14 +138,4 @@ async fn find(f: Find) -> anyhow::Result<ExitCode> {
         println!("    {}", s("snippet"));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Percent-encoding for a query string value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -108,6 +108,20 @@ impl Blobs {
         fs::read(self.path(hash))
     }
 
+    /// Delete a blob (its retention ended: see `Event::Expired`) and make
+    /// the removal durable. Already gone is not an error.
+    pub fn remove(&self, hash: &str) -> io::Result<()> {
+        if !valid_hash(hash) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"));
+        }
+        let path = self.path(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every blob hash on disk (for integrity checks).
     pub fn list(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();

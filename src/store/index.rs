@@ -219,7 +219,7 @@ macro_rules! json_val {
         }
     )*};
 }
-json_val!(FolderState, SentMessage, Handling, Vec<String>, CampaignRow, NoticeRow);
+json_val!(FolderState, SentMessage, Handling, Vec<String>, CampaignRow, NoticeRow, crate::retention::Hold);
 
 impl Val for MessageMeta {
     fn enc(&self) -> Vec<u8> {
@@ -245,6 +245,13 @@ fn enc<T: Val>(v: &T) -> Vec<u8> {
 
 fn dec<T: Val>(b: &[u8]) -> Result<T, Error> {
     T::dec(b)
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -283,6 +290,11 @@ fn set_handling(
         meta.insert(vk, h.vuid.to_be_bytes())?;
     }
     Ok(())
+}
+
+/// Holds live in `meta`: `hold`, mailbox, the placing record's seq (u64 BE).
+fn hold_key(mailbox: &str, id: u64) -> Vec<u8> {
+    key(&[b"hold", mailbox.as_bytes(), &id.to_be_bytes()])
 }
 
 fn notice_key(campaign: &str, n: u32) -> Vec<u8> {
@@ -1127,6 +1139,68 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             }
             folders.insert(tk, enc(&ts))?;
         }
+        Event::Expired { mailbox, items, .. } => {
+            let mut touched: BTreeMap<String, FolderState> = BTreeMap::new();
+            for it in items {
+                let u = it.uid.to_be_bytes();
+                let mk = key(&[mailbox.as_bytes(), it.folder.as_bytes(), &u]);
+                if it.hidden {
+                    hidden.remove(mk)?;
+                } else if let Some(v) = msgs.remove(mk)? {
+                    let m: MessageMeta = dec(&v)?;
+                    let st = match touched.get_mut(&it.folder) {
+                        Some(st) => st,
+                        None => {
+                            let fk = key(&[mailbox.as_bytes(), it.folder.as_bytes()]);
+                            let Some(st) = get_val::<FolderState>(folders, &fk)? else { continue };
+                            touched.entry(it.folder.clone()).or_insert(st)
+                        }
+                    };
+                    st.exists = st.exists.saturating_sub(1);
+                    st.size = st.size.saturating_sub(m.size);
+                    st.highest_modseq += 1;
+                    let k2 = key(&[mailbox.as_bytes(), it.folder.as_bytes(), &u]);
+                    if let Some(users) = get_val::<Vec<String>>(seen_by, &k2)? {
+                        seen_by.remove(k2)?;
+                        for user in &users {
+                            seen.remove(key(&[user.as_bytes(), mailbox.as_bytes(), it.folder.as_bytes(), &u]))?;
+                        }
+                    }
+                }
+                // The mailbox no longer holds it anywhere: no place to file a
+                // provider copy under, no handling to track.
+                hashes.remove(hash_key(mailbox, &it.hash))?;
+                let hk = key(&[mailbox.as_bytes(), it.hash.as_bytes()]);
+                if let Some(h) = get_val::<Handling>(handling, &hk)? {
+                    handling.remove(hk)?;
+                    hstate.remove(key(&[mailbox.as_bytes(), &[h.state.code()], &h.vuid.to_be_bytes()]))?;
+                }
+            }
+            for (folder, st) in touched {
+                folders.insert(key(&[mailbox.as_bytes(), folder.as_bytes()]), enc(&st))?;
+            }
+        }
+        Event::HoldPlaced { mailbox, whole, hashes: held, reason, query } => {
+            let h = crate::retention::Hold {
+                id: seq,
+                mailbox: mailbox.clone(),
+                whole: *whole,
+                hashes: held.clone(),
+                reason: reason.clone(),
+                query: query.clone(),
+                placed: time,
+            };
+            meta.insert(hold_key(mailbox, seq), enc(&h))?;
+        }
+        Event::HoldReleased { mailbox, hold, .. } => {
+            meta.remove(hold_key(mailbox, *hold))?;
+        }
+        Event::Anchored { seq: anchored, .. } => {
+            meta.insert(b"anchor".as_slice(), anchored.to_be_bytes())?;
+        }
+        Event::Exported { mailbox, last_seq, .. } => {
+            meta.insert(key(&[b"export", mailbox.as_bytes()]), last_seq.to_be_bytes())?;
+        }
         Event::Handled { mailbox, transition, items } => {
             for i in items {
                 let k = key(&[mailbox.as_bytes(), i.hash.as_bytes()]);
@@ -1358,6 +1432,59 @@ impl Index {
             out.push(be32(&k[p.len()..]));
         }
         Ok(out)
+    }
+
+    /// The legal holds standing on `mailbox` (every mailbox: `None`), in
+    /// the order they were placed.
+    pub fn holds(&self, mailbox: Option<&str>) -> Result<Vec<crate::retention::Hold>, Error> {
+        let p = match mailbox {
+            Some(m) => prefix(&[b"hold", m.as_bytes()]),
+            None => prefix(&[b"hold"]),
+        };
+        let mut out: Vec<crate::retention::Hold> = Vec::new();
+        for kv in self.r(META)?.scan_prefix(&p) {
+            let (_, v) = kv?;
+            out.push(dec(&v)?);
+        }
+        out.sort_by_key(|h| h.id);
+        Ok(out)
+    }
+
+    /// The last record whose chain head was time-stamped (0: none yet).
+    pub fn last_anchor(&self) -> Result<u64, Error> {
+        Ok(self.r(META)?.get(b"anchor")?.map(|v| be64(&v)).unwrap_or(0))
+    }
+
+    /// The last journal record covered by an export of `mailbox` (0: none).
+    pub fn last_export(&self, mailbox: &str) -> Result<u64, Error> {
+        Ok(self.r(META)?.get(key(&[b"export", mailbox.as_bytes()]))?.map(|v| be64(&v)).unwrap_or(0))
+    }
+
+    /// Every place in `mailbox` (folders and Trash) listing a message that
+    /// entered the archive before `cutoff`: one read over the mailbox's
+    /// key ranges, for the expiry run.
+    pub fn archived_before(
+        &self,
+        mailbox: &str,
+        cutoff: DateTime<Utc>,
+        mut each: impl FnMut(super::record::ExpiredItem, &MessageMeta),
+    ) -> Result<(), Error> {
+        let p = prefix(&[mailbox.as_bytes()]);
+        for (table, hidden) in [(MSGS, false), (HIDDEN, true)] {
+            for kv in self.r(table)?.scan_prefix(&p) {
+                let (k, v) = kv?;
+                let m: MessageMeta = dec(&v)?;
+                if m.archived >= cutoff {
+                    continue;
+                }
+                let rest = &k[p.len()..];
+                let cut = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+                let folder = String::from_utf8_lossy(&rest[..cut]).into_owned();
+                let uid = be32(&rest[(cut + 1).min(rest.len())..]);
+                each(super::record::ExpiredItem { hash: m.hash.clone(), folder, uid, hidden }, &m);
+            }
+        }
+        Ok(())
     }
 
     /// A cached value derived from blob `hash` under `kind`.

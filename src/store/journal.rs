@@ -157,7 +157,6 @@ impl Journal {
         self.last_seq
     }
 
-    #[cfg(test)]
     pub fn last_hash(&self) -> &str {
         &self.last_hash
     }
@@ -325,6 +324,21 @@ impl JournalReader {
 
     pub(super) fn at(dir: PathBuf) -> JournalReader {
         JournalReader { dir, tail: (0, 0) }
+    }
+
+    /// The time-stamp token files beside the journal: (the seq each
+    /// anchors, its name as an `Anchored` record gives it).
+    pub fn anchor_tokens(&self) -> io::Result<Vec<(u64, String)>> {
+        super::anchor_files::list(&self.data_dir().join(super::ANCHOR_DIR))
+    }
+
+    /// A token's DER bytes, by the name an `Anchored` record gives.
+    pub fn anchor_token(&self, name: &str) -> io::Result<Vec<u8>> {
+        super::anchor_files::read(&self.data_dir(), name)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     /// For the store's error messages.

@@ -17,6 +17,7 @@
 //! state (like redb's `CheckedBackend`): everything after it is refused until
 //! a restart re-opens from disk.
 
+mod anchor_files;
 pub mod blobs;
 mod changes;
 mod codec;
@@ -38,7 +39,7 @@ pub use blobs::BlobRef;
 pub use codec::{BlobHash, Brief};
 pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
-pub use record::{Audit, Event, FlagOp, HandledItem, ProviderRef, Record};
+pub use record::{Audit, Event, ExpiredItem, FlagOp, HandledItem, ProviderRef, Record};
 pub use crate::pec::meta::{PecMeta, StoredPec};
 
 use blobs::Blobs;
@@ -47,6 +48,7 @@ use journal::Journal;
 
 /// The journal's directory in the data directory.
 const JOURNAL_DIR: &str = "journal";
+const ANCHOR_DIR: &str = "anchors";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -156,6 +158,15 @@ pub enum Change {
     /// Delete messages from a user's own folders (`~user`: Drafts,
     /// Templates). Refused anywhere else: PEC is never deleted.
     Purge { mailbox: String, folder: String, uids: Vec<u32> },
+    /// Remove messages past retention (see [`Event::Expired`]). Places
+    /// that no longer list the message named, and messages under a legal
+    /// hold, are left out; a mailbox held as a whole is
+    /// [`StoreError::Refused`].
+    Expire { mailbox: String, reason: String, items: Vec<ExpiredItem> },
+    /// `HoldPlaced`, `HoldReleased`, `Anchored` or `Exported`, recorded as
+    /// given once checked (a hold needs a reason; a release names a hold
+    /// that stands).
+    Conservation(Event),
     /// A campaign event (`CampaignCreated`, `NoticesQueued`,
     /// `CampaignControlled`, `NoticeStepped`), recorded as given once the
     /// writer has checked it against the campaign's current state; one
@@ -243,6 +254,8 @@ struct Inner {
     changes: Arc<changes::ChangeLog>,
     failed: Arc<Mutex<Option<String>>>,
     closed: AtomicBool,
+    /// The journal's last durable record: (seq, hash).
+    head: Arc<Mutex<(u64, String)>>,
     /// How long durable writes take (`journal`: a group commit, append +
     /// fsync + index apply; `blob`: write + fsync + rename + directory
     /// fsync). Plain data: exported by the metrics module.
@@ -315,7 +328,9 @@ impl Store {
             &["what"],
         )
         .map_err(|e| StoreError::Invalid(format!("latency histogram: {e}")))?;
+        let head = Arc::new(Mutex::new((journal.last_seq(), journal.last_hash().to_string())));
         let writer = Writer {
+            head: head.clone(),
             write_latency: write_latency.clone(),
             journal,
             index: index.clone(),
@@ -324,6 +339,10 @@ impl Store {
             vuids: HashMap::new(),
             categories: HashMap::new(),
             gone: HashSet::new(),
+            batch_holds: Vec::new(),
+            expiring: Vec::new(),
+            expired_blobs: HashSet::new(),
+            blobs: blobs.clone(),
             notify: notify.clone(),
             generation: generation.clone(),
             changes: changes.clone(),
@@ -345,10 +364,51 @@ impl Store {
                 changes,
                 failed,
                 closed: AtomicBool::new(false),
+                head,
                 write_latency,
             }),
         };
         Ok((store, report))
+    }
+
+    /// The journal's last durable record: its seq and hash (the chain
+    /// head an anchor time-stamps).
+    pub fn chain_head(&self) -> (u64, String) {
+        self.inner.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The legal holds standing on `mailbox` (every mailbox: `None`).
+    pub fn holds(&self, mailbox: Option<&str>) -> Result<Vec<crate::retention::Hold>> {
+        Ok(self.inner.index.holds(mailbox)?)
+    }
+
+    /// The last record whose chain head was time-stamped (0: none).
+    pub fn last_anchor(&self) -> Result<u64> {
+        Ok(self.inner.index.last_anchor()?)
+    }
+
+    /// The last journal record an export of `mailbox` covered (0: none).
+    pub fn last_export(&self, mailbox: &str) -> Result<u64> {
+        Ok(self.inner.index.last_export(mailbox)?)
+    }
+
+    /// Every place in `mailbox` (folders and Trash) listing a message that
+    /// entered the archive before `cutoff`, with its entry.
+    pub fn archived_before(
+        &self,
+        mailbox: &str,
+        cutoff: DateTime<Utc>,
+        each: impl FnMut(ExpiredItem, &MessageMeta),
+    ) -> Result<()> {
+        Ok(self.inner.index.archived_before(mailbox, cutoff, each)?)
+    }
+
+    /// Keep a time-stamp token beside the journal (`anchors/<seq>.tsr`,
+    /// written to a temporary file, fsynced, renamed, directory fsynced);
+    /// returns its name for the `Anchored` record.
+    pub fn put_anchor_token(&self, seq: u64, der: &[u8]) -> Result<String> {
+        let dir = self.inner.dir.join(ANCHOR_DIR);
+        anchor_files::put(&dir, seq, der).map_err(io_err(&dir))
     }
 
     /// Why the store refuses writes, if it does.
@@ -939,6 +999,18 @@ struct Writer {
     /// Categories deleted by the batch being prepared (the index still
     /// has them until it is applied).
     gone: HashSet<(String, String)>,
+    /// Holds placed by the batch being prepared (mailbox, whole, hashes):
+    /// an expiry later in the same batch must see them.
+    batch_holds: Vec<(String, bool, HashSet<String>)>,
+    /// Blobs of the batch's `Expired` records, deleted once it is applied
+    /// if no mailbox holds them any more.
+    expiring: Vec<String>,
+    /// Blobs the expiry deleted since the store opened: an `Archive` of
+    /// one of them checks the file is there again (its `put_blob` may have
+    /// found the old file just before it went).
+    expired_blobs: HashSet<String>,
+    blobs: blobs::Blobs,
+    head: Arc<Mutex<(u64, String)>>,
     notify: broadcast::Sender<Notice>,
     generation: Arc<AtomicU64>,
     /// What each batch changed among message entries (only this thread
@@ -1000,6 +1072,8 @@ impl Writer {
         let vuids_snapshot = self.vuids.clone();
         self.handling.clear();
         self.gone.clear();
+        self.batch_holds.clear();
+        self.expiring.clear();
         for r in reqs {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
@@ -1041,12 +1115,17 @@ impl Writer {
             }
             return;
         }
+        if !records.is_empty() {
+            *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                (self.journal.last_seq(), self.journal.last_hash().to_string());
+        }
         let mut notices = Vec::new();
         let batch: Vec<_> = records.iter().map(|r| (r.seq, r.time, &r.event)).collect();
         // Held from the index's apply until the generation moves: a reader
         // holding it sees the index and the change log agree.
         let mut log = self.changes.lock();
         let mut touched = Vec::new();
+        let mut applied = false;
         if batch.is_empty() {
         } else if let Err(e) = self.index.apply_batch(&batch, true).map(|t| touched = t) {
             // The journal has them; the next open replays them.
@@ -1065,7 +1144,13 @@ impl Writer {
                         notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
                     }
                 }
+                if let Event::Expired { mailbox, items, .. } = &rec.event {
+                    for i in items.iter().filter(|i| !i.hidden) {
+                        notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+                    }
+                }
             }
+            applied = true;
         }
         if !records.is_empty() {
             self.write_latency.with_label_values(&["journal"]).observe(started.elapsed().as_secs_f64());
@@ -1078,6 +1163,9 @@ impl Writer {
             self.generation.store(g, Ordering::Release);
         }
         drop(log);
+        if applied {
+            self.remove_expired_blobs();
+        }
         for (reply, idx) in answers {
             let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
             let _ = reply.send(Ok(out));
@@ -1107,6 +1195,94 @@ impl Writer {
             self.folders.insert(k, st.clone());
         }
         Ok(st)
+    }
+
+    /// The places of `items` that still list the message named, leaving out
+    /// every message a hold covers (in the index or placed earlier in this
+    /// batch): a held message is never removed, whatever the caller planned.
+    fn prepare_expire(&mut self, mailbox: String, reason: String, items: Vec<ExpiredItem>) -> Result<Event> {
+        let holds = self.index.holds(Some(&mailbox))?;
+        let mine = self.batch_holds.iter().filter(|h| h.0 == mailbox);
+        if holds.iter().any(|h| h.whole) || mine.clone().any(|h| h.1) {
+            return Err(StoreError::Conflict(format!("{mailbox} is under a legal hold as a whole: nothing expires")));
+        }
+        let held: HashSet<&str> =
+            holds.iter().flat_map(|h| h.hashes.iter()).chain(mine.flat_map(|h| h.2.iter())).map(String::as_str).collect();
+        let mut kept = Vec::new();
+        for it in items {
+            if held.contains(it.hash.as_str()) {
+                continue;
+            }
+            let m = match it.hidden {
+                true => self.index.hidden_message(&mailbox, &it.folder, it.uid)?,
+                false => self.index.message(&mailbox, &it.folder, it.uid)?,
+            };
+            if m.is_some_and(|m| m.hash == it.hash) && !kept.contains(&it) {
+                kept.push(it);
+            }
+        }
+        self.expiring.extend(kept.iter().map(|i| i.hash.clone()));
+        Ok(Event::Expired { mailbox, reason, items: kept })
+    }
+
+    /// Holds, anchors and exports are recorded as given, once checked.
+    fn check_conservation(&mut self, event: Event) -> Result<Event> {
+        match &event {
+            Event::HoldPlaced { mailbox, whole, hashes, reason, .. } => {
+                if reason.trim().is_empty() {
+                    return Err(StoreError::Invalid("a legal hold needs a reason".into()));
+                }
+                if !whole && hashes.is_empty() {
+                    return Err(StoreError::Invalid("a legal hold needs messages, or the whole mailbox".into()));
+                }
+                if let Some(h) = hashes.iter().find(|h| !blobs::valid_hash(h)) {
+                    return Err(StoreError::Invalid(format!("not a message hash: {h:?}")));
+                }
+                self.batch_holds.push((mailbox.clone(), *whole, hashes.iter().cloned().collect()));
+            }
+            Event::HoldReleased { mailbox, hold, reason } => {
+                if reason.trim().is_empty() {
+                    return Err(StoreError::Invalid("releasing a legal hold needs a reason".into()));
+                }
+                if !self.index.holds(Some(mailbox))?.iter().any(|h| h.id == *hold) {
+                    return Err(StoreError::Conflict(format!("no legal hold {hold} stands on {mailbox}")));
+                }
+            }
+            Event::Anchored { .. } | Event::Exported { .. } => {}
+            other => return Err(StoreError::Invalid(format!("not a conservation event: {other:?}"))),
+        }
+        Ok(event)
+    }
+
+    /// After a batch with `Expired` records is applied: delete each blob
+    /// no mailbox holds any more (a message can be in several mailboxes;
+    /// the blob is shared). A failure leaves an orphan blob, logged.
+    fn remove_expired_blobs(&mut self) {
+        if self.expiring.is_empty() {
+            return;
+        }
+        let mailboxes = match self.index.mailboxes() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "retention: listing mailboxes; expired blobs left on disk");
+                return;
+            }
+        };
+        let mut hashes = std::mem::take(&mut self.expiring);
+        hashes.sort();
+        hashes.dedup();
+        for h in hashes {
+            let held = mailboxes.iter().any(|m| matches!(self.index.find_hash(m, &h), Ok(Some(_)) | Err(_)));
+            if held {
+                continue;
+            }
+            match self.blobs.remove(&h) {
+                Ok(()) => {
+                    self.expired_blobs.insert(h);
+                }
+                Err(e) => tracing::error!(blob = %h, error = %e, "retention: removing an expired blob"),
+            }
+        }
     }
 
     /// Does a campaign event follow from the campaign's state in the index?
@@ -1186,6 +1362,12 @@ impl Writer {
             Change::Archive { mailbox, folder, blob, internal_date, flags, provider, pec, handling } => {
                 if !blobs::valid_hash(&blob.hash) {
                     return Err(StoreError::Invalid(format!("not a blob hash: {:?}", blob.hash)));
+                }
+                if self.expired_blobs.contains(&blob.hash) && self.blobs.size(&blob.hash).is_err() {
+                    return Err(StoreError::Invalid(format!(
+                        "blob {} was removed by the retention expiry while this message was being stored: store it again",
+                        blob.hash
+                    )));
                 }
                 let st = match self.folder_state(&mailbox, &folder)? {
                     Some(st) => st,
@@ -1281,6 +1463,8 @@ impl Writer {
                 self.check_campaign(&event)?;
                 event
             }
+            Change::Expire { mailbox, reason, items } => self.prepare_expire(mailbox, reason, items)?,
+            Change::Conservation(event) => self.check_conservation(event)?,
             Change::EnsureFolder { mailbox, folder } => {
                 self.ensure_folder(&mailbox, &folder, now, out, &mk)?;
                 out.push(mk(&audit, Event::None, None, vec![]));

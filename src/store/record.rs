@@ -163,6 +163,57 @@ pub enum Event {
     CampaignControlled { campaign: String, control: Control },
     /// One notice's sending moved on.
     NoticeStepped { campaign: String, n: u32, step: Step },
+    /// Messages past their mailbox's retention period and under no legal
+    /// hold were removed from the archive: every place each was listed
+    /// (its folder, category labels, Trash) is gone from the index, and
+    /// its blob is deleted once no mailbox holds it. The record keeps the
+    /// hashes, so the chain still accounts for every message it ever had.
+    Expired { mailbox: String, reason: String, items: Vec<ExpiredItem> },
+    /// A legal hold: the messages (by hash), or with `whole` every message
+    /// of the mailbox present and future, are never removed while it
+    /// stands. Its id is this record's `seq`. `query` is the search that
+    /// chose the messages, if one did.
+    HoldPlaced {
+        mailbox: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        whole: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hashes: Vec<String>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        query: Option<String>,
+    },
+    /// The hold placed by record `hold` no longer stands.
+    HoldReleased { mailbox: String, hold: u64, reason: String },
+    /// The chain up to record `seq` (whose hash is `hash`) was time-stamped
+    /// by an RFC 3161 authority: the token (the TSA's whole DER reply) is
+    /// the file `token` beside the journal (`anchors/…`), with SHA-256
+    /// `token_sha256`; `time` is the token's genTime.
+    Anchored { seq: u64, hash: String, token: String, token_sha256: String, time: DateTime<Utc> },
+    /// A submission package for conservation was written: the messages of
+    /// `mailbox` archived by records `first_seq..=last_seq` (the next
+    /// `--since-last` export starts after `last_seq`). `package` is the
+    /// SHA-256 of the package's index file.
+    Exported {
+        mailbox: String,
+        first_seq: u64,
+        last_seq: u64,
+        messages: u64,
+        package: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+}
+
+/// One place an expired message was listed ([`Event::Expired`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiredItem {
+    pub hash: String,
+    pub folder: String,
+    pub uid: u32,
+    /// In the `hidden` tree (the mailbox's Trash), not in the folder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// One message of a [`Event::Handled`] record.
@@ -217,7 +268,8 @@ impl Event {
             Event::None
             | Event::NoticesQueued { .. }
             | Event::CampaignControlled { .. }
-            | Event::NoticeStepped { .. } => None,
+            | Event::NoticeStepped { .. }
+            | Event::Anchored { .. } => None,
             Event::CampaignCreated { campaign } => Some(&campaign.mailbox),
             Event::FolderCreated { mailbox, .. }
             | Event::FolderRenamed { mailbox, .. }
@@ -234,7 +286,11 @@ impl Event {
             | Event::Hidden { mailbox, .. }
             | Event::Unhidden { mailbox, .. }
             | Event::Moved { mailbox, .. }
-            | Event::Handled { mailbox, .. } => Some(mailbox),
+            | Event::Handled { mailbox, .. }
+            | Event::Expired { mailbox, .. }
+            | Event::HoldPlaced { mailbox, .. }
+            | Event::HoldReleased { mailbox, .. }
+            | Event::Exported { mailbox, .. } => Some(mailbox),
         }
     }
 }
