@@ -279,6 +279,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let sending = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.sending)).collect();
     metrics.set_sending(sending(&cfg), sh.limiter.clone());
+    let holds_api = Arc::new(crate::retention::api::HoldApi::new(store.clone(), sh.fulltext.clone(), &cfg));
     let http_task = match &cfg.http {
         Some(h) => {
             let state = crate::http::HttpState {
@@ -298,11 +299,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         overdue_after: cfg.pec.overdue_after,
                     })
                 }),
-                holds: Some(Arc::new(crate::retention::api::HoldApi {
-                    store: store.clone(),
-                    ft: sh.fulltext.clone(),
-                    mailboxes: cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.retention)).collect(),
-                })),
+                holds: Some(holds_api.clone()),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }
@@ -330,6 +327,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                         tracing::info!("SIGHUP: configuration reloaded; restarting mailbox tasks");
                         reload_listeners(&cfg, &new, &sh, &store, imap_ctx_tx.as_ref());
                         generation.stop(Duration::from_secs(30)).await;
+                        holds_api.reload(&new);
                         cfg = new;
                         let new_board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
                         generation = start_generation(&cfg, &store, &new_board, &sh)?;

@@ -86,8 +86,20 @@ pub fn pass(
                     }
                     p.documents += 1;
                 }
+                // Removed by retention since (a reindex reads old records).
+                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(%mailbox, %hash, "full-text: an archived message's blob is gone (expired); not indexed")
+                }
                 Err(e) => tracing::warn!(%mailbox, %hash, error = %e, "full-text: cannot read an archived message; not indexed"),
             },
+            Event::Expired { mailbox, items, .. } => {
+                for i in items {
+                    if let Err(e) = ft.delete(mailbox, &i.hash) {
+                        failure = Some(e.to_string());
+                        return Err(Stop::Full);
+                    }
+                }
+            }
             Event::Purged { mailbox, hashes, .. } => {
                 for h in hashes {
                     if let Err(e) = ft.delete(mailbox, h) {

@@ -34,8 +34,8 @@ const MAX_QUERY_HITS: usize = 1_000_000;
 pub struct HoldApi {
     pub store: Store,
     pub ft: Option<Arc<FullText>>,
-    /// Each configured mailbox and its retention.
-    pub mailboxes: Vec<(String, Option<Duration>)>,
+    /// Each configured mailbox and its retention (replaced on SIGHUP).
+    pub mailboxes: std::sync::RwLock<Vec<(String, Option<Duration>)>>,
 }
 
 #[derive(Deserialize)]
@@ -62,8 +62,25 @@ fn may_view(user: &User) -> bool {
 }
 
 impl HoldApi {
+    pub fn new(store: Store, ft: Option<Arc<FullText>>, cfg: &crate::config::Config) -> HoldApi {
+        HoldApi { store, ft, mailboxes: std::sync::RwLock::new(Self::retentions(cfg)) }
+    }
+
+    fn retentions(cfg: &crate::config::Config) -> Vec<(String, Option<Duration>)> {
+        cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.retention)).collect()
+    }
+
+    /// After a SIGHUP: the mailboxes and retentions of the new configuration.
+    pub fn reload(&self, cfg: &crate::config::Config) {
+        *self.mailboxes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Self::retentions(cfg);
+    }
+
+    fn mailboxes(&self) -> Vec<(String, Option<Duration>)> {
+        self.mailboxes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     fn known(&self, mailbox: &str) -> bool {
-        self.mailboxes.iter().any(|(m, _)| m == mailbox)
+        self.mailboxes().iter().any(|(m, _)| m == mailbox)
     }
 
     pub fn list(&self, user: &User, params: &HashMap<String, String>) -> Answer {
@@ -185,7 +202,7 @@ impl HoldApi {
         }
         let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(1000);
         let mut plans = Vec::new();
-        for (m, retention) in &self.mailboxes {
+        for (m, retention) in &self.mailboxes() {
             if params.get("mailbox").is_some_and(|x| x != m) {
                 continue;
             }

@@ -172,12 +172,7 @@ impl Gateway {
 
     /// Run a `pecgate` subcommand with `--config` appended.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(pecgate_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .output()
-            .expect("run pecgate")
+        Command::new(pecgate_bin()).args(args).arg("--config").arg(&self.config_path).output().expect("run pecgate")
     }
 
     /// Open the archive from the test (the daemon must be stopped).

@@ -46,10 +46,7 @@ pub fn free_port() -> u16 {
     let mut guard = HANDED_OUT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let seen = guard.get_or_insert_with(HashSet::new);
     for _ in 0..1000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
         if seen.insert(port) {
             return port;
         }
@@ -72,9 +69,7 @@ pub fn make_message(i: usize, size: usize) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-";
     const LINE: usize = 76;
     // 2024-01-01T00:00:00Z + i minutes
-    let date = chrono::DateTime::from_timestamp(1_704_067_200 + 60 * i as i64, 0)
-        .expect("date in range")
-        .to_rfc2822();
+    let date = chrono::DateTime::from_timestamp(1_704_067_200 + 60 * i as i64, 0).expect("date in range").to_rfc2822();
     let mut m = Vec::with_capacity(size.max(512));
     write!(
         m,
@@ -518,7 +513,13 @@ service imap-login {{
     /// `dc.imap("pec1").count("INBOX")`
     pub fn imap(&self, user: &str) -> Imap {
         let u = self.user(user);
-        Imap { host: "127.0.0.1".into(), port: self.port, user: u.name.clone(), password: u.password.clone(), tls_ca: None }
+        Imap {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: u.name.clone(),
+            password: u.password.clone(),
+            tls_ca: None,
+        }
     }
 
     /// IMAP client for `user` over the TLS listener, trusting only the
@@ -882,7 +883,11 @@ impl Imap {
     /// Like [`append`](Self::append); Err names the first message refused
     /// (e.g. "... APPEND failed: NO [b'[OVERQUOTA] Quota exceeded ...']").
     /// Messages before it are in the folder.
-    pub fn try_append<M: Into<Msg>>(&self, folder: &str, msgs: impl IntoIterator<Item = M>) -> Result<Vec<u32>, String> {
+    pub fn try_append<M: Into<Msg>>(
+        &self,
+        folder: &str,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<Vec<u32>, String> {
         let tmp = tempfile::Builder::new().prefix("pecgate-append-").tempdir().map_err(|e| e.to_string())?;
         let mut child = self
             .command("append", json!({ "folder": folder }))
@@ -921,7 +926,8 @@ impl Imap {
             }
         }
         drop(stdin);
-        let mut out = std::process::Output { status: child.wait().map_err(|e| e.to_string())?, stdout: vec![], stderr: vec![] };
+        let mut out =
+            std::process::Output { status: child.wait().map_err(|e| e.to_string())?, stdout: vec![], stderr: vec![] };
         // the answer is small and written at the end, so reading after wait is safe
         if let Some(mut s) = child.stdout.take() {
             let _ = s.read_to_end(&mut out.stdout);
@@ -956,7 +962,12 @@ impl Imap {
     pub fn status(&self, folder: &str) -> Status {
         let v = self.op("status", json!({ "folder": folder }));
         let get = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("STATUS without {k}: {v}")) as u32;
-        Status { messages: get("messages"), uidnext: get("uidnext"), uidvalidity: get("uidvalidity"), unseen: get("unseen") }
+        Status {
+            messages: get("messages"),
+            uidnext: get("uidnext"),
+            uidvalidity: get("uidvalidity"),
+            unseen: get("unseen"),
+        }
     }
 
     pub fn uidvalidity(&self, folder: &str) -> u32 {
@@ -987,7 +998,9 @@ impl Imap {
             .as_array()
             .expect("flags list")
             .iter()
-            .map(|e| (e["uid"].as_u64().expect("uid") as u32, serde_json::from_value(e["flags"].clone()).expect("flags")))
+            .map(|e| {
+                (e["uid"].as_u64().expect("uid") as u32, serde_json::from_value(e["flags"].clone()).expect("flags"))
+            })
             .collect()
     }
 
@@ -1010,10 +1023,9 @@ impl Imap {
     pub fn quota(&self, folder: &str) -> Quota {
         let v = self.op("quota", json!({ "folder": folder }));
         let res = |name: &str| {
-            v["resources"][name].as_array().map(|a| QuotaResource {
-                used: a[0].as_u64().expect("used"),
-                limit: a[1].as_u64().expect("limit"),
-            })
+            v["resources"][name]
+                .as_array()
+                .map(|a| QuotaResource { used: a[0].as_u64().expect("used"), limit: a[1].as_u64().expect("limit") })
         };
         Quota {
             roots: serde_json::from_value(v["roots"].clone()).expect("roots"),
@@ -1066,7 +1078,8 @@ pub fn certified_envelope(pki: &pecgate::sim::pki::Pki, sender: &str, to: &str, 
         identificativo: format!("opec-test-{n}@pec.mittente.example.it"),
         at: chrono::Utc::now(),
     };
-    let provider = Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
+    let provider =
+        Provider { address: "posta-certificata@pec.mittente.example.it".into(), name: "Gestore di test".into() };
     build(pki, &provider, &sub, &Notice::Envelope, chrono::Utc::now()).expect("build envelope")
 }
 
@@ -1103,4 +1116,28 @@ pub fn dashboard_metric_names(d: &serde_json::Value) -> std::collections::BTreeS
         }
     }
     names
+}
+
+/// GET over HTTP/1.1 (Connection: close) from a loopback port, with Basic
+/// auth if given: the whole response, status line included.
+pub fn http_get(port: u16, path: &str, auth: Option<(&str, &str)>) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect HTTP");
+    let auth = auth
+        .map(|(u, p)| {
+            format!("Authorization: Basic {}\r\n", openssl::base64::encode_block(format!("{u}:{p}").as_bytes()))
+        })
+        .unwrap_or_default();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// The value of the Prometheus sample `name` (with every `labels` part in
+/// its line) in a scrape.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

@@ -60,7 +60,11 @@ pub fn mailbox_config(addr: &str, user: &str, pw: &str, imap_port: u16) -> Strin
 pub fn wait_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never opened\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -29,11 +29,50 @@ impl Tsa {
              extendedKeyUsage = critical, timeStamping\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
         )
         .unwrap();
-        openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "3650",
-            "-subj", "/CN=Test Root CA for pecgate anchors"]);
-        openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=Test TSA"]);
-        openssl(d, &["x509", "-req", "-in", "tsa.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tsa.pem",
-            "-days", "3650", "-extfile", "ext.cnf", "-extensions", "tsa_ext"]);
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=Test Root CA for pecgate anchors",
+            ],
+        );
+        openssl(
+            d,
+            &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=Test TSA"],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "tsa.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "tsa.pem",
+                "-days",
+                "3650",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                "tsa_ext",
+            ],
+        );
         std::fs::write(d.join("tsaserial"), "01\n").unwrap();
         std::fs::write(
             d.join("tsa.cnf"),
