@@ -1271,18 +1271,12 @@ impl Writer {
         let mut hashes = std::mem::take(&mut self.expiring);
         hashes.sort();
         hashes.dedup();
-        for h in hashes {
-            let held = mailboxes.iter().any(|m| matches!(self.index.find_hash(m, &h), Ok(Some(_)) | Err(_)));
-            if held {
-                continue;
-            }
-            match self.blobs.remove(&h) {
-                Ok(()) => {
-                    self.expired_blobs.insert(h);
-                }
-                Err(e) => tracing::error!(blob = %h, error = %e, "retention: removing an expired blob"),
-            }
+        hashes.retain(|h| !mailboxes.iter().any(|m| matches!(self.index.find_hash(m, h), Ok(Some(_)) | Err(_))));
+        let failed = self.blobs.remove_many(&hashes);
+        for (h, e) in &failed {
+            tracing::error!(blob = %h, error = %e, "retention: removing an expired blob");
         }
+        self.expired_blobs.extend(hashes);
     }
 
     /// Does a campaign event follow from the campaign's state in the index?
