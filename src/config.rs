@@ -156,10 +156,11 @@ fn default_max_backoff() -> Duration {
 pub struct StoreConfig {
     /// Where blobs, the journal and the index live. One directory per gateway.
     pub data_dir: PathBuf,
-    /// How long archived messages are kept. Default 10 years: civil-law record
-    /// keeping (providers keep only 30 months of logs).
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    pub retention: Duration,
+    /// How long archived messages are kept, for every mailbox that does not
+    /// set its own `retention` ("10y": civil-law record keeping; providers
+    /// keep only 30 months of logs). Absent: kept for ever.
+    #[serde(default, with = "humantime_serde::option")]
+    pub retention: Option<Duration>,
     /// Journal segments roll over past this size. 64 MiB keeps each segment
     /// quick to verify and copy, and a million-message archive in ~100 files.
     #[serde(default = "default_segment_bytes")]
@@ -175,9 +176,6 @@ fn default_cache_capacity() -> usize {
     crate::store::StoreOptions::default().index_cache_bytes
 }
 
-fn default_retention() -> Duration {
-    Duration::from_secs(10 * 365 * 24 * 3600 + 3 * 24 * 3600)
-}
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -350,7 +348,8 @@ pub struct MailboxConfig {
     pub sending: SendingLimits,
     /// How long messages are kept from the day they entered the archive
     /// ("10y"); then the expiry run removes those no legal hold covers.
-    /// Absent: kept for ever.
+    /// Absent: `[store] retention`, and without that, kept for ever. Use
+    /// [`Config::retention_of`] for the one that applies.
     #[serde(default, with = "humantime_serde::option")]
     pub retention: Option<Duration>,
 }
@@ -709,6 +708,14 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+impl Config {
+    /// The retention that applies to mailbox `m`: its own, else the
+    /// store's; `None`: kept for ever.
+    pub fn retention_of(&self, m: &MailboxConfig) -> Option<Duration> {
+        m.retention.or(self.store.retention)
+    }
 }
 
 impl MailboxConfig {

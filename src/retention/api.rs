@@ -67,7 +67,7 @@ impl HoldApi {
     }
 
     fn retentions(cfg: &crate::config::Config) -> Vec<(String, Option<Duration>)> {
-        cfg.mailboxes.iter().map(|m| (m.alias.clone(), m.retention)).collect()
+        cfg.mailboxes.iter().map(|m| (m.alias.clone(), cfg.retention_of(m))).collect()
     }
 
     /// After a SIGHUP: the mailboxes and retentions of the new configuration.

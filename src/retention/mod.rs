@@ -44,7 +44,7 @@ pub struct Hold {
 }
 
 /// Expired places go to the journal this many at a time (one record each).
-const RECORD_ITEMS: usize = 1_000;
+const RECORD_ITEMS: usize = 5_000;
 
 /// What an expiry run would remove from one mailbox now.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -131,7 +131,7 @@ pub struct Outcome {
 pub async fn run(store: &Store, cfg: &Config, now: DateTime<Utc>) -> Result<Vec<Outcome>, StoreError> {
     let mut out = Vec::new();
     for m in &cfg.mailboxes {
-        let Some(retention) = m.retention else { continue };
+        let Some(retention) = cfg.retention_of(m) else { continue };
         let st = store.clone();
         let alias = m.alias.clone();
         let p = tokio::task::spawn_blocking(move || plan(&st, &alias, retention, now))
@@ -175,7 +175,7 @@ pub async fn run(store: &Store, cfg: &Config, now: DateTime<Utc>) -> Result<Vec<
 /// The daemon's expiry task: the first run after `min(every, 1 minute)`,
 /// then every `[retention] every`, until `stop`.
 pub async fn task(store: Store, cfg: Config, mut stop: watch::Receiver<bool>) {
-    if cfg.mailboxes.iter().all(|m| m.retention.is_none()) {
+    if cfg.mailboxes.iter().all(|m| cfg.retention_of(m).is_none()) {
         return;
     }
     let mut wait = cfg.retention.every.min(Duration::from_secs(60));

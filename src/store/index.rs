@@ -1374,6 +1374,40 @@ impl Index {
         }
     }
 
+    /// Which of `items` still list the message they name (in its folder,
+    /// or in Trash when `hidden`): one read transaction for them all.
+    pub fn still_listed(&self, mailbox: &str, items: &[super::record::ExpiredItem]) -> Result<Vec<bool>, Error> {
+        let (m, h) = (self.r(MSGS)?, self.r(HIDDEN)?);
+        items
+            .iter()
+            .map(|it| {
+                let k = key(&[mailbox.as_bytes(), it.folder.as_bytes(), &it.uid.to_be_bytes()]);
+                let v = if it.hidden { h.get(&k)? } else { m.get(&k)? };
+                // The hash is the entry's first field (see `codec`).
+                Ok(match v {
+                    Some(v) => dec::<MessageMeta>(&v)?.hash == it.hash,
+                    None => false,
+                })
+            })
+            .collect()
+    }
+
+    /// Which of `hashes` some mailbox (any of `mailboxes`) still holds.
+    pub fn held_by_any(&self, mailboxes: &[String], hashes: &[String]) -> Result<Vec<bool>, Error> {
+        let t = self.r(HASHES)?;
+        hashes
+            .iter()
+            .map(|h| {
+                for m in mailboxes {
+                    if t.get(hash_key(m, h))?.is_some() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            })
+            .collect()
+    }
+
     /// Where these bytes already are in `mailbox`, if anywhere.
     pub fn find_hash(&self, mailbox: &str, hash: &str) -> Result<Option<(String, u32)>, Error> {
         Ok(self.r(HASHES)?.get(hash_key(mailbox, hash))?.map(|v| split_loc(&v)))

@@ -1208,16 +1208,11 @@ impl Writer {
         }
         let held: HashSet<&str> =
             holds.iter().flat_map(|h| h.hashes.iter()).chain(mine.flat_map(|h| h.2.iter())).map(String::as_str).collect();
+        let listed = self.index.still_listed(&mailbox, &items)?;
+        let mut places = HashSet::new();
         let mut kept = Vec::new();
-        for it in items {
-            if held.contains(it.hash.as_str()) {
-                continue;
-            }
-            let m = match it.hidden {
-                true => self.index.hidden_message(&mailbox, &it.folder, it.uid)?,
-                false => self.index.message(&mailbox, &it.folder, it.uid)?,
-            };
-            if m.is_some_and(|m| m.hash == it.hash) && !kept.contains(&it) {
+        for (it, listed) in items.into_iter().zip(listed) {
+            if listed && !held.contains(it.hash.as_str()) && places.insert((it.folder.clone(), it.uid, it.hidden)) {
                 kept.push(it);
             }
         }
@@ -1271,7 +1266,16 @@ impl Writer {
         let mut hashes = std::mem::take(&mut self.expiring);
         hashes.sort();
         hashes.dedup();
-        hashes.retain(|h| !mailboxes.iter().any(|m| matches!(self.index.find_hash(m, h), Ok(Some(_)) | Err(_))));
+        match self.index.held_by_any(&mailboxes, &hashes) {
+            Ok(held) => {
+                let mut held = held.into_iter();
+                hashes.retain(|_| !held.next().unwrap_or(true));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retention: checking expired blobs; left on disk");
+                return;
+            }
+        }
         let failed = self.blobs.remove_many(&hashes);
         for (h, e) in &failed {
             tracing::error!(blob = %h, error = %e, "retention: removing an expired blob");
