@@ -24,9 +24,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Threads removing expired blobs at once.
-const REMOVERS: usize = 8;
-
 #[derive(Debug, Clone)]
 pub struct Blobs {
     root: PathBuf,
@@ -117,34 +114,17 @@ impl Blobs {
     /// be a million fsyncs). Already gone is not an error. Returns the
     /// hashes that could not be removed, with why.
     pub fn remove_many(&self, hashes: &[String]) -> Vec<(String, io::Error)> {
-        // Unlinks in different directories proceed in parallel in the
-        // file system (most of the time is the kernel's, waiting on its
-        // journal and inode blocks).
-        let remove = |part: &[String]| {
-            let mut failed = Vec::new();
-            for h in part {
-                if !valid_hash(h) {
-                    failed.push((h.clone(), io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest")));
-                    continue;
-                }
-                match fs::remove_file(self.path(h)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => failed.push((h.clone(), e)),
-                }
-            }
-            failed
-        };
         let mut failed = Vec::new();
-        if hashes.len() < 256 {
-            failed = remove(hashes);
-        } else {
-            std::thread::scope(|s| {
-                let parts: Vec<_> = hashes.chunks(hashes.len().div_ceil(REMOVERS)).map(|p| s.spawn(move || remove(p))).collect();
-                for p in parts {
-                    failed.extend(p.join().unwrap_or_default());
-                }
-            });
+        for h in hashes {
+            if !valid_hash(h) {
+                failed.push((h.clone(), io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest")));
+                continue;
+            }
+            match fs::remove_file(self.path(h)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => failed.push((h.clone(), e)),
+            }
         }
         if let Err(e) = File::open(&self.root).and_then(|d| syncfs(&d)) {
             failed.push((String::new(), e));
