@@ -179,6 +179,26 @@ fn the_chain_is_anchored_and_a_cut_after_an_anchor_is_detected() {
         assert!(openssl_verifies(&t, hash, &tsa.ca()), "openssl ts -verify {}", t.display());
         assert!(!openssl_verifies(&t, &recs[0].1, &tsa.ca()), "a token must not verify another record");
     }
+    // The reply parser on hostile bytes: every truncation and a flipped
+    // byte in each position of a real token answer an error, never a panic.
+    let t = tokens(&gw)[0].clone();
+    let der = std::fs::read(&t).unwrap();
+    let seq: usize = t.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let digest = hex::decode(&recs[seq - 1].1).unwrap();
+    let ca = std::fs::read(tsa.ca()).unwrap();
+    assert!(pecgate::anchor::tsp::verify(&der, &ca, &digest, None).is_ok());
+    for cut in 0..der.len() {
+        assert!(pecgate::anchor::tsp::verify(&der[..cut], &ca, &digest, None).is_err(), "cut at {cut}");
+    }
+    for i in 0..der.len() {
+        let mut bad = der.clone();
+        bad[i] ^= 0x5a;
+        // Some bytes (e.g. inside an unsigned attribute) change nothing a
+        // check covers; none may panic, and none may stamp another digest.
+        if let Ok(s) = pecgate::anchor::tsp::verify(&bad, &ca, &digest, None) {
+            assert_eq!(s.digest, hex::encode(&digest));
+        }
+    }
     // Each token is named by an `anchored` record with its SHA-256.
     let named: BTreeSet<u64> = recs
         .iter()
