@@ -63,8 +63,9 @@ pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 pub type Snapshot = (Arc<Entries>, Arc<UidSet>);
 
 
-/// One selectable folder as the user sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One selectable folder as the user sees it. `Default` is a plain
+/// folder of nothing: each kind states only what makes it one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Folder {
     /// Its IMAP name (`protocollo/Sent`, `INBOX`).
     pub name: String,
@@ -249,13 +250,7 @@ impl View {
                     name: "INBOX".into(),
                     mailbox: m,
                     store_folder: Some("INBOX".into()),
-                    category: false,
-                    special_use: None,
-                    handling: None,
-                    trash: false,
-                    private: false,
-                        all: false,
-                        campaign: None,
+                    ..Default::default()
                 }),
             });
         }
@@ -272,11 +267,8 @@ impl View {
                     store_folder: Some(store_name),
                     category: true,
                     special_use: su,
-                    handling: None,
-                    trash: false,
                     private: true,
-                    all: false,
-                    campaign: None,
+                    ..Default::default()
                 }),
             });
         }
@@ -293,13 +285,8 @@ impl View {
                         name,
                         mailbox: m.to_string(),
                         store_folder: sf.map(str::to_string),
-                        category: false,
                         special_use: su,
-                        handling: None,
-                        trash: false,
-                        private: false,
-                        all: false,
-                        campaign: None,
+                        ..Default::default()
                     }),
                 });
             }
@@ -309,14 +296,9 @@ impl View {
                 folder: Some(Folder {
                     name,
                     mailbox: m.to_string(),
-                    store_folder: None,
-                    category: false,
                     special_use: Some("All"),
-                    handling: None,
-                    trash: false,
-                    private: false,
                     all: true,
-                    campaign: None,
+                    ..Default::default()
                 }),
             });
             if self.user.may(m, Right::Delete) {
@@ -326,14 +308,9 @@ impl View {
                     folder: Some(Folder {
                         name,
                         mailbox: m.to_string(),
-                        store_folder: None,
-                        category: false,
                         special_use: Some("Trash"),
-                        handling: None,
                         trash: true,
-                        private: false,
-                        all: false,
-                        campaign: None,
+                        ..Default::default()
                     }),
                 });
             }
@@ -351,14 +328,8 @@ impl View {
                     folder: Some(Folder {
                         name,
                         mailbox: m.to_string(),
-                        store_folder: None,
-                        category: false,
-                        special_use: None,
                         handling: Some(kind),
-                        trash: false,
-                        private: false,
-                        all: false,
-                        campaign: None,
+                        ..Default::default()
                     }),
                 });
             }
@@ -372,12 +343,7 @@ impl View {
                         mailbox: m.to_string(),
                         store_folder: Some(store_name),
                         category: true,
-                        special_use: None,
-                        handling: None,
-                        trash: false,
-                        private: false,
-                        all: false,
-                        campaign: None,
+                        ..Default::default()
                     }),
                 });
             }
@@ -414,14 +380,8 @@ impl View {
                 folder: Some(Folder {
                     name,
                     mailbox: mailbox.to_string(),
-                    store_folder: None,
-                    category: false,
-                    special_use: None,
-                    handling: None,
-                    trash: false,
-                    private: false,
-                    all: false,
                     campaign: Some(c.spec.id),
+                    ..Default::default()
                 }),
             });
         }
