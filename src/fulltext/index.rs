@@ -11,7 +11,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+    AsciiFoldingFilter, Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -105,24 +105,45 @@ fn stop_words() -> StopWordFilter {
 /// The Italian analysis, for the text and the queries alike: words, lower
 /// case, accents folded, stop words dropped, Snowball stems.
 pub fn italian() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(60))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
-        .filter(stop_words())
-        .filter(Stemmer::new(Language::Italian))
-        .build()
+    analyser(true)
 }
 
 /// The words as written, for prefixes (`pagam` is a prefix of
 /// `pagamento`, not of its stem `pag`): [`italian`] without the stems.
 pub fn folded() -> TextAnalyzer {
-    TextAnalyzer::builder(SimpleTokenizer::default())
+    analyser(false)
+}
+
+fn analyser(stems: bool) -> TextAnalyzer {
+    let words = TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(60))
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
-        .filter(stop_words())
-        .build()
+        .filter(stop_words());
+    match stems {
+        true => words.filter(Stemmer::new(Language::Italian)).build(),
+        false => words.build(),
+    }
+}
+
+/// The stem of one word [`folded`] gave (already lower case, folded, not a
+/// stop word): what [`italian`] makes of it, without building the whole
+/// analysis again for each word.
+struct Stems(TextAnalyzer);
+
+impl Stems {
+    fn new() -> Stems {
+        Stems(TextAnalyzer::builder(RawTokenizer::default()).filter(Stemmer::new(Language::Italian)).build())
+    }
+
+    fn of(&mut self, word: &str) -> String {
+        let mut s = self.0.token_stream(word);
+        if s.advance() {
+            s.token().text.clone()
+        } else {
+            word.to_string()
+        }
+    }
 }
 
 fn tokens(mut a: TextAnalyzer, text: &str) -> Vec<String> {
@@ -141,10 +162,11 @@ pub fn terms(text: &str) -> Vec<String> {
 
 /// Each word of `text` kept by the analysis: (as written, folded; its stem).
 fn query_words(text: &str) -> Vec<(String, String)> {
+    let mut stems = Stems::new();
     tokens(folded(), text)
         .into_iter()
         .map(|w| {
-            let stem = terms(&w).pop().unwrap_or_else(|| w.clone());
+            let stem = stems.of(&w);
             (w, stem)
         })
         .collect()
@@ -392,12 +414,15 @@ fn regex_escape(s: &str) -> String {
 /// one of `words` as written, or has its stem, the word in `[…]`.
 fn snippet(text: &str, words: &[(String, String)]) -> String {
     let mut a = folded();
+    let mut stems = Stems::new();
     let mut s = a.token_stream(text);
     let mut at = None;
     while s.advance() {
         let t = s.token();
-        let stem = || terms(&t.text).pop().unwrap_or_default();
-        if words.iter().any(|(raw, st)| t.text.starts_with(raw.as_str()) || stem() == *st) {
+        if words.iter().any(|(raw, _)| t.text.starts_with(raw.as_str())) || {
+            let stem = stems.of(&t.text);
+            words.iter().any(|(_, st)| stem == *st)
+        } {
             at = Some((t.offset_from, t.offset_to));
             break;
         }
@@ -426,6 +451,14 @@ mod tests {
     use super::*;
     use crate::fulltext::extract;
     use chrono::Utc;
+
+    #[test]
+    fn one_word_stems_are_the_full_analysis() {
+        let mut st = Stems::new();
+        for w in tokens(folded(), "solleciti perché pagamento raccomandata notificazione comune Comunicazioni") {
+            assert_eq!(vec![st.of(&w)], terms(&w), "{w}");
+        }
+    }
 
     #[test]
     fn italian_analysis_folds_accents_drops_stop_words_and_stems() {
