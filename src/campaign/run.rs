@@ -161,19 +161,14 @@ impl Sender {
                         Some(t) if t > now => plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t))),
                         _ => plan.due.push((c.spec.id.clone(), n.notice.n)),
                     },
-                    SendState::Accepted
-                        if running
-                            && !self.cfg.retry_full_after.is_zero()
-                            && n.earlier.is_empty()
-                            && n.accepted_at.is_some_and(|t| now - t >= full_after)
-                            && !settled.contains(&(c.spec.id.clone(), n.notice.n)) =>
-                    {
-                        delivered.push(n)
-                    }
-                    // Not yet: look again when it may be.
+                    // Accepted, sent once, retries of full mailboxes on: due
+                    // to be looked at once its wait is over, else look
+                    // again when it may be.
                     SendState::Accepted if running && !self.cfg.retry_full_after.is_zero() && n.earlier.is_empty() => {
-                        if let Some(t) = n.accepted_at.map(|t| t + full_after) {
-                            plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t)));
+                        match n.accepted_at.map(|t| t + full_after) {
+                            Some(t) if t > now => plan.next_retry = Some(plan.next_retry.map_or(t, |o| o.min(t))),
+                            Some(_) if !settled.contains(&(c.spec.id.clone(), n.notice.n)) => delivered.push(n),
+                            _ => {}
                         }
                     }
                     _ => {}
