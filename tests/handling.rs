@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use support::gateway::{mailbox_toml, tail, Gateway};
-use support::{free_port, Dovecot, DovecotOptions, UserSpec};
+use support::{free_port, http_get, sample, Dovecot, DovecotOptions, UserSpec};
 
 const PROT: &str = "protocollo@pec.comune.example.it";
 const ALTRO: &str = "altro@pec.comune.example.it";
@@ -104,29 +102,8 @@ fn python(s: &Setup, phase: &str) {
     );
 }
 
-/// GET over HTTP/1.1 (Connection: close), with Basic auth if given: the
-/// whole response, status line included.
-fn http_get(port: u16, path: &str, auth: Option<(&str, &str)>) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect HTTP");
-    let auth = auth
-        .map(|(u, p)| format!("Authorization: Basic {}\r\n", openssl::base64::encode_block(format!("{u}:{p}").as_bytes())))
-        .unwrap_or_default();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes()).unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
-}
-
 fn metrics(port: u16) -> String {
     http_get(port, "/metrics", None)
-}
-
-/// The value of a sample whose line contains every `labels` part.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|p| l.contains(p)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn cli_ok(gw: &Gateway, args: &[&str]) -> String {
