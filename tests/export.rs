@@ -359,8 +359,9 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     assert_eq!(eml_hashes(&pkg2), new, "exactly the new messages");
     assert!(verify(&pkg2).status.success() && sha256sum_c(&pkg2).status.success());
     // Nothing new: said plainly, nothing written, nothing recorded.
+    let data_dir = gw.data_dir.clone();
     let exported_records = || {
-        let j = pecgate::store::JournalReader::open_read_only(&gw.data_dir);
+        let j = pecgate::store::JournalReader::open_read_only(&data_dir);
         j.records()
             .unwrap()
             .filter(|r| matches!(r.as_ref().unwrap().event, pecgate::store::Event::Exported { .. }))

@@ -11,26 +11,38 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// A writer that hashes what passes through it.
+/// (Not hashing when the caller already knows the hash: a blob checked
+/// against its name as it was read.)
 pub struct Hashing<W> {
     inner: W,
-    hash: Sha256,
+    hash: Result<Sha256, String>,
     pub bytes: u64,
 }
 
 impl<W: Write> Hashing<W> {
-    pub fn new(inner: W) -> Self {
-        Hashing { inner, hash: Sha256::new(), bytes: 0 }
+    pub fn new(inner: W, known: Option<&str>) -> Self {
+        let hash = match known {
+            Some(h) => Err(h.to_string()),
+            None => Ok(Sha256::new()),
+        };
+        Hashing { inner, hash, bytes: 0 }
     }
 
     pub fn finish(self) -> (W, String) {
-        (self.inner, hex::encode(self.hash.finalize()))
+        let h = match self.hash {
+            Ok(h) => hex::encode(h.finalize()),
+            Err(known) => known,
+        };
+        (self.inner, h)
     }
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Ok(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -95,25 +107,40 @@ impl Sink {
         compress: bool,
         fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<(String, u64)> {
+        self.add_with(path, compress, None, fill)
+    }
+
+    /// Add bytes whose SHA-256 the caller has checked (`sha256`).
+    pub fn add_checked(&mut self, path: &str, bytes: &[u8], sha256: &str) -> io::Result<(String, u64)> {
+        self.add_with(path, false, Some(sha256), |w| w.write_all(bytes))
+    }
+
+    fn add_with(
+        &mut self,
+        path: &str,
+        compress: bool,
+        known: Option<&str>,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<(String, u64)> {
         match self {
             Sink::Dir { staging, .. } => {
                 let p = staging.join(path);
                 if let Some(parent) = p.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                let mut w = Hashing::new(BufWriter::with_capacity(256 * 1024, File::create(&p)?));
+                let mut w = Hashing::new(BufWriter::with_capacity(256 * 1024, File::create(&p)?), known);
                 fill(&mut w)?;
                 let n = w.bytes;
                 let (bw, hash) = w.finish();
-                let f = bw.into_inner().map_err(|e| e.into_error())?;
-                f.sync_all()?;
+                // Made durable all at once by `finish` (syncfs).
+                bw.into_inner().map_err(|e| e.into_error())?;
                 Ok((hash, n))
             }
             Sink::Zip { writer, .. } => {
                 let method = if compress { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
                 let opts = zip::write::SimpleFileOptions::default().compression_method(method).large_file(true);
                 writer.start_file(path, opts).map_err(other)?;
-                let mut w = Hashing::new(&mut **writer);
+                let mut w = Hashing::new(&mut **writer, known);
                 fill(&mut w)?;
                 let n = w.bytes;
                 let (_, hash) = w.finish();
@@ -172,12 +199,20 @@ fn sync_parent(p: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// fsync every directory of the tree (files were synced as written).
+/// Make the whole tree durable: every file and directory fsynced, once
+/// all are written (the kernel has flushed much of it by then; an fsync
+/// right after each write would wait for each file in turn).
 fn sync_tree(dir: &Path) -> io::Result<()> {
+    fsync_tree(dir)
+}
+
+fn fsync_tree(dir: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         if e.file_type()?.is_dir() {
-            sync_tree(&e.path())?;
+            fsync_tree(&e.path())?;
+        } else {
+            File::open(e.path())?.sync_all()?;
         }
     }
     File::open(dir)?.sync_all()

@@ -353,8 +353,7 @@ fn write_document(
         let f = facts(r, &raw, opts.trust);
         let base = format!("{dir}/receipts/{:02}-{}", k + 1, f.kind);
         let eml = format!("{base}.eml");
-        let (sha, size) = sink.add(&eml, false, |w| w.write_all(&raw))?;
-        check(&sha, &r.hash, &eml)?;
+        let (sha, size) = sink.add_checked(&eml, &raw, &r.hash)?;
         entries.push(Entry {
             path: eml.clone(),
             sha256: sha,
@@ -379,8 +378,7 @@ fn write_document(
     let raw = blobs.get(&item.hash).map_err(io_ctx(&format!("message {}", item.hash)))?;
     let f = facts(item, &raw, opts.trust);
     let eml = format!("{dir}/message.eml");
-    let (sha, size) = sink.add(&eml, false, |w| w.write_all(&raw))?;
-    check(&sha, &item.hash, &eml)?;
+    let (sha, size) = sink.add_checked(&eml, &raw, &item.hash)?;
     entries.push(Entry {
         path: eml.clone(),
         sha256: sha,
@@ -393,16 +391,6 @@ fn write_document(
     let path = format!("{dir}/metadata.xml");
     let (sha, size) = sink.add(&path, true, |w| w.write_all(meta.as_bytes()))?;
     entries.push(Entry { path, sha256: sha, size, format: "application/xml", ext: "xml", group });
-    Ok(())
-}
-
-fn check(written: &str, expected: &str, path: &str) -> io::Result<()> {
-    if written != expected {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{path}: wrote {written}, the archive names {expected}"),
-        ));
-    }
     Ok(())
 }
 
