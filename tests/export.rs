@@ -245,6 +245,45 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     assert_eq!(all.len() as u64, total);
     assert_eq!(eml_hashes(&pkg1), all, "every archived message, as its original bytes");
 
+    // The endpoint refuses what would export messages twice or a mailbox
+    // it does not know; a malformed record changes nothing.
+    let post = |json: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-u",
+                &format!("revisore:{PW}"),
+                "-X",
+                "POST",
+                "--data",
+                json,
+            ])
+            .arg(format!("http://127.0.0.1:{http_port}/api/exports"))
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let pkg = "0".repeat(64);
+    assert_eq!(
+        post(&format!(
+            "{{\"mailbox\":\"protocollo\",\"first_seq\":5,\"last_seq\":9,\"messages\":1,\"package\":\"{pkg}\"}}"
+        )),
+        "409"
+    );
+    assert_eq!(
+        post(&format!("{{\"mailbox\":\"altro\",\"first_seq\":1,\"last_seq\":9,\"messages\":1,\"package\":\"{pkg}\"}}")),
+        "404"
+    );
+    assert_eq!(
+        post("{\"mailbox\":\"protocollo\",\"first_seq\":9,\"last_seq\":1,\"messages\":1,\"package\":\"x\"}"),
+        "400"
+    );
+    assert_eq!(post("not json"), "400");
+
     // sha256sum and openssl alone.
     let s = sha256sum_c(&pkg1);
     assert!(s.status.success(), "{}", text(&s));
@@ -491,5 +530,8 @@ fn export_throughput() {
         let v = verify(&p);
         assert!(v.status.success(), "{}", text(&v));
         eprintln!("  export verify: {:.2} s", t.elapsed().as_secs_f64());
+        if let Ok(keep) = std::env::var("EXPORT_BENCH_KEEP") {
+            copy_dir(&p, &Path::new(&keep).join(out));
+        }
     }
 }

@@ -198,7 +198,9 @@ fn metadata(
     };
     x.leaf("SigillatoElettronicamente", &[], signed);
     x.leaf("FirmatoDigitalmente", &[], "false");
-    x.leaf("EsitoVerifica", &[("Momento", f.signature_when)], result);
+    // When it was checked (none when it never was).
+    let when = [("Momento", f.signature_when)];
+    x.leaf("EsitoVerifica", if f.signature.is_some() { &when[..] } else { &[] }, result);
     x.opt("Dettaglio", who);
     x.close();
     x.leaf("NomeDelDocumento", &[], name);
@@ -487,7 +489,8 @@ fn readme(plan: &Plan, opts: &Options) -> String {
           index.xml                           indice UNI 11386 (SInCRO v2) con lo SHA-256 di ogni file / index with every file's SHA-256\n\
           SHA256SUMS                          lo SHA-256 di ogni altro file / every other file's SHA-256\n\n";
     s += "VERIFICA / HOW TO VERIFY (sha256sum e openssl soltanto / only)\n\n\
-          1. Integrità di ogni file / every file intact (in questa cartella / in this directory):\n\n\
+          1. Integrità di ogni file / every file intact (in questa cartella; uno .zip va prima estratto /\n\
+          \x20  in this directory; a .zip is extracted first):\n\n\
           \x20     sha256sum -c SHA256SUMS\n\n\
           \x20  Ogni .eml si chiama nel giornale con il suo SHA-256 (record \"archived\", campo \"hash\").\n\
           \x20  Each .eml's SHA-256 is its name in the journal (the \"archived\" record's \"hash\").\n\n\

@@ -99,10 +99,12 @@ pub fn indexed_files(xml: &[u8]) -> Result<Vec<IndexedFile>, String> {
     let mut cur: Option<IndexedFile> = None;
     // The element whose text is being read (Path or Hash inside a File).
     let mut field: Option<&'static str> = None;
+    let mut depth = 0usize;
     loop {
         let ev = r.read_event().map_err(|e| format!("index.xml at byte {}: {e}", r.buffer_position()))?;
         match ev {
             Event::Start(e) => {
+                depth += 1;
                 let name = e.local_name();
                 match name.as_ref() {
                     "PIndex" => root = true,
@@ -155,6 +157,7 @@ pub fn indexed_files(xml: &[u8]) -> Result<Vec<IndexedFile>, String> {
                 }
             }
             Event::End(e) => {
+                depth = depth.saturating_sub(1);
                 field = None;
                 if e.local_name().as_ref() == "File" {
                     let f = cur.take().ok_or("index.xml: </File> without <File>")?;
@@ -166,6 +169,7 @@ pub fn indexed_files(xml: &[u8]) -> Result<Vec<IndexedFile>, String> {
                 }
             }
             Event::DocType(_) => return Err("index.xml has a DOCTYPE: refused".into()),
+            Event::Eof if depth > 0 => return Err("index.xml is cut short (elements left open)".into()),
             Event::Eof => break,
             _ => {}
         }
