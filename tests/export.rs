@@ -423,6 +423,13 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     let v = verify(&zip);
     assert!(v.status.success(), "{}", text(&v));
     assert!(String::from_utf8_lossy(&v.stdout).contains(&format!("{} messages", total + 40)), "{}", text(&v));
+    // Extracted (Python's zipfile, no pecgate), it checks like a directory.
+    let unz = w.join("unzipped");
+    let o = Command::new(support::python()).args(["-m", "zipfile", "-e"]).arg(&zip).arg(&unz).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(sha256sum_c(&unz).status.success());
+    assert!(openssl_verify(&unz).1.status.success());
+    assert_eq!(eml_hashes(&unz), now);
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let part = w.join("part");
     let o = export(&gw, &["--from", &today, "--to", &today, "--out", part.to_str().unwrap()]);
