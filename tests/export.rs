@@ -237,7 +237,8 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     let o = export(&gw, &["--since-last", "--out", pkg1.to_str().unwrap(), "--user", "mario"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("role audit"), "{}", text(&o));
-    std::fs::remove_dir_all(&pkg1).unwrap();
+    let unrecorded = w.join("unrecorded");
+    std::fs::rename(&pkg1, &unrecorded).unwrap();
     let o = export(&gw, &["--since-last", "--out", pkg1.to_str().unwrap(), "--user", "revisore"]);
     assert!(o.status.success(), "{}\n{}", text(&o), tail(&gw.log(), 20));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("exported {total} messages")), "{}", text(&o));
@@ -296,6 +297,18 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     let v = verify(&pkg1);
     assert!(v.status.success(), "{}", text(&v));
     assert!(String::from_utf8_lossy(&v.stdout).contains("token verified"), "{}", text(&v));
+    // Against the archive: the journal recorded this package, not the
+    // one whose recording was refused.
+    let config = gw.config_path.to_str().unwrap();
+    let v = run(&["export", "verify", pkg1.to_str().unwrap(), "--config", config]);
+    assert!(
+        v.status.success() && String::from_utf8_lossy(&v.stdout).contains("recorded: journal record"),
+        "{}",
+        text(&v)
+    );
+    let v = run(&["export", "verify", unrecorded.to_str().unwrap(), "--config", config]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("no exported record"), "{}", text(&v));
 
     // The sent message with its receipts; the envelopes' metadata.
     let docs: Vec<PathBuf> = std::fs::read_dir(pkg1.join("documents")).unwrap().map(|e| e.unwrap().path()).collect();

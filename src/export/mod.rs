@@ -49,7 +49,14 @@ pub enum ExportAction {
     /// and index.xml, none missing or extra, the audit records' hashes and
     /// links, every message named by an archived record, the anchor token
     /// against its record. Exit 1 naming the first bad file.
-    Verify { path: PathBuf },
+    Verify {
+        path: PathBuf,
+        /// Also check the package against this archive's journal: an
+        /// `exported` record names it, and its audit records are the
+        /// journal's.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Write a submission package of one mailbox (see docs/conservation.md).
@@ -84,34 +91,47 @@ pub struct Make {
 
 pub fn run(cmd: ExportCmd) -> anyhow::Result<ExitCode> {
     match cmd.action {
-        Some(ExportAction::Verify { path }) => Ok(verify_cmd(&path)),
+        Some(ExportAction::Verify { path, config }) => verify_cmd(&path, config.as_deref()),
         None => make(cmd.make),
     }
 }
 
-fn verify_cmd(path: &Path) -> ExitCode {
-    match verify::verify(path) {
-        Ok(r) => {
-            let anchor = match r.anchor {
-                Some((seq, time, true)) => format!(
-                    "; anchor: record {seq} time-stamped at {time}, token verified against the package's TSA CA"
-                ),
-                Some((seq, time, false)) => {
-                    format!("; anchor: record {seq} time-stamped at {time} (no TSA CA in the package: its signature is not checked)")
-                }
-                None => "; no anchor token".into(),
-            };
-            println!(
-                "package OK: {} files, {} messages, {} audit records{anchor}; index.xml SHA-256 {}",
-                r.files, r.messages, r.records, r.package
-            );
-            ExitCode::SUCCESS
-        }
+fn verify_cmd(path: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let r = match verify::verify(path) {
+        Ok(r) => r,
         Err(b) => {
             eprintln!("pecgate export verify: {b}");
-            ExitCode::from(1)
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let anchor = match r.anchor {
+        Some((seq, time, true)) => {
+            format!("; anchor: record {seq} time-stamped at {time}, token verified against the package's TSA CA")
+        }
+        Some((seq, time, false)) => {
+            format!("; anchor: record {seq} time-stamped at {time} (no TSA CA in the package: its signature is not checked)")
+        }
+        None => "; no anchor token".into(),
+    };
+    println!(
+        "package OK: {} files, {} messages, {} audit records{anchor}; index.xml SHA-256 {}",
+        r.files, r.messages, r.records, r.package
+    );
+    if let Some(c) = config {
+        let cfg = crate::daemon::load_config(c)?;
+        let journal = JournalReader::open_read_only(&cfg.store.data_dir);
+        match verify::against_journal(&journal, &r) {
+            Ok(seq) => println!(
+                "recorded: journal record {seq} names this package, and its {} records are the journal's",
+                r.hashes.len()
+            ),
+            Err(b) => {
+                eprintln!("pecgate export verify: {b}");
+                return Ok(ExitCode::from(1));
+            }
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bar(template: &str, len: u64) -> indicatif::ProgressBar {

@@ -21,6 +21,8 @@ pub struct Report {
     pub anchor: Option<(u64, chrono::DateTime<chrono::Utc>, bool)>,
     /// SHA-256 of index.xml.
     pub package: String,
+    /// Every record the package carries: (seq, hash, the file it is in).
+    pub hashes: Vec<(u64, String, String)>,
 }
 
 /// The first problem found, naming the file.
@@ -103,6 +105,7 @@ pub fn verify(path: &Path) -> Result<Report, Bad> {
     // The audit records: each line's own hash, links where consecutive.
     let mut archived: HashSet<String> = HashSet::new();
     let mut records = 0;
+    let mut hashes = Vec::new();
     if sums.contains_key("audit/records.jsonl") {
         let text = src.read("audit/records.jsonl", 1 << 30).map_err(|e| bad("audit/records.jsonl", e))?;
         let text = String::from_utf8(text).map_err(|_| bad("audit/records.jsonl", "not UTF-8"))?;
@@ -124,6 +127,7 @@ pub fn verify(path: &Path) -> Result<Report, Bad> {
             if let Event::Archived { hash: h, .. } = &rec.event {
                 archived.insert(h.clone());
             }
+            hashes.push((rec.seq, hash.clone(), "audit/records.jsonl".to_string()));
             prev = Some((rec.seq, hash));
             records += 1;
         }
@@ -158,6 +162,7 @@ pub fn verify(path: &Path) -> Result<Report, Bad> {
         let mut digest = None;
         for (i, line) in text.lines().enumerate() {
             let (rec, hash) = decode_line(line).map_err(|e| bad(&lines_name, format!("line {}: {e}", i + 1)))?;
+            hashes.push((rec.seq, hash.clone(), lines_name.clone()));
             if rec.seq == seq {
                 digest = Some(hash);
             } else if let Event::Anchored { seq: s, hash: h, token_sha256, .. } = &rec.event {
@@ -184,5 +189,47 @@ pub fn verify(path: &Path) -> Result<Report, Bad> {
         };
         anchor = Some((seq, time, checked));
     }
-    Ok(Report { files: files.len(), messages, records, anchor, package: sums["index.xml"].clone() })
+    Ok(Report { files: files.len(), messages, records, anchor, package: sums["index.xml"].clone(), hashes })
+}
+
+/// A good package against the archive's journal: an `exported` record
+/// names it (its `index.xml` SHA-256), and every record it carries is the
+/// journal's record of that seq. Returns the `exported` record's seq.
+pub fn against_journal(journal: &crate::store::JournalReader, r: &Report) -> Result<u64, Bad> {
+    let want: std::collections::HashMap<u64, (&str, &str)> =
+        r.hashes.iter().map(|(s, h, f)| (*s, (h.as_str(), f.as_str()))).collect();
+    let mut found = 0usize;
+    let mut exported = None;
+    let mut first_bad: Option<Bad> = None;
+    crate::audit::scan(
+        journal,
+        |_, _| {},
+        |f| {
+            if let Some((h, file)) = want.get(&f.record.seq) {
+                found += 1;
+                if *h != f.hash && first_bad.is_none() {
+                    first_bad = Some(bad(
+                        file,
+                        format!("record {} is not the journal's record {}", f.record.seq, f.record.seq),
+                    ));
+                }
+            }
+            if let Event::Exported { package, .. } = &f.record.event {
+                if *package == r.package && exported.is_none() {
+                    exported = Some(f.record.seq);
+                }
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| bad("journal", e.to_string()))?;
+    if let Some(b) = first_bad {
+        return Err(b);
+    }
+    if found < want.len() {
+        return Err(bad("audit/records.jsonl", "carries records the journal does not have"));
+    }
+    exported.ok_or_else(|| {
+        bad("index.xml", format!("no exported record of the journal names this package (SHA-256 {})", r.package))
+    })
 }
