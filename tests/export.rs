@@ -397,18 +397,36 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     std::fs::remove_file(extra.join(rel(&some_eml))).unwrap();
     assert!(String::from_utf8_lossy(&verify(&extra).stderr).contains(&rel(&some_eml)));
 
-    // New mail: the next --since-last holds exactly it.
-    imap.append("INBOX", (2000..2040).map(|i| make_message(i, 4000)));
+    // New mail: the next --since-last holds exactly it. A late receipt
+    // about the sent message exported before is a document of its own
+    // that names it.
+    let sent_hash = support::sha256_hex(&std::fs::read(with_receipts[0].join("message.eml")).unwrap());
+    let late = receipt(
+        &pki,
+        Notice::PreavvisoErroreConsegna {
+            recipient: "rossi@pec.ditta.example.it".into(),
+            reason: "nessuna risposta".into(),
+        },
+        3,
+    );
+    imap.append("INBOX", (2000..2040).map(|i| make_message(i, 4000)).chain([late]));
     gw.wait_mailbox("protocollo", Duration::from_secs(30), "the new mail archived", |s| {
-        s["archived_total"].as_u64() == Some(total + 40)
+        s["archived_total"].as_u64() == Some(total + 41)
     });
     let pkg2 = w.join("pkg2");
     let o = export(&gw, &["--since-last", "--out", pkg2.to_str().unwrap(), "--user", "revisore"]);
     assert!(o.status.success(), "{}", text(&o));
     let now = archived(&gw);
     let new: BTreeSet<String> = now.difference(&all).cloned().collect();
-    assert_eq!(new.len(), 40);
+    assert_eq!(new.len(), 41);
     assert_eq!(eml_hashes(&pkg2), new, "exactly the new messages");
+    let linked: Vec<String> = std::fs::read_dir(pkg2.join("documents"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path().join("metadata.xml")).unwrap())
+        .filter(|m| m.contains("<TipologiaDocumentale>preavviso-errore-consegna</TipologiaDocumentale>"))
+        .collect();
+    assert_eq!(linked.len(), 1);
+    assert!(linked[0].contains(&format!("<RiferitoA Algoritmo=\"SHA-256\">{sent_hash}</RiferitoA>")), "{}", linked[0]);
     assert!(verify(&pkg2).status.success() && sha256sum_c(&pkg2).status.success());
     // Nothing new: said plainly, nothing written, nothing recorded.
     let data_dir = gw.data_dir.clone();
@@ -435,7 +453,7 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
     assert!(o.status.success(), "{}", text(&o));
     let v = verify(&zip);
     assert!(v.status.success(), "{}", text(&v));
-    assert!(String::from_utf8_lossy(&v.stdout).contains(&format!("{} messages", total + 40)), "{}", text(&v));
+    assert!(String::from_utf8_lossy(&v.stdout).contains(&format!("{} messages", total + 41)), "{}", text(&v));
     // Extracted (Python's zipfile, no pecgate), it checks like a directory.
     let unz = w.join("unzipped");
     let o = Command::new(support::python()).args(["-m", "zipfile", "-e"]).arg(&zip).arg(&unz).output().unwrap();
