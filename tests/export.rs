@@ -129,6 +129,21 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// After a file's hash changed from `old` to `new`: SHA256SUMS and
+/// index.xml made to agree, as a forger would.
+fn fix_lists(dir: &Path, old: &str, new: &str) {
+    let idx = std::fs::read_to_string(dir.join("index.xml")).unwrap().replace(old, new);
+    std::fs::write(dir.join("index.xml"), &idx).unwrap();
+    let ih = support::sha256_hex(idx.as_bytes());
+    let sums: String = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .unwrap()
+        .replace(old, new)
+        .lines()
+        .map(|l| if l.ends_with("  index.xml") { format!("{ih}  index.xml\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+}
+
 /// Flip one byte of `file` (in the middle) in a copy of the package;
 /// `export verify` must fail naming it, and `sha256sum -c` too.
 fn tamper(pkg: &Path, work: &Path, file: &str) {
@@ -369,16 +384,7 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
         .into_bytes();
     assert_ne!(old, new);
     std::fs::write(&rec, &new).unwrap();
-    let (oh, nh) = (support::sha256_hex(&old), support::sha256_hex(&new));
-    let idx = std::fs::read_to_string(forged.join("index.xml")).unwrap().replace(&oh, &nh);
-    std::fs::write(forged.join("index.xml"), &idx).unwrap();
-    let sums = std::fs::read_to_string(forged.join("SHA256SUMS")).unwrap().replace(&oh, &nh);
-    let ih = support::sha256_hex(idx.as_bytes());
-    let sums: String = sums
-        .lines()
-        .map(|l| if l.ends_with("  index.xml") { format!("{ih}  index.xml\n") } else { format!("{l}\n") })
-        .collect();
-    std::fs::write(forged.join("SHA256SUMS"), sums).unwrap();
+    fix_lists(&forged, &support::sha256_hex(&old), &support::sha256_hex(&new));
     assert!(sha256sum_c(&forged).status.success(), "the lists were fixed up");
     let v = verify(&forged);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
@@ -388,6 +394,18 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
         "{}",
         text(&v)
     );
+    // One document's metadata put in place of another's, the lists fixed
+    // up: it describes another message.
+    let swapped = w.join("swapped");
+    copy_dir(&pkg1, &swapped);
+    let (a, b) = (swapped.join(rel(&docs[3].join("metadata.xml"))), swapped.join(rel(&docs[4].join("metadata.xml"))));
+    let (ha, hb) = (support::sha256_hex(&std::fs::read(&a).unwrap()), support::sha256_hex(&std::fs::read(&b).unwrap()));
+    std::fs::copy(&b, &a).unwrap();
+    fix_lists(&swapped, &ha, &hb);
+    assert!(sha256sum_c(&swapped).status.success(), "the lists were fixed up");
+    let v = verify(&swapped);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(String::from_utf8_lossy(&v.stderr).contains(&rel(&docs[3].join("metadata.xml"))), "{}", text(&v));
     // A file added, a file removed.
     let extra = w.join("extra");
     copy_dir(&pkg1, &extra);

@@ -102,6 +102,22 @@ pub fn verify(path: &Path) -> Result<Report, Bad> {
             return Err(bad(name, format!("SHA-256 is {got}, SHA256SUMS says {want}: the file was changed")));
         }
     }
+    // Each metadata file describes the message beside it.
+    for name in sums.keys().filter(|f| f.starts_with("documents/") && f.ends_with(".xml")) {
+        let xml = src.read(name, MAX_SMALL).map_err(|e| bad(name, e))?;
+        let (doc, hash) = super::xml::metadata_binding(&xml).map_err(|e| bad(name, e))?;
+        let expected = if name.ends_with("/metadata.xml") {
+            format!("{}message.eml", name.trim_end_matches("metadata.xml"))
+        } else {
+            format!("{}.eml", name.trim_end_matches(".xml"))
+        };
+        if doc != expected {
+            return Err(bad(name, format!("describes {doc}, not {expected}")));
+        }
+        if sums.get(&doc) != Some(&hash) {
+            return Err(bad(name, format!("gives {doc} the SHA-256 {hash}, which is not the file's")));
+        }
+    }
     // The audit records: each line's own hash, links where consecutive.
     let mut archived: HashSet<String> = HashSet::new();
     let mut records = 0;

@@ -180,9 +180,57 @@ pub fn indexed_files(xml: &[u8]) -> Result<Vec<IndexedFile>, String> {
     Ok(out)
 }
 
+/// What a `metadata.xml` says of its message: `NomeDelDocumento` (its
+/// path in the package) and `IdDoc/ImprontaCrittografica` (its SHA-256).
+pub fn metadata_binding(xml: &[u8]) -> Result<(String, String), String> {
+    let text = std::str::from_utf8(xml).map_err(|_| "not UTF-8".to_string())?;
+    let mut r = quick_xml::Reader::from_str(text);
+    let (mut name, mut hash) = (String::new(), String::new());
+    let mut field: Option<bool> = None; // Some(true): the name, Some(false): the hash
+    let mut depth = 0usize;
+    loop {
+        match r.read_event().map_err(|e| format!("at byte {}: {e}", r.buffer_position()))? {
+            Event::Start(e) => {
+                depth += 1;
+                field = match e.local_name().as_ref() {
+                    "NomeDelDocumento" if depth == 2 => Some(true),
+                    "ImprontaCrittografica" if depth == 3 => Some(false),
+                    _ => None,
+                };
+            }
+            Event::Text(t) => match field {
+                Some(true) => name.push_str(&t.xml10_content()),
+                Some(false) => hash.push_str(&t.xml10_content()),
+                None => {}
+            },
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                field = None;
+            }
+            Event::DocType(_) => return Err("a DOCTYPE: refused".into()),
+            Event::Eof if depth > 0 => return Err("cut short".into()),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if name.trim().is_empty() || hash.trim().is_empty() {
+        return Err("no NomeDelDocumento or ImprontaCrittografica".into());
+    }
+    Ok((name.trim().to_string(), hash.trim().to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_binding_reads_name_and_hash() {
+        let m = b"<?xml version=\"1.0\"?><DocumentoInformatico><IdDoc><ImprontaCrittografica Algoritmo=\"SHA-256\">AB</ImprontaCrittografica></IdDoc><NomeDelDocumento>documents/000001/message.eml</NomeDelDocumento><PEC><Ricevute><NomeDelDocumento>x</NomeDelDocumento></Ricevute></PEC></DocumentoInformatico>";
+        assert_eq!(metadata_binding(m).unwrap(), ("documents/000001/message.eml".to_string(), "ab".to_string()));
+        for bad in [&b""[..], b"<DocumentoInformatico><IdDoc>", b"<a/>", b"\xff"] {
+            assert!(metadata_binding(bad).is_err());
+        }
+    }
 
     #[test]
     fn escapes_and_reads_back() {
