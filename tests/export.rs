@@ -230,7 +230,7 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
         s["archived_total"].as_u64() == Some(total)
     });
     // An anchor at or after the last archived record.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let last_archive = {
         let j = pecgate::store::JournalReader::open_read_only(&gw.data_dir);
         j.records()

@@ -199,23 +199,52 @@ fn sync_parent(p: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// Make the whole tree durable: every file and directory fsynced, once
-/// all are written (the kernel has flushed much of it by then; an fsync
-/// right after each write would wait for each file in turn).
+/// Make the whole tree durable: every file and directory fsynced once all
+/// are written, 16 at a time. Concurrent fsyncs share the file system's
+/// journal commits (ext4, xfs), where one after another each waits for
+/// its own: thousands of files in a few commits instead of thousands.
 fn sync_tree(dir: &Path) -> io::Result<()> {
-    fsync_tree(dir)
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    list_tree(dir, &mut files, &mut dirs)?;
+    const THREADS: usize = 16;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_error: std::sync::Mutex<Option<io::Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS.min(files.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = files.get(i) else { return };
+                if let Err(e) = File::open(p).and_then(|f| f.sync_all()) {
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", p.display())));
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    // Directories after their entries, deepest first.
+    for d in dirs.iter().rev() {
+        File::open(d)?.sync_all()?;
+    }
+    Ok(())
 }
 
-fn fsync_tree(dir: &Path) -> io::Result<()> {
+fn list_tree(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> io::Result<()> {
+    dirs.push(dir.to_path_buf());
     for e in fs::read_dir(dir)? {
         let e = e?;
         if e.file_type()?.is_dir() {
-            fsync_tree(&e.path())?;
+            list_tree(&e.path(), files, dirs)?;
         } else {
-            File::open(e.path())?.sync_all()?;
+            files.push(e.path());
         }
     }
-    File::open(dir)?.sync_all()
+    Ok(())
 }
 
 /// A package being read.
