@@ -241,8 +241,16 @@ fn a_mailbox_exported_verifies_with_sha256sum_and_openssl_and_since_last_holds_e
             .max()
             .unwrap()
     };
-    while head_and_anchor(&gw).1 < last_archive {
-        assert!(Instant::now() < deadline, "no anchor after record {last_archive}\n{}", tail(&gw.log(), 30));
+    // Preferably one covering every message (anchoring follows within a
+    // second); on a loaded machine the TSA may time out and the daemon
+    // back off, and any anchor will do: the package carries the newest.
+    let soon = Instant::now() + Duration::from_secs(10);
+    loop {
+        let anchored = head_and_anchor(&gw).1;
+        if anchored >= last_archive || (anchored > 0 && Instant::now() > soon) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no anchor at all\n{}", tail(&gw.log(), 30));
         std::thread::sleep(Duration::from_millis(200));
     }
 
