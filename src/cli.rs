@@ -114,6 +114,11 @@ pub enum Command {
     /// Retention: what the next expiry run would remove (`plan`).
     #[command(subcommand)]
     Retention(crate::retention::cli::RetentionCmd),
+    /// Submission package for conservation: a mailbox's messages with
+    /// their receipts, metadata, audit records and newest anchor token
+    /// (directory or .zip), checkable with sha256sum and openssl alone;
+    /// or `export verify PATH` to check one.
+    Export(crate::export::ExportCmd),
 }
 
 #[derive(Subcommand)]
@@ -460,6 +465,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Search(c) => crate::fulltext::cli::run(c),
         Command::Hold(c) => crate::retention::cli::run_hold(c),
         Command::Retention(c) => crate::retention::cli::run_retention(c),
+        Command::Export(c) => crate::export::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

@@ -300,6 +300,10 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     })
                 }),
                 holds: Some(holds_api.clone()),
+                exports: Some(Arc::new(crate::export::api::ExportApi {
+                    store: store.clone(),
+                    mailboxes: cfg.mailboxes.iter().map(|m| m.alias.clone()).collect(),
+                })),
             };
             Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
         }

@@ -63,6 +63,8 @@ pub struct HttpState {
     pub search: Option<Arc<crate::fulltext::api::SearchApi>>,
     /// `/api/holds`, `/api/retention` (absent: 404).
     pub holds: Option<Arc<crate::retention::api::HoldApi>>,
+    /// `POST /api/exports` (absent: 404).
+    pub exports: Option<Arc<crate::export::api::ExportApi>>,
 }
 
 /// Largest upload (a campaign's recipients list, template or attachment).
@@ -223,6 +225,24 @@ async fn holds(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp
     respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
 }
 
+/// `POST /api/exports` (see `export::api`).
+async fn exports(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let Some(api) = st.exports.clone() else { return error(StatusCode::NOT_FOUND, "exports are not recorded here") };
+    if req.method() != Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+    let user = match authenticate(st, peer, &req).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let source = peer.to_string();
+    let (status, ct, b) = match body(req, MAX_JSON).await {
+        Ok(b) => api.post(&user, &source, &b).await,
+        Err(r) => return r,
+    };
+    respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
+}
+
 /// `GET /api/search` (see `fulltext::api`).
 async fn search(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let Some(api) = st.search.clone() else { return error(StatusCode::NOT_FOUND, "full-text search is not available here") };
@@ -251,6 +271,9 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
     }
     if p == "/api/holds" || p.starts_with("/api/holds/") || p == "/api/retention" {
         return holds(st, peer, req).await;
+    }
+    if p == "/api/exports" {
+        return exports(st, peer, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only");

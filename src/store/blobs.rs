@@ -157,6 +157,66 @@ impl Blobs {
     }
 }
 
+/// Blobs read-only, beside a running daemon (conservation exports): bytes
+/// by hash, never paths. Each read checks the bytes against their name, so
+/// a damaged blob is an error rather than exported evidence.
+#[derive(Debug, Clone)]
+pub struct BlobReader {
+    blobs: Blobs,
+}
+
+impl BlobReader {
+    /// The blobs of the archive in `data_dir`; nothing is read yet.
+    pub fn open_read_only(data_dir: &Path) -> BlobReader {
+        BlobReader { blobs: Blobs { root: data_dir.join("blobs") } }
+    }
+
+    /// The blob's bytes, checked against its hash.
+    pub fn get(&self, hash: &str) -> io::Result<Vec<u8>> {
+        let bytes = self.blobs.get(hash)?;
+        if sha256_hex(&bytes) != hash {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {hash} does not hash to its name: the archive is damaged, run `pecgate store check`"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Its size, without reading it.
+    pub fn size(&self, hash: &str) -> io::Result<u64> {
+        self.blobs.size(hash)
+    }
+
+    /// Stream the blob to `out`, checking its hash at the end (an error
+    /// then: what was written is not the evidence). Returns the bytes copied.
+    pub fn copy_to(&self, hash: &str, out: &mut dyn Write) -> io::Result<u64> {
+        if !valid_hash(hash) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"));
+        }
+        let mut f = File::open(self.blobs.path(hash))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        loop {
+            let k = io::Read::read(&mut f, &mut buf)?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            out.write_all(&buf[..k])?;
+            n += k as u64;
+        }
+        if hex::encode(h.finalize()) != hash {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {hash} does not hash to its name: the archive is damaged, run `pecgate store check`"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 pub fn valid_hash(hash: &str) -> bool {
     hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

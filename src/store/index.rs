@@ -1198,8 +1198,10 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
         Event::Anchored { seq: anchored, .. } => {
             meta.insert(b"anchor".as_slice(), anchored.to_be_bytes())?;
         }
-        Event::Exported { mailbox, last_seq, .. } => {
-            meta.insert(key(&[b"export", mailbox.as_bytes()]), last_seq.to_be_bytes())?;
+        Event::Exported { mailbox, last_seq, partial, .. } => {
+            if !partial {
+                meta.insert(key(&[b"export", mailbox.as_bytes()]), last_seq.to_be_bytes())?;
+            }
         }
         Event::Handled { mailbox, transition, items } => {
             for i in items {

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{broadcast, oneshot};
 
-pub use blobs::BlobRef;
+pub use blobs::{BlobReader, BlobRef};
 pub use codec::{BlobHash, Brief};
 pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
@@ -1241,6 +1241,17 @@ impl Writer {
                 }
                 if !self.index.holds(Some(mailbox))?.iter().any(|h| h.id == *hold) {
                     return Err(StoreError::Conflict(format!("no legal hold {hold} stands on {mailbox}")));
+                }
+            }
+            Event::Exported { mailbox, first_seq, partial: false, .. } => {
+                // A `--since-last` export starts right after the last one
+                // (a whole export starts at 1): one that started before
+                // another was recorded would export its messages twice.
+                let last = self.index.last_export(mailbox)?;
+                if *first_seq != 1 && *first_seq != last + 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "{mailbox} was exported up to record {last} while this export (from record {first_seq}) was written: export again"
+                    )));
                 }
             }
             Event::Anchored { .. } | Event::Exported { .. } => {}

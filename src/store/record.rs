@@ -202,6 +202,10 @@ pub enum Event {
         package: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// Limited by `--from`/`--to`: not every message of the range, so
+        /// it does not count for `--since-last`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
 }
 
