@@ -47,6 +47,20 @@ pub struct Entry {
     pub group: String,
 }
 
+impl Entry {
+    /// A file written to the package: its path, (SHA-256, size) as the sink
+    /// gave them, its format and extension, its `FileGroup`.
+    fn new(
+        path: String,
+        (sha256, size): (String, u64),
+        format: &'static str,
+        ext: &'static str,
+        group: String,
+    ) -> Entry {
+        Entry { path, sha256, size, format, ext, group }
+    }
+}
+
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -261,27 +275,25 @@ pub fn write(
             }
             Ok(())
         })?;
-        entries.push(Entry {
-            path: "audit/records.jsonl".into(),
-            sha256: sha,
-            size,
-            format: "application/jsonl",
-            ext: "jsonl",
-            group: "audit".into(),
-        });
+        entries.push(Entry::new(
+            "audit/records.jsonl".into(),
+            (sha, size),
+            "application/jsonl",
+            "jsonl",
+            "audit".into(),
+        ));
     }
     if let Some(a) = &plan.anchor {
         let token = journal.anchor_token(&a.token_name).map_err(io_ctx(&format!("anchor token {}", a.token_name)))?;
         let base = format!("audit/anchor-{:012}", a.seq);
         let (sha, size) = sink.add(&format!("{base}.tsr"), false, |w| w.write_all(&token))?;
-        entries.push(Entry {
-            path: format!("{base}.tsr"),
-            sha256: sha,
-            size,
-            format: "application/timestamp-reply",
-            ext: "tsr",
-            group: "audit".into(),
-        });
+        entries.push(Entry::new(
+            format!("{base}.tsr"),
+            (sha, size),
+            "application/timestamp-reply",
+            "tsr",
+            "audit".into(),
+        ));
         let (sha, size) = sink.add(&format!("{base}.jsonl"), true, |w| {
             for l in &a.lines {
                 w.write_all(l.as_bytes())?;
@@ -289,36 +301,21 @@ pub fn write(
             }
             Ok(())
         })?;
-        entries.push(Entry {
-            path: format!("{base}.jsonl"),
-            sha256: sha,
-            size,
-            format: "application/jsonl",
-            ext: "jsonl",
-            group: "audit".into(),
-        });
+        entries.push(Entry::new(format!("{base}.jsonl"), (sha, size), "application/jsonl", "jsonl", "audit".into()));
     }
     if let Some(ca) = &opts.tsa_ca {
         let (sha, size) = sink.add("audit/tsa-ca.pem", true, |w| w.write_all(ca))?;
-        entries.push(Entry {
-            path: "audit/tsa-ca.pem".into(),
-            sha256: sha,
-            size,
-            format: "application/x-pem-file",
-            ext: "pem",
-            group: "audit".into(),
-        });
+        entries.push(Entry::new(
+            "audit/tsa-ca.pem".into(),
+            (sha, size),
+            "application/x-pem-file",
+            "pem",
+            "audit".into(),
+        ));
     }
     let readme = readme(plan, opts);
     let (sha, size) = sink.add("README.txt", true, |w| w.write_all(readme.as_bytes()))?;
-    entries.push(Entry {
-        path: "README.txt".into(),
-        sha256: sha,
-        size,
-        format: "text/plain",
-        ext: "txt",
-        group: "package".into(),
-    });
+    entries.push(Entry::new("README.txt".into(), (sha, size), "text/plain", "txt", "package".into()));
     let index = index_xml(plan, opts, &entries);
     let (package, size) = sink.add("index.xml", true, |w| w.write_all(index.as_bytes()))?;
     entries.push(Entry {
@@ -356,24 +353,10 @@ fn write_document(
         let base = format!("{dir}/receipts/{:02}-{}", k + 1, f.kind);
         let eml = format!("{base}.eml");
         let (sha, size) = sink.add_checked(&eml, &raw, &r.hash)?;
-        entries.push(Entry {
-            path: eml.clone(),
-            sha256: sha,
-            size,
-            format: "message/rfc822",
-            ext: "eml",
-            group: group.clone(),
-        });
+        entries.push(Entry::new(eml.clone(), (sha, size), "message/rfc822", "eml", group.clone()));
         let meta = metadata(r, &f, &eml, &plan.mailbox, &opts.address, &[], Some(&doc.item.hash));
         let (sha, size) = sink.add(&format!("{base}.xml"), true, |w| w.write_all(meta.as_bytes()))?;
-        entries.push(Entry {
-            path: format!("{base}.xml"),
-            sha256: sha,
-            size,
-            format: "application/xml",
-            ext: "xml",
-            group: group.clone(),
-        });
+        entries.push(Entry::new(format!("{base}.xml"), (sha, size), "application/xml", "xml", group.clone()));
         listed.push((eml, f.kind, r.hash.clone()));
     }
     let item = &doc.item;
@@ -381,14 +364,7 @@ fn write_document(
     let f = facts(item, &raw, opts.trust);
     let eml = format!("{dir}/message.eml");
     let (sha, size) = sink.add_checked(&eml, &raw, &item.hash)?;
-    entries.push(Entry {
-        path: eml.clone(),
-        sha256: sha,
-        size,
-        format: "message/rfc822",
-        ext: "eml",
-        group: group.clone(),
-    });
+    entries.push(Entry::new(eml.clone(), (sha, size), "message/rfc822", "eml", group.clone()));
     let meta = metadata(item, &f, &eml, &plan.mailbox, &opts.address, &listed, doc.linked.as_deref());
     let path = format!("{dir}/metadata.xml");
     let (sha, size) = sink.add(&path, true, |w| w.write_all(meta.as_bytes()))?;
