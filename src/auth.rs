@@ -15,6 +15,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Pass
 use argon2::Argon2;
 
 use crate::config::UserConfig;
+use crate::directory::{self, DirError, Directory};
 
 /// An argon2id PHC string (`$argon2id$v=19$m=…`) for `password`, with a
 /// random salt and the crate's default (OWASP-recommended) parameters.
@@ -148,6 +149,9 @@ pub struct User {
     /// Mailbox alias → rights. A mailbox with no `read` is not shown at all.
     pub grants: BTreeMap<String, BTreeSet<Right>>,
     pub roles: BTreeSet<String>,
+    /// The directory entry a directory user logged in as (`[directory]`);
+    /// `None` for a local `[[user]]` account.
+    pub dn: Option<String>,
 }
 
 impl User {
@@ -177,6 +181,11 @@ impl User {
 pub enum AuthError {
     #[error("unknown user or wrong password")]
     Rejected,
+    /// The directory could not check the password (down, TLS, timeout):
+    /// clients get "unavailable" (IMAP `NO [UNAVAILABLE]`, SMTP 454, HTTP
+    /// 503) naming the cause, never "wrong password".
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
     #[error("password check failed: {0}")]
     Internal(String),
 }
@@ -246,7 +255,42 @@ pub struct Authenticator {
     /// user, no longer matches.
     verified: Mutex<HashMap<String, ([u8; 32], Instant)>>,
     salt: [u8; 32],
+    /// The directory, when `[directory]` is configured (replaced on
+    /// SIGHUP), with the `[[user]]` entries without a password: extra
+    /// grants for the directory user of that name.
+    directory: RwLock<Option<Arc<DirectoryUsers>>>,
+    /// Bumped whenever users may have changed (a reload, a directory check
+    /// that withdrew or changed someone's access): IMAP sessions, idle
+    /// ones too, re-check their user at once.
+    changed: tokio::sync::watch::Sender<u64>,
 }
+
+/// The directory and the directory users seen since it was configured.
+struct DirectoryUsers {
+    dir: Directory,
+    /// Lower-cased name → extra grants (`[[user]]` without a password).
+    extras: HashMap<String, UserConfig>,
+    /// Directory users who logged in: their effective access, their
+    /// verified login (salted hash of the password, when), last use.
+    seen: Mutex<HashMap<String, SeenUser>>,
+}
+
+struct SeenUser {
+    user: Arc<User>,
+    verified: Option<([u8; 32], Instant)>,
+    used: Instant,
+}
+
+impl SeenUser {
+    /// The same access, without the remembered password.
+    fn forgotten(&self) -> SeenUser {
+        SeenUser { user: self.user.clone(), verified: None, used: self.used }
+    }
+}
+
+/// A directory user not used for this long is forgotten (the next login
+/// asks the directory again).
+const FORGET_SEEN_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a verified login is remembered.
 pub const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
@@ -275,10 +319,11 @@ fn dummy_hash(users: &[UserConfig]) -> String {
     dearest.unwrap_or_default().hash_password(b"pecgate-dummy", &salt).map(|h| h.to_string()).unwrap_or_default()
 }
 
-/// Unknown rights are dropped here; `Config::validate` has already refused them.
+/// Local accounts (those with a password hash). Unknown rights are dropped
+/// here; `Config::validate` has already refused them.
 fn table(users: &[UserConfig]) -> UserTable {
     let mut map = HashMap::new();
-    for u in users {
+    for u in users.iter().filter(|u| !u.password_hash.is_empty()) {
         let grants =
             u.grants.iter().map(|(m, rs)| (m.clone(), rs.iter().filter_map(|r| Right::parse(r)).collect())).collect();
         let user = User {
@@ -286,6 +331,7 @@ fn table(users: &[UserConfig]) -> UserTable {
             default_mailbox: u.default_mailbox.clone(),
             grants,
             roles: u.roles.iter().cloned().collect(),
+            dn: None,
         };
         map.insert(u.name.clone(), (u.password_hash.clone(), Arc::new(user)));
     }
@@ -301,7 +347,50 @@ impl Authenticator {
             dummy_hash: RwLock::new(dummy_hash(users)),
             verified: Mutex::new(HashMap::new()),
             salt: rand::random(),
+            directory: RwLock::new(None),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Use `dir` for the users that are not local accounts (`None`: no
+    /// directory), with the `[[user]]` entries without a password as their
+    /// extra grants. Called at start and on SIGHUP (then followed by
+    /// [`Authenticator::check_directory_users`]); open sessions re-check
+    /// their user.
+    pub fn set_directory(&self, dir: Option<Directory>, users: &[UserConfig]) {
+        let old = self.dir();
+        let d = dir.map(|dir| {
+            let extras = users
+                .iter()
+                .filter(|u| u.password_hash.is_empty())
+                .map(|u| (directory::user_name(&u.name), u.clone()))
+                .collect();
+            // Users seen keep their access (and open sessions) until the
+            // next check recomputes it; their remembered passwords go.
+            let seen: HashMap<String, SeenUser> = old
+                .as_ref()
+                .and_then(|o| o.seen.lock().ok().map(|s| s.iter().map(|(k, v)| (k.clone(), v.forgotten())).collect()))
+                .unwrap_or_default();
+            Arc::new(DirectoryUsers { dir, extras, seen: Mutex::new(seen) })
+        });
+        crate::counters::directory().configured.store(d.is_some(), std::sync::atomic::Ordering::Relaxed);
+        match self.directory.write() {
+            Ok(mut g) => *g = d,
+            Err(poisoned) => *poisoned.into_inner() = d,
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn dir(&self) -> Option<Arc<DirectoryUsers>> {
+        match self.directory.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Changes whenever users may have changed (see the field).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn fingerprint(&self, password: &str, hash: &str) -> [u8; 32] {
@@ -328,6 +417,7 @@ impl Authenticator {
             Ok(mut g) => *g = d,
             Err(poisoned) => *poisoned.into_inner() = d,
         }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     fn dummy(&self) -> String {
@@ -347,7 +437,14 @@ impl Authenticator {
     /// The user named `name` as currently configured, without checking a
     /// password (for tests and already-authenticated paths).
     pub fn user(&self, name: &str) -> Option<Arc<User>> {
-        self.current().get(name).map(|(_, u)| u.clone())
+        if let Some((_, u)) = self.current().get(name) {
+            return Some(u.clone());
+        }
+        let d = self.dir()?;
+        let mut seen = d.seen.lock().ok()?;
+        let s = seen.get_mut(name)?;
+        s.used = Instant::now();
+        Some(s.user.clone())
     }
 
     /// Check a password, waiting first according to recent failures for
@@ -363,10 +460,37 @@ impl Authenticator {
             crate::counters::throttled_logins().inc();
             tokio::time::sleep(wait).await;
         }
-        let (hash, user) = match self.current().get(name) {
-            Some((h, u)) => (h.clone(), Some(u.clone())),
-            None => (self.dummy(), None),
+        let local = self.current().get(name).cloned();
+        let dir = if local.is_none() { self.dir() } else { None };
+        let checked = match (local, dir) {
+            (Some((hash, user)), _) => self.check_local(name, password, hash, Some(user)).await?,
+            (None, Some(d)) => self.check_directory(&d, name, password).await?,
+            (None, None) => self.check_local(name, password, self.dummy(), None).await?,
         };
+        let mut t = self.throttle.lock().map_err(|_| AuthError::Internal("throttle lock poisoned".into()))?;
+        match checked {
+            Some(u) => {
+                t.failures.remove(&ukey);
+                Ok(u)
+            }
+            None => {
+                let now = Instant::now();
+                t.fail(ukey, now);
+                t.fail(ikey, now);
+                Err(AuthError::Rejected)
+            }
+        }
+    }
+
+    /// A local account's password (or, for an unknown name, the dummy
+    /// hash, at the same cost): the user if it matches.
+    async fn check_local(
+        &self,
+        name: &str,
+        password: &str,
+        hash: String,
+        user: Option<Arc<User>>,
+    ) -> Result<Option<Arc<User>>, AuthError> {
         let fp = self.fingerprint(password, &hash);
         let remembered = user.is_some()
             && self
@@ -374,23 +498,141 @@ impl Authenticator {
                 .lock()
                 .is_ok_and(|v| v.get(name).is_some_and(|(f, at)| *f == fp && at.elapsed() < VERIFIED_FOR));
         let ok = remembered || verify_on_pool(password.to_string(), hash).await?;
-        let mut t = self.throttle.lock().map_err(|_| AuthError::Internal("throttle lock poisoned".into()))?;
-        match (ok, user) {
-            (true, Some(u)) => {
-                t.failures.remove(&ukey);
-                if !remembered {
-                    if let Ok(mut v) = self.verified.lock() {
-                        v.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
-                        v.insert(name.to_string(), (fp, Instant::now()));
+        let user = user.filter(|_| ok);
+        if user.is_some() && !remembered {
+            if let Ok(mut v) = self.verified.lock() {
+                v.retain(|_, (_, at)| at.elapsed() < VERIFIED_FOR);
+                v.insert(name.to_string(), (fp, Instant::now()));
+            }
+        }
+        Ok(user)
+    }
+
+    /// A directory user's password: remembered within `[directory] cache`,
+    /// otherwise search-then-bind. `Ok(None)`: the directory said no.
+    async fn check_directory(
+        &self,
+        d: &DirectoryUsers,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<Arc<User>>, AuthError> {
+        let name = directory::user_name(login);
+        let fp = self.fingerprint(password, &name);
+        let cache = d.dir.config().cache;
+        let m = crate::counters::directory();
+        if let Ok(mut seen) = d.seen.lock() {
+            if let Some(s) = seen.get_mut(&name) {
+                if s.verified.is_some_and(|(f, at)| f == fp && at.elapsed() < cache) {
+                    s.used = Instant::now();
+                    m.logins.with_label_values(&["cached"]).inc();
+                    return Ok(Some(s.user.clone()));
+                }
+            }
+        }
+        match d.dir.login(&name, password).await {
+            Ok(found) => {
+                m.up.set(1);
+                m.logins.with_label_values(&["ok"]).inc();
+                let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
+                let now = Instant::now();
+                let verified = (!cache.is_zero()).then_some((fp, now));
+                let changed = match d.seen.lock() {
+                    Ok(mut seen) => {
+                        seen.retain(|_, s| s.used.elapsed() < FORGET_SEEN_AFTER);
+                        let seen_user = SeenUser { user: user.clone(), verified, used: now };
+                        seen.insert(name, seen_user).is_some_and(|old| *old.user != *user)
+                    }
+                    Err(_) => false,
+                };
+                if changed {
+                    self.changed.send_modify(|n| *n += 1);
+                }
+                Ok(Some(user))
+            }
+            Err(DirError::Rejected) => {
+                m.up.set(1);
+                m.logins.with_label_values(&["rejected"]).inc();
+                Ok(None)
+            }
+            Err(DirError::Unavailable(why)) => {
+                m.up.set(0);
+                m.errors.inc();
+                m.logins.with_label_values(&["unavailable"]).inc();
+                tracing::warn!(user = %name, %why, "a directory login could not be checked");
+                // Shown to clients in one protocol line.
+                Err(AuthError::Unavailable(why.chars().filter(|c| !c.is_control()).take(200).collect()))
+            }
+        }
+    }
+
+    /// Ask the directory again about every directory user seen (the daemon
+    /// does it every `[directory] cache`): one no longer found (disabled,
+    /// deleted) is forgotten and their open IMAP sessions end; changed
+    /// group memberships apply at once. With the directory unreachable,
+    /// access stays as last seen (and the metric says so).
+    pub async fn check_directory_users(&self) {
+        let Some(d) = self.dir() else { return };
+        let names: Vec<String> = match d.seen.lock() {
+            Ok(mut seen) => {
+                seen.retain(|_, s| s.used.elapsed() < FORGET_SEEN_AFTER);
+                seen.keys().cloned().collect()
+            }
+            Err(_) => return,
+        };
+        if names.is_empty() {
+            return;
+        }
+        let m = crate::counters::directory();
+        let found = match d.dir.find_all(&names).await {
+            Ok(f) => f,
+            Err(e) => {
+                m.up.set(0);
+                m.errors.inc();
+                tracing::warn!(error = %e, "checking directory users failed; their access stays as last seen");
+                return;
+            }
+        };
+        m.up.set(1);
+        let mut changed = false;
+        if let Ok(mut seen) = d.seen.lock() {
+            for (name, f) in names.iter().zip(found) {
+                match f {
+                    None => {
+                        if seen.remove(name).is_some() {
+                            tracing::warn!(user = %name, "directory: account no longer found (disabled or deleted): access withdrawn");
+                            changed = true;
+                        }
+                    }
+                    Some(f) => {
+                        let Some(s) = seen.get_mut(name) else { continue };
+                        let e = directory::effective(name, &f, &d.dir.config().groups, d.extras.get(name));
+                        if *s.user != e.user {
+                            tracing::info!(user = %name, "directory: group membership changed; access updated");
+                            s.user = Arc::new(e.user);
+                            changed = true;
+                        }
                     }
                 }
-                Ok(u)
             }
-            _ => {
-                let now = Instant::now();
-                t.fail(ukey, now);
-                t.fail(ikey, now);
-                Err(AuthError::Rejected)
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The daemon's task: [`Authenticator::check_directory_users`] every
+    /// `[directory] cache` (every minute with `cache = "0s"`) until shutdown.
+    pub async fn run_directory_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let every = self
+                .dir()
+                .map(|d| d.dir.config().cache)
+                .filter(|c| !c.is_zero())
+                .unwrap_or(Duration::from_secs(60))
+                .max(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.check_directory_users().await,
+                _ = shutdown.changed() => return,
             }
         }
     }

@@ -119,6 +119,10 @@ pub enum Command {
     /// (directory or .zip), checkable with sha256sum and openssl alone;
     /// or `export verify PATH` to check one.
     Export(crate::export::ExportCmd),
+    /// Users: `users show NAME` prints what a user may do and where each
+    /// grant comes from (a directory group, a `[[user]]` entry).
+    #[command(subcommand)]
+    Users(crate::directory::cli::UsersCmd),
 }
 
 #[derive(Subcommand)]
@@ -466,6 +470,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Hold(c) => crate::retention::cli::run_hold(c),
         Command::Retention(c) => crate::retention::cli::run_retention(c),
         Command::Export(c) => crate::export::run(c),
+        Command::Users(c) => crate::directory::cli::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod directory;
 mod rules;
 
+pub use directory::{DirectoryConfig, DirectoryGroup};
 pub use rules::{MatchConfig, OfficeConfig, RuleConfig, DATICERT_FIELDS};
 
 /// The whole configuration file.
@@ -50,6 +52,10 @@ pub struct Config {
     /// Gateway users, one `[[user]]` table each.
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Staff log in with their directory account (LDAP, Active Directory);
+    /// absent means only `[[user]]` accounts.
+    #[serde(default)]
+    pub directory: Option<DirectoryConfig>,
     /// Metrics, health checks and the read-only API; absent means no HTTP
     /// listener.
     #[serde(default)]
@@ -674,6 +680,7 @@ impl Config {
         }
         self.validate_clients(&mut push);
         rules::validate(self, &mut push);
+        directory::validate(self, &mut push);
         problems
     }
 
@@ -808,7 +815,11 @@ pub struct TlsFiles {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    /// argon2id PHC string from `pecgate hash-password`.
+    /// argon2id PHC string from `pecgate hash-password`: a local account,
+    /// which logs in without the directory (break-glass). Empty or left out
+    /// (only with `[directory]`): the directory user of this name, whose
+    /// grants and roles here are added to those of their groups.
+    #[serde(default)]
     pub password_hash: String,
     /// The mailbox whose INBOX is the IMAP `INBOX` (must be granted `read`).
     #[serde(default)]
@@ -891,7 +902,10 @@ impl Config {
             if let Some(first) = seen.insert(u.name.as_str(), i) {
                 push(k("name"), format!("duplicate user {:?} (also user[{first}])", u.name));
             }
-            if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
+            if u.password_hash.is_empty() {
+                // A directory user's extra grants: `directory::validate`
+                // refuses it without a [directory].
+            } else if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
                 push(k("password_hash"), "not an argon2 PHC string: create one with `pecgate hash-password`".into());
             }
             for (alias, rights) in &u.grants {
@@ -907,7 +921,8 @@ impl Config {
                     }
                 }
             }
-            if let Some(d) = &u.default_mailbox {
+            // (A directory user's default mailbox may be granted by a group.)
+            if let Some(d) = u.default_mailbox.as_ref().filter(|_| !u.password_hash.is_empty()) {
                 if !u.grants.get(d).is_some_and(|r| r.iter().any(|x| x == "read")) {
                     push(k("default_mailbox"), format!("{d:?} is not granted \"read\" to this user"));
                 }

@@ -187,3 +187,48 @@ pub fn retention() -> &'static RetentionMetrics {
         .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
     })
 }
+
+/// Directory logins and the directory's health (`auth`, `directory`).
+pub struct DirectoryMetrics {
+    /// 1 while the last conversation with the directory succeeded, 0 after
+    /// one failed (unreachable, TLS, timeout, service account refused).
+    pub up: IntGauge,
+    /// Directory logins by result: `ok` (bound as the user), `cached` (a
+    /// login verified within `[directory] cache`), `rejected`,
+    /// `unavailable`.
+    pub logins: IntCounterVec,
+    /// Failed conversations with the directory (logins and checks).
+    pub errors: IntCounter,
+    /// Set when a `[directory]` is configured: the series above are
+    /// exported only then (an unconfigured directory is not "down").
+    pub configured: std::sync::atomic::AtomicBool,
+}
+
+pub const DIRECTORY_RESULTS: [&str; 4] = ["ok", "cached", "rejected", "unavailable"];
+
+pub fn directory() -> &'static DirectoryMetrics {
+    static M: OnceLock<DirectoryMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let logins = IntCounterVec::new(
+            Opts::new("pecgate_directory_logins_total", "Logins of directory users, by result."),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}"));
+        for r in DIRECTORY_RESULTS {
+            logins.with_label_values(&[r]);
+        }
+        DirectoryMetrics {
+            up: gauge(
+                "pecgate_directory_up",
+                "1 if the last conversation with the LDAP directory succeeded, 0 if it failed (directory users cannot log in).",
+            ),
+            logins,
+            errors: IntCounter::new(
+                "pecgate_directory_errors_total",
+                "Conversations with the LDAP directory that failed (unreachable, TLS, timeout, service account refused).",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+            configured: std::sync::atomic::AtomicBool::new(false),
+        }
+    })
+}

@@ -145,6 +145,11 @@ struct Shared {
 
 fn shared(cfg: &Config) -> anyhow::Result<Shared> {
     let auth = Arc::new(crate::auth::Authenticator::new(&cfg.users));
+    if let Some(d) = &cfg.directory {
+        let dir = crate::directory::Directory::new(d).context("[directory]")?;
+        auth.set_directory(Some(dir), &cfg.users);
+        tracing::info!(url = %d.url, groups = d.groups.len(), cache = ?d.cache, "directory logins on");
+    }
     let (cert, tls) = match &cfg.tls {
         Some(files) => {
             let cert = crate::tls::ReloadableCert::load(&files.cert, &files.key).context("TLS certificate")?;
@@ -212,6 +217,20 @@ async fn start_smtp(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<
 fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap: Option<&watch::Sender<Arc<crate::imap::Ctx>>>) {
     sh.auth.reload(&new.users);
     tracing::info!(users = new.users.len(), "SIGHUP: users and grants reloaded (IMAP, SMTP, HTTP API)");
+    match new.directory.as_ref().map(crate::directory::Directory::new).transpose() {
+        Ok(dir) => {
+            let on = dir.is_some();
+            sh.auth.set_directory(dir, &new.users);
+            if on {
+                // The directory users seen keep their access until this
+                // check recomputes it with the new groups.
+                let auth = sh.auth.clone();
+                tokio::spawn(async move { auth.check_directory_users().await });
+                tracing::info!("SIGHUP: directory settings and groups reloaded");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: [directory] refused; keeping the old one"),
+    }
     sh.rules.replace(crate::handling::rules::Rules::compile(new));
     tracing::info!(offices = new.offices.len(), rules = new.rules.len(), "SIGHUP: offices and rules reloaded (open IMAP sessions included)");
     match (&sh.cert, &new.tls) {
@@ -310,6 +329,9 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let (smtp_stop, mut smtp_tasks) = start_smtp(&cfg, &sh, &store).await?;
+    // Directory users seen are checked again every `[directory] cache`.
+    let (_directory_stop, directory_rx) = watch::channel(false);
+    tokio::spawn(sh.auth.clone().run_directory_checks(directory_rx));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

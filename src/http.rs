@@ -379,13 +379,16 @@ async fn authenticate(
     match st.auth.login(name, password, peer.ip()).await {
         Ok(u) => Ok(u),
         Err(e) => {
-            let outcome = match e {
+            let outcome = match &e {
                 crate::auth::AuthError::Rejected => "failed".to_string(),
                 other => format!("failed: {other}"),
             };
             let a = Audit::user(name, Some(peer.to_string()), "http", "login").outcome(outcome);
             if let Err(e) = st.metrics.store().commit(a, Change::None).await {
                 tracing::warn!(error = %e, "cannot audit a failed HTTP login");
+            }
+            if let crate::auth::AuthError::Unavailable(why) = &e {
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, &format!("directory unavailable: {why}")));
             }
             Err(unauthorized("unknown user or wrong password"))
         }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod demo;
+pub mod directory;
 pub mod export;
 pub mod fulltext;
 pub mod handling;

@@ -247,6 +247,12 @@ impl Metrics {
         r.add(t.expired.clone())?;
         r.add(t.last_run.clone())?;
         r.add(t.held.clone())?;
+        let d = counters::directory();
+        if d.configured.load(std::sync::atomic::Ordering::Relaxed) {
+            r.add(d.up.clone())?;
+            r.add(d.logins.clone())?;
+            r.add(d.errors.clone())?;
+        }
         r.add(counters::smtp_submissions().clone())?;
         r.add(self.store.write_latency().clone())?;
         r.add(counters::commands().clone())?;

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
             ("ro".to_string(), BTreeSet::from([Right::Read])),
         ]),
         roles: BTreeSet::new(),
+        dn: None,
     });
     let mut s = Session::new(limits, opts & 1 != 0);
     check_reply(&s.greeting());

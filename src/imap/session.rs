@@ -229,11 +229,15 @@ fn denied(tag: Tag<'static>, d: Denied) -> Status<'static> {
 impl Session {
     async fn serve(&mut self, io: &mut Io, mut shutdown: watch::Receiver<bool>) -> Result<Flow, SessionError> {
         let mut notices = self.conn.ctx.store.subscribe();
+        // Users changed (a reload, a directory check): re-check ours now,
+        // not only at the next command (an IDLE session sends none).
+        let mut users = self.conn.ctx.auth.subscribe();
         loop {
             let limit = if self.state.user().is_some() { self.conn.ctx.cfg.idle_timeout } else { PREAUTH_TIMEOUT };
             enum Got {
                 Ev(super::io::Next),
                 Notice(Result<Notice, broadcast::error::RecvError>),
+                Users,
                 Shutdown,
                 Timeout,
             }
@@ -243,6 +247,7 @@ impl Session {
                 tokio::select! {
                     ev = io.next() => Got::Ev(ev),
                     n = notices.recv() => Got::Notice(n),
+                    Ok(()) = users.changed() => Got::Users,
                     _ = shutdown.changed() => Got::Shutdown,
                     _ = tokio::time::sleep(limit) => Got::Timeout,
                 }
@@ -252,6 +257,12 @@ impl Session {
                     io.status(bye("pecgate is shutting down"));
                     let _ = io.drain().await;
                     return Ok(Flow::Logout);
+                }
+                Got::Users => {
+                    if !self.resync_user(io) {
+                        let _ = io.drain().await;
+                        return Ok(Flow::Logout);
+                    }
                 }
                 Got::Timeout => {
                     io.status(bye("autologout: idle for too long"));
@@ -438,7 +449,7 @@ impl Session {
         };
         match self.conn.ctx.auth.user(&user.view.user.name) {
             None => {
-                io.status(bye("your account was removed; logging out"));
+                io.status(bye("your account was removed or disabled; logging out"));
                 false
             }
             Some(u) if *u == *user.view.user => true,

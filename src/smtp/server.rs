@@ -182,13 +182,21 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::Login { user, password } => {
                     let result = ctx.auth.login(&user, &password, peer.ip()).await;
-                    let ok = result.is_ok();
-                    let audit = Audit::user(&user, Some(source.clone()), "smtp", "login")
-                        .outcome(if ok { "ok".to_string() } else { "rejected".to_string() });
+                    let (actor, dn, outcome) = match &result {
+                        Ok(u) => (u.name.clone(), u.dn.clone(), "ok".to_string()),
+                        Err(crate::auth::AuthError::Rejected) => (user.clone(), None, "rejected".to_string()),
+                        Err(e) => (user.clone(), None, format!("failed: {e}")),
+                    };
+                    let audit =
+                        Audit::user(&actor, Some(source.clone()), "smtp", "login").identity(dn.as_deref()).outcome(outcome);
                     if let Err(e) = ctx.store.commit(audit, Change::None).await {
                         tracing::error!(error = %e, "cannot audit an SMTP login");
                     }
-                    out.push_str(&session.login_result(result.ok()));
+                    let reply = match result {
+                        Err(crate::auth::AuthError::Unavailable(why)) => session.login_unavailable(&why),
+                        r => session.login_result(r.ok()),
+                    };
+                    out.push_str(&reply);
                 }
                 Action::Relay(sub) => {
                     // Write what is pending first: the relay can take a while.

@@ -423,6 +423,15 @@ impl Session {
         }
     }
 
+    /// The password could not be checked (the directory is unavailable):
+    /// a temporary failure naming the cause (RFC 4954), never "invalid
+    /// credentials", and not counted as a client error.
+    pub fn login_unavailable(&mut self, why: &str) -> String {
+        self.waiting = false;
+        let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
+        format!("454 4.7.0 Temporary authentication failure: directory unavailable: {why}\r\n")
+    }
+
     /// The TLS handshake succeeded: the client must greet again.
     pub fn tls_started(&mut self) {
         self.tls = true;

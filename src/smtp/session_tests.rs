@@ -11,6 +11,7 @@ fn user(rights: &[(&str, &[Right])]) -> Arc<User> {
         default_mailbox: None,
         grants: rights.iter().map(|(m, r)| (m.to_string(), r.iter().copied().collect::<BTreeSet<_>>())).collect::<BTreeMap<_, _>>(),
         roles: BTreeSet::new(),
+        dn: None,
     })
 }
 

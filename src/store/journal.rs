@@ -471,6 +471,7 @@ mod tests {
             time: chrono::Utc::now(),
             actor: "system".into(),
             source: None,
+            identity: None,
             proto: "test".into(),
             op: op.into(),
             mailbox: None,

@@ -1353,6 +1353,7 @@ impl Writer {
             time: now,
             actor: a.actor.clone(),
             source: a.source.clone(),
+            identity: a.identity.clone(),
             proto: a.proto.clone(),
             op: a.op.clone(),
             mailbox: a.mailbox.clone().or_else(|| event.mailbox().map(str::to_string)),

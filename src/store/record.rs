@@ -311,6 +311,9 @@ pub struct Record {
     /// Client address (`ip:port`) for client operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The directory entry (DN) a directory user logged in as (logins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// `upstream`, `imap`, `smtp`, `cli`, `system`.
     pub proto: String,
     /// What was done: `archive`, `provider-delete`, `login`, `select`, …
@@ -335,6 +338,8 @@ pub struct Record {
 pub struct Audit {
     pub actor: String,
     pub source: Option<String>,
+    /// The directory entry (DN) of a directory user's login.
+    pub identity: Option<String>,
     pub proto: String,
     pub op: String,
     pub mailbox: Option<String>,
@@ -350,6 +355,7 @@ impl Audit {
         Audit {
             actor: "system".into(),
             source: None,
+            identity: None,
             proto: proto.into(),
             op: op.into(),
             mailbox: None,
@@ -372,6 +378,12 @@ impl Audit {
 
     pub fn message_id(mut self, id: Option<String>) -> Self {
         self.message_id = id;
+        self
+    }
+
+    /// The directory entry a login was checked against, if any.
+    pub fn identity(mut self, dn: Option<&str>) -> Self {
+        self.identity = dn.map(str::to_string);
         self
     }
 

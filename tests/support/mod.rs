@@ -13,6 +13,7 @@
 
 pub mod gateway;
 pub mod sim;
+pub mod slapd;
 pub mod tsa;
 
 use std::collections::HashSet;

@@ -91,7 +91,7 @@ async fn login(conn: &Conn, tag: Tag<'static>, name: String, password: String) -
             let Some(guard) = conn.ctx.acquire(&user.name) else {
                 return (no_code(tag, "LIMIT", "too many sessions for this user"), Transition::None);
             };
-            let a = Audit::user(&user.name, conn.source(), "imap", "login");
+            let a = Audit::user(&user.name, conn.source(), "imap", "login").identity(user.dn.as_deref());
             if !conn.audit_only(a).await {
                 return (unavailable(tag), Transition::None);
             }
@@ -110,7 +110,12 @@ async fn login(conn: &Conn, tag: Tag<'static>, name: String, password: String) -
                 other => other.to_string(),
             };
             conn.audit_only(Audit::user(&shown, conn.source(), "imap", "login").outcome(reason)).await;
-            (no_code(tag, "AUTHENTICATIONFAILED", "authentication failed"), Transition::None)
+            let status = match &e {
+                // Not the user's fault, and not "wrong password": say why.
+                crate::auth::AuthError::Unavailable(why) => no_code(tag, "UNAVAILABLE", &format!("directory unavailable: {why}")),
+                _ => no_code(tag, "AUTHENTICATIONFAILED", "authentication failed"),
+            };
+            (status, Transition::None)
         }
     }
 }
