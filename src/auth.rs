@@ -566,7 +566,8 @@ impl Authenticator {
     }
 
     /// Ask the directory again about every directory user seen (the daemon
-    /// does it every `[directory] cache`): one no longer found (disabled,
+    /// does it every `[directory] cache`; with nobody seen, the service
+    /// account's bind alone checks the directory): one no longer found (disabled,
     /// deleted) is forgotten and their open IMAP sessions end; changed
     /// group memberships apply at once. With the directory unreachable,
     /// access stays as last seen (and the metric says so).
@@ -579,9 +580,8 @@ impl Authenticator {
             }
             Err(_) => return,
         };
-        if names.is_empty() {
-            return;
-        }
+        // With nobody to check, this is a probe (the service account's
+        // bind), so the metric says whether the directory answers.
         let m = crate::counters::directory();
         let found = match d.dir.find_all(&names).await {
             Ok(f) => f,

@@ -201,3 +201,45 @@ fn example_configuration_is_valid_but_for_site_files() {
         assert!(site, "unexpected problem in the example: {p}");
     }
 }
+
+/// The example's `[directory]` block, uncommented, is valid as written
+/// but for the site's files (the names are the interface administrators
+/// write).
+#[test]
+fn example_directory_block_is_valid_but_for_site_files() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pecgate.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# [directory]\n").expect("a [directory] block in the example");
+    let mut out = text[..start].to_string();
+    let mut blocks = 0;
+    for line in text[start..].lines() {
+        match line.strip_prefix("# ") {
+            Some(l) if !l.starts_with("# ") => out.push_str(l),
+            Some(_) => {}
+            None if line == "#" => {}
+            None => {
+                out.push_str(&text[start..][text[start..].find(line).unwrap()..]);
+                break;
+            }
+        }
+        if line.starts_with("# [") {
+            blocks += 1;
+        }
+        out.push('\n');
+    }
+    assert_eq!(blocks, 3, "[directory] and two [[directory.group]]");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pecgate.toml");
+    std::fs::write(&p, &out).unwrap();
+    let cfg = pecgate::config::load(&p).expect("the uncommented example parses");
+    let d = cfg.directory.as_ref().expect("[directory]");
+    assert_eq!(d.groups.len(), 2);
+    assert!(d.user_filter.contains("{login}") && d.cache == std::time::Duration::from_secs(300));
+    for p in cfg.validate() {
+        let site = p.key.ends_with("password_file")
+            || p.key.ends_with("password_hash")
+            || p.key.starts_with("tls.")
+            || p.key == "directory.ca";
+        assert!(site, "unexpected problem in the example's [directory]: {p}");
+    }
+}
