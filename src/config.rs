@@ -118,6 +118,49 @@ pub struct HttpConfig {
     /// accepted only from loopback peers (no TLS on this listener yet).
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2) with the `[tls]` certificate
+    /// (reloaded on SIGHUP like IMAP's). With TLS the JSON API accepts
+    /// credentials from any address; without it, from loopback only.
+    #[serde(default)]
+    pub tls: bool,
+    /// Credentials `/metrics` requires (absent: none), as Prometheus'
+    /// `authorization` (bearer) or `basic_auth` blocks send them.
+    #[serde(default)]
+    pub metrics_auth: Option<MetricsAuth>,
+}
+
+/// `[http] metrics_auth`: a bearer token, or a user name and password.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsAuth {
+    /// A file holding the token (`Authorization: Bearer TOKEN`).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic credentials: the user name …
+    #[serde(default)]
+    pub username: Option<String>,
+    /// … and a file holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl MetricsAuth {
+    /// What a request must carry: the bearer token, or the Basic pair.
+    pub fn load(&self) -> Result<(Option<String>, Option<(String, String)>), String> {
+        let read = |p: &PathBuf| -> Result<String, String> {
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let s = s.trim_end_matches(['\r', '\n']).to_string();
+            if s.is_empty() {
+                return Err(format!("{} is empty", p.display()));
+            }
+            Ok(s)
+        };
+        match (&self.bearer_token_file, &self.username, &self.password_file) {
+            (Some(t), None, None) => Ok((Some(read(t)?), None)),
+            (None, Some(u), Some(p)) if !u.is_empty() && !u.contains(':') => Ok((None, Some((u.clone(), read(p)?)))),
+            _ => Err("give either bearer_token_file, or username (without ':') and password_file".into()),
+        }
+    }
 }
 
 fn default_http_listen() -> String {
@@ -768,6 +811,11 @@ pub struct ImapConfig {
     /// minimum autologout timer; IDLE clients re-issue IDLE before that.
     #[serde(default = "default_imap_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// During IDLE, an untagged `* OK` is sent this often, so phones and
+    /// home routers do not drop a connection that looks silent (Dovecot's
+    /// default: 2 minutes). "0s": never.
+    #[serde(default = "default_idle_keepalive", with = "humantime_serde")]
+    pub idle_keepalive: Duration,
     /// Largest literal (APPEND message) accepted. 50 MiB is above every PEC
     /// provider's message limit (30–50 MB) with room for base64.
     #[serde(default = "default_max_literal")]
@@ -795,6 +843,10 @@ fn default_max_sessions() -> usize {
 fn default_max_per_address() -> usize {
     100
 }
+fn default_idle_keepalive() -> Duration {
+    Duration::from_secs(120)
+}
+
 fn default_imap_idle() -> Duration {
     Duration::from_secs(30 * 60)
 }
@@ -879,6 +931,14 @@ impl Config {
         if let Some(http) = &self.http {
             if http.listen.parse::<std::net::SocketAddr>().is_err() {
                 push("http.listen".into(), format!("{:?} is not an ip:port address", http.listen));
+            }
+            if http.tls && self.tls.is_none() {
+                push("tls".into(), "missing: [http] tls = true needs [tls] cert and key".into());
+            }
+            if let Some(m) = &http.metrics_auth {
+                if let Err(e) = m.load() {
+                    push("http.metrics_auth".into(), e);
+                }
             }
         }
         if let Some(smtp) = &self.smtp {

@@ -267,8 +267,9 @@ fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap
     if format!("{:?}", old.smtp) != format!("{:?}", new.smtp) {
         restart("[smtp]");
     }
-    if old.http.as_ref().map(|h| &h.listen) != new.http.as_ref().map(|h| &h.listen) {
-        restart("[http] listen");
+    let http = |c: &Config| c.http.as_ref().map(|h| (h.listen.clone(), h.tls, h.metrics_auth.clone()));
+    if http(old) != http(new) {
+        restart("[http] listen, tls or metrics_auth");
     }
 }
 
@@ -323,8 +324,21 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     store: store.clone(),
                     mailboxes: cfg.mailboxes.iter().map(|m| m.alias.clone()).collect(),
                 })),
+                tls: h.tls,
+                metrics_bearer: None,
+                metrics_basic: None,
             };
-            Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx).await?)
+            let mut state = state;
+            if let Some(m) = &h.metrics_auth {
+                (state.metrics_bearer, state.metrics_basic) =
+                    m.load().map_err(|e| anyhow::anyhow!("[http] metrics_auth: {e}"))?;
+            }
+            let tls = match (h.tls, &sh.cert) {
+                (true, Some(cert)) => Some(cert.server_config_alpn(&[b"h2", b"http/1.1"]).context("HTTPS configuration")?),
+                (true, None) => anyhow::bail!("[http] tls = true needs [tls]"),
+                (false, _) => None,
+            };
+            Some(crate::http::start(&h.listen, std::sync::Arc::new(state), http_rx, tls).await?)
         }
         None => None,
     };

@@ -1,11 +1,13 @@
 //! The HTTP listener: `/metrics`, `/healthz`, `/readyz` and a small
 //! read-only JSON API (`/api/mailboxes`, `/api/sent`, `/api/audit`).
 //!
-//! The API authenticates gateway users with HTTP Basic. This listener has no
-//! TLS yet, so Basic credentials are accepted only from loopback peers (a
-//! reverse proxy terminating TLS on the same host, or a local tool); from
-//! anywhere else the API answers 403 before looking at a password. The
-//! metrics and health endpoints carry no personal data and need no login.
+//! The API authenticates gateway users with HTTP Basic. With `[http] tls =
+//! true` the listener is HTTPS (HTTP/1.1 and HTTP/2 by ALPN) and accepts
+//! credentials from any address; without TLS only from loopback peers (a
+//! reverse proxy terminating TLS on the same host, or a local tool), and
+//! from anywhere else the API answers 403 before looking at a password.
+//! The health endpoints carry no personal data and need no login;
+//! `/metrics` may require `[http] metrics_auth`.
 //!
 //! Nothing here panics on network input: every parse failure is a 4xx.
 
@@ -19,10 +21,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -65,6 +67,13 @@ pub struct HttpState {
     pub holds: Option<Arc<crate::retention::api::HoldApi>>,
     /// `POST /api/exports` (absent: 404).
     pub exports: Option<Arc<crate::export::api::ExportApi>>,
+    /// The listener serves HTTPS: API credentials are accepted from any
+    /// address (without TLS, from loopback only).
+    pub tls: bool,
+    /// What `/metrics` requires: a bearer token, or Basic credentials
+    /// (`[http] metrics_auth`; neither: open).
+    pub metrics_bearer: Option<String>,
+    pub metrics_basic: Option<(String, String)>,
 }
 
 /// Largest upload (a campaign's recipients list, template or attachment).
@@ -81,6 +90,7 @@ pub async fn start(
     listen: &str,
     state: Arc<HttpState>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<JoinHandle<()>, HttpError> {
     let addr: SocketAddr = listen
         .parse()
@@ -88,7 +98,8 @@ pub async fn start(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError::Bind { addr, source })?;
-    tracing::info!(%addr, "HTTP listening (metrics, health, API)");
+    tracing::info!(%addr, tls = tls.is_some(), "HTTP listening (metrics, health, API)");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -103,16 +114,32 @@ pub async fn start(
                         }
                     };
                     let st = state.clone();
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             async move { Ok::<_, Infallible>(handle(&st, peer, req).await) }
                         });
-                        let conn = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), svc);
-                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                        // HTTP/1.1, or HTTP/2 (by ALPN over TLS, by its
+                        // preface without).
+                        let mut builder = auto::Builder::new(TokioExecutor::new());
+                        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
+                        let serve = async {
+                            match acceptor {
+                                Some(a) => match tokio::time::timeout(HEADER_TIMEOUT, a.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                                },
+                                None => {
+                                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve).await;
                     });
                 }
             }
@@ -284,6 +311,9 @@ async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => readyz(st),
         "/metrics" => {
+            if let Err(r) = metrics_allowed(st, &req) {
+                return r;
+            }
             let m = st.metrics.clone();
             match tokio::task::spawn_blocking(move || m.render()).await {
                 Ok(Ok(text)) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
@@ -354,10 +384,10 @@ async fn authenticate(
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<Arc<User>, Resp> {
-    if !is_loopback(peer.ip()) {
+    if !credentials_allowed(st.tls, peer.ip()) {
         return Err(error(
             StatusCode::FORBIDDEN,
-            "the API accepts passwords only from loopback (this listener has no TLS); use a local TLS-terminating proxy",
+            "the API accepts passwords only from loopback on this listener (no TLS): set [http] tls = true",
         ));
     }
     let creds = req
@@ -393,6 +423,39 @@ async fn authenticate(
             Err(unauthorized("unknown user or wrong password"))
         }
     }
+}
+
+/// `/metrics` with `[http] metrics_auth`: the bearer token or the Basic
+/// pair it names, compared in constant time.
+fn metrics_allowed(st: &HttpState, req: &Request<Incoming>) -> Result<(), Resp> {
+    if st.metrics_bearer.is_none() && st.metrics_basic.is_none() {
+        return Ok(());
+    }
+    let given = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let (scheme, value) = given.split_once(' ').unwrap_or(("", ""));
+    let same = |a: &[u8], b: &[u8]| {
+        use sha2::Digest;
+        openssl::memcmp::eq(&sha2::Sha256::digest(a), &sha2::Sha256::digest(b))
+    };
+    let ok = match (scheme.to_ascii_lowercase().as_str(), &st.metrics_bearer, &st.metrics_basic) {
+        ("bearer", Some(t), _) => same(value.trim().as_bytes(), t.as_bytes()),
+        ("basic", _, Some((u, p))) => base64_decode(value.trim())
+            .is_some_and(|b| same(&b, format!("{u}:{p}").as_bytes())),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, "/metrics requires the credentials of [http] metrics_auth");
+    let challenge = if st.metrics_bearer.is_some() { "Bearer realm=\"pecgate metrics\"" } else { "Basic realm=\"pecgate metrics\"" };
+    r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    Err(r)
+}
+
+/// Passwords and tokens cross this listener only over TLS, or from this
+/// host (a local tool, a reverse proxy beside pecgate).
+fn credentials_allowed(tls: bool, peer: IpAddr) -> bool {
+    tls || is_loopback(peer)
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -615,6 +678,16 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_from_any_address_only_with_tls() {
+        let far: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(!credentials_allowed(false, far));
+        assert!(credentials_allowed(true, far));
+        assert!(credentials_allowed(false, "127.0.0.1".parse().unwrap()));
+        assert!(credentials_allowed(false, mapped) && credentials_allowed(false, "::1".parse().unwrap()));
+    }
 
     #[test]
     fn base64_and_query() {

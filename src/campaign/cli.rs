@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use std::sync::Arc;
 use serde_json::{json, Value};
 
 #[derive(Subcommand)]
@@ -161,6 +162,9 @@ impl Conn {
 pub(crate) struct Client {
     addr: String,
     auth: String,
+    /// `[http] tls = true`: HTTPS, accepting exactly the `[tls]`
+    /// certificate (the daemon's own, on this host).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -177,15 +181,46 @@ impl Client {
             Err(_) => rpassword::prompt_password(format!("password for {}: ", conn.user))?,
         };
         let auth = openssl::base64::encode_block(format!("{}:{password}", conn.user).as_bytes());
-        Ok(Client { addr: http.listen, auth: format!("Basic {auth}") })
+        let tls = match (http.tls, &cfg.tls) {
+            (true, Some(t)) => Some(crate::tls::client_config_pinned(&t.cert)?),
+            (true, None) => bail!("[http] tls = true needs [tls]"),
+            (false, _) => None,
+        };
+        // A listener on every address is reached on loopback.
+        let addr = match http.listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                let ip: std::net::IpAddr = if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+                std::net::SocketAddr::new(ip, a.port()).to_string()
+            }
+            _ => http.listen,
+        };
+        Ok(Client { addr, auth: format!("Basic {auth}"), tls })
     }
 
     async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .with_context(|| format!("cannot reach the daemon's API at {} (is pecgate serve running?)", self.addr))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
+        let mut send = match &self.tls {
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(
+                    self.addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("localhost").to_string(),
+                )
+                .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("localhost").expect("a valid name"));
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("HTTPS handshake with the daemon at {}", self.addr))?;
+                let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+                tokio::spawn(conn);
+                send
+            }
+            None => {
+                let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                send
+            }
+        };
         let req = Request::builder()
             .method(method)
             .uri(path)

@@ -232,12 +232,17 @@ impl Session {
         // Users changed (a reload, a directory check): re-check ours now,
         // not only at the next command (an IDLE session sends none).
         let mut users = self.conn.ctx.auth.subscribe();
+        // The autologout counts from the last thing that happened other
+        // than a keep-alive (which must not keep a session alive forever).
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
             let limit = if self.state.user().is_some() { self.conn.ctx.cfg.idle_timeout } else { PREAUTH_TIMEOUT };
+            let keepalive = self.conn.ctx.cfg.idle_keepalive;
             enum Got {
                 Ev(super::io::Next),
                 Notice(Result<Notice, broadcast::error::RecvError>),
                 Users,
+                Keepalive,
                 Shutdown,
                 Timeout,
             }
@@ -248,15 +253,23 @@ impl Session {
                     ev = io.next() => Got::Ev(ev),
                     n = notices.recv() => Got::Notice(n),
                     Ok(()) = users.changed() => Got::Users,
+                    _ = tokio::time::sleep(keepalive), if self.idle_tag.is_some() && !keepalive.is_zero() => Got::Keepalive,
                     _ = shutdown.changed() => Got::Shutdown,
-                    _ = tokio::time::sleep(limit) => Got::Timeout,
+                    _ = tokio::time::sleep_until(quiet_since + limit) => Got::Timeout,
                 }
             };
+            if !matches!(got, Got::Keepalive) {
+                quiet_since = tokio::time::Instant::now();
+            }
             match got {
                 Got::Shutdown => {
                     io.status(bye("pecgate is shutting down"));
                     let _ = io.drain().await;
                     return Ok(Flow::Logout);
+                }
+                Got::Keepalive => {
+                    io.status(untagged(StatusKind::Ok, None, "still here"));
+                    io.drain().await?;
                 }
                 Got::Users => {
                     if !self.resync_user(io) {

@@ -46,6 +46,11 @@ async fn start(inbox: usize) -> Client {
 /// A server whose prot/INBOX holds `messages` (raw, internal date), in
 /// this order, and a connection to it, greeted.
 async fn start_with(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>) -> Client {
+    start_with_cfg(messages, serde_json::json!({ "listen": ["127.0.0.1:0"] })).await
+}
+
+/// [`start_with`] with the `[imap]` settings `cfg` (JSON).
+async fn start_with_cfg(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>, cfg: serde_json::Value) -> Client {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(&dir.path().join("data"), StoreOptions::default()).expect("store");
     for (raw, internal_date) in messages {
@@ -66,7 +71,7 @@ async fn start_with(messages: Vec<(Vec<u8>, chrono::DateTime<chrono::Utc>)>) -> 
     let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&c, cert.chain).expect("write cert");
     std::fs::write(&k, cert.key).expect("write key");
-    let cfg: ImapConfig = serde_json::from_value(serde_json::json!({ "listen": ["127.0.0.1:0"] })).expect("imap config");
+    let cfg: ImapConfig = serde_json::from_value(cfg).expect("imap config");
     let users = vec![
         user("mario", &["read", "triage", "send", "delete"]),
         user("anna", &["read", "triage"]),
@@ -174,6 +179,27 @@ impl Client {
 
 fn tagged_line<'a>(r: &'a str, tag: &str) -> &'a str {
     r.lines().find(|l| l.starts_with(&format!("{tag} "))).unwrap_or("")
+}
+
+/// During IDLE an untagged OK goes out every `idle_keepalive` (phones and
+/// home routers drop silent connections); the IDLE itself goes on.
+#[tokio::test]
+async fn idle_sends_keepalives() {
+    let cfg = serde_json::json!({ "listen": ["127.0.0.1:0"], "idle_keepalive": "1s" });
+    let mut c = start_with_cfg(vec![(message(1), chrono::Utc::now())], cfg).await;
+    c.login("mario").await;
+    assert!(c.cmd("s", "SELECT INBOX").await.contains("s OK"));
+    c.send(b"i IDLE\r\n").await;
+    let r = c.read_until(|b| b.ends_with(b"\r\n")).await;
+    assert!(r.starts_with("+ "), "{r}");
+    let t0 = std::time::Instant::now();
+    let r = c.read_until(|b| String::from_utf8_lossy(b).matches("* OK still here\r\n").count() >= 2).await;
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "two keep-alives came after {:?}: {r}", t0.elapsed());
+    c.send(b"DONE\r\n").await;
+    assert!(c.tagged("i").await.contains("i OK"));
+    // Not idling: no keep-alives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(c.cmd("n", "NOOP").await.starts_with("n OK"), "an untagged OK outside IDLE");
 }
 
 #[tokio::test]

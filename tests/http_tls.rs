@@ -1,0 +1,162 @@
+//! The HTTP listener over TLS (`[http] tls = true`): the JSON API with
+//! Basic credentials over HTTPS (Python's urllib verifying the
+//! certificate), HTTP/2 by ALPN (hyper's client), credentials from a
+//! non-loopback address accepted only with TLS, `/metrics` behind
+//! `[http] metrics_auth`, and the command line reaching its daemon over
+//! HTTPS.
+
+mod imap_support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use imap_support::{start_with, Gateway, Setup, PASSWORD};
+
+/// A local address that is not loopback (the interface the default route
+/// leaves by), if this machine has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// GET `url` with Python's urllib: (status, body). `cafile`: verify the
+/// server against it; None: do not verify (a name the certificate is not
+/// for).
+fn urllib(
+    url: &str,
+    cafile: Option<&std::path::Path>,
+    auth: Option<(&str, &str)>,
+    bearer: Option<&str>,
+) -> (u16, String) {
+    let script = r#"
+import base64, ssl, sys, urllib.request, urllib.error
+url, cafile, user, pw, bearer = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=cafile) if cafile else ssl._create_unverified_context()
+req = urllib.request.Request(url)
+if user:
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+if bearer:
+    req.add_header("Authorization", "Bearer " + bearer)
+try:
+    r = urllib.request.urlopen(req, context=ctx, timeout=20)
+    print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+"#;
+    let (u, p) = auth.unwrap_or(("", ""));
+    let out = Command::new("python3")
+        .args(["-c", script, url])
+        .arg(cafile.map(|c| c.display().to_string()).unwrap_or_default())
+        .args([u, p, bearer.unwrap_or("")])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) =
+        text.split_once('\n').unwrap_or_else(|| panic!("urllib: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+fn gateway(port: u16, token_file: &std::path::Path) -> Gateway {
+    let extra = format!(
+        "[http]\nlisten = \"0.0.0.0:{port}\"\ntls = true\nmetrics_auth = {{ bearer_token_file = \"{}\" }}\n",
+        token_file.display()
+    );
+    start_with(Setup { inbox: 1, extra_config: extra, ..Setup::default() })
+}
+
+#[test]
+fn the_api_over_https_with_http2_and_metrics_behind_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("metrics-token");
+    std::fs::write(&token_file, "prom-Token-42\n").unwrap();
+    let port = imap_support::free_port();
+    let gw = gateway(port, &token_file);
+    let cert = gw.cert();
+    let base = format!("https://127.0.0.1:{port}");
+
+    // HTTPS, the certificate verified; Basic credentials.
+    let (code, body) = urllib(&format!("{base}/api/mailboxes"), Some(&cert), Some(("mario", PASSWORD)), None);
+    assert_eq!(code, 200, "{body} / {}", gw.log());
+    assert!(body.contains("prot"), "{body}");
+    assert_eq!(urllib(&format!("{base}/api/mailboxes"), Some(&cert), Some(("mario", "wrong")), None).0, 401);
+
+    // /metrics: the bearer token of metrics_auth, nothing else.
+    assert_eq!(urllib(&format!("{base}/metrics"), Some(&cert), None, None).0, 401);
+    assert_eq!(urllib(&format!("{base}/metrics"), Some(&cert), None, Some("nope")).0, 401);
+    assert_eq!(urllib(&format!("{base}/metrics"), Some(&cert), Some(("mario", PASSWORD)), None).0, 401);
+    let (code, body) = urllib(&format!("{base}/metrics"), Some(&cert), None, Some("prom-Token-42"));
+    assert_eq!(code, 200);
+    assert!(body.contains("pecgate_build_info"), "{body}");
+    // Health checks stay open.
+    assert_eq!(urllib(&format!("{base}/healthz"), Some(&cert), None, None).0, 200);
+
+    // HTTP/2 by ALPN.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (version, status) = rt.block_on(async {
+        // (The test certificate is self-signed, CA:TRUE: rustls would not
+        // take it as a server's; pinned, as the command line does.)
+        let mut cfg = (*pecgate::tls::client_config_pinned(&cert).unwrap()).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("https://127.0.0.1:{port}/healthz"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        (resp.version(), resp.status().as_u16())
+    });
+    assert_eq!((version, status), (hyper::Version::HTTP_2, 200));
+
+    // With TLS, credentials are accepted from an address that is not
+    // loopback (without TLS such a request gets 403: tests/ops.rs).
+    match non_loopback_ip() {
+        Some(ip) => {
+            let (code, body) =
+                urllib(&format!("https://{ip}:{port}/api/mailboxes"), None, Some(("mario", PASSWORD)), None);
+            assert_eq!(code, 200, "from {ip}: {body}");
+        }
+        None => eprintln!(
+            "NOTE: this machine has no non-loopback address; the rule is covered by \
+             http::tests::credentials_from_any_address_only_with_tls"
+        ),
+    }
+
+    // The command line reaches its daemon over HTTPS (the [tls]
+    // certificate pinned, whatever name it is for).
+    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["campaign", "list", "--user", "mario", "--config"])
+        .arg(&gw.config)
+        .env("PECGATE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn without_tls_the_api_refuses_credentials_from_other_addresses() {
+    let port = imap_support::free_port();
+    let gw = start_with(Setup {
+        inbox: 1,
+        extra_config: format!("[http]\nlisten = \"0.0.0.0:{port}\"\n"),
+        ..Setup::default()
+    });
+    let from_loopback =
+        urllib(&format!("http://127.0.0.1:{port}/api/mailboxes"), None, Some(("mario", PASSWORD)), None);
+    assert_eq!(from_loopback.0, 200, "{} / {}", from_loopback.1, gw.log());
+    if let Some(ip) = non_loopback_ip() {
+        let (code, body) = urllib(&format!("http://{ip}:{port}/api/mailboxes"), None, Some(("mario", PASSWORD)), None);
+        assert_eq!(code, 403, "{body}");
+        assert!(body.contains("tls = true"), "{body}");
+    }
+}
