@@ -123,6 +123,10 @@ pub enum Command {
     /// grant comes from (a directory group, a `[[user]]` entry).
     #[command(subcommand)]
     Users(crate::directory::cli::UsersCmd),
+    /// Mail clients that set themselves up: `autoconfig dns` prints the DNS
+    /// records that point them at pecgate.
+    #[command(subcommand)]
+    Autoconfig(crate::autoconfig::cli::AutoconfigCmd),
 }
 
 #[derive(Subcommand)]
@@ -471,6 +475,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Retention(c) => crate::retention::cli::run_retention(c),
         Command::Export(c) => crate::export::run(c),
         Command::Users(c) => crate::directory::cli::run(c),
+        Command::Autoconfig(c) => crate::autoconfig::cli::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

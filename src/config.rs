@@ -56,6 +56,10 @@ pub struct Config {
     /// absent means only `[[user]]` accounts.
     #[serde(default)]
     pub directory: Option<DirectoryConfig>,
+    /// Mail clients that set themselves up from an address (served on the
+    /// `[http]` listener); absent means none.
+    #[serde(default)]
+    pub autoconfig: Option<AutoconfigConfig>,
     /// Metrics, health checks and the read-only API; absent means no HTTP
     /// listener.
     #[serde(default)]
@@ -127,6 +131,44 @@ pub struct HttpConfig {
     /// `authorization` (bearer) or `basic_auth` blocks send them.
     #[serde(default)]
     pub metrics_auth: Option<MetricsAuth>,
+}
+
+/// `[autoconfig]`: the documents mail clients fetch to set themselves up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoconfigConfig {
+    /// The mail domains of the addresses people type (`comune.example.it`).
+    pub domains: Vec<String>,
+    /// The host name clients connect to: the name the `[tls]` certificate
+    /// is for (one name for every domain; a per-domain name the
+    /// certificate does not cover gives certificate errors).
+    pub host: String,
+    /// How an address becomes a login: `local-part` (`mario.rossi@…` →
+    /// `mario.rossi`, the default) or `address` (the whole address: with
+    /// `[directory]`, a `user_filter` that also matches the mail
+    /// attribute, e.g. `(|(sAMAccountName={login})(mail={login}))`).
+    #[serde(default)]
+    pub login: LoginForm,
+    /// The account's name in the client (default: "PEC <domain>").
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Ports as clients reach them, when a firewall maps them (default:
+    /// the listeners' own ports).
+    #[serde(default)]
+    pub imap_port: Option<u16>,
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+/// `[autoconfig] login`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoginForm {
+    #[default]
+    LocalPart,
+    Address,
 }
 
 /// `[http] metrics_auth`: a bearer token, or a user name and password.
@@ -890,6 +932,56 @@ pub const RIGHTS: [&str; 4] = ["read", "triage", "send", "delete"];
 /// Roles a user may hold.
 pub const ROLES: [&str; 2] = ["audit", "hold"];
 
+impl Config {
+    fn validate_autoconfig(&self, a: &AutoconfigConfig, push: &mut impl FnMut(String, String)) {
+        let name_ok = |d: &str| {
+            !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').count() >= 2
+                && d.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        if a.domains.is_empty() {
+            push("autoconfig.domains".into(), "must name at least one mail domain".into());
+        }
+        for d in &a.domains {
+            if !name_ok(d) {
+                push("autoconfig.domains".into(), format!("{d:?} is not a domain name"));
+            }
+        }
+        if !name_ok(&a.host) {
+            push("autoconfig.host".into(), format!("{:?} is not a host name", a.host));
+        }
+        match &self.http {
+            None => push("autoconfig".into(), "needs [http]: the documents are served on its listener".into()),
+            Some(h) if !h.tls => push(
+                "autoconfig".into(),
+                "needs [http] tls = true: clients fetch the documents over HTTPS, and send passwords to what they say".into(),
+            ),
+            Some(_) => {}
+        }
+        if self.imap.is_none() && self.smtp.is_none() {
+            push("autoconfig".into(), "nothing to offer: no [imap] and no [smtp]".into());
+        }
+        // The name clients are sent to must be one the certificate is for.
+        if let Some(t) = &self.tls {
+            if let Ok(names) = crate::tls::certificate_names(&t.cert) {
+                if !names.iter().any(|n| crate::tls::name_matches(n, &a.host)) {
+                    push(
+                        "autoconfig.host".into(),
+                        format!(
+                            "the [tls] certificate is for {}, not {:?}: clients would show certificate errors",
+                            names.join(", "),
+                            a.host
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every `listen`/`listen_starttls` entry of `section` must be `ip:port`.
 fn check_listeners(section: &str, listen: &[String], starttls: &[String], push: &mut impl FnMut(String, String)) {
     for (field, list) in [("listen", listen), ("listen_starttls", starttls)] {
@@ -940,6 +1032,9 @@ impl Config {
                     push("http.metrics_auth".into(), e);
                 }
             }
+        }
+        if let Some(a) = &self.autoconfig {
+            self.validate_autoconfig(a, push);
         }
         if let Some(smtp) = &self.smtp {
             check_listeners("smtp", &smtp.listen, &smtp.listen_starttls, push);

@@ -271,6 +271,9 @@ fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap
     if http(old) != http(new) {
         restart("[http] listen, tls or metrics_auth");
     }
+    if crate::autoconfig::Offer::from_config(old) != crate::autoconfig::Offer::from_config(new) {
+        restart("[autoconfig]");
+    }
 }
 
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
@@ -327,6 +330,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                 tls: h.tls,
                 metrics_bearer: None,
                 metrics_basic: None,
+                autoconfig: crate::autoconfig::Offer::from_config(&cfg).map(Arc::new),
             };
             let mut state = state;
             if let Some(m) = &h.metrics_auth {

@@ -22,6 +22,9 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::json;
 
 const DOMAIN: &str = "pec.demo.test";
+/// The staff's own mail domain: `mario@comune.demo.test` is what a person
+/// types into a mail client that sets itself up (`[autoconfig]`).
+const STAFF_DOMAIN: &str = "comune.demo.test";
 /// (alias, local part); the alias is also the mailbox's login at the
 /// simulated provider.
 const MAILBOXES: [(&str, &str); 2] = [("protocollo", "protocollo"), ("legale", "ufficio.legale")];
@@ -171,7 +174,8 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
             "# written by `pecgate demo`\n[store]\ndata_dir = \"{}\"\n\n[pec]\ntrust_store = \"{}\"\n\n\
              [upstream]\ntimeout = \"30s\"\nmin_backoff = \"1s\"\nmax_backoff = \"10s\"\n\n\
              [tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[imap]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n\
-             [smtp]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n",
+             [smtp]\nlisten = [\"127.0.0.1:{}\"]\nlisten_starttls = [\"127.0.0.1:{}\"]\n\n[http]\nlisten = \"127.0.0.1:{}\"\ntls = true\n\n\
+             [autoconfig]\ndomains = [\"{STAFF_DOMAIN}\"]\nhost = \"127.0.0.1\"\ndisplay_name = \"PEC demo\"\n\n",
             dir.join("archive").display(),
             sim.ca_file.display(),
             cert.display(),
@@ -229,6 +233,13 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
             "host": "127.0.0.1",
             "imap": { "port_tls": ports.imaps, "port_starttls": ports.imap },
             "smtp": { "port_tls": ports.smtps, "port_starttls": ports.submission },
+            "http": {
+                "port": ports.http,
+                "tls": true,
+                "autoconfig": autoconfig_url(ports.http, "mario"),
+                "autodiscover": format!("https://127.0.0.1:{}/autodiscover/autodiscover.xml", ports.http),
+                "apple_profile": format!("https://127.0.0.1:{}/autoconfig/apple.mobileconfig?emailaddress=mario%40{STAFF_DOMAIN}", ports.http),
+            },
             "users": [
                 { "name": "mario", "password": secret("users", "mario")?, "can_send_from": [format!("protocollo@{DOMAIN}"), format!("ufficio.legale@{DOMAIN}")], "folders": ["protocollo/…", "legale/…"] },
                 { "name": "anna", "password": secret("users", "anna")?, "can_send_from": [], "folders": ["legale/… (read only)"] },
@@ -281,6 +292,12 @@ fn run_in(dir: &Path, base_port: u16) -> anyhow::Result<()> {
     })
 }
 
+/// Where Thunderbird finds the settings for `user@STAFF_DOMAIN` (it asks
+/// `autoconfig.<domain>`; here the listener is on loopback).
+fn autoconfig_url(port: u16, user: &str) -> String {
+    format!("https://127.0.0.1:{port}/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress={user}%40{STAFF_DOMAIN}")
+}
+
 /// An mbsync (isync 1.4) configuration syncing every folder of `user` into
 /// a Maildir under `maildir`. `SubFolders Verbatim` lets the near side hold
 /// the nested folders (`legale/Anomalies`); `SyncState *` keeps mbsync's
@@ -309,7 +326,10 @@ fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
          Users:\n\
          \x20 mario / {mario}   read, triage and send on protocollo@{DOMAIN} and ufficio.legale@{DOMAIN}\n\
          \x20 anna  / {anna}   read only on ufficio.legale@{DOMAIN}\n\n\
-         Thunderbird: add a mail account with the settings above; import {ca} as a CA (Settings > Certificates > Authorities).\n\n\
+         Thunderbird: add a mail account with the settings above; import {ca} as a CA (Settings > Certificates > Authorities).\n\
+         Clients that set themselves up (address mario@{STAFF_DOMAIN}) read, over HTTPS on port {http}:\n\
+         \x20 {autoconfig}\n\
+         \x20 (Outlook: POST https://127.0.0.1:{http}/autodiscover/autodiscover.xml; iPhone/Mac: {apple})\n\n\
          Handling: certified messages arriving go to the office segreteria (mario). Drag the welcome PEC\n\
          from legale/To handle into legale/Mine to take it in charge, then into legale/Done; see\n\
          `pecgate handling report --config {dir}/pecgate.toml`.\n\n\
@@ -336,6 +356,9 @@ fn print_instructions(info: &serde_json::Value, p: &Ports, mbsync: &str) {
         sub = p.submission,
         mario = pw(0),
         anna = pw(1),
+        http = p.http,
+        autoconfig = autoconfig_url(p.http, "mario"),
+        apple = info["http"]["apple_profile"].as_str().unwrap_or(""),
     );
 }
 

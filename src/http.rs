@@ -74,6 +74,8 @@ pub struct HttpState {
     /// (`[http] metrics_auth`; neither: open).
     pub metrics_bearer: Option<String>,
     pub metrics_basic: Option<(String, String)>,
+    /// The mail-client setup documents (`[autoconfig]`; absent: 404).
+    pub autoconfig: Option<Arc<crate::autoconfig::Offer>>,
 }
 
 /// Largest upload (a campaign's recipients list, template or attachment).
@@ -288,8 +290,43 @@ async fn search(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Res
     respond(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), ct, b)
 }
 
+/// Thunderbird's, Outlook's and Apple's setup documents (no login: they
+/// say where to connect, never whether an address is a user).
+async fn autoconfig(offer: &crate::autoconfig::Offer, req: Request<Incoming>) -> Resp {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query: std::collections::BTreeMap<String, String> =
+        parse_query(req.uri().query().unwrap_or("")).into_iter().collect();
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .map(|h| h.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h.to_string()).unwrap_or(h));
+    let raw = if req.method() == Method::POST {
+        match body(req, 64 * 1024).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    } else {
+        Vec::new()
+    };
+    let r = crate::autoconfig::Request { method: &method, path: &path, query: &query, host: host.as_deref(), body: &raw };
+    let a = crate::autoconfig::respond(offer, &r);
+    let mut resp = respond(StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), a.content_type, a.body);
+    for (k, v) in a.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
 async fn handle(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let p = req.uri().path();
+    if let Some(offer) = st.autoconfig.as_ref().filter(|_| crate::autoconfig::is_endpoint(p)) {
+        return autoconfig(offer, req).await;
+    }
     if p == "/api/uploads" || p == "/api/campaigns" || p.starts_with("/api/campaigns/") {
         return campaigns(st, peer, req).await;
     }
@@ -621,7 +658,7 @@ fn parse_query(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

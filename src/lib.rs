@@ -26,6 +26,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod autoconfig;
 pub mod auth;
 pub mod campaign;
 pub mod cli;

@@ -126,6 +126,49 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 }
 
+/// The DNS names (and IP addresses, as text) the first certificate in
+/// `cert` is for: its subject alternative names, else its common name.
+pub fn certificate_names(cert: &Path) -> Result<Vec<String>, TlsError> {
+    let pem = std::fs::read(cert).map_err(|e| TlsError::File { path: cert.display().to_string(), message: e.to_string() })?;
+    let x = openssl::x509::X509::from_pem(&pem)
+        .map_err(|e| TlsError::File { path: cert.display().to_string(), message: e.to_string() })?;
+    let mut names: Vec<String> = Vec::new();
+    if let Some(sans) = x.subject_alt_names() {
+        for n in sans.iter() {
+            if let Some(d) = n.dnsname() {
+                names.push(d.to_ascii_lowercase());
+            } else if let Some(ip) = n.ipaddress() {
+                match ip.len() {
+                    4 => names.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                    16 => {
+                        let b: [u8; 16] = ip.try_into().unwrap_or([0; 16]);
+                        names.push(std::net::Ipv6Addr::from(b).to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        for e in x.subject_name().entries_by_nid(openssl::nid::Nid::COMMONNAME) {
+            if let Ok(s) = e.data().to_string() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Does the certificate name `pattern` (`*.example.it` wildcards: one
+/// label) cover `host`?
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host.split_once('.').is_some_and(|(first, tail)| !first.is_empty() && tail == rest),
+        None => pattern == host,
+    }
+}
+
 /// A server configuration from a certificate chain and key (PEM files).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cfg = ServerConfig::builder_with_provider(provider())

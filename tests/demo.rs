@@ -84,6 +84,21 @@ fn demo_settings_work_with_swaks_and_imap() {
     let smtps = info["smtp"]["port_tls"].as_u64().unwrap().to_string();
     assert!(printed.contains(&pw) && printed.contains(&smtps), "{printed}");
 
+    // The HTTPS listener with autoconfig for the staff's domain: the URL
+    // printed and in demo.json answers Thunderbird's document (the
+    // certificate verified with the printed CA file).
+    let http = info["http"]["port"].as_u64().expect("demo.json: http.port");
+    assert_eq!(info["http"]["tls"], true);
+    let url = info["http"]["autoconfig"].as_str().unwrap();
+    assert!(url.starts_with(&format!("https://127.0.0.1:{http}/")) && printed.contains(url), "{url}\n{printed}");
+    let out = Command::new("python3")
+        .args(["-c", "import ssl,sys,urllib.request as u; print(u.urlopen(sys.argv[1], context=ssl.create_default_context(cafile=sys.argv[2])).read().decode())", url])
+        .arg(info["ca_file"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let doc = String::from_utf8_lossy(&out.stdout);
+    assert!(doc.contains("<username>mario</username>") && doc.contains(&format!("<port>{}</port>", info["imap"]["port_tls"])), "{doc}{}", String::from_utf8_lossy(&out.stderr));
+
     // swaks, exactly as printed.
     let out = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{smtps}"), "--tls-on-connect", "--auth", "PLAIN", "--auth-user", "mario"])
