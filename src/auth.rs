@@ -565,6 +565,28 @@ impl Authenticator {
         }
     }
 
+    /// The user an API token acts as, without a password: a local account,
+    /// or a directory user (looked up with the service account when not
+    /// seen recently, and then checked like the others).
+    pub async fn user_for_token(&self, name: &str) -> Result<Arc<User>, AuthError> {
+        if let Some(u) = self.user(name) {
+            return Ok(u);
+        }
+        let Some(d) = self.dir() else { return Err(AuthError::Rejected) };
+        let name = directory::user_name(name);
+        match d.dir.find(&name).await {
+            Ok(Some(found)) => {
+                let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
+                if let Ok(mut seen) = d.seen.lock() {
+                    seen.insert(name, SeenUser { user: user.clone(), verified: None, used: Instant::now() });
+                }
+                Ok(user)
+            }
+            Ok(None) | Err(DirError::Rejected) => Err(AuthError::Rejected),
+            Err(DirError::Unavailable(why)) => Err(AuthError::Unavailable(why)),
+        }
+    }
+
     /// Ask the directory again about every directory user seen (the daemon
     /// does it every `[directory] cache`; with nobody seen, the service
     /// account's bind alone checks the directory): one no longer found (disabled,

@@ -127,6 +127,10 @@ pub enum Command {
     /// records that point them at pecgate.
     #[command(subcommand)]
     Autoconfig(crate::autoconfig::cli::AutoconfigCmd),
+    /// API tokens for applications (`Authorization: Bearer`): create (shown
+    /// once, stored hashed), list, revoke.
+    #[command(subcommand)]
+    Token(crate::apitoken::TokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -476,6 +480,7 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Export(c) => crate::export::run(c),
         Command::Users(c) => crate::directory::cli::run(c),
         Command::Autoconfig(c) => crate::autoconfig::cli::run(c),
+        Command::Token(c) => crate::apitoken::run(c),
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {

@@ -131,6 +131,10 @@ pub struct HttpConfig {
     /// `authorization` (bearer) or `basic_auth` blocks send them.
     #[serde(default)]
     pub metrics_auth: Option<MetricsAuth>,
+    /// API tokens (`pecgate token create`), as hashes; default
+    /// `api-tokens.json` beside the configuration file.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up.

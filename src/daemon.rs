@@ -331,6 +331,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                 metrics_bearer: None,
                 metrics_basic: None,
                 autoconfig: crate::autoconfig::Offer::from_config(&cfg).map(Arc::new),
+                tokens: Some(Arc::new(crate::apitoken::Tokens::new(crate::apitoken::path_for(&cfg, &config_path)))),
             };
             let mut state = state;
             if let Some(m) = &h.metrics_auth {

@@ -74,6 +74,8 @@ pub struct HttpState {
     /// (`[http] metrics_auth`; neither: open).
     pub metrics_bearer: Option<String>,
     pub metrics_basic: Option<(String, String)>,
+    /// API tokens (`Authorization: Bearer`; absent: none accepted).
+    pub tokens: Option<Arc<crate::apitoken::Tokens>>,
     /// The mail-client setup documents (`[autoconfig]`; absent: 404).
     pub autoconfig: Option<Arc<crate::autoconfig::Offer>>,
 }
@@ -427,10 +429,11 @@ async fn authenticate(
             "the API accepts passwords only from loopback on this listener (no TLS): set [http] tls = true",
         ));
     }
-    let creds = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
+    let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) {
+        return token_user(st, peer, req, token.trim()).await;
+    }
+    let creds = Some(header)
         .and_then(|h| {
             h.strip_prefix("Basic ")
                 .or_else(|| h.strip_prefix("basic "))
@@ -493,6 +496,43 @@ fn metrics_allowed(st: &HttpState, req: &Request<Incoming>) -> Result<(), Resp> 
 /// host (a local tool, a reverse proxy beside pecgate).
 fn credentials_allowed(tls: bool, peer: IpAddr) -> bool {
     tls || is_loopback(peer)
+}
+
+/// An API token (`pecgate token create`): the user it acts as, each use
+/// audited under the token's name (refusals too).
+async fn token_user(st: &HttpState, peer: SocketAddr, req: &Request<Incoming>, token: &str) -> Result<Arc<User>, Resp> {
+    let what: String = format!("api {} {}", req.method(), req.uri().path()).chars().take(120).collect();
+    let checked = match &st.tokens {
+        Some(t) => t.check(token),
+        None => Err(crate::apitoken::TokenError::Unknown),
+    };
+    let audit = |actor: &str, name: Option<&str>, outcome: String| {
+        Audit::user(actor, Some(peer.to_string()), "http", &what)
+            .identity(name.map(|n| format!("token {n}")).as_deref())
+            .outcome(outcome)
+    };
+    let (result, record) = match checked {
+        Ok(e) => match st.auth.user_for_token(&e.user).await {
+            Ok(u) => (Ok(u), audit(&e.user, Some(&e.name), "ok".into())),
+            Err(err) => {
+                let r = match &err {
+                    crate::auth::AuthError::Unavailable(why) => {
+                        error(StatusCode::SERVICE_UNAVAILABLE, &format!("directory unavailable: {why}"))
+                    }
+                    _ => unauthorized("the token's user no longer exists"),
+                };
+                (Err(r), audit(&e.user, Some(&e.name), format!("refused: {err}")))
+            }
+        },
+        Err(e) => (Err(unauthorized(&e.to_string())), audit("-", None, format!("refused: {e}"))),
+    };
+    if let Err(e) = st.metrics.store().commit(record, Change::None).await {
+        tracing::warn!(error = %e, "cannot audit an API token's use");
+        if result.is_ok() {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the archive refuses writes: cannot audit"));
+        }
+    }
+    result
 }
 
 fn is_loopback(ip: IpAddr) -> bool {

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anchor;
+pub mod apitoken;
 pub mod audit;
 pub mod autoconfig;
 pub mod auth;

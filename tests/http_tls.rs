@@ -160,3 +160,65 @@ fn without_tls_the_api_refuses_credentials_from_other_addresses() {
         assert!(body.contains("tls = true"), "{body}");
     }
 }
+
+fn pecgate(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pecgate")).args(args).arg("--config").arg(&gw.config).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// API tokens: created once (stored hashed), accepted as `Bearer`, each
+/// use audited under the token's name, refused at once when revoked or
+/// expired.
+#[test]
+fn api_tokens_are_shown_once_audited_and_revocable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("metrics-token");
+    std::fs::write(&token_file, "prom\n").unwrap();
+    let port = imap_support::free_port();
+    let gw = gateway(port, &token_file);
+    let cert = gw.cert();
+    let url = format!("https://127.0.0.1:{port}/api/mailboxes");
+
+    let (ok, token, err) = pecgate(&gw, &["token", "create", "--user", "mario", "--name", "billing"]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("pgt_") && token.len() > 60, "{token}");
+    // Only the hash is kept.
+    let stored = std::fs::read_to_string(gw.config.parent().unwrap().join("api-tokens.json")).unwrap();
+    assert!(!stored.contains(&token) && stored.contains("\"billing\""), "{stored}");
+
+    let (code, body) = urllib(&url, Some(&cert), None, Some(&token));
+    assert_eq!(code, 200, "{body} / {}", gw.log());
+    assert!(body.contains("prot"), "mario's mailboxes: {body}");
+    assert_eq!(urllib(&url, Some(&cert), None, Some("pgt_0000")).0, 401);
+
+    // Audited under the token's name.
+    let (ok, out, err) = pecgate(&gw, &["audit", "query", "--user", "mario", "--format", "jsonl"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.contains("\"identity\":\"token billing\"") && l.contains("api GET /api/mailboxes")),
+        "{out}"
+    );
+
+    // A second token with an expiry; revoking the first.
+    let (ok, short, _) = pecgate(&gw, &["token", "create", "--user", "mario", "--name", "short", "--expires", "2s"]);
+    assert!(ok);
+    assert_eq!(urllib(&url, Some(&cert), None, Some(short.trim())).0, 200);
+    let (ok, _, err) = pecgate(&gw, &["token", "revoke", "billing"]);
+    assert!(ok, "{err}");
+    let (code, body) = urllib(&url, Some(&cert), None, Some(&token));
+    assert_eq!(code, 401, "revoked: {body}");
+    assert!(body.contains("revoked"), "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (code, body) = urllib(&url, Some(&cert), None, Some(short.trim()));
+    assert_eq!(code, 401, "expired: {body}");
+    let (ok, list, _) = pecgate(&gw, &["token", "list"]);
+    assert!(ok && list.contains("billing") && list.contains("revoked") && list.contains("expired"), "{list}");
+    // A token for a user the configuration does not have is refused.
+    let (ok, _, err) = pecgate(&gw, &["token", "create", "--user", "nobody", "--name", "x"]);
+    assert!(!ok && err.contains("no user"), "{err}");
+}
