@@ -187,31 +187,27 @@ pub fn effective(name: &str, found: &Found, groups: &[DirectoryGroup], extra: Op
     let mut rights: BTreeMap<(String, Right), BTreeSet<Source>> = BTreeMap::new();
     let mut roles: BTreeMap<String, BTreeSet<Source>> = BTreeMap::new();
     let mut default: Option<(String, Source)> = None;
-    for &i in &found.groups {
-        let Some(g) = groups.get(i) else { continue };
-        let src = Source::Group(g.dn.clone());
-        for (mb, list) in &g.grants {
+    let mut add = |grants: &BTreeMap<String, Vec<String>>, role_list: &[String], src: &Source| {
+        for (mb, list) in grants {
             for r in rights_of(list) {
                 rights.entry((mb.clone(), r)).or_default().insert(src.clone());
             }
         }
-        for r in &g.roles {
+        for r in role_list {
             roles.entry(r.clone()).or_default().insert(src.clone());
         }
+    };
+    for &i in &found.groups {
+        let Some(g) = groups.get(i) else { continue };
+        let src = Source::Group(g.dn.clone());
+        add(&g.grants, &g.roles, &src);
         if default.is_none() {
-            default = g.default_mailbox.clone().map(|m| (m, src.clone()));
+            default = g.default_mailbox.clone().map(|m| (m, src));
         }
     }
     if let Some(u) = extra {
         let src = Source::LocalUser(u.name.clone());
-        for (mb, list) in &u.grants {
-            for r in rights_of(list) {
-                rights.entry((mb.clone(), r)).or_default().insert(src.clone());
-            }
-        }
-        for r in &u.roles {
-            roles.entry(r.clone()).or_default().insert(src.clone());
-        }
+        add(&u.grants, &u.roles, &src);
         if let Some(m) = &u.default_mailbox {
             default = Some((m.clone(), src));
         }

@@ -242,17 +242,26 @@ impl Slapd {
         format!("ldap://127.0.0.1:{}", self.ldap_port)
     }
 
+    /// A runtime and a connection to slapd over plain LDAP on loopback.
+    fn connect(&self) -> (tokio::runtime::Runtime, ldap3::Ldap) {
+        let url = self.ldap_url();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let ldap = rt.block_on(async {
+            let (conn, ldap) = ldap3::LdapConnAsync::new(&url).await.expect("connect to slapd");
+            tokio::spawn(async move {
+                let _ = conn.drive().await;
+            });
+            ldap
+        });
+        (rt, ldap)
+    }
+
     /// The result code of a simple bind as `dn` with `password` (0:
     /// success). With `allow bind_anon_dn`, a DN with an empty password
     /// is an unauthenticated bind, which succeeds.
     pub fn bind_rc(&self, dn: &str, password: &str) -> u32 {
-        let url = self.ldap_url();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (rt, mut ldap) = self.connect();
         rt.block_on(async {
-            let (conn, mut ldap) = ldap3::LdapConnAsync::new(&url).await.expect("connect to slapd");
-            tokio::spawn(async move {
-                let _ = conn.drive().await;
-            });
             let rc = ldap.simple_bind(dn, password).await.expect("bind").rc;
             let _ = ldap.unbind().await;
             rc
@@ -262,13 +271,8 @@ impl Slapd {
     /// Change the directory as its administrator would: `op` on the
     /// attribute `attr` of `dn` (`"add"`, `"delete"` or `"replace"`).
     pub fn modify(&self, dn: &str, op: &str, attr: &str, values: &[&str]) {
-        let url = self.ldap_url();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (rt, mut ldap) = self.connect();
         rt.block_on(async {
-            let (conn, mut ldap) = ldap3::LdapConnAsync::new(&url).await.expect("connect to slapd");
-            tokio::spawn(async move {
-                let _ = conn.drive().await;
-            });
             ldap.simple_bind(ROOT_DN, ROOT_PW).await.expect("bind").success().expect("root bind");
             let vals: std::collections::HashSet<&str> = values.iter().copied().collect();
             let m = match op {
