@@ -54,6 +54,7 @@ async fn client(
             .body(Empty::<bytes::Bytes>::new())
             .unwrap();
         let t = Instant::now();
+        send.ready().await.unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -17,7 +17,7 @@ use serde::Deserialize;
 mod directory;
 mod rules;
 
-pub use directory::{DirectoryConfig, DirectoryGroup};
+pub use directory::{ldap_authority, DirectoryConfig, DirectoryGroup};
 pub use rules::{MatchConfig, OfficeConfig, RuleConfig, DATICERT_FIELDS};
 
 /// The whole configuration file.

@@ -64,6 +64,35 @@ pub struct DirectoryGroup {
     pub default_mailbox: Option<String>,
 }
 
+/// The host and port of an `ldap://` or `ldaps://` URL (default ports
+/// 389 and 636); None if it has no host or a bad port.
+pub fn ldap_authority(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme {
+        "ldaps" => 636,
+        "ldap" => 389,
+        _ => return None,
+    };
+    let authority = rest.split('/').next()?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse().ok().filter(|p| *p > 0)?,
+        None => default,
+    };
+    Some((host.to_string(), port))
+}
+
 fn default_cache() -> Duration {
     Duration::from_secs(300)
 }
@@ -82,6 +111,9 @@ pub(super) fn validate(cfg: &Config, push: &mut impl FnMut(String, String)) {
         }
         return;
     };
+    if ldap_authority(&d.url).is_none() && d.url.contains("://") {
+        push("directory.url".into(), format!("{:?} has no host, or a bad port", d.url));
+    }
     match d.url.split_once("://") {
         Some(("ldaps", rest)) if !rest.is_empty() => {
             if d.starttls {
@@ -159,6 +191,21 @@ pub(super) fn validate(cfg: &Config, push: &mut impl FnMut(String, String)) {
             if !g.grants.get(m).is_some_and(|r| r.iter().any(|x| x == "read")) {
                 push(k("default_mailbox"), format!("{m:?} is not granted \"read\" by this group"));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ldap_authority;
+
+    #[test]
+    fn ldap_urls() {
+        assert_eq!(ldap_authority("ldaps://dc1.comune.local"), Some(("dc1.comune.local".into(), 636)));
+        assert_eq!(ldap_authority("ldap://10.0.0.5:3389/"), Some(("10.0.0.5".into(), 3389)));
+        assert_eq!(ldap_authority("ldaps://[::1]:1636"), Some(("::1".into(), 1636)));
+        for bad in ["ldaps://", "ldaps:///", "ldap://h:0", "ldap://h:x", "http://h", "ldaps://:636"] {
+            assert_eq!(ldap_authority(bad), None, "{bad}");
         }
     }
 }

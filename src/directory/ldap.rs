@@ -46,8 +46,22 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> DirError {
 
 impl Conn {
     pub async fn open(t: &Target) -> Result<Conn, DirError> {
-        let settings =
-            LdapConnSettings::new().set_conn_timeout(t.timeout).set_starttls(t.starttls).set_config(t.tls.clone());
+        // Our own socket, with TCP_NODELAY: ldap3 writes a request in more
+        // than one segment, and with Nagle a login could wait for the
+        // server's delayed ACK.
+        let (host, port) = crate::config::ldap_authority(&t.url)
+            .ok_or_else(|| DirError::Unavailable(format!("{} has no host", t.url)))?;
+        let tcp = tokio::time::timeout(t.timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| DirError::Unavailable(format!("connecting to {}: timed out after {:?}", t.url, t.timeout)))?
+            .map_err(|e| unavailable(&format!("connecting to {}", t.url), e))?;
+        let _ = tcp.set_nodelay(true);
+        let tcp = tcp.into_std().map_err(|e| unavailable("socket", e))?;
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(t.timeout)
+            .set_starttls(t.starttls)
+            .set_config(t.tls.clone())
+            .set_std_stream(ldap3::StdStream::Tcp(tcp));
         let opened = tokio::time::timeout(t.timeout * 2, LdapConnAsync::with_settings(settings, &t.url))
             .await
             .map_err(|_| DirError::Unavailable(format!("connecting to {}: timed out after {:?}", t.url, t.timeout)))?;
