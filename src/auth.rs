@@ -533,6 +533,8 @@ impl Authenticator {
             Ok(found) => {
                 m.up.set(1);
                 m.logins.with_label_values(&["ok"]).inc();
+                // One person, one user, whichever form of their name they typed.
+                let name = found.user_name(&name);
                 let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
                 let now = Instant::now();
                 let verified = (!cache.is_zero()).then_some((fp, now));
@@ -576,6 +578,7 @@ impl Authenticator {
         let name = directory::user_name(name);
         match d.dir.find(&name).await {
             Ok(Some(found)) => {
+                let name = found.user_name(&name);
                 let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
                 if let Ok(mut seen) = d.seen.lock() {
                     seen.insert(name, SeenUser { user: user.clone(), verified: None, used: Instant::now() });

@@ -47,6 +47,10 @@ struct Setup2 {
 /// `pecgate serve` with the usual local users (mario, anna, ro, luigi) and
 /// `[directory]` pointing at `slapd` (LDAPS, or StartTLS).
 fn gateway(slapd: &Slapd, starttls: bool, cache: &str) -> Setup2 {
+    gateway_with(slapd, starttls, cache, "(&(objectClass=inetOrgPerson)(uid={login})(!(employeeType=disabled)))")
+}
+
+fn gateway_with(slapd: &Slapd, starttls: bool, cache: &str, filter: &str) -> Setup2 {
     let smtp = support::free_port();
     let http = support::free_port();
     let pwfile = slapd.dir.path().join("bind-password");
@@ -60,7 +64,7 @@ fn gateway(slapd: &Slapd, starttls: bool, cache: &str) -> Setup2 {
         "[smtp]\nlisten = [\"127.0.0.1:{smtp}\"]\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
          [directory]\n{url}ca = \"{ca}\"\nbind_dn = \"{SVC_DN}\"\nbind_password_file = \"{pw}\"\n\
          user_base = \"ou=Persone,dc=comune,dc=test\"\n\
-         user_filter = \"(&(objectClass=inetOrgPerson)(uid={{login}})(!(employeeType=disabled)))\"\n\
+         user_filter = \"{filter}\"\n\
          cache = \"{cache}\"\ntimeout = \"3s\"\n\n\
          [[directory.group]]\ndn = \"{prot}\"\ngrants = {{ prot = [\"read\", \"triage\"] }}\ndefault_mailbox = \"prot\"\n\n\
          [[directory.group]]\ndn = \"{trib}\"\ngrants = {{ tributi = [\"read\"] }}\n\n\
@@ -356,4 +360,18 @@ fn check_config_explains_directory_mistakes() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+/// With a filter that also takes the mail address, a person logging in by
+/// address is the same gateway user as by uid (the entry's `uid`).
+#[test]
+fn logging_in_by_address_is_the_same_user() {
+    let slapd = slapd();
+    let s = gateway_with(&slapd, false, "5m", "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))");
+    let v = imap_login(&s, "giulia@comune.test", "giulia-Pw-1");
+    assert!(v["ok"].as_bool().unwrap(), "{v} / {}", s.gw.log());
+    assert!(folders(&v).iter().any(|f| f.starts_with("tributi/")), "{v}");
+    let recs = logins(&s, "giulia");
+    assert!(recs.iter().any(|r| r["outcome"] == "ok" && r["identity"] == person("giulia").as_str()), "{recs:?}");
+    assert!(logins(&s, "giulia@comune.test").iter().all(|r| r["outcome"] != "ok"));
 }

@@ -47,6 +47,7 @@ pub fn run(cmd: UsersCmd) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     };
+    let login = found.user_name(&login);
     let e = effective(&login, &found, &dcfg.groups, extra(&cfg, &login));
     print!("{}", describe(&e));
     Ok(ExitCode::SUCCESS)

@@ -105,10 +105,18 @@ impl Conn {
         }
     }
 
-    /// The DNs of the entries `filter` finds under `base` (no attributes).
-    async fn dns(&mut self, base: &str, scope: Scope, filter: &str) -> Result<Vec<String>, DirError> {
+    /// The entries `filter` finds under `base`: each DN with the values of
+    /// `attr` (no attributes at all without one).
+    async fn entries(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attr: Option<&str>,
+    ) -> Result<Vec<(String, Vec<String>)>, DirError> {
         let mut ldap = self.ldap.clone();
-        let r = self.timed("search", ldap.search(base, scope, filter, vec!["1.1"])).await?;
+        let attrs = vec![attr.unwrap_or("1.1")];
+        let r = self.timed("search", ldap.search(base, scope, filter, attrs)).await?;
         // noSuchObject (32): the base is not there (a group deleted).
         if r.1.rc == 32 {
             return Ok(Vec::new());
@@ -116,18 +124,23 @@ impl Conn {
         if r.1.rc != 0 {
             return Err(DirError::Unavailable(format!("search under {base:?} answered {} ({})", r.1.rc, r.1.text)));
         }
-        Ok(r.0.into_iter().filter_map(entry_dn).collect())
+        Ok(r.0.into_iter().filter_map(|e| entry(e, attr.unwrap_or("1.1"))).collect())
     }
 
-    /// The one entry `filter` finds under `base`: none, or several (an
-    /// ambiguous login), is no user.
-    pub async fn find(&mut self, base: &str, filter: &str) -> Result<Option<String>, DirError> {
-        let mut found = self.dns(base, Scope::Subtree, filter).await?;
+    /// The one entry `filter` finds under `base`, with its first value of
+    /// `attr`: none, or several (an ambiguous login), is no user.
+    pub async fn find(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attr: Option<&str>,
+    ) -> Result<Option<(String, Option<String>)>, DirError> {
+        let mut found = self.entries(base, Scope::Subtree, filter, attr).await?;
         if found.len() > 1 {
             tracing::warn!(filter, entries = found.len(), "directory: a login matches several entries; refused");
             return Ok(None);
         }
-        Ok(found.pop())
+        Ok(found.pop().map(|(dn, values)| (dn, values.into_iter().next())))
     }
 
     /// Is `member_dn` a member of the group `group_dn` (its `member`
@@ -143,7 +156,7 @@ impl Conn {
         };
         let value = ldap3::ldap_escape(member_dn);
         let filter = if ad { format!("(member:{IN_CHAIN}:={value})") } else { format!("(member={value})") };
-        Ok(!self.dns(group_dn, Scope::Base, &filter).await?.is_empty())
+        Ok(!self.entries(group_dn, Scope::Base, &filter, None).await?.is_empty())
     }
 
     async fn is_active_directory(&mut self) -> Result<bool, DirError> {
@@ -154,7 +167,10 @@ impl Conn {
                 ldap.search("", Scope::Base, "(objectClass=*)", vec!["supportedCapabilities"]),
             )
             .await?;
-        Ok(r.0.into_iter().any(|e| attribute_values(e, "supportedCapabilities").iter().any(|v| v == AD_CAPABILITY)))
+        Ok(r.0
+            .into_iter()
+            .filter_map(|e| entry(e, "supportedCapabilities"))
+            .any(|(_, v)| v.iter().any(|v| v == AD_CAPABILITY)))
     }
 
     pub async fn close(mut self) {
@@ -162,33 +178,33 @@ impl Conn {
     }
 }
 
-/// A search result entry's DN, read without ldap3's `SearchEntry::construct`
+/// A search result entry's DN and the string values of `attr`
+/// (case-insensitive name), read without ldap3's `SearchEntry::construct`
 /// (which panics on BER it cannot parse).
-fn entry_dn(e: ldap3::ResultEntry) -> Option<String> {
+fn entry(e: ldap3::ResultEntry, attr: &str) -> Option<(String, Vec<String>)> {
     let mut parts = e.0.match_id(4)?.expect_constructed()?.into_iter();
-    String::from_utf8(parts.next()?.expect_primitive()?).ok()
+    let dn = String::from_utf8(parts.next()?.expect_primitive()?).ok()?;
+    let mut out = Vec::new();
+    for a in parts.next().and_then(|p| p.expect_constructed()).unwrap_or_default() {
+        let mut kv = a.expect_constructed()?.into_iter();
+        let name = String::from_utf8(kv.next()?.expect_primitive()?).ok()?;
+        if !name.eq_ignore_ascii_case(attr) {
+            continue;
+        }
+        for v in kv.next()?.expect_constructed()? {
+            out.push(String::from_utf8(v.expect_primitive()?).ok()?);
+        }
+    }
+    Some((dn, out))
 }
 
-/// The string values of `attr` in a search result entry (case-insensitive
-/// name), read without panicking on malformed BER.
-fn attribute_values(e: ldap3::ResultEntry, attr: &str) -> Vec<String> {
-    let parse = || -> Option<Vec<String>> {
-        let mut parts = e.0.match_id(4)?.expect_constructed()?.into_iter();
-        let _dn = parts.next()?;
-        let mut out = Vec::new();
-        for a in parts.next()?.expect_constructed()? {
-            let mut kv = a.expect_constructed()?.into_iter();
-            let name = String::from_utf8(kv.next()?.expect_primitive()?).ok()?;
-            if !name.eq_ignore_ascii_case(attr) {
-                continue;
-            }
-            for v in kv.next()?.expect_constructed()? {
-                out.push(String::from_utf8(v.expect_primitive()?).ok()?);
-            }
-        }
-        Some(out)
-    };
-    parse().unwrap_or_default()
+/// The attribute a user filter matches the login against: the first
+/// `(ATTR={login})` in it (`uid`, `sAMAccountName`).
+pub fn login_attribute(filter: &str) -> Option<&str> {
+    let i = filter.find("={login})")?;
+    let start = filter[..i].rfind('(')? + 1;
+    let a = &filter[start..i];
+    (!a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')).then_some(a)
 }
 
 /// The user filter with `{login}` replaced by the RFC 4515-escaped login.
@@ -199,6 +215,13 @@ pub fn user_filter(template: &str, login: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_attribute_comes_from_the_filter() {
+        assert_eq!(login_attribute("(&(objectClass=user)(sAMAccountName={login}))"), Some("sAMAccountName"));
+        assert_eq!(login_attribute("(|(uid={login})(mail={login}))"), Some("uid"));
+        assert_eq!(login_attribute("(cn=x)"), None);
+    }
 
     #[test]
     fn a_login_cannot_change_the_filter() {

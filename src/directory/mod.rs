@@ -34,7 +34,18 @@ pub enum DirError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub dn: String,
+    /// The entry's own login name (the filter's login attribute, e.g.
+    /// `uid`), when the filter names one and the entry has it: a person
+    /// logging in by another form (their address) is the same user.
+    pub login: Option<String>,
     pub groups: Vec<usize>,
+}
+
+impl Found {
+    /// The gateway user name: the entry's login, else the name typed.
+    pub fn user_name(&self, typed: &str) -> String {
+        self.login.as_deref().map(user_name).unwrap_or_else(|| user_name(typed))
+    }
 }
 
 /// The directory as configured, ready to be asked.
@@ -83,14 +94,15 @@ impl Directory {
             return Ok(None);
         }
         let filter = ldap::user_filter(&self.cfg.user_filter, login);
-        let Some(dn) = c.find(&self.cfg.user_base, &filter).await? else { return Ok(None) };
+        let attr = ldap::login_attribute(&self.cfg.user_filter);
+        let Some((dn, own)) = c.find(&self.cfg.user_base, &filter, attr).await? else { return Ok(None) };
         let mut groups = Vec::new();
         for (i, g) in self.cfg.groups.iter().enumerate() {
             if c.is_member(&g.dn, &dn).await? {
                 groups.push(i);
             }
         }
-        Ok(Some(Found { dn, groups }))
+        Ok(Some(Found { dn, login: own, groups }))
     }
 
     /// Search-then-bind: the service account finds the entry and its
@@ -308,7 +320,8 @@ mod tests {
             grants: BTreeMap::from([("protocollo".into(), vec!["send".into()])]),
             roles: vec!["audit".into()],
         };
-        let found = Found { dn: "uid=mario,ou=people".into(), groups: vec![0, 1] };
+        let found = Found { dn: "uid=mario,ou=people".into(), login: Some("Mario".into()), groups: vec![0, 1] };
+        assert_eq!(found.user_name("mario@comune.example.it"), "mario");
         let e = effective("mario", &found, &groups, Some(&extra));
         let u = &e.user;
         assert!(
@@ -330,7 +343,7 @@ mod tests {
         assert!(text.contains("protocollo       send    from [[user]] mario"), "{text}");
         assert!(text.contains("INBOX: protocollo (from group cn=prot)"), "{text}");
         // No group: no grants, no INBOX.
-        let none = effective("mario", &Found { dn: "x".into(), groups: vec![] }, &groups, None);
+        let none = effective("mario", &Found { dn: "x".into(), login: None, groups: vec![] }, &groups, None);
         assert!(none.user.grants.is_empty() && none.user.default_mailbox.is_none());
     }
 
