@@ -131,6 +131,34 @@ pub enum Command {
     /// once, stored hashed), list, revoke.
     #[command(subcommand)]
     Token(crate::apitoken::TokenCmd),
+    /// Write the man pages (pecgate.1 and one per command) into DIR, from
+    /// this command line's own definition (the Debian package ships them).
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `pecgate man`: `pecgate.1`, and `pecgate-COMMAND.1` for each command
+/// (and `pecgate-COMMAND-SUB.1` for their subcommands).
+fn write_man_pages(out: &std::path::Path) -> anyhow::Result<usize> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    fn render(cmd: clap::Command, name: String, out: &std::path::Path, n: &mut usize) -> anyhow::Result<()> {
+        let cmd = cmd.name(name.clone());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        std::fs::write(out.join(format!("{name}.1")), buf)?;
+        *n += 1;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            render(sub.clone(), format!("{name}-{}", sub.get_name()), out, n)?;
+        }
+        Ok(())
+    }
+    let mut n = 0;
+    render(Cli::command(), "pecgate".into(), out, &mut n)?;
+    Ok(n)
 }
 
 #[derive(Subcommand)]
@@ -481,6 +509,11 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Users(c) => crate::directory::cli::run(c),
         Command::Autoconfig(c) => crate::autoconfig::cli::run(c),
         Command::Token(c) => crate::apitoken::run(c),
+        Command::Man { out } => {
+            let n = write_man_pages(&out)?;
+            eprintln!("{n} man pages written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pec(PecCmd::Inspect { file, trust_store, config, json }) => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let trust_path = match (trust_store, config) {
