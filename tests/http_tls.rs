@@ -222,3 +222,49 @@ fn api_tokens_are_shown_once_audited_and_revocable() {
     let (ok, _, err) = pecgate(&gw, &["token", "create", "--user", "nobody", "--name", "x"]);
     assert!(!ok && err.contains("no user"), "{err}");
 }
+
+/// The certificate the HTTPS listener presents, as PEM (Python's ssl).
+fn presented_cert(port: u16) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import ssl,sys; print(ssl.get_server_certificate(('127.0.0.1', int(sys.argv[1]))))",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().collect()
+}
+
+fn pem_body(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap().split_whitespace().collect()
+}
+
+/// The HTTPS listener takes a renewed certificate on SIGHUP, like IMAP.
+#[test]
+fn a_renewed_certificate_is_served_after_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("metrics-token");
+    std::fs::write(&token_file, "prom\n").unwrap();
+    let port = imap_support::free_port();
+    let gw = gateway(port, &token_file);
+    assert_eq!(presented_cert(port), pem_body(&gw.cert()));
+    let (cert, key) = (gw.cert(), gw.dir.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let renewed = pem_body(&cert);
+    assert!(Command::new("kill").args(["-HUP", &gw.child.id().to_string()]).status().unwrap().success());
+    let t0 = std::time::Instant::now();
+    while presented_cert(port) != renewed {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "still the old certificate: {}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
