@@ -433,11 +433,9 @@ async fn authenticate(
     if let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) {
         return token_user(st, peer, req, token.trim()).await;
     }
-    let creds = Some(header)
-        .and_then(|h| {
-            h.strip_prefix("Basic ")
-                .or_else(|| h.strip_prefix("basic "))
-        })
+    let creds = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
         .and_then(|b| base64_decode(b.trim()))
         .and_then(|b| String::from_utf8(b).ok());
     let Some(creds) = creds else {

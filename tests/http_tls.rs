@@ -58,21 +58,24 @@ except urllib.error.HTTPError as e:
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-fn gateway(port: u16, token_file: &std::path::Path) -> Gateway {
+/// `pecgate serve` with HTTPS on a free port and `/metrics` behind the
+/// bearer token `metrics_token` (its file in the returned directory, which
+/// must live as long as the gateway).
+fn gateway(metrics_token: &str) -> (Gateway, u16, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("metrics-token");
+    std::fs::write(&token_file, format!("{metrics_token}\n")).unwrap();
+    let port = imap_support::free_port();
     let extra = format!(
         "[http]\nlisten = \"0.0.0.0:{port}\"\ntls = true\nmetrics_auth = {{ bearer_token_file = \"{}\" }}\n",
         token_file.display()
     );
-    start_with(Setup { inbox: 1, extra_config: extra, ..Setup::default() })
+    (start_with(Setup { inbox: 1, extra_config: extra, ..Setup::default() }), port, tmp)
 }
 
 #[test]
 fn the_api_over_https_with_http2_and_metrics_behind_a_token() {
-    let tmp = tempfile::tempdir().unwrap();
-    let token_file = tmp.path().join("metrics-token");
-    std::fs::write(&token_file, "prom-Token-42\n").unwrap();
-    let port = imap_support::free_port();
-    let gw = gateway(port, &token_file);
+    let (gw, port, _tmp) = gateway("prom-Token-42");
     let cert = gw.cert();
     let base = format!("https://127.0.0.1:{port}");
 
@@ -175,11 +178,7 @@ fn pecgate(gw: &Gateway, args: &[&str]) -> (bool, String, String) {
 /// expired.
 #[test]
 fn api_tokens_are_shown_once_audited_and_revocable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let token_file = tmp.path().join("metrics-token");
-    std::fs::write(&token_file, "prom\n").unwrap();
-    let port = imap_support::free_port();
-    let gw = gateway(port, &token_file);
+    let (gw, port, _tmp) = gateway("prom");
     let cert = gw.cert();
     let url = format!("https://127.0.0.1:{port}/api/mailboxes");
 
@@ -244,11 +243,7 @@ fn pem_body(path: &std::path::Path) -> String {
 /// The HTTPS listener takes a renewed certificate on SIGHUP, like IMAP.
 #[test]
 fn a_renewed_certificate_is_served_after_sighup() {
-    let tmp = tempfile::tempdir().unwrap();
-    let token_file = tmp.path().join("metrics-token");
-    std::fs::write(&token_file, "prom\n").unwrap();
-    let port = imap_support::free_port();
-    let gw = gateway(port, &token_file);
+    let (gw, port, _tmp) = gateway("prom");
     assert_eq!(presented_cert(port), pem_body(&gw.cert()));
     let (cert, key) = (gw.cert(), gw.dir.path().join("key.pem"));
     let st = Command::new("openssl")
