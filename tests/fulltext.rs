@@ -196,7 +196,13 @@ fn words_inside_envelopes_pdfs_and_p7m_are_found_by_those_who_may_read_them() {
     let env = Env { _dv: dv, gw, imap_port, ca };
     // The indexer follows the archive by itself.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while env.hits("mario", &["riservato"]).is_empty() {
+    // Every message, not only the first found: the indexer commits per pass,
+    // and a pass may hold only some of the five (one mailbox's, say).
+    let documents = || {
+        let m = support::http_get(http_port, "/metrics", None);
+        support::sample(&m, "pecgate_fulltext_documents", &[]).unwrap_or(0.0)
+    };
+    while env.hits("mario", &["riservato"]).is_empty() || documents() < 5.0 {
         assert!(Instant::now() < deadline, "not indexed:\n{}", tail(&env.gw.log(), 40));
         std::thread::sleep(Duration::from_millis(300));
     }
