@@ -4,7 +4,9 @@
 //! SENT* dates, CLOSE, `\Recent`, keywords in FLAGS, EXISTS before an
 //! APPEND's OK, UIDVALIDITY of a folder never used, each APPEND its own
 //! message) and categories (CREATE/RENAME/DELETE under a mailbox, COPY
-//! labels, MOVE files with COPYUID before EXPUNGE, EXPUNGE unlabels).
+//! labels, MOVE files with COPYUID before EXPUNGE, EXPUNGE unlabels);
+//! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY
+//! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py).
 
 mod imap_support;
 
@@ -15,6 +17,36 @@ fn standard_imap_and_categories() {
     let mut gw = start_with(Setup { inbox: 2, ..Setup::default() });
     let (ok, out, err) = gw.python("standard.py", &[]);
     assert!(ok, "standard.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
+    assert!(out.contains("all checks passed"), "{out}");
+    gw.stop();
+    assert!(!gw.log().contains("panicked"), "panic in the server log: {}", gw.log());
+}
+
+#[test]
+fn condstore_and_qresync() {
+    let mut gw = start_with(Setup { inbox: 2, ..Setup::default() });
+    let (ok, out, err) = gw.python("condstore.py", &[]);
+    assert!(ok, "condstore.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
+    assert!(out.contains("all checks passed"), "{out}");
+    gw.stop();
+    assert!(!gw.log().contains("panicked"), "panic in the server log: {}", gw.log());
+}
+
+#[test]
+fn binary_fetch_and_append() {
+    let mut gw = start_with(Setup { inbox: 2, ..Setup::default() });
+    let (ok, out, err) = gw.python("binary.py", &[]);
+    assert!(ok, "binary.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
+    assert!(out.contains("all checks passed"), "{out}");
+    gw.stop();
+    assert!(!gw.log().contains("panicked"), "panic in the server log: {}", gw.log());
+}
+
+#[test]
+fn esearch_and_extended_list() {
+    let mut gw = start_with(Setup { inbox: 2, ..Setup::default() });
+    let (ok, out, err) = gw.python("search_list.py", &[]);
+    assert!(ok, "search_list.py failed\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}", gw.log());
     assert!(out.contains("all checks passed"), "{out}");
     gw.stop();
     assert!(!gw.log().contains("panicked"), "panic in the server log: {}", gw.log());

@@ -8,8 +8,9 @@ use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 use imap_next::imap_types::body::{BasicFields, Body, BodyStructure, SpecificFields};
-use imap_next::imap_types::core::{AString, IString, Literal, NString, Quoted, Vec1};
+use imap_next::imap_types::core::{AString, IString, Literal, LiteralMode, NString, NString8, Quoted, Vec1};
 use imap_next::imap_types::envelope::{Address, Envelope};
+use imap_next::imap_types::extensions::binary::Literal8;
 use imap_next::imap_types::fetch::Section;
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
@@ -50,10 +51,9 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     };
     let part = match section {
         Section::Part(p) | Section::Mime(p) => Some(p),
-        Section::Header(p)
-        | Section::Text(p)
-        | Section::HeaderFields(p, _)
-        | Section::HeaderFieldsNot(p, _) => p.as_ref(),
+        Section::Header(p) | Section::Text(p) | Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _) => {
+            p.as_ref()
+        }
     };
     let Some(part) = part else {
         return whole(raw, section);
@@ -90,6 +90,104 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     }
 }
 
+/// BINARY[part] (RFC 3516) asked for a part whose Content-Transfer-Encoding
+/// pecgate cannot undo: the FETCH answers `NO [UNKNOWN-CTE]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownCte;
+
+/// The bytes of BINARY[numbers] of the message `raw` (RFC 3516): the
+/// part's content with its Content-Transfer-Encoding (base64,
+/// quoted-printable) undone; the whole message for no numbers; a multipart
+/// or message/rfc822 part as it is (they carry no encoding of their own);
+/// nothing for a part the message does not have (as BODY[]).
+pub fn binary(raw: &[u8], numbers: &[u32]) -> Result<Vec<u8>, UnknownCte> {
+    if numbers.is_empty() {
+        return Ok(raw.to_vec());
+    }
+    let Some(msg) = parse(raw) else { return Ok(Vec::new()) };
+    let Some(p) = find_part(raw, &msg, numbers) else { return Ok(Vec::new()) };
+    let body = raw.get(p.offset_body as usize..p.offset_end as usize).unwrap_or_default();
+    if matches!(p.body, PartType::Multipart(_) | PartType::Message(_)) {
+        return Ok(body.to_vec());
+    }
+    let cte = p.content_transfer_encoding().map(|c| c.trim().to_ascii_lowercase());
+    match cte.as_deref() {
+        None | Some("7bit" | "8bit" | "binary") => Ok(body.to_vec()),
+        Some("base64") => Ok(base64(body)),
+        Some("quoted-printable") => Ok(quoted_printable(body)),
+        Some(_) => Err(UnknownCte),
+    }
+}
+
+/// Base64 with line breaks and other whitespace skipped; a part that is
+/// not valid base64 decodes as far as its valid characters go.
+fn base64(body: &[u8]) -> Vec<u8> {
+    let clean: Vec<u8> =
+        body.iter().copied().filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=')).collect();
+    let upto = clean.iter().position(|c| *c == b'=').unwrap_or(clean.len());
+    mail_parser::decoders::base64::base64_decode(&clean)
+        .or_else(|| mail_parser::decoders::base64::base64_decode(&clean[..upto - upto % 4]))
+        .unwrap_or_default()
+}
+
+/// Quoted-printable (RFC 2045 §6.7) with the line breaks kept as they are
+/// (CRLF stays CRLF): `=XX` is a byte, `=` at a line's end a soft break,
+/// whitespace at a line's end is dropped; anything else is itself.
+fn quoted_printable(b: &[u8]) -> Vec<u8> {
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16)).map(|d| d as u8);
+    let blank = |c: u8| c == b' ' || c == b'\t';
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'=' => {
+                let mut j = i + 1;
+                while j < b.len() && blank(b[j]) {
+                    j += 1;
+                }
+                match (b.get(j), b.get(j + 1)) {
+                    (None, _) => i = j,
+                    (Some(b'\r'), Some(b'\n')) => i = j + 2,
+                    (Some(b'\n'), _) => i = j + 1,
+                    _ => match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                        (Some(h), Some(l)) => {
+                            out.push(h << 4 | l);
+                            i += 3;
+                        }
+                        _ => {
+                            out.push(b'=');
+                            i += 1;
+                        }
+                    },
+                }
+            }
+            c if blank(c) => {
+                let mut j = i;
+                while j < b.len() && blank(b[j]) {
+                    j += 1;
+                }
+                if j < b.len() && b[j] != b'\r' && b[j] != b'\n' {
+                    out.extend_from_slice(&b[i..j]);
+                }
+                i = j;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A literal8 (`~{n}`, RFC 3516) for bytes holding NUL, else a literal.
+pub fn literal8(bytes: Vec<u8>) -> NString8<'static> {
+    match bytes.contains(&0) {
+        true => NString8::Literal8(Literal8 { data: Cow::Owned(bytes), mode: LiteralMode::Sync }),
+        false => NString8::NString(literal(bytes)),
+    }
+}
+
 /// Part `numbers` (1-based, IMAP numbering) of `msg`. Its offsets refer to
 /// the outermost message's bytes.
 fn find_part<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, numbers: &[u32]) -> Option<&'a MessagePart<'x>> {
@@ -112,7 +210,12 @@ fn in_place(raw: &[u8], inner: &Message<'_>) -> bool {
     start >= base && start + r.len() <= base + raw.len()
 }
 
-fn descend<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, part: &'a MessagePart<'x>, rest: &[u32]) -> Option<&'a MessagePart<'x>> {
+fn descend<'a, 'x>(
+    raw: &[u8],
+    msg: &'a Message<'x>,
+    part: &'a MessagePart<'x>,
+    rest: &[u32],
+) -> Option<&'a MessagePart<'x>> {
     let Some((n, more)) = rest.split_first() else {
         return Some(part);
     };
@@ -127,10 +230,7 @@ fn descend<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, part: &'a MessagePart<'x>, 
 }
 
 fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
-    let wanted: Vec<Vec<u8>> = names
-        .iter()
-        .map(|n| n.as_ref().to_ascii_lowercase())
-        .collect();
+    let wanted: Vec<Vec<u8>> = names.iter().map(|n| n.as_ref().to_ascii_lowercase()).collect();
     let mut out = Vec::new();
     let mut take = false;
     for line in header.split_inclusive(|b| *b == b'\n') {
@@ -138,12 +238,7 @@ fn header_fields(header: &[u8], names: &[AString<'_>], keep: bool) -> Vec<u8> {
             break;
         }
         if !matches!(line.first(), Some(b' ') | Some(b'\t')) {
-            let name = line
-                .split(|b| *b == b':')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii()
-                .to_ascii_lowercase();
+            let name = line.split(|b| *b == b':').next().unwrap_or_default().trim_ascii().to_ascii_lowercase();
             take = wanted.contains(&name) == keep;
         }
         if take {
@@ -245,32 +340,17 @@ fn count_lines(b: &[u8]) -> u32 {
     u32::try_from(b.iter().filter(|c| **c == b'\n').count()).unwrap_or(u32::MAX)
 }
 
-fn part_structure(
-    raw: &[u8],
-    msg: &Message<'_>,
-    part: &MessagePart<'_>,
-    depth: usize,
-) -> BodyStructure<'static> {
-    let body_bytes = raw
-        .get(part.offset_body as usize..part.offset_end as usize)
-        .unwrap_or_default();
+fn part_structure(raw: &[u8], msg: &Message<'_>, part: &MessagePart<'_>, depth: usize) -> BodyStructure<'static> {
+    let body_bytes = raw.get(part.offset_body as usize..part.offset_end as usize).unwrap_or_default();
     if let (PartType::Multipart(children), true) = (&part.body, depth < 16) {
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
             .filter_map(|c| msg.parts.get(*c as usize))
             .map(|c| part_structure(raw, msg, c, depth + 1))
             .collect();
-        let subtype = part
-            .content_type()
-            .and_then(|c| c.subtype())
-            .unwrap_or("mixed")
-            .to_string();
+        let subtype = part.content_type().and_then(|c| c.subtype()).unwrap_or("mixed").to_string();
         if let Ok(bodies) = Vec1::try_from(bodies) {
-            return BodyStructure::Multi {
-                bodies,
-                subtype: istr(subtype.as_bytes()),
-                extension_data: None,
-            };
+            return BodyStructure::Multi { bodies, subtype: istr(subtype.as_bytes()), extension_data: None };
         }
     }
     let (ctype, csub, params) = match part.content_type() {
@@ -283,21 +363,13 @@ fn part_structure(
                 .map(|a| (istr(a.name.as_bytes()), istr(a.value.as_bytes())))
                 .collect(),
         ),
-        None => (
-            "text".to_string(),
-            "plain".to_string(),
-            vec![(istr(b"charset"), istr(b"us-ascii"))],
-        ),
+        None => ("text".to_string(), "plain".to_string(), vec![(istr(b"charset"), istr(b"us-ascii"))]),
     };
     let basic = BasicFields {
         parameter_list: params,
         id: nstr(part.content_id().map(str::as_bytes)),
         description: nstr(part.content_description().map(str::as_bytes)),
-        content_transfer_encoding: istr(
-            part.content_transfer_encoding()
-                .unwrap_or("7bit")
-                .as_bytes(),
-        ),
+        content_transfer_encoding: istr(part.content_transfer_encoding().unwrap_or("7bit").as_bytes()),
         size: u32::try_from(body_bytes.len()).unwrap_or(u32::MAX),
     };
     let specific = match (&part.body, depth < 16) {
@@ -310,19 +382,12 @@ fn part_structure(
             }),
             number_of_lines: count_lines(body_bytes),
         },
-        _ if ctype.eq_ignore_ascii_case("text") => SpecificFields::Text {
-            subtype: istr(csub.as_bytes()),
-            number_of_lines: count_lines(body_bytes),
-        },
-        _ => SpecificFields::Basic {
-            r#type: istr(ctype.as_bytes()),
-            subtype: istr(csub.as_bytes()),
-        },
+        _ if ctype.eq_ignore_ascii_case("text") => {
+            SpecificFields::Text { subtype: istr(csub.as_bytes()), number_of_lines: count_lines(body_bytes) }
+        }
+        _ => SpecificFields::Basic { r#type: istr(ctype.as_bytes()), subtype: istr(csub.as_bytes()) },
     };
-    BodyStructure::Single {
-        body: Body { basic, specific },
-        extension_data: None,
-    }
+    BodyStructure::Single { body: Body { basic, specific }, extension_data: None }
 }
 
 /// `raw`: the outermost message, to which every part's offsets refer.
@@ -344,10 +409,7 @@ fn fallback_structure(raw: &[u8]) -> BodyStructure<'static> {
                 content_transfer_encoding: istr(b"7bit"),
                 size: u32::try_from(body.len()).unwrap_or(u32::MAX),
             },
-            specific: SpecificFields::Text {
-                subtype: istr(b"plain"),
-                number_of_lines: count_lines(body),
-            },
+            specific: SpecificFields::Text { subtype: istr(b"plain"), number_of_lines: count_lines(body) },
         },
         extension_data: None,
     }
@@ -374,9 +436,7 @@ pub fn partial(bytes: Vec<u8>, partial: Option<(u32, NonZeroU32)>) -> Vec<u8> {
 
 /// A body as an NString literal (exact bytes).
 pub fn literal(bytes: Vec<u8>) -> NString<'static> {
-    NString(Some(IString::Literal(Literal::unvalidated(Cow::Owned(
-        bytes,
-    )))))
+    NString(Some(IString::Literal(Literal::unvalidated(Cow::Owned(bytes)))))
 }
 
 #[cfg(test)]
@@ -385,6 +445,22 @@ mod tests {
     use imap_next::imap_types::fetch::{Part, Section};
 
     const MIXED: &[u8] = b"From: A <a@x.it>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\nContent-Type: application/xml\r\n\r\n<x/>\r\n--b--\r\n";
+
+    #[test]
+    fn binary_undoes_the_transfer_encoding() {
+        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nperch=C3=A9 =\r\nsoft  \r\nhard\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\nAw==\r\n--b\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nxx\r\n--b--\r\n";
+        assert_eq!(binary(msg, &[1]).unwrap(), "perché soft\r\nhard".as_bytes());
+        assert_eq!(binary(msg, &[2]).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(binary(msg, &[3]), Err(UnknownCte));
+        assert_eq!(binary(msg, &[9]).unwrap(), Vec::<u8>::new());
+        assert_eq!(binary(msg, &[]).unwrap(), msg.to_vec());
+        assert!(matches!(literal8(vec![0, 1]), NString8::Literal8(_)));
+        assert!(matches!(literal8(b"ab".to_vec()), NString8::NString(_)));
+        for junk in [&b"=\r"[..], b"=", b"=Z", b"= ", b"=4", b"\t"] {
+            let _ = quoted_printable(junk);
+        }
+        assert_eq!(base64(b"AAE*C"), vec![0, 1, 2]);
+    }
 
     #[test]
     fn sections() {
@@ -397,13 +473,7 @@ mod tests {
         assert_eq!(section(MIXED, Some(&Section::Part(p2))), b"<x/>");
         let p9 = Part(Vec1::from(NonZeroU32::new(9).unwrap()));
         assert!(section(MIXED, Some(&Section::Part(p9))).is_empty());
-        let f = section(
-            MIXED,
-            Some(&Section::HeaderFields(
-                None,
-                Vec1::from(AString::try_from("subject").unwrap()),
-            )),
-        );
+        let f = section(MIXED, Some(&Section::HeaderFields(None, Vec1::from(AString::try_from("subject").unwrap()))));
         assert_eq!(f, b"Subject: hi\r\n\r\n");
     }
 
@@ -423,9 +493,17 @@ mod tests {
         assert_eq!(section(NESTED, Some(&Section::Part(part(&[2, 2])))), b"<p>two</p>");
         assert_eq!(section(NESTED, Some(&Section::Mime(part(&[2, 1])))), b"Content-Type: text/plain\r\n\r\n");
         let text = section(NESTED, Some(&Section::Text(Some(part(&[2])))));
-        assert!(text.starts_with(b"pre\r\n--i") && text.ends_with(b"epilogue\r\n"), "{}", String::from_utf8_lossy(&text));
+        assert!(
+            text.starts_with(b"pre\r\n--i") && text.ends_with(b"epilogue\r\n"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
         let head = section(NESTED, Some(&Section::Header(Some(part(&[2])))));
-        assert!(head.starts_with(b"From: b@y.it") && head.ends_with(b"boundary=i\r\n\r\n"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"From: b@y.it") && head.ends_with(b"boundary=i\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         let whole = section(NESTED, Some(&Section::Part(part(&[2]))));
         assert!(whole.starts_with(b"From: b@y.it") && whole.ends_with(b"epilogue\r\n"));
     }
@@ -435,7 +513,9 @@ mod tests {
         let m = parse(NESTED).unwrap();
         let BodyStructure::Multi { bodies, .. } = body_structure(NESTED, Some(&m)) else { panic!("not multi") };
         let BodyStructure::Single { body, .. } = &bodies.as_ref()[1] else { panic!("not single") };
-        let SpecificFields::Message { body_structure, number_of_lines, .. } = &body.specific else { panic!("not message") };
+        let SpecificFields::Message { body_structure, number_of_lines, .. } = &body.specific else {
+            panic!("not message")
+        };
         assert!(*number_of_lines > 0);
         let BodyStructure::Multi { bodies: inner, .. } = &**body_structure else { panic!("inner not multi") };
         let BodyStructure::Single { body: first, .. } = &inner.as_ref()[0] else { panic!() };
@@ -465,12 +545,7 @@ mod tests {
 
     #[test]
     fn garbage_does_not_panic() {
-        for raw in [
-            &b""[..],
-            b"\r\n",
-            b"Content-Type: multipart/mixed\r\n\r\n--",
-            b"\xff\xfe\x00",
-        ] {
+        for raw in [&b""[..], b"\r\n", b"Content-Type: multipart/mixed\r\n\r\n--", b"\xff\xfe\x00"] {
             let m = parse(raw);
             let _ = body_structure(raw, m.as_ref());
             let _ = envelope(m.as_ref());
@@ -478,4 +553,3 @@ mod tests {
         }
     }
 }
-

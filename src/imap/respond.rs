@@ -8,9 +8,8 @@ use imap_next::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute};
 use imap_next::imap_types::mailbox::Mailbox;
-use imap_next::imap_types::response::{
-    Bye, Capability, Code, CodeOther, Data, Status, StatusBody, StatusKind, Tagged,
-};
+use imap_next::imap_types::response::{Bye, Capability, Code, CodeOther, Data, Status, StatusBody, StatusKind, Tagged};
+use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use super::fetch;
 use super::io::Io;
@@ -21,20 +20,8 @@ pub fn text(s: impl Into<String>) -> Text<'static> {
     Text::try_from(s).unwrap_or_else(|_| Text::unvalidated("error"))
 }
 
-pub fn tagged(
-    tag: Tag<'static>,
-    kind: StatusKind,
-    code: Option<Code<'static>>,
-    t: &str,
-) -> Status<'static> {
-    Status::Tagged(Tagged {
-        tag,
-        body: StatusBody {
-            kind,
-            code,
-            text: text(t),
-        },
-    })
+pub fn tagged(tag: Tag<'static>, kind: StatusKind, code: Option<Code<'static>>, t: &str) -> Status<'static> {
+    Status::Tagged(Tagged { tag, body: StatusBody { kind, code, text: text(t) } })
 }
 
 pub fn ok(tag: Tag<'static>, t: &str) -> Status<'static> {
@@ -59,27 +46,15 @@ pub fn noperm(tag: Tag<'static>, t: &str) -> Status<'static> {
 
 pub fn serverbug(tag: Tag<'static>, e: &dyn std::fmt::Display) -> Status<'static> {
     tracing::error!(error = %e, "IMAP command failed on the server side");
-    tagged(
-        tag,
-        StatusKind::No,
-        Some(other_code("SERVERBUG")),
-        "internal error; the administrator can see the log",
-    )
+    tagged(tag, StatusKind::No, Some(other_code("SERVERBUG")), "internal error; the administrator can see the log")
 }
 
 pub fn untagged(kind: StatusKind, code: Option<Code<'static>>, t: &str) -> Status<'static> {
-    Status::Untagged(StatusBody {
-        kind,
-        code,
-        text: text(t),
-    })
+    Status::Untagged(StatusBody { kind, code, text: text(t) })
 }
 
 pub fn bye(t: &str) -> Status<'static> {
-    Status::Bye(Bye {
-        code: None,
-        text: text(t),
-    })
+    Status::Bye(Bye { code: None, text: text(t) })
 }
 
 pub fn cap(s: &'static str) -> Capability<'static> {
@@ -119,11 +94,39 @@ pub fn unavailable(tag: Tag<'static>) -> Status<'static> {
     no_code(tag, "UNAVAILABLE", "the archive refuses writes")
 }
 
+pub fn nz64(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN)
+}
+
+/// Ascending numbers as a sequence set of ranges (`1:3,7`), or `None`
+/// for none.
+pub fn sequence_set(sorted: impl Iterator<Item = u32>) -> Option<SequenceSet> {
+    let mut out: Vec<Sequence> = Vec::new();
+    let mut run: Option<(u32, u32)> = None;
+    let push = |out: &mut Vec<Sequence>, (a, b): (u32, u32)| {
+        out.push(match a == b {
+            true => Sequence::Single(SeqOrUid::Value(nz(a))),
+            false => Sequence::Range(SeqOrUid::Value(nz(a)), SeqOrUid::Value(nz(b))),
+        })
+    };
+    for n in sorted.filter(|n| *n > 0) {
+        run = match run {
+            Some((a, b)) if n == b || n == b.saturating_add(1) => Some((a, n)),
+            Some(r) => {
+                push(&mut out, r);
+                Some((n, n))
+            }
+            None => Some((n, n)),
+        };
+    }
+    if let Some(r) = run {
+        push(&mut out, r);
+    }
+    Vec1::try_from(out).ok().map(SequenceSet)
+}
+
 pub fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
-    let v: Vec<UidElement> = uids
-        .filter_map(NonZeroU32::new)
-        .map(UidElement::Single)
-        .collect();
+    let v: Vec<UidElement> = uids.filter_map(NonZeroU32::new).map(UidElement::Single).collect();
     Vec1::try_from(v).ok().map(UidSet)
 }
 
@@ -147,15 +150,14 @@ pub fn mbox(name: &str) -> Mailbox<'static> {
 }
 
 pub fn attr(name: &str) -> Option<FlagNameAttribute<'static>> {
-    Atom::try_from(name.to_string())
-        .ok()
-        .map(FlagNameAttribute::from)
+    Atom::try_from(name.to_string()).ok().map(FlagNameAttribute::from)
 }
 
-/// An unsolicited `* n FETCH (UID u FLAGS (...))` for the message at index
-/// `i` of the selected folder.
-pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &Msg, seen: bool, recent: bool) {
-    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen, recent))];
+/// An unsolicited FETCH of a message's flags (with its MODSEQ for a
+/// CONDSTORE client).
+pub fn flags_update(io: &mut Io, i: usize, uid: u32, meta: &Msg, seen: bool, recent: bool, modseq: Option<u64>) {
+    let mut items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags_of(meta, seen, recent))];
+    items.extend(modseq.map(|m| MessageDataItem::ModSeq(nz64(m))));
     if let Ok(items) = Vec1::try_from(items) {
         io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
     }
@@ -166,9 +168,7 @@ pub fn flags_of(meta: &Msg, seen: bool, recent: bool) -> Vec<FlagFetch<'static>>
         .flags
         .iter()
         .filter_map(|f| {
-            Flag::try_from(f.as_str())
-                .ok()
-                .map(|f| FlagFetch::Flag(imap_next::imap_types::ToStatic::to_static(&f)))
+            Flag::try_from(f.as_str()).ok().map(|f| FlagFetch::Flag(imap_next::imap_types::ToStatic::to_static(&f)))
         })
         .collect();
     if seen {
@@ -189,13 +189,16 @@ pub fn flags_of(meta: &Msg, seen: bool, recent: bool) -> Vec<FlagFetch<'static>>
 /// builds and, like a 5-digit year, wrote an invalid date-time otherwise.)
 pub fn internal_date(d: chrono::DateTime<chrono::Utc>) -> imap_next::imap_types::datetime::DateTime {
     use chrono::{NaiveDate, SubsecRound};
-    let bound = |y, m, d, h, mi, s| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(h, mi, s)).map(|t| t.and_utc());
+    let bound =
+        |y, m, d, h, mi, s| NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(h, mi, s)).map(|t| t.and_utc());
     let (Some(first), Some(last)) = (bound(0, 1, 1, 0, 0, 0), bound(9999, 12, 31, 23, 59, 59)) else {
         unreachable!("both are valid dates")
     };
     imap_next::imap_types::datetime::DateTime::unvalidated(d.trunc_subsecs(0).clamp(first, last).fixed_offset())
 }
 
+/// The items FETCH asked for, of one message; `Err` for a BINARY of a
+/// part whose transfer encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
 pub fn message_items(
     names: &[MessageDataItemName<'static>],
     uid: u32,
@@ -204,7 +207,7 @@ pub fn message_items(
     recent: bool,
     newly_seen: bool,
     raw: Option<&[u8]>,
-) -> Vec<MessageDataItem<'static>> {
+) -> Result<Vec<MessageDataItem<'static>>, fetch::UnknownCte> {
     // Parsed only for the items that need the structure (ENVELOPE, BODY,
     // BODYSTRUCTURE): a parse decodes every part, attachments included,
     // and BODY[] or RFC822.SIZE need none of it.
@@ -223,22 +226,15 @@ pub fn message_items(
             MessageDataItemName::Rfc822Size => {
                 MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
             }
-            MessageDataItemName::ModSeq => {
-                MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+            MessageDataItemName::ModSeq => MessageDataItem::ModSeq(nz64(meta.modseq)),
+            MessageDataItemName::Envelope => MessageDataItem::Envelope(fetch::envelope(parsed().as_ref())),
+            MessageDataItemName::Body => {
+                MessageDataItem::Body(fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()))
             }
-            MessageDataItemName::Envelope => {
-                MessageDataItem::Envelope(fetch::envelope(parsed().as_ref()))
+            MessageDataItemName::BodyStructure => {
+                MessageDataItem::BodyStructure(fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()))
             }
-            MessageDataItemName::Body => MessageDataItem::Body(fetch::body_structure(
-                raw.unwrap_or_default(),
-                parsed().as_ref(),
-            )),
-            MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(
-                fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()),
-            ),
-            MessageDataItemName::Rfc822 => {
-                MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec()))
-            }
+            MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec())),
             MessageDataItemName::Rfc822Header => {
                 let r = raw.unwrap_or_default();
                 MessageDataItem::Rfc822Header(fetch::literal(r[..fetch::header_end(r)].to_vec()))
@@ -247,31 +243,56 @@ pub fn message_items(
                 let r = raw.unwrap_or_default();
                 MessageDataItem::Rfc822Text(fetch::literal(r[fetch::header_end(r)..].to_vec()))
             }
-            MessageDataItemName::BodyExt {
-                section, partial, ..
-            } => {
-                let bytes = fetch::partial(
-                    fetch::section(raw.unwrap_or_default(), section.as_ref()),
-                    *partial,
-                );
+            MessageDataItemName::BodyExt { section, partial, .. } => {
+                let bytes = fetch::partial(fetch::section(raw.unwrap_or_default(), section.as_ref()), *partial);
                 MessageDataItem::BodyExt {
                     section: section.clone(),
                     origin: partial.map(|p| p.0),
                     data: fetch::literal(bytes),
                 }
             }
-            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => continue,
+            MessageDataItemName::Binary { section, partial, .. } => {
+                let numbers: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                match fetch::binary(raw.unwrap_or_default(), &numbers) {
+                    Ok(bytes) => MessageDataItem::Binary {
+                        section: section.clone(),
+                        value: fetch::literal8(fetch::partial(bytes, *partial)),
+                    },
+                    Err(fetch::UnknownCte) => return Err(fetch::UnknownCte),
+                }
+            }
+            MessageDataItemName::BinarySize { section } => {
+                let numbers: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                match fetch::binary(raw.unwrap_or_default(), &numbers) {
+                    Ok(bytes) => MessageDataItem::BinarySize {
+                        section: section.clone(),
+                        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                    },
+                    Err(fetch::UnknownCte) => return Err(fetch::UnknownCte),
+                }
+            }
         };
         out.push(item);
     }
     if newly_seen && !flags_sent {
         out.push(MessageDataItem::Flags(flags_of(meta, true, recent)));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sequence_sets_are_runs() {
+        let s = |v: &[u32]| super::sequence_set(v.iter().copied()).map(|s| format!("{s:?}"));
+        assert_eq!(s(&[]), None);
+        let set = super::sequence_set([1, 2, 3, 5, 7, 8].into_iter()).expect("set");
+        assert_eq!(set.0.as_ref().len(), 3);
+        let one = super::sequence_set([4].into_iter()).expect("set");
+        assert_eq!(one.0.as_ref().len(), 1);
+        assert!(s(&[0]).is_none());
+    }
+
     use chrono::{DateTime, FixedOffset, NaiveDate};
     use imap_next::imap_types::datetime::DateTime as ImapDateTime;
 
@@ -280,7 +301,10 @@ mod tests {
     #[test]
     fn internal_dates_are_valid_imap_date_times() {
         let at = |y, mo, d, h, nanos| {
-            NaiveDate::from_ymd_opt(y, mo, d).and_then(|d| d.and_hms_nano_opt(h, 14, 55, nanos)).expect("date").and_utc()
+            NaiveDate::from_ymd_opt(y, mo, d)
+                .and_then(|d| d.and_hms_nano_opt(h, 14, 55, nanos))
+                .expect("date")
+                .and_utc()
         };
         for (stored, shown) in [
             (at(2026, 11, 25, 10, 592_847_131), "2026-11-25T10:14:55+00:00"),

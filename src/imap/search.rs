@@ -18,11 +18,11 @@ use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 
 use super::fetch;
-use crate::store::fields::SearchFields as Fields;
 use super::recent::Recent;
-use super::uidset::UidSet;
 use super::shared::{Entries, Msg};
+use super::uidset::UidSet;
 use crate::store::fields::MatchFields;
+use crate::store::fields::SearchFields as Fields;
 use crate::store::{BlobHash, FieldsReader, Store};
 
 /// One message as SEARCH sees it.
@@ -251,7 +251,9 @@ fn scanned(
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one"),
+        Err(e) => {
+            tracing::warn!(error = %e, "SEARCH cannot read the fields cache through: looking messages up one by one")
+        }
     }
     for i in (0..msgs.len()).filter(|&i| !done[i]) {
         if evaluate(store, Some(reader), msgs, i, seen, recent, keys, Need::Fields, ft).0 {
@@ -264,7 +266,9 @@ fn scanned(
 /// A SHA-256 blob hash's first 64 bits.
 fn bits(h: &BlobHash) -> Option<u64> {
     match h {
-        BlobHash::Sha256(raw) => Some(u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]])),
+        BlobHash::Sha256(raw) => {
+            Some(u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]))
+        }
         BlobHash::Other(_) => None,
     }
 }
@@ -341,8 +345,8 @@ fn evaluate(
             Some(r) => r.get(&hash),
             None => store.search_fields(&hash),
         }
-            .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
-            .ok(),
+        .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SEARCH cannot read a message"))
+        .ok(),
         _ => None,
     };
     let src = Source { fields: fields.as_ref().map(Fields::matching), raw: raw.as_deref(), fulltext: Some(ft) };
@@ -359,6 +363,20 @@ pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
             (a.min(b)..=a.max(b)).contains(&n)
         }
     })
+}
+
+/// The largest number `set` names (`*` being `max`).
+pub fn set_max(set: &SequenceSet, max: u32) -> u32 {
+    use imap_next::imap_types::sequence::Sequence;
+    set.0
+        .as_ref()
+        .iter()
+        .map(|s| match s {
+            Sequence::Single(v) => resolve(v, max),
+            Sequence::Range(a, b) => resolve(a, max).max(resolve(b, max)),
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn resolve(v: &imap_next::imap_types::sequence::SeqOrUid, max: u32) -> u32 {
@@ -393,12 +411,7 @@ fn date_of(d: &DateTime<Utc>) -> NaiveDate {
 }
 
 /// Evaluate `key` for one message; `src` has what [`need`] asked for.
-pub fn matches(
-    key: &SearchKey<'_>,
-    c: &Candidate<'_>,
-    src: Source<'_>,
-    flags_lc: &[String],
-) -> bool {
+pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, src: Source<'_>, flags_lc: &[String]) -> bool {
     let raw = src.raw;
     let has = |f: &str| flags_lc.iter().any(|x| x.eq_ignore_ascii_case(f));
     let header = |name: &str, needle: &[u8]| -> bool {
@@ -417,10 +430,8 @@ pub fn matches(
         let Some(m) = fetch::parse(raw) else {
             return false;
         };
-        (0..m.text_body_count()).any(|i| {
-            m.body_text(i)
-                .is_some_and(|t| contains(t.as_bytes(), needle))
-        }) || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
+        (0..m.text_body_count()).any(|i| m.body_text(i).is_some_and(|t| contains(t.as_bytes(), needle)))
+            || (with_header && m.subject().is_some_and(|s| contains(s.as_bytes(), needle)))
     };
     let sent = || src.fields.and_then(|f| f.sent());
     match key {
@@ -469,7 +480,6 @@ pub fn matches(
         SearchKey::ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -521,12 +531,19 @@ mod tests {
         // The listing a SELECT reads (in two parts, from 1,024 entries in
         // tests) is the same.
         let listed = store
-            .scan_folder("prot", "INBOX", crate::imap::shared::FlagSets::default, |s, b| Msg::from_brief(b, s, |_| true))
+            .scan_folder("prot", "INBOX", crate::imap::shared::FlagSets::default, |s, b| {
+                Msg::from_brief(b, s, |_| true)
+            })
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(listed, msgs);
         let seen: UidSet = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
         let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
-        let d = |day| imap_next::imap_types::datetime::NaiveDate::try_from(chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
+        let d = |day| {
+            imap_next::imap_types::datetime::NaiveDate::try_from(
+                chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap_or_default(),
+            )
+            .unwrap_or_else(|_| unreachable!())
+        };
         let cases: Vec<Vec<SearchKey<'_>>> = vec![
             vec![SearchKey::Subject(s("Pratica 4100"))],
             vec![SearchKey::From(s("mittente3"))],
@@ -553,7 +570,15 @@ mod tests {
         // does.
         let mut odd = msgs.clone();
         odd.push((u32::MAX, Msg { hash: BlobHash::parse("not-cached"), ..msgs[0].1.clone() }));
-        let hits = run(&store, &odd, &seen, &Recent::default(), &[SearchKey::Subject(s("Pratica"))], true, &FullTextHits::default());
+        let hits = run(
+            &store,
+            &odd,
+            &seen,
+            &Recent::default(),
+            &[SearchKey::Subject(s("Pratica"))],
+            true,
+            &FullTextHits::default(),
+        );
         assert_eq!(hits.len(), n, "every cached one, not the unreadable one");
         let keys = [SearchKey::Not(Box::new(SearchKey::Subject(s("Pratica"))))];
         assert_eq!(run(&store, &odd, &seen, &Recent::default(), &keys, true, &FullTextHits::default()), vec![u32::MAX]);
@@ -604,7 +629,10 @@ mod tests {
     fn header_keys_match_cached_fields() {
         use imap_next::imap_types::core::AString;
         let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
-        assert!(matches_fields(&SearchKey::From(s("città")), MSG) || matches_fields(&SearchKey::From(s("Tributi Citt")), MSG));
+        assert!(
+            matches_fields(&SearchKey::From(s("città")), MSG)
+                || matches_fields(&SearchKey::From(s("Tributi Citt")), MSG)
+        );
         assert!(matches_fields(&SearchKey::From(s("COMUNE.EXAMPLE")), MSG), "case-insensitive");
         assert!(matches_fields(&SearchKey::Subject(s("pratica n. 42")), MSG));
         assert!(matches_fields(&SearchKey::To(s("b@example")), MSG));

@@ -318,6 +318,18 @@ impl Session {
                     io.maybe_drain().await?;
                 }
                 Got::Ev(Err(IoError::Protocol(e))) => {
+                    // A form of an extension imap-codec does not parse?
+                    let ext = match &e {
+                        ServerError::MalformedMessage { discarded_bytes } => {
+                            super::extended::parse(discarded_bytes.declassify())
+                        }
+                        _ => None,
+                    };
+                    if let Some(ext) = ext {
+                        Box::pin(self.extended(io, ext)).await?;
+                        io.maybe_drain().await?;
+                        continue;
+                    }
                     self.bad += 1;
                     self.protocol_error(io, e);
                     if self.bad > MAX_BAD {
@@ -334,12 +346,55 @@ impl Session {
                         super::scan::Exceeded::Literal { .. } => "[TOOBIG] ",
                     };
                     let _ = io.drain().await;
-                    let _ = io.write_raw(format!("* BAD {code}{e}\r\n* BYE closing the connection\r\n").as_bytes()).await;
+                    let _ =
+                        io.write_raw(format!("* BAD {code}{e}\r\n* BYE closing the connection\r\n").as_bytes()).await;
                     return Ok(Flow::Logout);
                 }
                 Got::Ev(Err(e)) => return Err(e.into()),
             }
         }
+    }
+
+    /// A command of an extension imap-codec does not parse (see
+    /// `imap::extended`): ESEARCH's `SEARCH RETURN (...)`.
+    async fn extended(&mut self, io: &mut Io, ext: super::extended::Extended) -> Result<(), SessionError> {
+        use super::extended::Extended;
+        let name = match &ext {
+            Extended::List(_) => "LIST",
+            _ => "SEARCH",
+        };
+        crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
+        if !self.resync_user(io) {
+            return Ok(());
+        }
+        match ext {
+            Extended::Refused { tag, why } => match Tag::try_from(tag) {
+                Ok(tag) => io.status(bad(tag, why)),
+                Err(_) => io.status(untagged(StatusKind::Bad, None, why)),
+            },
+            Extended::List(list) => match (&self.state, Tag::try_from(list.tag.clone())) {
+                (State::Authenticated(user) | State::Selected(user, _), Ok(tag)) => {
+                    authenticated::list_extended(io, tag, &user.view, &list)
+                }
+                (_, Ok(tag)) => io.status(bad(tag, "log in first")),
+                (_, Err(_)) => io.status(untagged(StatusKind::Bad, None, "unreadable tag")),
+            },
+            Extended::Search { command, ret } => {
+                let (tag, body) = (command.tag, command.body);
+                let CommandBody::Search { criteria, uid, .. } = &body else { return Ok(()) };
+                match &mut self.state {
+                    State::Selected(user, sel) => match permission::check(&user.view, Some(sel), &body) {
+                        Err(d) => io.status(denied(tag, d)),
+                        Ok(_) => {
+                            selected::search(&self.conn, user, sel, io, tag, criteria.as_ref(), *uid, Some(ret)).await?
+                        }
+                    },
+                    State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
+                    State::Authenticated(_) => io.status(bad(tag, "SEARCH needs a selected folder; SELECT one first")),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Answer what the parser refused: tagged when the tag can be read.
@@ -351,9 +406,7 @@ impl Session {
             ServerError::ExpectedCrlfGotLf { discarded_bytes } => {
                 (discarded_bytes.declassify(), "lines must end with CRLF")
             }
-            ServerError::MalformedMessage { discarded_bytes } => {
-                (discarded_bytes.declassify(), "invalid syntax")
-            }
+            ServerError::MalformedMessage { discarded_bytes } => (discarded_bytes.declassify(), "invalid syntax"),
         };
         let msg = match command_word(bytes) {
             Some(w) => format!("{w}: {what}"),
@@ -524,7 +577,14 @@ impl Session {
                         io.status(st);
                         Transition::None
                     }
-                    Ok(allowed) => authenticated::handle(conn, user, io, tag, body, allowed).await,
+                    Ok(allowed) => {
+                        if matches!(body, CommandBody::Select { .. } | CommandBody::Examine { .. }) {
+                            // RFC 7162 §3.2.11: the folder selected until now
+                            // is closed before anything of the new one.
+                            io.status(untagged(StatusKind::Ok, Some(Code::Closed), "previous folder closed"));
+                        }
+                        authenticated::handle(conn, user, io, tag, body, allowed).await
+                    }
                 },
                 State::Logout => Transition::Logout,
             },

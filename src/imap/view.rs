@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::recent::Recent;
+use super::shared::{Entries, FlagSets, Msg, SharedMetas, Stamp, Version};
+use super::uidset::UidSet;
 use crate::auth::{Right, User};
 use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::reconcile::SentMessage;
-use super::recent::Recent;
-use super::uidset::UidSet;
-use super::shared::{Entries, FlagSets, Msg, SharedMetas, Stamp, Version};
-use crate::store::{BlobHash, MessageMeta, Store, StoreError};
+use crate::store::{time_modseq, BlobHash, MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
 
@@ -61,7 +61,6 @@ pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 /// keywords), shared with other sessions (see [`super::shared`]), and the
 /// UIDs this user has seen.
 pub type Snapshot = (Arc<Entries>, Arc<UidSet>);
-
 
 /// One selectable folder as the user sees it. `Default` is a plain
 /// folder of nothing: each kind states only what makes it one.
@@ -136,6 +135,11 @@ pub struct ListEntry {
 }
 
 /// Counters of a folder as STATUS and SELECT report them.
+/// `Counts::highest_modseq` of a folder without MODSEQs of its own (the
+/// virtual ones: All, Trash, the handling views, Undelivered, campaigns):
+/// RFC 7162's NOMODSEQ, and STATUS HIGHESTMODSEQ 0.
+pub const NOMODSEQ: u64 = 0;
+
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
     pub uidvalidity: u32,
@@ -172,14 +176,7 @@ pub struct View {
 
 impl View {
     pub fn new(user: Arc<User>, store: Store) -> View {
-        View {
-            user,
-            store,
-            overdue_after: None,
-            rules: LiveRules::default(),
-            metas: Arc::default(),
-            recent: None,
-        }
+        View { user, store, overdue_after: None, rules: LiveRules::default(), metas: Arc::default(), recent: None }
     }
 
     /// Share snapshot entries through `metas` (one table per server).
@@ -273,10 +270,7 @@ impl View {
             });
         }
         for m in self.user.visible_mailboxes() {
-            out.push(ListEntry {
-                name: m.to_string(),
-                folder: None,
-            });
+            out.push(ListEntry { name: m.to_string(), folder: None });
             for (leaf, sf, su) in LEAVES {
                 let name = format!("{m}{DELIMITER}{leaf}");
                 out.push(ListEntry {
@@ -319,18 +313,15 @@ impl View {
             kinds.extend(offices.iter().map(|o| ViewKind::Office(o.clone())));
             kinds.push(ViewKind::Done);
             for kind in kinds {
-                if matches!(kind, ViewKind::Office(_)) && !out.iter().any(|e| e.name == format!("{m}{DELIMITER}{OFFICES}")) {
+                if matches!(kind, ViewKind::Office(_))
+                    && !out.iter().any(|e| e.name == format!("{m}{DELIMITER}{OFFICES}"))
+                {
                     out.push(ListEntry { name: format!("{m}{DELIMITER}{OFFICES}"), folder: None });
                 }
                 let name = format!("{m}{DELIMITER}{}", kind.leaf());
                 out.push(ListEntry {
                     name: name.clone(),
-                    folder: Some(Folder {
-                        name,
-                        mailbox: m.to_string(),
-                        handling: Some(kind),
-                        ..Default::default()
-                    }),
+                    folder: Some(Folder { name, mailbox: m.to_string(), handling: Some(kind), ..Default::default() }),
                 });
             }
             self.campaign_folders(m, &mut out);
@@ -438,11 +429,7 @@ impl View {
     /// The folder called `name` (INBOX case-insensitively).
     pub fn resolve(&self, name: &str) -> Result<Folder, ViewError> {
         let norm = normalize(name);
-        self.tree()
-            .into_iter()
-            .filter_map(|e| e.folder)
-            .find(|f| f.name == norm)
-            .ok_or(ViewError::NotFound)
+        self.tree().into_iter().filter_map(|e| e.folder).find(|f| f.name == norm).ok_or(ViewError::NotFound)
     }
 
     /// The PEC mailbox a folder name lies under (`prot` for `prot/A/B`),
@@ -546,7 +533,10 @@ impl View {
                 // `\Seen` is the user's on the INBOX message.
                 Some(_) => {
                     let inbox = UidSet::from_sorted(self.store.seen_uids(&self.user.name, &f.mailbox, INBOX)?);
-                    msgs.iter().filter(|(_, m)| m.source_uid.is_some_and(|u| inbox.contains(u))).map(|(v, _)| *v).collect()
+                    msgs.iter()
+                        .filter(|(_, m)| m.source_uid.is_some_and(|u| inbox.contains(u)))
+                        .map(|(v, _)| *v)
+                        .collect()
                 }
                 None => UidSet::from_sorted(self.store.seen_uids(&self.user.name, &f.mailbox, f.source())?),
             })
@@ -566,7 +556,11 @@ impl View {
     /// folders: (its UID here, folder, UID there, metadata), with this
     /// user's `\\Seen` from each message's folder and `source_uid` its UID
     /// there; computed keywords and PEC metadata left out.
-    fn gathered(&self, f: &Folder, items: impl Iterator<Item = (u32, String, u32, MessageMeta)>) -> Result<Snapshot, ViewError> {
+    fn gathered(
+        &self,
+        f: &Folder,
+        items: impl Iterator<Item = (u32, String, u32, MessageMeta)>,
+    ) -> Result<Snapshot, ViewError> {
         let mut msgs = Vec::new();
         let mut seen = Vec::new();
         let mut seen_in: HashMap<String, UidSet> = HashMap::new();
@@ -674,6 +668,10 @@ impl View {
                 }
                 if let Some(s) = state {
                     m.flags.extend(s.keywords(now).into_iter().map(str::to_string));
+                    // As new as the last receipt, or the deadline once
+                    // it passed (RFC 7162: what changes gets a MODSEQ).
+                    let due = s.deadline().filter(|d| *d <= now).map_or(0, time_modseq);
+                    m.modseq = m.modseq.max(s.modseq).max(due);
                 }
                 out.push((uid, Msg::from_meta(&m, &mut sets)));
             }
@@ -681,10 +679,9 @@ impl View {
         }
         // Any other folder: read in place from the index, each entry
         // straight into its compact form.
-        let mut msgs =
-            self.store.scan_folder(&f.mailbox, sf, FlagSets::default, |sets, b| {
-                Msg::from_brief(b, sets, |fl| !is_pec_keyword(fl))
-            })?;
+        let mut msgs = self.store.scan_folder(&f.mailbox, sf, FlagSets::default, |sets, b| {
+            Msg::from_brief(b, sets, |fl| !is_pec_keyword(fl))
+        })?;
         if sf == INBOX {
             let states: HashMap<BlobHash, crate::handling::Handling> =
                 self.store.handling_all(&f.mailbox)?.into_iter().map(|(h, s)| (BlobHash::parse(&h), s)).collect();
@@ -693,6 +690,9 @@ impl View {
                     if let Some(h) = states.get(&m.hash) {
                         let kw = h.keywords(now);
                         m.flags = sets.get(m.flags.iter().map(String::as_str).chain(kw.iter().copied()));
+                        if h.is_overdue(now) {
+                            m.modseq = m.modseq.max(h.due.map_or(0, time_modseq));
+                        }
                     }
                 }
             }
@@ -736,9 +736,9 @@ impl View {
         let mut sets = FlagSets::default();
         let most = old.len() / 4;
         let keep = |fl: &str| !is_pec_keyword(fl);
-        let changed = self.store.folder_changes(&f.mailbox, f.source(), stamp.generation, most, |b| {
-            Msg::from_brief(b, &mut sets, keep)
-        })?;
+        let changed = self
+            .store
+            .folder_changes(&f.mailbox, f.source(), stamp.generation, most, |b| Msg::from_brief(b, &mut sets, keep))?;
         Ok(changed.map(|(st, changes)| {
             let version = st.map(|st| (st.uidvalidity, st.uidnext, st.exists, st.highest_modseq));
             (super::shared::merge(&old, changes), version)
@@ -777,7 +777,7 @@ impl View {
                 uidnext: self.store.last_trash_uid(&f.mailbox)?.saturating_add(1),
                 exists,
                 unseen,
-                highest_modseq: 1,
+                highest_modseq: NOMODSEQ,
             };
             return Ok((counts, snap));
         }
@@ -788,16 +788,18 @@ impl View {
                 uidnext: self.store.last_all_uid(&f.mailbox)?.saturating_add(1),
                 exists,
                 unseen,
-                highest_modseq: 1,
+                highest_modseq: NOMODSEQ,
             };
             return Ok((counts, snap));
         }
         if let Some(id) = &f.campaign {
             // Notices are numbered once, at creation: the UIDs never
             // change, and the UIDVALIDITY is the campaign id's.
-            let uidvalidity = id.bytes().fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619)) | 1 << 31;
+            let uidvalidity =
+                id.bytes().fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619)) | 1 << 31;
             let total = self.store.campaign(id)?.map_or(0, |c| c.spec.total);
-            let counts = Counts { uidvalidity, uidnext: total.saturating_add(1), exists, unseen, highest_modseq: 1 };
+            let counts =
+                Counts { uidvalidity, uidnext: total.saturating_add(1), exists, unseen, highest_modseq: NOMODSEQ };
             return Ok((counts, snap));
         }
         if let Some(kind) = &f.handling {
@@ -809,7 +811,7 @@ impl View {
                 uidnext: self.store.last_view_uid(&f.mailbox)?.saturating_add(1),
                 exists,
                 unseen,
-                highest_modseq: 1,
+                highest_modseq: NOMODSEQ,
             };
             return Ok((counts, snap));
         }
@@ -823,23 +825,29 @@ impl View {
             }
             st
         });
+        // A message's MODSEQ may be newer than the folder's last record
+        // (a receipt, a deadline passed: see `folder_messages`).
+        let newest = snap.0.iter().map(|(_, m)| m.modseq).max().unwrap_or(0);
         let counts = match st {
+            // Undelivered is a view: messages leave it without a record
+            // of its own, which no MODSEQ would tell (RFC 7162 NOMODSEQ).
+            Some(st) if f.store_folder.is_none() => Counts {
+                uidvalidity: st.uidvalidity,
+                uidnext: st.uidnext.max(1),
+                exists,
+                unseen,
+                highest_modseq: NOMODSEQ,
+            },
             Some(st) => Counts {
                 uidvalidity: st.uidvalidity,
                 uidnext: st.uidnext.max(1),
                 exists,
                 unseen,
-                highest_modseq: st.highest_modseq,
+                highest_modseq: st.highest_modseq.max(newest),
             },
             // Not created yet (nothing archived there): an empty folder
             // whose UIDVALIDITY changes once, harmlessly, when it is created.
-            None => Counts {
-                uidvalidity: 1,
-                uidnext: 1,
-                exists: 0,
-                unseen: 0,
-                highest_modseq: 1,
-            },
+            None => Counts { uidvalidity: 1, uidnext: 1, exists: 0, unseen: 0, highest_modseq: 1 },
         };
         Ok((counts, snap))
     }
@@ -872,8 +880,20 @@ fn recent_key(f: &Folder) -> String {
 /// be called so, nor live under one (compared without case: `inbox`,
 /// `sent`).
 pub const RESERVED: [&str; 14] = [
-    "INBOX", "Sent", "Receipts", "Anomalies", "Undelivered", "Trash", "To handle", "Mine", "Offices", "Done", "All", "Drafts",
-    "Templates", "Campaigns",
+    "INBOX",
+    "Sent",
+    "Receipts",
+    "Anomalies",
+    "Undelivered",
+    "Trash",
+    "To handle",
+    "Mine",
+    "Offices",
+    "Done",
+    "All",
+    "Drafts",
+    "Templates",
+    "Campaigns",
 ];
 
 /// A campaign's folder name under `Campaigns`: its name, with what a

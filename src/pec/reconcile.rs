@@ -190,6 +190,15 @@ pub struct SentMessage {
     pub first_receipt_at: Option<DateTime<Utc>>,
     /// How long after submission a missing final receipt is overdue.
     pub overdue_after: Duration,
+    /// The MODSEQ of the last change to this state (given by the index
+    /// from the record that made it; 0 before any): the sent copy's
+    /// computed keywords are as new as this.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modseq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Does a delivery error say the recipient's mailbox was full? RFC 3463's
@@ -222,6 +231,7 @@ impl SentMessage {
             unattributed: BTreeMap::new(),
             first_receipt_at: None,
             overdue_after: DEFAULT_OVERDUE_AFTER,
+            modseq: 0,
         }
     }
 
@@ -366,13 +376,13 @@ impl SentMessage {
     }
 
     fn is_past_deadline(&self, now: DateTime<Utc>) -> bool {
-        let Some(start) = self.clock_start() else {
-            return false;
-        };
-        match chrono::Duration::from_std(self.overdue_after) {
-            Ok(delay) => start.checked_add_signed(delay).is_some_and(|deadline| now >= deadline),
-            Err(_) => false,
-        }
+        self.deadline().is_some_and(|deadline| now >= deadline)
+    }
+
+    /// When a recipient without a final receipt becomes overdue.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        let delay = chrono::Duration::from_std(self.overdue_after).ok()?;
+        self.clock_start()?.checked_add_signed(delay)
     }
 
     /// Status of one recipient record at `now`.

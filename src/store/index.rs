@@ -134,6 +134,7 @@ fn reconcile_archived(
     m: &PecMeta,
     hash: &str,
     internal_date: DateTime<Utc>,
+    time: DateTime<Utc>,
 ) -> TxResult<()> {
     let (k, ev) = match (&m.sent, key_of(&m.classification)) {
         (Some(s), _) => (s.key.clone(), ReconcileEvent::Submitted { recipients: s.recipients.clone(), at: s.at }),
@@ -153,9 +154,27 @@ fn reconcile_archived(
         if let (ReconcileEvent::Receipt(..), Some(id)) = (&ev, m.classification.message_id.as_deref()) {
             state.note_receipt_blob(id, hash);
         }
+        // Its sent copy's computed keywords may have changed.
+        state.modseq = next_modseq(state.modseq, time);
         sent.insert(tk, enc(&state))?;
     }
     Ok(())
+}
+
+/// The next MODSEQ of a folder whose last one is `prev`, for a change
+/// recorded at `time`: the record's time in microseconds, or `prev + 1`
+/// when the clock gives no more (RFC 7162 only asks that MODSEQs grow).
+/// Tied to the clock so that a keyword computed from time alone
+/// (`$PecOverdue`, at a deadline no record marks) can take the deadline
+/// as its MODSEQ and still sort after every change recorded before it
+/// (see [`time_modseq`]).
+pub fn next_modseq(prev: u64, time: DateTime<Utc>) -> u64 {
+    prev.saturating_add(1).max(time_modseq(time))
+}
+
+/// A moment as a MODSEQ: microseconds since 1970.
+pub fn time_modseq(time: DateTime<Utc>) -> u64 {
+    u64::try_from(time.timestamp_micros()).unwrap_or(0)
 }
 
 /// The `category` meta value: (last number, last UIDVALIDITY).
@@ -629,7 +648,8 @@ impl Index {
         };
         let db = open(FILE, cache.bytes)?;
         let derived = open(DERIVED_FILE, (cache.bytes / 4).max(4 << 20))?;
-        let index = Index { db, derived, durable: Mutex::new(Instant::now()), derived_durable: Mutex::new(Instant::now()) };
+        let index =
+            Index { db, derived, durable: Mutex::new(Instant::now()), derived_durable: Mutex::new(Instant::now()) };
         // Every table exists from the start, so readers never meet a
         // missing one.
         let tx = index.db.begin_write()?;
@@ -682,7 +702,11 @@ impl Index {
     /// entries it inserted, changed or removed (see `store::changes`) if
     /// `note` (the writer's batches; not a replay or a rebuild, whose
     /// million entries nobody holds a list of yet).
-    pub fn apply_batch(&self, records: &[(u64, DateTime<Utc>, &Event)], note: bool) -> Result<Vec<super::changes::Touched>, Error> {
+    pub fn apply_batch(
+        &self,
+        records: &[(u64, DateTime<Utc>, &Event)],
+        note: bool,
+    ) -> Result<Vec<super::changes::Touched>, Error> {
         for (seq, _, event) in records {
             if let Event::Archived { pec: Some(p), mailbox, folder, uid, .. } = event {
                 if let Some(why) = p.unrecognised_because() {
@@ -734,19 +758,29 @@ impl Index {
 
 /// Apply one record's event to the tables of the batch's transaction.
 fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -> Result<(), Error> {
-    let Tables { meta, folders, msgs, hashes, provider, sync, seen, seen_by, hidden, sent, handling, hstate, campaigns, notices } =
-        t;
+    let Tables {
+        meta,
+        folders,
+        msgs,
+        hashes,
+        provider,
+        sync,
+        seen,
+        seen_by,
+        hidden,
+        sent,
+        handling,
+        hstate,
+        campaigns,
+        notices,
+    } = t;
     match event {
         Event::None => {}
         Event::CampaignCreated { campaign } => {
             let k = campaign.id.as_bytes();
             if campaigns.get(k)?.is_none() {
-                let row = CampaignRow {
-                    spec: campaign.clone(),
-                    status: Status::Ready,
-                    created_at: time,
-                    changed_at: time,
-                };
+                let row =
+                    CampaignRow { spec: campaign.clone(), status: Status::Ready, created_at: time, changed_at: time };
                 campaigns.insert(k, enc(&row))?;
             }
         }
@@ -826,7 +860,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 let n = new.to_be_bytes();
                 ts.exists += 1;
                 ts.size += m.size;
-                ts.highest_modseq += 1;
+                ts.highest_modseq = next_modseq(ts.highest_modseq, time);
                 ts.uidnext = ts.uidnext.max(new + 1);
                 m.modseq = ts.highest_modseq;
                 m.label = true;
@@ -864,7 +898,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             };
             st.exists += 1;
             st.size += size;
-            st.highest_modseq += 1;
+            st.highest_modseq = next_modseq(st.highest_modseq, time);
             st.uidnext = st.uidnext.max(uid + 1);
             let m = MessageMeta {
                 hash: hash.clone(),
@@ -894,7 +928,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                     let m: MessageMeta = dec(&v)?;
                     st.exists = st.exists.saturating_sub(1);
                     st.size = st.size.saturating_sub(m.size);
-                    st.highest_modseq += 1;
+                    st.highest_modseq = next_modseq(st.highest_modseq, time);
                     // A purge may take the place a message is
                     // filed at: the mailbox no longer holds it.
                     let hk = hash_key(mailbox, &m.hash);
@@ -933,7 +967,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             }
             if !duplicate {
                 if let Some(m) = pec.as_ref().and_then(StoredPec::meta) {
-                    reconcile_archived(sent, mailbox, m, hash, *internal_date)?;
+                    reconcile_archived(sent, mailbox, m, hash, *internal_date, time)?;
                 }
                 let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
                 let mut st: FolderState = match folders.get(&fk)? {
@@ -942,7 +976,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                         return Err(Error::Invalid(format!("record {seq}: folder {mailbox}/{folder} does not exist")))
                     }
                 };
-                st.highest_modseq += 1;
+                st.highest_modseq = next_modseq(st.highest_modseq, time);
                 st.uidnext = st.uidnext.max(uid + 1);
                 st.exists += 1;
                 st.size += size;
@@ -1008,7 +1042,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 };
                 let new = op.apply(&m.flags, flags);
                 if new != m.flags {
-                    st.highest_modseq += 1;
+                    st.highest_modseq = next_modseq(st.highest_modseq, time);
                     m.flags = new;
                     m.modseq = st.highest_modseq;
                     msgs.insert(mk, enc(&m))?;
@@ -1017,8 +1051,20 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             folders.insert(fk, enc(&st))?;
         }
         Event::SeenChanged { user, mailbox, folder, uids, seen: on } => {
+            // A user's \Seen is part of what their client shows of the
+            // message: a new MODSEQ (CONDSTORE clients resynchronise it).
+            let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
+            let mut st = get_val::<FolderState>(folders, &fk)?;
             for uid in uids {
                 let u = uid.to_be_bytes();
+                if let Some(st) = st.as_mut() {
+                    let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
+                    if let Some(mut m) = get_val::<MessageMeta>(&msgs.t, &mk)? {
+                        st.highest_modseq = next_modseq(st.highest_modseq, time);
+                        m.modseq = st.highest_modseq;
+                        msgs.insert(mk, enc(&m))?;
+                    }
+                }
                 let k1 = key(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes(), &u]);
                 let k2 = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
                 let mut users: Vec<String> = get_val(seen_by, &k2)?.unwrap_or_default();
@@ -1035,6 +1081,9 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                     seen_by.insert(k2, enc(&users))?;
                 }
             }
+            if let Some(st) = st {
+                folders.insert(fk, enc(&st))?;
+            }
         }
         Event::Hidden { mailbox, folder, uids, .. } => {
             let fk = key(&[mailbox.as_bytes(), folder.as_bytes()]);
@@ -1045,7 +1094,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                         let m: MessageMeta = dec(&v)?;
                         st.exists = st.exists.saturating_sub(1);
                         st.size = st.size.saturating_sub(m.size);
-                        st.highest_modseq += 1;
+                        st.highest_modseq = next_modseq(st.highest_modseq, time);
                         // Numbered in the virtual Trash in the
                         // order of hiding: a fold over the
                         // journal, so a rebuild numbers alike.
@@ -1078,7 +1127,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 m.trash_uid = None;
                 st.exists += 1;
                 st.size += m.size;
-                st.highest_modseq += 1;
+                st.highest_modseq = next_modseq(st.highest_modseq, time);
                 st.uidnext = st.uidnext.max(new + 1);
                 m.modseq = st.highest_modseq;
                 msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
@@ -1103,10 +1152,10 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 let mut m: MessageMeta = dec(&v)?;
                 fs.exists = fs.exists.saturating_sub(1);
                 fs.size = fs.size.saturating_sub(m.size);
-                fs.highest_modseq += 1;
+                fs.highest_modseq = next_modseq(fs.highest_modseq, time);
                 ts.exists += 1;
                 ts.size += m.size;
-                ts.highest_modseq += 1;
+                ts.highest_modseq = next_modseq(ts.highest_modseq, time);
                 ts.uidnext = ts.uidnext.max(new + 1);
                 m.modseq = ts.highest_modseq;
                 msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
@@ -1158,7 +1207,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                     };
                     st.exists = st.exists.saturating_sub(1);
                     st.size = st.size.saturating_sub(m.size);
-                    st.highest_modseq += 1;
+                    st.highest_modseq = next_modseq(st.highest_modseq, time);
                     let k2 = key(&[mailbox.as_bytes(), it.folder.as_bytes(), &u]);
                     if let Some(users) = get_val::<Vec<String>>(seen_by, &k2)? {
                         seen_by.remove(k2)?;
@@ -1216,7 +1265,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 if let (Some(mut st), Some(mut m)) =
                     (get_val::<FolderState>(folders, &fk)?, get_val::<MessageMeta>(&msgs.t, &mk)?)
                 {
-                    st.highest_modseq += 1;
+                    st.highest_modseq = next_modseq(st.highest_modseq, time);
                     m.modseq = st.highest_modseq;
                     folders.insert(fk, enc(&st))?;
                     msgs.insert(mk, enc(&m))?;

@@ -37,7 +37,7 @@ use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::{BlobReader, BlobRef};
 pub use codec::{BlobHash, Brief};
-pub use index::{Dump, FolderState, MessageMeta, ProviderEntry};
+pub use index::{time_modseq, Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
 pub use record::{Audit, Event, ExpiredItem, FlagOp, HandledItem, ProviderRef, Record};
 pub use crate::pec::meta::{PecMeta, StoredPec};

@@ -46,7 +46,15 @@ flags_line = untagged.get("FLAGS", [b""])[0].decode()
 perm = " ".join(x.decode() for x in untagged.get("PERMANENTFLAGS", []))
 check(all(k in flags_line for k in PEC), "FLAGS names the $Pec keywords", flags_line)
 check("$Pec" not in perm and "\\*" in perm, "PERMANENTFLAGS leaves them out", perm)
-check("HIGHESTMODSEQ" not in untagged, "no HIGHESTMODSEQ without CONDSTORE", list(untagged))
+check("HIGHESTMODSEQ" in untagged, "HIGHESTMODSEQ at SELECT (CONDSTORE is offered)", list(untagged))
+# A computed keyword is as new as what made it: UID 1's receipts, UID 2's
+# deadline (sent two hours ago, overdue after one: its MODSEQ is at least
+# that moment in microseconds).
+typ, data = mario.uid("FETCH", "1:3", "(MODSEQ)")
+ms = {int(u): int(v) for u, v in (re.search(rb"UID (\d+) MODSEQ \((\d+)\)", d).groups() for d in data if d)}
+import time
+check(sorted(ms) == [1, 2, 3] and ms[2] >= int((time.time() - 3600 - 300) * 1e6),
+      "FETCH MODSEQ of the sent copies; the overdue one's is past its deadline", ms)
 
 check(pec(flags(mario, 1)) == {"$PecAccepted", "$PecPartiallyDelivered", "$PecFailed"},
       "UID 1: accepted, partially delivered, failed", flags(mario, 1))

@@ -97,7 +97,7 @@ async fn login(conn: &Conn, tag: Tag<'static>, name: String, password: String) -
             }
             let view = new_view(conn, user);
             ensure_private(conn, &view).await;
-            let authed = Box::new(Authed { view, _guard: guard });
+            let authed = Box::new(Authed { view, _guard: guard, enabled: Default::default() });
             // The capabilities change with login (LITERAL+, APPENDLIMIT).
             let caps = anystate::capabilities(conn, true);
             let code = Vec1::try_from(caps).ok().map(Code::Capability);

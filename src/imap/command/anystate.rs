@@ -44,6 +44,12 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         Capability::Sort(None),
         Capability::Thread(ThreadingAlgorithm::OrderedSubject),
         Capability::Thread(ThreadingAlgorithm::References),
+        Capability::CondStore,
+        Capability::QResync,
+        Capability::Binary,
+        cap("ESEARCH"),
+        cap("LIST-EXTENDED"),
+        cap("LIST-STATUS"),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));

@@ -4,14 +4,20 @@
 
 use chrono::{DateTime, Utc};
 use imap_next::imap_types::command::CommandBody;
+use imap_next::imap_types::command::SelectParameter;
 use imap_next::imap_types::core::{QuotedChar, Tag, Vec1};
 use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_next::imap_types::extensions::enable::CapabilityEnable;
 use imap_next::imap_types::extensions::namespace::Namespace;
 use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_next::imap_types::response::{Code, Data, Status, StatusKind};
+use imap_next::imap_types::sequence::SequenceSet;
 use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
+
+use super::super::extended::{ExtendedList, ListOptions};
+use super::super::shared::Entries;
 
 use super::super::io::Io;
 use super::super::respond::*;
@@ -22,13 +28,8 @@ use crate::handling;
 use crate::store::{BlobRef, Change, Event as StoreEvent};
 
 /// The handling keywords FLAGS names in INBOX and the handling views.
-const HANDLING_KEYWORDS: [&str; 5] = [
-    handling::KW_NEW,
-    handling::KW_ASSIGNED,
-    handling::KW_TAKEN,
-    handling::KW_DONE,
-    handling::KW_OVERDUE,
-];
+const HANDLING_KEYWORDS: [&str; 5] =
+    [handling::KW_NEW, handling::KW_ASSIGNED, handling::KW_TAKEN, handling::KW_DONE, handling::KW_OVERDUE];
 
 /// Commands of the authenticated state (also valid when a folder is
 /// selected). `allowed`: what the permission table granted, for the
@@ -46,8 +47,23 @@ pub async fn handle(
         CommandBody::StartTLS | CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
             io.status(bad(tag, "already authenticated"))
         }
-        CommandBody::Enable { .. } => {
-            io.data(Data::Enabled { capabilities: vec![] });
+        CommandBody::Enable { capabilities } => {
+            // RFC 5161: only what was not on yet is listed as enabled.
+            let mut now_on = Vec::new();
+            for c in capabilities.as_ref() {
+                match c.to_string().to_ascii_uppercase().as_str() {
+                    "CONDSTORE" if !user.enabled.condstore() => {
+                        user.enabled.set_condstore();
+                        now_on.push(CapabilityEnable::CondStore);
+                    }
+                    "QRESYNC" if !user.enabled.qresync() => {
+                        user.enabled.set_qresync();
+                        now_on.extend(CapabilityEnable::try_from("QRESYNC").ok());
+                    }
+                    _ => {}
+                }
+            }
+            io.data(Data::Enabled { capabilities: now_on });
             io.status(ok(tag, "ENABLE done"));
         }
         CommandBody::Namespace => {
@@ -55,10 +71,18 @@ pub async fn handle(
             io.data(Data::Namespace { personal, other: vec![], shared: vec![] });
             io.status(ok(tag, "NAMESPACE done"));
         }
-        CommandBody::Select { mailbox, .. } => return select(conn, user, io, tag, &mailbox, true).await,
-        CommandBody::Examine { mailbox, .. } => return select(conn, user, io, tag, &mailbox, false).await,
-        CommandBody::Create { mailbox } => super::folders::create(conn, user, io, tag, mailbox_name(&mailbox), allowed).await,
-        CommandBody::Delete { mailbox } => super::folders::delete(conn, user, io, tag, mailbox_name(&mailbox), allowed).await,
+        CommandBody::Select { mailbox, parameters } => {
+            return select(conn, user, io, tag, &mailbox, true, &parameters).await
+        }
+        CommandBody::Examine { mailbox, parameters } => {
+            return select(conn, user, io, tag, &mailbox, false, &parameters).await
+        }
+        CommandBody::Create { mailbox } => {
+            super::folders::create(conn, user, io, tag, mailbox_name(&mailbox), allowed).await
+        }
+        CommandBody::Delete { mailbox } => {
+            super::folders::delete(conn, user, io, tag, mailbox_name(&mailbox), allowed).await
+        }
         CommandBody::Rename { from, to } => {
             super::folders::rename(conn, user, io, tag, mailbox_name(&from), mailbox_name(&to), allowed).await
         }
@@ -139,8 +163,30 @@ pub fn refuse_unchecked(io: &mut Io, tag: Tag<'static>) -> Transition {
     Transition::None
 }
 
-async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mailbox: &Mailbox<'_>, rw: bool) -> Transition {
+async fn select(
+    conn: &Conn,
+    user: &Authed,
+    io: &mut Io,
+    tag: Tag<'static>,
+    mailbox: &Mailbox<'_>,
+    rw: bool,
+    params: &[SelectParameter],
+) -> Transition {
     let view = &user.view;
+    let mut resync = None;
+    for p in params {
+        match p {
+            SelectParameter::CondStore => user.enabled.set_condstore(),
+            // RFC 7162 §3.2.5: QRESYNC without ENABLE QRESYNC is BAD.
+            SelectParameter::QResync { .. } if !user.enabled.qresync() => {
+                io.status(bad(tag, "ENABLE QRESYNC first"));
+                return Transition::Unselect;
+            }
+            SelectParameter::QResync { uid_validity, mod_sequence_value, known_uids, .. } => {
+                resync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids.clone()))
+            }
+        }
+    }
     let folder = match view.resolve(&mailbox_name(mailbox)) {
         Ok(f) => f,
         Err(_) => {
@@ -163,7 +209,8 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
         },
         None => None,
     };
-    let a = user.audit(conn, if rw { "select" } else { "examine" }).mailbox(&folder.mailbox).folder(folder.audit_name());
+    let a =
+        user.audit(conn, if rw { "select" } else { "examine" }).mailbox(&folder.mailbox).folder(folder.audit_name());
     let recorded = match missing {
         Some(sf) => {
             let ch = Change::EnsureFolder { mailbox: folder.mailbox.clone(), folder: sf.to_string() };
@@ -216,7 +263,13 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     let mut defined: Vec<String> = defined.iter().map(flag_string).collect();
     let more = Selected::new_keywords(&defined, msgs.iter().map(|(_, m)| m));
     defined.extend(more);
-    io.data(Data::Flags(defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok()).map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
+    io.data(Data::Flags(
+        defined
+            .iter()
+            .filter_map(|f| Flag::try_from(f.as_str()).ok())
+            .map(|f| imap_next::imap_types::ToStatic::to_static(&f))
+            .collect(),
+    ));
     let mut perm: Vec<FlagPerm<'static>> = Vec::new();
     if writable && !folder.trash {
         perm.push(FlagPerm::Flag(Flag::Seen));
@@ -250,40 +303,115 @@ async fn select(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, mail
     }
     io.status(untagged(StatusKind::Ok, Some(Code::UidValidity(nz(counts.uidvalidity))), "UIDs valid"));
     io.status(untagged(StatusKind::Ok, Some(Code::UidNext(nz(counts.uidnext))), "next UID"));
-    // No HIGHESTMODSEQ: CONDSTORE is not advertised (RFC 7162 §3.1.2.1
-    // lets only CONDSTORE servers send it).
+    let modseq = counts.highest_modseq != view::NOMODSEQ;
+    match modseq {
+        true => io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(counts.highest_modseq))), "MODSEQs")),
+        false => io.status(untagged(StatusKind::Ok, Some(Code::NoModSeq), "a virtual folder keeps no MODSEQs")),
+    }
+    let sel = Selected { folder, writable, msgs, seen, defined, recent, generation, modseq };
+    if let Some((_, since, known)) = resync.filter(|r| modseq && r.0 == counts.uidvalidity) {
+        quick_resync(&sel, io, since, known.as_ref(), counts.uidnext);
+    }
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
-    Transition::Select(Box::new(Selected { folder, writable, msgs, seen, defined, recent, generation }))
+    Transition::Select(Box::new(sel))
+}
+
+/// SELECT (QRESYNC ...) with the folder's UIDVALIDITY unchanged (RFC 7162
+/// §3.2.5): the UIDs the client may hold that are gone, as VANISHED
+/// (EARLIER), then the flags of every message changed after its MODSEQ.
+/// pecgate does not keep when each message left a folder, so every UID
+/// below UIDNEXT that is gone is listed (of those the client names, if it
+/// names some), which the RFC allows: the client drops what it does not
+/// hold.
+fn quick_resync(sel: &Selected, io: &mut Io, since: u64, known: Option<&SequenceSet>, uidnext: u32) {
+    let last = uidnext.saturating_sub(1);
+    let named = |u: u32| known.is_none_or(|k| super::super::search::in_set(k, u, last));
+    vanished_earlier(io, &sel.msgs, last, named);
+    for (i, (uid, m)) in sel.msgs.iter().enumerate() {
+        if m.modseq > since && named(*uid) {
+            let (seen, recent) = (sel.seen.contains(*uid), sel.recent.contains(*uid));
+            flags_update(io, i, *uid, m, seen, recent, Some(m.modseq));
+        }
+    }
+}
+
+/// `* VANISHED (EARLIER)` of the UIDs up to `last` (that `named` keeps)
+/// which `msgs` no longer holds.
+pub fn vanished_earlier(io: &mut Io, msgs: &Entries, last: u32, named: impl Fn(u32) -> bool) {
+    let mut gone = Vec::new();
+    let mut next = 1u32;
+    for &(uid, _) in msgs.iter().take_while(|(u, _)| *u <= last) {
+        gone.extend((next..uid).filter(|u| named(*u)));
+        next = uid.saturating_add(1);
+    }
+    if next <= last {
+        gone.extend((next..=last).filter(|u| named(*u)));
+    }
+    if let Some(uids) = sequence_set(gone.into_iter()) {
+        io.data(Data::Vanished { earlier: true, known_uids: uids });
+    }
 }
 
 fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
-    let pat: Vec<u8> = match pattern {
-        ListMailbox::Token(t) => t.as_ref().to_vec(),
-        ListMailbox::String(s) => s.as_ref().to_vec(),
-    };
-    let refname = match reference {
-        Mailbox::Inbox => "INBOX".to_string(),
-        Mailbox::Other(_) => mailbox_name(reference),
-    };
-    if pat.is_empty() {
-        if !lsub {
-            io.data(Data::List {
-                items: vec![FlagNameAttribute::Noselect],
-                delimiter: QuotedChar::try_from('/').ok(),
-                mailbox: mbox(""),
-            });
+    list_names(io, view, &[(reference, pattern)], lsub, &ListOptions::default());
+    io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
+}
+
+/// An extended LIST (RFC 5258, 5819): several patterns, `\Subscribed`,
+/// only the special-use folders, a STATUS after each selectable name.
+pub fn list_extended(io: &mut Io, tag: Tag<'static>, view: &View, ext: &ExtendedList) {
+    let pats: Vec<(&Mailbox<'_>, &ListMailbox<'_>)> = ext
+        .lists
+        .iter()
+        .filter_map(|c| match &c.body {
+            CommandBody::List { reference, mailbox_wildcard } => Some((reference, mailbox_wildcard)),
+            _ => None,
+        })
+        .collect();
+    list_names(io, view, &pats, false, &ext.options);
+    io.status(ok(tag, "LIST done"));
+}
+
+/// The LIST (or LSUB) responses of the names that match any of `pats`
+/// (reference, pattern), each once, in the tree's order.
+fn list_names(io: &mut Io, view: &View, pats: &[(&Mailbox<'_>, &ListMailbox<'_>)], lsub: bool, opts: &ListOptions) {
+    let mut fulls: Vec<Vec<u8>> = Vec::new();
+    for (reference, pattern) in pats {
+        let pat: Vec<u8> = match pattern {
+            ListMailbox::Token(t) => t.as_ref().to_vec(),
+            ListMailbox::String(s) => s.as_ref().to_vec(),
+        };
+        if pat.is_empty() {
+            // RFC 3501 §6.3.8: the hierarchy delimiter and root.
+            if !lsub && pats.len() == 1 {
+                io.data(Data::List {
+                    items: vec![FlagNameAttribute::Noselect],
+                    delimiter: QuotedChar::try_from('/').ok(),
+                    mailbox: mbox(""),
+                });
+            }
+            continue;
         }
-        return io.status(ok(tag, "LIST done"));
+        let mut full = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(_) => mailbox_name(reference),
+        }
+        .into_bytes();
+        full.extend_from_slice(&pat);
+        fulls.push(if full.eq_ignore_ascii_case(b"inbox") { b"INBOX".to_vec() } else { full });
     }
-    let mut full = refname.into_bytes();
-    full.extend_from_slice(&pat);
-    let full_norm = if full.eq_ignore_ascii_case(b"inbox") { b"INBOX".to_vec() } else { full };
+    if fulls.is_empty() {
+        return;
+    }
     let tree = view.tree();
     let parents: std::collections::HashSet<&str> =
         tree.iter().filter_map(|e| e.name.rsplit_once(view::DELIMITER).map(|(p, _)| p)).collect();
     for e in &tree {
-        if !view::pattern_matches(&full_norm, e.name.as_bytes()) {
+        if !fulls.iter().any(|f| view::pattern_matches(f, e.name.as_bytes())) {
+            continue;
+        }
+        if opts.special_use_only && e.folder.as_ref().is_none_or(|f| f.special_use.is_none()) {
             continue;
         }
         let mut items = Vec::new();
@@ -297,16 +425,22 @@ fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pa
                 if let Some(su) = f.special_use {
                     items.extend(attr(su));
                 }
+                // Every folder a user may read is subscribed, always
+                // (see SUBSCRIBE).
+                if opts.subscribed {
+                    items.extend(attr("Subscribed"));
+                }
             }
         }
         let (delimiter, mailbox) = (QuotedChar::try_from('/').ok(), mbox(&e.name));
-        io.data(if lsub {
-            Data::Lsub { items, delimiter, mailbox }
-        } else {
-            Data::List { items, delimiter, mailbox }
-        });
+        io.data(if lsub { Data::Lsub { items, delimiter, mailbox } } else { Data::List { items, delimiter, mailbox } });
+        if let (Some(names), Some(f)) = (&opts.status, &e.folder) {
+            match status_data(view, f, names) {
+                Ok(d) => io.data(d),
+                Err(e) => tracing::warn!(error = %e, folder = %f.name, "LIST-STATUS: no STATUS for this folder"),
+            }
+        }
     }
-    io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
 }
 
 /// `* QUOTA root (STORAGE used limit)` for PEC mailbox `root`: its
@@ -330,11 +464,21 @@ fn status(io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, na
         Ok(f) => f,
         Err(_) => return io.status(no(tag, "no such folder")),
     };
-    let (c, snap) = match view.open(&folder) {
-        Ok(c) => c,
+    match status_data(view, &folder, names) {
+        Ok(d) => io.data(d),
         Err(e) => return io.status(serverbug(tag, &e)),
-    };
-    let recent = u32::try_from(view.recent_peek(&folder).count_in(&snap.0)).unwrap_or(u32::MAX);
+    }
+    io.status(ok(tag, "STATUS done"));
+}
+
+/// `* STATUS folder (items)`.
+fn status_data(
+    view: &View,
+    folder: &view::Folder,
+    names: &[StatusDataItemName],
+) -> Result<Data<'static>, view::ViewError> {
+    let (c, snap) = view.open(folder)?;
+    let recent = u32::try_from(view.recent_peek(folder).count_in(&snap.0)).unwrap_or(u32::MAX);
     let items: Vec<StatusDataItem> = names
         .iter()
         .filter_map(|n| match n {
@@ -347,8 +491,7 @@ fn status(io: &mut Io, tag: Tag<'static>, view: &View, mailbox: &Mailbox<'_>, na
             _ => None,
         })
         .collect();
-    io.data(Data::Status { mailbox: mbox(&folder.name), items: items.into() });
-    io.status(ok(tag, "STATUS done"));
+    Ok(Data::Status { mailbox: mbox(&folder.name), items: items.into() })
 }
 
 /// APPEND, which only a mailbox's `Sent` takes (clients file the copy of
@@ -379,19 +522,22 @@ async fn append(
         return append_category(conn, user, tag, &folder, flags, date, bytes).await;
     }
     if folder.store_folder.as_deref() != Some(view::SENT) {
-        return no_code(tag, "CANNOT", "messages can be appended only to a mailbox's Sent folder or to folders people created");
+        return no_code(
+            tag,
+            "CANNOT",
+            "messages can be appended only to a mailbox's Sent folder or to folders people created",
+        );
     }
     let store = &conn.ctx.store;
     let hash = crate::store::blobs::sha256_hex(&bytes);
     let mid = crate::pec::header_message_id(&bytes);
     match view.sent_copy(&hash, mid.as_deref()) {
         Ok(Some((mailbox, uidvalidity, uid))) => {
-            let a = user
-                .audit(conn, "append")
-                .mailbox(&mailbox)
-                .folder(view::SENT)
-                .uids(vec![uid])
-                .outcome(format!("already archived as sent by {mailbox}; nothing added (asked for {})", folder.name));
+            let a =
+                user.audit(conn, "append").mailbox(&mailbox).folder(view::SENT).uids(vec![uid]).outcome(format!(
+                    "already archived as sent by {mailbox}; nothing added (asked for {})",
+                    folder.name
+                ));
             if !conn.audit_only(a).await {
                 return unavailable(tag);
             }
@@ -423,11 +569,8 @@ async fn append(
         Ok(b) => b,
         Err(e) => return serverbug(tag, &e),
     };
-    let shared: Vec<String> = flags
-        .iter()
-        .map(flag_string)
-        .filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f))
-        .collect();
+    let shared: Vec<String> =
+        flags.iter().map(flag_string).filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f)).collect();
     let audit = user.audit(conn, "append").mailbox(&folder.mailbox).folder(view::SENT);
     let change = Change::Archive {
         mailbox: folder.mailbox.clone(),
@@ -454,7 +597,8 @@ async fn append(
             uids: vec![uid],
             seen: true,
         };
-        if let Err(e) = store.commit(user.audit(conn, "store-seen").mailbox(&folder.mailbox).folder(&where_), ch).await {
+        if let Err(e) = store.commit(user.audit(conn, "store-seen").mailbox(&folder.mailbox).folder(&where_), ch).await
+        {
             return serverbug(tag, &e);
         }
     }
@@ -478,11 +622,8 @@ async fn append_category(
     let store = &conn.ctx.store;
     let sf = folder.source().to_string();
     let mb = folder.mailbox.clone();
-    let shared: Vec<String> = flags
-        .iter()
-        .map(flag_string)
-        .filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f))
-        .collect();
+    let shared: Vec<String> =
+        flags.iter().map(flag_string).filter(|f| !f.eq_ignore_ascii_case("\\Seen") && !is_pec_keyword(f)).collect();
     let internal_date = date.unwrap_or_else(Utc::now);
     let hash = crate::store::blobs::sha256_hex(&bytes);
     let held = match store.find_hash(&mb, &hash) {
@@ -498,7 +639,16 @@ async fn append_category(
             Ok(b) => b,
             Err(e) => return serverbug(tag, &e),
         };
-        Change::Archive { mailbox: mb.clone(), folder: sf.clone(), blob, internal_date, flags: shared, provider: None, pec: None, handling: None }
+        Change::Archive {
+            mailbox: mb.clone(),
+            folder: sf.clone(),
+            blob,
+            internal_date,
+            flags: shared,
+            provider: None,
+            pec: None,
+            handling: None,
+        }
     };
     let uid = match store.commit(audit, change).await {
         Ok(c) => match c.event {
@@ -509,8 +659,15 @@ async fn append_category(
         Err(e) => return serverbug(tag, &e),
     };
     if flags.iter().any(|f| matches!(f, Flag::Seen)) {
-        let ch = Change::SetSeen { user: user.view.user.name.clone(), mailbox: mb.clone(), folder: sf.clone(), uids: vec![uid], seen: true };
-        if let Err(e) = store.commit(user.audit(conn, "store-seen").mailbox(&mb).folder(folder.audit_name()), ch).await {
+        let ch = Change::SetSeen {
+            user: user.view.user.name.clone(),
+            mailbox: mb.clone(),
+            folder: sf.clone(),
+            uids: vec![uid],
+            seen: true,
+        };
+        if let Err(e) = store.commit(user.audit(conn, "store-seen").mailbox(&mb).folder(folder.audit_name()), ch).await
+        {
             return serverbug(tag, &e);
         }
     }
@@ -522,4 +679,3 @@ async fn append_category(
 pub fn changes_selected(body: &CommandBody<'_>) -> bool {
     matches!(body, CommandBody::Append { .. })
 }
-

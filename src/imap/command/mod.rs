@@ -23,6 +23,7 @@ pub mod selected;
 pub mod transfer;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::shared::Entries;
@@ -67,6 +68,40 @@ impl Conn {
 pub struct Authed {
     pub view: View,
     pub _guard: SessionGuard,
+    /// Extensions the client turned on.
+    pub enabled: Enabled,
+}
+
+/// RFC 7162's CONDSTORE and QRESYNC as this connection uses them:
+/// CONDSTORE is on from ENABLE or the first command that uses a MODSEQ
+/// (SELECT (CONDSTORE), FETCH MODSEQ or CHANGEDSINCE, STORE
+/// UNCHANGEDSINCE, SEARCH MODSEQ), and from then on every FETCH of FLAGS
+/// says the MODSEQ too; QRESYNC only from ENABLE, and it turns EXPUNGE
+/// into VANISHED.
+#[derive(Default)]
+pub struct Enabled {
+    condstore: AtomicBool,
+    qresync: AtomicBool,
+}
+
+impl Enabled {
+    pub fn condstore(&self) -> bool {
+        self.condstore.load(Ordering::Relaxed)
+    }
+
+    pub fn qresync(&self) -> bool {
+        self.qresync.load(Ordering::Relaxed)
+    }
+
+    pub fn set_condstore(&self) {
+        self.condstore.store(true, Ordering::Relaxed);
+    }
+
+    /// QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+    pub fn set_qresync(&self) {
+        self.set_condstore();
+        self.qresync.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Authed {
@@ -112,6 +147,16 @@ pub struct Selected {
     /// The store's generation read before `msgs` was (see
     /// `selected::refresh`).
     pub generation: u64,
+    /// The folder keeps MODSEQs (not a virtual one: RFC 7162 NOMODSEQ).
+    pub modseq: bool,
+}
+
+impl Selected {
+    /// The MODSEQ to show with a message's flags: only to a client that
+    /// enabled CONDSTORE, in a folder that keeps them.
+    pub fn show_modseq(&self, user: &Authed, m: &super::shared::Msg) -> Option<u64> {
+        (self.modseq && user.enabled.condstore()).then_some(m.modseq)
+    }
 }
 
 impl Selected {

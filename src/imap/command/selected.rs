@@ -6,25 +6,26 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use imap_next::imap_types::command::CommandBody;
+use imap_next::imap_types::command::{CommandBody, FetchModifier, StoreModifier};
 use imap_next::imap_types::core::{Charset, Tag, Vec1};
 use imap_next::imap_types::extensions::sort::SortCriterion;
 use imap_next::imap_types::extensions::thread::ThreadingAlgorithm;
-use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_next::imap_types::response::{Code, Data, StatusKind};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::SequenceSet;
 
+use super::super::extended::SearchReturn;
 use super::super::io::{Io, IoError};
 use super::super::respond::*;
+use super::super::shared::{Entries, Msg};
+use super::super::uidset::UidSet;
 use super::super::view::{self, is_pec_keyword};
 use super::super::{search, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
-use super::super::shared::{Entries, Msg};
-use super::super::uidset::UidSet;
 use crate::store::{Change, FlagOp};
 
 /// Messages per FETCH batch (each batch is drained before the next).
@@ -85,15 +86,25 @@ pub async fn handle(
             io.status(ok(tag, "no folder selected now"));
             return Ok(Transition::Unselect);
         }
-        CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
-            fetch(conn, user, sel, io, tag, &sequence_set, macro_or_item_names, uid).await?
+        CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
+            fetch(conn, user, sel, io, tag, &sequence_set, macro_or_item_names, uid, &modifiers).await?
         }
-        CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+        CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
             if let Some(a) = allowed {
-                store(conn, user, sel, io, tag, a, &sequence_set, kind, response, &flags, uid).await
+                let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+                if unchanged_since.is_some() {
+                    if !sel.modseq {
+                        return Ok(nomodseq(io, tag));
+                    }
+                    user.enabled.set_condstore();
+                }
+                let how = StoreHow { kind, response, unchanged_since };
+                store(conn, user, sel, io, tag, a, &sequence_set, how, &flags, uid).await
             }
         }
-        CommandBody::Search { criteria, uid, .. } => search(conn, sel, io, tag, criteria.as_ref(), uid).await,
+        CommandBody::Search { criteria, uid, .. } => {
+            search(conn, user, sel, io, tag, criteria.as_ref(), uid, None).await?
+        }
         CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
             sort(conn, sel, io, tag, sort_criteria.as_ref(), &charset, search_criteria.as_ref(), uid).await
         }
@@ -125,6 +136,12 @@ pub async fn handle(
     Ok(Transition::None)
 }
 
+/// A MODSEQ command in a folder without MODSEQs (RFC 7162 §3.1.2.2).
+fn nomodseq(io: &mut Io, tag: Tag<'static>) -> Transition {
+    io.status(bad(tag, "this folder keeps no MODSEQs (NOMODSEQ): it is a view of other folders"));
+    Transition::None
+}
+
 /// Bring the selected folder's snapshot up to date, telling the client:
 /// EXPUNGE (only if `expunge` is allowed now), EXISTS, and FETCH FLAGS
 /// for messages whose flags changed (except those in `quiet`).
@@ -150,8 +167,9 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         if !Arc::ptr_eq(&seen, &sel.seen) && *seen != *sel.seen {
             for (i, (uid, meta)) in sel.msgs.iter().enumerate() {
                 let is_seen = seen.contains(*uid);
-                if sel.seen.contains(*uid) != is_seen && !quiet.contains(uid) {
-                    flags_update(io, i, *uid, meta, is_seen, sel.recent.contains(*uid));
+                if sel.seen.contains(*uid) != is_seen {
+                    let (recent, modseq) = (sel.recent.contains(*uid), sel.show_modseq(user, meta));
+                    announce(io, i, *uid, meta, is_seen, recent, modseq, quiet.contains(uid));
                 }
             }
         }
@@ -168,14 +186,20 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
         io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
     }
-    for &i in d.expunged.iter().rev() {
-        io.data(Data::Expunge(nz(i as u32 + 1)));
+    if user.enabled.qresync() {
+        // RFC 7162 §3.2.10: UIDs, not numbers, once QRESYNC is on.
+        if let Some(uids) = sequence_set(d.expunged.iter().map(|&i| sel.msgs[i].0)) {
+            io.data(Data::Vanished { earlier: false, known_uids: uids });
+        }
+    } else {
+        for &i in d.expunged.iter().rev() {
+            io.data(Data::Expunge(nz(i as u32 + 1)));
+        }
     }
     for &(i, j) in &d.seen_or_changed(&new, &sel.seen, &seen) {
-        let uid = new[j].0;
-        if !quiet.contains(&uid) {
-            flags_update(io, i, uid, &new[j].1, seen.contains(uid), sel.recent.contains(uid));
-        }
+        let (uid, m) = (new[j].0, &new[j].1);
+        let (recent, modseq) = (sel.recent.contains(uid), sel.show_modseq(user, m));
+        announce(io, i, uid, m, seen.contains(uid), recent, modseq, quiet.contains(&uid));
     }
     let before = sel.msgs.len() - d.expunged.len();
     let count = before + (new.len() - d.added);
@@ -202,7 +226,8 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     if count != before {
         io.data(Data::Exists(u32::try_from(count).unwrap_or(u32::MAX)));
         let upto = new.last().map_or(0, |m| m.0);
-        let fresh = if sel.writable { user.view.recent_claim(&sel.folder, upto) } else { user.view.recent_peek(&sel.folder) };
+        let fresh =
+            if sel.writable { user.view.recent_claim(&sel.folder, upto) } else { user.view.recent_peek(&sel.folder) };
         let was = sel.recent.count_in(&sel.msgs);
         sel.recent.extend(fresh);
         let now = sel.recent.count_in(&sel.msgs);
@@ -215,6 +240,23 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     // the store's, and the next refresh must look again.
     if expunge || d.expunged.is_empty() && d.kept_gone == 0 {
         sel.generation = generation;
+    }
+}
+
+/// Tell the client a message's flags changed; for one it asked not to be
+/// told (STORE .SILENT, the FETCH that set `\Seen`), only the new MODSEQ
+/// to a CONDSTORE client (RFC 7162 §3.1.3).
+#[allow(clippy::too_many_arguments)]
+fn announce(io: &mut Io, i: usize, uid: u32, m: &Msg, seen: bool, recent: bool, modseq: Option<u64>, quiet: bool) {
+    match (quiet, modseq) {
+        (false, _) => flags_update(io, i, uid, m, seen, recent, modseq),
+        (true, Some(ms)) => {
+            let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::ModSeq(nz64(ms))];
+            if let Ok(items) = Vec1::try_from(items) {
+                io.data(Data::Fetch { seq: nz(u32::try_from(i + 1).unwrap_or(u32::MAX)), items });
+            }
+        }
+        (true, None) => {}
     }
 }
 
@@ -314,6 +356,7 @@ async fn fetch(
     set: &SequenceSet,
     items: MacroOrMessageDataItemNames<'static>,
     uid: bool,
+    modifiers: &[FetchModifier],
 ) -> Result<(), IoError> {
     let mut names: Vec<MessageDataItemName<'static>> = match items {
         MacroOrMessageDataItemNames::Macro(m) => {
@@ -324,7 +367,39 @@ async fn fetch(
     if uid && !names.contains(&MessageDataItemName::Uid) {
         names.insert(0, MessageDataItemName::Uid);
     }
-    let targets = targets(sel, set, uid);
+    // RFC 7162: CHANGEDSINCE keeps the messages changed after a MODSEQ
+    // and shows theirs; VANISHED (UID FETCH, QRESYNC on, with
+    // CHANGEDSINCE) first lists the UIDs of the set that are gone.
+    let since = modifiers.iter().find_map(|m| match m {
+        FetchModifier::ChangedSince(n) => Some(n.get()),
+        FetchModifier::Vanished => None,
+    });
+    let vanished = modifiers.contains(&FetchModifier::Vanished);
+    if vanished && !(uid && since.is_some() && user.enabled.qresync()) {
+        io.status(bad(tag, "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC"));
+        return Ok(());
+    }
+    if since.is_some() || names.contains(&MessageDataItemName::ModSeq) {
+        if !sel.modseq {
+            nomodseq(io, tag);
+            return Ok(());
+        }
+        user.enabled.set_condstore();
+    }
+    let with_modseq =
+        sel.modseq && user.enabled.condstore() && (since.is_some() || names.contains(&MessageDataItemName::Flags));
+    if with_modseq && !names.contains(&MessageDataItemName::ModSeq) {
+        names.push(MessageDataItemName::ModSeq);
+    }
+    let mut targets = targets(sel, set, uid);
+    if let Some(since) = since {
+        targets.retain(|&(seq, _)| sel.msgs.get(seq as usize - 1).is_some_and(|(_, m)| m.modseq > since));
+    }
+    if vanished {
+        let max_uid = sel.msgs.last().map_or(0, |m| m.0);
+        let last = search::set_max(set, max_uid);
+        super::authenticated::vanished_earlier(io, &sel.msgs, last, |u| search::in_set(set, u, max_uid));
+    }
     let reads_body = names.iter().any(|n| {
         matches!(
             n,
@@ -365,7 +440,9 @@ async fn fetch(
                     uids: sel.source_uids(&unseen),
                     seen: true,
                 };
-                if let Err(e) = conn.ctx.store.commit(user.audit(conn, "store-seen").mailbox(&mailbox).folder(f), ch).await {
+                if let Err(e) =
+                    conn.ctx.store.commit(user.audit(conn, "store-seen").mailbox(&mailbox).folder(f), ch).await
+                {
                     io.status(serverbug(tag, &e));
                     return Ok(());
                 }
@@ -384,15 +461,18 @@ async fn fetch(
                 | MessageDataItemName::ModSeq
         )
     });
-    let mut failed = 0usize;
+    let (mut failed, mut unknown_cte) = (0usize, 0usize);
     for chunk in targets.chunks(FETCH_BATCH) {
         // The chunk's blobs read by one blocking task (or a few, for big
         // messages), not one each: a task per message cost as much in
         // scheduling and wake-ups as the reads.
         let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
         if needs_raw {
-            let hashes: Vec<String> =
-                chunk.iter().filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1)).map(|(_, m)| m.hash.hex()).collect();
+            let hashes: Vec<String> = chunk
+                .iter()
+                .filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1))
+                .map(|(_, m)| m.hash.hex())
+                .collect();
             let mut from = 0;
             while from < hashes.len() {
                 let store = conn.ctx.store.clone();
@@ -436,15 +516,25 @@ async fn fetch(
             } else {
                 None
             };
-            let items = message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
-            if let Ok(items) = Vec1::try_from(items) {
-                io.data(Data::Fetch { seq: nz(*seq), items });
+            let items =
+                message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
+            match items.map(Vec1::try_from) {
+                Ok(Ok(items)) => io.data(Data::Fetch { seq: nz(*seq), items }),
+                Ok(Err(_)) => {}
+                Err(_) => unknown_cte += 1,
             }
         }
         io.drain().await?;
     }
     refresh(user, sel, io, uid, &newly_seen);
-    if failed > 0 {
+    if unknown_cte > 0 {
+        io.status(tagged(
+            tag,
+            StatusKind::No,
+            Some(Code::UnknownCte),
+            "a part's Content-Transfer-Encoding is not one BINARY can undo (BODY[] gives it as it is)",
+        ));
+    } else if failed > 0 {
         io.status(no_code(tag, "SERVERBUG", "some messages could not be read from the archive"));
     } else {
         io.status(ok(tag, "FETCH done"));
@@ -461,12 +551,30 @@ async fn store(
     tag: Tag<'static>,
     allowed: Allowed,
     set: &SequenceSet,
-    kind: StoreType,
-    response: StoreResponse,
+    how: StoreHow,
     flags: &[Flag<'_>],
     uid: bool,
 ) {
-    let targets = targets(sel, set, uid);
+    let StoreHow { kind, response, unchanged_since } = how;
+    let mut targets = targets(sel, set, uid);
+    // UNCHANGEDSINCE (RFC 7162 §3.1.3): a message changed after the
+    // client's MODSEQ is left alone and named in MODIFIED.
+    let mut modified = Vec::new();
+    if let Some(n) = unchanged_since {
+        targets.retain(|&(seq, u)| {
+            let fresh = sel.msgs.get(seq as usize - 1).is_some_and(|(_, m)| m.modseq <= n);
+            if !fresh {
+                modified.push(if uid { u } else { seq });
+            }
+            fresh
+        });
+    }
+    let done = |io: &mut Io, tag: Tag<'static>| match sequence_set(modified.iter().copied()) {
+        Some(set) => {
+            io.status(tagged(tag, StatusKind::Ok, Some(Code::Modified(set)), "STORE done, but not where MODIFIED"))
+        }
+        None => io.status(ok(tag, "STORE done")),
+    };
     let Some(sfolder) = sel.folder.writable_source() else {
         return io.status(no_code(tag, "CANNOT", "messages here cannot change (move them out of Trash first)"));
     };
@@ -519,7 +627,16 @@ async fn store(
         // The table checked triage (and delete for \Deleted) already.
         debug_assert!(allowed.holds(Right::Triage) || allowed.holds(Right::Delete));
         let a = user.audit(conn, "store").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
-        batch.push((a, Change::SetFlags { mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), op, flags: shared }));
+        batch.push((
+            a,
+            Change::SetFlags {
+                mailbox: mailbox.clone(),
+                folder: sfolder.into(),
+                uids: uids.clone(),
+                op,
+                flags: shared,
+            },
+        ));
     }
     let seen_to = match (op, has_seen) {
         (FlagOp::Add, true) => Some(true),
@@ -531,7 +648,13 @@ async fn store(
         let a = user.audit(conn, "store-seen").mailbox(&mailbox).folder(sfolder).uids(uids.clone());
         batch.push((
             a,
-            Change::SetSeen { user: view.user.name.clone(), mailbox: mailbox.clone(), folder: sfolder.into(), uids: uids.clone(), seen },
+            Change::SetSeen {
+                user: view.user.name.clone(),
+                mailbox: mailbox.clone(),
+                folder: sfolder.into(),
+                uids: uids.clone(),
+                seen,
+            },
         ));
     }
     if !batch.is_empty() {
@@ -542,15 +665,53 @@ async fn store(
     let quiet: HashSet<u32> =
         if matches!(response, StoreResponse::Silent) { shown.iter().copied().collect() } else { HashSet::new() };
     refresh(user, sel, io, false, &quiet);
-    io.status(ok(tag, "STORE done"));
+    done(io, tag);
 }
 
-async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, keys: &[SearchKey<'static>], uid: bool) {
+/// A STORE's kind, answer and condition.
+pub struct StoreHow {
+    kind: StoreType,
+    response: StoreResponse,
+    unchanged_since: Option<u64>,
+}
+
+/// Does a search key use a MODSEQ (RFC 7162 SEARCH MODSEQ)?
+fn uses_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(ks) => ks.as_ref().iter().any(uses_modseq),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::Not(k) => uses_modseq(k),
+        _ => false,
+    }
+}
+
+/// SEARCH, and `SEARCH RETURN (...)` (`ret`: ESEARCH, RFC 4731).
+#[allow(clippy::too_many_arguments)]
+pub async fn search(
+    conn: &Conn,
+    user: &Authed,
+    sel: &Selected,
+    io: &mut Io,
+    tag: Tag<'static>,
+    keys: &[SearchKey<'static>],
+    uid: bool,
+    ret: Option<SearchReturn>,
+) -> Result<(), IoError> {
+    let modseq = keys.iter().any(uses_modseq);
+    if modseq {
+        if !sel.modseq {
+            nomodseq(io, tag);
+            return Ok(());
+        }
+        user.enabled.set_condstore();
+    }
     // One blocking task for the whole folder: the keys may read the
     // store for every message.
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
+    let (ft, mailbox) =
+        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let hits = match tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         search::run(&store, &msgs, &seen, &recent, &keys, uid, &ft)
@@ -558,10 +719,80 @@ async fn search(conn: &Conn, sel: &Selected, io: &mut Io, tag: Tag<'static>, key
     .await
     {
         Ok(h) => h,
-        Err(e) => return io.status(serverbug(tag, &e)),
+        Err(e) => {
+            io.status(serverbug(tag, &e));
+            return Ok(());
+        }
     };
-    io.data(Data::Search(hits.into_iter().map(nz).collect(), None));
+    // With MODSEQ in the keys, the highest MODSEQ of what was found
+    // (RFC 7162 §3.1.5).
+    let highest = modseq
+        .then(|| {
+            let of = |n: &u32| match uid {
+                true => sel.msgs.binary_search_by_key(n, |m| m.0).ok().map(|i| sel.msgs[i].1.modseq),
+                false => sel.msgs.get(*n as usize - 1).map(|m| m.1.modseq),
+            };
+            hits.iter().filter_map(of).max()
+        })
+        .flatten()
+        .map(nz64);
+    match ret {
+        None => io.data(Data::Search(hits.into_iter().map(nz).collect(), highest)),
+        Some(r) => io.write_raw(esearch(&tag, uid, r, &hits, highest.map(|m| m.get())).as_bytes()).await?,
+    }
     io.status(ok(tag, "SEARCH done"));
+    Ok(())
+}
+
+/// `* ESEARCH (TAG "t") [UID] MIN .. MAX .. COUNT .. ALL .. [MODSEQ ..]`
+/// (RFC 4731 §3.1; imap-types has no ESEARCH response, so it is written
+/// as text). Nothing found: MIN, MAX and ALL are left out, COUNT is 0.
+fn esearch(tag: &Tag<'_>, uid: bool, r: SearchReturn, hits: &[u32], modseq: Option<u64>) -> String {
+    use std::fmt::Write;
+    let mut out = format!("* ESEARCH (TAG \"{}\")", tag.as_ref());
+    if uid {
+        out.push_str(" UID");
+    }
+    if let (true, Some(m)) = (r.min, hits.iter().min()) {
+        let _ = write!(out, " MIN {m}");
+    }
+    if let (true, Some(m)) = (r.max, hits.iter().max()) {
+        let _ = write!(out, " MAX {m}");
+    }
+    if r.count {
+        let _ = write!(out, " COUNT {}", hits.len());
+    }
+    if r.all && !hits.is_empty() {
+        let mut sorted = hits.to_vec();
+        sorted.sort_unstable();
+        let _ = write!(out, " ALL {}", ranges(&sorted));
+    }
+    if let Some(m) = modseq {
+        let _ = write!(out, " MODSEQ {m}");
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// Ascending numbers as IMAP ranges: `1:3,7`.
+fn ranges(sorted: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&match i == j {
+            true => sorted[i].to_string(),
+            false => format!("{}:{}", sorted[i], sorted[j]),
+        });
+        i = j + 1;
+    }
+    out
 }
 
 /// The charsets SORT and THREAD take (RFC 5256 requires both): search
@@ -570,12 +801,20 @@ const CHARSETS: [&str; 2] = ["UTF-8", "US-ASCII"];
 
 /// `NO [BADCHARSET (UTF-8 US-ASCII)]` for another charset (RFC 3501
 /// §7.1), `None` for one of [`CHARSETS`].
-fn refuse_charset(tag: &Tag<'static>, charset: &Charset<'_>) -> Option<imap_next::imap_types::response::Status<'static>> {
+fn refuse_charset(
+    tag: &Tag<'static>,
+    charset: &Charset<'_>,
+) -> Option<imap_next::imap_types::response::Status<'static>> {
     if CHARSETS.iter().any(|c| c.eq_ignore_ascii_case(charset.as_ref())) {
         return None;
     }
     let allowed = CHARSETS.iter().filter_map(|c| Charset::try_from(*c).ok()).collect();
-    Some(tagged(tag.clone(), StatusKind::No, Some(Code::BadCharset { allowed }), "the charsets taken are UTF-8 and US-ASCII"))
+    Some(tagged(
+        tag.clone(),
+        StatusKind::No,
+        Some(Code::BadCharset { allowed }),
+        "the charsets taken are UTF-8 and US-ASCII",
+    ))
 }
 
 /// The cached header fields of a message SORT or THREAD needs, when the
@@ -591,8 +830,8 @@ fn fields_of(
         Some(r) => r.get(&hash),
         None => store.search_fields(&hash),
     }
-        .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
-        .ok()
+    .map_err(|e| tracing::warn!(error = %e, hash = %meta.hash, "SORT/THREAD cannot read a message's fields"))
+    .ok()
 }
 
 /// SORT and UID SORT (RFC 5256): SEARCH's matches, ordered by the keys the
@@ -617,7 +856,8 @@ async fn sort(
     };
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
+    let (ft, mailbox) =
+        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let sorted = tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let with_fields = sort::needs_fields(&criteria);
@@ -670,7 +910,8 @@ async fn thread(
     }
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
-    let (ft, mailbox) = (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
+    let (ft, mailbox) =
+        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let threads = tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         let reader = store.fields_reader().ok();
@@ -714,7 +955,9 @@ async fn expunge(
     if kept > 0 {
         return io.status(ok(
             tag,
-            &format!("EXPUNGE done; kept {kept} message(s) filed only in this folder: hiding them needs the delete right"),
+            &format!(
+                "EXPUNGE done; kept {kept} message(s) filed only in this folder: hiding them needs the delete right"
+            ),
         ));
     }
     io.status(ok(tag, "EXPUNGE done"));
@@ -771,7 +1014,11 @@ async fn hide_deleted(
 /// Of `uids` in the selected category: (labels, messages filed there).
 /// A filed message appended by a client comes first among the filed ones
 /// only in the sense that [`hideable`] tells them apart.
-pub fn split_filed(conn: &Conn, sel: &Selected, uids: &[u32]) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
+pub fn split_filed(
+    conn: &Conn,
+    sel: &Selected,
+    uids: &[u32],
+) -> Result<(Vec<u32>, Vec<u32>), crate::store::StoreError> {
     let folder = sel.folder.source();
     let by_uid: std::collections::HashMap<u32, String> = sel.msgs.iter().map(|(u, m)| (*u, m.hash.hex())).collect();
     let (mut labels, mut filed) = (Vec::new(), Vec::new());
@@ -807,6 +1054,19 @@ mod tests {
     fn list(items: &[(u32, &[&str])]) -> Entries {
         let mut sets = crate::imap::shared::FlagSets::default();
         items.iter().map(|(u, f)| (*u, Msg::from_meta(&meta(&format!("h{u}"), f), &mut sets))).collect()
+    }
+
+    #[test]
+    fn esearch_lines() {
+        let tag = Tag::try_from("A1").expect("tag");
+        let r = SearchReturn { min: true, max: true, count: true, all: true };
+        assert_eq!(
+            esearch(&tag, true, r, &[9, 2, 3, 4, 7], None),
+            "* ESEARCH (TAG \"A1\") UID MIN 2 MAX 9 COUNT 5 ALL 2:4,7,9\r\n"
+        );
+        assert_eq!(esearch(&tag, false, r, &[], Some(5)), "* ESEARCH (TAG \"A1\") COUNT 0 MODSEQ 5\r\n");
+        let only_min = SearchReturn { min: true, ..Default::default() };
+        assert_eq!(esearch(&tag, false, only_min, &[4, 8], None), "* ESEARCH (TAG \"A1\") MIN 4\r\n");
     }
 
     #[test]

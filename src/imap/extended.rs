@@ -1,0 +1,353 @@
+//! Commands of extensions imap-codec does not parse, read from the bytes
+//! imap-next refused: `SEARCH RETURN (...)` (ESEARCH, RFC 4731) and the
+//! extended LIST (LIST-EXTENDED, RFC 5258; LIST-STATUS, RFC 5819).
+//!
+//! imap-next answers a command it cannot parse with the bytes it discarded
+//! (the whole command, literals included). Before the session answers
+//! `BAD [PARSE]`, it asks [`parse`] whether those bytes are one of these
+//! forms; if so, the extension's part is taken out, the rest is an ordinary
+//! command imap-codec parses, and the session runs it with the extension's
+//! options. Pure: no I/O.
+
+use imap_codec::decode::Decoder;
+use imap_codec::CommandCodec;
+use imap_next::imap_types::command::Command;
+
+/// What `SEARCH RETURN (...)` asks for (RFC 4731 §3.1); no option means
+/// ALL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SearchReturn {
+    pub min: bool,
+    pub max: bool,
+    pub all: bool,
+    pub count: bool,
+}
+
+/// A command with what its extension adds.
+#[derive(Debug)]
+pub enum Extended {
+    /// `[UID] SEARCH RETURN (...) criteria`: `command` is the SEARCH
+    /// without the RETURN clause.
+    Search { command: Command<'static>, ret: SearchReturn },
+    /// `LIST (selection) reference (patterns) RETURN (options)`.
+    List(ExtendedList),
+    /// A form recognised with something pecgate does not offer (the tag,
+    /// and why): answered BAD with the reason rather than `[PARSE]`.
+    Refused { tag: String, why: &'static str },
+}
+
+/// What an extended LIST asks for beyond the patterns (RFC 5258 §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Selection `SUBSCRIBED` (or return option): names carry
+    /// `\Subscribed` (every folder is subscribed in pecgate).
+    pub subscribed: bool,
+    /// Selection `SPECIAL-USE` (RFC 6154): only folders with a special use.
+    pub special_use_only: bool,
+    /// Return `STATUS (...)` (RFC 5819): the items, as a STATUS command
+    /// of imap-codec's would carry them.
+    pub status: Option<Vec<imap_next::imap_types::status::StatusDataItemName>>,
+}
+
+/// One extended LIST: a LIST command per pattern (imap-codec's reference
+/// and pattern types), with the options.
+#[derive(Debug)]
+pub struct ExtendedList {
+    pub tag: String,
+    pub lists: Vec<Command<'static>>,
+    pub options: ListOptions,
+}
+
+/// The longest command read this way (a SEARCH is a line or two).
+const MAX: usize = 64 * 1024;
+
+/// `bytes`: one whole command as the client sent it (CRLF included).
+pub fn parse(bytes: &[u8]) -> Option<Extended> {
+    if bytes.len() > MAX {
+        return None;
+    }
+    let sp = bytes.iter().position(|b| *b == b' ')?;
+    let (tag, mut rest) = (&bytes[..sp], &bytes[sp + 1..]);
+    let tag_s = std::str::from_utf8(tag).ok()?.to_string();
+    let mut head = Vec::with_capacity(bytes.len());
+    head.extend_from_slice(tag);
+    head.push(b' ');
+    if let Some(r) = strip_word(rest, b"UID") {
+        head.extend_from_slice(b"UID ");
+        rest = r;
+    }
+    if let Some(r) = strip_word(rest, b"LIST") {
+        return list(tag, tag_s, r);
+    }
+    rest = strip_word(rest, b"SEARCH")?;
+    head.extend_from_slice(b"SEARCH ");
+    let r = strip_word(rest, b"RETURN")?;
+    let r = r.strip_prefix(b"(")?;
+    let close = r.iter().position(|b| *b == b')')?;
+    let mut ret = SearchReturn::default();
+    for opt in r[..close].split(|b| *b == b' ').filter(|w| !w.is_empty()) {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"MIN" => ret.min = true,
+            b"MAX" => ret.max = true,
+            b"ALL" => ret.all = true,
+            b"COUNT" => ret.count = true,
+            b"SAVE" => {
+                return Some(Extended::Refused {
+                    tag: tag_s,
+                    why: "SEARCH RETURN (SAVE) is not offered (no SEARCHRES)",
+                })
+            }
+            _ => return Some(Extended::Refused { tag: tag_s, why: "SEARCH RETURN takes MIN, MAX, ALL and COUNT" }),
+        }
+    }
+    if ret == SearchReturn::default() {
+        ret.all = true;
+    }
+    let after = r[close + 1..].strip_prefix(b" ")?;
+    head.extend_from_slice(after);
+    let command = match CommandCodec::default().decode_static(&head) {
+        Ok(([], command)) => command,
+        _ => return None,
+    };
+    Some(Extended::Search { command, ret })
+}
+
+/// `LIST` arguments: `[(selection) SP] reference SP (pattern | (patterns))
+/// [SP RETURN SP (options)]` CRLF. `None` for a plain LIST (imap-codec's
+/// own, which failed for another reason) or anything not understood.
+fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
+    let args = args.strip_suffix(b"\r\n")?;
+    let mut toks = Vec::new();
+    let mut rest = args;
+    while !rest.is_empty() {
+        let (t, r) = token(rest)?;
+        toks.push(t);
+        rest = match r.strip_prefix(b" ") {
+            Some(r) => r,
+            None if r.is_empty() => r,
+            None => return None,
+        };
+    }
+    let mut options = ListOptions::default();
+    let mut extended = false;
+    let mut i = 0;
+    if toks.first()?.starts_with(b"(") {
+        for w in words(toks[0])? {
+            match w.to_ascii_uppercase().as_slice() {
+                b"SUBSCRIBED" => options.subscribed = true,
+                b"SPECIAL-USE" => options.special_use_only = true,
+                // Every folder is subscribed and local: nothing to add.
+                b"RECURSIVEMATCH" | b"REMOTE" => {}
+                _ => {
+                    return Some(Extended::Refused {
+                        tag: tag_s,
+                        why: "LIST selection options: SUBSCRIBED, REMOTE, RECURSIVEMATCH, SPECIAL-USE",
+                    })
+                }
+            }
+        }
+        extended = true;
+        i = 1;
+    }
+    let reference = *toks.get(i)?;
+    let patterns = *toks.get(i + 1)?;
+    match toks.get(i + 2..) {
+        Some([]) | None => {}
+        Some([ret, opts]) if ret.eq_ignore_ascii_case(b"RETURN") && opts.starts_with(b"(") => {
+            extended = true;
+            let inner = &opts[1..opts.len() - 1];
+            let mut rest = inner;
+            while !rest.is_empty() {
+                let (w, r) = token(rest)?;
+                rest = r.strip_prefix(b" ").unwrap_or(r);
+                match w.to_ascii_uppercase().as_slice() {
+                    b"SUBSCRIBED" => options.subscribed = true,
+                    // Given with every name anyway.
+                    b"CHILDREN" | b"SPECIAL-USE" => {}
+                    b"STATUS" => {
+                        let (items, r) = token(rest)?;
+                        rest = r.strip_prefix(b" ").unwrap_or(r);
+                        options.status = Some(status_items(tag, items)?);
+                    }
+                    _ => {
+                        return Some(Extended::Refused {
+                            tag: tag_s,
+                            why: "LIST return options: SUBSCRIBED, CHILDREN, SPECIAL-USE, STATUS",
+                        })
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    let pats: Vec<&[u8]> = match patterns.starts_with(b"(") {
+        true => {
+            extended = true;
+            let mut out = Vec::new();
+            let mut rest = &patterns[1..patterns.len() - 1];
+            while !rest.is_empty() {
+                let (p, r) = token(rest)?;
+                rest = r.strip_prefix(b" ").unwrap_or(r);
+                out.push(p);
+            }
+            out
+        }
+        false => vec![patterns],
+    };
+    if !extended || pats.is_empty() {
+        return None;
+    }
+    let mut lists = Vec::new();
+    for p in pats {
+        let line = [tag, b" LIST ", reference, b" ", p, b"\r\n"].concat();
+        match CommandCodec::default().decode_static(&line) {
+            Ok(([], command)) => lists.push(command),
+            _ => return None,
+        }
+    }
+    Some(Extended::List(ExtendedList { tag: tag_s, lists, options }))
+}
+
+/// The items of `STATUS (items)`, read by imap-codec's STATUS parser.
+fn status_items(tag: &[u8], items: &[u8]) -> Option<Vec<imap_next::imap_types::status::StatusDataItemName>> {
+    let line = [tag, b" STATUS INBOX ", items, b"\r\n"].concat();
+    match CommandCodec::default().decode_static(&line) {
+        Ok(([], Command { body: imap_next::imap_types::command::CommandBody::Status { item_names, .. }, .. })) => {
+            Some(item_names.into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The words of a parenthesised list of atoms: `(A B)` → A, B.
+fn words(group: &[u8]) -> Option<Vec<&[u8]>> {
+    let inner = group.strip_prefix(b"(")?.strip_suffix(b")")?;
+    Some(inner.split(|b| *b == b' ').filter(|w| !w.is_empty()).collect())
+}
+
+/// The next token of `s`: a quoted string (escapes kept), a parenthesised
+/// group (nested, quotes respected) or an atom up to a space; and what
+/// follows it. `None` for a literal or an unterminated token.
+fn token(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    match s.first()? {
+        b'"' => {
+            let mut i = 1;
+            while i < s.len() {
+                match s[i] {
+                    b'\\' => i += 2,
+                    b'"' => return Some((&s[..=i], &s[i + 1..])),
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+        b'(' => {
+            let (mut depth, mut i, mut quoted) = (0usize, 0, false);
+            while i < s.len() {
+                match (s[i], quoted) {
+                    (b'\\', true) => i += 1,
+                    (b'"', _) => quoted = !quoted,
+                    (b'(', false) => depth += 1,
+                    (b')', false) => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some((&s[..=i], &s[i + 1..]));
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        b'{' => None,
+        _ => {
+            let end = s.iter().position(|b| *b == b' ' || *b == b'(' || *b == b')').unwrap_or(s.len());
+            (end > 0).then(|| (&s[..end], &s[end..]))
+        }
+    }
+}
+
+/// `s` after `word` (any case) and one space.
+fn strip_word<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let n = word.len();
+    (s.len() > n && s[..n].eq_ignore_ascii_case(word) && s[n] == b' ').then(|| &s[n + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use imap_next::imap_types::command::CommandBody;
+
+    use super::*;
+
+    fn search(b: &[u8]) -> (bool, SearchReturn) {
+        match parse(b) {
+            Some(Extended::Search { command: Command { body: CommandBody::Search { uid, .. }, .. }, ret }) => {
+                (uid, ret)
+            }
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
+        }
+    }
+
+    #[test]
+    fn search_return_options() {
+        let all = SearchReturn { all: true, ..Default::default() };
+        assert_eq!(search(b"a SEARCH RETURN () UNSEEN\r\n"), (false, all));
+        assert_eq!(search(b"a uid search return (min COUNT) 1:* FLAGGED\r\n").0, true);
+        let (_, r) = search(b"a UID SEARCH RETURN (MIN MAX COUNT ALL) CHARSET UTF-8 SUBJECT \"x\"\r\n");
+        assert!(r.min && r.max && r.count && r.all);
+        assert!(matches!(parse(b"t SEARCH RETURN (SAVE) ALL\r\n"), Some(Extended::Refused { .. })));
+        assert!(matches!(parse(b"t SEARCH RETURN (PARTIAL 1:5) ALL\r\n"), Some(Extended::Refused { .. })));
+    }
+
+    fn list(b: &[u8]) -> ExtendedList {
+        match parse(b) {
+            Some(Extended::List(l)) => l,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
+        }
+    }
+
+    #[test]
+    fn extended_list() {
+        let l = list(b"A01 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"prot/*\" RETURN (CHILDREN)\r\n");
+        assert_eq!((l.tag.as_str(), l.lists.len(), l.options.subscribed), ("A01", 1, true));
+        let l = list(b"A02 LIST \"\" (\"prot/%\" \"legale/%\" INBOX) RETURN (STATUS (MESSAGES UNSEEN))\r\n");
+        assert_eq!(l.lists.len(), 3);
+        assert_eq!(l.options.status.as_ref().map(Vec::len), Some(2));
+        let l = list(b"A03 LIST (SPECIAL-USE) \"\" *\r\n");
+        assert!(l.options.special_use_only && l.options.status.is_none());
+        let l = list(b"A04 list \"\" \"a \\\"(b)\" return (subscribed special-use)\r\n");
+        assert!(l.options.subscribed);
+        assert!(matches!(parse(b"A05 LIST (NOSUCH) \"\" *\r\n"), Some(Extended::Refused { .. })));
+        assert!(matches!(parse(b"A06 LIST \"\" * RETURN (MYRIGHTS)\r\n"), Some(Extended::Refused { .. })));
+        for b in [
+            &b"A07 LIST \"\" *\r\n"[..],
+            b"A08 LIST \"\" * RETURN\r\n",
+            b"A09 LIST (SUBSCRIBED \"\" *\r\n",
+            b"A10 LIST \"\" (\"a\" {3}\r\n",
+            b"A11 LIST \"\" * RETURN (STATUS (NOSUCH))\r\n",
+            b"A12 LIST \"\" * RETURN (STATUS)\r\n",
+            b"A13 LIST () \"\"\r\n",
+            b"A14 LIST ()",
+        ] {
+            assert!(!matches!(parse(b), Some(Extended::List(_))), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn other_bytes_are_not_taken() {
+        for b in [
+            &b"a SEARCH UNSEEN\r\n"[..],
+            b"a SEARCH RETURN (MIN UNSEEN\r\n",
+            b"a SEARCH RETURN (MIN) NOSUCHKEY\r\n",
+            b"a SEARCH RETURN (MIN)",
+            b"SEARCH",
+            b"",
+            b"a FETCH RETURN (MIN) 1\r\n",
+            b"\xff\xfe SEARCH RETURN () ALL\r\n",
+        ] {
+            assert!(parse(b).is_none(), "{}", String::from_utf8_lossy(b));
+        }
+        assert!(parse(&vec![b'a'; MAX + 1]).is_none());
+    }
+}

@@ -1,0 +1,73 @@
+"""BINARY (RFC 3516) against `pecgate serve`: APPEND of a literal8, FETCH
+BINARY[part] with the transfer encoding undone (base64, quoted-printable),
+as a literal8 when the bytes hold NUL, BINARY.SIZE, a partial range,
+BINARY (not .PEEK) setting \\Seen, and NO [UNKNOWN-CTE] for an encoding it
+cannot undo. Raw lines over TLS (imaplib cannot read `~{n}`).
+
+argv: port cafile data_dir. Users: anna (read, triage on prot).
+"""
+import base64
+import re
+
+from common import check, done
+from helpers import Raw
+
+ALL = bytes(range(256))
+QP_TEXT = "perché il sollecito è urgente"
+MSG = (
+    b"From: anna@example.it\r\nTo: ufficio@example.it\r\nSubject: allegati\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+    b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    b"perch=C3=A9 il sollecito =C3=A8 =\r\nurgente\r\n"
+    b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes(ALL).replace(b"\n", b"\r\n")
+    + b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+    b"begin 644 x\r\n`\r\nend\r\n"
+    b"--zz--\r\n"
+)
+
+r = Raw()
+check(r.login("anna"), "anna logs in")
+lines, t = r.command("c", "CAPABILITY")
+check(b" BINARY" in b" ".join(lines), "BINARY is advertised", lines)
+lines, t = r.command("k", 'CREATE "prot/Allegati"')
+check(t is not None and t.startswith(b"k OK"), "anna creates a category", (lines, t))
+
+# APPEND with a literal8 (~{n}): synchronising, so wait for the "+".
+r.send(b'a APPEND "prot/Allegati" ~{%d}\r\n' % len(MSG))
+cont = r.line()
+check(cont is not None and cont.startswith(b"+"), "the server asks for the literal8's bytes", cont)
+r.send(MSG + b"\r\n")
+lines, t = r.until(b"a ")
+check(t is not None and t.startswith(b"a OK") and b"APPENDUID" in t, "APPEND of a literal8 -> OK [APPENDUID]", (lines, t))
+uid = int(re.search(rb"APPENDUID \d+ (\d+)", t).group(1))
+
+lines, t = r.command("s", 'SELECT "prot/Allegati"')
+check(t is not None and t.startswith(b"s OK"), "SELECT the category", (lines, t))
+
+lines, t = r.command("f1", f"UID FETCH {uid} (BINARY.PEEK[2] BINARY.SIZE[2])")
+check(t is not None and t.startswith(b"f1 OK"), "FETCH BINARY.PEEK[2] BINARY.SIZE[2]", (lines, t))
+blob = b"\r\n".join(lines)
+check(b"BINARY[2] ~{256}\r\n" + ALL in blob, "base64 undone: the 256 bytes, as a literal8 (they hold NUL)", blob[:200])
+check(b"BINARY.SIZE[2] 256" in blob, "BINARY.SIZE is the decoded size", blob[-80:])
+
+lines, t = r.command("f2", f"UID FETCH {uid} (BINARY.PEEK[1])")
+want = QP_TEXT.encode()
+check(t is not None and t.startswith(b"f2 OK") and (b"BINARY[1] {%d}\r\n" % len(want)) + want in b"\r\n".join(lines),
+      "quoted-printable undone (UTF-8 bytes, soft break joined), as a plain literal", lines)
+
+lines, t = r.command("f3", f"UID FETCH {uid} (BINARY.PEEK[2]<250.10>)")
+check(b"\r\n".join(lines).endswith(b"BINARY[2] {6}\r\n" + ALL[250:] + b")"), "a partial range of the decoded bytes (no NUL in it: a plain literal)", lines)
+
+lines, t = r.command("f4", f"UID FETCH {uid} (BINARY.PEEK[3])")
+check(t is not None and t.startswith(b"f4 NO [UNKNOWN-CTE]"), "x-uuencode -> NO [UNKNOWN-CTE]", (lines, t))
+
+lines, t = r.command("f5", f"UID FETCH {uid} (FLAGS)")
+check(b"\\Seen" not in b" ".join(lines), "BINARY.PEEK left the message unseen", lines)
+lines, t = r.command("f6", f"UID FETCH {uid} (BINARY[1])")
+check(t is not None and t.startswith(b"f6 OK") and b"\\Seen" in b" ".join(lines), "BINARY[1] sets \\Seen (and says so)", lines)
+
+lines, t = r.command("f7", f"UID FETCH {uid} (BINARY.PEEK[])")
+check(MSG in b"\r\n".join(lines), "BINARY[] is the whole message as archived", lines[:1])
+r.close()
+done()
