@@ -5,7 +5,7 @@
 //! APPEND's OK, UIDVALIDITY of a folder never used, each APPEND its own
 //! message) and categories (CREATE/RENAME/DELETE under a mailbox, COPY
 //! labels, MOVE files with COPYUID before EXPUNGE, EXPUNGE unlabels);
-//! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY
+//! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY and MULTIAPPEND
 //! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py).
 
 mod imap_support;

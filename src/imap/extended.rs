@@ -1,6 +1,7 @@
 //! Commands of extensions imap-codec does not parse, read from the bytes
-//! imap-next refused: `SEARCH RETURN (...)` (ESEARCH, RFC 4731) and the
-//! extended LIST (LIST-EXTENDED, RFC 5258; LIST-STATUS, RFC 5819).
+//! imap-next refused: `SEARCH RETURN (...)` (ESEARCH, RFC 4731), the
+//! extended LIST (LIST-EXTENDED, RFC 5258; LIST-STATUS, RFC 5819) and
+//! APPEND of several messages (MULTIAPPEND, RFC 3502).
 //!
 //! imap-next answers a command it cannot parse with the bytes it discarded
 //! (the whole command, literals included). Before the session answers
@@ -31,6 +32,9 @@ pub enum Extended {
     Search { command: Command<'static>, ret: SearchReturn },
     /// `LIST (selection) reference (patterns) RETURN (options)`.
     List(ExtendedList),
+    /// `APPEND mailbox [flags] [date] literal [flags] [date] literal ...`:
+    /// one APPEND command per message.
+    Append { tag: String, appends: Vec<Command<'static>> },
     /// A form recognised with something pecgate does not offer (the tag,
     /// and why): answered BAD with the reason rather than `[PARSE]`.
     Refused { tag: String, why: &'static str },
@@ -58,17 +62,21 @@ pub struct ExtendedList {
     pub options: ListOptions,
 }
 
-/// The longest command read this way (a SEARCH is a line or two).
+/// The longest SEARCH or LIST read this way (a line or two; an APPEND is
+/// as long as imap-next let it be: `APPENDLIMIT`).
 const MAX: usize = 64 * 1024;
 
 /// `bytes`: one whole command as the client sent it (CRLF included).
 pub fn parse(bytes: &[u8]) -> Option<Extended> {
-    if bytes.len() > MAX {
-        return None;
-    }
     let sp = bytes.iter().position(|b| *b == b' ')?;
     let (tag, mut rest) = (&bytes[..sp], &bytes[sp + 1..]);
     let tag_s = std::str::from_utf8(tag).ok()?.to_string();
+    if let Some(r) = strip_word(rest, b"APPEND") {
+        return multiappend(tag, tag_s, r);
+    }
+    if bytes.len() > MAX {
+        return None;
+    }
     let mut head = Vec::with_capacity(bytes.len());
     head.extend_from_slice(tag);
     head.push(b' ');
@@ -208,6 +216,50 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
     Some(Extended::List(ExtendedList { tag: tag_s, lists, options }))
 }
 
+/// `APPEND` arguments with two messages or more (RFC 3502): `mailbox SP
+/// [flags SP] [date SP] literal *(SP [flags SP] [date SP] literal)` CRLF,
+/// each literal `{n}`, `{n+}` or `~{n}` (BINARY) followed by its bytes.
+/// Each message becomes an APPEND that imap-codec parses.
+fn multiappend(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
+    let (mailbox, rest) = token(args)?;
+    let mut rest = rest.strip_prefix(b" ")?;
+    let mut appends = Vec::new();
+    loop {
+        let mut pre = Vec::new();
+        for open in [b'(', b'"'] {
+            if rest.first() == Some(&open) {
+                let (t, r) = token(rest)?;
+                pre.extend_from_slice(t);
+                pre.push(b' ');
+                rest = r.strip_prefix(b" ")?;
+            }
+        }
+        let binary = rest.first() == Some(&b'~');
+        let r = rest.get(usize::from(binary)..)?.strip_prefix(b"{")?;
+        let close = r.iter().position(|b| *b == b'}')?;
+        let digits = r[..close].strip_suffix(b"+").unwrap_or(&r[..close]);
+        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        let r = r[close + 1..].strip_prefix(b"\r\n")?;
+        let data = r.get(..n)?;
+        rest = &r[n..];
+        let literal = format!("{}{{{n}+}}\r\n", if binary { "~" } else { "" });
+        let line = [tag, b" APPEND ", mailbox, b" ", &pre, literal.as_bytes(), data, b"\r\n"].concat();
+        match CommandCodec::default().decode_static(&line) {
+            Ok(([], command)) => appends.push(command),
+            _ => return None,
+        }
+        if rest == b"\r\n" {
+            break;
+        }
+        rest = rest.strip_prefix(b" ")?;
+    }
+    // One message that did not parse is imap-codec's answer to give.
+    (appends.len() > 1).then_some(Extended::Append { tag: tag_s, appends })
+}
+
 /// The items of `STATUS (items)`, read by imap-codec's STATUS parser.
 fn status_items(tag: &[u8], items: &[u8]) -> Option<Vec<imap_next::imap_types::status::StatusDataItemName>> {
     let line = [tag, b" STATUS INBOX ", items, b"\r\n"].concat();
@@ -331,6 +383,28 @@ mod tests {
             b"A14 LIST ()",
         ] {
             assert!(!matches!(parse(b), Some(Extended::List(_))), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn multiappend() {
+        let appends = |b: &[u8]| match parse(b) {
+            Some(Extended::Append { appends, .. }) => appends,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(b)),
+        };
+        let a = appends(b"A3 APPEND saved-messages (\\Seen) {5+}\r\nhello (\\Flagged) \"05-Dec-2026 10:00:00 +0100\" ~{3}\r\nb\x00c {2}\r\nhi\r\n");
+        assert_eq!(a.len(), 3);
+        assert!(a.iter().all(|c| matches!(c.body, CommandBody::Append { .. })));
+        for b in [
+            &b"A4 APPEND box {5+}\r\nhello\r\n"[..],
+            b"A5 APPEND box {5+}\r\nhello {9}\r\nshort\r\n",
+            b"A6 APPEND box {5+}\r\nhello {x}\r\nhello\r\n",
+            b"A7 APPEND box {5+}\r\nhello {99999999999}\r\nhello\r\n",
+            b"A8 APPEND box {5+}\r\nhello (\\Seen {5}\r\nhello\r\n",
+            b"A9 APPEND box {5+}\r\nhello {5}\r\nhello",
+            b"A10 APPEND {5+}\r\nhello {5}\r\nhello\r\n",
+        ] {
+            assert!(parse(b).is_none(), "{}", String::from_utf8_lossy(b));
         }
     }
 

@@ -361,6 +361,7 @@ impl Session {
         use super::extended::Extended;
         let name = match &ext {
             Extended::List(_) => "LIST",
+            Extended::Append { .. } => "APPEND",
             _ => "SEARCH",
         };
         crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
@@ -372,6 +373,40 @@ impl Session {
                 Ok(tag) => io.status(bad(tag, why)),
                 Err(_) => io.status(untagged(StatusKind::Bad, None, why)),
             },
+            Extended::Append { tag, appends } => {
+                let Ok(tag) = Tag::try_from(tag) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                let (user, sel) = match &mut self.state {
+                    State::Authenticated(user) => (user, None),
+                    State::Selected(user, sel) => (user, Some(sel)),
+                    _ => {
+                        io.status(bad(tag, "log in first"));
+                        return Ok(());
+                    }
+                };
+                let mut items = Vec::new();
+                for c in appends {
+                    match permission::check(&user.view, sel.as_deref().map(|s| &**s), &c.body) {
+                        Ok(Some(allowed)) => items.push((c.body, allowed)),
+                        Ok(None) => {
+                            io.status(no_code(tag, "SERVERBUG", "permission not checked; refused"));
+                            return Ok(());
+                        }
+                        Err(d) => {
+                            io.status(denied(tag, d));
+                            return Ok(());
+                        }
+                    }
+                }
+                let st = authenticated::multiappend(&self.conn, user, tag, items).await;
+                if let Some(sel) = sel {
+                    // EXISTS before the tagged OK (RFC 3501 §6.3.11).
+                    selected::refresh(user, sel, io, true, &HashSet::new());
+                }
+                io.status(st);
+            }
             Extended::List(list) => match (&self.state, Tag::try_from(list.tag.clone())) {
                 (State::Authenticated(user) | State::Selected(user, _), Ok(tag)) => {
                     authenticated::list_extended(io, tag, &user.view, &list)

@@ -1,10 +1,15 @@
-"""BINARY (RFC 3516) against `pecgate serve`: APPEND of a literal8, FETCH
+"""BINARY (RFC 3516) and MULTIAPPEND (RFC 3502) against `pecgate serve`.
+BINARY: APPEND of a literal8, FETCH
 BINARY[part] with the transfer encoding undone (base64, quoted-printable),
 as a literal8 when the bytes hold NUL, BINARY.SIZE, a partial range,
 BINARY (not .PEEK) setting \\Seen, and NO [UNKNOWN-CTE] for an encoding it
-cannot undo. Raw lines over TLS (imaplib cannot read `~{n}`).
+cannot undo. MULTIAPPEND: two messages in one APPEND with synchronising
+literals (EXISTS before the OK, APPENDUID naming both), and a refused
+message storing none of them. Raw lines over TLS (imaplib cannot read
+`~{n}`).
 
-argv: port cafile data_dir. Users: anna (read, triage on prot).
+argv: port cafile data_dir. Users: anna (read, triage on prot), mario
+(read, triage, send, delete on prot; prot is protocollo@pec.example.it).
 """
 import base64
 import re
@@ -69,5 +74,39 @@ check(t is not None and t.startswith(b"f6 OK") and b"\\Seen" in b" ".join(lines)
 
 lines, t = r.command("f7", f"UID FETCH {uid} (BINARY.PEEK[])")
 check(MSG in b"\r\n".join(lines), "BINARY[] is the whole message as archived", lines[:1])
+
+# ---------------------------------------------------------- MULTIAPPEND
+lines, t = r.command("c2", "CAPABILITY")
+check(b" MULTIAPPEND" in b" ".join(lines), "MULTIAPPEND is advertised", lines)
+m1 = b"From: anna@example.it\r\nSubject: primo\r\n\r\nuno\r\n"
+m2 = b"From: anna@example.it\r\nSubject: secondo\r\n\r\ndue\r\n"
+r.send(b'm APPEND "prot/Allegati" (\\Seen) {%d}\r\n' % len(m1))
+cont = r.line()
+check(cont is not None and cont.startswith(b"+"), "first literal: go ahead", cont)
+r.send(m1 + b' (\\Flagged) {%d}\r\n' % len(m2))
+cont = r.line()
+check(cont is not None and cont.startswith(b"+"), "second literal: go ahead", cont)
+r.send(m2 + b"\r\n")
+lines, t = r.until(b"m ")
+got = re.search(rb"\[APPENDUID \d+ (\d+):(\d+)\]", t or b"")
+check(got is not None and int(got.group(2)) == int(got.group(1)) + 1, "one OK [APPENDUID uv a:a+1] for both", (lines, t))
+check(b"* 3 EXISTS" in lines, "the selected folder's EXISTS before the OK", lines)
+lines, t = r.command("f8", "UID FETCH %s:%s (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])" % (got.group(1).decode(), got.group(2).decode()))
+joined = b" ".join(lines)
+check(b"primo" in joined and b"secondo" in joined and b"\\Flagged" in joined, "both stored, each with its flags", lines)
 r.close()
+
+w = Raw()
+check(w.login("mario"), "mario logs in")
+lines, t = w.command("s1", "STATUS prot/Sent (MESSAGES)")
+before = re.search(rb"MESSAGES (\d+)", b" ".join(lines)).group(1)
+ok1 = b"From: protocollo@pec.example.it\r\nSubject: inviato\r\nMessage-ID: <ma1@example.it>\r\n\r\nx\r\n"
+bad2 = b"From: altro@example.it\r\nSubject: non mio\r\nMessage-ID: <ma2@example.it>\r\n\r\ny\r\n"
+w.send(b"n APPEND prot/Sent {%d+}\r\n" % len(ok1) + ok1 + b" {%d+}\r\n" % len(bad2) + bad2 + b"\r\n")
+lines, t = w.until(b"n ")
+check(t is not None and t.startswith(b"n NO [CANNOT]") and b"nothing of this MULTIAPPEND was stored" in t,
+      "the second message is not from prot: NO, and says nothing was stored", (lines, t))
+lines, t = w.command("s2", "STATUS prot/Sent (MESSAGES)")
+check(re.search(rb"MESSAGES (\d+)", b" ".join(lines)).group(1) == before, "prot/Sent got neither message", lines)
+w.close()
 done()

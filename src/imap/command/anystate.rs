@@ -50,6 +50,7 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         cap("ESEARCH"),
         cap("LIST-EXTENDED"),
         cap("LIST-STATUS"),
+        cap("MULTIAPPEND"),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));

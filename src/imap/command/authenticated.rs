@@ -12,7 +12,7 @@ use imap_next::imap_types::extensions::namespace::Namespace;
 use imap_next::imap_types::extensions::quota::{QuotaGet, Resource};
 use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
 use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
-use imap_next::imap_types::response::{Code, Data, Status, StatusKind};
+use imap_next::imap_types::response::{Code, CodeOther, Data, Status, StatusBody, StatusKind, Tagged};
 use imap_next::imap_types::sequence::SequenceSet;
 use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
 
@@ -153,6 +153,107 @@ pub async fn append_command(
     };
     let date = date.map(|d| d.as_ref().with_timezone(&Utc));
     append(conn, user, tag, allowed, &flags, date, bytes).await
+}
+
+/// MULTIAPPEND (RFC 3502): several messages in one APPEND, each with its
+/// permission already checked. Every message is checked as its APPEND
+/// would check it before any is stored, so a refusal stores nothing; the
+/// tagged OK names all their UIDs (`APPENDUID uidvalidity 4:6`). Not
+/// atomic against the archive failing between two of them (each is its
+/// own durable commit): the NO then says how many were stored.
+pub async fn multiappend(
+    conn: &Conn,
+    user: &Authed,
+    tag: Tag<'static>,
+    items: Vec<(CommandBody<'static>, Allowed)>,
+) -> Status<'static> {
+    for (body, allowed) in &items {
+        let (CommandBody::Append { message, .. }, Some(folder)) = (body, allowed.target()) else {
+            return bad(tag, "not an APPEND");
+        };
+        let bytes = match message {
+            LiteralOrLiteral8::Literal(l) => l.data(),
+            LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+        };
+        if let Some(why) = append_refusal(conn, folder, bytes) {
+            // A copy another mailbox already sent is answered with its UID
+            // there (see `append`), whoever it is from.
+            let hash = crate::store::blobs::sha256_hex(bytes);
+            let mid = crate::pec::header_message_id(bytes);
+            if !matches!(user.view.sent_copy(&hash, mid.as_deref()), Ok(Some(_))) {
+                return no_code(tag, "CANNOT", &format!("{why} (nothing of this MULTIAPPEND was stored)"));
+            }
+        }
+    }
+    let (total, mut uids, mut uidvalidity) = (items.len(), Vec::new(), None);
+    for (body, allowed) in items {
+        let st = append_command(conn, user, tag.clone(), body, Some(allowed)).await;
+        match &st {
+            Status::Tagged(Tagged {
+                body: StatusBody { kind: StatusKind::Ok, code: Some(Code::AppendUid { uid_validity, uid }), .. },
+                ..
+            }) => {
+                uidvalidity = Some(*uid_validity);
+                uids.push(uid.get());
+            }
+            Status::Tagged(Tagged { body, .. }) if uids.is_empty() => {
+                return tagged(tag, body.kind, body.code.clone(), &body.text.to_string())
+            }
+            Status::Tagged(Tagged { body, .. }) => {
+                let text = format!("{} ({} of {total} messages were stored before this one)", body.text, uids.len());
+                return tagged(tag, body.kind, body.code.clone(), &text);
+            }
+            _ => return st,
+        }
+    }
+    match uidvalidity {
+        Some(uv) => {
+            let code = format!("APPENDUID {uv} {}", ranges_text(&uids));
+            tagged(
+                tag,
+                StatusKind::Ok,
+                Some(Code::Other(CodeOther::unvalidated(code.into_bytes()))),
+                "MULTIAPPEND done",
+            )
+        }
+        None => ok(tag, "MULTIAPPEND done"),
+    }
+}
+
+/// UIDs as IMAP ranges, in the order given (`5:7` for 5, 6, 7).
+fn ranges_text(uids: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j].wrapping_add(1) {
+            j += 1;
+        }
+        out.push(if i == j { uids[i].to_string() } else { format!("{}:{}", uids[i], uids[j]) });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Why an APPEND of `bytes` into `folder` would be refused before storing
+/// anything (see [`append`]), or `None`.
+fn append_refusal(conn: &Conn, folder: &view::Folder, bytes: &[u8]) -> Option<String> {
+    if folder.category {
+        return None;
+    }
+    if folder.store_folder.as_deref() != Some(view::SENT) {
+        return Some("messages can be appended only to a mailbox's Sent folder or to folders people created".into());
+    }
+    let own = conn.ctx.mailbox_addresses.get(&folder.mailbox).map(|a| crate::pec::normalize_address(a));
+    let from = crate::pec::header_from_address(bytes).map(|a| crate::pec::normalize_address(&a));
+    (own.is_none() || from != own).then(|| {
+        format!(
+            "{}/Sent holds only messages sent from {}; this one is from {}",
+            folder.mailbox,
+            own.as_deref().unwrap_or("its own address"),
+            from.as_deref().unwrap_or("nobody (no From)")
+        )
+    })
 }
 
 /// A changing command reached its handler without the permission table's
@@ -551,19 +652,8 @@ async fn append(
         Ok(None) => {}
         Err(e) => return serverbug(tag, &e),
     }
-    let own = conn.ctx.mailbox_addresses.get(&folder.mailbox).map(|a| crate::pec::normalize_address(a));
-    let from = crate::pec::header_from_address(&bytes).map(|a| crate::pec::normalize_address(&a));
-    if own.is_none() || from != own {
-        return no_code(
-            tag,
-            "CANNOT",
-            &format!(
-                "{}/Sent holds only messages sent from {}; this one is from {}",
-                folder.mailbox,
-                own.as_deref().unwrap_or("its own address"),
-                from.as_deref().unwrap_or("nobody (no From)")
-            ),
-        );
+    if let Some(why) = append_refusal(conn, &folder, &bytes) {
+        return no_code(tag, "CANNOT", &why);
     }
     let blob: BlobRef = match store.put_blob(bytes).await {
         Ok(b) => b,
