@@ -196,9 +196,8 @@ pub async fn multiappend(
                 uidvalidity = Some(*uid_validity);
                 uids.push(uid.get());
             }
-            Status::Tagged(Tagged { body, .. }) if uids.is_empty() => {
-                return tagged(tag, body.kind, body.code.clone(), &body.text.to_string())
-            }
+            // The first message refused: as its own APPEND answered.
+            Status::Tagged(_) if uids.is_empty() => return st,
             Status::Tagged(Tagged { body, .. }) => {
                 let text = format!("{} ({} of {total} messages were stored before this one)", body.text, uids.len());
                 return tagged(tag, body.kind, body.code.clone(), &text);
