@@ -125,6 +125,28 @@ pub fn sequence_set(sorted: impl Iterator<Item = u32>) -> Option<SequenceSet> {
     Vec1::try_from(out).ok().map(SequenceSet)
 }
 
+/// Numbers as IMAP ranges in the order given: `1:3,7` (runs of
+/// consecutive numbers joined).
+pub fn ranges(nums: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < nums.len() {
+        let mut j = i;
+        while j + 1 < nums.len() && nums[j + 1] == nums[j].wrapping_add(1) {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&match i == j {
+            true => nums[i].to_string(),
+            false => format!("{}:{}", nums[i], nums[j]),
+        });
+        i = j + 1;
+    }
+    out
+}
+
 pub fn uid_set(uids: impl Iterator<Item = u32>) -> Option<UidSet> {
     let v: Vec<UidElement> = uids.filter_map(NonZeroU32::new).map(UidElement::Single).collect();
     Vec1::try_from(v).ok().map(UidSet)

@@ -207,7 +207,7 @@ pub async fn multiappend(
     }
     match uidvalidity {
         Some(uv) => {
-            let code = format!("APPENDUID {uv} {}", ranges_text(&uids));
+            let code = format!("APPENDUID {uv} {}", ranges(&uids));
             tagged(
                 tag,
                 StatusKind::Ok,
@@ -219,20 +219,6 @@ pub async fn multiappend(
     }
 }
 
-/// UIDs as IMAP ranges, in the order given (`5:7` for 5, 6, 7).
-fn ranges_text(uids: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let mut j = i;
-        while j + 1 < uids.len() && uids[j + 1] == uids[j].wrapping_add(1) {
-            j += 1;
-        }
-        out.push(if i == j { uids[i].to_string() } else { format!("{}:{}", uids[i], uids[j]) });
-        i = j + 1;
-    }
-    out.join(",")
-}
 
 /// Why an APPEND of `bytes` into `folder` would be refused before storing
 /// anything (see [`append`]), or `None`.

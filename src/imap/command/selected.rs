@@ -774,26 +774,6 @@ fn esearch(tag: &Tag<'_>, uid: bool, r: SearchReturn, hits: &[u32], modseq: Opti
     out
 }
 
-/// Ascending numbers as IMAP ranges: `1:3,7`.
-fn ranges(sorted: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
-            j += 1;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(&match i == j {
-            true => sorted[i].to_string(),
-            false => format!("{}:{}", sorted[i], sorted[j]),
-        });
-        i = j + 1;
-    }
-    out
-}
 
 /// The charsets SORT and THREAD take (RFC 5256 requires both): search
 /// strings are matched as UTF-8, of which US-ASCII is a part.
