@@ -140,12 +140,14 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
     let mut extended = false;
     let mut i = 0;
     if toks.first()?.starts_with(b"(") {
+        let (mut recursive, mut base) = (false, false);
         for w in words(toks[0])? {
             match w.to_ascii_uppercase().as_slice() {
-                b"SUBSCRIBED" => options.subscribed = true,
-                b"SPECIAL-USE" => options.special_use_only = true,
+                b"SUBSCRIBED" => (options.subscribed, base) = (true, true),
+                b"SPECIAL-USE" => (options.special_use_only, base) = (true, true),
                 // Every folder is subscribed and local: nothing to add.
-                b"RECURSIVEMATCH" | b"REMOTE" => {}
+                b"RECURSIVEMATCH" => recursive = true,
+                b"REMOTE" => {}
                 _ => {
                     return Some(Extended::Refused {
                         tag: tag_s,
@@ -153,6 +155,13 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
                     })
                 }
             }
+        }
+        if recursive && !base {
+            // RFC 5258 §3: RECURSIVEMATCH qualifies another option.
+            return Some(Extended::Refused {
+                tag: tag_s,
+                why: "RECURSIVEMATCH needs SUBSCRIBED (or SPECIAL-USE) beside it",
+            });
         }
         extended = true;
         i = 1;
@@ -371,6 +380,9 @@ mod tests {
         let l = list(b"A04 list \"\" \"a \\\"(b)\" return (subscribed special-use)\r\n");
         assert!(l.options.subscribed);
         assert!(matches!(parse(b"A05 LIST (NOSUCH) \"\" *\r\n"), Some(Extended::Refused { .. })));
+        for alone in [&b"A15 LIST (RECURSIVEMATCH) \"\" \"\"\r\n"[..], b"A16 LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n"] {
+            assert!(matches!(parse(alone), Some(Extended::Refused { .. })), "{}", String::from_utf8_lossy(alone));
+        }
         assert!(matches!(parse(b"A06 LIST \"\" * RETURN (MYRIGHTS)\r\n"), Some(Extended::Refused { .. })));
         for b in [
             &b"A07 LIST \"\" *\r\n"[..],

@@ -43,6 +43,18 @@ def code(tagged, name):
 
 
 # ------------------------------------------------------------- CONDSTORE
+# A folder selected without (CONDSTORE), then a command that uses a MODSEQ:
+# HIGHESTMODSEQ first (imaptest's esearch-condstore; Dovecot does so).
+z = Raw()
+check(z.login("anna"), "anna logs in (a first session)")
+lines, t = ok(z, "z1", "SELECT prot/INBOX", "SELECT without CONDSTORE")
+lines, t = ok(z, "z2", "FETCH 1 (MODSEQ)", "FETCH MODSEQ turns CONDSTORE on")
+check(lines and lines[0].startswith(b"* OK [HIGHESTMODSEQ ") and any(b"MODSEQ (" in l for l in lines[1:]),
+      "* OK [HIGHESTMODSEQ n] before the FETCH (RFC 7162 §3.1)", lines)
+lines, t = ok(z, "z3", "FETCH 1 (MODSEQ)", "FETCH MODSEQ again")
+check(not any(b"HIGHESTMODSEQ" in l for l in lines), "only the first time", lines)
+z.close()
+
 a = Raw()
 check(a.login("anna"), "anna logs in")
 lines, t = ok(a, "c", "CAPABILITY", "CAPABILITY")

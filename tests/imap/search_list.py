@@ -41,12 +41,18 @@ lines, t = r.command("A286", "SEARCH FLAGGED")
 check(lines == [b"* SEARCH 2 3 5"], "a plain SEARCH is still * SEARCH", lines)
 
 lines, t = r.command("m", "FETCH 4 (MODSEQ)")
-m4 = int(re.search(rb"MODSEQ \((\d+)\)", lines[0]).group(1))
+check(lines[0].startswith(b"* OK [HIGHESTMODSEQ "), "the first MODSEQ command says HIGHESTMODSEQ first", lines)
+m4 = int(re.search(rb"MODSEQ \((\d+)\)", lines[-1]).group(1))
 lines, t = r.command("A287", "SEARCH RETURN (COUNT) MODSEQ 1")
 check(lines == [b'* ESEARCH (TAG "A287") COUNT 5 MODSEQ %d' % max(
     int(re.search(rb"MODSEQ \((\d+)\)", l).group(1)) for l in r.command("m2", "FETCH 1:* (MODSEQ)")[0])],
       "with MODSEQ in the criteria, ESEARCH ends with MODSEQ (RFC 7162 §3.1.5)", lines)
 
+lines, t = r.command("m3", "FETCH 1:* (MODSEQ)")
+per = {int(re.match(rb"\* (\d+) FETCH", l).group(1)): int(re.search(rb"MODSEQ \((\d+)\)", l).group(1)) for l in lines}
+lines, t = r.command("A28m", "SEARCH RETURN (MIN) MODSEQ 1")
+check(lines == [b'* ESEARCH (TAG "A28m") MIN 1 MODSEQ %d' % per[1]],
+      "RETURN (MIN) alone: the MODSEQ of that message, not of all found (RFC 4731 §3.2)", (lines, per))
 lines, t = r.command("A288", "SEARCH RETURN (SAVE) ALL")
 check(t is not None and t.startswith(b"A288 BAD") and b"SEARCHRES" in t, "RETURN (SAVE) -> BAD naming SEARCHRES", t)
 lines, t = r.command("A289", "SEARCH RETURN (MIN) NOSUCHKEY")
@@ -83,6 +89,8 @@ lines, t = r.command("L6", 'LIST (NOSUCH) "" "*"')
 check(t.startswith(b"L6 BAD") and b"SUBSCRIBED" in t, "an unknown selection option -> BAD with the ones offered", t)
 lines, t = r.command("L7", 'LIST "" "*" RETURN (MYRIGHTS)')
 check(t.startswith(b"L7 BAD"), "an unknown return option -> BAD", t)
+lines, t = r.command("L9", 'LIST (RECURSIVEMATCH) "" ""')
+check(t.startswith(b"L9 BAD"), "RECURSIVEMATCH alone -> BAD (RFC 5258 §3)", t)
 lines, t = r.command("L8", 'LIST "" "prot/Cerca"')
 check(len(lines) == 1 and re.match(rb'\* LIST \(\\HasNoChildren\) "/" "?prot/Cerca"?$', lines[0]), "a plain LIST is as before", lines)
 r.close()

@@ -96,7 +96,7 @@ pub async fn handle(
                     if !sel.modseq {
                         return Ok(nomodseq(io, tag));
                     }
-                    user.enabled.set_condstore();
+                    enable_condstore(user, sel, io);
                 }
                 let how = StoreHow { kind, response, unchanged_since };
                 store(conn, user, sel, io, tag, a, &sequence_set, how, &flags, uid).await
@@ -134,6 +134,21 @@ pub async fn handle(
         other => io.status(bad(tag, &format!("{} is not a selected-state command", other.name()))),
     }
     Ok(Transition::None)
+}
+
+/// Turn CONDSTORE on for a command that uses a MODSEQ. The first time,
+/// the selected folder's HIGHESTMODSEQ is told before anything else (RFC
+/// 7162 §3.1: a CONDSTORE enabling command in a folder selected without
+/// it), as SELECT (CONDSTORE) would have.
+fn enable_condstore(user: &Authed, sel: &Selected, io: &mut Io) {
+    if user.enabled.condstore() {
+        return;
+    }
+    user.enabled.set_condstore();
+    let (mailbox, folder) = (&sel.folder.mailbox, sel.folder.source());
+    let stored = user.view.store.folder(mailbox, folder).ok().flatten().map_or(0, |st| st.highest_modseq);
+    let highest = sel.msgs.iter().map(|(_, m)| m.modseq).fold(stored, u64::max);
+    io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(highest))), "CONDSTORE on"));
 }
 
 /// A MODSEQ command in a folder without MODSEQs (RFC 7162 §3.1.2.2).
@@ -384,7 +399,7 @@ async fn fetch(
             nomodseq(io, tag);
             return Ok(());
         }
-        user.enabled.set_condstore();
+        enable_condstore(user, sel, io);
     }
     let with_modseq =
         sel.modseq && user.enabled.condstore() && (since.is_some() || names.contains(&MessageDataItemName::Flags));
@@ -704,7 +719,7 @@ pub async fn search(
             nomodseq(io, tag);
             return Ok(());
         }
-        user.enabled.set_condstore();
+        enable_condstore(user, sel, io);
     }
     // One blocking task for the whole folder: the keys may read the
     // store for every message.
@@ -726,16 +741,21 @@ pub async fn search(
     };
     // With MODSEQ in the keys, the highest MODSEQ of what was found
     // (RFC 7162 §3.1.5).
-    let highest = modseq
-        .then(|| {
-            let of = |n: &u32| match uid {
-                true => sel.msgs.binary_search_by_key(n, |m| m.0).ok().map(|i| sel.msgs[i].1.modseq),
-                false => sel.msgs.get(*n as usize - 1).map(|m| m.1.modseq),
-            };
-            hits.iter().filter_map(of).max()
-        })
-        .flatten()
-        .map(nz64);
+    // With only MIN and/or MAX asked, of those messages (RFC 4731 §3.2).
+    let of = |n: &u32| match uid {
+        true => sel.msgs.binary_search_by_key(n, |m| m.0).ok().map(|i| sel.msgs[i].1.modseq),
+        false => sel.msgs.get(*n as usize - 1).map(|m| m.1.modseq),
+    };
+    let returned: Vec<u32> = match ret {
+        Some(r) if !r.all && !r.count => [r.min.then(|| hits.iter().min()), r.max.then(|| hits.iter().max())]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect(),
+        _ => hits.clone(),
+    };
+    let highest = modseq.then(|| returned.iter().filter_map(of).max()).flatten().map(nz64);
     match ret {
         None => io.data(Data::Search(hits.into_iter().map(nz).collect(), highest)),
         Some(r) => io.write_raw(esearch(&tag, uid, r, &hits, highest.map(|m| m.get())).as_bytes()).await?,
@@ -773,7 +793,6 @@ fn esearch(tag: &Tag<'_>, uid: bool, r: SearchReturn, hits: &[u32], modseq: Opti
     out.push_str("\r\n");
     out
 }
-
 
 /// The charsets SORT and THREAD take (RFC 5256 requires both): search
 /// strings are matched as UTF-8, of which US-ASCII is a part.
