@@ -180,6 +180,68 @@ fn quoted_printable(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A message as APPEND stores it: a plain literal cannot carry NUL (RFC
+/// 3501 §9, `CHAR8`; only RFC 3516's literal8, answering BINARY, may), so
+/// a part APPENDed in binary (a literal8) whose content holds NUL is stored
+/// in base64, as Dovecot does: BODY[] stays a valid literal and BINARY[]
+/// gives the bytes back. Anything else is kept byte for byte.
+pub fn nul_free(raw: Vec<u8>) -> Vec<u8> {
+    if !raw.contains(&0) {
+        return raw;
+    }
+    let Some(msg) = parse(&raw) else { return raw };
+    let mut edits: Vec<(usize, usize, usize)> = msg
+        .parts
+        .iter()
+        .filter(|p| !matches!(p.body, PartType::Multipart(_) | PartType::Message(_)))
+        .map(|p| (p.offset_header as usize, p.offset_body as usize, p.offset_end as usize))
+        .filter(|&(h, b, e)| h <= b && b <= e && e <= raw.len() && raw[b..e].contains(&0))
+        .collect();
+    drop(msg);
+    edits.sort_unstable();
+    edits.dedup();
+    let mut out = raw.clone();
+    for &(h, b, e) in edits.iter().rev() {
+        let mut part = base64_header(&raw[h..b]);
+        part.extend_from_slice(&base64_lines(&raw[b..e]));
+        out.splice(h..e, part);
+    }
+    out
+}
+
+/// A part's header block (ending in its blank line) with its
+/// Content-Transfer-Encoding (and the field's folded lines) replaced by
+/// `base64`.
+fn base64_header(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + 40);
+    let mut skipping = false;
+    let lines: Vec<&[u8]> = header.split_inclusive(|b| *b == b'\n').collect();
+    let blank = lines.iter().rposition(|l| l.iter().all(|b| matches!(b, b'\r' | b'\n'))).unwrap_or(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if i == blank {
+            out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n");
+        }
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            skipping = line.len() >= 26 && line[..26].eq_ignore_ascii_case(b"content-transfer-encoding:");
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    if blank == lines.len() {
+        out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+    }
+    out
+}
+
+/// Base64 in lines of 76 characters joined by CRLF (RFC 2045 §6.8).
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    text.as_bytes().chunks(76).collect::<Vec<_>>().join(&b"\r\n"[..])
+}
+
 /// A literal8 (`~{n}`, RFC 3516) for bytes holding NUL, else a literal.
 pub fn literal8(bytes: Vec<u8>) -> NString8<'static> {
     match bytes.contains(&0) {
@@ -445,6 +507,23 @@ mod tests {
     use imap_next::imap_types::fetch::{Part, Section};
 
     const MIXED: &[u8] = b"From: A <a@x.it>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\nContent-Type: application/xml\r\n\r\n<x/>\r\n--b--\r\n";
+
+    #[test]
+    fn parts_with_nul_are_stored_in_base64() {
+        let plain = b"Subject: x\r\n\r\nno nul here\r\n".to_vec();
+        assert_eq!(nul_free(plain.clone()), plain);
+        let msg = b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\ntesto\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\x01\xff\r\n\x00\r\n--b--\r\n";
+        let stored = nul_free(msg.to_vec());
+        assert!(!stored.contains(&0), "{}", String::from_utf8_lossy(&stored));
+        assert_eq!(binary(&stored, &[1]).unwrap(), b"testo");
+        assert_eq!(binary(&stored, &[2]).unwrap(), b"\x00\x01\xff\r\n\x00");
+        assert!(String::from_utf8_lossy(&stored).contains("Content-Transfer-Encoding: base64\r\n\r\nAAH/DQoA\r\n--b--"));
+        let single = b"Subject: y\r\nContent-Transfer-Encoding:\r\n binary\r\n\r\nab\x00cd".to_vec();
+        let stored = nul_free(single);
+        assert!(!stored.contains(&0));
+        assert_eq!(binary(&stored, &[1]).unwrap(), b"ab\x00cd");
+        let _ = nul_free(b"\x00\x00\r\n\r\n\x00".to_vec());
+    }
 
     #[test]
     fn binary_undoes_the_transfer_encoding() {

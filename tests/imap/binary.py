@@ -75,6 +75,24 @@ check(t is not None and t.startswith(b"f6 OK") and b"\\Seen" in b" ".join(lines)
 lines, t = r.command("f7", f"UID FETCH {uid} (BINARY.PEEK[])")
 check(MSG in b"\r\n".join(lines), "BINARY[] is the whole message as archived", lines[:1])
 
+# A part in binary holding NUL (imaptest's append-binary): stored in base64,
+# so BODY[1] is a valid literal and BINARY[1] the bytes as sent.
+raw_part = b"\x00\x2d\xe4\r\n\x00\r\n"
+nulmsg = (b"From: anna@example.it\r\nSubject: nul\r\nContent-Transfer-Encoding: binary\r\n\r\n" + raw_part)
+r.send(b'a2 APPEND "prot/Allegati" ~{%d}\r\n' % len(nulmsg))
+cont = r.line()
+check(cont is not None and cont.startswith(b"+"), "literal8 with NUL: go ahead", cont)
+r.send(nulmsg + b"\r\n")
+lines, t = r.until(b"a2 ")
+check(t is not None and t.startswith(b"a2 OK"), "APPEND of a binary part holding NUL", (lines, t))
+nuid = int(re.search(rb"APPENDUID \d+ (\d+)", t).group(1))
+lines, t = r.command("f9", f"UID FETCH {nuid} (BODY.PEEK[1] BINARY.PEEK[1])")
+blob = b"\r\n".join(lines)
+enc = base64.b64encode(raw_part)
+check(b"BODY[1] {%d}\r\n" % len(enc) + enc in blob and b"\x00" not in blob.split(b"BINARY[1]")[0],
+      "BODY[1] is the part in base64, no NUL in a plain literal", blob)
+check(b"BINARY[1] ~{%d}\r\n" % len(raw_part) + raw_part in blob, "BINARY[1] gives the bytes as sent", blob)
+
 # ---------------------------------------------------------- MULTIAPPEND
 lines, t = r.command("c2", "CAPABILITY")
 check(b" MULTIAPPEND" in b" ".join(lines), "MULTIAPPEND is advertised", lines)
@@ -90,7 +108,7 @@ r.send(m2 + b"\r\n")
 lines, t = r.until(b"m ")
 got = re.search(rb"\[APPENDUID \d+ (\d+):(\d+)\]", t or b"")
 check(got is not None and int(got.group(2)) == int(got.group(1)) + 1, "one OK [APPENDUID uv a:a+1] for both", (lines, t))
-check(b"* 3 EXISTS" in lines, "the selected folder's EXISTS before the OK", lines)
+check(b"* 4 EXISTS" in lines, "the selected folder's EXISTS before the OK", lines)
 lines, t = r.command("f8", "UID FETCH %s:%s (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])" % (got.group(1).decode(), got.group(2).decode()))
 joined = b" ".join(lines)
 check(b"primo" in joined and b"secondo" in joined and b"\\Flagged" in joined, "both stored, each with its flags", lines)

@@ -149,7 +149,7 @@ pub async fn append_command(
     };
     let bytes = match message {
         LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
-        LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+        LiteralOrLiteral8::Literal8(l) => super::super::fetch::nul_free(l.data.to_vec()),
     };
     let date = date.map(|d| d.as_ref().with_timezone(&Utc));
     append(conn, user, tag, allowed, &flags, date, bytes).await
