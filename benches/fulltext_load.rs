@@ -22,7 +22,8 @@
 //! FULLTEXT_LOAD_MESSAGES (N, 20000); FULLTEXT_LOAD_TMP puts the data
 //! directory elsewhere than the system's temporary directory (/dev/shm
 //! spares the disk the N blob fsyncs of the filling); FULLTEXT_LOAD_KEEP
-//! keeps it.
+//! keeps it; FULLTEXT_LOAD_PECGATE runs another `pecgate` binary (an
+//! older build, side by side).
 
 #[path = "../tests/imap_support/mod.rs"]
 mod imap_support;
@@ -262,7 +263,8 @@ fn main() {
 
     let log = dir.path().join("serve.log");
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+    let bin = std::env::var_os("FULLTEXT_LOAD_PECGATE").unwrap_or_else(|| env!("CARGO_BIN_EXE_pecgate").into());
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
