@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::DateTime;
-use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RegexQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
@@ -433,21 +433,9 @@ impl FullText {
         let Some(words) = self.words(text, &fields) else { return Ok(None) };
         let q = BooleanQuery::new(vec![(Occur::Must, self.in_mailboxes(&[mailbox.to_string()])), (Occur::Must, words)]);
         let searcher = self.reader.searcher();
-        let err = |source| FullTextError::Index { dir: self.dir.clone(), source };
-        let docs = searcher.search(&q, &DocSetCollector).map_err(err)?;
-        let mut out = HashSet::with_capacity(docs.len());
-        let mut columns = std::collections::HashMap::new();
-        for d in docs {
-            let col = match columns.get(&d.segment_ord) {
-                Some(c) => c,
-                None => {
-                    let c = searcher.segment_reader(d.segment_ord).fast_fields().u64("h64").map_err(err)?;
-                    columns.entry(d.segment_ord).or_insert(c)
-                }
-            };
-            out.extend(col.first(d.doc_id));
-        }
-        Ok(Some(out))
+        let found =
+            searcher.search(&q, &H64s).map_err(|source| FullTextError::Index { dir: self.dir.clone(), source })?;
+        Ok(Some(found.into_iter().flatten().collect()))
     }
 
     /// Ranked search over `mailboxes` (those the user may read).
@@ -503,6 +491,49 @@ impl FullText {
             });
         }
         Ok(out)
+    }
+}
+
+/// Collects the matching documents' `h64` straight from each segment's
+/// column (a word in every message is a million of them: no set of
+/// document addresses in between).
+struct H64s;
+
+struct SegmentH64s {
+    column: tantivy::columnar::Column<u64>,
+    found: Vec<u64>,
+}
+
+impl Collector for H64s {
+    type Fruit = Vec<Vec<u64>>;
+    type Child = SegmentH64s;
+
+    fn for_segment(
+        &self,
+        _ord: tantivy::SegmentOrdinal,
+        segment: &tantivy::SegmentReader,
+    ) -> tantivy::Result<SegmentH64s> {
+        Ok(SegmentH64s { column: segment.fast_fields().u64("h64")?, found: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<Vec<u64>>> {
+        Ok(fruits)
+    }
+}
+
+impl SegmentCollector for SegmentH64s {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: tantivy::DocId, _score: tantivy::Score) {
+        self.found.extend(self.column.first(doc));
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.found
     }
 }
 
