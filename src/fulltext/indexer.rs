@@ -296,3 +296,42 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
         }
     }
 }
+
+#[cfg(all(test, feature = "fulltext"))]
+mod tests {
+    use super::*;
+    use crate::store::{Audit, Change, StoreOptions};
+
+    #[tokio::test]
+    async fn a_message_added_and_removed_in_one_batch_stays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let (mb, folder) = ("~mario", "Drafts");
+        let mut archive = Vec::new();
+        for text in ["Primo sollecito di pagamento", "Secondo sollecito di pagamento"] {
+            let blob = store.put_blob(format!("Subject: bozza\r\n\r\n{text}\r\n").into_bytes()).await.unwrap();
+            let change = Change::Archive {
+                mailbox: mb.into(),
+                folder: folder.into(),
+                blob,
+                internal_date: Utc::now(),
+                flags: vec![],
+                provider: None,
+                pec: None,
+                handling: None,
+            };
+            archive.push((Audit::system("test", "archive"), change));
+        }
+        let done = store.commit_batch(archive).await.unwrap();
+        let Event::Archived { uid, .. } = &done[0].event else { panic!("{:?}", done[0].event) };
+        let purge = Change::Purge { mailbox: mb.into(), folder: folder.into(), uids: vec![*uid] };
+        store.commit(Audit::system("test", "purge"), purge).await.unwrap();
+        // Both additions and the removal are read in one pass, the
+        // additions still waiting for their batch when the removal comes.
+        let ft = FullText::open(dir.path(), true).unwrap();
+        let p = pass(&store, &ft, 1000, &Limits::default(), &mut |_, _| {}).unwrap();
+        assert_eq!(p.documents, 2);
+        let found = ft.imap_matches(mb, "sollecito", false).unwrap().unwrap();
+        assert_eq!(found.len(), 1, "the purged message is not found, the other one is");
+    }
+}
