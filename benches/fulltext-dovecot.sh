@@ -4,12 +4,19 @@
 #
 #   benches/fulltext-dovecot.sh [N]     # N messages (default 20000)
 #
+# DOVECOT_FTS_XAPIAN sets fts-xapian's options (default `partial=3
+# full=20`, its documented ones; `partial=20 full=20` keeps no prefixes
+# shorter than 20 characters, so it indexes whole words only: 3..20 is
+# what 1.5.5 accepts). DOVECOT_KEEP=1 keeps the data directory.
+#
 # Writes the messages as a Maildir (the bench's FULLTEXT_MAILDIR mode, the
 # same generator and seed), starts a throwaway Dovecot as root's tests do
 # (mail as the dovecot user, vsz_limit raised), times `doveadm index`
 # (which builds the xapian index), then times `doveadm search ... body W`
 # for the words the pecgate bench searches (median of 20 after a warm-up)
-# and prints the index's size. Installs dovecot-imapd and
+# and the same as IMAP `SEARCH BODY` in one `doveadm exec imap` session
+# (no process start: what a connected client waits), and prints the
+# index's size. Installs dovecot-imapd and
 # dovecot-fts-xapian if missing (apt-get, as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,9 +30,14 @@ fi
 
 D=$(mktemp -d /var/tmp/pecgate-fts-dovecot.XXXXXX)
 chmod 755 "$D"
-trap 'kill $(cat "$D/run/master.pid" 2>/dev/null) 2>/dev/null || true' EXIT
+trap 'kill $(cat "$D/run/master.pid" 2>/dev/null) 2>/dev/null || true; [ -n "${DOVECOT_KEEP:-}" ] || rm -rf "$D"' EXIT
 mkdir -p "$D/run" "$D/home/bench"
-FULLTEXT_MAILDIR="$D/home/bench/Maildir" FULLTEXT_MESSAGES="$N" cargo bench --bench fulltext 2>/dev/null | tail -1
+# FULLTEXT_BENCH: a built benches/fulltext binary to run instead of cargo.
+if [ -n "${FULLTEXT_BENCH:-}" ]; then
+  FULLTEXT_MAILDIR="$D/home/bench/Maildir" FULLTEXT_MESSAGES="$N" "$FULLTEXT_BENCH" | tail -1
+else
+  FULLTEXT_MAILDIR="$D/home/bench/Maildir" FULLTEXT_MESSAGES="$N" cargo bench --bench fulltext 2>/dev/null | tail -1
+fi
 chown -R dovecot:dovecot "$D/home"
 cat > "$D/dovecot.conf" <<EOF
 base_dir = $D/run
@@ -48,7 +60,7 @@ userdb {
 mail_plugins = fts fts_xapian
 plugin {
   fts = xapian
-  fts_xapian = partial=3 full=20 verbose=0
+  fts_xapian = ${DOVECOT_FTS_XAPIAN:-partial=3 full=20} verbose=0
   fts_autoindex = no
   fts_enforced = yes
 }
@@ -86,4 +98,38 @@ for w in raccomandata sollecito raccom "raccomandata urgente"; do
   median=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n 10p)
   printf 'dovecot BODY %s: %d hits, median %.2f ms (doveadm process included)\n' "$w" "$hits" "$(echo "$median/1000" | bc -l)"
 done
-echo "data in $D (remove it when done)"
+# The same queries as IMAP SEARCH in one session (Dovecot's imap process
+# over stdin/stdout, pre-authenticated): the time a connected client waits.
+python3 - "$D/dovecot.conf" <<'PY'
+import subprocess, sys, time
+p = subprocess.Popen(["doveadm", "-c", sys.argv[1], "exec", "imap", "-u", "bench"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+n = 0
+def cmd(c):
+    global n
+    n += 1
+    tag = b"t%d" % n
+    p.stdin.write(tag + b" " + c.encode() + b"\r\n"); p.stdin.flush()
+    hits = 0
+    while True:
+        l = p.stdout.readline()
+        if not l:
+            raise SystemExit("imap closed: " + c)
+        if l.startswith(b"* SEARCH"):
+            hits = len(l.split()) - 2
+        if l.startswith(tag + b" "):
+            assert b" OK" in l, l
+            return hits
+p.stdout.readline()
+cmd("SELECT INBOX")
+for w in ["raccomandata", "sollecito", "raccom", "raccomandata urgente"]:
+    q = "UID SEARCH " + " ".join("BODY " + x for x in w.split())
+    cmd(q)
+    ts = []
+    for _ in range(20):
+        t = time.perf_counter(); hits = cmd(q); ts.append((time.perf_counter() - t) * 1000)
+    ts.sort()
+    print("dovecot IMAP SEARCH BODY %s: %d hits, median %.2f ms, max %.2f ms" % (w, hits, ts[10], ts[19]))
+cmd("LOGOUT")
+PY
+[ -n "${DOVECOT_KEEP:-}" ] && echo "data in $D (remove it when done)"
+true

@@ -2,11 +2,14 @@
 //! ≈ 20 KB of Italian administrative prose (a fixed vocabulary of ≈ 2,000
 //! words, Zipf-like, so common words are common and rare ones rare; one
 //! message in a thousand carries the word searched for), extracted and
-//! indexed as the daemon's indexer does (`fulltext::extract`, then
-//! `FullText::add`, a commit per 20,000), then one-word and two-word IMAP
+//! indexed as the daemon's indexer does (`fulltext::extract` and the
+//! analysis on `indexer::Workers`, a thread per core, 256 messages at a
+//! time, then `FullText::add_prepared` in order, a commit per 20,000;
+//! the messages of each 20,000 are made before the clock starts), then one-word and two-word IMAP
 //! BODY queries (`imap_matches`, what SEARCH BODY asks) and a ranked
 //! `search`. Prints messages per second, the index's size against the
-//! messages' bytes, and query latencies (median of 20 after a warm-up).
+//! messages' bytes, the process's CPU time, and query latencies (median
+//! of 20 after a warm-up).
 //!
 //! ```text
 //! FULLTEXT_MESSAGES=100000 cargo bench --bench fulltext
@@ -16,61 +19,16 @@
 //! (`DIR/cur/…`) and indexes nothing: what `benches/fulltext-dovecot.sh`
 //! gives Dovecot with fts-xapian, side by side.
 
+#[path = "fulltext_support/mod.rs"]
+mod messages;
+
 use std::time::Instant;
 
+use messages::{message, Rng, SEED};
+
 use pecgate::fulltext::extract::{extract, Limits};
+use pecgate::fulltext::indexer::{Workers, BATCH};
 use pecgate::fulltext::{Doc, Filter, FullText};
-
-const STEMS: [&str; 40] = [
-    "comun", "protocoll", "determin", "delibera", "pagament", "fattur", "contratt", "fornitur", "notific", "verbal",
-    "sanzion", "ricors", "istanz", "certificat", "residenz", "tribut", "scadenz", "sollecit", "rimbors", "appalt",
-    "progett", "lavor", "ufficio", "responsabil", "procediment", "document", "allegat", "dirigent", "sindac", "giunt",
-    "consigl", "assessor", "bilanc", "contribut", "domand", "richiest", "autorizzazion", "permess", "ordinanz", "avvis",
-];
-const ENDINGS: [&str; 6] = ["o", "i", "a", "e", "azione", "amento"];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Zipf-like over 0..n.
-    fn zipf(&mut self, n: usize) -> usize {
-        let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
-        ((n as f64).powf(u) - 1.0) as usize % n
-    }
-}
-
-fn word(r: &mut Rng, vocabulary: usize) -> String {
-    let k = r.zipf(vocabulary);
-    let (stem, ending) = (STEMS[k % STEMS.len()], ENDINGS[(k / STEMS.len()) % ENDINGS.len()]);
-    let n = k / (STEMS.len() * ENDINGS.len());
-    if n == 0 {
-        format!("{stem}{ending}")
-    } else {
-        format!("{stem}{ending}{n}")
-    }
-}
-
-fn message(i: usize, r: &mut Rng) -> Vec<u8> {
-    let mut body = String::with_capacity(21_000);
-    while body.len() < 20_000 {
-        for _ in 0..12 {
-            body.push_str(&word(r, 2000));
-            body.push(' ');
-        }
-        body.push_str(if i % 1000 == 7 && body.len() < 200 { "raccomandata urgente.\r\n" } else { "di la il per.\r\n" });
-    }
-    format!(
-        "From: Ufficio {i} <ufficio{i}@pec.comune.example.it>\r\nTo: protocollo@pec.comune.example.it\r\n\
-         Subject: Pratica n. {i} - {}\r\nMessage-ID: <{i}@bench>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}",
-        word(r, 2000)
-    )
-    .into_bytes()
-}
 
 fn main() {
     let n: usize = std::env::var("FULLTEXT_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
@@ -79,7 +37,7 @@ fn main() {
         for d in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(std::path::Path::new(&maildir).join(d)).unwrap();
         }
-        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut r = Rng(SEED);
         for i in 0..n {
             let raw = message(i, &mut r);
             std::fs::write(cur.join(format!("{}.{i}.bench,S={}:2,S", 1_700_000_000 + i, raw.len())), raw).unwrap();
@@ -91,32 +49,50 @@ fn main() {
     let dir = std::env::var("FULLTEXT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
     let ft = FullText::open(&dir, true).unwrap();
     ft.clear().unwrap();
-    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut r = Rng(SEED);
     let limits = Limits::default();
-    let (t0, mut bytes) = (Instant::now(), 0u64);
-    let (mut making, mut extracting) = (0f64, 0f64);
-    for i in 0..n {
+    let mut workers = Workers::new();
+    let (mut secs, mut making, mut bytes, mut done) = (0f64, 0f64, 0u64, 0usize);
+    let cpu0 = cpu_seconds();
+    while done < n {
+        // The next 20,000 messages, made (and hashed) before the clock starts.
         let t = Instant::now();
-        let raw = message(i, &mut r);
+        let raws: Vec<(Vec<u8>, String)> = (done..n.min(done + 20_000))
+            .map(|i| {
+                use sha2::Digest;
+                let raw = message(i, &mut r);
+                let hash = hex::encode(sha2::Sha256::digest(&raw));
+                (raw, hash)
+            })
+            .collect();
         making += t.elapsed().as_secs_f64();
-        bytes += raw.len() as u64;
-        use sha2::Digest;
-        let hash = hex::encode(sha2::Sha256::digest(&raw));
+        bytes += raws.iter().map(|(raw, _)| raw.len() as u64).sum::<u64>();
         let t = Instant::now();
-        let text = extract(&raw, &limits);
-        extracting += t.elapsed().as_secs_f64();
-        let doc = Doc { mailbox: "protocollo".into(), hash, date: chrono::Utc::now(), kind: "certified", text };
-        ft.add(&doc).unwrap();
-        if (i + 1) % 20_000 == 0 {
-            ft.commit((i + 1) as u64).unwrap();
-            eprintln!("{} indexed, {:.0}/s", i + 1, (i + 1) as f64 / t0.elapsed().as_secs_f64());
+        let make = |(raw, hash): &(Vec<u8>, String)| {
+            let text = extract(raw, &limits);
+            Some(Doc {
+                mailbox: "protocollo".into(),
+                hash: hash.clone(),
+                date: chrono::Utc::now(),
+                kind: "certified",
+                text,
+            })
+        };
+        for batch in raws.chunks(BATCH) {
+            for p in workers.prepare(&ft, batch, &make).into_iter().flatten() {
+                ft.add_prepared(p).unwrap();
+            }
         }
+        done += raws.len();
+        ft.commit(done as u64).unwrap();
+        secs += t.elapsed().as_secs_f64();
+        eprintln!("{done} indexed, {:.0}/s (load average {})", done as f64 / secs, loadavg());
     }
-    ft.commit(n as u64).unwrap();
-    let secs = t0.elapsed().as_secs_f64() - making;
-    println!("(making the messages took {making:.1} s, not counted; extracting their text {extracting:.1} s)");
+    let cpu = cpu_seconds() - cpu0;
+    println!("(making the messages took {making:.1} s, not counted; the process used {cpu:.1} s of CPU in all, making included)");
     let size: u64 = walk(ft.dir());
     println!("indexed {n} messages ({:.1} MB) in {secs:.1} s: {:.0} messages/s", bytes as f64 / 1e6, n as f64 / secs);
+    println!("load average {}", loadavg());
     println!("index {:.1} MB = {:.1} % of the messages' bytes", size as f64 / 1e6, 100.0 * size as f64 / bytes as f64);
     let time = |what: &str, f: &dyn Fn() -> usize| {
         f();
@@ -133,8 +109,12 @@ fn main() {
     time("BODY raccomandata (rare)", &|| ft.imap_matches("protocollo", "raccomandata", false).unwrap().unwrap().len());
     time("BODY sollecito (common stem)", &|| ft.imap_matches("protocollo", "sollecito", false).unwrap().unwrap().len());
     time("BODY raccom (prefix)", &|| ft.imap_matches("protocollo", "raccom", false).unwrap().unwrap().len());
-    time("BODY raccomandata urgente", &|| ft.imap_matches("protocollo", "raccomandata urgente", false).unwrap().unwrap().len());
-    time("search raccomandata, top 20", &|| ft.search(&["protocollo".into()], "raccomandata", &Filter::default(), 20).unwrap().len());
+    time("BODY raccomandata urgente", &|| {
+        ft.imap_matches("protocollo", "raccomandata urgente", false).unwrap().unwrap().len()
+    });
+    time("search raccomandata, top 20", &|| {
+        ft.search(&["protocollo".into()], "raccomandata", &Filter::default(), 20).unwrap().len()
+    });
 }
 
 fn walk(p: &std::path::Path) -> u64 {
@@ -145,4 +125,23 @@ fn walk(p: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The process's user + system CPU time so far (/proc/self/stat, in clock
+/// ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }

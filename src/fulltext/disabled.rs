@@ -9,6 +9,18 @@ use super::{Doc, Filter, FullTextError, Hit, Result};
 
 pub struct FullText(Infallible);
 
+/// Nothing to analyse without the index.
+#[derive(Default)]
+pub struct Analysis;
+
+impl Analysis {
+    pub fn new() -> Analysis {
+        Analysis
+    }
+}
+
+pub struct Prepared(Infallible);
+
 impl FullText {
     pub fn open(_data_dir: &Path, _write: bool) -> Result<FullText> {
         Err(FullTextError::Other("this pecgate was built without full-text search (cargo feature `fulltext`)".into()))
@@ -25,6 +37,12 @@ impl FullText {
     pub fn add(&self, _d: &Doc) -> Result<()> {
         match self.0 {}
     }
+    pub fn prepare(&self, _d: &Doc, _a: &mut Analysis) -> Prepared {
+        match self.0 {}
+    }
+    pub fn add_prepared(&self, p: Prepared) -> Result<()> {
+        match p.0 {}
+    }
     pub fn delete(&self, _mailbox: &str, _hash: &str) -> Result<()> {
         match self.0 {}
     }
@@ -34,7 +52,12 @@ impl FullText {
     pub fn clear(&self) -> Result<()> {
         match self.0 {}
     }
-    pub fn imap_matches(&self, _mailbox: &str, _text: &str, _with_header: bool) -> Result<Option<std::collections::HashSet<u64>>> {
+    pub fn imap_matches(
+        &self,
+        _mailbox: &str,
+        _text: &str,
+        _with_header: bool,
+    ) -> Result<Option<std::collections::HashSet<u64>>> {
         match self.0 {}
     }
     pub fn search(&self, _mailboxes: &[String], _text: &str, _filter: &Filter, _limit: usize) -> Result<Vec<Hit>> {

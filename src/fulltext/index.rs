@@ -1,28 +1,36 @@
 //! The tantivy index behind [`super::FullText`] (the `fulltext` feature).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::DateTime;
-use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, RegexQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+    AsciiFoldingFilter, Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter,
+    TextAnalyzer, WhitespaceTokenizer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use super::{Doc, Filter, FullTextError, Hit, Result};
 
-/// The analysers' names in the index: Italian stems, and the words as
-/// written (lower case, accents folded) for prefixes.
-const ITALIAN: &str = "it";
-const FOLDED: &str = "it-folded";
-/// Bump when the schema or the analysis changes: the index is rebuilt.
-const FORMAT: &str = "fulltext-v1";
+/// The index's one tokenizer: the text fields hold terms [`Analysis`]
+/// made (stems, or words as written), separated by spaces.
+const TERMS: &str = "terms";
+/// Bump when the schema or the analysis changes: the index is rebuilt
+/// (in a directory of this name; older ones are removed).
+const FORMAT: &str = "fulltext-v2";
+const OLDER_FORMATS: [&str; 1] = ["fulltext-v1"];
+/// The writer's memory, shared by its indexing threads: what a segment
+/// may grow to in memory before it is written (larger: fewer segments to
+/// merge later).
+const WRITER_MEMORY: usize = 64 << 20;
+/// Words whose stem [`Analysis`] remembers (then it starts again).
+const STEM_CACHE: usize = 1 << 18;
 /// Text kept per document for snippets.
 const PREVIEW: usize = 4096;
 
@@ -32,11 +40,15 @@ struct Fields {
     mailbox: Field,
     hash: Field,
     h64: Field,
+    /// Subject and sender as shown (stored, not searched).
+    subject_shown: Field,
+    from_shown: Field,
+    /// Stems, every occurrence (frequencies for ranking).
     subject: Field,
     from: Field,
     to: Field,
     body: Field,
-    /// The same texts as written (for prefixes).
+    /// The words as written, each once (for prefixes).
     subject_raw: Field,
     from_raw: Field,
     to_raw: Field,
@@ -49,7 +61,12 @@ struct Fields {
 impl Fields {
     /// Every text field, (stemmed, as written).
     fn all(&self) -> Vec<(Field, Field)> {
-        vec![(self.body, self.body_raw), (self.subject, self.subject_raw), (self.from, self.from_raw), (self.to, self.to_raw)]
+        vec![
+            (self.body, self.body_raw),
+            (self.subject, self.subject_raw),
+            (self.from, self.from_raw),
+            (self.to, self.to_raw),
+        ]
     }
 }
 
@@ -63,19 +80,18 @@ pub struct FullText {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let text = |stored: bool| {
-        let o = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer(ITALIAN).set_index_option(IndexRecordOption::WithFreqs),
-        );
-        if stored {
-            o.set_stored()
-        } else {
-            o
-        }
+    let text = || {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer(TERMS).set_index_option(IndexRecordOption::WithFreqs),
+        )
     };
+    // Matched by prefix only, never ranked: no frequencies, no lengths.
     let raw = || {
         TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer(FOLDED).set_index_option(IndexRecordOption::Basic),
+            TextFieldIndexing::default()
+                .set_tokenizer(TERMS)
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
         )
     };
     let f = Fields {
@@ -83,10 +99,12 @@ fn schema() -> (Schema, Fields) {
         mailbox: b.add_text_field("mailbox", STRING | STORED),
         hash: b.add_text_field("hash", STRING | STORED),
         h64: b.add_u64_field("h64", FAST),
-        subject: b.add_text_field("subject", text(true)),
-        from: b.add_text_field("from", text(true)),
-        to: b.add_text_field("to", text(false)),
-        body: b.add_text_field("body", text(false)),
+        subject_shown: b.add_text_field("subject_shown", TextOptions::default().set_stored()),
+        from_shown: b.add_text_field("from_shown", TextOptions::default().set_stored()),
+        subject: b.add_text_field("subject", text()),
+        from: b.add_text_field("from", text()),
+        to: b.add_text_field("to", text()),
+        body: b.add_text_field("body", text()),
         subject_raw: b.add_text_field("subject_raw", raw()),
         from_raw: b.add_text_field("from_raw", raw()),
         to_raw: b.add_text_field("to_raw", raw()),
@@ -146,6 +164,69 @@ impl Stems {
     }
 }
 
+/// The analysis of a text to index, in one pass over it: each word kept
+/// by [`folded`], then its stem (what [`italian`] gives, remembered per
+/// word: a mailbox's vocabulary is small next to its words). One per
+/// thread; it keeps its stems between texts.
+pub struct Analysis {
+    words: TextAnalyzer,
+    stems: Stems,
+    /// Word → (its stem, the last text it was seen in).
+    known: HashMap<String, (String, u64)>,
+    text: u64,
+}
+
+impl Default for Analysis {
+    fn default() -> Analysis {
+        Analysis::new()
+    }
+}
+
+impl Analysis {
+    pub fn new() -> Analysis {
+        Analysis { words: folded(), stems: Stems::new(), known: HashMap::new(), text: 0 }
+    }
+
+    /// `text`'s terms, space-separated: (every word's stem, in order; each
+    /// distinct word as written, once).
+    fn terms(&mut self, text: &str) -> (String, String) {
+        if self.known.len() > STEM_CACHE {
+            self.known.clear();
+        }
+        self.text += 1;
+        let Analysis { words, stems, known, text: this } = self;
+        let (mut stemmed, mut written) = (String::with_capacity(text.len() / 2), String::new());
+        let mut s = words.token_stream(text);
+        while s.advance() {
+            let w = &s.token().text;
+            let first = match known.get_mut(w.as_str()) {
+                Some((stem, seen)) => {
+                    stemmed.push_str(stem);
+                    std::mem::replace(seen, *this) != *this
+                }
+                None => {
+                    let stem = stems.of(w);
+                    stemmed.push_str(&stem);
+                    known.insert(w.clone(), (stem, *this));
+                    true
+                }
+            };
+            stemmed.push(' ');
+            if first {
+                written.push_str(w);
+                written.push(' ');
+            }
+        }
+        (stemmed, written)
+    }
+}
+
+/// A document ready for the writer ([`FullText::prepare`]).
+pub struct Prepared {
+    key: String,
+    doc: TantivyDocument,
+}
+
 fn tokens(mut a: TextAnalyzer, text: &str) -> Vec<String> {
     let mut s = a.token_stream(text);
     let mut out = Vec::new();
@@ -185,16 +266,23 @@ impl FullText {
     /// writer (one process at a time: the daemon, or `search reindex`).
     pub fn open(data_dir: &Path, write: bool) -> Result<FullText> {
         let dir = data_dir.join(FORMAT);
+        if write {
+            for old in OLDER_FORMATS.map(|f| data_dir.join(f)).iter().filter(|d| d.is_dir()) {
+                tracing::info!(dir = %old.display(), "full-text: removing an index of an older format (it is rebuilt in {FORMAT})");
+                if let Err(e) = std::fs::remove_dir_all(old) {
+                    tracing::warn!(dir = %old.display(), error = %e, "full-text: cannot remove the older index");
+                }
+            }
+        }
         std::fs::create_dir_all(&dir).map_err(|e| FullTextError::Other(format!("{}: {e}", dir.display())))?;
         let err = |source| FullTextError::Index { dir: dir.clone(), source };
         let (schema, f) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(&dir).map_err(|e| err(e.into()))?;
         let index = Index::open_or_create(mmap, schema).map_err(err)?;
-        index.tokenizers().register(ITALIAN, italian());
-        index.tokenizers().register(FOLDED, folded());
+        index.tokenizers().register(TERMS, TextAnalyzer::from(WhitespaceTokenizer::default()));
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(err)?;
         let writer = match write {
-            true => Some(index.writer(64 << 20).map_err(|e| match e {
+            true => Some(index.writer(WRITER_MEMORY).map_err(|e| match e {
                 tantivy::TantivyError::LockFailure(..) => FullTextError::Busy { dir: dir.clone() },
                 e => err(e),
             })?),
@@ -230,6 +318,12 @@ impl FullText {
 
     /// Add (or replace) one message's document; visible after [`FullText::commit`].
     pub fn add(&self, d: &Doc) -> Result<()> {
+        self.add_prepared(self.prepare(d, &mut Analysis::new()))
+    }
+
+    /// The analysis of [`FullText::add`], apart: any thread may prepare
+    /// documents (each with its own [`Analysis`]) for one to add.
+    pub fn prepare(&self, d: &Doc, a: &mut Analysis) -> Prepared {
         let f = self.f;
         let key = format!("{}\0{}", d.mailbox, d.hash);
         let mut doc = TantivyDocument::default();
@@ -237,14 +331,14 @@ impl FullText {
         doc.add_text(f.mailbox, &d.mailbox);
         doc.add_text(f.hash, &d.hash);
         doc.add_u64(f.h64, h64(&d.hash).unwrap_or(0));
-        doc.add_text(f.subject, &d.text.subject);
-        doc.add_text(f.from, &d.text.from);
-        doc.add_text(f.to, &d.text.to);
-        doc.add_text(f.body, &d.text.body);
-        doc.add_text(f.subject_raw, &d.text.subject);
-        doc.add_text(f.from_raw, &d.text.from);
-        doc.add_text(f.to_raw, &d.text.to);
-        doc.add_text(f.body_raw, &d.text.body);
+        doc.add_text(f.subject_shown, &d.text.subject);
+        doc.add_text(f.from_shown, &d.text.from);
+        for (text, (stemmed, raw)) in [&d.text.body, &d.text.subject, &d.text.from, &d.text.to].into_iter().zip(f.all())
+        {
+            let (stems, words) = a.terms(text);
+            doc.add_text(stemmed, stems);
+            doc.add_text(raw, words);
+        }
         let mut cut = d.text.body.len().min(PREVIEW);
         while !d.text.body.is_char_boundary(cut) {
             cut -= 1;
@@ -252,6 +346,13 @@ impl FullText {
         doc.add_text(f.preview, &d.text.body[..cut]);
         doc.add_i64(f.date, d.date.timestamp());
         doc.add_text(f.kind, d.kind);
+        Prepared { key, doc }
+    }
+
+    /// Add (or replace) a document [`FullText::prepare`]d.
+    pub fn add_prepared(&self, p: Prepared) -> Result<()> {
+        let Prepared { key, doc } = p;
+        let f = self.f;
         self.with_writer(|w| {
             w.delete_term(Term::from_field_text(f.key, &key));
             w.add_document(doc).map(|_| ())
@@ -314,7 +415,10 @@ impl FullText {
         let any = mailboxes
             .iter()
             .map(|m| -> (Occur, Box<dyn Query>) {
-                (Occur::Should, Box::new(TermQuery::new(Term::from_field_text(self.f.mailbox, m), IndexRecordOption::Basic)))
+                (
+                    Occur::Should,
+                    Box::new(TermQuery::new(Term::from_field_text(self.f.mailbox, m), IndexRecordOption::Basic)),
+                )
             })
             .collect();
         Box::new(BooleanQuery::new(any))
@@ -329,21 +433,9 @@ impl FullText {
         let Some(words) = self.words(text, &fields) else { return Ok(None) };
         let q = BooleanQuery::new(vec![(Occur::Must, self.in_mailboxes(&[mailbox.to_string()])), (Occur::Must, words)]);
         let searcher = self.reader.searcher();
-        let err = |source| FullTextError::Index { dir: self.dir.clone(), source };
-        let docs = searcher.search(&q, &DocSetCollector).map_err(err)?;
-        let mut out = HashSet::with_capacity(docs.len());
-        let mut columns = std::collections::HashMap::new();
-        for d in docs {
-            let col = match columns.get(&d.segment_ord) {
-                Some(c) => c,
-                None => {
-                    let c = searcher.segment_reader(d.segment_ord).fast_fields().u64("h64").map_err(err)?;
-                    columns.entry(d.segment_ord).or_insert(c)
-                }
-            };
-            out.extend(col.first(d.doc_id));
-        }
-        Ok(Some(out))
+        let found =
+            searcher.search(&q, &H64s).map_err(|source| FullTextError::Index { dir: self.dir.clone(), source })?;
+        Ok(Some(found.into_iter().flatten().collect()))
     }
 
     /// Ranked search over `mailboxes` (those the user may read).
@@ -365,7 +457,10 @@ impl FullText {
             }
         }
         if let Some(kind) = &filter.kind {
-            clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(f.kind, kind), IndexRecordOption::Basic))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(Term::from_field_text(f.kind, kind), IndexRecordOption::Basic)),
+            ));
         }
         if let Some(since) = filter.since {
             let q = tantivy::query::RangeQuery::new(
@@ -388,14 +483,57 @@ impl FullText {
                 mailbox: s(f.mailbox),
                 hash: s(f.hash),
                 score,
-                subject: s(f.subject).lines().next().unwrap_or_default().to_string(),
-                from: s(f.from),
+                subject: s(f.subject_shown).lines().next().unwrap_or_default().to_string(),
+                from: s(f.from_shown),
                 date: DateTime::from_timestamp(date, 0).unwrap_or_default(),
                 kind: s(f.kind),
                 snippet: snippet(&s(f.preview), &words),
             });
         }
         Ok(out)
+    }
+}
+
+/// Collects the matching documents' `h64` straight from each segment's
+/// column (a word in every message is a million of them: no set of
+/// document addresses in between).
+struct H64s;
+
+struct SegmentH64s {
+    column: tantivy::columnar::Column<u64>,
+    found: Vec<u64>,
+}
+
+impl Collector for H64s {
+    type Fruit = Vec<Vec<u64>>;
+    type Child = SegmentH64s;
+
+    fn for_segment(
+        &self,
+        _ord: tantivy::SegmentOrdinal,
+        segment: &tantivy::SegmentReader,
+    ) -> tantivy::Result<SegmentH64s> {
+        Ok(SegmentH64s { column: segment.fast_fields().u64("h64")?, found: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<Vec<u64>>> {
+        Ok(fruits)
+    }
+}
+
+impl SegmentCollector for SegmentH64s {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: tantivy::DocId, _score: tantivy::Score) {
+        self.found.extend(self.column.first(doc));
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.found
     }
 }
 
@@ -466,6 +604,36 @@ mod tests {
         assert_eq!(terms("solleciti"), terms("sollecito"));
         assert_eq!(terms("il sollecito di pagamento"), terms("Sollecito Pagamento"));
         assert!(terms("di la il").is_empty());
+    }
+
+    #[test]
+    fn one_pass_gives_every_stem_and_each_word_once() {
+        let mut a = Analysis::new();
+        let text = "Solleciti di pagamento: il sollecito è del 3 maggio, perché il PAGAMENTO è scaduto";
+        let mut once = tokens(folded(), text);
+        let mut seen = HashSet::new();
+        once.retain(|w| seen.insert(w.clone()));
+        assert!(once.len() < tokens(folded(), text).len(), "the text repeats words");
+        // The second time from the stems remembered.
+        for _ in 0..2 {
+            let (stems, words) = a.terms(text);
+            assert_eq!(stems.split_whitespace().collect::<Vec<_>>(), terms(text));
+            assert_eq!(words.split_whitespace().collect::<Vec<_>>(), once);
+        }
+        assert_eq!(a.terms(""), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn an_index_of_an_older_format_is_removed_by_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(OLDER_FORMATS[0]);
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("meta.json"), "{}").unwrap();
+        drop(FullText::open(dir.path(), false).unwrap());
+        assert!(old.is_dir(), "a reader leaves it");
+        drop(FullText::open(dir.path(), true).unwrap());
+        assert!(!old.exists());
+        assert!(dir.path().join(FORMAT).is_dir());
     }
 
     fn doc(mailbox: &str, hash: &str, body: &str) -> Doc {

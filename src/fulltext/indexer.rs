@@ -5,18 +5,125 @@
 //! delays it: archiving does not wait for the index. After a restart it
 //! goes on from the record its last commit names; `pecgate search
 //! reindex` starts from an empty index.
+//!
+//! Messages are read, extracted and analysed [`BATCH`] at a time on
+//! [`Workers`] (a thread per core), then added to the index in journal
+//! order; tantivy's own threads write the segments.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::extract::{extract, Limits};
-use super::{Doc, FullText};
+use super::{Analysis, Doc, FullText, Prepared};
 use crate::store::{Event, Store, StoreError};
 
 /// Records read per pass (one commit each).
 const PASS_RECORDS: usize = 20_000;
+
+/// Messages read, extracted and analysed together, then added in order.
+pub const BATCH: usize = 256;
+
+/// Threads that make documents out of messages (extraction and
+/// analysis, most of indexing's work), each with its [`Analysis`] (and
+/// the stems it remembers) from batch to batch.
+pub struct Workers {
+    analyses: Vec<Analysis>,
+}
+
+impl Default for Workers {
+    fn default() -> Workers {
+        Workers::new()
+    }
+}
+
+impl Workers {
+    /// One per core, up to 4.
+    pub fn new() -> Workers {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        Workers { analyses: (0..n).map(|_| Analysis::new()).collect() }
+    }
+
+    /// Each item's document (`make`: `None` when there is none), prepared
+    /// for `ft`, in the items' order: the items split between the threads.
+    pub fn prepare<T: Sync>(
+        &mut self,
+        ft: &FullText,
+        items: &[T],
+        make: &(dyn Fn(&T) -> Option<Doc> + Sync),
+    ) -> Vec<Option<Prepared>> {
+        let per = items.len().div_ceil(self.analyses.len()).max(1);
+        if items.len() <= 1 || self.analyses.len() == 1 {
+            let a = &mut self.analyses[0];
+            return items.iter().map(|i| make(i).map(|d| ft.prepare(&d, a))).collect();
+        }
+        std::thread::scope(|s| {
+            let threads: Vec<_> = items
+                .chunks(per)
+                .zip(self.analyses.iter_mut())
+                .map(|(chunk, a)| {
+                    s.spawn(move || chunk.iter().map(|i| make(i).map(|d| ft.prepare(&d, a))).collect::<Vec<_>>())
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    }
+}
+
+/// An archived message to index.
+struct Job {
+    mailbox: String,
+    folder: String,
+    hash: String,
+    date: DateTime<Utc>,
+}
+
+/// Index `jobs` (emptied): read, extract and analyse them on `workers`,
+/// add them in order. Returns the documents added.
+fn flush(
+    store: &Store,
+    ft: &FullText,
+    limits: &Limits,
+    workers: &mut Workers,
+    jobs: &mut Vec<Job>,
+) -> Result<usize, String> {
+    let make = |j: &Job| match store.get_blob(&j.hash) {
+        Ok(raw) => {
+            let text = extract(&raw, limits);
+            if !text.skipped.is_empty() {
+                tracing::info!(mailbox = %j.mailbox, hash = %j.hash, skipped = %text.skipped.join("; "), "full-text: attachments left out of the index");
+            }
+            Some(Doc {
+                mailbox: j.mailbox.clone(),
+                hash: j.hash.clone(),
+                date: j.date,
+                kind: kind_of(&j.folder, &raw),
+                text,
+            })
+        }
+        // Removed by retention since (a reindex reads old records).
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(mailbox = %j.mailbox, hash = %j.hash, "full-text: an archived message's blob is gone (expired); not indexed");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(mailbox = %j.mailbox, hash = %j.hash, error = %e, "full-text: cannot read an archived message; not indexed");
+            None
+        }
+    };
+    let mut added = 0;
+    for p in workers.prepare(ft, jobs, &make).into_iter().flatten() {
+        ft.add_prepared(p).map_err(|e| e.to_string())?;
+        added += 1;
+    }
+    jobs.clear();
+    Ok(added)
+}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,6 +171,8 @@ pub fn pass(
     let after = ft.indexed_seq();
     let mut p = Pass { seq: after, ..Pass::default() };
     let mut failure: Option<String> = None;
+    let mut workers = Workers::new();
+    let mut jobs = Vec::with_capacity(BATCH);
     let r = store.journal().scan_after(after, progress, |line| -> Result<(), Stop> {
         let Ok((rec, _)) = line.parsed else {
             // A damaged line: `audit verify` reports it; the index goes on.
@@ -73,25 +182,36 @@ pub fn pass(
             return Ok(());
         }
         match &rec.event {
-            Event::Archived { mailbox, folder, hash, internal_date, duplicate: false, .. } => match store.get_blob(hash) {
-                Ok(raw) => {
-                    let text = extract(&raw, limits);
-                    if !text.skipped.is_empty() {
-                        tracing::info!(%mailbox, %hash, skipped = %text.skipped.join("; "), "full-text: attachments left out of the index");
+            Event::Archived { mailbox, folder, hash, internal_date, duplicate: false, .. } => {
+                jobs.push(Job {
+                    mailbox: mailbox.clone(),
+                    folder: folder.clone(),
+                    hash: hash.clone(),
+                    date: *internal_date,
+                });
+                if jobs.len() >= BATCH {
+                    match flush(store, ft, limits, &mut workers, &mut jobs) {
+                        Ok(n) => p.documents += n,
+                        Err(e) => {
+                            failure = Some(e);
+                            return Err(Stop::Full);
+                        }
                     }
-                    let doc = Doc { mailbox: mailbox.clone(), hash: hash.clone(), date: *internal_date, kind: kind_of(folder, &raw), text };
-                    if let Err(e) = ft.add(&doc) {
-                        failure = Some(e.to_string());
+                }
+            }
+            // Deletions after the additions before them.
+            Event::Expired { .. } | Event::Purged { .. } if !jobs.is_empty() => {
+                match flush(store, ft, limits, &mut workers, &mut jobs) {
+                    Ok(n) => p.documents += n,
+                    Err(e) => {
+                        failure = Some(e);
                         return Err(Stop::Full);
                     }
-                    p.documents += 1;
                 }
-                // Removed by retention since (a reindex reads old records).
-                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::debug!(%mailbox, %hash, "full-text: an archived message's blob is gone (expired); not indexed")
-                }
-                Err(e) => tracing::warn!(%mailbox, %hash, error = %e, "full-text: cannot read an archived message; not indexed"),
-            },
+            }
+            _ => {}
+        }
+        match &rec.event {
             Event::Expired { mailbox, items, .. } => {
                 for i in items {
                     if let Err(e) = ft.delete(mailbox, &i.hash) {
@@ -124,6 +244,7 @@ pub fn pass(
     if let Some(f) = failure {
         return Err(f);
     }
+    p.documents += flush(store, ft, limits, &mut workers, &mut jobs)?;
     if p.seq > after {
         ft.commit(p.seq).map_err(|e| e.to_string())?;
     }
@@ -173,5 +294,44 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(all(test, feature = "fulltext"))]
+mod tests {
+    use super::*;
+    use crate::store::{Audit, Change, StoreOptions};
+
+    #[tokio::test]
+    async fn a_message_added_and_removed_in_one_batch_stays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let (mb, folder) = ("~mario", "Drafts");
+        let mut archive = Vec::new();
+        for text in ["Primo sollecito di pagamento", "Secondo sollecito di pagamento"] {
+            let blob = store.put_blob(format!("Subject: bozza\r\n\r\n{text}\r\n").into_bytes()).await.unwrap();
+            let change = Change::Archive {
+                mailbox: mb.into(),
+                folder: folder.into(),
+                blob,
+                internal_date: Utc::now(),
+                flags: vec![],
+                provider: None,
+                pec: None,
+                handling: None,
+            };
+            archive.push((Audit::system("test", "archive"), change));
+        }
+        let done = store.commit_batch(archive).await.unwrap();
+        let Event::Archived { uid, .. } = &done[0].event else { panic!("{:?}", done[0].event) };
+        let purge = Change::Purge { mailbox: mb.into(), folder: folder.into(), uids: vec![*uid] };
+        store.commit(Audit::system("test", "purge"), purge).await.unwrap();
+        // Both additions and the removal are read in one pass, the
+        // additions still waiting for their batch when the removal comes.
+        let ft = FullText::open(dir.path(), true).unwrap();
+        let p = pass(&store, &ft, 1000, &Limits::default(), &mut |_, _| {}).unwrap();
+        assert_eq!(p.documents, 2);
+        let found = ft.imap_matches(mb, "sollecito", false).unwrap().unwrap();
+        assert_eq!(found.len(), 1, "the purged message is not found, the other one is");
     }
 }

@@ -20,15 +20,15 @@
 pub mod api;
 pub mod cli;
 pub mod extract;
-pub mod indexer;
 #[cfg(feature = "fulltext")]
 mod index;
+pub mod indexer;
 #[cfg(feature = "fulltext")]
-pub use index::{folded, h64, italian, terms, FullText};
+pub use index::{folded, h64, italian, terms, Analysis, FullText, Prepared};
 #[cfg(not(feature = "fulltext"))]
 mod disabled;
 #[cfg(not(feature = "fulltext"))]
-pub use disabled::FullText;
+pub use disabled::{Analysis, FullText, Prepared};
 
 use std::path::PathBuf;
 
@@ -83,4 +83,3 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     pub kind: Option<String>,
 }
-

@@ -121,10 +121,19 @@ pub struct FullTextHits {
     hits: HashMap<(Vec<u8>, bool), std::collections::HashSet<u64>>,
 }
 
+/// How far behind the archive (journal records) the full-text index may
+/// be for a SEARCH to wait for it: what was just archived. Further
+/// behind, the indexer is catching up (after a restart, a new index
+/// format, a reindex: thousands of messages a second, committed every
+/// 20,000 records), 2 s would not bring it to the archive, and SEARCH
+/// answers at once from what is indexed.
+const WAIT_FOR_INDEX: u64 = 2_000;
+
 impl FullTextHits {
     /// Ask `ft` about every BODY and TEXT key of `keys`, in `mailbox`,
     /// once it has indexed what the archive held when asked (waiting up
-    /// to 2 s for the indexer; past that it answers from what it has).
+    /// to 2 s for the indexer when it is at most [`WAIT_FOR_INDEX`]
+    /// records behind; past that it answers from what it has).
     pub fn prepare(
         store: &Store,
         ft: Option<&crate::fulltext::FullText>,
@@ -138,7 +147,8 @@ impl FullTextHits {
         }
         let target = store.applied_seq().unwrap_or(0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while ft.indexed_seq() < target && std::time::Instant::now() < deadline {
+        let close = target.saturating_sub(ft.indexed_seq()) <= WAIT_FOR_INDEX;
+        while close && ft.indexed_seq() < target && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         fn walk(k: &SearchKey<'_>, each: &mut dyn FnMut(&[u8], bool)) {
