@@ -17,6 +17,8 @@
 //! temporary directory (e.g. /dev/shm to spare the disk the N blob fsyncs);
 //! with HANDLING_LOAD_KEEP set, the directory (data, pecgate.toml) is kept.
 
+#[path = "bench_client/mod.rs"]
+mod bench_client;
 #[path = "../tests/imap_support/mod.rs"]
 mod imap_support;
 #[path = "../tests/support/mod.rs"]
@@ -24,19 +26,13 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_client::{loadavg, ms, pct, Client};
 use chrono::Utc;
 use futures::StreamExt;
 use pecgate::handling::{Action, Routing, Transition};
 use pecgate::store::{Audit, Change, Store, StoreOptions};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 const ADDRESS: &str = "protocollo@pec.comune.example.it";
 const MAILBOX: &str = "prot";
@@ -184,68 +180,6 @@ fn dry_run(config: &Path) -> (Duration, serde_json::Value) {
     (took, serde_json::from_slice(&out.stdout).expect("rules apply --json"))
 }
 
-/// A minimal IMAP client: LOGIN, SELECT, FETCH.
-struct Client {
-    io: BufReader<TlsStream<TcpStream>>,
-    tag: u32,
-}
-
-/// What one command brought back: EXISTS and the number of FETCH lines.
-#[derive(Default)]
-struct Reply {
-    exists: Option<usize>,
-    fetches: usize,
-}
-
-impl Client {
-    async fn connect(port: u16, ca: &Path) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(ca).expect("read CA");
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(c.expect("PEM certificate")).expect("add CA");
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-        tcp.set_nodelay(true).expect("nodelay");
-        let name = ServerName::try_from("127.0.0.1").expect("server name");
-        let tls = TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("TLS handshake");
-        let mut c = Client { io: BufReader::with_capacity(256 * 1024, tls), tag: 0 };
-        let mut greeting = String::new();
-        c.io.read_line(&mut greeting).await.expect("greeting");
-        assert!(greeting.starts_with("* OK"), "greeting: {greeting}");
-        c
-    }
-
-    async fn cmd(&mut self, text: &str) -> Reply {
-        self.tag += 1;
-        let tag = format!("a{} ", self.tag);
-        self.io.get_mut().write_all(format!("{tag}{text}\r\n").as_bytes()).await.expect("write");
-        self.io.get_mut().flush().await.expect("flush");
-        let mut r = Reply::default();
-        let mut l = String::new();
-        loop {
-            l.clear();
-            let n = self.io.read_line(&mut l).await.expect("read");
-            assert!(n > 0, "server closed during {text}");
-            if let Some(rest) = l.strip_prefix(&tag) {
-                assert!(rest.starts_with("OK"), "{text}: {rest}");
-                return r;
-            }
-            if let Some(rest) = l.strip_prefix("* ") {
-                if rest.contains(" FETCH (") {
-                    r.fetches += 1;
-                } else if let Some(e) = rest.strip_suffix(" EXISTS\r\n") {
-                    r.exists = e.parse().ok();
-                }
-            }
-        }
-    }
-}
-
 /// One opening of `folder`: (SELECT, FETCH) latencies.
 async fn open(c: &mut Client, folder: &str, expect: usize) -> (Duration, Duration) {
     let t0 = Instant::now();
@@ -259,19 +193,6 @@ async fn open(c: &mut Client, folder: &str, expect: usize) -> (Duration, Duratio
     (select, fetch)
 }
 
-fn pct(v: &[Duration], p: f64) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
 
 fn main() {
     let n = env("HANDLING_LOAD_MESSAGES", 100_000);
