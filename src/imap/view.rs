@@ -767,7 +767,14 @@ impl View {
     pub fn open(&self, f: &Folder) -> Result<(Counts, Snapshot), ViewError> {
         let snap = self.snapshot(f)?;
         let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
-        let unseen = u32::try_from(snap.0.iter().filter(|(u, _)| !snap.1.contains(*u)).count()).unwrap_or(u32::MAX);
+        // One pass: the unseen, and the newest MODSEQ, which may be newer
+        // than the folder's last record (a receipt, a deadline passed: see
+        // `folder_messages`).
+        let (unseen, newest) = snap
+            .0
+            .iter()
+            .fold((0usize, 0u64), |(n, newest), (u, m)| (n + usize::from(!snap.1.contains(*u)), newest.max(m.modseq)));
+        let unseen = u32::try_from(unseen).unwrap_or(u32::MAX);
         if f.trash {
             // A UIDVALIDITY of its own derived from INBOX's (like the
             // handling views'); UIDs from the fold's Trash counter.
@@ -825,9 +832,6 @@ impl View {
             }
             st
         });
-        // A message's MODSEQ may be newer than the folder's last record
-        // (a receipt, a deadline passed: see `folder_messages`).
-        let newest = snap.0.iter().map(|(_, m)| m.modseq).max().unwrap_or(0);
         let counts = match st {
             // Undelivered is a view: messages leave it without a record
             // of its own, which no MODSEQ would tell (RFC 7162 NOMODSEQ).

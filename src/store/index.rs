@@ -161,6 +161,15 @@ fn reconcile_archived(
     Ok(())
 }
 
+impl FolderState {
+    /// A change recorded at `time`: the folder's next MODSEQ (see
+    /// [`next_modseq`]), now its highest.
+    fn bump(&mut self, time: DateTime<Utc>) -> u64 {
+        self.highest_modseq = next_modseq(self.highest_modseq, time);
+        self.highest_modseq
+    }
+}
+
 /// The next MODSEQ of a folder whose last one is `prev`, for a change
 /// recorded at `time`: the record's time in microseconds, or `prev + 1`
 /// when the clock gives no more (RFC 7162 only asks that MODSEQs grow).
@@ -860,7 +869,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 let n = new.to_be_bytes();
                 ts.exists += 1;
                 ts.size += m.size;
-                ts.highest_modseq = next_modseq(ts.highest_modseq, time);
+                ts.bump(time);
                 ts.uidnext = ts.uidnext.max(new + 1);
                 m.modseq = ts.highest_modseq;
                 m.label = true;
@@ -898,7 +907,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
             };
             st.exists += 1;
             st.size += size;
-            st.highest_modseq = next_modseq(st.highest_modseq, time);
+            st.bump(time);
             st.uidnext = st.uidnext.max(uid + 1);
             let m = MessageMeta {
                 hash: hash.clone(),
@@ -928,7 +937,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                     let m: MessageMeta = dec(&v)?;
                     st.exists = st.exists.saturating_sub(1);
                     st.size = st.size.saturating_sub(m.size);
-                    st.highest_modseq = next_modseq(st.highest_modseq, time);
+                    st.bump(time);
                     // A purge may take the place a message is
                     // filed at: the mailbox no longer holds it.
                     let hk = hash_key(mailbox, &m.hash);
@@ -976,7 +985,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                         return Err(Error::Invalid(format!("record {seq}: folder {mailbox}/{folder} does not exist")))
                     }
                 };
-                st.highest_modseq = next_modseq(st.highest_modseq, time);
+                st.bump(time);
                 st.uidnext = st.uidnext.max(uid + 1);
                 st.exists += 1;
                 st.size += size;
@@ -1042,7 +1051,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 };
                 let new = op.apply(&m.flags, flags);
                 if new != m.flags {
-                    st.highest_modseq = next_modseq(st.highest_modseq, time);
+                    st.bump(time);
                     m.flags = new;
                     m.modseq = st.highest_modseq;
                     msgs.insert(mk, enc(&m))?;
@@ -1060,8 +1069,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 if let Some(st) = st.as_mut() {
                     let mk = key(&[mailbox.as_bytes(), folder.as_bytes(), &u]);
                     if let Some(mut m) = get_val::<MessageMeta>(&msgs.t, &mk)? {
-                        st.highest_modseq = next_modseq(st.highest_modseq, time);
-                        m.modseq = st.highest_modseq;
+                        m.modseq = st.bump(time);
                         msgs.insert(mk, enc(&m))?;
                     }
                 }
@@ -1094,7 +1102,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                         let m: MessageMeta = dec(&v)?;
                         st.exists = st.exists.saturating_sub(1);
                         st.size = st.size.saturating_sub(m.size);
-                        st.highest_modseq = next_modseq(st.highest_modseq, time);
+                        st.bump(time);
                         // Numbered in the virtual Trash in the
                         // order of hiding: a fold over the
                         // journal, so a rebuild numbers alike.
@@ -1127,7 +1135,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 m.trash_uid = None;
                 st.exists += 1;
                 st.size += m.size;
-                st.highest_modseq = next_modseq(st.highest_modseq, time);
+                st.bump(time);
                 st.uidnext = st.uidnext.max(new + 1);
                 m.modseq = st.highest_modseq;
                 msgs.insert(key(&[mailbox.as_bytes(), folder.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
@@ -1152,10 +1160,10 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 let mut m: MessageMeta = dec(&v)?;
                 fs.exists = fs.exists.saturating_sub(1);
                 fs.size = fs.size.saturating_sub(m.size);
-                fs.highest_modseq = next_modseq(fs.highest_modseq, time);
+                fs.bump(time);
                 ts.exists += 1;
                 ts.size += m.size;
-                ts.highest_modseq = next_modseq(ts.highest_modseq, time);
+                ts.bump(time);
                 ts.uidnext = ts.uidnext.max(new + 1);
                 m.modseq = ts.highest_modseq;
                 msgs.insert(key(&[mailbox.as_bytes(), to.as_bytes(), &new.to_be_bytes()]), enc(&m))?;
@@ -1207,7 +1215,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                     };
                     st.exists = st.exists.saturating_sub(1);
                     st.size = st.size.saturating_sub(m.size);
-                    st.highest_modseq = next_modseq(st.highest_modseq, time);
+                    st.bump(time);
                     let k2 = key(&[mailbox.as_bytes(), it.folder.as_bytes(), &u]);
                     if let Some(users) = get_val::<Vec<String>>(seen_by, &k2)? {
                         seen_by.remove(k2)?;
@@ -1265,8 +1273,7 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
                 if let (Some(mut st), Some(mut m)) =
                     (get_val::<FolderState>(folders, &fk)?, get_val::<MessageMeta>(&msgs.t, &mk)?)
                 {
-                    st.highest_modseq = next_modseq(st.highest_modseq, time);
-                    m.modseq = st.highest_modseq;
+                    m.modseq = st.bump(time);
                     folders.insert(fk, enc(&st))?;
                     msgs.insert(mk, enc(&m))?;
                 }

@@ -92,11 +92,8 @@ pub async fn handle(
         CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
             if let Some(a) = allowed {
                 let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
-                if unchanged_since.is_some() {
-                    if !sel.modseq {
-                        return Ok(nomodseq(io, tag));
-                    }
-                    enable_condstore(user, sel, io);
+                if unchanged_since.is_some() && !use_modseq(user, sel, io, &tag) {
+                    return Ok(Transition::None);
                 }
                 let how = StoreHow { kind, response, unchanged_since };
                 store(conn, user, sel, io, tag, a, &sequence_set, how, &flags, uid).await
@@ -136,6 +133,18 @@ pub async fn handle(
     Ok(Transition::None)
 }
 
+/// A command that uses a MODSEQ: in a folder without them (RFC 7162
+/// §3.1.2.2) it is answered BAD and `false` returned; otherwise CONDSTORE
+/// is on from now.
+fn use_modseq(user: &Authed, sel: &Selected, io: &mut Io, tag: &Tag<'static>) -> bool {
+    if !sel.modseq {
+        io.status(bad(tag.clone(), "this folder keeps no MODSEQs (NOMODSEQ): it is a view of other folders"));
+        return false;
+    }
+    enable_condstore(user, sel, io);
+    true
+}
+
 /// Turn CONDSTORE on for a command that uses a MODSEQ. The first time,
 /// the selected folder's HIGHESTMODSEQ is told before anything else (RFC
 /// 7162 §3.1: a CONDSTORE enabling command in a folder selected without
@@ -149,12 +158,6 @@ fn enable_condstore(user: &Authed, sel: &Selected, io: &mut Io) {
     let stored = user.view.store.folder(mailbox, folder).ok().flatten().map_or(0, |st| st.highest_modseq);
     let highest = sel.msgs.iter().map(|(_, m)| m.modseq).fold(stored, u64::max);
     io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(highest))), "CONDSTORE on"));
-}
-
-/// A MODSEQ command in a folder without MODSEQs (RFC 7162 §3.1.2.2).
-fn nomodseq(io: &mut Io, tag: Tag<'static>) -> Transition {
-    io.status(bad(tag, "this folder keeps no MODSEQs (NOMODSEQ): it is a view of other folders"));
-    Transition::None
 }
 
 /// Bring the selected folder's snapshot up to date, telling the client:
@@ -394,12 +397,8 @@ async fn fetch(
         io.status(bad(tag, "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC"));
         return Ok(());
     }
-    if since.is_some() || names.contains(&MessageDataItemName::ModSeq) {
-        if !sel.modseq {
-            nomodseq(io, tag);
-            return Ok(());
-        }
-        enable_condstore(user, sel, io);
+    if (since.is_some() || names.contains(&MessageDataItemName::ModSeq)) && !use_modseq(user, sel, io, &tag) {
+        return Ok(());
     }
     let with_modseq =
         sel.modseq && user.enabled.condstore() && (since.is_some() || names.contains(&MessageDataItemName::Flags));
@@ -714,12 +713,8 @@ pub async fn search(
     ret: Option<SearchReturn>,
 ) -> Result<(), IoError> {
     let modseq = keys.iter().any(uses_modseq);
-    if modseq {
-        if !sel.modseq {
-            nomodseq(io, tag);
-            return Ok(());
-        }
-        enable_condstore(user, sel, io);
+    if modseq && !use_modseq(user, sel, io, &tag) {
+        return Ok(());
     }
     // One blocking task for the whole folder: the keys may read the
     // store for every message.
@@ -739,23 +734,25 @@ pub async fn search(
             return Ok(());
         }
     };
-    // With MODSEQ in the keys, the highest MODSEQ of what was found
-    // (RFC 7162 §3.1.5).
-    // With only MIN and/or MAX asked, of those messages (RFC 4731 §3.2).
+    // With MODSEQ in the keys, the highest MODSEQ of what was found (RFC
+    // 7162 §3.1.5); with only MIN and/or MAX asked, of those messages (RFC
+    // 4731 §3.2).
     let of = |n: &u32| match uid {
         true => sel.msgs.binary_search_by_key(n, |m| m.0).ok().map(|i| sel.msgs[i].1.modseq),
         false => sel.msgs.get(*n as usize - 1).map(|m| m.1.modseq),
     };
-    let returned: Vec<u32> = match ret {
-        Some(r) if !r.all && !r.count => [r.min.then(|| hits.iter().min()), r.max.then(|| hits.iter().max())]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .copied()
-            .collect(),
-        _ => hits.clone(),
-    };
-    let highest = modseq.then(|| returned.iter().filter_map(of).max()).flatten().map(nz64);
+    let highest = modseq
+        .then(|| match ret {
+            Some(r) if !r.all && !r.count => [r.min.then(|| hits.iter().min()), r.max.then(|| hits.iter().max())]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(of)
+                .max(),
+            _ => hits.iter().filter_map(of).max(),
+        })
+        .flatten()
+        .map(nz64);
     match ret {
         None => io.data(Data::Search(hits.into_iter().map(nz).collect(), highest)),
         Some(r) => io.write_raw(esearch(&tag, uid, r, &hits, highest.map(|m| m.get())).as_bytes()).await?,
