@@ -313,7 +313,12 @@ fn offload_with_hidden_capability(hide: &[&str]) {
     }
     // New mail is picked up later (by polling when there is no IDLE).
     imap.append("INBOX", [make_message(99, 2000)]);
-    g.wait_mailbox("protocollo", WAIT, "the late message archived", |s| s["archived_total"] == 21 && s["on_provider"] == 0);
+    // `on_provider` is counted at the end of a pass and `archived_total` as
+    // each message is archived: the late message is archived before the
+    // same pass deletes it, so wait for the pass to end ("idle") too.
+    g.wait_mailbox("protocollo", WAIT, "the late message archived and deleted", |s| {
+        s["archived_total"] == 21 && s["on_provider"] == 0 && s["state"] == "idle"
+    });
     g.stop();
     assert_eq!(imap.count("INBOX"), 0);
 }
