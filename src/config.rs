@@ -250,7 +250,28 @@ fn default_max_backoff() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Where blobs, the journal and the index live. One directory per gateway.
+    /// With `backend = "cluster"`: `index_dir` (what the node derives).
+    #[serde(default)]
     pub data_dir: PathBuf,
+    /// `local` (default: everything in `data_dir`, one machine) or
+    /// `cluster` (several nodes: the journal in PostgreSQL, the blobs in
+    /// an S3-compatible bucket, each node's index in `index_dir`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// cluster: a libpq connection string or URL, e.g.
+    /// `postgresql://pecgate@db1,db2/pecgate?target_session_attrs=read-write`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// cluster: this node's name, unique among the nodes.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// cluster: this node's derived index and journal mirror (deleting it
+    /// rebuilds it from PostgreSQL).
+    #[serde(default)]
+    pub index_dir: Option<PathBuf>,
+    /// cluster: the bucket holding the blobs.
+    #[serde(default)]
+    pub blobs: Option<BucketConfig>,
     /// How long archived messages are kept, for every mailbox that does not
     /// set its own `retention` ("10y": civil-law record keeping; providers
     /// keep only 30 months of logs). Absent: kept for ever.
@@ -265,6 +286,58 @@ pub struct StoreConfig {
     /// disk; SELECT and FETCH read ranges of it in order).
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Local,
+    Cluster,
+}
+
+/// `[store.blobs]`: an S3-compatible bucket (MinIO, Ceph RGW, Garage, AWS
+/// S3; it must verify `x-amz-checksum-sha256` and honour `If-None-Match: *`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// `https://s3.comune.local` (`http://` only on loopback, for tests).
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Files holding the access key and the secret key (mode 0600).
+    pub access_key_file: PathBuf,
+    pub secret_key_file: PathBuf,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl StoreConfig {
+    /// What the store needs to open a cluster node (keys read from their
+    /// files); `None` for the local backend.
+    pub fn cluster_options(&self) -> Result<Option<crate::store::cluster::ClusterOptions>, String> {
+        if self.backend != Backend::Cluster {
+            return Ok(None);
+        }
+        let b = self.blobs.as_ref().ok_or("store.blobs: required with backend = \"cluster\"")?;
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map(|s| s.trim().to_string()).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        Ok(Some(crate::store::cluster::ClusterOptions {
+            postgres: self.postgres.clone().ok_or("store.postgres: required with backend = \"cluster\"")?,
+            node: self.node.clone().ok_or("store.node: required with backend = \"cluster\"")?,
+            bucket: crate::store::bucket::BucketConfig {
+                endpoint: b.endpoint.clone(),
+                bucket: b.bucket.clone(),
+                region: b.region.clone(),
+                access_key: read(&b.access_key_file)?,
+                secret_key: read(&b.secret_key_file)?,
+            },
+        }))
+    }
 }
 
 fn default_cache_capacity() -> usize {
@@ -581,7 +654,12 @@ pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, LoadError> {
         )
         .build()
         .map_err(parse)?;
-    built.try_deserialize::<Config>().map_err(parse)
+    let mut cfg = built.try_deserialize::<Config>().map_err(parse)?;
+    if cfg.store.backend == Backend::Cluster && cfg.store.data_dir.as_os_str().is_empty() {
+        // A node's data directory is its index directory: what it derives.
+        cfg.store.data_dir = cfg.store.index_dir.clone().unwrap_or_default();
+    }
+    Ok(cfg)
 }
 
 /// The environment variables that override configuration keys: `PECGATE_`
@@ -617,6 +695,28 @@ impl Config {
         let mut problems = Vec::new();
         let mut push = |key: String, message: String| problems.push(Problem { key, message });
 
+        if self.store.backend == Backend::Cluster {
+            for (key, missing) in [
+                ("store.postgres", self.store.postgres.is_none()),
+                ("store.node", self.store.node.as_deref().is_none_or(str::is_empty)),
+                ("store.index_dir", self.store.index_dir.is_none()),
+                ("store.blobs", self.store.blobs.is_none()),
+            ] {
+                if missing {
+                    push(key.into(), "required with backend = \"cluster\"".into());
+                }
+            }
+            if let Some(b) = &self.store.blobs {
+                for (key, p) in [("store.blobs.access_key_file", &b.access_key_file), ("store.blobs.secret_key_file", &b.secret_key_file)] {
+                    if let Err(e) = std::fs::read(p) {
+                        push(key.into(), format!("cannot read {}: {e}", p.display()));
+                    }
+                }
+                if !(b.endpoint.starts_with("https://") || b.endpoint.starts_with("http://127.") || b.endpoint.starts_with("http://[::1]") || b.endpoint.starts_with("http://localhost")) {
+                    push("store.blobs.endpoint".into(), format!("must be an https:// URL (http:// only on loopback): {}", b.endpoint));
+                }
+            }
+        }
         if self.store.data_dir.as_os_str().is_empty() {
             push("store.data_dir".into(), "must not be empty".into());
         } else if !self.store.data_dir.is_absolute() {

@@ -35,6 +35,7 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         StoreOptions {
             journal_segment_bytes: cfg.store.journal_segment_bytes,
             index_cache_bytes: cfg.store.cache_capacity,
+            cluster: cfg.store.cluster_options().map_err(anyhow::Error::msg)?,
         },
     )
     .with_context(|| format!("opening the archive in {}", cfg.store.data_dir.display()))?;

@@ -24,15 +24,71 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Where the blobs are: files in the data directory (one machine), or an
+/// S3-compatible bucket (`[store] backend = "cluster"`). The same contract
+/// either way: content-addressed, written once, durable before `put`
+/// returns.
 #[derive(Debug, Clone)]
-pub struct Blobs {
-    root: PathBuf,
+pub enum Blobs {
+    Files(FileBlobs),
+    Bucket(std::sync::Arc<super::bucket::Bucket>),
 }
 
 impl Blobs {
+    pub fn put(&self, bytes: &[u8]) -> io::Result<BlobRef> {
+        match self {
+            Blobs::Files(f) => f.put(bytes),
+            Blobs::Bucket(b) => b.put(bytes),
+        }
+    }
+
+    pub fn size(&self, hash: &str) -> io::Result<u64> {
+        match self {
+            Blobs::Files(f) => f.size(hash),
+            Blobs::Bucket(b) => b.size(hash),
+        }
+    }
+
+    pub fn get(&self, hash: &str) -> io::Result<Vec<u8>> {
+        match self {
+            Blobs::Files(f) => f.get(hash),
+            Blobs::Bucket(b) => b.get(hash),
+        }
+    }
+
+    pub fn remove_many(&self, hashes: &[String]) -> Vec<(String, io::Error)> {
+        match self {
+            Blobs::Files(f) => f.remove_many(hashes),
+            Blobs::Bucket(b) => b.remove_many(hashes),
+        }
+    }
+
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        match self {
+            Blobs::Files(f) => f.list(),
+            Blobs::Bucket(b) => b.list(),
+        }
+    }
+
+    /// Where blob `hash` is, for error messages (a path or an object name).
+    pub fn path(&self, hash: &str) -> PathBuf {
+        match self {
+            Blobs::Files(f) => f.path(hash),
+            Blobs::Bucket(b) => PathBuf::from(b.describe(hash)),
+        }
+    }
+}
+
+/// Blob files under the data directory's `blobs/`.
+#[derive(Debug, Clone)]
+pub struct FileBlobs {
+    root: PathBuf,
+}
+
+impl FileBlobs {
     /// Open (creating) `root`, removing temporary files a crash left behind.
     /// Returns how many were removed.
-    pub fn open(root: &Path) -> io::Result<(Blobs, usize)> {
+    pub fn open(root: &Path) -> io::Result<(FileBlobs, usize)> {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
         let mut removed = 0;
@@ -44,7 +100,7 @@ impl Blobs {
         if removed > 0 {
             sync_dir(&tmp)?;
         }
-        Ok((Blobs { root: root.to_path_buf() }, removed))
+        Ok((FileBlobs { root: root.to_path_buf() }, removed))
     }
 
     pub fn path(&self, hash: &str) -> PathBuf {
@@ -162,13 +218,13 @@ impl Blobs {
 /// a damaged blob is an error rather than exported evidence.
 #[derive(Debug, Clone)]
 pub struct BlobReader {
-    blobs: Blobs,
+    blobs: FileBlobs,
 }
 
 impl BlobReader {
     /// The blobs of the archive in `data_dir`; nothing is read yet.
     pub fn open_read_only(data_dir: &Path) -> BlobReader {
-        BlobReader { blobs: Blobs { root: data_dir.join("blobs") } }
+        BlobReader { blobs: FileBlobs { root: data_dir.join("blobs") } }
     }
 
     /// The blob's bytes, checked against its hash.
@@ -249,7 +305,7 @@ mod tests {
     #[test]
     fn put_get_dedup_and_tmp_cleanup() {
         let d = tempfile::tempdir().unwrap();
-        let (b, removed) = Blobs::open(d.path()).unwrap();
+        let (b, removed) = FileBlobs::open(d.path()).unwrap();
         assert_eq!(removed, 0);
         let r = b.put(b"hello").unwrap();
         assert_eq!(r.hash, sha256_hex(b"hello"));
@@ -257,7 +313,7 @@ mod tests {
         assert_eq!(b.put(b"hello").unwrap(), r);
         assert_eq!(b.list().unwrap(), vec![r.hash.clone()]);
         fs::write(d.path().join("tmp/x.tmp"), b"partial").unwrap();
-        let (_, removed) = Blobs::open(d.path()).unwrap();
+        let (_, removed) = FileBlobs::open(d.path()).unwrap();
         assert_eq!(removed, 1);
         assert!(b.get("../../etc/passwd").is_err());
     }

@@ -81,8 +81,7 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name();
-        let Some(n) = name.to_str().and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some(n) = name.to_str().and_then(|s| s.strip_suffix(".log")).and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
         out.push((n, e.path()));
@@ -147,10 +146,7 @@ impl Journal {
         let (seg_no, path) = segs.last().cloned().unwrap_or((1, dir.join(segment_name(1))));
         let file = OpenOptions::new().append(true).open(&path)?;
         let seg_size = file.metadata()?.len();
-        Ok((
-            Journal { dir: dir.to_path_buf(), segment_bytes, file, seg_no, seg_size, last_seq, last_hash },
-            recovery,
-        ))
+        Ok((Journal { dir: dir.to_path_buf(), segment_bytes, file, seg_no, seg_size, last_seq, last_hash }, recovery))
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -163,33 +159,84 @@ impl Journal {
 
     /// Number and chain `records` (their `seq` and `prev` are set here),
     /// write them and fsync. Returns when they are durable.
+    #[cfg(test)]
     pub fn append(&mut self, records: &mut [Record]) -> io::Result<()> {
-        let mut buf = String::new();
+        let lines = self.encode(records);
+        self.write(&lines, true)
+    }
+
+    /// Number and chain `records` after the journal's last record, and
+    /// return their lines: (seq, line, hash). Nothing is written yet.
+    pub fn encode(&self, records: &mut [Record]) -> Vec<(u64, String, String)> {
+        let (mut seq, mut prev) = (self.last_seq, self.last_hash.clone());
+        let mut out = Vec::with_capacity(records.len());
         for rec in records.iter_mut() {
-            rec.seq = self.last_seq + 1;
-            rec.prev = self.last_hash.clone();
+            seq += 1;
+            rec.seq = seq;
+            rec.prev = prev;
             let (line, hash) = encode_line(rec);
+            prev = hash.clone();
+            out.push((seq, line, hash));
+        }
+        out
+    }
+
+    /// Write lines [`Journal::encode`] made, which follow the last record;
+    /// `sync`: fsync before returning (a mirror of a journal kept
+    /// elsewhere does without: what it loses is fetched again).
+    pub fn write(&mut self, lines: &[(u64, String, String)], sync: bool) -> io::Result<()> {
+        let mut buf = String::new();
+        for (seq, line, hash) in lines {
+            if *seq != self.last_seq + 1 {
+                return Err(io::Error::other(format!("journal record {seq} does not follow record {}", self.last_seq)));
+            }
             let len = line.len() as u64 + 1;
             let pending = self.seg_size + buf.len() as u64;
             if pending > 0 && pending + len > self.segment_bytes {
-                self.write_out(&buf)?;
+                self.write_out(&buf, sync)?;
                 buf.clear();
                 self.roll()?;
             }
-            buf.push_str(&line);
+            buf.push_str(line);
             buf.push('\n');
-            self.last_seq = rec.seq;
-            self.last_hash = hash;
+            self.last_seq = *seq;
+            self.last_hash = hash.clone();
         }
-        self.write_out(&buf)
+        self.write_out(&buf, sync)
     }
 
-    fn write_out(&mut self, buf: &str) -> io::Result<()> {
+    /// Copy records committed elsewhere (the cluster's journal) after the
+    /// last one, each checked first: its hash, its number and its link to
+    /// the record before it. Returns the decoded records.
+    pub fn mirror(&mut self, lines: Vec<(u64, String)>) -> io::Result<Vec<Record>> {
+        let (mut seq, mut prev) = (self.last_seq, self.last_hash.clone());
+        let mut checked = Vec::with_capacity(lines.len());
+        let mut records = Vec::with_capacity(lines.len());
+        for (n, line) in lines {
+            let (rec, hash) =
+                decode_line(&line).map_err(|e| io::Error::other(format!("shared journal record {n}: {e}")))?;
+            if rec.seq != n || n != seq + 1 || rec.prev != prev {
+                return Err(io::Error::other(format!(
+                    "shared journal record {n} does not continue the chain at record {seq}: the shared journal was altered"
+                )));
+            }
+            seq = n;
+            prev = hash.clone();
+            checked.push((n, line, hash));
+            records.push(rec);
+        }
+        self.write(&checked, false)?;
+        Ok(records)
+    }
+
+    fn write_out(&mut self, buf: &str, sync: bool) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
         self.file.write_all(buf.as_bytes())?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
         self.seg_size += buf.len() as u64;
         Ok(())
     }
@@ -226,7 +273,10 @@ fn scan_tail(path: &Path) -> io::Result<(u64, Option<(u64, String)>)> {
         }
         line_no += 1;
         let text = std::str::from_utf8(&line[..n - 1]).map_err(|_| {
-            io::Error::other(format!("{} line {line_no} is not UTF-8: the journal is damaged; run `pecgate audit verify`", path.display()))
+            io::Error::other(format!(
+                "{} line {line_no} is not UTF-8: the journal is damaged; run `pecgate audit verify`",
+                path.display()
+            ))
         })?;
         match decode_line(text) {
             Ok((rec, hash)) => last = Some((rec.seq, hash)),
@@ -525,10 +575,14 @@ mod tests {
         for after in [0, 1, 7, 15, 29, 30, 31] {
             let mut seqs = Vec::new();
             let mut read = 0;
-            r.scan_after(after, |_, total| read = total, |l| -> io::Result<()> {
-                seqs.push(l.parsed.unwrap().0.seq);
-                Ok(())
-            })
+            r.scan_after(
+                after,
+                |_, total| read = total,
+                |l| -> io::Result<()> {
+                    seqs.push(l.parsed.unwrap().0.seq);
+                    Ok(())
+                },
+            )
             .unwrap();
             assert_eq!(seqs, ((after + 1)..=30).collect::<Vec<_>>(), "after {after}");
             let all: u64 = segs.iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum();
@@ -541,11 +595,15 @@ mod tests {
         let text = fs::read_to_string(first).unwrap();
         fs::write(first, text.replacen("op0", "OP0", 1)).unwrap();
         let mut n = 0;
-        r.scan_after(1, |_, _| {}, |l| -> io::Result<()> {
-            l.parsed.unwrap();
-            n += 1;
-            Ok(())
-        })
+        r.scan_after(
+            1,
+            |_, _| {},
+            |l| -> io::Result<()> {
+                l.parsed.unwrap();
+                n += 1;
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!(n, 29);
         assert_eq!(leading_seq(b"{\"seq\":12,\"time\""), Some(12));
@@ -600,7 +658,9 @@ mod tests {
             flags: vec![],
             provider: None,
             duplicate: false,
-            pec: Some(crate::pec::meta::StoredPec::Unrecognised(serde_json::json!({ "n": [2.2262222222222218e76_f64, 0.1_f64, 1e-300_f64] }))),
+            pec: Some(crate::pec::meta::StoredPec::Unrecognised(
+                serde_json::json!({ "n": [2.2262222222222218e76_f64, 0.1_f64, 1e-300_f64] }),
+            )),
             handling: None,
             view_uid: None,
         };

@@ -19,7 +19,9 @@
 
 mod anchor_files;
 pub mod blobs;
+pub mod bucket;
 mod changes;
+pub mod cluster;
 mod codec;
 pub mod fields;
 mod index;
@@ -63,6 +65,10 @@ pub enum StoreError {
     Failed(String),
     #[error("the store is closed")]
     Closed,
+    /// The shared archive (PostgreSQL) did not take the write: nothing was
+    /// acknowledged, the caller may try again (`NO [UNAVAILABLE]`, `451`).
+    #[error("the shared archive is unavailable ({0}); nothing was written, try again")]
+    Unavailable(String),
     #[error("{0}")]
     Invalid(String),
     /// The request contradicts the current state (a handling transition
@@ -203,11 +209,18 @@ pub struct StoreOptions {
     pub journal_segment_bytes: u64,
     /// Memory the index may use to cache its pages.
     pub index_cache_bytes: usize,
+    /// Several nodes sharing PostgreSQL and a bucket; `None`: the data
+    /// directory holds everything (one machine).
+    pub cluster: Option<cluster::ClusterOptions>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { journal_segment_bytes: 64 * 1024 * 1024, index_cache_bytes: index::Cache::default().bytes }
+        StoreOptions {
+            journal_segment_bytes: 64 * 1024 * 1024,
+            index_cache_bytes: index::Cache::default().bytes,
+            cluster: None,
+        }
     }
 }
 
@@ -239,14 +252,18 @@ fn open_index(dir: &Path, cache_bytes: usize) -> Result<(Index, bool)> {
 enum Request {
     Commit { entries: Vec<(Audit, Change)>, reply: oneshot::Sender<Result<Vec<Committed>>> },
     Flush { reply: oneshot::Sender<Result<()>> },
+    /// Take in what other nodes committed (cluster).
+    CatchUp,
 }
 
 struct Inner {
     dir: PathBuf,
     blobs: Blobs,
     index: Arc<Index>,
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    tx: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The cluster's PostgreSQL client runtime (kept for the listener).
+    _rt: Option<Arc<cluster::Rt>>,
     notify: broadcast::Sender<Notice>,
     /// Bumped by the writer after each applied batch (see
     /// [`Store::generation`]).
@@ -280,10 +297,19 @@ impl Store {
         // sure no other process writes the journal.
         let (index, migrated) = open_index(dir, opts.index_cache_bytes)?;
         let blob_dir = dir.join("blobs");
-        let (blobs, removed) = Blobs::open(&blob_dir).map_err(io_err(&blob_dir))?;
-        report.removed_tmp_files = removed;
+        let blobs = match &opts.cluster {
+            None => {
+                let (files, removed) = blobs::FileBlobs::open(&blob_dir).map_err(io_err(&blob_dir))?;
+                report.removed_tmp_files = removed;
+                Blobs::Files(files)
+            }
+            Some(c) => Blobs::Bucket(Arc::new(
+                bucket::Bucket::open(&c.bucket)
+                    .map_err(|e| StoreError::Invalid(format!("bucket {} at {}: {e}", c.bucket.bucket, c.bucket.endpoint)))?,
+            )),
+        };
         let jdir = dir.join(JOURNAL_DIR);
-        let (journal, rec) = Journal::open(&jdir, opts.journal_segment_bytes).map_err(io_err(&jdir))?;
+        let (mut journal, rec) = Journal::open(&jdir, opts.journal_segment_bytes).map_err(io_err(&jdir))?;
         report.journal_truncated_bytes = rec.truncated_bytes;
 
         let applied = index.applied_seq()?;
@@ -311,6 +337,17 @@ impl Store {
             tracing::info!("rebuilding the index from the journal");
         }
         report.replayed_records = replay(&JournalReader::at(jdir), &index, &mut |_, _| {})?;
+        let mut link = None;
+        let rt = match &opts.cluster {
+            None => None,
+            Some(c) => {
+                let rt = cluster::Rt::new("pecgate-postgres").map_err(io_err(dir))?;
+                let mut l = cluster::Link::open(rt.clone(), c, GENESIS).map_err(StoreError::Unavailable)?;
+                report.replayed_records += catch_up(&mut l, &mut journal, &index)?;
+                link = Some(l);
+                Some(rt)
+            }
+        };
         index.flush()?;
 
         let index = Arc::new(index);
@@ -347,18 +384,31 @@ impl Store {
             generation: generation.clone(),
             changes: changes.clone(),
             failed: failed.clone(),
+            link,
         };
         let handle = std::thread::Builder::new()
             .name("pecgate-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        if let (Some(rt), Some(c)) = (&rt, &opts.cluster) {
+            // Other nodes' commits: a NOTIFY wakes the writer, which takes
+            // them in; once a second anyway.
+            let wake = Arc::downgrade(&tx);
+            cluster::spawn_listener(rt, c.postgres.clone(), move || {
+                let Some(tx) = wake.upgrade() else { return false };
+                let tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                tx.as_ref().is_some_and(|t| t.send(Request::CatchUp).is_ok())
+            });
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 blobs,
                 index,
-                tx: Mutex::new(Some(tx)),
+                tx,
                 writer: Mutex::new(Some(handle)),
+                _rt: rt,
                 notify,
                 generation,
                 changes,
@@ -984,6 +1034,9 @@ pub fn rebuild_index(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<u
 struct Writer {
     journal: Journal,
     index: Arc<Index>,
+    /// The shared journal (cluster): what the batch is committed to before
+    /// the local mirror and index take it.
+    link: Option<cluster::Link>,
     /// Folder states as the writer knows them, ahead of the index during a
     /// batch (UIDs are assigned before the batch is written).
     folders: HashMap<(String, String), FolderState>,
@@ -1049,17 +1102,39 @@ impl Writer {
     }
 
     fn handle(&mut self, reqs: Vec<Request>) {
+        let catch_up_only = reqs.iter().all(|r| matches!(r, Request::CatchUp));
+        let reqs: Vec<Request> = reqs.into_iter().filter(|r| !matches!(r, Request::CatchUp)).collect();
         if let Some(f) = self.failure() {
-            for r in reqs {
-                match r {
-                    Request::Commit { reply, .. } => {
-                        let _ = reply.send(Err(StoreError::Failed(f.clone())));
-                    }
-                    Request::Flush { reply } => {
-                        let _ = reply.send(Err(StoreError::Failed(f.clone())));
+            refuse(reqs, || StoreError::Failed(f.clone()));
+            return;
+        }
+        // Cluster: lock the shared chain's head and take in what the other
+        // nodes committed first, so this batch's UIDs follow from it.
+        if let Some(link) = self.link.as_mut() {
+            let after = self.journal.last_seq();
+            let theirs = if catch_up_only { link.read_after(after, REPLAY_BATCH as i64) } else { link.begin(after) };
+            match theirs {
+                Ok(lines) if lines.is_empty() => {}
+                Ok(lines) => {
+                    if let Err(e) = self.take_in(lines) {
+                        if let Some(l) = self.link.as_mut() {
+                            l.rollback();
+                        }
+                        self.latch(e.clone());
+                        refuse(reqs, || StoreError::Failed(e.clone()));
+                        return;
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared journal is unavailable");
+                    refuse(reqs, || StoreError::Unavailable(e.clone()));
+                    return;
+                }
             }
+            if catch_up_only {
+                return;
+            }
+        } else if catch_up_only {
             return;
         }
         let mut records: Vec<Record> = Vec::new();
@@ -1077,6 +1152,7 @@ impl Writer {
         for r in reqs {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
+                Request::CatchUp => {}
                 Request::Commit { entries, reply } => {
                     let mut mine = Vec::new();
                     let mut err = None;
@@ -1102,7 +1178,27 @@ impl Writer {
             }
         }
         let started = std::time::Instant::now();
-        if let Err(e) = self.journal.append(&mut records) {
+        let lines = self.journal.encode(&mut records);
+        if let Some(link) = self.link.as_mut() {
+            let shared: Vec<(u64, String)> = lines.iter().map(|(n, l, _)| (*n, l.clone())).collect();
+            let head = lines.last().map(|(n, _, h)| (*n, h.clone())).unwrap_or_default();
+            if let Err(e) = link.commit(&shared, head) {
+                // Not acknowledged; whether it committed or not, the next
+                // batch's catch-up reads back what the database has. What
+                // the writer assumed of this batch is forgotten.
+                tracing::warn!(error = %e, records = lines.len(), "commit to the shared journal failed");
+                self.forget();
+                let err = || StoreError::Unavailable(e.clone());
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(err()));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Err(err()));
+                }
+                return;
+            }
+        }
+        if let Err(e) = self.journal.write(&lines, self.link.is_none()) {
             self.folders = snapshot;
             self.vuids = vuids_snapshot;
             let why = format!("journal append: {e}");
@@ -1115,6 +1211,29 @@ impl Writer {
             }
             return;
         }
+        let notices = self.publish(&records);
+        if !records.is_empty() {
+            self.write_latency.with_label_values(&["journal"]).observe(started.elapsed().as_secs_f64());
+        }
+        for (reply, idx) in answers {
+            let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
+            let _ = reply.send(Ok(out));
+        }
+        if !flushes.is_empty() {
+            let r = self.index.flush().map_err(StoreError::from);
+            for reply in flushes {
+                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| StoreError::Invalid(e.to_string())));
+            }
+        }
+        for n in notices {
+            let _ = self.notify.send(n);
+        }
+    }
+
+    /// Apply `records` (just written to the journal) to the index, move
+    /// the generation, delete blobs whose retention ended; returns the
+    /// notices for subscribers (sent once the writers are answered).
+    fn publish(&mut self, records: &[Record]) -> Vec<Notice> {
         if !records.is_empty() {
             *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                 (self.journal.last_seq(), self.journal.last_hash().to_string());
@@ -1132,28 +1251,10 @@ impl Writer {
             let why = format!("index apply of records {}..={}: {e}", batch[0].0, batch[batch.len() - 1].0);
             self.latch(why);
         } else {
-            for rec in &records {
-                if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
-                    notices.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
-                }
-                if let Event::Moved { mailbox, to, .. } = &rec.event {
-                    notices.push(Notice { mailbox: mailbox.clone(), folder: to.clone() });
-                }
-                if let Event::Handled { mailbox, items, .. } = &rec.event {
-                    for i in items.iter().filter(|i| !i.folder.is_empty()) {
-                        notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
-                    }
-                }
-                if let Event::Expired { mailbox, items, .. } = &rec.event {
-                    for i in items.iter().filter(|i| !i.hidden) {
-                        notices.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
-                    }
-                }
+            for rec in records {
+                notices.extend(notices_of(rec));
             }
             applied = true;
-        }
-        if !records.is_empty() {
-            self.write_latency.with_label_values(&["journal"]).observe(started.elapsed().as_secs_f64());
         }
         // After the index has the batch, before anyone hears of it; audit-only
         // records (logins, reads) change nothing a reader sees.
@@ -1166,20 +1267,28 @@ impl Writer {
         if applied {
             self.remove_expired_blobs();
         }
-        for (reply, idx) in answers {
-            let out = idx.iter().map(|&i| Committed { seq: records[i].seq, event: records[i].event.clone() }).collect();
-            let _ = reply.send(Ok(out));
-        }
-        if !flushes.is_empty() {
-            let r = self.index.flush().map_err(StoreError::from);
-            for reply in flushes {
-                let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| StoreError::Invalid(e.to_string())));
-            }
-        }
         notices.dedup();
-        for n in notices {
+        notices
+    }
+
+    /// Records other nodes committed (cluster): checked and copied into the
+    /// mirror, applied, announced. What the writer knew of folders is
+    /// forgotten: it is read again from the index.
+    fn take_in(&mut self, lines: Vec<(u64, String)>) -> std::result::Result<(), String> {
+        let records = self.journal.mirror(lines).map_err(|e| format!("taking in the shared journal: {e}"))?;
+        self.forget();
+        for n in self.publish(&records) {
             let _ = self.notify.send(n);
         }
+        Ok(())
+    }
+
+    /// Drop what the writer keeps ahead of the index (folder states, view
+    /// UIDs, category numbers): read again from the index when needed.
+    fn forget(&mut self) {
+        self.folders.clear();
+        self.vuids.clear();
+        self.categories.clear();
     }
 
     fn folder_state(&mut self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
@@ -1803,6 +1912,77 @@ impl Writer {
         let st = FolderState { uidvalidity, uidnext: 1, highest_modseq: 1, exists: 0, size: 0, category: None };
         self.folders.insert((mailbox.to_string(), folder.to_string()), st.clone());
         Ok(st)
+    }
+}
+
+/// Answer every request in `reqs` with the error `err` makes.
+fn refuse(reqs: Vec<Request>, err: impl Fn() -> StoreError) {
+    for r in reqs {
+        match r {
+            Request::Commit { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Request::Flush { reply } => {
+                let _ = reply.send(Err(err()));
+            }
+            Request::CatchUp => {}
+        }
+    }
+}
+
+/// The folders a record changes, for IDLE and the other subscribers.
+fn notices_of(rec: &Record) -> Vec<Notice> {
+    let mut out = Vec::new();
+    if let (Some(m), Some(f)) = (rec.event.mailbox(), rec.folder.as_deref()) {
+        out.push(Notice { mailbox: m.to_string(), folder: f.to_string() });
+    }
+    match &rec.event {
+        Event::Moved { mailbox, to, .. } => out.push(Notice { mailbox: mailbox.clone(), folder: to.clone() }),
+        Event::Handled { mailbox, items, .. } => {
+            for i in items.iter().filter(|i| !i.folder.is_empty()) {
+                out.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+            }
+        }
+        Event::Expired { mailbox, items, .. } => {
+            for i in items.iter().filter(|i| !i.hidden) {
+                out.push(Notice { mailbox: mailbox.clone(), folder: i.folder.clone() });
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Take in every record the shared journal has after the mirror's last
+/// (a node starting, or one that was away), checking first that the
+/// mirror is a prefix of it. Returns how many were applied.
+fn catch_up(link: &mut cluster::Link, journal: &mut Journal, index: &Index) -> Result<u64> {
+    let unavailable = StoreError::Unavailable;
+    let last = journal.last_seq();
+    if last > 0 {
+        let theirs = link.read_after(last - 1, 1).map_err(unavailable)?;
+        let same = theirs.first().and_then(|(_, l)| decode_line(l).ok()).is_some_and(|(_, h)| h == journal.last_hash());
+        if !same {
+            return Err(StoreError::Invalid(format!(
+                "this node's journal mirror ends at record {last}, which the shared journal in PostgreSQL does not hold as it is: \
+                 the index directory belongs to another archive, or the database lost records. Move the index directory \
+                 away to rebuild it from PostgreSQL"
+            )));
+        }
+    }
+    let mut n = 0;
+    loop {
+        let lines = link.read_after(journal.last_seq(), REPLAY_BATCH as i64).map_err(StoreError::Unavailable)?;
+        if lines.is_empty() {
+            return Ok(n);
+        }
+        let records = journal.mirror(lines).map_err(|e| StoreError::Invalid(format!("taking in the shared journal: {e}")))?;
+        let refs: Vec<_> = records.iter().map(|r| (r.seq, r.time, &r.event)).collect();
+        index.apply_batch(&refs, false)?;
+        n += records.len() as u64;
+        if n % (REPLAY_BATCH as u64 * 25) == 0 {
+            tracing::info!(records = n, "taking in the shared journal");
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! makes tests fail, never skip.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod gateway;
 pub mod sim;
 pub mod slapd;

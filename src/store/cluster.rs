@@ -1,0 +1,331 @@
+//! The journal in PostgreSQL, for several pecgate nodes sharing one archive
+//! (`[store] backend = "cluster"`).
+//!
+//! PostgreSQL holds the truth: `pecgate_journal` has one row per record,
+//! its canonical line exactly as a journal segment file would hold it (so
+//! the hash chain, `audit verify` and exports are unchanged), and
+//! `pecgate_chain` one row with the chain's head. Every writer locks that
+//! row first (`SELECT … FOR UPDATE`): the lock orders the chain across
+//! nodes (a sequence could not: it has gaps), and while a node holds it,
+//! it first takes in the records other nodes committed, so the UIDs,
+//! UIDVALIDITYs and MODSEQs it assigns follow from the whole archive. The
+//! records, the new head and a `NOTIFY` go in the same transaction.
+//!
+//! Each node keeps what it derives: the index, as on one machine, and a
+//! mirror of the journal as segment files beside it (each line checked
+//! against the chain as it is copied), which every reader of the journal
+//! (audit, exports, anchoring, full-text indexing) reads as it reads one
+//! machine's. Both can be deleted: they are fetched and rebuilt from
+//! PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+/// How a node reaches the shared archive.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// A libpq connection string or URL (several hosts and
+    /// `target_session_attrs=read-write` allowed).
+    pub postgres: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    pub bucket: super::bucket::BucketConfig,
+}
+
+/// A runtime of the store's own for the PostgreSQL client: the writer is
+/// a plain thread and waits on it; dropping it never blocks.
+pub struct Rt(Option<tokio::runtime::Runtime>);
+
+impl Rt {
+    pub fn new(name: &str) -> std::io::Result<Arc<Rt>> {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build()?;
+        Ok(Arc::new(Rt(Some(rt))))
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().map(|r| r.handle()).unwrap_or_else(|| unreachable!("runtime taken only in drop"))
+    }
+
+    /// Wait for `fut` on this runtime, from a thread outside any runtime
+    /// (the writer) or inside one (a task, a test), alike.
+    pub fn wait<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle().spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| "the PostgreSQL client stopped".to_string())
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS pecgate_journal (
+    seq  BIGINT PRIMARY KEY,
+    line TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pecgate_chain (
+    id   INT PRIMARY KEY CHECK (id = 1),
+    seq  BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pecgate_nodes (
+    node       TEXT PRIMARY KEY,
+    applied    BIGINT NOT NULL DEFAULT 0,
+    seen_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pecgate_leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT,
+    epoch      BIGINT NOT NULL DEFAULT 0,
+    expires_at TIMESTAMPTZ
+);
+";
+
+/// The channel a commit notifies (a wake-up hint for the other nodes).
+pub const CHANNEL: &str = "pecgate_journal";
+
+/// How long a statement may take before the store calls the database
+/// unavailable.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect(url: &str) -> Result<Client, String> {
+    let (client, conn) = tokio::time::timeout(TIMEOUT, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| "connecting to PostgreSQL timed out".to_string())?
+        .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn pg(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("PostgreSQL: {}: {}", d.code().code(), d.message()),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+/// The writer's connection: one transaction at a time, under the chain
+/// head's lock.
+pub struct Link {
+    rt: Arc<Rt>,
+    url: String,
+    client: Option<Arc<Client>>,
+    in_txn: bool,
+}
+
+impl Link {
+    /// Connect and create the tables if this is the first node ever.
+    pub fn open(rt: Arc<Rt>, opts: &ClusterOptions, genesis: &str) -> Result<Link, String> {
+        let mut link = Link { rt, url: opts.postgres.clone(), client: None, in_txn: false };
+        let c = link.client()?;
+        let genesis = genesis.to_string();
+        link.rt.wait(async move {
+            // Two nodes starting at once: one creates, the other waits.
+            c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7262746174650001);").await.map_err(pg)?;
+            c.batch_execute(SCHEMA).await.map_err(pg)?;
+            c.execute(
+                "INSERT INTO pecgate_chain (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
+                &[&genesis],
+            )
+            .await
+            .map_err(pg)?;
+            c.batch_execute("COMMIT").await.map_err(pg)
+        })??;
+        Ok(link)
+    }
+
+    fn client(&mut self) -> Result<Arc<Client>, String> {
+        if let Some(c) = &self.client {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        self.client = None;
+        self.in_txn = false;
+        let url = self.url.clone();
+        let c = Arc::new(self.rt.wait(async move { connect(&url).await })??);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    fn run<T: Send + 'static, F>(&mut self, f: impl FnOnce(Arc<Client>) -> F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    {
+        let c = self.client()?;
+        let fut = f(c);
+        let r = self.rt.wait(async move {
+            tokio::time::timeout(TIMEOUT, fut).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
+        })?;
+        if r.is_err() {
+            // A failed statement aborts the transaction, and a connection
+            // that timed out is in an unknown state: start afresh.
+            self.client = None;
+            self.in_txn = false;
+        }
+        r
+    }
+
+    /// The chain head as committed: (seq, hash).
+    pub fn head(&mut self) -> Result<(u64, String), String> {
+        self.run(|c| async move {
+            let row = c.query_one("SELECT seq, hash FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?;
+            Ok((row.get::<_, i64>(0) as u64, row.get::<_, String>(1)))
+        })
+    }
+
+    /// Up to `limit` records after `after`, in order, without a lock (a
+    /// node catching up).
+    pub fn read_after(&mut self, after: u64, limit: i64) -> Result<Vec<(u64, String)>, String> {
+        self.run(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&(after as i64), &limit],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))).collect())
+        })
+    }
+
+    /// Begin a write: lock the chain head and return the records committed
+    /// after `after` (what this node has not taken in yet).
+    pub fn begin(&mut self, after: u64) -> Result<Vec<(u64, String)>, String> {
+        if self.in_txn {
+            self.rollback();
+        }
+        let r = self.run(move |c| async move {
+            c.batch_execute("BEGIN").await.map_err(pg)?;
+            let head = c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1 FOR UPDATE", &[]).await.map_err(pg)?;
+            let head = head.get::<_, i64>(0) as u64;
+            if head <= after {
+                return Ok(Vec::new());
+            }
+            let rows = c
+                .query("SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq", &[&(after as i64)])
+                .await
+                .map_err(pg)?;
+            Ok(rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))).collect())
+        })?;
+        self.in_txn = true;
+        Ok(r)
+    }
+
+    /// Insert `lines` (seq, line), move the head to the last one (`head`:
+    /// its seq and hash), notify, commit. An error leaves the outcome
+    /// unknown when it came at the commit itself: the caller's next
+    /// [`Link::begin`] reads back whatever did commit.
+    pub fn commit(&mut self, lines: &[(u64, String)], head: (u64, String)) -> Result<(), String> {
+        if !self.in_txn {
+            return Err("no transaction to commit".into());
+        }
+        let seqs: Vec<i64> = lines.iter().map(|l| l.0 as i64).collect();
+        let texts: Vec<String> = lines.iter().map(|l| l.1.clone()).collect();
+        let r = self.run(move |c| async move {
+            if !seqs.is_empty() {
+                c.execute(
+                    "INSERT INTO pecgate_journal (seq, line) SELECT * FROM UNNEST($1::int8[], $2::text[])",
+                    &[&seqs, &texts],
+                )
+                .await
+                .map_err(pg)?;
+                c.execute("UPDATE pecgate_chain SET seq = $1, hash = $2 WHERE id = 1", &[&(head.0 as i64), &head.1])
+                    .await
+                    .map_err(pg)?;
+                c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &head.0.to_string()]).await.map_err(pg)?;
+            }
+            c.batch_execute("COMMIT").await.map_err(pg)
+        });
+        self.in_txn = false;
+        r
+    }
+
+    pub fn rollback(&mut self) {
+        if self.in_txn {
+            self.in_txn = false;
+            let _ = self.run(|c| async move { c.batch_execute("ROLLBACK").await.map_err(pg) });
+        }
+    }
+
+    /// Note how far this node has applied the journal (`cluster status`).
+    pub fn report_applied(&mut self, node: &str, applied: u64) -> Result<(), String> {
+        let node = node.to_string();
+        self.run(move |c| async move {
+            c.execute(
+                "INSERT INTO pecgate_nodes (node, applied, seen_at) VALUES ($1, $2, now())
+                 ON CONFLICT (node) DO UPDATE SET applied = EXCLUDED.applied, seen_at = now()",
+                &[&node, &(applied as i64)],
+            )
+            .await
+            .map_err(pg)
+            .map(|_| ())
+        })
+    }
+}
+
+/// Listen for other nodes' commits and call `wake` at each, and at least
+/// once a second whatever happens (a lost notification, a LISTEN
+/// connection that died: the node still catches up).
+pub fn spawn_listener(rt: &Rt, url: String, wake: impl Fn() -> bool + Send + 'static) {
+    rt.handle().spawn(async move {
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let listening = async {
+                let (client, mut conn) = tokio_postgres::connect(&url, NoTls).await.map_err(pg)?;
+                let feed = tx.clone();
+                tokio::spawn(async move {
+                    let mut msgs = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = futures::StreamExt::next(&mut msgs).await {
+                        match m {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                let _ = feed.send(());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+                client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(pg)?;
+                Ok::<_, String>(client)
+            };
+            let client = match tokio::time::timeout(TIMEOUT, listening).await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for other nodes' commits: polling every second");
+                    None
+                }
+                Err(_) => None,
+            };
+            loop {
+                tokio::select! {
+                    _ = rx.recv() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if !wake() {
+                    return;
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    break;
+                }
+            }
+        }
+    });
+}

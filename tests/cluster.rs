@@ -1,0 +1,225 @@
+//! Several nodes on one archive (issue 21): `[store] backend = "cluster"`
+//! against a real PostgreSQL 15 and a real S3 server (s3s-fs), with two
+//! `pecgate serve` nodes on loopback and Python's imaplib as the client.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pecgate::store::cluster::ClusterOptions;
+use pecgate::store::{Store, StoreOptions};
+use support::cluster::{Postgres, BUCKET, S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use support::free_port;
+
+const PASSWORD: &str = "pw-Secret-1";
+
+struct Node {
+    name: String,
+    index_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path) -> Node {
+        let index_dir = dir.join(format!("node-{name}"));
+        let port = free_port();
+        let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+        let text = format!(
+            "{}[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\n\
+             imap = {{ host = \"127.0.0.1\", port = 9, tls = \"none\" }}\noffload = {{ mode = \"never\" }}\npoll_interval = \"1h\"\n\n\
+             [imap]\nlisten = [\"127.0.0.1:{port}\"]\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+             [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\n\
+             grants = {{ prot = [\"read\", \"triage\", \"send\", \"delete\"] }}\n",
+            s3.store_toml(pg, name, &index_dir),
+            cert.display(),
+            key.display()
+        );
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        Node { name: name.into(), log: dir.join(format!("{name}.log")), index_dir, config, port, child: None }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pecgate serve");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("node {} exited ({st}): {}", self.name, self.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not listen: {}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let t0 = Instant::now();
+            while c.try_wait().ok().flatten().is_none() {
+                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not stop: {}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run pecgate")
+    }
+
+    /// The node's journal mirror, every segment in order.
+    fn mirror(&self) -> String {
+        let dir = self.index_dir.join("journal");
+        let mut names: Vec<_> = std::fs::read_dir(&dir).expect("mirror").flatten().map(|e| e.path()).collect();
+        names.sort();
+        names.iter().map(|p| std::fs::read_to_string(p).expect("segment")).collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+fn options(pg: &Postgres, s3: &S3, node: &str) -> StoreOptions {
+    StoreOptions {
+        cluster: Some(ClusterOptions {
+            postgres: pg.url(),
+            node: node.into(),
+            bucket: pecgate::store::bucket::BucketConfig {
+                endpoint: s3.endpoint(),
+                bucket: BUCKET.into(),
+                region: "us-east-1".into(),
+                access_key: S3_ACCESS_KEY.into(),
+                secret_key: S3_SECRET_KEY.into(),
+            },
+        }),
+        ..StoreOptions::default()
+    }
+}
+
+/// What a client does on node A is seen on node B (folders, messages,
+/// flags; B's IDLE within a second); UIDs assigned on both nodes never
+/// collide; the blobs are in the bucket and nowhere else; each node's
+/// journal mirror is the shared journal, verifies, and a node whose index
+/// directory is deleted rebuilds the same index from PostgreSQL.
+#[test]
+fn two_nodes_share_one_archive() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let mut a = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
+    let mut b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    a.start();
+    b.start();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/cluster.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(a.port.to_string())
+        .arg(&cert)
+        .arg(dir.path())
+        .arg(b.port.to_string())
+        .output()
+        .expect("run python3");
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && so.contains("all checks passed"),
+        "cluster.py failed\n{so}\n{se}\nnode a:\n{}\nnode b:\n{}",
+        a.log(),
+        b.log()
+    );
+    a.stop();
+    b.stop();
+
+    // The eleven messages' blobs are objects in the bucket, none a file
+    // in a node's directory.
+    let objects = s3.objects();
+    let blobs: Vec<_> = objects.iter().filter(|o| o.starts_with("blobs/") && o.ends_with(".eml")).collect();
+    assert_eq!(blobs.len(), 11, "{objects:?}");
+    for n in [&a, &b] {
+        let local = n.index_dir.join("blobs");
+        let files =
+            std::fs::read_dir(&local).map(|d| d.flatten().filter(|e| e.file_name() != "tmp").count()).unwrap_or(0);
+        assert_eq!(files, 0, "node {} keeps no blob files", n.name);
+    }
+
+    // One chain: both mirrors are the shared journal, line for line.
+    let rows: u64 = pg.sql("SELECT count(*) FROM pecgate_journal").parse().expect("count");
+    let (ma, mb) = (a.mirror(), b.mirror());
+    assert_eq!(ma.lines().count() as u64, rows, "node a's mirror holds every record");
+    assert_eq!(ma, mb, "the two mirrors are the same journal");
+    let head = pg.sql("SELECT seq || ' ' || hash FROM pecgate_chain");
+    let last = ma.lines().last().expect("a record");
+    assert!(head.starts_with(&format!("{rows} ")), "{head}");
+    assert!(last.ends_with(&format!("\"hash\":\"{}\"}}", head.split(' ').nth(1).unwrap_or(""))), "{last}\n{head}");
+    let v = a.cli(&["audit", "verify"]);
+    assert!(
+        v.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // Node b's index directory lost: it comes back from PostgreSQL and the
+    // bucket, the same index as node a's.
+    std::fs::remove_dir_all(&b.index_dir).expect("remove b's index");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (sa, _) = Store::open(&a.index_dir, options(&pg, &s3, "a")).expect("open a");
+        let (sb, rep) = Store::open(&b.index_dir, options(&pg, &s3, "b")).expect("open b again");
+        assert_eq!(rep.replayed_records, rows, "b took in the whole shared journal");
+        assert_eq!(sa.index_dump().expect("dump a"), sb.index_dump().expect("dump b"), "the same index");
+        let (_, folder) = sa
+            .folders("prot")
+            .expect("folders")
+            .into_iter()
+            .find(|(_, st)| st.category.as_deref() == Some("Contratti"))
+            .expect("category");
+        assert_eq!(folder.exists, 11);
+        sa.close().expect("close a");
+        sb.close().expect("close b");
+    });
+    assert!(!a.log().contains("panicked") && !b.log().contains("panicked"));
+}

@@ -1,0 +1,251 @@
+//! The cluster backend's peers, started on loopback with a throwaway
+//! configuration: PostgreSQL 15 from Debian's packages (`initdb`, `pg_ctl`
+//! as the `postgres` user when the tests run as root) and `s3s-fs`, an
+//! S3 server on a directory that verifies checksums and conditional
+//! writes (`cargo install s3s-fs --version 0.14.1 --features binary`,
+//! which `scripts/test` does). A missing peer fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// `cmd` run as the `postgres` user when the tests run as root (PostgreSQL
+/// refuses root), as is otherwise.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Postgres {
+    /// A fresh cluster with a `pecgate` database owned by the `pecgate`
+    /// role (trust authentication on loopback).
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new().prefix("pecgate-pg").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let log = dir.path().join("postgres.log");
+        if is_root() {
+            // initdb and the server run as postgres: the directory must be
+            // theirs (a temp dir is root's, mode 0700).
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            assert!(st.success(), "chown postgres {}", dir.path().display());
+        }
+        let out = as_postgres(&Path::new(PG_BIN).join("initdb"))
+            .args(["-A", "trust", "-U", "pecgate", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap_or_else(|e| panic!("run {PG_BIN}/initdb (apt-get install postgresql-15): {e}"));
+        assert!(
+            out.status.success(),
+            "initdb: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres { dir, port: free_port(), data, log };
+        pg.pg_ctl(&["start", "-w", "-t", "60"]);
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "pecgate",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE pecgate",
+            ])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
+        pg
+    }
+
+    fn pg_ctl(&mut self, args: &[&str]) {
+        let opts =
+            format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on", self.port, self.dir.path().display());
+        let out = as_postgres(&Path::new(PG_BIN).join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-o", &opts])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// `pg_ctl restart -m immediate`: a crash of the database.
+    pub fn restart_immediate(&mut self) {
+        self.pg_ctl(&["restart", "-m", "immediate", "-w", "-t", "60"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgresql://pecgate@127.0.0.1:{}/pecgate", self.port)
+    }
+
+    /// Run one SQL statement with psql; its output (unaligned, tuples only).
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pecgate", "-d", "pecgate", "-At", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&Path::new(PG_BIN).join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate"])
+            .output();
+    }
+}
+
+pub const S3_ACCESS_KEY: &str = "pecgate-test";
+pub const S3_SECRET_KEY: &str = "pecgate-test-secret";
+pub const BUCKET: &str = "pecgate-archive";
+
+pub struct S3 {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn s3s_fs_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PECGATE_S3S_FS") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin/s3s-fs")
+}
+
+impl S3 {
+    /// s3s-fs on a fresh directory holding the bucket [`BUCKET`].
+    pub fn start() -> S3 {
+        let dir = tempfile::Builder::new().prefix("pecgate-s3").tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("root")).expect("s3 root");
+        std::fs::create_dir(dir.path().join("root").join(BUCKET)).expect("bucket dir");
+        let mut s = S3 { dir, port: free_port(), child: None };
+        s.start_again();
+        s
+    }
+
+    pub fn start_again(&mut self) {
+        let bin = s3s_fs_bin();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("s3s.log")).expect("log");
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.dir.path().join("root"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start {} (cargo install s3s-fs --version 0.14.1 --features binary): {e}", bin.display())
+            });
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "s3s-fs did not listen: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The objects under the bucket, as s3s-fs keeps them (files).
+    pub fn objects(&self) -> Vec<String> {
+        let root = self.dir.path().join("root").join(BUCKET);
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(&root) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("s3s.log")).unwrap_or_default()
+    }
+
+    /// The `[store]` section of a node: `node` with its index in
+    /// `index_dir`, keys written beside it.
+    pub fn store_toml(&self, pg: &Postgres, node: &str, index_dir: &Path) -> String {
+        let keys = index_dir.parent().expect("index dir parent");
+        let (ak, sk) = (keys.join(format!("{node}-s3-access")), keys.join(format!("{node}-s3-secret")));
+        std::fs::write(&ak, S3_ACCESS_KEY).expect("key file");
+        std::fs::write(&sk, S3_SECRET_KEY).expect("key file");
+        format!(
+            "[store]\nbackend = \"cluster\"\npostgres = \"{}\"\nnode = \"{node}\"\nindex_dir = \"{}\"\n\n\
+             [store.blobs]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nregion = \"us-east-1\"\naccess_key_file = \"{}\"\nsecret_key_file = \"{}\"\n\n",
+            pg.url(),
+            index_dir.display(),
+            self.endpoint(),
+            ak.display(),
+            sk.display()
+        )
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
