@@ -228,12 +228,26 @@ pub struct UpstreamConfig {
     pub min_backoff: Duration,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Cluster: how long a node's hold on a provider mailbox's poller lasts
+    /// without renewal (renewed every third of it). A node that stops
+    /// loses its mailboxes to another node within this plus a third.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
-        UpstreamConfig { timeout: default_timeout(), min_backoff: default_min_backoff(), max_backoff: default_max_backoff() }
+        UpstreamConfig {
+            timeout: default_timeout(),
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            lease: default_lease(),
+        }
     }
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(20)
 }
 
 fn default_timeout() -> Duration {

@@ -64,6 +64,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
         timeout: cfg.upstream.timeout,
         min_backoff: cfg.upstream.min_backoff,
         max_backoff: cfg.upstream.max_backoff,
+        lease: cfg.upstream.lease,
         ..SyncOptions::default()
     };
     let trust = match &cfg.pec.trust_store {
@@ -88,6 +89,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
             shutdown: rx.clone(),
             trust: trust.clone(),
             rules: rules.clone(),
+            fence: None,
         };
         tasks.spawn(task.run());
     }

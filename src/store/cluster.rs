@@ -329,3 +329,116 @@ pub fn spawn_listener(rt: &Rt, url: String, wake: impl Fn() -> bool + Send + 'st
         }
     });
 }
+
+/// A lease held at an epoch: writes under it are refused once another
+/// node has taken it (the epoch moved on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub name: String,
+    pub node: String,
+    pub epoch: u64,
+}
+
+impl Link {
+    /// Whether `fence` still holds, the lease row locked (`FOR SHARE`) in
+    /// the writer's transaction: no node can take the lease over until
+    /// the batch is committed.
+    pub fn holds(&mut self, fence: &Fence) -> Result<bool, String> {
+        let f = fence.clone();
+        self.run(move |c| async move {
+            let row = c
+                .query_opt(
+                    "SELECT holder = $2 AND epoch = $3 AND expires_at > now() FROM pecgate_leases WHERE name = $1 FOR SHARE",
+                    &[&f.name, &f.node, &(f.epoch as i64)],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.is_some_and(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)))
+        })
+    }
+}
+
+/// Leases over a connection pool (the daemon's runtime).
+pub struct Leases {
+    pool: deadpool_postgres::Pool,
+    node: String,
+}
+
+impl Leases {
+    pub fn new(opts: &ClusterOptions) -> Result<Leases, String> {
+        let mut cfg = deadpool_postgres::Config::new();
+        cfg.url = Some(opts.postgres.clone());
+        cfg.manager =
+            Some(deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast });
+        let pool = cfg
+            .create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)
+            .map_err(|e| format!("PostgreSQL pool: {e}"))?;
+        Ok(Leases { pool, node: opts.node.clone() })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        tokio::time::timeout(TIMEOUT, self.pool.get())
+            .await
+            .map_err(|_| "PostgreSQL did not answer in time".to_string())?
+            .map_err(|e| format!("PostgreSQL: {e}"))
+    }
+
+    /// Take `name` if nobody holds it or its holder let it expire (the
+    /// epoch moves on: the old holder's writes are refused from now on),
+    /// or if this node holds it already (same epoch).
+    pub async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Fence>, String> {
+        let c = self.client().await?;
+        let ttl = ttl.as_secs_f64();
+        let work = async {
+            c.execute("INSERT INTO pecgate_leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name])
+                .await
+                .map_err(pg)?;
+            let row = c
+                .query_opt(
+                    "UPDATE pecgate_leases SET
+                         epoch = CASE WHEN holder = $2 AND expires_at > now() THEN epoch ELSE epoch + 1 END,
+                         holder = $2,
+                         expires_at = now() + make_interval(secs => $3)
+                     WHERE name = $1 AND (holder IS NULL OR holder = $2 OR expires_at IS NULL OR expires_at < now())
+                     RETURNING epoch",
+                    &[&name, &self.node, &ttl],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.map(|r| Fence { name: name.to_string(), node: self.node.clone(), epoch: r.get::<_, i64>(0) as u64 }))
+        };
+        tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
+    }
+
+    /// Extend a held lease; `false` if it is no longer this node's at this
+    /// epoch, or expired (another node may have it or take it).
+    pub async fn renew(&self, fence: &Fence, ttl: Duration) -> Result<bool, String> {
+        let c = self.client().await?;
+        let ttl = ttl.as_secs_f64();
+        let work = async {
+            let n = c
+                .execute(
+                    "UPDATE pecgate_leases SET expires_at = now() + make_interval(secs => $4)
+                     WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+                    &[&fence.name, &fence.node, &(fence.epoch as i64), &ttl],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(n == 1)
+        };
+        tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
+    }
+
+    pub async fn release(&self, fence: &Fence) {
+        if let Ok(c) = self.client().await {
+            let _ = tokio::time::timeout(
+                TIMEOUT,
+                c.execute(
+                    "UPDATE pecgate_leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND epoch = $3",
+                    &[&fence.name, &fence.node, &(fence.epoch as i64)],
+                ),
+            )
+            .await;
+        }
+    }
+}

@@ -69,6 +69,10 @@ pub enum StoreError {
     /// acknowledged, the caller may try again (`NO [UNAVAILABLE]`, `451`).
     #[error("the shared archive is unavailable ({0}); nothing was written, try again")]
     Unavailable(String),
+    /// A write under a lease this node no longer holds (cluster): another
+    /// node took the job over; nothing was written.
+    #[error("lease {0} is no longer held by this node: another node took over; nothing was written")]
+    Fenced(String),
     #[error("{0}")]
     Invalid(String),
     /// The request contradicts the current state (a handling transition
@@ -250,7 +254,12 @@ fn open_index(dir: &Path, cache_bytes: usize) -> Result<(Index, bool)> {
 }
 
 enum Request {
-    Commit { entries: Vec<(Audit, Change)>, reply: oneshot::Sender<Result<Vec<Committed>>> },
+    Commit {
+        entries: Vec<(Audit, Change)>,
+        /// Written only while this lease is held at this epoch (cluster).
+        fence: Option<cluster::Fence>,
+        reply: oneshot::Sender<Result<Vec<Committed>>>,
+    },
     Flush { reply: oneshot::Sender<Result<()>> },
     /// Take in what other nodes committed (cluster).
     CatchUp,
@@ -264,6 +273,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The cluster's PostgreSQL client runtime (kept for the listener).
     _rt: Option<Arc<cluster::Rt>>,
+    /// Leases (cluster).
+    leases: Option<cluster::Leases>,
     notify: broadcast::Sender<Notice>,
     /// Bumped by the writer after each applied batch (see
     /// [`Store::generation`]).
@@ -408,6 +419,10 @@ impl Store {
                 index,
                 tx,
                 writer: Mutex::new(Some(handle)),
+                leases: match &opts.cluster {
+                    Some(c) => Some(cluster::Leases::new(c).map_err(StoreError::Unavailable)?),
+                    None => None,
+                },
                 _rt: rt,
                 notify,
                 generation,
@@ -564,8 +579,43 @@ impl Store {
     /// the index. Returns what each became, in order.
     pub async fn commit_batch(&self, entries: Vec<(Audit, Change)>) -> Result<Vec<Committed>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Commit { entries, reply })?;
+        self.send(Request::Commit { entries, fence: None, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::commit_batch`] for the holder of a lease (a provider
+    /// mailbox's poller): written only if `fence` still holds, checked in
+    /// the same transaction (cluster; one machine holds every lease).
+    pub async fn commit_batch_fenced(&self, fence: Option<&cluster::Fence>, entries: Vec<(Audit, Change)>) -> Result<Vec<Committed>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commit { entries, fence: fence.cloned(), reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Take lease `name` for `ttl` (a job only one node may run: a
+    /// provider mailbox's poller). `None`: another node holds it. One
+    /// machine: always granted.
+    pub async fn acquire_lease(&self, name: &str, ttl: std::time::Duration) -> Result<Option<cluster::Fence>> {
+        match &self.inner.leases {
+            None => Ok(Some(cluster::Fence { name: name.to_string(), node: String::new(), epoch: 0 })),
+            Some(l) => l.acquire(name, ttl).await.map_err(StoreError::Unavailable),
+        }
+    }
+
+    /// Extend a held lease; `false`: it was lost (taken over after it
+    /// expired).
+    pub async fn renew_lease(&self, fence: &cluster::Fence, ttl: std::time::Duration) -> Result<bool> {
+        match &self.inner.leases {
+            None => Ok(true),
+            Some(l) => l.renew(fence, ttl).await.map_err(StoreError::Unavailable),
+        }
+    }
+
+    /// Give a lease up (a clean stop: another node may take it at once).
+    pub async fn release_lease(&self, fence: &cluster::Fence) {
+        if let Some(l) = &self.inner.leases {
+            l.release(fence).await;
+        }
     }
 
     pub async fn commit(&self, audit: Audit, change: Change) -> Result<Committed> {
@@ -1153,7 +1203,21 @@ impl Writer {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
                 Request::CatchUp => {}
-                Request::Commit { entries, reply } => {
+                Request::Commit { entries, fence, reply } => {
+                    if let (Some(f), Some(link)) = (&fence, self.link.as_mut()) {
+                        match link.holds(f) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(lease = %f.name, epoch = f.epoch, "write refused: the lease was taken over");
+                                let _ = reply.send(Err(StoreError::Fenced(f.name.clone())));
+                                continue;
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(StoreError::Unavailable(e)));
+                                continue;
+                            }
+                        }
+                    }
                     let mut mine = Vec::new();
                     let mut err = None;
                     for (audit, change) in entries {

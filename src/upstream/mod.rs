@@ -74,6 +74,8 @@ impl SyncError {
 /// the back-off.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
+    /// Cluster: the poller's lease on its mailbox (see `[upstream] lease`).
+    pub lease: Duration,
     /// Longest wait for one response from the provider.
     pub timeout: Duration,
     /// First retry delay after a failure; doubles up to `max_backoff`.
@@ -103,6 +105,7 @@ impl Default for SyncOptions {
             window_messages: 256,
             window_bytes: 32 * 1024 * 1024,
             max_idle: Duration::from_secs(25 * 60),
+            lease: Duration::from_secs(20),
         }
     }
 }
@@ -120,6 +123,9 @@ pub struct MailboxTask {
     /// Routing rules: which arriving certified messages are tracked for
     /// handling, and assigned to whom.
     pub rules: Arc<crate::handling::rules::Rules>,
+    /// The lease on this mailbox's polling while a session runs (cluster:
+    /// one node polls a mailbox; every commit is checked against it).
+    pub fence: Option<crate::store::cluster::Fence>,
 }
 
 /// One provider message as listed by `UID FETCH 1:* (UID RFC822.SIZE)`.
@@ -137,6 +143,79 @@ impl MailboxTask {
         *self.shutdown.borrow()
     }
 
+    /// Commit under this mailbox's lease (refused once another node took
+    /// the mailbox over).
+    async fn commit_batch(&self, batch: Vec<(Audit, Change)>) -> Result<Vec<crate::store::Committed>, StoreError> {
+        self.store.commit_batch_fenced(self.fence.as_ref(), batch).await
+    }
+
+    async fn commit(&self, audit: Audit, change: Change) -> Result<crate::store::Committed, StoreError> {
+        let mut v = self.commit_batch(vec![(audit, change)]).await?;
+        v.pop().ok_or(StoreError::Closed)
+    }
+
+    /// Wait until this node holds the mailbox's lease (at once on one
+    /// machine; in a cluster while another node polls it: "standby").
+    /// `None`: shutting down.
+    async fn take_lease(&mut self) -> Option<crate::store::cluster::Fence> {
+        let name = format!("mailbox:{}", self.alias());
+        let mut said = false;
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            match self.store.acquire_lease(&name, self.opts.lease).await {
+                Ok(Some(f)) => {
+                    if said || f.epoch > 0 {
+                        tracing::info!(mailbox = %self.alias(), epoch = f.epoch, "this node now polls the mailbox");
+                    }
+                    return Some(f);
+                }
+                Ok(None) => {
+                    if !said {
+                        tracing::info!(mailbox = %self.alias(), "another node polls this mailbox: standing by");
+                        said = true;
+                    }
+                    self.board.update(self.alias(), |s| {
+                        s.state = "standby".into();
+                        s.connected = false;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(mailbox = %self.alias(), error = %e, "cannot take the mailbox's lease");
+                    self.board.update(self.alias(), |s| {
+                        s.state = "error".into();
+                        s.last_error = Some(e.to_string());
+                    });
+                }
+            }
+            let mut sd = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(self.opts.lease / 3) => {}
+                _ = sd.changed() => {}
+            }
+        }
+    }
+
+    /// Renew `fence` every third of the lease until the returned handle is
+    /// aborted; a lost lease is logged (the commits under it are refused).
+    fn keep_lease(&self, fence: crate::store::cluster::Fence) -> tokio::task::JoinHandle<()> {
+        let (store, ttl, alias) = (self.store.clone(), self.opts.lease, self.alias().to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match store.renew_lease(&fence, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(mailbox = %alias, epoch = fence.epoch, "lost the mailbox's lease: another node polls it now");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(mailbox = %alias, error = %e, "cannot renew the mailbox's lease"),
+                }
+            }
+        })
+    }
+
     /// Run until shutdown: sessions with exponential back-off between
     /// failures.
     pub async fn run(mut self) {
@@ -145,8 +224,15 @@ impl MailboxTask {
             if self.stopping() {
                 break;
             }
+            let Some(fence) = self.take_lease().await else { break };
+            self.fence = Some(fence.clone());
+            let keeper = self.keep_lease(fence.clone());
             self.board.update(self.alias(), |s| s.state = "connecting".into());
             let result = self.session().await;
+            keeper.abort();
+            if self.stopping() {
+                self.store.release_lease(&fence).await;
+            }
             if self.stopping() {
                 break;
             }
@@ -342,7 +428,7 @@ impl MailboxTask {
                         },
                     ));
                 }
-                self.store.commit_batch(batch).await?;
+                self.store.commit_batch_fenced(self.fence.as_ref(), batch).await?;
             }
         }
 
@@ -354,8 +440,7 @@ impl MailboxTask {
         let gone: Vec<u32> = archived.keys().filter(|u| !listed.contains_key(u)).copied().collect();
         if !gone.is_empty() {
             let hashes = gone.iter().filter_map(|u| archived.get(u).map(|e| e.hash.clone())).collect();
-            self.store
-                .commit(
+            self.commit(
                     Audit::system("upstream", "provider-gone").mailbox(&alias),
                     Change::ProviderDeleted {
                         mailbox: alias.clone(),
@@ -490,6 +575,7 @@ impl MailboxTask {
             from_sent: self.cfg.sent_folder.as_deref() == Some(pfolder),
             trust: self.trust.clone(),
             rules: self.rules.clone(),
+            fence: self.fence.clone(),
         }
     }
 
@@ -539,8 +625,7 @@ impl MailboxTask {
                 c.run("EXPUNGE", CommandBody::Expunge).await?;
             }
             let hashes = chunk.iter().filter_map(|u| archived.get(u).map(|e| e.hash.clone())).collect();
-            self.store
-                .commit(
+            self.commit(
                     Audit::system("upstream", "provider-delete").mailbox(&alias).folder(pfolder),
                     Change::ProviderDeleted {
                         mailbox: alias.clone(),
@@ -648,6 +733,7 @@ struct Archiver {
     from_sent: bool,
     trust: Option<Arc<crate::pec::signature::TrustStore>>,
     rules: Arc<crate::handling::rules::Rules>,
+    fence: Option<crate::store::cluster::Fence>,
 }
 
 impl Archiver {
@@ -710,7 +796,7 @@ impl Archiver {
         }
         let n = batch.len() as u64;
         let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
-        self.store.commit_batch(batch).await?;
+        self.store.commit_batch_fenced(self.fence.as_ref(), batch).await?;
         tracing::debug!(
             mailbox = %self.alias,
             messages = n,
