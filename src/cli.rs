@@ -368,7 +368,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Serve { config } => {
-            runtime()?.block_on(daemon::serve(config))?;
+            let rt = runtime()?;
+            let r = rt.block_on(daemon::serve(config));
+            // The archive is closed by now; a blocking task still running
+            // (a full-text pass over a large batch: derived data, redone
+            // at the next start) must not keep the process from exiting.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            r?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),

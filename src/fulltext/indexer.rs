@@ -167,6 +167,7 @@ pub fn pass(
     max_records: usize,
     limits: &Limits,
     progress: &mut dyn FnMut(u64, u64),
+    stop: &dyn Fn() -> bool,
 ) -> Result<Pass, String> {
     let after = ft.indexed_seq();
     let mut p = Pass { seq: after, ..Pass::default() };
@@ -232,7 +233,9 @@ pub fn pass(
         }
         p.seq = rec.seq;
         p.records += 1;
-        if p.records >= max_records {
+        // A stopping daemon ends the pass early (what it did is committed):
+        // blobs read from a bucket make a long pass.
+        if p.records >= max_records || (p.records % 256 == 0 && stop()) {
             return Err(Stop::Full);
         }
         Ok(())
@@ -269,8 +272,9 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
                 tracing::info!(indexed = at, journal = applied, "full-text: catching up with the archive");
             }
             logged_start = true;
-            let (s, f) = (store.clone(), ft.clone());
-            let r = tokio::task::spawn_blocking(move || pass(&s, &f, PASS_RECORDS, &limits, &mut |_, _| {})).await;
+            let (s, f, sd) = (store.clone(), ft.clone(), shutdown.clone());
+            let r = tokio::task::spawn_blocking(move || pass(&s, &f, PASS_RECORDS, &limits, &mut |_, _| {}, &|| *sd.borrow()))
+                .await;
             match r {
                 Ok(Ok(p)) => {
                     tracing::debug!(seq = p.seq, records = p.records, documents = p.documents, "full-text: indexed");
@@ -329,7 +333,7 @@ mod tests {
         // Both additions and the removal are read in one pass, the
         // additions still waiting for their batch when the removal comes.
         let ft = FullText::open(dir.path(), true).unwrap();
-        let p = pass(&store, &ft, 1000, &Limits::default(), &mut |_, _| {}).unwrap();
+        let p = pass(&store, &ft, 1000, &Limits::default(), &mut |_, _| {}, &|| false).unwrap();
         assert_eq!(p.documents, 2);
         let found = ft.imap_matches(mb, "sollecito", false).unwrap().unwrap();
         assert_eq!(found.len(), 1, "the purged message is not found, the other one is");

@@ -44,7 +44,13 @@ pub fn noperm(tag: Tag<'static>, t: &str) -> Status<'static> {
     tagged(tag, StatusKind::No, Some(other_code("NOPERM")), t)
 }
 
-pub fn serverbug(tag: Tag<'static>, e: &dyn std::fmt::Display) -> Status<'static> {
+pub fn serverbug(tag: Tag<'static>, e: &dyn Failure) -> Status<'static> {
+    if e.unavailable() {
+        // Not a bug: the archive could not record it now (a cluster's
+        // database away, a failed disk); nothing was acknowledged.
+        tracing::warn!(error = %e, "IMAP command refused: the archive is unavailable");
+        return no_code(tag, "UNAVAILABLE", &e.to_string());
+    }
     tracing::error!(error = %e, "IMAP command failed on the server side");
     tagged(tag, StatusKind::No, Some(other_code("SERVERBUG")), "internal error; the administrator can see the log")
 }
@@ -88,6 +94,32 @@ pub fn cap_owned(s: String) -> Option<Capability<'static>> {
 pub fn no_code(tag: Tag<'static>, code: &'static str, t: &str) -> Status<'static> {
     tagged(tag, StatusKind::No, Some(other_code(code)), t)
 }
+
+/// What a command's failure is: shown in the log, and whether it is the
+/// archive refusing writes for now (`NO [UNAVAILABLE]`) rather than a bug.
+pub trait Failure: std::fmt::Display {
+    fn unavailable(&self) -> bool {
+        false
+    }
+}
+
+impl Failure for crate::store::StoreError {
+    fn unavailable(&self) -> bool {
+        use crate::store::StoreError as E;
+        matches!(self, E::Unavailable(_) | E::Failed(_) | E::Fenced(_) | E::Closed)
+    }
+}
+
+impl Failure for super::view::ViewError {
+    fn unavailable(&self) -> bool {
+        matches!(self, super::view::ViewError::Store(e) if e.unavailable())
+    }
+}
+
+impl Failure for tokio::task::JoinError {}
+impl Failure for String {}
+impl Failure for &str {}
+impl Failure for std::io::Error {}
 
 /// `NO [UNAVAILABLE]`: the archive refused to record something it must.
 pub fn unavailable(tag: Tag<'static>) -> Status<'static> {

@@ -17,8 +17,11 @@ use std::io;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use std::time::Duration;
+
 use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::blobs::{sha256_hex, valid_hash, BlobRef};
@@ -72,6 +75,14 @@ impl Bucket {
         // in pecgate (already installed is fine).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = AmazonS3Builder::new()
+            // First: these options replace the whole set, `allow_http`
+            // included (which the builder keeps among them).
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(60))
+                    .with_pool_idle_timeout(Duration::from_secs(20)),
+            )
             .with_endpoint(&cfg.endpoint)
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
@@ -82,6 +93,18 @@ impl Bucket {
             // Garage) answer without a wildcard DNS name per bucket.
             .with_virtual_hosted_style_request(false)
             .with_checksum_algorithm(Checksum::SHA256)
+            // Bounded: a bucket that does not answer makes the write fail
+            // within about half a minute (the poller retries later and the
+            // provider keeps the message), never hang a shutdown.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(20),
+            })
             .build()
             .map_err(other)?;
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -383,9 +383,10 @@ impl Leases {
             .map_err(|e| format!("PostgreSQL: {e}"))
     }
 
-    /// Take `name` if nobody holds it or its holder let it expire (the
-    /// epoch moves on: the old holder's writes are refused from now on),
-    /// or if this node holds it already (same epoch).
+    /// Take `name` if nobody holds it, its holder let it expire, or this
+    /// node held it (a restart): the epoch moves on every time, so writes
+    /// under any earlier hold, this node's included, are refused from now
+    /// on.
     pub async fn acquire(&self, name: &str, ttl: Duration) -> Result<Option<Fence>, String> {
         let c = self.client().await?;
         let ttl = ttl.as_secs_f64();
@@ -396,7 +397,7 @@ impl Leases {
             let row = c
                 .query_opt(
                     "UPDATE pecgate_leases SET
-                         epoch = CASE WHEN holder = $2 AND expires_at > now() THEN epoch ELSE epoch + 1 END,
+                         epoch = epoch + 1,
                          holder = $2,
                          expires_at = now() + make_interval(secs => $3)
                      WHERE name = $1 AND (holder IS NULL OR holder = $2 OR expires_at IS NULL OR expires_at < now())

@@ -263,6 +263,8 @@ enum Request {
     Flush { reply: oneshot::Sender<Result<()>> },
     /// Take in what other nodes committed (cluster).
     CatchUp,
+    /// Take in everything committed so far, then answer (cluster).
+    Sync { reply: oneshot::Sender<Result<()>> },
 }
 
 struct Inner {
@@ -504,6 +506,12 @@ impl Store {
             .await
             .map_err(|e| StoreError::Invalid(format!("blob writer task: {e}")))?;
         r.map_err(|e| {
+            if matches!(self.inner.blobs, Blobs::Bucket(_)) {
+                // A bucket that does not answer now may answer later:
+                // nothing names the blob yet, the caller tries again.
+                tracing::warn!(error = %e, "the bucket did not take a blob");
+                return StoreError::Unavailable(format!("writing a blob to the bucket: {e}"));
+            }
             self.latch(format!("writing a blob: {e}"));
             StoreError::Io { path: root, source: e }
         })
@@ -589,6 +597,18 @@ impl Store {
     pub async fn commit_batch_fenced(&self, fence: Option<&cluster::Fence>, entries: Vec<(Audit, Change)>) -> Result<Vec<Committed>> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Commit { entries, fence: fence.cloned(), reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Cluster: take in every record committed so far by any node before
+    /// returning (a new lease holder reads the state its predecessor left).
+    /// One machine: nothing to do.
+    pub async fn sync_shared(&self) -> Result<()> {
+        if self.inner.leases.is_none() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Sync { reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1152,39 +1172,43 @@ impl Writer {
     }
 
     fn handle(&mut self, reqs: Vec<Request>) {
-        let catch_up_only = reqs.iter().all(|r| matches!(r, Request::CatchUp));
-        let reqs: Vec<Request> = reqs.into_iter().filter(|r| !matches!(r, Request::CatchUp)).collect();
+        let mut syncs = Vec::new();
+        let mut rest = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            match r {
+                Request::CatchUp => {}
+                Request::Sync { reply } => syncs.push(reply),
+                r => rest.push(r),
+            }
+        }
+        let reqs = rest;
+        let catch_up_only = reqs.is_empty();
         if let Some(f) = self.failure() {
+            for s in syncs {
+                let _ = s.send(Err(StoreError::Failed(f.clone())));
+            }
             refuse(reqs, || StoreError::Failed(f.clone()));
             return;
         }
         // Cluster: lock the shared chain's head and take in what the other
         // nodes committed first, so this batch's UIDs follow from it.
-        if let Some(link) = self.link.as_mut() {
-            let after = self.journal.last_seq();
-            let theirs = if catch_up_only { link.read_after(after, REPLAY_BATCH as i64) } else { link.begin(after) };
-            match theirs {
-                Ok(lines) if lines.is_empty() => {}
-                Ok(lines) => {
-                    if let Err(e) = self.take_in(lines) {
-                        if let Some(l) = self.link.as_mut() {
-                            l.rollback();
-                        }
-                        self.latch(e.clone());
-                        refuse(reqs, || StoreError::Failed(e.clone()));
-                        return;
-                    }
+        if self.link.is_some() {
+            if let Err(e) = self.catch_up(catch_up_only, !syncs.is_empty()) {
+                let err = || match &e {
+                    Caught::Failed(e) => StoreError::Failed(e.clone()),
+                    Caught::Unavailable(e) => StoreError::Unavailable(e.clone()),
+                };
+                for s in syncs {
+                    let _ = s.send(Err(err()));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the shared journal is unavailable");
-                    refuse(reqs, || StoreError::Unavailable(e.clone()));
-                    return;
-                }
-            }
-            if catch_up_only {
+                refuse(reqs, err);
                 return;
             }
-        } else if catch_up_only {
+        }
+        for s in syncs {
+            let _ = s.send(Ok(()));
+        }
+        if catch_up_only {
             return;
         }
         let mut records: Vec<Record> = Vec::new();
@@ -1202,7 +1226,7 @@ impl Writer {
         for r in reqs {
             match r {
                 Request::Flush { reply } => flushes.push(reply),
-                Request::CatchUp => {}
+                Request::CatchUp | Request::Sync { .. } => {}
                 Request::Commit { entries, fence, reply } => {
                     if let (Some(f), Some(link)) = (&fence, self.link.as_mut()) {
                         match link.holds(f) {
@@ -1333,6 +1357,34 @@ impl Writer {
         }
         notices.dedup();
         notices
+    }
+
+    /// Take in what other nodes committed: under the chain head's lock
+    /// when a batch follows (`!only`), else without (a wake-up); `all`:
+    /// until nothing is left, not one read's worth.
+    fn catch_up(&mut self, only: bool, all: bool) -> std::result::Result<(), Caught> {
+        loop {
+            let Some(link) = self.link.as_mut() else { return Ok(()) };
+            let after = self.journal.last_seq();
+            let theirs = if only { link.read_after(after, REPLAY_BATCH as i64) } else { link.begin(after) };
+            let lines = theirs.map_err(|e| {
+                tracing::warn!(error = %e, "the shared journal is unavailable");
+                Caught::Unavailable(e)
+            })?;
+            let more = only && all && lines.len() == REPLAY_BATCH;
+            if !lines.is_empty() {
+                if let Err(e) = self.take_in(lines) {
+                    if let Some(l) = self.link.as_mut() {
+                        l.rollback();
+                    }
+                    self.latch(e.clone());
+                    return Err(Caught::Failed(e));
+                }
+            }
+            if !more {
+                return Ok(());
+            }
+        }
     }
 
     /// Records other nodes committed (cluster): checked and copied into the
@@ -1979,6 +2031,13 @@ impl Writer {
     }
 }
 
+/// Why a catch-up failed: the store latched (a journal that does not
+/// continue the chain), or the database could not be read.
+enum Caught {
+    Failed(String),
+    Unavailable(String),
+}
+
 /// Answer every request in `reqs` with the error `err` makes.
 fn refuse(reqs: Vec<Request>, err: impl Fn() -> StoreError) {
     for r in reqs {
@@ -1987,6 +2046,9 @@ fn refuse(reqs: Vec<Request>, err: impl Fn() -> StoreError) {
                 let _ = reply.send(Err(err()));
             }
             Request::Flush { reply } => {
+                let _ = reply.send(Err(err()));
+            }
+            Request::Sync { reply } => {
                 let _ = reply.send(Err(err()));
             }
             Request::CatchUp => {}

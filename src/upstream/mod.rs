@@ -226,6 +226,12 @@ impl MailboxTask {
             }
             let Some(fence) = self.take_lease().await else { break };
             self.fence = Some(fence.clone());
+            // What the mailbox's previous poller (another node) committed
+            // must be in this node's index before the provider is listed
+            // against it, or its messages would be fetched again.
+            if let Err(e) = self.store.sync_shared().await {
+                tracing::warn!(mailbox = %self.alias(), error = %e, "cannot read the shared journal");
+            }
             let keeper = self.keep_lease(fence.clone());
             self.board.update(self.alias(), |s| s.state = "connecting".into());
             let result = self.session().await;
