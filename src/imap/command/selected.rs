@@ -475,6 +475,14 @@ async fn fetch(
                 | MessageDataItemName::ModSeq
         )
     });
+    // A partial BINARY answers with its origin (see `fetch_line`).
+    let origins: Vec<Option<u32>> = names
+        .iter()
+        .map(|n| match n {
+            MessageDataItemName::Binary { partial: Some((origin, _)), .. } => Some(*origin),
+            _ => None,
+        })
+        .collect();
     let (mut failed, mut unknown_cte) = (0usize, 0usize);
     for chunk in targets.chunks(FETCH_BATCH) {
         // The chunk's blobs read by one blocking task (or a few, for big
@@ -533,6 +541,7 @@ async fn fetch(
             let items =
                 message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
             match items.map(Vec1::try_from) {
+                Ok(Ok(items)) if origins.iter().any(Option::is_some) => io.raw(&fetch_line(*seq, items, &origins)),
                 Ok(Ok(items)) => io.data(Data::Fetch { seq: nz(*seq), items }),
                 Ok(Err(_)) => {}
                 Err(_) => unknown_cte += 1,
@@ -554,6 +563,39 @@ async fn fetch(
         io.status(ok(tag, "FETCH done"));
     }
     Ok(())
+}
+
+/// `* n FETCH (...)` with each partial BINARY's origin after its section
+/// (`BINARY[5]<0> ~{7}`, as `BODY[]<0>` in RFC 3501 §7.4.2; RFC 3516
+/// erratum 7246): imap-types' `MessageDataItem::Binary` has no field for
+/// it, so each item is encoded alone (`origins[i]`: the origin of the
+/// i-th item) and the line put together here.
+fn fetch_line(seq: u32, items: Vec1<MessageDataItem<'static>>, origins: &[Option<u32>]) -> Vec<u8> {
+    use imap_codec::encode::Encoder;
+    use imap_next::imap_types::response::Response;
+    let head = format!("* {seq} FETCH (");
+    let mut out = head.clone().into_bytes();
+    for (i, item) in items.into_iter().enumerate() {
+        let Ok(one) = Vec1::try_from(vec![item]) else { continue };
+        let bytes = imap_codec::ResponseCodec::default()
+            .encode(&Response::Data(Data::Fetch { seq: nz(seq), items: one }))
+            .dump();
+        let Some(body) = bytes.get(head.len()..bytes.len().saturating_sub(3)) else { continue };
+        if i > 0 {
+            out.push(b' ');
+        }
+        let close = body.iter().position(|b| *b == b']');
+        match (origins.get(i).copied().flatten(), close) {
+            (Some(origin), Some(close)) if body.starts_with(b"BINARY[") => {
+                out.extend_from_slice(&body[..=close]);
+                out.extend_from_slice(format!("<{origin}>").as_bytes());
+                out.extend_from_slice(&body[close + 1..]);
+            }
+            _ => out.extend_from_slice(body),
+        }
+    }
+    out.extend_from_slice(b")\r\n");
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
