@@ -48,6 +48,7 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         Capability::QResync,
         Capability::Binary,
         cap("ESEARCH"),
+        cap("SORT=DISPLAY"),
         cap("LIST-EXTENDED"),
         cap("LIST-STATUS"),
         cap("MULTIAPPEND"),
