@@ -1,7 +1,9 @@
 //! Commands of extensions imap-codec does not parse, read from the bytes
-//! imap-next refused: `SEARCH RETURN (...)` (ESEARCH, RFC 4731), the
-//! extended LIST (LIST-EXTENDED, RFC 5258; LIST-STATUS, RFC 5819) and
-//! APPEND of several messages (MULTIAPPEND, RFC 3502).
+//! imap-next refused: `SEARCH RETURN (...)` (ESEARCH, RFC 4731; PARTIAL,
+//! RFC 9394; UPDATE, RFC 5267 §4), `SORT RETURN (...)` (ESORT, RFC 5267
+//! §3), `CANCELUPDATE` (RFC 5267 §4.3), the extended LIST (LIST-EXTENDED,
+//! RFC 5258; LIST-STATUS, RFC 5819) and APPEND of several messages
+//! (MULTIAPPEND, RFC 3502).
 //!
 //! imap-next answers a command it cannot parse with the bytes it discarded
 //! (the whole command, literals included). Before the session answers
@@ -14,14 +16,75 @@ use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
 use imap_next::imap_types::command::Command;
 
-/// What `SEARCH RETURN (...)` asks for (RFC 4731 §3.1); no option means
-/// ALL.
+/// What `SEARCH RETURN (...)` or `SORT RETURN (...)` asks for (RFC 4731
+/// §3.1, RFC 5267 §3.1 and §4); no option at all means ALL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SearchReturn {
     pub min: bool,
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// `PARTIAL range`: only the results at those positions.
+    pub partial: Option<Partial>,
+    /// `UPDATE`: keep the result up to date with ADDTO and REMOVEFROM
+    /// (CONTEXT=SEARCH, CONTEXT=SORT) until CANCELUPDATE or another
+    /// folder is selected.
+    pub update: bool,
+}
+
+/// A PARTIAL range (RFC 9394 §3.1, after RFC 5267 §4.4): positions in the
+/// result list, 1-based, `low <= high` (`4:2` is `2:4`); `from_end`
+/// counts from the last result (`-1:-100`: the last hundred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub low: u32,
+    pub high: u32,
+    pub from_end: bool,
+}
+
+impl Partial {
+    /// `n:m` or `-n:-m`, both non-zero; `None` for anything else (`1`,
+    /// `1:*`, `-1:2`), which is a BAD.
+    fn parse(s: &[u8]) -> Option<Partial> {
+        let s = std::str::from_utf8(s).ok()?;
+        let (a, b) = s.split_once(':')?;
+        let num = |x: &str| -> Option<(bool, u32)> {
+            let (neg, digits) = match x.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, x),
+            };
+            if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let n: u32 = digits.parse().ok()?;
+            (n > 0).then_some((neg, n))
+        };
+        let ((na, a), (nb, b)) = (num(a)?, num(b)?);
+        (na == nb).then_some(Partial { low: a.min(b), high: a.max(b), from_end: na })
+    }
+
+    /// The results at the range's positions, in the results' order.
+    pub fn pick<'a>(&self, results: &'a [u32]) -> &'a [u32] {
+        let n = results.len();
+        let (low, high) = (self.low as usize, self.high as usize);
+        if low > n {
+            return &[];
+        }
+        let high = high.min(n);
+        match self.from_end {
+            false => &results[low - 1..high],
+            // -1 is the last: -low:-high are n-high .. n-low.
+            true => &results[n - high..=n - low],
+        }
+    }
+
+    /// The range as the response repeats it: `2:4`, `-1:-100`.
+    pub fn range(&self) -> String {
+        match self.from_end {
+            false => format!("{}:{}", self.low, self.high),
+            true => format!("-{}:-{}", self.low, self.high),
+        }
+    }
 }
 
 /// A command with what its extension adds.
@@ -30,6 +93,11 @@ pub enum Extended {
     /// `[UID] SEARCH RETURN (...) criteria`: `command` is the SEARCH
     /// without the RETURN clause.
     Search { command: Command<'static>, ret: SearchReturn },
+    /// `[UID] SORT RETURN (...) (criteria) charset keys` (ESORT):
+    /// `command` is the SORT without the RETURN clause.
+    Sort { command: Command<'static>, ret: SearchReturn },
+    /// `CANCELUPDATE "tag" ...` (RFC 5267 §4.3): the contexts to end.
+    CancelUpdate { tag: String, tags: Vec<String> },
     /// `LIST (selection) reference (patterns) RETURN (options)`.
     List(ExtendedList),
     /// `APPEND mailbox [flags] [date] literal [flags] [date] literal ...`:
@@ -87,37 +155,93 @@ pub fn parse(bytes: &[u8]) -> Option<Extended> {
     if let Some(r) = strip_word(rest, b"LIST") {
         return list(tag, tag_s, r);
     }
-    rest = strip_word(rest, b"SEARCH")?;
-    head.extend_from_slice(b"SEARCH ");
+    if head.len() == tag.len() + 1 {
+        if let Some(r) = strip_word(rest, b"CANCELUPDATE") {
+            return cancel_update(tag_s, r);
+        }
+    }
+    let sort = match (strip_word(rest, b"SEARCH"), strip_word(rest, b"SORT")) {
+        (Some(r), _) => {
+            rest = r;
+            head.extend_from_slice(b"SEARCH ");
+            false
+        }
+        (None, Some(r)) => {
+            rest = r;
+            head.extend_from_slice(b"SORT ");
+            true
+        }
+        (None, None) => return None,
+    };
     let r = strip_word(rest, b"RETURN")?;
     let r = r.strip_prefix(b"(")?;
     let close = r.iter().position(|b| *b == b')')?;
-    let mut ret = SearchReturn::default();
-    for opt in r[..close].split(|b| *b == b' ').filter(|w| !w.is_empty()) {
-        match opt.to_ascii_uppercase().as_slice() {
-            b"MIN" => ret.min = true,
-            b"MAX" => ret.max = true,
-            b"ALL" => ret.all = true,
-            b"COUNT" => ret.count = true,
-            b"SAVE" => {
-                return Some(Extended::Refused {
-                    tag: tag_s,
-                    why: "SEARCH RETURN (SAVE) is not offered (no SEARCHRES)",
-                })
-            }
-            _ => return Some(Extended::Refused { tag: tag_s, why: "SEARCH RETURN takes MIN, MAX, ALL and COUNT" }),
-        }
-    }
-    if ret == SearchReturn::default() {
-        ret.all = true;
-    }
+    let ret = match return_options(&r[..close], sort) {
+        Ok(ret) => ret,
+        Err(why) => return Some(Extended::Refused { tag: tag_s, why }),
+    };
     let after = r[close + 1..].strip_prefix(b" ")?;
     head.extend_from_slice(after);
     let command = match CommandCodec::default().decode_static(&head) {
         Ok(([], command)) => command,
         _ => return None,
     };
-    Some(Extended::Search { command, ret })
+    Some(match sort {
+        false => Extended::Search { command, ret },
+        true => Extended::Sort { command, ret },
+    })
+}
+
+/// The options inside `RETURN (...)`; `Err` is the BAD's text.
+fn return_options(opts: &[u8], sort: bool) -> Result<SearchReturn, &'static str> {
+    let mut ret = SearchReturn::default();
+    let mut words = opts.split(|b| *b == b' ').filter(|w| !w.is_empty());
+    while let Some(opt) = words.next() {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"MIN" => ret.min = true,
+            b"MAX" => ret.max = true,
+            b"ALL" => ret.all = true,
+            b"COUNT" => ret.count = true,
+            b"UPDATE" => ret.update = true,
+            b"PARTIAL" => {
+                let range = words.next().ok_or("PARTIAL takes a range: PARTIAL 1:100 or PARTIAL -1:-100")?;
+                let p = Partial::parse(range).ok_or("PARTIAL takes a range n:m or -n:-m of non-zero numbers")?;
+                ret.partial = Some(p);
+            }
+            b"SAVE" => return Err("RETURN (SAVE) is not offered (no SEARCHRES)"),
+            _ if sort => return Err("SORT RETURN takes MIN, MAX, ALL, COUNT, PARTIAL and UPDATE"),
+            _ => return Err("SEARCH RETURN takes MIN, MAX, ALL, COUNT, PARTIAL and UPDATE"),
+        }
+    }
+    if ret.partial.is_some() && ret.all {
+        // RFC 9394 §3.1: PARTIAL is a window on ALL, not beside it.
+        return Err("RETURN (PARTIAL) and (ALL) exclude each other");
+    }
+    if ret.partial.is_some() && ret.update {
+        return Err("RETURN (UPDATE) with PARTIAL is not offered: ask for UPDATE alone or with ALL");
+    }
+    if !(ret.min || ret.max || ret.count || ret.update || ret.partial.is_some()) {
+        ret.all = true;
+    }
+    Ok(ret)
+}
+
+/// `CANCELUPDATE SP tag-string *(SP tag-string)` CRLF (RFC 5267 §4.3): the
+/// quoted tags.
+fn cancel_update(tag_s: String, args: &[u8]) -> Option<Extended> {
+    let mut rest = args.strip_suffix(b"\r\n")?;
+    let mut tags = Vec::new();
+    while !rest.is_empty() {
+        let (t, r) = token(rest)?;
+        let t = t.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")).unwrap_or(t);
+        tags.push(String::from_utf8(t.to_vec()).ok()?);
+        rest = match r.strip_prefix(b" ") {
+            Some(r) => r,
+            None if r.is_empty() => r,
+            None => return None,
+        };
+    }
+    (!tags.is_empty()).then_some(Extended::CancelUpdate { tag: tag_s, tags })
 }
 
 /// `LIST` arguments: `[(selection) SP] reference SP (pattern | (patterns))
@@ -358,7 +482,46 @@ mod tests {
         let (_, r) = search(b"a UID SEARCH RETURN (MIN MAX COUNT ALL) CHARSET UTF-8 SUBJECT \"x\"\r\n");
         assert!(r.min && r.max && r.count && r.all);
         assert!(matches!(parse(b"t SEARCH RETURN (SAVE) ALL\r\n"), Some(Extended::Refused { .. })));
-        assert!(matches!(parse(b"t SEARCH RETURN (PARTIAL 1:5) ALL\r\n"), Some(Extended::Refused { .. })));
+        let (_, r) = search(b"t SEARCH RETURN (PARTIAL 4:2) ALL\r\n");
+        assert_eq!((r.partial, r.all), (Some(Partial { low: 2, high: 4, from_end: false }), false));
+        let (_, r) = search(b"t UID SEARCH RETURN (COUNT PARTIAL -1:-100) ALL\r\n");
+        assert_eq!(r.partial, Some(Partial { low: 1, high: 100, from_end: true }));
+        let (_, r) = search(b"t SEARCH RETURN (UPDATE) SEEN\r\n");
+        assert!(r.update && !r.all, "UPDATE alone returns nothing at first");
+        for b in [
+            &b"t SEARCH RETURN (PARTIAL 1) ALL\r\n"[..],
+            b"t SEARCH RETURN (PARTIAL 1:*) ALL\r\n",
+            b"t SEARCH RETURN (PARTIAL *:1) ALL\r\n",
+            b"t SEARCH RETURN (PARTIAL 0:3) ALL\r\n",
+            b"t SEARCH RETURN (PARTIAL -1:3) ALL\r\n",
+            b"t SEARCH RETURN (PARTIAL) ALL\r\n",
+            b"t SEARCH RETURN (ALL PARTIAL 1:3) ALL\r\n",
+            b"t SORT RETURN (NOSUCH) (ARRIVAL) US-ASCII ALL\r\n",
+        ] {
+            assert!(matches!(parse(b), Some(Extended::Refused { .. })), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn sort_return_and_cancelupdate() {
+        match parse(b"t UID SORT RETURN (MIN MAX COUNT ALL) (REVERSE ARRIVAL) US-ASCII 1:5\r\n") {
+            Some(Extended::Sort { command: Command { body: CommandBody::Sort { uid, .. }, .. }, ret }) => {
+                assert!(uid && ret.min && ret.max && ret.count && ret.all)
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(b"t sort return (partial 1:6) (arrival) us-ascii all\r\n") {
+            Some(Extended::Sort { ret, .. }) => assert_eq!(ret.partial.map(|p| p.high), Some(6)),
+            other => panic!("{other:?}"),
+        }
+        match parse(b"c CANCELUPDATE \"a1\" \"b 2\"\r\n") {
+            Some(Extended::CancelUpdate { tag, tags }) => {
+                assert_eq!((tag.as_str(), tags), ("c", vec!["a1".into(), "b 2".into()]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(b"c CANCELUPDATE\r\n").is_none());
+        assert!(parse(b"c UID CANCELUPDATE \"a\"\r\n").is_none());
     }
 
     fn list(b: &[u8]) -> ExtendedList {

@@ -11,6 +11,7 @@
 //!   selected (pure: base subjects, sort keys, ORDEREDSUBJECT, REFERENCES).
 
 pub mod command;
+pub mod context;
 pub mod extended;
 pub mod fetch;
 pub mod io;

@@ -362,6 +362,8 @@ impl Session {
         let name = match &ext {
             Extended::List(_) => "LIST",
             Extended::Append { .. } => "APPEND",
+            Extended::Sort { .. } => "SORT",
+            Extended::CancelUpdate { .. } => "CANCELUPDATE",
             _ => "SEARCH",
         };
         crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
@@ -426,6 +428,41 @@ impl Session {
                     },
                     State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
                     State::Authenticated(_) => io.status(bad(tag, "SEARCH needs a selected folder; SELECT one first")),
+                }
+            }
+            Extended::Sort { command, ret } => {
+                let (tag, body) = (command.tag, command.body);
+                let CommandBody::Sort { sort_criteria, charset, search_criteria, uid } = &body else { return Ok(()) };
+                match &mut self.state {
+                    State::Selected(user, sel) => match permission::check(&user.view, Some(sel), &body) {
+                        Err(d) => io.status(denied(tag, d)),
+                        Ok(_) => {
+                            let (criteria, keys) = (sort_criteria.as_ref(), search_criteria.as_ref());
+                            selected::sort(&self.conn, sel, io, tag, criteria, charset, keys, *uid, Some(ret)).await
+                        }
+                    },
+                    State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
+                    State::Authenticated(_) => io.status(bad(tag, "SORT needs a selected folder; SELECT one first")),
+                }
+            }
+            Extended::CancelUpdate { tag, tags } => {
+                let Ok(tag) = Tag::try_from(tag) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                match &mut self.state {
+                    State::Selected(_, sel) => {
+                        // RFC 5267 §4.3: a tag that names no context is an error.
+                        match tags.iter().find(|t| !sel.contexts.iter().any(|c| &c.tag == *t)) {
+                            Some(t) => io.status(bad(tag, &format!("no search is kept up to date under tag {t}"))),
+                            None => {
+                                sel.contexts.retain(|c| !tags.contains(&c.tag));
+                                io.status(ok(tag, "CANCELUPDATE done"));
+                            }
+                        }
+                    }
+                    State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
+                    State::Authenticated(_) => io.status(bad(tag, "no folder is selected, so no search is kept")),
                 }
             }
         }
