@@ -8,7 +8,7 @@
 //! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY and MULTIAPPEND
 //! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py),
 //! ESORT, SORT=DISPLAY and PARTIAL (esort.py), CONTEXT=SEARCH and
-//! CONTEXT=SORT (context.py).
+//! CONTEXT=SORT (context.py), CATENATE (catenate.py).
 
 mod imap_support;
 
@@ -53,4 +53,9 @@ fn esort_sort_display_and_partial() {
 #[test]
 fn search_and_sort_contexts() {
     script("context.py");
+}
+
+#[test]
+fn catenate() {
+    script("catenate.py");
 }

@@ -3,7 +3,8 @@
 //! RFC 9394; UPDATE, RFC 5267 §4), `SORT RETURN (...)` (ESORT, RFC 5267
 //! §3), `CANCELUPDATE` (RFC 5267 §4.3), the extended LIST (LIST-EXTENDED,
 //! RFC 5258; LIST-STATUS, RFC 5819) and APPEND of several messages
-//! (MULTIAPPEND, RFC 3502).
+//! (MULTIAPPEND, RFC 3502) or of messages put together (CATENATE, RFC
+//! 4469).
 //!
 //! imap-next answers a command it cannot parse with the bytes it discarded
 //! (the whole command, literals included). Before the session answers
@@ -103,6 +104,9 @@ pub enum Extended {
     /// `APPEND mailbox [flags] [date] literal [flags] [date] literal ...`:
     /// one APPEND command per message.
     Append { tag: String, appends: Vec<Command<'static>> },
+    /// `APPEND mailbox message ...` where a message is CATENATE's parts
+    /// (RFC 4469): the session resolves the URLs, then appends as above.
+    Catenate { tag: String, mailbox: Vec<u8>, messages: Vec<AppendMessage> },
     /// A form recognised with something pecgate does not offer (the tag,
     /// and why): answered BAD with the reason rather than `[PARSE]`.
     Refused { tag: String, why: &'static str },
@@ -349,14 +353,17 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
     Some(Extended::List(ExtendedList { tag: tag_s, lists, options }))
 }
 
-/// `APPEND` arguments with two messages or more (RFC 3502): `mailbox SP
-/// [flags SP] [date SP] literal *(SP [flags SP] [date SP] literal)` CRLF,
-/// each literal `{n}`, `{n+}` or `~{n}` (BINARY) followed by its bytes.
-/// Each message becomes an APPEND that imap-codec parses.
+/// `APPEND` arguments with two messages or more (RFC 3502), or with
+/// CATENATE (RFC 4469): `mailbox SP message *(SP message)` CRLF, each
+/// message `[flags SP] [date SP] (literal / "CATENATE" SP "(" part *(SP
+/// part) ")")`, each literal `{n}`, `{n+}` or `~{n}` (BINARY) followed by
+/// its bytes, each part `TEXT SP literal` or `URL SP astring`. Without
+/// CATENATE each message becomes an APPEND that imap-codec parses; with
+/// it, the parts are handed over to be put together ([`Extended::Catenate`]).
 fn multiappend(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
     let (mailbox, rest) = token(args)?;
     let mut rest = rest.strip_prefix(b" ")?;
-    let mut appends = Vec::new();
+    let mut messages = Vec::new();
     loop {
         let mut pre = Vec::new();
         for open in [b'(', b'"'] {
@@ -367,30 +374,97 @@ fn multiappend(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
                 rest = r.strip_prefix(b" ")?;
             }
         }
-        let binary = rest.first() == Some(&b'~');
-        let r = rest.get(usize::from(binary)..)?.strip_prefix(b"{")?;
-        let close = r.iter().position(|b| *b == b'}')?;
-        let digits = r[..close].strip_suffix(b"+").unwrap_or(&r[..close]);
-        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
-        let r = r[close + 1..].strip_prefix(b"\r\n")?;
-        let data = r.get(..n)?;
-        rest = &r[n..];
-        let literal = format!("{}{{{n}+}}\r\n", if binary { "~" } else { "" });
-        let line = [tag, b" APPEND ", mailbox, b" ", &pre, literal.as_bytes(), data, b"\r\n"].concat();
-        match CommandCodec::default().decode_static(&line) {
-            Ok(([], command)) => appends.push(command),
-            _ => return None,
+        if let Some(r) = strip_word(rest, b"CATENATE") {
+            let mut r = r.strip_prefix(b"(")?;
+            let mut parts = Vec::new();
+            loop {
+                if let Some(after) = strip_word(r, b"TEXT") {
+                    let (data, _, after) = literal(after)?;
+                    parts.push(CatPart::Text(data.to_vec()));
+                    r = after;
+                } else if let Some(after) = strip_word(r, b"URL") {
+                    let (url, after) = token(after)?;
+                    let url = url.strip_prefix(b"\"").and_then(|u| u.strip_suffix(b"\"")).unwrap_or(url);
+                    parts.push(CatPart::Url(String::from_utf8(url.to_vec()).ok()?));
+                    r = after;
+                } else {
+                    return None;
+                }
+                match r.first()? {
+                    b' ' => r = &r[1..],
+                    b')' => {
+                        rest = &r[1..];
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+            messages.push(AppendMessage { pre, binary: false, parts, catenate: true });
+        } else {
+            let (data, binary, r) = literal(rest)?;
+            rest = r;
+            messages.push(AppendMessage { pre, binary, parts: vec![CatPart::Text(data.to_vec())], catenate: false });
         }
         if rest == b"\r\n" {
             break;
         }
         rest = rest.strip_prefix(b" ")?;
     }
+    if messages.iter().any(|m| m.catenate) {
+        return Some(Extended::Catenate { tag: tag_s, mailbox: mailbox.to_vec(), messages });
+    }
+    let mut appends = Vec::new();
+    for m in &messages {
+        let [CatPart::Text(data)] = m.parts.as_slice() else { return None };
+        appends.push(append_command(tag, mailbox, m, data)?);
+    }
     // One message that did not parse is imap-codec's answer to give.
     (appends.len() > 1).then_some(Extended::Append { tag: tag_s, appends })
+}
+
+/// `{n}`, `{n+}` or `~{n}` CRLF and its n bytes at the start of `s`: (the
+/// bytes, literal8?, what follows).
+fn literal(s: &[u8]) -> Option<(&[u8], bool, &[u8])> {
+    let binary = s.first() == Some(&b'~');
+    let r = s.get(usize::from(binary)..)?.strip_prefix(b"{")?;
+    let close = r.iter().position(|b| *b == b'}')?;
+    let digits = r[..close].strip_suffix(b"+").unwrap_or(&r[..close]);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let r = r[close + 1..].strip_prefix(b"\r\n")?;
+    let data = r.get(..n)?;
+    Some((data, binary, &r[n..]))
+}
+
+/// One message of an APPEND: its flags and date as written (each
+/// followed by a space), and its bytes (one TEXT part) or CATENATE's parts.
+#[derive(Debug)]
+pub struct AppendMessage {
+    pub pre: Vec<u8>,
+    pub binary: bool,
+    pub parts: Vec<CatPart>,
+    pub catenate: bool,
+}
+
+/// A CATENATE part (RFC 4469 §5): bytes, or an IMAP URL to a message or a
+/// part of one the user may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatPart {
+    Text(Vec<u8>),
+    Url(String),
+}
+
+/// The single APPEND of `message`'s flags and date with `data`, as
+/// imap-codec parses it; `None` if it does not.
+pub fn append_command(tag: &[u8], mailbox: &[u8], message: &AppendMessage, data: &[u8]) -> Option<Command<'static>> {
+    let literal = format!("{}{{{}+}}\r\n", if message.binary { "~" } else { "" }, data.len());
+    let line = [tag, b" APPEND ", mailbox, b" ", &message.pre, literal.as_bytes(), data, b"\r\n"].concat();
+    match CommandCodec::default().decode_static(&line) {
+        Ok(([], command)) => Some(command),
+        _ => None,
+    }
 }
 
 /// The items of `STATUS (items)`, read by imap-codec's STATUS parser.
@@ -578,6 +652,33 @@ mod tests {
             b"A8 APPEND box {5+}\r\nhello (\\Seen {5}\r\nhello\r\n",
             b"A9 APPEND box {5+}\r\nhello {5}\r\nhello",
             b"A10 APPEND {5+}\r\nhello {5}\r\nhello\r\n",
+        ] {
+            assert!(parse(b).is_none(), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn catenate() {
+        let b = b"A003 APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE (URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;SECTION=HEADER\" TEXT {42}\r\n\r\n--------------030308070208000400050907\r\n URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;SECTION=1.MIME\") CATENATE (TEXT {2}\r\nhi)\r\n";
+        match parse(b) {
+            Some(Extended::Catenate { tag, mailbox, messages }) => {
+                assert_eq!((tag.as_str(), mailbox.as_slice(), messages.len()), ("A003", &b"Drafts"[..], 2));
+                assert_eq!(messages[0].parts.len(), 3);
+                assert_eq!(
+                    messages[0].parts[0],
+                    CatPart::Url("/Drafts;UIDVALIDITY=385759045/;UID=20/;SECTION=HEADER".into())
+                );
+                assert!(matches!(&messages[0].parts[1], CatPart::Text(t) if t.len() == 42));
+                assert_eq!(messages[1].parts, vec![CatPart::Text(b"hi".to_vec())]);
+                assert!(messages[0].pre.starts_with(b"(\\Seen"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for b in [
+            &b"A APPEND box CATENATE (TEXT {2}\r\nhi\r\n"[..],
+            b"A APPEND box CATENATE ()\r\n",
+            b"A APPEND box CATENATE (FOO \"x\")\r\n",
+            b"A APPEND box CATENATE (TEXT {5}\r\nhi)\r\n",
         ] {
             assert!(parse(b).is_none(), "{}", String::from_utf8_lossy(b));
         }

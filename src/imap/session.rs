@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::command::{anonymous, anystate, authenticated, selected, Conn, State, Transition};
+use super::extended::CatPart;
 use super::io::{Io, IoError, Limits, Transport};
 use super::permission::{self, Denied};
 use super::respond::*;
@@ -361,7 +362,7 @@ impl Session {
         use super::extended::Extended;
         let name = match &ext {
             Extended::List(_) => "LIST",
-            Extended::Append { .. } => "APPEND",
+            Extended::Append { .. } | Extended::Catenate { .. } => "APPEND",
             Extended::Sort { .. } => "SORT",
             Extended::CancelUpdate { .. } => "CANCELUPDATE",
             _ => "SEARCH",
@@ -380,34 +381,68 @@ impl Session {
                     io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
                     return Ok(());
                 };
-                let (user, sel) = match &mut self.state {
+                self.append_all(io, tag, appends).await;
+            }
+            Extended::Catenate { tag, mailbox, messages } => {
+                let Ok(t) = Tag::try_from(tag.clone()) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                let (user, sel) = match &self.state {
                     State::Authenticated(user) => (user, None),
-                    State::Selected(user, sel) => (user, Some(sel)),
+                    State::Selected(user, sel) => (user, Some(&**sel)),
                     _ => {
-                        io.status(bad(tag, "log in first"));
+                        io.status(bad(t, "log in first"));
                         return Ok(());
                     }
                 };
-                let mut items = Vec::new();
-                for c in appends {
-                    match permission::check(&user.view, sel.as_deref().map(|s| &**s), &c.body) {
-                        Ok(Some(allowed)) => items.push((c.body, allowed)),
-                        Ok(None) => {
-                            io.status(no_code(tag, "SERVERBUG", "permission not checked; refused"));
+                // The target first: a folder that is not there is TRYCREATE
+                // whatever the URLs say (RFC 4469 §5, as Dovecot).
+                let probe =
+                    messages.first().and_then(|m| super::extended::append_command(tag.as_bytes(), &mailbox, m, b"x"));
+                let Some(probe) = probe else {
+                    io.status(bad(t, "APPEND CATENATE: flags or date not understood"));
+                    return Ok(());
+                };
+                if let Err(d) = permission::check(&user.view, sel, &probe.body) {
+                    io.status(denied(t, d));
+                    return Ok(());
+                }
+                let max = usize::try_from(self.conn.ctx.cfg.max_literal_size).unwrap_or(usize::MAX);
+                let mut appends = Vec::new();
+                for m in &messages {
+                    let mut bytes = Vec::new();
+                    for part in &m.parts {
+                        match part {
+                            CatPart::Text(text) => bytes.extend_from_slice(text),
+                            CatPart::Url(url) => match super::catenate::resolve(&self.conn, user, url).await {
+                                Some(b) => bytes.extend_from_slice(&b),
+                                None => {
+                                    let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+                                    io.raw(
+                                        format!(
+                                            "{tag} NO [BADURL \"{url}\"] the URL names no message part you may read here (nothing was appended)\r\n"
+                                        )
+                                        .as_bytes(),
+                                    );
+                                    return Ok(());
+                                }
+                            },
+                        }
+                        if bytes.len() > max {
+                            io.status(no_code(t, "TOOBIG", "the message put together is larger than APPENDLIMIT"));
                             return Ok(());
                         }
-                        Err(d) => {
-                            io.status(denied(tag, d));
+                    }
+                    match super::extended::append_command(tag.as_bytes(), &mailbox, m, &bytes) {
+                        Some(c) => appends.push(c),
+                        None => {
+                            io.status(bad(t, "APPEND CATENATE: the message put together cannot be appended"));
                             return Ok(());
                         }
                     }
                 }
-                let st = authenticated::multiappend(&self.conn, user, tag, items).await;
-                if let Some(sel) = sel {
-                    // EXISTS before the tagged OK (RFC 3501 §6.3.11).
-                    selected::refresh(user, sel, io, true, &HashSet::new());
-                }
-                io.status(st);
+                self.append_all(io, t, appends).await;
             }
             Extended::List(list) => match (&self.state, Tag::try_from(list.tag.clone())) {
                 (State::Authenticated(user) | State::Selected(user, _), Ok(tag)) => {
@@ -467,6 +502,30 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// APPEND of one message or more (MULTIAPPEND, CATENATE): each
+    /// checked by the permission table, then stored together.
+    async fn append_all(&mut self, io: &mut Io, tag: Tag<'static>, appends: Vec<Command<'static>>) {
+        let (user, sel) = match &mut self.state {
+            State::Authenticated(user) => (user, None),
+            State::Selected(user, sel) => (user, Some(sel)),
+            _ => return io.status(bad(tag, "log in first")),
+        };
+        let mut items = Vec::new();
+        for c in appends {
+            match permission::check(&user.view, sel.as_deref().map(|s| &**s), &c.body) {
+                Ok(Some(allowed)) => items.push((c.body, allowed)),
+                Ok(None) => return io.status(no_code(tag, "SERVERBUG", "permission not checked; refused")),
+                Err(d) => return io.status(denied(tag, d)),
+            }
+        }
+        let st = authenticated::multiappend(&self.conn, user, tag, items).await;
+        if let Some(sel) = sel {
+            // EXISTS before the tagged OK (RFC 3501 §6.3.11).
+            selected::refresh(user, sel, io, true, &HashSet::new());
+        }
+        io.status(st);
     }
 
     /// Answer what the parser refused: tagged when the tag can be read.

@@ -56,6 +56,7 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         cap("LIST-EXTENDED"),
         cap("LIST-STATUS"),
         cap("MULTIAPPEND"),
+        cap("CATENATE"),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));
