@@ -8,7 +8,7 @@
 //! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY and MULTIAPPEND
 //! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py),
 //! ESORT, SORT=DISPLAY and PARTIAL (esort.py), CONTEXT=SEARCH and
-//! CONTEXT=SORT (context.py), CATENATE (catenate.py).
+//! CONTEXT=SORT (context.py), CATENATE (catenate.py), NOTIFY (notify.py).
 
 mod imap_support;
 
@@ -58,4 +58,9 @@ fn search_and_sort_contexts() {
 #[test]
 fn catenate() {
     script("catenate.py");
+}
+
+#[test]
+fn notify() {
+    script("notify.py");
 }

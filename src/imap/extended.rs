@@ -4,7 +4,7 @@
 //! §3), `CANCELUPDATE` (RFC 5267 §4.3), the extended LIST (LIST-EXTENDED,
 //! RFC 5258; LIST-STATUS, RFC 5819) and APPEND of several messages
 //! (MULTIAPPEND, RFC 3502) or of messages put together (CATENATE, RFC
-//! 4469).
+//! 4469), and NOTIFY (RFC 5465).
 //!
 //! imap-next answers a command it cannot parse with the bytes it discarded
 //! (the whole command, literals included). Before the session answers
@@ -107,6 +107,9 @@ pub enum Extended {
     /// `APPEND mailbox message ...` where a message is CATENATE's parts
     /// (RFC 4469): the session resolves the URLs, then appends as above.
     Catenate { tag: String, mailbox: Vec<u8>, messages: Vec<AppendMessage> },
+    /// `NOTIFY SET ...` (`Some`) or `NOTIFY NONE` (`None`), or why it is
+    /// refused (RFC 5465).
+    Notify { tag: String, set: Result<Option<super::notify::Notify>, super::notify::Refusal> },
     /// A form recognised with something pecgate does not offer (the tag,
     /// and why): answered BAD with the reason rather than `[PARSE]`.
     Refused { tag: String, why: &'static str },
@@ -162,6 +165,9 @@ pub fn parse(bytes: &[u8]) -> Option<Extended> {
     if head.len() == tag.len() + 1 {
         if let Some(r) = strip_word(rest, b"CANCELUPDATE") {
             return cancel_update(tag_s, r);
+        }
+        if let Some(r) = strip_word(rest, b"NOTIFY") {
+            return notify(tag_s, r);
         }
     }
     let sort = match (strip_word(rest, b"SEARCH"), strip_word(rest, b"SORT")) {
@@ -246,6 +252,29 @@ fn cancel_update(tag_s: String, args: &[u8]) -> Option<Extended> {
         };
     }
     (!tags.is_empty()).then_some(Extended::CancelUpdate { tag: tag_s, tags })
+}
+
+/// `NOTIFY NONE` or `NOTIFY SET ...` (RFC 5465 §3) CRLF.
+fn notify(tag_s: String, args: &[u8]) -> Option<Extended> {
+    let args = args.strip_suffix(b"\r\n")?;
+    if args.eq_ignore_ascii_case(b"NONE") {
+        return Some(Extended::Notify { tag: tag_s, set: Ok(None) });
+    }
+    let r = strip_word(args, b"SET")?;
+    let set = super::notify::parse_set(r, token, &mailbox_name).map(Some);
+    Some(Extended::Notify { tag: tag_s, set })
+}
+
+/// A mailbox name as IMAP writes it (atom, quoted, modified UTF-7), read
+/// by imap-codec's STATUS parser.
+fn mailbox_name(m: &[u8]) -> Option<String> {
+    let line = [b"x STATUS ", m, b" (MESSAGES)\r\n"].concat();
+    match CommandCodec::default().decode_static(&line) {
+        Ok(([], Command { body: imap_next::imap_types::command::CommandBody::Status { mailbox, .. }, .. })) => {
+            Some(super::respond::mailbox_name(&mailbox))
+        }
+        _ => None,
+    }
 }
 
 /// `LIST` arguments: `[(selection) SP] reference SP (pattern | (patterns))
@@ -487,7 +516,7 @@ fn words(group: &[u8]) -> Option<Vec<&[u8]>> {
 /// The next token of `s`: a quoted string (escapes kept), a parenthesised
 /// group (nested, quotes respected) or an atom up to a space; and what
 /// follows it. `None` for a literal or an unterminated token.
-fn token(s: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn token(s: &[u8]) -> Option<(&[u8], &[u8])> {
     match s.first()? {
         b'"' => {
             let mut i = 1;

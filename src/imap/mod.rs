@@ -16,6 +16,7 @@ pub mod context;
 pub mod extended;
 pub mod fetch;
 pub mod io;
+pub mod notify;
 pub mod permission;
 pub mod respond;
 pub mod scan;

@@ -9,7 +9,7 @@
 //! client waits for its tag), an untagged one otherwise; a line or a
 //! literal past its limit gets `* BAD` and the connection is closed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,11 @@ struct Session {
     /// Who logged in (for the logout record, written whatever the state
     /// is when the connection ends).
     logged_in: Option<String>,
+    /// NOTIFY SET (RFC 5465), until NOTIFY NONE or the end of the session.
+    notify: Option<super::notify::Notify>,
+    /// Per folder covered by `notify`, what it was last told to be (or was
+    /// when NOTIFY was set): a change of it is told as a `* STATUS`.
+    told: HashMap<String, super::view::Counts>,
 }
 
 fn server_options(ctx: &Ctx) -> Options {
@@ -99,6 +104,8 @@ pub async fn serve_transport(
         auth_tag: None,
         bad: 0,
         logged_in: None,
+        notify: None,
+        told: HashMap::new(),
     };
     let caps = anystate::capabilities(&s.conn, false);
     let greeting = Greeting {
@@ -218,6 +225,52 @@ fn command_word(bytes: &[u8]) -> Option<String> {
     (!word.is_empty()).then(|| word.to_ascii_uppercase())
 }
 
+/// NOTIFY for folders other than the selected one (RFC 5465 §5): each
+/// folder `nt` covers that `notice` may have changed (`None`: every one)
+/// is counted again, and a change of what its events cover is told as a
+/// `* STATUS` (`always`: told whatever it was, NOTIFY SET STATUS). Says
+/// whether something was sent.
+fn notify_others(
+    nt: &super::notify::Notify,
+    state: &State,
+    told: &mut HashMap<String, super::view::Counts>,
+    io: &mut Io,
+    notice: Option<&Notice>,
+    always: bool,
+) -> bool {
+    let (user, selected) = match state {
+        State::Authenticated(u) => (u, None),
+        State::Selected(u, s) => (u, Some(s.folder.name.as_str())),
+        _ => return false,
+    };
+    let mut sent = false;
+    for f in user.view.tree().into_iter().filter_map(|e| e.folder) {
+        if selected == Some(f.name.as_str()) {
+            continue;
+        }
+        let Some(events) = nt.other(&f) else { continue };
+        let touched = notice.is_none_or(|n| {
+            n.mailbox == f.mailbox
+                && (n.folder.as_str() == f.source() || f.shows_sent() || f.trash || f.handling.is_some())
+        });
+        if !touched {
+            continue;
+        }
+        let Ok(now) = user.view.counts(&f) else { continue };
+        let news = match told.get(&f.name) {
+            Some(was) => super::notify::changed(events, was, &now),
+            None => notice.is_some(),
+        };
+        if always || news {
+            let items = super::notify::items(events, &now);
+            io.data(imap_next::imap_types::response::Data::Status { mailbox: mbox(&f.name), items: items.into() });
+            sent = true;
+        }
+        told.insert(f.name.clone(), now);
+    }
+    sent
+}
+
 /// The answer to a command refused by the permission table.
 fn denied(tag: Tag<'static>, d: Denied) -> Status<'static> {
     match d {
@@ -284,6 +337,7 @@ impl Session {
                     return Err(SessionError::Timeout);
                 }
                 Got::Notice(n) => {
+                    let notify_selected = self.notify.as_ref().and_then(|nt| nt.selected());
                     if let State::Selected(user, sel) = &mut self.state {
                         let relevant = match &n {
                             // Sent and Undelivered also change when a receipt
@@ -300,6 +354,16 @@ impl Session {
                         };
                         if relevant && self.idle_tag.is_some() {
                             selected::refresh(user, sel, io, true, &HashSet::new());
+                            io.drain().await?;
+                        } else if let (true, Some((_, delayed))) = (relevant, notify_selected) {
+                            // NOTIFY SELECTED: told now, as in IDLE; with
+                            // SELECTED-DELAYED, EXPUNGE waits for a command.
+                            selected::refresh(user, sel, io, !delayed, &HashSet::new());
+                            io.drain().await?;
+                        }
+                    }
+                    if let Some(nt) = &self.notify {
+                        if notify_others(nt, &self.state, &mut self.told, io, n.as_ref().ok(), false) {
                             io.drain().await?;
                         }
                     }
@@ -365,6 +429,7 @@ impl Session {
             Extended::Append { .. } | Extended::Catenate { .. } => "APPEND",
             Extended::Sort { .. } => "SORT",
             Extended::CancelUpdate { .. } => "CANCELUPDATE",
+            Extended::Notify { .. } => "NOTIFY",
             _ => "SEARCH",
         };
         crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
@@ -376,6 +441,37 @@ impl Session {
                 Ok(tag) => io.status(bad(tag, why)),
                 Err(_) => io.status(untagged(StatusKind::Bad, None, why)),
             },
+            Extended::Notify { tag, set } => {
+                let Ok(t) = Tag::try_from(tag.clone()) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                if self.state.user().is_none() {
+                    io.status(bad(t, "log in first"));
+                    return Ok(());
+                }
+                match set {
+                    Err(super::notify::Refusal::Bad(why)) => io.status(bad(t, why)),
+                    Err(super::notify::Refusal::BadEvent(ev)) => io.raw(
+                        format!(
+                            "{tag} NO [BADEVENT ({})] the event {ev} is not offered\r\n",
+                            super::notify::OFFERED.join(" ")
+                        )
+                        .as_bytes(),
+                    ),
+                    Ok(None) => {
+                        self.notify = None;
+                        self.told.clear();
+                        io.status(ok(t, "NOTIFY NONE done"));
+                    }
+                    Ok(Some(nt)) => {
+                        self.told.clear();
+                        notify_others(&nt, &self.state, &mut self.told, io, None, nt.status);
+                        self.notify = Some(nt);
+                        io.status(ok(t, "NOTIFY SET done"));
+                    }
+                }
+            }
             Extended::Append { tag, appends } => {
                 let Ok(tag) = Tag::try_from(tag) else {
                     io.status(untagged(StatusKind::Bad, None, "unreadable tag"));

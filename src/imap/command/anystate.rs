@@ -57,6 +57,7 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         cap("LIST-STATUS"),
         cap("MULTIAPPEND"),
         cap("CATENATE"),
+        cap("NOTIFY"),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));
