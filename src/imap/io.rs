@@ -371,13 +371,23 @@ impl Io {
                 Ok(ev) => {
                     // The last response is handed over: a drain must not
                     // wait for an event that is now in `pending`.
-                    if let Event::ResponseSent { handle, .. } = &ev {
-                        if self.last.as_ref() == Some(handle) {
-                            self.last = None;
-                            self.outstanding = 0;
+                    let sent = match &ev {
+                        Event::ResponseSent { handle, .. } => {
+                            if self.last.as_ref() == Some(handle) {
+                                self.last = None;
+                                self.outstanding = 0;
+                            }
+                            true
                         }
+                        _ => false,
+                    };
+                    self.pending.push_back(Ok(ev));
+                    // imap-next hands over every output before it reads
+                    // input: past a command read, nothing more of ours is
+                    // waiting, and no further command is read ahead.
+                    if !sent {
+                        break;
                     }
-                    self.pending.push_back(Ok(ev))
                 }
                 Err(Interrupt::Io(imap_next::Io::NeedMoreInput)) => break,
                 Err(Interrupt::Error(e)) => {

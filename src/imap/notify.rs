@@ -63,11 +63,14 @@ pub enum Refusal {
     Bad(&'static str),
 }
 
+/// Splits off the next token of a group (`extended::token`).
+pub type Tokenizer = fn(&[u8]) -> Option<(&[u8], &[u8])>;
+
 /// The words after `NOTIFY SET`; `tokens` splits a group (see
 /// `extended::token`) and `mailbox` reads a mailbox name as IMAP writes it.
 pub fn parse_set(
     mut rest: &[u8],
-    token: fn(&[u8]) -> Option<(&[u8], &[u8])>,
+    token: Tokenizer,
     mailbox: &dyn Fn(&[u8]) -> Option<String>,
 ) -> Result<Notify, Refusal> {
     const SYNTAX: Refusal = Refusal::Bad("NOTIFY SET [STATUS] (filter (events)) ...");
@@ -118,8 +121,7 @@ pub fn parse_set(
         } else {
             let list = g.strip_prefix(b"(").and_then(|g| g.strip_suffix(b")")).ok_or(SYNTAX)?;
             let mut e = Events::default();
-            let mut words = list.split(|b| *b == b' ').filter(|w| !w.is_empty()).peekable();
-            while let Some(w) = words.next() {
+            for w in list.split(|b| *b == b' ').filter(|w| !w.is_empty()) {
                 match w.to_ascii_lowercase().as_slice() {
                     b"messagenew" => e.new = true,
                     b"messageexpunge" => e.expunge = true,
