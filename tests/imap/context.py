@@ -5,7 +5,8 @@ sends `* ESEARCH (TAG "t") ADDTO (...)` / `REMOVEFROM (...)` (position 0
 for SEARCH; the place in the sort order for SORT), REMOVEFROM before the
 EXPUNGE in the numbers the client still has; a change made by another
 session is told at the next command; CANCELUPDATE ends a context (an
-unknown tag is BAD); past four contexts `NO [NOUPDATE "t"]`.
+unknown tag is BAD), a tag already in use is BAD; past four contexts
+`NO [NOUPDATE "t"]`.
 
 Without the feature `RETURN (UPDATE)` is a BAD and no ADDTO ever comes.
 
@@ -44,6 +45,8 @@ check(b'* ESEARCH (TAG "u1") REMOVEFROM (0 1:2)' in lines, "two unseen: REMOVEFR
 
 lines, t = r.command("u2", "UID SEARCH RETURN (UPDATE ALL) FLAGGED")
 check(lines == [b'* ESEARCH (TAG "u2") UID'] and t.startswith(b"u2 OK"), "UID SEARCH RETURN (UPDATE ALL), none", (lines, t))
+lines, t = r.command("u2", "SEARCH RETURN (UPDATE) SEEN")
+check(t.startswith(b"u2 BAD"), "a second context under the same tag: BAD", (lines, t))
 lines, t = r.command("u3", "SORT RETURN (UPDATE ALL) (DATE) UTF-8 SEEN")
 check(lines == [b'* ESEARCH (TAG "u3") ALL 4'] and t.startswith(b"u3 OK"), "SORT RETURN (UPDATE ALL)", (lines, t))
 lines, t = r.command("x3", "STORE 3,2 +FLAGS.SILENT (\\Seen)")

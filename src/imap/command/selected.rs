@@ -313,11 +313,20 @@ fn context_result(
     }
 }
 
+/// A context already kept under `tag`: a second with the same tag is a
+/// BAD (as Dovecot: the tag is how the client tells them apart).
+fn duplicate_context(sel: &Selected, io: &mut Io, tag: &Tag<'static>, ret: Option<SearchReturn>) -> bool {
+    let dup = ret.is_some_and(|r| r.update) && sel.contexts.iter().any(|c| c.tag == tag.as_ref());
+    if dup {
+        io.status(bad(tag.clone(), "a search is already kept up to date under this tag; CANCELUPDATE it first"));
+    }
+    dup
+}
+
 /// May `ret` (with UPDATE) start a context for `keys` here? If not, the
 /// client is told `NO [NOUPDATE "tag"]` (RFC 5267 §4.2) and gets the
-/// result once. A context of the same tag is replaced.
+/// result once.
 fn may_update(sel: &mut Selected, io: &mut Io, tag: &Tag<'static>, keys: &[SearchKey<'_>]) -> bool {
-    sel.contexts.retain(|c| c.tag != tag.as_ref());
     let reads = keys.iter().map(search::need).max().is_some_and(|n| n >= search::Need::Blob);
     let why = if sel.contexts.len() >= context::MAX_CONTEXTS {
         format!("at most {} searches are kept up to date at once; CANCELUPDATE one", context::MAX_CONTEXTS)
@@ -843,6 +852,9 @@ pub async fn search(
     uid: bool,
     ret: Option<SearchReturn>,
 ) -> Result<(), IoError> {
+    if duplicate_context(sel, io, &tag, ret) {
+        return Ok(());
+    }
     let modseq = keys.iter().any(uses_modseq);
     if modseq && !use_modseq(user, sel, io, &tag) {
         return Ok(());
@@ -963,6 +975,9 @@ pub async fn sort(
         Ok(c) => c,
         Err(why) => return io.status(bad(tag, &why)),
     };
+    if duplicate_context(sel, io, &tag, ret) {
+        return;
+    }
     let update = ret.is_some_and(|r| r.update) && may_update(sel, io, &tag, keys);
     let context_keys = update.then(|| keys.to_vec());
     let (store, msgs, seen, recent, keys) =
