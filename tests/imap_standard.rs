@@ -6,7 +6,9 @@
 //! message) and categories (CREATE/RENAME/DELETE under a mailbox, COPY
 //! labels, MOVE files with COPYUID before EXPUNGE, EXPUNGE unlabels);
 //! CONDSTORE and QRESYNC (tests/imap/condstore.py), BINARY and MULTIAPPEND
-//! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py).
+//! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py),
+//! ESORT, SORT=DISPLAY and PARTIAL (esort.py), CONTEXT=SEARCH and
+//! CONTEXT=SORT (context.py), CATENATE (catenate.py), NOTIFY (notify.py).
 
 mod imap_support;
 
@@ -41,4 +43,24 @@ fn binary_and_multiappend() {
 #[test]
 fn esearch_and_extended_list() {
     script("search_list.py");
+}
+
+#[test]
+fn esort_sort_display_and_partial() {
+    script("esort.py");
+}
+
+#[test]
+fn search_and_sort_contexts() {
+    script("context.py");
+}
+
+#[test]
+fn catenate() {
+    script("catenate.py");
+}
+
+#[test]
+fn notify() {
+    script("notify.py");
 }

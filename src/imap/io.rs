@@ -356,9 +356,47 @@ impl Io {
     /// Write `bytes` as they are (a response the parser cannot encode, such
     /// as the last words before closing on a limit) and flush.
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), IoError> {
-        self.flush().await?;
-        self.out.extend_from_slice(bytes);
+        self.raw(bytes);
         self.pump(false).await
+    }
+
+    /// Queue `bytes` as they are after every response enqueued so far (a
+    /// response imap-types cannot say: ESEARCH, a partial BINARY's
+    /// origin), without waiting: written with what follows.
+    pub fn raw(&mut self, bytes: &[u8]) {
+        // The parser's encoded output first: the order is the client's.
+        loop {
+            match self.server.next() {
+                Err(Interrupt::Io(imap_next::Io::Output(b))) => self.out.extend_from_slice(&b),
+                Ok(ev) => {
+                    // The last response is handed over: a drain must not
+                    // wait for an event that is now in `pending`.
+                    let sent = match &ev {
+                        Event::ResponseSent { handle, .. } => {
+                            if self.last.as_ref() == Some(handle) {
+                                self.last = None;
+                                self.outstanding = 0;
+                            }
+                            true
+                        }
+                        _ => false,
+                    };
+                    self.pending.push_back(Ok(ev));
+                    // imap-next hands over every output before it reads
+                    // input: past a command read, nothing more of ours is
+                    // waiting, and no further command is read ahead.
+                    if !sent {
+                        break;
+                    }
+                }
+                Err(Interrupt::Io(imap_next::Io::NeedMoreInput)) => break,
+                Err(Interrupt::Error(e)) => {
+                    self.pending.push_back(Err(IoError::Protocol(e)));
+                    break;
+                }
+            }
+        }
+        self.out.extend_from_slice(bytes);
     }
 
     /// Take the transport back (STARTTLS), dropping whatever the client

@@ -10,10 +10,13 @@
 //! * [`sort`], [`thread`]: RFC 5256 SORT and THREAD over what a search
 //!   selected (pure: base subjects, sort keys, ORDEREDSUBJECT, REFERENCES).
 
+pub mod catenate;
 pub mod command;
+pub mod context;
 pub mod extended;
 pub mod fetch;
 pub mod io;
+pub mod notify;
 pub mod permission;
 pub mod respond;
 pub mod scan;

@@ -9,7 +9,7 @@
 //! client waits for its tag), an untagged one otherwise; a line or a
 //! literal past its limit gets `* BAD` and the connection is closed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::command::{anonymous, anystate, authenticated, selected, Conn, State, Transition};
+use super::extended::CatPart;
 use super::io::{Io, IoError, Limits, Transport};
 use super::permission::{self, Denied};
 use super::respond::*;
@@ -52,6 +53,11 @@ struct Session {
     /// Who logged in (for the logout record, written whatever the state
     /// is when the connection ends).
     logged_in: Option<String>,
+    /// NOTIFY SET (RFC 5465), until NOTIFY NONE or the end of the session.
+    notify: Option<super::notify::Notify>,
+    /// Per folder covered by `notify`, what it was last told to be (or was
+    /// when NOTIFY was set): a change of it is told as a `* STATUS`.
+    told: HashMap<String, super::view::Counts>,
 }
 
 fn server_options(ctx: &Ctx) -> Options {
@@ -98,6 +104,8 @@ pub async fn serve_transport(
         auth_tag: None,
         bad: 0,
         logged_in: None,
+        notify: None,
+        told: HashMap::new(),
     };
     let caps = anystate::capabilities(&s.conn, false);
     let greeting = Greeting {
@@ -217,6 +225,52 @@ fn command_word(bytes: &[u8]) -> Option<String> {
     (!word.is_empty()).then(|| word.to_ascii_uppercase())
 }
 
+/// NOTIFY for folders other than the selected one (RFC 5465 §5): each
+/// folder `nt` covers that `notice` may have changed (`None`: every one)
+/// is counted again, and a change of what its events cover is told as a
+/// `* STATUS` (`always`: told whatever it was, NOTIFY SET STATUS). Says
+/// whether something was sent.
+fn notify_others(
+    nt: &super::notify::Notify,
+    state: &State,
+    told: &mut HashMap<String, super::view::Counts>,
+    io: &mut Io,
+    notice: Option<&Notice>,
+    always: bool,
+) -> bool {
+    let (user, selected) = match state {
+        State::Authenticated(u) => (u, None),
+        State::Selected(u, s) => (u, Some(s.folder.name.as_str())),
+        _ => return false,
+    };
+    let mut sent = false;
+    for f in user.view.tree().into_iter().filter_map(|e| e.folder) {
+        if selected == Some(f.name.as_str()) {
+            continue;
+        }
+        let Some(events) = nt.other(&f) else { continue };
+        let touched = notice.is_none_or(|n| {
+            n.mailbox == f.mailbox
+                && (n.folder.as_str() == f.source() || f.shows_sent() || f.trash || f.handling.is_some())
+        });
+        if !touched {
+            continue;
+        }
+        let Ok(now) = user.view.counts(&f) else { continue };
+        let news = match told.get(&f.name) {
+            Some(was) => super::notify::changed(events, was, &now),
+            None => notice.is_some(),
+        };
+        if always || news {
+            let items = super::notify::items(events, &now);
+            io.data(imap_next::imap_types::response::Data::Status { mailbox: mbox(&f.name), items: items.into() });
+            sent = true;
+        }
+        told.insert(f.name.clone(), now);
+    }
+    sent
+}
+
 /// The answer to a command refused by the permission table.
 fn denied(tag: Tag<'static>, d: Denied) -> Status<'static> {
     match d {
@@ -283,6 +337,7 @@ impl Session {
                     return Err(SessionError::Timeout);
                 }
                 Got::Notice(n) => {
+                    let notify_selected = self.notify.as_ref().and_then(|nt| nt.selected());
                     if let State::Selected(user, sel) = &mut self.state {
                         let relevant = match &n {
                             // Sent and Undelivered also change when a receipt
@@ -299,6 +354,16 @@ impl Session {
                         };
                         if relevant && self.idle_tag.is_some() {
                             selected::refresh(user, sel, io, true, &HashSet::new());
+                            io.drain().await?;
+                        } else if let (true, Some((_, delayed))) = (relevant, notify_selected) {
+                            // NOTIFY SELECTED: told now, as in IDLE; with
+                            // SELECTED-DELAYED, EXPUNGE waits for a command.
+                            selected::refresh(user, sel, io, !delayed, &HashSet::new());
+                            io.drain().await?;
+                        }
+                    }
+                    if let Some(nt) = &self.notify {
+                        if notify_others(nt, &self.state, &mut self.told, io, n.as_ref().ok(), false) {
                             io.drain().await?;
                         }
                     }
@@ -361,7 +426,10 @@ impl Session {
         use super::extended::Extended;
         let name = match &ext {
             Extended::List(_) => "LIST",
-            Extended::Append { .. } => "APPEND",
+            Extended::Append { .. } | Extended::Catenate { .. } => "APPEND",
+            Extended::Sort { .. } => "SORT",
+            Extended::CancelUpdate { .. } => "CANCELUPDATE",
+            Extended::Notify { .. } => "NOTIFY",
             _ => "SEARCH",
         };
         crate::metrics::Metrics::commands().with_label_values(&["imap", name]).inc();
@@ -373,39 +441,104 @@ impl Session {
                 Ok(tag) => io.status(bad(tag, why)),
                 Err(_) => io.status(untagged(StatusKind::Bad, None, why)),
             },
+            Extended::Notify { tag, set } => {
+                let Ok(t) = Tag::try_from(tag.clone()) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                if self.state.user().is_none() {
+                    io.status(bad(t, "log in first"));
+                    return Ok(());
+                }
+                match set {
+                    Err(super::notify::Refusal::Bad(why)) => io.status(bad(t, why)),
+                    Err(super::notify::Refusal::BadEvent(ev)) => io.raw(
+                        format!(
+                            "{tag} NO [BADEVENT ({})] the event {ev} is not offered\r\n",
+                            super::notify::OFFERED.join(" ")
+                        )
+                        .as_bytes(),
+                    ),
+                    Ok(None) => {
+                        self.notify = None;
+                        self.told.clear();
+                        io.status(ok(t, "NOTIFY NONE done"));
+                    }
+                    Ok(Some(nt)) => {
+                        self.told.clear();
+                        notify_others(&nt, &self.state, &mut self.told, io, None, nt.status);
+                        self.notify = Some(nt);
+                        io.status(ok(t, "NOTIFY SET done"));
+                    }
+                }
+            }
             Extended::Append { tag, appends } => {
                 let Ok(tag) = Tag::try_from(tag) else {
                     io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
                     return Ok(());
                 };
-                let (user, sel) = match &mut self.state {
+                self.append_all(io, tag, appends).await;
+            }
+            Extended::Catenate { tag, mailbox, messages } => {
+                let Ok(t) = Tag::try_from(tag.clone()) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                let (user, sel) = match &self.state {
                     State::Authenticated(user) => (user, None),
-                    State::Selected(user, sel) => (user, Some(sel)),
+                    State::Selected(user, sel) => (user, Some(&**sel)),
                     _ => {
-                        io.status(bad(tag, "log in first"));
+                        io.status(bad(t, "log in first"));
                         return Ok(());
                     }
                 };
-                let mut items = Vec::new();
-                for c in appends {
-                    match permission::check(&user.view, sel.as_deref().map(|s| &**s), &c.body) {
-                        Ok(Some(allowed)) => items.push((c.body, allowed)),
-                        Ok(None) => {
-                            io.status(no_code(tag, "SERVERBUG", "permission not checked; refused"));
+                // The target first: a folder that is not there is TRYCREATE
+                // whatever the URLs say (RFC 4469 §5, as Dovecot).
+                let probe =
+                    messages.first().and_then(|m| super::extended::append_command(tag.as_bytes(), &mailbox, m, b"x"));
+                let Some(probe) = probe else {
+                    io.status(bad(t, "APPEND CATENATE: flags or date not understood"));
+                    return Ok(());
+                };
+                if let Err(d) = permission::check(&user.view, sel, &probe.body) {
+                    io.status(denied(t, d));
+                    return Ok(());
+                }
+                let max = usize::try_from(self.conn.ctx.cfg.max_literal_size).unwrap_or(usize::MAX);
+                let mut appends = Vec::new();
+                for m in &messages {
+                    let mut bytes = Vec::new();
+                    for part in &m.parts {
+                        match part {
+                            CatPart::Text(text) => bytes.extend_from_slice(text),
+                            CatPart::Url(url) => match super::catenate::resolve(&self.conn, user, url).await {
+                                Some(b) => bytes.extend_from_slice(&b),
+                                None => {
+                                    let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+                                    io.raw(
+                                        format!(
+                                            "{tag} NO [BADURL \"{url}\"] the URL names no message part you may read here (nothing was appended)\r\n"
+                                        )
+                                        .as_bytes(),
+                                    );
+                                    return Ok(());
+                                }
+                            },
+                        }
+                        if bytes.len() > max {
+                            io.status(no_code(t, "TOOBIG", "the message put together is larger than APPENDLIMIT"));
                             return Ok(());
                         }
-                        Err(d) => {
-                            io.status(denied(tag, d));
+                    }
+                    match super::extended::append_command(tag.as_bytes(), &mailbox, m, &bytes) {
+                        Some(c) => appends.push(c),
+                        None => {
+                            io.status(bad(t, "APPEND CATENATE: the message put together cannot be appended"));
                             return Ok(());
                         }
                     }
                 }
-                let st = authenticated::multiappend(&self.conn, user, tag, items).await;
-                if let Some(sel) = sel {
-                    // EXISTS before the tagged OK (RFC 3501 §6.3.11).
-                    selected::refresh(user, sel, io, true, &HashSet::new());
-                }
-                io.status(st);
+                self.append_all(io, t, appends).await;
             }
             Extended::List(list) => match (&self.state, Tag::try_from(list.tag.clone())) {
                 (State::Authenticated(user) | State::Selected(user, _), Ok(tag)) => {
@@ -428,8 +561,67 @@ impl Session {
                     State::Authenticated(_) => io.status(bad(tag, "SEARCH needs a selected folder; SELECT one first")),
                 }
             }
+            Extended::Sort { command, ret } => {
+                let (tag, body) = (command.tag, command.body);
+                let CommandBody::Sort { sort_criteria, charset, search_criteria, uid } = &body else { return Ok(()) };
+                match &mut self.state {
+                    State::Selected(user, sel) => match permission::check(&user.view, Some(sel), &body) {
+                        Err(d) => io.status(denied(tag, d)),
+                        Ok(_) => {
+                            let (criteria, keys) = (sort_criteria.as_ref(), search_criteria.as_ref());
+                            selected::sort(&self.conn, sel, io, tag, criteria, charset, keys, *uid, Some(ret)).await
+                        }
+                    },
+                    State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
+                    State::Authenticated(_) => io.status(bad(tag, "SORT needs a selected folder; SELECT one first")),
+                }
+            }
+            Extended::CancelUpdate { tag, tags } => {
+                let Ok(tag) = Tag::try_from(tag) else {
+                    io.status(untagged(StatusKind::Bad, None, "unreadable tag"));
+                    return Ok(());
+                };
+                match &mut self.state {
+                    State::Selected(_, sel) => {
+                        // RFC 5267 §4.3: a tag that names no context is an error.
+                        match tags.iter().find(|t| !sel.contexts.iter().any(|c| &c.tag == *t)) {
+                            Some(t) => io.status(bad(tag, &format!("no search is kept up to date under tag {t}"))),
+                            None => {
+                                sel.contexts.retain(|c| !tags.contains(&c.tag));
+                                io.status(ok(tag, "CANCELUPDATE done"));
+                            }
+                        }
+                    }
+                    State::NotAuthenticated | State::Logout => io.status(bad(tag, "log in first")),
+                    State::Authenticated(_) => io.status(bad(tag, "no folder is selected, so no search is kept")),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// APPEND of one message or more (MULTIAPPEND, CATENATE): each
+    /// checked by the permission table, then stored together.
+    async fn append_all(&mut self, io: &mut Io, tag: Tag<'static>, appends: Vec<Command<'static>>) {
+        let (user, sel) = match &mut self.state {
+            State::Authenticated(user) => (user, None),
+            State::Selected(user, sel) => (user, Some(sel)),
+            _ => return io.status(bad(tag, "log in first")),
+        };
+        let mut items = Vec::new();
+        for c in appends {
+            match permission::check(&user.view, sel.as_deref().map(|s| &**s), &c.body) {
+                Ok(Some(allowed)) => items.push((c.body, allowed)),
+                Ok(None) => return io.status(no_code(tag, "SERVERBUG", "permission not checked; refused")),
+                Err(d) => return io.status(denied(tag, d)),
+            }
+        }
+        let st = authenticated::multiappend(&self.conn, user, tag, items).await;
+        if let Some(sel) = sel {
+            // EXISTS before the tagged OK (RFC 3501 §6.3.11).
+            selected::refresh(user, sel, io, true, &HashSet::new());
+        }
+        io.status(st);
     }
 
     /// Answer what the parser refused: tagged when the tag can be read.

@@ -147,7 +147,6 @@ async fn refusals() {
         ("SORT (DATE) ISO-8859-1 ALL", "t NO [BADCHARSET (UTF-8 US-ASCII)]"),
         ("THREAD REFERENCES KOI8-R ALL", "t NO [BADCHARSET (UTF-8 US-ASCII)]"),
         ("THREAD FOO UTF-8 ALL", "t BAD unknown threading algorithm FOO"),
-        ("SORT (DISPLAYFROM) UTF-8 ALL", "t BAD sort key DISPLAYFROM needs SORT=DISPLAY"),
         ("SORT () UTF-8 ALL", "t BAD"),
         ("SORT (DATE) ALL", "t BAD"),
         ("SORT (DATE SENDER) UTF-8 ALL", "t BAD"),

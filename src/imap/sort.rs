@@ -146,8 +146,7 @@ fn leader(s: &str) -> Option<usize> {
     (b.get(j) == Some(&b':')).then_some(j + 1)
 }
 
-/// A sort key of RFC 5256 §3 that pecgate offers (`SORT`, not
-/// `SORT=DISPLAY`).
+/// A sort key of RFC 5256 §3, or of RFC 5957 (`SORT=DISPLAY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
     Arrival,
@@ -157,6 +156,8 @@ pub enum Key {
     Size,
     Subject,
     To,
+    DisplayFrom,
+    DisplayTo,
 }
 
 /// One criterion: a key, ascending or (`REVERSE`) descending.
@@ -166,8 +167,8 @@ pub struct Criterion {
     pub reverse: bool,
 }
 
-/// The criteria of a SORT command; `Err` names a key not offered
-/// (DISPLAYFROM and DISPLAYTO belong to `SORT=DISPLAY`, RFC 5957).
+/// The criteria of a SORT command (every key imap-codec reads is offered;
+/// the `Result` is for a key it may learn).
 pub fn criteria(list: &[SortCriterion]) -> Result<Vec<Criterion>, String> {
     list.iter()
         .map(|c| {
@@ -179,9 +180,8 @@ pub fn criteria(list: &[SortCriterion]) -> Result<Vec<Criterion>, String> {
                 SortKey::Size => Key::Size,
                 SortKey::Subject => Key::Subject,
                 SortKey::To => Key::To,
-                ref k @ (SortKey::DisplayFrom | SortKey::DisplayTo) => {
-                    return Err(format!("sort key {} needs SORT=DISPLAY, which is not offered", k.as_ref()))
-                }
+                SortKey::DisplayFrom => Key::DisplayFrom,
+                SortKey::DisplayTo => Key::DisplayTo,
             };
             Ok(Criterion { key, reverse: c.reverse })
         })
@@ -200,6 +200,41 @@ pub fn sent_date(fields: Option<&SearchFields>, internal: DateTime<Utc>) -> i64 
     fields.and_then(|f| f.date).unwrap_or(internal).timestamp()
 }
 
+/// RFC 5957 §3's display name of an address header, from the value the
+/// field cache keeps (`SearchFields::from`/`to`: the header as written
+/// comes first, then its decoded forms, a line each): the decoded
+/// display name of the first address, else its `mailbox@host`, a group's
+/// name for a group; "" for none.
+pub fn display(cached: Option<&str>) -> String {
+    let Some(cached) = cached else { return String::new() };
+    // The header as written, up to its first line break that is not a fold.
+    let b = cached.as_bytes();
+    let mut end = b.len();
+    for (i, c) in b.iter().enumerate() {
+        if *c == b'\n' && !matches!(b.get(i + 1), Some(b' ' | b'\t')) {
+            end = i;
+            break;
+        }
+    }
+    let head = format!("To: {}\r\n\r\n", cached[..end].trim_end_matches('\r'));
+    let Some(m) = mail_parser::MessageParser::default().parse(head.as_bytes()) else { return String::new() };
+    let first = |a: &mail_parser::Addr<'_>| -> Option<String> {
+        match a.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            Some(n) => Some(n.to_string()),
+            None => a.address.as_deref().filter(|x| !x.is_empty()).map(str::to_string),
+        }
+    };
+    match m.to() {
+        Some(mail_parser::Address::List(list)) => list.iter().find_map(first),
+        Some(mail_parser::Address::Group(groups)) => groups.iter().find_map(|g| match g.name.as_deref() {
+            Some(name) if !name.trim().is_empty() => Some(name.trim().to_string()),
+            _ => g.addresses.iter().find_map(first),
+        }),
+        None => None,
+    }
+    .unwrap_or_default()
+}
+
 /// One message's keys: only those the criteria use are filled (a SORT by
 /// DATE does not reduce subjects).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,6 +248,10 @@ pub struct Keys {
     pub cc: String,
     /// The base subject, case-mapped.
     pub subject: String,
+    /// RFC 5957's display form of the first From / To address,
+    /// case-mapped.
+    pub display_from: String,
+    pub display_to: String,
 }
 
 impl Keys {
@@ -233,6 +272,8 @@ impl Keys {
                     let s = fields.and_then(|f| f.subject_text.as_deref()).unwrap_or_default();
                     k.subject = casemap(&base_subject(s).text);
                 }
+                Key::DisplayFrom => k.display_from = casemap(&display(fields.and_then(|f| f.from.as_deref()))),
+                Key::DisplayTo => k.display_to = casemap(&display(fields.and_then(|f| f.to.as_deref()))),
             }
         }
         k
@@ -247,6 +288,8 @@ impl Keys {
             Key::To => self.to.cmp(&other.to),
             Key::Cc => self.cc.cmp(&other.cc),
             Key::Subject => self.subject.cmp(&other.subject),
+            Key::DisplayFrom => self.display_from.cmp(&other.display_from),
+            Key::DisplayTo => self.display_to.cmp(&other.display_to),
         }
     }
 }
@@ -426,10 +469,40 @@ mod tests {
         assert_eq!((k.from.as_str(), k.size), ("", 9));
     }
 
+    /// imaptest's `sort-display-from` and `sort-display-to` (RFC 5957):
+    /// the display name, else the address, a group's name; what Dovecot
+    /// answers.
     #[test]
-    fn display_keys_are_refused() {
+    fn display_sort_matches_dovecot() {
+        let from = [
+            "foo bar <a@b.c>",
+            "b@c.d",
+            "d",
+            "=?iso-8859-1?q?foo_aar?= <e@f.g>",
+            "=?iso-8859-1?q?foo_car?= <f@g.h>",
+            "a: xx@xx.org, yy@yy.org;",
+            "z: aa@aa.org, bb@bb.org;",
+            "empty:;",
+        ];
+        let msgs: Vec<_> = from
+            .iter()
+            .map(|f| {
+                let v = Some(format!("{f}\nsomething decoded\n"));
+                (at(21, 0), 1, SearchFields { from: v.clone(), to: v, ..SearchFields::default() })
+            })
+            .collect();
+        assert_eq!(order(&msgs[..5], &[c(Key::DisplayFrom)]), vec![2, 3, 4, 1, 5]);
+        assert_eq!(order(&msgs[..5], &[r(Key::DisplayFrom)]), vec![5, 1, 4, 3, 2]);
+        assert_eq!(order(&msgs, &[c(Key::DisplayTo)]), vec![6, 2, 3, 8, 4, 1, 5, 7]);
+        assert_eq!(order(&msgs, &[r(Key::DisplayTo)]), vec![7, 5, 1, 4, 8, 3, 2, 6]);
+        assert_eq!(display(Some("\"Rossi,\r\n Mario\" <m@x.it>, b@c")), "Rossi, Mario");
+        assert_eq!(display(None), "");
+    }
+
+    #[test]
+    fn criteria_map_every_key() {
         let sc = |key| SortCriterion { reverse: false, key };
-        assert!(criteria(&[sc(SortKey::Date), sc(SortKey::DisplayFrom)]).is_err());
+        assert_eq!(criteria(&[sc(SortKey::DisplayFrom)]), Ok(vec![c(Key::DisplayFrom)]));
         assert_eq!(criteria(&[sc(SortKey::Cc)]), Ok(vec![c(Key::Cc)]));
         assert!(!needs_fields(&[c(Key::Arrival), r(Key::Size)]));
         assert!(needs_fields(&[c(Key::Arrival), c(Key::Date)]));

@@ -62,7 +62,16 @@ check(t is not None and t.startswith(b"f2 OK") and (b"BINARY[1] {%d}\r\n" % len(
       "quoted-printable undone (UTF-8 bytes, soft break joined), as a plain literal", lines)
 
 lines, t = r.command("f3", f"UID FETCH {uid} (BINARY.PEEK[2]<250.10>)")
-check(b"\r\n".join(lines).endswith(b"BINARY[2] {6}\r\n" + ALL[250:] + b")"), "a partial range of the decoded bytes (no NUL in it: a plain literal)", lines)
+check(b"\r\n".join(lines).endswith(b"BINARY[2]<250> {6}\r\n" + ALL[250:] + b")"),
+      "a partial range of the decoded bytes, with its origin (no NUL in it: a plain literal)", lines)
+# imaptest fetch-binary-mime-base64: the origin of a partial BINARY, as
+# BODY[]<0> has one (RFC 3516 erratum 7246), among other items.
+lines, t = r.command("f3b", f"UID FETCH {uid} (BINARY.PEEK[1]<0.7> BINARY.SIZE[1] BINARY.PEEK[2]<0.3>)")
+blob = b"\r\n".join(lines)
+check(t is not None and t.startswith(b"f3b OK")
+      and blob == b"* 1 FETCH (UID %d BINARY[1]<0> {7}\r\n%s BINARY.SIZE[1] %d BINARY[2]<0> ~{3}\r\n\x00\x01\x02)"
+      % (uid, QP_TEXT.encode()[:7], len(QP_TEXT.encode())),
+      "FETCH (BINARY.PEEK[1]<0.7> ...) -> BINARY[1]<0> {7}, BINARY[2]<0> ~{3}", blob)
 
 lines, t = r.command("f4", f"UID FETCH {uid} (BINARY.PEEK[3])")
 check(t is not None and t.startswith(b"f4 NO [UNKNOWN-CTE]"), "x-uuencode -> NO [UNKNOWN-CTE]", (lines, t))

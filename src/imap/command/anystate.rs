@@ -48,9 +48,16 @@ pub fn capabilities(conn: &Conn, authed: bool) -> Vec<Capability<'static>> {
         Capability::QResync,
         Capability::Binary,
         cap("ESEARCH"),
+        cap("ESORT"),
+        cap("SORT=DISPLAY"),
+        cap("CONTEXT=SEARCH"),
+        cap("CONTEXT=SORT"),
+        cap("PARTIAL"),
         cap("LIST-EXTENDED"),
         cap("LIST-STATUS"),
         cap("MULTIAPPEND"),
+        cap("CATENATE"),
+        cap("NOTIFY"),
     ]);
     if authed {
         c.extend(cap_owned(format!("APPENDLIMIT={}", conn.ctx.cfg.max_literal_size)));

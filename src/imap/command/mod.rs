@@ -149,6 +149,9 @@ pub struct Selected {
     pub generation: u64,
     /// The folder keeps MODSEQs (not a virtual one: RFC 7162 NOMODSEQ).
     pub modseq: bool,
+    /// `SEARCH`/`SORT RETURN (UPDATE)` results kept up to date (RFC 5267
+    /// §4), at most `context::MAX_CONTEXTS`; they end with the selection.
+    pub contexts: Vec<super::context::UpdateContext>,
 }
 
 impl Selected {

@@ -22,7 +22,7 @@ use super::super::respond::*;
 use super::super::shared::{Entries, Msg};
 use super::super::uidset::UidSet;
 use super::super::view::{self, is_pec_keyword};
-use super::super::{search, sort, thread};
+use super::super::{context, search, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
@@ -103,7 +103,7 @@ pub async fn handle(
             search(conn, user, sel, io, tag, criteria.as_ref(), uid, None).await?
         }
         CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
-            sort(conn, sel, io, tag, sort_criteria.as_ref(), &charset, search_criteria.as_ref(), uid).await
+            sort(conn, sel, io, tag, sort_criteria.as_ref(), &charset, search_criteria.as_ref(), uid, None).await
         }
         CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
             thread(conn, sel, io, tag, &algorithm, &charset, search_criteria.as_ref(), uid).await
@@ -191,8 +191,12 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
                 }
             }
         }
+        let seen_changed = !Arc::ptr_eq(&seen, &sel.seen);
         sel.seen = seen;
         sel.generation = generation;
+        if seen_changed {
+            update_contexts(user, sel, io);
+        }
         return;
     }
     let d = diff(&sel.msgs, &new, expunge);
@@ -203,6 +207,16 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
         sel.defined.extend(more);
         let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
         io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
+    }
+    if !d.expunged.is_empty() && !sel.contexts.is_empty() {
+        // REMOVEFROM before the EXPUNGEs, in the numbers the client still
+        // has (RFC 5267 §4.3).
+        let gone: HashMap<u32, u32> = d.expunged.iter().map(|&i| (sel.msgs[i].0, i as u32 + 1)).collect();
+        for c in &mut sel.contexts {
+            if let Some(line) = c.expunged(&|u| gone.get(&u).copied()) {
+                io.raw(line.as_bytes());
+            }
+        }
     }
     if user.enabled.qresync() {
         // RFC 7162 §3.2.10: UIDs, not numbers, once QRESYNC is on.
@@ -259,6 +273,90 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     if expunge || d.expunged.is_empty() && d.kept_gone == 0 {
         sel.generation = generation;
     }
+    update_contexts(user, sel, io);
+}
+
+/// Search each update context again over the folder as the session now
+/// shows it and tell the client what left and joined its result (RFC
+/// 5267 §4.3). HYPOTHESIS: on the session's task, since `refresh` is
+/// synchronous; bounded by [`context::MAX_CONTEXTS`] and, for keys that
+/// read messages, [`context::MAX_READING_CONTEXT`].
+fn update_contexts(user: &Authed, sel: &mut Selected, io: &mut Io) {
+    if sel.contexts.is_empty() {
+        return;
+    }
+    let mut contexts = std::mem::take(&mut sel.contexts);
+    let number: HashMap<u32, u32> = sel.msgs.iter().enumerate().map(|(i, (u, _))| (*u, i as u32 + 1)).collect();
+    for c in &mut contexts {
+        let now = context_result(&user.view.store, sel, &c.keys, c.sort.as_deref());
+        for line in c.update(now, &|u| number.get(&u).copied().unwrap_or(0)) {
+            io.raw(line.as_bytes());
+        }
+    }
+    sel.contexts = contexts;
+}
+
+/// A context's result over the selected folder: UIDs, ascending for
+/// SEARCH, in sort order for SORT. Without the full-text index (its
+/// answers would not include what arrived since), as the context's first
+/// result was.
+fn context_result(
+    store: &crate::store::Store,
+    sel: &Selected,
+    keys: &[SearchKey<'static>],
+    sort: Option<&[sort::Criterion]>,
+) -> Vec<u32> {
+    let ft = search::FullTextHits::default();
+    match sort {
+        None => search::run(store, &sel.msgs, &sel.seen, &sel.recent, keys, true, &ft),
+        Some(criteria) => sorted(store, &sel.msgs, &sel.seen, &sel.recent, keys, &ft, criteria, true),
+    }
+}
+
+/// A context already kept under `tag`: a second with the same tag is a
+/// BAD (as Dovecot: the tag is how the client tells them apart).
+fn duplicate_context(sel: &Selected, io: &mut Io, tag: &Tag<'static>, ret: Option<SearchReturn>) -> bool {
+    let dup = ret.is_some_and(|r| r.update) && sel.contexts.iter().any(|c| c.tag == tag.as_ref());
+    if dup {
+        io.status(bad(tag.clone(), "a search is already kept up to date under this tag; CANCELUPDATE it first"));
+    }
+    dup
+}
+
+/// May `ret` (with UPDATE) start a context for `keys` here? If not, the
+/// client is told `NO [NOUPDATE "tag"]` (RFC 5267 §4.2) and gets the
+/// result once.
+fn may_update(sel: &mut Selected, io: &mut Io, tag: &Tag<'static>, keys: &[SearchKey<'_>]) -> bool {
+    let reads = keys.iter().map(search::need).max().is_some_and(|n| n >= search::Need::Blob);
+    let why = if sel.contexts.len() >= context::MAX_CONTEXTS {
+        format!("at most {} searches are kept up to date at once; CANCELUPDATE one", context::MAX_CONTEXTS)
+    } else if reads && sel.msgs.len() > context::MAX_READING_CONTEXT {
+        format!(
+            "keys that read messages are kept up to date in folders of up to {} messages",
+            context::MAX_READING_CONTEXT
+        )
+    } else {
+        return true;
+    };
+    io.raw(format!("* NO [NOUPDATE \"{}\"] {why}\r\n", tag.as_ref()).as_bytes());
+    false
+}
+
+/// Start a context with the result just returned (`results` in the
+/// command's numbers and order).
+fn start_context(
+    sel: &mut Selected,
+    tag: &Tag<'static>,
+    uid: bool,
+    keys: &[SearchKey<'static>],
+    sort: Option<Vec<sort::Criterion>>,
+    results: &[u32],
+) {
+    let uids = match uid {
+        true => results.to_vec(),
+        false => results.iter().filter_map(|n| sel.msgs.get((*n as usize).wrapping_sub(1)).map(|m| m.0)).collect(),
+    };
+    sel.contexts.push(context::UpdateContext { tag: tag.as_ref().to_string(), uid, keys: keys.to_vec(), sort, uids });
 }
 
 /// Tell the client a message's flags changed; for one it asked not to be
@@ -475,6 +573,14 @@ async fn fetch(
                 | MessageDataItemName::ModSeq
         )
     });
+    // A partial BINARY answers with its origin (see `fetch_line`).
+    let origins: Vec<Option<u32>> = names
+        .iter()
+        .map(|n| match n {
+            MessageDataItemName::Binary { partial: Some((origin, _)), .. } => Some(*origin),
+            _ => None,
+        })
+        .collect();
     let (mut failed, mut unknown_cte) = (0usize, 0usize);
     for chunk in targets.chunks(FETCH_BATCH) {
         // The chunk's blobs read by one blocking task (or a few, for big
@@ -533,6 +639,7 @@ async fn fetch(
             let items =
                 message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
             match items.map(Vec1::try_from) {
+                Ok(Ok(items)) if origins.iter().any(Option::is_some) => io.raw(&fetch_line(*seq, items, &origins)),
                 Ok(Ok(items)) => io.data(Data::Fetch { seq: nz(*seq), items }),
                 Ok(Err(_)) => {}
                 Err(_) => unknown_cte += 1,
@@ -554,6 +661,39 @@ async fn fetch(
         io.status(ok(tag, "FETCH done"));
     }
     Ok(())
+}
+
+/// `* n FETCH (...)` with each partial BINARY's origin after its section
+/// (`BINARY[5]<0> ~{7}`, as `BODY[]<0>` in RFC 3501 §7.4.2; RFC 3516
+/// erratum 7246): imap-types' `MessageDataItem::Binary` has no field for
+/// it, so each item is encoded alone (`origins[i]`: the origin of the
+/// i-th item) and the line put together here.
+fn fetch_line(seq: u32, items: Vec1<MessageDataItem<'static>>, origins: &[Option<u32>]) -> Vec<u8> {
+    use imap_codec::encode::Encoder;
+    use imap_next::imap_types::response::Response;
+    let head = format!("* {seq} FETCH (");
+    let mut out = head.clone().into_bytes();
+    for (i, item) in items.into_iter().enumerate() {
+        let Ok(one) = Vec1::try_from(vec![item]) else { continue };
+        let bytes = imap_codec::ResponseCodec::default()
+            .encode(&Response::Data(Data::Fetch { seq: nz(seq), items: one }))
+            .dump();
+        let Some(body) = bytes.get(head.len()..bytes.len().saturating_sub(3)) else { continue };
+        if i > 0 {
+            out.push(b' ');
+        }
+        let close = body.iter().position(|b| *b == b']');
+        match (origins.get(i).copied().flatten(), close) {
+            (Some(origin), Some(close)) if body.starts_with(b"BINARY[") => {
+                out.extend_from_slice(&body[..=close]);
+                out.extend_from_slice(format!("<{origin}>").as_bytes());
+                out.extend_from_slice(&body[close + 1..]);
+            }
+            _ => out.extend_from_slice(body),
+        }
+    }
+    out.extend_from_slice(b")\r\n");
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -705,23 +845,30 @@ fn uses_modseq(k: &SearchKey<'_>) -> bool {
 pub async fn search(
     conn: &Conn,
     user: &Authed,
-    sel: &Selected,
+    sel: &mut Selected,
     io: &mut Io,
     tag: Tag<'static>,
     keys: &[SearchKey<'static>],
     uid: bool,
     ret: Option<SearchReturn>,
 ) -> Result<(), IoError> {
+    if duplicate_context(sel, io, &tag, ret) {
+        return Ok(());
+    }
     let modseq = keys.iter().any(uses_modseq);
     if modseq && !use_modseq(user, sel, io, &tag) {
         return Ok(());
     }
+    let update = ret.is_some_and(|r| r.update) && may_update(sel, io, &tag, keys);
+    let context_keys = update.then(|| keys.to_vec());
     // One blocking task for the whole folder: the keys may read the
     // store for every message.
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
+    // A context is searched again without the index (see
+    // `context_result`): its first result is too.
     let (ft, mailbox) =
-        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
+        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search && !update), sel.folder.mailbox.clone());
     let hits = match tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
         search::run(&store, &msgs, &seen, &recent, &keys, uid, &ft)
@@ -755,40 +902,15 @@ pub async fn search(
         .map(nz64);
     match ret {
         None => io.data(Data::Search(hits.into_iter().map(nz).collect(), highest)),
-        Some(r) => io.write_raw(esearch(&tag, uid, r, &hits, highest.map(|m| m.get())).as_bytes()).await?,
+        Some(r) => {
+            io.raw(context::esearch(tag.as_ref(), uid, &r, &hits, highest.map(|m| m.get())).as_bytes());
+            if let Some(keys) = context_keys {
+                start_context(sel, &tag, uid, &keys, None, &hits);
+            }
+        }
     }
     io.status(ok(tag, "SEARCH done"));
     Ok(())
-}
-
-/// `* ESEARCH (TAG "t") [UID] MIN .. MAX .. COUNT .. ALL .. [MODSEQ ..]`
-/// (RFC 4731 §3.1; imap-types has no ESEARCH response, so it is written
-/// as text). Nothing found: MIN, MAX and ALL are left out, COUNT is 0.
-fn esearch(tag: &Tag<'_>, uid: bool, r: SearchReturn, hits: &[u32], modseq: Option<u64>) -> String {
-    use std::fmt::Write;
-    let mut out = format!("* ESEARCH (TAG \"{}\")", tag.as_ref());
-    if uid {
-        out.push_str(" UID");
-    }
-    if let (true, Some(m)) = (r.min, hits.iter().min()) {
-        let _ = write!(out, " MIN {m}");
-    }
-    if let (true, Some(m)) = (r.max, hits.iter().max()) {
-        let _ = write!(out, " MAX {m}");
-    }
-    if r.count {
-        let _ = write!(out, " COUNT {}", hits.len());
-    }
-    if r.all && !hits.is_empty() {
-        let mut sorted = hits.to_vec();
-        sorted.sort_unstable();
-        let _ = write!(out, " ALL {}", ranges(&sorted));
-    }
-    if let Some(m) = modseq {
-        let _ = write!(out, " MODSEQ {m}");
-    }
-    out.push_str("\r\n");
-    out
 }
 
 /// The charsets SORT and THREAD take (RFC 5256 requires both): search
@@ -831,17 +953,20 @@ fn fields_of(
 }
 
 /// SORT and UID SORT (RFC 5256): SEARCH's matches, ordered by the keys the
-/// index and the cached header fields hold (no message is read).
+/// index and the cached header fields hold (no message is read). With
+/// `ret`, `SORT RETURN (...)` (ESORT, RFC 5267 §3): answered `* ESEARCH`,
+/// and with UPDATE kept up to date (CONTEXT=SORT).
 #[allow(clippy::too_many_arguments)]
-async fn sort(
+pub async fn sort(
     conn: &Conn,
-    sel: &Selected,
+    sel: &mut Selected,
     io: &mut Io,
     tag: Tag<'static>,
     criteria: &[SortCriterion],
     charset: &Charset<'_>,
     keys: &[SearchKey<'static>],
     uid: bool,
+    ret: Option<SearchReturn>,
 ) {
     if let Some(no) = refuse_charset(&tag, charset) {
         return io.status(no);
@@ -850,32 +975,61 @@ async fn sort(
         Ok(c) => c,
         Err(why) => return io.status(bad(tag, &why)),
     };
+    if duplicate_context(sel, io, &tag, ret) {
+        return;
+    }
+    let update = ret.is_some_and(|r| r.update) && may_update(sel, io, &tag, keys);
+    let context_keys = update.then(|| keys.to_vec());
     let (store, msgs, seen, recent, keys) =
         (conn.ctx.store.clone(), sel.msgs.clone(), sel.seen.clone(), sel.recent.clone(), keys.to_vec());
     let (ft, mailbox) =
-        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
-    let sorted = tokio::task::spawn_blocking(move || {
+        (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search && !update), sel.folder.mailbox.clone());
+    let by = criteria.clone();
+    let order = tokio::task::spawn_blocking(move || {
         let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
-        let with_fields = sort::needs_fields(&criteria);
-        let reader = store.fields_reader().ok();
-        let mut items = Vec::new();
-        search::each_match(&store, &msgs, &seen, &recent, &keys, &ft, |i, fields| {
-            let (u, meta) = &msgs[i];
-            let fields = if with_fields { fields.or_else(|| fields_of(&store, reader.as_ref(), meta)) } else { None };
-            let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
-            items.push((sort::Keys::new(&criteria, meta.internal_date, meta.size, fields.as_ref()), n));
-        });
-        sort::sort(&mut items, &criteria);
-        items.into_iter().map(|(_, n)| n).collect::<Vec<u32>>()
+        sorted(&store, &msgs, &seen, &recent, &keys, &ft, &by, uid)
     })
     .await;
-    match sorted {
-        Ok(order) => {
-            io.data(Data::Sort(order.into_iter().map(nz).collect(), None));
-            io.status(ok(tag, "SORT done"));
+    let order = match order {
+        Ok(o) => o,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
+    match ret {
+        None => io.data(Data::Sort(order.into_iter().map(nz).collect(), None)),
+        Some(r) => {
+            io.raw(context::esearch(tag.as_ref(), uid, &r, &order, None).as_bytes());
+            if let Some(keys) = context_keys {
+                start_context(sel, &tag, uid, &keys, Some(criteria), &order);
+            }
         }
-        Err(e) => io.status(serverbug(tag, &e)),
     }
+    io.status(ok(tag, "SORT done"));
+}
+
+/// The messages `keys` match, as UIDs (`uid`) or sequence numbers, in
+/// the order of `criteria`.
+#[allow(clippy::too_many_arguments)]
+fn sorted(
+    store: &crate::store::Store,
+    msgs: &Entries,
+    seen: &UidSet,
+    recent: &super::super::recent::Recent,
+    keys: &[SearchKey<'_>],
+    ft: &search::FullTextHits,
+    criteria: &[sort::Criterion],
+    uid: bool,
+) -> Vec<u32> {
+    let with_fields = sort::needs_fields(criteria);
+    let reader = store.fields_reader().ok();
+    let mut items = Vec::new();
+    search::each_match(store, msgs, seen, recent, keys, ft, |i, fields| {
+        let (u, meta) = &msgs[i];
+        let fields = if with_fields { fields.or_else(|| fields_of(store, reader.as_ref(), meta)) } else { None };
+        let n = if uid { *u } else { u32::try_from(i + 1).unwrap_or(u32::MAX) };
+        items.push((sort::Keys::new(criteria, meta.internal_date, meta.size, fields.as_ref()), n));
+    });
+    sort::sort(&mut items, criteria);
+    items.into_iter().map(|(_, n)| n).collect()
 }
 
 /// THREAD and UID THREAD (RFC 5256): SEARCH's matches threaded by
@@ -1050,19 +1204,6 @@ mod tests {
     fn list(items: &[(u32, &[&str])]) -> Entries {
         let mut sets = crate::imap::shared::FlagSets::default();
         items.iter().map(|(u, f)| (*u, Msg::from_meta(&meta(&format!("h{u}"), f), &mut sets))).collect()
-    }
-
-    #[test]
-    fn esearch_lines() {
-        let tag = Tag::try_from("A1").expect("tag");
-        let r = SearchReturn { min: true, max: true, count: true, all: true };
-        assert_eq!(
-            esearch(&tag, true, r, &[9, 2, 3, 4, 7], None),
-            "* ESEARCH (TAG \"A1\") UID MIN 2 MAX 9 COUNT 5 ALL 2:4,7,9\r\n"
-        );
-        assert_eq!(esearch(&tag, false, r, &[], Some(5)), "* ESEARCH (TAG \"A1\") COUNT 0 MODSEQ 5\r\n");
-        let only_min = SearchReturn { min: true, ..Default::default() };
-        assert_eq!(esearch(&tag, false, only_min, &[4, 8], None), "* ESEARCH (TAG \"A1\") MIN 4\r\n");
     }
 
     #[test]
