@@ -66,6 +66,9 @@ pub enum Command {
     /// The archive itself.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Several nodes on one archive (`[store] backend = "cluster"`).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Run a simulated PEC provider (SMTP submission, signed receipts and
     /// envelopes, delivered into mailboxes it serves itself with
     /// `[mailstore]`, or by IMAP APPEND into a real IMAP server). For tests
@@ -310,6 +313,19 @@ pub enum QueryFormat {
 }
 
 #[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// The shared journal's head, each node and how far behind it its
+    /// index is, and who holds each lease (who polls each provider
+    /// mailbox). Reads PostgreSQL only: runs beside the daemons.
+    Status {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum StoreCmd {
     /// Check that every indexed message has its blob (with --deep, that
     /// every blob still matches its hash). Exit status 1 on problems.
@@ -496,6 +512,19 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if rep.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Cluster(ClusterCmd::Status { config, json }) => {
+            let cfg = daemon::load_config(&config)?;
+            let Some(url) = cfg.store.postgres.clone().filter(|_| cfg.store.backend == crate::config::Backend::Cluster) else {
+                anyhow::bail!("{}: [store] backend is not \"cluster\"", config.display());
+            };
+            let st = runtime()?.block_on(store::cluster::status(&url)).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.table());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { data_dir, base_port } => {
             crate::demo::run(data_dir, base_port)?;

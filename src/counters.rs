@@ -232,3 +232,39 @@ pub fn directory() -> &'static DirectoryMetrics {
         }
     })
 }
+
+/// Several nodes on one archive (`[store] backend = "cluster"`).
+pub struct ClusterMetrics {
+    /// Records of the shared journal this node's index has not taken in.
+    pub lag_records: IntGauge,
+    /// How long it has been behind (0: caught up at the last check).
+    pub lag_seconds: IntGauge,
+    /// Failed calls, by system (`postgres`, `bucket`).
+    pub errors: IntCounterVec,
+    /// 1 while this node holds the mailbox's lease (polls it).
+    pub lease_held: IntGaugeVec,
+}
+
+pub fn cluster() -> &'static ClusterMetrics {
+    static M: OnceLock<ClusterMetrics> = OnceLock::new();
+    M.get_or_init(|| ClusterMetrics {
+        lag_records: gauge(
+            "pecgate_cluster_index_lag_records",
+            "Records of the shared journal (PostgreSQL) this node's index has not taken in yet.",
+        ),
+        lag_seconds: gauge(
+            "pecgate_cluster_index_lag_seconds",
+            "How long this node's index has been behind the shared journal (0: caught up at the last check, every second).",
+        ),
+        errors: IntCounterVec::new(
+            Opts::new("pecgate_cluster_errors_total", "Failed calls to the shared archive, by system (postgres, bucket)."),
+            &["system"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+        lease_held: IntGaugeVec::new(
+            Opts::new("pecgate_cluster_lease_held", "1 while this node holds the mailbox's lease and polls its provider."),
+            &["mailbox"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+    })
+}

@@ -238,6 +238,11 @@ impl Metrics {
         r.add(counters::smtp_sessions_open().clone())?;
         r.add(counters::fulltext_backlog().clone())?;
         r.add(counters::fulltext_documents().clone())?;
+        let c = counters::cluster();
+        r.add(c.lag_records.clone())?;
+        r.add(c.lag_seconds.clone())?;
+        r.add(c.errors.clone())?;
+        r.add(c.lease_held.clone())?;
         let a = counters::anchor();
         r.add(a.failures.clone())?;
         r.add(a.last_success.clone())?;

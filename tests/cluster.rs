@@ -176,6 +176,29 @@ fn two_nodes_share_one_archive() {
         a.log(),
         b.log()
     );
+    // `cluster status`: the head, both nodes caught up, who polls prot.
+    let mut status = serde_json::Value::Null;
+    let caught_up = |st: &serde_json::Value| {
+        let head = st["head"].as_u64().unwrap_or(0);
+        let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
+        head > 0 && nodes.len() == 2 && nodes.iter().all(|n| n["lag"] == 0)
+    };
+    for _ in 0..40 {
+        let out = a.cli(&["cluster", "status", "--json"]);
+        assert!(out.status.success(), "cluster status: {}", String::from_utf8_lossy(&out.stderr));
+        status = serde_json::from_slice(&out.stdout).expect("status JSON");
+        if caught_up(&status) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(caught_up(&status), "both nodes report their index at the head: {status}");
+    let lease = status["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "mailbox:prot")).cloned();
+    assert!(lease.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b"), "{status}");
+    let text = a.cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("shared journal head: record") && text.contains("mailbox:prot"), "{text}");
+
     a.stop();
     b.stop();
 

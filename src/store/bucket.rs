@@ -63,6 +63,9 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn from_store(e: object_store::Error) -> io::Error {
+    if !matches!(e, object_store::Error::NotFound { .. }) {
+        crate::counters::cluster().errors.with_label_values(&["bucket"]).inc();
+    }
     match e {
         object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
         e => io::Error::other(e.to_string()),

@@ -175,6 +175,7 @@ impl Link {
             tokio::time::timeout(TIMEOUT, fut).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
         })?;
         if r.is_err() {
+            crate::counters::cluster().errors.with_label_values(&["postgres"]).inc();
             // A failed statement aborts the transaction, and a connection
             // that timed out is in an unknown state: start afresh.
             self.client = None;
@@ -284,8 +285,9 @@ impl Link {
 /// Listen for other nodes' commits and call `wake` at each, and at least
 /// once a second whatever happens (a lost notification, a LISTEN
 /// connection that died: the node still catches up).
-pub fn spawn_listener(rt: &Rt, url: String, wake: impl Fn() -> bool + Send + 'static) {
+pub fn spawn_listener(rt: &Rt, url: String, applied: Arc<std::sync::atomic::AtomicU64>, wake: impl Fn() -> bool + Send + 'static) {
     rt.handle().spawn(async move {
+        let mut behind_since: Option<std::time::Instant> = None;
         loop {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let listening = async {
@@ -322,8 +324,21 @@ pub fn spawn_listener(rt: &Rt, url: String, wake: impl Fn() -> bool + Send + 'st
                 if !wake() {
                     return;
                 }
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    break;
+                let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else { break };
+                // The lag metrics: the head now against what the index had.
+                let mine = applied.load(std::sync::atomic::Ordering::Acquire);
+                match c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await {
+                    Ok(row) => {
+                        let lag = (row.get::<_, i64>(0) as u64).saturating_sub(mine);
+                        let m = crate::counters::cluster();
+                        m.lag_records.set(lag as i64);
+                        behind_since = if lag == 0 { None } else { behind_since.or(Some(std::time::Instant::now())) };
+                        m.lag_seconds.set(behind_since.map(|t| t.elapsed().as_secs() as i64).unwrap_or(0));
+                    }
+                    Err(_) => {
+                        crate::counters::cluster().errors.with_label_values(&["postgres"]).inc();
+                        break;
+                    }
                 }
             }
         }
@@ -442,4 +457,88 @@ impl Leases {
             .await;
         }
     }
+}
+
+/// What `pecgate cluster status` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// The shared journal's last record.
+    pub head: u64,
+    pub nodes: Vec<NodeStatus>,
+    pub leases: Vec<LeaseStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// The last record its index took in.
+    pub applied: u64,
+    /// Records behind the head.
+    pub lag: u64,
+    /// Seconds since it last reported.
+    pub seen_secs_ago: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeaseStatus {
+    pub name: String,
+    pub holder: Option<String>,
+    pub epoch: u64,
+    /// Seconds until it expires (negative: expired, nobody holds it).
+    pub expires_in_secs: Option<f64>,
+}
+
+impl Status {
+    pub fn table(&self) -> String {
+        let mut out = format!("shared journal head: record {}\n\nnodes:\n", self.head);
+        if self.nodes.is_empty() {
+            out += "  (none has reported yet)\n";
+        }
+        for n in &self.nodes {
+            out += &format!(
+                "  {:<20} applied {:>10}  behind {:>8}  last seen {:.0} s ago\n",
+                n.node, n.applied, n.lag, n.seen_secs_ago
+            );
+        }
+        out += "\nleases:\n";
+        if self.leases.is_empty() {
+            out += "  (none)\n";
+        }
+        for l in &self.leases {
+            let who = match (&l.holder, l.expires_in_secs) {
+                (Some(h), Some(t)) if t > 0.0 => format!("held by {h} (epoch {}, {t:.0} s left)", l.epoch),
+                (Some(h), _) => format!("FREE: expired (last {h}, epoch {})", l.epoch),
+                (None, _) => "FREE".to_string(),
+            };
+            out += &format!("  {:<28} {who}\n", l.name);
+        }
+        out
+    }
+}
+
+/// Read the cluster's state from PostgreSQL.
+pub async fn status(url: &str) -> Result<Status, String> {
+    let c = connect(url).await?;
+    let head = c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?.get::<_, i64>(0) as u64;
+    let nodes = c
+        .query("SELECT node, applied, extract(epoch FROM now() - seen_at)::float8 FROM pecgate_nodes ORDER BY node", &[])
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| {
+            let applied = r.get::<_, i64>(1) as u64;
+            NodeStatus { node: r.get(0), applied, lag: head.saturating_sub(applied), seen_secs_ago: r.get(2) }
+        })
+        .collect();
+    let leases = c
+        .query(
+            "SELECT name, holder, epoch, extract(epoch FROM expires_at - now())::float8 FROM pecgate_leases ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| LeaseStatus { name: r.get(0), holder: r.get(1), epoch: r.get::<_, i64>(2) as u64, expires_in_secs: r.get(3) })
+        .collect();
+    Ok(Status { head, nodes, leases })
 }

@@ -379,6 +379,7 @@ impl Store {
         )
         .map_err(|e| StoreError::Invalid(format!("latency histogram: {e}")))?;
         let head = Arc::new(Mutex::new((journal.last_seq(), journal.last_hash().to_string())));
+        let applied = Arc::new(AtomicU64::new(journal.last_seq()));
         let writer = Writer {
             head: head.clone(),
             write_latency: write_latency.clone(),
@@ -398,6 +399,9 @@ impl Store {
             changes: changes.clone(),
             failed: failed.clone(),
             link,
+            node: opts.cluster.as_ref().map(|c| c.node.clone()).unwrap_or_default(),
+            reported: None,
+            applied: applied.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("pecgate-journal".into())
@@ -408,7 +412,7 @@ impl Store {
             // Other nodes' commits: a NOTIFY wakes the writer, which takes
             // them in; once a second anyway.
             let wake = Arc::downgrade(&tx);
-            cluster::spawn_listener(rt, c.postgres.clone(), move || {
+            cluster::spawn_listener(rt, c.postgres.clone(), applied.clone(), move || {
                 let Some(tx) = wake.upgrade() else { return false };
                 let tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 tx.as_ref().is_some_and(|t| t.send(Request::CatchUp).is_ok())
@@ -1107,6 +1111,12 @@ struct Writer {
     /// The shared journal (cluster): what the batch is committed to before
     /// the local mirror and index take it.
     link: Option<cluster::Link>,
+    /// This node's name and when it last told PostgreSQL how far its index
+    /// is (`cluster status`, at most once a second).
+    node: String,
+    reported: Option<std::time::Instant>,
+    /// The last record applied to the index (the cluster's lag metric).
+    applied: Arc<AtomicU64>,
     /// Folder states as the writer knows them, ahead of the index during a
     /// batch (UIDs are assigned before the batch is written).
     folders: HashMap<(String, String), FolderState>,
@@ -1172,6 +1182,15 @@ impl Writer {
     }
 
     fn handle(&mut self, reqs: Vec<Request>) {
+        // Between transactions, at most once a second (the listener wakes
+        // the writer every second): how far this node's index is.
+        if self.link.is_some() && self.reported.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            self.reported = Some(std::time::Instant::now());
+            let (node, applied) = (self.node.clone(), self.journal.last_seq());
+            if let Some(Err(e)) = self.link.as_mut().map(|l| l.report_applied(&node, applied)) {
+                tracing::debug!(error = %e, "cannot report this node's progress");
+            }
+        }
         let mut syncs = Vec::new();
         let mut rest = Vec::with_capacity(reqs.len());
         for r in reqs {
@@ -1325,6 +1344,7 @@ impl Writer {
         if !records.is_empty() {
             *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                 (self.journal.last_seq(), self.journal.last_hash().to_string());
+            self.applied.store(self.journal.last_seq(), Ordering::Release);
         }
         let mut notices = Vec::new();
         let batch: Vec<_> = records.iter().map(|r| (r.seq, r.time, &r.event)).collect();

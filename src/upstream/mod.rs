@@ -166,12 +166,16 @@ impl MailboxTask {
             }
             match self.store.acquire_lease(&name, self.opts.lease).await {
                 Ok(Some(f)) => {
+                    if f.epoch > 0 {
+                        crate::counters::cluster().lease_held.with_label_values(&[self.alias()]).set(1);
+                    }
                     if said || f.epoch > 0 {
                         tracing::info!(mailbox = %self.alias(), epoch = f.epoch, "this node now polls the mailbox");
                     }
                     return Some(f);
                 }
                 Ok(None) => {
+                    crate::counters::cluster().lease_held.with_label_values(&[self.alias()]).set(0);
                     if !said {
                         tracing::info!(mailbox = %self.alias(), "another node polls this mailbox: standing by");
                         said = true;
@@ -207,6 +211,7 @@ impl MailboxTask {
                 match store.renew_lease(&fence, ttl).await {
                     Ok(true) => {}
                     Ok(false) => {
+                        crate::counters::cluster().lease_held.with_label_values(&[&alias]).set(0);
                         tracing::warn!(mailbox = %alias, epoch = fence.epoch, "lost the mailbox's lease: another node polls it now");
                         return;
                     }
