@@ -99,14 +99,29 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
         cfg: cfg.campaigns.clone(),
         timeout: cfg.upstream.timeout,
         wake: sh.wake.clone(),
+        fence: None,
     };
+    // Once-per-archive work, each under a lease (several nodes: one node
+    // does it; one machine: at once): each mailbox's campaign sending, the
+    // expiry run and anchoring the chain.
+    let ttl = cfg.upstream.lease;
     for m in cfg.mailboxes.iter().filter(|m| m.smtp.is_some()) {
-        tasks.spawn(sender.clone().run(m.clone(), rx.clone()));
+        let (sender, m) = (sender.clone(), m.clone());
+        tasks.spawn(crate::lease::leased(store.clone(), format!("campaigns:{}", m.alias), ttl, rx.clone(), move |fence, end| {
+            let mut s = sender.clone();
+            s.fence = Some(fence);
+            s.run(m.clone(), end)
+        }));
     }
-    // Once-per-archive work: the expiry run and anchoring the chain.
-    tasks.spawn(crate::retention::task(store.clone(), cfg.clone(), rx.clone()));
+    let (st, c) = (store.clone(), cfg.clone());
+    tasks.spawn(crate::lease::leased(store.clone(), "retention".into(), ttl, rx.clone(), move |_, end| {
+        crate::retention::task(st.clone(), c.clone(), end)
+    }));
     if let Some(a) = &cfg.anchor {
-        tasks.spawn(crate::anchor::run(store.clone(), a.clone(), rx.clone()));
+        let (st, a) = (store.clone(), a.clone());
+        tasks.spawn(crate::lease::leased(store.clone(), "anchor".into(), ttl, rx.clone(), move |_, end| {
+            crate::anchor::run(st.clone(), a.clone(), end)
+        }));
     }
     Ok(Generation { stop, tasks })
 }

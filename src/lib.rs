@@ -40,6 +40,7 @@ pub mod export;
 pub mod fulltext;
 pub mod handling;
 pub mod http;
+pub mod lease;
 pub mod imap;
 pub mod listener;
 pub mod metrics;

@@ -21,6 +21,8 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     port: u16,
+    /// The HTTP listener (`/metrics`).
+    http: u16,
     child: Option<Child>,
 }
 
@@ -35,10 +37,10 @@ impl Node {
     /// between `[store]` and `[imap]`.
     fn with(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path, body: &str) -> Node {
         let index_dir = dir.join(format!("node-{name}"));
-        let port = free_port();
+        let (port, http) = (free_port(), free_port());
         let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
         let text = format!(
-            "{}{body}[imap]\nlisten = [\"127.0.0.1:{port}\"]\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+            "{}{body}[http]\nlisten = \"127.0.0.1:{http}\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
              [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\n\
              grants = {{ prot = [\"read\", \"triage\", \"send\", \"delete\"] }}\n",
             s3.store_toml(pg, name, &index_dir),
@@ -47,7 +49,7 @@ impl Node {
         );
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write config");
-        Node { name: name.into(), log: dir.join(format!("{name}.log")), index_dir, config, port, child: None }
+        Node { name: name.into(), log: dir.join(format!("{name}.log")), index_dir, config, port, http, child: None }
     }
 
     fn start(&mut self) {
@@ -84,6 +86,17 @@ impl Node {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/metrics`, as text.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -195,9 +208,29 @@ fn two_nodes_share_one_archive() {
     assert!(caught_up(&status), "both nodes report their index at the head: {status}");
     let lease = status["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "mailbox:prot")).cloned();
     assert!(lease.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b"), "{status}");
+    // The expiry run is once-per-archive work: one node holds its lease.
+    let retention = status["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "retention")).cloned();
+    assert!(retention.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b"), "{status}");
     let text = a.cli(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(text.contains("shared journal head: record") && text.contains("mailbox:prot"), "{text}");
+
+    // The metrics the dashboard's cluster row and the alerts use.
+    let grafana: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/pecgate.json")).expect("dashboard"))
+            .expect("dashboard JSON");
+    let used: Vec<String> =
+        support::dashboard_metric_names(&grafana).into_iter().filter(|n| n.starts_with("pecgate_cluster_")).collect();
+    assert!(used.len() >= 4, "{used:?}");
+    for n in [&a, &b] {
+        let m = n.metrics();
+        for name in &used {
+            assert!(m.contains(&format!("\n{name}")), "node {} does not export {name}", n.name);
+        }
+        assert!(m.contains("pecgate_cluster_index_lag_records 0"), "node {} is caught up", n.name);
+    }
+    let held = |n: &Node| n.metrics().contains("pecgate_cluster_lease_held{mailbox=\"prot\"} 1");
+    assert!(held(&a) != held(&b), "exactly one node says it polls prot");
 
     a.stop();
     b.stop();

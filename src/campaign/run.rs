@@ -40,6 +40,10 @@ pub struct Sender {
     pub timeout: Duration,
     /// Poked when a campaign is started, resumed or resolved.
     pub wake: Arc<Notify>,
+    /// The lease on this mailbox's sending (several nodes: one sends);
+    /// every step is committed under it, so a node that lost it cannot
+    /// mark a notice "submitting" and send it again.
+    pub fence: Option<crate::store::cluster::Fence>,
 }
 
 /// The work found in one pass over a mailbox's campaigns.
@@ -237,7 +241,10 @@ impl Sender {
         step: Step,
     ) -> Result<(), StoreError> {
         let event = Event::NoticeStepped { campaign: c.spec.id.clone(), n: n.notice.n, step };
-        self.store.commit(self.audit(c, n, op, outcome), Change::Campaign(event)).await.map(|_| ())
+        self.store
+            .commit_batch_fenced(self.fence.as_ref(), vec![(self.audit(c, n, op, outcome), Change::Campaign(event))])
+            .await
+            .map(|_| ())
     }
 
     /// Accepted: the step and the sent copy in `Sent`, in one batch.
@@ -252,7 +259,7 @@ impl Sender {
             step: Step::Accepted { reply: reply.clone() },
         };
         self.store
-            .commit_batch(vec![
+            .commit_batch_fenced(self.fence.as_ref(), vec![
                 (self.audit(c, n, "notice-accepted", format!("accepted: {reply}")), Change::Campaign(event)),
                 (self.audit(c, n, "archive-sent", "ok".into()).folder("Sent"), copy),
             ])

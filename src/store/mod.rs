@@ -354,6 +354,10 @@ impl Store {
         let rt = match &opts.cluster {
             None => None,
             Some(c) => {
+                // Exported from the start (at 0), so a dashboard shows them.
+                for system in ["postgres", "bucket"] {
+                    crate::counters::cluster().errors.with_label_values(&[system]);
+                }
                 let rt = cluster::Rt::new("pecgate-postgres").map_err(io_err(dir))?;
                 let mut l = cluster::Link::open(rt.clone(), c, GENESIS).map_err(StoreError::Unavailable)?;
                 report.replayed_records += catch_up(&mut l, &mut journal, &index)?;

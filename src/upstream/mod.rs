@@ -225,26 +225,34 @@ impl MailboxTask {
     /// failures.
     pub async fn run(mut self) {
         let mut failures: u32 = 0;
+        let mut keeper: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             if self.stopping() {
                 break;
             }
-            let Some(fence) = self.take_lease().await else { break };
-            self.fence = Some(fence.clone());
-            // What the mailbox's previous poller (another node) committed
-            // must be in this node's index before the provider is listed
-            // against it, or its messages would be fetched again.
-            if let Err(e) = self.store.sync_shared().await {
-                tracing::warn!(mailbox = %self.alias(), error = %e, "cannot read the shared journal");
+            // The lease is kept across failed sessions (a provider down);
+            // taken again only once lost.
+            if keeper.as_ref().is_none_or(|k: &tokio::task::JoinHandle<()>| k.is_finished()) {
+                let Some(fence) = self.take_lease().await else { break };
+                self.fence = Some(fence.clone());
+                // What the mailbox's previous poller (another node)
+                // committed must be in this node's index before the
+                // provider is listed against it, or its messages would be
+                // fetched again.
+                if let Err(e) = self.store.sync_shared().await {
+                    tracing::warn!(mailbox = %self.alias(), error = %e, "cannot read the shared journal");
+                }
+                keeper = Some(self.keep_lease(fence));
             }
-            let keeper = self.keep_lease(fence.clone());
             self.board.update(self.alias(), |s| s.state = "connecting".into());
             let result = self.session().await;
-            keeper.abort();
             if self.stopping() {
-                self.store.release_lease(&fence).await;
-            }
-            if self.stopping() {
+                if let Some(k) = keeper.take() {
+                    k.abort();
+                }
+                if let Some(f) = &self.fence {
+                    self.store.release_lease(f).await;
+                }
                 break;
             }
             let err = match result {
@@ -284,6 +292,9 @@ impl MailboxTask {
                 _ = tokio::time::sleep(delay) => {}
                 _ = sd.changed() => {}
             }
+        }
+        if let Some(k) = keeper.take() {
+            k.abort();
         }
         self.board.update(self.alias(), |s| {
             s.state = "stopped".into();
