@@ -216,9 +216,11 @@ fn two_nodes_share_one_archive() {
     assert!(text.contains("shared journal head: record") && text.contains("mailbox:prot"), "{text}");
 
     // The metrics the dashboard's cluster row and the alerts use.
-    let grafana: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/pecgate.json")).expect("dashboard"))
-            .expect("dashboard JSON");
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/pecgate.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
     let used: Vec<String> =
         support::dashboard_metric_names(&grafana).into_iter().filter(|n| n.starts_with("pecgate_cluster_")).collect();
     assert!(used.len() >= 4, "{used:?}");
@@ -595,4 +597,98 @@ fn postgres_restarted_mid_ingest_and_mid_session() {
     }
     assert_eq!(a.mirror(), b.mirror(), "the two mirrors are the same journal");
     assert!(!a.log().contains("panicked") && !b.log().contains("panicked"));
+}
+
+/// The bucket goes away mid-ingest: nothing is archived meanwhile and the
+/// provider keeps its messages; once it is back the ingest resumes and
+/// every message is archived once. A node frozen (SIGSTOP) past its lease
+/// and resumed writes nothing the other node did not (epoch check). The
+/// LISTEN connection killed: the other node still hears of new mail.
+#[test]
+fn bucket_away_node_frozen_listen_killed() {
+    let pg = Postgres::start();
+    let mut s3 = S3::start();
+    let dv = support::Dovecot::start(
+        support::DovecotOptions::new()
+            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
+    );
+    let imap = dv.imap(PROVIDER_USER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let body = format!(
+        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"2s\"\n\n{}",
+        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
+    );
+    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
+    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
+    a.start();
+    b.start();
+    let logs = |a: &Node, b: &Node| format!("node a:\n{}\nnode b:\n{}", a.log(), b.log());
+
+    // 1. The bucket away.
+    s3.stop();
+    imap.append("INBOX", (0..30).map(|i| support::make_message(i, 5000)));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(archived(&pg).1, 0, "nothing archived without the bucket");
+    assert_eq!(imap.count("INBOX"), 30, "the provider keeps every message");
+    s3.start_again();
+    wait(
+        "30 archived once the bucket is back",
+        Duration::from_secs(60),
+        || archived(&pg).1 == 30 && imap.count("INBOX") == 0,
+        || logs(&a, &b),
+    );
+
+    // 2. The holder frozen past its lease, new mail meanwhile, resumed.
+    let holder = pg.sql("SELECT holder FROM pecgate_leases WHERE name = 'mailbox:prot'");
+    let (frozen, other) = if holder == "a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let pid = frozen.child.as_ref().expect("running").id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    imap.append("INBOX", (30..60).map(|i| support::make_message(i, 5000)));
+    wait(
+        "the other node archives the new mail",
+        Duration::from_secs(30),
+        || archived(&pg).1 == 60 && imap.count("INBOX") == 0,
+        || other.log(),
+    );
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        frozen.log().contains("lost the mailbox's lease")
+            || frozen.log().contains("lease mailbox:prot is no longer held"),
+        "{}",
+        frozen.log()
+    );
+    assert_eq!(archived(&pg).1, 60, "each message archived once");
+
+    // 3. The LISTEN connections killed: IDLE on either node still sees
+    //    what the other archives (the listener reconnects; a poll every
+    //    second meanwhile).
+    let killed = pg.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pecgate-listener'",
+    );
+    assert!(killed.parse::<u32>().unwrap_or(0) >= 2, "the nodes' LISTEN connections: {killed}");
+    imap.append("INBOX", (60..65).map(|i| support::make_message(i, 5000)));
+    wait("65 archived", Duration::from_secs(30), || archived(&pg).1 == 65 && imap.count("INBOX") == 0, || logs(&a, &b));
+    let t0 = Instant::now();
+    let rows: u64 = pg.sql("SELECT count(*) FROM pecgate_journal").parse().expect("count");
+    wait(
+        "both nodes caught up after their LISTEN was killed",
+        Duration::from_secs(5),
+        || {
+            let st = a.cli(&["cluster", "status", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+            v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["applied"].as_u64().unwrap_or(0) >= rows))
+        },
+        || logs(&a, &b),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    a.stop();
+    b.stop();
+    for n in [&a, &b] {
+        assert_eq!(inbox_of(&pg, &s3, n), (65, 65), "node {}", n.name);
+    }
+    assert_eq!(a.mirror(), b.mirror());
 }

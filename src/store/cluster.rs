@@ -285,7 +285,12 @@ impl Link {
 /// Listen for other nodes' commits and call `wake` at each, and at least
 /// once a second whatever happens (a lost notification, a LISTEN
 /// connection that died: the node still catches up).
-pub fn spawn_listener(rt: &Rt, url: String, applied: Arc<std::sync::atomic::AtomicU64>, wake: impl Fn() -> bool + Send + 'static) {
+pub fn spawn_listener(
+    rt: &Rt,
+    url: String,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    wake: impl Fn() -> bool + Send + 'static,
+) {
     rt.handle().spawn(async move {
         let mut behind_since: Option<std::time::Instant> = None;
         loop {
@@ -305,7 +310,12 @@ pub fn spawn_listener(rt: &Rt, url: String, applied: Arc<std::sync::atomic::Atom
                         }
                     }
                 });
-                client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(pg)?;
+                // Named, so an administrator (and a test) can find it in
+                // pg_stat_activity.
+                client
+                    .batch_execute(&format!("SET application_name = 'pecgate-listener'; LISTEN {CHANNEL}"))
+                    .await
+                    .map_err(pg)?;
                 Ok::<_, String>(client)
             };
             let client = match tokio::time::timeout(TIMEOUT, listening).await {
@@ -519,9 +529,13 @@ impl Status {
 /// Read the cluster's state from PostgreSQL.
 pub async fn status(url: &str) -> Result<Status, String> {
     let c = connect(url).await?;
-    let head = c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?.get::<_, i64>(0) as u64;
+    let head =
+        c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?.get::<_, i64>(0) as u64;
     let nodes = c
-        .query("SELECT node, applied, extract(epoch FROM now() - seen_at)::float8 FROM pecgate_nodes ORDER BY node", &[])
+        .query(
+            "SELECT node, applied, extract(epoch FROM now() - seen_at)::float8 FROM pecgate_nodes ORDER BY node",
+            &[],
+        )
         .await
         .map_err(pg)?
         .iter()
