@@ -301,6 +301,41 @@ fn archived(pg: &Postgres) -> (u64, u64) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
+/// PostgreSQL, the bucket, Dovecot as the provider of mailbox `prot`, and
+/// two nodes a and b both configured with it (`[upstream] lease`, quick
+/// retries), started.
+struct WithProvider {
+    pg: Postgres,
+    s3: S3,
+    _dv: support::Dovecot,
+    imap: support::Imap,
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    a: Node,
+    b: Node,
+}
+
+fn with_provider(lease: &str, max_backoff: &str) -> WithProvider {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dv = support::Dovecot::start(
+        support::DovecotOptions::new()
+            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
+    );
+    let imap = dv.imap(PROVIDER_USER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let body = format!(
+        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"{max_backoff}\"\nlease = \"{lease}\"\n\n{}",
+        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
+    );
+    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
+    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
+    a.start();
+    b.start();
+    WithProvider { pg, s3, _dv: dv, imap, dir, cert, a, b }
+}
+
 fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, logs: impl Fn() -> String) -> Duration {
     let t0 = Instant::now();
     while !done() {
@@ -316,23 +351,7 @@ fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, logs: imp
 /// archived exactly once, the provider emptied.
 #[test]
 fn one_poller_per_mailbox_and_takeover() {
-    let pg = Postgres::start();
-    let s3 = S3::start();
-    let dv = support::Dovecot::start(
-        support::DovecotOptions::new()
-            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
-    );
-    let imap = dv.imap(PROVIDER_USER);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let body = format!(
-        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"200ms\"\nmax_backoff = \"2s\"\nlease = \"3s\"\n\n{}",
-        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
-    );
-    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
-    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
-    a.start();
-    b.start();
+    let WithProvider { pg, s3: _s3, imap, dir: _dir, mut a, mut b, _dv, .. } = with_provider("3s", "2s");
     imap.append("INBOX", (0..40).map(|i| support::make_message(i, 3000)));
     let logs = || format!("node a:\n{}\nnode b:\n{}", a.log(), b.log());
     wait(
@@ -457,29 +476,11 @@ fn inbox_of(pg: &Postgres, s3: &S3, node: &Node) -> (u64, usize) {
 #[test]
 fn kill_the_poller_25_times_during_ingest() {
     use rand::Rng;
-    let pg = Postgres::start();
-    let s3 = S3::start();
-    let dv = support::Dovecot::start(
-        support::DovecotOptions::new()
-            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
-    );
-    let imap = dv.imap(PROVIDER_USER);
+    let WithProvider { pg, s3, imap, dir: _dir, a, b, _dv, .. } = with_provider("1s", "1s");
+    let mut nodes = [a, b];
     let mut rng = rand::thread_rng();
     let sizes: Vec<usize> = (0..600).map(|_| (2000.0 * 100f64.powf(rng.gen::<f64>())) as usize).collect();
     imap.append("INBOX", sizes.iter().enumerate().map(|(i, &n)| support::make_message(i, n)));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let body = format!(
-        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"1s\"\n\n{}",
-        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
-    );
-    let mut nodes = [
-        Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body),
-        Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body),
-    ];
-    for n in nodes.iter_mut() {
-        n.start();
-    }
     let mut kills = 0;
     let t0 = Instant::now();
     while kills < 25 {
@@ -525,23 +526,7 @@ fn kill_the_poller_25_times_during_ingest() {
 /// every provider message is archived once and the provider emptied.
 #[test]
 fn postgres_restarted_mid_ingest_and_mid_session() {
-    let mut pg = Postgres::start();
-    let s3 = S3::start();
-    let dv = support::Dovecot::start(
-        support::DovecotOptions::new()
-            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
-    );
-    let imap = dv.imap(PROVIDER_USER);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let body = format!(
-        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"3s\"\n\n{}",
-        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
-    );
-    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
-    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
-    a.start();
-    b.start();
+    let WithProvider { mut pg, s3, imap, dir, cert, mut a, mut b, _dv, .. } = with_provider("3s", "1s");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/cluster_outage.py");
     let client = Command::new("python3")
         .arg(&script)
@@ -606,23 +591,7 @@ fn postgres_restarted_mid_ingest_and_mid_session() {
 /// LISTEN connection killed: the other node still hears of new mail.
 #[test]
 fn bucket_away_node_frozen_listen_killed() {
-    let pg = Postgres::start();
-    let mut s3 = S3::start();
-    let dv = support::Dovecot::start(
-        support::DovecotOptions::new()
-            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
-    );
-    let imap = dv.imap(PROVIDER_USER);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let body = format!(
-        "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"2s\"\n\n{}",
-        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
-    );
-    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
-    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
-    a.start();
-    b.start();
+    let WithProvider { pg, mut s3, imap, dir: _dir, cert: _, mut a, mut b, _dv, .. } = with_provider("2s", "1s");
     let logs = |a: &Node, b: &Node| format!("node a:\n{}\nnode b:\n{}", a.log(), b.log());
 
     // 1. The bucket away.
