@@ -342,6 +342,21 @@ pub enum StoreCmd {
         #[arg(long, short, env = "PECGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Copy the archive of one machine (`--from`: a configuration with the
+    /// local backend) into a cluster (`--to`: one with `backend =
+    /// "cluster"`): every blob into the bucket, read back against its hash
+    /// first, then the journal into PostgreSQL, each record checked against
+    /// the chain. Resumable: run it again after an interruption; what the
+    /// cluster holds is checked, not copied again. Stop the daemon that
+    /// writes the data directory first.
+    Migrate {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -571,6 +586,39 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 if trust.is_none() {
                     println!("(signature not checked against a trust store: pass --trust-store PEM)");
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCmd::Migrate { from, to, json }) => {
+            let src = daemon::load_config(&from)?;
+            let dst = daemon::load_config(&to)?;
+            if src.store.backend != crate::config::Backend::Local {
+                anyhow::bail!("--from {}: [store] backend must be \"local\" (a data directory)", from.display());
+            }
+            let Some(opts) = dst.store.cluster_options().map_err(anyhow::Error::msg)? else {
+                anyhow::bail!("--to {}: [store] backend must be \"cluster\"", to.display());
+            };
+            let bar = progress_bar("{msg} [{bar:40}] {pos}/{len} ({eta})");
+            let started = std::time::Instant::now();
+            let m = store::migrate::to_cluster(&src.store.data_dir, &opts, &mut |what, done, total| {
+                bar.set_message(what.to_string());
+                bar.set_length(total.max(done));
+                bar.set_position(done);
+            })
+            .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!(
+                    "migrated {} into the cluster in {:.1} s: blobs {} copied, {} already there; journal records {} copied, {} already there",
+                    src.store.data_dir.display(),
+                    started.elapsed().as_secs_f64(),
+                    m.blobs_copied,
+                    m.blobs_present,
+                    m.records_copied,
+                    m.records_present
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -661,3 +661,92 @@ fn bucket_away_node_frozen_listen_killed() {
     }
     assert_eq!(a.mirror(), b.mirror());
 }
+
+/// `pecgate store migrate`: one machine's archive (pulled from Dovecot by
+/// `serve`, plus a category) into the cluster; a node opened on the
+/// cluster has the same index as the data directory; run again it copies
+/// nothing; into a cluster holding another archive it writes nothing.
+#[test]
+fn migrate_a_data_directory_into_the_cluster() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dv = support::Dovecot::start(
+        support::DovecotOptions::new()
+            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
+    );
+    dv.imap(PROVIDER_USER).append("INBOX", (0..25).map(|i| support::make_message(i, 4000)));
+    let mut g = support::gateway::Gateway::new(&format!(
+        "{}{}",
+        support::gateway::FAST_UPSTREAM,
+        support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
+    ));
+    g.start();
+    g.wait_mailbox("prot", Duration::from_secs(60), "25 archived", |s| {
+        s["archived_total"] == 25 && s["on_provider"] == 0
+    });
+    g.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let node = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
+    let migrate = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["store", "migrate", "--json", "--from"])
+            .arg(&g.config_path)
+            .arg("--to")
+            .arg(&node.config)
+            .output()
+            .expect("run pecgate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = migrate();
+    assert!(ok, "migrate: {out}{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let records = std::fs::read_to_string(g.journal_dir().join("000001.log")).expect("journal").lines().count() as u64;
+    assert_eq!(m["blobs_copied"], 25, "{m}");
+    assert_eq!(m["records_copied"], records, "{m}");
+    // Again: nothing to copy.
+    let (ok, out, err) = migrate();
+    assert!(ok, "migrate again: {out}{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!((m["blobs_copied"].as_u64(), m["blobs_present"].as_u64()), (Some(0), Some(25)), "{m}");
+    assert_eq!((m["records_copied"].as_u64(), m["records_present"].as_u64()), (Some(0), Some(records)), "{m}");
+    // The cluster's index is the data directory's.
+    let local = g.open_store();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (cl, rep) = Store::open(&node.index_dir, options(&pg, &s3, "a")).expect("open the cluster");
+        assert_eq!(rep.replayed_records, records);
+        assert_eq!(cl.index_dump().expect("dump"), local.index_dump().expect("dump"), "the same index");
+        let hashes: Vec<String> =
+            local.messages("prot", "INBOX").expect("messages").into_iter().map(|(_, m)| m.hash).collect();
+        for h in &hashes {
+            assert_eq!(cl.get_blob(h).expect("blob from the bucket"), local.get_blob(h).expect("blob"), "{h}");
+        }
+        cl.close().expect("close");
+    });
+    local.close().expect("close");
+    // Another archive into this cluster: refused, nothing written.
+    let mut other = support::gateway::Gateway::new("");
+    other.start();
+    std::thread::sleep(Duration::from_millis(500));
+    other.stop();
+    let before = pg.sql("SELECT count(*) FROM pecgate_journal");
+    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["store", "migrate", "--from"])
+        .arg(&other.config_path)
+        .arg("--to")
+        .arg(&node.config)
+        .output()
+        .expect("run pecgate");
+    assert!(!out.status.success(), "another archive must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another archive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg.sql("SELECT count(*) FROM pecgate_journal"), before, "nothing written");
+}

@@ -26,6 +26,7 @@ mod codec;
 pub mod fields;
 mod index;
 mod journal;
+pub mod migrate;
 pub mod record;
 
 use std::collections::{HashMap, HashSet};
