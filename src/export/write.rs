@@ -91,7 +91,7 @@ fn rfc3339(t: DateTime<FixedOffset>) -> String {
 }
 
 fn facts(item: &Item, raw: &[u8], trust: Option<&TrustStore>) -> Facts {
-    let parsed = mail_parser::MessageParser::new().parse(raw);
+    let parsed = crate::pec::parse_full(raw);
     let cls = item.pec.as_ref().map(|p| &p.classification);
     let kind = cls.map(|c| c.kind).unwrap_or(PecKind::Plain);
     let daticert = cls.and_then(|c| c.daticert.as_ref());
@@ -104,28 +104,28 @@ fn facts(item: &Item, raw: &[u8], trust: Option<&TrustStore>) -> Facts {
     };
     let header_from =
         |m: &mail_parser::Message| m.from().and_then(|f| f.first()).and_then(|a| a.address()).map(str::to_string);
-    let (date, date_source) = match (daticert.and_then(|d| d.data), parsed.as_ref().and_then(|m| m.date())) {
+    let (date, date_source) = match (daticert.and_then(|d| d.data), parsed.as_deref().and_then(|m| m.date())) {
         (Some(d), _) => (rfc3339(d), "daticert"),
         (None, Some(d)) => (d.to_rfc3339(), "Date"),
         _ => (item.internal_date.to_rfc3339_opts(SecondsFormat::Secs, true), "archivio"),
     };
     // The certified values (inside the provider's signature) first.
-    let sender = daticert.and_then(|d| d.mittente.clone()).or_else(|| parsed.as_ref().and_then(header_from));
+    let sender = daticert.and_then(|d| d.mittente.clone()).or_else(|| parsed.as_deref().and_then(header_from));
     let mut recipients: Vec<String> =
         daticert.map(|d| d.destinatari.iter().map(|x| x.address.clone()).collect()).unwrap_or_default();
     if recipients.is_empty() {
-        recipients = parsed.as_ref().map(header_addrs).unwrap_or_default();
+        recipients = parsed.as_deref().map(header_addrs).unwrap_or_default();
     }
     let subject = daticert
         .and_then(|d| d.oggetto.clone())
         .or_else(|| cls.and_then(|c| c.subject.clone()))
-        .or_else(|| parsed.as_ref().and_then(|m| m.subject()).map(str::to_string));
+        .or_else(|| parsed.as_deref().and_then(|m| m.subject()).map(str::to_string));
     let attachments = match kind {
         PecKind::PostaCertificata => match crate::pec::unwrap_envelope(raw) {
             Ok(u) => u.attachments.len(),
-            Err(_) => parsed.as_ref().map(|m| m.attachment_count()).unwrap_or(0),
+            Err(_) => parsed.as_deref().map(|m| m.attachment_count()).unwrap_or(0),
         },
-        _ => parsed.as_ref().map(|m| m.attachment_count()).unwrap_or(0),
+        _ => parsed.as_deref().map(|m| m.attachment_count()).unwrap_or(0),
     };
     let (signature, signature_when) = match trust {
         Some(t) => {

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{Message, MimeHeaders, PartType};
 
 /// Bounds on the work one message may cost.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +60,7 @@ pub struct Extracted {
 /// Extract `raw`'s text within `limits`.
 pub fn extract(raw: &[u8], limits: &Limits) -> Extracted {
     let mut out = Extracted::default();
-    let Some(m) = MessageParser::default().parse(raw) else {
+    let Some(m) = crate::pec::parse_full(raw) else {
         out.body = String::from_utf8_lossy(&raw[..raw.len().min(limits.text_bytes)]).into_owned();
         return out;
     };
@@ -124,7 +124,9 @@ impl Walk<'_> {
                     }
                     self.message(inner, depth + 1);
                 }
-                PartType::Message(_) => self.out.skipped.push(format!("{name}: nested deeper than {}", self.limits.depth)),
+                PartType::Message(_) => {
+                    self.out.skipped.push(format!("{name}: nested deeper than {}", self.limits.depth))
+                }
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
                     let ct = part
                         .content_type()
@@ -159,7 +161,7 @@ impl Walk<'_> {
         } else if lower.ends_with(".xml") || ct.ends_with("/xml") {
             self.push(&xml_text(&String::from_utf8_lossy(bytes)));
         } else if lower.ends_with(".eml") || ct == "message/rfc822" {
-            match MessageParser::default().parse(bytes) {
+            match crate::pec::parse_full(bytes) {
                 Some(m) if depth < self.limits.depth => self.message(&m, depth + 1),
                 _ => self.out.skipped.push(format!("{name}: not a readable message")),
             }

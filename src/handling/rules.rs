@@ -158,8 +158,8 @@ impl Facts {
         let mut f = Facts { kind: c.kind.as_str().to_string(), ..Facts::default() };
         let unwrapped = pec::envelope::unwrap_envelope(raw).ok();
         let original = unwrapped.as_ref().and_then(|u| u.original.as_deref());
-        let inner = original.and_then(|o| mail_parser::MessageParser::default().parse(o));
-        let outer = mail_parser::MessageParser::default().parse(raw);
+        let inner = original.and_then(|o| crate::pec::parse_full(o));
+        let outer = crate::pec::parse_full(raw);
         // The message whose sender, subject and text count: the original
         // for an envelope, the message itself otherwise.
         let msg = inner.as_ref().or(outer.as_ref());
@@ -171,10 +171,7 @@ impl Facts {
             };
             put("tipo", Some(d.tipo.clone()));
             put("mittente", d.mittente.clone());
-            put(
-                "destinatari",
-                Some(d.destinatari.iter().map(|x| x.address.clone()).collect::<Vec<_>>().join(", ")),
-            );
+            put("destinatari", Some(d.destinatari.iter().map(|x| x.address.clone()).collect::<Vec<_>>().join(", ")));
             put("risposte", d.risposte.clone());
             put("oggetto", d.oggetto.clone());
             put("gestore-emittente", d.gestore_emittente.clone());
@@ -302,11 +299,7 @@ impl Rules {
 
     /// Offices `user` belongs to.
     pub fn offices_of(&self, user: &str) -> Vec<String> {
-        self.offices
-            .iter()
-            .filter(|(_, members)| members.iter().any(|m| m == user))
-            .map(|(o, _)| o.clone())
-            .collect()
+        self.offices.iter().filter(|(_, members)| members.iter().any(|m| m == user)).map(|(o, _)| o.clone()).collect()
     }
 
     /// Route a message arriving in `mailbox` at `now`.
@@ -412,7 +405,12 @@ due = "30d"
 "#;
 
     fn facts(from: &str, subject: &str) -> Facts {
-        Facts { kind: "posta-certificata".into(), from: Some(from.into()), subject: Some(subject.into()), ..Facts::default() }
+        Facts {
+            kind: "posta-certificata".into(),
+            from: Some(from.into()),
+            subject: Some(subject.into()),
+            ..Facts::default()
+        }
     }
 
     #[test]
@@ -450,7 +448,8 @@ due = "30d"
 
     #[test]
     fn facts_of_a_sample_envelope() {
-        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pec/01-posta-certificata.eml")).unwrap();
+        let raw =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pec/01-posta-certificata.eml")).unwrap();
         let f = Facts::of(&raw);
         assert_eq!(f.kind, "posta-certificata");
         assert_eq!(f.from.as_deref(), Some("protocollo@pec.comune.example.it"));

@@ -12,11 +12,12 @@ use imap_next::imap_types::core::{AString, IString, Literal, LiteralMode, NStrin
 use imap_next::imap_types::envelope::{Address, Envelope};
 use imap_next::imap_types::extensions::binary::Literal8;
 use imap_next::imap_types::fetch::Section;
-use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
-/// A parsed message, or `None` if mail-parser gave up.
-pub fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    MessageParser::default().parse(raw)
+/// A parsed message, or `None` if mail-parser gave up (dropped without
+/// recursion however deep its `message/rfc822` parts nest).
+pub fn parse(raw: &[u8]) -> Option<crate::pec::Parsed<'_>> {
+    crate::pec::parse_full(raw)
 }
 
 /// An IMAP string for arbitrary bytes: quoted when possible, else a literal.
@@ -626,8 +627,8 @@ mod tests {
     fn garbage_does_not_panic() {
         for raw in [&b""[..], b"\r\n", b"Content-Type: multipart/mixed\r\n\r\n--", b"\xff\xfe\x00"] {
             let m = parse(raw);
-            let _ = body_structure(raw, m.as_ref());
-            let _ = envelope(m.as_ref());
+            let _ = body_structure(raw, m.as_deref());
+            let _ = envelope(m.as_deref());
             let _ = section(raw, Some(&Section::Text(None)));
         }
     }

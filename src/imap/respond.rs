@@ -281,12 +281,12 @@ pub fn message_items(
                 MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
             }
             MessageDataItemName::ModSeq => MessageDataItem::ModSeq(nz64(meta.modseq)),
-            MessageDataItemName::Envelope => MessageDataItem::Envelope(fetch::envelope(parsed().as_ref())),
+            MessageDataItemName::Envelope => MessageDataItem::Envelope(fetch::envelope(parsed().as_deref())),
             MessageDataItemName::Body => {
-                MessageDataItem::Body(fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()))
+                MessageDataItem::Body(fetch::body_structure(raw.unwrap_or_default(), parsed().as_deref()))
             }
             MessageDataItemName::BodyStructure => {
-                MessageDataItem::BodyStructure(fetch::body_structure(raw.unwrap_or_default(), parsed().as_ref()))
+                MessageDataItem::BodyStructure(fetch::body_structure(raw.unwrap_or_default(), parsed().as_deref()))
             }
             MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec())),
             MessageDataItemName::Rfc822Header => {

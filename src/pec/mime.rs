@@ -24,11 +24,8 @@ use mail_parser::{HeaderName, Message, MessageParser, MessagePart, MimeHeaders};
 /// decoding) are parsed; every other header we read from its raw bytes, which
 /// is both faster and independent of `mail-parser`'s idea of a valid
 /// Message-ID or address.
-static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
-    MessageParser::new()
-        .with_mime_headers()
-        .header_text(HeaderName::Subject)
-});
+static PARSER: LazyLock<MessageParser> =
+    LazyLock::new(|| MessageParser::new().with_mime_headers().header_text(HeaderName::Subject));
 
 /// Deepest multipart nesting followed. PEC messages nest 3 levels
 /// (signed / mixed / alternative); deeper structure is not PEC's.
@@ -41,8 +38,43 @@ const MAX_PARTS: usize = 256;
 
 /// Parses a whole message with `mail-parser` (bodies decoded): used only
 /// where the decoded content is wanted (human text, original's attachments).
-pub(crate) fn parse(raw: &[u8]) -> Option<Message<'_>> {
-    PARSER.parse(raw)
+pub(crate) fn parse(raw: &[u8]) -> Option<Parsed<'_>> {
+    PARSER.parse(raw).map(Parsed)
+}
+
+/// A message parsed whole (bodies decoded), with mail-parser's defaults.
+/// Every full parse of bytes from outside goes through this or
+/// [`parse`]: see [`Parsed`].
+pub fn parse_full(raw: &[u8]) -> Option<Parsed<'_>> {
+    MessageParser::default().parse(raw).map(Parsed)
+}
+
+/// A parsed message that is dropped without recursion. mail-parser nests a
+/// `message/rfc822` part's message inside its part, and dropping that
+/// recurses once per level: 20,000 nested messages (a few hundred KB of
+/// headers) overflow a thread's stack and abort the whole process.
+pub struct Parsed<'a>(Message<'a>);
+
+impl<'a> std::ops::Deref for Parsed<'a> {
+    type Target = Message<'a>;
+
+    fn deref(&self) -> &Message<'a> {
+        &self.0
+    }
+}
+
+impl Drop for Parsed<'_> {
+    fn drop(&mut self) {
+        let mut stack = vec![std::mem::take(&mut self.0)];
+        while let Some(mut m) = stack.pop() {
+            for p in m.parts.iter_mut() {
+                if let mail_parser::PartType::Message(inner) = &mut p.body {
+                    stack.push(std::mem::take(inner));
+                }
+            }
+            // `m` now holds no nested message: its drop is shallow.
+        }
+    }
 }
 
 /// A MIME entity: its parsed headers and its raw (transfer-encoded) body.
@@ -60,10 +92,7 @@ impl<'a> Entity<'a> {
     /// Parses the headers of `raw` and locates its body. An entity without
     /// headers is all body (RFC 2045 defaults apply).
     pub fn parse(raw: &'a [u8]) -> Entity<'a> {
-        let headers = PARSER
-            .parse_headers(raw)
-            .and_then(|m| m.parts.into_iter().next())
-            .unwrap_or_default();
+        let headers = PARSER.parse_headers(raw).and_then(|m| m.parts.into_iter().next()).unwrap_or_default();
         let body = raw.get(body_offset(raw)..).unwrap_or_default();
         Entity { headers, raw, body }
     }
@@ -103,10 +132,7 @@ impl<'a> Entity<'a> {
     /// Lower-case `type/subtype`, `text/plain` when absent (RFC 2045 §5.2).
     pub fn mime_type(&self) -> (String, String) {
         match self.headers.content_type() {
-            Some(ct) => (
-                ct.ctype().to_ascii_lowercase(),
-                ct.subtype().unwrap_or_default().to_ascii_lowercase(),
-            ),
+            Some(ct) => (ct.ctype().to_ascii_lowercase(), ct.subtype().unwrap_or_default().to_ascii_lowercase()),
             None => ("text".into(), "plain".into()),
         }
     }
@@ -120,25 +146,17 @@ impl<'a> Entity<'a> {
     /// name), trimmed of quotes and white space, as providers quote it
     /// inconsistently.
     pub fn name(&self) -> Option<&str> {
-        self.headers
-            .attachment_name()
-            .map(|n| n.trim().trim_matches('"').trim())
-            .filter(|n| !n.is_empty())
+        self.headers.attachment_name().map(|n| n.trim().trim_matches('"').trim()).filter(|n| !n.is_empty())
     }
 
     /// The body after transfer decoding, before any charset conversion: the
     /// bytes the sender put there (byte-exact for `postacert.eml`, and an
     /// XML document keeps the encoding its declaration names).
     pub fn decoded(&self) -> Cow<'a, [u8]> {
-        let cte = self
-            .headers
-            .content_transfer_encoding()
-            .map(|c| c.trim().to_ascii_lowercase());
+        let cte = self.headers.content_transfer_encoding().map(|c| c.trim().to_ascii_lowercase());
         match cte.as_deref() {
             Some("base64") => Cow::Owned(base64_decode(self.body).unwrap_or_else(|| lenient_base64(self.body))),
-            Some("quoted-printable") => {
-                quoted_printable_decode(self.body).map_or(Cow::Borrowed(self.body), Cow::Owned)
-            }
+            Some("quoted-printable") => quoted_printable_decode(self.body).map_or(Cow::Borrowed(self.body), Cow::Owned),
             _ => Cow::Borrowed(self.body),
         }
     }
@@ -147,11 +165,8 @@ impl<'a> Entity<'a> {
 /// Base64 with every byte outside the alphabet dropped: what MUAs do with
 /// stray characters, and better than losing the part.
 fn lenient_base64(body: &[u8]) -> Vec<u8> {
-    let clean: Vec<u8> = body
-        .iter()
-        .copied()
-        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-        .collect();
+    let clean: Vec<u8> =
+        body.iter().copied().filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).collect();
     base64_decode(&clean).unwrap_or_default()
 }
 
@@ -178,9 +193,7 @@ pub(crate) fn find_newline(hay: &[u8]) -> Option<usize> {
 
 /// End of the line starting at `pos` (index of its `\n`, or `len`).
 fn line_end(hay: &[u8], pos: usize) -> usize {
-    hay.get(pos..)
-        .and_then(find_newline)
-        .map_or(hay.len(), |i| pos + i)
+    hay.get(pos..).and_then(find_newline).map_or(hay.len(), |i| pos + i)
 }
 
 /// Offset of the body: after the first empty (or white-space-only) line.
@@ -258,14 +271,8 @@ pub(crate) fn leaves<'a>(top: &Entity<'a>) -> Vec<Entity<'a>> {
     let mut out = Vec::new();
     let mut seen = 0;
     // Entities still to visit, reversed so that popping keeps document order.
-    let mut stack: Vec<(Entity<'a>, usize)> = vec![(
-        Entity {
-            headers: top.headers.clone(),
-            raw: top.raw,
-            body: top.body,
-        },
-        0,
-    )];
+    let mut stack: Vec<(Entity<'a>, usize)> =
+        vec![(Entity { headers: top.headers.clone(), raw: top.raw, body: top.body }, 0)];
     while let Some((e, depth)) = stack.pop() {
         let boundary = match e.mime_type().0.as_str() {
             "multipart" if depth < MAX_DEPTH => e.content_type_param("boundary").map(str::to_string),
@@ -342,8 +349,7 @@ pub(crate) fn find_pec_parts(leaves: &[Entity<'_>]) -> PecParts {
 /// True when the first bytes of `xml` open a `postacert` root element.
 fn looks_like_daticert(xml: &[u8]) -> bool {
     let head = &xml[..xml.len().min(512)];
-    head.windows(b"<postacert".len())
-        .any(|w| w.eq_ignore_ascii_case(b"<postacert"))
+    head.windows(b"<postacert".len()).any(|w| w.eq_ignore_ascii_case(b"<postacert"))
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod inspect;
 pub mod meta;
 mod mime;
+pub use mime::{parse_full, Parsed};
 pub mod reconcile;
 pub mod signature;
 
