@@ -21,7 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row};
 
 /// How a node reaches the shared archive.
 #[derive(Debug, Clone)]
@@ -114,6 +115,14 @@ async fn connect(url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
+/// One statement, unnamed and in one round trip (`query_typed`): named
+/// prepared statements do not survive PgBouncer in transaction mode, which
+/// may hand each statement outside a transaction to another server
+/// connection.
+async fn q(c: &Client, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, String> {
+    c.query_typed(sql, params).await.map_err(pg)
+}
+
 fn pg(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("PostgreSQL: {}: {}", d.code().code(), d.message()),
@@ -140,12 +149,12 @@ impl Link {
             // Two nodes starting at once: one creates, the other waits.
             c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7262746174650001);").await.map_err(pg)?;
             c.batch_execute(SCHEMA).await.map_err(pg)?;
-            c.execute(
+            q(
+                &c,
                 "INSERT INTO pecgate_chain (id, seq, hash) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
-                &[&genesis],
+                &[(&genesis, Type::TEXT)],
             )
-            .await
-            .map_err(pg)?;
+            .await?;
             c.batch_execute("COMMIT").await.map_err(pg)
         })??;
         Ok(link)
@@ -187,7 +196,8 @@ impl Link {
     /// The chain head as committed: (seq, hash).
     pub fn head(&mut self) -> Result<(u64, String), String> {
         self.run(|c| async move {
-            let row = c.query_one("SELECT seq, hash FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?;
+            let rows = q(&c, "SELECT seq, hash FROM pecgate_chain WHERE id = 1", &[]).await?;
+            let row = rows.first().ok_or("PostgreSQL: no chain head row")?;
             Ok((row.get::<_, i64>(0) as u64, row.get::<_, String>(1)))
         })
     }
@@ -196,13 +206,12 @@ impl Link {
     /// node catching up).
     pub fn read_after(&mut self, after: u64, limit: i64) -> Result<Vec<(u64, String)>, String> {
         self.run(move |c| async move {
-            let rows = c
-                .query(
-                    "SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    &[&(after as i64), &limit],
-                )
-                .await
-                .map_err(pg)?;
+            let rows = q(
+                &c,
+                "SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[(&(after as i64), Type::INT8), (&limit, Type::INT8)],
+            )
+            .await?;
             Ok(rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))).collect())
         })
     }
@@ -215,15 +224,17 @@ impl Link {
         }
         let r = self.run(move |c| async move {
             c.batch_execute("BEGIN").await.map_err(pg)?;
-            let head = c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1 FOR UPDATE", &[]).await.map_err(pg)?;
-            let head = head.get::<_, i64>(0) as u64;
+            let head = q(&c, "SELECT seq FROM pecgate_chain WHERE id = 1 FOR UPDATE", &[]).await?;
+            let head = head.first().ok_or("PostgreSQL: no chain head row")?.get::<_, i64>(0) as u64;
             if head <= after {
                 return Ok(Vec::new());
             }
-            let rows = c
-                .query("SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq", &[&(after as i64)])
-                .await
-                .map_err(pg)?;
+            let rows = q(
+                &c,
+                "SELECT seq, line FROM pecgate_journal WHERE seq > $1 ORDER BY seq",
+                &[(&(after as i64), Type::INT8)],
+            )
+            .await?;
             Ok(rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, String>(1))).collect())
         })?;
         self.in_txn = true;
@@ -242,16 +253,20 @@ impl Link {
         let texts: Vec<String> = lines.iter().map(|l| l.1.clone()).collect();
         let r = self.run(move |c| async move {
             if !seqs.is_empty() {
-                c.execute(
+                q(
+                    &c,
                     "INSERT INTO pecgate_journal (seq, line) SELECT * FROM UNNEST($1::int8[], $2::text[])",
-                    &[&seqs, &texts],
+                    &[(&seqs, Type::INT8_ARRAY), (&texts, Type::TEXT_ARRAY)],
                 )
-                .await
-                .map_err(pg)?;
-                c.execute("UPDATE pecgate_chain SET seq = $1, hash = $2 WHERE id = 1", &[&(head.0 as i64), &head.1])
-                    .await
-                    .map_err(pg)?;
-                c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &head.0.to_string()]).await.map_err(pg)?;
+                .await?;
+                let seq = head.0 as i64;
+                q(
+                    &c,
+                    "UPDATE pecgate_chain SET seq = $1, hash = $2 WHERE id = 1",
+                    &[(&seq, Type::INT8), (&head.1, Type::TEXT)],
+                )
+                .await?;
+                q(&c, "SELECT pg_notify($1, $2)", &[(&CHANNEL, Type::TEXT), (&head.0.to_string(), Type::TEXT)]).await?;
             }
             c.batch_execute("COMMIT").await.map_err(pg)
         });
@@ -270,13 +285,13 @@ impl Link {
     pub fn report_applied(&mut self, node: &str, applied: u64) -> Result<(), String> {
         let node = node.to_string();
         self.run(move |c| async move {
-            c.execute(
+            q(
+                &c,
                 "INSERT INTO pecgate_nodes (node, applied, seen_at) VALUES ($1, $2, now())
                  ON CONFLICT (node) DO UPDATE SET applied = EXCLUDED.applied, seen_at = now()",
-                &[&node, &(applied as i64)],
+                &[(&node, Type::TEXT), (&(applied as i64), Type::INT8)],
             )
             .await
-            .map_err(pg)
             .map(|_| ())
         })
     }
@@ -337,7 +352,10 @@ pub fn spawn_listener(
                 let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else { break };
                 // The lag metrics: the head now against what the index had.
                 let mine = applied.load(std::sync::atomic::Ordering::Acquire);
-                match c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await {
+                match q(c, "SELECT seq FROM pecgate_chain WHERE id = 1", &[])
+                    .await
+                    .and_then(|r| r.into_iter().next().ok_or_else(|| "no chain head row".to_string()))
+                {
                     Ok(row) => {
                         let lag = (row.get::<_, i64>(0) as u64).saturating_sub(mine);
                         let m = crate::counters::cluster();
@@ -371,14 +389,13 @@ impl Link {
     pub fn holds(&mut self, fence: &Fence) -> Result<bool, String> {
         let f = fence.clone();
         self.run(move |c| async move {
-            let row = c
-                .query_opt(
-                    "SELECT holder = $2 AND epoch = $3 AND expires_at > now() FROM pecgate_leases WHERE name = $1 FOR SHARE",
-                    &[&f.name, &f.node, &(f.epoch as i64)],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.is_some_and(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)))
+            let rows = q(
+                &c,
+                "SELECT holder = $2 AND epoch = $3 AND expires_at > now() FROM pecgate_leases WHERE name = $1 FOR SHARE",
+                &[(&f.name, Type::TEXT), (&f.node, Type::TEXT), (&(f.epoch as i64), Type::INT8)],
+            )
+            .await?;
+            Ok(rows.first().is_some_and(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)))
         })
     }
 }
@@ -416,22 +433,28 @@ impl Leases {
         let c = self.client().await?;
         let ttl = ttl.as_secs_f64();
         let work = async {
-            c.execute("INSERT INTO pecgate_leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name])
-                .await
-                .map_err(pg)?;
-            let row = c
-                .query_opt(
-                    "UPDATE pecgate_leases SET
-                         epoch = epoch + 1,
-                         holder = $2,
-                         expires_at = now() + make_interval(secs => $3)
-                     WHERE name = $1 AND (holder IS NULL OR holder = $2 OR expires_at IS NULL OR expires_at < now())
-                     RETURNING epoch",
-                    &[&name, &self.node, &ttl],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(row.map(|r| Fence { name: name.to_string(), node: self.node.clone(), epoch: r.get::<_, i64>(0) as u64 }))
+            q(
+                &c,
+                "INSERT INTO pecgate_leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[(&name, Type::TEXT)],
+            )
+            .await?;
+            let rows = q(
+                &c,
+                "UPDATE pecgate_leases SET
+                     epoch = epoch + 1,
+                     holder = $2,
+                     expires_at = now() + make_interval(secs => $3)
+                 WHERE name = $1 AND (holder IS NULL OR holder = $2 OR expires_at IS NULL OR expires_at < now())
+                 RETURNING epoch",
+                &[(&name, Type::TEXT), (&self.node, Type::TEXT), (&ttl, Type::FLOAT8)],
+            )
+            .await?;
+            Ok(rows.first().map(|r| Fence {
+                name: name.to_string(),
+                node: self.node.clone(),
+                epoch: r.get::<_, i64>(0) as u64,
+            }))
         };
         tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
     }
@@ -442,15 +465,19 @@ impl Leases {
         let c = self.client().await?;
         let ttl = ttl.as_secs_f64();
         let work = async {
-            let n = c
-                .execute(
-                    "UPDATE pecgate_leases SET expires_at = now() + make_interval(secs => $4)
-                     WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
-                    &[&fence.name, &fence.node, &(fence.epoch as i64), &ttl],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(n == 1)
+            let rows = q(
+                &c,
+                "UPDATE pecgate_leases SET expires_at = now() + make_interval(secs => $4)
+                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now() RETURNING 1",
+                &[
+                    (&fence.name, Type::TEXT),
+                    (&fence.node, Type::TEXT),
+                    (&(fence.epoch as i64), Type::INT8),
+                    (&ttl, Type::FLOAT8),
+                ],
+            )
+            .await?;
+            Ok(rows.len() == 1)
         };
         tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
     }
@@ -459,9 +486,10 @@ impl Leases {
         if let Ok(c) = self.client().await {
             let _ = tokio::time::timeout(
                 TIMEOUT,
-                c.execute(
+                q(
+                    &c,
                     "UPDATE pecgate_leases SET expires_at = now() WHERE name = $1 AND holder = $2 AND epoch = $3",
-                    &[&fence.name, &fence.node, &(fence.epoch as i64)],
+                    &[(&fence.name, Type::TEXT), (&fence.node, Type::TEXT), (&(fence.epoch as i64), Type::INT8)],
                 ),
             )
             .await;
@@ -529,30 +557,33 @@ impl Status {
 /// Read the cluster's state from PostgreSQL.
 pub async fn status(url: &str) -> Result<Status, String> {
     let c = connect(url).await?;
-    let head =
-        c.query_one("SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await.map_err(pg)?.get::<_, i64>(0) as u64;
-    let nodes = c
-        .query(
-            "SELECT node, applied, extract(epoch FROM now() - seen_at)::float8 FROM pecgate_nodes ORDER BY node",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| {
-            let applied = r.get::<_, i64>(1) as u64;
-            NodeStatus { node: r.get(0), applied, lag: head.saturating_sub(applied), seen_secs_ago: r.get(2) }
-        })
-        .collect();
-    let leases = c
-        .query(
-            "SELECT name, holder, epoch, extract(epoch FROM expires_at - now())::float8 FROM pecgate_leases ORDER BY name",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| LeaseStatus { name: r.get(0), holder: r.get(1), epoch: r.get::<_, i64>(2) as u64, expires_in_secs: r.get(3) })
-        .collect();
+    let head = q(&c, "SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await?;
+    let head = head.first().ok_or("PostgreSQL: no chain head row")?.get::<_, i64>(0) as u64;
+    let nodes = q(
+        &c,
+        "SELECT node, applied, extract(epoch FROM now() - seen_at)::float8 FROM pecgate_nodes ORDER BY node",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let applied = r.get::<_, i64>(1) as u64;
+        NodeStatus { node: r.get(0), applied, lag: head.saturating_sub(applied), seen_secs_ago: r.get(2) }
+    })
+    .collect();
+    let leases = q(
+        &c,
+        "SELECT name, holder, epoch, extract(epoch FROM expires_at - now())::float8 FROM pecgate_leases ORDER BY name",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| LeaseStatus {
+        name: r.get(0),
+        holder: r.get(1),
+        epoch: r.get::<_, i64>(2) as u64,
+        expires_in_secs: r.get(3),
+    })
+    .collect();
     Ok(Status { head, nodes, leases })
 }
