@@ -18,8 +18,7 @@ mod cluster_support;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Postgres, S3, BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY};
-use pecgate::store::cluster::ClusterOptions;
+use cluster_support::{Postgres, S3};
 use pecgate::store::{Audit, Change, Store, StoreOptions};
 
 fn free_port() -> u16 {
@@ -28,23 +27,6 @@ fn free_port() -> u16 {
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn cluster_opts(pg: &Postgres, s3: &S3, node: &str) -> StoreOptions {
-    StoreOptions {
-        cluster: Some(ClusterOptions {
-            postgres: pg.url(),
-            node: node.into(),
-            bucket: pecgate::store::bucket::BucketConfig {
-                endpoint: s3.endpoint(),
-                bucket: BUCKET.into(),
-                region: "us-east-1".into(),
-                access_key: S3_ACCESS_KEY.into(),
-                secret_key: S3_SECRET_KEY.into(),
-            },
-        }),
-        ..StoreOptions::default()
-    }
 }
 
 /// `writers` tasks per store commit one audit record at a time for
@@ -102,11 +84,17 @@ fn main() {
             let stores: Vec<Store> = (0..nodes)
                 .map(|i| {
                     let name = format!("n{nodes}-{i}");
-                    Store::open(&dir.path().join(&name), cluster_opts(&pg, &s3, &name)).expect("cluster store").0
+                    Store::open(&dir.path().join(&name), s3.store_options(&pg, &name)).expect("cluster store").0
                 })
                 .collect();
             let (r, p50, p99) = run(&stores, writers, secs).await;
-            println!("{:<28} {:>12.0} {:>10.2?} {:>10.2?}", format!("cluster, {nodes} node(s), one chain"), r, p50, p99);
+            println!(
+                "{:<28} {:>12.0} {:>10.2?} {:>10.2?}",
+                format!("cluster, {nodes} node(s), one chain"),
+                r,
+                p50,
+                p99
+            );
             for s in stores {
                 s.close().expect("close");
             }

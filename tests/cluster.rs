@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pecgate::store::cluster::ClusterOptions;
 use pecgate::store::{Store, StoreOptions};
-use support::cluster::{Postgres, BUCKET, S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use support::cluster::{Postgres, S3};
 use support::free_port;
 
 const PASSWORD: &str = "pw-Secret-1";
@@ -141,20 +140,7 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn options(pg: &Postgres, s3: &S3, node: &str) -> StoreOptions {
-    StoreOptions {
-        cluster: Some(ClusterOptions {
-            postgres: pg.url(),
-            node: node.into(),
-            bucket: pecgate::store::bucket::BucketConfig {
-                endpoint: s3.endpoint(),
-                bucket: BUCKET.into(),
-                region: "us-east-1".into(),
-                access_key: S3_ACCESS_KEY.into(),
-                secret_key: S3_SECRET_KEY.into(),
-            },
-        }),
-        ..StoreOptions::default()
-    }
+    s3.store_options(pg, node)
 }
 
 /// What a client does on node A is seen on node B (folders, messages,

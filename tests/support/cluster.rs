@@ -225,6 +225,25 @@ impl S3 {
         std::fs::read_to_string(self.dir.path().join("s3s.log")).unwrap_or_default()
     }
 
+    /// The store options of node `node` on this bucket and `pg` (for
+    /// `Store::open` straight from a test or a bench).
+    pub fn store_options(&self, pg: &Postgres, node: &str) -> pecgate::store::StoreOptions {
+        pecgate::store::StoreOptions {
+            cluster: Some(pecgate::store::cluster::ClusterOptions {
+                postgres: pg.url(),
+                node: node.into(),
+                bucket: pecgate::store::bucket::BucketConfig {
+                    endpoint: self.endpoint(),
+                    bucket: BUCKET.into(),
+                    region: "us-east-1".into(),
+                    access_key: S3_ACCESS_KEY.into(),
+                    secret_key: S3_SECRET_KEY.into(),
+                },
+            }),
+            ..pecgate::store::StoreOptions::default()
+        }
+    }
+
     /// The `[store]` section of a node: `node` with its index in
     /// `index_dir`, keys written beside it.
     pub fn store_toml(&self, pg: &Postgres, node: &str, index_dir: &Path) -> String {
