@@ -90,8 +90,9 @@ fn reindex(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let limits = super::extract::Limits::default();
     let started = std::time::Instant::now();
     let mut documents = 0;
+    let mut journal = store.journal();
     loop {
-        let p = super::indexer::pass(&store, &ft, 20_000, &limits, &mut |_, _| {}, &|| false).map_err(anyhow::Error::msg)?;
+        let p = super::indexer::pass(&store, &ft, &mut journal, 20_000, &limits, &mut |_, _| {}, &|| false).map_err(anyhow::Error::msg)?;
         documents += p.documents;
         bar.set_position(p.seq);
         if p.records == 0 {

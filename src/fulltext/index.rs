@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::DateTime;
@@ -76,6 +77,10 @@ pub struct FullText {
     reader: IndexReader,
     writer: Mutex<Option<IndexWriter>>,
     f: Fields,
+    /// The writer's [`FullText::indexed_seq`]: the last commit's, or past
+    /// it over records that had nothing to index ([`FullText::passed`]).
+    /// A read-only opener asks the index's files instead.
+    passed: Option<AtomicU64>,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -288,7 +293,8 @@ impl FullText {
             })?),
             false => None,
         };
-        Ok(FullText { dir, index, reader, writer: Mutex::new(writer), f })
+        let passed = writer.as_ref().map(|_| AtomicU64::new(committed_seq(&index)));
+        Ok(FullText { dir, index, reader, writer: Mutex::new(writer), f, passed })
     }
 
     pub fn dir(&self) -> &Path {
@@ -297,12 +303,21 @@ impl FullText {
 
     /// The last journal record indexed (0: none).
     pub fn indexed_seq(&self) -> u64 {
-        self.index
-            .load_metas()
-            .ok()
-            .and_then(|m| m.payload)
-            .and_then(|p| p.strip_prefix("seq=").and_then(|s| s.parse().ok()))
-            .unwrap_or(0)
+        match &self.passed {
+            Some(p) => p.load(Ordering::Acquire),
+            None => committed_seq(&self.index),
+        }
+    }
+
+    /// The records up to `seq` were read and held nothing to index (flag
+    /// changes, logins): SEARCH need not wait for them. Not committed: a
+    /// commit per flag change cost a tantivy commit (files written,
+    /// fsynced, renamed) each; after a restart those records are read
+    /// again, and again hold nothing.
+    pub fn passed(&self, seq: u64) {
+        if let Some(p) = &self.passed {
+            p.fetch_max(seq, Ordering::AcqRel);
+        }
     }
 
     /// Documents in the index.
@@ -374,6 +389,9 @@ impl FullText {
             c.set_payload(&format!("seq={seq}"));
             c.commit().map(|_| ())
         })?;
+        if let Some(p) = &self.passed {
+            p.store(seq, Ordering::Release);
+        }
         self.reload()
     }
 
@@ -582,6 +600,16 @@ fn snippet(text: &str, words: &[(String, String)]) -> String {
         space(!after.is_empty() && text[to..].starts_with(char::is_whitespace)),
         if end < text.len() { "…" } else { "" }
     )
+}
+
+/// The seq the index's last commit recorded (0: none).
+fn committed_seq(index: &Index) -> u64 {
+    index
+        .load_metas()
+        .ok()
+        .and_then(|m| m.payload)
+        .and_then(|p| p.strip_prefix("seq=").and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

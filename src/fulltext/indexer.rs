@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::extract::{extract, Limits};
 use super::{Analysis, Doc, FullText, Prepared};
-use crate::store::{Event, Store, StoreError};
+use crate::store::{Event, JournalReader, Store, StoreError};
 
 /// Records read per pass (one commit each).
 const PASS_RECORDS: usize = 20_000;
@@ -30,6 +30,8 @@ pub const BATCH: usize = 256;
 /// analysis, most of indexing's work), each with its [`Analysis`] (and
 /// the stems it remembers) from batch to batch.
 pub struct Workers {
+    threads: usize,
+    /// Made at the first documents (a pass over flag changes needs none).
     analyses: Vec<Analysis>,
 }
 
@@ -42,8 +44,8 @@ impl Default for Workers {
 impl Workers {
     /// One per core, up to 4.
     pub fn new() -> Workers {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        Workers { analyses: (0..n).map(|_| Analysis::new()).collect() }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        Workers { threads, analyses: Vec::new() }
     }
 
     /// Each item's document (`make`: `None` when there is none), prepared
@@ -54,6 +56,12 @@ impl Workers {
         items: &[T],
         make: &(dyn Fn(&T) -> Option<Doc> + Sync),
     ) -> Vec<Option<Prepared>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        if self.analyses.is_empty() {
+            self.analyses = (0..self.threads).map(|_| Analysis::new()).collect();
+        }
         let per = items.len().div_ceil(self.analyses.len()).max(1);
         if items.len() <= 1 || self.analyses.len() == 1 {
             let a = &mut self.analyses[0];
@@ -164,6 +172,7 @@ fn kind_of(folder: &str, raw: &[u8]) -> &'static str {
 pub fn pass(
     store: &Store,
     ft: &FullText,
+    journal: &mut JournalReader,
     max_records: usize,
     limits: &Limits,
     progress: &mut dyn FnMut(u64, u64),
@@ -174,7 +183,8 @@ pub fn pass(
     let mut failure: Option<String> = None;
     let mut workers = Workers::new();
     let mut jobs = Vec::with_capacity(BATCH);
-    let r = store.journal().scan_after(after, progress, |line| -> Result<(), Stop> {
+    let mut deleted = false;
+    let r = journal.scan_after_resuming(after, progress, |line| -> Result<(), Stop> {
         let Ok((rec, _)) = line.parsed else {
             // A damaged line: `audit verify` reports it; the index goes on.
             return Ok(());
@@ -214,6 +224,7 @@ pub fn pass(
         }
         match &rec.event {
             Event::Expired { mailbox, items, .. } => {
+                deleted = true;
                 for i in items {
                     if let Err(e) = ft.delete(mailbox, &i.hash) {
                         failure = Some(e.to_string());
@@ -222,6 +233,7 @@ pub fn pass(
                 }
             }
             Event::Purged { mailbox, hashes, .. } => {
+                deleted = true;
                 for h in hashes {
                     if let Err(e) = ft.delete(mailbox, h) {
                         failure = Some(e.to_string());
@@ -248,8 +260,11 @@ pub fn pass(
         return Err(f);
     }
     p.documents += flush(store, ft, limits, &mut workers, &mut jobs)?;
-    if p.seq > after {
+    if p.documents > 0 || deleted {
         ft.commit(p.seq).map_err(|e| e.to_string())?;
+    } else if p.seq > after {
+        // Nothing to index (flag changes, logins): no commit for them.
+        ft.passed(p.seq);
     }
     Ok(p)
 }
@@ -259,6 +274,8 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
     let mut notices = store.subscribe();
     let limits = Limits::default();
     let mut logged_start = false;
+    // Kept from pass to pass: each goes on where the last one stopped.
+    let mut journal = store.journal();
     loop {
         if *shutdown.borrow() {
             return;
@@ -273,8 +290,16 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
             }
             logged_start = true;
             let (s, f, sd) = (store.clone(), ft.clone(), shutdown.clone());
-            let r = tokio::task::spawn_blocking(move || pass(&s, &f, PASS_RECORDS, &limits, &mut |_, _| {}, &|| *sd.borrow()))
-                .await;
+            let mut j = std::mem::replace(&mut journal, store.journal());
+            let r = tokio::task::spawn_blocking(move || {
+                let p = pass(&s, &f, &mut j, PASS_RECORDS, &limits, &mut |_, _| {}, &|| *sd.borrow());
+                (p, j)
+            })
+            .await
+            .map(|(p, j)| {
+                journal = j;
+                p
+            });
             match r {
                 Ok(Ok(p)) => {
                     tracing::debug!(seq = p.seq, records = p.records, documents = p.documents, "full-text: indexed");
@@ -333,7 +358,7 @@ mod tests {
         // Both additions and the removal are read in one pass, the
         // additions still waiting for their batch when the removal comes.
         let ft = FullText::open(dir.path(), true).unwrap();
-        let p = pass(&store, &ft, 1000, &Limits::default(), &mut |_, _| {}, &|| false).unwrap();
+        let p = pass(&store, &ft, &mut store.journal(), 1000, &Limits::default(), &mut |_, _| {}, &|| false).unwrap();
         assert_eq!(p.documents, 2);
         let found = ft.imap_matches(mb, "sollecito", false).unwrap().unwrap();
         assert_eq!(found.len(), 1, "the purged message is not found, the other one is");

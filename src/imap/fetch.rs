@@ -14,6 +14,8 @@ use imap_next::imap_types::extensions::binary::Literal8;
 use imap_next::imap_types::fetch::Section;
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
+use super::anatomy::{Anatomy, Found, PartKind};
+
 /// A parsed message, or `None` if mail-parser gave up (dropped without
 /// recursion however deep its `message/rfc822` parts nest).
 pub fn parse(raw: &[u8]) -> Option<crate::pec::Parsed<'_>> {
@@ -35,20 +37,24 @@ pub fn nstr(bytes: Option<&[u8]>) -> NString<'static> {
 /// Header block of `raw` including the blank line (or all of it).
 pub use crate::store::fields::header_end;
 
-/// The bytes of BODY[section] of the message `raw`.
+/// HEADER, TEXT or HEADER.FIELDS of the message (or encapsulated message)
+/// `r`.
+fn whole(r: &[u8], s: &Section<'_>) -> Vec<u8> {
+    let h = header_end(r);
+    match s {
+        Section::Header(_) => r[..h].to_vec(),
+        Section::Text(_) => r[h..].to_vec(),
+        Section::HeaderFields(_, names) => header_fields(&r[..h], names.as_ref(), true),
+        Section::HeaderFieldsNot(_, names) => header_fields(&r[..h], names.as_ref(), false),
+        Section::Part(_) | Section::Mime(_) => Vec::new(),
+    }
+}
+
+/// The bytes of BODY[section] of the message `raw`, its parts found by a
+/// parse (see [`section_with`] for a message whose anatomy is known).
 pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     let Some(section) = section else {
         return raw.to_vec();
-    };
-    let whole = |r: &[u8], s: &Section<'_>| -> Vec<u8> {
-        let h = header_end(r);
-        match s {
-            Section::Header(_) => r[..h].to_vec(),
-            Section::Text(_) => r[h..].to_vec(),
-            Section::HeaderFields(_, names) => header_fields(&r[..h], names.as_ref(), true),
-            Section::HeaderFieldsNot(_, names) => header_fields(&r[..h], names.as_ref(), false),
-            Section::Part(_) | Section::Mime(_) => Vec::new(),
-        }
     };
     let part = match section {
         Section::Part(p) | Section::Mime(p) => Some(p),
@@ -88,6 +94,60 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
             }
             _ => Vec::new(),
         },
+    }
+}
+
+/// [`section`] with the parts found in `anatomy` instead of by a parse.
+pub fn section_with(raw: &[u8], anatomy: &Anatomy, section: Option<&Section<'_>>) -> Vec<u8> {
+    let part = match section {
+        Some(Section::Part(p) | Section::Mime(p)) => Some(p),
+        Some(Section::Header(p) | Section::Text(p) | Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _)) => {
+            p.as_ref()
+        }
+        None => None,
+    };
+    let (Some(section), Some(part)) = (section, part) else {
+        return self::section(raw, section);
+    };
+    let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
+    let (header, body, end, kind) = match anatomy.part(&numbers) {
+        Found::Part { header, body, end, kind } => (header, body, end, kind),
+        Found::TooDeep => return self::section(raw, Some(section)),
+        Found::Missing => return Vec::new(),
+    };
+    let slice = |a: usize, b: usize| raw.get(a..b).map(<[u8]>::to_vec).unwrap_or_default();
+    match (section, kind) {
+        (Section::Part(_), _) => slice(body, end),
+        (Section::Mime(_), _) => slice(header, body),
+        (_, PartKind::Message { inner_body: Some(inner) }) => {
+            let whole_part = slice(body, end);
+            let h = inner.saturating_sub(body).min(whole_part.len());
+            match section {
+                Section::Text(_) => whole_part[h..].to_vec(),
+                _ => whole(&whole_part[..h], section),
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// [`binary`] with the part found in `anatomy` instead of by a parse.
+pub fn binary_with(raw: &[u8], anatomy: &Anatomy, numbers: &[u32]) -> Result<Vec<u8>, UnknownCte> {
+    if numbers.is_empty() {
+        return Ok(raw.to_vec());
+    }
+    let (body, end, kind) = match anatomy.part(numbers) {
+        Found::Part { body, end, kind, .. } => (body, end, kind),
+        Found::TooDeep => return binary(raw, numbers),
+        Found::Missing => return Ok(Vec::new()),
+    };
+    let body = raw.get(body..end).unwrap_or_default();
+    match kind {
+        PartKind::Multipart | PartKind::Message { .. } => Ok(body.to_vec()),
+        PartKind::Leaf { cte: None | Some("7bit" | "8bit" | "binary") } => Ok(body.to_vec()),
+        PartKind::Leaf { cte: Some("base64") } => Ok(base64(body)),
+        PartKind::Leaf { cte: Some("quoted-printable") } => Ok(quoted_printable(body)),
+        PartKind::Leaf { cte: Some(_) } => Err(UnknownCte),
     }
 }
 
@@ -267,7 +327,7 @@ fn find_part<'a, 'x>(raw: &[u8], msg: &'a Message<'x>, numbers: &[u32]) -> Optio
 /// Is `inner` parsed from `raw` itself (a message/rfc822 part sent as it
 /// is, as RFC 2046 requires), not from a decoded copy whose offsets would
 /// not be `raw`'s?
-fn in_place(raw: &[u8], inner: &Message<'_>) -> bool {
+pub(super) fn in_place(raw: &[u8], inner: &Message<'_>) -> bool {
     let r = inner.raw_message();
     let (start, base) = (r.as_ptr() as usize, raw.as_ptr() as usize);
     start >= base && start + r.len() <= base + raw.len()

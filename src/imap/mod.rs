@@ -10,6 +10,7 @@
 //! * [`sort`], [`thread`]: RFC 5256 SORT and THREAD over what a search
 //!   selected (pure: base subjects, sort keys, ORDEREDSUBJECT, REFERENCES).
 
+pub mod anatomy;
 pub mod catenate;
 pub mod command;
 pub mod context;

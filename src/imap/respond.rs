@@ -3,14 +3,16 @@
 
 use std::num::{NonZeroU32, NonZeroU64};
 
+use imap_next::imap_types::body::BodyStructure;
 use imap_next::imap_types::core::{AString, Atom, IString, Tag, Text, Vec1};
 use imap_next::imap_types::extensions::uidplus::{UidElement, UidSet};
-use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName, Section};
 use imap_next::imap_types::flag::{Flag, FlagFetch, FlagNameAttribute};
 use imap_next::imap_types::mailbox::Mailbox;
 use imap_next::imap_types::response::{Bye, Capability, Code, CodeOther, Data, Status, StatusBody, StatusKind, Tagged};
 use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
+use super::anatomy::{self, Anatomy};
 use super::fetch;
 use super::io::Io;
 use super::shared::Msg;
@@ -262,11 +264,15 @@ pub fn message_items(
     newly_seen: bool,
     raw: Option<&[u8]>,
 ) -> Result<Vec<MessageDataItem<'static>>, fetch::UnknownCte> {
-    // Parsed only for the items that need the structure (ENVELOPE, BODY,
-    // BODYSTRUCTURE): a parse decodes every part, attachments included,
-    // and BODY[] or RFC822.SIZE need none of it.
-    let parsed_cell = std::cell::OnceCell::new();
-    let parsed = || parsed_cell.get_or_init(|| raw.and_then(fetch::parse));
+    // The structure (ENVELOPE, BODY, BODYSTRUCTURE, where a part is) only
+    // for the items that need it, from the shared cache or by one parse:
+    // BODY[] or RFC822.SIZE need none of it.
+    let anatomy_cell = std::cell::OnceCell::new();
+    let anatomy = || {
+        anatomy_cell
+            .get_or_init(|| anatomy::cached(&meta.hash).or_else(|| raw.map(|r| anatomy::of(&meta.hash, r))))
+            .as_deref()
+    };
     let mut out = Vec::new();
     let mut flags_sent = false;
     for n in names {
@@ -281,13 +287,12 @@ pub fn message_items(
                 MessageDataItem::Rfc822Size(u32::try_from(meta.size).unwrap_or(u32::MAX))
             }
             MessageDataItemName::ModSeq => MessageDataItem::ModSeq(nz64(meta.modseq)),
-            MessageDataItemName::Envelope => MessageDataItem::Envelope(fetch::envelope(parsed().as_deref())),
-            MessageDataItemName::Body => {
-                MessageDataItem::Body(fetch::body_structure(raw.unwrap_or_default(), parsed().as_deref()))
-            }
-            MessageDataItemName::BodyStructure => {
-                MessageDataItem::BodyStructure(fetch::body_structure(raw.unwrap_or_default(), parsed().as_deref()))
-            }
+            MessageDataItemName::Envelope => MessageDataItem::Envelope(match anatomy() {
+                Some(a) => a.envelope.clone(),
+                None => fetch::envelope(None),
+            }),
+            MessageDataItemName::Body => MessageDataItem::Body(structure(anatomy())),
+            MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(structure(anatomy())),
             MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec())),
             MessageDataItemName::Rfc822Header => {
                 let r = raw.unwrap_or_default();
@@ -298,7 +303,12 @@ pub fn message_items(
                 MessageDataItem::Rfc822Text(fetch::literal(r[fetch::header_end(r)..].to_vec()))
             }
             MessageDataItemName::BodyExt { section, partial, .. } => {
-                let bytes = fetch::partial(fetch::section(raw.unwrap_or_default(), section.as_ref()), *partial);
+                let r = raw.unwrap_or_default();
+                let bytes = match anatomy() {
+                    Some(a) if section_needs_parts(section.as_ref()) => fetch::section_with(r, a, section.as_ref()),
+                    _ => fetch::section(r, section.as_ref()),
+                };
+                let bytes = fetch::partial(bytes, *partial);
                 MessageDataItem::BodyExt {
                     section: section.clone(),
                     origin: partial.map(|p| p.0),
@@ -307,7 +317,7 @@ pub fn message_items(
             }
             MessageDataItemName::Binary { section, partial, .. } => {
                 let numbers: Vec<u32> = section.iter().map(|n| n.get()).collect();
-                match fetch::binary(raw.unwrap_or_default(), &numbers) {
+                match binary(raw.unwrap_or_default(), &numbers, anatomy()) {
                     Ok(bytes) => MessageDataItem::Binary {
                         section: section.clone(),
                         value: fetch::literal8(fetch::partial(bytes, *partial)),
@@ -317,7 +327,7 @@ pub fn message_items(
             }
             MessageDataItemName::BinarySize { section } => {
                 let numbers: Vec<u32> = section.iter().map(|n| n.get()).collect();
-                match fetch::binary(raw.unwrap_or_default(), &numbers) {
+                match binary(raw.unwrap_or_default(), &numbers, anatomy()) {
                     Ok(bytes) => MessageDataItem::BinarySize {
                         section: section.clone(),
                         size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
@@ -332,6 +342,50 @@ pub fn message_items(
         out.push(MessageDataItem::Flags(flags_of(meta, true, recent)));
     }
     Ok(out)
+}
+
+fn structure(anatomy: Option<&Anatomy>) -> BodyStructure<'static> {
+    match anatomy {
+        Some(a) => a.structure.clone(),
+        None => fetch::body_structure(&[], None),
+    }
+}
+
+fn binary(raw: &[u8], numbers: &[u32], anatomy: Option<&Anatomy>) -> Result<Vec<u8>, fetch::UnknownCte> {
+    match anatomy {
+        Some(a) if !numbers.is_empty() => fetch::binary_with(raw, a, numbers),
+        _ => fetch::binary(raw, numbers),
+    }
+}
+
+/// Does BODY[section] name a part (found in the structure), not the whole
+/// message's header or text?
+fn section_needs_parts(section: Option<&Section<'_>>) -> bool {
+    match section {
+        None => false,
+        Some(Section::Part(_) | Section::Mime(_)) => true,
+        Some(Section::Header(p) | Section::Text(p) | Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _)) => {
+            p.is_some()
+        }
+    }
+}
+
+/// Can FETCH of `names` be answered without the message's bytes when its
+/// anatomy is cached? (Only the structure items and those from the index.)
+pub fn structure_only(names: &[MessageDataItemName<'_>]) -> bool {
+    names.iter().all(|n| {
+        matches!(
+            n,
+            MessageDataItemName::Uid
+                | MessageDataItemName::Flags
+                | MessageDataItemName::InternalDate
+                | MessageDataItemName::Rfc822Size
+                | MessageDataItemName::ModSeq
+                | MessageDataItemName::Envelope
+                | MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure
+        )
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::super::respond::*;
 use super::super::shared::{Entries, Msg};
 use super::super::uidset::UidSet;
 use super::super::view::{self, is_pec_keyword};
-use super::super::{context, search, sort, thread};
+use super::super::{anatomy, context, search, sort, thread};
 use super::{transfer, Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling::{self, Transition as HTransition};
@@ -573,6 +573,7 @@ async fn fetch(
                 | MessageDataItemName::ModSeq
         )
     });
+    let structure_only = structure_only(&names);
     // A partial BINARY answers with its origin (see `fetch_line`).
     let origins: Vec<Option<u32>> = names
         .iter()
@@ -586,11 +587,22 @@ async fn fetch(
         // The chunk's blobs read by one blocking task (or a few, for big
         // messages), not one each: a task per message cost as much in
         // scheduling and wake-ups as the reads.
+        // Structure items of a message whose anatomy is cached need no read.
+        let reads: Vec<bool> = chunk
+            .iter()
+            .map(|(seq, _)| {
+                needs_raw
+                    && !(structure_only
+                        && sel.msgs.get(*seq as usize - 1).is_some_and(|(_, m)| anatomy::cached(&m.hash).is_some()))
+            })
+            .collect();
         let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
-        if needs_raw {
+        if reads.contains(&true) {
             let hashes: Vec<String> = chunk
                 .iter()
-                .filter_map(|(seq, _)| sel.msgs.get(*seq as usize - 1))
+                .zip(&reads)
+                .filter(|(_, read)| **read)
+                .filter_map(|((seq, _), _)| sel.msgs.get(*seq as usize - 1))
                 .map(|(_, m)| m.hash.hex())
                 .collect();
             let mut from = 0;
@@ -621,11 +633,11 @@ async fn fetch(
             }
         }
         let mut raws = raws.into_iter();
-        for (seq, u) in chunk {
+        for ((seq, u), read) in chunk.iter().zip(reads) {
             let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
             let meta = meta.clone();
             let seen = sel.seen.contains(*u);
-            let raw = if needs_raw {
+            let raw = if read {
                 match raws.next().flatten() {
                     Some(b) => Some(b),
                     None => {
