@@ -9,7 +9,8 @@
 //! (tests/imap/binary.py), ESEARCH and LIST-EXTENDED (search_list.py),
 //! ESORT, SORT=DISPLAY and PARTIAL (esort.py), CONTEXT=SEARCH and
 //! CONTEXT=SORT (context.py), CATENATE (catenate.py), NOTIFY (notify.py);
-//! per-user subscriptions (subscriptions.py), also after a rebuilt index.
+//! per-user subscriptions (subscriptions.py), also after a rebuilt index;
+//! SEARCH TEXT over every header field (search_text.py).
 
 mod imap_support;
 
@@ -64,6 +65,13 @@ fn catenate() {
 #[test]
 fn notify() {
     script("notify.py");
+}
+
+/// SEARCH TEXT finds a word only in a header field of its own, BODY does
+/// not (imaptest search-body's first half).
+#[test]
+fn search_text_sees_every_header_field() {
+    script("search_text.py");
 }
 
 /// SUBSCRIBE, UNSUBSCRIBE, LSUB and LIST (SUBSCRIBED ...) as RFC 3501 and
