@@ -1,4 +1,4 @@
-"""Per-user subscriptions against `pecgate serve`, after RFC 3501
+"""Per-user subscriptions against `pecgate serve` through imaplib, after RFC 3501
 §6.3.6-6.3.9 (SUBSCRIBE, UNSUBSCRIBE, LSUB) and RFC 5258 (LIST-EXTENDED's
 SUBSCRIBED selection and return option, RECURSIVEMATCH, CHILDINFO,
 \\NonExistent).
@@ -27,16 +27,27 @@ the subscriptions are still what `run` left.
 import re
 import sys
 
-from common import check, done
-from helpers import Raw
+from common import check, done, login
 
 PHASE = sys.argv[4] if len(sys.argv) > 4 else "run"
 
 
-def ok(r, tag, cmd, what):
-    lines, t = r.command(tag, cmd)
-    check(t is not None and t.startswith(tag.encode() + b" OK"), what, (cmd, lines, t))
-    return lines
+def ok(m, name, *args):
+    """`name args` through imaplib, checked OK; its untagged `name` lines
+    as the server wrote them (`* LIST (...) "/" name ...`)."""
+    typ, data = m._simple_command(name, *args)
+    check(typ == "OK", f"{name} {' '.join(args)}", data)
+    typ, data = m._untagged_response(typ, data, name)
+    return [b"* " + name.encode() + b" " + d for d in data if isinstance(d, bytes)]
+
+
+def answer(m, name, *args):
+    """(type, text) of the tagged answer, NO included."""
+    try:
+        typ, data = m._simple_command(name, *args)
+    except m.error as e:
+        return "BAD", str(e).encode()
+    return typ, (data[-1] if data and isinstance(data[-1], bytes) else b"")
 
 
 def listed(lines, kind=b"LIST"):
@@ -51,13 +62,13 @@ def listed(lines, kind=b"LIST"):
     return out
 
 
-def lsub(r, tag, pattern):
-    return listed(ok(r, tag, f'LSUB "" "{pattern}"', f"LSUB {pattern}"), b"LSUB")
+def lsub(m, pattern):
+    return listed(ok(m, "LSUB", '""', f'"{pattern}"'), b"LSUB")
 
 
-def verify(r, who):
+def verify(m, who):
     """What `run` leaves: checked in `run` and again after a rebuild."""
-    got = lsub(r, f"v{who}", "*")
+    got = lsub(m, "*")
     if who == "mario":
         check("prot/INBOX" in got and "INBOX" in got and "prot/Sent" in got,
               "mario: the gateway's folders he did not unsubscribe", sorted(got))
@@ -70,8 +81,7 @@ def verify(r, who):
               "anna: her subscription moved with the RENAME", sorted(got))
 
 
-mario, anna = Raw(), Raw()
-check(mario.login("mario") and anna.login("anna"), "mario and anna log in")
+mario, anna = login("mario"), login("anna")
 
 if PHASE == "verify":
     verify(mario, "mario")
@@ -79,68 +89,68 @@ if PHASE == "verify":
     done()
     sys.exit(0)
 
-got = lsub(mario, "s1", "*")
+got = lsub(mario, "*")
 check({"INBOX", "prot/INBOX", "prot/Sent", "prot/Receipts", "Drafts"} <= set(got),
       "by default INBOX, the gateway's folders and Drafts are subscribed", sorted(got))
 check("prot" not in got, "a mailbox's parent is not subscribed", sorted(got))
 
-ok(mario, "c1", 'CREATE "prot/Sub/a"', "CREATE prot/Sub/a (and its parent)")
-ok(mario, "c2", 'CREATE "prot/Gone"', "CREATE prot/Gone")
-got = lsub(mario, "s2", "prot/*")
+ok(mario, "CREATE", '"prot/Sub/a"')
+ok(mario, "CREATE", '"prot/Gone"')
+got = lsub(mario, "prot/*")
 check(not any(n.startswith("prot/Sub") or n == "prot/Gone" for n in got),
       "CREATE does not subscribe (RFC 3501 §6.3.3)", sorted(got))
 
-ok(mario, "u1", 'SUBSCRIBE "prot/Sub/a"', "SUBSCRIBE prot/Sub/a")
-ok(mario, "u2", 'SUBSCRIBE "prot/Gone"', "SUBSCRIBE prot/Gone")
-ok(anna, "u3", 'SUBSCRIBE "prot/Sub/a"', "anna subscribes prot/Sub/a too")
-lines, t = mario.command("u4", 'SUBSCRIBE "prot/Nope"')
-check(t is not None and t.startswith(b"u4 NO [NONEXISTENT]"), "SUBSCRIBE of a name nobody has: NO [NONEXISTENT]", t)
+ok(mario, "SUBSCRIBE", '"prot/Sub/a"')
+ok(mario, "SUBSCRIBE", '"prot/Gone"')
+ok(anna, "SUBSCRIBE", '"prot/Sub/a"')
+typ, text = answer(mario, "SUBSCRIBE", '"prot/Nope"')
+check(typ == "NO" and text.startswith(b"[NONEXISTENT]"), "SUBSCRIBE of a name nobody has: NO [NONEXISTENT]", text)
 
 # RFC 3501 §6.3.9: `%` does not reach prot/Sub/a, so its unsubscribed
 # parent is shown, \Noselect.
-got = lsub(mario, "s3", "prot/%")
+got = lsub(mario, "prot/%")
 check(got.get("prot/Sub", (set(),))[0] == {"\\noselect"}, "LSUB prot/%: the parent as \\Noselect", got)
 check("prot/Sub/a" not in got and "prot/Gone" in got and "prot/INBOX" in got, "LSUB prot/%: the level asked", got)
-got = lsub(mario, "s4", "prot/Sub*")
+got = lsub(mario, "prot/Sub*")
 check(list(got) == ["prot/Sub/a"] and "\\noselect" not in got["prot/Sub/a"][0],
       "LSUB prot/Sub*: only the subscribed child, selectable", got)
 
-ok(mario, "u5", 'UNSUBSCRIBE "prot/Receipts"', "UNSUBSCRIBE one of the gateway's folders")
-check("prot/Receipts" not in lsub(mario, "s5", "prot/*"), "it is no longer listed by LSUB")
-got = listed(ok(mario, "l1", 'LIST "" "prot/%" RETURN (SUBSCRIBED)', "LIST RETURN (SUBSCRIBED)"))
+ok(mario, "UNSUBSCRIBE", '"prot/Receipts"')
+check("prot/Receipts" not in lsub(mario, "prot/*"), "it is no longer listed by LSUB")
+got = listed(ok(mario, "LIST", '""', '"prot/%"', 'RETURN', '(SUBSCRIBED)'))
 check("\\subscribed" in got["prot/INBOX"][0] and "\\subscribed" not in got["prot/Receipts"][0]
       and "\\subscribed" not in got["prot/Sub"][0], "RETURN (SUBSCRIBED) marks only the subscribed", got)
-check("prot/Receipts" in lsub(anna, "s6", "prot/*"), "anna's subscriptions are her own")
-lines, t = mario.command("u6", 'UNSUBSCRIBE "prot/Receipts"')
-check(t is not None and t.startswith(b"u6 OK"), "UNSUBSCRIBE again: OK, nothing to change", t)
+check("prot/Receipts" in lsub(anna, "prot/*"), "anna's subscriptions are her own")
+typ, text = answer(mario, "UNSUBSCRIBE", '"prot/Receipts"')
+check(typ == "OK", "UNSUBSCRIBE again: OK, nothing to change", text)
 
 # RFC 5258 §5 example 3: a subscribed name whose folder is gone.
-ok(mario, "d1", 'DELETE "prot/Gone"', "DELETE prot/Gone")
-got = listed(ok(mario, "l2", 'LIST (SUBSCRIBED) "" "prot/*"', "LIST (SUBSCRIBED)"))
+ok(mario, "DELETE", '"prot/Gone"')
+got = listed(ok(mario, "LIST", '(SUBSCRIBED)', '""', '"prot/*"'))
 check(got.get("prot/Gone", (set(),))[0] == {"\\subscribed", "\\nonexistent"},
       "LIST (SUBSCRIBED): the deleted folder is \\Subscribed \\NonExistent", got)
 check("\\subscribed" in got.get("prot/Sub/a", (set(),))[0] and "prot/Sub" not in got and "prot/Receipts" not in got,
       "LIST (SUBSCRIBED): only subscribed names", got)
-got = listed(ok(mario, "l3", 'LIST "" "prot/*"', "plain LIST"))
+got = listed(ok(mario, "LIST", '""', '"prot/*"'))
 check("prot/Gone" not in got, "a plain LIST does not show the deleted folder", sorted(got))
 
 # RFC 5258 §5 example 8: RECURSIVEMATCH.
-got = listed(ok(mario, "l4", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "prot/%" RETURN (CHILDREN)', "RECURSIVEMATCH"))
+got = listed(ok(mario, "LIST", '(SUBSCRIBED RECURSIVEMATCH)', '""', '"prot/%"', 'RETURN', '(CHILDREN)'))
 sub = got.get("prot/Sub")
 check(sub is not None and "\\subscribed" not in sub[0] and "\\haschildren" in sub[0]
       and sub[1] == '("CHILDINFO" ("SUBSCRIBED"))',
       "an unsubscribed parent of a subscribed child: CHILDINFO (\"SUBSCRIBED\")", got)
 check("\\subscribed" in got["prot/INBOX"][0] and got["prot/INBOX"][1] == "", "a subscribed folder: no CHILDINFO", got)
-got = listed(ok(mario, "l5", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" ("prot/Sub" "prot/Sub/a")', "RECURSIVEMATCH, child matched"))
+got = listed(ok(mario, "LIST", '(SUBSCRIBED RECURSIVEMATCH)', '""', '("prot/Sub" "prot/Sub/a")'))
 check("prot/Sub" not in got and "prot/Sub/a" in got, "no CHILDINFO when the child matches itself", got)
 
 # RENAME moves every user's subscriptions of the category and its children.
-ok(mario, "r1", 'RENAME "prot/Sub" "prot/Moved"', "RENAME prot/Sub prot/Moved")
+ok(mario, "RENAME", '"prot/Sub"', '"prot/Moved"')
 verify(mario, "mario")
 verify(anna, "anna")
-got = listed(ok(mario, "l6", 'LIST (SUBSCRIBED) "" "prot/Moved*"', "LIST (SUBSCRIBED) after RENAME"))
+got = listed(ok(mario, "LIST", '(SUBSCRIBED)', '""', '"prot/Moved*"'))
 check(set(got) == {"prot/Moved/a"} and "\\nonexistent" not in got["prot/Moved/a"][0],
       "the new name is subscribed and exists", got)
-mario.close()
-anna.close()
+mario.logout()
+anna.logout()
 done()
