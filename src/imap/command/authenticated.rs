@@ -549,12 +549,16 @@ fn list_names(
         // RFC 3501 §6.3.9: LSUB's `%` shows an unsubscribed parent of a
         // subscribed inferior as `\Noselect`; RFC 5258: RECURSIVEMATCH.
         let recursive = if lsub { fulls.iter().any(|f| f.contains(&b'%')) } else { opts.recursive };
+        let entries: std::collections::HashMap<&str, &ListEntry> = tree.iter().map(|e| (e.name.as_str(), e)).collect();
         for l in subscriptions::lines(&tree, &subs, &matches, recursive) {
-            let e = tree.iter().find(|e| e.name == l.name);
+            let e = entries.get(l.name.as_str()).copied();
             if opts.special_use_only && !special(e) {
                 continue;
             }
-            let items = match (lsub, e) {
+            // LSUB: `\Noselect` for a name listed for its inferior or one
+            // that cannot be selected; LIST: the folder's attributes, or
+            // `\NonExistent` for a name without one (RFC 5258 §3.4).
+            let mut items = match (lsub, e) {
                 (true, _) if !l.subscribed || e.is_some_and(|e| e.folder.is_none()) => {
                     vec![FlagNameAttribute::Noselect]
                 }
@@ -562,7 +566,6 @@ fn list_names(
                 (false, Some(e)) => attributes(e, &parents),
                 (false, None) => attr("NonExistent").into_iter().collect(),
             };
-            let mut items = items;
             if !lsub && l.subscribed {
                 items.extend(attr("Subscribed"));
             }
