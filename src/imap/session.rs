@@ -245,19 +245,19 @@ fn notify_others(
     };
     let mut sent = false;
     let tree = user.view.tree();
-    let subs = match nt.uses_subscribed() {
-        true => user.view.store.subscriptions(&user.view.user.name).unwrap_or_else(|e| {
+    // Read only for a SUBSCRIBED group (RFC 5465 §6).
+    let subs = nt.uses_subscribed().then(|| {
+        let choices = user.view.store.subscriptions(&user.view.user.name).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "NOTIFY: cannot read the subscriptions");
             Vec::new()
-        }),
-        false => Vec::new(),
-    };
-    let subs = super::subscriptions::Subscriptions::new(&tree, subs);
-    for f in tree.into_iter().filter_map(|e| e.folder) {
+        });
+        super::subscriptions::Subscriptions::new(&tree, choices)
+    });
+    for f in tree.iter().filter_map(|e| e.folder.as_ref()) {
         if selected == Some(f.name.as_str()) {
             continue;
         }
-        let Some(events) = nt.other(&f, subs.is_subscribed(&f.name)) else { continue };
+        let Some(events) = nt.other(&f, subs.as_ref().is_some_and(|s| s.is_subscribed(&f.name))) else { continue };
         let touched = notice.is_none_or(|n| {
             n.mailbox == f.mailbox
                 && (n.folder.as_str() == f.source() || f.shows_sent() || f.trash || f.handling.is_some())

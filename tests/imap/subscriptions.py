@@ -24,6 +24,7 @@ on prot) and anna (read, triage on prot). phase `run` (default) does the
 above; `verify` (after the index was rebuilt from the journal) checks that
 the subscriptions are still what `run` left.
 """
+import imaplib
 import re
 import sys
 
@@ -123,6 +124,16 @@ check("\\subscribed" in got["prot/INBOX"][0] and "\\subscribed" not in got["prot
 check("prot/Receipts" in lsub(anna, "prot/*"), "anna's subscriptions are her own")
 typ, text = answer(mario, "UNSUBSCRIBE", '"prot/Receipts"')
 check(typ == "OK", "UNSUBSCRIBE again: OK, nothing to change", text)
+
+# NOTIFY (RFC 5465 §6): SUBSCRIBED is the folders subscribed now; SET
+# STATUS tells each one's state at once.
+imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
+ok(mario, "NOTIFY", "SET", "STATUS", "(subscribed (MessageNew))")
+typ, data = mario._untagged_response("OK", [None], "STATUS")
+told = {re.match(rb'"?([^"(]*?)"? \(', d).group(1).decode() for d in data if isinstance(d, bytes)}
+check("prot/INBOX" in told and "prot/Receipts" not in told and "prot/Sub" not in told,
+      "NOTIFY SET STATUS (subscribed ...): the subscribed folders only", sorted(told))
+ok(mario, "NOTIFY", "NONE")
 
 # RFC 5258 §5 example 3: a subscribed name whose folder is gone.
 ok(mario, "DELETE", '"prot/Gone"')
