@@ -250,7 +250,7 @@ fn words_inside_envelopes_pdfs_and_p7m_are_found_by_those_who_may_read_them() {
     let before = answers(&env);
     let mut gw = env.gw;
     assert_eq!(gw.stop(), Some(0));
-    let index_dir = gw.data_dir.join("fulltext-v2");
+    let index_dir = gw.data_dir.join("fulltext-v3");
     assert!(index_dir.is_dir());
     std::fs::remove_dir_all(&index_dir).unwrap();
     let out = Command::new(pecgate_bin()).args(["search", "reindex", "--config", gw.config_path.to_str().unwrap()]).output().unwrap();

@@ -152,3 +152,59 @@ fn old_pec_metadata_reads_typed() {
     assert_eq!(rows[0].sender.as_deref(), Some("protocollo@pec.comune.example.it"));
     assert!(rows[0].subject.as_deref().is_some_and(|s| s.contains("Sollecito")), "{:?}", rows[0].subject);
 }
+
+/// The subscription records (per-user SUBSCRIBE/UNSUBSCRIBE, and a
+/// category RENAME moving subscriptions) have one written form: these
+/// lines read into the events and write back to the same bytes.
+#[test]
+fn subscription_records_have_a_fixed_form() {
+    use pecgate::store::{Event, Record};
+    let lines = [
+        (
+            r#"{"seq":24,"time":"2026-12-06T09:00:00.408003Z","actor":"mario","source":"127.0.0.1:50000","proto":"imap","op":"unsubscribe","mailbox":"protocollo","folder":"Receipts","outcome":"ok","event":{"type":"subscription-changed","user":"mario","name":"protocollo/Receipts","subscribed":false},"prev":"ab32f588f87af32442470064bcf3190998622c51d1459e74c481e9bea453074d"}"#,
+            Event::SubscriptionChanged { user: "mario".into(), name: "protocollo/Receipts".into(), subscribed: false },
+        ),
+        (
+            r#"{"seq":25,"time":"2026-12-06T09:00:01.000001Z","actor":"mario","source":"127.0.0.1:50000","proto":"imap","op":"rename","mailbox":"protocollo","folder":"Contratti","outcome":"ok","event":{"type":"subscriptions-renamed","from":"protocollo/Contratti","to":"protocollo/Archivio/Contratti"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}"#,
+            Event::SubscriptionsRenamed {
+                from: "protocollo/Contratti".into(),
+                to: "protocollo/Archivio/Contratti".into(),
+            },
+        ),
+    ];
+    for (body, event) in lines {
+        let rec: Record = serde_json::from_str(body).unwrap();
+        assert_eq!(rec.event, event);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), body);
+        let (line, hash) = encode_line(&rec);
+        assert_eq!(decode_line(&line).unwrap(), (rec, hash));
+    }
+}
+
+/// An old journal with subscription records after it: the index built
+/// from it (at open, and again by rebuild-index) holds them.
+#[tokio::test]
+async fn subscriptions_after_an_old_journal_rebuild() {
+    use pecgate::store::{Audit, Change};
+    let d = data_dir();
+    let (st, _) = Store::open(d.path(), StoreOptions::default()).unwrap();
+    let a = |op: &str| Audit::user("mario", Some("127.0.0.1:1".into()), "imap", op);
+    let sub = |name: &str, on| Change::Subscribe { user: "mario".into(), name: name.into(), subscribed: on };
+    st.commit(a("subscribe"), sub("protocollo/Contratti/2026", true)).await.unwrap();
+    st.commit(a("unsubscribe"), sub("protocollo/Receipts", false)).await.unwrap();
+    let from = "protocollo/Contratti".to_string();
+    st.commit(a("rename"), Change::RenameSubscriptions { from, to: "protocollo/Archivio".into() }).await.unwrap();
+    let want = vec![("protocollo/Archivio/2026".to_string(), true), ("protocollo/Receipts".to_string(), false)];
+    assert_eq!(st.subscriptions("mario").unwrap(), want);
+    assert_eq!(st.subscriptions("anna").unwrap(), vec![]);
+    st.close().unwrap();
+    drop(st);
+    let t0 = std::time::Instant::now();
+    while let Err(e) = pecgate::store::rebuild_index(d.path(), &mut |_, _| {}) {
+        assert!(matches!(e, pecgate::store::StoreError::Locked(_)) && t0.elapsed().as_secs() < 10, "rebuild: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (st, _) = Store::open(d.path(), StoreOptions::default()).unwrap();
+    assert_eq!(st.subscriptions("mario").unwrap(), want);
+    st.close().unwrap();
+}

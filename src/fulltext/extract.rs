@@ -1,5 +1,7 @@
 //! What the full-text index reads of a message: its subject, sender and
-//! recipients, and the text of everything a person would read in it: text
+//! recipients, its other header fields' values (for IMAP `SEARCH TEXT`,
+//! which is "the header or body", RFC 3501 §6.4.4), and the text of
+//! everything a person would read in it: text
 //! parts (HTML as text), for a certified envelope the original message
 //! inside (`postacert.eml`) and its attachments, the `daticert.xml`
 //! fields, PDF attachments' text, text attachments, and the document
@@ -15,12 +17,14 @@
 
 use std::time::{Duration, Instant};
 
-use mail_parser::{Message, MimeHeaders, PartType};
+use mail_parser::{HeaderValue, Message, MimeHeaders, PartType};
 
 /// Bounds on the work one message may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub text_bytes: usize,
+    /// Of the other header fields' values ([`Extracted::headers`]).
+    pub header_bytes: usize,
     pub pdf_bytes: usize,
     pub pdf_pages: usize,
     pub pdf_page_inflated: usize,
@@ -33,6 +37,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             text_bytes: 1 << 20,
+            header_bytes: 64 << 10,
             pdf_bytes: 25 << 20,
             pdf_pages: 200,
             pdf_page_inflated: 4 << 20,
@@ -53,6 +58,10 @@ pub struct Extracted {
     pub to: String,
     /// Everything else a person reads: text parts, attachments, daticert.
     pub body: String,
+    /// The values of the message's other header fields (`X-Ricevuta`,
+    /// `Message-ID`, `Reply-To`, `X-Header` …), one a line: see
+    /// [`other_headers`].
+    pub headers: String,
     /// Attachments left out, each with why (for the log).
     pub skipped: Vec<String>,
 }
@@ -67,8 +76,46 @@ pub fn extract(raw: &[u8], limits: &Limits) -> Extracted {
     out.subject = m.subject().unwrap_or_default().to_string();
     out.from = addresses(m.from());
     out.to = [addresses(m.to()), addresses(m.cc())].join(" ").trim().to_string();
+    out.headers = other_headers(&m, raw, limits.header_bytes);
     let mut w = Walk { limits, out: &mut out, started: Instant::now() };
     w.message(&m, 0);
+    out
+}
+
+/// Header fields with a field of their own in the index, and those that
+/// hold encoded bytes nobody searches for (signatures): not in
+/// [`other_headers`].
+const OWN_OR_OPAQUE: [&str; 7] =
+    ["subject", "from", "to", "cc", "dkim-signature", "x-google-dkim-signature", "authentication-results"];
+
+/// The values of `m`'s own header fields but [`OWN_OR_OPAQUE`] and
+/// `ARC-*`, one a line, at most `room` bytes: unstructured ones decoded
+/// (encoded words), the others as written in `raw`.
+fn other_headers(m: &Message<'_>, raw: &[u8], room: usize) -> String {
+    let mut out = String::new();
+    for h in m.headers() {
+        let name = h.name.as_str().to_ascii_lowercase();
+        if OWN_OR_OPAQUE.contains(&name.as_str()) || name.starts_with("arc-") {
+            continue;
+        }
+        match &h.value {
+            HeaderValue::Text(t) => out.push_str(t),
+            HeaderValue::TextList(l) => out.push_str(&l.join(" ")),
+            _ => {
+                let value = raw.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+                out.push_str(String::from_utf8_lossy(value).trim());
+            }
+        }
+        out.push('\n');
+        if out.len() >= room {
+            let mut cut = room;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            break;
+        }
+    }
     out
 }
 
@@ -303,6 +350,26 @@ mod tests {
         w.attachment("falso.pdf.p7m", "", b"not pkcs7", 0);
         assert_eq!(out.skipped.len(), 3, "{:?}", out.skipped);
         assert!(out.skipped[0].contains("over the 100 limit"));
+    }
+
+    /// SEARCH TEXT is "the header or body" (RFC 3501 §6.4.4): every other
+    /// field's value is kept, decoded, apart from the body; the fields the
+    /// index holds apart and signatures are not repeated.
+    #[test]
+    fn the_other_header_fields_are_kept_apart_from_the_body() {
+        let raw = "From: a@example.it\r\nTo: b@example.it\r\nCc: c@example.it\r\nSubject: oggetto\r\n\
+                   X-Header: qwertyuiop\r\nX-Riferimento-Message-ID: <opec42@pec.example.it>\r\n\
+                   Comments: =?utf-8?q?perch=C3=A9_no?=\r\nDKIM-Signature: v=1; b=QUJDREVGRw==\r\n\
+                   ARC-Seal: i=1; b=WFla\r\n\r\ntesto\r\n";
+        let e = extract(raw.as_bytes(), &Limits::default());
+        assert!(e.headers.contains("qwertyuiop") && !e.body.contains("qwertyuiop"), "{e:?}");
+        assert!(e.headers.contains("opec42@pec.example.it"), "{e:?}");
+        assert!(e.headers.contains("perché no"), "encoded words decoded: {e:?}");
+        for own in ["oggetto", "a@example.it", "b@example.it", "c@example.it", "QUJDREVGRw", "WFla"] {
+            assert!(!e.headers.contains(own), "{own}: {e:?}");
+        }
+        let small = Limits { header_bytes: 12, ..Limits::default() };
+        assert!(extract(raw.as_bytes(), &small).headers.len() <= 12);
     }
 
     #[test]

@@ -23,9 +23,10 @@ use super::{Doc, Filter, FullTextError, Hit, Result};
 /// made (stems, or words as written), separated by spaces.
 const TERMS: &str = "terms";
 /// Bump when the schema or the analysis changes: the index is rebuilt
-/// (in a directory of this name; older ones are removed).
-const FORMAT: &str = "fulltext-v2";
-const OLDER_FORMATS: [&str; 1] = ["fulltext-v1"];
+/// (in a directory of this name; older ones are removed). v3: the other
+/// header fields (`headers`), for SEARCH TEXT.
+const FORMAT: &str = "fulltext-v3";
+const OLDER_FORMATS: [&str; 2] = ["fulltext-v1", "fulltext-v2"];
 /// The writer's memory, shared by its indexing threads: what a segment
 /// may grow to in memory before it is written (larger: fewer segments to
 /// merge later).
@@ -54,6 +55,12 @@ struct Fields {
     from_raw: Field,
     to_raw: Field,
     body_raw: Field,
+    /// The other header fields' values (`Extracted::headers`), each word
+    /// as written once: asked by SEARCH TEXT only (not BODY, not the
+    /// ranked search), by a word or its start. No stems: header values are
+    /// addresses, identifiers and dates far more than prose, and the index
+    /// grows by one field, not two.
+    headers_raw: Field,
     preview: Field,
     date: Field,
     kind: Field,
@@ -68,6 +75,14 @@ impl Fields {
             (self.from, self.from_raw),
             (self.to, self.to_raw),
         ]
+    }
+
+    /// What IMAP's TEXT asks: every text field and the other headers.
+    fn header_and_body(&self) -> Vec<(Field, Field)> {
+        let mut all = self.all();
+        // The word as written stands in for its stem.
+        all.push((self.headers_raw, self.headers_raw));
+        all
     }
 }
 
@@ -114,6 +129,7 @@ fn schema() -> (Schema, Fields) {
         from_raw: b.add_text_field("from_raw", raw()),
         to_raw: b.add_text_field("to_raw", raw()),
         body_raw: b.add_text_field("body_raw", raw()),
+        headers_raw: b.add_text_field("headers_raw", raw()),
         preview: b.add_text_field("preview", TextOptions::default().set_stored()),
         date: b.add_i64_field("date", INDEXED | FAST | STORED),
         kind: b.add_text_field("kind", STRING | STORED),
@@ -354,6 +370,7 @@ impl FullText {
             doc.add_text(stemmed, stems);
             doc.add_text(raw, words);
         }
+        doc.add_text(f.headers_raw, a.terms(&d.text.headers).1);
         let mut cut = d.text.body.len().min(PREVIEW);
         while !d.text.body.is_char_boundary(cut) {
             cut -= 1;
@@ -447,7 +464,7 @@ impl FullText {
     /// are all stop words (the caller scans).
     pub fn imap_matches(&self, mailbox: &str, text: &str, with_header: bool) -> Result<Option<HashSet<u64>>> {
         let f = self.f;
-        let fields = if with_header { f.all() } else { vec![(f.body, f.body_raw)] };
+        let fields = if with_header { f.header_and_body() } else { vec![(f.body, f.body_raw)] };
         let Some(words) = self.words(text, &fields) else { return Ok(None) };
         let q = BooleanQuery::new(vec![(Occur::Must, self.in_mailboxes(&[mailbox.to_string()])), (Occur::Must, words)]);
         let searcher = self.reader.searcher();
@@ -672,6 +689,31 @@ mod tests {
             kind: "certified",
             text: extract::Extracted { subject: "Avviso".into(), body: body.into(), ..Default::default() },
         }
+    }
+
+    /// TEXT is "the header or body" (RFC 3501 §6.4.4, imaptest
+    /// search-body): a word only in a header field of its own
+    /// (`X-Header:`) is found by TEXT, never by BODY.
+    #[test]
+    fn text_finds_words_of_every_header_field_body_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let ft = FullText::open(dir.path(), true).unwrap();
+        let h1 = format!("{:064x}", 1);
+        let raw = "From: a@example.it\r\nTo: b@example.it\r\nSubject: avviso\r\nX-Header: qwertyuiop\r\n\r\ntesto\r\n";
+        let d = Doc {
+            mailbox: "prot".into(),
+            hash: h1.clone(),
+            date: Utc::now(),
+            kind: "plain",
+            text: extract::extract(raw.as_bytes(), &extract::Limits::default()),
+        };
+        ft.add(&d).unwrap();
+        ft.commit(1).unwrap();
+        let text = ft.imap_matches("prot", "qwertyuiop", true).unwrap().unwrap();
+        assert_eq!(text, HashSet::from([h64(&h1).unwrap()]), "TEXT");
+        assert_eq!(ft.imap_matches("prot", "qwerty", true).unwrap().unwrap().len(), 1, "TEXT, a word's start");
+        assert!(ft.imap_matches("prot", "qwertyuiop", false).unwrap().unwrap().is_empty(), "BODY");
+        assert!(ft.search(&["prot".into()], "qwertyuiop", &Filter::default(), 10).unwrap().is_empty(), "ranked search");
     }
 
     #[test]

@@ -118,9 +118,16 @@ pub enum Extended {
 /// What an extended LIST asks for beyond the patterns (RFC 5258 §3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListOptions {
-    /// Selection `SUBSCRIBED` (or return option): names carry
-    /// `\Subscribed` (every folder is subscribed in pecgate).
+    /// Return option `SUBSCRIBED` (implied by the selection option):
+    /// subscribed names carry `\Subscribed`.
     pub subscribed: bool,
+    /// Selection `SUBSCRIBED`: the subscribed names, existing or not
+    /// (`\NonExistent`), instead of the folders.
+    pub select_subscribed: bool,
+    /// Selection `RECURSIVEMATCH` (with SUBSCRIBED): also a name the
+    /// patterns match that has a subscribed inferior they do not, with
+    /// `CHILDINFO ("SUBSCRIBED")`.
+    pub recursive: bool,
     /// Selection `SPECIAL-USE` (RFC 6154): only folders with a special use.
     pub special_use_only: bool,
     /// Return `STATUS (...)` (RFC 5819): the items, as a STATUS command
@@ -300,10 +307,10 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
         let (mut recursive, mut base) = (false, false);
         for w in words(toks[0])? {
             match w.to_ascii_uppercase().as_slice() {
-                b"SUBSCRIBED" => (options.subscribed, base) = (true, true),
+                b"SUBSCRIBED" => (options.subscribed, options.select_subscribed, base) = (true, true, true),
                 b"SPECIAL-USE" => (options.special_use_only, base) = (true, true),
-                // Every folder is subscribed and local: nothing to add.
                 b"RECURSIVEMATCH" => recursive = true,
+                // Every folder is local: nothing to add.
                 b"REMOTE" => {}
                 _ => {
                     return Some(Extended::Refused {
@@ -320,6 +327,7 @@ fn list(tag: &[u8], tag_s: String, args: &[u8]) -> Option<Extended> {
                 why: "RECURSIVEMATCH needs SUBSCRIBED (or SPECIAL-USE) beside it",
             });
         }
+        options.recursive = recursive;
         extended = true;
         i = 1;
     }
@@ -638,13 +646,14 @@ mod tests {
     fn extended_list() {
         let l = list(b"A01 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"prot/*\" RETURN (CHILDREN)\r\n");
         assert_eq!((l.tag.as_str(), l.lists.len(), l.options.subscribed), ("A01", 1, true));
+        assert!(l.options.select_subscribed && l.options.recursive);
         let l = list(b"A02 LIST \"\" (\"prot/%\" \"legale/%\" INBOX) RETURN (STATUS (MESSAGES UNSEEN))\r\n");
         assert_eq!(l.lists.len(), 3);
         assert_eq!(l.options.status.as_ref().map(Vec::len), Some(2));
         let l = list(b"A03 LIST (SPECIAL-USE) \"\" *\r\n");
         assert!(l.options.special_use_only && l.options.status.is_none());
         let l = list(b"A04 list \"\" \"a \\\"(b)\" return (subscribed special-use)\r\n");
-        assert!(l.options.subscribed);
+        assert!(l.options.subscribed && !l.options.select_subscribed && !l.options.recursive, "a return option");
         assert!(matches!(parse(b"A05 LIST (NOSUCH) \"\" *\r\n"), Some(Extended::Refused { .. })));
         for alone in [&b"A15 LIST (RECURSIVEMATCH) \"\" \"\"\r\n"[..], b"A16 LIST (RECURSIVEMATCH REMOTE) \"\" *\r\n"] {
             assert!(matches!(parse(alone), Some(Extended::Refused { .. })), "{}", String::from_utf8_lossy(alone));

@@ -25,6 +25,7 @@ pub mod recent;
 pub mod search;
 pub mod session;
 pub mod shared;
+pub mod subscriptions;
 pub mod sort;
 pub mod thread;
 pub mod uidset;

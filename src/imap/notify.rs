@@ -3,10 +3,13 @@
 //! (`SELECTED`, `SELECTED-DELAYED`: told as soon as they happen, as in
 //! IDLE) and for other folders (`INBOXES`, `PERSONAL`, `SUBSCRIBED`,
 //! `SUBTREE`, `MAILBOXES`: a `* STATUS` when what the events cover
-//! changed), with `STATUS` the folders' state at once. The other events
-//! (mailbox names, subscriptions, annotations, metadata) are refused with
-//! `NO [BADEVENT]`: folders are created and renamed only by their user
-//! and every folder is subscribed, so there would be nothing to tell.
+//! changed), with `STATUS` the folders' state at once; `SUBSCRIBED` is
+//! the folders the user subscribes now (`super::subscriptions`). The other
+//! events (mailbox names, subscriptions, annotations, metadata) are
+//! refused with `NO [BADEVENT]`: telling a session of another session's
+//! CREATE, RENAME or SUBSCRIBE would need the store to announce folder
+//! and subscription changes, which it does not (its notices are about
+//! messages).
 //!
 //! Parsing and matching are pure; the session sends.
 
@@ -155,16 +158,24 @@ impl Notify {
         })
     }
 
+    /// Does a group name the subscribed folders (the caller then reads
+    /// the subscriptions for [`Notify::other`])?
+    pub fn uses_subscribed(&self) -> bool {
+        self.groups.iter().any(|g| g.which == Which::Subscribed)
+    }
+
     /// The events asked for `f` as a folder other than the selected one
-    /// (the first group that names it wins, RFC 5465 §6), if any.
-    pub fn other(&self, f: &Folder) -> Option<Events> {
+    /// (the first group that names it wins, RFC 5465 §6), if any;
+    /// `subscribed`: is `f` subscribed.
+    pub fn other(&self, f: &Folder, subscribed: bool) -> Option<Events> {
         let is_inbox = f.name.eq_ignore_ascii_case("INBOX") || f.name.ends_with("/INBOX");
         self.groups
             .iter()
             .find(|g| match &g.which {
                 Which::Selected { .. } => false,
                 Which::Inboxes => is_inbox,
-                Which::Personal | Which::Subscribed => true,
+                Which::Personal => true,
+                Which::Subscribed => subscribed,
                 Which::Subtree(names) => names
                     .iter()
                     .any(|n| f.name == *n || f.name.strip_prefix(n.as_str()).is_some_and(|r| r.starts_with('/'))),
@@ -224,18 +235,23 @@ mod tests {
         assert!(n.status);
         assert_eq!(n.selected(), Some((Events { new: true, expunge: true, flags: true }, false)));
         let f = |name: &str| Folder { name: name.into(), ..Folder::default() };
-        assert_eq!(n.other(&f("Lists/a")), Some(Events { new: true, ..Default::default() }));
-        assert_eq!(n.other(&f("Other")), Some(Events { new: true, ..Default::default() }));
-        assert_eq!(n.other(&f("Listsx")), None);
+        assert_eq!(n.other(&f("Lists/a"), false), Some(Events { new: true, ..Default::default() }));
+        assert_eq!(n.other(&f("Other"), false), Some(Events { new: true, ..Default::default() }));
+        assert_eq!(n.other(&f("Listsx"), false), None);
         let n = parse("(inboxes (MessageNew)) (mailboxes \"prot/A\" (FlagChange))").expect("set");
-        assert!(n.other(&f("prot/INBOX")).is_some_and(|e| e.new && !e.flags));
-        assert!(n.other(&f("prot/A")).is_some_and(|e| e.flags));
+        assert!(n.other(&f("prot/INBOX"), false).is_some_and(|e| e.new && !e.flags));
+        assert!(n.other(&f("prot/A"), false).is_some_and(|e| e.flags));
         assert_eq!(n.selected(), None);
         assert_eq!(parse("(personal (MailboxName))"), Err(Refusal::BadEvent("MailboxName".into())));
         assert!(matches!(parse("(selected (MessageNew (UID FLAGS)))"), Err(Refusal::Bad(_))));
         assert!(matches!(parse("(nosuch (MessageNew))"), Err(Refusal::Bad(_))));
         assert!(matches!(parse("STATUS"), Err(Refusal::Bad(_))));
-        assert_eq!(parse("(personal NONE)").map(|n| n.other(&f("x"))), Ok(None));
+        assert_eq!(parse("(personal NONE)").map(|n| n.other(&f("x"), true)), Ok(None));
+        // SUBSCRIBED: only what the user subscribes.
+        let n = parse("(subscribed (MessageNew))").expect("set");
+        assert!(n.uses_subscribed());
+        assert!(n.other(&f("prot/A"), true).is_some() && n.other(&f("prot/A"), false).is_none());
+        assert!(!parse("(personal (MessageNew))").expect("set").uses_subscribed());
     }
 
     #[test]

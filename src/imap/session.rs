@@ -244,11 +244,20 @@ fn notify_others(
         _ => return false,
     };
     let mut sent = false;
-    for f in user.view.tree().into_iter().filter_map(|e| e.folder) {
+    let tree = user.view.tree();
+    // Read only for a SUBSCRIBED group (RFC 5465 §6).
+    let subs = nt.uses_subscribed().then(|| {
+        let choices = user.view.store.subscriptions(&user.view.user.name).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "NOTIFY: cannot read the subscriptions");
+            Vec::new()
+        });
+        super::subscriptions::Subscriptions::new(&tree, choices)
+    });
+    for f in tree.iter().filter_map(|e| e.folder.as_ref()) {
         if selected == Some(f.name.as_str()) {
             continue;
         }
-        let Some(events) = nt.other(&f) else { continue };
+        let Some(events) = nt.other(&f, subs.as_ref().is_some_and(|s| s.is_subscribed(&f.name))) else { continue };
         let touched = notice.is_none_or(|n| {
             n.mailbox == f.mailbox
                 && (n.folder.as_str() == f.source() || f.shows_sent() || f.trash || f.handling.is_some())

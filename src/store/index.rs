@@ -18,6 +18,7 @@
 //! | `handling` | mailbox, hash | [`Handling`] of a tracked incoming message |
 //! | `hstate` | mailbox, state code, view UID (u32 BE) | hash: the tracked messages by state, in view-UID order (views scan one state) |
 //! | `meta` | `vuid`, mailbox | last handling-view UID of the mailbox (u32 BE) |
+//! | `subs` | user, IMAP folder name | `1` subscribed, `0` unsubscribed (`subscriptions`) |
 //!
 //! A folder's messages are one key range in UID order, so SELECT and FETCH
 //! read a range, never the whole table.
@@ -362,6 +363,7 @@ const HSTATE: Def = TableDefinition::new("hstate");
 /// (id, notice number as 4 big-endian bytes) (`NoticeRow`).
 const CAMPAIGNS: Def = TableDefinition::new("campaigns");
 const NOTICES: Def = TableDefinition::new("notices");
+const SUBS: Def = super::subscriptions::TABLE;
 /// In `derived.redb`: data derived from blobs (search fields), by (kind,
 /// raw hash bytes). Not from the journal: blobs never change, so an entry never goes
 /// stale, and a missing one is derived again; a rebuild starts it empty
@@ -369,7 +371,7 @@ const NOTICES: Def = TableDefinition::new("notices");
 const DERIVED: Def = TableDefinition::new("derived");
 
 /// Every journal-derived table, in dump order.
-const TABLES: [(&str, Def); 14] = [
+const TABLES: [(&str, Def); 15] = [
     ("meta", META),
     ("folders", FOLDERS),
     ("msgs", MSGS),
@@ -384,6 +386,7 @@ const TABLES: [(&str, Def); 14] = [
     ("hstate", HSTATE),
     ("campaigns", CAMPAIGNS),
     ("notices", NOTICES),
+    ("subs", SUBS),
 ];
 
 /// A failure of the index's database, or a value it cannot read.
@@ -548,6 +551,7 @@ struct Tables<'t> {
     hstate: Tbl<'t>,
     campaigns: Tbl<'t>,
     notices: Tbl<'t>,
+    subs: Tbl<'t>,
 }
 
 /// The `msgs` table of a write transaction, noting every key it inserts or
@@ -602,6 +606,7 @@ impl<'t> Tables<'t> {
             hstate: t(HSTATE)?,
             campaigns: t(CAMPAIGNS)?,
             notices: t(NOTICES)?,
+            subs: t(SUBS)?,
         })
     }
 }
@@ -782,9 +787,14 @@ fn apply_one(t: &mut Tables<'_>, seq: u64, time: DateTime<Utc>, event: &Event) -
         hstate,
         campaigns,
         notices,
+        subs,
     } = t;
     match event {
         Event::None => {}
+        Event::SubscriptionChanged { user, name, subscribed } => {
+            super::subscriptions::set(&mut subs.0, user, name, *subscribed)?
+        }
+        Event::SubscriptionsRenamed { from, to } => super::subscriptions::rename(&mut subs.0, from, to)?,
         Event::CampaignCreated { campaign } => {
             let k = campaign.id.as_bytes();
             if campaigns.get(k)?.is_none() {
@@ -1638,6 +1648,11 @@ impl Index {
         }
         out.sort_by_key(|(_, _, m)| m.trash_uid);
         Ok(out)
+    }
+
+    /// `user`'s subscription choices: (IMAP folder name, subscribed).
+    pub fn subscriptions(&self, user: &str) -> Result<Vec<(String, bool)>, Error> {
+        super::subscriptions::of(&self.r(SUBS)?.0, user)
     }
 
     /// The last category number and UIDVALIDITY given out in `mailbox`

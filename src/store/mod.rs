@@ -28,6 +28,7 @@ mod index;
 mod journal;
 pub mod migrate;
 pub mod record;
+mod subscriptions;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -128,6 +129,13 @@ pub enum Change {
     SetFlags { mailbox: String, folder: String, uids: Vec<u32>, op: FlagOp, flags: Vec<String> },
     /// Mark messages seen or unseen for one user.
     SetSeen { user: String, mailbox: String, folder: String, uids: Vec<u32>, seen: bool },
+    /// `user` subscribes (or unsubscribes) the folder name `name` (see
+    /// [`Event::SubscriptionChanged`]).
+    Subscribe { user: String, name: String, subscribed: bool },
+    /// Move every user's subscriptions of `from` and the names under it to
+    /// `to`: committed in one batch after the [`Change::RenameCategory`]
+    /// it follows (not made if that is refused).
+    RenameSubscriptions { from: String, to: String },
     /// Hide messages from a folder (a client's EXPUNGE); UIDs not in the
     /// folder are left out of the record.
     Hide { mailbox: String, folder: String, uids: Vec<u32> },
@@ -824,6 +832,12 @@ impl Store {
     /// The UIDs `user` has seen in `folder`, ascending.
     pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<Vec<u32>> {
         Ok(self.inner.index.seen_uids(user, mailbox, folder)?)
+    }
+
+    /// `user`'s subscription choices, by name: (IMAP folder name,
+    /// subscribed). Names nobody chose for are not listed.
+    pub fn subscriptions(&self, user: &str) -> Result<Vec<(String, bool)>> {
+        Ok(self.inner.index.subscriptions(user)?)
     }
 
     /// A message a client hid from `mailbox`/`folder` (its blob stays).
@@ -1708,6 +1722,8 @@ impl Writer {
             Change::SetSeen { user, mailbox, folder, uids, seen } => {
                 Event::SeenChanged { user, mailbox, folder, uids, seen }
             }
+            Change::Subscribe { user, name, subscribed } => Event::SubscriptionChanged { user, name, subscribed },
+            Change::RenameSubscriptions { from, to } => Event::SubscriptionsRenamed { from, to },
             Change::Hide { mailbox, folder, uids } => {
                 let mut kept = Vec::new();
                 let mut hashes = Vec::new();

@@ -130,6 +130,14 @@ pub enum Event {
     /// applying it in journal order reproduces the result, and each changed
     /// message gets the folder's next MODSEQ.
     FlagsChanged { mailbox: String, folder: String, uids: Vec<u32>, op: FlagOp, flags: Vec<String> },
+    /// `user` subscribed (or unsubscribed) the folder called `name` (as IMAP
+    /// shows it, `protocollo/Contratti`): which folders the user's client
+    /// lists (LSUB, `LIST (SUBSCRIBED)`). The name need not exist (any
+    /// more): a subscription outlives its folder.
+    SubscriptionChanged { user: String, name: String, subscribed: bool },
+    /// A RENAME of `from` to `to`: every user's subscriptions of `from`
+    /// and of the names under it (`from/…`) move to the new name.
+    SubscriptionsRenamed { from: String, to: String },
     /// `user` marked messages seen (or unseen). `\Seen` is per person: one
     /// colleague opening a certified message does not mean the office read it.
     SeenChanged { user: String, mailbox: String, folder: String, uids: Vec<u32>, seen: bool },
@@ -273,7 +281,9 @@ impl Event {
             | Event::NoticesQueued { .. }
             | Event::CampaignControlled { .. }
             | Event::NoticeStepped { .. }
-            | Event::Anchored { .. } => None,
+            | Event::Anchored { .. }
+            | Event::SubscriptionChanged { .. }
+            | Event::SubscriptionsRenamed { .. } => None,
             Event::CampaignCreated { campaign } => Some(&campaign.mailbox),
             Event::FolderCreated { mailbox, .. }
             | Event::FolderRenamed { mailbox, .. }

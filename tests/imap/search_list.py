@@ -72,7 +72,7 @@ check(t.startswith(b"L1 OK") and sorted(names(lines)) == ["prot/Cerca", "prot/IN
       "several patterns, each name once", lines)
 lines, t = r.command("L2", 'LIST (SUBSCRIBED) "" "prot/%"')
 check(t.startswith(b"L2 OK") and lines and all(b"\\Subscribed" in l for l in lines if b"\\Noselect" not in l),
-      "(SUBSCRIBED): every folder is, and says \\Subscribed", lines)
+      "(SUBSCRIBED): the subscribed folders, each saying \\Subscribed", lines)
 lines, t = r.command("L3", 'LIST (SPECIAL-USE) "" "prot/*"')
 n = names(lines)
 check(t.startswith(b"L3 OK") and "prot/Sent" in n and "prot/Cerca" not in n and "prot/INBOX" not in n,

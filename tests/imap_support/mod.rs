@@ -389,6 +389,29 @@ pub fn start_with(setup: Setup) -> Gateway {
 }
 
 impl Gateway {
+    /// Start `pecgate serve` again on the same configuration and data
+    /// (after [`Gateway::stop`], or a rebuilt index) and wait until it
+    /// listens; its log goes on in the same file.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("serve.log")).expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pecgate serve");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("pecgate serve exited early ({st}): {}", self.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "pecgate serve did not listen in 30 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }

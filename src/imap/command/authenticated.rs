@@ -1,6 +1,6 @@
 //! Authenticated (and selected): SELECT/EXAMINE, LIST/LSUB, STATUS,
-//! APPEND, NAMESPACE, ENABLE, the QUOTA commands, SUBSCRIBE, and the
-//! folder commands the fixed PEC tree refuses.
+//! APPEND, NAMESPACE, ENABLE, the QUOTA commands, SUBSCRIBE and
+//! UNSUBSCRIBE, and CREATE/DELETE/RENAME (`folders`).
 
 use chrono::{DateTime, Utc};
 use imap_next::imap_types::command::CommandBody;
@@ -21,7 +21,8 @@ use super::super::shared::Entries;
 
 use super::super::io::Io;
 use super::super::respond::*;
-use super::super::view::{self, is_pec_keyword, View, PEC_KEYWORDS};
+use super::super::subscriptions::{self, Subscriptions};
+use super::super::view::{self, is_pec_keyword, ListEntry, View, PEC_KEYWORDS};
 use super::{Allowed, Authed, Conn, Selected, Transition};
 use crate::auth::Right;
 use crate::handling;
@@ -112,12 +113,8 @@ pub async fn handle(
         CommandBody::SetQuota { .. } => {
             io.status(noperm(tag, "the archive's quota is set in the gateway's configuration"))
         }
-        CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox } => {
-            match view.resolve(&mailbox_name(&mailbox)) {
-                Ok(_) => io.status(ok(tag, "done (every folder is subscribed)")),
-                Err(_) => io.status(no(tag, "no such folder")),
-            }
-        }
+        CommandBody::Subscribe { mailbox } => subscribe(conn, user, io, tag, &mailbox_name(&mailbox), true).await,
+        CommandBody::Unsubscribe { mailbox } => subscribe(conn, user, io, tag, &mailbox_name(&mailbox), false).await,
         CommandBody::List { reference, mailbox_wildcard } => list(io, tag, view, &reference, &mailbox_wildcard, false),
         CommandBody::Lsub { reference, mailbox_wildcard } => list(io, tag, view, &reference, &mailbox_wildcard, true),
         CommandBody::Status { mailbox, item_names } => status(io, tag, view, &mailbox, &item_names),
@@ -439,8 +436,47 @@ pub fn vanished_earlier(io: &mut Io, msgs: &Entries, last: u32, named: impl Fn(u
     }
 }
 
+/// SUBSCRIBE (`on`) or UNSUBSCRIBE `name`: the user's own choice, a
+/// journal record (see [`subscriptions`]). SUBSCRIBE takes the names the
+/// user has (a folder, or a mailbox's parent), which RFC 3501 §6.3.6 lets
+/// a server require; UNSUBSCRIBE any subscribed name, a deleted folder's
+/// too. Asking for what already is changes nothing and records nothing.
+async fn subscribe(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, name: &str, on: bool) {
+    let view = &user.view;
+    let name = view::normalize(name);
+    if on && view.resolve(&name).is_err() && !view.is_parent(&name) {
+        return io.status(no_code(tag, "NONEXISTENT", "no such folder"));
+    }
+    let done = if on { "SUBSCRIBE done" } else { "UNSUBSCRIBE done" };
+    let subs = match subscriptions_of(view, &view.tree()) {
+        Ok(s) => s,
+        Err(e) => return io.status(serverbug(tag, &e)),
+    };
+    if subs.is_subscribed(&name) == on {
+        let already = if on { "subscribed already" } else { "not subscribed" };
+        return io.status(ok(tag, &format!("{done} ({already}; nothing changed)")));
+    }
+    let mut a = user.audit(conn, if on { "subscribe" } else { "unsubscribe" });
+    a = match view.mailbox_of(&name) {
+        Some(mb) => a.folder(&name[mb.len() + 1..]).mailbox(&mb),
+        None => a.folder(&name),
+    };
+    let ch = Change::Subscribe { user: view.user.name.clone(), name, subscribed: on };
+    match conn.ctx.store.commit(a, ch).await {
+        Ok(_) => io.status(ok(tag, done)),
+        Err(e) => io.status(serverbug(tag, &e)),
+    }
+}
+
+/// The user's subscriptions over the folders of `tree`.
+fn subscriptions_of(view: &View, tree: &[ListEntry]) -> Result<Subscriptions, crate::store::StoreError> {
+    Ok(Subscriptions::new(tree, view.store.subscriptions(&view.user.name)?))
+}
+
 fn list(io: &mut Io, tag: Tag<'static>, view: &View, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
-    list_names(io, view, &[(reference, pattern)], lsub, &ListOptions::default());
+    if let Err(e) = list_names(io, view, &[(reference, pattern)], lsub, &ListOptions::default()) {
+        return io.status(serverbug(tag, &e));
+    }
     io.status(ok(tag, if lsub { "LSUB done" } else { "LIST done" }));
 }
 
@@ -455,13 +491,23 @@ pub fn list_extended(io: &mut Io, tag: Tag<'static>, view: &View, ext: &Extended
             _ => None,
         })
         .collect();
-    list_names(io, view, &pats, false, &ext.options);
+    if let Err(e) = list_names(io, view, &pats, false, &ext.options) {
+        return io.status(serverbug(tag, &e));
+    }
     io.status(ok(tag, "LIST done"));
 }
 
 /// The LIST (or LSUB) responses of the names that match any of `pats`
-/// (reference, pattern), each once, in the tree's order.
-fn list_names(io: &mut Io, view: &View, pats: &[(&Mailbox<'_>, &ListMailbox<'_>)], lsub: bool, opts: &ListOptions) {
+/// (reference, pattern), each once, in the tree's order. LSUB and `LIST
+/// (SUBSCRIBED)` list subscribed names (see [`subscriptions::lines`]),
+/// the others the user's folders.
+fn list_names(
+    io: &mut Io,
+    view: &View,
+    pats: &[(&Mailbox<'_>, &ListMailbox<'_>)],
+    lsub: bool,
+    opts: &ListOptions,
+) -> Result<(), crate::store::StoreError> {
     let mut fulls: Vec<Vec<u8>> = Vec::new();
     for (reference, pattern) in pats {
         let pat: Vec<u8> = match pattern {
@@ -488,44 +534,106 @@ fn list_names(io: &mut Io, view: &View, pats: &[(&Mailbox<'_>, &ListMailbox<'_>)
         fulls.push(if full.eq_ignore_ascii_case(b"inbox") { b"INBOX".to_vec() } else { full });
     }
     if fulls.is_empty() {
-        return;
+        return Ok(());
     }
     let tree = view.tree();
     let parents: std::collections::HashSet<&str> =
         tree.iter().filter_map(|e| e.name.rsplit_once(view::DELIMITER).map(|(p, _)| p)).collect();
+    let matches = |name: &str| fulls.iter().any(|f| view::pattern_matches(f, name.as_bytes()));
+    let subs = match lsub || opts.subscribed {
+        true => subscriptions_of(view, &tree)?,
+        false => Subscriptions::default(),
+    };
+    let special = |e: Option<&ListEntry>| e.and_then(|e| e.folder.as_ref()).is_some_and(|f| f.special_use.is_some());
+    if lsub || opts.select_subscribed {
+        // RFC 3501 §6.3.9: LSUB's `%` shows an unsubscribed parent of a
+        // subscribed inferior as `\Noselect`; RFC 5258: RECURSIVEMATCH.
+        let recursive = if lsub { fulls.iter().any(|f| f.contains(&b'%')) } else { opts.recursive };
+        let entries: std::collections::HashMap<&str, &ListEntry> = tree.iter().map(|e| (e.name.as_str(), e)).collect();
+        for l in subscriptions::lines(&tree, &subs, &matches, recursive) {
+            let e = entries.get(l.name.as_str()).copied();
+            if opts.special_use_only && !special(e) {
+                continue;
+            }
+            // LSUB: `\Noselect` for a name listed for its inferior or one
+            // that cannot be selected; LIST: the folder's attributes, or
+            // `\NonExistent` for a name without one (RFC 5258 §3.4).
+            let mut items = match (lsub, e) {
+                (true, _) if !l.subscribed || e.is_some_and(|e| e.folder.is_none()) => {
+                    vec![FlagNameAttribute::Noselect]
+                }
+                (true, _) => vec![],
+                (false, Some(e)) => attributes(e, &parents),
+                (false, None) => attr("NonExistent").into_iter().collect(),
+            };
+            if !lsub && l.subscribed {
+                items.extend(attr("Subscribed"));
+            }
+            list_line(io, lsub, items, &l.name, !lsub && l.childinfo);
+            if let (false, Some(names), Some(f)) = (lsub, &opts.status, e.and_then(|e| e.folder.as_ref())) {
+                list_status(io, view, f, names);
+            }
+        }
+        return Ok(());
+    }
     for e in &tree {
-        if !fulls.iter().any(|f| view::pattern_matches(f, e.name.as_bytes())) {
+        if !matches(&e.name) || (opts.special_use_only && !special(Some(e))) {
             continue;
         }
-        if opts.special_use_only && e.folder.as_ref().is_none_or(|f| f.special_use.is_none()) {
-            continue;
+        let mut items = attributes(e, &parents);
+        if opts.subscribed && subs.is_subscribed(&e.name) {
+            items.extend(attr("Subscribed"));
         }
-        let mut items = Vec::new();
-        match &e.folder {
-            None => {
-                items.push(FlagNameAttribute::Noselect);
-                items.extend(attr("HasChildren"));
-            }
-            Some(f) => {
-                items.extend(attr(if parents.contains(e.name.as_str()) { "HasChildren" } else { "HasNoChildren" }));
-                if let Some(su) = f.special_use {
-                    items.extend(attr(su));
-                }
-                // Every folder a user may read is subscribed, always
-                // (see SUBSCRIBE).
-                if opts.subscribed {
-                    items.extend(attr("Subscribed"));
-                }
-            }
-        }
-        let (delimiter, mailbox) = (QuotedChar::try_from('/').ok(), mbox(&e.name));
-        io.data(if lsub { Data::Lsub { items, delimiter, mailbox } } else { Data::List { items, delimiter, mailbox } });
+        list_line(io, false, items, &e.name, false);
         if let (Some(names), Some(f)) = (&opts.status, &e.folder) {
-            match status_data(view, f, names) {
-                Ok(d) => io.data(d),
-                Err(e) => tracing::warn!(error = %e, folder = %f.name, "LIST-STATUS: no STATUS for this folder"),
+            list_status(io, view, f, names);
+        }
+    }
+    Ok(())
+}
+
+/// A folder's LIST attributes: `\Noselect` for a mailbox's parent,
+/// children, special use.
+fn attributes(e: &ListEntry, parents: &std::collections::HashSet<&str>) -> Vec<FlagNameAttribute<'static>> {
+    let mut items = Vec::new();
+    match &e.folder {
+        None => {
+            items.push(FlagNameAttribute::Noselect);
+            items.extend(attr("HasChildren"));
+        }
+        Some(f) => {
+            items.extend(attr(if parents.contains(e.name.as_str()) { "HasChildren" } else { "HasNoChildren" }));
+            if let Some(su) = f.special_use {
+                items.extend(attr(su));
             }
         }
+    }
+    items
+}
+
+/// `* LIST` (or `* LSUB`) of `name`; `childinfo`: with RFC 5258's
+/// `("CHILDINFO" ("SUBSCRIBED"))`, which imap-types cannot say.
+fn list_line(io: &mut Io, lsub: bool, items: Vec<FlagNameAttribute<'static>>, name: &str, childinfo: bool) {
+    use imap_codec::encode::Encoder;
+    let (delimiter, mailbox) = (QuotedChar::try_from('/').ok(), mbox(name));
+    let data = if lsub { Data::Lsub { items, delimiter, mailbox } } else { Data::List { items, delimiter, mailbox } };
+    if !childinfo {
+        return io.data(data);
+    }
+    let mut line =
+        imap_codec::ResponseCodec::default().encode(&imap_next::imap_types::response::Response::Data(data)).dump();
+    if line.ends_with(b"\r\n") {
+        line.truncate(line.len() - 2);
+    }
+    line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+    io.raw(&line);
+}
+
+/// LIST-STATUS (RFC 5819): `* STATUS` after a selectable name.
+fn list_status(io: &mut Io, view: &View, f: &view::Folder, names: &[StatusDataItemName]) {
+    match status_data(view, f, names) {
+        Ok(d) => io.data(d),
+        Err(e) => tracing::warn!(error = %e, folder = %f.name, "LIST-STATUS: no STATUS for this folder"),
     }
 }
 

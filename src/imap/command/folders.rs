@@ -107,8 +107,13 @@ pub async fn rename(conn: &Conn, user: &Authed, io: &mut Io, tag: Tag<'static>, 
         return io.status(no_code(tag, "CANNOT", &why));
     }
     let mb = allowed.mailbox().to_string();
+    // Every user's subscriptions of it and its inferiors follow, in the
+    // same batch (not made if the rename is refused).
+    let subs =
+        Change::RenameSubscriptions { from: format!("{mb}{DELIMITER}{old}"), to: format!("{mb}{DELIMITER}{new}") };
     let ch = Change::RenameCategory { mailbox: mb.clone(), from: old.clone(), to: new };
-    let r = user.record(conn, "rename", &mb, &old, vec![], ch).await;
+    let a = user.audit(conn, "rename").mailbox(&mb).folder(&old);
+    let r = conn.ctx.store.commit_batch(vec![(a.clone(), ch), (a, subs)]).await.map(|_| ());
     answer(io, tag, r, "RENAME done");
 }
 
