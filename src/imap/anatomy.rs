@@ -28,10 +28,17 @@ const BUDGET: usize = 64 << 20;
 /// get no span: such a part is found by parsing the message again.
 const MAX_DEPTH: usize = 32;
 
+/// The largest header block kept (a header is typically 1–3 KB).
+const MAX_HEADER: usize = 16 * 1024;
+
 /// A message's structure as FETCH answers it.
 pub struct Anatomy {
     pub envelope: Envelope<'static>,
     pub structure: BodyStructure<'static>,
+    /// The message's header block, blank line included (`None` past
+    /// [`MAX_HEADER`]): HEADER, HEADER.FIELDS and RFC822.HEADER of a
+    /// message whose anatomy is cached read no blob.
+    pub header: Option<Box<[u8]>>,
     /// Every part reachable by an IMAP part number, depth first.
     spans: Vec<Span>,
     /// Some parts lie deeper than [`MAX_DEPTH`] and have no span.
@@ -88,7 +95,9 @@ impl Anatomy {
         if let Some(m) = msg {
             number_parts(raw, m, &mut Vec::new(), &mut spans, 0, &mut deep);
         }
-        Anatomy { envelope: fetch::envelope(msg), structure: fetch::body_structure(raw, msg), spans, deep }
+        let h = fetch::header_end(raw);
+        let header = (h <= MAX_HEADER).then(|| raw[..h].into());
+        Anatomy { envelope: fetch::envelope(msg), structure: fetch::body_structure(raw, msg), header, spans, deep }
     }
 
     /// The part `numbers` (IMAP numbering, 1-based).
@@ -112,7 +121,7 @@ impl Anatomy {
     /// Bytes held, roughly: the structure of a part costs a few hundred
     /// bytes (its fields as owned strings), its span a few dozen.
     fn weight(&self) -> usize {
-        1024 + self.spans.len() * 512
+        1024 + self.spans.len() * 512 + self.header.as_ref().map_or(0, |h| h.len())
     }
 }
 
@@ -268,6 +277,20 @@ mod tests {
             }
             assert_eq!(fetch::binary_with(NESTED, &a, n), fetch::binary(NESTED, n), "{n:?}");
         }
+    }
+
+    #[test]
+    fn the_header_is_kept_unless_huge() {
+        let a = Anatomy::of(NESTED);
+        let h = a.header.as_deref().expect("kept");
+        assert!(h.ends_with(b"\r\n\r\n") && NESTED.starts_with(h));
+        assert_eq!(fetch::header_end(h), h.len(), "HEADER of the kept block is the whole block");
+        let mut huge = Vec::new();
+        for i in 0..2000 {
+            huge.extend_from_slice(format!("X-Field-{i}: some value\r\n").as_bytes());
+        }
+        huge.extend_from_slice(b"\r\nbody\r\n");
+        assert!(Anatomy::of(&huge).header.is_none());
     }
 
     #[test]

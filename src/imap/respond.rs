@@ -253,8 +253,10 @@ pub fn internal_date(d: chrono::DateTime<chrono::Utc>) -> imap_next::imap_types:
     imap_next::imap_types::datetime::DateTime::unvalidated(d.trunc_subsecs(0).clamp(first, last).fixed_offset())
 }
 
-/// The items FETCH asked for, of one message; `Err` for a BINARY of a
-/// part whose transfer encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
+/// The items FETCH asked for, of one message (`raw`: its bytes, if read;
+/// `kept`: its anatomy, when the bytes were not read because the cached
+/// anatomy answers every item); `Err` for a BINARY of a part whose
+/// transfer encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
 pub fn message_items(
     names: &[MessageDataItemName<'static>],
     uid: u32,
@@ -263,6 +265,7 @@ pub fn message_items(
     recent: bool,
     newly_seen: bool,
     raw: Option<&[u8]>,
+    kept: Option<&Anatomy>,
 ) -> Result<Vec<MessageDataItem<'static>>, fetch::UnknownCte> {
     // The structure (ENVELOPE, BODY, BODYSTRUCTURE, where a part is) only
     // for the items that need it, from the shared cache or by one parse:
@@ -270,8 +273,18 @@ pub fn message_items(
     let anatomy_cell = std::cell::OnceCell::new();
     let anatomy = || {
         anatomy_cell
-            .get_or_init(|| anatomy::cached(&meta.hash).or_else(|| raw.map(|r| anatomy::of(&meta.hash, r))))
+            .get_or_init(|| match kept {
+                Some(_) => None,
+                None => anatomy::cached(&meta.hash).or_else(|| raw.map(|r| anatomy::of(&meta.hash, r))),
+            })
             .as_deref()
+            .or(kept)
+    };
+    // The header block: from the bytes, or without them from the anatomy
+    // (see `structure_only`).
+    let header = || match raw {
+        Some(r) => &r[..fetch::header_end(r)],
+        None => anatomy().and_then(|a| a.header.as_deref()).unwrap_or_default(),
     };
     let mut out = Vec::new();
     let mut flags_sent = false;
@@ -294,10 +307,7 @@ pub fn message_items(
             MessageDataItemName::Body => MessageDataItem::Body(structure(anatomy())),
             MessageDataItemName::BodyStructure => MessageDataItem::BodyStructure(structure(anatomy())),
             MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(fetch::literal(raw.unwrap_or_default().to_vec())),
-            MessageDataItemName::Rfc822Header => {
-                let r = raw.unwrap_or_default();
-                MessageDataItem::Rfc822Header(fetch::literal(r[..fetch::header_end(r)].to_vec()))
-            }
+            MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(fetch::literal(header().to_vec())),
             MessageDataItemName::Rfc822Text => {
                 let r = raw.unwrap_or_default();
                 MessageDataItem::Rfc822Text(fetch::literal(r[fetch::header_end(r)..].to_vec()))
@@ -306,6 +316,7 @@ pub fn message_items(
                 let r = raw.unwrap_or_default();
                 let bytes = match anatomy() {
                     Some(a) if section_needs_parts(section.as_ref()) => fetch::section_with(r, a, section.as_ref()),
+                    _ if raw.is_none() && of_header(section.as_ref()) => fetch::section(header(), section.as_ref()),
                     _ => fetch::section(r, section.as_ref()),
                 };
                 let bytes = fetch::partial(bytes, *partial);
@@ -370,22 +381,33 @@ fn section_needs_parts(section: Option<&Section<'_>>) -> bool {
     }
 }
 
-/// Can FETCH of `names` be answered without the message's bytes when its
-/// anatomy is cached? (Only the structure items and those from the index.)
-pub fn structure_only(names: &[MessageDataItemName<'_>]) -> bool {
-    names.iter().all(|n| {
-        matches!(
-            n,
+/// Does BODY[section] take only the message's own header (HEADER,
+/// HEADER.FIELDS, HEADER.FIELDS.NOT of no part)?
+fn of_header(section: Option<&Section<'_>>) -> bool {
+    matches!(section, Some(Section::Header(None) | Section::HeaderFields(None, _) | Section::HeaderFieldsNot(None, _)))
+}
+
+/// What FETCH of `names` needs of a message whose anatomy is cached:
+/// `None` if it needs the message's bytes anyway, else whether it needs
+/// the anatomy's header block (which a very large header lacks).
+pub fn from_anatomy(names: &[MessageDataItemName<'_>]) -> Option<bool> {
+    let mut header = false;
+    for n in names {
+        match n {
             MessageDataItemName::Uid
-                | MessageDataItemName::Flags
-                | MessageDataItemName::InternalDate
-                | MessageDataItemName::Rfc822Size
-                | MessageDataItemName::ModSeq
-                | MessageDataItemName::Envelope
-                | MessageDataItemName::Body
-                | MessageDataItemName::BodyStructure
-        )
-    })
+            | MessageDataItemName::Flags
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::Rfc822Size
+            | MessageDataItemName::ModSeq
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure => {}
+            MessageDataItemName::Rfc822Header => header = true,
+            MessageDataItemName::BodyExt { section, .. } if of_header(section.as_ref()) => header = true,
+            _ => return None,
+        }
+    }
+    Some(header)
 }
 
 #[cfg(test)]

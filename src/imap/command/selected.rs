@@ -573,7 +573,7 @@ async fn fetch(
                 | MessageDataItemName::ModSeq
         )
     });
-    let structure_only = structure_only(&names);
+    let from_anatomy = from_anatomy(&names);
     // A partial BINARY answers with its origin (see `fetch_line`).
     let origins: Vec<Option<u32>> = names
         .iter()
@@ -587,15 +587,16 @@ async fn fetch(
         // The chunk's blobs read by one blocking task (or a few, for big
         // messages), not one each: a task per message cost as much in
         // scheduling and wake-ups as the reads.
-        // Structure items of a message whose anatomy is cached need no read.
-        let reads: Vec<bool> = chunk
+        // Structure and header items of a message whose anatomy is cached
+        // need no read.
+        let kept: Vec<Option<Arc<anatomy::Anatomy>>> = chunk
             .iter()
-            .map(|(seq, _)| {
-                needs_raw
-                    && !(structure_only
-                        && sel.msgs.get(*seq as usize - 1).is_some_and(|(_, m)| anatomy::cached(&m.hash).is_some()))
+            .map(|(seq, _)| match (from_anatomy, sel.msgs.get(*seq as usize - 1)) {
+                (Some(header), Some((_, m))) => anatomy::cached(&m.hash).filter(|a| !header || a.header.is_some()),
+                _ => None,
             })
             .collect();
+        let reads: Vec<bool> = kept.iter().map(|k| needs_raw && k.is_none()).collect();
         let mut raws: Vec<Option<Vec<u8>>> = Vec::with_capacity(chunk.len());
         if reads.contains(&true) {
             let hashes: Vec<String> = chunk
@@ -633,7 +634,7 @@ async fn fetch(
             }
         }
         let mut raws = raws.into_iter();
-        for ((seq, u), read) in chunk.iter().zip(reads) {
+        for (((seq, u), read), kept) in chunk.iter().zip(reads).zip(kept) {
             let Some((_, meta)) = sel.msgs.get(*seq as usize - 1) else { continue };
             let meta = meta.clone();
             let seen = sel.seen.contains(*u);
@@ -648,8 +649,9 @@ async fn fetch(
             } else {
                 None
             };
+            let recent = sel.recent.contains(*u);
             let items =
-                message_items(&names, *u, &meta, seen, sel.recent.contains(*u), newly_seen.contains(u), raw.as_deref());
+                message_items(&names, *u, &meta, seen, recent, newly_seen.contains(u), raw.as_deref(), kept.as_deref());
             match items.map(Vec1::try_from) {
                 Ok(Ok(items)) if origins.iter().any(Option::is_some) => io.raw(&fetch_line(*seq, items, &origins)),
                 Ok(Ok(items)) => io.data(Data::Fetch { seq: nz(*seq), items }),
@@ -882,7 +884,7 @@ pub async fn search(
     let (ft, mailbox) =
         (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search && !update), sel.folder.mailbox.clone());
     let hits = match tokio::task::spawn_blocking(move || {
-        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys, msgs.len());
         search::run(&store, &msgs, &seen, &recent, &keys, uid, &ft)
     })
     .await
@@ -998,7 +1000,7 @@ pub async fn sort(
         (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search && !update), sel.folder.mailbox.clone());
     let by = criteria.clone();
     let order = tokio::task::spawn_blocking(move || {
-        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys, msgs.len());
         sorted(&store, &msgs, &seen, &recent, &keys, &ft, &by, uid)
     })
     .await;
@@ -1075,7 +1077,7 @@ async fn thread(
     let (ft, mailbox) =
         (conn.ctx.fulltext.clone().filter(|_| conn.ctx.cfg.fulltext_search), sel.folder.mailbox.clone());
     let threads = tokio::task::spawn_blocking(move || {
-        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys);
+        let ft = search::FullTextHits::prepare(&store, ft.as_deref(), &mailbox, &keys, msgs.len());
         let reader = store.fields_reader().ok();
         let mut items = Vec::new();
         search::each_match(&store, &msgs, &seen, &recent, &keys, &ft, |i, fields| {
