@@ -14,7 +14,8 @@
 //! ```text
 //! FULLTEXT_MESSAGES=100000 cargo bench --bench fulltext
 //! ```
-//! `FULLTEXT_DIR` keeps the index there (default: a temporary directory).
+//! `FULLTEXT_DIR` keeps the index there (default: a temporary directory);
+//! `FULLTEXT_REUSE=1` then times the queries on the index already there.
 //! `FULLTEXT_MAILDIR=DIR` writes the same messages as a Maildir instead
 //! (`DIR/cur/…`) and indexes nothing: what `benches/fulltext-dovecot.sh`
 //! gives Dovecot with fts-xapian, side by side.
@@ -48,7 +49,15 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = std::env::var("FULLTEXT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
     let ft = FullText::open(&dir, true).unwrap();
-    ft.clear().unwrap();
+    // FULLTEXT_REUSE=1 with FULLTEXT_DIR: time the queries on the index
+    // a previous run left there (a million messages take ten minutes).
+    let reuse = std::env::var("FULLTEXT_REUSE").is_ok_and(|v| v == "1") && ft.documents() > 0;
+    if reuse {
+        println!("reusing the index in {} ({} documents)", dir.display(), ft.documents());
+    } else {
+        ft.clear().unwrap();
+    }
+    let n = if reuse { 0 } else { n };
     let mut r = Rng(SEED);
     let limits = Limits::default();
     let mut workers = Workers::new();
@@ -91,9 +100,19 @@ fn main() {
     let cpu = cpu_seconds() - cpu0;
     println!("(making the messages took {making:.1} s, not counted; the process used {cpu:.1} s of CPU in all, making included)");
     let size: u64 = walk(ft.dir());
-    println!("indexed {n} messages ({:.1} MB) in {secs:.1} s: {:.0} messages/s", bytes as f64 / 1e6, n as f64 / secs);
+    if !reuse {
+        println!(
+            "indexed {n} messages ({:.1} MB) in {secs:.1} s: {:.0} messages/s",
+            bytes as f64 / 1e6,
+            n as f64 / secs
+        );
+        println!(
+            "index {:.1} MB = {:.1} % of the messages' bytes",
+            size as f64 / 1e6,
+            100.0 * size as f64 / bytes as f64
+        );
+    }
     println!("load average {}", loadavg());
-    println!("index {:.1} MB = {:.1} % of the messages' bytes", size as f64 / 1e6, 100.0 * size as f64 / bytes as f64);
     let time = |what: &str, f: &dyn Fn() -> usize| {
         f();
         let mut ms: Vec<f64> = (0..20)

@@ -60,7 +60,7 @@ impl FullText {
         _mailbox: &str,
         _text: &str,
         _with_header: bool,
-    ) -> Result<Option<std::collections::HashSet<u64>>> {
+    ) -> Result<Option<crate::store::PrefixSet>> {
         match self.0 {}
     }
     pub fn search(&self, _mailboxes: &[String], _text: &str, _filter: &Filter, _limit: usize) -> Result<Vec<Hit>> {

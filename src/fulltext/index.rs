@@ -1,6 +1,6 @@
 //! The tantivy index behind [`super::FullText`] (the `fulltext` feature).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,6 +18,7 @@ use tantivy::tokenizer::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use super::{Doc, Filter, FullTextError, Hit, Result};
+use crate::store::PrefixSet;
 
 /// The index's one tokenizer: the text fields hold terms [`Analysis`]
 /// made (stems, or words as written), separated by spaces.
@@ -462,7 +463,7 @@ impl FullText {
     /// IMAP `SEARCH BODY` (`with_header`: `TEXT`) in `mailbox`: the first
     /// 64 bits of each matching message's hash, or `None` when the words
     /// are all stop words (the caller scans).
-    pub fn imap_matches(&self, mailbox: &str, text: &str, with_header: bool) -> Result<Option<HashSet<u64>>> {
+    pub fn imap_matches(&self, mailbox: &str, text: &str, with_header: bool) -> Result<Option<PrefixSet>> {
         let f = self.f;
         let fields = if with_header { f.header_and_body() } else { vec![(f.body, f.body_raw)] };
         let Some(words) = self.words(text, &fields) else { return Ok(None) };
@@ -470,7 +471,10 @@ impl FullText {
         let searcher = self.reader.searcher();
         let found =
             searcher.search(&q, &H64s).map_err(|source| FullTextError::Index { dir: self.dir.clone(), source })?;
-        Ok(Some(found.into_iter().flatten().collect()))
+        let mut set = PrefixSet::default();
+        set.reserve(found.iter().map(Vec::len).sum());
+        set.extend(found.into_iter().flatten());
+        Ok(Some(set))
     }
 
     /// Ranked search over `mailboxes` (those the user may read).
@@ -656,7 +660,7 @@ mod tests {
         let mut a = Analysis::new();
         let text = "Solleciti di pagamento: il sollecito è del 3 maggio, perché il PAGAMENTO è scaduto";
         let mut once = tokens(folded(), text);
-        let mut seen = HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         once.retain(|w| seen.insert(w.clone()));
         assert!(once.len() < tokens(folded(), text).len(), "the text repeats words");
         // The second time from the stems remembered.
@@ -710,7 +714,7 @@ mod tests {
         ft.add(&d).unwrap();
         ft.commit(1).unwrap();
         let text = ft.imap_matches("prot", "qwertyuiop", true).unwrap().unwrap();
-        assert_eq!(text, HashSet::from([h64(&h1).unwrap()]), "TEXT");
+        assert_eq!(text.into_iter().collect::<Vec<_>>(), vec![h64(&h1).unwrap()], "TEXT");
         assert_eq!(ft.imap_matches("prot", "qwerty", true).unwrap().unwrap().len(), 1, "TEXT, a word's start");
         assert!(ft.imap_matches("prot", "qwertyuiop", false).unwrap().unwrap().is_empty(), "BODY");
         assert!(ft.search(&["prot".into()], "qwertyuiop", &Filter::default(), 10).unwrap().is_empty(), "ranked search");
@@ -727,7 +731,7 @@ mod tests {
         ft.commit(7).unwrap();
         assert_eq!(ft.indexed_seq(), 7);
         let m = ft.imap_matches("prot", "solleciti", false).unwrap().unwrap();
-        assert_eq!(m, HashSet::from([h64(&h1).unwrap()]));
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec![h64(&h1).unwrap()]);
         assert_eq!(ft.imap_matches("prot", "sollec pagam", false).unwrap().unwrap().len(), 1, "prefixes");
         assert!(ft.imap_matches("prot", "ricorso", false).unwrap().unwrap().is_empty(), "another mailbox");
         assert_eq!(ft.imap_matches("prot", "di", false).unwrap(), None, "stop words only");

@@ -24,7 +24,7 @@ use super::shared::{Entries, Msg};
 use super::uidset::UidSet;
 use crate::store::fields::MatchFields;
 use crate::store::fields::SearchFields as Fields;
-use crate::store::{BlobHash, FieldsReader, Store};
+use crate::store::{BlobHash, FieldsReader, PrefixHasher, PrefixSet, Store};
 
 /// One message as SEARCH sees it.
 pub struct Candidate<'a> {
@@ -119,7 +119,7 @@ pub struct Source<'a> {
 /// is evaluated by reading the messages (substring matching).
 #[derive(Default, Debug)]
 pub struct FullTextHits {
-    hits: HashMap<(Vec<u8>, bool), std::collections::HashSet<u64>>,
+    hits: HashMap<(Vec<u8>, bool), PrefixSet>,
     /// The folder is small enough to also match substrings by reading
     /// its messages (see [`SUBSTRINGS_UP_TO`]).
     substrings: bool,
@@ -193,7 +193,7 @@ impl FullTextHits {
         out
     }
 
-    fn answers(&self, needle: &[u8], with_header: bool) -> Option<&std::collections::HashSet<u64>> {
+    fn answers(&self, needle: &[u8], with_header: bool) -> Option<&PrefixSet> {
         self.hits.get(&(needle.to_vec(), with_header))
     }
 }
@@ -247,7 +247,7 @@ fn scanned(
     // By the hash's first 64 bits (a SHA-256's, uniform already: not
     // hashed again); a second message under the same bits (the same blob
     // twice) is left to the lookups.
-    let mut at: HashMap<u64, usize, BuildHasherDefault<Bits>> = HashMap::default();
+    let mut at: HashMap<u64, usize, BuildHasherDefault<PrefixHasher>> = HashMap::default();
     at.reserve(msgs.len());
     let mut done = vec![false; msgs.len()];
     for (i, (_, m)) in msgs.iter().enumerate() {
@@ -292,26 +292,6 @@ fn bits(h: &BlobHash) -> Option<u64> {
             Some(u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]))
         }
         BlobHash::Other(_) => None,
-    }
-}
-
-/// A hasher for keys that are uniform already ([`bits`]).
-#[derive(Default)]
-struct Bits(u64);
-
-impl std::hash::Hasher for Bits {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 

@@ -50,6 +50,32 @@ fn time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     varint(out, u64::from(t.timestamp_subsec_nanos()));
 }
 
+/// A hasher for keys that are uniform already: the first 64 bits of a
+/// SHA-256 (a blob's name) need no hashing again. Sets and maps of a
+/// million such keys (SEARCH's full-text answers, its message lookup)
+/// build several times faster than with SipHash.
+#[derive(Default, Clone, Copy)]
+pub struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A set of blob-hash prefixes ([`PrefixHasher`]).
+pub type PrefixSet = std::collections::HashSet<u64, std::hash::BuildHasherDefault<PrefixHasher>>;
+
 /// A blob's name held compactly: the 32 bytes of the SHA-256 every blob is
 /// named by (in lower-case hex), or the text of any other name as written.
 /// What a selected folder keeps per message instead of the 64-character

@@ -680,7 +680,7 @@ mod tests {
         let mut recs: Vec<Record> = (0..10).map(|i| rec(&format!("op{i}"))).collect();
         j.append(&mut recs).unwrap();
         let mut r = JournalReader::at(d.path().to_path_buf());
-        let mut scan = |r: &mut JournalReader, after: u64| {
+        let scan = |r: &mut JournalReader, after: u64| {
             let mut seqs = Vec::new();
             r.scan_after_resuming(
                 after,

@@ -40,7 +40,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{broadcast, oneshot};
 
 pub use blobs::{BlobReader, BlobRef};
-pub use codec::{BlobHash, Brief};
+pub use codec::{BlobHash, Brief, PrefixHasher, PrefixSet};
 pub use index::{time_modseq, Dump, FolderState, MessageMeta, ProviderEntry};
 pub use journal::{decode_line, encode_line, JournalLine, JournalReader, LineError, GENESIS};
 pub use record::{Audit, Event, ExpiredItem, FlagOp, HandledItem, ProviderRef, Record};
