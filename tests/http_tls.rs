@@ -246,15 +246,7 @@ fn a_renewed_certificate_is_served_after_sighup() {
     let (gw, port, _tmp) = gateway("prom");
     assert_eq!(presented_cert(port), pem_body(&gw.cert()));
     let (cert, key) = (gw.cert(), gw.dir.path().join("key.pem"));
-    let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    imap_support::selfsigned::certificate(&cert, &key);
     let renewed = pem_body(&cert);
     assert!(Command::new("kill").args(["-HUP", &gw.child.id().to_string()]).status().unwrap().success());
     let t0 = std::time::Instant::now();

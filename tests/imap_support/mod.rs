@@ -3,6 +3,9 @@
 //! with the `openssl` CLI, a config, and a running `pecgate serve`.
 #![allow(dead_code)]
 
+#[path = "../support/selfsigned.rs"]
+pub mod selfsigned;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -309,29 +312,7 @@ pub fn start_with(setup: Setup) -> Gateway {
     });
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        st.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    selfsigned::certificate(&cert, &key);
     let port = free_port();
     let starttls_port = starttls_port.then(free_port);
     let starttls = match starttls_port {

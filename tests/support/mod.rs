@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod gateway;
+pub mod selfsigned;
 pub mod sim;
 pub mod slapd;
 pub mod tsa;
