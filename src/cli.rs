@@ -424,7 +424,13 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Some(a) => Some(std::fs::read(&a.ca_file).with_context(|| format!("anchor.ca_file {}", a.ca_file.display()))?),
                 None => None,
             };
-            let a = anchors.check(&journal, &files, v.records, ca.as_deref());
+            // A cluster node that did not anchor reads the tokens from the bucket.
+            let cluster = cfg.store.cluster_options().map_err(anyhow::Error::msg)?;
+            let bucket = match &cluster {
+                Some(c) => Some(store::BlobReader::open(&cfg.store.data_dir, Some(c))?),
+                None => None,
+            };
+            let a = anchors.check(&journal, bucket.as_ref(), &files, v.records, ca.as_deref());
             let ok = v.broken.is_none() && a.broken.is_none();
             if json {
                 let mut out = serde_json::to_value(&v)?;

@@ -25,11 +25,13 @@ struct Node {
     child: Option<Child>,
 }
 
+/// Mailbox `prot`, its provider never reached (nothing polls it).
+const PROT: &str = "[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\n\
+     imap = { host = \"127.0.0.1\", port = 9, tls = \"none\" }\noffload = { mode = \"never\" }\npoll_interval = \"1h\"\n\n";
+
 impl Node {
     fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path) -> Node {
-        let mailbox = "[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\n\
-             imap = { host = \"127.0.0.1\", port = 9, tls = \"none\" }\noffload = { mode = \"never\" }\npoll_interval = \"1h\"\n\n";
-        Node::with(dir, name, pg, s3, cert, key, mailbox)
+        Node::with(dir, name, pg, s3, cert, key, PROT)
     }
 
     /// A node whose configuration has `body` (mailboxes, `[upstream]`)
@@ -263,7 +265,106 @@ fn two_nodes_share_one_archive() {
         sa.close().expect("close a");
         sb.close().expect("close b");
     });
+
+    // A conservation export on a node: the messages come from the bucket
+    // (no blob file on any node), checked against their names, and the
+    // package verifies.
+    let pkg = dir.path().join("export-prot");
+    let out = b.cli(&["export", "--mailbox", "prot", "--out", pkg.to_str().expect("path")]);
+    let said = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(out.status.success(), "export on a cluster node: {}", said(&out));
+    let sums = std::fs::read_to_string(pkg.join("SHA256SUMS")).expect("SHA256SUMS");
+    let emls: std::collections::BTreeSet<&str> =
+        sums.lines().filter(|l| l.ends_with(".eml")).map(|l| &l[..64]).collect();
+    let in_bucket: std::collections::BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o.starts_with("blobs/") && o.ends_with(".eml"))
+        .filter_map(|o| o.rsplit('/').next()?.strip_suffix(".eml").map(str::to_string))
+        .collect();
+    assert_eq!(emls.len(), 11, "{sums}");
+    assert!(emls.iter().all(|h| in_bucket.contains(*h)), "every exported message is a bucket object");
+    let verified = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["export", "verify", pkg.to_str().expect("path")])
+        .output()
+        .expect("run pecgate");
+    assert!(verified.status.success(), "export verify: {}", said(&verified));
     assert!(!a.log().contains("panicked") && !b.log().contains("panicked"));
+}
+
+/// Time-stamp tokens in a cluster: the node that anchors keeps its token
+/// beside its journal mirror and puts it in the bucket; a conservation
+/// export made on another node takes it from there, and the package's
+/// anchor verifies with openssl as its README says.
+#[test]
+fn an_export_on_another_node_carries_the_anchor() {
+    use pecgate::store::{Audit, Change};
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let tsa = support::tsa::Tsa::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
+        for n in 0..4 {
+            let raw = format!("From: a@example.it\r\nSubject: atto {n}\r\n\r\nbody {n}\r\n");
+            let blob = x.put_blob(raw.into_bytes()).await.expect("blob");
+            let c = Change::Archive {
+                mailbox: "prot".into(),
+                folder: "INBOX".into(),
+                blob,
+                internal_date: chrono::Utc::now(),
+                flags: vec![],
+                provider: None,
+                pec: None,
+                handling: None,
+            };
+            x.commit(Audit::system("upstream", "archive"), c).await.expect("archive");
+        }
+        x.close().expect("close x");
+    });
+    // Only node a anchors (every 3 records or second).
+    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
+    let b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    a.start();
+    let anchored = || pg.sql("SELECT count(*) FROM pecgate_journal WHERE line LIKE '%\"op\":\"anchor\"%'");
+    wait("an anchor", Duration::from_secs(30), || anchored() != "0", || a.log());
+    a.stop();
+    let tokens = std::fs::read_dir(a.index_dir.join("anchors")).map(|d| d.count()).unwrap_or(0);
+    assert!(tokens > 0, "node a keeps its tokens beside its mirror");
+    assert!(!b.index_dir.join("anchors").exists(), "node b never anchored");
+
+    let pkg = dir.path().join("export-b");
+    let out = b.cli(&["export", "--mailbox", "prot", "--out", pkg.to_str().expect("path")]);
+    let said = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(out.status.success(), "export on node b: {}", said(&out));
+    let sums = std::fs::read_to_string(pkg.join("SHA256SUMS")).expect("SHA256SUMS");
+    assert_eq!(sums.lines().filter(|l| l.ends_with(".eml")).count(), 4, "{sums}");
+    let tsr: Vec<&str> = sums.lines().filter(|l| l.contains("audit/anchor-") && l.ends_with(".tsr")).collect();
+    assert_eq!(tsr.len(), 1, "the package carries the anchor's token: {sums}");
+    let verified = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["export", "verify", pkg.to_str().expect("path")])
+        .output()
+        .expect("run pecgate");
+    assert!(verified.status.success(), "export verify: {}", said(&verified));
+    // `audit verify` on either node: the token named by the `anchor`
+    // record is found (on node b, in the bucket) and unaltered.
+    for n in [&a, &b] {
+        let v = n.cli(&["audit", "verify"]);
+        assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
+    }
+    let token = std::fs::read(pkg.join(&tsr[0][66..])).expect("token in the package");
+    let in_bucket = s3.objects().iter().any(|o| o.contains(&sha256_hex(&token)));
+    assert!(in_bucket, "the token is a bucket object, named by its SHA-256");
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
 }
 
 const PROVIDER_USER: &str = "protocollo@pec.example.it";

@@ -135,6 +135,7 @@ impl Collector {
     pub fn check(
         mut self,
         journal: &JournalReader,
+        bucket: Option<&crate::store::BlobReader>,
         files: &[(u64, String)],
         records: u64,
         ca_pem: Option<&[u8]>,
@@ -146,7 +147,14 @@ impl Collector {
         // Records that name a token: each file must be there, unaltered.
         for (at, ev) in &self.records {
             let Event::Anchored { seq, token, token_sha256, .. } = ev else { continue };
-            match journal.anchor_token(token) {
+            // Kept beside the journal of the node that anchored; on a
+            // cluster's other nodes, in the bucket by its SHA-256 (the
+            // signature is checked where the file is: the loop below).
+            let read = match (journal.anchor_token(token), bucket) {
+                (Err(e), Some(b)) if e.kind() == std::io::ErrorKind::NotFound => b.get(token_sha256),
+                (r, _) => r,
+            };
+            match read {
                 Ok(b) if hex::encode(Sha256::digest(&b)) == *token_sha256 => {}
                 Ok(_) => {
                     rep.broken = Some(format!(

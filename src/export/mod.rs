@@ -226,7 +226,8 @@ fn make(m: Make) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
-    let blobs = BlobReader::open_read_only(&cfg.store.data_dir);
+    let cluster = cfg.store.cluster_options().map_err(anyhow::Error::msg)?;
+    let blobs = BlobReader::open(&cfg.store.data_dir, cluster.as_ref()).context("opening the archive's blobs")?;
     let opts = write::Options {
         trust: trust.as_ref(),
         tsa_ca,

@@ -68,6 +68,9 @@ pub struct Anchor {
     pub seq: u64,
     pub hash: String,
     pub token_name: String,
+    /// The token's SHA-256 as the `anchored` record gives it: on a cluster
+    /// node that did not anchor, the token is read from the bucket by it.
+    pub token_sha256: String,
     pub lines: Vec<String>,
 }
 
@@ -134,7 +137,7 @@ pub fn plan(
     // Every sent message of the mailbox (key → hash), for receipts whose
     // sent message was exported before.
     let mut sent: HashMap<String, String> = HashMap::new();
-    let mut anchor: Option<(u64, String, String, u64, String)> = None; // (anchored seq, hash, token, its record's seq, line)
+    let mut anchor: Option<(u64, String, String, String, String)> = None; // (anchored seq, hash, token, its SHA-256, line)
     crate::audit::scan(journal, progress, |f| {
         let rec = &f.record;
         head = rec.seq;
@@ -154,8 +157,8 @@ pub fn plan(
                     l.2 = l.2.iter().filter(|&&i| i >= keep).map(|i| i - keep).collect();
                 }
             }
-            Event::Anchored { seq, hash, token, .. } => {
-                anchor = Some((*seq, hash.clone(), token.clone(), rec.seq, f.line.clone()));
+            Event::Anchored { seq, hash, token, token_sha256, .. } => {
+                anchor = Some((*seq, hash.clone(), token.clone(), token_sha256.clone(), f.line.clone()));
             }
             _ => {}
         }
@@ -203,9 +206,9 @@ pub fn plan(
     let items: Vec<Item> = kept.into_iter().flatten().collect();
     let documents = correlate(items, &sent);
     let anchor = match anchor {
-        Some((seq, hash, token, _, line)) => {
+        Some((seq, hash, token, token_sha256, line)) => {
             let anchored = record_line(journal, seq)?;
-            Some(Anchor { seq, hash, token_name: token, lines: vec![anchored, line] })
+            Some(Anchor { seq, hash, token_name: token, token_sha256, lines: vec![anchored, line] })
         }
         None => None,
     };

@@ -218,13 +218,29 @@ impl FileBlobs {
 /// a damaged blob is an error rather than exported evidence.
 #[derive(Debug, Clone)]
 pub struct BlobReader {
-    blobs: FileBlobs,
+    blobs: Blobs,
 }
 
 impl BlobReader {
     /// The blobs of the archive in `data_dir`; nothing is read yet.
     pub fn open_read_only(data_dir: &Path) -> BlobReader {
-        BlobReader { blobs: FileBlobs { root: data_dir.join("blobs") } }
+        BlobReader { blobs: Blobs::Files(FileBlobs { root: data_dir.join("blobs") }) }
+    }
+
+    /// The blobs of an archive as its configuration says: files in
+    /// `data_dir`, or a cluster's bucket.
+    pub fn open(data_dir: &Path, cluster: Option<&super::cluster::ClusterOptions>) -> io::Result<BlobReader> {
+        match cluster {
+            None => Ok(BlobReader::open_read_only(data_dir)),
+            Some(c) => {
+                Ok(BlobReader { blobs: Blobs::Bucket(std::sync::Arc::new(super::bucket::Bucket::open(&c.bucket)?)) })
+            }
+        }
+    }
+
+    /// Are the blobs in a cluster's bucket?
+    pub fn is_bucket(&self) -> bool {
+        matches!(self.blobs, Blobs::Bucket(_))
     }
 
     /// The blob's bytes, checked against its hash.
@@ -250,7 +266,16 @@ impl BlobReader {
         if !valid_hash(hash) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"));
         }
-        let mut f = File::open(self.blobs.path(hash))?;
+        let files = match &self.blobs {
+            Blobs::Files(f) => f,
+            Blobs::Bucket(_) => {
+                // One GET (the bucket's client has no streaming read here).
+                let bytes = self.get(hash)?;
+                out.write_all(&bytes)?;
+                return Ok(bytes.len() as u64);
+            }
+        };
+        let mut f = File::open(files.path(hash))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut n = 0u64;

@@ -491,6 +491,11 @@ impl Store {
     /// written to a temporary file, fsynced, renamed, directory fsynced);
     /// returns its name for the `Anchored` record.
     pub fn put_anchor_token(&self, seq: u64, der: &[u8]) -> Result<String> {
+        // A cluster's other nodes (exports, checks) read it from the
+        // bucket, by the SHA-256 the record carries.
+        if let Blobs::Bucket(b) = &self.inner.blobs {
+            b.put(der).map_err(|e| StoreError::Unavailable(format!("the time-stamp token into the bucket: {e}")))?;
+        }
         let dir = self.inner.dir.join(ANCHOR_DIR);
         anchor_files::put(&dir, seq, der).map_err(io_err(&dir))
     }
