@@ -147,7 +147,13 @@ impl Link {
         let genesis = genesis.to_string();
         link.rt.wait(async move {
             // Two nodes starting at once: one creates, the other waits.
-            c.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7262746174650001);").await.map_err(pg)?;
+            // `IF NOT EXISTS` on tables that exist is a NOTICE each, which
+            // tokio-postgres logs at INFO on every start and CLI command.
+            c.batch_execute(
+                "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7262746174650001);",
+            )
+            .await
+            .map_err(pg)?;
             c.batch_execute(SCHEMA).await.map_err(pg)?;
             q(
                 &c,
