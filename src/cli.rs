@@ -536,10 +536,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Cluster(ClusterCmd::Status { config, json }) => {
             let cfg = daemon::load_config(&config)?;
-            let Some(url) = cfg.store.postgres.clone().filter(|_| cfg.store.backend == crate::config::Backend::Cluster) else {
+            let Some(opts) = cfg.store.cluster_options().map_err(anyhow::Error::msg)? else {
                 anyhow::bail!("{}: [store] backend is not \"cluster\"", config.display());
             };
-            let st = runtime()?.block_on(store::cluster::status(&url)).map_err(anyhow::Error::msg)?;
+            let st = runtime()?.block_on(store::cluster::status(&opts)).map_err(anyhow::Error::msg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {

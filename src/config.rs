@@ -276,6 +276,13 @@ pub struct StoreConfig {
     /// `postgresql://pecgate@db1,db2/pecgate?target_session_attrs=read-write`.
     #[serde(default)]
     pub postgres: Option<String>,
+    /// cluster: CA certificates (PEM) trusted for the PostgreSQL server's
+    /// certificate, besides the system's. TLS is used when the server
+    /// offers it (`sslmode=prefer`, the default) or always
+    /// (`sslmode=require` in `postgres`); the certificate is always
+    /// checked, its name included.
+    #[serde(default)]
+    pub postgres_ca: Option<PathBuf>,
     /// cluster: this node's name, unique among the nodes.
     #[serde(default)]
     pub node: Option<String>,
@@ -342,6 +349,7 @@ impl StoreConfig {
         };
         Ok(Some(crate::store::cluster::ClusterOptions {
             postgres: self.postgres.clone().ok_or("store.postgres: required with backend = \"cluster\"")?,
+            postgres_ca: self.postgres_ca.clone(),
             node: self.node.clone().ok_or("store.node: required with backend = \"cluster\"")?,
             bucket: crate::store::bucket::BucketConfig {
                 endpoint: b.endpoint.clone(),

@@ -367,6 +367,63 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
+/// PostgreSQL over TLS: with `sslmode=require` and `[store] postgres_ca`
+/// every connection (the writer's, the listener's, the lease pool's) is
+/// encrypted, and a server whose certificate no trusted CA signed is
+/// refused rather than used in the clear.
+#[test]
+fn postgres_over_tls() {
+    use pecgate::store::{Audit, Change};
+    let mut pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::slapd::make_ca_and_server_cert(dir.path());
+    let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("server.pem"), dir.path().join("server.key"));
+    pg.enable_tls(&cert, &key);
+    let with = |ca: Option<&Path>| {
+        let mut o = options(&pg, &s3, "t");
+        if let Some(c) = o.cluster.as_mut() {
+            c.postgres = format!("{}?sslmode=require", pg.url());
+            c.postgres_ca = ca.map(Path::to_path_buf);
+        }
+        o
+    };
+    let err = Store::open(&dir.path().join("untrusted"), with(None)).err().expect("an untrusted server is refused");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (st, _) = Store::open(&dir.path().join("t"), with(Some(&ca))).expect("open over TLS");
+        let blob = st.put_blob(b"Subject: tls\r\n\r\nbody\r\n".to_vec()).await.expect("blob");
+        let c = Change::Archive {
+            mailbox: "prot".into(),
+            folder: "INBOX".into(),
+            blob,
+            internal_date: chrono::Utc::now(),
+            flags: vec![],
+            provider: None,
+            pec: None,
+            handling: None,
+        };
+        st.commit(Audit::system("upstream", "archive"), c).await.expect("commit over TLS");
+        let ttl = Duration::from_secs(5);
+        assert!(st.acquire_lease("mailbox:prot", ttl).await.expect("lease over TLS").is_some());
+        // Every pecgate connection the server sees is encrypted.
+        let seen = || {
+            pg.sql("SELECT count(*) FILTER (WHERE s.ssl) || ' ' || count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'pecgate' AND a.pid <> pg_backend_pid() AND a.application_name NOT LIKE 'psql%'")
+        };
+        let t0 = Instant::now();
+        let mut last = seen();
+        while !last.starts_with("3 3") && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            last = seen();
+        }
+        let (tls, all) = last.split_once(' ').expect("two counts");
+        assert!(all.parse::<u32>().unwrap_or(0) >= 2 && tls == all, "encrypted / all connections: {last}");
+        st.close().expect("close");
+    });
+}
+
 const PROVIDER_USER: &str = "protocollo@pec.example.it";
 const PROVIDER_PASS: &str = "provider-secret-7";
 

@@ -22,7 +22,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
+
+/// How every connection to PostgreSQL is made: rustls on ring, the
+/// server's certificate checked against the system roots and
+/// `[store] postgres_ca` (TLS when the URL's `sslmode` asks for it or
+/// the server offers it).
+pub type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+
+pub fn tls(opts: &ClusterOptions) -> Result<Tls, String> {
+    let cfg = crate::tls::client_config(opts.postgres_ca.as_deref())
+        .map_err(|e| format!("store.postgres_ca: {e}"))?;
+    Ok(Tls::new((*cfg).clone()))
+}
 
 /// How a node reaches the shared archive.
 #[derive(Debug, Clone)]
@@ -30,6 +42,8 @@ pub struct ClusterOptions {
     /// A libpq connection string or URL (several hosts and
     /// `target_session_attrs=read-write` allowed).
     pub postgres: String,
+    /// CA certificates trusted for the server's, besides the system's.
+    pub postgres_ca: Option<std::path::PathBuf>,
     /// This node's name, unique in the cluster.
     pub node: String,
     pub bucket: super::bucket::BucketConfig,
@@ -102,11 +116,11 @@ pub const CHANNEL: &str = "pecgate_journal";
 /// unavailable.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn connect(url: &str) -> Result<Client, String> {
-    let (client, conn) = tokio::time::timeout(TIMEOUT, tokio_postgres::connect(url, NoTls))
+async fn connect(url: &str, tls: Tls) -> Result<Client, String> {
+    let (client, conn) = tokio::time::timeout(TIMEOUT, tokio_postgres::connect(url, tls))
         .await
         .map_err(|_| "connecting to PostgreSQL timed out".to_string())?
-        .map_err(|e| format!("connecting to PostgreSQL: {e}"))?;
+        .map_err(|e| format!("connecting to PostgreSQL: {}", with_causes(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");
@@ -126,8 +140,21 @@ async fn q(c: &Client, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Res
 fn pg(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("PostgreSQL: {}: {}", d.code().code(), d.message()),
-        None => format!("PostgreSQL: {e}"),
+        None => format!("PostgreSQL: {}", with_causes(&e)),
     }
+}
+
+/// An error and what caused it ("error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer"): tokio-postgres's own text names only
+/// the step that failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out += &format!(": {c}");
+        cause = c.source();
+    }
+    out
 }
 
 /// The writer's connection: one transaction at a time, under the chain
@@ -135,6 +162,7 @@ fn pg(e: tokio_postgres::Error) -> String {
 pub struct Link {
     rt: Arc<Rt>,
     url: String,
+    tls: Tls,
     client: Option<Arc<Client>>,
     in_txn: bool,
 }
@@ -142,7 +170,7 @@ pub struct Link {
 impl Link {
     /// Connect and create the tables if this is the first node ever.
     pub fn open(rt: Arc<Rt>, opts: &ClusterOptions, genesis: &str) -> Result<Link, String> {
-        let mut link = Link { rt, url: opts.postgres.clone(), client: None, in_txn: false };
+        let mut link = Link { rt, url: opts.postgres.clone(), tls: tls(opts)?, client: None, in_txn: false };
         let c = link.client()?;
         let genesis = genesis.to_string();
         link.rt.wait(async move {
@@ -174,8 +202,8 @@ impl Link {
         }
         self.client = None;
         self.in_txn = false;
-        let url = self.url.clone();
-        let c = Arc::new(self.rt.wait(async move { connect(&url).await })??);
+        let (url, tls) = (self.url.clone(), self.tls.clone());
+        let c = Arc::new(self.rt.wait(async move { connect(&url, tls).await })??);
         self.client = Some(c.clone());
         Ok(c)
     }
@@ -309,6 +337,7 @@ impl Link {
 pub fn spawn_listener(
     rt: &Rt,
     url: String,
+    tls: Tls,
     applied: Arc<std::sync::atomic::AtomicU64>,
     wake: impl Fn() -> bool + Send + 'static,
 ) {
@@ -317,7 +346,7 @@ pub fn spawn_listener(
         loop {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let listening = async {
-                let (client, mut conn) = tokio_postgres::connect(&url, NoTls).await.map_err(pg)?;
+                let (client, mut conn) = tokio_postgres::connect(&url, tls.clone()).await.map_err(pg)?;
                 let feed = tx.clone();
                 tokio::spawn(async move {
                     let mut msgs = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -419,7 +448,7 @@ impl Leases {
         cfg.manager =
             Some(deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast });
         let pool = cfg
-            .create_pool(Some(deadpool_postgres::Runtime::Tokio1), NoTls)
+            .create_pool(Some(deadpool_postgres::Runtime::Tokio1), tls(opts)?)
             .map_err(|e| format!("PostgreSQL pool: {e}"))?;
         Ok(Leases { pool, node: opts.node.clone() })
     }
@@ -561,8 +590,8 @@ impl Status {
 }
 
 /// Read the cluster's state from PostgreSQL.
-pub async fn status(url: &str) -> Result<Status, String> {
-    let c = connect(url).await?;
+pub async fn status(opts: &ClusterOptions) -> Result<Status, String> {
+    let c = connect(&opts.postgres, tls(opts)?).await?;
     let head = q(&c, "SELECT seq FROM pecgate_chain WHERE id = 1", &[]).await?;
     let head = head.first().ok_or("PostgreSQL: no chain head row")?.get::<_, i64>(0) as u64;
     let nodes = q(

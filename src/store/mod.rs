@@ -425,7 +425,8 @@ impl Store {
             // Other nodes' commits: a NOTIFY wakes the writer, which takes
             // them in; once a second anyway.
             let wake = Arc::downgrade(&tx);
-            cluster::spawn_listener(rt, c.postgres.clone(), applied.clone(), move || {
+            let tls = cluster::tls(c).map_err(StoreError::Unavailable)?;
+            cluster::spawn_listener(rt, c.postgres.clone(), tls, applied.clone(), move || {
                 let Some(tx) = wake.upgrade() else { return false };
                 let tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 tx.as_ref().is_some_and(|t| t.send(Request::CatchUp).is_ok())

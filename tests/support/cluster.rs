@@ -35,6 +35,8 @@ pub struct Postgres {
     pub port: u16,
     data: PathBuf,
     log: PathBuf,
+    /// Serving TLS with this certificate and key (files in `data`).
+    tls: bool,
 }
 
 impl Postgres {
@@ -61,7 +63,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut pg = Postgres { dir, port: free_port(), data, log };
+        let mut pg = Postgres { dir, port: free_port(), data, log, tls: false };
         pg.pg_ctl(&["start", "-w", "-t", "60"]);
         let out = Command::new("psql")
             .args([
@@ -82,9 +84,29 @@ impl Postgres {
         pg
     }
 
+    /// Serve TLS (as well as plain connections) with `cert` and `key`,
+    /// from a restart on.
+    pub fn enable_tls(&mut self, cert: &Path, key: &Path) {
+        for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let dest = self.data.join(to);
+            std::fs::copy(from, &dest).expect("copy the certificate into the data directory");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if is_root() {
+                let st = Command::new("chown").arg("postgres:postgres").arg(&dest).status().expect("chown");
+                assert!(st.success());
+            }
+        }
+        self.tls = true;
+        self.pg_ctl(&["restart", "-w", "-t", "60"]);
+    }
+
     fn pg_ctl(&mut self, args: &[&str]) {
-        let opts =
+        let mut opts =
             format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on", self.port, self.dir.path().display());
+        if self.tls {
+            opts += " -c ssl=on";
+        }
         let out = as_postgres(&Path::new(PG_BIN).join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
@@ -231,6 +253,7 @@ impl S3 {
         pecgate::store::StoreOptions {
             cluster: Some(pecgate::store::cluster::ClusterOptions {
                 postgres: pg.url(),
+                postgres_ca: None,
                 node: node.into(),
                 bucket: pecgate::store::bucket::BucketConfig {
                     endpoint: self.endpoint(),
