@@ -346,9 +346,13 @@ pub enum StoreCmd {
     /// local backend) into a cluster (`--to`: one with `backend =
     /// "cluster"`): every blob into the bucket, read back against its hash
     /// first, then the journal into PostgreSQL, each record checked against
-    /// the chain. Resumable: run it again after an interruption; what the
-    /// cluster holds is checked, not copied again. Stop the daemon that
-    /// writes the data directory first.
+    /// the chain. Or the other way (`--from` a cluster node's
+    /// configuration, `--to` a local one): every blob and time-stamp token
+    /// from the bucket and the journal from PostgreSQL into the data
+    /// directory, each checked the same way; the index is built at the end.
+    /// Resumable: run it again after an interruption; what the destination
+    /// holds is checked, not copied again. Stop the daemon (or every node)
+    /// that writes the source first.
     Migrate {
         #[arg(long)]
         from: PathBuf,
@@ -598,6 +602,11 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCmd::Migrate { from, to, json }) => {
             let src = daemon::load_config(&from)?;
             let dst = daemon::load_config(&to)?;
+            if let (Some(opts), crate::config::Backend::Local) =
+                (src.store.cluster_options().map_err(anyhow::Error::msg)?, dst.store.backend)
+            {
+                return migrate_from_cluster(&opts, &dst, json);
+            }
             if src.store.backend != crate::config::Backend::Local {
                 anyhow::bail!("--from {}: [store] backend must be \"local\" (a data directory)", from.display());
             }
@@ -836,6 +845,42 @@ fn read_password() -> anyhow::Result<String> {
         anyhow::ensure!(!pw.is_empty(), "empty password on standard input");
         Ok(pw)
     }
+}
+
+/// `store migrate` from a cluster into the data directory of `dst`.
+fn migrate_from_cluster(
+    from: &store::cluster::ClusterOptions,
+    dst: &crate::config::Config,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let dir = &dst.store.data_dir;
+    // Not while a daemon has it open (the store's lock says so).
+    daemon::open_store(dst)?.close()?;
+    let bar = progress_bar("{msg} [{bar:40}] {pos}/{len} ({eta})");
+    let started = std::time::Instant::now();
+    let m = store::migrate::from_cluster(from, dir, dst.store.journal_segment_bytes, &mut |what, done, total| {
+        bar.set_message(what.to_string());
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    // The index, from the journal just copied (and a check that it opens).
+    daemon::open_store(dst)?.close()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!(
+            "migrated the cluster into {} in {:.1} s: blobs {} copied, {} already there; journal records {} copied, {} already there",
+            dir.display(),
+            started.elapsed().as_secs_f64(),
+            m.blobs_copied,
+            m.blobs_present,
+            m.records_copied,
+            m.records_present
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {

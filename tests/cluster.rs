@@ -865,6 +865,7 @@ fn migrate_a_data_directory_into_the_cluster() {
         cl.close().expect("close");
     });
     local.close().expect("close");
+    drop(local);
     // Another archive into this cluster: refused, nothing written.
     let mut other = support::gateway::Gateway::new("");
     other.start();
@@ -885,4 +886,57 @@ fn migrate_a_data_directory_into_the_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(pg.sql("SELECT count(*) FROM pecgate_journal"), before, "nothing written");
+
+    // And back to one machine: a new data directory gets every blob and
+    // the journal byte for byte, and the same index.
+    let back = support::gateway::Gateway::new("");
+    let migrate_back = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["store", "migrate", "--json", "--from"])
+            .arg(&node.config)
+            .arg("--to")
+            .arg(&back.config_path)
+            .output()
+            .expect("run pecgate");
+        assert!(out.status.success(), "migrate back: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let m = migrate_back();
+    assert_eq!((m["blobs_copied"].as_u64(), m["records_copied"].as_u64()), (Some(25), Some(records)), "{m}");
+    let journal = |dir: PathBuf| std::fs::read(dir.join("000001.log")).expect("journal");
+    assert_eq!(journal(back.journal_dir()), journal(g.journal_dir()), "the journal, byte for byte");
+    let m = migrate_back();
+    assert_eq!((m["blobs_copied"].as_u64(), m["blobs_present"].as_u64()), (Some(0), Some(25)), "{m}");
+    assert_eq!((m["records_copied"].as_u64(), m["records_present"].as_u64()), (Some(0), Some(records)), "{m}");
+    let (mine, theirs) = (back.open_store(), g.open_store());
+    assert_eq!(mine.index_dump().expect("dump"), theirs.index_dump().expect("dump"), "the same index");
+    for (_, msg) in theirs.messages("prot", "INBOX").expect("messages") {
+        assert_eq!(mine.get_blob(&msg.hash).expect("blob back"), theirs.get_blob(&msg.hash).expect("blob"));
+    }
+    mine.close().expect("close");
+    theirs.close().expect("close");
+    // A data directory of another archive is not written into.
+    let st = other.open_store();
+    rt.block_on(st.commit(
+        pecgate::store::Audit::system("test", "ensure"),
+        pecgate::store::Change::EnsureFolder { mailbox: "x".into(), folder: "INBOX".into() },
+    ))
+    .expect("a record of its own");
+    st.close().expect("close");
+    drop(st);
+    let before = std::fs::read(other.journal_dir().join("000001.log")).expect("journal");
+    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["store", "migrate", "--from"])
+        .arg(&node.config)
+        .arg("--to")
+        .arg(&other.config_path)
+        .output()
+        .expect("run pecgate");
+    assert!(!out.status.success(), "another archive's directory must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another archive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(other.journal_dir().join("000001.log")).expect("journal"), before, "nothing written");
 }

@@ -229,6 +229,12 @@ impl Journal {
         Ok(records)
     }
 
+    /// Make what was written durable (after [`Journal::mirror`], which
+    /// does not sync, when the copy is to be kept: `store migrate`).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     fn write_out(&mut self, buf: &str, sync: bool) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());

@@ -1,6 +1,7 @@
 //! `pecgate store migrate`: a data directory of one machine into a cluster
-//! (PostgreSQL + bucket). Resumable: what the cluster already holds is
-//! checked, not copied again.
+//! (PostgreSQL + bucket), or a cluster's archive back into a data
+//! directory ([`from_cluster`]). Resumable: what the destination already
+//! holds is checked, not copied again.
 //!
 //! 1. Every blob file is read back against its name (SHA-256) and put in
 //!    the bucket (already there: skipped after a HEAD).
@@ -15,11 +16,12 @@
 
 use std::path::Path;
 
-use super::blobs::{BlobReader, FileBlobs};
+use super::blobs::{sha256_hex, BlobReader, FileBlobs};
 use super::bucket::Bucket;
 use super::cluster::{ClusterOptions, Link, Rt};
-use super::journal::{decode_line, JournalReader, GENESIS};
-use super::JOURNAL_DIR;
+use super::journal::{decode_line, Journal, JournalReader, GENESIS};
+use super::record::Event;
+use super::{anchor_files, ANCHOR_DIR, JOURNAL_DIR};
 
 /// What a migration did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -144,5 +146,104 @@ pub fn to_cluster(
     }
     flush(&mut link, &mut batch, &prev, &mut out.records_copied)?;
     progress("records", last, last);
+    Ok(out)
+}
+
+/// A cluster's archive into the data directory `data_dir` (new, or holding
+/// an earlier copy of the same archive), for a return to one machine:
+///
+/// 1. every blob in the bucket, checked against its name, into `blobs/`
+///    (fsynced; one already there is kept);
+/// 2. the shared journal's records after this directory's last one, each
+///    checked (hash, number, link) as a node's copy is, into `journal/`
+///    in segments of `segment_bytes`, fsynced at the end; the time-stamp
+///    token each `anchor` record names, from the bucket by its SHA-256,
+///    into `anchors/` under the name the record gives.
+///
+/// This directory's journal must be a prefix of the shared one, or nothing
+/// is written. The index is built when the archive is next opened. Stop
+/// the cluster's nodes first: records committed meanwhile may or may not
+/// be copied (running it again copies them).
+pub fn from_cluster(
+    from: &ClusterOptions,
+    data_dir: &Path,
+    segment_bytes: u64,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Migrated, String> {
+    let mut out = Migrated::default();
+    let rt = Rt::new("pecgate-migrate").map_err(|e| e.to_string())?;
+    let mut link = Link::open(rt, from, GENESIS)?;
+    let (head, _) = link.head()?;
+    let at = |e: std::io::Error| format!("{}: {e}", data_dir.display());
+    let (mut journal, _) = Journal::open(&data_dir.join(JOURNAL_DIR), segment_bytes).map_err(at)?;
+    let mine = journal.last_seq();
+    let another = || {
+        format!(
+            "{} holds {mine} journal records that are not the cluster's first (the cluster holds {head}): it belongs to another archive; nothing written",
+            data_dir.display()
+        )
+    };
+    if mine > head {
+        return Err(another());
+    }
+    if mine > 0 {
+        let theirs = link.read_after(mine - 1, 1)?;
+        let same = theirs.first().and_then(|(_, l)| decode_line(l).ok()).is_some_and(|(_, h)| h == journal.last_hash());
+        if !same {
+            return Err(another());
+        }
+    }
+    out.records_present = mine;
+
+    // The blobs first: every record copied below names blobs already here.
+    let bucket = Bucket::open(&from.bucket).map_err(|e| format!("bucket: {e}"))?;
+    let files = FileBlobs::open(&data_dir.join("blobs")).map_err(at)?.0;
+    let hashes = bucket.list().map_err(|e| format!("listing the bucket: {e}"))?;
+    let total = hashes.len() as u64;
+    for (i, h) in hashes.iter().enumerate() {
+        if files.size(h).is_ok() {
+            out.blobs_present += 1;
+        } else {
+            let bytes = bucket.get(h).map_err(|e| format!("blob {h}: {e}"))?;
+            if sha256_hex(&bytes) != *h {
+                return Err(format!("blob {h}: the bucket's bytes do not hash to its name; refusing to go on"));
+            }
+            files.put(&bytes).map_err(|e| format!("writing blob {h}: {e}"))?;
+            out.blobs_copied += 1;
+        }
+        progress("blobs", i as u64 + 1, total);
+    }
+
+    let anchors = data_dir.join(ANCHOR_DIR);
+    loop {
+        let lines = link.read_after(journal.last_seq(), BATCH as i64)?;
+        if lines.is_empty() {
+            break;
+        }
+        // Tokens before the records naming them: an interrupted run goes on
+        // after the last record copied, whose tokens are then here.
+        let named: Vec<Event> = lines
+            .iter()
+            .filter_map(|(_, l)| decode_line(l).ok())
+            .map(|(r, _)| r.event)
+            .filter(|e| matches!(e, Event::Anchored { .. }))
+            .collect();
+        for e in &named {
+            if let Event::Anchored { seq, token, token_sha256, .. } = e {
+                let der = bucket.get(token_sha256).map_err(|e| format!("the time-stamp token {token}: {e}"))?;
+                if sha256_hex(&der) != *token_sha256 {
+                    return Err(format!("the time-stamp token {token}: the bucket's bytes are not the record's"));
+                }
+                let name = anchor_files::put(&anchors, *seq, &der).map_err(at)?;
+                if name != *token {
+                    return Err(format!("the time-stamp token {token} would be named {name} here"));
+                }
+            }
+        }
+        let records = journal.mirror(lines).map_err(at)?;
+        out.records_copied += records.len() as u64;
+        progress("records", journal.last_seq(), head.max(journal.last_seq()));
+    }
+    journal.sync().map_err(at)?;
     Ok(out)
 }
