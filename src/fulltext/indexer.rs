@@ -247,7 +247,7 @@ pub fn pass(
         p.records += 1;
         // A stopping daemon ends the pass early (what it did is committed):
         // blobs read from a bucket make a long pass.
-        if p.records >= max_records || (p.records % 256 == 0 && stop()) {
+        if p.records >= max_records || (p.records.is_multiple_of(256) && stop()) {
             return Err(Stop::Full);
         }
         Ok(())

@@ -253,10 +253,18 @@ pub fn internal_date(d: chrono::DateTime<chrono::Utc>) -> imap_next::imap_types:
     imap_next::imap_types::datetime::DateTime::unvalidated(d.trunc_subsecs(0).clamp(first, last).fixed_offset())
 }
 
-/// The items FETCH asked for, of one message (`raw`: its bytes, if read;
-/// `kept`: its anatomy, when the bytes were not read because the cached
-/// anatomy answers every item); `Err` for a BINARY of a part whose
-/// transfer encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
+/// What FETCH has of a message besides its index entry.
+#[derive(Clone, Copy, Default)]
+pub struct Content<'a> {
+    /// Its bytes, if read.
+    pub raw: Option<&'a [u8]>,
+    /// Its anatomy, when the bytes were not read because the cached
+    /// anatomy answers every item.
+    pub kept: Option<&'a Anatomy>,
+}
+
+/// The items FETCH asked for, of one message; `Err` for a BINARY of a
+/// part whose transfer encoding cannot be undone (RFC 3516 UNKNOWN-CTE).
 pub fn message_items(
     names: &[MessageDataItemName<'static>],
     uid: u32,
@@ -264,9 +272,9 @@ pub fn message_items(
     seen: bool,
     recent: bool,
     newly_seen: bool,
-    raw: Option<&[u8]>,
-    kept: Option<&Anatomy>,
+    content: Content<'_>,
 ) -> Result<Vec<MessageDataItem<'static>>, fetch::UnknownCte> {
+    let Content { raw, kept } = content;
     // The structure (ENVELOPE, BODY, BODYSTRUCTURE, where a part is) only
     // for the items that need it, from the shared cache or by one parse:
     // BODY[] or RFC822.SIZE need none of it.

@@ -733,7 +733,7 @@ mod tests {
             )
             .unwrap();
         let mut again = Vec::new();
-        j.append(&mut vec![rec("last")]).unwrap();
+        j.append(&mut [rec("last")]).unwrap();
         fresh
             .scan_after_resuming(
                 30,

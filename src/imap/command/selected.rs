@@ -650,8 +650,8 @@ async fn fetch(
                 None
             };
             let recent = sel.recent.contains(*u);
-            let items =
-                message_items(&names, *u, &meta, seen, recent, newly_seen.contains(u), raw.as_deref(), kept.as_deref());
+            let content = Content { raw: raw.as_deref(), kept: kept.as_deref() };
+            let items = message_items(&names, *u, &meta, seen, recent, newly_seen.contains(u), content);
             match items.map(Vec1::try_from) {
                 Ok(Ok(items)) if origins.iter().any(Option::is_some) => io.raw(&fetch_line(*seq, items, &origins)),
                 Ok(Ok(items)) => io.data(Data::Fetch { seq: nz(*seq), items }),
