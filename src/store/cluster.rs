@@ -257,9 +257,15 @@ impl Link {
             self.rollback();
         }
         let r = self.run(move |c| async move {
-            c.batch_execute("BEGIN").await.map_err(pg)?;
-            let head = q(&c, "SELECT seq FROM pecgate_chain WHERE id = 1 FOR UPDATE", &[]).await?;
-            let head = head.first().ok_or("PostgreSQL: no chain head row")?.get::<_, i64>(0) as u64;
+            // BEGIN and the lock in one round trip: both requests are sent
+            // before either answer is read (tokio-postgres pipelines
+            // requests polled together).
+            let (begun, head) = futures::join!(
+                c.batch_execute("BEGIN"),
+                q(&c, "SELECT seq FROM pecgate_chain WHERE id = 1 FOR UPDATE", &[])
+            );
+            begun.map_err(pg)?;
+            let head = head?.first().ok_or("PostgreSQL: no chain head row")?.get::<_, i64>(0) as u64;
             if head <= after {
                 return Ok(Vec::new());
             }
@@ -286,23 +292,36 @@ impl Link {
         let seqs: Vec<i64> = lines.iter().map(|l| l.0 as i64).collect();
         let texts: Vec<String> = lines.iter().map(|l| l.1.clone()).collect();
         let r = self.run(move |c| async move {
-            if !seqs.is_empty() {
-                q(
-                    &c,
-                    "INSERT INTO pecgate_journal (seq, line) SELECT * FROM UNNEST($1::int8[], $2::text[])",
-                    &[(&seqs, Type::INT8_ARRAY), (&texts, Type::TEXT_ARRAY)],
-                )
-                .await?;
-                let seq = head.0 as i64;
-                q(
-                    &c,
-                    "UPDATE pecgate_chain SET seq = $1, hash = $2 WHERE id = 1",
-                    &[(&seq, Type::INT8), (&head.1, Type::TEXT)],
-                )
-                .await?;
-                q(&c, "SELECT pg_notify($1, $2)", &[(&CHANNEL, Type::TEXT), (&head.0.to_string(), Type::TEXT)]).await?;
+            if seqs.is_empty() {
+                return c.batch_execute("COMMIT").await.map_err(pg);
             }
-            c.batch_execute("COMMIT").await.map_err(pg)
+            // The lines, the head and the notification in one statement
+            // (data-modifying WITH clauses always run to completion), and
+            // COMMIT sent with it: one round trip. Should the statement
+            // fail, the transaction is aborted and that COMMIT rolls it
+            // back; the statement's error is the answer.
+            let (seq, channel, notice) = (head.0 as i64, CHANNEL.to_string(), head.0.to_string());
+            let params: [(&(dyn ToSql + Sync), Type); 6] = [
+                (&seqs, Type::INT8_ARRAY),
+                (&texts, Type::TEXT_ARRAY),
+                (&seq, Type::INT8),
+                (&head.1, Type::TEXT),
+                (&channel, Type::TEXT),
+                (&notice, Type::TEXT),
+            ];
+            let (written, committed) = futures::join!(
+                q(
+                    &c,
+                    "WITH lines AS (INSERT INTO pecgate_journal (seq, line) \
+                        SELECT * FROM UNNEST($1::int8[], $2::text[])), \
+                     head AS (UPDATE pecgate_chain SET seq = $3, hash = $4 WHERE id = 1) \
+                     SELECT pg_notify($5, $6)",
+                    &params,
+                ),
+                c.batch_execute("COMMIT")
+            );
+            written?;
+            committed.map_err(pg)
         });
         self.in_txn = false;
         r
