@@ -613,29 +613,8 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let Some(opts) = dst.store.cluster_options().map_err(anyhow::Error::msg)? else {
                 anyhow::bail!("--to {}: [store] backend must be \"cluster\"", to.display());
             };
-            let bar = progress_bar("{msg} [{bar:40}] {pos}/{len} ({eta})");
-            let started = std::time::Instant::now();
-            let m = store::migrate::to_cluster(&src.store.data_dir, &opts, &mut |what, done, total| {
-                bar.set_message(what.to_string());
-                bar.set_length(total.max(done));
-                bar.set_position(done);
-            })
-            .map_err(anyhow::Error::msg)?;
-            bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
-            } else {
-                println!(
-                    "migrated {} into the cluster in {:.1} s: blobs {} copied, {} already there; journal records {} copied, {} already there",
-                    src.store.data_dir.display(),
-                    started.elapsed().as_secs_f64(),
-                    m.blobs_copied,
-                    m.blobs_present,
-                    m.records_copied,
-                    m.records_present
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            let what = format!("{} into the cluster", src.store.data_dir.display());
+            migrating(&what, json, |progress| store::migrate::to_cluster(&src.store.data_dir, &opts, progress))
         }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;
@@ -856,23 +835,35 @@ fn migrate_from_cluster(
     let dir = &dst.store.data_dir;
     // Not while a daemon has it open (the store's lock says so).
     daemon::open_store(dst)?.close()?;
+    let what = format!("the cluster into {}", dir.display());
+    let done = migrating(&what, json, |progress| {
+        store::migrate::from_cluster(from, dir, dst.store.journal_segment_bytes, progress)
+    })?;
+    // The index, from the journal just copied (and a check that it opens).
+    daemon::open_store(dst)?.close()?;
+    Ok(done)
+}
+
+/// Run a migration with a progress bar, and say what it did.
+fn migrating(
+    what: &str,
+    json: bool,
+    run: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> Result<store::migrate::Migrated, String>,
+) -> anyhow::Result<ExitCode> {
     let bar = progress_bar("{msg} [{bar:40}] {pos}/{len} ({eta})");
     let started = std::time::Instant::now();
-    let m = store::migrate::from_cluster(from, dir, dst.store.journal_segment_bytes, &mut |what, done, total| {
-        bar.set_message(what.to_string());
+    let m = run(&mut |step, done, total| {
+        bar.set_message(step.to_string());
         bar.set_length(total.max(done));
         bar.set_position(done);
     })
     .map_err(anyhow::Error::msg)?;
     bar.finish_and_clear();
-    // The index, from the journal just copied (and a check that it opens).
-    daemon::open_store(dst)?.close()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {
         println!(
-            "migrated the cluster into {} in {:.1} s: blobs {} copied, {} already there; journal records {} copied, {} already there",
-            dir.display(),
+            "migrated {what} in {:.1} s: blobs {} copied, {} already there; journal records {} copied, {} already there",
             started.elapsed().as_secs_f64(),
             m.blobs_copied,
             m.blobs_present,

@@ -299,7 +299,7 @@ fn two_nodes_share_one_archive() {
 /// anchor verifies with openssl as its README says.
 #[test]
 fn an_export_on_another_node_carries_the_anchor() {
-    use pecgate::store::{Audit, Change};
+    use pecgate::store::Audit;
     let pg = Postgres::start();
     let s3 = S3::start();
     let tsa = support::tsa::Tsa::start();
@@ -309,18 +309,7 @@ fn an_export_on_another_node_carries_the_anchor() {
     rt.block_on(async {
         let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
         for n in 0..4 {
-            let raw = format!("From: a@example.it\r\nSubject: atto {n}\r\n\r\nbody {n}\r\n");
-            let blob = x.put_blob(raw.into_bytes()).await.expect("blob");
-            let c = Change::Archive {
-                mailbox: "prot".into(),
-                folder: "INBOX".into(),
-                blob,
-                internal_date: chrono::Utc::now(),
-                flags: vec![],
-                provider: None,
-                pec: None,
-                handling: None,
-            };
+            let c = archiving(&x, "prot", format!("From: a@example.it\r\nSubject: atto {n}\r\n\r\nbody {n}\r\n")).await;
             x.commit(Audit::system("upstream", "archive"), c).await.expect("archive");
         }
         x.close().expect("close x");
@@ -362,6 +351,22 @@ fn an_export_on_another_node_carries_the_anchor() {
     assert!(in_bucket, "the token is a bucket object, named by its SHA-256");
 }
 
+/// The message `raw` put in the store's blobs, and the change that
+/// archives it in `mailbox`'s INBOX.
+async fn archiving(store: &Store, mailbox: &str, raw: String) -> pecgate::store::Change {
+    let blob = store.put_blob(raw.into_bytes()).await.expect("blob");
+    pecgate::store::Change::Archive {
+        mailbox: mailbox.into(),
+        folder: "INBOX".into(),
+        blob,
+        internal_date: chrono::Utc::now(),
+        flags: vec![],
+        provider: None,
+        pec: None,
+        handling: None,
+    }
+}
+
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
@@ -373,7 +378,7 @@ fn sha256_hex(b: &[u8]) -> String {
 /// refused rather than used in the clear.
 #[test]
 fn postgres_over_tls() {
-    use pecgate::store::{Audit, Change};
+    use pecgate::store::Audit;
     let mut pg = Postgres::start();
     let s3 = S3::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -394,17 +399,7 @@ fn postgres_over_tls() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let (st, _) = Store::open(&dir.path().join("t"), with(Some(&ca))).expect("open over TLS");
-        let blob = st.put_blob(b"Subject: tls\r\n\r\nbody\r\n".to_vec()).await.expect("blob");
-        let c = Change::Archive {
-            mailbox: "prot".into(),
-            folder: "INBOX".into(),
-            blob,
-            internal_date: chrono::Utc::now(),
-            flags: vec![],
-            provider: None,
-            pec: None,
-            handling: None,
-        };
+        let c = archiving(&st, "prot", "Subject: tls\r\n\r\nbody\r\n".into()).await;
         st.commit(Audit::system("upstream", "archive"), c).await.expect("commit over TLS");
         let ttl = Duration::from_secs(5);
         assert!(st.acquire_lease("mailbox:prot", ttl).await.expect("lease over TLS").is_some());
@@ -540,7 +535,7 @@ fn one_poller_per_mailbox_and_takeover() {
 /// in the commit's own transaction, and nothing of them is in the journal.
 #[test]
 fn late_commits_under_a_lost_lease_are_refused() {
-    use pecgate::store::{Audit, Change, StoreError};
+    use pecgate::store::{Audit, StoreError};
     let pg = Postgres::start();
     let s3 = S3::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -553,20 +548,7 @@ fn late_commits_under_a_lost_lease_are_refused() {
         assert!(y.acquire_lease("mailbox:t", ttl).await.expect("lease").is_none(), "held by x");
         let archive = |store: &Store, n: u8| {
             let store = store.clone();
-            async move {
-                let blob =
-                    store.put_blob(format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes()).await.expect("blob");
-                Change::Archive {
-                    mailbox: "t".into(),
-                    folder: "INBOX".into(),
-                    blob,
-                    internal_date: chrono::Utc::now(),
-                    flags: vec![],
-                    provider: None,
-                    pec: None,
-                    handling: None,
-                }
-            }
+            async move { archiving(&store, "t", format!("Subject: {n}\r\n\r\nbody {n}\r\n")).await }
         };
         let c = archive(&x, 1).await;
         x.commit_batch_fenced(Some(&fx), vec![(Audit::system("upstream", "archive"), c)])
@@ -802,6 +784,20 @@ fn bucket_away_node_frozen_listen_killed() {
 /// `serve`, plus a category) into the cluster; a node opened on the
 /// cluster has the same index as the data directory; run again it copies
 /// nothing; into a cluster holding another archive it writes nothing.
+/// `store migrate --from FROM --to TO` fails, saying the destination
+/// holds another archive.
+fn refused_as_another_archive(from: &Path, to: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["store", "migrate", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .expect("run pecgate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another archive"), "{}: {err}", to.display());
+}
+
 #[test]
 fn migrate_a_data_directory_into_the_cluster() {
     let pg = Postgres::start();
@@ -872,19 +868,7 @@ fn migrate_a_data_directory_into_the_cluster() {
     std::thread::sleep(Duration::from_millis(500));
     other.stop();
     let before = pg.sql("SELECT count(*) FROM pecgate_journal");
-    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
-        .args(["store", "migrate", "--from"])
-        .arg(&other.config_path)
-        .arg("--to")
-        .arg(&node.config)
-        .output()
-        .expect("run pecgate");
-    assert!(!out.status.success(), "another archive must be refused");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another archive"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused_as_another_archive(&other.config_path, &node.config);
     assert_eq!(pg.sql("SELECT count(*) FROM pecgate_journal"), before, "nothing written");
 
     // And back to one machine: a new data directory gets every blob and
@@ -925,18 +909,6 @@ fn migrate_a_data_directory_into_the_cluster() {
     st.close().expect("close");
     drop(st);
     let before = std::fs::read(other.journal_dir().join("000001.log")).expect("journal");
-    let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
-        .args(["store", "migrate", "--from"])
-        .arg(&node.config)
-        .arg("--to")
-        .arg(&other.config_path)
-        .output()
-        .expect("run pecgate");
-    assert!(!out.status.success(), "another archive's directory must be refused");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another archive"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused_as_another_archive(&node.config, &other.config_path);
     assert_eq!(std::fs::read(other.journal_dir().join("000001.log")).expect("journal"), before, "nothing written");
 }
