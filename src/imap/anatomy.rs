@@ -48,45 +48,61 @@ pub struct Anatomy {
     deep: bool,
 }
 
-/// A part: its IMAP number and its byte offsets in the outermost message.
+/// A part: its IMAP number and where it lies.
 struct Span {
     number: Box<[u32]>,
-    header: u32,
-    body: u32,
-    end: u32,
-    kind: Kind,
+    at: Located,
 }
 
-enum Kind {
+/// Where a part lies in the outermost message (byte offsets), and what
+/// kind it is: what `fetch::section` and `fetch::binary` slice. Worked out
+/// from a parse by [`locate`], for the anatomy's spans and for parts found
+/// by parsing again.
+#[derive(Clone)]
+pub struct Located {
+    pub header: usize,
+    pub body: usize,
+    pub end: usize,
+    pub kind: PartKind,
+}
+
+#[derive(Clone)]
+pub enum PartKind {
     Multipart,
     /// A message/rfc822 part; where its own body starts, if it was parsed
     /// in place (its offsets are the outer message's).
     Message {
-        inner_body: Option<u32>,
+        inner_body: Option<usize>,
     },
+    /// Its Content-Transfer-Encoding, trimmed and in lower case.
     Leaf {
         cte: Option<Box<str>>,
     },
 }
 
-/// A part found by its number: what `fetch::section` and `fetch::binary`
-/// slice.
-pub enum Found<'a> {
-    Part {
-        header: usize,
-        body: usize,
-        end: usize,
-        kind: PartKind<'a>,
-    },
+/// A part found by its number.
+pub enum Found {
+    Part(Located),
     /// Not among the spans, but deeper than they go: parse to find it.
     TooDeep,
     Missing,
 }
 
-pub enum PartKind<'a> {
-    Multipart,
-    Message { inner_body: Option<usize> },
-    Leaf { cte: Option<&'a str> },
+/// Where `part` of the message `raw` lies, and its kind.
+pub fn locate(raw: &[u8], part: &MessagePart<'_>) -> Located {
+    let kind = match &part.body {
+        PartType::Multipart(_) => PartKind::Multipart,
+        PartType::Message(inner) => PartKind::Message {
+            inner_body: inner.parts.first().filter(|_| fetch::in_place(raw, inner)).map(|r| r.offset_body as usize),
+        },
+        _ => PartKind::Leaf { cte: part.content_transfer_encoding().map(|c| c.trim().to_ascii_lowercase().into()) },
+    };
+    Located {
+        header: part.offset_header as usize,
+        body: part.offset_body as usize,
+        end: part.offset_end as usize,
+        kind,
+    }
 }
 
 impl Anatomy {
@@ -104,18 +120,9 @@ impl Anatomy {
     }
 
     /// The part `numbers` (IMAP numbering, 1-based).
-    pub fn part(&self, numbers: &[u32]) -> Found<'_> {
+    pub fn part(&self, numbers: &[u32]) -> Found {
         match self.spans.iter().find(|s| &*s.number == numbers) {
-            Some(s) => Found::Part {
-                header: s.header as usize,
-                body: s.body as usize,
-                end: s.end as usize,
-                kind: match &s.kind {
-                    Kind::Multipart => PartKind::Multipart,
-                    Kind::Message { inner_body } => PartKind::Message { inner_body: inner_body.map(|b| b as usize) },
-                    Kind::Leaf { cte } => PartKind::Leaf { cte: cte.as_deref() },
-                },
-            },
+            Some(s) => Found::Part(s.at.clone()),
             None if self.deep => Found::TooDeep,
             None => Found::Missing,
         }
@@ -175,20 +182,7 @@ fn visit(
     depth: usize,
     deep: &mut bool,
 ) {
-    let kind = match &part.body {
-        PartType::Multipart(_) => Kind::Multipart,
-        PartType::Message(inner) => Kind::Message {
-            inner_body: inner.parts.first().filter(|_| fetch::in_place(raw, inner)).map(|r| r.offset_body),
-        },
-        _ => Kind::Leaf { cte: part.content_transfer_encoding().map(|c| c.trim().to_ascii_lowercase().into()) },
-    };
-    out.push(Span {
-        number: prefix.as_slice().into(),
-        header: part.offset_header,
-        body: part.offset_body,
-        end: part.offset_end,
-        kind,
-    });
+    out.push(Span { number: prefix.as_slice().into(), at: locate(raw, part) });
     if depth >= MAX_DEPTH {
         *deep |= matches!(&part.body, PartType::Multipart(_) | PartType::Message(_));
         return;
@@ -256,9 +250,11 @@ mod tests {
         let a = Anatomy::of(NESTED);
         let numbers: Vec<Vec<u32>> = a.spans.iter().map(|s| s.number.to_vec()).collect();
         assert_eq!(numbers, vec![vec![1], vec![2], vec![2, 1], vec![2, 2]]);
-        let Found::Part { body, end, kind: PartKind::Leaf { cte }, .. } = a.part(&[2, 2]) else { panic!("2.2") };
-        assert_eq!((&NESTED[body..end], cte), (&b"PGI+aGk8L2I+"[..], Some("base64")));
-        assert!(matches!(a.part(&[2]), Found::Part { kind: PartKind::Message { inner_body: Some(_) }, .. }));
+        let Found::Part(Located { body, end, kind: PartKind::Leaf { cte }, .. }) = a.part(&[2, 2]) else {
+            panic!("2.2")
+        };
+        assert_eq!((&NESTED[body..end], cte.as_deref()), (&b"PGI+aGk8L2I+"[..], Some("base64")));
+        assert!(matches!(a.part(&[2]), Found::Part(Located { kind: PartKind::Message { inner_body: Some(_) }, .. })));
         assert!(matches!(a.part(&[3]), Found::Missing));
     }
 

@@ -14,7 +14,7 @@ use imap_next::imap_types::extensions::binary::Literal8;
 use imap_next::imap_types::fetch::Section;
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
-use super::anatomy::{Anatomy, Found, PartKind};
+use super::anatomy::{self, Anatomy, Found, Located, PartKind};
 
 /// A parsed message, or `None` if mail-parser gave up (dropped without
 /// recursion however deep its `message/rfc822` parts nest).
@@ -53,6 +53,34 @@ fn whole(r: &[u8], s: &Section<'_>) -> Vec<u8> {
 /// The bytes of BODY[section] of the message `raw`, its parts found by a
 /// parse (see [`section_with`] for a message whose anatomy is known).
 pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
+    section_by(raw, section, |numbers| parsed_part(raw, numbers))
+}
+
+/// [`section`] with the parts found in `anatomy` instead of by a parse.
+pub fn section_with(raw: &[u8], anatomy: &Anatomy, section: Option<&Section<'_>>) -> Vec<u8> {
+    section_by(raw, section, |numbers| in_anatomy(raw, anatomy, numbers))
+}
+
+/// The part `numbers` of `raw` by a parse: mail-parser gives every
+/// offset, also those of parts inside an encapsulated message/rfc822,
+/// relative to the outermost message.
+fn parsed_part(raw: &[u8], numbers: &[u32]) -> Option<Located> {
+    let msg = parse(raw)?;
+    find_part(raw, &msg, numbers).map(|p| anatomy::locate(raw, p))
+}
+
+/// The part `numbers` of `raw` from its anatomy (parsed again if it lies
+/// deeper than the anatomy's spans go).
+fn in_anatomy(raw: &[u8], anatomy: &Anatomy, numbers: &[u32]) -> Option<Located> {
+    match anatomy.part(numbers) {
+        Found::Part(at) => Some(at),
+        Found::TooDeep => parsed_part(raw, numbers),
+        Found::Missing => None,
+    }
+}
+
+/// BODY[section] of `raw`, the part a section names found by `find`.
+fn section_by(raw: &[u8], section: Option<&Section<'_>>, find: impl FnOnce(&[u32]) -> Option<Located>) -> Vec<u8> {
     let Some(section) = section else {
         return raw.to_vec();
     };
@@ -65,60 +93,18 @@ pub fn section(raw: &[u8], section: Option<&Section<'_>>) -> Vec<u8> {
     let Some(part) = part else {
         return whole(raw, section);
     };
-    let Some(msg) = parse(raw) else {
+    let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
+    let Some(Located { header, body, end, kind }) = find(&numbers) else {
         return Vec::new();
     };
-    let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
-    let Some(p) = find_part(raw, &msg, &numbers) else {
-        return Vec::new();
-    };
-    // mail-parser gives every offset, also those of parts inside an
-    // encapsulated message/rfc822, relative to the outermost message: slice
-    // `raw`, never the inner message's own buffer.
-    let slice = |a: u32, b: u32| raw.get(a as usize..b as usize).map(<[u8]>::to_vec).unwrap_or_default();
-    match section {
-        Section::Part(_) => slice(p.offset_body, p.offset_end),
-        Section::Mime(_) => slice(p.offset_header, p.offset_body),
-        // HEADER/TEXT of a part apply to an encapsulated message/rfc822:
-        // its header, and everything after it to the part's end (epilogue
-        // included).
-        _ => match &p.body {
-            PartType::Message(inner) if in_place(raw, inner) => {
-                let Some(root) = inner.parts.first() else { return Vec::new() };
-                let whole_part = slice(p.offset_body, p.offset_end);
-                let h = (root.offset_body.saturating_sub(p.offset_body) as usize).min(whole_part.len());
-                match section {
-                    Section::Text(_) => whole_part[h..].to_vec(),
-                    _ => whole(&whole_part[..h], section),
-                }
-            }
-            _ => Vec::new(),
-        },
-    }
-}
-
-/// [`section`] with the parts found in `anatomy` instead of by a parse.
-pub fn section_with(raw: &[u8], anatomy: &Anatomy, section: Option<&Section<'_>>) -> Vec<u8> {
-    let part = match section {
-        Some(Section::Part(p) | Section::Mime(p)) => Some(p),
-        Some(Section::Header(p) | Section::Text(p) | Section::HeaderFields(p, _) | Section::HeaderFieldsNot(p, _)) => {
-            p.as_ref()
-        }
-        None => None,
-    };
-    let (Some(section), Some(part)) = (section, part) else {
-        return self::section(raw, section);
-    };
-    let numbers: Vec<u32> = part.0.as_ref().iter().map(|n| n.get()).collect();
-    let (header, body, end, kind) = match anatomy.part(&numbers) {
-        Found::Part { header, body, end, kind } => (header, body, end, kind),
-        Found::TooDeep => return self::section(raw, Some(section)),
-        Found::Missing => return Vec::new(),
-    };
+    // Slice `raw`, never an inner message's own buffer.
     let slice = |a: usize, b: usize| raw.get(a..b).map(<[u8]>::to_vec).unwrap_or_default();
     match (section, kind) {
         (Section::Part(_), _) => slice(body, end),
         (Section::Mime(_), _) => slice(header, body),
+        // HEADER/TEXT of a part apply to an encapsulated message/rfc822:
+        // its header, and everything after it to the part's end (epilogue
+        // included).
         (_, PartKind::Message { inner_body: Some(inner) }) => {
             let whole_part = slice(body, end);
             let h = inner.saturating_sub(body).min(whole_part.len());
@@ -133,22 +119,7 @@ pub fn section_with(raw: &[u8], anatomy: &Anatomy, section: Option<&Section<'_>>
 
 /// [`binary`] with the part found in `anatomy` instead of by a parse.
 pub fn binary_with(raw: &[u8], anatomy: &Anatomy, numbers: &[u32]) -> Result<Vec<u8>, UnknownCte> {
-    if numbers.is_empty() {
-        return Ok(raw.to_vec());
-    }
-    let (body, end, kind) = match anatomy.part(numbers) {
-        Found::Part { body, end, kind, .. } => (body, end, kind),
-        Found::TooDeep => return binary(raw, numbers),
-        Found::Missing => return Ok(Vec::new()),
-    };
-    let body = raw.get(body..end).unwrap_or_default();
-    match kind {
-        PartKind::Multipart | PartKind::Message { .. } => Ok(body.to_vec()),
-        PartKind::Leaf { cte: None | Some("7bit" | "8bit" | "binary") } => Ok(body.to_vec()),
-        PartKind::Leaf { cte: Some("base64") } => Ok(base64(body)),
-        PartKind::Leaf { cte: Some("quoted-printable") } => Ok(quoted_printable(body)),
-        PartKind::Leaf { cte: Some(_) } => Err(UnknownCte),
-    }
+    binary_by(raw, numbers, |numbers| in_anatomy(raw, anatomy, numbers))
 }
 
 /// BINARY[part] (RFC 3516) asked for a part whose Content-Transfer-Encoding
@@ -162,17 +133,21 @@ pub struct UnknownCte;
 /// or message/rfc822 part as it is (they carry no encoding of their own);
 /// nothing for a part the message does not have (as BODY[]).
 pub fn binary(raw: &[u8], numbers: &[u32]) -> Result<Vec<u8>, UnknownCte> {
+    binary_by(raw, numbers, |numbers| parsed_part(raw, numbers))
+}
+
+/// BINARY[numbers] of `raw`, the part found by `find`.
+fn binary_by(raw: &[u8], numbers: &[u32], find: impl FnOnce(&[u32]) -> Option<Located>) -> Result<Vec<u8>, UnknownCte> {
     if numbers.is_empty() {
         return Ok(raw.to_vec());
     }
-    let Some(msg) = parse(raw) else { return Ok(Vec::new()) };
-    let Some(p) = find_part(raw, &msg, numbers) else { return Ok(Vec::new()) };
-    let body = raw.get(p.offset_body as usize..p.offset_end as usize).unwrap_or_default();
-    if matches!(p.body, PartType::Multipart(_) | PartType::Message(_)) {
-        return Ok(body.to_vec());
-    }
-    let cte = p.content_transfer_encoding().map(|c| c.trim().to_ascii_lowercase());
-    match cte.as_deref() {
+    let Some(Located { body, end, kind, .. }) = find(numbers) else { return Ok(Vec::new()) };
+    let body = raw.get(body..end).unwrap_or_default();
+    let cte = match &kind {
+        PartKind::Multipart | PartKind::Message { .. } => return Ok(body.to_vec()),
+        PartKind::Leaf { cte } => cte.as_deref(),
+    };
+    match cte {
         None | Some("7bit" | "8bit" | "binary") => Ok(body.to_vec()),
         Some("base64") => Ok(base64(body)),
         Some("quoted-printable") => Ok(quoted_printable(body)),

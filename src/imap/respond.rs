@@ -280,16 +280,14 @@ pub fn message_items(
     // BODY[] or RFC822.SIZE need none of it.
     let anatomy_cell = std::cell::OnceCell::new();
     let anatomy = || {
-        anatomy_cell
-            .get_or_init(|| match kept {
-                Some(_) => None,
-                None => anatomy::cached(&meta.hash).or_else(|| raw.map(|r| anatomy::of(&meta.hash, r))),
-            })
-            .as_deref()
-            .or(kept)
+        kept.or_else(|| {
+            anatomy_cell
+                .get_or_init(|| anatomy::cached(&meta.hash).or_else(|| raw.map(|r| anatomy::of(&meta.hash, r))))
+                .as_deref()
+        })
     };
     // The header block: from the bytes, or without them from the anatomy
-    // (see `structure_only`).
+    // (see `from_anatomy`).
     let header = || match raw {
         Some(r) => &r[..fetch::header_end(r)],
         None => anatomy().and_then(|a| a.header.as_deref()).unwrap_or_default(),
