@@ -104,6 +104,22 @@ pub struct AnchorReport {
     pub broken: Option<String>,
 }
 
+/// The bytes of the time-stamp token an `anchored` record names (`name`,
+/// `sha256`): kept beside the journal of the node that anchored; in a
+/// cluster, every other node reads it from the bucket (`bucket`) by its
+/// SHA-256.
+pub fn token_bytes(
+    journal: &JournalReader,
+    bucket: Option<&crate::store::BlobReader>,
+    name: &str,
+    sha256: &str,
+) -> std::io::Result<Vec<u8>> {
+    match (journal.anchor_token(name), bucket) {
+        (Err(e), Some(b)) if e.kind() == std::io::ErrorKind::NotFound => b.get(sha256),
+        (r, _) => r,
+    }
+}
+
 /// Collects, during the chain walk, what the anchor check needs.
 #[derive(Default)]
 pub struct Collector {
@@ -147,14 +163,9 @@ impl Collector {
         // Records that name a token: each file must be there, unaltered.
         for (at, ev) in &self.records {
             let Event::Anchored { seq, token, token_sha256, .. } = ev else { continue };
-            // Kept beside the journal of the node that anchored; on a
-            // cluster's other nodes, in the bucket by its SHA-256 (the
+            // On a cluster node that did not anchor, from the bucket (the
             // signature is checked where the file is: the loop below).
-            let read = match (journal.anchor_token(token), bucket) {
-                (Err(e), Some(b)) if e.kind() == std::io::ErrorKind::NotFound => b.get(token_sha256),
-                (r, _) => r,
-            };
-            match read {
+            match token_bytes(journal, bucket, token, token_sha256) {
                 Ok(b) if hex::encode(Sha256::digest(&b)) == *token_sha256 => {}
                 Ok(_) => {
                     rep.broken = Some(format!(

@@ -284,13 +284,9 @@ pub fn write(
         ));
     }
     if let Some(a) = &plan.anchor {
-        // Beside the journal of the node that anchored; in a cluster every
-        // other node reads it from the bucket, by its SHA-256.
-        let token = match journal.anchor_token(&a.token_name) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && blobs.is_bucket() => blobs.get(&a.token_sha256),
-            r => r,
-        }
-        .map_err(io_ctx(&format!("anchor token {}", a.token_name)))?;
+        let bucket = blobs.is_bucket().then_some(blobs);
+        let token = crate::anchor::token_bytes(journal, bucket, &a.token_name, &a.token_sha256)
+            .map_err(io_ctx(&format!("anchor token {}", a.token_name)))?;
         let base = format!("audit/anchor-{:012}", a.seq);
         let (sha, size) = sink.add(&format!("{base}.tsr"), false, |w| w.write_all(&token))?;
         entries.push(Entry::new(
