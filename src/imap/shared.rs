@@ -134,7 +134,56 @@ struct Table {
     /// The UIDs a user has seen, by user and folder key, with the stamp
     /// they were read at (see [`SharedMetas::seen`]).
     seen: HashMap<String, (Stamp, Weak<UidSet>)>,
+    /// What SELECT tells of a list and a seen set (see
+    /// [`SharedMetas::facts`]), the newest last.
+    facts: Vec<(Weak<Entries>, Weak<UidSet>, Facts)>,
 }
+
+/// What a SELECT tells of a folder's list besides its length: worked out
+/// once per list and seen set, since walking a million entries takes
+/// milliseconds and a warm SELECT of an unchanged folder should not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The newest MODSEQ of the messages (0: none).
+    pub newest: u64,
+    /// The keywords the messages carry (not the `\` flags), each once
+    /// (ASCII case ignored), in the order they first appear.
+    pub keywords: Arc<[String]>,
+    /// How many messages are not in the seen set.
+    pub unseen: usize,
+    /// The position (from 0) of the first of them.
+    pub first_unseen: Option<usize>,
+}
+
+impl Facts {
+    /// One walk of `list`.
+    pub fn of(list: &Entries, seen: &UidSet) -> Facts {
+        let (mut newest, mut unseen, mut first_unseen) = (0u64, 0usize, None);
+        let mut keywords: Vec<String> = Vec::new();
+        let mut last: Option<&FlagSet> = None;
+        for (i, (uid, m)) in list.iter().enumerate() {
+            newest = newest.max(m.modseq);
+            if !seen.contains(*uid) {
+                unseen += 1;
+                first_unseen.get_or_insert(i);
+            }
+            // Neighbours mostly share one set: look at each set once in a row.
+            if last.is_some_and(|l| Arc::ptr_eq(l, &m.flags)) {
+                continue;
+            }
+            last = Some(&m.flags);
+            for f in m.flags.iter() {
+                if !f.starts_with('\\') && !keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+                    keywords.push(f.clone());
+                }
+            }
+        }
+        Facts { newest, keywords: keywords.into(), unseen, first_unseen }
+    }
+}
+
+/// How many lists' facts are remembered.
+const FACTS_KEPT: usize = 64;
 
 struct Listed {
     stamp: Stamp,
@@ -217,6 +266,33 @@ impl SharedMetas {
             t.seen.retain(|_, (_, w)| w.strong_count() > 0);
         }
         Ok(a)
+    }
+
+    /// The [`Facts`] of `list` with `seen`, worked out once for as long
+    /// as both are held (sessions that select an unchanged folder share
+    /// both).
+    pub fn facts(&self, list: &Arc<Entries>, seen: &Arc<UidSet>) -> Facts {
+        let same = |e: &(Weak<Entries>, Weak<UidSet>, Facts)| {
+            std::ptr::eq(e.0.as_ptr(), Arc::as_ptr(list)) && std::ptr::eq(e.1.as_ptr(), Arc::as_ptr(seen))
+        };
+        {
+            let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            // A live weak pointer at the same address is the same list
+            // (an address is reused only after the list is freed).
+            if let Some(e) = t.facts.iter().rev().find(|e| same(e) && e.0.strong_count() > 0 && e.1.strong_count() > 0)
+            {
+                return e.2.clone();
+            }
+        }
+        // Walked outside the lock.
+        let facts = Facts::of(list, seen);
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        t.facts.retain(|e| e.0.strong_count() > 0 && e.1.strong_count() > 0 && !same(e));
+        if t.facts.len() >= FACTS_KEPT {
+            t.facts.remove(0);
+        }
+        t.facts.push((Arc::downgrade(list), Arc::downgrade(seen), facts.clone()));
+        facts
     }
 
     /// The list last interned under `key`, whatever it was read at, if a
@@ -317,11 +393,13 @@ pub(crate) mod tests {
         let a = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default(), None);
         let b = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &[])]), Stamp::default(), None);
         assert!(Arc::ptr_eq(&a, &b), "an unchanged folder is one list");
-        let c = s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
+        let c =
+            s.intern_folder("prot/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
         assert!(!Arc::ptr_eq(&a, &c), "a changed folder is a new list");
         assert_eq!(&*c[1].1.flags, &["\\Flagged".to_string()]);
         assert!(a[1].1.flags.is_empty(), "the older version is still whole for the session that holds it");
-        let d = s.intern_folder("other/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
+        let d =
+            s.intern_folder("other/INBOX", list(&[(1, "aa", &[]), (2, "bb", &["\\Flagged"])]), Stamp::default(), None);
         assert!(*c == *d && !Arc::ptr_eq(&c, &d), "another key is another list, of the same entries");
         assert_eq!(b.len(), 2);
     }
@@ -367,7 +445,14 @@ pub(crate) mod tests {
     fn changes_merge_into_a_list_in_uid_order() {
         let old = list(&[(2, "b", &[]), (4, "d", &[]), (6, "f", &[])]);
         let new = list(&[(1, "a", &[]), (4, "d", &["\\Seen"]), (5, "e", &[]), (9, "i", &[])]);
-        let changes = vec![(1, Some(new[0].1.clone())), (2, None), (4, Some(new[1].1.clone())), (5, Some(new[2].1.clone())), (7, None), (9, Some(new[3].1.clone()))];
+        let changes = vec![
+            (1, Some(new[0].1.clone())),
+            (2, None),
+            (4, Some(new[1].1.clone())),
+            (5, Some(new[2].1.clone())),
+            (7, None),
+            (9, Some(new[3].1.clone())),
+        ];
         let m = merge(&old, changes);
         assert_eq!(m.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 4, 5, 6, 9]);
         assert_eq!(m[1].1, new[1].1, "changed");
@@ -390,6 +475,30 @@ pub(crate) mod tests {
         let e = s.seen("anna\0k", at(3), read(vec![1, 2, 3])).unwrap_or_default();
         assert!(!Arc::ptr_eq(&d, &e), "another user's is their own");
         assert_eq!(s.seen("mario\0k", at(4), || Err("index")), Err("index"));
+    }
+
+    #[test]
+    fn facts_are_worked_out_once_per_list_and_seen_set() {
+        let s = SharedMetas::default();
+        let l =
+            Arc::new(list(&[(1, "aa", &["$a", "\\Flagged"]), (2, "bb", &["$A"]), (3, "cc", &[]), (5, "dd", &["$b"])]));
+        let seen = Arc::new(UidSet::from_sorted(vec![1, 2]));
+        let f = s.facts(&l, &seen);
+        assert_eq!(&*f.keywords, &["$a".to_string(), "$b".to_string()], "once each, case ignored, no \\ flags");
+        assert_eq!((f.unseen, f.first_unseen, f.newest), (2, Some(2), 1));
+        assert_eq!(f, Facts::of(&l, &seen));
+        let all = Arc::new(UidSet::from_sorted(vec![1, 2, 3, 5]));
+        let g = s.facts(&l, &all);
+        assert_eq!((g.unseen, g.first_unseen), (0, None), "another seen set, other facts");
+        assert_eq!(s.facts(&l, &seen), f, "still remembered");
+        let n = s.inner.lock().unwrap_or_else(PoisonError::into_inner).facts.len();
+        assert_eq!(n, 2);
+        drop(l);
+        let l2 = Arc::new(list(&[(9, "zz", &[])]));
+        let h = s.facts(&l2, &seen);
+        assert_eq!((h.unseen, h.first_unseen, h.keywords.len()), (1, Some(0), 0));
+        let n = s.inner.lock().unwrap_or_else(PoisonError::into_inner).facts.len();
+        assert_eq!(n, 1, "a freed list's facts are dropped");
     }
 
     #[test]

@@ -764,17 +764,20 @@ impl View {
     }
 
     /// The folder's counters and its snapshot, read once (SELECT).
+    /// What SELECT tells of a snapshot (keywords, unseen, newest MODSEQ),
+    /// shared by the sessions that hold the same one.
+    pub fn facts(&self, snap: &Snapshot) -> super::shared::Facts {
+        self.metas.facts(&snap.0, &snap.1)
+    }
+
     pub fn open(&self, f: &Folder) -> Result<(Counts, Snapshot), ViewError> {
         let snap = self.snapshot(f)?;
         let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
-        // One pass: the unseen, and the newest MODSEQ, which may be newer
-        // than the folder's last record (a receipt, a deadline passed: see
-        // `folder_messages`).
-        let (unseen, newest) = snap
-            .0
-            .iter()
-            .fold((0usize, 0u64), |(n, newest), (u, m)| (n + usize::from(!snap.1.contains(*u)), newest.max(m.modseq)));
-        let unseen = u32::try_from(unseen).unwrap_or(u32::MAX);
+        // The unseen, and the newest MODSEQ, which may be newer than the
+        // folder's last record (a receipt, a deadline passed: see
+        // `folder_messages`): one walk per list and seen set.
+        let facts = self.facts(&snap);
+        let (unseen, newest) = (u32::try_from(facts.unseen).unwrap_or(u32::MAX), facts.newest);
         if f.trash {
             // A UIDVALIDITY of its own derived from INBOX's (like the
             // handling views'); UIDs from the fold's Trash counter.

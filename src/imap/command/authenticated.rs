@@ -216,7 +216,6 @@ pub async fn multiappend(
     }
 }
 
-
 /// Why an APPEND of `bytes` into `folder` would be refused before storing
 /// anything (see [`append`]), or `None`.
 fn append_refusal(conn: &Conn, folder: &view::Folder, bytes: &[u8]) -> Option<String> {
@@ -299,7 +298,10 @@ async fn select(
             let ch = Change::EnsureFolder { mailbox: folder.mailbox.clone(), folder: sf.to_string() };
             conn.ctx.store.commit(a, ch).await.is_ok()
         }
-        None => conn.audit_only(a).await,
+        // Opening a folder shows counts and flags, no content: its record
+        // takes its place in the chain now without waiting for the disk
+        // (a body read waits, and with it everything before it).
+        None => conn.audit_soon(a),
     };
     if !recorded {
         io.status(unavailable(tag));
@@ -329,6 +331,7 @@ async fn select(
     // SELECT is read-write wherever something can change; what each STORE
     // may change is the permission table's business.
     let writable = rw && (folder.writable_source().is_some() || folder.trash);
+    let facts = view.facts(&snap);
     let (msgs, seen) = snap;
     let may = |r: Right| view.may(&folder, r);
     let system = [Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
@@ -344,7 +347,8 @@ async fn select(
     }
     // And every keyword the folder's messages carry (RFC 3501 §7.2.6).
     let mut defined: Vec<String> = defined.iter().map(flag_string).collect();
-    let more = Selected::new_keywords(&defined, msgs.iter().map(|(_, m)| m));
+    let more: Vec<String> =
+        facts.keywords.iter().filter(|k| !defined.iter().any(|d| d.eq_ignore_ascii_case(k))).cloned().collect();
     defined.extend(more);
     io.data(Data::Flags(
         defined
@@ -381,7 +385,7 @@ async fn select(
         false => view.recent_peek(&folder),
     };
     io.data(Data::Recent(u32::try_from(recent.count_in(&msgs)).unwrap_or(u32::MAX)));
-    if let Some(pos) = msgs.iter().position(|(u, _)| !seen.contains(*u)) {
+    if let Some(pos) = facts.first_unseen {
         io.status(untagged(StatusKind::Ok, Some(Code::Unseen(nz(pos as u32 + 1))), "first unseen"));
     }
     io.status(untagged(StatusKind::Ok, Some(Code::UidValidity(nz(counts.uidvalidity))), "UIDs valid"));

@@ -53,6 +53,19 @@ impl Conn {
 
     /// Record an audit-only event; a failure is logged (the store latches
     /// and refuses writes, which the next changing command reports).
+    /// [`Conn::audit_only`] without waiting for the record's fsync
+    /// ([`crate::store::Store::record_soon`]): for what discloses no
+    /// message content.
+    pub fn audit_soon(&self, a: Audit) -> bool {
+        match self.ctx.store.record_soon(a) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "audit record failed");
+                false
+            }
+        }
+    }
+
     pub async fn audit_only(&self, a: Audit) -> bool {
         match self.ctx.store.commit(a, Change::None).await {
             Ok(_) => true,
