@@ -119,7 +119,11 @@ pub struct Source<'a> {
 /// is evaluated by reading the messages (substring matching).
 #[derive(Default, Debug)]
 pub struct FullTextHits {
-    hits: HashMap<(Vec<u8>, bool), PrefixSet>,
+    /// By search string and whether TEXT (header included) asked: a
+    /// handful at most, looked up for every message of the folder, so a
+    /// list compared in place (a map's key allocated and SipHashed per
+    /// message was a third of a million-message SEARCH BODY).
+    hits: Vec<((Vec<u8>, bool), PrefixSet)>,
     /// The folder is small enough to also match substrings by reading
     /// its messages (see [`SUBSTRINGS_UP_TO`]).
     substrings: bool,
@@ -159,6 +163,9 @@ impl FullTextHits {
         }
         let target = store.applied_seq().unwrap_or(0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        if ft.indexed_seq() < target {
+            ft.hurry();
+        }
         let close = target.saturating_sub(ft.indexed_seq()) <= WAIT_FOR_INDEX;
         while close && ft.indexed_seq() < target && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -178,12 +185,12 @@ impl FullTextHits {
         }
         for k in keys {
             walk(k, &mut |needle, with_header| {
-                if out.hits.contains_key(&(needle.to_vec(), with_header)) {
+                if out.answers(needle, with_header).is_some() {
                     return;
                 }
                 match ft.imap_matches(mailbox, &String::from_utf8_lossy(needle), with_header) {
                     Ok(Some(set)) => {
-                        out.hits.insert((needle.to_vec(), with_header), set);
+                        out.hits.push(((needle.to_vec(), with_header), set));
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "SEARCH: the full-text index failed; reading the messages"),
@@ -194,7 +201,7 @@ impl FullTextHits {
     }
 
     fn answers(&self, needle: &[u8], with_header: bool) -> Option<&PrefixSet> {
-        self.hits.get(&(needle.to_vec(), with_header))
+        self.hits.iter().find(|((n, h), _)| *h == with_header && n.as_slice() == needle).map(|(_, set)| set)
     }
 }
 
