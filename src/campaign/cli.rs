@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use std::sync::Arc;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum CampaignCmd {
@@ -189,7 +189,8 @@ impl Client {
         // A listener on every address is reached on loopback.
         let addr = match http.listen.parse::<std::net::SocketAddr>() {
             Ok(a) if a.ip().is_unspecified() => {
-                let ip: std::net::IpAddr = if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+                let ip: std::net::IpAddr =
+                    if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
                 std::net::SocketAddr::new(ip, a.port()).to_string()
             }
             _ => http.listen,
@@ -197,14 +198,20 @@ impl Client {
         Ok(Client { addr, auth: format!("Basic {auth}"), tls })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
+    /// A connection to the daemon's API, for one request or several in a
+    /// row (HTTP/1.1 keep-alive: one TLS handshake for many uploads).
+    async fn connect(&self) -> anyhow::Result<Link> {
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .with_context(|| format!("cannot reach the daemon's API at {} (is pecgate serve running?)", self.addr))?;
-        let mut send = match &self.tls {
+        let send = match &self.tls {
             Some(cfg) => {
                 let name = rustls::pki_types::ServerName::try_from(
-                    self.addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("localhost").to_string(),
+                    self.addr
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']))
+                        .unwrap_or("localhost")
+                        .to_string(),
                 )
                 .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("localhost").expect("a valid name"));
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
@@ -221,34 +228,87 @@ impl Client {
                 send
             }
         };
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.addr)
-            .header("authorization", &self.auth)
-            .body(Full::new(bytes::Bytes::from(body)))?;
-        let resp = send.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes().to_vec();
-        Ok((status, body))
+        Ok(Link { send })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.connect().await?.call(self, method, path, body).await
     }
 
     /// A JSON call; an error status becomes an error with the daemon's words.
     pub(crate) async fn json(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
         let (status, b) = self.call(method, path, body).await?;
-        let v: Value = serde_json::from_slice(&b).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&b) }));
-        if status >= 400 {
-            bail!(Refused(status, v));
-        }
-        Ok(v)
+        answer(status, &b)
     }
 
     async fn upload(&self, path: &Path) -> anyhow::Result<String> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let v =
-            self.json("POST", "/api/uploads", bytes).await.with_context(|| format!("uploading {}", path.display()))?;
-        Ok(v["sha256"].as_str().unwrap_or_default().to_string())
+        Ok(self.upload_all(vec![path.to_path_buf()]).await?.pop().unwrap_or_default())
     }
+
+    /// Upload `paths` (a campaign's per-recipient attachments: tens of
+    /// thousands) on [`UPLOADERS`] connections at once, each kept for
+    /// its share; their hashes, in order. While one upload waits for the
+    /// daemon's fsync, others travel.
+    async fn upload_all(&self, paths: Vec<PathBuf>) -> anyhow::Result<Vec<String>> {
+        let queue = std::sync::Mutex::new(paths.iter().enumerate());
+        let worker = || async {
+            let mut link: Option<Link> = None;
+            let mut done = Vec::new();
+            loop {
+                let Some((i, path)) = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next() else {
+                    return anyhow::Ok(done);
+                };
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let l = match &mut link {
+                    Some(l) => l,
+                    None => link.insert(self.connect().await?),
+                };
+                let (status, b) = l
+                    .call(self, "POST", "/api/uploads", bytes)
+                    .await
+                    .with_context(|| format!("uploading {}", path.display()))?;
+                let v = answer(status, &b).with_context(|| format!("uploading {}", path.display()))?;
+                done.push((i, v["sha256"].as_str().unwrap_or_default().to_string()));
+            }
+        };
+        let parts = futures::future::try_join_all((0..UPLOADERS.min(paths.len().max(1))).map(|_| worker())).await?;
+        let mut all: Vec<(usize, String)> = parts.into_iter().flatten().collect();
+        all.sort_unstable_by_key(|(i, _)| *i);
+        Ok(all.into_iter().map(|(_, h)| h).collect())
+    }
+}
+
+/// How many uploads travel at once.
+const UPLOADERS: usize = 4;
+
+/// One connection to the daemon's API.
+struct Link {
+    send: hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>,
+}
+
+impl Link {
+    async fn call(&mut self, c: &Client, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.send.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &c.addr)
+            .header("authorization", &c.auth)
+            .body(Full::new(bytes::Bytes::from(body)))?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        Ok((status, body))
+    }
+}
+
+/// The daemon's answer as JSON; an error status becomes an error with its words.
+fn answer(status: u16, b: &[u8]) -> anyhow::Result<Value> {
+    let v: Value = serde_json::from_slice(b).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(b) }));
+    if status >= 400 {
+        bail!(Refused(status, v));
+    }
+    Ok(v)
 }
 
 /// Percent-encoding for a query string value.
@@ -328,15 +388,16 @@ async fn run_async(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
             let mut files = HashMap::new();
             let mut missing = Vec::new();
             if let Some(col) = &attachment_column {
+                let mut found = Vec::new();
                 for (written, path) in row_files(&recipients, col, address_column.as_deref())? {
                     match std::fs::metadata(&path) {
-                        Ok(_) => {
-                            files.insert(written, c.upload(&path).await?);
-                        }
+                        Ok(_) => found.push((written, path)),
                         // The daemon lists the rows whose file is missing.
                         Err(e) => missing.push(format!("{}: {e}", path.display())),
                     }
                 }
+                let (written, paths): (Vec<String>, Vec<PathBuf>) = found.into_iter().unzip();
+                files.extend(written.into_iter().zip(c.upload_all(paths).await?));
             }
             let mut attachments = Vec::new();
             for a in &attach {

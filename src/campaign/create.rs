@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use chrono::{DateTime, Utc};
 
 use super::input::{self, InputOptions, RowError};
@@ -24,6 +26,9 @@ use crate::store::{Audit, Change, Event, Store, StoreError};
 
 /// Notices per `notices-queued` record.
 pub const CHUNK: usize = 256;
+
+/// How many notices are rendered and written at once.
+const RENDERING: usize = 8;
 
 /// What the API or the command line asks for.
 #[derive(Debug, Clone, Default)]
@@ -180,52 +185,32 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
         .await?;
     let mut chunk = Vec::with_capacity(CHUNK);
     let total = list.rows.len();
-    for (i, row) in list.rows.iter().enumerate() {
-        let n = i as u32 + 1;
-        let mut own = Vec::new();
-        for p in &row.attachments {
-            let name = p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
-            // Validation left out every row whose files were not uploaded.
-            let hash = req
-                .files
-                .get(p)
-                .ok_or_else(|| CreateError::Input(format!("line {}: attachment {p:?} was not uploaded", row.line)))?;
-            own.push((name, blob(store, "attachment", hash)?));
-        }
-        let attachments: Vec<(&str, &[u8])> =
-            common.iter().chain(own.iter()).map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-        let message_id = msgid(n);
-        let bytes = tpl
-            .render(&NoticeInput {
-                from: &mb.address,
-                from_name: None,
-                to: &row.address,
-                columns: &list.columns,
-                values: &row.values,
-                message_id: &message_id,
-                date: now.fixed_offset(),
-                attachments: &attachments,
-            })
-            .map_err(|e| CreateError::Input(format!("line {}: {e}", row.line)))?;
-        let size = bytes.len() as u64;
-        let b = store.put_blob(bytes).await?;
-        chunk.push(QueuedNotice {
-            n,
-            line: row.line,
-            to: row.address.clone(),
-            key: row.key(&list).to_string(),
-            message_id,
-            hash: b.hash,
-            size,
-        });
-        if chunk.len() == CHUNK || i + 1 == total {
-            let notices = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            store
-                .commit(
-                    audit("campaign-queue").outcome(format!("ok: notices {}..={n}", notices[0].n)),
-                    Change::Campaign(Event::NoticesQueued { campaign: id.clone(), notices }),
-                )
-                .await?;
+    {
+        let r = Rendering { store, mb, files: &req.files, tpl: &tpl, common: &common, list: &list, msgid: &msgid, now };
+        // Each notice is rendered here and written by `put_blob` on the
+        // blocking threads, RENDERING of them at once so that one's fsync
+        // does not hold the next (the disk answers several at a time);
+        // queued in order all the same.
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut next = 0;
+        loop {
+            while pending.len() < RENDERING && next < total {
+                pending.push_back(r.notice(next));
+                next += 1;
+            }
+            let Some(q) = pending.next().await else { break };
+            let q = q?;
+            let n = q.n;
+            chunk.push(q);
+            if chunk.len() == CHUNK || n as usize == total {
+                let notices = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                store
+                    .commit(
+                        audit("campaign-queue").outcome(format!("ok: notices {}..={n}", notices[0].n)),
+                        Change::Campaign(Event::NoticesQueued { campaign: id.clone(), notices }),
+                    )
+                    .await?;
+            }
         }
     }
     let rejected_csv = (!list.errors.is_empty()).then(|| input::rejected_csv(&list));
@@ -237,4 +222,63 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
         encoding: list.encoding,
         separator: list.separator as char,
     })
+}
+
+/// What rendering a campaign's notices reads.
+struct Rendering<'a, F: Fn(u32) -> String> {
+    store: &'a Store,
+    mb: &'a MailboxConfig,
+    files: &'a HashMap<String, String>,
+    tpl: &'a template::Template,
+    common: &'a [(String, Vec<u8>)],
+    list: &'a input::Recipients,
+    msgid: &'a F,
+    now: DateTime<Utc>,
+}
+
+impl<F: Fn(u32) -> String> Rendering<'_, F> {
+    /// Row `i`'s notice, rendered and stored as a blob.
+    async fn notice(&self, i: usize) -> Result<QueuedNotice, CreateError> {
+        let row = &self.list.rows[i];
+        let n = i as u32 + 1;
+        let mut own = Vec::new();
+        for p in &row.attachments {
+            let name = p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
+            // Validation left out every row whose files were not uploaded.
+            let hash = self
+                .files
+                .get(p)
+                .ok_or_else(|| CreateError::Input(format!("line {}: attachment {p:?} was not uploaded", row.line)))?;
+            own.push((name, blob(self.store, "attachment", hash)?));
+        }
+        let attachments: Vec<(&str, &[u8])> =
+            self.common.iter().chain(own.iter()).map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+        let message_id = (self.msgid)(n);
+        let bytes = self
+            .tpl
+            .render(&NoticeInput {
+                from: &self.mb.address,
+                from_name: None,
+                to: &row.address,
+                columns: &self.list.columns,
+                values: &row.values,
+                message_id: &message_id,
+                date: self.now.fixed_offset(),
+                attachments: &attachments,
+            })
+            .map_err(|e| CreateError::Input(format!("line {}: {e}", row.line)))?;
+        drop(attachments);
+        drop(own);
+        let size = bytes.len() as u64;
+        let b = self.store.put_blob(bytes).await?;
+        Ok(QueuedNotice {
+            n,
+            line: row.line,
+            to: row.address.clone(),
+            key: row.key(self.list).to_string(),
+            message_id,
+            hash: b.hash,
+            size,
+        })
+    }
 }
