@@ -69,6 +69,9 @@ impl SearchApi {
         let filter = Filter { from: params.get("from").cloned(), since, kind };
         // A state filter looks past what the index ranks first.
         let ask = if state.is_some() { limit * 10 } else { limit };
+        // What was just archived is indexed at once rather than with the
+        // next gathered commit; this answer is from what is indexed now.
+        self.ft.hurry();
         let hits = match self.ft.search(&mailboxes, q, &filter, ask) {
             Ok(h) => h,
             Err(e) => return answer(500, json!({ "error": e.to_string() })),

@@ -31,6 +31,12 @@ impl FullText {
     pub fn indexed_seq(&self) -> u64 {
         match self.0 {}
     }
+    pub fn hurry(&self) {
+        match self.0 {}
+    }
+    pub async fn hurried(&self) {
+        match self.0 {}
+    }
     pub fn documents(&self) -> u64 {
         match self.0 {}
     }

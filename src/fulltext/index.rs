@@ -97,6 +97,9 @@ pub struct FullText {
     /// it over records that had nothing to index ([`FullText::passed`]).
     /// A read-only opener asks the index's files instead.
     passed: Option<AtomicU64>,
+    /// A SEARCH waits for what is not indexed yet: the indexer stops
+    /// gathering and commits now ([`FullText::hurry`]).
+    hurry: tokio::sync::Notify,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -311,7 +314,7 @@ impl FullText {
             false => None,
         };
         let passed = writer.as_ref().map(|_| AtomicU64::new(committed_seq(&index)));
-        Ok(FullText { dir, index, reader, writer: Mutex::new(writer), f, passed })
+        Ok(FullText { dir, index, reader, writer: Mutex::new(writer), f, passed, hurry: tokio::sync::Notify::new() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -411,6 +414,17 @@ impl FullText {
             p.store(seq, Ordering::Release);
         }
         self.reload()
+    }
+
+    /// Ask the indexer to index and commit what is waiting now instead of
+    /// gathering more (see `indexer::COMMIT_GAP`): somebody is searching.
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
+    }
+
+    /// Until [`FullText::hurry`] is called (or was, since the last time).
+    pub async fn hurried(&self) {
+        self.hurry.notified().await
     }
 
     /// See the latest commit (another process's too).

@@ -23,6 +23,13 @@ use crate::store::{Event, JournalReader, Store, StoreError};
 /// Records read per pass (one commit each).
 const PASS_RECORDS: usize = 20_000;
 
+/// While messages trickle in (a campaign's receipts, one by one), a commit
+/// at most this often: every commit writes a segment (a fresh writer's
+/// tables zeroed, a term dictionary built) and tantivy's merges follow,
+/// so a commit per message cost more than indexing it. A SEARCH that
+/// waits for the index cuts the gap short ([`FullText::hurry`]).
+const COMMIT_GAP: Duration = Duration::from_secs(5);
+
 /// Messages read, extracted and analysed together, then added in order.
 pub const BATCH: usize = 256;
 
@@ -276,6 +283,7 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
     let mut logged_start = false;
     // Kept from pass to pass: each goes on where the last one stopped.
     let mut journal = store.journal();
+    let mut committed: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -289,6 +297,15 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
                 tracing::info!(indexed = at, journal = applied, "full-text: catching up with the archive");
             }
             logged_start = true;
+            // A little to index, and a commit not long ago: gather more.
+            let gap = committed.map_or(Duration::ZERO, |t| COMMIT_GAP.saturating_sub(t.elapsed()));
+            if applied - at < PASS_RECORDS as u64 && !gap.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(gap) => {}
+                    _ = ft.hurried() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             let (s, f, sd) = (store.clone(), ft.clone(), shutdown.clone());
             let mut j = std::mem::replace(&mut journal, store.journal());
             let r = tokio::task::spawn_blocking(move || {
@@ -303,6 +320,9 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
             match r {
                 Ok(Ok(p)) => {
                     tracing::debug!(seq = p.seq, records = p.records, documents = p.documents, "full-text: indexed");
+                    if p.documents > 0 {
+                        committed = Some(std::time::Instant::now());
+                    }
                     if p.records > 0 {
                         continue;
                     }
