@@ -15,6 +15,7 @@
 //! [`Limits::text_bytes`]. A parser panic is caught. What was skipped is
 //! listed in [`Extracted::skipped`] for the indexer to log.
 
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mail_parser::{HeaderValue, Message, MimeHeaders, PartType};
@@ -219,15 +220,76 @@ impl Walk<'_> {
         }
     }
 
-    /// A PDF's text, within the limits; a parser panic is an error.
+    /// A PDF's text, within the limits; a parser panic is an error. Read
+    /// once for identical bytes seen lately ([`PdfTexts`]).
     fn pdf(&self, bytes: &[u8]) -> Result<String, String> {
         if bytes.len() > self.limits.pdf_bytes {
             return Err(format!("PDF of {} bytes, over the {} limit", bytes.len(), self.limits.pdf_bytes));
         }
+        use sha2::Digest;
+        // The limits too: what is read of the same bytes depends on them.
+        let l = self.limits;
+        let key: [u8; 32] = sha2::Sha256::new()
+            .chain_update(bytes)
+            .chain_update(format!("{}/{}/{:?}", l.pdf_pages, l.pdf_page_inflated, l.pdf_time))
+            .finalize()
+            .into();
+        if let Some(r) = PdfTexts::get(&key) {
+            return r;
+        }
         let limits = *self.limits;
         let started = self.started;
-        std::panic::catch_unwind(move || pdf_text(bytes, &limits, started))
-            .unwrap_or_else(|_| Err("the PDF parser failed on it (a panic, caught)".into()))
+        let r = std::panic::catch_unwind(move || pdf_text(bytes, &limits, started))
+            .unwrap_or_else(|_| Err("the PDF parser failed on it (a panic, caught)".into()));
+        PdfTexts::put(key, &r);
+        r
+    }
+}
+
+/// The text of the PDFs read lately, by the SHA-256 of their bytes, the
+/// newest [`PDF_TEXTS_BYTES`] of it. The same PDF comes back within
+/// seconds: a campaign notice's attachment is read from its copy in Sent
+/// and again from its delivery receipt, which carries the whole notice;
+/// reading it (`lopdf`) was a tenth of the daemon's CPU while sending.
+struct PdfTexts {
+    map: lru::LruCache<[u8; 32], Result<Arc<str>, Arc<str>>>,
+    bytes: usize,
+}
+
+/// How much text [`PdfTexts`] keeps.
+const PDF_TEXTS_BYTES: usize = 4 << 20;
+
+static PDF_TEXTS: LazyLock<Mutex<PdfTexts>> =
+    LazyLock::new(|| Mutex::new(PdfTexts { map: lru::LruCache::unbounded(), bytes: 0 }));
+
+impl PdfTexts {
+    fn get(key: &[u8; 32]) -> Option<Result<String, String>> {
+        let mut t = PDF_TEXTS.lock().unwrap_or_else(PoisonError::into_inner);
+        t.map.get(key).map(|r| r.as_ref().map(|s| s.to_string()).map_err(|e| e.to_string()))
+    }
+
+    fn put(key: [u8; 32], r: &Result<String, String>) {
+        let v: Result<Arc<str>, Arc<str>> = match r {
+            Ok(t) => Ok(t.as_str().into()),
+            Err(e) => Err(e.as_str().into()),
+        };
+        let len = |v: &Result<Arc<str>, Arc<str>>| match v {
+            Ok(s) | Err(s) => s.len(),
+        };
+        if len(&v) > PDF_TEXTS_BYTES / 4 {
+            return;
+        }
+        let mut t = PDF_TEXTS.lock().unwrap_or_else(PoisonError::into_inner);
+        t.bytes += len(&v);
+        if let Some(old) = t.map.put(key, v) {
+            t.bytes -= len(&old);
+        }
+        while t.bytes > PDF_TEXTS_BYTES {
+            match t.map.pop_lru() {
+                Some((_, old)) => t.bytes -= len(&old),
+                None => break,
+            }
+        }
     }
 }
 
@@ -370,6 +432,22 @@ mod tests {
         }
         let small = Limits { header_bytes: 12, ..Limits::default() };
         assert!(extract(raw.as_bytes(), &small).headers.len() <= 12);
+    }
+
+    #[test]
+    fn pdf_texts_are_kept_for_identical_bytes_and_bounded() {
+        let k = [7u8; 32];
+        PdfTexts::put(k, &Ok("testo del pdf".into()));
+        assert_eq!(PdfTexts::get(&k), Some(Ok("testo del pdf".to_string())));
+        PdfTexts::put([8u8; 32], &Err("not a readable PDF".into()));
+        assert_eq!(PdfTexts::get(&[8u8; 32]), Some(Err("not a readable PDF".to_string())));
+        // Filling it past its bound drops the oldest.
+        let big = "x".repeat(PDF_TEXTS_BYTES / 8);
+        for i in 0..16u8 {
+            PdfTexts::put([100 + i; 32], &Ok(big.clone()));
+        }
+        assert_eq!(PdfTexts::get(&k), None);
+        assert!(PDF_TEXTS.lock().unwrap_or_else(PoisonError::into_inner).bytes <= PDF_TEXTS_BYTES);
     }
 
     #[test]

@@ -245,13 +245,22 @@ fn first_mailbox(a: Option<&mail_parser::Address<'_>>) -> Option<String> {
 
 /// Where the header ends (after the blank line), or the whole message.
 pub fn header_end(raw: &[u8]) -> usize {
-    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+    if let Some(p) = memchr::memmem::find(raw, b"\r\n\r\n") {
         return p + 4;
     }
-    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+    if let Some(p) = memchr::memmem::find(raw, b"\n\n") {
         return p + 2;
     }
     raw.len()
+}
+
+/// Does `raw` look like a message: a header block that ends (a blank
+/// line) within its first 64 KiB? An uploaded PDF or CSV (a campaign's
+/// inputs) does not, and parsing 200 KB of it as a header only to cache
+/// nothing cost more than storing it.
+pub fn looks_like_message(raw: &[u8]) -> bool {
+    let head = &raw[..raw.len().min(64 << 10)];
+    memchr::memmem::find(head, b"\r\n\r\n").is_some() || memchr::memmem::find(head, b"\n\n").is_some()
 }
 
 #[cfg(test)]
@@ -317,6 +326,18 @@ body with From: nobody@else.example\r\n";
     /// The sort and thread fields: the Date as an instant, the decoded
     /// Subject, the first mailbox of each address list (a group's name
     /// first, as ENVELOPE), the message-ID headers unfolded.
+    #[test]
+    fn uploads_that_are_not_messages_are_told_apart() {
+        assert!(looks_like_message(b"From: a@b.it\r\nSubject: x\r\n\r\nbody"));
+        assert!(looks_like_message(b"Subject: x\n\nbody"));
+        let mut pdf = b"%PDF-1.7\r\n%\xe2\xe3\xcf\xd3\r\n".to_vec();
+        pdf.extend(std::iter::repeat_n(b'A', 100_000));
+        assert!(!looks_like_message(&pdf), "no blank line in the first 64 KiB");
+        assert_eq!(header_end(b"Subject: x\r\n\r\nbody"), 15);
+        assert_eq!(header_end(b"Subject: x\n\nbody"), 12);
+        assert_eq!(header_end(b"Subject: x"), 10);
+    }
+
     #[test]
     fn sort_and_thread_fields() {
         let f = SearchFields::of(MSG);

@@ -518,7 +518,7 @@ impl Store {
             let t = std::time::Instant::now();
             let r = inner.blobs.put(&bytes);
             timer.observe(t.elapsed().as_secs_f64());
-            if let Ok(b) = &r {
+            if let Some(b) = r.as_ref().ok().filter(|_| fields::looks_like_message(&bytes)) {
                 // SEARCH's header fields, while the bytes are at hand (a
                 // header parse, ≈ 20 µs); a failure here only leaves them
                 // to be derived at the first search.
