@@ -333,7 +333,7 @@ body with From: nobody@else.example\r\n";
         let mut pdf = b"%PDF-1.7\r\n%\xe2\xe3\xcf\xd3\r\n".to_vec();
         pdf.extend(std::iter::repeat_n(b'A', 100_000));
         assert!(!looks_like_message(&pdf), "no blank line in the first 64 KiB");
-        assert_eq!(header_end(b"Subject: x\r\n\r\nbody"), 15);
+        assert_eq!(header_end(b"Subject: x\r\n\r\nbody"), 14);
         assert_eq!(header_end(b"Subject: x\n\nbody"), 12);
         assert_eq!(header_end(b"Subject: x"), 10);
     }
