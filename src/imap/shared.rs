@@ -159,27 +159,34 @@ impl Facts {
     /// One walk of `list`.
     pub fn of(list: &Entries, seen: &UidSet) -> Facts {
         let (mut newest, mut unseen, mut first_unseen) = (0u64, 0usize, None);
-        let mut keywords: Vec<String> = Vec::new();
-        let mut last: Option<&FlagSet> = None;
+        let mut sets: Vec<&FlagSet> = Vec::new();
         for (i, (uid, m)) in list.iter().enumerate() {
             newest = newest.max(m.modseq);
             if !seen.contains(*uid) {
                 unseen += 1;
                 first_unseen.get_or_insert(i);
             }
-            // Neighbours mostly share one set: look at each set once in a row.
-            if last.is_some_and(|l| Arc::ptr_eq(l, &m.flags)) {
-                continue;
-            }
-            last = Some(&m.flags);
-            for f in m.flags.iter() {
-                if !f.starts_with('\\') && !keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
-                    keywords.push(f.clone());
-                }
+            // Neighbours mostly share one set: each set once in a row.
+            if !sets.last().is_some_and(|l| Arc::ptr_eq(l, &m.flags)) {
+                sets.push(&m.flags);
             }
         }
-        Facts { newest, keywords: keywords.into(), unseen, first_unseen }
+        let keywords = new_keywords(&[], sets.iter().flat_map(|s| s.iter())).into();
+        Facts { newest, keywords, unseen, first_unseen }
     }
+}
+
+/// The keywords among `flags` (not the `\\` flags) that are not in
+/// `defined`, each once (ASCII case ignored), in the order they come.
+pub fn new_keywords<'a>(defined: &[String], flags: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in flags {
+        let known = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(f));
+        if !f.starts_with('\\') && !known(defined) && !known(&out) {
+            out.push(f.clone());
+        }
+    }
+    out
 }
 
 /// How many lists' facts are remembered.

@@ -347,8 +347,7 @@ async fn select(
     }
     // And every keyword the folder's messages carry (RFC 3501 §7.2.6).
     let mut defined: Vec<String> = defined.iter().map(flag_string).collect();
-    let more: Vec<String> =
-        facts.keywords.iter().filter(|k| !defined.iter().any(|d| d.eq_ignore_ascii_case(k))).cloned().collect();
+    let more = super::super::shared::new_keywords(&defined, facts.keywords.iter());
     defined.extend(more);
     io.data(Data::Flags(
         defined

@@ -175,21 +175,6 @@ impl Selected {
     }
 }
 
-impl Selected {
-    /// Keywords on `msgs` not yet in `defined` (each once).
-    pub fn new_keywords<'a>(defined: &[String], msgs: impl Iterator<Item = &'a super::shared::Msg>) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for m in msgs {
-            for f in m.flags.iter() {
-                let known = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(f));
-                if !f.starts_with('\\') && !known(defined) && !known(&out) {
-                    out.push(f.clone());
-                }
-            }
-        }
-        out
-    }
-}
 
 impl Selected {
     /// The UIDs in the store folder behind the selected one (a handling

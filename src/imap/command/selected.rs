@@ -202,7 +202,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     let d = diff(&sel.msgs, &new, expunge);
     let changed = d.changed.iter().map(|&(_, j)| &new[j].1);
     let added = new[d.added..].iter().map(|(_, m)| m);
-    let more = Selected::new_keywords(&sel.defined, changed.chain(added));
+    let more = super::super::shared::new_keywords(&sel.defined, changed.chain(added).flat_map(|m| m.flags.iter()));
     if !more.is_empty() {
         sel.defined.extend(more);
         let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
