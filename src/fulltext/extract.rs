@@ -15,10 +15,13 @@
 //! [`Limits::text_bytes`]. A parser panic is caught. What was skipped is
 //! listed in [`Extracted::skipped`] for the indexer to log.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mail_parser::{HeaderValue, Message, MimeHeaders, PartType};
+use mail_parser::{HeaderValue, Message, MimeHeaders};
+
+use crate::pec::Entity;
 
 /// Bounds on the work one message may cost.
 #[derive(Debug, Clone, Copy)]
@@ -68,9 +71,17 @@ pub struct Extracted {
 }
 
 /// Extract `raw`'s text within `limits`.
+///
+/// Only the header blocks are parsed; a part's body is decoded only when
+/// its text is read (a text part, or an attachment whose kind has text:
+/// [`Kind`]). A PDF's text is looked up by its still-encoded bytes
+/// ([`PdfTexts`]) before anything is decoded: a delivery receipt carries
+/// the whole notice whose copy in Sent was read a moment before, and
+/// decoding its base64 again was a quarter of the daemon's CPU while a
+/// campaign was sent. Signatures, images and archives are never decoded.
 pub fn extract(raw: &[u8], limits: &Limits) -> Extracted {
     let mut out = Extracted::default();
-    let Some(m) = crate::pec::parse_full(raw) else {
+    let Some(m) = mail_parser::MessageParser::default().parse_headers(raw) else {
         out.body = String::from_utf8_lossy(&raw[..raw.len().min(limits.text_bytes)]).into_owned();
         return out;
     };
@@ -79,7 +90,7 @@ pub fn extract(raw: &[u8], limits: &Limits) -> Extracted {
     out.to = [addresses(m.to()), addresses(m.cc())].join(" ").trim().to_string();
     out.headers = other_headers(&m, raw, limits.header_bytes);
     let mut w = Walk { limits, out: &mut out, started: Instant::now() };
-    w.message(&m, 0);
+    w.message(raw, 0);
     out
 }
 
@@ -148,101 +159,186 @@ impl Walk<'_> {
         self.out.body.push('\n');
     }
 
-    fn message(&mut self, m: &Message<'_>, depth: usize) {
-        for part in &m.parts {
-            let name = part.attachment_name().unwrap_or_default().to_string();
-            match &part.body {
-                PartType::Text(t) => self.push(t),
-                PartType::Html(h) => self.push(&mail_parser::decoders::html::html_to_text(h)),
-                PartType::Message(inner) if depth < self.limits.depth => {
-                    // The original inside an envelope: its headers are what
-                    // people remember of it.
-                    let header = format!(
-                        "{} {} {}",
-                        inner.subject().unwrap_or_default(),
-                        addresses(inner.from()),
-                        addresses(inner.to())
-                    );
-                    self.push(&header);
-                    if depth == 0 && self.out.subject.len() < 2000 {
-                        if let Some(s) = inner.subject() {
-                            self.out.subject.push('\n');
-                            self.out.subject.push_str(s);
-                        }
-                    }
-                    self.message(inner, depth + 1);
-                }
-                PartType::Message(_) => {
-                    self.out.skipped.push(format!("{name}: nested deeper than {}", self.limits.depth))
-                }
-                PartType::Binary(b) | PartType::InlineBinary(b) => {
-                    let ct = part
-                        .content_type()
-                        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default()).to_ascii_lowercase())
-                        .unwrap_or_default();
-                    self.attachment(&name, &ct, b, depth);
-                }
-                PartType::Multipart(_) => {}
-            }
+    /// The body of the message `raw` (its leaves, in document order).
+    fn message(&mut self, raw: &[u8], depth: usize) {
+        let top = Entity::parse(raw);
+        for leaf in crate::pec::leaves(&top) {
+            self.leaf(&leaf, depth);
         }
     }
 
+    fn leaf(&mut self, e: &Entity<'_>, depth: usize) {
+        let name = e.name().unwrap_or_default().to_string();
+        let (ctype, subtype) = e.mime_type();
+        match (ctype.as_str(), subtype.as_str()) {
+            // Nested deeper than the MIME walker follows: nothing to read.
+            ("multipart", _) => {}
+            ("message", "rfc822" | "global") => self.nested(&name, &e.decoded(), depth),
+            ("text", "html") if name.is_empty() => self.push(&mail_parser::decoders::html::html_to_text(&text_of(e))),
+            ("text", _) if name.is_empty() => self.push(&text_of(e)),
+            _ => self.attachment(&name, &format!("{ctype}/{subtype}"), Src::Part(e), depth),
+        }
+    }
+
+    /// A message inside this one (the original inside an envelope): its
+    /// headers are what people remember of it, then its body.
+    fn nested(&mut self, name: &str, raw: &[u8], depth: usize) {
+        if depth >= self.limits.depth {
+            self.out.skipped.push(format!("{name}: nested deeper than {}", self.limits.depth));
+            return;
+        }
+        let Some(inner) = mail_parser::MessageParser::default().parse_headers(raw) else {
+            self.out.skipped.push(format!("{name}: not a readable message"));
+            return;
+        };
+        let header =
+            format!("{} {} {}", inner.subject().unwrap_or_default(), addresses(inner.from()), addresses(inner.to()));
+        self.push(&header);
+        if depth == 0 && self.out.subject.len() < 2000 {
+            if let Some(s) = inner.subject() {
+                self.out.subject.push('\n');
+                self.out.subject.push_str(s);
+            }
+        }
+        self.message(raw, depth + 1);
+    }
+
     /// An attachment's text, by its name (what people see) and type.
-    fn attachment(&mut self, name: &str, ct: &str, bytes: &[u8], depth: usize) {
-        let lower = name.to_ascii_lowercase();
+    fn attachment(&mut self, name: &str, ct: &str, src: Src<'_, '_>, depth: usize) {
         if !name.is_empty() {
             self.push(name);
         }
-        if lower.ends_with(".p7m") || ct == "application/pkcs7-mime" || ct == "application/x-pkcs7-mime" {
-            match p7m_content(bytes) {
+        let Some(kind) = Kind::of(name, ct) else { return };
+        match kind {
+            Kind::P7m => match p7m_content(&src.bytes()) {
                 Some(inner) => {
                     let inner_name = name.get(..name.len().saturating_sub(4)).unwrap_or_default();
-                    self.attachment(inner_name, "", &inner, depth)
+                    self.attachment(inner_name, "", Src::Decoded(&inner), depth)
                 }
                 None => self.out.skipped.push(format!("{name}: not a readable CAdES/PKCS#7 envelope")),
-            }
-        } else if lower.ends_with(".pdf") || ct == "application/pdf" {
-            match self.pdf(bytes) {
+            },
+            Kind::Pdf => match self.pdf(&src) {
                 Ok(t) => self.push(&t),
                 Err(why) => self.out.skipped.push(format!("{name}: {why}")),
-            }
-        } else if lower.ends_with(".xml") || ct.ends_with("/xml") {
-            self.push(&xml_text(&String::from_utf8_lossy(bytes)));
-        } else if lower.ends_with(".eml") || ct == "message/rfc822" {
-            match crate::pec::parse_full(bytes) {
-                Some(m) if depth < self.limits.depth => self.message(&m, depth + 1),
-                _ => self.out.skipped.push(format!("{name}: not a readable message")),
-            }
-        } else if lower.ends_with(".txt") || lower.ends_with(".csv") || ct.starts_with("text/") {
-            self.push(&String::from_utf8_lossy(bytes));
-        } else if lower.ends_with(".html") || lower.ends_with(".htm") {
-            self.push(&mail_parser::decoders::html::html_to_text(&String::from_utf8_lossy(bytes)));
+            },
+            Kind::Xml => self.push(&xml_text(&String::from_utf8_lossy(&src.bytes()))),
+            Kind::Eml => self.nested(name, &src.bytes(), depth),
+            Kind::Text => match src {
+                Src::Part(e) => self.push(&text_of(e)),
+                Src::Decoded(b) => self.push(&String::from_utf8_lossy(b)),
+            },
+            Kind::Html => self.push(&mail_parser::decoders::html::html_to_text(&String::from_utf8_lossy(&src.bytes()))),
         }
     }
 
     /// A PDF's text, within the limits; a parser panic is an error. Read
-    /// once for identical bytes seen lately ([`PdfTexts`]).
-    fn pdf(&self, bytes: &[u8]) -> Result<String, String> {
-        if bytes.len() > self.limits.pdf_bytes {
-            return Err(format!("PDF of {} bytes, over the {} limit", bytes.len(), self.limits.pdf_bytes));
-        }
+    /// once for identical bytes seen lately ([`PdfTexts`]), which are
+    /// compared before they are decoded.
+    fn pdf(&self, src: &Src<'_, '_>) -> Result<String, String> {
         use sha2::Digest;
         // The limits too: what is read of the same bytes depends on them.
         let l = self.limits;
-        let key: [u8; 32] = sha2::Sha256::new()
-            .chain_update(bytes)
-            .chain_update(format!("{}/{}/{:?}", l.pdf_pages, l.pdf_page_inflated, l.pdf_time))
+        let mut h = sha2::Sha256::new();
+        src.key(&mut h);
+        let key: [u8; 32] = h
+            .chain_update(format!("{}/{}/{}/{:?}", l.pdf_bytes, l.pdf_pages, l.pdf_page_inflated, l.pdf_time))
             .finalize()
             .into();
         if let Some(r) = PdfTexts::get(&key) {
             return r;
         }
-        let limits = *self.limits;
-        let started = self.started;
-        let r = std::panic::catch_unwind(move || pdf_text(bytes, &limits, started))
-            .unwrap_or_else(|_| Err("the PDF parser failed on it (a panic, caught)".into()));
+        let bytes = src.bytes();
+        let r = if bytes.len() > l.pdf_bytes {
+            Err(format!("PDF of {} bytes, over the {} limit", bytes.len(), l.pdf_bytes))
+        } else {
+            let limits = *l;
+            let started = self.started;
+            std::panic::catch_unwind(move || pdf_text(&bytes, &limits, started))
+                .unwrap_or_else(|_| Err("the PDF parser failed on it (a panic, caught)".into()))
+        };
         PdfTexts::put(key, &r);
         r
+    }
+}
+
+/// The attachments whose text is read, by name or type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    P7m,
+    Pdf,
+    Xml,
+    Eml,
+    Text,
+    Html,
+}
+
+impl Kind {
+    fn of(name: &str, ct: &str) -> Option<Kind> {
+        let lower = name.to_ascii_lowercase();
+        Some(if lower.ends_with(".p7m") || ct == "application/pkcs7-mime" || ct == "application/x-pkcs7-mime" {
+            Kind::P7m
+        } else if lower.ends_with(".pdf") || ct == "application/pdf" {
+            Kind::Pdf
+        } else if lower.ends_with(".xml") || ct.ends_with("/xml") {
+            Kind::Xml
+        } else if lower.ends_with(".eml") || ct == "message/rfc822" {
+            Kind::Eml
+        } else if lower.ends_with(".txt") || lower.ends_with(".csv") || ct.starts_with("text/") && ct != "text/html" {
+            Kind::Text
+        } else if lower.ends_with(".html") || lower.ends_with(".htm") || ct == "text/html" {
+            Kind::Html
+        } else {
+            return None;
+        })
+    }
+}
+
+/// An attachment's bytes: a MIME part, decoded only when read, or bytes
+/// already decoded (the document inside a `.p7m`).
+enum Src<'e, 'a> {
+    Part(&'e Entity<'a>),
+    Decoded(&'e [u8]),
+}
+
+impl Src<'_, '_> {
+    fn bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            Src::Part(e) => e.decoded(),
+            Src::Decoded(b) => Cow::Borrowed(b),
+        }
+    }
+
+    /// What identifies the bytes: a part's transfer encoding and encoded
+    /// body, so that the same attachment in another message is known
+    /// without decoding it.
+    fn key(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        match self {
+            Src::Part(e) => {
+                let cte = e.headers.content_transfer_encoding().unwrap_or_default().trim().to_ascii_lowercase();
+                h.update(b"part\0");
+                h.update(cte.as_bytes());
+                h.update(b"\0");
+                h.update(e.body);
+            }
+            Src::Decoded(b) => {
+                h.update(b"decoded\0");
+                h.update(b);
+            }
+        }
+    }
+}
+
+/// A text part's text: transfer-decoded, then from its charset (as
+/// `mail-parser` reads it) or as UTF-8.
+fn text_of(e: &Entity<'_>) -> String {
+    let bytes = e.decoded();
+    match e
+        .content_type_param("charset")
+        .and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()))
+    {
+        Some(decode) => decode(&bytes),
+        None => String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 
@@ -402,14 +498,31 @@ mod tests {
         assert!(e.body.contains("rossi@pec.ditta.it"), "the original's sender: {e:?}");
     }
 
+    /// Parts are decoded as they are read: transfer encodings, charsets,
+    /// HTML; a named text attachment is read too; an image is not.
+    #[test]
+    fn each_part_is_read_in_its_encoding_and_charset() {
+        let raw = "From: a@example.it\r\nSubject: prova\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+                   --b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                   perch=E9 cos=EC\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+                   PHA+PGI+cmFjY29tYW5kYXRhPC9iPjwvcD4=\r\n--b\r\nContent-Type: text/csv; name=elenco.csv\r\n\
+                   Content-Transfer-Encoding: base64\r\n\r\nbm9tZTtpbXBvcnRv\r\n--b\r\nContent-Type: image/png; name=logo.png\r\n\
+                   Content-Transfer-Encoding: base64\r\n\r\n!!! not base64 !!!\r\n--b--\r\n";
+        let e = extract(raw.as_bytes(), &Limits::default());
+        assert!(e.body.contains("perché così"), "{e:?}");
+        assert!(e.body.contains("raccomandata") && !e.body.contains("<b>"), "{e:?}");
+        assert!(e.body.contains("elenco.csv") && e.body.contains("nome;importo"), "{e:?}");
+        assert!(e.body.contains("logo.png") && e.skipped.is_empty(), "{e:?}");
+    }
+
     #[test]
     fn hostile_attachments_are_skipped_not_fatal() {
         let limits = Limits { pdf_bytes: 100, ..Limits::default() };
         let mut out = Extracted::default();
         let mut w = Walk { limits: &limits, out: &mut out, started: Instant::now() };
-        w.attachment("grande.pdf", "application/pdf", &[b'x'; 200], 0);
-        w.attachment("rotto.pdf", "application/pdf", b"%PDF-1.4 garbage", 0);
-        w.attachment("falso.pdf.p7m", "", b"not pkcs7", 0);
+        w.attachment("grande.pdf", "application/pdf", Src::Decoded(&[b'x'; 200]), 0);
+        w.attachment("rotto.pdf", "application/pdf", Src::Decoded(b"%PDF-1.4 garbage"), 0);
+        w.attachment("falso.pdf.p7m", "", Src::Decoded(b"not pkcs7"), 0);
         assert_eq!(out.skipped.len(), 3, "{:?}", out.skipped);
         assert!(out.skipped[0].contains("over the 100 limit"));
     }

@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod meta;
 mod mime;
 pub use mime::{parse_full, Parsed};
+pub(crate) use mime::{leaves, Entity};
 pub mod reconcile;
 pub mod signature;
 
