@@ -189,24 +189,55 @@ fn disk_needed(notices: usize, pdf: usize) -> u64 {
     (notices as f64 * pdf as f64 * (1.0 + 1.0 + 3.0 * 1.37)) as u64 + 1_000_000_000
 }
 
-/// A PDF-like file that does not compress: the header, an object with a
-/// stream of pseudo-random bytes (xorshift seeded by `seed`), `%%EOF`.
+/// A one-page PDF as an office's software makes them: a line of text (the
+/// notice's number, which full-text search then finds) and an image of
+/// pseudo-random bytes (xorshift seeded by `seed`, so that it does not
+/// compress) filling it to `size`, with a correct cross-reference table.
 fn write_pdf(path: &Path, size: usize, seed: u64) {
-    let head =
-        format!("%PDF-1.4\n%\u{e2}\u{e3}\u{cf}\u{d3}\n1 0 obj\n<< /Length {} >>\nstream\n", size.saturating_sub(80));
-    let tail = b"\nendstream\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
-    let body_len = size.saturating_sub(head.len() + tail.len());
-    let mut buf = Vec::with_capacity(size);
-    buf.extend_from_slice(head.as_bytes());
+    let content = format!("BT /F1 12 Tf 72 770 Td (Verbale n. {seed} - notifica di violazione) Tj ET\nq 400 0 0 300 72 400 cm /Im1 Do Q\n");
+    let fixed = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 4 0 R >> \
+         /XObject << /Im1 6 0 R >> >> /Contents 5 0 R >>"
+            .to_string(),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
+        format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
+    ];
+    let mut buf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, body) in fixed.iter().enumerate() {
+        offsets.push(buf.len());
+        buf.extend_from_slice(format!("{} 0 obj\n{body}\nendobj\n", i + 1).as_bytes());
+    }
+    // What is left for the image once the table and trailer are written.
+    let image = size.saturating_sub(buf.len() + 400).max(64);
+    offsets.push(buf.len());
+    buf.extend_from_slice(
+        format!(
+            "6 0 obj\n<< /Type /XObject /Subtype /Image /Width {image} /Height 1 /ColorSpace /DeviceGray \
+             /BitsPerComponent 8 /Length {image} >>\nstream\n"
+        )
+        .as_bytes(),
+    );
+    let end = buf.len() + image;
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while buf.len() < head.len() + body_len {
+    while buf.len() < end {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         buf.extend_from_slice(&x.to_le_bytes());
     }
-    buf.truncate(head.len() + body_len);
-    buf.extend_from_slice(tail);
+    buf.truncate(end);
+    buf.extend_from_slice(b"\nendstream\nendobj\n");
+    let xref = buf.len();
+    buf.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", offsets.len() + 1).as_bytes());
+    for o in &offsets {
+        buf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    buf.extend_from_slice(
+        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", offsets.len() + 1).as_bytes(),
+    );
     std::fs::write(path, buf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
@@ -631,6 +662,23 @@ fn main() {
         ),
     );
     println!("report_jsonl_wall_s={report_jsonl_s:.2}");
+    // The PDFs' text is searchable: the word is only in them.
+    let found = Command::new(bin())
+        .args(["search", "--config", b.config.to_str().unwrap(), "--user", "mario", "--json", "--limit", "5"])
+        .arg("violazione")
+        .env("PECGATE_PASSWORD", PW)
+        .output()
+        .expect("run pecgate search");
+    let hits: Value = serde_json::from_slice(&found.stdout).unwrap_or_else(|e| {
+        panic!(
+            "pecgate search: {e}: {}{}",
+            String::from_utf8_lossy(&found.stdout),
+            String::from_utf8_lossy(&found.stderr)
+        )
+    });
+    let hits = hits["hits"].as_array().map_or(0, Vec::len);
+    assert!(hits > 0, "no notice's PDF text was found by full-text search");
+    println!("  full-text: a word of the PDFs' text finds {hits} messages (at most 5 asked)");
     if let Some(p) = profiler {
         let _ = p.join();
     }

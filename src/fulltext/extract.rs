@@ -235,15 +235,12 @@ impl Walk<'_> {
     /// once for identical bytes seen lately ([`PdfTexts`]), which are
     /// compared before they are decoded.
     fn pdf(&self, src: &Src<'_, '_>) -> Result<String, String> {
-        use sha2::Digest;
         // The limits too: what is read of the same bytes depends on them.
         let l = self.limits;
-        let mut h = sha2::Sha256::new();
+        let mut h = blake3::Hasher::new();
         src.key(&mut h);
-        let key: [u8; 32] = h
-            .chain_update(format!("{}/{}/{}/{:?}", l.pdf_bytes, l.pdf_pages, l.pdf_page_inflated, l.pdf_time))
-            .finalize()
-            .into();
+        h.update(format!("{}/{}/{}/{:?}", l.pdf_bytes, l.pdf_pages, l.pdf_page_inflated, l.pdf_time).as_bytes());
+        let key: [u8; 32] = h.finalize().into();
         if let Some(r) = PdfTexts::get(&key) {
             return r;
         }
@@ -311,8 +308,7 @@ impl Src<'_, '_> {
     /// What identifies the bytes: a part's transfer encoding and encoded
     /// body, so that the same attachment in another message is known
     /// without decoding it.
-    fn key(&self, h: &mut sha2::Sha256) {
-        use sha2::Digest;
+    fn key(&self, h: &mut blake3::Hasher) {
         match self {
             Src::Part(e) => {
                 let cte = e.headers.content_transfer_encoding().unwrap_or_default().trim().to_ascii_lowercase();
@@ -342,7 +338,7 @@ fn text_of(e: &Entity<'_>) -> String {
     }
 }
 
-/// The text of the PDFs read lately, by the SHA-256 of their bytes, the
+/// The text of the PDFs read lately, by the BLAKE3 of their bytes, the
 /// newest [`PDF_TEXTS_BYTES`] of it. The same PDF comes back within
 /// seconds: a campaign notice's attachment is read from its copy in Sent
 /// and again from its delivery receipt, which carries the whole notice;

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use mail_send::smtp::message::Message;
 use mail_send::SmtpClientBuilder;
 
 use super::session::{RelayOutcome, Submission};
@@ -69,22 +68,25 @@ pub async fn send(mb: &MailboxConfig, from: &str, rcpts: &[String], body: &[u8],
         }
     };
     let Some(ep) = &mb.smtp else {
-        return Sent::Refused { code: 550, text: format!("mailbox {} has no provider SMTP endpoint configured", mb.alias) };
+        return Sent::Refused {
+            code: 550,
+            text: format!("mailbox {} has no provider SMTP endpoint configured", mb.alias),
+        };
     };
     let tls = match provider_tls(mb.ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => return Sent::NotSent(format!("TLS trust for the provider: {e}")),
     };
-    let builder = SmtpClientBuilder::new_with_tls_connector(ep.host.clone(), ep.port, tokio_rustls::TlsConnector::from(tls))
-        .implicit_tls(ep.tls == TlsMode::Implicit)
-        .credentials((mb.username.clone(), password))
-        .helo_host("pecgate")
-        .timeout(timeout);
+    let builder =
+        SmtpClientBuilder::new_with_tls_connector(ep.host.clone(), ep.port, tokio_rustls::TlsConnector::from(tls))
+            .implicit_tls(ep.tls == TlsMode::Implicit)
+            .credentials((mb.username.clone(), password))
+            .helo_host("pecgate")
+            .timeout(timeout);
     // mail-send always ends DATA with CRLF.CRLF, adding a line break of its
     // own: hand it the body without its final CRLF so the provider receives
     // (and certifies) exactly the bytes we archive.
     let body = body.strip_suffix(b"\r\n").unwrap_or(body);
-    let message = Message::new(from, rcpts.iter().map(String::as_str), body);
     let limit = timeout + Duration::from_secs(5);
     // No Nagle: mail-send writes the final `.` of DATA as a small segment
     // of its own, which Nagle would hold until the provider's delayed ACK
@@ -96,7 +98,7 @@ pub async fn send(mb: &MailboxConfig, from: &str, rcpts: &[String], body: &[u8],
             Ok(Err(e)) => return not_sent(e),
             Ok(Ok(mut c)) => {
                 let _ = c.stream.set_nodelay(true);
-                let r = tokio::time::timeout(limit, c.send(message)).await;
+                let r = tokio::time::timeout(limit, transmit(&mut c, from, rcpts, body)).await;
                 tokio::spawn(async move { c.quit().await });
                 r
             }
@@ -106,7 +108,7 @@ pub async fn send(mb: &MailboxConfig, from: &str, rcpts: &[String], body: &[u8],
             Ok(Err(e)) => return not_sent(e),
             Ok(Ok(mut c)) => {
                 let _ = c.stream.get_ref().0.set_nodelay(true);
-                let r = tokio::time::timeout(limit, c.send(message)).await;
+                let r = tokio::time::timeout(limit, transmit(&mut c, from, rcpts, body)).await;
                 tokio::spawn(async move { c.quit().await });
                 r
             }
@@ -114,13 +116,62 @@ pub async fn send(mb: &MailboxConfig, from: &str, rcpts: &[String], body: &[u8],
     };
     match result {
         Err(_) => Sent::Uncertain("the provider stopped answering during the dialogue".into()),
-        Ok(Ok(resp)) => Sent::Accepted(format!("{} {}", resp.code, resp.message)),
-        Ok(Err(mail_send::Error::UnexpectedReply(r))) if (500..600).contains(&r.code) && !is_rate_limited(&r.message) => {
+        Ok(Ok((code, text))) => Sent::Accepted(format!("{code} {text}")),
+        Ok(Err(mail_send::Error::UnexpectedReply(r)))
+            if (500..600).contains(&r.code) && !is_rate_limited(&r.message) =>
+        {
             Sent::Refused { code: r.code, text: r.message }
         }
         Ok(Err(mail_send::Error::UnexpectedReply(r))) => Sent::NotSent(format!("{} {}", r.code, r.message)),
         Ok(Err(e)) => Sent::Uncertain(e.to_string()),
     }
+}
+
+/// MAIL FROM, RCPT TO and DATA for `body` (without its final CRLF), as
+/// mail-send's `send` does, but with the body dot-stuffed by a search for
+/// dots rather than mail-send's byte-at-a-time loop: that loop was 8 % of
+/// the daemon's CPU while a campaign sent 275 KB notices.
+async fn transmit<T>(
+    c: &mut mail_send::SmtpClient<T>,
+    from: &str,
+    rcpts: &[String],
+    body: &[u8],
+) -> mail_send::Result<(u16, String)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use mail_send::smtp::AssertReply;
+    use tokio::io::AsyncWriteExt;
+    let none = mail_send::smtp::message::Parameters::default();
+    c.mail_from(from, &none).await?;
+    for r in rcpts {
+        c.rcpt_to(r, &none).await?;
+    }
+    c.cmd(b"DATA\r\n").await?.assert_code(354)?;
+    c.stream.write_all(&dot_stuffed(body)).await?;
+    c.stream.write_all(b"\r\n.\r\n").await?;
+    c.stream.flush().await?;
+    let r = c.read().await?.into_positive_completion()?;
+    Ok((r.code, r.message))
+}
+
+/// `body` with a dot added before every dot that starts a line (RFC 5321
+/// §4.5.2), a line starting after a CR or an LF as mail-send reckons it.
+fn dot_stuffed(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let starts_line = |i: usize| i == 0 || matches!(body[i - 1], b'\n' | b'\r');
+    let mut dots = memchr::memchr_iter(b'.', body).filter(|&i| starts_line(i)).peekable();
+    if dots.peek().is_none() {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut from = 0;
+    for i in dots {
+        out.extend_from_slice(&body[from..i]);
+        out.push(b'.');
+        from = i;
+    }
+    out.extend_from_slice(&body[from..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// A failure to connect or log in: nothing was handed over.
@@ -154,7 +205,13 @@ pub fn is_rate_limited(text: &str) -> bool {
 
 /// Filing what the provider accepted in the mailbox's `Sent`, with what
 /// reconciliation needs (its Message-ID, recipients, when).
-pub fn sent_copy(mailbox: &str, blob: crate::store::BlobRef, data: &[u8], message_id: &str, rcpts: &[String]) -> Change {
+pub fn sent_copy(
+    mailbox: &str,
+    blob: crate::store::BlobRef,
+    data: &[u8],
+    message_id: &str,
+    rcpts: &[String],
+) -> Change {
     let now = Utc::now();
     let meta = PecMeta {
         classification: crate::pec::classify(data),
@@ -202,4 +259,16 @@ pub async fn record(store: &Store, sub: &Submission, source: &str, outcome: &Rel
         entries.push((archive, sent_copy(&sub.mailbox, blob, &sub.data, &sub.message_id, &sub.rcpts)));
     }
     store.commit_batch(entries).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_stuffed;
+
+    #[test]
+    fn a_dot_that_starts_a_line_is_doubled() {
+        assert_eq!(&*dot_stuffed(b"nessun punto qui"), b"nessun punto qui");
+        assert_eq!(&*dot_stuffed(b"a.b\r\n.\r\n..x\r\nfine."), b"a.b\r\n..\r\n...x\r\nfine.");
+        assert_eq!(&*dot_stuffed(b".inizio\r.cr\n.lf"), b"..inizio\r..cr\n..lf");
+    }
 }
