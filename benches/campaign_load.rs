@@ -24,6 +24,7 @@
 //!
 //! `cargo bench --bench campaign_load` (builds the release binary). Knobs:
 //! CAMPAIGN_LOAD_NOTICES (48397), CAMPAIGN_LOAD_PDF_BYTES (204800),
+//! CAMPAIGN_LOAD_CACHE_BYTES (the index cache, `[store] cache_capacity`),
 //! CAMPAIGN_LOAD_ETA (1; 0 skips phase 6), CAMPAIGN_LOAD_ETA_NOTICES (13),
 //! CAMPAIGN_LOAD_KEEP=1 (keep the data under
 //! /var/tmp/pecgate-campaign-bench/), CAMPAIGN_LOAD_MIN_FREE_GB (default:
@@ -83,7 +84,19 @@ struct Proc {
 impl Proc {
     fn spawn(name: &'static str, args: &[&str], log: &Path) -> Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let child = Command::new(bin())
+        // CAMPAIGN_LOAD_WRAP (e.g. `heaptrack -o /tmp/ht`): the daemon run
+        // under a tool; its CPU and RSS figures are then the tool's.
+        let wrap = std::env::var("CAMPAIGN_LOAD_WRAP").ok().filter(|w| !w.is_empty() && name == "serve");
+        let mut cmd = match &wrap {
+            Some(w) => {
+                let mut words = w.split_whitespace();
+                let mut c = Command::new(words.next().unwrap_or_default());
+                c.args(words).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -456,13 +469,14 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[store]\ndata_dir = \"{data}\"\n\n\
+            "[store]\ndata_dir = \"{data}\"\n{cache}\n\
              [upstream]\ntimeout = \"10s\"\nmin_backoff = \"200ms\"\nmax_backoff = \"2s\"\n\n\
              [pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n{}{}\
              [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\", \"send\"], eta = [\"read\", \"send\"] }}\n",
             mailbox("prot", PROT, ""),
             mailbox("eta", ETA_MB, "sending = { per_minute = 6 }"),
             data = dir.join("gw-data").display(),
+            cache = std::env::var("CAMPAIGN_LOAD_CACHE_BYTES").map(|b| format!("cache_capacity = {b}\n")).unwrap_or_default(),
             pki = pki.display(),
         ),
     )

@@ -302,9 +302,10 @@ pub struct StoreConfig {
     /// quick to verify and copy, and a million-message archive in ~100 files.
     #[serde(default = "default_segment_bytes")]
     pub journal_segment_bytes: u64,
-    /// Memory (bytes) the index may use to cache its pages. The default,
-    /// 128 MiB, serves a million-message mailbox (its index is ≈ 300 MB on
-    /// disk; SELECT and FETCH read ranges of it in order).
+    /// Memory (bytes) the index may use to cache its pages (and a quarter
+    /// of it for the derived cache). The default, 48 MiB, serves a
+    /// million-message mailbox (its index is ≈ 300 MB on disk; SELECT and
+    /// FETCH read ranges of it in order, and the kernel caches the file).
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
 }

@@ -1,22 +1,37 @@
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     pecgate::cli::main()
 }
 
-/// glibc gives each thread that allocates under contention an arena of its
-/// own, up to 8 per core, and memory freed in one is rarely handed back:
-/// the daemon's threads (async workers, blocking I/O, the full-text
-/// indexer and its merges) grew its resident memory by a fifth while a
-/// campaign was sent, for no gain in speed (BENCHMARKS.md, campaigns). One
-/// arena per core, at least 2 and at most 8, unless `MALLOC_ARENA_MAX` is
-/// set, which glibc has already applied.
-fn limit_malloc_arenas() {
+/// glibc's allocator, set for a long-running daemon whose memory should
+/// stay bounded (BENCHMARKS.md, "Campaigns": resident memory while a
+/// 48,397-notice campaign was sent):
+///
+/// * glibc gives each thread that allocates under contention an arena of
+///   its own, up to 8 per core, and memory freed in one is rarely handed
+///   back: the daemon's threads (async workers, blocking I/O, the
+///   full-text indexer and its merges) grew resident memory by a fifth,
+///   for no gain in speed. One arena per core, at least 2 and at most 8.
+/// * Blocks of 256 KiB and more are mapped and unmapped on their own. By
+///   default the threshold rises to the largest block freed: after one
+///   argon2 password check (19 MiB) every message buffer came from the
+///   arenas and stayed there.
+///
+/// `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` in the environment win
+/// (glibc has already applied them).
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
+        let set = |name: &str, param: libc::c_int, value: usize| {
+            if std::env::var_os(name).is_none() {
+                // SAFETY: mallopt only sets a tunable; called before any thread exists.
+                unsafe {
+                    libc::mallopt(param, value as libc::c_int);
+                }
+            }
+        };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // SAFETY: mallopt only sets a tunable; called before any thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 8) as libc::c_int);
-        }
+        set("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, cores.clamp(2, 8));
+        set("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }

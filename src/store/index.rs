@@ -621,9 +621,14 @@ pub struct Cache {
 impl Default for Cache {
     fn default() -> Self {
         // A million-message mailbox's index is ≈ 300 MB on disk; its
-        // per-folder ranges are read in order, so a cache of a fraction of
-        // it serves SELECT and FETCH (BENCHMARKS.md "Ten-year scale").
-        Cache { bytes: 128 * 1024 * 1024 }
+        // per-folder ranges are read in order, and the kernel's page cache
+        // holds the file too, so a cache of a fraction of it serves SELECT
+        // and FETCH (BENCHMARKS.md "Ten-year scale"). redb's cache also
+        // holds a write transaction's pages: it fills as the archive grows,
+        // and at 128 MiB (and a quarter of that for the derived cache) it
+        // was most of the daemon's memory after a 48,397-notice campaign
+        // (BENCHMARKS.md "Campaigns").
+        Cache { bytes: 48 * 1024 * 1024 }
     }
 }
 
