@@ -31,6 +31,12 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// matches.
 type VerifyJob = (String, String, tokio::sync::oneshot::Sender<bool>);
 
+/// How long a password-check thread keeps its work area (argon2id's
+/// memory cost, 19 MiB by default) after its last check: a burst of logins
+/// reuses it, and an idle daemon does not keep 19 MiB per core (it was a
+/// fifth of the memory budget of a daemon sending a campaign).
+const KEEP_WORK_AREA: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Password checks run on a few long-lived threads (one per core), not on
 /// tokio's blocking pool, each with one argon2 work area it reuses. An
 /// argon2id check needs its memory cost (19 MiB by default) for tens of
@@ -38,7 +44,8 @@ type VerifyJob = (String, String, tokio::sync::oneshot::Sender<bool>);
 /// threads, glibc kept the freed areas in its per-thread arenas and logins
 /// left hundreds of MiB to over a GiB resident (BENCHMARKS.md). Here the
 /// memory is bounded by the thread count, and more checks than cores at
-/// once would only have queued for CPU anyway.
+/// once would only have queued for CPU anyway. An idle thread frees its
+/// area after [`KEEP_WORK_AREA`].
 fn verify_pool() -> &'static std::sync::mpsc::SyncSender<VerifyJob> {
     static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<VerifyJob>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
@@ -50,11 +57,20 @@ fn verify_pool() -> &'static std::sync::mpsc::SyncSender<VerifyJob> {
             let spawned = std::thread::Builder::new().name(format!("pecgate-argon2-{i}")).spawn(move || {
                 let mut memory: Vec<argon2::Block> = Vec::new();
                 loop {
+                    // The lock is let go between waits, so that every
+                    // thread in turn finds itself idle and frees its area.
                     let job = match rx.lock() {
-                        Ok(r) => r.recv(),
+                        Ok(r) => r.recv_timeout(KEEP_WORK_AREA),
                         Err(_) => return,
                     };
-                    let Ok((pw, hash, reply)) = job else { return };
+                    let (pw, hash, reply) = match job {
+                        Ok(job) => job,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            memory = Vec::new();
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
                     let _ = reply.send(verify_with_memory(&pw, &hash, &mut memory));
                 }
             });
@@ -535,7 +551,8 @@ impl Authenticator {
                 m.logins.with_label_values(&["ok"]).inc();
                 // One person, one user, whichever form of their name they typed.
                 let name = found.user_name(&name);
-                let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
+                let user =
+                    Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
                 let now = Instant::now();
                 let verified = (!cache.is_zero()).then_some((fp, now));
                 let changed = match d.seen.lock() {
@@ -579,7 +596,8 @@ impl Authenticator {
         match d.dir.find(&name).await {
             Ok(Some(found)) => {
                 let name = found.user_name(&name);
-                let user = Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
+                let user =
+                    Arc::new(directory::effective(&name, &found, &d.dir.config().groups, d.extras.get(&name)).user);
                 if let Ok(mut seen) = d.seen.lock() {
                     seen.insert(name, SeenUser { user: user.clone(), verified: None, used: Instant::now() });
                 }

@@ -451,19 +451,19 @@ impl Metrics {
         let (limits, limiter) = self.sending.read().map(|s| s.clone()).unwrap_or_default();
         for c in all {
             let id = c.spec.id.as_str();
-            let Ok(rows) = report::rows(&self.store, &c, None) else { continue };
+            let Ok(tally) = report::Tally::of(&self.store, &c, None, now) else { continue };
             let l = limits.get(&c.spec.mailbox).copied().unwrap_or_default();
             let schedule = |n| limiter.time_for(&c.spec.mailbox, &l, n, std::time::Instant::now());
-            let p = report::progress(&rows, api::rate_per_minute(&l), schedule, now);
+            let p = report::progress_of(&tally, api::rate_per_minute(&l), schedule, now);
             if now - c.created_at > chrono::Duration::days(30) && (p.waiting == 0 || c.status == Status::Cancelled) {
                 continue;
             }
-            for (state, n) in report::counts(&rows) {
-                notices.with_label_values(&[id, &c.spec.mailbox, state]).set(n as i64);
+            for (state, n) in &tally.counts {
+                notices.with_label_values(&[id, &c.spec.mailbox, state]).set(*n as i64);
             }
             info.with_label_values(&[id, &c.spec.name, &c.spec.mailbox, c.status.name()]).set(1);
             running.with_label_values(&[id]).set(i64::from(c.status == Status::Running));
-            dialogues.with_label_values(&[id]).inc_by(rows.iter().map(|r| u64::from(r.attempts)).sum());
+            dialogues.with_label_values(&[id]).inc_by(tally.attempts);
             waiting.with_label_values(&[id]).set(p.waiting as i64);
             if let Some(t) = p.eta.filter(|_| c.status == Status::Running || p.waiting == 0) {
                 eta.with_label_values(&[id]).set(t.timestamp() as f64);

@@ -254,15 +254,16 @@ impl Api {
             Ok(c) => c,
             Err(a) => return a,
         };
-        let rows = match report::rows(&self.store, &c, self.overdue_after) {
-            Ok(r) => r,
+        let now = Utc::now();
+        let tally = match report::Tally::of(&self.store, &c, self.overdue_after, now) {
+            Ok(t) => t,
             Err(e) => return store_err(e),
         };
-        let counts = report::counts(&rows);
+        let counts = &tally.counts;
         let limits = self.mailboxes.get(&c.spec.mailbox).map(|m| m.sending).unwrap_or_default();
         let alias = c.spec.mailbox.clone();
         let schedule = |n| self.limiter.time_for(&alias, &limits, n, std::time::Instant::now());
-        let p = report::progress(&rows, rate_per_minute(&limits), schedule, Utc::now());
+        let p = report::progress_of(&tally, rate_per_minute(&limits), schedule, now);
         json_answer(
             200,
             json!({
@@ -286,19 +287,39 @@ impl Api {
             Some(Err(e)) => return err(400, e),
             None => None,
         };
+        let fallback = params.get("fallback").is_some_and(|v| v == "1" || v == "true");
+        let format = params.get("format").map(String::as_str).unwrap_or("csv");
+        // CSV and JSON lines are written as the rows are read: a large
+        // campaign's rows are never all held at once beside the answer.
+        let streamed = match (fallback, format) {
+            (false, "csv") => {
+                let mut w = report::CsvReport::new();
+                report::each_row(&self.store, &c, self.overdue_after, |r| w.push(&r))
+                    .map(|()| (200, "text/csv; charset=utf-8", w.finish()))
+            }
+            (false, "jsonl") => {
+                let mut out = Vec::new();
+                report::each_row(&self.store, &c, self.overdue_after, |r| report::jsonl_push(&mut out, &r))
+                    .map(|()| (200, "application/x-ndjson", out))
+            }
+            _ => Ok((0, "", Vec::new())),
+        };
+        match streamed {
+            Ok((0, ..)) => {}
+            Ok(answer) => return answer,
+            Err(e) => return store_err(e),
+        }
         let rows = match report::rows(&self.store, &c, self.overdue_after) {
             Ok(r) => r,
             Err(e) => return store_err(e),
         };
-        if params.get("fallback").is_some_and(|v| v == "1" || v == "true") {
+        if fallback {
             return match report::fallback_csv(&self.store, &c, &rows, deadline) {
                 Ok(b) => (200, "text/csv; charset=utf-8", b),
                 Err(e) => err(500, e),
             };
         }
-        match params.get("format").map(String::as_str).unwrap_or("csv") {
-            "csv" => (200, "text/csv; charset=utf-8", report::to_csv(&rows)),
-            "jsonl" => (200, "application/x-ndjson", report::to_jsonl(&rows)),
+        match format {
             "html" => (200, "text/html; charset=utf-8", report::to_html(&c, &rows)),
             other => err(400, format!("format {other:?}: use csv, jsonl or html")),
         }

@@ -172,10 +172,23 @@ pub fn rows(
     c: &CampaignRow,
     overdue_after: Option<std::time::Duration>,
 ) -> Result<Vec<Row>, StoreError> {
-    let (now, mut notices) = (Utc::now(), Vec::new());
-    store.notices(&c.spec.id, |n| notices.push(n))?;
-    let mut out = Vec::with_capacity(notices.len());
-    for n in notices {
+    let mut out = Vec::with_capacity(c.spec.total as usize);
+    each_row(store, c, overdue_after, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Every recipient's row, in CSV order, handed to `f` one at a time: what
+/// status, metrics and the report read of a campaign of 48,397 notices
+/// without holding all its rows (tens of MB) at once.
+pub fn each_row(
+    store: &Store,
+    c: &CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+    mut f: impl FnMut(Row),
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let mut failed = None;
+    let mut one = |n: NoticeRow| -> Result<(), StoreError> {
         let sent = store.sent_state(&c.spec.mailbox, &n.notice.message_id)?;
         let sent = match overdue_after {
             Some(d) => sent.map(|s| s.with_overdue_after(d)),
@@ -193,9 +206,62 @@ pub fn rows(
             before.append(&mut r.receipts);
             r.receipts = before;
         }
-        out.push(r);
+        f(r);
+        Ok(())
+    };
+    store.notices(&c.spec.id, |n| {
+        if failed.is_none() {
+            if let Err(e) = one(n) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(out)
+}
+
+/// What status and metrics need of a campaign's rows, counted as they go
+/// by ([`each_row`]).
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Queued, retrying or mid-dialogue.
+    waiting: u64,
+    /// Queued or retrying (mid-dialogue ones have their send counted).
+    to_send: u64,
+    /// Dialogues started since `since`.
+    recent: u64,
+    since: DateTime<Utc>,
+    /// Provider dialogues started, all rows.
+    pub attempts: u64,
+}
+
+impl Tally {
+    pub fn new(now: DateTime<Utc>) -> Tally {
+        Tally { since: now - chrono::Duration::minutes(RATE_WINDOW_MINUTES), ..Tally::default() }
+    }
+
+    pub fn add(&mut self, r: &Row) {
+        *self.counts.entry(r.state).or_insert(0) += 1;
+        self.waiting += u64::from(matches!(r.state, "queued" | "retrying" | "submitting"));
+        self.to_send += u64::from(matches!(r.state, "queued" | "retrying"));
+        self.recent += u64::from(r.submitted_at.is_some_and(|t| t > self.since));
+        self.attempts += u64::from(r.attempts);
+    }
+
+    /// A campaign's tally, its rows read once and let go.
+    pub fn of(
+        store: &Store,
+        c: &CampaignRow,
+        overdue_after: Option<std::time::Duration>,
+        now: DateTime<Utc>,
+    ) -> Result<Tally, StoreError> {
+        let mut t = Tally::new(now);
+        each_row(store, c, overdue_after, |r| t.add(&r))?;
+        Ok(t)
+    }
 }
 
 /// Where a campaign is: what is left to send, how fast it goes, when it
@@ -226,12 +292,20 @@ pub fn progress(
     schedule: impl Fn(u64) -> Option<std::time::Duration>,
     now: DateTime<Utc>,
 ) -> Progress {
-    let waiting = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying" | "submitting")).count() as u64;
-    // Mid-dialogue notices have their send counted already.
-    let to_send = rows.iter().filter(|r| matches!(r.state, "queued" | "retrying")).count() as u64;
-    let since = now - chrono::Duration::minutes(RATE_WINDOW_MINUTES);
-    let recent = rows.iter().filter(|r| r.submitted_at.is_some_and(|t| t > since)).count();
-    let observed = recent as f64 / RATE_WINDOW_MINUTES as f64;
+    let mut t = Tally::new(now);
+    rows.iter().for_each(|r| t.add(r));
+    progress_of(&t, limit_per_minute, schedule, now)
+}
+
+/// [`progress`] from a [`Tally`] taken at `now`.
+pub fn progress_of(
+    t: &Tally,
+    limit_per_minute: Option<f64>,
+    schedule: impl Fn(u64) -> Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Progress {
+    let (waiting, to_send) = (t.waiting, t.to_send);
+    let observed = t.recent as f64 / RATE_WINDOW_MINUTES as f64;
     let per_minute = limit_per_minute.or((observed > 0.0).then_some(observed));
     let eta = match (waiting, schedule(to_send), per_minute) {
         (0, _, _) => Some(now),
@@ -274,39 +348,63 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 
 /// The report as CSV (UTF-8, `,`).
 pub fn to_csv(rows: &[Row]) -> Vec<u8> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(CSV_HEADER);
-    for r in rows {
-        let _ = w.write_record([
-            r.n.to_string(),
-            r.line.to_string(),
-            r.address.clone(),
-            r.key.clone(),
-            r.state.to_string(),
-            r.provider_id.clone().unwrap_or_default(),
-            time(r.accepted_at),
-            time(r.delivered_at),
-            r.failure.clone().unwrap_or_default(),
-            r.attempts.to_string(),
-            time(r.submitted_at),
-            r.message_id.clone(),
-            r.notice_sha256.clone(),
-            r.receipts.join(" "),
+    let mut w = CsvReport::new();
+    rows.iter().for_each(|r| w.push(r));
+    w.finish()
+}
+
+/// The CSV report written a row at a time (see [`each_row`]).
+pub struct CsvReport(csv::Writer<Vec<u8>>);
+
+impl CsvReport {
+    pub fn new() -> CsvReport {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record(CSV_HEADER);
+        CsvReport(w)
+    }
+
+    pub fn push(&mut self, r: &Row) {
+        let _ = self.0.write_record([
+            r.n.to_string().as_str(),
+            r.line.to_string().as_str(),
+            &r.address,
+            &r.key,
+            r.state,
+            r.provider_id.as_deref().unwrap_or_default(),
+            &time(r.accepted_at),
+            &time(r.delivered_at),
+            r.failure.as_deref().unwrap_or_default(),
+            r.attempts.to_string().as_str(),
+            &time(r.submitted_at),
+            &r.message_id,
+            &r.notice_sha256,
+            &r.receipts.join(" "),
         ]);
     }
-    w.into_inner().unwrap_or_default()
+
+    pub fn finish(self) -> Vec<u8> {
+        self.0.into_inner().unwrap_or_default()
+    }
+}
+
+impl Default for CsvReport {
+    fn default() -> Self {
+        CsvReport::new()
+    }
 }
 
 /// The report as JSON lines.
 pub fn to_jsonl(rows: &[Row]) -> Vec<u8> {
     let mut out = Vec::new();
-    for r in rows {
-        if let Ok(mut l) = serde_json::to_vec(r) {
-            out.append(&mut l);
-            out.push(b'\n');
-        }
-    }
+    rows.iter().for_each(|r| jsonl_push(&mut out, r));
     out
+}
+
+/// One row of the JSON-lines report, appended to `out`.
+pub fn jsonl_push(out: &mut Vec<u8>, r: &Row) {
+    if serde_json::to_writer(&mut *out, r).is_ok() {
+        out.push(b'\n');
+    }
 }
 
 fn html_escape(s: &str) -> String {
