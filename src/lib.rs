@@ -29,6 +29,7 @@ pub mod apitoken;
 pub mod audit;
 pub mod autoconfig;
 pub mod auth;
+pub mod bytes;
 pub mod campaign;
 pub mod cli;
 pub mod config;

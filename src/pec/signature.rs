@@ -225,19 +225,7 @@ fn extract(raw: &[u8]) -> Result<Option<Signed<'_>>, String> {
 /// notice, hundreds of KB, nearly all of it base64 lines).
 fn to_crlf(content: &[u8]) -> Cow<'_, [u8]> {
     let bare = |i: usize| i == 0 || content[i - 1] != b'\r';
-    let mut lfs = memchr::memchr_iter(b'\n', content).filter(|&i| bare(i)).peekable();
-    if lfs.peek().is_none() {
-        return Cow::Borrowed(content);
-    }
-    let mut out = Vec::with_capacity(content.len() + content.len() / 32);
-    let mut from = 0;
-    for i in lfs {
-        out.extend_from_slice(&content[from..i]);
-        out.push(b'\r');
-        from = i;
-    }
-    out.extend_from_slice(&content[from..]);
-    Cow::Owned(out)
+    crate::bytes::insert_before(content, memchr::memchr_iter(b'\n', content).filter(|&i| bare(i)), b'\r')
 }
 
 /// A one-line description of a certificate's subject.

@@ -159,19 +159,7 @@ where
 /// §4.5.2), a line starting after a CR or an LF as mail-send reckons it.
 fn dot_stuffed(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let starts_line = |i: usize| i == 0 || matches!(body[i - 1], b'\n' | b'\r');
-    let mut dots = memchr::memchr_iter(b'.', body).filter(|&i| starts_line(i)).peekable();
-    if dots.peek().is_none() {
-        return std::borrow::Cow::Borrowed(body);
-    }
-    let mut out = Vec::with_capacity(body.len() + 64);
-    let mut from = 0;
-    for i in dots {
-        out.extend_from_slice(&body[from..i]);
-        out.push(b'.');
-        from = i;
-    }
-    out.extend_from_slice(&body[from..]);
-    std::borrow::Cow::Owned(out)
+    crate::bytes::insert_before(body, memchr::memchr_iter(b'.', body).filter(|&i| starts_line(i)), b'.')
 }
 
 /// A failure to connect or log in: nothing was handed over.
