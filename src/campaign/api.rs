@@ -291,23 +291,19 @@ impl Api {
         let format = params.get("format").map(String::as_str).unwrap_or("csv");
         // CSV and JSON lines are written as the rows are read: a large
         // campaign's rows are never all held at once beside the answer.
-        let streamed = match (fallback, format) {
-            (false, "csv") => {
-                let mut w = report::CsvReport::new();
-                report::each_row(&self.store, &c, self.overdue_after, |r| w.push(&r))
-                    .map(|()| (200, "text/csv; charset=utf-8", w.finish()))
-            }
-            (false, "jsonl") => {
-                let mut out = Vec::new();
-                report::each_row(&self.store, &c, self.overdue_after, |r| report::jsonl_push(&mut out, &r))
-                    .map(|()| (200, "application/x-ndjson", out))
-            }
-            _ => Ok((0, "", Vec::new())),
-        };
-        match streamed {
-            Ok((0, ..)) => {}
-            Ok(answer) => return answer,
-            Err(e) => return store_err(e),
+        if !fallback && format == "csv" {
+            let mut w = report::CsvReport::new();
+            return match report::each_row(&self.store, &c, self.overdue_after, |r| w.push(&r)) {
+                Ok(()) => (200, "text/csv; charset=utf-8", w.finish()),
+                Err(e) => store_err(e),
+            };
+        }
+        if !fallback && format == "jsonl" {
+            let mut out = Vec::new();
+            return match report::each_row(&self.store, &c, self.overdue_after, |r| report::jsonl_push(&mut out, &r)) {
+                Ok(()) => (200, "application/x-ndjson", out),
+                Err(e) => store_err(e),
+            };
         }
         let rows = match report::rows(&self.store, &c, self.overdue_after) {
             Ok(r) => r,

@@ -346,14 +346,8 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
 }
 
-/// The report as CSV (UTF-8, `,`).
-pub fn to_csv(rows: &[Row]) -> Vec<u8> {
-    let mut w = CsvReport::new();
-    rows.iter().for_each(|r| w.push(r));
-    w.finish()
-}
-
-/// The CSV report written a row at a time (see [`each_row`]).
+/// The report as CSV (UTF-8, `,`), written a row at a time (see
+/// [`each_row`]).
 pub struct CsvReport(csv::Writer<Vec<u8>>);
 
 impl CsvReport {
@@ -391,13 +385,6 @@ impl Default for CsvReport {
     fn default() -> Self {
         CsvReport::new()
     }
-}
-
-/// The report as JSON lines.
-pub fn to_jsonl(rows: &[Row]) -> Vec<u8> {
-    let mut out = Vec::new();
-    rows.iter().for_each(|r| jsonl_push(&mut out, r));
-    out
 }
 
 /// One row of the JSON-lines report, appended to `out`.
