@@ -473,11 +473,28 @@ fn bad_recipient_lists_give_each_row_and_queue_nothing() {
     assert!(o.status.success() && err(&o).contains("1 notices queued"), "{}", err(&o));
     let r = std::fs::read_to_string(&rejected).unwrap();
     assert!(r.contains("manca.pdf") && r.contains("grande.pdf") && !r.contains("V-3"), "{r}");
+    // The notice queued is line 4's (the list read twice, the bad rows
+    // passed over), and so is its fallback row (the list read a third time).
+    let id = created_id(&o);
+    let rows = report(&env, &id, &[]);
+    let got: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r["line"].as_str(), r["address"].as_str(), r["key"].as_str())).collect();
+    assert_eq!(got, [("4", "c@cittadini.sim", "V-3")]);
+    let fb = report(&env, &id, &["--fallback", "--deadline", "2020-01-01"]);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!((fb[0]["verbale"].as_str(), fb[0]["nome"].as_str(), fb[0]["stato"].as_str()), ("V-3", "Ugo", "queued"));
+    // An address column of another name, chosen: the fallback list reads
+    // the list with the same choice.
+    let csv = env.write("f.csv", b"verbale;nome;casella;importo\nV-9;Ugo;z@cittadini.sim;1\n");
+    let o = create(&csv, &["--address-column", "casella"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let fb = report(&env, &created_id(&o), &["--fallback", "--deadline", "2020-01-01"]);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!((fb[0]["verbale"].as_str(), fb[0]["casella"].as_str()), ("V-9", "z@cittadini.sim"));
     // Nothing was sent: no campaign was started.
     std::thread::sleep(Duration::from_millis(500));
     assert!(env.received().is_empty());
     let list = env.campaign("mario", &["list"]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 2, "the Windows-1252 one and the --skip-invalid one");
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 3, "the Windows-1252 one, the --skip-invalid one, the `casella` one");
 }
 
 #[test]

@@ -289,8 +289,8 @@ impl Api {
         };
         let fallback = params.get("fallback").is_some_and(|v| v == "1" || v == "true");
         let format = params.get("format").map(String::as_str).unwrap_or("csv");
-        // CSV and JSON lines are written as the rows are read: a large
-        // campaign's rows are never all held at once beside the answer.
+        // Every format is written as the rows are read: a large campaign's
+        // rows are never all held at once beside the answer.
         if !fallback && format == "csv" {
             let mut w = report::CsvReport::new();
             return match report::each_row(&self.store, &c, self.overdue_after, |r| w.push(&r)) {
@@ -305,18 +305,17 @@ impl Api {
                 Err(e) => store_err(e),
             };
         }
-        let rows = match report::rows(&self.store, &c, self.overdue_after) {
-            Ok(r) => r,
-            Err(e) => return store_err(e),
-        };
         if fallback {
-            return match report::fallback_csv(&self.store, &c, &rows, deadline) {
+            return match report::fallback_csv(&self.store, &c, self.overdue_after, deadline) {
                 Ok(b) => (200, "text/csv; charset=utf-8", b),
                 Err(e) => err(500, e),
             };
         }
         match format {
-            "html" => (200, "text/html; charset=utf-8", report::to_html(&c, &rows)),
+            "html" => match report::to_html(&self.store, &c, self.overdue_after) {
+                Ok(b) => (200, "text/html; charset=utf-8", b),
+                Err(e) => store_err(e),
+            },
             other => err(400, format!("format {other:?}: use csv, jsonl or html")),
         }
     }

@@ -4,7 +4,7 @@
 //! The inputs arrive as blobs already in the archive (uploaded through the
 //! API: the recipients' CSV, the template, attachments), so the campaign's
 //! record names exactly what it was made from. Validation covers every row
-//! before anything is queued: the list's own checks ([`input::read`]), the
+//! before anything is queued: the list's own checks ([`input::List`]), the
 //! template's placeholders, rendering (a value that cannot go in a header),
 //! each per-recipient attachment, and the message's size against the
 //! mailbox's sending limits. With a bad row nothing is queued, unless
@@ -89,10 +89,14 @@ fn encoded_len(n: usize) -> usize {
 
 /// Validate, render, store and queue. Returns once every notice is queued
 /// (the campaign is `ready`: nothing is sent before it is started).
+///
+/// The list is read twice, a row at a time ([`input::List::entries`]):
+/// once to validate every row, once to render and queue the good ones;
+/// what is held meanwhile is the file, a digest per address, and the
+/// rejected rows.
 pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<Created, CreateError> {
     let csv = blob(store, "recipients", &req.recipients)?;
-    let mut list = input::read(&csv, &req.options).map_err(|e| CreateError::Input(format!("recipients: {e}")))?;
-    drop(csv);
+    let list = input::List::open(&csv, &req.options).map_err(|e| CreateError::Input(format!("recipients: {e}")))?;
     let tpl = template::parse(&blob(store, "template", &req.template)?)
         .map_err(|e| CreateError::Input(format!("template: {e}")))?;
     let unknown = tpl.unknown(&list.columns);
@@ -112,10 +116,19 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
     let id = new_id(now);
     let domain = mb.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("pecgate").to_string();
     let msgid = |n: u32| format!("<{id}.{n}@{domain}>");
+    let recipients_error = |e: input::InputError| CreateError::Input(format!("recipients: {e}"));
     // Validation: render each row without attachments (cheap), add their
     // encoded sizes, check each per-recipient file is there.
-    let mut bad = Vec::new();
-    for row in &list.rows {
+    let mut errors = Vec::new();
+    let mut total = 0usize;
+    for entry in list.entries() {
+        let row = match entry.map_err(recipients_error)? {
+            input::Entry::Rejected(e) => {
+                errors.push(e);
+                continue;
+            }
+            input::Entry::Row(row) => row,
+        };
         let files: Result<Vec<usize>, String> = row
             .attachments
             .iter()
@@ -147,20 +160,15 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
                     .map(|r| r.trim_end().splitn(3, ' ').nth(2).unwrap_or(&r).to_string())
             }
         };
-        if let Some(reason) = problem {
-            bad.push(RowError { line: row.line, reason, values: row.values.clone() });
+        match problem {
+            Some(reason) => errors.push(RowError { line: row.line, reason, values: row.values }),
+            None => total += 1,
         }
     }
-    if !bad.is_empty() {
-        let lines: std::collections::HashSet<u64> = bad.iter().map(|b| b.line).collect();
-        list.rows.retain(|r| !lines.contains(&r.line));
-        list.errors.extend(bad);
-        list.errors.sort_by_key(|e| e.line);
+    if !errors.is_empty() && !req.skip_invalid {
+        return Err(CreateError::Rows(errors));
     }
-    if !list.errors.is_empty() && !req.skip_invalid {
-        return Err(CreateError::Rows(list.errors));
-    }
-    if list.rows.is_empty() {
+    if total == 0 {
         return Err(CreateError::Input("recipients: no row to send".into()));
     }
     let key_column = list.columns.get(list.key_column).cloned().unwrap_or_default();
@@ -169,11 +177,12 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
         mailbox: mb.alias.clone(),
         name: req.name.clone(),
         deadline: req.deadline,
-        total: list.rows.len() as u32,
+        total: total as u32,
         recipients: req.recipients.clone(),
         template: req.template.clone(),
         attachments: req.attachments.clone(),
         key_column,
+        address_column: list.columns.get(list.address_column).cloned(),
         created_by: req.user.clone(),
     };
     let audit = |op: &str| Audit::user(&req.user, None, "api", op).mailbox(&mb.alias);
@@ -184,19 +193,32 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
         )
         .await?;
     let mut chunk = Vec::with_capacity(CHUNK);
-    let total = list.rows.len();
     {
-        let r = Rendering { store, mb, files: &req.files, tpl: &tpl, common: &common, list: &list, msgid: &msgid, now };
+        let r = Rendering {
+            store,
+            mb,
+            files: &req.files,
+            tpl: &tpl,
+            common: &common,
+            list: list.header(),
+            msgid: &msgid,
+            now,
+        };
+        // The good rows again, in the same order.
+        let mut rows = list.entries();
+        let mut passed = 0;
         // Each notice is rendered here and written by `put_blob` on the
         // blocking threads, RENDERING of them at once so that one's fsync
         // does not hold the next (the disk answers several at a time);
         // queued in order all the same.
         let mut pending = futures::stream::FuturesOrdered::new();
-        let mut next = 0;
+        let mut next = 0u32;
         loop {
-            while pending.len() < RENDERING && next < total {
-                pending.push_back(r.notice(next));
+            while pending.len() < RENDERING && (next as usize) < total {
+                let row = next_good(&mut rows, &errors, &mut passed)
+                    .ok_or_else(|| CreateError::Input("recipients: the list changed".into()))?;
                 next += 1;
+                pending.push_back(r.notice(next, row.map_err(recipients_error)?));
             }
             let Some(q) = pending.next().await else { break };
             let q = q?;
@@ -213,15 +235,40 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
             }
         }
     }
-    let rejected_csv = (!list.errors.is_empty()).then(|| input::rejected_csv(&list));
+    let rejected_csv = (!errors.is_empty()).then(|| input::rejected_csv(&list, &errors));
     Ok(Created {
         id,
         queued: total as u32,
-        rejected: list.errors,
+        rejected: errors,
         rejected_csv,
         encoding: list.encoding,
         separator: list.separator as char,
     })
+}
+
+/// The next good row of `rows`: one neither the list nor the validation
+/// rejected. `rejected` is in line order, as the rows come; `passed`
+/// counts those of them already gone by.
+fn next_good(
+    rows: &mut input::Entries<'_>,
+    rejected: &[RowError],
+    passed: &mut usize,
+) -> Option<Result<input::Row, input::InputError>> {
+    loop {
+        let row = match rows.next()? {
+            Ok(input::Entry::Row(row)) => row,
+            Ok(input::Entry::Rejected(_)) => continue,
+            Err(e) => return Some(Err(e)),
+        };
+        while rejected.get(*passed).is_some_and(|e| e.line < row.line) {
+            *passed += 1;
+        }
+        if rejected.get(*passed).is_some_and(|e| e.line == row.line) {
+            *passed += 1;
+            continue;
+        }
+        return Some(Ok(row));
+    }
 }
 
 /// What rendering a campaign's notices reads.
@@ -231,16 +278,14 @@ struct Rendering<'a, F: Fn(u32) -> String> {
     files: &'a HashMap<String, String>,
     tpl: &'a template::Template,
     common: &'a [(String, Vec<u8>)],
-    list: &'a input::Recipients,
+    list: &'a input::Header,
     msgid: &'a F,
     now: DateTime<Utc>,
 }
 
 impl<F: Fn(u32) -> String> Rendering<'_, F> {
-    /// Row `i`'s notice, rendered and stored as a blob.
-    async fn notice(&self, i: usize) -> Result<QueuedNotice, CreateError> {
-        let row = &self.list.rows[i];
-        let n = i as u32 + 1;
+    /// Notice `n` (1-based), of `row`, rendered and stored as a blob.
+    async fn notice(&self, n: u32, row: input::Row) -> Result<QueuedNotice, CreateError> {
         let mut own = Vec::new();
         for p in &row.attachments {
             let name = p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
@@ -274,8 +319,8 @@ impl<F: Fn(u32) -> String> Rendering<'_, F> {
         Ok(QueuedNotice {
             n,
             line: row.line,
-            to: row.address.clone(),
             key: row.key(self.list).to_string(),
+            to: row.address,
             message_id,
             hash: b.hash,
             size,

@@ -69,9 +69,9 @@ pub struct InputOptions {
     pub attachment_column: Option<String>,
 }
 
-/// The list as read: the columns, the good rows and the rejected ones.
+/// What the header says: the columns and which is which.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipients {
+pub struct Header {
     /// Column names from the header, trimmed, in file order.
     pub columns: Vec<String>,
     pub address_column: usize,
@@ -81,10 +81,50 @@ pub struct Recipients {
     pub encoding: &'static str,
     /// `b';'`, `b','` or `b'\t'`.
     pub separator: u8,
+}
+
+/// The list as read whole ([`read`]): the header, the good rows and the
+/// rejected ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipients {
+    pub header: Header,
     /// Good rows, in file order.
     pub rows: Vec<Row>,
     /// Rejected rows, in file order.
     pub errors: Vec<RowError>,
+}
+
+impl std::ops::Deref for Recipients {
+    type Target = Header;
+    fn deref(&self) -> &Header {
+        &self.header
+    }
+}
+
+/// The list with its header read, its rows read on demand
+/// ([`List::entries`], as many times as wanted): what the daemon reads a
+/// list of any length with, holding one row at a time.
+pub struct List<'a> {
+    header: Header,
+    /// The decoded file.
+    text: Cow<'a, str>,
+    /// Where the header line starts in `text`, and its line number.
+    start: usize,
+    first_line: u64,
+}
+
+impl std::ops::Deref for List<'_> {
+    type Target = Header;
+    fn deref(&self) -> &Header {
+        &self.header
+    }
+}
+
+/// A row as [`List::entries`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Row(Row),
+    Rejected(RowError),
 }
 
 /// One good recipient row.
@@ -139,7 +179,7 @@ pub enum InputError {
     AttachmentIsAddress(String),
 }
 
-impl Recipients {
+impl Header {
     /// Index of the column named `name` (trimmed, case-insensitive).
     pub fn column(&self, name: &str) -> Option<usize> {
         find_column(&self.columns, name)
@@ -148,12 +188,12 @@ impl Recipients {
 
 impl Row {
     /// The value of the key column.
-    pub fn key<'a>(&'a self, r: &Recipients) -> &'a str {
+    pub fn key<'a>(&'a self, r: &Header) -> &'a str {
         self.values.get(r.key_column).map(String::as_str).unwrap_or("")
     }
 
     /// The value of the column named `name` (case-insensitive).
-    pub fn get<'a>(&'a self, r: &Recipients, name: &str) -> Option<&'a str> {
+    pub fn get<'a>(&'a self, r: &Header, name: &str) -> Option<&'a str> {
         r.column(name).and_then(|i| self.values.get(i)).map(String::as_str)
     }
 }
@@ -261,141 +301,226 @@ impl LineCounter<'_> {
     }
 }
 
-/// Reads the recipients list. File-level problems are `Err`; problems with
-/// single rows are collected in [`Recipients::errors`].
+/// Reads the recipients list whole. File-level problems are `Err`;
+/// problems with single rows are collected in [`Recipients::errors`].
 pub fn read(bytes: &[u8], opts: &InputOptions) -> Result<Recipients, InputError> {
-    let (text, encoding) = decode(bytes)?;
-    // Lines before the header holding nothing but separators and spaces
-    // (`;;;` from a spreadsheet's empty top rows) would fool the separator
-    // detection: start at the header line.
-    let (start, first_line) = header_start(&text);
-    let text = text.get(start..).unwrap_or("");
-    let separator = detect_separator(text);
-    let mut rdr = reader(text, separator);
-    let mut lines = LineCounter { text: text.as_bytes(), at: 0, line: first_line };
-    let mut record = csv::StringRecord::new();
+    let list = List::open(bytes, opts)?;
+    let (mut rows, mut errors) = (Vec::new(), Vec::new());
+    for entry in list.entries() {
+        match entry? {
+            Entry::Row(r) => rows.push(r),
+            Entry::Rejected(e) => errors.push(e),
+        }
+    }
+    Ok(Recipients { header: list.header, rows, errors })
+}
 
-    let csv_error = |e: csv::Error, line: u64| InputError::Csv {
-        line: e.position().map(|p| p.line()).unwrap_or(line),
-        message: e.to_string(),
-    };
+/// The records of a list from its header on, with their line numbers;
+/// records with nothing but blank fields are passed over.
+struct Scan<'t> {
+    rdr: csv::Reader<&'t [u8]>,
+    lines: LineCounter<'t>,
+    record: csv::StringRecord,
+}
 
-    // Header: the first record with a non-blank field.
-    let header_line = loop {
-        match rdr.read_record(&mut record) {
-            Ok(false) => return Err(InputError::Empty),
-            Ok(true) if record.iter().all(|f| f.trim().is_empty()) => continue,
-            Ok(true) => break lines.line_at(record.position().map(|p| p.byte()).unwrap_or(0)),
-            Err(e) => return Err(csv_error(e, 1)),
+impl<'t> Scan<'t> {
+    fn new(text: &'t str, separator: u8, first_line: u64) -> Scan<'t> {
+        Scan {
+            rdr: reader(text, separator),
+            lines: LineCounter { text: text.as_bytes(), at: 0, line: first_line },
+            record: csv::StringRecord::new(),
         }
-    };
-    let mut columns: Vec<String> = Vec::with_capacity(record.len());
-    let mut names: HashMap<String, usize> = HashMap::with_capacity(record.len());
-    for (i, name) in record.iter().enumerate() {
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(InputError::EmptyColumnName { line: header_line, column: i + 1 });
-        }
-        if let Some(first) = names.insert(name.to_lowercase(), i) {
-            return Err(InputError::DuplicateColumn {
-                line: header_line,
-                name: name.to_string(),
-                first: first + 1,
-                second: i + 1,
-            });
-        }
-        columns.push(name.to_string());
     }
 
-    let chosen = |option: &'static str, name: &Option<String>| -> Result<Option<usize>, InputError> {
-        match name {
-            None => Ok(None),
-            Some(name) => find_column(&columns, name).map(Some).ok_or_else(|| InputError::UnknownColumn {
-                option,
-                name: name.clone(),
-                columns: columns.clone(),
-            }),
+    /// The next record's line (the record in `self.record`), or `None` at
+    /// the end.
+    fn next(&mut self) -> Result<Option<u64>, InputError> {
+        loop {
+            match self.rdr.read_record(&mut self.record) {
+                Ok(false) => return Ok(None),
+                Ok(true) if self.record.iter().all(|f| f.trim().is_empty()) => continue,
+                Ok(true) => return Ok(Some(self.lines.line_at(self.record.position().map(|p| p.byte()).unwrap_or(0)))),
+                Err(e) => {
+                    return Err(InputError::Csv {
+                        line: e.position().map(|p| p.line()).unwrap_or(self.lines.line),
+                        message: e.to_string(),
+                    })
+                }
+            }
         }
-    };
-    let address_column = match chosen("--address-column", &opts.address_column)? {
-        Some(i) => i,
-        None => ADDRESS_COLUMN_NAMES
-            .iter()
-            .find_map(|n| find_column(&columns, n))
-            .ok_or_else(|| InputError::NoAddressColumn { columns: columns.clone() })?,
-    };
-    let key_column = match chosen("--key-column", &opts.key_column)? {
-        Some(i) => i,
-        None => (0..columns.len()).find(|&i| i != address_column).unwrap_or(address_column),
-    };
-    let attachment_column = chosen("--attachment-column", &opts.attachment_column)?;
-    if attachment_column == Some(address_column) {
-        return Err(InputError::AttachmentIsAddress(columns.get(address_column).cloned().unwrap_or_default()));
     }
 
-    let mut rows = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    loop {
-        match rdr.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(csv_error(e, lines.line)),
-        }
-        if record.iter().all(|f| f.trim().is_empty()) {
-            continue;
-        }
-        let line = lines.line_at(record.position().map(|p| p.byte()).unwrap_or(0));
-        let mut values: Vec<String> = record.iter().map(str::to_string).collect();
-        let mut reject = |reason: String, values: Vec<String>| errors.push(RowError { line, reason, values });
+    /// The header: the first record.
+    fn header(&mut self) -> Result<u64, InputError> {
+        self.next()?.ok_or(InputError::Empty)
+    }
+}
 
-        if values.len() != columns.len() {
+impl<'a> List<'a> {
+    /// Decodes the file and reads its header. File-level problems are
+    /// `Err`; the rows are read by [`List::entries`].
+    pub fn open(bytes: &'a [u8], opts: &InputOptions) -> Result<List<'a>, InputError> {
+        let (text, encoding) = decode(bytes)?;
+        // Lines before the header holding nothing but separators and spaces
+        // (`;;;` from a spreadsheet's empty top rows) would fool the
+        // separator detection: start at the header line.
+        let (start, first_line) = header_start(&text);
+        let body = text.get(start..).unwrap_or("");
+        let separator = detect_separator(body);
+        let mut scan = Scan::new(body, separator, first_line);
+        let header_line = scan.header()?;
+        let record = &scan.record;
+        let mut columns: Vec<String> = Vec::with_capacity(record.len());
+        let mut names: HashMap<String, usize> = HashMap::with_capacity(record.len());
+        for (i, name) in record.iter().enumerate() {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(InputError::EmptyColumnName { line: header_line, column: i + 1 });
+            }
+            if let Some(first) = names.insert(name.to_lowercase(), i) {
+                return Err(InputError::DuplicateColumn {
+                    line: header_line,
+                    name: name.to_string(),
+                    first: first + 1,
+                    second: i + 1,
+                });
+            }
+            columns.push(name.to_string());
+        }
+
+        let chosen = |option: &'static str, name: &Option<String>| -> Result<Option<usize>, InputError> {
+            match name {
+                None => Ok(None),
+                Some(name) => find_column(&columns, name).map(Some).ok_or_else(|| InputError::UnknownColumn {
+                    option,
+                    name: name.clone(),
+                    columns: columns.clone(),
+                }),
+            }
+        };
+        let address_column = match chosen("--address-column", &opts.address_column)? {
+            Some(i) => i,
+            None => ADDRESS_COLUMN_NAMES
+                .iter()
+                .find_map(|n| find_column(&columns, n))
+                .ok_or_else(|| InputError::NoAddressColumn { columns: columns.clone() })?,
+        };
+        let key_column = match chosen("--key-column", &opts.key_column)? {
+            Some(i) => i,
+            None => (0..columns.len()).find(|&i| i != address_column).unwrap_or(address_column),
+        };
+        let attachment_column = chosen("--attachment-column", &opts.attachment_column)?;
+        if attachment_column == Some(address_column) {
+            return Err(InputError::AttachmentIsAddress(columns.get(address_column).cloned().unwrap_or_default()));
+        }
+        drop(scan);
+        let header = Header { columns, address_column, key_column, attachment_column, encoding, separator };
+        Ok(List { header, text, start, first_line })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The rows after the header, good or rejected, in file order (the
+    /// same each time). After an `Err` (the file cannot be read on as
+    /// CSV) there is nothing more.
+    pub fn entries(&self) -> Entries<'_> {
+        let body = self.text.get(self.start..).unwrap_or("");
+        let mut scan = Scan::new(body, self.separator, self.first_line);
+        // `open` read the header from the same text: it is there.
+        let failed = scan.header().err();
+        Entries { header: &self.header, scan, seen: HashMap::new(), failed, done: false }
+    }
+}
+
+/// The rows of a [`List`], one at a time; what it keeps is 24 bytes per
+/// address seen (to find duplicates).
+pub struct Entries<'l> {
+    header: &'l Header,
+    scan: Scan<'l>,
+    /// BLAKE3 of each address seen (lower case) → its line.
+    seen: HashMap<u128, u64>,
+    failed: Option<InputError>,
+    done: bool,
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<Entry, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if let Some(e) = self.failed.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        let line = match self.scan.next() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        Some(Ok(self.entry(line)))
+    }
+}
+
+impl Entries<'_> {
+    /// The record just read, checked.
+    fn entry(&mut self, line: u64) -> Entry {
+        let h = self.header;
+        let mut values: Vec<String> = self.scan.record.iter().map(str::to_string).collect();
+        let reject = |reason: String, values: Vec<String>| Entry::Rejected(RowError { line, reason, values });
+        if values.len() != h.columns.len() {
             let spans = values.iter().any(|v| v.contains('\n'));
             let mut reason = format!(
                 "{} fields instead of {} (the header has {} columns separated by `{}`)",
                 values.len(),
-                columns.len(),
-                columns.len(),
-                separator_name(separator)
+                h.columns.len(),
+                h.columns.len(),
+                separator_name(h.separator)
             );
             if spans {
                 reason.push_str("; a quote (\") may be left open, joining several lines into one");
             }
-            reject(reason, values);
-            continue;
+            return reject(reason, values);
         }
-        let raw = values.get(address_column).map(|s| s.trim()).unwrap_or("");
+        let raw = values.get(h.address_column).map(|s| s.trim()).unwrap_or("");
         if raw.is_empty() {
-            reject("the address is empty".to_string(), values);
-            continue;
+            return reject("the address is empty".to_string(), values);
         }
         if let Err(why) = check_address(raw) {
             let reason = format!("invalid address `{}`: {why}", printable(raw));
-            reject(reason, values);
-            continue;
+            return reject(reason, values);
         }
         let address = raw.to_string();
-        match seen.get(&address.to_lowercase()) {
-            Some(first) => {
-                let reason = format!("duplicate of line {first} (same address {address})");
-                reject(reason, values);
-                continue;
+        let digest = blake3::hash(address.to_lowercase().as_bytes());
+        let key = u128::from_le_bytes(digest.as_bytes()[..16].try_into().unwrap_or_default());
+        match self.seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                let reason = format!("duplicate of line {} (same address {address})", first.get());
+                return reject(reason, values);
             }
-            None => {
-                seen.insert(address.to_lowercase(), line);
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(line);
             }
         }
-        if let Some(cell) = values.get_mut(address_column) {
+        if let Some(cell) = values.get_mut(h.address_column) {
             cell.clone_from(&address);
         }
-        let attachments = attachment_column
+        let attachments = h
+            .attachment_column
             .and_then(|i| values.get(i))
             .map(|cell| cell.split('|').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
             .unwrap_or_default();
-        rows.push(Row { line, address, values, attachments });
+        Entry::Row(Row { line, address, values, attachments })
     }
-
-    Ok(Recipients { columns, address_column, key_column, attachment_column, encoding, separator, rows, errors })
 }
 
 fn separator_name(sep: u8) -> &'static str {
@@ -495,7 +620,7 @@ pub fn check_address(address: &str) -> Result<(), String> {
 /// fewer fields than the header is padded with empty ones; a row with more
 /// keeps the extra fields after `motivo`, so `riga` and `motivo` always sit
 /// under their header.
-pub fn rejected_csv(r: &Recipients) -> Vec<u8> {
+pub fn rejected_csv(r: &Header, errors: &[RowError]) -> Vec<u8> {
     let mut header = r.columns.clone();
     let line_col = r.column(LINE_COLUMN).unwrap_or_else(|| {
         header.push(LINE_COLUMN.to_string());
@@ -511,7 +636,7 @@ pub fn rejected_csv(r: &Recipients) -> Vec<u8> {
         .flexible(true)
         .from_writer(b"\xEF\xBB\xBF".to_vec());
     let _ = w.write_record(&header);
-    for e in &r.errors {
+    for e in errors {
         let known = e.values.len().min(r.columns.len());
         let mut out: Vec<&str> = e.values.iter().take(known).map(String::as_str).collect();
         out.resize(header.len(), "");
@@ -735,7 +860,7 @@ mod tests {
         let csv = "Nome;pec;comune\nRossi;m@pec.it;Roma\nBianchi;non-valido;\"Reggio; Emilia\"\nVerdi,v@pec.it,Napoli\nNeri;M@pec.it;Bari\nGialli;g@pec.it;Roma;extra;più\n";
         let r = read_ok(csv.as_bytes());
         assert_eq!(lines_of_errors(&r), [3, 4, 5, 6]);
-        let out = rejected_csv(&r);
+        let out = rejected_csv(&r, &r.errors);
         assert!(out.starts_with(b"\xEF\xBB\xBFNome;pec;comune;riga;motivo\r\n"), "{}", String::from_utf8_lossy(&out));
         let back = read_ok(&out);
         assert_eq!(back.encoding, "UTF-8");
@@ -750,7 +875,7 @@ mod tests {
         assert_eq!(back.errors[1].values[..4], ["Verdi,v@pec.it,Napoli", "", "", "4"]);
         assert_eq!(back.errors[2].values, ["Gialli", "g@pec.it", "Roma", "6", &r.errors[3].reason, "extra", "più"]);
         // Rejecting the rejected list again reuses riga/motivo.
-        let again = rejected_csv(&back);
+        let again = rejected_csv(&back, &back.errors);
         let again = read_ok(&again);
         assert_eq!(again.columns, back.columns);
         assert_eq!(again.errors.len(), 3);
@@ -793,7 +918,7 @@ mod tests {
             let opts = InputOptions { address_column: Some("pec".into()), ..Default::default() };
             for opts in [InputOptions::default(), opts] {
                 if let Ok(r) = read(input, &opts) {
-                    let _ = rejected_csv(&r);
+                    let _ = rejected_csv(&r, &r.errors);
                 }
             }
         }
@@ -811,5 +936,33 @@ mod tests {
         let r = read_ok(csv.as_bytes());
         assert_eq!(r.rows.len(), 48_397);
         assert_eq!(r.rows.last().map(|row| row.line), Some(48_398));
+    }
+
+    #[test]
+    fn entries_read_again_are_the_same_and_hold_no_rows() {
+        let csv = "nome;pec\nA;a@pec.it\nB;non un indirizzo\nC;A@PEC.IT\nD;d@pec.it;in più\n;;\nE;e@pec.it\n";
+        let list = List::open(csv.as_bytes(), &InputOptions::default()).unwrap();
+        let first: Vec<Entry> = list.entries().map(|e| e.unwrap()).collect();
+        let second: Vec<Entry> = list.entries().map(|e| e.unwrap()).collect();
+        assert_eq!(first, second);
+        let lines = |good: bool| -> Vec<u64> {
+            first
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Row(r) if good => Some(r.line),
+                    Entry::Rejected(r) if !good => Some(r.line),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(lines(true), [2, 7]);
+        assert_eq!(lines(false), [3, 4, 5]);
+        // The duplicate is found by the address's digest and still names
+        // the first line.
+        assert!(matches!(&first[2], Entry::Rejected(e) if e.reason.contains("duplicate of line 2")), "{first:?}");
+        // `read` is the same list, whole.
+        let whole = read_ok(csv.as_bytes());
+        assert_eq!(whole.rows.iter().map(|r| r.line).collect::<Vec<_>>(), lines(true));
+        assert_eq!(whole.header, *list.header());
     }
 }

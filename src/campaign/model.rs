@@ -44,6 +44,11 @@ pub struct CampaignSpec {
     pub attachments: Vec<(String, String)>,
     /// The column that identifies a row in the report (a fine's number).
     pub key_column: String,
+    /// The column the addresses were read from (to read the list again the
+    /// same way: the fallback list). Absent in campaigns created before it
+    /// was recorded: the list's default column then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_column: Option<String>,
     /// The gateway user who created it.
     pub created_by: String,
 }
@@ -338,13 +343,20 @@ mod tests {
     #[test]
     fn a_notice_to_a_full_mailbox_is_redelivered_once_as_a_new_message() {
         let (mut r, t) = (row(), Utc::now());
-        let again = Step::Redelivered { message_id: "<n1.r@gw>".into(), hash: "11".into(), size: 12, reason: "5.2.2".into() };
+        let again =
+            Step::Redelivered { message_id: "<n1.r@gw>".into(), hash: "11".into(), size: 12, reason: "5.2.2".into() };
         assert!(!r.allows(&again), "only an accepted notice");
         r.apply(&Step::Submitting { attempt: 1 }, t);
         r.apply(&Step::Accepted { reply: "250".into() }, t);
         r.apply(&again, t);
-        assert_eq!((r.state, r.notice.message_id.as_str(), r.notice.hash.as_str(), r.notice.size), (SendState::Queued, "<n1.r@gw>", "11", 12));
-        assert_eq!(r.earlier, vec![Earlier { message_id: "<n1@gw>".into(), hash: "00".into(), reason: "5.2.2".into() }]);
+        assert_eq!(
+            (r.state, r.notice.message_id.as_str(), r.notice.hash.as_str(), r.notice.size),
+            (SendState::Queued, "<n1.r@gw>", "11", 12)
+        );
+        assert_eq!(
+            r.earlier,
+            vec![Earlier { message_id: "<n1@gw>".into(), hash: "00".into(), reason: "5.2.2".into() }]
+        );
         r.apply(&Step::Submitting { attempt: 2 }, t);
         r.apply(&Step::Accepted { reply: "250".into() }, t);
         assert!(!r.allows(&again), "once");

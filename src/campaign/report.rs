@@ -166,17 +166,6 @@ pub fn receipts(s: &SentMessage, to: &str) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// Every recipient's row, in CSV order.
-pub fn rows(
-    store: &Store,
-    c: &CampaignRow,
-    overdue_after: Option<std::time::Duration>,
-) -> Result<Vec<Row>, StoreError> {
-    let mut out = Vec::with_capacity(c.spec.total as usize);
-    each_row(store, c, overdue_after, |r| out.push(r))?;
-    Ok(out)
-}
-
 /// Every recipient's row, in CSV order, handed to `f` one at a time: what
 /// status, metrics and the report read of a campaign of 48,397 notices
 /// without holding all its rows (tens of MB) at once.
@@ -316,15 +305,6 @@ pub fn progress_of(
     Progress { waiting, observed_per_minute: observed, per_minute, eta }
 }
 
-/// How many rows are in each state.
-pub fn counts(rows: &[Row]) -> std::collections::BTreeMap<&'static str, u64> {
-    let mut m = std::collections::BTreeMap::new();
-    for r in rows {
-        *m.entry(r.state).or_insert(0) += 1;
-    }
-    m
-}
-
 const CSV_HEADER: [&str; 14] = [
     "n",
     "line",
@@ -400,8 +380,15 @@ fn html_escape(s: &str) -> String {
 
 /// The report as one HTML page (no scripts, no external resources): the
 /// campaign, counts by state, then one table row per recipient; for
-/// printing or attaching to a file.
-pub fn to_html(c: &CampaignRow, rows: &[Row]) -> Vec<u8> {
+/// printing or attaching to a file. The rows are read twice (counts, then
+/// the table), one at a time.
+pub fn to_html(
+    store: &Store,
+    c: &CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut counts = std::collections::BTreeMap::new();
+    each_row(store, c, overdue_after, |r| *counts.entry(r.state).or_insert(0u64) += 1)?;
     let mut h = String::from("<!DOCTYPE html>\n<html lang=\"it\"><head><meta charset=\"utf-8\">");
     h += &format!("<title>Campagna {}</title>", html_escape(&c.spec.name));
     h += "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;text-align:left}th{background:#eee}.failed,.not-accepted,.not-certified,.ambiguous{background:#fdd}.delivered{background:#dfd}</style></head><body>\n";
@@ -417,7 +404,7 @@ pub fn to_html(c: &CampaignRow, rows: &[Row]) -> Vec<u8> {
         c.spec.deadline.map(|d| format!("; deadline {}", time(Some(d)))).unwrap_or_default()
     );
     h += "<table><tr><th>state</th><th>notices</th></tr>\n";
-    for (state, n) in counts(rows) {
+    for (state, n) in counts {
         h += &format!("<tr class=\"{state}\"><td>{state}</td><td>{n}</td></tr>\n");
     }
     h += "</table>\n<h2>Recipients</h2>\n<table>\n<tr>";
@@ -437,7 +424,7 @@ pub fn to_html(c: &CampaignRow, rows: &[Row]) -> Vec<u8> {
         h += &format!("<th>{col}</th>");
     }
     h += "</tr>\n";
-    for r in rows {
+    each_row(store, c, overdue_after, |r| {
         h += &format!(
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
             r.state,
@@ -453,43 +440,70 @@ pub fn to_html(c: &CampaignRow, rows: &[Row]) -> Vec<u8> {
             r.attempts,
             r.notice_sha256
         );
-    }
+    })?;
     h += "</table>\n</body></html>\n";
-    h.into_bytes()
+    Ok(h.into_bytes())
 }
 
 /// The fallback list, ready for a mail merge: the recipients' own rows as
 /// they were uploaded (same columns, same separator) plus `stato` and
-/// `motivo`, for those who need registered mail.
+/// `motivo`, for those who need registered mail. The campaign's rows and
+/// the list's are both in line order: read side by side, one at a time.
 pub fn fallback_csv(
     store: &Store,
     c: &CampaignRow,
-    rows: &[Row],
+    overdue_after: Option<std::time::Duration>,
     deadline: Option<DateTime<Utc>>,
 ) -> Result<Vec<u8>, String> {
     let now = Utc::now();
+    let deadline = deadline.or(c.spec.deadline);
     let csv = store.get_blob(&c.spec.recipients).map_err(|e| e.to_string())?;
-    let list = input::read(&csv, &InputOptions::default()).map_err(|e| e.to_string())?;
-    let by_line: std::collections::HashMap<u64, &Vec<String>> = list.rows.iter().map(|r| (r.line, &r.values)).collect();
+    let opts = InputOptions { address_column: c.spec.address_column.clone(), ..InputOptions::default() };
+    let list = input::List::open(&csv, &opts).map_err(|e| e.to_string())?;
+    let mut listed = list.entries().filter_map(|e| match e {
+        Ok(input::Entry::Row(r)) => Some(r),
+        _ => None,
+    });
+    let mut pending: Option<input::Row> = None;
     let mut w = csv::WriterBuilder::new().delimiter(list.separator).from_writer(Vec::new());
     let mut header = list.columns.clone();
     header.extend(["stato".to_string(), "motivo".to_string()]);
     w.write_record(&header).map_err(|e| e.to_string())?;
-    for r in rows.iter().filter(|r| needs_fallback(r, deadline.or(c.spec.deadline), now)) {
-        let mut rec: Vec<String> = by_line.get(&r.line).map(|v| v.to_vec()).unwrap_or_else(|| {
-            let mut v = vec![String::new(); list.columns.len()];
-            if let Some(a) = v.get_mut(list.address_column) {
-                *a = r.address.clone();
+    let mut failed = None;
+    each_row(store, c, overdue_after, |r| {
+        if failed.is_some() || !needs_fallback(&r, deadline, now) {
+            return;
+        }
+        // The list's row on the same line, if it is there.
+        while pending.as_ref().is_none_or(|p| p.line < r.line) {
+            match listed.next() {
+                Some(p) => pending = Some(p),
+                None => break,
             }
-            v
-        });
+        }
+        let mut rec: Vec<String> = match pending.take_if(|p| p.line == r.line) {
+            Some(p) => p.values,
+            None => {
+                let mut v = vec![String::new(); list.columns.len()];
+                if let Some(a) = v.get_mut(list.address_column) {
+                    *a = r.address.clone();
+                }
+                v
+            }
+        };
         let why = match (r.state, &r.failure) {
             (_, Some(f)) => f.clone(),
             ("delivered", None) => format!("delivered after the deadline ({})", time(r.delivered_at)),
             (s, None) => format!("not delivered ({s})"),
         };
         rec.extend([r.state.to_string(), why]);
-        w.write_record(&rec).map_err(|e| e.to_string())?;
+        if let Err(e) = w.write_record(&rec) {
+            failed = Some(e.to_string());
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     w.into_inner().map_err(|e| e.to_string())
 }

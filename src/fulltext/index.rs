@@ -1,6 +1,6 @@
 //! The tantivy index behind [`super::FullText`] (the `fulltext` feature).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,12 +28,20 @@ const TERMS: &str = "terms";
 /// header fields (`headers`), for SEARCH TEXT.
 const FORMAT: &str = "fulltext-v3";
 const OLDER_FORMATS: [&str; 2] = ["fulltext-v1", "fulltext-v2"];
-/// The writer's memory, shared by its indexing threads: what a segment
-/// may grow to in memory before it is written (larger: fewer segments to
-/// merge later).
-const WRITER_MEMORY: usize = 64 << 20;
-/// Words whose stem [`Analysis`] remembers (then it starts again).
-const STEM_CACHE: usize = 1 << 18;
+/// The writer's memory: what a segment may grow to in memory before it is
+/// written (larger: fewer segments to merge later). The daemon commits
+/// every few seconds ([`super::indexer`]), far below this.
+const WRITER_MEMORY: usize = 32 << 20;
+/// The writer's threads. Analysis (most of indexing's work) runs on the
+/// indexer's own workers; each writer thread only files terms, but has its
+/// own segment (a 4 MiB table and an arena) and doubles the segments to
+/// merge: one is enough.
+const WRITER_THREADS: usize = 1;
+/// Words whose stem [`Analysis`] remembers (then it starts again). A
+/// mailbox's vocabulary is a few ten thousand words; words with digits
+/// (numbers, dates, codes, message ids: most of them seen once) are not
+/// remembered, so they do not push the others out.
+const STEM_CACHE: usize = 1 << 16;
 /// Text kept per document for snippets.
 const PREVIEW: usize = 4096;
 
@@ -216,15 +224,22 @@ impl Analysis {
     /// distinct word as written, once).
     fn terms(&mut self, text: &str) -> (String, String) {
         if self.known.len() > STEM_CACHE {
-            self.known.clear();
+            // A new table: `clear` would keep the old one's size.
+            self.known = HashMap::new();
         }
         self.text += 1;
         let Analysis { words, stems, known, text: this } = self;
+        // Words with digits seen in this text.
+        let mut once: HashSet<String> = HashSet::new();
         let (mut stemmed, mut written) = (String::with_capacity(text.len() / 2), String::new());
         let mut s = words.token_stream(text);
         while s.advance() {
             let w = &s.token().text;
             let first = match known.get_mut(w.as_str()) {
+                _ if w.bytes().any(|b| b.is_ascii_digit()) => {
+                    stemmed.push_str(&stems.of(w));
+                    !once.contains(w.as_str()) && once.insert(w.clone())
+                }
                 Some((stem, seen)) => {
                     stemmed.push_str(stem);
                     std::mem::replace(seen, *this) != *this
@@ -307,7 +322,7 @@ impl FullText {
         index.tokenizers().register(TERMS, TextAnalyzer::from(WhitespaceTokenizer::default()));
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(err)?;
         let writer = match write {
-            true => Some(index.writer(WRITER_MEMORY).map_err(|e| match e {
+            true => Some(index.writer_with_num_threads(WRITER_THREADS, WRITER_MEMORY).map_err(|e| match e {
                 tantivy::TantivyError::LockFailure(..) => FullTextError::Busy { dir: dir.clone() },
                 e => err(e),
             })?),

@@ -393,7 +393,7 @@ impl View {
                 let Some(c) = self.store.campaign(id)? else { return Err(ViewError::NotFound) };
                 let mut sets = FlagSets::default();
                 let mut out = Vec::with_capacity(c.spec.total as usize);
-                for r in crate::campaign::report::rows(&self.store, &c, self.overdue_after)? {
+                crate::campaign::report::each_row(&self.store, &c, self.overdue_after, |r| {
                     let m = Msg {
                         hash: BlobHash::parse(&r.notice_sha256),
                         size: r.size,
@@ -404,7 +404,7 @@ impl View {
                         appended: false,
                     };
                     out.push((r.n, m));
-                }
+                })?;
                 self.metas.intern_folder(&key, out, stamp, None)
             }
         };
