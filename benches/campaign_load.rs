@@ -137,21 +137,40 @@ impl Drop for Proc {
 
 /// CPU time (user + system) of `pid` so far, in seconds (USER_HZ = 100).
 fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU time of `pid` so far, in seconds: (user, system). System time
+/// includes the kernel's page-cache reclaim done on the daemon's behalf,
+/// which moves from run to run with what else the disk is doing.
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     // After `pid (comm) `: state is field 0, utime 11, stime 12.
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+    (f.get(11).copied().unwrap_or(0) as f64 / 100.0, f.get(12).copied().unwrap_or(0) as f64 / 100.0)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    rss_parts(pid).map(|r| r.0)
 }
 
-/// VmRSS of the daemon every 200 ms, kept with the time it was read.
+/// (VmRSS, RssAnon, RssFile) in KiB: RssFile counts the pages of mapped
+/// files (the program, the full-text index's segments) that are resident,
+/// page cache the kernel can drop; RssAnon is the daemon's own memory.
+fn rss_parts(pid: u32) -> Option<(u64, u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("RssAnon:").unwrap_or(0), field("RssFile:").unwrap_or(0)))
+}
+
+/// VmRSS (and its parts) of the daemon every 200 ms, kept with the time it
+/// was read.
 struct RssSampler {
-    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    samples: Arc<Mutex<Vec<(Instant, (u64, u64, u64))>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -163,7 +182,7 @@ impl RssSampler {
         let (s, st) = (samples.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(pid) {
+                if let Some(kib) = rss_parts(pid) {
                     s.lock().unwrap().push((Instant::now(), kib));
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -175,8 +194,21 @@ impl RssSampler {
     /// The largest sample between `from` and `to` (KiB).
     /// (A window shorter than the period gets the next sample.)
     fn max(&self, from: Instant, to: Instant) -> u64 {
+        self.peak(from, to).0
+    }
+
+    /// The sample with the largest VmRSS between `from` and `to`, as
+    /// (VmRSS, RssAnon, RssFile) KiB.
+    fn peak(&self, from: Instant, to: Instant) -> (u64, u64, u64) {
         let to = to.max(from + Duration::from_millis(250));
-        self.samples.lock().unwrap().iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).max().unwrap_or(0)
+        let samples = self.samples.lock().unwrap();
+        samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).max().unwrap_or_default()
+    }
+
+    /// The largest RssAnon between `from` and `to` (KiB).
+    fn max_anon(&self, from: Instant, to: Instant) -> u64 {
+        let samples = self.samples.lock().unwrap();
+        samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| k.1).max().unwrap_or(0)
     }
 
     fn finish(&mut self) {
@@ -534,6 +566,7 @@ fn main() {
 
     // (2) Sending.
     let cpu0 = cpu_seconds(pid);
+    let split0 = cpu_split(pid);
     let t0 = Instant::now();
     b.ok(&["start", &id]);
     if attach_phase == "send" {
@@ -567,11 +600,14 @@ fn main() {
     let provider_s = t0.elapsed().as_secs_f64();
     let cpu_provider = cpu_seconds(pid) - cpu0;
     let mut status_calls = Vec::new();
+    let send_split;
     let (send_s, cpu_send) = loop {
         let c = Instant::now();
         let st = b.status(&id);
         status_calls.push(c.elapsed().as_secs_f64());
         if count(&st, &["queued", "submitting", "retrying"]) == 0 {
+            let split = cpu_split(pid);
+            send_split = (split.0 - split0.0, split.1 - split0.1);
             break (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0);
         }
         assert!(Instant::now() < deadline, "sending not finished: {st}");
@@ -597,6 +633,16 @@ fn main() {
             cpu_provider * 1000.0 / n as f64
         ),
     );
+    figure(
+        "send_user_ms_per_notice",
+        format!("{:.3}", send_split.0 * 1000.0 / n as f64),
+        format!(
+            "  of which user {:.2} ms/notice, system {:.2} ms/notice",
+            send_split.0 * 1000.0 / n as f64,
+            send_split.1 * 1000.0 / n as f64
+        ),
+    );
+    println!("send_system_ms_per_notice={:.3}", send_split.1 * 1000.0 / n as f64);
 
     // (4) Reconciliation.
     let final_wall;
@@ -709,6 +755,19 @@ fn main() {
             rss.max(t_created, t_sent) as f64 / 1024.0,
             rss.max(t_sent, t_final) as f64 / 1024.0,
             rss.max(t_final, t_reported) as f64 / 1024.0
+        ),
+    );
+    let (_, anon, file) = rss.peak(t_begin, Instant::now());
+    let anon_max = rss.max_anon(t_begin, Instant::now());
+    figure(
+        "peak_rss_anon_mib",
+        format!("{:.1}", anon_max as f64 / 1024.0),
+        format!(
+            "  at the peak: {:.1} MiB the daemon's own (RssAnon), {:.1} MiB mapped files (RssFile: the program, \
+             the full-text segments); largest RssAnon {:.1} MiB",
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0,
+            anon_max as f64 / 1024.0
         ),
     );
     // (6) ETA on the limited mailbox.
