@@ -296,6 +296,7 @@ fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap
 
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = load_config(&config_path)?;
+    crate::heap::spawn_trimmer();
     let store = open_store(&cfg)?;
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));

@@ -40,6 +40,7 @@ pub mod directory;
 pub mod export;
 pub mod fulltext;
 pub mod handling;
+pub mod heap;
 pub mod http;
 pub mod lease;
 pub mod imap;

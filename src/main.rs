@@ -1,5 +1,7 @@
 fn main() -> std::process::ExitCode {
     tune_malloc();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    pecgate::heap::install(pecgate::heap::Allocator { usage: glibc_usage, trim: glibc_trim });
     pecgate::cli::main()
 }
 
@@ -35,5 +37,23 @@ fn tune_malloc() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         set("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, cores.clamp(2, 8));
         set("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// In use (arena blocks and mapped ones) and free but held, from glibc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_usage() -> (u64, u64) {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    ((m.uordblks + m.hblkhd) as u64, m.fordblks as u64)
+}
+
+/// glibc returns memory only from the top of an arena on its own;
+/// malloc_trim releases the free pages wherever they are.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_trim() {
+    // SAFETY: malloc_trim is thread-safe; 0: no pad kept at the top.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -234,6 +234,15 @@ impl Metrics {
             "Start time of the process, unix seconds.",
         )?
         .set(self.started);
+        if let Some((in_use, free)) = crate::heap::usage() {
+            let heap = r.int_gauge_vec(
+                "pecgate_heap_bytes",
+                "The allocator's heap: bytes in use, and bytes free but still held by the process.",
+                &["state"],
+            )?;
+            heap.with_label_values(&["in_use"]).set(in_use as i64);
+            heap.with_label_values(&["free"]).set(free as i64);
+        }
         r.add(counters::imap_sessions_open().clone())?;
         r.add(counters::smtp_sessions_open().clone())?;
         r.add(counters::fulltext_backlog().clone())?;
