@@ -115,7 +115,11 @@ impl Proc {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        // What a wrapper started first (a daemon under heaptrack once
+        // outlived the bench), then the process itself.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("pkill").args(["-TERM", "-P", &pid]).status();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -124,6 +128,7 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("{} did not stop within 60 s of SIGTERM: killed", self.name);
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

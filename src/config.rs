@@ -303,7 +303,7 @@ pub struct StoreConfig {
     #[serde(default = "default_segment_bytes")]
     pub journal_segment_bytes: u64,
     /// Memory (bytes) the index may use to cache its pages (and a quarter
-    /// of it for the derived cache). The default, 48 MiB, serves a
+    /// of it for the derived cache). The default, 32 MiB, serves a
     /// million-message mailbox (its index is ≈ 300 MB on disk; SELECT and
     /// FETCH read ranges of it in order, and the kernel caches the file).
     #[serde(default = "default_cache_capacity")]

@@ -368,8 +368,12 @@ struct PdfTexts {
     bytes: usize,
 }
 
-/// How much text [`PdfTexts`] keeps.
+/// How much text [`PdfTexts`] keeps, each entry counted with
+/// [`PDF_TEXT_ENTRY`] more for its key and bookkeeping.
 const PDF_TEXTS_BYTES: usize = 4 << 20;
+/// What an entry of [`PdfTexts`] costs beyond its text: a notice's PDF
+/// with one line of text is mostly this.
+const PDF_TEXT_ENTRY: usize = 128;
 
 static PDF_TEXTS: LazyLock<Mutex<PdfTexts>> =
     LazyLock::new(|| Mutex::new(PdfTexts { map: lru::LruCache::unbounded(), bytes: 0 }));
@@ -386,7 +390,7 @@ impl PdfTexts {
             Err(e) => Err(e.as_str().into()),
         };
         let len = |v: &Result<Arc<str>, Arc<str>>| match v {
-            Ok(s) | Err(s) => s.len(),
+            Ok(s) | Err(s) => s.len() + PDF_TEXT_ENTRY,
         };
         if len(&v) > PDF_TEXTS_BYTES / 4 {
             return;

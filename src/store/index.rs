@@ -627,8 +627,9 @@ impl Default for Cache {
         // holds a write transaction's pages: it fills as the archive grows,
         // and at 128 MiB (and a quarter of that for the derived cache) it
         // was most of the daemon's memory after a 48,397-notice campaign
-        // (BENCHMARKS.md "Campaigns").
-        Cache { bytes: 48 * 1024 * 1024 }
+        // (BENCHMARKS.md "Campaigns"); at 48 MiB (+ 12) still a third of
+        // it at the campaign's peak.
+        Cache { bytes: 32 * 1024 * 1024 }
     }
 }
 
