@@ -95,8 +95,9 @@ fn encoded_len(n: usize) -> usize {
 /// what is held meanwhile is the file, a digest per address, and the
 /// rejected rows.
 pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<Created, CreateError> {
+    let recipients_error = |e: input::InputError| CreateError::Input(format!("recipients: {e}"));
     let csv = blob(store, "recipients", &req.recipients)?;
-    let list = input::List::open(&csv, &req.options).map_err(|e| CreateError::Input(format!("recipients: {e}")))?;
+    let list = input::List::open(&csv, &req.options).map_err(recipients_error)?;
     let tpl = template::parse(&blob(store, "template", &req.template)?)
         .map_err(|e| CreateError::Input(format!("template: {e}")))?;
     let unknown = tpl.unknown(&list.columns);
@@ -116,7 +117,6 @@ pub async fn create(store: &Store, mb: &MailboxConfig, req: Request) -> Result<C
     let id = new_id(now);
     let domain = mb.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("pecgate").to_string();
     let msgid = |n: u32| format!("<{id}.{n}@{domain}>");
-    let recipients_error = |e: input::InputError| CreateError::Input(format!("recipients: {e}"));
     // Validation: render each row without attachments (cheap), add their
     // encoded sizes, check each per-recipient file is there.
     let mut errors = Vec::new();
