@@ -15,12 +15,21 @@ use std::time::Duration;
 /// `PECGATE_HEAP_TRIM_SECS` says otherwise (0: never).
 pub const TRIM_EVERY: Duration = Duration::from_secs(5);
 
-/// The trimmer's period: [`TRIM_EVERY`], or `PECGATE_HEAP_TRIM_SECS`.
-fn trim_every() -> Option<Duration> {
-    match std::env::var("PECGATE_HEAP_TRIM_SECS").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-        Some(0) => None,
-        Some(s) => Some(Duration::from_secs(s)),
-        None => Some(TRIM_EVERY),
+/// The trimmer's period: [`TRIM_EVERY`], or `PECGATE_HEAP_TRIM_SECS`
+/// (a value that is not a number of seconds is said, and ignored).
+fn trim_every(var: Option<&str>) -> Option<Duration> {
+    let Some(v) = var else { return Some(TRIM_EVERY) };
+    match v.trim().parse::<u64>() {
+        Ok(0) => None,
+        Ok(s) => Some(Duration::from_secs(s)),
+        Err(_) => {
+            tracing::warn!(
+                value = v,
+                "PECGATE_HEAP_TRIM_SECS is not a number of seconds (0 turns trimming off): trimming every {}s",
+                TRIM_EVERY.as_secs()
+            );
+            Some(TRIM_EVERY)
+        }
     }
 }
 
@@ -55,12 +64,26 @@ pub fn trim() {
 /// A thread that calls [`trim`] every [`TRIM_EVERY`] for the life of the
 /// process (the daemon's).
 pub fn spawn_trimmer() {
-    let (Some(_), Some(every)) = (usage(), trim_every()) else { return };
+    let var = std::env::var("PECGATE_HEAP_TRIM_SECS").ok();
+    let (Some(_), Some(every)) = (usage(), trim_every(var.as_deref())) else { return };
     let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(move || loop {
         std::thread::sleep(every);
         trim();
     });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the heap trimmer: free memory stays with the process");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trim_period_is_read_from_the_environment() {
+        assert_eq!(trim_every(None), Some(TRIM_EVERY));
+        assert_eq!(trim_every(Some("0")), None, "0 turns it off");
+        assert_eq!(trim_every(Some(" 30 ")), Some(Duration::from_secs(30)));
+        assert_eq!(trim_every(Some("5s")), Some(TRIM_EVERY), "not a number: the default, with a warning");
     }
 }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
@@ -86,7 +87,10 @@ const MAX_UPLOAD: usize = 128 * 1024 * 1024;
 /// ≈ 100 bytes a row, 50,000 rows).
 const MAX_JSON: usize = 64 * 1024 * 1024;
 
-type Resp = Response<Full<Bytes>>;
+/// A whole answer, or one written as it is produced ([`stream`]).
+mod stream;
+
+type Resp = Response<BoxBody<Bytes, std::io::Error>>;
 
 /// Bind `listen` and serve until `stop` turns true. Returns once bound, so a
 /// bad address is a startup error.
@@ -152,7 +156,11 @@ pub async fn start(
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    with_body(status, content_type, Full::new(body.into()).map_err(|never| match never {}).boxed())
+}
+
+fn with_body(status: StatusCode, content_type: &'static str, body: BoxBody<Bytes, std::io::Error>) -> Resp {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -169,7 +177,6 @@ fn error(status: StatusCode, msg: &str) -> Resp {
 
 /// The request's body, at most `max` bytes.
 async fn body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> {
-    use http_body_util::BodyExt;
     match http_body_util::Limited::new(req.into_body(), max).collect().await {
         Ok(b) => Ok(b.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -201,13 +208,17 @@ async fn campaigns(st: &HttpState, peer: SocketAddr, req: Request<Incoming>) -> 
         },
         (Method::GET, ["campaigns"]) => api.list(&user),
         (Method::GET, ["campaigns", id]) => api.status(&user, id),
-        (Method::GET, ["campaigns", id, "report"]) => {
-            let (api, user, id, params) = (api.clone(), user.clone(), id.to_string(), params.clone());
-            match tokio::task::spawn_blocking(move || api.report(&user, &id, &params)).await {
-                Ok(a) => a,
-                Err(_) => (500, "application/json", b"{\"error\":\"report task failed\"}".to_vec()),
+        (Method::GET, ["campaigns", id, "report"]) => match api.report(&user, id, &params) {
+            Err(a) => a,
+            // Written as the rows are read, never held whole.
+            Ok(report) => {
+                let ct = report.format.content_type();
+                return match stream::spawn("campaign report", move |w| report.write(w)).await {
+                    Ok(body) => with_body(StatusCode::OK, ct, body.boxed()),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+                };
             }
-        }
+        },
         (Method::GET, ["campaigns", id, "evidence"]) => api.evidence(&user, id, &params),
         (Method::POST, ["campaigns", id, "resolve"]) => match body(req, MAX_JSON).await {
             Ok(b) => api.resolve(&user, &source, id, &b).await,

@@ -270,6 +270,17 @@ fn mixed_campaign(n: usize) {
     let html = String::from_utf8(html.stdout).unwrap();
     assert_eq!(html.matches("<tr class=\"delivered\"><td>").count() - 1, rows.iter().filter(|r| r["state"] == "delivered").count(), "one per delivered row, plus the count's");
     assert!(html.contains("Verbali 2026") && html.contains("5.2.2") && !html.contains("<script"), "{html}");
+    // The report is written as its rows are read: sent in chunks, never
+    // built whole first (the daemon's memory stays flat at 48,397 rows),
+    // and it ends with the last chunk (a cut one would not).
+    let cfg = std::fs::read_to_string(&env.gw.config_path).unwrap();
+    let port: u16 = cfg.split("[http]\nlisten = \"127.0.0.1:").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+    let raw = support::http_get(port, &format!("/api/campaigns/{id}/report?format=jsonl"), Some(("mario", PW)));
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "{head}");
+    assert!(body.len() > 4 * 65536 && body.ends_with("\r\n0\r\n\r\n"), "{} bytes, ends {:?}", body.len(), &body[body.len().saturating_sub(20)..]);
+    assert_eq!(body.matches("\"state\":").count(), n, "one JSON line per recipient");
     // Evidence for one delivered and one failed recipient: the notice and
     // the signed receipts, with their SHA-256 (as in the report).
     for (i, receipts) in [(4usize, ["accettazione.eml", "consegna.eml"]), (10, ["accettazione.eml", "errore-consegna.eml"])] {

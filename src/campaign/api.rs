@@ -276,48 +276,40 @@ impl Api {
         )
     }
 
-    /// `GET /api/campaigns/{id}/report?format=csv|jsonl|html[&fallback=1][&deadline=RFC3339]`.
-    pub fn report(&self, user: &User, id: &str, params: &HashMap<String, String>) -> Answer {
-        let c = match self.campaign_for(user, id) {
-            Ok(c) => c,
-            Err(a) => return a,
-        };
+    /// `GET /api/campaigns/{id}/report?format=csv|jsonl|html[&fallback=1][&deadline=RFC3339]`:
+    /// what is asked, checked (the campaign, the caller's right, the
+    /// format) before anything is written.
+    pub fn report(&self, user: &User, id: &str, params: &HashMap<String, String>) -> Result<Report, Answer> {
+        let c = self.campaign_for(user, id)?;
         let deadline = match params.get("deadline").map(|d| parse_deadline(d)) {
             Some(Ok(d)) => Some(d),
-            Some(Err(e)) => return err(400, e),
+            Some(Err(e)) => return Err(err(400, e)),
             None => None,
         };
         let fallback = params.get("fallback").is_some_and(|v| v == "1" || v == "true");
-        let format = params.get("format").map(String::as_str).unwrap_or("csv");
-        // Every format is written as the rows are read: a large campaign's
-        // rows are never all held at once beside the answer.
-        if !fallback && format == "csv" {
-            let mut w = report::CsvReport::new();
-            return match report::each_row(&self.store, &c, self.overdue_after, |r| w.push(&r)) {
-                Ok(()) => (200, "text/csv; charset=utf-8", w.finish()),
-                Err(e) => store_err(e),
-            };
-        }
-        if !fallback && format == "jsonl" {
-            let mut out = Vec::new();
-            return match report::each_row(&self.store, &c, self.overdue_after, |r| report::jsonl_push(&mut out, &r)) {
-                Ok(()) => (200, "application/x-ndjson", out),
-                Err(e) => store_err(e),
-            };
-        }
-        if fallback {
-            return match report::fallback_csv(&self.store, &c, self.overdue_after, deadline) {
-                Ok(b) => (200, "text/csv; charset=utf-8", b),
-                Err(e) => err(500, e),
-            };
-        }
-        match format {
-            "html" => match report::to_html(&self.store, &c, self.overdue_after) {
-                Ok(b) => (200, "text/html; charset=utf-8", b),
-                Err(e) => store_err(e),
-            },
-            other => err(400, format!("format {other:?}: use csv, jsonl or html")),
-        }
+        let format = match (fallback, params.get("format").map(String::as_str).unwrap_or("csv")) {
+            (true, _) => report::Format::Fallback { deadline },
+            (false, "csv") => report::Format::Csv,
+            (false, "jsonl") => report::Format::Jsonl,
+            (false, "html") => report::Format::Html,
+            (false, other) => return Err(err(400, format!("format {other:?}: use csv, jsonl or html"))),
+        };
+        Ok(Report { store: self.store.clone(), campaign: c, overdue_after: self.overdue_after, format })
+    }
+}
+
+/// A report to write (see [`Api::report`]).
+pub struct Report {
+    store: Store,
+    campaign: CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+    pub format: report::Format,
+}
+
+impl Report {
+    /// Write it to `out` as the rows are read (blocking: the store is read).
+    pub fn write(&self, out: &mut impl std::io::Write) -> Result<(), report::Failure> {
+        report::write(&self.store, &self.campaign, self.overdue_after, self.format, out)
     }
 }
 

@@ -2,6 +2,8 @@
 //! with what the provider's receipts say (reconciliation of the notice's
 //! sent copy), and the fallback list of those who need registered mail.
 
+use std::io::{self, Write};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -175,9 +177,23 @@ pub fn each_row(
     overdue_after: Option<std::time::Duration>,
     mut f: impl FnMut(Row),
 ) -> Result<(), StoreError> {
+    try_each_row(store, c, overdue_after, |r| {
+        f(r);
+        Ok::<(), StoreError>(())
+    })
+}
+
+/// [`each_row`] for a consumer that can fail (a report written to a
+/// client that went away): the first error stops the reading.
+pub fn try_each_row<E: From<StoreError>>(
+    store: &Store,
+    c: &CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+    mut f: impl FnMut(Row) -> Result<(), E>,
+) -> Result<(), E> {
     let now = Utc::now();
     let mut failed = None;
-    let mut one = |n: NoticeRow| -> Result<(), StoreError> {
+    let mut one = |n: NoticeRow| -> Result<(), E> {
         let sent = store.sent_state(&c.spec.mailbox, &n.notice.message_id)?;
         let sent = match overdue_after {
             Some(d) => sent.map(|s| s.with_overdue_after(d)),
@@ -195,8 +211,7 @@ pub fn each_row(
             before.append(&mut r.receipts);
             r.receipts = before;
         }
-        f(r);
-        Ok(())
+        f(r)
     };
     store.notices(&c.spec.id, |n| {
         if failed.is_none() {
@@ -326,19 +341,23 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
 }
 
+/// Why a report could not be written whole: the store, the recipients'
+/// list, or the writer (a client that went away).
+pub type Failure = Box<dyn std::error::Error + Send + Sync>;
+
 /// The report as CSV (UTF-8, `,`), written a row at a time (see
 /// [`each_row`]).
-pub struct CsvReport(csv::Writer<Vec<u8>>);
+pub struct CsvReport<W: Write>(csv::Writer<W>);
 
-impl CsvReport {
-    pub fn new() -> CsvReport {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let _ = w.write_record(CSV_HEADER);
-        CsvReport(w)
+impl<W: Write> CsvReport<W> {
+    pub fn new(out: W) -> io::Result<CsvReport<W>> {
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record(CSV_HEADER)?;
+        Ok(CsvReport(w))
     }
 
-    pub fn push(&mut self, r: &Row) {
-        let _ = self.0.write_record([
+    pub fn push(&mut self, r: &Row) -> io::Result<()> {
+        self.0.write_record([
             r.n.to_string().as_str(),
             r.line.to_string().as_str(),
             &r.address,
@@ -353,24 +372,63 @@ impl CsvReport {
             &r.message_id,
             &r.notice_sha256,
             &r.receipts.join(" "),
-        ]);
+        ])?;
+        Ok(())
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.0.into_inner().unwrap_or_default()
-    }
-}
-
-impl Default for CsvReport {
-    fn default() -> Self {
-        CsvReport::new()
+    pub fn finish(self) -> io::Result<W> {
+        self.0.into_inner().map_err(|e| e.into_error())
     }
 }
 
-/// One row of the JSON-lines report, appended to `out`.
-pub fn jsonl_push(out: &mut Vec<u8>, r: &Row) {
-    if serde_json::to_writer(&mut *out, r).is_ok() {
-        out.push(b'\n');
+/// One row of the JSON-lines report, written to `out`.
+pub fn jsonl_push(out: &mut impl Write, r: &Row) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, r)?;
+    out.write_all(b"\n")
+}
+
+/// The report in `format` (`csv`, `jsonl`, `html`), or the fallback list,
+/// written to `out` as the rows are read: a campaign's rows are never all
+/// held at once, nor is the answer.
+pub fn write(
+    store: &Store,
+    c: &CampaignRow,
+    overdue_after: Option<std::time::Duration>,
+    format: Format,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match format {
+        Format::Csv => {
+            let mut w = CsvReport::new(&mut *out)?;
+            try_each_row(store, c, overdue_after, |r| w.push(&r).map_err(Failure::from))?;
+            w.finish()?;
+        }
+        Format::Jsonl => try_each_row(store, c, overdue_after, |r| jsonl_push(out, &r).map_err(Failure::from))?,
+        Format::Html => to_html(store, c, overdue_after, out)?,
+        Format::Fallback { deadline } => fallback_csv(store, c, overdue_after, deadline, out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What [`write`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+    Html,
+    /// The fallback list, with the recipients delivered after `deadline`
+    /// (else the campaign's own) among those who need registered mail.
+    Fallback { deadline: Option<DateTime<Utc>> },
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv | Format::Fallback { .. } => "text/csv; charset=utf-8",
+            Format::Jsonl => "application/x-ndjson",
+            Format::Html => "text/html; charset=utf-8",
+        }
     }
 }
 
@@ -386,7 +444,8 @@ pub fn to_html(
     store: &Store,
     c: &CampaignRow,
     overdue_after: Option<std::time::Duration>,
-) -> Result<Vec<u8>, StoreError> {
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let mut counts = std::collections::BTreeMap::new();
     each_row(store, c, overdue_after, |r| *counts.entry(r.state).or_insert(0u64) += 1)?;
     let mut h = String::from("<!DOCTYPE html>\n<html lang=\"it\"><head><meta charset=\"utf-8\">");
@@ -424,9 +483,11 @@ pub fn to_html(
         h += &format!("<th>{col}</th>");
     }
     h += "</tr>\n";
-    each_row(store, c, overdue_after, |r| {
-        h += &format!(
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
+    out.write_all(h.as_bytes())?;
+    try_each_row(store, c, overdue_after, |r| {
+        writeln!(
+            out,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             r.state,
             r.n,
             r.line,
@@ -439,10 +500,11 @@ pub fn to_html(
             html_escape(r.failure.as_deref().unwrap_or("")),
             r.attempts,
             r.notice_sha256
-        );
+        )
+        .map_err(Failure::from)
     })?;
-    h += "</table>\n</body></html>\n";
-    Ok(h.into_bytes())
+    out.write_all(b"</table>\n</body></html>\n")?;
+    Ok(())
 }
 
 /// The fallback list, ready for a mail merge: the recipients' own rows as
@@ -454,25 +516,25 @@ pub fn fallback_csv(
     c: &CampaignRow,
     overdue_after: Option<std::time::Duration>,
     deadline: Option<DateTime<Utc>>,
-) -> Result<Vec<u8>, String> {
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let now = Utc::now();
     let deadline = deadline.or(c.spec.deadline);
-    let csv = store.get_blob(&c.spec.recipients).map_err(|e| e.to_string())?;
+    let csv = store.get_blob(&c.spec.recipients)?;
     let opts = InputOptions { address_column: c.spec.address_column.clone(), ..InputOptions::default() };
-    let list = input::List::open(&csv, &opts).map_err(|e| e.to_string())?;
+    let list = input::List::open(&csv, &opts).map_err(|e| format!("the recipients' list: {e}"))?;
     let mut listed = list.entries().filter_map(|e| match e {
         Ok(input::Entry::Row(r)) => Some(r),
         _ => None,
     });
     let mut pending: Option<input::Row> = None;
-    let mut w = csv::WriterBuilder::new().delimiter(list.separator).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new().delimiter(list.separator).from_writer(out);
     let mut header = list.columns.clone();
     header.extend(["stato".to_string(), "motivo".to_string()]);
-    w.write_record(&header).map_err(|e| e.to_string())?;
-    let mut failed = None;
-    each_row(store, c, overdue_after, |r| {
-        if failed.is_some() || !needs_fallback(&r, deadline, now) {
-            return;
+    w.write_record(&header)?;
+    try_each_row(store, c, overdue_after, |r| {
+        if !needs_fallback(&r, deadline, now) {
+            return Ok(());
         }
         // The list's row on the same line, if it is there.
         while pending.as_ref().is_none_or(|p| p.line < r.line) {
@@ -497,15 +559,10 @@ pub fn fallback_csv(
             (s, None) => format!("not delivered ({s})"),
         };
         rec.extend([r.state.to_string(), why]);
-        if let Err(e) = w.write_record(&rec) {
-            failed = Some(e.to_string());
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    w.into_inner().map_err(|e| e.to_string())
+        w.write_record(&rec).map_err(Failure::from)
+    })?;
+    w.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]
