@@ -419,7 +419,9 @@ pub enum Format {
     Html,
     /// The fallback list, with the recipients delivered after `deadline`
     /// (else the campaign's own) among those who need registered mail.
-    Fallback { deadline: Option<DateTime<Utc>> },
+    Fallback {
+        deadline: Option<DateTime<Utc>>,
+    },
 }
 
 impl Format {

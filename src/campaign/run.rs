@@ -215,8 +215,12 @@ impl Sender {
             Some((local, domain)) => format!("<{local}.r{}@{domain}>", n.earlier.len() + 1),
             None => format!("<{inner}.r{}>", n.earlier.len() + 1),
         };
-        let bytes = crate::campaign::template::reissue(&self.store.get_blob(&n.notice.hash)?, &message_id, Utc::now().fixed_offset())
-            .ok_or_else(|| StoreError::Invalid(format!("notice {} has no Message-ID to replace", n.notice.n)))?;
+        let bytes = crate::campaign::template::reissue(
+            &self.store.get_blob(&n.notice.hash)?,
+            &message_id,
+            Utc::now().fixed_offset(),
+        )
+        .ok_or_else(|| StoreError::Invalid(format!("notice {} has no Message-ID to replace", n.notice.n)))?;
         let size = bytes.len() as u64;
         let blob = self.store.put_blob(bytes).await?;
         let reason = format!("mailbox full, sent again as {message_id}: {reason}");
@@ -247,22 +251,32 @@ impl Sender {
             .map(|_| ())
     }
 
-    /// Accepted: the step and the sent copy in `Sent`, in one batch.
-    async fn accepted(&self, c: &CampaignRow, n: &NoticeRow, reply: String) -> Result<(), StoreError> {
-        let data = self.store.get_blob(&n.notice.hash)?;
-        let blob = crate::store::BlobRef { hash: n.notice.hash.clone(), size: data.len() as u64 };
+    /// Accepted: the step and the sent copy in `Sent` (`sent`: the notice's
+    /// blob and its bytes, as sent), in one batch.
+    async fn accepted(
+        &self,
+        c: &CampaignRow,
+        n: &NoticeRow,
+        reply: String,
+        sent: (&str, &[u8]),
+    ) -> Result<(), StoreError> {
+        let (hash, data) = sent;
+        let blob = crate::store::BlobRef { hash: hash.to_string(), size: data.len() as u64 };
         let copy =
-            relay::sent_copy(&c.spec.mailbox, blob, &data, &n.notice.message_id, std::slice::from_ref(&n.notice.to));
+            relay::sent_copy(&c.spec.mailbox, blob, data, &n.notice.message_id, std::slice::from_ref(&n.notice.to));
         let event = Event::NoticeStepped {
             campaign: c.spec.id.clone(),
             n: n.notice.n,
             step: Step::Accepted { reply: reply.clone() },
         };
         self.store
-            .commit_batch_fenced(self.fence.as_ref(), vec![
-                (self.audit(c, n, "notice-accepted", format!("accepted: {reply}")), Change::Campaign(event)),
-                (self.audit(c, n, "archive-sent", "ok".into()).folder("Sent"), copy),
-            ])
+            .commit_batch_fenced(
+                self.fence.as_ref(),
+                vec![
+                    (self.audit(c, n, "notice-accepted", format!("accepted: {reply}")), Change::Campaign(event)),
+                    (self.audit(c, n, "archive-sent", "ok".into()).folder("Sent"), copy),
+                ],
+            )
             .await
             .map(|_| ())
     }
@@ -275,12 +289,12 @@ impl Sender {
         }
         let attempt = row.attempts + 1;
         self.step(&c, &row, "notice-submitting", format!("attempt {attempt}"), Step::Submitting { attempt }).await?;
-        let data = self.store.get_blob(&row.notice.hash)?;
+        let (sent_hash, data) = (row.notice.hash.clone(), self.store.get_blob(&row.notice.hash)?);
         let result = relay::send(mb, &mb.address, std::slice::from_ref(&row.notice.to), &data, self.timeout).await;
         tracing::info!(campaign = %id, notice = n, to = %row.notice.to, attempt, result = ?result, "campaign notice");
         let Some(row) = self.store.notice(id, n)? else { return Ok(true) };
         match result {
-            Sent::Accepted(reply) => self.accepted(&c, &row, reply).await?,
+            Sent::Accepted(reply) => self.accepted(&c, &row, reply, (&sent_hash, &data)).await?,
             Sent::Refused { code, text } => {
                 let reason = format!("{code} {text}");
                 self.step(&c, &row, "notice-failed", format!("refused: {reason}"), Step::Failed { reason }).await?
@@ -314,7 +328,8 @@ impl Sender {
                     .await;
             }
             if s.accepted.is_some() || !s.identificativi.is_empty() || !s.recipients.is_empty() {
-                return self.accepted(c, n, "settled by the provider's receipts".into()).await;
+                let data = self.store.get_blob(&n.notice.hash)?;
+                return self.accepted(c, n, "settled by the provider's receipts".into(), (&n.notice.hash, &data)).await;
             }
         }
         if n.state == SendState::Submitting {

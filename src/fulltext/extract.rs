@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use mail_parser::{HeaderValue, Message, MimeHeaders};
 
+use crate::pec::base64_alphabet;
 use crate::pec::Entity;
 
 /// Bounds on the work one message may cost.
@@ -238,13 +239,16 @@ impl Walk<'_> {
         // The limits too: what is read of the same bytes depends on them.
         let l = self.limits;
         let mut h = blake3::Hasher::new();
-        src.key(&mut h);
+        let joined = src.key(&mut h);
         h.update(format!("{}/{}/{}/{:?}", l.pdf_bytes, l.pdf_pages, l.pdf_page_inflated, l.pdf_time).as_bytes());
         let key: [u8; 32] = h.finalize().into();
         if let Some(r) = PdfTexts::get(&key) {
             return r;
         }
-        let bytes = src.bytes();
+        let bytes = match joined.as_deref().and_then(crate::pec::decode_base64_joined) {
+            Some(b) => Cow::Owned(b),
+            None => src.bytes(),
+        };
         let r = if bytes.len() > l.pdf_bytes {
             Err(format!("PDF of {} bytes, over the {} limit", bytes.len(), l.pdf_bytes))
         } else {
@@ -308,7 +312,10 @@ impl Src<'_, '_> {
     /// What identifies the bytes: a part's transfer encoding and encoded
     /// body, so that the same attachment in another message is known
     /// without decoding it.
-    fn key(&self, h: &mut blake3::Hasher) {
+    ///
+    /// Returns a base64 part's joined alphabet, which decodes it (read once
+    /// for both).
+    fn key(&self, h: &mut blake3::Hasher) -> Option<Vec<u8>> {
         match self {
             Src::Part(e) => {
                 let cte = e.headers.content_transfer_encoding().unwrap_or_default().trim().to_ascii_lowercase();
@@ -320,29 +327,20 @@ impl Src<'_, '_> {
                     // line lengths (a provider's copy of a notice inside its
                     // delivery receipt): the key is the base64 alphabet's
                     // characters alone.
-                    h.update(&base64_alphabet(e.body));
-                } else {
-                    h.update(e.body);
+                    let joined = base64_alphabet(e.body);
+                    h.update(&joined);
+                    return Some(joined);
                 }
+                h.update(e.body);
+                None
             }
             Src::Decoded(b) => {
                 h.update(b"decoded\0");
                 h.update(b);
+                None
             }
         }
     }
-}
-
-/// A base64 body without its line ends and the spaces around its lines:
-/// gathered in one buffer (BLAKE3 is fast on long input only).
-fn base64_alphabet(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
-    let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', body).chain([body.len()]) {
-        out.extend_from_slice(body.get(start..end).unwrap_or_default().trim_ascii());
-        start = end + 1;
-    }
-    out
 }
 
 /// A text part's text: transfer-decoded, then from its charset (as

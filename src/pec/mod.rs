@@ -33,7 +33,7 @@ pub mod inspect;
 pub mod meta;
 mod mime;
 pub use mime::{parse_full, Parsed};
-pub(crate) use mime::{leaves, Entity};
+pub(crate) use mime::{base64_alphabet, decode_base64_joined, leaves, Entity};
 pub mod reconcile;
 pub mod signature;
 

@@ -10,6 +10,8 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -83,6 +85,32 @@ impl Blobs {
 #[derive(Debug, Clone)]
 pub struct FileBlobs {
     root: PathBuf,
+    /// The shard directories (`aa/bb`) known to exist, a bit each: a put
+    /// looks its directory up once, not at every blob.
+    known_dirs: Arc<KnownDirs>,
+}
+
+/// 65,536 bits, one per shard directory.
+#[derive(Debug)]
+struct KnownDirs(Vec<AtomicU64>);
+
+impl KnownDirs {
+    fn new() -> KnownDirs {
+        KnownDirs((0..1024).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The shard of a blob hash (its first four hex digits).
+    fn shard(hash: &str) -> Option<usize> {
+        hash.get(..4).and_then(|h| u16::from_str_radix(h, 16).ok()).map(usize::from)
+    }
+
+    fn has(&self, shard: usize) -> bool {
+        self.0[shard / 64].load(Ordering::Relaxed) & (1 << (shard % 64)) != 0
+    }
+
+    fn set(&self, shard: usize) {
+        self.0[shard / 64].fetch_or(1 << (shard % 64), Ordering::Relaxed);
+    }
 }
 
 impl FileBlobs {
@@ -100,7 +128,7 @@ impl FileBlobs {
         if removed > 0 {
             sync_dir(&tmp)?;
         }
-        Ok((FileBlobs { root: root.to_path_buf() }, removed))
+        Ok((FileBlobs { root: root.to_path_buf(), known_dirs: Arc::new(KnownDirs::new()) }, removed))
     }
 
     pub fn path(&self, hash: &str) -> PathBuf {
@@ -139,8 +167,21 @@ impl FileBlobs {
             f.sync_all()?;
             drop(f);
             let dir = dest.parent().ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            ensure_dir(dir)?;
-            fs::rename(&tmp, &dest)?;
+            let shard = KnownDirs::shard(&hash);
+            if !shard.is_some_and(|s| self.known_dirs.has(s)) {
+                ensure_dir(dir)?;
+            }
+            match fs::rename(&tmp, &dest) {
+                // Its directory went away under the daemon: made again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tmp.exists() => {
+                    ensure_dir(dir)?;
+                    fs::rename(&tmp, &dest)?;
+                }
+                r => r?,
+            }
+            if let Some(s) = shard {
+                self.known_dirs.set(s);
+            }
             sync_dir(dir)
         })();
         if result.is_err() {
@@ -224,7 +265,9 @@ pub struct BlobReader {
 impl BlobReader {
     /// The blobs of the archive in `data_dir`; nothing is read yet.
     pub fn open_read_only(data_dir: &Path) -> BlobReader {
-        BlobReader { blobs: Blobs::Files(FileBlobs { root: data_dir.join("blobs") }) }
+        BlobReader {
+            blobs: Blobs::Files(FileBlobs { root: data_dir.join("blobs"), known_dirs: Arc::new(KnownDirs::new()) }),
+        }
     }
 
     /// The blobs of an archive as its configuration says: files in
@@ -341,6 +384,21 @@ mod tests {
         let (_, removed) = FileBlobs::open(d.path()).unwrap();
         assert_eq!(removed, 1);
         assert!(b.get("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn a_shard_directory_removed_under_a_running_store_is_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (b, _) = FileBlobs::open(d.path()).unwrap();
+        let r = b.put(b"one").unwrap();
+        // Another blob of the same shard, after its directory (known to
+        // exist) was removed.
+        let other = (0u32..).map(|i| format!("two {i}")).find(|s| sha256_hex(s.as_bytes())[..4] == r.hash[..4]);
+        fs::remove_dir_all(d.path().join(&r.hash[..2])).unwrap();
+        let two = other.unwrap();
+        let r2 = b.put(two.as_bytes()).unwrap();
+        assert_eq!(b.get(&r2.hash).unwrap(), two.as_bytes());
+        assert!(fs::read_dir(d.path().join("tmp")).unwrap().next().is_none(), "no temporary file left");
     }
 }
 
