@@ -316,7 +316,8 @@ fn an_export_on_another_node_carries_the_anchor() {
     });
     // Only node a anchors (every 3 records or second).
     let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
-    let b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    // Node b knows the TSA's CA (to check tokens) and never serves here.
+    let b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
     a.start();
     let anchored = || pg.sql("SELECT count(*) FROM pecgate_journal WHERE line LIKE '%\"op\":\"anchor\"%'");
     wait("an anchor", Duration::from_secs(30), || anchored() != "0", || a.log());
@@ -341,11 +342,28 @@ fn an_export_on_another_node_carries_the_anchor() {
         .expect("run pecgate");
     assert!(verified.status.success(), "export verify: {}", said(&verified));
     // `audit verify` on either node: the token named by the `anchor`
-    // record is found (on node b, in the bucket) and unaltered.
+    // record is found (on node b, in the bucket), unaltered, signed by the
+    // TSA and about the record the chain has at its seq.
     for n in [&a, &b] {
         let v = n.cli(&["audit", "verify"]);
-        assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
+        let text = said(&v);
+        assert!(v.status.success(), "audit verify on node {}: {text}", n.name);
+        assert!(text.contains("anchors OK: ") && !text.contains("anchors OK: 0 tokens"), "node {}: {text}", n.name);
+        assert!(!text.contains("not checked"), "node {}: the signatures are checked: {text}", n.name);
     }
+    // On node b with another CA than the TSA's, the token does not verify.
+    let other_ca = std::fs::read_to_string(&b.config)
+        .expect("b's config")
+        .replace(&tsa.ca().display().to_string(), cert.to_str().expect("path"));
+    let other = dir.path().join("b-other-ca.toml");
+    std::fs::write(&other, other_ca).expect("write config");
+    let v = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["audit", "verify", "--config"])
+        .arg(&other)
+        .output()
+        .expect("run pecgate");
+    let text = said(&v);
+    assert!(!v.status.success() && text.contains("does not verify"), "a token checked against another CA: {text}");
     let token = std::fs::read(pkg.join(&tsr[0][66..])).expect("token in the package");
     let in_bucket = s3.objects().iter().any(|o| o.contains(&sha256_hex(&token)));
     assert!(in_bucket, "the token is a bucket object, named by its SHA-256");

@@ -123,7 +123,7 @@ pub fn token_bytes(
 /// Collects, during the chain walk, what the anchor check needs.
 #[derive(Default)]
 pub struct Collector {
-    /// seq → hash of the records token files anchor.
+    /// seq → the walked hash of the records token files here anchor.
     wanted: BTreeMap<u64, Option<String>>,
     /// `anchored` records: (its seq, the event).
     records: Vec<(u64, Event)>,
@@ -133,7 +133,7 @@ impl Collector {
     pub fn new(journal: &JournalReader) -> std::io::Result<(Collector, Vec<(u64, String)>)> {
         let files = journal.anchor_tokens()?;
         let wanted = files.iter().map(|(s, _)| (*s, None)).collect();
-        Ok((Collector { wanted, records: Vec::new() }, files))
+        Ok((Collector { wanted, ..Collector::default() }, files))
     }
 
     pub fn see(&mut self, rec: &crate::store::Record, hash: &str) {
@@ -146,8 +146,10 @@ impl Collector {
     }
 
     /// Check every token against the walked chain (`records` good records,
-    /// `broken_at` the first bad one if the chain is broken). With no CA,
-    /// only hashes are checked.
+    /// `broken_at` the first bad one if the chain is broken): the token
+    /// files here, and on a cluster node that did not anchor, the tokens
+    /// the `anchored` records name, from the bucket. With no CA, only
+    /// hashes are checked.
     pub fn check(
         mut self,
         journal: &JournalReader,
@@ -160,11 +162,14 @@ impl Collector {
         if ca_pem.is_none() {
             rep.unchecked = Some("no [anchor] ca_file in the configuration: token signatures not checked".into());
         }
-        // Records that name a token: each file must be there, unaltered.
+        let here: std::collections::HashSet<&str> = files.iter().map(|(_, n)| n.as_str()).collect();
+        // Records that name a token: each must be there, unaltered. One
+        // not kept here (another node anchored it) is then checked as a
+        // file here is, once the hash of the record it is about is read
+        // again (`later`: the walk did not know it would be wanted).
+        let mut later = Vec::new();
         for (at, ev) in &self.records {
             let Event::Anchored { seq, token, token_sha256, .. } = ev else { continue };
-            // On a cluster node that did not anchor, from the bucket (the
-            // signature is checked where the file is: the loop below).
             match token_bytes(journal, bucket, token, token_sha256) {
                 Ok(b) if hex::encode(Sha256::digest(&b)) == *token_sha256 => {}
                 Ok(_) => {
@@ -178,9 +183,11 @@ impl Collector {
                     return rep;
                 }
             }
+            if !here.contains(token.as_str()) {
+                later.push((*seq, token.clone(), token_sha256.clone()));
+            }
         }
         for (seq, name) in files {
-            rep.tokens += 1;
             let der = match journal.anchor_token(name) {
                 Ok(b) => b,
                 Err(e) => {
@@ -189,34 +196,27 @@ impl Collector {
                 }
             };
             let hash = self.wanted.remove(seq).flatten();
-            let Some(hash) = hash.filter(|_| *seq <= records) else {
-                rep.broken = Some(format!(
-                    "record {seq} was anchored ({name}) but the journal ends at record {records}: records from {} on were cut off",
-                    records + 1
-                ));
+            if let Err(b) = verify_token(&mut rep, ca_pem, *seq, name, &der, hash.as_deref(), records) {
+                rep.broken = Some(b);
                 return rep;
-            };
-            let digest = hex::decode(&hash).unwrap_or_default();
-            let r = match ca_pem {
-                Some(ca) => tsp::verify(&der, ca, &digest, None).map(|s| s.gen_time),
-                None => tsp::unverified(&der).and_then(|(d, t)| match d == digest {
-                    true => Ok(t),
-                    false => Err(tsp::TspError::WrongImprint { expected: hash.clone(), found: hex::encode(d) }),
-                }),
-            };
-            match r {
-                Ok(t) => {
-                    rep.newest_record = Some(*seq);
-                    rep.newest_time = Some(t);
-                }
-                Err(tsp::TspError::WrongImprint { .. }) => {
-                    rep.broken = Some(format!(
-                        "record {seq} is not the record that was anchored ({name} time-stamps another hash): the journal was rewritten there"
-                    ));
+            }
+        }
+        if !later.is_empty() {
+            let seqs = later.iter().map(|(s, ..)| *s).filter(|s| *s <= records).collect();
+            let mut again = match walked_hashes(journal, &seqs) {
+                Ok(h) => h,
+                Err(e) => {
+                    rep.broken = Some(format!("reading the journal again for the anchored records: {e}"));
                     return rep;
                 }
-                Err(e) => {
-                    rep.broken = Some(format!("the token {name} for record {seq} does not verify: {e}"));
+            };
+            for (seq, name, sha256) in later {
+                let checked =
+                    token_bytes(journal, bucket, &name, &sha256).map_err(|e| format!("{name}: {e}")).and_then(|der| {
+                        verify_token(&mut rep, ca_pem, seq, &name, &der, again.remove(&seq).as_deref(), records)
+                    });
+                if let Err(b) = checked {
+                    rep.broken = Some(b);
                     return rep;
                 }
             }
@@ -224,4 +224,67 @@ impl Collector {
         rep.unanchored_records = records.saturating_sub(rep.newest_record.unwrap_or(0));
         rep
     }
+}
+
+/// One token (`name`, `der`) about record `seq`, whose walked hash is
+/// `hash` (none: the walk did not reach it): its imprint is that hash,
+/// and with a CA its signature holds. Counted in `rep`; the reason it
+/// fails otherwise.
+fn verify_token(
+    rep: &mut AnchorReport,
+    ca_pem: Option<&[u8]>,
+    seq: u64,
+    name: &str,
+    der: &[u8],
+    hash: Option<&str>,
+    records: u64,
+) -> Result<(), String> {
+    rep.tokens += 1;
+    let Some(hash) = hash.filter(|_| seq <= records) else {
+        return Err(format!(
+            "record {seq} was anchored ({name}) but the journal ends at record {records}: records from {} on were cut off",
+            records + 1
+        ));
+    };
+    let digest = hex::decode(hash).unwrap_or_default();
+    let r = match ca_pem {
+        Some(ca) => tsp::verify(der, ca, &digest, None).map(|s| s.gen_time),
+        None => tsp::unverified(der).and_then(|(d, t)| match d == digest {
+            true => Ok(t),
+            false => Err(tsp::TspError::WrongImprint { expected: hash.to_string(), found: hex::encode(d) }),
+        }),
+    };
+    match r {
+        Ok(t) => {
+            if rep.newest_record.is_none_or(|n| seq >= n) {
+                rep.newest_record = Some(seq);
+                rep.newest_time = Some(t);
+            }
+            Ok(())
+        }
+        Err(tsp::TspError::WrongImprint { .. }) => Err(format!(
+            "record {seq} is not the record that was anchored ({name} time-stamps another hash): the journal was rewritten there"
+        )),
+        Err(e) => Err(format!("the token {name} for record {seq} does not verify: {e}")),
+    }
+}
+
+/// The hashes of the records `seqs`, read from the journal.
+fn walked_hashes(
+    journal: &JournalReader,
+    seqs: &std::collections::BTreeSet<u64>,
+) -> std::io::Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    let Some(&last) = seqs.last() else { return Ok(out) };
+    for line in journal.lines()? {
+        if let Ok((rec, hash)) = line?.parsed {
+            if seqs.contains(&rec.seq) {
+                out.insert(rec.seq, hash);
+            }
+            if rec.seq >= last {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
