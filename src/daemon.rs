@@ -303,7 +303,13 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut sh = shared(&cfg)?;
     // The full-text index beside the archive, following its journal.
     let (fulltext_stop, fulltext_rx) = watch::channel(false);
-    let fulltext_task = match crate::fulltext::FullText::open(&cfg.store.data_dir, true) {
+    // Opened from a background thread: the index writer's threads (and
+    // its merges) inherit the lowest CPU priority.
+    let dir = cfg.store.data_dir.clone();
+    let opened = crate::background::run_blocking("fulltext-open", move || crate::fulltext::FullText::open(&dir, true))
+        .map_err(crate::fulltext::FullTextError::Other)
+        .and_then(|r| r);
+    let fulltext_task = match opened {
         Ok(ft) => {
             let ft = Arc::new(ft);
             sh.fulltext = Some(ft.clone());

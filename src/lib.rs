@@ -28,6 +28,7 @@ pub mod anchor;
 pub mod apitoken;
 pub mod audit;
 pub mod autoconfig;
+pub mod background;
 pub mod auth;
 pub mod bytes;
 pub mod campaign;

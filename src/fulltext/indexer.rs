@@ -308,7 +308,8 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
             }
             let (s, f, sd) = (store.clone(), ft.clone(), shutdown.clone());
             let mut j = std::mem::replace(&mut journal, store.journal());
-            let r = tokio::task::spawn_blocking(move || {
+            // At the lowest CPU priority: archiving goes first.
+            let r = crate::background::run("fulltext", move || {
                 let p = pass(&s, &f, &mut j, PASS_RECORDS, &limits, &mut |_, _| {}, &|| *sd.borrow());
                 (p, j)
             })
