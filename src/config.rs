@@ -308,6 +308,12 @@ pub struct StoreConfig {
     /// FETCH read ranges of it in order, and the kernel caches the file).
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+    /// cluster: the most (bytes) this node keeps of blob copies in its
+    /// `index_dir` (`blob-cache/`), so that the messages its clients and
+    /// its full-text indexer read lately need no round trip to the bucket.
+    /// Default 1 GiB; 0: none.
+    #[serde(default = "default_blob_cache_bytes")]
+    pub blob_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -365,6 +371,10 @@ impl StoreConfig {
 
 fn default_cache_capacity() -> usize {
     crate::store::StoreOptions::default().index_cache_bytes
+}
+
+fn default_blob_cache_bytes() -> u64 {
+    crate::store::BLOB_CACHE_BYTES
 }
 
 fn default_segment_bytes() -> u64 {

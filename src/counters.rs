@@ -243,6 +243,9 @@ pub struct ClusterMetrics {
     pub errors: IntCounterVec,
     /// 1 while this node holds the mailbox's lease (polls it).
     pub lease_held: IntGaugeVec,
+    /// Blob reads, by where they were found (`hit`: this node's copy;
+    /// `miss`: the bucket).
+    pub blob_cache: IntCounterVec,
 }
 
 pub fn cluster() -> &'static ClusterMetrics {
@@ -264,6 +267,14 @@ pub fn cluster() -> &'static ClusterMetrics {
         lease_held: IntGaugeVec::new(
             Opts::new("pecgate_cluster_lease_held", "1 while this node holds the mailbox's lease and polls its provider."),
             &["mailbox"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
+        blob_cache: IntCounterVec::new(
+            Opts::new(
+                "pecgate_cluster_blob_reads_total",
+                "Blob reads on this node, by where the blob was found (hit: the node's own copy; miss: the bucket).",
+            ),
+            &["result"],
         )
         .unwrap_or_else(|e| unreachable!("static metric name is valid: {e}")),
     })

@@ -36,6 +36,7 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
             journal_segment_bytes: cfg.store.journal_segment_bytes,
             index_cache_bytes: cfg.store.cache_capacity,
             cluster: cfg.store.cluster_options().map_err(anyhow::Error::msg)?,
+            blob_cache_bytes: cfg.store.blob_cache_bytes,
         },
     )
     .with_context(|| format!("opening the archive in {}", cfg.store.data_dir.display()))?;

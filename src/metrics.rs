@@ -252,6 +252,7 @@ impl Metrics {
         r.add(c.lag_seconds.clone())?;
         r.add(c.errors.clone())?;
         r.add(c.lease_held.clone())?;
+        r.add(c.blob_cache.clone())?;
         let a = counters::anchor();
         r.add(a.failures.clone())?;
         r.add(a.last_success.clone())?;

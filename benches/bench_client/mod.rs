@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// A minimal IMAP client over TLS: LOGIN, SELECT, SEARCH, FETCH.
+/// A minimal IMAP client over TLS: LOGIN, SELECT, SEARCH, FETCH, APPEND,
+/// IDLE.
 pub struct Client {
     io: BufReader<TlsStream<TcpStream>>,
     tag: u32,
@@ -88,6 +89,77 @@ impl Client {
                 } else if let Some(e) = rest.strip_suffix(" EXISTS\r\n") {
                     r.exists = e.parse().ok();
                 }
+            }
+        }
+    }
+}
+
+impl Client {
+    /// `APPEND folder {n}` with `msg` as its literal.
+    pub async fn append(&mut self, folder: &str, msg: &[u8]) {
+        self.tag += 1;
+        let tag = format!("a{} ", self.tag);
+        let w = self.io.get_mut();
+        w.write_all(format!("{tag}APPEND {folder} {{{}}}\r\n", msg.len()).as_bytes()).await.expect("write");
+        w.flush().await.expect("flush");
+        let mut l = String::new();
+        self.io.read_line(&mut l).await.expect("read");
+        assert!(l.starts_with('+'), "APPEND {folder}: {l}");
+        let w = self.io.get_mut();
+        w.write_all(msg).await.expect("write");
+        w.write_all(b"\r\n").await.expect("write");
+        w.flush().await.expect("flush");
+        loop {
+            l.clear();
+            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed during APPEND");
+            if let Some(rest) = l.strip_prefix(&tag) {
+                assert!(rest.starts_with("OK"), "APPEND {folder}: {rest}");
+                return;
+            }
+        }
+    }
+
+    /// `IDLE`, until the server's continuation.
+    pub async fn idle(&mut self) {
+        self.tag += 1;
+        let w = self.io.get_mut();
+        w.write_all(format!("a{} IDLE\r\n", self.tag).as_bytes()).await.expect("write");
+        w.flush().await.expect("flush");
+        let mut l = String::new();
+        loop {
+            l.clear();
+            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed before idling");
+            if l.starts_with('+') {
+                return;
+            }
+        }
+    }
+
+    /// While idling: the next `* N EXISTS`.
+    pub async fn next_exists(&mut self) -> usize {
+        let mut l = String::new();
+        loop {
+            l.clear();
+            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed while idling");
+            if let Some(n) = l.strip_prefix("* ").and_then(|r| r.strip_suffix(" EXISTS\r\n")) {
+                return n.parse().expect("EXISTS count");
+            }
+        }
+    }
+
+    /// `DONE`, until the IDLE command's tagged answer.
+    pub async fn done(&mut self) {
+        let w = self.io.get_mut();
+        w.write_all(b"DONE\r\n").await.expect("write");
+        w.flush().await.expect("flush");
+        let tag = format!("a{} ", self.tag);
+        let mut l = String::new();
+        loop {
+            l.clear();
+            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed after DONE");
+            if let Some(rest) = l.strip_prefix(&tag) {
+                assert!(rest.starts_with("OK"), "IDLE: {rest}");
+                return;
             }
         }
     }

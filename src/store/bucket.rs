@@ -40,6 +40,8 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     rt: Option<tokio::runtime::Runtime>,
     name: String,
+    /// This node's copies of the blobs it read or wrote lately.
+    cache: Option<BlobCache>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -119,7 +121,15 @@ impl Bucket {
             store: Arc::new(store),
             rt: Some(rt),
             name: format!("s3 bucket {} at {}", cfg.bucket, cfg.endpoint),
+            cache: None,
         })
+    }
+
+    /// Keep copies of the blobs this node reads and writes in `dir`, at
+    /// most `max_bytes` of them (0: none).
+    pub fn with_cache(mut self, dir: &std::path::Path, max_bytes: u64) -> io::Result<Bucket> {
+        self.cache = if max_bytes == 0 { None } else { Some(BlobCache::open(dir, max_bytes)?) };
+        Ok(self)
     }
 
     /// What error messages call it.
@@ -161,6 +171,9 @@ impl Bucket {
             }
             Ok(())
         })??;
+        if let Some(c) = &self.cache {
+            c.put(&hash, bytes);
+        }
         Ok(r)
     }
 
@@ -173,12 +186,23 @@ impl Bucket {
 
     pub fn get(&self, hash: &str) -> io::Result<Vec<u8>> {
         check(hash)?;
+        if let Some(b) = self.cache.as_ref().and_then(|c| c.get(hash)) {
+            return Ok(b);
+        }
         let store = self.store.clone();
         let path = ObjectPath::from(key(hash));
-        self.run(async move {
+        let bytes = self.run(async move {
             let got = store.get(&path).await.map_err(from_store)?;
             got.bytes().await.map(|b| b.to_vec()).map_err(from_store)
-        })?
+        })??;
+        // Only what is what it is named is kept (the caller sees the rest).
+        if let Some(c) = &self.cache {
+            crate::counters::cluster().blob_cache.with_label_values(&["miss"]).inc();
+            if sha256_hex(&bytes) == hash {
+                c.put(hash, &bytes);
+            }
+        }
+        Ok(bytes)
     }
 
     /// Delete objects whose retention ended; gone already is no error.
@@ -219,6 +243,106 @@ impl Bucket {
     }
 }
 
+/// A node's copies of blobs (in its `index_dir`): a bucket GET is a round
+/// trip per message, which FETCH and the full-text indexer would pay for
+/// every message they read. A blob never changes, so a copy is never
+/// stale; each is checked against its hash when it is read (a copy is
+/// written without fsync: a crash may leave it torn), and the oldest
+/// copies go once the cache is over its size. Derived: deleting the
+/// directory loses nothing.
+pub struct BlobCache {
+    dir: std::path::PathBuf,
+    max: u64,
+    used: std::sync::atomic::AtomicU64,
+    evicting: std::sync::Mutex<()>,
+}
+
+impl BlobCache {
+    pub fn open(dir: &std::path::Path, max: u64) -> io::Result<BlobCache> {
+        let _ = std::fs::remove_dir_all(dir.join("tmp"));
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let used: u64 = Self::files(dir).iter().map(|f| f.2).sum();
+        Ok(BlobCache { dir: dir.to_path_buf(), max, used: used.into(), evicting: Default::default() })
+    }
+
+    fn path(&self, hash: &str) -> std::path::PathBuf {
+        self.dir.join(hash.get(..2).unwrap_or("xx")).join(format!("{hash}.eml"))
+    }
+
+    /// Every copy: (modified, path, size).
+    fn files(dir: &std::path::Path) -> Vec<(std::time::SystemTime, std::path::PathBuf, u64)> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if sub.file_name() == "tmp" {
+                continue;
+            }
+            for f in std::fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                if let Ok(m) = f.metadata() {
+                    out.push((m.modified().unwrap_or(std::time::UNIX_EPOCH), f.path(), m.len()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The copy of `hash`, if there is a good one.
+    pub fn get(&self, hash: &str) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        let p = self.path(hash);
+        let b = std::fs::read(&p).ok()?;
+        if sha256_hex(&b) == hash {
+            crate::counters::cluster().blob_cache.with_label_values(&["hit"]).inc();
+            return Some(b);
+        }
+        tracing::warn!(path = %p.display(), "a blob's cached copy does not match its hash: removed");
+        if std::fs::remove_file(&p).is_ok() {
+            let _ = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(b.len() as u64)));
+        }
+        None
+    }
+
+    /// Keep a copy of `bytes` (named `hash`); a failure only costs speed.
+    pub fn put(&self, hash: &str, bytes: &[u8]) {
+        use std::sync::atomic::Ordering;
+        let dest = self.path(hash);
+        if bytes.len() as u64 > self.max / 4 || dest.exists() {
+            return;
+        }
+        let tmp = self.dir.join("tmp").join(format!("{hash}.{}", rand::random::<u64>()));
+        let done = std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::create_dir_all(dest.parent().unwrap_or(&self.dir)))
+            .and_then(|()| std::fs::rename(&tmp, &dest));
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(error = %e, "cannot keep a copy of a blob");
+            return;
+        }
+        if self.used.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64 > self.max {
+            self.evict();
+        }
+    }
+
+    /// The oldest copies removed, down to three quarters of the size.
+    fn evict(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(_one) = self.evicting.try_lock() else { return };
+        let mut files = Self::files(&self.dir);
+        files.sort();
+        let mut used: u64 = files.iter().map(|f| f.2).sum();
+        for (_, path, len) in files {
+            if used <= self.max / 4 * 3 {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                used -= len;
+            }
+        }
+        self.used.store(used, Ordering::Relaxed);
+    }
+}
+
 const PREFIX: &str = "blobs";
 
 /// `blobs/ab/cd/abcd….eml`: the layout of the files on one machine, so a
@@ -233,5 +357,44 @@ fn check(hash: &str) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256 hex digest"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blob_cache_keeps_good_copies_and_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let c = BlobCache::open(d.path(), 40_000).unwrap();
+        let blob = |i: u8| vec![i; 5_000];
+        for i in 0..6u8 {
+            c.put(&sha256_hex(&blob(i)), &blob(i));
+            // Distinct modification times, for the order of eviction.
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        for i in 0..6u8 {
+            assert_eq!(c.get(&sha256_hex(&blob(i))), Some(blob(i)), "copy {i}");
+        }
+        // A torn copy is not handed out, and goes.
+        let h = sha256_hex(&blob(0));
+        std::fs::write(c.path(&h), b"torn").unwrap();
+        assert_eq!(c.get(&h), None);
+        assert!(!c.path(&h).exists());
+        // Over its size, the oldest copies go first (down to 3/4 of it).
+        for i in 10..14u8 {
+            c.put(&sha256_hex(&blob(i)), &blob(i));
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let kept: Vec<u8> = (1..6).chain(10..14).filter(|i| c.get(&sha256_hex(&blob(*i))).is_some()).collect();
+        assert!(kept.ends_with(&[10, 11, 12, 13]) && !kept.contains(&1), "kept {kept:?}");
+        assert!(kept.len() * 5_000 <= 40_000, "kept {kept:?}");
+        // Reopened, it knows what it holds; a blob over a quarter of it is not kept.
+        let c = BlobCache::open(d.path(), 40_000).unwrap();
+        assert_eq!(c.used.load(std::sync::atomic::Ordering::Relaxed), kept.len() as u64 * 5_000);
+        let big = vec![7u8; 20_000];
+        c.put(&sha256_hex(&big), &big);
+        assert_eq!(c.get(&sha256_hex(&big)), None);
     }
 }

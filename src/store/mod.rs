@@ -225,7 +225,14 @@ pub struct StoreOptions {
     /// Several nodes sharing PostgreSQL and a bucket; `None`: the data
     /// directory holds everything (one machine).
     pub cluster: Option<cluster::ClusterOptions>,
+    /// cluster: the most this node keeps of blob copies beside its index
+    /// (`blob-cache/`; 0: none, every read goes to the bucket).
+    pub blob_cache_bytes: u64,
 }
+
+/// The default of [`StoreOptions::blob_cache_bytes`]: the messages a
+/// node's clients read lately, kept without a round trip to the bucket.
+pub const BLOB_CACHE_BYTES: u64 = 1 << 30;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -233,6 +240,7 @@ impl Default for StoreOptions {
             journal_segment_bytes: 64 * 1024 * 1024,
             index_cache_bytes: index::Cache::default().bytes,
             cluster: None,
+            blob_cache_bytes: BLOB_CACHE_BYTES,
         }
     }
 }
@@ -327,6 +335,7 @@ impl Store {
             }
             Some(c) => Blobs::Bucket(Arc::new(
                 bucket::Bucket::open(&c.bucket)
+                    .and_then(|b| b.with_cache(&dir.join("blob-cache"), opts.blob_cache_bytes))
                     .map_err(|e| StoreError::Invalid(format!("bucket {} at {}: {e}", c.bucket.bucket, c.bucket.endpoint)))?,
             )),
         };
