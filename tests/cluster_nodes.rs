@@ -1,11 +1,13 @@
 //! Three nodes on one archive (issue 21): `pecgate serve` x3 on loopback
 //! against one PostgreSQL 15 and one S3 server (s3s-fs), each node with
 //! its own ports and index directory. One provider mailbox polled by one
-//! node at a time, seen through IMAP on all three.
+//! node at a time, seen through IMAP on all three; and a campaign sent
+//! through the PEC provider simulator while the sending node is killed
+//! (kill -9) again and again: every notice sent exactly once.
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +101,19 @@ impl Node {
             .arg(&self.config)
             .output()
             .expect("run pecgate")
+    }
+
+    /// `pecgate campaign ARGS` as mario, through this node's API.
+    fn campaign(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .arg("campaign")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--user", "mario"])
+            .env("PECGATE_PASSWORD", PASSWORD)
+            .output()
+            .expect("run pecgate campaign")
     }
 }
 
@@ -289,5 +304,302 @@ fn three_nodes_one_poller_and_its_takeover() {
         let v = n.cli(&["audit", "verify"]);
         assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
         assert!(!n.log().contains("panicked"), "node {}: {}", n.name, n.log());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A campaign while its sending node is killed.
+
+const PROT: &str = "prot@pec.sim.test";
+
+/// The simulator's remote domain and what it does to each recipient (as
+/// tests/campaign.rs scripts it).
+const REMOTES: &str = r#"
+[[remote]]
+domain = "cittadini.sim"
+[[remote.rule]]
+pattern = "pieno*"
+outcome = "full"
+[[remote.rule]]
+pattern = "ignoto*"
+outcome = "unknown"
+[[remote.rule]]
+pattern = "taglia*"
+drop = true
+[[remote.rule]]
+pattern = "*"
+outcome = "delivered"
+
+[[remote]]
+domain = "posta.example"
+pec = false
+"#;
+
+/// The recipient of row `i` and what becomes of its notice (as in
+/// tests/campaign.rs): `taglia*` has its connection dropped after the 250.
+fn recipient(i: usize) -> (String, &'static str) {
+    match i % 10 {
+        0 => (format!("pieno{i}@cittadini.sim"), "failed"),
+        1 => (format!("ignoto{i}@cittadini.sim"), "failed"),
+        2 => (format!("taglia{i}@cittadini.sim"), "delivered"),
+        3 => (format!("persona{i}@posta.example"), "not-certified"),
+        _ => (format!("Cittadino.{i}@cittadini.sim"), "delivered"),
+    }
+}
+
+fn csv_rows(n: usize) -> String {
+    let mut csv = String::from("\u{feff}verbale;nome;pec;importo\r\n");
+    for i in 0..n {
+        csv += &format!("V-{i:05};\"Rossi; Mario {i}\";{};{},00\r\n", recipient(i).0, 100 + i);
+    }
+    csv
+}
+
+const TEMPLATE: &str =
+    "Subject: Verbale n. {{verbale}} - notifica\n\nGentile {{nome}},\nle notifichiamo il verbale {{verbale}} di {{importo}} euro.\n";
+
+/// Accepted submissions in the simulator's record, by Message-ID.
+fn received(record: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(record).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(l).expect("a record line");
+        if let Some(id) = v["message_id"].as_str() {
+            *m.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn report(node: &Node, id: &str, extra: &[&str]) -> Vec<BTreeMap<String, String>> {
+    let mut args = vec!["report", id];
+    args.extend_from_slice(extra);
+    let out = node.campaign(&args);
+    assert!(out.status.success(), "report through node {}: {}", node.name, said(&out));
+    let sep = if extra.contains(&"--fallback") { b';' } else { b',' };
+    let mut r = csv::ReaderBuilder::new().delimiter(sep).from_reader(out.stdout.as_slice());
+    let headers = r.headers().expect("headers").clone();
+    r.records()
+        .map(|rec| {
+            headers.iter().zip(rec.expect("a row").iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+        })
+        .collect()
+}
+
+fn status(node: &Node, id: &str) -> Value {
+    let out = node.campaign(&["status", id]);
+    assert!(out.status.success(), "status through node {}: {}", node.name, said(&out));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Notices not in a final state (nor ambiguous).
+fn open(st: &Value) -> u64 {
+    ["queued", "submitting", "retrying", "accepted", "acceptance-receipt"]
+        .iter()
+        .map(|s| st["states"][s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A campaign of 300 notices with mixed outcomes created through one node
+/// of three, sent through the PEC provider simulator; while it sends, the
+/// node holding the campaign's sending lease is killed (kill -9) five
+/// times, each time one of the others taking the sending over within the
+/// lease's length, the killed node then restarted. At the end the
+/// simulator received every notice exactly once (the ones left mid-dialogue
+/// by a kill settled by their receipts, those the provider never got
+/// resent by the administrator, as on one machine), every report row is
+/// final and what the simulator did, on every node, the fallback list is
+/// exactly the rows not delivered, each notice's sent copy is archived
+/// once, and `audit verify` passes.
+#[test]
+fn a_campaign_survives_its_sending_node_killed() {
+    let n = 300;
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // The simulator, as tests/campaign.rs starts it.
+    let (smtp_port, sim_imap) = (free_port(), free_port());
+    let record = d.join("record.jsonl");
+    let sim_cfg = d.join("sim.toml");
+    std::fs::write(
+        &sim_cfg,
+        format!(
+            "listen = \"127.0.0.1:{smtp_port}\"\ndomains = [\"pec.sim.test\"]\npki_dir = \"{pki}\"\nrecord = \"{rec}\"\n\n\
+             [mailstore]\ndata_dir = \"{store}\"\nimap_listen = \"127.0.0.1:{sim_imap}\"\n\
+             [[mailbox]]\naddress = \"{PROT}\"\npassword = \"pw\"\nimap_user = \"prot\"\nimap_password = \"pw\"\n{REMOTES}",
+            pki = d.join("pki").display(),
+            rec = record.display(),
+            store = d.join("store").display(),
+        ),
+    )
+    .expect("sim config");
+    let mut sim = support::sim::Sim { child: None, config: sim_cfg, log: d.join("sim.log"), port: smtp_port };
+    sim.start();
+    support::sim::wait_port(sim_imap, &sim.log);
+    let c = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").expect("certificate");
+    std::fs::write(d.join("cert.pem"), c.chain).expect("cert");
+    std::fs::write(d.join("key.pem"), c.key).expect("key");
+    let lease = Duration::from_secs(2);
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    let body = |imap: u16, http: u16| {
+        format!(
+            "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"200ms\"\nmax_backoff = \"1s\"\nlease = \"{}s\"\n\n\
+             [pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+             [tls]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n[imap]\nlisten = [\"127.0.0.1:{imap}\"]\n\n\
+             [campaigns]\nsettle_after = \"8s\"\n\n\
+             [[mailbox]]\nalias = \"prot\"\naddress = \"{PROT}\"\nusername = \"prot\"\npassword = \"pw\"\n\
+             imap = {{ host = \"127.0.0.1\", port = {sim_imap}, tls = \"none\" }}\n\
+             smtp = {{ host = \"127.0.0.1\", port = {smtp_port}, tls = \"none\" }}\npoll_interval = \"1s\"\n\
+             sending = {{ per_minute = 900 }}\n\n\
+             [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\", \"send\"] }}\n",
+            lease.as_secs(),
+            pki = d.join("pki").display(),
+            d = d.display(),
+        )
+    };
+    let mut nodes =
+        [Node::new(d, "a", &pg, &s3, body), Node::new(d, "b", &pg, &s3, body), Node::new(d, "c", &pg, &s3, body)];
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    let sender = |pg: &Postgres| holder(pg, "campaigns:prot");
+    wait("a node sends prot's campaigns", Duration::from_secs(20), || !sender(&pg).is_empty(), || logs(&nodes));
+
+    // Created through a node that does not send: the sender hears of it.
+    let via = nodes.iter().position(|x| x.name != sender(&pg)).expect("a node that does not send");
+    let csv = d.join("destinatari.csv");
+    std::fs::write(&csv, csv_rows(n)).expect("csv");
+    let tpl = d.join("avviso.txt");
+    std::fs::write(&tpl, TEMPLATE).expect("template");
+    let out = nodes[via].campaign(&[
+        "create",
+        "--mailbox",
+        "prot",
+        "--name",
+        "Verbali in cluster",
+        "--recipients",
+        csv.to_str().expect("path"),
+        "--template",
+        tpl.to_str().expect("path"),
+        "--start",
+    ]);
+    assert!(out.status.success(), "create through node {}: {}", nodes[via].name, said(&out));
+    let id = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("campaign <id> created").to_string();
+    let created = Instant::now();
+    let submitting = |pg: &Postgres| -> u64 {
+        pg.sql("SELECT count(*) FROM pecgate_journal WHERE line LIKE '%\"op\":\"notice-submitting\"%'")
+            .parse()
+            .expect("count")
+    };
+    let first = wait("the first notice sent", Duration::from_secs(5), || submitting(&pg) > 0, || logs(&nodes));
+    eprintln!("first notice {first:?} after the campaign was created through node {}", nodes[via].name);
+
+    // Kill the sending node five times while it sends, each time once it
+    // has begun a few more notices (5 to 30: the moment in a dialogue
+    // varies); another node takes the sending over, then the killed one
+    // comes back.
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut kills = Vec::new();
+    for k in 0..5 {
+        let base = submitting(&pg);
+        let more = rng.gen_range(5..30);
+        wait("the sender sends on", Duration::from_secs(20), || submitting(&pg) >= base + more, || logs(&nodes));
+        let name = sender(&pg);
+        let i = nodes.iter().position(|x| x.name == name).unwrap_or_else(|| panic!("no live sender: {name:?}"));
+        nodes[i].kill9();
+        let killed = Instant::now();
+        let begun = submitting(&pg);
+        assert!(begun < n as u64, "kill {k}: the campaign was still sending ({begun} notices begun)");
+        let mut next = String::new();
+        let took = wait(
+            "another node takes the sending over",
+            lease * 2,
+            || {
+                next = sender(&pg);
+                !next.is_empty() && next != name
+            },
+            || logs(&nodes),
+        );
+        kills.push(format!("{name} killed after {begun} notices begun; {next} took over in {took:?}"));
+        assert!(killed.elapsed() >= took);
+        nodes[i].start();
+    }
+    eprintln!("{}", kills.join("\n"));
+
+    // The end: every notice final. Ambiguous ones (a kill after
+    // `submitting`, before the provider had the message) are resent by the
+    // administrator, through any node; one the provider got is settled by
+    // its receipts, never ambiguous.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut resent = 0;
+    let st = loop {
+        let st = status(&nodes[via], &id);
+        if open(&st) == 0 {
+            let ambiguous: Vec<_> =
+                report(&nodes[via], &id, &[]).into_iter().filter(|r| r["state"] == "ambiguous").collect();
+            if ambiguous.is_empty() {
+                break st;
+            }
+            let got = received(&record);
+            for r in &ambiguous {
+                assert!(!got.contains_key(&r["message_id"]), "the provider has {r:?}, yet it is ambiguous");
+                let o = nodes[resent % 3].campaign(&["resolve", &id, "--notice", &r["n"], "--resend"]);
+                assert!(o.status.success(), "resolve: {}", said(&o));
+                resent += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "the campaign does not settle: {st:#}\n{}", logs(&nodes));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("{n} notices final {:?} after the start, {resent} resent by resolve: {st}", created.elapsed());
+
+    let rows = report(&nodes[via], &id, &[]);
+    assert_eq!(rows.len(), n);
+    let got = received(&record);
+    for (i, r) in rows.iter().enumerate() {
+        let (to, want) = recipient(i);
+        assert_eq!((r["address"].as_str(), r["key"].as_str()), (to.as_str(), format!("V-{i:05}").as_str()));
+        assert_eq!(r["state"], want, "{r:?}");
+        match want {
+            "delivered" => assert!(!r["delivered_at"].is_empty() && !r["provider_id"].is_empty(), "{r:?}"),
+            "failed" => assert!(r["failure"].contains(if i % 10 == 0 { "5.2.2" } else { "5.1.1" }), "{r:?}"),
+            _ => {}
+        }
+        assert_eq!(got.get(&r["message_id"]), Some(&1), "{r:?} received {:?} times", got.get(&r["message_id"]));
+    }
+    let ids: BTreeSet<&String> = rows.iter().map(|r| &r["message_id"]).collect();
+    assert_eq!(ids.len(), n, "one Message-ID per notice");
+    assert_eq!(got.len(), n, "the simulator got something that is not a notice");
+    // The fallback list: exactly the rows not delivered.
+    let fb = report(&nodes[via], &id, &["--fallback"]);
+    let want: Vec<String> = (0..n).filter(|i| recipient(*i).1 != "delivered").map(|i| format!("V-{i:05}")).collect();
+    assert_eq!(fb.iter().map(|r| r["verbale"].clone()).collect::<Vec<_>>(), want);
+    // Every node reports the same.
+    for node in &nodes {
+        wait(
+            &format!("node {}'s report is the same", node.name),
+            Duration::from_secs(10),
+            || report(node, &id, &[]) == rows,
+            || logs(&nodes),
+        );
+    }
+    // Each notice's sent copy archived once.
+    let copies = per_message_id(&pg, "archive-sent");
+    let want: BTreeMap<String, u64> = ids.iter().map(|id| (id.to_string(), 1)).collect();
+    assert_eq!(copies, want, "one sent copy per notice");
+    let j = |op: &str| per_message_id(&pg, op).values().sum::<u64>();
+    eprintln!(
+        "{} dialogues for {n} notices, {} ambiguous, {resent} resent",
+        j("notice-submitting"),
+        j("notice-ambiguous")
+    );
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    let v = nodes[0].cli(&["audit", "verify"]);
+    assert!(v.status.success(), "audit verify: {}", said(&v));
+    for node in &nodes {
+        assert!(!node.log().contains("panicked"), "node {}: {}", node.name, node.log());
     }
 }
