@@ -144,6 +144,13 @@ fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, logs: imp
     t0.elapsed()
 }
 
+/// How soon another node has a lease whose holder died: the lease runs
+/// out (at most its length after the last renewal), then a standing-by
+/// node tries again every third of it; half a second of slack.
+fn takeover(lease: Duration) -> Duration {
+    lease + lease / 3 + Duration::from_millis(500)
+}
+
 /// The live holder of lease `name` ("" if none).
 fn holder(pg: &Postgres, name: &str) -> String {
     pg.sql(&format!(
@@ -209,7 +216,7 @@ fn script_ok(child: std::process::Child, nodes: &[Node]) -> String {
 /// messages it archives are announced to IDLE sessions on all three
 /// nodes within a second of each other; `\Seen` set on b is seen on c;
 /// c's IDLE hears of a message APPENDed through a. kill -9 of the poller:
-/// b or c takes the mailbox within the lease's length and the ingest goes
+/// b or c takes the mailbox within [`takeover`] and the ingest goes
 /// on (seen on both); a restarted catches up. Every provider message is
 /// archived exactly once and `audit verify` passes on every node.
 #[test]
@@ -268,7 +275,7 @@ fn three_nodes_one_poller_and_its_takeover() {
     let mut next = String::new();
     let took = wait(
         "b or c takes the mailbox",
-        lease * 2,
+        takeover(lease),
         || {
             next = holder(&pg, "mailbox:prot");
             next == "b" || next == "c"
@@ -402,8 +409,8 @@ fn open(st: &Value) -> u64 {
 /// A campaign of 300 notices with mixed outcomes created through one node
 /// of three, sent through the PEC provider simulator; while it sends, the
 /// node holding the campaign's sending lease is killed (kill -9) five
-/// times, each time one of the others taking the sending over within the
-/// lease's length, the killed node then restarted. At the end the
+/// times, each time one of the others taking the sending over within
+/// [`takeover`], the killed node then restarted. At the end the
 /// simulator received every notice exactly once (the ones left mid-dialogue
 /// by a kill settled by their receipts, those the provider never got
 /// resent by the administrator, as on one machine), every report row is
@@ -514,7 +521,7 @@ fn a_campaign_survives_its_sending_node_killed() {
         let mut next = String::new();
         let took = wait(
             "another node takes the sending over",
-            lease * 2,
+            takeover(lease),
             || {
                 next = sender(&pg);
                 !next.is_empty() && next != name
