@@ -80,10 +80,14 @@ impl Sender {
         }
         let mut seeded = false;
         let mut settled = Settled::new();
+        // Orders taken by other nodes (cluster): their API wakes their own
+        // sender, not this one.
+        let mut theirs = self.store.campaign_changes();
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            theirs.borrow_and_update();
             let plan = match self.plan(&mb.alias, &mut settled) {
                 Ok(p) => p,
                 Err(e) => {
@@ -138,6 +142,7 @@ impl Sender {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
+                Ok(()) = theirs.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }

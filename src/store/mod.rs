@@ -37,7 +37,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 pub use blobs::{BlobReader, BlobRef};
 pub use codec::{BlobHash, Brief, PrefixHasher, PrefixSet};
@@ -295,6 +295,9 @@ struct Inner {
     /// Leases (cluster).
     leases: Option<cluster::Leases>,
     notify: broadcast::Sender<Notice>,
+    /// Bumped when campaign records of other nodes are taken in (see
+    /// [`Store::campaign_changes`]).
+    campaigns_changed: Arc<watch::Sender<u64>>,
     /// Bumped by the writer after each applied batch (see
     /// [`Store::generation`]).
     generation: Arc<AtomicU64>,
@@ -388,6 +391,7 @@ impl Store {
         let index = Arc::new(index);
         let (tx, rx) = mpsc::channel();
         let (notify, _) = broadcast::channel(1024);
+        let campaigns_changed = Arc::new(watch::Sender::new(0u64));
         let failed = Arc::new(Mutex::new(None));
         let generation = Arc::new(AtomicU64::new(0));
         let changes = Arc::new(changes::ChangeLog::default());
@@ -417,6 +421,7 @@ impl Store {
             expired_blobs: HashSet::new(),
             blobs: blobs.clone(),
             notify: notify.clone(),
+            campaigns_changed: campaigns_changed.clone(),
             generation: generation.clone(),
             changes: changes.clone(),
             failed: failed.clone(),
@@ -454,6 +459,7 @@ impl Store {
                 },
                 _rt: rt,
                 notify,
+                campaigns_changed,
                 generation,
                 changes,
                 failed,
@@ -708,6 +714,15 @@ impl Store {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.notify.subscribe()
+    }
+
+    /// Changes each time campaign records committed by other nodes
+    /// (cluster: a campaign created, started, resumed, a notice resolved
+    /// through another node's API) are taken in: what wakes this node's
+    /// campaign sender, which the API of the node that took the order
+    /// cannot reach. This node's own commits do not count.
+    pub fn campaign_changes(&self) -> watch::Receiver<u64> {
+        self.inner.campaigns_changed.subscribe()
     }
 
     /// A number that changes after every batch of changes (records other
@@ -1197,6 +1212,7 @@ struct Writer {
     blobs: blobs::Blobs,
     head: Arc<Mutex<(u64, String)>>,
     notify: broadcast::Sender<Notice>,
+    campaigns_changed: Arc<watch::Sender<u64>>,
     generation: Arc<AtomicU64>,
     /// What each batch changed among message entries (only this thread
     /// moves the generation, under this log's lock).
@@ -1467,6 +1483,18 @@ impl Writer {
         self.forget();
         for n in self.publish(&records) {
             let _ = self.notify.send(n);
+        }
+        let campaign = |e: &Event| {
+            matches!(
+                e,
+                Event::CampaignCreated { .. }
+                    | Event::NoticesQueued { .. }
+                    | Event::CampaignControlled { .. }
+                    | Event::NoticeStepped { .. }
+            )
+        };
+        if records.iter().any(|r| campaign(&r.event)) {
+            self.campaigns_changed.send_modify(|n| *n += 1);
         }
         Ok(())
     }

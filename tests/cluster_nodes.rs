@@ -1,0 +1,612 @@
+//! Three nodes on one archive (issue 21): `pecgate serve` x3 on loopback
+//! against one PostgreSQL 15 and one S3 server (s3s-fs), each node with
+//! its own ports and index directory. One provider mailbox polled by one
+//! node at a time, seen through IMAP on all three; and a campaign sent
+//! through the PEC provider simulator while the sending node is killed
+//! (kill -9) again and again: every notice sent exactly once.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cluster::{Postgres, S3};
+use support::free_port;
+
+/// Every gateway user's password here (tests/imap/common.py's too).
+const PASSWORD: &str = "pw-Secret-1";
+
+struct Node {
+    name: String,
+    config: PathBuf,
+    log: PathBuf,
+    /// The IMAP listener (implicit TLS).
+    imap: u16,
+    /// The HTTP listener (API, `/metrics`).
+    http: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Node `name` of the cluster on `pg` and `s3`: its `[store]`, then
+    /// `body(imap_port, http_port)` (every other section).
+    fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, body: impl Fn(u16, u16) -> String) -> Node {
+        let index_dir = dir.join(format!("node-{name}"));
+        let (imap, http) = (free_port(), free_port());
+        let text = format!("{}{}", s3.store_toml(pg, name, &index_dir), body(imap, http));
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        Node { name: name.into(), log: dir.join(format!("{name}.log")), config, imap, http, child: None }
+    }
+
+    /// Start `serve` and wait until it answers IMAP and HTTP.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pecgate serve");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        for port in [self.imap, self.http] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("node {} exited ({st}): {}", self.name, self.log());
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not listen: {}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGKILL: the node dies at whatever it was doing.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let t0 = Instant::now();
+            while c.try_wait().ok().flatten().is_none() {
+                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not stop: {}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run pecgate")
+    }
+
+    /// `pecgate campaign ARGS` as mario, through this node's API.
+    fn campaign(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .arg("campaign")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--user", "mario"])
+            .env("PECGATE_PASSWORD", PASSWORD)
+            .output()
+            .expect("run pecgate campaign")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn said(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("node {}:\n{}", n.name, support::gateway::tail(&n.log(), 60)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, logs: impl Fn() -> String) -> Duration {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
+}
+
+/// How soon another node has a lease whose holder died: the lease runs
+/// out (at most its length after the last renewal), then a standing-by
+/// node tries again every third of it; half a second of slack.
+fn takeover(lease: Duration) -> Duration {
+    lease + lease / 3 + Duration::from_millis(500)
+}
+
+/// The live holder of lease `name` ("" if none).
+fn holder(pg: &Postgres, name: &str) -> String {
+    pg.sql(&format!(
+        "SELECT coalesce(max(holder), '') FROM pecgate_leases WHERE name = '{name}' AND expires_at > now()"
+    ))
+}
+
+/// Journal records of operation `op`, counted per Message-ID.
+fn per_message_id(pg: &Postgres, op: &str) -> BTreeMap<String, u64> {
+    let rows = pg.sql(&format!(
+        "SELECT id || ' ' || count(*) FROM (SELECT coalesce(substring(line from '\"message_id\":\"([^\"]*)\"'), '-') AS id \
+         FROM pecgate_journal WHERE line LIKE '%\"op\":\"{op}\"%') AS r GROUP BY id"
+    ));
+    rows.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(id, n)| (id.to_string(), n.parse().expect("a count")))
+        .collect()
+}
+
+/// `cluster status` says `nodes` nodes, each with its index at the head.
+fn caught_up(node: &Node, nodes: usize) -> bool {
+    let out = node.cli(&["cluster", "status", "--json"]);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let all = st["nodes"].as_array().cloned().unwrap_or_default();
+    all.len() == nodes && all.iter().all(|n| n["lag"] == 0)
+}
+
+const PROVIDER_USER: &str = "protocollo@pec.example.it";
+const PROVIDER_PASS: &str = "provider-secret-7";
+
+/// Run tests/imap/cluster_nodes.py against the nodes `ports` (see there
+/// for `steps`); its output.
+fn script(ports: &[u16], cert: &Path, dv: &support::Dovecot, steps: &[&str]) -> std::process::Child {
+    let ports = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    Command::new(support::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imap/cluster_nodes.py"))
+        .arg("0")
+        .arg(cert)
+        .arg(".")
+        .arg(ports)
+        .arg(dv.port.to_string())
+        .args([PROVIDER_USER, PROVIDER_PASS])
+        .args(steps)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3")
+}
+
+fn script_ok(child: std::process::Child, nodes: &[Node]) -> String {
+    let out = child.wait_with_output().expect("python3");
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && so.contains("all checks passed"),
+        "cluster_nodes.py failed\n{so}\n{se}\n{}",
+        logs(nodes)
+    );
+    eprintln!("{}", so.lines().filter(|l| !l.starts_with("ok:")).collect::<Vec<_>>().join("\n"));
+    so.to_string()
+}
+
+/// Three nodes, one provider mailbox (Dovecot) that node a polls: the
+/// messages it archives are announced to IDLE sessions on all three
+/// nodes within a second of each other; `\Seen` set on b is seen on c;
+/// c's IDLE hears of a message APPENDed through a. kill -9 of the poller:
+/// b or c takes the mailbox within [`takeover`] and the ingest goes
+/// on (seen on both); a restarted catches up. Every provider message is
+/// archived exactly once and `audit verify` passes on every node.
+#[test]
+fn three_nodes_one_poller_and_its_takeover() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dv = support::Dovecot::start(
+        support::DovecotOptions::new()
+            .user(support::UserSpec::new(PROVIDER_USER, PROVIDER_PASS).quota(1 << 30, 1_000_000)),
+    );
+    let provider = dv.imap(PROVIDER_USER);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    support::selfsigned::certificate(&cert, &key);
+    let lease = Duration::from_secs(3);
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    let body = |imap: u16, http: u16| {
+        format!(
+            "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"{}s\"\n\n{}\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\n[imap]\nlisten = [\"127.0.0.1:{imap}\"]\n\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+             [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\n\
+             grants = {{ prot = [\"read\", \"triage\", \"send\", \"delete\"] }}\n",
+            lease.as_secs(),
+            support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, ""),
+            cert.display(),
+            key.display()
+        )
+    };
+    let mut nodes = [
+        Node::new(dir.path(), "a", &pg, &s3, body),
+        Node::new(dir.path(), "b", &pg, &s3, body),
+        Node::new(dir.path(), "c", &pg, &s3, body),
+    ];
+    // a first: it takes the mailbox; then b and c stand by.
+    nodes[0].start();
+    wait("node a polls prot", Duration::from_secs(20), || holder(&pg, "mailbox:prot") == "a", || logs(&nodes));
+    nodes[1].start();
+    nodes[2].start();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.imap).collect();
+
+    // 20 messages through a's poller, on every node's IDLE; the flag; the
+    // APPEND through a seen by c's IDLE.
+    let out = script_ok(script(&ports, &cert, &dv, &["see:0:20", "flags", "append"]), &nodes);
+    assert!(out.contains("SEEN") && out.contains("FLAG seen") && out.contains("APPEND seen"), "{out}");
+    wait("the provider emptied", Duration::from_secs(20), || provider.count("INBOX") == 0, || logs(&nodes));
+    let polled = |n: &Node| n.log().contains("logged in to the provider");
+    assert_eq!(nodes.iter().filter(|n| polled(n)).map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a"], "only a polled");
+    assert_eq!(holder(&pg, "mailbox:prot"), "a");
+
+    // The poller dies; the 20 next messages arrive meanwhile, seen on b
+    // and c as soon as one of them has taken the mailbox.
+    nodes[0].kill9();
+    let killed = Instant::now();
+    let child = script(&ports[1..], &cert, &dv, &["see:20:20"]);
+    let mut next = String::new();
+    let took = wait(
+        "b or c takes the mailbox",
+        takeover(lease),
+        || {
+            next = holder(&pg, "mailbox:prot");
+            next == "b" || next == "c"
+        },
+        || logs(&nodes),
+    );
+    eprintln!("node {next} took the mailbox {took:?} after a was killed (lease {lease:?})");
+    script_ok(child, &nodes);
+    wait("the provider emptied again", Duration::from_secs(20), || provider.count("INBOX") == 0, || logs(&nodes));
+    let other = nodes.iter().find(|n| n.running() && n.name != next).expect("the third node");
+    assert!(!polled(other), "node {} never polled", other.name);
+    assert!(killed.elapsed() > took);
+
+    // a back: it catches up, stands by (the mailbox stays with its new
+    // poller), and sees what is archived next like the others.
+    nodes[0].start();
+    wait("every node caught up", Duration::from_secs(20), || caught_up(&nodes[0], 3), || logs(&nodes));
+    script_ok(script(&ports, &cert, &dv, &["see:40:5"]), &nodes);
+    assert_eq!(holder(&pg, "mailbox:prot"), next, "the mailbox stays with its poller");
+    wait("the provider emptied at the end", Duration::from_secs(20), || provider.count("INBOX") == 0, || logs(&nodes));
+
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    // Each provider message archived exactly once (one archive record per
+    // Message-ID); the one APPENDed through a is in the journal once too.
+    let archived = per_message_id(&pg, "archive");
+    let want: BTreeMap<String, u64> = (0..45).map(|i| (format!("<nodes-{i}@pecgate.test>"), 1)).collect();
+    assert_eq!(archived, want, "one archive record per provider message");
+    let appended = per_message_id(&pg, "append");
+    assert_eq!(appended.values().sum::<u64>(), 1, "{appended:?}");
+    for n in &nodes {
+        let v = n.cli(&["audit", "verify"]);
+        assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
+        assert!(!n.log().contains("panicked"), "node {}: {}", n.name, n.log());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A campaign while its sending node is killed.
+
+const PROT: &str = "prot@pec.sim.test";
+
+/// The simulator's remote domain and what it does to each recipient (as
+/// tests/campaign.rs scripts it).
+const REMOTES: &str = r#"
+[[remote]]
+domain = "cittadini.sim"
+[[remote.rule]]
+pattern = "pieno*"
+outcome = "full"
+[[remote.rule]]
+pattern = "ignoto*"
+outcome = "unknown"
+[[remote.rule]]
+pattern = "taglia*"
+drop = true
+[[remote.rule]]
+pattern = "*"
+outcome = "delivered"
+
+[[remote]]
+domain = "posta.example"
+pec = false
+"#;
+
+/// The recipient of row `i` and what becomes of its notice (as in
+/// tests/campaign.rs): `taglia*` has its connection dropped after the 250.
+fn recipient(i: usize) -> (String, &'static str) {
+    match i % 10 {
+        0 => (format!("pieno{i}@cittadini.sim"), "failed"),
+        1 => (format!("ignoto{i}@cittadini.sim"), "failed"),
+        2 => (format!("taglia{i}@cittadini.sim"), "delivered"),
+        3 => (format!("persona{i}@posta.example"), "not-certified"),
+        _ => (format!("Cittadino.{i}@cittadini.sim"), "delivered"),
+    }
+}
+
+fn csv_rows(n: usize) -> String {
+    let mut csv = String::from("\u{feff}verbale;nome;pec;importo\r\n");
+    for i in 0..n {
+        csv += &format!("V-{i:05};\"Rossi; Mario {i}\";{};{},00\r\n", recipient(i).0, 100 + i);
+    }
+    csv
+}
+
+const TEMPLATE: &str =
+    "Subject: Verbale n. {{verbale}} - notifica\n\nGentile {{nome}},\nle notifichiamo il verbale {{verbale}} di {{importo}} euro.\n";
+
+/// Accepted submissions in the simulator's record, by Message-ID.
+fn received(record: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in std::fs::read_to_string(record).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(l).expect("a record line");
+        if let Some(id) = v["message_id"].as_str() {
+            *m.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn report(node: &Node, id: &str, extra: &[&str]) -> Vec<BTreeMap<String, String>> {
+    let mut args = vec!["report", id];
+    args.extend_from_slice(extra);
+    let out = node.campaign(&args);
+    assert!(out.status.success(), "report through node {}: {}", node.name, said(&out));
+    let sep = if extra.contains(&"--fallback") { b';' } else { b',' };
+    let mut r = csv::ReaderBuilder::new().delimiter(sep).from_reader(out.stdout.as_slice());
+    let headers = r.headers().expect("headers").clone();
+    r.records()
+        .map(|rec| {
+            headers.iter().zip(rec.expect("a row").iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+        })
+        .collect()
+}
+
+fn status(node: &Node, id: &str) -> Value {
+    let out = node.campaign(&["status", id]);
+    assert!(out.status.success(), "status through node {}: {}", node.name, said(&out));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Notices not in a final state (nor ambiguous).
+fn open(st: &Value) -> u64 {
+    ["queued", "submitting", "retrying", "accepted", "acceptance-receipt"]
+        .iter()
+        .map(|s| st["states"][s].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A campaign of 300 notices with mixed outcomes created through one node
+/// of three, sent through the PEC provider simulator; while it sends, the
+/// node holding the campaign's sending lease is killed (kill -9) five
+/// times, each time one of the others taking the sending over within
+/// [`takeover`], the killed node then restarted. At the end the
+/// simulator received every notice exactly once (the ones left mid-dialogue
+/// by a kill settled by their receipts, those the provider never got
+/// resent by the administrator, as on one machine), every report row is
+/// final and what the simulator did, on every node, the fallback list is
+/// exactly the rows not delivered, each notice's sent copy is archived
+/// once, and `audit verify` passes.
+#[test]
+fn a_campaign_survives_its_sending_node_killed() {
+    let n = 300;
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    // The simulator, as tests/campaign.rs starts it.
+    let (smtp_port, sim_imap) = (free_port(), free_port());
+    let record = d.join("record.jsonl");
+    let sim_cfg = d.join("sim.toml");
+    std::fs::write(
+        &sim_cfg,
+        format!(
+            "listen = \"127.0.0.1:{smtp_port}\"\ndomains = [\"pec.sim.test\"]\npki_dir = \"{pki}\"\nrecord = \"{rec}\"\n\n\
+             [mailstore]\ndata_dir = \"{store}\"\nimap_listen = \"127.0.0.1:{sim_imap}\"\n\
+             [[mailbox]]\naddress = \"{PROT}\"\npassword = \"pw\"\nimap_user = \"prot\"\nimap_password = \"pw\"\n{REMOTES}",
+            pki = d.join("pki").display(),
+            rec = record.display(),
+            store = d.join("store").display(),
+        ),
+    )
+    .expect("sim config");
+    let mut sim = support::sim::Sim { child: None, config: sim_cfg, log: d.join("sim.log"), port: smtp_port };
+    sim.start();
+    support::sim::wait_port(sim_imap, &sim.log);
+    let c = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").expect("certificate");
+    std::fs::write(d.join("cert.pem"), c.chain).expect("cert");
+    std::fs::write(d.join("key.pem"), c.key).expect("key");
+    let lease = Duration::from_secs(2);
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    let body = |imap: u16, http: u16| {
+        format!(
+            "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"200ms\"\nmax_backoff = \"1s\"\nlease = \"{}s\"\n\n\
+             [pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+             [tls]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n[imap]\nlisten = [\"127.0.0.1:{imap}\"]\n\n\
+             [campaigns]\nsettle_after = \"8s\"\n\n\
+             [[mailbox]]\nalias = \"prot\"\naddress = \"{PROT}\"\nusername = \"prot\"\npassword = \"pw\"\n\
+             imap = {{ host = \"127.0.0.1\", port = {sim_imap}, tls = \"none\" }}\n\
+             smtp = {{ host = \"127.0.0.1\", port = {smtp_port}, tls = \"none\" }}\npoll_interval = \"1s\"\n\
+             sending = {{ per_minute = 900 }}\n\n\
+             [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ngrants = {{ prot = [\"read\", \"send\"] }}\n",
+            lease.as_secs(),
+            pki = d.join("pki").display(),
+            d = d.display(),
+        )
+    };
+    let mut nodes =
+        [Node::new(d, "a", &pg, &s3, body), Node::new(d, "b", &pg, &s3, body), Node::new(d, "c", &pg, &s3, body)];
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    let sender = |pg: &Postgres| holder(pg, "campaigns:prot");
+    wait("a node sends prot's campaigns", Duration::from_secs(20), || !sender(&pg).is_empty(), || logs(&nodes));
+
+    // Created through a node that does not send: the sender hears of it.
+    let via = nodes.iter().position(|x| x.name != sender(&pg)).expect("a node that does not send");
+    let csv = d.join("destinatari.csv");
+    std::fs::write(&csv, csv_rows(n)).expect("csv");
+    let tpl = d.join("avviso.txt");
+    std::fs::write(&tpl, TEMPLATE).expect("template");
+    let out = nodes[via].campaign(&[
+        "create",
+        "--mailbox",
+        "prot",
+        "--name",
+        "Verbali in cluster",
+        "--recipients",
+        csv.to_str().expect("path"),
+        "--template",
+        tpl.to_str().expect("path"),
+        "--start",
+    ]);
+    assert!(out.status.success(), "create through node {}: {}", nodes[via].name, said(&out));
+    let id = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("campaign <id> created").to_string();
+    let created = Instant::now();
+    let submitting = |pg: &Postgres| -> u64 {
+        pg.sql("SELECT count(*) FROM pecgate_journal WHERE line LIKE '%\"op\":\"notice-submitting\"%'")
+            .parse()
+            .expect("count")
+    };
+    let first = wait("the first notice sent", Duration::from_secs(5), || submitting(&pg) > 0, || logs(&nodes));
+    eprintln!("first notice {first:?} after the campaign was created through node {}", nodes[via].name);
+
+    // Kill the sending node five times while it sends, each time once it
+    // has begun a few more notices (5 to 30: the moment in a dialogue
+    // varies); another node takes the sending over, then the killed one
+    // comes back.
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut kills = Vec::new();
+    for k in 0..5 {
+        let base = submitting(&pg);
+        let more = rng.gen_range(5..30);
+        wait("the sender sends on", Duration::from_secs(20), || submitting(&pg) >= base + more, || logs(&nodes));
+        let name = sender(&pg);
+        let i = nodes.iter().position(|x| x.name == name).unwrap_or_else(|| panic!("no live sender: {name:?}"));
+        nodes[i].kill9();
+        let killed = Instant::now();
+        let begun = submitting(&pg);
+        assert!(begun < n as u64, "kill {k}: the campaign was still sending ({begun} notices begun)");
+        let mut next = String::new();
+        let took = wait(
+            "another node takes the sending over",
+            takeover(lease),
+            || {
+                next = sender(&pg);
+                !next.is_empty() && next != name
+            },
+            || logs(&nodes),
+        );
+        kills.push(format!("{name} killed after {begun} notices begun; {next} took over in {took:?}"));
+        assert!(killed.elapsed() >= took);
+        nodes[i].start();
+    }
+    eprintln!("{}", kills.join("\n"));
+
+    // The end: every notice final. Ambiguous ones (a kill after
+    // `submitting`, before the provider had the message) are resent by the
+    // administrator, through any node; one the provider got is settled by
+    // its receipts, never ambiguous.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut resent = 0;
+    let st = loop {
+        let st = status(&nodes[via], &id);
+        if open(&st) == 0 {
+            let ambiguous: Vec<_> =
+                report(&nodes[via], &id, &[]).into_iter().filter(|r| r["state"] == "ambiguous").collect();
+            if ambiguous.is_empty() {
+                break st;
+            }
+            let got = received(&record);
+            for r in &ambiguous {
+                assert!(!got.contains_key(&r["message_id"]), "the provider has {r:?}, yet it is ambiguous");
+                let o = nodes[resent % 3].campaign(&["resolve", &id, "--notice", &r["n"], "--resend"]);
+                assert!(o.status.success(), "resolve: {}", said(&o));
+                resent += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "the campaign does not settle: {st:#}\n{}", logs(&nodes));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("{n} notices final {:?} after the start, {resent} resent by resolve: {st}", created.elapsed());
+
+    let rows = report(&nodes[via], &id, &[]);
+    assert_eq!(rows.len(), n);
+    let got = received(&record);
+    for (i, r) in rows.iter().enumerate() {
+        let (to, want) = recipient(i);
+        assert_eq!((r["address"].as_str(), r["key"].as_str()), (to.as_str(), format!("V-{i:05}").as_str()));
+        assert_eq!(r["state"], want, "{r:?}");
+        match want {
+            "delivered" => assert!(!r["delivered_at"].is_empty() && !r["provider_id"].is_empty(), "{r:?}"),
+            "failed" => assert!(r["failure"].contains(if i % 10 == 0 { "5.2.2" } else { "5.1.1" }), "{r:?}"),
+            _ => {}
+        }
+        assert_eq!(got.get(&r["message_id"]), Some(&1), "{r:?} received {:?} times", got.get(&r["message_id"]));
+    }
+    let ids: BTreeSet<&String> = rows.iter().map(|r| &r["message_id"]).collect();
+    assert_eq!(ids.len(), n, "one Message-ID per notice");
+    assert_eq!(got.len(), n, "the simulator got something that is not a notice");
+    // The fallback list: exactly the rows not delivered.
+    let fb = report(&nodes[via], &id, &["--fallback"]);
+    let want: Vec<String> = (0..n).filter(|i| recipient(*i).1 != "delivered").map(|i| format!("V-{i:05}")).collect();
+    assert_eq!(fb.iter().map(|r| r["verbale"].clone()).collect::<Vec<_>>(), want);
+    // Every node reports the same.
+    for node in &nodes {
+        wait(
+            &format!("node {}'s report is the same", node.name),
+            Duration::from_secs(10),
+            || report(node, &id, &[]) == rows,
+            || logs(&nodes),
+        );
+    }
+    // Each notice's sent copy archived once.
+    let copies = per_message_id(&pg, "archive-sent");
+    let want: BTreeMap<String, u64> = ids.iter().map(|id| (id.to_string(), 1)).collect();
+    assert_eq!(copies, want, "one sent copy per notice");
+    let j = |op: &str| per_message_id(&pg, op).values().sum::<u64>();
+    eprintln!(
+        "{} dialogues for {n} notices, {} ambiguous, {resent} resent",
+        j("notice-submitting"),
+        j("notice-ambiguous")
+    );
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    let v = nodes[0].cli(&["audit", "verify"]);
+    assert!(v.status.success(), "audit verify: {}", said(&v));
+    for node in &nodes {
+        assert!(!node.log().contains("panicked"), "node {}: {}", node.name, node.log());
+    }
+}
