@@ -99,67 +99,39 @@ impl Client {
     pub async fn append(&mut self, folder: &str, msg: &[u8]) {
         self.tag += 1;
         let tag = format!("a{} ", self.tag);
-        let w = self.io.get_mut();
-        w.write_all(format!("{tag}APPEND {folder} {{{}}}\r\n", msg.len()).as_bytes()).await.expect("write");
-        w.flush().await.expect("flush");
-        let mut l = String::new();
-        self.io.read_line(&mut l).await.expect("read");
-        assert!(l.starts_with('+'), "APPEND {folder}: {l}");
-        let w = self.io.get_mut();
-        w.write_all(msg).await.expect("write");
-        w.write_all(b"\r\n").await.expect("write");
-        w.flush().await.expect("flush");
-        loop {
-            l.clear();
-            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed during APPEND");
-            if let Some(rest) = l.strip_prefix(&tag) {
-                assert!(rest.starts_with("OK"), "APPEND {folder}: {rest}");
-                return;
-            }
-        }
+        self.send(format!("{tag}APPEND {folder} {{{}}}\r\n", msg.len()).as_bytes()).await;
+        self.until("APPEND", |l| l.starts_with('+').then_some(())).await;
+        self.send(&[msg, b"\r\n"].concat()).await;
+        let rest = self.until("APPEND", |l| l.strip_prefix(&tag).map(str::to_string)).await;
+        assert!(rest.starts_with("OK"), "APPEND {folder}: {rest}");
     }
 
     /// `IDLE`, until the server's continuation.
     pub async fn idle(&mut self) {
         self.tag += 1;
-        let w = self.io.get_mut();
-        w.write_all(format!("a{} IDLE\r\n", self.tag).as_bytes()).await.expect("write");
-        w.flush().await.expect("flush");
-        let mut l = String::new();
-        loop {
-            l.clear();
-            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed before idling");
-            if l.starts_with('+') {
-                return;
-            }
-        }
+        self.send(format!("a{} IDLE\r\n", self.tag).as_bytes()).await;
+        self.until("IDLE", |l| l.starts_with('+').then_some(())).await;
     }
 
     /// While idling: the next `* N EXISTS`.
     pub async fn next_exists(&mut self) -> usize {
-        let mut l = String::new();
-        loop {
-            l.clear();
-            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed while idling");
-            if let Some(n) = l.strip_prefix("* ").and_then(|r| r.strip_suffix(" EXISTS\r\n")) {
-                return n.parse().expect("EXISTS count");
-            }
-        }
+        self.until("IDLE", |l| l.strip_prefix("* ")?.strip_suffix(" EXISTS\r\n")?.parse().ok()).await
     }
 
-    /// `DONE`, until the IDLE command's tagged answer.
-    pub async fn done(&mut self) {
+    async fn send(&mut self, bytes: &[u8]) {
         let w = self.io.get_mut();
-        w.write_all(b"DONE\r\n").await.expect("write");
+        w.write_all(bytes).await.expect("write");
         w.flush().await.expect("flush");
-        let tag = format!("a{} ", self.tag);
+    }
+
+    /// Lines until `wanted` makes something of one.
+    async fn until<T>(&mut self, during: &str, mut wanted: impl FnMut(&str) -> Option<T>) -> T {
         let mut l = String::new();
         loop {
             l.clear();
-            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed after DONE");
-            if let Some(rest) = l.strip_prefix(&tag) {
-                assert!(rest.starts_with("OK"), "IDLE: {rest}");
-                return;
+            assert!(self.io.read_line(&mut l).await.expect("read") > 0, "server closed during {during}");
+            if let Some(t) = wanted(&l) {
+                return t;
             }
         }
     }
