@@ -419,6 +419,100 @@ fn postgres_over_tls() {
     });
 }
 
+/// PostgreSQL that authenticates nodes by their certificate (`hostssl …
+/// cert`, `ssl_ca_file`): a node with `[store] postgres_cert` and
+/// `postgres_key` signed by that CA, CN `pecgate`, archives and reads, every
+/// connection presenting it; a node without one, or with one from another
+/// CA, is refused at start with an error that says why; a key file that
+/// cannot be used is named; and `check-config` names the missing half.
+#[test]
+fn postgres_client_certificates() {
+    use pecgate::store::Audit;
+    let mut pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::slapd::make_ca_and_server_cert(dir.path());
+    let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("server.pem"), dir.path().join("server.key"));
+    let (client, client_key) = support::cluster::client_certificate(dir.path(), "pecgate", "client");
+    let other_ca = dir.path().join("other");
+    std::fs::create_dir(&other_ca).expect("dir");
+    support::slapd::make_ca_and_server_cert(&other_ca);
+    let (stranger, stranger_key) = support::cluster::client_certificate(&other_ca, "pecgate", "client");
+    pg.enable_tls(&cert, &key);
+    pg.require_client_certs(&ca);
+    let with = |id: Option<(&Path, &Path)>| {
+        let mut o = options(&pg, &s3, "t");
+        if let Some(c) = o.cluster.as_mut() {
+            c.postgres = format!("{}?sslmode=require", pg.url());
+            c.postgres_ca = Some(ca.clone());
+            c.postgres_cert = id.map(|i| i.0.to_path_buf());
+            c.postgres_key = id.map(|i| i.1.to_path_buf());
+        }
+        o
+    };
+    let refused = |name: &str, id: Option<(&Path, &Path)>| {
+        Store::open(&dir.path().join(name), with(id)).err().expect("refused").to_string()
+    };
+    let err = refused("none", None);
+    assert!(err.contains("requires a valid client certificate"), "no certificate: {err}");
+    let err = refused("stranger", Some((&stranger, &stranger_key)));
+    assert!(
+        err.contains("UnknownCA") && err.contains("refused this node's client certificate"),
+        "another CA's certificate: {err}"
+    );
+    let junk = dir.path().join("junk.key");
+    std::fs::write(&junk, "not a key").expect("write");
+    let err = refused("junk", Some((&client, &junk)));
+    assert!(err.contains("store.postgres_key") && err.contains(&junk.display().to_string()), "{err}");
+    let err = refused("mismatch", Some((&client, &stranger_key)));
+    assert!(err.contains("store.postgres_key") && err.contains("not usable with the certificate"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (st, _) = Store::open(&dir.path().join("t"), with(Some((&client, &client_key)))).expect("open");
+        let c = archiving(&st, "prot", "Subject: client cert\r\n\r\nbody\r\n".into()).await;
+        st.commit(Audit::system("upstream", "archive"), c).await.expect("commit");
+        assert!(st.acquire_lease("mailbox:prot", Duration::from_secs(5)).await.expect("lease").is_some());
+        // Every pecgate connection (writer, listener, lease pool) is
+        // authenticated by the certificate.
+        let seen = || {
+            pg.sql("SELECT count(*) FILTER (WHERE s.client_dn = '/CN=pecgate') || ' ' || count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'pecgate' AND a.pid <> pg_backend_pid()")
+        };
+        let all_three = |s: &str| {
+            let (dn, all) = s.split_once(' ').unwrap_or_default();
+            dn == all && all.parse::<u32>().unwrap_or(0) >= 3
+        };
+        let t0 = Instant::now();
+        let mut last = seen();
+        while !all_three(&last) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            last = seen();
+        }
+        assert!(all_three(&last), "connections with the client certificate / all: {last}");
+        // Another node with the certificate reads the record back.
+        let mut o = with(Some((&client, &client_key)));
+        if let Some(c) = o.cluster.as_mut() {
+            c.node = "r".into();
+        }
+        let (r, rep) = Store::open(&dir.path().join("r"), o).expect("open a second node");
+        assert!(rep.replayed_records >= 1, "{rep:?}");
+        let exists: u64 = r.folders("prot").expect("folders").iter().map(|(_, f)| f.exists).sum();
+        assert_eq!(exists, 1, "the message archived by the first node");
+        r.close().expect("close");
+        st.close().expect("close");
+    });
+
+    // check-config: one half of the pair is a problem named by its key.
+    let (scert, skey) = certificate(dir.path());
+    let node = Node::new(dir.path(), "c", &pg, &s3, &scert, &skey);
+    let text = std::fs::read_to_string(&node.config).expect("config");
+    let half = text.replacen("[store]\n", &format!("[store]\npostgres_cert = \"{}\"\n", client.display()), 1);
+    std::fs::write(&node.config, half).expect("config");
+    let out = node.cli(&["check-config"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && said.contains("store.postgres_key: required with store.postgres_cert"), "{said}");
+}
+
 const PROVIDER_USER: &str = "protocollo@pec.example.it";
 const PROVIDER_PASS: &str = "provider-secret-7";
 
