@@ -290,6 +290,12 @@ pub struct StoreConfig {
     pub postgres_cert: Option<PathBuf>,
     #[serde(default)]
     pub postgres_key: Option<PathBuf>,
+    /// cluster: a connection string for the one LISTEN connection, straight
+    /// to PostgreSQL, when `postgres` goes through PgBouncer in transaction
+    /// mode (which cannot carry LISTEN). Unset: `postgres`. The same TLS
+    /// settings apply.
+    #[serde(default)]
+    pub postgres_listen: Option<String>,
     /// cluster: this node's name, unique among the nodes.
     #[serde(default)]
     pub node: Option<String>,
@@ -357,6 +363,7 @@ impl StoreConfig {
         };
         Ok(Some(crate::store::cluster::ClusterOptions {
             postgres: self.postgres.clone().ok_or("store.postgres: required with backend = \"cluster\"")?,
+            postgres_listen: self.postgres_listen.clone(),
             postgres_ca: self.postgres_ca.clone(),
             postgres_cert: self.postgres_cert.clone(),
             postgres_key: self.postgres_key.clone(),

@@ -75,6 +75,10 @@ pub struct ClusterOptions {
     /// A libpq connection string or URL (several hosts and
     /// `target_session_attrs=read-write` allowed).
     pub postgres: String,
+    /// Where the one LISTEN connection goes when `postgres` cannot carry
+    /// it (PgBouncer in transaction mode): straight to PostgreSQL. `None`:
+    /// `postgres`.
+    pub postgres_listen: Option<String>,
     /// CA certificates trusted for the server's, besides the system's.
     pub postgres_ca: Option<std::path::PathBuf>,
     /// This node's client certificate and its key (PEM), presented when
@@ -84,6 +88,13 @@ pub struct ClusterOptions {
     /// This node's name, unique in the cluster.
     pub node: String,
     pub bucket: super::bucket::BucketConfig,
+}
+
+impl ClusterOptions {
+    /// The LISTEN connection's address: `postgres_listen`, else `postgres`.
+    pub fn listen_url(&self) -> &str {
+        self.postgres_listen.as_deref().unwrap_or(&self.postgres)
+    }
 }
 
 /// A runtime of the store's own for the PostgreSQL client: the writer is
@@ -184,7 +195,10 @@ fn refused_cert(e: String) -> String {
 /// One statement, unnamed and in one round trip (`query_typed`): named
 /// prepared statements do not survive PgBouncer in transaction mode, which
 /// may hand each statement outside a transaction to another server
-/// connection.
+/// connection. For the same reason nothing on the writer's and the pool's
+/// connections sets session state: `SET LOCAL` and
+/// `pg_advisory_xact_lock` only, inside a transaction, no temporary
+/// tables, no session advisory locks.
 async fn q(c: &Client, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, String> {
     c.query_typed(sql, params).await.map_err(pg)
 }
@@ -405,6 +419,11 @@ impl Link {
 /// Listen for other nodes' commits and call `wake` at each, and at least
 /// once a second whatever happens (a lost notification, a LISTEN
 /// connection that died: the node still catches up).
+///
+/// `url` is [`ClusterOptions::listen_url`]: this is the one connection
+/// that keeps session state (LISTEN, `application_name`), so it must be a
+/// session of its own on the server, never one PgBouncer shares out per
+/// transaction.
 pub fn spawn_listener(
     rt: &Rt,
     url: String,

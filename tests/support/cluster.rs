@@ -233,6 +233,104 @@ pub fn client_certificate(dir: &Path, cn: &str, name: &str) -> (PathBuf, PathBuf
     (dir.join(pem), dir.join(key))
 }
 
+/// PgBouncer 1.18+ (Debian package `pgbouncer`, run as `postgres` when the
+/// tests run as root) in transaction pooling mode in front of a
+/// [`Postgres`]: database `pecgate`, trust authentication, `pecgate` an
+/// admin of its console (database `pgbouncer`). It reaches PostgreSQL
+/// through the Unix socket, so in `pg_stat_activity` its server
+/// connections have no client address and direct ones have 127.0.0.1.
+/// A missing binary fails the test.
+pub struct PgBouncer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pid: Option<u32>,
+}
+
+const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+
+impl PgBouncer {
+    pub fn start(pg: &Postgres) -> PgBouncer {
+        let dir = tempfile::Builder::new().prefix("pecgate-pgbouncer").tempdir().expect("temp dir");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        std::fs::write(dir.path().join("userlist.txt"), "\"pecgate\" \"\"\n").expect("userlist");
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\npecgate = host={} port={} dbname=pecgate user=pecgate\n\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = pecgate\n\
+                 pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\nstats_period = 1\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                pg.socket_dir().display(),
+                pg.port
+            ),
+        )
+        .expect("pgbouncer.ini");
+        if is_root() {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            assert!(st.success(), "chown postgres {}", dir.path().display());
+        }
+        // -d: it detaches, and its pid file says which process to stop.
+        let out = as_postgres(Path::new(PGBOUNCER))
+            .arg("-d")
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {PGBOUNCER} (apt-get install pgbouncer; scripts/test does): {e}"));
+        let mut b = PgBouncer { dir, port, pid: None };
+        assert!(
+            out.status.success(),
+            "pgbouncer: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            b.log()
+        );
+        let t0 = Instant::now();
+        while b.pid.is_none() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "pgbouncer did not listen: {}", b.log());
+            std::thread::sleep(Duration::from_millis(50));
+            b.pid =
+                std::fs::read_to_string(b.dir.path().join("pgbouncer.pid")).ok().and_then(|s| s.trim().parse().ok());
+        }
+        b
+    }
+
+    /// Through PgBouncer to the `pecgate` database.
+    pub fn url(&self) -> String {
+        format!("postgresql://pecgate@127.0.0.1:{}/pecgate", self.port)
+    }
+
+    /// A `SHOW …` on the admin console: each row as column name → value.
+    pub fn show(&self, what: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pecgate", "-d", "pgbouncer", "-A", "-c"])
+            .arg(format!("SHOW {what}"))
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "SHOW {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines = text.lines();
+        let head: Vec<String> = lines.next().unwrap_or_default().split('|').map(str::to_string).collect();
+        lines
+            .filter(|l| l.contains('|'))
+            .map(|l| head.iter().cloned().zip(l.split('|').map(str::to_string)).collect())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+}
+
 pub const S3_ACCESS_KEY: &str = "pecgate-test";
 pub const S3_SECRET_KEY: &str = "pecgate-test-secret";
 pub const BUCKET: &str = "pecgate-archive";
@@ -326,6 +424,7 @@ impl S3 {
         pecgate::store::StoreOptions {
             cluster: Some(pecgate::store::cluster::ClusterOptions {
                 postgres: pg.url(),
+                postgres_listen: None,
                 postgres_ca: None,
                 postgres_cert: None,
                 postgres_key: None,
