@@ -283,6 +283,19 @@ pub struct StoreConfig {
     /// checked, its name included.
     #[serde(default)]
     pub postgres_ca: Option<PathBuf>,
+    /// cluster: this node's client certificate and its key (PEM files),
+    /// presented when PostgreSQL asks for one (`hostssl … cert` in
+    /// pg_hba.conf: the certificate's CN is the role). Both or neither.
+    #[serde(default)]
+    pub postgres_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub postgres_key: Option<PathBuf>,
+    /// cluster: a connection string for the one LISTEN connection, straight
+    /// to PostgreSQL, when `postgres` goes through PgBouncer in transaction
+    /// mode (which cannot carry LISTEN). Unset: `postgres`. The same TLS
+    /// settings apply.
+    #[serde(default)]
+    pub postgres_listen: Option<String>,
     /// cluster: this node's name, unique among the nodes.
     #[serde(default)]
     pub node: Option<String>,
@@ -356,7 +369,10 @@ impl StoreConfig {
         };
         Ok(Some(crate::store::cluster::ClusterOptions {
             postgres: self.postgres.clone().ok_or("store.postgres: required with backend = \"cluster\"")?,
+            postgres_listen: self.postgres_listen.clone(),
             postgres_ca: self.postgres_ca.clone(),
+            postgres_cert: self.postgres_cert.clone(),
+            postgres_key: self.postgres_key.clone(),
             node: self.node.clone().ok_or("store.node: required with backend = \"cluster\"")?,
             bucket: crate::store::bucket::BucketConfig {
                 endpoint: b.endpoint.clone(),
@@ -738,6 +754,12 @@ impl Config {
                 if missing {
                     push(key.into(), "required with backend = \"cluster\"".into());
                 }
+            }
+            if let Err((key, e)) = crate::store::cluster::client_identity(
+                self.store.postgres_cert.as_deref(),
+                self.store.postgres_key.as_deref(),
+            ) {
+                push(key.into(), e);
             }
             if let Some(b) = &self.store.blobs {
                 for (key, p) in [("store.blobs.access_key_file", &b.access_key_file), ("store.blobs.secret_key_file", &b.secret_key_file)] {
@@ -1299,6 +1321,52 @@ imap = { host = "127.0.0.1", port = 993, tls = "none" }
         assert!(keys.contains(&"user[0].grants.protocollo".to_string()), "{keys:?}");
         assert!(keys.contains(&"user[0].grants.tributi".to_string()), "{keys:?}");
         assert!(keys.contains(&"user[0].roles".to_string()), "{keys:?}");
+    }
+
+    /// `[store] postgres_cert` and `postgres_key`: both or neither, each
+    /// problem named by its key, a key file that cannot be read or parsed
+    /// named too.
+    #[test]
+    fn postgres_client_certificate_needs_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+        let (cert, key, junk) = (dir.path().join("c.pem"), dir.path().join("k.pem"), dir.path().join("junk.pem"));
+        std::fs::write(&cert, &c.chain).unwrap();
+        std::fs::write(&key, &c.key).unwrap();
+        std::fs::write(&junk, b"not a key").unwrap();
+        let problems = |extra: &str| {
+            let text = BASE.replace(
+                "[store]\n",
+                &format!(
+                    "[store]\nbackend = \"cluster\"\npostgres = \"postgresql://pecgate@db/pecgate\"\nnode = \"a\"\n\
+                     index_dir = \"/tmp/x/i\"\n{extra}\n"
+                ),
+            );
+            parse(&text)
+                .unwrap()
+                .validate()
+                .into_iter()
+                .filter(|p| p.key.starts_with("store.postgres"))
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        let (cert, key, junk) = (cert.display(), key.display(), junk.display());
+        assert_eq!(problems(&format!("postgres_cert = \"{cert}\"\npostgres_key = \"{key}\"")), Vec::<String>::new());
+        assert_eq!(problems(""), Vec::<String>::new());
+        let p = problems(&format!("postgres_cert = \"{cert}\""));
+        assert!(p.len() == 1 && p[0].starts_with("store.postgres_key: required with store.postgres_cert"), "{p:?}");
+        let p = problems(&format!("postgres_key = \"{key}\""));
+        assert!(p.len() == 1 && p[0].starts_with("store.postgres_cert: required with store.postgres_key"), "{p:?}");
+        let p = problems(&format!("postgres_cert = \"{cert}\"\npostgres_key = \"{junk}\""));
+        assert!(p.len() == 1 && p[0].starts_with(&format!("store.postgres_key: {junk}: ")), "{p:?}");
+        let p = problems(&format!("postgres_cert = \"{cert}\"\npostgres_key = \"{junk}.missing\""));
+        assert!(p.len() == 1 && p[0].starts_with(&format!("store.postgres_key: {junk}.missing: ")), "{p:?}");
+        // The key of another certificate.
+        let other = crate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
+        let other_key = dir.path().join("other.pem");
+        std::fs::write(&other_key, &other.key).unwrap();
+        let p = problems(&format!("postgres_cert = \"{cert}\"\npostgres_key = \"{}\"", other_key.display()));
+        assert!(p.len() == 1 && p[0].contains("not usable with the certificate"), "{p:?}");
     }
 
     #[test]

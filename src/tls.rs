@@ -44,6 +44,24 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// A client configuration trusting the system roots plus `extra_ca`.
 pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_identity(extra_ca, None)
+}
+
+/// A client certificate chain and its key, checked to belong together
+/// (what [`client_config_with_identity`] presents).
+pub fn client_identity(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, rustls::Error> {
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(certs, key, &provider())?))
+}
+
+/// [`client_config`] that presents `identity` to a server that asks for a
+/// client certificate (PostgreSQL's `cert` authentication).
+pub fn client_config_with_identity(
+    extra_ca: Option<&Path>,
+    identity: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     // Missing or partly unreadable system roots are not fatal: the provider's
     // CA may come from `ca_file`.
@@ -56,11 +74,28 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsEr
             roots.add(cert)?;
         }
     }
-    let cfg = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some(id) => builder.with_client_cert_resolver(Arc::new(Identity(id))),
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(cfg))
+}
+
+/// The one client certificate, whatever CAs the server names.
+#[derive(Debug)]
+struct Identity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Identity {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A client configuration that accepts exactly the server certificate in
@@ -129,7 +164,8 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 /// The DNS names (and IP addresses, as text) the first certificate in
 /// `cert` is for: its subject alternative names, else its common name.
 pub fn certificate_names(cert: &Path) -> Result<Vec<String>, TlsError> {
-    let pem = std::fs::read(cert).map_err(|e| TlsError::File { path: cert.display().to_string(), message: e.to_string() })?;
+    let pem =
+        std::fs::read(cert).map_err(|e| TlsError::File { path: cert.display().to_string(), message: e.to_string() })?;
     let x = openssl::x509::X509::from_pem(&pem)
         .map_err(|e| TlsError::File { path: cert.display().to_string(), message: e.to_string() })?;
     let mut names: Vec<String> = Vec::new();
@@ -188,8 +224,9 @@ pub struct ReloadableCert {
 }
 
 fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-    let ck = rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
-        .map_err(|e| TlsError::File { path: format!("{} / {}", cert.display(), key.display()), message: e.to_string() })?;
+    let ck = rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider()).map_err(|e| {
+        TlsError::File { path: format!("{} / {}", cert.display(), key.display()), message: e.to_string() }
+    })?;
     Ok(Arc::new(ck))
 }
 
@@ -252,7 +289,8 @@ mod tests {
     fn pem_files() {
         let dir = tempfile::tempdir().unwrap();
         let c = crate::sim::pki::server_cert_for_ip("127.0.0.1").unwrap();
-        let pkcs1 = openssl::pkey::PKey::private_key_from_pem(&c.key).unwrap().rsa().unwrap().private_key_to_pem().unwrap();
+        let pkcs1 =
+            openssl::pkey::PKey::private_key_from_pem(&c.key).unwrap().rsa().unwrap().private_key_to_pem().unwrap();
         assert!(String::from_utf8_lossy(&pkcs1).contains("BEGIN RSA PRIVATE KEY"));
         let write = |name: &str, bytes: &[u8]| {
             let p = dir.path().join(name);

@@ -437,6 +437,278 @@ fn postgres_over_tls() {
     });
 }
 
+/// PostgreSQL that authenticates nodes by their certificate (`hostssl …
+/// cert`, `ssl_ca_file`): a node with `[store] postgres_cert` and
+/// `postgres_key` signed by that CA, CN `pecgate`, archives and reads, every
+/// connection presenting it; a node without one, or with one from another
+/// CA, is refused at start with an error that says why; a key file that
+/// cannot be used is named; and `check-config` names the missing half.
+#[test]
+fn postgres_client_certificates() {
+    use pecgate::store::Audit;
+    let mut pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    support::slapd::make_ca_and_server_cert(dir.path());
+    let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("server.pem"), dir.path().join("server.key"));
+    let (client, client_key) = support::cluster::client_certificate(dir.path(), "pecgate", "client");
+    let other_ca = dir.path().join("other");
+    std::fs::create_dir(&other_ca).expect("dir");
+    support::slapd::make_ca_and_server_cert(&other_ca);
+    let (stranger, stranger_key) = support::cluster::client_certificate(&other_ca, "pecgate", "client");
+    pg.enable_tls(&cert, &key);
+    pg.require_client_certs(&ca);
+    let with = |id: Option<(&Path, &Path)>| {
+        let mut o = options(&pg, &s3, "t");
+        if let Some(c) = o.cluster.as_mut() {
+            c.postgres = format!("{}?sslmode=require", pg.url());
+            c.postgres_ca = Some(ca.clone());
+            c.postgres_cert = id.map(|i| i.0.to_path_buf());
+            c.postgres_key = id.map(|i| i.1.to_path_buf());
+        }
+        o
+    };
+    let refused = |name: &str, id: Option<(&Path, &Path)>| {
+        Store::open(&dir.path().join(name), with(id)).err().expect("refused").to_string()
+    };
+    let err = refused("none", None);
+    assert!(err.contains("requires a valid client certificate"), "no certificate: {err}");
+    let err = refused("stranger", Some((&stranger, &stranger_key)));
+    assert!(
+        err.contains("UnknownCA") && err.contains("refused this node's client certificate"),
+        "another CA's certificate: {err}"
+    );
+    let junk = dir.path().join("junk.key");
+    std::fs::write(&junk, "not a key").expect("write");
+    let err = refused("junk", Some((&client, &junk)));
+    assert!(err.contains("store.postgres_key") && err.contains(&junk.display().to_string()), "{err}");
+    let err = refused("mismatch", Some((&client, &stranger_key)));
+    assert!(err.contains("store.postgres_key") && err.contains("not usable with the certificate"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (st, _) = Store::open(&dir.path().join("t"), with(Some((&client, &client_key)))).expect("open");
+        let c = archiving(&st, "prot", "Subject: client cert\r\n\r\nbody\r\n".into()).await;
+        st.commit(Audit::system("upstream", "archive"), c).await.expect("commit");
+        assert!(st.acquire_lease("mailbox:prot", Duration::from_secs(5)).await.expect("lease").is_some());
+        // Every pecgate connection (writer, listener, lease pool) is
+        // authenticated by the certificate.
+        let seen = || {
+            pg.sql("SELECT count(*) FILTER (WHERE s.client_dn = '/CN=pecgate') || ' ' || count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'pecgate' AND a.pid <> pg_backend_pid()")
+        };
+        let all_three = |s: &str| {
+            let (dn, all) = s.split_once(' ').unwrap_or_default();
+            dn == all && all.parse::<u32>().unwrap_or(0) >= 3
+        };
+        let t0 = Instant::now();
+        let mut last = seen();
+        while !all_three(&last) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+            last = seen();
+        }
+        assert!(all_three(&last), "connections with the client certificate / all: {last}");
+        // Another node with the certificate reads the record back.
+        let mut o = with(Some((&client, &client_key)));
+        if let Some(c) = o.cluster.as_mut() {
+            c.node = "r".into();
+        }
+        let (r, rep) = Store::open(&dir.path().join("r"), o).expect("open a second node");
+        assert!(rep.replayed_records >= 1, "{rep:?}");
+        let exists: u64 = r.folders("prot").expect("folders").iter().map(|(_, f)| f.exists).sum();
+        assert_eq!(exists, 1, "the message archived by the first node");
+        r.close().expect("close");
+        st.close().expect("close");
+    });
+
+    // check-config: one half of the pair is a problem named by its key.
+    let (scert, skey) = certificate(dir.path());
+    let node = Node::new(dir.path(), "c", &pg, &s3, &scert, &skey);
+    let text = std::fs::read_to_string(&node.config).expect("config");
+    let half = text.replacen("[store]\n", &format!("[store]\npostgres_cert = \"{}\"\n", client.display()), 1);
+    std::fs::write(&node.config, half).expect("config");
+    let out = node.cli(&["check-config"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && said.contains("store.postgres_key: required with store.postgres_cert"), "{said}");
+}
+
+/// PgBouncer in transaction pooling mode between the nodes and PostgreSQL,
+/// which cannot carry LISTEN: `[store] postgres` goes through it and
+/// `postgres_listen` straight to PostgreSQL. A message appended on node A
+/// is seen on node B, leases are taken, refused, released and taken over
+/// with a new epoch, and PostgreSQL and PgBouncer both show where each
+/// connection went: the two LISTEN connections direct (a client address
+/// in pg_stat_activity), every other one through PgBouncer (its Unix
+/// socket: none), PgBouncer's clients and transactions counted.
+#[test]
+fn pgbouncer_in_transaction_mode() {
+    use pecgate::store::Audit;
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let bouncer = support::cluster::PgBouncer::start(&pg);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let mut a = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
+    let mut b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    for n in [&a, &b] {
+        let text = std::fs::read_to_string(&n.config).expect("config");
+        let direct = format!("postgres = \"{}\"\n", pg.url());
+        assert!(text.contains(&direct), "{text}");
+        let through = format!("postgres = \"{}\"\npostgres_listen = \"{}\"\n", bouncer.url(), pg.url());
+        std::fs::write(&n.config, text.replacen(&direct, &through, 1)).expect("config");
+    }
+    a.start();
+    b.start();
+    let logs = || format!("node a:\n{}\nnode b:\n{}\npgbouncer:\n{}", a.log(), b.log(), bouncer.log());
+
+    let script = r#"
+import imaplib, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+def login(port):
+    m = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ctx)
+    assert m.login("mario", sys.argv[4])[0] == "OK"
+    return m
+a, b = login(sys.argv[2]), login(sys.argv[3])
+assert a.create("prot/Bouncer")[0] == "OK"
+msg = b"From: ufficio@comune.example.it\r\nSubject: via PgBouncer\r\nMessage-ID: <bouncer-1@comune.example.it>\r\n\r\nTesto.\r\n"
+typ, data = a.append("prot/Bouncer", None, None, msg)
+assert typ == "OK", data
+deadline = time.time() + 10
+while True:
+    typ, data = b.select("prot/Bouncer")
+    if (typ == "OK" and data[0] == b"1") or time.time() > deadline:
+        break
+    time.sleep(0.1)
+assert typ == "OK" and data[0] == b"1", (typ, data)
+typ, data = b.fetch("1", "(BODY.PEEK[])")
+assert typ == "OK" and data[0][1] == msg, data
+print("all checks passed")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&cert)
+        .arg(a.port.to_string())
+        .arg(b.port.to_string())
+        .arg(PASSWORD)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("all checks passed"),
+        "appended on A, read on B: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+
+    // `cluster status` through PgBouncer: both nodes caught up, one of
+    // them holding mailbox prot's lease.
+    let mut status = serde_json::Value::Null;
+    let settled = |st: &serde_json::Value| {
+        let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
+        let lease = st["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "mailbox:prot").cloned());
+        nodes.len() == 2
+            && nodes.iter().all(|n| n["lag"] == 0)
+            && lease.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b")
+    };
+    for _ in 0..50 {
+        let out = a.cli(&["cluster", "status", "--json"]);
+        assert!(out.status.success(), "cluster status: {}", String::from_utf8_lossy(&out.stderr));
+        status = serde_json::from_slice(&out.stdout).expect("status JSON");
+        if settled(&status) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(settled(&status), "{status}\n{}", logs());
+
+    // Where the connections went, as PostgreSQL sees them: the two
+    // listeners over TCP, straight; everything else over PgBouncer's Unix
+    // socket (no client address).
+    let seen = || {
+        pg.sql(
+            "SELECT count(*) FILTER (WHERE application_name = 'pecgate-listener' AND client_addr IS NOT NULL) || ' ' \
+                 || count(*) FILTER (WHERE application_name = 'pecgate-listener' AND client_addr IS NULL) || ' ' \
+                 || count(*) FILTER (WHERE application_name <> 'pecgate-listener' AND client_addr IS NOT NULL) || ' ' \
+                 || (count(*) FILTER (WHERE client_addr IS NULL) > 0) \
+             FROM pg_stat_activity WHERE datname = 'pecgate' AND pid <> pg_backend_pid()",
+        )
+    };
+    let mut last = seen();
+    let t0 = Instant::now();
+    while last != "2 0 0 true" && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        last = seen();
+    }
+    assert_eq!(
+        last,
+        "2 0 0 true",
+        "listeners direct / listeners through PgBouncer / others direct / PgBouncer's server connections\n{}",
+        pg.sql("SELECT application_name, client_addr, state, query FROM pg_stat_activity WHERE datname = 'pecgate'")
+    );
+    // And as PgBouncer sees them: the nodes' writers and pools are its
+    // clients, no listener among them, their transactions counted.
+    let clients = bouncer.show("CLIENTS");
+    let ours: Vec<_> = clients.iter().filter(|c| c.get("database").is_some_and(|d| d == "pecgate")).collect();
+    assert!(ours.len() >= 4, "two nodes' writers and lease pools: {clients:?}");
+    assert!(
+        ours.iter().all(|c| c.get("application_name").is_none_or(|n| n != "pecgate-listener")),
+        "no LISTEN through PgBouncer: {clients:?}"
+    );
+    let xacts = || {
+        bouncer
+            .show("STATS")
+            .into_iter()
+            .find(|r| r.get("database").is_some_and(|d| d == "pecgate"))
+            .and_then(|r| r.get("total_xact_count")?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = xacts();
+    assert!(before >= 10, "transactions through PgBouncer: {before}\n{:?}", bouncer.show("STATS"));
+
+    // Leases, and a commit on one in-process node woken on another, over
+    // the same split (these nodes' own PgBouncer clients and listeners).
+    let through = |node: &str| {
+        let mut o = options(&pg, &s3, node);
+        if let Some(c) = o.cluster.as_mut() {
+            c.postgres = bouncer.url();
+            c.postgres_listen = Some(pg.url());
+        }
+        o
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (c, _) = Store::open(&dir.path().join("c"), through("c")).expect("open c");
+        let (d, _) = Store::open(&dir.path().join("d"), through("d")).expect("open d");
+        let ttl = Duration::from_secs(30);
+        let fc = c.acquire_lease("bouncer", ttl).await.expect("lease").expect("c takes the free lease");
+        assert!(d.acquire_lease("bouncer", ttl).await.expect("lease").is_none(), "c holds it");
+        assert!(c.renew_lease(&fc, ttl).await.expect("renew"), "c renews its hold");
+        c.release_lease(&fc).await;
+        let fd = d.acquire_lease("bouncer", ttl).await.expect("lease").expect("d takes it once released");
+        assert!(fd.epoch > fc.epoch, "{fd:?} after {fc:?}");
+        assert!(!c.renew_lease(&fc, ttl).await.expect("renew"), "c's hold is over");
+        let exists = |s: &Store| s.folders("prot").expect("folders").iter().map(|(_, f)| f.exists).sum::<u64>();
+        let was = exists(&c);
+        let m = archiving(&d, "prot", "Subject: d\r\n\r\nbody\r\n".into()).await;
+        d.commit_batch_fenced(Some(&fd), vec![(Audit::system("upstream", "archive"), m)]).await.expect("commit on d");
+        let t0 = Instant::now();
+        while exists(&c) != was + 1 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "c sees d's commit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.close().expect("close c");
+        d.close().expect("close d");
+    });
+    let after = xacts();
+    let t0 = Instant::now();
+    let mut after = after;
+    while after < before + 6 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = xacts();
+    }
+    assert!(after >= before + 6, "the leases and the commit went through PgBouncer: {before} then {after}");
+    assert!(!a.log().contains("panicked") && !b.log().contains("panicked"), "{}", logs());
+}
+
 const PROVIDER_USER: &str = "protocollo@pec.example.it";
 const PROVIDER_PASS: &str = "provider-secret-7";
 

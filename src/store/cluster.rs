@@ -26,14 +26,47 @@ use tokio_postgres::{Client, Row};
 
 /// How every connection to PostgreSQL is made: rustls on ring, the
 /// server's certificate checked against the system roots and
-/// `[store] postgres_ca` (TLS when the URL's `sslmode` asks for it or
-/// the server offers it).
+/// `[store] postgres_ca`, this node's `postgres_cert` presented when the
+/// server asks for one (TLS when the URL's `sslmode` asks for it or the
+/// server offers it).
 pub type Tls = tokio_postgres_rustls::MakeRustlsConnect;
 
 pub fn tls(opts: &ClusterOptions) -> Result<Tls, String> {
-    let cfg = crate::tls::client_config(opts.postgres_ca.as_deref())
+    let identity = client_identity(opts.postgres_cert.as_deref(), opts.postgres_key.as_deref())
+        .map_err(|(key, e)| format!("{key}: {e}"))?;
+    let cfg = crate::tls::client_config_with_identity(opts.postgres_ca.as_deref(), identity)
         .map_err(|e| format!("store.postgres_ca: {e}"))?;
     Ok(Tls::new((*cfg).clone()))
+}
+
+/// The client certificate (`[store] postgres_cert`) and its key
+/// (`postgres_key`), both or neither; an error names the key at fault
+/// (`check-config` reports it as such) and the file.
+pub fn client_identity(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<Arc<rustls::sign::CertifiedKey>>, (&'static str, String)> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err((
+                "store.postgres_key",
+                "required with store.postgres_cert (the client certificate's key)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "store.postgres_cert",
+                "required with store.postgres_key (the key's client certificate)".into(),
+            ))
+        }
+        (Some(c), Some(k)) => (c, k),
+    };
+    let certs = crate::tls::load_certs(cert).map_err(|e| ("store.postgres_cert", e.to_string()))?;
+    let k = crate::tls::load_key(key).map_err(|e| ("store.postgres_key", e.to_string()))?;
+    crate::tls::client_identity(certs, k).map(Some).map_err(|e| {
+        ("store.postgres_key", format!("{}: not usable with the certificate in {}: {e}", key.display(), cert.display()))
+    })
 }
 
 /// How a node reaches the shared archive.
@@ -42,11 +75,26 @@ pub struct ClusterOptions {
     /// A libpq connection string or URL (several hosts and
     /// `target_session_attrs=read-write` allowed).
     pub postgres: String,
+    /// Where the one LISTEN connection goes when `postgres` cannot carry
+    /// it (PgBouncer in transaction mode): straight to PostgreSQL. `None`:
+    /// `postgres`.
+    pub postgres_listen: Option<String>,
     /// CA certificates trusted for the server's, besides the system's.
     pub postgres_ca: Option<std::path::PathBuf>,
+    /// This node's client certificate and its key (PEM), presented when
+    /// the server asks (`cert` authentication); both or neither.
+    pub postgres_cert: Option<std::path::PathBuf>,
+    pub postgres_key: Option<std::path::PathBuf>,
     /// This node's name, unique in the cluster.
     pub node: String,
     pub bucket: super::bucket::BucketConfig,
+}
+
+impl ClusterOptions {
+    /// The LISTEN connection's address: `postgres_listen`, else `postgres`.
+    pub fn listen_url(&self) -> &str {
+        self.postgres_listen.as_deref().unwrap_or(&self.postgres)
+    }
 }
 
 /// A runtime of the store's own for the PostgreSQL client: the writer is
@@ -120,7 +168,7 @@ async fn connect(url: &str, tls: Tls) -> Result<Client, String> {
     let (client, conn) = tokio::time::timeout(TIMEOUT, tokio_postgres::connect(url, tls))
         .await
         .map_err(|_| "connecting to PostgreSQL timed out".to_string())?
-        .map_err(|e| format!("connecting to PostgreSQL: {}", with_causes(&e)))?;
+        .map_err(|e| format!("connecting to PostgreSQL: {}", refused_cert(with_causes(&e))))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");
@@ -129,10 +177,28 @@ async fn connect(url: &str, tls: Tls) -> Result<Client, String> {
     Ok(client)
 }
 
+/// `e` and, when the server's TLS alert says it refused our client
+/// certificate (TLS 1.3 sends it after the handshake, so tokio-postgres
+/// reports it as a communication error), what to check.
+fn refused_cert(e: String) -> String {
+    let refused = ["UnknownCA", "BadCertificate", "CertificateRequired", "CertificateExpired", "CertificateUnknown"]
+        .iter()
+        .any(|a| e.contains(&format!("received fatal alert: {a}")));
+    if refused {
+        e + " (PostgreSQL refused this node's client certificate: is store.postgres_cert signed by a CA in its \
+             ssl_ca_file, and valid?)"
+    } else {
+        e
+    }
+}
+
 /// One statement, unnamed and in one round trip (`query_typed`): named
 /// prepared statements do not survive PgBouncer in transaction mode, which
 /// may hand each statement outside a transaction to another server
-/// connection.
+/// connection. For the same reason nothing on the writer's and the pool's
+/// connections sets session state: `SET LOCAL` and
+/// `pg_advisory_xact_lock` only, inside a transaction, no temporary
+/// tables, no session advisory locks.
 async fn q(c: &Client, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>, String> {
     c.query_typed(sql, params).await.map_err(pg)
 }
@@ -353,6 +419,11 @@ impl Link {
 /// Listen for other nodes' commits and call `wake` at each, and at least
 /// once a second whatever happens (a lost notification, a LISTEN
 /// connection that died: the node still catches up).
+///
+/// `url` is [`ClusterOptions::listen_url`]: this is the one connection
+/// that keeps session state (LISTEN, `application_name`), so it must be a
+/// session of its own on the server, never one PgBouncer shares out per
+/// transaction.
 pub fn spawn_listener(
     rt: &Rt,
     url: String,

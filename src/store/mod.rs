@@ -437,10 +437,12 @@ impl Store {
         let tx = Arc::new(Mutex::new(Some(tx)));
         if let (Some(rt), Some(c)) = (&rt, &opts.cluster) {
             // Other nodes' commits: a NOTIFY wakes the writer, which takes
-            // them in; once a second anyway.
+            // them in; once a second anyway. The LISTEN connection goes to
+            // `postgres_listen` when set (PgBouncer in transaction mode
+            // cannot carry LISTEN).
             let wake = Arc::downgrade(&tx);
             let tls = cluster::tls(c).map_err(StoreError::Unavailable)?;
-            cluster::spawn_listener(rt, c.postgres.clone(), tls, applied.clone(), move || {
+            cluster::spawn_listener(rt, c.listen_url().to_string(), tls, applied.clone(), move || {
                 let Some(tx) = wake.upgrade() else { return false };
                 let tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 tx.as_ref().is_some_and(|t| t.send(Request::CatchUp).is_ok())

@@ -37,6 +37,9 @@ pub struct Postgres {
     log: PathBuf,
     /// Serving TLS with this certificate and key (files in `data`).
     tls: bool,
+    /// Asking clients for a certificate signed by `root.crt` (in `data`),
+    /// and TCP connections authenticated by it alone.
+    client_certs: bool,
 }
 
 impl Postgres {
@@ -63,7 +66,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut pg = Postgres { dir, port: free_port(), data, log, tls: false };
+        let mut pg = Postgres { dir, port: free_port(), data, log, tls: false, client_certs: false };
         pg.pg_ctl(&["start", "-w", "-t", "60"]);
         let out = Command::new("psql")
             .args([
@@ -101,11 +104,33 @@ impl Postgres {
         self.pg_ctl(&["restart", "-w", "-t", "60"]);
     }
 
+    /// Require a client certificate signed by `ca` on every TCP connection
+    /// (`hostssl all all 127.0.0.1/32 cert`: the certificate's CN is the
+    /// role, so `pecgate`), from a restart on. Needs [`Postgres::enable_tls`]
+    /// first. [`Postgres::sql`] goes through the Unix socket from then on.
+    pub fn require_client_certs(&mut self, ca: &Path) {
+        assert!(self.tls, "enable_tls first");
+        let dest = self.data.join("root.crt");
+        std::fs::copy(ca, &dest).expect("copy the CA into the data directory");
+        // pg_hba.conf is postgres's: writing it keeps its owner.
+        std::fs::write(self.data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 cert\n")
+            .expect("write pg_hba.conf");
+        if is_root() {
+            let st = Command::new("chown").arg("postgres:postgres").arg(&dest).status().expect("chown");
+            assert!(st.success());
+        }
+        self.client_certs = true;
+        self.pg_ctl(&["restart", "-w", "-t", "60"]);
+    }
+
     fn pg_ctl(&mut self, args: &[&str]) {
         let mut opts =
             format!("-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=on", self.port, self.dir.path().display());
         if self.tls {
             opts += " -c ssl=on";
+        }
+        if self.client_certs {
+            opts += " -c ssl_ca_file=root.crt";
         }
         let out = as_postgres(&Path::new(PG_BIN).join("pg_ctl"))
             .arg("-D")
@@ -135,10 +160,16 @@ impl Postgres {
         format!("postgresql://pecgate@127.0.0.1:{}/pecgate", self.port)
     }
 
+    /// The directory of the server's Unix socket (`host=` for libpq).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Run one SQL statement with psql; its output (unaligned, tuples only).
     pub fn sql(&self, sql: &str) -> String {
+        let host = if self.client_certs { self.socket_dir().display().to_string() } else { "127.0.0.1".into() };
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pecgate", "-d", "pecgate", "-At", "-c", sql])
+            .args(["-h", &host, "-p", &self.port.to_string(), "-U", "pecgate", "-d", "pecgate", "-At", "-c", sql])
             .output()
             .expect("run psql");
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -157,6 +188,146 @@ impl Drop for Postgres {
             .arg(&self.data)
             .args(["stop", "-m", "immediate"])
             .output();
+    }
+}
+
+/// A client certificate for `cn` (`{name}.pem`, `{name}.key`) signed by
+/// the CA in `dir` (`ca.pem`, `ca.key`, as
+/// `support::slapd::make_ca_and_server_cert` makes them).
+pub fn client_certificate(dir: &Path, cn: &str, name: &str) -> (PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (key, csr, ext, pem) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
+    let subj = format!("/CN={cn}");
+    openssl(
+        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+            .into_iter()
+            .chain(["-subj", &subj, "-keyout", &key, "-out", &csr])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+    )
+    .expect("write ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &pem,
+    ]);
+    (dir.join(pem), dir.join(key))
+}
+
+/// PgBouncer 1.18+ (Debian package `pgbouncer`, run as `postgres` when the
+/// tests run as root) in transaction pooling mode in front of a
+/// [`Postgres`]: database `pecgate`, trust authentication, `pecgate` an
+/// admin of its console (database `pgbouncer`). It reaches PostgreSQL
+/// through the Unix socket, so in `pg_stat_activity` its server
+/// connections have no client address and direct ones have 127.0.0.1.
+/// A missing binary fails the test.
+pub struct PgBouncer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pid: Option<u32>,
+}
+
+const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+
+impl PgBouncer {
+    pub fn start(pg: &Postgres) -> PgBouncer {
+        let dir = tempfile::Builder::new().prefix("pecgate-pgbouncer").tempdir().expect("temp dir");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        std::fs::write(dir.path().join("userlist.txt"), "\"pecgate\" \"\"\n").expect("userlist");
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\npecgate = host={} port={} dbname=pecgate user=pecgate\n\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/userlist.txt\nadmin_users = pecgate\n\
+                 pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\nstats_period = 1\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+                pg.socket_dir().display(),
+                pg.port
+            ),
+        )
+        .expect("pgbouncer.ini");
+        if is_root() {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            assert!(st.success(), "chown postgres {}", dir.path().display());
+        }
+        // -d: it detaches, and its pid file says which process to stop.
+        let out = as_postgres(Path::new(PGBOUNCER))
+            .arg("-d")
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {PGBOUNCER} (apt-get install pgbouncer; scripts/test does): {e}"));
+        let mut b = PgBouncer { dir, port, pid: None };
+        assert!(
+            out.status.success(),
+            "pgbouncer: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            b.log()
+        );
+        let t0 = Instant::now();
+        while b.pid.is_none() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "pgbouncer did not listen: {}", b.log());
+            std::thread::sleep(Duration::from_millis(50));
+            b.pid =
+                std::fs::read_to_string(b.dir.path().join("pgbouncer.pid")).ok().and_then(|s| s.trim().parse().ok());
+        }
+        b
+    }
+
+    /// Through PgBouncer to the `pecgate` database.
+    pub fn url(&self) -> String {
+        format!("postgresql://pecgate@127.0.0.1:{}/pecgate", self.port)
+    }
+
+    /// A `SHOW …` on the admin console: each row as column name → value.
+    pub fn show(&self, what: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pecgate", "-d", "pgbouncer", "-A", "-c"])
+            .arg(format!("SHOW {what}"))
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "SHOW {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines = text.lines();
+        let head: Vec<String> = lines.next().unwrap_or_default().split('|').map(str::to_string).collect();
+        lines
+            .filter(|l| l.contains('|'))
+            .map(|l| head.iter().cloned().zip(l.split('|').map(str::to_string)).collect())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -253,7 +424,10 @@ impl S3 {
         pecgate::store::StoreOptions {
             cluster: Some(pecgate::store::cluster::ClusterOptions {
                 postgres: pg.url(),
+                postgres_listen: None,
                 postgres_ca: None,
+                postgres_cert: None,
+                postgres_key: None,
                 node: node.into(),
                 bucket: pecgate::store::bucket::BucketConfig {
                     endpoint: self.endpoint(),
