@@ -5,126 +5,31 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pecgate::store::{Store, StoreOptions};
-use support::cluster::{Postgres, S3};
-use support::free_port;
+use support::cluster::{Node, Postgres, S3};
 
 const PASSWORD: &str = "pw-Secret-1";
-
-struct Node {
-    name: String,
-    index_dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    port: u16,
-    /// The HTTP listener (`/metrics`).
-    http: u16,
-    child: Option<Child>,
-}
 
 /// Mailbox `prot`, its provider never reached (nothing polls it).
 const PROT: &str = "[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\n\
      imap = { host = \"127.0.0.1\", port = 9, tls = \"none\" }\noffload = { mode = \"never\" }\npoll_interval = \"1h\"\n\n";
 
-impl Node {
-    fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path) -> Node {
-        Node::with(dir, name, pg, s3, cert, key, PROT)
-    }
-
-    /// A node whose configuration has `body` (mailboxes, `[upstream]`)
-    /// between `[store]` and `[imap]`.
-    fn with(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path, body: &str) -> Node {
-        let index_dir = dir.join(format!("node-{name}"));
-        let (port, http) = (free_port(), free_port());
-        let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
-        let text = format!(
-            "{}{body}[http]\nlisten = \"127.0.0.1:{http}\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+/// Node `name` with `body` (mailboxes, `[upstream]`) between `[store]`
+/// and `[http]`, `[imap]`, `[tls]` and the user mario.
+fn node(dir: &Path, name: &str, pg: &Postgres, s3: &S3, cert: &Path, key: &Path, body: &str) -> Node {
+    let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
+    Node::new(dir, name, pg, s3, |port, http| {
+        format!(
+            "{body}[http]\nlisten = \"127.0.0.1:{http}\"\n\n[imap]\nlisten = [\"127.0.0.1:{port}\"]\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
              [[user]]\nname = \"mario\"\npassword_hash = \"{hash}\"\ndefault_mailbox = \"prot\"\n\
              grants = {{ prot = [\"read\", \"triage\", \"send\", \"delete\"] }}\n",
-            s3.store_toml(pg, name, &index_dir),
             cert.display(),
             key.display()
-        );
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text).expect("write config");
-        Node { name: name.into(), log: dir.join(format!("{name}.log")), index_dir, config, port, http, child: None }
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pecgate serve");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("node {} exited ({st}): {}", self.name, self.log());
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not listen: {}", self.name, self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let t0 = Instant::now();
-            while c.try_wait().ok().flatten().is_none() {
-                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not stop: {}", self.name, self.log());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `/metrics`, as text.
-    fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect to /metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        out
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_pecgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run pecgate")
-    }
-
-    /// The node's journal mirror, every segment in order.
-    fn mirror(&self) -> String {
-        let dir = self.index_dir.join("journal");
-        let mut names: Vec<_> = std::fs::read_dir(&dir).expect("mirror").flatten().map(|e| e.path()).collect();
-        names.sort();
-        names.iter().map(|p| std::fs::read_to_string(p).expect("segment")).collect()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+        )
+    })
 }
 
 fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
@@ -148,8 +53,8 @@ fn two_nodes_share_one_archive() {
     let s3 = S3::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = certificate(dir.path());
-    let mut a = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
-    let mut b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    let mut a = node(dir.path(), "a", &pg, &s3, &cert, &key, PROT);
+    let mut b = node(dir.path(), "b", &pg, &s3, &cert, &key, PROT);
     a.start();
     b.start();
 
@@ -315,9 +220,9 @@ fn an_export_on_another_node_carries_the_anchor() {
         x.close().expect("close x");
     });
     // Only node a anchors (every 3 records or second).
-    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
+    let mut a = node(dir.path(), "a", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
     // Node b knows the TSA's CA (to check tokens) and never serves here.
-    let b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
+    let b = node(dir.path(), "b", &pg, &s3, &cert, &key, &format!("{PROT}{}\n", tsa.anchor_toml(3, "1s")));
     a.start();
     let anchored = || pg.sql("SELECT count(*) FROM pecgate_journal WHERE line LIKE '%\"op\":\"anchor\"%'");
     wait("an anchor", Duration::from_secs(30), || anchored() != "0", || a.log());
@@ -522,7 +427,7 @@ fn postgres_client_certificates() {
 
     // check-config: one half of the pair is a problem named by its key.
     let (scert, skey) = certificate(dir.path());
-    let node = Node::new(dir.path(), "c", &pg, &s3, &scert, &skey);
+    let node = node(dir.path(), "c", &pg, &s3, &scert, &skey, PROT);
     let text = std::fs::read_to_string(&node.config).expect("config");
     let half = text.replacen("[store]\n", &format!("[store]\npostgres_cert = \"{}\"\n", client.display()), 1);
     std::fs::write(&node.config, half).expect("config");
@@ -547,8 +452,8 @@ fn pgbouncer_in_transaction_mode() {
     let bouncer = support::cluster::PgBouncer::start(&pg);
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = certificate(dir.path());
-    let mut a = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
-    let mut b = Node::new(dir.path(), "b", &pg, &s3, &cert, &key);
+    let mut a = node(dir.path(), "a", &pg, &s3, &cert, &key, PROT);
+    let mut b = node(dir.path(), "b", &pg, &s3, &cert, &key, PROT);
     for n in [&a, &b] {
         let text = std::fs::read_to_string(&n.config).expect("config");
         let direct = format!("postgres = \"{}\"\n", pg.url());
@@ -750,8 +655,8 @@ fn with_provider(lease: &str, max_backoff: &str) -> WithProvider {
         "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"{max_backoff}\"\nlease = \"{lease}\"\n\n{}",
         support::gateway::mailbox_toml("prot", PROVIDER_USER, PROVIDER_PASS, dv.port, "")
     );
-    let mut a = Node::with(dir.path(), "a", &pg, &s3, &cert, &key, &body);
-    let mut b = Node::with(dir.path(), "b", &pg, &s3, &cert, &key, &body);
+    let mut a = node(dir.path(), "a", &pg, &s3, &cert, &key, &body);
+    let mut b = node(dir.path(), "b", &pg, &s3, &cert, &key, &body);
     a.start();
     b.start();
     WithProvider { pg, s3, _dv: dv, imap, dir, cert, a, b }
@@ -1109,7 +1014,7 @@ fn migrate_a_data_directory_into_the_cluster() {
     g.stop();
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = certificate(dir.path());
-    let node = Node::new(dir.path(), "a", &pg, &s3, &cert, &key);
+    let node = node(dir.path(), "a", &pg, &s3, &cert, &key, PROT);
     let migrate = || {
         let out = Command::new(env!("CARGO_BIN_EXE_pecgate"))
             .args(["store", "migrate", "--json", "--from"])

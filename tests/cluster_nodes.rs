@@ -8,119 +8,28 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::cluster::{Postgres, S3};
+use support::cluster::{Node, Postgres, S3};
 use support::free_port;
 
 /// Every gateway user's password here (tests/imap/common.py's too).
 const PASSWORD: &str = "pw-Secret-1";
 
-struct Node {
-    name: String,
-    config: PathBuf,
-    log: PathBuf,
-    /// The IMAP listener (implicit TLS).
-    imap: u16,
-    /// The HTTP listener (API, `/metrics`).
-    http: u16,
-    child: Option<Child>,
-}
-
-impl Node {
-    /// Node `name` of the cluster on `pg` and `s3`: its `[store]`, then
-    /// `body(imap_port, http_port)` (every other section).
-    fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, body: impl Fn(u16, u16) -> String) -> Node {
-        let index_dir = dir.join(format!("node-{name}"));
-        let (imap, http) = (free_port(), free_port());
-        let text = format!("{}{}", s3.store_toml(pg, name, &index_dir), body(imap, http));
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, text).expect("write config");
-        Node { name: name.into(), log: dir.join(format!("{name}.log")), config, imap, http, child: None }
-    }
-
-    /// Start `serve` and wait until it answers IMAP and HTTP.
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "node {} is running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pecgate serve");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        for port in [self.imap, self.http] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("node {} exited ({st}): {}", self.name, self.log());
-                }
-                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not listen: {}", self.name, self.log());
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// SIGKILL: the node dies at whatever it was doing.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let t0 = Instant::now();
-            while c.try_wait().ok().flatten().is_none() {
-                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not stop: {}", self.name, self.log());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pecgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run pecgate")
-    }
-
-    /// `pecgate campaign ARGS` as mario, through this node's API.
-    fn campaign(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pecgate"))
-            .arg("campaign")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--user", "mario"])
-            .env("PECGATE_PASSWORD", PASSWORD)
-            .output()
-            .expect("run pecgate campaign")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// `pecgate campaign ARGS` as mario, through `node`'s API.
+fn campaign(node: &Node, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .arg("campaign")
+        .args(args)
+        .arg("--config")
+        .arg(&node.config)
+        .args(["--user", "mario"])
+        .env("PECGATE_PASSWORD", PASSWORD)
+        .output()
+        .expect("run pecgate campaign")
 }
 
 fn said(o: &Output) -> String {
@@ -256,7 +165,7 @@ fn three_nodes_one_poller_and_its_takeover() {
     wait("node a polls prot", Duration::from_secs(20), || holder(&pg, "mailbox:prot") == "a", || logs(&nodes));
     nodes[1].start();
     nodes[2].start();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.imap).collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
 
     // 20 messages through a's poller, on every node's IDLE; the flag; the
     // APPEND through a seen by c's IDLE.
@@ -380,7 +289,7 @@ fn received(record: &Path) -> BTreeMap<String, usize> {
 fn report(node: &Node, id: &str, extra: &[&str]) -> Vec<BTreeMap<String, String>> {
     let mut args = vec!["report", id];
     args.extend_from_slice(extra);
-    let out = node.campaign(&args);
+    let out = campaign(node, &args);
     assert!(out.status.success(), "report through node {}: {}", node.name, said(&out));
     let sep = if extra.contains(&"--fallback") { b';' } else { b',' };
     let mut r = csv::ReaderBuilder::new().delimiter(sep).from_reader(out.stdout.as_slice());
@@ -393,7 +302,7 @@ fn report(node: &Node, id: &str, extra: &[&str]) -> Vec<BTreeMap<String, String>
 }
 
 fn status(node: &Node, id: &str) -> Value {
-    let out = node.campaign(&["status", id]);
+    let out = campaign(node, &["status", id]);
     assert!(out.status.success(), "status through node {}: {}", node.name, said(&out));
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
@@ -478,7 +387,7 @@ fn a_campaign_survives_its_sending_node_killed() {
     std::fs::write(&csv, csv_rows(n)).expect("csv");
     let tpl = d.join("avviso.txt");
     std::fs::write(&tpl, TEMPLATE).expect("template");
-    let out = nodes[via].campaign(&[
+    let out = campaign(&nodes[via], &[
         "create",
         "--mailbox",
         "prot",
@@ -551,7 +460,7 @@ fn a_campaign_survives_its_sending_node_killed() {
             let got = received(&record);
             for r in &ambiguous {
                 assert!(!got.contains_key(&r["message_id"]), "the provider has {r:?}, yet it is ambiguous");
-                let o = nodes[resent % 3].campaign(&["resolve", &id, "--notice", &r["n"], "--resend"]);
+                let o = campaign(&nodes[resent % 3], &["resolve", &id, "--notice", &r["n"], "--resend"]);
                 assert!(o.status.success(), "resolve: {}", said(&o));
                 resent += 1;
             }

@@ -465,3 +465,114 @@ impl Drop for S3 {
         self.stop();
     }
 }
+
+/// A `pecgate serve` node of a cluster on loopback: its `[store]` on a
+/// PostgreSQL and a bucket, its own index directory and ports.
+pub struct Node {
+    pub name: String,
+    pub index_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// The IMAP listener (implicit TLS).
+    pub port: u16,
+    /// The HTTP listener (API, `/metrics`).
+    pub http: u16,
+    /// The running `serve`, if any.
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// Node `name` of the cluster on `pg` and `s3`: its `[store]`, then
+    /// `body(imap_port, http_port)` (every other section).
+    pub fn new(dir: &Path, name: &str, pg: &Postgres, s3: &S3, body: impl Fn(u16, u16) -> String) -> Node {
+        let index_dir = dir.join(format!("node-{name}"));
+        let (port, http) = (free_port(), free_port());
+        let text = format!("{}{}", s3.store_toml(pg, name, &index_dir), body(port, http));
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        Node { name: name.into(), log: dir.join(format!("{name}.log")), index_dir, config, port, http, child: None }
+    }
+
+    /// Start `serve` and wait until it answers IMAP and HTTP.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pecgate serve");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        for port in [self.port, self.http] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    panic!("node {} exited ({st}): {}", self.name, self.log());
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not listen: {}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// SIGTERM, and wait until it has stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let t0 = Instant::now();
+            while c.try_wait().ok().flatten().is_none() {
+                assert!(t0.elapsed() < Duration::from_secs(60), "node {} did not stop: {}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: the node dies at whatever it was doing.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `pecgate ARGS --config` this node's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_pecgate")).args(args).arg("--config").arg(&self.config).output().expect("run pecgate")
+    }
+
+    /// `/metrics`, as text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    }
+
+    /// The node's journal mirror, every segment in order.
+    pub fn mirror(&self) -> String {
+        let dir = self.index_dir.join("journal");
+        let mut names: Vec<_> = std::fs::read_dir(&dir).expect("mirror").flatten().map(|e| e.path()).collect();
+        names.sort();
+        names.iter().map(|p| std::fs::read_to_string(p).expect("segment")).collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
