@@ -15,35 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::gateway::{Gateway, FAST_UPSTREAM};
-use support::sim::{wait_port, Sim};
+use support::sim::{wait_port, Sim, REMOTES};
 use support::{free_port, pecgate_bin};
 
 const PW: &str = "Gw-pass-1";
 const PROT: &str = "prot@pec.sim.test";
-
-const REMOTES: &str = r#"
-[[remote]]
-domain = "cittadini.sim"
-[[remote.rule]]
-pattern = "pieno*"
-outcome = "full"
-[[remote.rule]]
-pattern = "ignoto*"
-outcome = "unknown"
-[[remote.rule]]
-pattern = "taglia*"
-drop = true
-[[remote.rule]]
-pattern = "svuota*"
-outcome = "full-once"
-[[remote.rule]]
-pattern = "*"
-outcome = "delivered"
-
-[[remote]]
-domain = "posta.example"
-pec = false
-"#;
 
 struct Env {
     sim: Sim,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::cluster::{Node, Postgres, S3};
 use support::free_port;
+use support::sim::REMOTES;
 
 /// Every gateway user's password here (tests/imap/common.py's too).
 const PASSWORD: &str = "pw-Secret-1";
@@ -227,29 +228,6 @@ fn three_nodes_one_poller_and_its_takeover() {
 // A campaign while its sending node is killed.
 
 const PROT: &str = "prot@pec.sim.test";
-
-/// The simulator's remote domain and what it does to each recipient (as
-/// tests/campaign.rs scripts it).
-const REMOTES: &str = r#"
-[[remote]]
-domain = "cittadini.sim"
-[[remote.rule]]
-pattern = "pieno*"
-outcome = "full"
-[[remote.rule]]
-pattern = "ignoto*"
-outcome = "unknown"
-[[remote.rule]]
-pattern = "taglia*"
-drop = true
-[[remote.rule]]
-pattern = "*"
-outcome = "delivered"
-
-[[remote]]
-domain = "posta.example"
-pec = false
-"#;
 
 /// The recipient of row `i` and what becomes of its notice (as in
 /// tests/campaign.rs): `taglia*` has its connection dropped after the 250.

@@ -8,6 +8,35 @@ use std::time::{Duration, Instant};
 
 use super::pecgate_bin;
 
+/// The simulator's remote domains for the campaign tests, and what they
+/// do to each recipient: `cittadini.sim` answers by the address's prefix
+/// (`pieno*` a full mailbox, `ignoto*` an unknown address, `taglia*` the
+/// connection dropped right after the 250, `svuota*` full once then
+/// delivered, anything else delivered); `posta.example` is not PEC.
+pub const REMOTES: &str = r#"
+[[remote]]
+domain = "cittadini.sim"
+[[remote.rule]]
+pattern = "pieno*"
+outcome = "full"
+[[remote.rule]]
+pattern = "ignoto*"
+outcome = "unknown"
+[[remote.rule]]
+pattern = "taglia*"
+drop = true
+[[remote.rule]]
+pattern = "svuota*"
+outcome = "full-once"
+[[remote.rule]]
+pattern = "*"
+outcome = "delivered"
+
+[[remote]]
+domain = "posta.example"
+pec = false
+"#;
+
 pub struct Sim {
     pub child: Option<Child>,
     pub config: PathBuf,
