@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::SendingLimits;
+use crate::store::{Store, StoreError};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -100,6 +101,57 @@ impl Limiter {
     pub async fn acquire(&self, alias: &str, l: &SendingLimits) {
         while let Err(w) = self.try_acquire(alias, l, Instant::now()) {
             tokio::time::sleep(w.wait.max(Duration::from_millis(10))).await;
+        }
+    }
+
+    /// [`Limiter::try_acquire`] against every node's sends: on one machine
+    /// this process's count is the whole count; with several nodes the
+    /// sends are counted in PostgreSQL ([`Store::count_send`]), so client
+    /// submissions through any node and the campaign sender share the
+    /// provider's limits as on one machine. This process's count follows
+    /// (a campaign's ETA, the metrics).
+    pub async fn try_acquire_shared(
+        &self,
+        store: &Store,
+        alias: &str,
+        l: &SendingLimits,
+    ) -> Result<Result<(), Wait>, StoreError> {
+        if windows(l).next().is_none() {
+            return Ok(Ok(()));
+        }
+        let now = Instant::now();
+        let check = |ages: &[Duration]| {
+            let sends: VecDeque<Instant> = ages.iter().filter_map(|a| now.checked_sub(*a)).collect();
+            wait_in(&sends, l, now).map_or(Ok(()), Err)
+        };
+        match store.count_send(alias, DAY + MARGIN, check).await? {
+            None => Ok(self.try_acquire(alias, l, now)),
+            Some((verdict, ages)) => {
+                let mut all = self.sends.lock().unwrap_or_else(|e| e.into_inner());
+                let sends = all.entry(alias.to_string()).or_default();
+                sends.clear();
+                sends.extend(ages.iter().filter_map(|a| now.checked_sub(*a)));
+                if verdict.is_ok() {
+                    sends.push_back(now);
+                }
+                Ok(verdict)
+            }
+        }
+    }
+
+    /// [`Limiter::acquire`] against every node's sends (see
+    /// [`Limiter::try_acquire_shared`]); while PostgreSQL cannot be asked,
+    /// nothing is sent.
+    pub async fn acquire_shared(&self, store: &Store, alias: &str, l: &SendingLimits) {
+        loop {
+            match self.try_acquire_shared(store, alias, l).await {
+                Ok(Ok(())) => return,
+                Ok(Err(w)) => tokio::time::sleep(w.wait.max(Duration::from_millis(10))).await,
+                Err(e) => {
+                    tracing::warn!(mailbox = %alias, error = %e, "cannot count the mailbox's sends: waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 

@@ -770,6 +770,117 @@ fn late_commits_under_a_lost_lease_are_refused() {
     assert_eq!(archived(&pg), (2, 2), "x's late record is not in the journal");
 }
 
+/// Campaign notices are claimed for a dialogue with `FOR UPDATE SKIP
+/// LOCKED`: a notice another node's dialogue holds is refused at once (not
+/// waited for), even after that node lost its lease (frozen mid-dialogue);
+/// it is free again when the dialogue releases it, when the holder's
+/// connection dies, or when the holder stays idle past its hold.
+#[test]
+fn campaign_notices_are_claimed_with_skip_locked() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
+        let (y, _) = Store::open(&dir.path().join("y"), options(&pg, &s3, "y")).expect("open y");
+        let ttl = Duration::from_secs(1);
+        let hold = Duration::from_secs(60);
+        let fx = x.acquire_lease("campaigns:prot", ttl).await.expect("lease").expect("x sends");
+        let held = x.claim_notice(Some(&fx), "c1", 1, hold).await.expect("claim").expect("x claims notice 1");
+        // x freezes mid-dialogue past its lease; y takes the sending over.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let fy = y.acquire_lease("campaigns:prot", ttl).await.expect("lease").expect("y takes the expired lease");
+        let t0 = std::time::Instant::now();
+        assert!(y.claim_notice(Some(&fy), "c1", 1, hold).await.expect("claim").is_none(), "x's dialogue holds it");
+        assert!(t0.elapsed() < Duration::from_secs(2), "skipped, not waited for: {:?}", t0.elapsed());
+        let other = y.claim_notice(Some(&fy), "c1", 2, hold).await.expect("claim").expect("another notice is free");
+        other.release().await;
+        // x's dialogue ends: the notice is y's to settle.
+        held.release().await;
+        let again = y.claim_notice(Some(&fy), "c1", 1, hold).await.expect("claim").expect("released");
+        // y dies mid-dialogue (its claim dropped, its connection closed).
+        drop(again);
+        let fx = x.acquire_lease("campaigns:prot", ttl).await.expect("lease");
+        assert!(fx.is_none(), "y's lease still runs");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let fx = x.acquire_lease("campaigns:prot", ttl).await.expect("lease").expect("x takes it back");
+        let short = x.claim_notice(Some(&fx), "c1", 1, Duration::from_secs(1)).await.expect("claim");
+        let short = short.expect("a dead holder's claim is gone");
+        // x stays idle in its dialogue past its hold: PostgreSQL ends it.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let fy = {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            y.acquire_lease("campaigns:prot", Duration::from_secs(30)).await.expect("lease")
+        };
+        let fy = match fy {
+            Some(f) => f,
+            None => {
+                tokio::time::sleep(ttl).await;
+                y.acquire_lease("campaigns:prot", Duration::from_secs(30)).await.expect("lease").expect("y takes it")
+            }
+        };
+        let late = y.claim_notice(Some(&fy), "c1", 1, hold).await.expect("claim");
+        assert!(late.is_some(), "a claim held idle past its hold is ended by PostgreSQL");
+        short.release().await;
+        late.expect("claimed").release().await;
+        x.close().expect("close x");
+        y.close().expect("close y");
+    });
+    let claims = pg.sql("SELECT campaign || ' ' || notice || ' ' || node FROM pecgate_claims ORDER BY notice");
+    assert_eq!(claims.lines().collect::<Vec<_>>(), ["c1 1 y", "c1 2 y"], "{claims}");
+}
+
+/// A provider mailbox's sending limits hold across nodes: each node's
+/// `Limiter` (its process's count) asks PostgreSQL, so sends through x and
+/// y share one window, as submissions and a campaign on one machine do.
+#[test]
+fn sending_limits_are_counted_across_nodes() {
+    use pecgate::config::SendingLimits;
+    use pecgate::sending::Limiter;
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
+        let (y, _) = Store::open(&dir.path().join("y"), options(&pg, &s3, "y")).expect("open y");
+        let (lx, ly) = (Limiter::default(), Limiter::default());
+        let l = SendingLimits { per_minute: Some(3), ..Default::default() };
+        let ok = |r: Result<Result<(), pecgate::sending::Wait>, _>| r.expect("counted").is_ok();
+        assert!(ok(lx.try_acquire_shared(&x, "prot", &l).await), "1st, through x");
+        assert!(ok(ly.try_acquire_shared(&y, "prot", &l).await), "2nd, through y");
+        assert!(ok(lx.try_acquire_shared(&x, "prot", &l).await), "3rd, through x");
+        for (who, lim, st) in [("y", &ly, &y), ("x", &lx, &x)] {
+            let w = lim.try_acquire_shared(st, "prot", &l).await.expect("counted").expect_err("the 4th waits");
+            assert_eq!(w.limit, ("per_minute", 3), "through {who}");
+            assert!(w.wait > Duration::from_secs(55), "through {who}: {:?}", w.wait);
+        }
+        // Another mailbox has its own window.
+        assert!(ok(ly.try_acquire_shared(&y, "other", &l).await));
+        // Without limits nothing is counted.
+        assert!(ok(ly.try_acquire_shared(&y, "prot", &SendingLimits::default()).await));
+        // Ten at once through both nodes for a fresh mailbox: exactly three
+        // go (the check and the count are one transaction per send).
+        let (x2, y2) = (x.clone(), y.clone());
+        let tries = (0..10).map(|i| {
+            let (st, l) = (if i % 2 == 0 { x2.clone() } else { y2.clone() }, l.clone());
+            tokio::spawn(async move {
+                let lim = Limiter::default();
+                lim.try_acquire_shared(&st, "busy", &l).await.expect("counted").is_ok()
+            })
+        });
+        let mut went = 0;
+        for t in tries.collect::<Vec<_>>() {
+            went += usize::from(t.await.expect("task"));
+        }
+        assert_eq!(went, 3, "three of ten concurrent sends fit the minute");
+        x.close().expect("close x");
+        y.close().expect("close y");
+    });
+    assert_eq!(pg.sql("SELECT count(*) FROM pecgate_sends WHERE mailbox = 'prot'"), "3");
+}
+
 /// The folder's message count and distinct blobs on a node's index (the
 /// node stopped), opened through the store API.
 fn inbox_of(pg: &Postgres, s3: &S3, node: &Node) -> (u64, usize) {

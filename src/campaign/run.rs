@@ -120,7 +120,7 @@ impl Sender {
                     return;
                 }
                 tokio::select! {
-                    _ = self.limiter.acquire(&mb.alias, &mb.sending) => {}
+                    _ = self.limiter.acquire_shared(&self.store, &mb.alias, &mb.sending) => {}
                     _ = shutdown.changed() => return,
                 }
                 match self.send_one(&mb, id, *n).await {
@@ -292,6 +292,7 @@ impl Sender {
         if c.status != Status::Running || !matches!(row.state, SendState::Queued | SendState::Retry) {
             return Ok(false);
         }
+        let Some(claim) = self.claim(id, n).await? else { return Ok(false) };
         let attempt = row.attempts + 1;
         self.step(&c, &row, "notice-submitting", format!("attempt {attempt}"), Step::Submitting { attempt }).await?;
         let (sent_hash, data) = (row.notice.hash.clone(), self.store.get_blob(&row.notice.hash)?);
@@ -318,12 +319,33 @@ impl Sender {
                 tracing::warn!(campaign = %id, notice = n, %reason, "campaign notice: the dialogue broke after it started; waiting for the provider's receipts");
             }
         }
+        claim.release().await;
         Ok(true)
+    }
+
+    /// Hold notice `n` for a dialogue or a settlement (several nodes: see
+    /// [`Store::claim_notice`]); `None`: another node's dialogue holds it
+    /// (a node frozen mid-dialogue past its lease), so it is left alone.
+    async fn claim(&self, id: &str, n: u32) -> Result<Option<crate::store::NoticeClaim>, StoreError> {
+        // Longer than any dialogue (each step waits at most `timeout`).
+        let hold = self.timeout.saturating_mul(3).max(Duration::from_secs(60));
+        let claim = self.store.claim_notice(self.fence.as_ref(), id, n, hold).await?;
+        if claim.is_none() {
+            tracing::info!(campaign = %id, notice = n, "campaign notice: another node's dialogue holds it; left alone");
+        }
+        Ok(claim)
     }
 
     /// A notice left mid-dialogue (or ambiguous): do the provider's
     /// receipts say what became of it?
     async fn settle(&self, mb: &MailboxConfig, c: &CampaignRow, n: &NoticeRow) -> Result<(), StoreError> {
+        let Some(claim) = self.claim(&c.spec.id, n.notice.n).await? else { return Ok(()) };
+        let r = self.settle_claimed(mb, c, n).await;
+        claim.release().await;
+        r
+    }
+
+    async fn settle_claimed(&self, mb: &MailboxConfig, c: &CampaignRow, n: &NoticeRow) -> Result<(), StoreError> {
         let state = self.store.sent_state(&mb.alias, &n.notice.message_id)?;
         if let Some(s) = &state {
             if let Some(e) = &s.not_accepted {

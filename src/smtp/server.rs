@@ -205,8 +205,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     let mb = ctx.mailboxes.get(&sub.mailbox);
                     let sending = mb.map(|m| m.sending).unwrap_or_default();
-                    if let Err(w) = ctx.limiter.try_acquire(&sub.mailbox, &sending, std::time::Instant::now()) {
-                        let reason = w.describe(&sub.mailbox);
+                    let counted = ctx.limiter.try_acquire_shared(&ctx.store, &sub.mailbox, &sending).await;
+                    let refused = match counted {
+                        Ok(Ok(())) => None,
+                        Ok(Err(w)) => Some(w.describe(&sub.mailbox)),
+                        Err(e) => {
+                            tracing::warn!(mailbox = %sub.mailbox, error = %e, "cannot count the mailbox's sends");
+                            Some(format!("the sends of mailbox {} cannot be counted now ({e}): try again later", sub.mailbox))
+                        }
+                    };
+                    if let Some(reason) = refused {
                         tracing::info!(user = %sub.user, mailbox = %sub.mailbox, %reason, "SMTP submission deferred");
                         let audit = Audit::user(&sub.user, Some(source.clone()), "smtp", "send")
                             .mailbox(&sub.mailbox)

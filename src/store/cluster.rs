@@ -155,6 +155,19 @@ CREATE TABLE IF NOT EXISTS pecgate_leases (
     epoch      BIGINT NOT NULL DEFAULT 0,
     expires_at TIMESTAMPTZ
 );
+CREATE TABLE IF NOT EXISTS pecgate_sends (
+    mailbox TEXT NOT NULL,
+    at      TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pecgate_sends_by_mailbox ON pecgate_sends (mailbox, at);
+CREATE TABLE IF NOT EXISTS pecgate_claims (
+    campaign   TEXT NOT NULL,
+    notice     INT NOT NULL,
+    node       TEXT,
+    epoch      BIGINT,
+    claimed_at TIMESTAMPTZ,
+    PRIMARY KEY (campaign, notice)
+);
 ";
 
 /// The channel a commit notifies (a wake-up hint for the other nodes).
@@ -609,9 +622,9 @@ impl Leases {
 
     /// How the leases named `prefix…` are spread: the nodes alive now
     /// (this one, and every other that reported its progress within
-    /// `live`), and the names of those this node holds unexpired, in
-    /// order.
-    pub async fn share(&self, prefix: &str, live: Duration) -> Result<(u64, Vec<String>), String> {
+    /// `live`), the names of those this node holds unexpired, in order,
+    /// and whether lease `name` is free (nobody holds it unexpired).
+    pub async fn share(&self, prefix: &str, live: Duration, name: &str) -> Result<(u64, Vec<String>, bool), String> {
         let c = self.client().await?;
         let live = live.as_secs_f64();
         let work = async {
@@ -628,8 +641,112 @@ impl Leases {
                 &[(&self.node, Type::TEXT), (&prefix, Type::TEXT)],
             )
             .await?;
+            let taken = q(
+                &c,
+                "SELECT 1 FROM pecgate_leases WHERE name = $1 AND holder IS NOT NULL AND expires_at > now()",
+                &[(&name, Type::TEXT)],
+            )
+            .await?;
             let others = others.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64;
-            Ok((others + 1, held.iter().map(|r| r.get::<_, String>(0)).collect()))
+            Ok((others + 1, held.iter().map(|r| r.get::<_, String>(0)).collect(), taken.is_empty()))
+        };
+        tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
+    }
+
+    /// Claim campaign notice (`campaign`, `notice`) for one provider
+    /// dialogue: its row locked `FOR UPDATE SKIP LOCKED` in a transaction
+    /// kept open (on a connection of its own) until [`Claim::release`].
+    /// `None` at once if another node's dialogue holds it: a node frozen
+    /// mid-dialogue past its lease keeps its claim, so the node that took
+    /// the sending over neither sends that notice again nor settles it as
+    /// ambiguous meanwhile. A dead node's connection closes and frees it;
+    /// one that stays idle in its transaction longer than `hold` is ended
+    /// by PostgreSQL (`idle_in_transaction_session_timeout`).
+    pub async fn claim(&self, fence: &Fence, campaign: &str, notice: u32, hold: Duration) -> Result<Option<Claim>, String> {
+        let c = self.client().await?;
+        let n = notice as i32;
+        let work = async {
+            q(
+                &c,
+                "INSERT INTO pecgate_claims (campaign, notice) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[(&campaign, Type::TEXT), (&n, Type::INT4)],
+            )
+            .await?;
+            c.batch_execute(&format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
+                hold.as_millis().clamp(1000, i32::MAX as u128)
+            ))
+            .await
+            .map_err(pg)?;
+            // Locked only: a row updated in an open transaction would make
+            // the other nodes' INSERT above wait for it.
+            let rows = q(
+                &c,
+                "SELECT 1 FROM pecgate_claims WHERE campaign = $1 AND notice = $2 FOR UPDATE SKIP LOCKED",
+                &[(&campaign, Type::TEXT), (&n, Type::INT4)],
+            )
+            .await?;
+            Ok::<_, String>(rows.len() == 1)
+        };
+        let r = tokio::time::timeout(TIMEOUT, work).await;
+        let mut claim = Claim { client: Some(c), campaign: campaign.to_string(), notice: n, fence: fence.clone() };
+        match r {
+            Ok(Ok(true)) => Ok(Some(claim)),
+            Ok(Ok(false)) => {
+                claim.end("ROLLBACK").await;
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("PostgreSQL did not answer in time".into()),
+        }
+    }
+
+    /// One send through provider mailbox `alias`, if `check` lets it: every
+    /// node's sends of the last `keep`, as ages (oldest first, by
+    /// PostgreSQL's clock), under a transaction-level advisory lock on the
+    /// mailbox (so two nodes never both take the last place; it works
+    /// through PgBouncer in transaction mode), and the send recorded in the
+    /// same transaction when `check` says yes. Returns `check`'s verdict
+    /// and the ages it saw.
+    pub async fn count_send<W>(
+        &self,
+        alias: &str,
+        keep: Duration,
+        check: impl FnOnce(&[Duration]) -> Result<(), W>,
+    ) -> Result<(Result<(), W>, Vec<Duration>), String> {
+        let mut c = self.client().await?;
+        let keep = keep.as_secs_f64();
+        let work = async {
+            let t = c.transaction().await.map_err(pg)?;
+            t.query_typed(
+                "SELECT pg_advisory_xact_lock(hashtextextended('pecgate-sends:' || $1, 0))",
+                &[(&alias, Type::TEXT)],
+            )
+            .await
+            .map_err(pg)?;
+            t.query_typed(
+                "DELETE FROM pecgate_sends WHERE mailbox = $1 AND at < now() - make_interval(secs => $2)",
+                &[(&alias, Type::TEXT), (&keep, Type::FLOAT8)],
+            )
+            .await
+            .map_err(pg)?;
+            let rows = t
+                .query_typed(
+                    "SELECT extract(epoch FROM now() - at)::float8 FROM pecgate_sends WHERE mailbox = $1 ORDER BY at",
+                    &[(&alias, Type::TEXT)],
+                )
+                .await
+                .map_err(pg)?;
+            let ages: Vec<Duration> =
+                rows.iter().map(|r| Duration::from_secs_f64(r.get::<_, f64>(0).max(0.0))).collect();
+            let verdict = check(&ages);
+            if verdict.is_ok() {
+                t.query_typed("INSERT INTO pecgate_sends (mailbox, at) VALUES ($1, now())", &[(&alias, Type::TEXT)])
+                    .await
+                    .map_err(pg)?;
+            }
+            t.commit().await.map_err(pg)?;
+            Ok((verdict, ages))
         };
         tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
     }
@@ -645,6 +762,62 @@ impl Leases {
                 ),
             )
             .await;
+        }
+    }
+}
+
+/// A campaign notice claimed for one dialogue (see [`Leases::claim`]):
+/// the row lock lives in a transaction on this connection. Dropped without
+/// [`Claim::release`] (an error on the way), the connection is closed
+/// rather than returned to the pool with its transaction open.
+pub struct Claim {
+    client: Option<deadpool_postgres::Object>,
+    campaign: String,
+    notice: i32,
+    fence: Fence,
+}
+
+impl Claim {
+    /// The dialogue is over and its outcome committed: note who had it
+    /// (`pecgate_claims`: the last dialogue that finished) and let the row
+    /// go.
+    pub async fn release(mut self) {
+        let Some(c) = self.client.take() else { return };
+        let epoch = self.fence.epoch as i64;
+        let done = async {
+            q(
+                &c,
+                "UPDATE pecgate_claims SET node = $3, epoch = $4, claimed_at = now() WHERE campaign = $1 AND notice = $2",
+                &[
+                    (&self.campaign, Type::TEXT),
+                    (&self.notice, Type::INT4),
+                    (&self.fence.node, Type::TEXT),
+                    (&epoch, Type::INT8),
+                ],
+            )
+            .await?;
+            c.batch_execute("COMMIT").await.map_err(pg)
+        };
+        if !matches!(tokio::time::timeout(TIMEOUT, done).await, Ok(Ok(()))) {
+            // Ended by PostgreSQL (held past its hold) or gone: not back
+            // into the pool.
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+
+    async fn end(&mut self, how: &str) {
+        if let Some(c) = self.client.take() {
+            if !matches!(tokio::time::timeout(TIMEOUT, c.batch_execute(how)).await, Ok(Ok(()))) {
+                drop(deadpool_postgres::Object::take(c));
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
         }
     }
 }

@@ -194,6 +194,19 @@ pub enum Change {
     Campaign(Event),
 }
 
+/// A campaign notice held for one provider dialogue
+/// ([`Store::claim_notice`]); [`NoticeClaim::release`] once its outcome is
+/// committed.
+pub struct NoticeClaim(Option<cluster::Claim>);
+
+impl NoticeClaim {
+    pub async fn release(self) {
+        if let Some(c) = self.0 {
+            c.release().await;
+        }
+    }
+}
+
 /// What a committed change became.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
@@ -671,12 +684,54 @@ impl Store {
         }
     }
 
-    /// Cluster: the live nodes and the leases named `prefix…` this node
-    /// holds (see [`cluster::Leases::share`]). One machine: `None`.
-    pub async fn lease_share(&self, prefix: &str, live: std::time::Duration) -> Result<Option<(u64, Vec<String>)>> {
+    /// Cluster: the live nodes, the leases named `prefix…` this node holds
+    /// and whether lease `name` is free (see [`cluster::Leases::share`]).
+    /// One machine: `None`.
+    pub async fn lease_share(
+        &self,
+        prefix: &str,
+        live: std::time::Duration,
+        name: &str,
+    ) -> Result<Option<(u64, Vec<String>, bool)>> {
         match &self.inner.leases {
             None => Ok(None),
-            Some(l) => l.share(prefix, live).await.map(Some).map_err(StoreError::Unavailable),
+            Some(l) => l.share(prefix, live, name).await.map(Some).map_err(StoreError::Unavailable),
+        }
+    }
+
+    /// Cluster: count one send through provider mailbox `alias` against
+    /// every node's (see [`cluster::Leases::count_send`]). One machine:
+    /// `None` (the process's own count is the whole count).
+    pub async fn count_send<W>(
+        &self,
+        alias: &str,
+        keep: std::time::Duration,
+        check: impl FnOnce(&[std::time::Duration]) -> std::result::Result<(), W>,
+    ) -> Result<Option<(std::result::Result<(), W>, Vec<std::time::Duration>)>> {
+        match &self.inner.leases {
+            None => Ok(None),
+            Some(l) => l.count_send(alias, keep, check).await.map(Some).map_err(StoreError::Unavailable),
+        }
+    }
+
+    /// Claim campaign notice `notice` of `campaign` for one provider
+    /// dialogue under `fence` (cluster: see [`cluster::Leases::claim`];
+    /// one machine, or no fence: granted at once). `None`: another node's
+    /// dialogue holds it.
+    pub async fn claim_notice(
+        &self,
+        fence: Option<&cluster::Fence>,
+        campaign: &str,
+        notice: u32,
+        hold: std::time::Duration,
+    ) -> Result<Option<NoticeClaim>> {
+        match (&self.inner.leases, fence) {
+            (Some(l), Some(f)) => l
+                .claim(f, campaign, notice, hold)
+                .await
+                .map(|c| c.map(|c| NoticeClaim(Some(c))))
+                .map_err(StoreError::Unavailable),
+            _ => Ok(Some(NoticeClaim(None))),
         }
     }
 

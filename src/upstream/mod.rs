@@ -192,8 +192,8 @@ impl MailboxTask {
             }
             let turn = self.share.turn.lock().await;
             let mut take = true;
-            match self.store.lease_share(share::PREFIX, self.opts.lease / 2).await {
-                Ok(Some((nodes, held))) => {
+            match self.store.lease_share(share::PREFIX, self.opts.lease / 2, &name).await {
+                Ok(Some((nodes, held, free))) => {
                     if !settled {
                         // Nodes started together: let them all count first.
                         settled = true;
@@ -205,7 +205,11 @@ impl MailboxTask {
                             continue;
                         }
                     }
-                    if self.share.turn(&name, nodes, &held, deferred, self.opts.lease) == share::Turn::Defer {
+                    if !free {
+                        // Another node polls it: only rounds in which it
+                        // was free count towards taking it anyway.
+                        deferred = 0;
+                    } else if self.share.turn(&name, nodes, &held, deferred, self.opts.lease) == share::Turn::Defer {
                         tracing::debug!(mailbox = %self.alias(), nodes, held = held.len(), "leaving the mailbox to a node that polls fewer");
                         deferred += 1;
                         take = false;
@@ -278,7 +282,7 @@ impl MailboxTask {
                 if *give_up.borrow() {
                     continue;
                 }
-                if let Ok(Some((nodes, held))) = store.lease_share(share::PREFIX, ttl / 2).await {
+                if let Ok(Some((nodes, held, _))) = store.lease_share(share::PREFIX, ttl / 2, &fence.name).await {
                     if share.give_up(&fence.name, nodes, &held) {
                         tracing::info!(mailbox = %alias, nodes, polled_here = held.len(), "this node polls more than its share of the mailboxes: giving this one to another node");
                         let _ = give_up.send(true);

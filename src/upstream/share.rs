@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 /// The prefix of the mailbox pollers' lease names.
 pub const PREFIX: &str = "mailbox:";
 
-/// How many free rounds (a third of the lease each) a node at its share
-/// waits before taking a mailbox nobody else took.
+/// How many rounds (a third of the lease each) in which a mailbox was
+/// free a node at its share lets pass before taking it (rounds in which
+/// another node held it do not count).
 const PATIENCE: u32 = 3;
 
 /// After giving a mailbox up, it is not given up again for this long.

@@ -7,17 +7,36 @@ there.
 argv: PORT CAFILE DATA DURATION
 """
 
+import imaplib
 import sys
 import time
 
-from common import check, done, login
+from common import PW, check, connect, done
 
 DURATION = float(sys.argv[4])
 
-m = login("mario")
-typ, _ = m.create("prot/Outage")
-check(typ == "OK", "CREATE prot/Outage")
-acked, refused, i = [], 0, 0
+# A LOGIN (or the CREATE) during the outage is refused with [UNAVAILABLE]
+# (its audit record cannot be written): again, as a client would; counted
+# as refusals (the outage seen).
+login_refusals = 0
+for attempt in range(600):
+    m = connect()
+    try:
+        m.login("mario", PW)
+        break
+    except imaplib.IMAP4.error as e:
+        check(b"[UNAVAILABLE]" in str(e).encode(), "a refused LOGIN says UNAVAILABLE", e)
+        login_refusals += 1
+        time.sleep(0.1)
+for attempt in range(600):
+    typ, data = m.create("prot/Outage")
+    if typ == "OK" or b"[ALREADYEXISTS]" in data[0]:
+        break
+    check(b"[UNAVAILABLE]" in data[0], "a refused CREATE says UNAVAILABLE", data)
+    login_refusals += 1
+    time.sleep(0.1)
+check(typ == "OK" or b"[ALREADYEXISTS]" in data[0], "CREATE prot/Outage", data)
+acked, refused, i = [], login_refusals, 0
 since_refusal = 0  # acknowledged since the last refusal: the outage is over
 t_end = time.time() + DURATION
 while time.time() < t_end or not refused or since_refusal < 3:
