@@ -321,6 +321,8 @@ struct Run<'a> {
     sizes: &'a [usize],
     dir: &'a Path,
     lease: Option<String>,
+    /// Keep each configuration's directory (configs, logs, local archive).
+    keep: bool,
 }
 
 impl Run<'_> {
@@ -438,9 +440,11 @@ impl Run<'_> {
                 )
             })
             .unwrap_or_default();
+        let stopping = Instant::now();
         for n in nodes.iter_mut() {
             n.stop();
         }
+        let stopped = stopping.elapsed();
         // Read after the stop: a mailbox's last delete can reach Dovecot
         // before its count reaches `status.json`.
         let statuses: Vec<BTreeMap<String, Value>> = nodes.iter().map(Node::status).collect();
@@ -492,7 +496,7 @@ impl Run<'_> {
         for (name, cpu, hwm, polled) in &node_rows {
             println!("{label}: node {name}: CPU {cpu:.2} s, peak RSS {hwm:.1} MiB, archived and deleted: {polled}");
         }
-        println!("{label}: peers' CPU: {}", peers.join(", "));
+        println!("{label}: peers' CPU: {}; the nodes stopped in {:.1} s", peers.join(", "), stopped.as_secs_f64());
         if !leases.is_empty() {
             println!("{label}: leases (mailbox holder): {leases}");
         }
@@ -516,6 +520,10 @@ impl Run<'_> {
         check_once(&label, &got, self.n());
         for n in &nodes {
             assert!(!n.log().contains("panicked"), "node {} panicked:\n{}", n.name, n.log());
+        }
+        if !self.keep {
+            drop(nodes);
+            let _ = std::fs::remove_dir_all(&sub);
         }
         Row {
             round,
@@ -567,7 +575,8 @@ fn main() {
     }
     let dv = Dovecot::start(users);
     let dir = tempfile::Builder::new().prefix("pecgate-cluster-ingest").tempdir().expect("temp dir");
-    let run = Run { dv: &dv, per, sizes: &sizes, dir: dir.path(), lease };
+    let keep = std::env::var("CLUSTER_INGEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
+    let run = Run { dv: &dv, per, sizes: &sizes, dir: dir.path(), lease, keep };
     let mut rows = Vec::new();
     for round in 1..=rounds {
         for (name, bin) in &configs {
@@ -597,7 +606,7 @@ fn main() {
             if r.leases.is_empty() { "-" } else { &r.leases }
         );
     }
-    if std::env::var("CLUSTER_INGEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0") {
+    if keep {
         println!("kept: {}", dir.keep().display());
     }
 }
