@@ -217,9 +217,17 @@ impl Node {
         (cpu, kib / 1024.0)
     }
 
+    /// SIGTERM, without waiting: the nodes stop together, so that none
+    /// takes over the mailboxes of another while it shuts down.
+    fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        }
+    }
+
+    /// Wait until it has exited (after [`Node::terminate`]).
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let t0 = Instant::now();
             while c.try_wait().ok().flatten().is_none() {
                 if t0.elapsed() > Duration::from_secs(60) {
@@ -441,6 +449,9 @@ impl Run<'_> {
             })
             .unwrap_or_default();
         let stopping = Instant::now();
+        for n in &nodes {
+            n.terminate();
+        }
         for n in nodes.iter_mut() {
             n.stop();
         }
