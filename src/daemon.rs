@@ -78,6 +78,7 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
         None => None,
     };
     let rules = rules.current();
+    let share = std::sync::Arc::new(crate::upstream::share::Share::new(cfg.mailboxes.len()));
     for m in &cfg.mailboxes {
         let tls = crate::tls::client_config(m.ca_file.as_deref())
             .with_context(|| format!("mailbox {}: TLS trust", m.alias))?;
@@ -91,6 +92,8 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
             trust: trust.clone(),
             rules: rules.clone(),
             fence: None,
+            share: share.clone(),
+            give_up: None,
         };
         tasks.spawn(task.run());
     }

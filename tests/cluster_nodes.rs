@@ -224,6 +224,121 @@ fn three_nodes_one_poller_and_its_takeover() {
     }
 }
 
+/// The live mailbox leases, as holder -> aliases.
+fn pollers(pg: &Postgres) -> BTreeMap<String, Vec<String>> {
+    let rows = pg.sql(
+        "SELECT holder || ' ' || substring(name from 9) FROM pecgate_leases \
+         WHERE name LIKE 'mailbox:%' AND expires_at > now() ORDER BY name",
+    );
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (h, a) in rows.lines().filter_map(|l| l.split_once(' ')) {
+        m.entry(h.to_string()).or_default().push(a.to_string());
+    }
+    m
+}
+
+/// Six provider mailboxes. Node a, alone, polls all six; when b and c
+/// join, a gives up the four beyond its share at a safe point and b and
+/// c take two each; the mail that arrives next is archived by the new
+/// pollers, every message exactly once, and nothing is left at the
+/// provider.
+#[test]
+fn six_mailboxes_spread_over_three_nodes() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let users: Vec<String> = (0..6).map(|i| format!("p{i}@pec.example.it")).collect();
+    let mut opts = support::DovecotOptions::new();
+    for u in &users {
+        opts = opts.user(support::UserSpec::new(u, PROVIDER_PASS).quota(1 << 30, 1_000_000));
+    }
+    let dv = support::Dovecot::start(opts);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    support::selfsigned::certificate(&cert, &key);
+    let lease = Duration::from_secs(3);
+    let mailboxes: String = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| support::gateway::mailbox_toml(&format!("m{i}"), u, PROVIDER_PASS, dv.port, ""))
+        .collect();
+    let body = |imap: u16, http: u16| {
+        format!(
+            "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\nlease = \"{}s\"\n\n{mailboxes}\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\n[imap]\nlisten = [\"127.0.0.1:{imap}\"]\n\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            lease.as_secs(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let mut nodes = [
+        Node::new(dir.path(), "a", &pg, &s3, body),
+        Node::new(dir.path(), "b", &pg, &s3, body),
+        Node::new(dir.path(), "c", &pg, &s3, body),
+    ];
+    let provider: Vec<_> = users.iter().map(|u| dv.imap(u)).collect();
+    let deliver = |round: usize| {
+        for (i, p) in provider.iter().enumerate() {
+            let msgs: Vec<Vec<u8>> = (0..5)
+                .map(|k| {
+                    format!(
+                        "From: a@example.it\r\nTo: {}\r\nSubject: spread {round}-{i}-{k}\r\n\
+                         Message-ID: <spread-{round}-{i}-{k}@pecgate.test>\r\n\r\nbody {k}\r\n",
+                        users[i]
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            p.append("INBOX", msgs);
+        }
+    };
+    let empty = || provider.iter().all(|p| p.count("INBOX") == 0);
+
+    // a alone: every mailbox is its.
+    nodes[0].start();
+    let all: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    wait("a polls all six", Duration::from_secs(20), || pollers(&pg).get("a") == Some(&all), || logs(&nodes));
+    deliver(0);
+    wait("the providers emptied", Duration::from_secs(30), empty, || logs(&nodes));
+
+    // b and c join: two each.
+    nodes[1].start();
+    nodes[2].start();
+    let spread = wait(
+        "two mailboxes per node",
+        Duration::from_secs(30),
+        || {
+            let p = pollers(&pg);
+            p.len() == 3 && p.values().all(|v| v.len() == 2)
+        },
+        || format!("{:?}\n{}", pollers(&pg), logs(&nodes)),
+    );
+    let p = pollers(&pg);
+    eprintln!("spread over three nodes in {spread:?}: {p:?}");
+    assert!(nodes[0].log().contains("giving this one to another node"), "{}", nodes[0].log());
+
+    // The next mail goes through the new pollers.
+    deliver(1);
+    wait("the providers emptied again", Duration::from_secs(30), empty, || logs(&nodes));
+    assert_eq!(pollers(&pg), p, "the spread holds");
+    for n in &nodes[1..] {
+        assert!(n.log().contains("logged in to the provider"), "node {} polled: {}", n.name, n.log());
+    }
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    let archived = per_message_id(&pg, "archive");
+    let want: BTreeMap<String, u64> = (0..2)
+        .flat_map(|r| (0..6).flat_map(move |i| (0..5).map(move |k| (format!("<spread-{r}-{i}-{k}@pecgate.test>"), 1))))
+        .collect();
+    assert_eq!(archived, want, "one archive record per provider message");
+    for n in &nodes {
+        let v = n.cli(&["audit", "verify"]);
+        assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
+        assert!(!n.log().contains("panicked"), "node {}: {}", n.name, n.log());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A campaign while its sending node is killed.
 

@@ -607,6 +607,33 @@ impl Leases {
         tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
     }
 
+    /// How the leases named `prefix…` are spread: the nodes alive now
+    /// (this one, and every other that reported its progress within
+    /// `live`), and the names of those this node holds unexpired, in
+    /// order.
+    pub async fn share(&self, prefix: &str, live: Duration) -> Result<(u64, Vec<String>), String> {
+        let c = self.client().await?;
+        let live = live.as_secs_f64();
+        let work = async {
+            let others = q(
+                &c,
+                "SELECT count(*) FROM pecgate_nodes WHERE node <> $1 AND seen_at > now() - make_interval(secs => $2)",
+                &[(&self.node, Type::TEXT), (&live, Type::FLOAT8)],
+            )
+            .await?;
+            let held = q(
+                &c,
+                "SELECT name FROM pecgate_leases
+                 WHERE holder = $1 AND starts_with(name, $2) AND expires_at > now() ORDER BY name",
+                &[(&self.node, Type::TEXT), (&prefix, Type::TEXT)],
+            )
+            .await?;
+            let others = others.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64;
+            Ok((others + 1, held.iter().map(|r| r.get::<_, String>(0)).collect()))
+        };
+        tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
+    }
+
     pub async fn release(&self, fence: &Fence) {
         if let Ok(c) = self.client().await {
             let _ = tokio::time::timeout(

@@ -671,6 +671,15 @@ impl Store {
         }
     }
 
+    /// Cluster: the live nodes and the leases named `prefix…` this node
+    /// holds (see [`cluster::Leases::share`]). One machine: `None`.
+    pub async fn lease_share(&self, prefix: &str, live: std::time::Duration) -> Result<Option<(u64, Vec<String>)>> {
+        match &self.inner.leases {
+            None => Ok(None),
+            Some(l) => l.share(prefix, live).await.map(Some).map_err(StoreError::Unavailable),
+        }
+    }
+
     /// Give a lease up (a clean stop: another node may take it at once).
     pub async fn release_lease(&self, fence: &cluster::Fence) {
         if let Some(l) = &self.inner.leases {

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod filing;
 pub mod frame;
+pub mod share;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -128,6 +129,26 @@ pub struct MailboxTask {
     /// The lease on this mailbox's polling while a session runs (cluster:
     /// one node polls a mailbox; every commit is checked against it).
     pub fence: Option<crate::store::cluster::Fence>,
+    /// Cluster: how this node's mailboxes are spread over the live nodes
+    /// (one per generation of tasks, shared by them).
+    pub share: Arc<share::Share>,
+    /// Turns true when this node should give the mailbox to another node
+    /// (it polls more than its share): the session ends at its next safe
+    /// point. Set by `run`.
+    pub give_up: Option<watch::Receiver<bool>>,
+}
+
+/// Resolves once `give_up` turns true (never without one).
+async fn given_up(give_up: &mut Option<watch::Receiver<bool>>) {
+    match give_up {
+        Some(rx) => {
+            if rx.wait_for(|v| *v).await.is_err() {
+                // The lease's keeper ended (lease lost): nothing to give.
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// One provider message as listed by `UID FETCH 1:* (UID RFC822.SIZE)`.
@@ -157,16 +178,45 @@ impl MailboxTask {
     }
 
     /// Wait until this node holds the mailbox's lease (at once on one
-    /// machine; in a cluster while another node polls it: "standby").
-    /// `None`: shutting down.
+    /// machine; in a cluster while another node polls it: "standby", and
+    /// while this node polls its share of the mailboxes and another may
+    /// take this one, see [`share`]). `None`: shutting down.
     async fn take_lease(&mut self) -> Option<crate::store::cluster::Fence> {
-        let name = format!("mailbox:{}", self.alias());
+        let name = format!("{}{}", share::PREFIX, self.alias());
         let mut said = false;
+        let mut deferred = 0u32;
+        let mut settled = false;
         loop {
             if self.stopping() {
                 return None;
             }
-            match self.store.acquire_lease(&name, self.opts.lease).await {
+            let turn = self.share.turn.lock().await;
+            let mut take = true;
+            match self.store.lease_share(share::PREFIX, self.opts.lease / 2).await {
+                Ok(Some((nodes, held))) => {
+                    if !settled {
+                        // Nodes started together: let them all count first.
+                        settled = true;
+                        let wait = self.share.settle(self.opts.lease);
+                        crate::counters::cluster().lease_held.with_label_values(&[self.alias()]).set(0);
+                        if !wait.is_zero() {
+                            drop(turn);
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    }
+                    if self.share.turn(&name, nodes, &held, deferred, self.opts.lease) == share::Turn::Defer {
+                        tracing::debug!(mailbox = %self.alias(), nodes, held = held.len(), "leaving the mailbox to a node that polls fewer");
+                        deferred += 1;
+                        take = false;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(mailbox = %self.alias(), error = %e, "cannot count the nodes and their mailboxes"),
+            }
+            let got = if take { self.store.acquire_lease(&name, self.opts.lease).await } else { Ok(None) };
+            drop(turn);
+            match got {
                 Ok(Some(f)) => {
                     if f.epoch > 0 {
                         crate::counters::cluster().lease_held.with_label_values(&[self.alias()]).set(1);
@@ -205,8 +255,11 @@ impl MailboxTask {
 
     /// Renew `fence` every third of the lease until the returned handle is
     /// aborted; a lost lease is logged (the commits under it are refused).
-    fn keep_lease(&self, fence: crate::store::cluster::Fence) -> tokio::task::JoinHandle<()> {
-        let (store, ttl, alias) = (self.store.clone(), self.opts.lease, self.alias().to_string());
+    /// Cluster: when this node polls more than its share and this mailbox
+    /// is one of the excess, `give_up` turns true (the session ends at its
+    /// next safe point and `run` releases the lease).
+    fn keep_lease(&self, fence: crate::store::cluster::Fence, give_up: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+        let (store, ttl, alias, share) = (self.store.clone(), self.opts.lease, self.alias().to_string(), self.share.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
@@ -217,10 +270,26 @@ impl MailboxTask {
                         tracing::warn!(mailbox = %alias, epoch = fence.epoch, "lost the mailbox's lease: another node polls it now");
                         return;
                     }
-                    Err(e) => tracing::warn!(mailbox = %alias, error = %e, "cannot renew the mailbox's lease"),
+                    Err(e) => {
+                        tracing::warn!(mailbox = %alias, error = %e, "cannot renew the mailbox's lease");
+                        continue;
+                    }
+                }
+                if *give_up.borrow() {
+                    continue;
+                }
+                if let Ok(Some((nodes, held))) = store.lease_share(share::PREFIX, ttl / 2).await {
+                    if share.give_up(&fence.name, nodes, &held) {
+                        tracing::info!(mailbox = %alias, nodes, polled_here = held.len(), "this node polls more than its share of the mailboxes: giving this one to another node");
+                        let _ = give_up.send(true);
+                    }
                 }
             }
         })
+    }
+
+    fn giving_up(&self) -> bool {
+        self.give_up.as_ref().is_some_and(|g| *g.borrow())
     }
 
     /// Run until shutdown: sessions with exponential back-off between
@@ -244,7 +313,9 @@ impl MailboxTask {
                 if let Err(e) = self.store.sync_shared().await {
                     tracing::warn!(mailbox = %self.alias(), error = %e, "cannot read the shared journal");
                 }
-                keeper = Some(self.keep_lease(fence));
+                let (give_up, rx) = watch::channel(false);
+                self.give_up = Some(rx);
+                keeper = Some(self.keep_lease(fence, give_up));
             }
             self.board.update(self.alias(), |s| s.state = "connecting".into());
             let result = self.session().await;
@@ -256,6 +327,23 @@ impl MailboxTask {
                     self.store.release_lease(f).await;
                 }
                 break;
+            }
+            if self.giving_up() {
+                // Another node polls fewer mailboxes: let it take this one.
+                if let Some(k) = keeper.take() {
+                    k.abort();
+                }
+                if let Some(f) = self.fence.take() {
+                    self.store.release_lease(&f).await;
+                }
+                self.give_up = None;
+                crate::counters::cluster().lease_held.with_label_values(&[self.alias()]).set(0);
+                self.board.update(self.alias(), |s| {
+                    s.state = "standby".into();
+                    s.connected = false;
+                });
+                failures = 0;
+                continue;
             }
             let err = match result {
                 Ok(()) => break,
@@ -339,7 +427,7 @@ impl MailboxTask {
                     left_in_first = left;
                 }
                 on_provider += left;
-                if self.stopping() {
+                if self.stopping() || self.giving_up() {
                     c.logout().await;
                     return Ok(());
                 }
@@ -385,21 +473,27 @@ impl MailboxTask {
                     wait = wait.min(self.cfg.poll_interval);
                 }
                 rescanned = false;
+                let mut gu = self.give_up.clone();
                 c.idle(wait, async move {
-                    let _ = sd.changed().await;
+                    tokio::select! {
+                        _ = sd.changed() => {}
+                        _ = given_up(&mut gu) => {}
+                    }
                 })
                 .await?;
             } else {
+                let mut gu = self.give_up.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.poll_interval) => {}
                     _ = sd.changed() => {}
+                    _ = given_up(&mut gu) => {}
                 }
                 // Keep the connection alive and notice a dead one early.
-                if !self.stopping() {
+                if !self.stopping() && !self.giving_up() {
                     c.run("NOOP", CommandBody::Noop).await?;
                 }
             }
-            if self.stopping() {
+            if self.stopping() || self.giving_up() {
                 c.logout().await;
                 return Ok(());
             }
@@ -491,7 +585,9 @@ impl MailboxTask {
         // fetched: at most two windows in memory.
         let mut in_flight: Option<ArchiveTask> = None;
         let mut i = 0;
-        while i < todo.len() && !self.stopping() {
+        // Giving the mailbox to another node: the windows fetched so far
+        // are archived and offloaded, the rest is left to it.
+        while i < todo.len() && !self.stopping() && !self.giving_up() {
             let (j, bytes) = window_end(&todo, i, self.opts.window_messages, self.opts.window_bytes);
             let uids: Vec<u32> = todo[i..j].iter().map(|(u, _)| *u).collect();
             let started = std::time::Instant::now();
