@@ -17,7 +17,10 @@
 //! The clock runs from the first spawn until every message is in the
 //! archive (each mailbox's `archived_total` in the nodes' `status.json`)
 //! and every provider INBOX is empty (Dovecot's Maildir, `cur` and `new`).
-//! Printed per configuration: wall time, messages/s and MB/s; each node's
+//! Printed per configuration: wall time, messages/s and MB/s, and the same
+//! from the moment the first message is archived (before it: the nodes'
+//! start, and a cluster node's settling on its share of the mailboxes,
+//! a quarter of the lease: 5 s by default); each node's
 //! CPU time (`/proc/PID/stat`) and peak resident memory (VmHWM), and how
 //! many messages it archived from which mailbox (its `status.json`); the
 //! CPU the peers used meanwhile (Dovecot, PostgreSQL and s3s-fs: each
@@ -316,6 +319,8 @@ struct Row {
     label: String,
     load: String,
     wall: f64,
+    /// Seconds from the start to the first message archived.
+    first: f64,
     n: usize,
     bytes: usize,
     nodes: Vec<(String, f64, f64, String)>,
@@ -411,6 +416,10 @@ impl Run<'_> {
             n.spawn(bin);
         }
         let mut last_say = Instant::now();
+        // When `status.json` first shows a message archived: what came
+        // before is the nodes' start (and, in a cluster, their settling on
+        // who polls what).
+        let mut first: Option<Duration> = None;
         let wall = loop {
             for n in nodes.iter_mut() {
                 n.check_alive();
@@ -422,6 +431,9 @@ impl Run<'_> {
                 })
                 .collect();
             let left: Vec<usize> = (0..MAILBOXES).map(|k| on_provider(self.dv, k)).collect();
+            if first.is_none() && archived.iter().any(|a| *a > 0) {
+                first = Some(t0.elapsed());
+            }
             if archived.iter().all(|a| *a as usize == self.per) && left.iter().all(|l| *l == 0) {
                 break t0.elapsed();
             }
@@ -498,11 +510,18 @@ impl Run<'_> {
             .join(", ");
 
         let (s, mb) = (wall.as_secs_f64(), self.bytes() as f64 / 1e6);
+        let first = first.unwrap_or(wall).as_secs_f64();
         println!(
             "{label}: {} messages, {mb:.1} MB in {s:.2} s: {:.1} messages/s, {:.1} MB/s (load average {load_before} -> {load_after})",
             self.n(),
             self.n() as f64 / s,
             mb / s
+        );
+        println!(
+            "{label}: the first message archived after {first:.2} s; from then on {:.2} s: {:.1} messages/s, {:.1} MB/s",
+            s - first,
+            self.n() as f64 / (s - first),
+            mb / (s - first)
         );
         for (name, cpu, hwm, polled) in &node_rows {
             println!("{label}: node {name}: CPU {cpu:.2} s, peak RSS {hwm:.1} MiB, archived and deleted: {polled}");
@@ -541,6 +560,7 @@ impl Run<'_> {
             label,
             load: format!("{load_before} / {load_after}"),
             wall: s,
+            first,
             n: self.n(),
             bytes: self.bytes(),
             nodes: node_rows,
@@ -595,8 +615,11 @@ fn main() {
         }
     }
 
-    println!("\n| round | configuration | load average (start / end) | wall | messages/s | MB/s | node: CPU, peak RSS, mailboxes | peers' CPU | leases |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "\n| round | configuration | load average (start / end) | wall | messages/s | MB/s | first archived at | \
+         messages/s after it | node: CPU, peak RSS, mailboxes | peers' CPU | leases |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let mb = r.bytes as f64 / 1e6;
         let nodes = r
@@ -606,13 +629,15 @@ fn main() {
             .collect::<Vec<_>>()
             .join("; ");
         println!(
-            "| {} | {} | {} | {:.2} s | {:.1} | {:.1} | {nodes} | {} | {} |",
+            "| {} | {} | {} | {:.2} s | {:.1} | {:.1} | {:.2} s | {:.1} | {nodes} | {} | {} |",
             r.round,
             r.label,
             r.load,
             r.wall,
             r.n as f64 / r.wall,
             mb / r.wall,
+            r.first,
+            r.n as f64 / (r.wall - r.first),
             r.peers,
             if r.leases.is_empty() { "-" } else { &r.leases }
         );
