@@ -34,12 +34,14 @@
 //!
 //! Prints one line per tool and the ratio; BENCHMARKS.md records the result.
 
+mod ingest_mix;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use ingest_mix::{size_small, sizes_loguniform};
 use support::gateway::{mailbox_toml, Gateway};
 use support::{make_message, Dovecot, DovecotOptions, UserSpec};
 
@@ -52,31 +54,6 @@ enum Mix {
     Small,
     /// Issue 14: log-uniform between 2 KiB and 2 MiB.
     LogUniform,
-}
-
-fn size_small(i: usize) -> usize {
-    // The same mix as the offload test: mostly small, some large.
-    match i % 100 {
-        0 => 2 * 1024 * 1024,
-        n if n % 10 == 0 => 200 * 1024,
-        n => 2 * 1024 + (n * 997 % 40) * 1024,
-    }
-}
-
-/// `n` sizes, log-uniform in [2 KiB, 2 MiB], from a fixed seed.
-fn sizes_loguniform(n: usize) -> Vec<usize> {
-    let mut state: u64 = 0x5EED_1405_0000_0001;
-    let (lo, hi) = ((2.0f64 * 1024.0).ln(), (2.0f64 * 1024.0 * 1024.0).ln());
-    (0..n)
-        .map(|_| {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let u = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-            (lo + u * (hi - lo)).exp() as usize
-        })
-        .collect()
 }
 
 fn report(name: &str, n: usize, bytes: usize, d: Duration) -> f64 {
