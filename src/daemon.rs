@@ -117,10 +117,14 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
             s.run(m.clone(), end)
         }));
     }
-    let (st, c) = (store.clone(), cfg.clone());
-    tasks.spawn(crate::lease::leased(store.clone(), "retention".into(), ttl, rx.clone(), move |_, end| {
-        crate::retention::task(st.clone(), c.clone(), end)
-    }));
+    // Only with a retention to apply: a job that returns at once would
+    // take its lease again (a new epoch, a log line) every third of it.
+    if cfg.mailboxes.iter().any(|m| cfg.retention_of(m).is_some()) {
+        let (st, c) = (store.clone(), cfg.clone());
+        tasks.spawn(crate::lease::leased(store.clone(), "retention".into(), ttl, rx.clone(), move |_, end| {
+            crate::retention::task(st.clone(), c.clone(), end)
+        }));
+    }
     if let Some(a) = &cfg.anchor {
         let (st, a) = (store.clone(), a.clone());
         tasks.spawn(crate::lease::leased(store.clone(), "anchor".into(), ttl, rx.clone(), move |_, end| {

@@ -75,7 +75,7 @@ fn two_nodes_share_one_archive() {
         b.log()
     );
     // `cluster status`: the head, both nodes caught up, who polls prot
-    // (taken a quarter of the lease after the start, at most 5 s: nodes
+    // (taken an eighth of the lease after the start, at most 2 s: nodes
     // started together first see each other).
     let mut status = serde_json::Value::Null;
     let caught_up = |st: &serde_json::Value| {

@@ -408,25 +408,9 @@ fn open(st: &Value) -> u64 {
         .sum()
 }
 
-/// A campaign of 300 notices with mixed outcomes created through one node
-/// of three, sent through the PEC provider simulator; while it sends, the
-/// node holding the campaign's sending lease is killed (kill -9) five
-/// times, each time one of the others taking the sending over within
-/// [`takeover`], the killed node then restarted. At the end the
-/// simulator received every notice exactly once (the ones left mid-dialogue
-/// by a kill settled by their receipts, those the provider never got
-/// resent by the administrator, as on one machine), every report row is
-/// final and what the simulator did, on every node, the fallback list is
-/// exactly the rows not delivered, each notice's sent copy is archived
-/// once, and `audit verify` passes.
-#[test]
-fn a_campaign_survives_its_sending_node_killed() {
-    let n = 300;
-    let pg = Postgres::start();
-    let s3 = S3::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path();
-    // The simulator, as tests/campaign.rs starts it.
+/// The simulator (as tests/campaign.rs starts it) in `d`, with prot's
+/// mailbox and [`REMOTES`]; its SMTP and IMAP ports and its record.
+fn start_sim(d: &Path) -> (support::sim::Sim, u16, std::path::PathBuf) {
     let (smtp_port, sim_imap) = (free_port(), free_port());
     let record = d.join("record.jsonl");
     let sim_cfg = d.join("sim.toml");
@@ -448,14 +432,20 @@ fn a_campaign_survives_its_sending_node_killed() {
     let c = pecgate::sim::pki::server_cert_for_ip("127.0.0.1").expect("certificate");
     std::fs::write(d.join("cert.pem"), c.chain).expect("cert");
     std::fs::write(d.join("key.pem"), c.key).expect("key");
-    let lease = Duration::from_secs(2);
+    (sim, sim_imap, record)
+}
+
+/// A node's configuration for the campaign tests: prot on the simulator,
+/// `campaigns` the `[campaigns]` section's lines.
+fn campaign_node_toml(d: &Path, sim: &support::sim::Sim, sim_imap: u16, lease: Duration, campaigns: &str) -> impl Fn(u16, u16) -> String {
     let hash = pecgate::auth::hash_password(PASSWORD).expect("hash");
-    let body = |imap: u16, http: u16| {
+    let (d, smtp_port, campaigns) = (d.to_path_buf(), sim.port, campaigns.to_string());
+    move |imap: u16, http: u16| {
         format!(
             "[upstream]\ntimeout = \"10s\"\nmin_backoff = \"200ms\"\nmax_backoff = \"1s\"\nlease = \"{}s\"\n\n\
              [pec]\ntrust_store = \"{pki}/ca.pem\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
              [tls]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n[imap]\nlisten = [\"127.0.0.1:{imap}\"]\n\n\
-             [campaigns]\nsettle_after = \"8s\"\n\n\
+             [campaigns]\n{campaigns}\n\n\
              [[mailbox]]\nalias = \"prot\"\naddress = \"{PROT}\"\nusername = \"prot\"\npassword = \"pw\"\n\
              imap = {{ host = \"127.0.0.1\", port = {sim_imap}, tls = \"none\" }}\n\
              smtp = {{ host = \"127.0.0.1\", port = {smtp_port}, tls = \"none\" }}\npoll_interval = \"1s\"\n\
@@ -465,7 +455,100 @@ fn a_campaign_survives_its_sending_node_killed() {
             pki = d.join("pki").display(),
             d = d.display(),
         )
-    };
+    }
+}
+
+/// A node frozen (SIGSTOP) in the middle of a notice's dialogue, past its
+/// lease: the node that takes the sending over finds the notice claimed
+/// (`FOR UPDATE SKIP LOCKED`) and leaves it alone, although the policy
+/// would resend a notice left mid-dialogue that long without receipts.
+/// Resumed, the frozen node's late commit is refused (its lease is gone)
+/// and its claim ends; the other settles the notice by the provider's
+/// receipts. The simulator received it once.
+#[test]
+fn a_node_frozen_mid_dialogue_keeps_its_notice() {
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let (sim, sim_imap, record) = start_sim(d);
+    let lease = Duration::from_secs(2);
+    // Without the claim, the new sender would call the notice ambiguous 2 s
+    // after its dialogue began and resend it by policy.
+    let body = campaign_node_toml(d, &sim, sim_imap, lease, "settle_after = \"2s\"\nresend_ambiguous = true");
+    let mut nodes = [Node::new(d, "a", &pg, &s3, &body), Node::new(d, "b", &pg, &s3, &body)];
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    let sender = |pg: &Postgres| holder(pg, "campaigns:prot");
+    wait("a node sends prot's campaigns", Duration::from_secs(20), || !sender(&pg).is_empty(), || logs(&nodes));
+    let s = nodes.iter().position(|x| x.name == sender(&pg)).expect("the sending node");
+    let t = 1 - s;
+    let csv = d.join("uno.csv");
+    std::fs::write(&csv, "verbale;nome;pec;importo\r\nV-1;Lento;lento1@cittadini.sim;10,00\r\n").expect("csv");
+    let tpl = d.join("avviso.txt");
+    std::fs::write(&tpl, TEMPLATE).expect("template");
+    let args = ["create", "--mailbox", "prot", "--name", "Lento", "--recipients", csv.to_str().expect("path")];
+    let out = campaign(&nodes[t], &[&args[..], &["--template", tpl.to_str().expect("path"), "--start"]].concat());
+    assert!(out.status.success(), "create: {}", said(&out));
+    let id = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).expect("campaign <id> created").to_string();
+
+    // The DATA is in; the provider holds its 250; the sender freezes.
+    wait("the provider holds the 250", Duration::from_secs(30), || sim.log().contains("holding the 250"), || logs(&nodes));
+    let held_at = Instant::now();
+    let pid = nodes[s].child.as_ref().expect("running").id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let other = nodes[t].name.clone();
+    wait("the other node takes the sending", takeover(lease) + lease, || sender(&pg) == other, || logs(&nodes));
+    // Long past the settle time, and past the 250 and the receipts.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(held_at.elapsed()));
+    let log = nodes[t].log();
+    assert!(log.contains("another node's dialogue holds it"), "node {other} left the notice alone: {log}");
+    assert!(!log.contains("notice-ambiguous") && !log.contains("resent by policy"), "{log}");
+    assert_eq!(received(&record).len(), 1, "one submission while the sender was frozen");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+
+    wait(
+        "the notice settled by its receipts",
+        Duration::from_secs(60),
+        || status(&nodes[t], &id)["states"]["delivered"].as_u64() == Some(1),
+        || format!("{}\n{}", status(&nodes[t], &id), logs(&nodes)),
+    );
+    let got = received(&record);
+    assert_eq!(got.values().copied().collect::<Vec<_>>(), [1], "the simulator received the notice once: {got:?}");
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    for n in &nodes {
+        let v = n.cli(&["audit", "verify"]);
+        assert!(v.status.success(), "audit verify on node {}: {}", n.name, said(&v));
+        assert!(!n.log().contains("panicked"), "node {}: {}", n.name, n.log());
+    }
+    drop(sim);
+}
+
+/// A campaign of 300 notices with mixed outcomes created through one node
+/// of three, sent through the PEC provider simulator; while it sends, the
+/// node holding the campaign's sending lease is killed (kill -9) five
+/// times, each time one of the others taking the sending over within
+/// [`takeover`], the killed node then restarted. At the end the
+/// simulator received every notice exactly once (the ones left mid-dialogue
+/// by a kill settled by their receipts, those the provider never got
+/// resent by the administrator, as on one machine), every report row is
+/// final and what the simulator did, on every node, the fallback list is
+/// exactly the rows not delivered, each notice's sent copy is archived
+/// once, and `audit verify` passes.
+#[test]
+fn a_campaign_survives_its_sending_node_killed() {
+    let n = 300;
+    let pg = Postgres::start();
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let (sim, sim_imap, record) = start_sim(d);
+    let lease = Duration::from_secs(2);
+    let body = campaign_node_toml(d, &sim, sim_imap, lease, "settle_after = \"8s\"");
+    let body = &body;
     let mut nodes =
         [Node::new(d, "a", &pg, &s3, body), Node::new(d, "b", &pg, &s3, body), Node::new(d, "c", &pg, &s3, body)];
     for node in nodes.iter_mut() {

@@ -132,6 +132,11 @@ pub struct RemoteRuleConfig {
     /// decides; the submission is processed as usual.
     #[serde(default)]
     pub drop: bool,
+    /// Wait this long before the `250` to DATA (humantime; a slow
+    /// provider) when a submission has a recipient this rule decides; the
+    /// submission is recorded and processed as usual.
+    #[serde(default, with = "humantime_serde")]
+    pub hold: Option<Duration>,
 }
 
 /// What a remote PEC recipient's provider does with the message.
@@ -208,6 +213,7 @@ struct Rule {
     outcome: Outcome,
     delay: Option<Duration>,
     drop: bool,
+    hold: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +320,7 @@ impl Campaign {
                     outcome,
                     delay: rule.delay,
                     drop: rule.drop,
+                    hold: rule.hold,
                 });
             }
             remotes.push(Remote { domain, pec: r.pec, rules });
@@ -332,6 +339,14 @@ impl Script {
     /// A recipient on a remote domain: what happens to it, and whether its
     /// rule closes the connection after the `250`. `None`: not a remote
     /// domain's address.
+    /// How long the rule deciding `address` holds the `250` to DATA.
+    pub fn hold(&self, address: &str) -> Option<Duration> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let remote = self.remotes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain))?;
+        let rule = remote.rules.iter().find(|r| glob_match(&r.pattern, if r.whole_address { address } else { local }));
+        rule.and_then(|r| r.hold)
+    }
+
     pub fn route(&self, address: &str) -> Option<(Dest, bool)> {
         let (local, domain) = address.rsplit_once('@')?;
         let remote = self.remotes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain))?;

@@ -342,6 +342,13 @@ async fn session(sim: Arc<Sim>, mut tcp: TcpStream) {
                             out.extend_from_slice(b"451 4.3.0 cannot record the submission, try again\r\n");
                             continue;
                         }
+                        if let Some(hold) = plan.hold {
+                            tracing::info!(%id, ?hold, "holding the 250 (hold)");
+                            if tcp.write_all(&std::mem::take(&mut out)).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(hold).await;
+                        }
                         out.extend_from_slice(format!("250 2.0.0 Ok: queued as {id}\r\n").as_bytes());
                         let drop = plan.drop;
                         tokio::spawn(process(sim.clone(), plan, body));
@@ -526,6 +533,8 @@ struct Plan {
     non_accettazione: Option<String>,
     /// Close the connection right after the `250`.
     drop: bool,
+    /// Wait before the `250` (a rule's `hold`).
+    hold: Option<Duration>,
 }
 
 impl Sim {
@@ -548,7 +557,7 @@ impl Sim {
             None
         };
         let mut drop = false;
-        let rcpts = rcpts
+        let rcpts: Vec<(String, Dest)> = rcpts
             .into_iter()
             .map(|r| {
                 let dest = if self.cfg.simulated(&r) {
@@ -564,7 +573,9 @@ impl Sim {
             .collect();
         let a = self.script.drop_after_accept;
         drop |= a > 0.0 && rand::random::<f64>() < a;
+        let hold = rcpts.iter().filter_map(|(r, _)| self.script.hold(r)).max();
         Plan {
+            hold,
             user,
             rcpts,
             subject,

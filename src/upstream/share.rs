@@ -12,7 +12,8 @@
 //! passes), and releases their leases so another node takes them within a
 //! third of the lease. A mailbox given up and taken back by the same node
 //! (nobody else took it) is not given up again for a while, so nothing
-//! flaps.
+//! flaps. Nodes started together wait an eighth of the lease (at most
+//! 2 s) before taking anything, so that they count each other first.
 //!
 //! A node that stops renewing drops out of the count within half a lease,
 //! before its leases expire: the survivors' shares grow and they take its
@@ -42,7 +43,13 @@ pub struct Share {
     pub turn: tokio::sync::Mutex<()>,
     /// When each mailbox was last given up by this node.
     yielded: Mutex<HashMap<String, Instant>>,
-    started: Instant,
+}
+
+/// When this process's first mailbox tasks began (a configuration reload
+/// makes new tasks, not a new start: no second wait).
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// What a task waiting for its mailbox's lease should do this round.
@@ -60,18 +67,17 @@ pub fn fair(configured: usize, nodes: u64) -> usize {
 
 impl Share {
     pub fn new(configured: usize) -> Share {
-        Share {
-            configured,
-            turn: tokio::sync::Mutex::new(()),
-            yielded: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-        }
+        process_start();
+        Share { configured, turn: tokio::sync::Mutex::new(()), yielded: Mutex::new(HashMap::new()) }
     }
 
     /// How long a task of a node just started waits before taking any
-    /// mailbox: long enough for nodes started together to see each other.
+    /// mailbox: long enough for nodes started together to see each other
+    /// (each reports itself within a second of its start), short enough
+    /// that a lone node starts polling at once for practical purposes. A
+    /// node that starts later than the others is rebalanced to anyway.
     pub fn settle(&self, lease: Duration) -> Duration {
-        (lease / 4).min(Duration::from_secs(5)).saturating_sub(self.started.elapsed())
+        (lease / 8).min(Duration::from_secs(2)).saturating_sub(process_start().elapsed())
     }
 
     /// Whether to take `name` now, with `held` of this node's leases among

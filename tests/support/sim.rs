@@ -12,7 +12,8 @@ use super::pecgate_bin;
 /// do to each recipient: `cittadini.sim` answers by the address's prefix
 /// (`pieno*` a full mailbox, `ignoto*` an unknown address, `taglia*` the
 /// connection dropped right after the 250, `svuota*` full once then
-/// delivered, anything else delivered); `posta.example` is not PEC.
+/// delivered, `lento*` delivered with the 250 to DATA held 8 s, anything
+/// else delivered); `posta.example` is not PEC.
 pub const REMOTES: &str = r#"
 [[remote]]
 domain = "cittadini.sim"
@@ -28,6 +29,9 @@ drop = true
 [[remote.rule]]
 pattern = "svuota*"
 outcome = "full-once"
+[[remote.rule]]
+pattern = "lento*"
+hold = "8s"
 [[remote.rule]]
 pattern = "*"
 outcome = "delivered"
