@@ -15,7 +15,7 @@ const PASSWORD: &str = "pw-Secret-1";
 
 /// Mailbox `prot`, its provider never reached (nothing polls it).
 const PROT: &str = "[[mailbox]]\nalias = \"prot\"\naddress = \"protocollo@pec.example.it\"\nusername = \"u\"\npassword = \"p\"\n\
-     imap = { host = \"127.0.0.1\", port = 9, tls = \"none\" }\noffload = { mode = \"never\" }\npoll_interval = \"1h\"\n\n";
+     imap = { host = \"127.0.0.1\", port = 9, tls = \"none\" }\noffload = { mode = \"never\" }\npoll_interval = \"1h\"\nretention = \"3650days\"\n\n";
 
 /// Node `name` with `body` (mailboxes, `[upstream]`) between `[store]`
 /// and `[http]`, `[imap]`, `[tls]` and the user mario.
@@ -96,7 +96,8 @@ fn two_nodes_share_one_archive() {
     assert!(caught_up(&status), "both nodes report their index at the head, one polls prot: {status}");
     let lease = status["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "mailbox:prot")).cloned();
     assert!(lease.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b"), "{status}");
-    // The expiry run is once-per-archive work: one node holds its lease.
+    // The expiry run (prot keeps ten years) is once-per-archive work: one
+    // node holds its lease.
     let retention = status["leases"].as_array().and_then(|l| l.iter().find(|l| l["name"] == "retention")).cloned();
     assert!(retention.is_some_and(|l| l["holder"] == "a" || l["holder"] == "b"), "{status}");
     let text = a.cli(&["cluster", "status"]);
