@@ -152,6 +152,8 @@ struct WriterStats {
     taken_in: u64,
     /// Heads locked, summed over transactions.
     heads_locked: u64,
+    /// From BEGIN sent to COMMIT answered, summed over transactions.
+    busy: Duration,
 }
 
 /// A node's writer: group commit on its own connection.
@@ -167,6 +169,7 @@ async fn writer(c: Client, node: usize, chains: Chains, mut rx: mpsc::UnboundedR
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let mut keys: Vec<String> = reqs.iter().map(|r| chain_of(chains, r.mailbox)).collect();
         keys.sort();
         keys.dedup();
@@ -281,6 +284,7 @@ async fn writer(c: Client, node: usize, chains: Chains, mut rx: mpsc::UnboundedR
         );
         pg(written, "append");
         pg(committed, "COMMIT");
+        stats.busy += started.elapsed();
         stats.transactions += 1;
         stats.records += reqs.len() as u64;
         for r in reqs {
@@ -358,6 +362,8 @@ struct Outcome {
     p99: Duration,
     per_txn: f64,
     heads_per_txn: f64,
+    /// Mean transaction time (BEGIN sent to COMMIT answered).
+    txn: Duration,
     taken_in: u64,
     checkpoints: Vec<Duration>,
 }
@@ -386,16 +392,26 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
     );
     pg(setup.batch_execute("CHECKPOINT").await, "CHECKPOINT");
     let mut senders = Vec::new();
-    let mut writer_tasks = Vec::new();
-    let mut listeners = Vec::new();
+    let mut writer_threads = Vec::new();
     for n in 0..nodes {
-        let c = connect(url).await;
-        let l = connect(url).await;
-        pg(l.batch_execute(&format!("LISTEN {CHANNEL}")).await, "LISTEN");
-        listeners.push(l);
+        // A node's writer on a thread of its own, its connections on that
+        // thread's runtime (the real writer is a thread, its PostgreSQL
+        // client a one-worker runtime of the store's).
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
-        writer_tasks.push(tokio::spawn(writer(c, n, chains, rx)));
+        let (ready, is_ready) = oneshot::channel();
+        let url = url.to_string();
+        writer_threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+            rt.block_on(async move {
+                let c = connect(&url).await;
+                let l = connect(&url).await;
+                pg(l.batch_execute(&format!("LISTEN {CHANNEL}")).await, "LISTEN");
+                let _ = ready.send(());
+                writer(c, n, chains, rx).await
+            })
+        }));
+        is_ready.await.expect("writer connected");
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let heads_task = match chains {
@@ -433,18 +449,18 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
     }
     let elapsed = t0.elapsed().as_secs_f64().max(secs as f64);
     let mut stats = WriterStats::default();
-    for t in writer_tasks {
-        let s = t.await.expect("writer");
+    for t in writer_threads {
+        let s = t.join().expect("writer");
         stats.transactions += s.transactions;
         stats.records += s.records;
         stats.taken_in += s.taken_in;
         stats.heads_locked += s.heads_locked;
+        stats.busy += s.busy;
     }
     let checkpoints = match heads_task {
         Some(t) => t.await.expect("heads records"),
         None => Vec::new(),
     };
-    drop(listeners);
     let (p50, p99) = percentiles(&mut all);
     Outcome {
         rate: all.len() as f64 / elapsed,
@@ -452,6 +468,7 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
         p99,
         per_txn: stats.records as f64 / stats.transactions.max(1) as f64,
         heads_per_txn: stats.heads_locked as f64 / stats.transactions.max(1) as f64,
+        txn: stats.busy / stats.transactions.max(1) as u32,
         taken_in: stats.taken_in,
         checkpoints,
     }
@@ -513,7 +530,7 @@ fn main() {
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
     );
     println!(
-        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10} {:>9} {:>9} {:>8} {:>6} {:>9} {:>14}  load",
+        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9} {:>14}  load",
         "pass",
         "W",
         "nodes",
@@ -523,6 +540,7 @@ fn main() {
         "p50",
         "p99",
         "rec/txn",
+        "txn",
         "heads",
         "taken in",
         "heads records"
@@ -551,7 +569,7 @@ fn main() {
                         out
                     });
                     println!(
-                        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8} {:>6} {:>9} {:>14}  {}",
+                        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8} {:>9} {:>6} {:>9} {:>14}  {}",
                         pass + 1,
                         w,
                         nodes,
@@ -560,6 +578,7 @@ fn main() {
                         r,
                         p50,
                         p99,
+                        "",
                         "",
                         "",
                         "",
@@ -582,7 +601,7 @@ fn main() {
                         };
                         let (sp, ch) = (format!("{spread:?}").to_lowercase(), format!("{chains:?}"));
                         println!(
-                            "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8.1} {:>6.1} {:>9} {:>14}  {}",
+                            "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8.1} {:>9.2?} {:>6.1} {:>9} {:>14}  {}",
                             pass + 1,
                             w,
                             nodes,
@@ -592,6 +611,7 @@ fn main() {
                             o.p50,
                             o.p99,
                             o.per_txn,
+                            o.txn,
                             o.heads_per_txn,
                             o.taken_in,
                             hr,
