@@ -27,12 +27,14 @@
 //! runs it) on the same PostgreSQL, to check the prototype's one-chain
 //! figures against the real code.
 //!
-//!     CHAINS_SECS=10 cargo bench --bench chain_heads
+//!     CHAINS_SECS=5 CHAINS_ROUNDS=3 cargo bench --bench chain_heads
 //!
 //! Environment: CHAINS_SECS (seconds per run, default 10), CHAINS_WRITERS
-//! (writers per node, default "2,16,64"), CHAINS_PASSES (default 1; the
-//! second pass runs per-mailbox before one chain), CHAINS_REAL (0: skip
-//! the real `Store`). PostgreSQL 15 and s3s-fs as for tests/cluster.rs.
+//! (writers per node, default "2,16,64"), CHAINS_ROUNDS (runs of each
+//! configuration, back to back, default 1; every other round runs
+//! per-mailbox chains before one chain; the summary gives the medians),
+//! CHAINS_REAL (0: skip the real `Store`). PostgreSQL 15 and s3s-fs as for
+//! tests/cluster.rs.
 
 #[path = "../tests/support/cluster.rs"]
 #[allow(dead_code)]
@@ -512,7 +514,7 @@ fn main() {
         return;
     }
     let secs = env("CHAINS_SECS", 10);
-    let passes = env("CHAINS_PASSES", 1);
+    let passes = env("CHAINS_ROUNDS", 1);
     let with_real = env("CHAINS_REAL", 1) != 0;
     let writers: Vec<usize> = std::env::var("CHAINS_WRITERS")
         .unwrap_or_else(|_| "2,16,64".into())
@@ -546,11 +548,10 @@ fn main() {
         "heads records"
     );
     let mut summary: BTreeMap<(usize, usize, String, String), Vec<(f64, Duration, Duration)>> = BTreeMap::new();
-    for pass in 0..passes {
-        let order = if pass % 2 == 0 { [Chains::One, Chains::PerMailbox] } else { [Chains::PerMailbox, Chains::One] };
-        for &w in &writers {
-            if let Some(s3) = &s3 {
-                for nodes in [1usize, 3] {
+    for &w in &writers {
+        if let Some(s3) = &s3 {
+            for nodes in [1usize, 3] {
+                for pass in 0..passes {
                     pg.sql("DROP TABLE IF EXISTS pecgate_journal, pecgate_chain, pecgate_nodes, pecgate_leases");
                     pg.sql("CHECKPOINT");
                     let (r, p50, p99) = rt.block_on(async {
@@ -588,8 +589,17 @@ fn main() {
                     summary.entry((w, nodes, "-".into(), "real Store".into())).or_default().push((r, p50, p99));
                 }
             }
-            for spread in [Spread::Partitioned, Spread::Mixed] {
-                for nodes in [1usize, 3] {
+        }
+        for spread in [Spread::Partitioned, Spread::Mixed] {
+            for nodes in [1usize, 3] {
+                for pass in 0..passes {
+                    // Each round the other variant first: the machine's
+                    // load drifts.
+                    let order = if pass % 2 == 0 {
+                        [Chains::One, Chains::PerMailbox]
+                    } else {
+                        [Chains::PerMailbox, Chains::One]
+                    };
                     for chains in order {
                         let o = rt.block_on(prototype(&url, nodes, w, chains, spread, secs));
                         let hr = if o.checkpoints.is_empty() {
@@ -623,9 +633,16 @@ fn main() {
             }
         }
     }
-    println!("\nsummary (each pass's records/s, p50, p99):");
+    println!("\nsummary: the median of the rounds' records/s, p50 and p99 (each round's records/s)");
     for ((w, nodes, sp, ch), runs) in &summary {
-        let text: Vec<String> = runs.iter().map(|(r, a, b)| format!("{r:.0} {a:.2?} {b:.2?}")).collect();
-        println!("W={w:<3} nodes={nodes} {sp:<12} {ch:<12} {}", text.join(" | "));
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let r = median(runs.iter().map(|x| x.0).collect());
+        let a = median(runs.iter().map(|x| x.1.as_secs_f64() * 1e3).collect());
+        let b = median(runs.iter().map(|x| x.2.as_secs_f64() * 1e3).collect());
+        let each: Vec<String> = runs.iter().map(|x| format!("{:.0}", x.0)).collect();
+        println!("W={w:<3} nodes={nodes} {sp:<12} {ch:<12} {r:>8.0} {a:>7.2} ms {b:>7.2} ms  ({})", each.join(", "));
     }
 }
