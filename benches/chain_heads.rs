@@ -16,7 +16,10 @@
 //! the records other nodes committed on the chains it locked (as the real
 //! writer takes in the shared chain), checks their hashes and links, then
 //! chains its own: each record carries its chain's sequence number, the
-//! previous hash, and the SHA-256 of its body. Six mailboxes, in two
+//! previous hash, and the SHA-256 of its body. Beside it, a follower woken
+//! by the LISTEN connection's notifications (at most every 50 ms) reads and
+//! checks every chain's new records without a lock: each node still takes
+//! in the whole archive, whatever the chains. Six mailboxes, in two
 //! distributions: partitioned (node i writes only mailboxes 2i and 2i+1,
 //! as pollers under per-mailbox leases do) and mixed (every record goes to
 //! a random one of the six). Per-mailbox runs also commit, every second,
@@ -42,9 +45,12 @@ mod cluster_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_support::{Postgres, S3};
+use futures::StreamExt;
 use pecgate::store::{Audit, Change, Store};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -156,12 +162,73 @@ struct WriterStats {
     heads_locked: u64,
     /// From BEGIN sent to COMMIT answered, summed over transactions.
     busy: Duration,
+    /// Records other nodes committed, read by the follower (no lock).
+    followed: u64,
 }
 
 /// A node's writer: group commit on its own connection.
-async fn writer(c: Client, node: usize, chains: Chains, mut rx: mpsc::UnboundedReceiver<Req>) -> WriterStats {
-    // What this node has taken in of each chain: (seq, hash).
-    let mut known: HashMap<String, (i64, String)> = HashMap::new();
+/// What a node has taken in of each chain: (seq, hash). Shared by its
+/// writer and its follower (one thread: never held across an await).
+type Known = Arc<Mutex<HashMap<String, (i64, String)>>>;
+
+/// Take in one line another node committed on `chain`, unless this node
+/// has it already: check its hash and its link, move `known`.
+fn take_in(known: &Known, chain: &str, seq: i64, line: &str) -> bool {
+    let mut kn = known.lock().expect("known");
+    let k = kn.entry(chain.to_string()).or_insert((0, ZERO.to_string()));
+    if seq <= k.0 {
+        return false;
+    }
+    assert_eq!(seq, k.0 + 1, "chain {chain} has no gap");
+    k.1 = check(line, &k.1);
+    k.0 = seq;
+    true
+}
+
+/// The records committed after what this node knows of `names`.
+async fn read_after(c: &Client, known: &Known, names: Vec<String>) -> Vec<(String, i64, String)> {
+    let after: Vec<i64> = {
+        let kn = known.lock().expect("known");
+        names.iter().map(|n| kn.get(n).map(|k| k.0).unwrap_or(0)).collect()
+    };
+    let rows = pg(
+        c.query_typed(
+            "SELECT j.chain, j.seq, j.line FROM proto_journal j \
+             JOIN UNNEST($1::text[], $2::int8[]) AS k(chain, after) \
+               ON j.chain = k.chain AND j.seq > k.after \
+             ORDER BY j.chain, j.seq",
+            &[(&names, Type::TEXT_ARRAY), (&after, Type::INT8_ARRAY)],
+        )
+        .await,
+        "take in",
+    );
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+}
+
+/// A node's follower: woken by the other nodes' notifications (or once a
+/// second), at most every 50 ms, it reads and checks every chain's new
+/// records outside any transaction, as a node takes in the journal for
+/// its index between its own batches. Counts what it took in.
+async fn follower(c: &Client, mut wake: mpsc::UnboundedReceiver<()>, known: Known, all: Vec<String>, n: &AtomicU64) {
+    loop {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.recv()).await;
+        while wake.try_recv().is_ok() {}
+        for (chain, seq, line) in read_after(c, &known, all.clone()).await {
+            if take_in(&known, &chain, seq, &line) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn writer(
+    c: Client,
+    node: usize,
+    chains: Chains,
+    mut rx: mpsc::UnboundedReceiver<Req>,
+    known: Known,
+) -> WriterStats {
     let mut stats = WriterStats::default();
     while let Some(first) = rx.recv().await {
         let mut reqs = vec![first];
@@ -190,48 +257,38 @@ async fn writer(c: Client, node: usize, chains: Chains, mut rx: mpsc::UnboundedR
         let heads = pg(heads, "lock the heads");
         assert_eq!(heads.len(), keys.len(), "a head row per chain");
         stats.heads_locked += keys.len() as u64;
-        let mut behind: Vec<(String, i64)> = Vec::new();
-        for h in &heads {
-            let (chain, seq): (String, i64) = (h.get(0), h.get(1));
-            let k = known.entry(chain.clone()).or_insert((0, ZERO.to_string()));
-            if seq > k.0 {
-                behind.push((chain, k.0));
-            }
-        }
+        let behind: Vec<String> = {
+            let kn = known.lock().expect("known");
+            heads
+                .iter()
+                .filter(|h| h.get::<_, i64>(1) > kn.get(h.get::<_, &str>(0)).map(|k| k.0).unwrap_or(0))
+                .map(|h| h.get(0))
+                .collect()
+        };
         // Take in what other nodes committed on these chains (a third
         // round trip, only when there is some, as `Link::begin`).
         if !behind.is_empty() {
-            let (names, after): (Vec<String>, Vec<i64>) = behind.into_iter().unzip();
-            let rows = pg(
-                c.query_typed(
-                    "SELECT j.chain, j.seq, j.line FROM proto_journal j \
-                     JOIN UNNEST($1::text[], $2::int8[]) AS k(chain, after) \
-                       ON j.chain = k.chain AND j.seq > k.after \
-                     ORDER BY j.chain, j.seq",
-                    &[(&names, Type::TEXT_ARRAY), (&after, Type::INT8_ARRAY)],
-                )
-                .await,
-                "take in",
-            );
-            for r in &rows {
-                let (chain, seq, line): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
-                let k = known.get_mut(&chain).expect("a known chain");
-                assert_eq!(seq, k.0 + 1, "chain {chain} has no gap");
-                k.1 = check(&line, &k.1);
-                k.0 = seq;
+            for (chain, seq, line) in read_after(&c, &known, behind).await {
+                if take_in(&known, &chain, seq, &line) {
+                    stats.taken_in += 1;
+                }
             }
-            stats.taken_in += rows.len() as u64;
         }
+        let mut kn = known.lock().expect("known");
         for h in &heads {
             let (chain, seq, hash): (String, i64, String) = (h.get(0), h.get(1), h.get(2));
-            assert_eq!(known[&chain], (seq, hash), "node {node} caught up with {chain}");
+            assert_eq!(
+                kn.entry(chain.clone()).or_insert((0, ZERO.to_string())),
+                &(seq, hash),
+                "node {node} caught up with {chain}"
+            );
         }
         // Chain the batch under the lock.
         let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let (mut lc, mut ls, mut ll) = (Vec::new(), Vec::new(), Vec::new());
         for r in &reqs {
             let chain = chain_of(chains, r.mailbox);
-            let k = known.get_mut(&chain).expect("a locked chain");
+            let k = kn.get_mut(&chain).expect("a locked chain");
             let seq = k.0 + 1;
             let body = format!(
                 "{{\"seq\":{seq},\"chain\":\"{chain}\",\"time\":\"{time}\",\"actor\":\"operatore{node}\",\
@@ -252,13 +309,14 @@ async fn writer(c: Client, node: usize, chains: Chains, mut rx: mpsc::UnboundedR
         let (hc, hs, hh): (Vec<String>, Vec<i64>, Vec<String>) = {
             let mut a = (Vec::new(), Vec::new(), Vec::new());
             for key in &keys {
-                let (s, h) = &known[key];
+                let (s, h) = &kn[key];
                 a.0.push(key.clone());
                 a.1.push(*s);
                 a.2.push(h.clone());
             }
             a
         };
+        drop(kn);
         let notice: String = hc.iter().zip(&hs).map(|(c, s)| format!("{c}:{s}")).collect::<Vec<_>>().join(",");
         let channel = CHANNEL.to_string();
         let params: [(&(dyn ToSql + Sync), Type); 8] = [
@@ -367,6 +425,7 @@ struct Outcome {
     /// Mean transaction time (BEGIN sent to COMMIT answered).
     txn: Duration,
     taken_in: u64,
+    followed: u64,
     checkpoints: Vec<Duration>,
 }
 
@@ -403,14 +462,32 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
         senders.push(tx);
         let (ready, is_ready) = oneshot::channel();
         let url = url.to_string();
+        let all = heads.clone();
         writer_threads.push(std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
             rt.block_on(async move {
                 let c = connect(&url).await;
-                let l = connect(&url).await;
+                // The LISTEN connection, driven here to see notifications.
+                let (l, mut conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect to PostgreSQL");
+                let (wake, woken) = mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(Ok(m)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                            let _ = wake.send(());
+                        }
+                    }
+                });
                 pg(l.batch_execute(&format!("LISTEN {CHANNEL}")).await, "LISTEN");
                 let _ = ready.send(());
-                writer(c, n, chains, rx).await
+                let known = Known::default();
+                let followed = AtomicU64::new(0);
+                let mut stats = tokio::select! {
+                    s = writer(c, n, chains, rx, known.clone()) => s,
+                    _ = follower(&l, woken, known, all, &followed) => unreachable!("the follower stops with the writer"),
+                };
+                stats.followed = followed.load(Ordering::Relaxed);
+                stats
             })
         }));
         is_ready.await.expect("writer connected");
@@ -458,6 +535,7 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
         stats.taken_in += s.taken_in;
         stats.heads_locked += s.heads_locked;
         stats.busy += s.busy;
+        stats.followed += s.followed;
     }
     let checkpoints = match heads_task {
         Some(t) => t.await.expect("heads records"),
@@ -472,6 +550,7 @@ async fn prototype(url: &str, nodes: usize, writers: usize, chains: Chains, spre
         heads_per_txn: stats.heads_locked as f64 / stats.transactions.max(1) as f64,
         txn: stats.busy / stats.transactions.max(1) as u32,
         taken_in: stats.taken_in,
+        followed: stats.followed,
         checkpoints,
     }
 }
@@ -532,7 +611,7 @@ fn main() {
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
     );
     println!(
-        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>9} {:>14}  load",
+        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>17} {:>14}  load",
         "pass",
         "W",
         "nodes",
@@ -544,7 +623,7 @@ fn main() {
         "rec/txn",
         "txn",
         "heads",
-        "taken in",
+        "in: lock/follower",
         "heads records"
     );
     let mut summary: BTreeMap<(usize, usize, String, String), Vec<(f64, Duration, Duration)>> = BTreeMap::new();
@@ -570,7 +649,7 @@ fn main() {
                         out
                     });
                     println!(
-                        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8} {:>9} {:>6} {:>9} {:>14}  {}",
+                        "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8} {:>9} {:>6} {:>17} {:>14}  {}",
                         pass + 1,
                         w,
                         nodes,
@@ -611,7 +690,7 @@ fn main() {
                         };
                         let (sp, ch) = (format!("{spread:?}").to_lowercase(), format!("{chains:?}"));
                         println!(
-                            "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8.1} {:>9.2?} {:>6.1} {:>9} {:>14}  {}",
+                            "{:<5} {:>3} {:>5} {:<12} {:<12} {:>10.0} {:>9.2?} {:>9.2?} {:>8.1} {:>9.2?} {:>6.1} {:>17} {:>14}  {}",
                             pass + 1,
                             w,
                             nodes,
@@ -623,7 +702,7 @@ fn main() {
                             o.per_txn,
                             o.txn,
                             o.heads_per_txn,
-                            o.taken_in,
+                            format!("{}/{}", o.taken_in, o.followed),
                             hr,
                             load()
                         );
