@@ -8,8 +8,8 @@
 //! (`fsync=on`). The two variants run the same code: only the head keys
 //! differ (`all` for one chain, `mbx0`…`mbx5` for per-mailbox chains).
 //!
-//! Each node is a group-committing writer task on its own connection (it
-//! takes every record waiting, up to 256, into one transaction, as the
+//! Each node is a group-committing writer on its own thread and connection
+//! (it takes every record waiting, up to 256, into one transaction, as the
 //! real writer does), with a LISTEN connection beside it, fed by W client
 //! tasks that each submit one record (≈ 330 bytes of JSON, like an audit
 //! record) and wait for its commit. Under the lock the writer first reads
@@ -26,11 +26,11 @@
 //! one record listing all six heads on a seventh chain (`heads`), on its
 //! own connection: the periodic record of every head.
 //!
-//! Then the real `Store` (one chain, as `benches/cluster_append.rs`
-//! runs it) on the same PostgreSQL, to check the prototype's one-chain
-//! figures against the real code.
+//! Before them, at each W, the real `Store` (one chain, as
+//! `benches/cluster_append.rs` runs it) on the same PostgreSQL, to check
+//! the prototype's one-chain figures against the real code.
 //!
-//!     CHAINS_SECS=5 CHAINS_ROUNDS=3 cargo bench --bench chain_heads
+//!     CHAINS_SECS=5 CHAINS_ROUNDS=4 cargo bench --bench chain_heads
 //!
 //! Environment: CHAINS_SECS (seconds per run, default 10), CHAINS_WRITERS
 //! (writers per node, default "2,16,64"), CHAINS_ROUNDS (runs of each
@@ -716,7 +716,7 @@ fn main() {
     for ((w, nodes, sp, ch), runs) in &summary {
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
         };
         let r = median(runs.iter().map(|x| x.0).collect());
         let a = median(runs.iter().map(|x| x.1.as_secs_f64() * 1e3).collect());
