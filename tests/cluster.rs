@@ -729,12 +729,10 @@ fn one_poller_per_mailbox_and_takeover() {
     );
 }
 
-/// A node that held a lease and lost it (frozen past its expiry while
-/// another node took it): its late commits are refused by the epoch check
-/// in the commit's own transaction, and nothing of them is in the journal.
-#[test]
-fn late_commits_under_a_lost_lease_are_refused() {
-    use pecgate::store::{Audit, StoreError};
+/// Two nodes' stores, x and y, on a fresh PostgreSQL and bucket: `f` runs
+/// with them, then both are closed. The PostgreSQL, for what a test checks
+/// after.
+fn two_stores<Fut: std::future::Future<Output = ()>>(f: impl FnOnce(Store, Store) -> Fut) -> Postgres {
     let pg = Postgres::start();
     let s3 = S3::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -742,6 +740,20 @@ fn late_commits_under_a_lost_lease_are_refused() {
     rt.block_on(async {
         let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
         let (y, _) = Store::open(&dir.path().join("y"), options(&pg, &s3, "y")).expect("open y");
+        f(x.clone(), y.clone()).await;
+        x.close().expect("close x");
+        y.close().expect("close y");
+    });
+    pg
+}
+
+/// A node that held a lease and lost it (frozen past its expiry while
+/// another node took it): its late commits are refused by the epoch check
+/// in the commit's own transaction, and nothing of them is in the journal.
+#[test]
+fn late_commits_under_a_lost_lease_are_refused() {
+    use pecgate::store::{Audit, StoreError};
+    let pg = two_stores(|x, y| async move {
         let ttl = Duration::from_secs(1);
         let fx = x.acquire_lease("mailbox:t", ttl).await.expect("lease").expect("x takes it");
         assert!(y.acquire_lease("mailbox:t", ttl).await.expect("lease").is_none(), "held by x");
@@ -765,8 +777,6 @@ fn late_commits_under_a_lost_lease_are_refused() {
         }
         let c = archive(&y, 3).await;
         y.commit_batch_fenced(Some(&fy), vec![(Audit::system("upstream", "archive"), c)]).await.expect("y commits");
-        x.close().expect("close x");
-        y.close().expect("close y");
     });
     assert_eq!(archived(&pg), (2, 2), "x's late record is not in the journal");
 }
@@ -778,13 +788,7 @@ fn late_commits_under_a_lost_lease_are_refused() {
 /// connection dies, or when the holder stays idle past its hold.
 #[test]
 fn campaign_notices_are_claimed_with_skip_locked() {
-    let pg = Postgres::start();
-    let s3 = S3::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
-        let (y, _) = Store::open(&dir.path().join("y"), options(&pg, &s3, "y")).expect("open y");
+    let pg = two_stores(|x, y| async move {
         let ttl = Duration::from_secs(1);
         let hold = Duration::from_secs(60);
         let fx = x.acquire_lease("campaigns:prot", ttl).await.expect("lease").expect("x sends");
@@ -825,8 +829,6 @@ fn campaign_notices_are_claimed_with_skip_locked() {
         assert!(late.is_some(), "a claim held idle past its hold is ended by PostgreSQL");
         short.release().await;
         late.expect("claimed").release().await;
-        x.close().expect("close x");
-        y.close().expect("close y");
     });
     let claims = pg.sql("SELECT campaign || ' ' || notice || ' ' || node FROM pecgate_claims ORDER BY notice");
     assert_eq!(claims.lines().collect::<Vec<_>>(), ["c1 1 y", "c1 2 y"], "{claims}");
@@ -839,13 +841,7 @@ fn campaign_notices_are_claimed_with_skip_locked() {
 fn sending_limits_are_counted_across_nodes() {
     use pecgate::config::SendingLimits;
     use pecgate::sending::Limiter;
-    let pg = Postgres::start();
-    let s3 = S3::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let (x, _) = Store::open(&dir.path().join("x"), options(&pg, &s3, "x")).expect("open x");
-        let (y, _) = Store::open(&dir.path().join("y"), options(&pg, &s3, "y")).expect("open y");
+    let pg = two_stores(|x, y| async move {
         let (lx, ly) = (Limiter::default(), Limiter::default());
         let l = SendingLimits { per_minute: Some(3), ..Default::default() };
         let ok = |r: Result<Result<(), pecgate::sending::Wait>, _>| r.expect("counted").is_ok();
@@ -876,8 +872,6 @@ fn sending_limits_are_counted_across_nodes() {
             went += usize::from(t.await.expect("task"));
         }
         assert_eq!(went, 3, "three of ten concurrent sends fit the minute");
-        x.close().expect("close x");
-        y.close().expect("close y");
     });
     assert_eq!(pg.sql("SELECT count(*) FROM pecgate_sends WHERE mailbox = 'prot'"), "3");
 }
