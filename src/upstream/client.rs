@@ -16,7 +16,7 @@
 //! [`Conn`] reads up to [`READ_CHUNK`] at a time, the framer copies the
 //! bytes once, and each whole response is decoded once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -128,6 +128,10 @@ struct Conn {
     out: Vec<u8>,
     /// Written but maybe still buffered (TLS): flush before waiting.
     unflushed: bool,
+    /// Messages of the current command's FETCH responses, by message
+    /// number, taken out of their responses before decoding
+    /// ([`frame::split_fetch_body`]): their `BODY[]` decodes empty.
+    bodies: HashMap<u32, Vec<u8>>,
 }
 
 impl Conn {
@@ -138,6 +142,7 @@ impl Conn {
             framer: Framer::new(MAX_RESPONSE),
             out: Vec::new(),
             unflushed: false,
+            bodies: HashMap::new(),
         }
     }
 
@@ -170,8 +175,17 @@ impl Conn {
 
     async fn response(&mut self) -> Result<Response<'static>, ClientError> {
         let n = self.frame().await?;
-        let r =
-            decode_whole(&ResponseCodec::default(), &self.framer.bytes()[..n], "response").map(IntoStatic::into_static);
+        let whole = &self.framer.bytes()[..n];
+        let r = match super::frame::split_fetch_body(whole) {
+            Some((small, seq, body)) => {
+                let r = decode_whole(&ResponseCodec::default(), &small, "response").map(IntoStatic::into_static);
+                if r.is_ok() {
+                    self.bodies.insert(seq, whole[body].to_vec());
+                }
+                r
+            }
+            None => decode_whole(&ResponseCodec::default(), whole, "response").map(IntoStatic::into_static),
+        };
         self.framer.consume(n);
         r
     }
@@ -356,6 +370,7 @@ impl ImapClient {
         name: &'static str,
         body: CommandBody<'static>,
     ) -> Result<(Vec<Data<'static>>, Vec<Code<'static>>), ClientError> {
+        self.conn.bodies.clear();
         let tag = self.tags.generate();
         let mut cmd = Outgoing::new(tag.clone(), body);
         cmd.send_ready(&mut self.conn);
@@ -377,6 +392,12 @@ impl ImapClient {
                 _ => {}
             }
         }
+    }
+
+    /// The message of the last command's FETCH response number `seq`, when
+    /// it was taken out of the response (its `BODY[]` decoded empty).
+    pub fn take_body(&mut self, seq: u32) -> Option<Vec<u8>> {
+        self.conn.bodies.remove(&seq)
     }
 
     pub async fn capability(&mut self) -> Result<(), ClientError> {

@@ -667,14 +667,16 @@ impl MailboxTask {
         let data = c.run("UID FETCH", body).await?;
         let mut msgs = Vec::new();
         for d in data {
-            if let Data::Fetch { items, .. } = d {
+            if let Data::Fetch { seq, items } = d {
                 let (mut uid, mut date, mut raw) = (None, None, None);
                 for it in items.into_iter() {
                     match it {
                         MessageDataItem::Uid(u) => uid = Some(u.get()),
                         MessageDataItem::InternalDate(d) => date = Some(d.as_ref().with_timezone(&Utc)),
                         MessageDataItem::BodyExt { section: None, origin: None, data } => {
-                            raw = data.0.map(|s| s.into_inner().into_owned())
+                            // Taken out before decoding (the usual case),
+                            // else as decoded.
+                            raw = c.take_body(seq.get()).or_else(|| data.0.map(|s| s.into_inner().into_owned()))
                         }
                         _ => {}
                     }
