@@ -230,7 +230,8 @@ mod client {
 
     #[tokio::test]
     async fn bare_lf_and_one_byte_writes_and_a_large_literal() {
-        let body: Vec<u8> = (0..3_000_000u32).map(|i| b"abc\r\n{1}\n"[i as usize % 9]).collect();
+        // NUL bytes too: a message holding them is archived as it came.
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| b"ab\0\r\n{1}\n"[i as usize % 9]).collect();
         let sent = body.clone();
         let port = provider(move |mut s| async move {
             let w = s.get_mut();
