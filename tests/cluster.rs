@@ -360,11 +360,11 @@ fn postgres_client_certificates() {
     let dir = tempfile::tempdir().expect("temp dir");
     support::slapd::make_ca_and_server_cert(dir.path());
     let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("server.pem"), dir.path().join("server.key"));
-    let (client, client_key) = support::cluster::client_certificate(dir.path(), "pecgate", "client");
+    let (client, client_key) = support::slapd::client_certificate(dir.path(), "pecgate", "client");
     let other_ca = dir.path().join("other");
     std::fs::create_dir(&other_ca).expect("dir");
     support::slapd::make_ca_and_server_cert(&other_ca);
-    let (stranger, stranger_key) = support::cluster::client_certificate(&other_ca, "pecgate", "client");
+    let (stranger, stranger_key) = support::slapd::client_certificate(&other_ca, "pecgate", "client");
     pg.enable_tls(&cert, &key);
     pg.require_client_certs(&ca);
     let with = |id: Option<(&Path, &Path)>| {

@@ -191,48 +191,6 @@ impl Drop for Postgres {
     }
 }
 
-/// A client certificate for `cn` (`{name}.pem`, `{name}.key`) signed by
-/// the CA in `dir` (`ca.pem`, `ca.key`, as
-/// `support::slapd::make_ca_and_server_cert` makes them).
-pub fn client_certificate(dir: &Path, cn: &str, name: &str) -> (PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (key, csr, ext, pem) =
-        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
-    let subj = format!("/CN={cn}");
-    openssl(
-        &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-            .into_iter()
-            .chain(["-subj", &subj, "-keyout", &key, "-out", &csr])
-            .collect::<Vec<_>>(),
-    );
-    std::fs::write(
-        dir.join(&ext),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
-    )
-    .expect("write ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-        "-out",
-        &pem,
-    ]);
-    (dir.join(pem), dir.join(key))
-}
-
 /// PgBouncer 1.18+ (Debian package `pgbouncer`, run as `postgres` when the
 /// tests run as root) in transaction pooling mode in front of a
 /// [`Postgres`]: database `pecgate`, trust authentication, `pecgate` an

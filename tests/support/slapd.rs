@@ -57,6 +57,9 @@ fn slapd_bin() -> PathBuf {
     panic!("slapd not found (Debian package slapd; scripts/test installs it)");
 }
 
+/// `openssl req` options for a new P-256 key, unencrypted.
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -65,41 +68,49 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA (`ca.pem`) and a certificate for 127.0.0.1 it signed
 /// (`server.pem`, `server.key`) in `dir`.
 pub fn make_ca_and_server_cert(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut a = vec!["req", "-x509"];
-    a.extend(ec);
+    a.extend(EC);
     a.extend(["-days", "2", "-subj", "/CN=pecgate test directory CA", "-keyout", "ca.key", "-out", "ca.pem"]);
     a.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
     openssl(dir, &a);
-    let mut r = vec!["req"];
-    r.extend(ec);
-    r.extend(["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]);
-    openssl(dir, &r);
-    std::fs::write(
-        dir.join("server.ext"),
+    signed_certificate(
+        dir,
+        "127.0.0.1",
+        "server",
         "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+    );
+}
+
+/// A client certificate for `cn` (`{name}.pem`, `{name}.key`) signed by
+/// the CA in `dir` (as [`make_ca_and_server_cert`] makes it).
+pub fn client_certificate(dir: &Path, cn: &str, name: &str) -> (PathBuf, PathBuf) {
+    signed_certificate(
+        dir,
+        cn,
+        name,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
     )
-    .expect("write ext");
+}
+
+/// An EC key and a certificate for `/CN={cn}` with extensions `ext`
+/// (`{name}.pem`, `{name}.key`), signed by `dir`'s `ca.pem` and `ca.key`.
+fn signed_certificate(dir: &Path, cn: &str, name: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, ext_file, pem) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
+    let subj = format!("/CN={cn}");
+    let mut r = vec!["req"];
+    r.extend(EC);
+    r.extend(["-subj", &subj, "-keyout", &key, "-out", &csr]);
+    openssl(dir, &r);
+    std::fs::write(dir.join(&ext_file), ext).expect("write ext");
     openssl(
         dir,
         &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
+            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", &ext_file, "-out", &pem,
         ],
     );
+    (dir.join(pem), dir.join(key))
 }
 
 impl Slapd {
