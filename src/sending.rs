@@ -97,13 +97,6 @@ impl Limiter {
         Ok(())
     }
 
-    /// Wait until a send of `alias` fits, and count it.
-    pub async fn acquire(&self, alias: &str, l: &SendingLimits) {
-        while let Err(w) = self.try_acquire(alias, l, Instant::now()) {
-            tokio::time::sleep(w.wait.max(Duration::from_millis(10))).await;
-        }
-    }
-
     /// [`Limiter::try_acquire`] against every node's sends: on one machine
     /// this process's count is the whole count; with several nodes the
     /// sends are counted in PostgreSQL ([`Store::count_send`]), so client
@@ -139,9 +132,9 @@ impl Limiter {
         }
     }
 
-    /// [`Limiter::acquire`] against every node's sends (see
-    /// [`Limiter::try_acquire_shared`]); while PostgreSQL cannot be asked,
-    /// nothing is sent.
+    /// Wait until a send of `alias` fits, and count it, against every
+    /// node's sends (see [`Limiter::try_acquire_shared`]); while PostgreSQL
+    /// cannot be asked, nothing is sent.
     pub async fn acquire_shared(&self, store: &Store, alias: &str, l: &SendingLimits) {
         loop {
             match self.try_acquire_shared(store, alias, l).await {

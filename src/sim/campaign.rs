@@ -336,21 +336,25 @@ impl Campaign {
 }
 
 impl Script {
+    /// The remote domain of `address` and the first of its rules that
+    /// matches it. `None`: not a remote domain's address.
+    fn rule(&self, address: &str) -> Option<(&Remote, Option<&Rule>)> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let remote = self.remotes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain))?;
+        let rule = remote.rules.iter().find(|r| glob_match(&r.pattern, if r.whole_address { address } else { local }));
+        Some((remote, rule))
+    }
+
+    /// How long the rule deciding `address` holds the `250` to DATA.
+    pub fn hold(&self, address: &str) -> Option<Duration> {
+        self.rule(address)?.1.and_then(|r| r.hold)
+    }
+
     /// A recipient on a remote domain: what happens to it, and whether its
     /// rule closes the connection after the `250`. `None`: not a remote
     /// domain's address.
-    /// How long the rule deciding `address` holds the `250` to DATA.
-    pub fn hold(&self, address: &str) -> Option<Duration> {
-        let (local, domain) = address.rsplit_once('@')?;
-        let remote = self.remotes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain))?;
-        let rule = remote.rules.iter().find(|r| glob_match(&r.pattern, if r.whole_address { address } else { local }));
-        rule.and_then(|r| r.hold)
-    }
-
     pub fn route(&self, address: &str) -> Option<(Dest, bool)> {
-        let (local, domain) = address.rsplit_once('@')?;
-        let remote = self.remotes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain))?;
-        let rule = remote.rules.iter().find(|r| glob_match(&r.pattern, if r.whole_address { address } else { local }));
+        let (remote, rule) = self.rule(address)?;
         let drop = rule.is_some_and(|r| r.drop);
         if !remote.pec {
             return Some((Dest::NotPec, drop));

@@ -628,27 +628,21 @@ impl Leases {
         let c = self.client().await?;
         let live = live.as_secs_f64();
         let work = async {
-            let others = q(
+            let rows = q(
                 &c,
-                "SELECT count(*) FROM pecgate_nodes WHERE node <> $1 AND seen_at > now() - make_interval(secs => $2)",
-                &[(&self.node, Type::TEXT), (&live, Type::FLOAT8)],
+                "SELECT
+                     (SELECT count(*) FROM pecgate_nodes
+                      WHERE node <> $1 AND seen_at > now() - make_interval(secs => $2)),
+                     (SELECT coalesce(array_agg(name ORDER BY name), '{}') FROM pecgate_leases
+                      WHERE holder = $1 AND starts_with(name, $3) AND expires_at > now()),
+                     NOT EXISTS (SELECT 1 FROM pecgate_leases
+                                 WHERE name = $4 AND holder IS NOT NULL AND expires_at > now())",
+                &[(&self.node, Type::TEXT), (&live, Type::FLOAT8), (&prefix, Type::TEXT), (&name, Type::TEXT)],
             )
             .await?;
-            let held = q(
-                &c,
-                "SELECT name FROM pecgate_leases
-                 WHERE holder = $1 AND starts_with(name, $2) AND expires_at > now() ORDER BY name",
-                &[(&self.node, Type::TEXT), (&prefix, Type::TEXT)],
-            )
-            .await?;
-            let taken = q(
-                &c,
-                "SELECT 1 FROM pecgate_leases WHERE name = $1 AND holder IS NOT NULL AND expires_at > now()",
-                &[(&name, Type::TEXT)],
-            )
-            .await?;
-            let others = others.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0).max(0) as u64;
-            Ok((others + 1, held.iter().map(|r| r.get::<_, String>(0)).collect(), taken.is_empty()))
+            let r = rows.first().ok_or("PostgreSQL: no row")?;
+            let others = r.get::<_, i64>(0).max(0) as u64;
+            Ok((others + 1, r.get::<_, Vec<String>>(1), r.get::<_, bool>(2)))
         };
         tokio::time::timeout(TIMEOUT, work).await.unwrap_or_else(|_| Err("PostgreSQL did not answer in time".into()))
     }
