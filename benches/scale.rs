@@ -797,6 +797,8 @@ struct PecgateFigures {
     index_rebuilt: Du,
     index: Du,
     index_after_run: Du,
+    /// After the second `put_blob` pass, before the store closed.
+    index_open: Option<Du>,
     journal_after_run: Du,
     rebuild: Duration,
     rebuild_records: u64,
@@ -855,7 +857,9 @@ fn fresh_data(cache: &Cache, data: &Path) {
 
 /// Put every message's bytes again (they are all stored: nothing is
 /// written but what archiving derives from them). Returns how long.
-fn derive_again(rt: &tokio::runtime::Runtime, data: &Path, n: usize) -> Duration {
+/// The second `put_blob` pass: how long it took, and the index's files
+/// while the store was still open (before the close packs them).
+fn derive_again(rt: &tokio::runtime::Runtime, data: &Path, n: usize) -> (Duration, Du) {
     rt.block_on(async {
         let (store, _) = Store::open(data, StoreOptions::default()).expect("open store");
         let t0 = Instant::now();
@@ -873,10 +877,13 @@ fn derive_again(rt: &tokio::runtime::Runtime, data: &Path, n: usize) -> Duration
             }
         }
         eprintln!();
+        drop(puts);
         let took = t0.elapsed();
         store.flush_index().await.expect("flush index");
+        let open = index_du(data);
         store.close().expect("close store");
-        took
+        drop(store);
+        (took, open)
     })
 }
 
@@ -921,7 +928,8 @@ fn run_pecgate(
     );
 
     // 2. What archiving derives from the bytes, derived again.
-    let derive = flag("SCALE_DERIVE", true).then(|| derive_again(rt, &data, n));
+    let derived = flag("SCALE_DERIVE", true).then(|| derive_again(rt, &data, n));
+    let (derive, index_open) = (derived.map(|d| d.0), derived.map(|d| d.1));
     let index = index_du(&data);
     if let Some(d) = derive {
         println!(
@@ -1067,6 +1075,7 @@ fn run_pecgate(
         index_rebuilt,
         index,
         index_after_run,
+        index_open,
         journal_after_run,
         rebuild,
         rebuild_records,
@@ -1421,10 +1430,11 @@ fn main() {
     }
     println!();
     println!(
-        "pecgate index: {} after rebuild-index, {} after put_blob again{}, {} after the run (journal {} then); at fill time (commit {}) {}",
+        "pecgate index: {} after rebuild-index, {} after put_blob again{}{}, {} after the run (journal {} then); at fill time (commit {}) {}",
         mb(p.index_rebuilt.bytes),
         mb(p.index.bytes),
         p.derive.map(|d| format!(" ({})", fmt_d(d))).unwrap_or_else(|| " (skipped)".into()),
+        p.index_open.map(|d| format!(", {} ({:.0} B/msg) before that store closed", mb(d.bytes), per(d.bytes))).unwrap_or_default(),
         mb(p.index_after_run.bytes),
         mb(p.journal_after_run.bytes),
         fill["commit"].as_str().unwrap_or("?"),

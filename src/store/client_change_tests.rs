@@ -39,19 +39,11 @@ async fn rebuild_reproduces_client_changes() {
     let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let mut blobs = Vec::new();
     for i in 0..4 {
-        blobs.push(
-            store
-                .put_blob(format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes())
-                .await
-                .unwrap(),
-        );
+        blobs.push(store.put_blob(format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes()).await.unwrap());
     }
     let a = || Audit::user("mario", Some("127.0.0.1:1".into()), "imap", "test");
     for b in &blobs {
-        store
-            .commit(a(), archive("prot", "INBOX", b.clone()))
-            .await
-            .unwrap();
+        store.commit(a(), archive("prot", "INBOX", b.clone())).await.unwrap();
     }
     let flags = |op, f: &[&str]| Change::SetFlags {
         mailbox: "prot".into(),
@@ -60,14 +52,8 @@ async fn rebuild_reproduces_client_changes() {
         op,
         flags: f.iter().map(|s| s.to_string()).collect(),
     };
-    store
-        .commit(a(), flags(FlagOp::Add, &["\\Flagged", "$Todo", "\\Seen"]))
-        .await
-        .unwrap();
-    store
-        .commit(a(), flags(FlagOp::Remove, &["$Todo"]))
-        .await
-        .unwrap();
+    store.commit(a(), flags(FlagOp::Add, &["\\Flagged", "$Todo", "\\Seen"])).await.unwrap();
+    store.commit(a(), flags(FlagOp::Remove, &["$Todo"])).await.unwrap();
     let seen = |user: &str, uids: Vec<u32>, seen| Change::SetSeen {
         user: user.into(),
         mailbox: "prot".into(),
@@ -75,48 +61,22 @@ async fn rebuild_reproduces_client_changes() {
         uids,
         seen,
     };
-    store
-        .commit(a(), seen("mario", vec![1, 3], true))
-        .await
-        .unwrap();
-    store
-        .commit(a(), seen("anna", vec![3], true))
-        .await
-        .unwrap();
-    store
-        .commit(a(), seen("mario", vec![1], false))
-        .await
-        .unwrap();
+    store.commit(a(), seen("mario", vec![1, 3], true)).await.unwrap();
+    store.commit(a(), seen("anna", vec![3], true)).await.unwrap();
+    store.commit(a(), seen("mario", vec![1], false)).await.unwrap();
     let moved = store
         .commit(
             a(),
-            Change::Move {
-                mailbox: "prot".into(),
-                from: "INBOX".into(),
-                to: "Receipts".into(),
-                uids: vec![3, 99],
-            },
+            Change::Move { mailbox: "prot".into(), from: "INBOX".into(), to: "Receipts".into(), uids: vec![3, 99] },
         )
         .await
         .unwrap();
     assert_eq!(
         moved.event,
-        Event::Moved {
-            mailbox: "prot".into(),
-            from: "INBOX".into(),
-            to: "Receipts".into(),
-            moves: vec![(3, 1)]
-        }
+        Event::Moved { mailbox: "prot".into(), from: "INBOX".into(), to: "Receipts".into(), moves: vec![(3, 1)] }
     );
     let hidden = store
-        .commit(
-            a(),
-            Change::Hide {
-                mailbox: "prot".into(),
-                folder: "INBOX".into(),
-                uids: vec![2, 3],
-            },
-        )
+        .commit(a(), Change::Hide { mailbox: "prot".into(), folder: "INBOX".into(), uids: vec![2, 3] })
         .await
         .unwrap();
     match &hidden.event {
@@ -128,32 +88,15 @@ async fn rebuild_reproduces_client_changes() {
     }
 
     // The live index says what the clients saw.
-    let inbox: Vec<u32> = store
-        .messages("prot", "INBOX")
-        .unwrap()
-        .iter()
-        .map(|m| m.0)
-        .collect();
+    let inbox: Vec<u32> = store.messages("prot", "INBOX").unwrap().iter().map(|m| m.0).collect();
     assert_eq!(inbox, vec![1, 4]);
     let m1 = store.message("prot", "INBOX", 1).unwrap().unwrap();
     assert_eq!(m1.flags, vec!["\\Flagged".to_string()]);
-    assert!(store
-        .seen_uids("mario", "prot", "INBOX")
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        store.seen_uids("anna", "prot", "Receipts").unwrap(),
-        vec![1]
-    );
-    assert_eq!(
-        store.seen_uids("mario", "prot", "Receipts").unwrap(),
-        vec![1]
-    );
+    assert!(store.seen_uids("mario", "prot", "INBOX").unwrap().is_empty());
+    assert_eq!(store.seen_uids("anna", "prot", "Receipts").unwrap(), vec![1]);
+    assert_eq!(store.seen_uids("mario", "prot", "Receipts").unwrap(), vec![1]);
     assert!(store.hidden_message("prot", "INBOX", 2).unwrap().is_some());
-    assert!(
-        store.get_blob(&blobs[1].hash).is_ok(),
-        "hiding keeps the blob"
-    );
+    assert!(store.get_blob(&blobs[1].hash).is_ok(), "hiding keeps the blob");
     let st = store.folder("prot", "INBOX").unwrap().unwrap();
     assert_eq!(st.exists, 2);
 
@@ -169,15 +112,9 @@ async fn rebuild_reproduces_client_changes() {
 fn flag_ops_keep_seen_out_of_shared_flags() {
     let cur = vec!["\\Flagged".to_string(), "$A".to_string()];
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        FlagOp::Add.apply(&cur, &s(&["\\Seen", "$b", "$a"])),
-        s(&["\\Flagged", "$A", "$b"])
-    );
+    assert_eq!(FlagOp::Add.apply(&cur, &s(&["\\Seen", "$b", "$a"])), s(&["\\Flagged", "$A", "$b"]));
     assert_eq!(FlagOp::Remove.apply(&cur, &s(&["$a"])), s(&["\\Flagged"]));
-    assert_eq!(
-        FlagOp::Replace.apply(&cur, &s(&["\\Seen", "\\Answered"])),
-        s(&["\\Answered"])
-    );
+    assert_eq!(FlagOp::Replace.apply(&cur, &s(&["\\Seen", "\\Answered"])), s(&["\\Answered"]));
 }
 
 /// Two people take the same message at the same moment: exactly one wins,
@@ -200,7 +137,11 @@ async fn concurrent_takes_first_wins() {
             let hash = blob.hash.clone();
             tokio::spawn(async move {
                 let t = Transition::new(Action::Take, &who);
-                s.commit(Audit::user(&who, None, "test", "take"), Change::Handle { mailbox: "m".into(), hashes: vec![hash], transition: t }).await
+                s.commit(
+                    Audit::user(&who, None, "test", "take"),
+                    Change::Handle { mailbox: "m".into(), hashes: vec![hash], transition: t },
+                )
+                .await
             })
         };
         let (a, b) = (take("anna"), take("mario"));
@@ -215,7 +156,13 @@ async fn concurrent_takes_first_wins() {
         }
         // Give it back for the next round.
         let t = Transition::new(Action::Reopen, &winner);
-        store.commit(Audit::user(&winner, None, "test", "reopen"), Change::Handle { mailbox: "m".into(), hashes: vec![blob.hash.clone()], transition: t }).await.unwrap();
+        store
+            .commit(
+                Audit::user(&winner, None, "test", "reopen"),
+                Change::Handle { mailbox: "m".into(), hashes: vec![blob.hash.clone()], transition: t },
+            )
+            .await
+            .unwrap();
     }
     store.close().unwrap();
 }
@@ -267,44 +214,77 @@ async fn categories_are_labels_and_survive_a_rebuild() {
     };
     let create = |name: &str| Change::CreateCategory { mailbox: "prot".into(), name: name.into() };
     store.commit(a(), create("Contratti/2026")).await.unwrap();
-    let (parent, child) = (cat(&store, "Contratti").expect("parent created"), cat(&store, "Contratti/2026").expect("created"));
+    let (parent, child) =
+        (cat(&store, "Contratti").expect("parent created"), cat(&store, "Contratti/2026").expect("created"));
     assert_ne!(parent, child);
     assert!(matches!(store.commit(a(), create("Contratti/2026")).await, Err(StoreError::Conflict(_))));
     assert!(matches!(store.commit(a(), create("a//b")).await, Err(StoreError::Conflict(_))));
 
     // COPY labels: the message stays in INBOX, filed there.
     let c = store
-        .commit(a(), Change::Copy { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), uids: vec![1, 2, 77] })
+        .commit(
+            a(),
+            Change::Copy { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), uids: vec![1, 2, 77] },
+        )
         .await
         .unwrap();
-    assert_eq!(c.event, Event::Copied { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), copies: vec![(1, 1), (2, 2)] });
+    assert_eq!(
+        c.event,
+        Event::Copied { mailbox: "prot".into(), from: "INBOX".into(), to: child.clone(), copies: vec![(1, 1), (2, 2)] }
+    );
     assert_eq!(store.find_hash("prot", &blobs[0].hash).unwrap(), Some(("INBOX".into(), 1)));
     // APPEND of bytes already held: a message of its own in the category.
     let l = store
         .commit(
             a(),
-            Change::Label { mailbox: "prot".into(), folder: child.clone(), hash: blobs[0].hash.clone(), size: blobs[0].size, internal_date: Utc::now().trunc_subsecs(0), flags: vec!["\\Flagged".into()] },
+            Change::Label {
+                mailbox: "prot".into(),
+                folder: child.clone(),
+                hash: blobs[0].hash.clone(),
+                size: blobs[0].size,
+                internal_date: Utc::now().trunc_subsecs(0),
+                flags: vec!["\\Flagged".into()],
+            },
         )
         .await
         .unwrap();
     assert!(matches!(l.event, Event::Labeled { uid: 3, .. }));
     assert_eq!(store.messages("prot", &child).unwrap().len(), 3);
     // MOVE files it in the category: INBOX no longer shows it.
-    store.commit(a(), Change::Move { mailbox: "prot".into(), from: "INBOX".into(), to: parent.clone(), uids: vec![3] }).await.unwrap();
+    store
+        .commit(a(), Change::Move { mailbox: "prot".into(), from: "INBOX".into(), to: parent.clone(), uids: vec![3] })
+        .await
+        .unwrap();
     assert_eq!(store.find_hash("prot", &blobs[2].hash).unwrap(), Some((parent.clone(), 1)));
     assert_eq!(store.messages("prot", "INBOX").unwrap().len(), 2);
     // A label moving between categories leaves the message where it is filed.
-    store.commit(a(), Change::Move { mailbox: "prot".into(), from: child.clone(), to: parent.clone(), uids: vec![2] }).await.unwrap();
+    store
+        .commit(a(), Change::Move { mailbox: "prot".into(), from: child.clone(), to: parent.clone(), uids: vec![2] })
+        .await
+        .unwrap();
     assert_eq!(store.find_hash("prot", &blobs[1].hash).unwrap(), Some(("INBOX".into(), 2)));
 
     // EXPUNGE in a category removes labels only, never what is filed there.
-    let u = store.commit(a(), Change::Unlabel { mailbox: "prot".into(), folder: parent.clone(), uids: vec![1, 2] }).await.unwrap();
+    let u = store
+        .commit(a(), Change::Unlabel { mailbox: "prot".into(), folder: parent.clone(), uids: vec![1, 2] })
+        .await
+        .unwrap();
     assert!(matches!(&u.event, Event::Unlabeled { uids, .. } if uids == &vec![2]), "{:?}", u.event);
     assert_eq!(store.messages("prot", &parent).unwrap().iter().map(|m| m.0).collect::<Vec<_>>(), vec![1]);
 
     // RENAME takes the inferiors along and moves no message.
     let uv = store.folder("prot", &child).unwrap().unwrap().uidvalidity;
-    store.commit(a(), Change::RenameCategory { mailbox: "prot".into(), from: "Contratti".into(), to: "Archivio/Contratti".into() }).await.unwrap();
+    store
+        .commit(
+            a(),
+            Change::RenameCategory {
+                mailbox: "prot".into(),
+                from: "Contratti".into(),
+                to: "Archivio/Contratti".into(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(cat(&store, "Archivio/Contratti/2026").as_deref(), Some(child.as_str()));
     assert!(cat(&store, "Archivio").is_some(), "the new parent was created");
     assert_eq!(store.folder("prot", &child).unwrap().unwrap().uidvalidity, uv);
@@ -375,4 +355,103 @@ async fn an_old_index_is_rebuilt_and_a_lagging_one_replayed() {
     assert_eq!(rep.replayed_records, 1);
     assert_eq!(store.index_dump().unwrap(), live);
     assert_eq!(store.messages("prot", "INBOX").unwrap().len(), 4);
+}
+
+/// A header-field cache written before format 5 (`search-fields-4`,
+/// chrono's dates as text) is converted at the open, not emptied: a
+/// million-message folder's first SEARCH would otherwise read every blob.
+/// Values of a kind with no conversion are dropped.
+#[tokio::test]
+async fn an_older_field_cache_is_converted_at_the_open() {
+    #[derive(serde::Serialize)]
+    struct V4 {
+        from: Option<String>,
+        to: Option<String>,
+        cc: Option<String>,
+        bcc: Option<String>,
+        subject: Option<String>,
+        sent: Option<chrono::NaiveDate>,
+        date: Option<chrono::DateTime<chrono::Utc>>,
+        subject_text: Option<String>,
+        from_mailbox: Option<String>,
+        to_mailbox: Option<String>,
+        cc_mailbox: Option<String>,
+        message_id: Option<String>,
+        in_reply_to: Option<String>,
+        references: Option<String>,
+    }
+    let raw = b"From: Mario Rossi <mario@example.it>\r\nSubject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
+Date: Sun, 25 Mar 2007 00:30:00 +0200\r\nMessage-ID: <a@b>\r\n\r\nx\r\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let b = store.put_blob(raw.to_vec()).await.unwrap();
+    let f = store.search_fields(&b.hash).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let v4 = V4 {
+        from: f.from.clone(),
+        to: f.to.clone(),
+        cc: f.cc.clone(),
+        bcc: f.bcc.clone(),
+        subject: f.subject.clone(),
+        sent: f.sent,
+        date: f.date,
+        subject_text: f.subject_text.clone(),
+        from_mailbox: f.from_mailbox.clone(),
+        to_mailbox: f.to_mailbox.clone(),
+        cc_mailbox: f.cc_mailbox.clone(),
+        message_id: f.message_id.clone(),
+        in_reply_to: f.in_reply_to.clone(),
+        references: f.references.clone(),
+    };
+    {
+        // The cache as 4 left it: no format mark, v4 values only.
+        let db = redb::Database::create(dir.path().join(index::DERIVED_FILE)).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(index::DERIVED_META_FOR_TESTS).unwrap();
+        tx.delete_table(index::DERIVED_FOR_TESTS).unwrap();
+        {
+            let mut t = tx.open_table(index::DERIVED_FOR_TESTS).unwrap();
+            let mut k = b"search-fields-4\0".to_vec();
+            codec::hash_bytes(&mut k, &b.hash);
+            t.insert(k.as_slice(), postcard::to_allocvec(&v4).unwrap().as_slice()).unwrap();
+            let mut other = b"len-9\0".to_vec();
+            codec::hash_bytes(&mut other, &b.hash);
+            t.insert(other.as_slice(), b"x".as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let cached = store.inner.index.derived(fields::FIELDS_KIND, &b.hash).unwrap().expect("converted");
+    let back: fields::SearchFields = postcard::from_bytes(&cached).unwrap();
+    assert_eq!(back, f);
+    assert_eq!(back.subject_text.as_deref(), Some("Pratica n. 42"), "an encoded Subject keeps its decoded form");
+    assert_eq!(store.inner.index.derived("len-9", &b.hash).unwrap(), None, "no conversion: dropped");
+    assert_eq!(store.inner.index.derived("search-fields-4", &b.hash).unwrap(), None, "the old entry is gone");
+    // SEARCH's pass over the cache finds it.
+    let seen = store
+        .fields_reader()
+        .unwrap()
+        .scan(|h| (h == &BlobHash::parse(&b.hash)).then_some(()), |_, m| m.subject.map(str::to_string))
+        .unwrap();
+    assert_eq!(seen, vec![f.subject.clone()]);
+}
+
+/// Values derived as blobs are written are batched, yet found at once by
+/// a lookup, and by SEARCH's pass once the index is flushed.
+#[tokio::test]
+async fn batched_field_values_are_found_before_and_after_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        hashes.push(store.put_blob(format!("Subject: s{i}\r\n\r\nx\r\n").into_bytes()).await.unwrap().hash);
+    }
+    for h in &hashes {
+        assert!(store.inner.index.derived(fields::FIELDS_KIND, h).unwrap().is_some(), "waiting, yet found");
+    }
+    store.flush_index().await.unwrap();
+    let mut seen = store.fields_reader().unwrap().scan(|_| Some(()), |_, m| m.subject.map(str::to_string)).unwrap();
+    seen.sort();
+    assert_eq!(seen, vec![Some("s0\n".to_string()), Some("s1\n".to_string()), Some("s2\n".to_string())]);
 }

@@ -1,6 +1,8 @@
 //! Header fields of a message, derived from its blob and cached in the
 //! index for SEARCH, SORT and THREAD.
 
+use chrono::Datelike;
+
 /// The header fields the common SEARCH keys match, derived once per
 /// message and cached in the index (`Store::search_fields`; filled as
 /// each blob is written), so FROM or SUBJECT on a large folder reads the
@@ -8,6 +10,7 @@
 /// against: the raw value (encoded words and all), its decoded text, and
 /// its addresses' names and addresses; `None` when the header is absent.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct SearchFields {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -51,18 +54,14 @@ pub struct MatchFields<'a> {
     pub cc: Option<&'a str>,
     pub bcc: Option<&'a str>,
     pub subject: Option<&'a str>,
-    /// The sent date as chrono serialises it (ISO 8601 text), parsed only
-    /// when a SENT* key asks ([`MatchFields::sent`]): parsing it for every
-    /// message of a SUBJECT search was a tenth of the search.
-    sent_text: Option<&'a str>,
-    #[serde(skip)]
-    sent_date: Option<chrono::NaiveDate>,
+    /// The sent date as days from the common era (see [`Stored::sent`]).
+    sent_days: Option<i32>,
 }
 
 impl<'a> MatchFields<'a> {
     /// The Date header's calendar date (see [`SearchFields::sent`]).
     pub fn sent(&self) -> Option<chrono::NaiveDate> {
-        self.sent_date.or_else(|| self.sent_text?.parse().ok())
+        self.sent_days.and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
     }
 
     /// From a cached value (postcard); `None` if it is not one.
@@ -93,8 +92,10 @@ impl<'a> MatchFields<'a> {
 /// The cache key of [`SearchFields`]; change it when [`SearchFields::of`]
 /// changes (entries under an older key are never read again: each message
 /// is derived anew, once, at its first SEARCH, SORT or THREAD).
-/// 3: the sort and thread fields. 4: postcard instead of JSON.
-pub const FIELDS_KIND: &str = "search-fields-4";
+/// 3: the sort and thread fields. 4: postcard instead of JSON. 5 (named
+/// `f5`, short: the kind starts every key): dates as numbers, the decoded
+/// Subject only where it differs ([`Stored`]).
+pub const FIELDS_KIND: &str = "f5";
 
 /// How much of a References header is kept (its end: the nearest
 /// ancestors come last). HYPOTHESIS: 8 KiB is a hundred or more message
@@ -124,10 +125,7 @@ impl SearchFields {
             bcc: field("Bcc"),
             subject: field("Subject"),
             sent: m.date().and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())),
-            date: m
-                .date()
-                .filter(|d| d.is_valid())
-                .and_then(|d| chrono::DateTime::from_timestamp(d.to_timestamp(), 0)),
+            date: m.date().filter(|d| d.is_valid()).and_then(|d| chrono::DateTime::from_timestamp(d.to_timestamp(), 0)),
             subject_text: m.subject().map(str::to_string),
             from_mailbox: first_mailbox(m.from()),
             to_mailbox: first_mailbox(m.to()),
@@ -161,8 +159,145 @@ impl SearchFields {
             cc: self.cc.as_deref(),
             bcc: self.bcc.as_deref(),
             subject: self.subject.as_deref(),
-            sent_text: None,
-            sent_date: self.sent,
+            sent_days: self.sent.map(|d| d.num_days_from_ce()),
+        }
+    }
+}
+
+/// [`SearchFields`] as the cache keeps it (postcard), a million times
+/// over: what SEARCH matches first, in [`MatchFields`]' order; dates as
+/// numbers (chrono's text forms were 32 bytes a message); the decoded
+/// Subject left out where it is the raw one, as it is for most subjects
+/// (60 bytes a message). BENCHMARKS.md "Ten-year scale".
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    from: Option<String>,
+    to: Option<String>,
+    cc: Option<String>,
+    bcc: Option<String>,
+    subject: Option<String>,
+    /// [`SearchFields::sent`] as days from the common era.
+    sent: Option<i32>,
+    /// [`SearchFields::date`] as seconds from the epoch.
+    date: Option<i64>,
+    subject_text: Text,
+    from_mailbox: Option<String>,
+    to_mailbox: Option<String>,
+    cc_mailbox: Option<String>,
+    message_id: Option<String>,
+    in_reply_to: Option<String>,
+    references: Option<String>,
+}
+
+/// [`SearchFields`] as kind `search-fields-4` cached it (postcard; chrono's
+/// dates as text), read once to convert a cache written before 5.
+#[derive(serde::Deserialize)]
+struct StoredV4 {
+    from: Option<String>,
+    to: Option<String>,
+    cc: Option<String>,
+    bcc: Option<String>,
+    subject: Option<String>,
+    sent: Option<chrono::NaiveDate>,
+    date: Option<chrono::DateTime<chrono::Utc>>,
+    subject_text: Option<String>,
+    from_mailbox: Option<String>,
+    to_mailbox: Option<String>,
+    cc_mailbox: Option<String>,
+    message_id: Option<String>,
+    in_reply_to: Option<String>,
+    references: Option<String>,
+}
+
+/// A value cached under an older `kind`, in today's form ([`FIELDS_KIND`]),
+/// or `None` where there is no conversion (it is derived again when
+/// needed).
+pub fn convert_cached(kind: &[u8], v: &[u8]) -> Option<Vec<u8>> {
+    if kind != b"search-fields-4" {
+        return None;
+    }
+    let o: StoredV4 = postcard::from_bytes(v).ok()?;
+    let f = SearchFields {
+        from: o.from,
+        to: o.to,
+        cc: o.cc,
+        bcc: o.bcc,
+        subject: o.subject,
+        sent: o.sent,
+        date: o.date,
+        subject_text: o.subject_text,
+        from_mailbox: o.from_mailbox,
+        to_mailbox: o.to_mailbox,
+        cc_mailbox: o.cc_mailbox,
+        message_id: o.message_id,
+        in_reply_to: o.in_reply_to,
+        references: o.references,
+    };
+    postcard::to_allocvec(&f).ok()
+}
+
+/// The decoded Subject, kept only when it is not the raw value.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Text {
+    Absent,
+    /// The first line of the cached `subject` (its raw form).
+    Raw,
+    Own(String),
+}
+
+/// The raw form a header's cached value starts with (see [`haystack`]).
+fn first_form(hay: Option<&str>) -> Option<&str> {
+    hay.and_then(|h| h.split('\n').next())
+}
+
+impl From<SearchFields> for Stored {
+    fn from(f: SearchFields) -> Stored {
+        let subject_text = match f.subject_text {
+            None => Text::Absent,
+            Some(t) if first_form(f.subject.as_deref()) == Some(t.as_str()) => Text::Raw,
+            Some(t) => Text::Own(t),
+        };
+        Stored {
+            from: f.from,
+            to: f.to,
+            cc: f.cc,
+            bcc: f.bcc,
+            subject: f.subject,
+            sent: f.sent.map(|d| d.num_days_from_ce()),
+            date: f.date.map(|d| d.timestamp()),
+            subject_text,
+            from_mailbox: f.from_mailbox,
+            to_mailbox: f.to_mailbox,
+            cc_mailbox: f.cc_mailbox,
+            message_id: f.message_id,
+            in_reply_to: f.in_reply_to,
+            references: f.references,
+        }
+    }
+}
+
+impl From<Stored> for SearchFields {
+    fn from(s: Stored) -> SearchFields {
+        let subject_text = match s.subject_text {
+            Text::Absent => None,
+            Text::Raw => first_form(s.subject.as_deref()).map(str::to_string),
+            Text::Own(t) => Some(t),
+        };
+        SearchFields {
+            from: s.from,
+            to: s.to,
+            cc: s.cc,
+            bcc: s.bcc,
+            subject: s.subject,
+            sent: s.sent.and_then(chrono::NaiveDate::from_num_days_from_ce_opt),
+            date: s.date.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
+            subject_text,
+            from_mailbox: s.from_mailbox,
+            to_mailbox: s.to_mailbox,
+            cc_mailbox: s.cc_mailbox,
+            message_id: s.message_id,
+            in_reply_to: s.in_reply_to,
+            references: s.references,
         }
     }
 }
@@ -276,6 +411,29 @@ Date: Thu, 26 Nov 2026 10:00:00 +0100\r\n\
 \r\n\
 body with From: nobody@else.example\r\n";
 
+    /// The cache's form gives back every field, for a plain Subject (kept
+    /// once), an encoded one (both forms), none at all; and SEARCH's
+    /// borrowed reading of it agrees.
+    #[test]
+    fn the_cached_form_round_trips_and_keeps_a_plain_subject_once() {
+        let plain = b"From: Mario Rossi <mario@example.it>\r\nSubject: Pratica n. 42/2026 - tributi\r\nDate: Sun, 25 Mar 2007 00:30:00 +0200\r\nMessage-ID: <a@b>\r\n\r\nx\r\n";
+        let folded = b"Subject: Pratica n. 42\r\n  seconda riga\r\n\r\nx\r\n";
+        for raw in [MSG, &plain[..], &folded[..], b"X-Other: 1\r\n\r\nx\r\n", b"garbage"] {
+            let f = SearchFields::of(raw);
+            let v = postcard::to_allocvec(&f).unwrap();
+            let back: SearchFields = postcard::from_bytes(&v).unwrap();
+            assert_eq!(back, f, "{}", String::from_utf8_lossy(raw));
+            let m = MatchFields::decode(&v).unwrap();
+            assert_eq!((m.from, m.subject, m.sent()), (f.from.as_deref(), f.subject.as_deref(), f.sent));
+        }
+        let f = SearchFields::of(plain);
+        assert_eq!(f.subject_text.as_deref(), Some("Pratica n. 42/2026 - tributi"));
+        let v = postcard::to_allocvec(&f).unwrap();
+        let once = memchr::memmem::find_iter(&v, b"Pratica n. 42/2026").count();
+        assert_eq!(once, 1, "a plain Subject is stored once");
+        assert!(v.len() < 110, "{} bytes", v.len());
+    }
+
     #[test]
     fn fields_hold_raw_decoded_and_address_forms() {
         let f = SearchFields::of(MSG);
@@ -310,7 +468,10 @@ body with From: nobody@else.example\r\n";
             let f = SearchFields::of(raw);
             let v = postcard::to_allocvec(&f).unwrap_or_default();
             let m = MatchFields::decode(&v).unwrap_or_default();
-            assert_eq!((m.from, m.to, m.cc, m.bcc, m.subject), (f.from.as_deref(), f.to.as_deref(), f.cc.as_deref(), f.bcc.as_deref(), f.subject.as_deref()));
+            assert_eq!(
+                (m.from, m.to, m.cc, m.bcc, m.subject),
+                (f.from.as_deref(), f.to.as_deref(), f.cc.as_deref(), f.bcc.as_deref(), f.subject.as_deref())
+            );
             assert_eq!(m.sent(), f.sent);
             assert_eq!(f.matching().sent(), f.sent);
             for name in FIELD_NAMES {
@@ -352,7 +513,10 @@ body with From: nobody@else.example\r\n";
         assert_eq!(f.cc_mailbox.as_deref(), Some("uffici"));
         assert_eq!(f.to_mailbox.as_deref(), Some("capo"));
         assert_eq!(f.message_id.as_deref(), Some("<id@x>"));
-        assert_eq!(f.references.as_deref().map(|r| r.split_whitespace().collect::<Vec<_>>()), Some(vec!["<a@x>", "<b@x>"]));
+        assert_eq!(
+            f.references.as_deref().map(|r| r.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["<a@x>", "<b@x>"])
+        );
         assert_eq!(f.in_reply_to.as_deref(), Some("<b@x> (nota)"));
         assert_eq!((f.subject_text, f.from_mailbox), (None, None));
         // A huge References keeps its end.

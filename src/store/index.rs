@@ -203,6 +203,12 @@ fn derived_key(kind: &str, hash: &str) -> Vec<u8> {
     hash_key(kind, hash)
 }
 
+/// The hash's bytes of a derived-cache key (after the kind).
+fn cached_hash(k: &[u8]) -> Option<&[u8]> {
+    let cut = k.iter().position(|b| *b == 0)?;
+    Some(&k[cut + 1..])
+}
+
 /// A `hashes` key: the mailbox, then the hash's bytes (32 for SHA-256 hex).
 fn hash_key(mailbox: &str, hash: &str) -> Vec<u8> {
     let mut k = mailbox.as_bytes().to_vec();
@@ -369,6 +375,21 @@ const SUBS: Def = super::subscriptions::TABLE;
 /// stale, and a missing one is derived again; a rebuild starts it empty
 /// and [`Index::dump`] leaves it out.
 const DERIVED: Def = TableDefinition::new("derived");
+/// In `derived.redb`: `format`, the [`DERIVED_FORMAT`] its entries have.
+const DERIVED_META: Def = TableDefinition::new("derived_meta");
+#[cfg(test)]
+pub(crate) const DERIVED_FOR_TESTS: Def = DERIVED;
+#[cfg(test)]
+pub(crate) const DERIVED_META_FOR_TESTS: Def = DERIVED_META;
+/// The derived cache's format: 5, header fields in their compact form
+/// (`fields::FIELDS_KIND`); a cache without it (4 and before) has its
+/// entries converted at the open.
+const DERIVED_FORMAT: u32 = 5;
+/// Derived values waiting to be written: written together, one
+/// transaction per this many (or per [`DURABLE_EVERY`]), instead of one
+/// each. A transaction per value rewrote a page path per message and left
+/// the file more than half free pages (BENCHMARKS.md "Ten-year scale").
+const PENDING_MAX: usize = 512;
 
 /// Every journal-derived table, in dump order.
 const TABLES: [(&str, Def); 15] = [
@@ -645,6 +666,9 @@ pub struct Index {
     durable: Mutex<Instant>,
     /// The same for the derived cache.
     derived_durable: Mutex<Instant>,
+    /// Derived values not written yet (see [`PENDING_MAX`]), with when the
+    /// first of them came.
+    pending: Mutex<(Vec<(Vec<u8>, Vec<u8>)>, Instant)>,
 }
 
 /// The index format this code writes. 2: hidden messages carry their
@@ -668,17 +692,103 @@ impl Index {
         };
         let db = open(FILE, cache.bytes)?;
         let derived = open(DERIVED_FILE, (cache.bytes / 4).max(4 << 20))?;
-        let index =
-            Index { db, derived, durable: Mutex::new(Instant::now()), derived_durable: Mutex::new(Instant::now()) };
+        let mut index = Index {
+            db,
+            derived,
+            durable: Mutex::new(Instant::now()),
+            derived_durable: Mutex::new(Instant::now()),
+            pending: Mutex::new((Vec::new(), Instant::now())),
+        };
         // Every table exists from the start, so readers never meet a
         // missing one.
         let tx = index.db.begin_write()?;
         Tables::open(&tx)?;
         tx.commit()?;
-        let tx = index.derived.begin_write()?;
-        tx.open_table(DERIVED)?;
-        tx.commit()?;
+        if index.upgrade_derived()? {
+            index.compact_derived()?;
+        }
         Ok(index)
+    }
+
+    /// Bring the derived cache to [`DERIVED_FORMAT`]: the header fields of
+    /// an older cache converted in place (a million in a few seconds, once:
+    /// emptying it would make the first SEARCH of a large folder read
+    /// every message), anything else in it dropped. True if it changed.
+    fn upgrade_derived(&self) -> Result<bool, Error> {
+        let tx = self.derived.begin_write()?;
+        let format = Tbl(tx.open_table(DERIVED_META)?).get("format")?.map(|v| be32(&v));
+        tx.open_table(DERIVED)?;
+        if format == Some(DERIVED_FORMAT) {
+            return Ok(false);
+        }
+        let empty = redb::ReadableTableMetadata::is_empty(&tx.open_table(DERIVED)?)?;
+        tx.commit()?;
+        let mut converted = 0u64;
+        if !empty {
+            let t0 = Instant::now();
+            tracing::info!("the header-field cache (derived.redb) is in an older form: converting it, once");
+            let mut after: Vec<u8> = Vec::new();
+            loop {
+                let tx = self.derived.begin_write()?;
+                let mut moved = Vec::new();
+                {
+                    let mut t = Tbl(tx.open_table(DERIVED)?);
+                    let new = super::fields::FIELDS_KIND.as_bytes();
+                    let is_new = |k: &[u8]| k.starts_with(new) && k.get(new.len()) == Some(&0);
+                    for kv in t.0.range(after.as_slice()..)? {
+                        let (k, v) = kv?;
+                        let k = k.value().to_vec();
+                        if !is_new(&k) {
+                            let kind = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
+                            let v = super::fields::convert_cached(kind, v.value());
+                            moved.push((k, v));
+                        }
+                        if moved.len() >= 4096 {
+                            break;
+                        }
+                    }
+                    for (k, v) in &moved {
+                        t.0.remove(k.as_slice())?;
+                        if let Some((hash, v)) = v.as_ref().and_then(|v| Some((cached_hash(k)?, v))) {
+                            let mut nk = super::fields::FIELDS_KIND.as_bytes().to_vec();
+                            nk.push(0);
+                            nk.extend_from_slice(hash);
+                            t.0.insert(nk.as_slice(), v.as_slice())?;
+                            converted += 1;
+                        }
+                    }
+                }
+                let Some((last, _)) = moved.last() else {
+                    tx.commit()?;
+                    break;
+                };
+                after = last.clone();
+                after.push(0);
+                tx.commit()?;
+            }
+            tracing::info!(converted, seconds = t0.elapsed().as_secs_f64(), "the header-field cache is converted");
+        }
+        let tx = self.derived.begin_write()?;
+        Tbl(tx.open_table(DERIVED_META)?).0.insert("format".as_bytes(), DERIVED_FORMAT.to_be_bytes().as_slice())?;
+        tx.commit()?;
+        Ok(!empty)
+    }
+
+    /// Pack both files' pages (redb's compaction at its most thorough).
+    /// Needs the index to itself: run when the store closes. Inserts by blob hash
+    /// land all over the tree and leave pages part-filled, and the free
+    /// pages of past transactions stay in the file: packed, a million
+    /// messages' index and cache take half the space (BENCHMARKS.md
+    /// "Ten-year scale").
+    pub fn compact(&mut self) -> Result<(), Error> {
+        self.write_pending()?;
+        while self.db.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)? {}
+        self.compact_derived()
+    }
+
+    fn compact_derived(&mut self) -> Result<(), Error> {
+        while self.derived.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)? {}
+        Ok(())
     }
 
     fn r(&self, d: Def) -> Result<RTbl, Error> {
@@ -707,6 +817,7 @@ impl Index {
         tx.set_quick_repair(true);
         tx.commit()?;
         *self.durable.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.write_pending()?;
         let mut tx = self.derived.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         tx.commit()?;
@@ -1597,7 +1708,9 @@ impl Index {
 
     /// A cached value derived from blob `hash` under `kind`.
     /// One read transaction on the derived cache, for many lookups.
+    /// It sees every value cached so far: those waiting are written first.
     pub fn derived_reader(&self) -> Result<DerivedReader, Error> {
+        self.write_pending()?;
         Ok(DerivedReader(RTbl(self.derived.begin_read()?.open_table(DERIVED)?)))
     }
 
@@ -1605,10 +1718,34 @@ impl Index {
         self.derived_reader()?.get(kind, hash)
     }
 
-    /// Cache a derived value. Durable at most a second apart: a redb
-    /// file whose commits are never durable cannot reuse the pages they
-    /// free, and grows.
+    /// Cache a derived value: written with others (see [`PENDING_MAX`]), or
+    /// when a reader is made ([`Index::derived_reader`]). Durable at most a second apart: a redb file
+    /// whose commits are never durable cannot reuse the pages they free,
+    /// and grows.
     pub fn put_derived(&self, kind: &str, hash: &str, v: &[u8]) -> Result<(), Error> {
+        let due = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.0.is_empty() {
+                p.1 = Instant::now();
+            }
+            p.0.push((derived_key(kind, hash), v.to_vec()));
+            p.0.len() >= PENDING_MAX || p.1.elapsed() >= DURABLE_EVERY
+        };
+        if due {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Write the derived values waiting, in one transaction. The waiting
+    /// list stays locked until it is committed, so a reader made meanwhile
+    /// sees them all.
+    fn write_pending(&self) -> Result<(), Error> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.0.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut pending.0);
         let mut tx = self.derived.begin_write()?;
         let durable = {
             let mut last = self.derived_durable.lock().unwrap_or_else(PoisonError::into_inner);
@@ -1621,8 +1758,14 @@ impl Index {
         if !durable {
             tx.set_durability(Durability::None)?;
         }
-        Tbl(tx.open_table(DERIVED)?).insert(derived_key(kind, hash), v)?;
+        {
+            let mut t = Tbl(tx.open_table(DERIVED)?);
+            for (k, v) in &batch {
+                t.0.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
         tx.commit()?;
+        drop(pending);
         Ok(())
     }
 
@@ -1817,6 +1960,7 @@ impl Index {
         }
         Tables::open(&tx)?;
         tx.commit()?;
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).0.clear();
         let tx = self.derived.begin_write()?;
         tx.delete_table(DERIVED)?;
         tx.open_table(DERIVED)?;
