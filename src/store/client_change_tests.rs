@@ -363,23 +363,6 @@ async fn an_old_index_is_rebuilt_and_a_lagging_one_replayed() {
 /// Values of a kind with no conversion are dropped.
 #[tokio::test]
 async fn an_older_field_cache_is_converted_at_the_open() {
-    #[derive(serde::Serialize)]
-    struct V4 {
-        from: Option<String>,
-        to: Option<String>,
-        cc: Option<String>,
-        bcc: Option<String>,
-        subject: Option<String>,
-        sent: Option<chrono::NaiveDate>,
-        date: Option<chrono::DateTime<chrono::Utc>>,
-        subject_text: Option<String>,
-        from_mailbox: Option<String>,
-        to_mailbox: Option<String>,
-        cc_mailbox: Option<String>,
-        message_id: Option<String>,
-        in_reply_to: Option<String>,
-        references: Option<String>,
-    }
     let raw = b"From: Mario Rossi <mario@example.it>\r\nSubject: =?UTF-8?B?UHJhdGljYSBuLiA0Mg==?=\r\n\
 Date: Sun, 25 Mar 2007 00:30:00 +0200\r\nMessage-ID: <a@b>\r\n\r\nx\r\n";
     let dir = tempfile::tempdir().unwrap();
@@ -388,22 +371,22 @@ Date: Sun, 25 Mar 2007 00:30:00 +0200\r\nMessage-ID: <a@b>\r\n\r\nx\r\n";
     let f = store.search_fields(&b.hash).unwrap();
     store.close().unwrap();
     drop(store);
-    let v4 = V4 {
-        from: f.from.clone(),
-        to: f.to.clone(),
-        cc: f.cc.clone(),
-        bcc: f.bcc.clone(),
-        subject: f.subject.clone(),
-        sent: f.sent,
-        date: f.date,
-        subject_text: f.subject_text.clone(),
-        from_mailbox: f.from_mailbox.clone(),
-        to_mailbox: f.to_mailbox.clone(),
-        cc_mailbox: f.cc_mailbox.clone(),
-        message_id: f.message_id.clone(),
-        in_reply_to: f.in_reply_to.clone(),
-        references: f.references.clone(),
-    };
+    let v4: fields::StoredV4 = (
+        f.from.clone(),
+        f.to.clone(),
+        f.cc.clone(),
+        f.bcc.clone(),
+        f.subject.clone(),
+        f.sent,
+        f.date,
+        f.subject_text.clone(),
+        f.from_mailbox.clone(),
+        f.to_mailbox.clone(),
+        f.cc_mailbox.clone(),
+        f.message_id.clone(),
+        f.in_reply_to.clone(),
+        f.references.clone(),
+    );
     {
         // The cache as 4 left it: no format mark, v4 values only.
         let db = redb::Database::create(dir.path().join(index::DERIVED_FILE)).unwrap();

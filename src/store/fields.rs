@@ -189,25 +189,25 @@ struct Stored {
     references: Option<String>,
 }
 
-/// [`SearchFields`] as kind `search-fields-4` cached it (postcard; chrono's
-/// dates as text), read once to convert a cache written before 5.
-#[derive(serde::Deserialize)]
-struct StoredV4 {
-    from: Option<String>,
-    to: Option<String>,
-    cc: Option<String>,
-    bcc: Option<String>,
-    subject: Option<String>,
-    sent: Option<chrono::NaiveDate>,
-    date: Option<chrono::DateTime<chrono::Utc>>,
-    subject_text: Option<String>,
-    from_mailbox: Option<String>,
-    to_mailbox: Option<String>,
-    cc_mailbox: Option<String>,
-    message_id: Option<String>,
-    in_reply_to: Option<String>,
-    references: Option<String>,
-}
+/// [`SearchFields`] as kind `search-fields-4` cached it (postcard, which
+/// is positional: its fields in order, chrono's dates as text), read once
+/// to convert a cache written before 5.
+pub(crate) type StoredV4 = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<chrono::NaiveDate>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// A value cached under an older `kind`, in today's form ([`FIELDS_KIND`]),
 /// or `None` where there is no conversion (it is derived again when
@@ -216,22 +216,37 @@ pub fn convert_cached(kind: &[u8], v: &[u8]) -> Option<Vec<u8>> {
     if kind != b"search-fields-4" {
         return None;
     }
-    let o: StoredV4 = postcard::from_bytes(v).ok()?;
+    let (
+        from,
+        to,
+        cc,
+        bcc,
+        subject,
+        sent,
+        date,
+        subject_text,
+        from_mailbox,
+        to_mailbox,
+        cc_mailbox,
+        message_id,
+        in_reply_to,
+        references,
+    ): StoredV4 = postcard::from_bytes(v).ok()?;
     let f = SearchFields {
-        from: o.from,
-        to: o.to,
-        cc: o.cc,
-        bcc: o.bcc,
-        subject: o.subject,
-        sent: o.sent,
-        date: o.date,
-        subject_text: o.subject_text,
-        from_mailbox: o.from_mailbox,
-        to_mailbox: o.to_mailbox,
-        cc_mailbox: o.cc_mailbox,
-        message_id: o.message_id,
-        in_reply_to: o.in_reply_to,
-        references: o.references,
+        from,
+        to,
+        cc,
+        bcc,
+        subject,
+        sent,
+        date,
+        subject_text,
+        from_mailbox,
+        to_mailbox,
+        cc_mailbox,
+        message_id,
+        in_reply_to,
+        references,
     };
     postcard::to_allocvec(&f).ok()
 }
