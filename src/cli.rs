@@ -342,6 +342,13 @@ pub enum StoreCmd {
         #[arg(long, short, env = "PECGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Pack the index files (index.redb, derived.redb) into as few pages as
+    /// they need (the daemon must be stopped). The daemon does this itself
+    /// when it stops, up to 2 GiB of index; larger ones are packed here.
+    Compact {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+    },
     /// Copy the archive of one machine (`--from`: a configuration with the
     /// local backend) into a cluster (`--to`: one with `backend =
     /// "cluster"`): every blob into the bucket, read back against its hash
@@ -615,6 +622,19 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let what = format!("{} into the cluster", src.store.data_dir.display());
             migrating(&what, json, |progress| store::migrate::to_cluster(&src.store.data_dir, &opts, progress))
+        }
+        Command::Store(StoreCmd::Compact { config }) => {
+            let cfg = daemon::load_config(&config)?;
+            let started = std::time::Instant::now();
+            let (before, after) = store::compact_index(&cfg.store.data_dir)?;
+            let mb = |b: u64| b as f64 / 1e6;
+            println!(
+                "index files packed: {:.1} MB -> {:.1} MB in {:.1} s",
+                mb(before),
+                mb(after),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;

@@ -438,3 +438,22 @@ async fn batched_field_values_are_found_before_and_after_they_are_written() {
     seen.sort();
     assert_eq!(seen, vec![Some("s0\n".to_string()), Some("s1\n".to_string()), Some("s2\n".to_string())]);
 }
+
+/// `store compact` packs the files of a stopped store without changing
+/// what they hold; a store that closes packs them too.
+#[tokio::test]
+async fn packing_the_index_keeps_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    for i in 0..300 {
+        let b = store.put_blob(format!("Subject: n. {i}\r\n\r\nx\r\n").into_bytes()).await.unwrap();
+        store.commit(Audit::system("test", "archive"), archive("m", "INBOX", b)).await.unwrap();
+    }
+    let dump = store.index_dump().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let (before, after) = compact_index(dir.path()).unwrap();
+    assert!(after > 0 && after <= before, "{before} -> {after}");
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.index_dump().unwrap(), dump);
+}
