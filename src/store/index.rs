@@ -203,10 +203,12 @@ fn derived_key(kind: &str, hash: &str) -> Vec<u8> {
     hash_key(kind, hash)
 }
 
-/// The hash's bytes of a derived-cache key (after the kind).
-fn cached_hash(k: &[u8]) -> Option<&[u8]> {
-    let cut = k.iter().position(|b| *b == 0)?;
-    Some(&k[cut + 1..])
+/// A derived-cache key's kind and hash bytes (see [`derived_key`]).
+fn split_derived_key(k: &[u8]) -> (&[u8], &[u8]) {
+    match k.iter().position(|b| *b == 0) {
+        Some(cut) => (&k[..cut], &k[cut + 1..]),
+        None => (k, &[]),
+    }
 }
 
 /// A `hashes` key: the mailbox, then the hash's bytes (32 for SHA-256 hex).
@@ -717,7 +719,6 @@ impl Index {
     fn upgrade_derived(&self) -> Result<bool, Error> {
         let tx = self.derived.begin_write()?;
         let format = Tbl(tx.open_table(DERIVED_META)?).get("format")?.map(|v| be32(&v));
-        tx.open_table(DERIVED)?;
         if format == Some(DERIVED_FORMAT) {
             return Ok(false);
         }
@@ -734,25 +735,22 @@ impl Index {
                 {
                     let mut t = Tbl(tx.open_table(DERIVED)?);
                     let new = super::fields::FIELDS_KIND.as_bytes();
-                    let is_new = |k: &[u8]| k.starts_with(new) && k.get(new.len()) == Some(&0);
                     for kv in t.0.range(after.as_slice()..)? {
                         let (k, v) = kv?;
-                        let k = k.value().to_vec();
-                        if !is_new(&k) {
-                            let kind = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
-                            let v = super::fields::convert_cached(kind, v.value());
-                            moved.push((k, v));
+                        let k = k.value();
+                        let (kind, hash) = split_derived_key(k);
+                        if kind != new {
+                            // (old key, today's key and value if it converts)
+                            let today = super::fields::convert_cached(kind, v.value()).map(|v| ([new, &[0], hash].concat(), v));
+                            moved.push((k.to_vec(), today));
                         }
                         if moved.len() >= 4096 {
                             break;
                         }
                     }
-                    for (k, v) in &moved {
+                    for (k, today) in &moved {
                         t.0.remove(k.as_slice())?;
-                        if let Some((hash, v)) = v.as_ref().and_then(|v| Some((cached_hash(k)?, v))) {
-                            let mut nk = super::fields::FIELDS_KIND.as_bytes().to_vec();
-                            nk.push(0);
-                            nk.extend_from_slice(hash);
+                        if let Some((nk, v)) = today {
                             t.0.insert(nk.as_slice(), v.as_slice())?;
                             converted += 1;
                         }
@@ -782,12 +780,14 @@ impl Index {
     /// "Ten-year scale").
     pub fn compact(&mut self) -> Result<(), Error> {
         self.write_pending()?;
-        while self.db.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)? {}
+        self.db.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)?;
         self.compact_derived()
     }
 
+    /// One `compact` call packs all it can: a second one found nothing
+    /// more in the measurements, yet read the whole file again.
     fn compact_derived(&mut self) -> Result<(), Error> {
-        while self.derived.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)? {}
+        self.derived.compact(redb::CompactionMode::Maximum).map_err(redb::Error::from)?;
         Ok(())
     }
 

@@ -176,16 +176,12 @@ impl Conn {
     async fn response(&mut self) -> Result<Response<'static>, ClientError> {
         let n = self.frame().await?;
         let whole = &self.framer.bytes()[..n];
-        let r = match super::frame::split_fetch_body(whole) {
-            Some((small, seq, body)) => {
-                let r = decode_whole(&ResponseCodec::default(), &small, "response").map(IntoStatic::into_static);
-                if r.is_ok() {
-                    self.bodies.insert(seq, whole[body].to_vec());
-                }
-                r
-            }
-            None => decode_whole(&ResponseCodec::default(), whole, "response").map(IntoStatic::into_static),
-        };
+        let split = super::frame::split_fetch_body(whole);
+        let bytes = split.as_ref().map_or(whole, |(small, _, _)| small.as_slice());
+        let r = decode_whole(&ResponseCodec::default(), bytes, "response").map(IntoStatic::into_static);
+        if let (Ok(_), Some((_, seq, body))) = (&r, split) {
+            self.bodies.insert(seq, whole[body].to_vec());
+        }
         self.framer.consume(n);
         r
     }
