@@ -1071,6 +1071,12 @@ fn run_pecgate(
     let _ = child.wait();
     let index_after_run = index_du(&data);
     let journal_after_run = du(&data.join("journal"));
+    // Where the index's bytes are, table by table (packed at the stop).
+    match Command::new(env!("CARGO_BIN_EXE_pecgate")).args(["store", "stats", "--config"]).arg(&config).output() {
+        Ok(o) if o.status.success() => print!("pecgate: store stats after the run:\n{}", String::from_utf8_lossy(&o.stdout)),
+        Ok(o) => println!("pecgate: store stats failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => println!("pecgate: store stats did not run: {e}"),
+    }
     PecgateFigures {
         index_rebuilt,
         index,

@@ -349,6 +349,17 @@ pub enum StoreCmd {
         #[arg(long, short, env = "PECGATE_CONFIG")]
         config: PathBuf,
     },
+    /// What the index holds, table by table: entries, the bytes of their
+    /// keys and values, redb's bookkeeping and the unused part of its
+    /// pages; and the index files' size per archived message (the daemon
+    /// must be stopped).
+    Stats {
+        #[arg(long, short, env = "PECGATE_CONFIG")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy the archive of one machine (`--from`: a configuration with the
     /// local backend) into a cluster (`--to`: one with `backend =
     /// "cluster"`): every blob into the bucket, read back against its hash
@@ -432,7 +443,9 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let (mut anchors, files) = crate::anchor::Collector::new(&journal)?;
             let v = audit::verify_collecting(&journal, &mut |r, h| anchors.see(r, h))?;
             let ca = match &cfg.anchor {
-                Some(a) => Some(std::fs::read(&a.ca_file).with_context(|| format!("anchor.ca_file {}", a.ca_file.display()))?),
+                Some(a) => {
+                    Some(std::fs::read(&a.ca_file).with_context(|| format!("anchor.ca_file {}", a.ca_file.display()))?)
+                }
                 None => None,
             };
             // A cluster node that did not anchor reads the tokens from the bucket.
@@ -591,7 +604,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let trust = match &trust_path {
                 Some(p) => {
                     let pem = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    Some(crate::pec::signature::TrustStore::from_pem(&pem).with_context(|| format!("{}", p.display()))?)
+                    Some(
+                        crate::pec::signature::TrustStore::from_pem(&pem)
+                            .with_context(|| format!("{}", p.display()))?,
+                    )
                 }
                 None => None,
             };
@@ -636,6 +652,41 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Store(StoreCmd::Stats { config, json }) => {
+            let cfg = daemon::load_config(&config)?;
+            let (tables, files) = store::index_stats(&cfg.store.data_dir)?;
+            let messages = tables.iter().find(|t| t.table == "msgs").map_or(0, |t| t.entries);
+            let per_message = (messages > 0).then(|| files as f64 / messages as f64);
+            if json {
+                let v = serde_json::json!({ "tables": tables, "files_bytes": files, "messages": messages,
+                    "bytes_per_message": per_message });
+                println!("{v:#}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mb = |b: u64| b as f64 / 1e6;
+            println!(
+                "{:<13} {:<13} {:>11} {:>10} {:>10} {:>10} {:>8}",
+                "file", "table", "entries", "data MB", "meta MB", "unused MB", "B/entry"
+            );
+            for t in &tables {
+                let each = (t.stored + t.metadata + t.fragmented).checked_div(t.entries).unwrap_or(0);
+                println!(
+                    "{:<13} {:<13} {:>11} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+                    t.file,
+                    t.table,
+                    t.entries,
+                    mb(t.stored),
+                    mb(t.metadata),
+                    mb(t.fragmented),
+                    each
+                );
+            }
+            match per_message {
+                Some(b) => println!("index files: {:.1} MB, {b:.0} bytes per message ({messages} messages)", mb(files)),
+                None => println!("index files: {:.1} MB, no messages", mb(files)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Store(StoreCmd::RebuildIndex { config }) => {
             let cfg = daemon::load_config(&config)?;
             let bar = progress_bar(JOURNAL_PROGRESS);
@@ -646,7 +697,10 @@ fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
-            println!("index rebuilt from {n} journal records in {secs:.1} s ({:.0} records/s)", n as f64 / secs.max(1e-9));
+            println!(
+                "index rebuilt from {n} journal records in {secs:.1} s ({:.0} records/s)",
+                n as f64 / secs.max(1e-9)
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -931,7 +985,10 @@ fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         s.close()?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "daemon_running": running, "mailboxes": rows }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "daemon_running": running, "mailboxes": rows }))?
+        );
     } else {
         println!("pecgate {}", if running { "is running" } else { "is not running" });
         for r in &rows {
@@ -951,7 +1008,9 @@ fn status(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
             );
             let q = &r["quota"];
             let quota = match (q["storage_used_bytes"].as_u64(), q["storage_limit_bytes"].as_u64()) {
-                (Some(u), Some(l)) => format!("{u} of {l} bytes ({:.0}%)", if l > 0 { u as f64 * 100.0 / l as f64 } else { 0.0 }),
+                (Some(u), Some(l)) => {
+                    format!("{u} of {l} bytes ({:.0}%)", if l > 0 { u as f64 * 100.0 / l as f64 } else { 0.0 })
+                }
                 _ => "unknown (provider does not report QUOTA)".into(),
             };
             println!("  provider quota:    {quota}");

@@ -438,4 +438,15 @@ fn retention_removes_only_expired_messages_not_on_hold() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+    // Where the index's space goes, table by table.
+    let stats = json(gw.cli(&["store", "stats", "--json"]), "store stats");
+    let msgs = before.iter().filter(|(t, _, _)| t == "msgs").count() as u64;
+    let table = |name: &str| stats["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned();
+    assert_eq!(table("msgs").unwrap()["entries"], msgs, "{stats:#}");
+    assert!(table("msgs").unwrap()["stored"].as_u64().unwrap() > 0, "{stats:#}");
+    assert_eq!(table("derived").unwrap()["file"], "derived.redb", "{stats:#}");
+    assert_eq!(stats["messages"], msgs);
+    assert!(stats["files_bytes"].as_u64().unwrap() > 0, "{stats:#}");
+    let text = ok(gw.cli(&["store", "stats"]), "store stats");
+    assert!(text.contains("bytes per message") && text.contains("hashes"), "{text}");
 }

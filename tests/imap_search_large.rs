@@ -52,6 +52,16 @@ typ, data = m.uid("SORT", "(FROM)", "UTF-8", "ALL")
 print(f"UID SORT (FROM) of {n}: {time.monotonic() - t:.2f} s")
 # mittente0 (every thousandth message) sorts first.
 assert typ == "OK" and data[0].split()[:25] == [str(u).encode() for u in range(1000, n + 1, 1000)], data[0][:80]
+# From and To as the cache keeps them: written out for a sender's first
+# messages, then as a common value by number (the store's fields cache).
+t = time.monotonic()
+typ, data = m.uid("SEARCH", "FROM", "mittente7@")
+print(f"UID SEARCH FROM of {n}: {time.monotonic() - t:.2f} s")
+assert typ == "OK" and data[0].split() == [str(u).encode() for u in range(7, n + 1, 1000)], data[0][:80]
+typ, data = m.uid("SEARCH", "TO", "protocollo@pec.comune")
+assert typ == "OK" and len(data[0].split()) == n, data[0][:80]
+typ, data = m.uid("SEARCH", "FROM", '"Mittente 999 <"')
+assert typ == "OK" and data[0].split() == [str(u).encode() for u in range(999, n + 1, 1000)], data[0][:80]
 t = time.monotonic()
 typ, data = m.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
 print(f"UID THREAD REFERENCES of {n}: {time.monotonic() - t:.2f} s")

@@ -4,6 +4,7 @@
 //! clients a different mailbox after a power cut.
 
 use super::*;
+use redb::{ReadableDatabase, ReadableTable};
 
 /// Rebuild the index once the closed store's last background task (a
 /// blob's derived fields, computed off the writer) has let go of it.
@@ -456,4 +457,62 @@ async fn packing_the_index_keeps_what_it_holds() {
     assert!(after > 0 && after <= before, "{before} -> {after}");
     let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(store.index_dump().unwrap(), dump);
+}
+
+/// A To every message has becomes a common value after a few messages:
+/// the later entries hold its number, not the text; every reading (a
+/// lookup, SEARCH's pass, after a reopen) still gives the whole field;
+/// a rebuild forgets the common values with the entries.
+#[tokio::test]
+async fn a_value_many_messages_share_is_kept_once() {
+    let to = "protocollo@pec.comune.example.it";
+    let raw = |i: usize| {
+        format!("From: Mario Rossi {i} <m{i}@example.it>\r\nTo: {to}\r\nSubject: n. {i}\r\n\r\nx\r\n").into_bytes()
+    };
+    let n = fields::COMMON_AFTER as usize + 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut hashes = Vec::new();
+    for i in 0..n {
+        let b = store.put_blob(raw(i)).await.unwrap();
+        store.commit(Audit::system("test", "archive"), archive("m", "INBOX", b.clone())).await.unwrap();
+        hashes.push(b.hash);
+    }
+    let check = |store: &Store| {
+        for (i, h) in hashes.iter().enumerate() {
+            let f = store.search_fields(h).unwrap();
+            assert_eq!(f, fields::SearchFields::of(&raw(i)), "message {i}");
+        }
+        let tos = store.fields_reader().unwrap().scan(|_| Some(()), |_, m| m.to.map(str::to_string)).unwrap();
+        assert_eq!(tos.len(), n, "SEARCH's pass reads every entry");
+        assert!(tos.iter().all(|t| t.as_deref() == Some(&format!("{to}\n"))), "{tos:?}");
+    };
+    check(&store);
+    store.close().unwrap();
+    drop(store);
+    let written_out = |dir: &Path| {
+        let db = redb::Database::create(dir.join(index::DERIVED_FILE)).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(index::DERIVED_FOR_TESTS).unwrap();
+        let (mut out, mut common) = (0, 0);
+        for kv in t.iter().unwrap() {
+            let (k, v) = kv.unwrap();
+            if k.value().starts_with(b"c\0") {
+                common += 1;
+                assert_eq!(v.value(), format!("{to}\n").as_bytes(), "as the field holds it");
+            } else if memchr::memmem::find(v.value(), to.as_bytes()).is_some() {
+                out += 1;
+            }
+        }
+        (out, common)
+    };
+    assert_eq!(written_out(dir.path()), (fields::COMMON_AFTER as usize - 1, 1), "written out until it is common");
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    check(&store);
+    store.close().unwrap();
+    drop(store);
+    rebuild_when_free(dir.path());
+    assert_eq!(written_out(dir.path()), (0, 0), "a rebuild starts the cache empty");
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    check(&store);
 }

@@ -10,7 +10,7 @@ use chrono::Datelike;
 /// against: the raw value (encoded words and all), its decoded text, and
 /// its addresses' names and addresses; `None` when the header is absent.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[serde(try_from = "Stored<Part, Id, Hay<String>>", into = "Stored<Part, Id, Hay<String>>")]
 pub struct SearchFields {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -44,10 +44,24 @@ pub struct SearchFields {
     pub references: Option<String>,
 }
 
-/// The fields SEARCH matches, borrowed from a cached [`SearchFields`]:
-/// its first fields, in its order (postcard reads them and leaves the
-/// rest), with no string copied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+/// The first fields of a cached value, borrowed, in [`Stored`]'s order
+/// (postcard reads them and leaves the rest).
+#[derive(serde::Deserialize)]
+struct MatchStored<'a> {
+    #[serde(borrow)]
+    from: Hay<&'a str>,
+    #[serde(borrow)]
+    to: Hay<&'a str>,
+    #[serde(borrow)]
+    cc: Hay<&'a str>,
+    bcc: Option<&'a str>,
+    subject: Option<&'a str>,
+    sent: Option<i32>,
+}
+
+/// The fields SEARCH matches, borrowed from a cached [`SearchFields`]
+/// (and the index's common values), with no string copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MatchFields<'a> {
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
@@ -64,9 +78,25 @@ impl<'a> MatchFields<'a> {
         self.sent_days.and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
     }
 
-    /// From a cached value (postcard); `None` if it is not one.
-    pub fn decode(v: &'a [u8]) -> Option<MatchFields<'a>> {
-        postcard::from_bytes(v).ok()
+    /// From a cached value (postcard), its common values read from
+    /// `common`; `None` if it is not one or names a value not there.
+    pub fn decode(v: &'a [u8], common: &'a [Option<std::sync::Arc<str>>]) -> Option<MatchFields<'a>> {
+        let m: MatchStored<'a> = postcard::from_bytes(v).ok()?;
+        let hay = |h: Hay<&'a str>| -> Option<Option<&'a str>> {
+            match h {
+                Hay::Absent => Some(None),
+                Hay::Own(s) => Some(Some(s)),
+                Hay::Common(n) => Some(Some(common.get(n as usize)?.as_deref()?)),
+            }
+        };
+        Some(MatchFields {
+            from: hay(m.from)?,
+            to: hay(m.to)?,
+            cc: hay(m.cc)?,
+            bcc: m.bcc,
+            subject: m.subject,
+            sent_days: m.sent,
+        })
     }
 
     /// The value of cached header `name`: `None` if it is not a cached
@@ -94,8 +124,10 @@ impl<'a> MatchFields<'a> {
 /// is derived anew, once, at its first SEARCH, SORT or THREAD).
 /// 3: the sort and thread fields. 4: postcard instead of JSON. 5 (named
 /// `f5`, short: the kind starts every key): dates as numbers, the decoded
-/// Subject only where it differs ([`Stored`]).
-pub const FIELDS_KIND: &str = "f5";
+/// Subject only where it differs ([`Stored`]). 6: the first mailboxes as
+/// places in their fields ([`Part`]), the IDs' domain as a place in From
+/// ([`Id`]), From, To and Cc as the index's common values ([`Hay`]).
+pub const FIELDS_KIND: &str = "f6";
 
 /// How much of a References header is kept (its end: the nearest
 /// ancestors come last). HYPOTHESIS: 8 KiB is a hundred or more message
@@ -168,12 +200,19 @@ impl SearchFields {
 /// over: what SEARCH matches first, in [`MatchFields`]' order; dates as
 /// numbers (chrono's text forms were 32 bytes a message); the decoded
 /// Subject left out where it is the raw one, as it is for most subjects
-/// (60 bytes a message). BENCHMARKS.md "Ten-year scale".
+/// (60 bytes a message); since 6, the first mailboxes as where they are in
+/// their field's value ([`Part`]: 25 bytes a message) and Message-ID and
+/// In-Reply-To with their domain as a place in From ([`Id`]: 25 more).
+/// `M` and `I` are how the mailboxes and the IDs are kept: [`Part`] and
+/// [`Id`] today, `Option<String>` in 5; `H` how From, To and Cc are:
+/// [`Hay`] today (the index's common values by number, see [`Common`]),
+/// `Option<String>` in 5.
+/// BENCHMARKS.md "Ten-year scale".
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    from: Option<String>,
-    to: Option<String>,
-    cc: Option<String>,
+struct Stored<M, I, H> {
+    from: H,
+    to: H,
+    cc: H,
     bcc: Option<String>,
     subject: Option<String>,
     /// [`SearchFields::sent`] as days from the common era.
@@ -181,11 +220,11 @@ struct Stored {
     /// [`SearchFields::date`] as seconds from the epoch.
     date: Option<i64>,
     subject_text: Text,
-    from_mailbox: Option<String>,
-    to_mailbox: Option<String>,
-    cc_mailbox: Option<String>,
-    message_id: Option<String>,
-    in_reply_to: Option<String>,
+    from_mailbox: M,
+    to_mailbox: M,
+    cc_mailbox: M,
+    message_id: I,
+    in_reply_to: I,
     references: Option<String>,
 }
 
@@ -213,40 +252,45 @@ pub(crate) type StoredV4 = (
 /// or `None` where there is no conversion (it is derived again when
 /// needed).
 pub fn convert_cached(kind: &[u8], v: &[u8]) -> Option<Vec<u8>> {
-    if kind != b"search-fields-4" {
-        return None;
-    }
-    let (
-        from,
-        to,
-        cc,
-        bcc,
-        subject,
-        sent,
-        date,
-        subject_text,
-        from_mailbox,
-        to_mailbox,
-        cc_mailbox,
-        message_id,
-        in_reply_to,
-        references,
-    ): StoredV4 = postcard::from_bytes(v).ok()?;
-    let f = SearchFields {
-        from,
-        to,
-        cc,
-        bcc,
-        subject,
-        sent,
-        date,
-        subject_text,
-        from_mailbox,
-        to_mailbox,
-        cc_mailbox,
-        message_id,
-        in_reply_to,
-        references,
+    let f = match kind {
+        b"f5" => {
+            postcard::from_bytes::<Stored<Option<String>, Option<String>, Option<String>>>(v).ok()?.into_fields(Some)?
+        }
+        b"search-fields-4" => {
+            let (
+                from,
+                to,
+                cc,
+                bcc,
+                subject,
+                sent,
+                date,
+                subject_text,
+                from_mailbox,
+                to_mailbox,
+                cc_mailbox,
+                message_id,
+                in_reply_to,
+                references,
+            ): StoredV4 = postcard::from_bytes(v).ok()?;
+            SearchFields {
+                from,
+                to,
+                cc,
+                bcc,
+                subject,
+                sent,
+                date,
+                subject_text,
+                from_mailbox,
+                to_mailbox,
+                cc_mailbox,
+                message_id,
+                in_reply_to,
+                references,
+            }
+        }
+        _ => return None,
     };
     postcard::to_allocvec(&f).ok()
 }
@@ -260,60 +304,307 @@ enum Text {
     Own(String),
 }
 
+/// A first mailbox (`SearchFields::from_mailbox` and the others), kept
+/// where it can be as its place in its field's cached value: the local
+/// part of an address is written there (`mario.rossi` in `Mario Rossi
+/// <mario.rossi@example.it>`), so three small numbers stand for it.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Part {
+    Absent,
+    /// Bytes `start..start + len` of the field's value.
+    In(u32, u32),
+    Own(String),
+}
+
+impl Part {
+    fn of(field: Option<&str>, mailbox: Option<String>) -> Part {
+        let Some(m) = mailbox else {
+            return Part::Absent;
+        };
+        match field.and_then(|f| f.find(m.as_str())) {
+            Some(at) => Part::In(at as u32, m.len() as u32),
+            None => Part::Own(m),
+        }
+    }
+
+    /// The mailbox again; a place outside the value (a damaged entry)
+    /// gives none.
+    fn get(field: Option<&str>, p: Part) -> Option<String> {
+        match p {
+            Part::Absent => None,
+            Part::Own(m) => Some(m),
+            Part::In(at, len) => {
+                let (at, len) = (at as usize, len as usize);
+                field.and_then(|f| f.get(at..at.checked_add(len)?)).map(str::to_string)
+            }
+        }
+    }
+}
+
+/// A Message-ID or In-Reply-To as the cache keeps it: most name their
+/// sender's domain, which From holds (`<opec.123@pec.example.it>` from
+/// `posta-certificata@pec.example.it`), so the domain is kept as its place
+/// in From: what comes before it, the place, what comes after.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Id {
+    Absent,
+    Own(String),
+    Around(String, u32, u32, String),
+}
+
+/// Shorter than this, a domain is written out rather than pointed at.
+const ID_DOMAIN_MIN: usize = 4;
+
+impl Id {
+    fn of(from: Option<&str>, id: Option<String>) -> Id {
+        let Some(id) = id else {
+            return Id::Absent;
+        };
+        // The domain: after the last `@`, up to the `>` that closes it.
+        let place = id.rfind('@').and_then(|at| {
+            let end = id[at..].find('>').map_or(id.len(), |e| at + e);
+            let domain = &id[at..end];
+            if domain.len() < ID_DOMAIN_MIN {
+                return None;
+            }
+            Some((at, end, from?.find(domain)?))
+        });
+        match place {
+            Some((at, end, start)) => {
+                Id::Around(id[..at].to_string(), start as u32, (end - at) as u32, id[end..].to_string())
+            }
+            None => Id::Own(id),
+        }
+    }
+
+    /// The ID again; a place outside From (a damaged entry) gives none.
+    fn get(from: Option<&str>, i: Id) -> Option<String> {
+        match i {
+            Id::Absent => None,
+            Id::Own(id) => Some(id),
+            Id::Around(head, at, len, tail) => {
+                let domain = Part::get(from, Part::In(at, len))?;
+                Some(head + &domain + &tail)
+            }
+        }
+    }
+}
+
+/// From, To or Cc as the cache keeps it: written out, or one of the
+/// index's common values by number ([`Common`]: the mailbox's own address
+/// in the To of every message it receives, a provider's
+/// `posta-certificata@` in the From of every receipt).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Hay<S> {
+    Absent,
+    Own(S),
+    Common(u32),
+}
+
+impl From<Option<String>> for Hay<String> {
+    fn from(v: Option<String>) -> Hay<String> {
+        v.map_or(Hay::Absent, Hay::Own)
+    }
+}
+
+/// The common values by number, as readers see them: a number without a
+/// value (damage) reads as no value, and the entry is derived again.
+pub type CommonValues = std::sync::Arc<Vec<Option<std::sync::Arc<str>>>>;
+
+/// The index's common values of From, To and Cc: a value seen
+/// [`COMMON_AFTER`] times becomes one, up to [`COMMON_MAX`]; a cached
+/// entry then holds its number (two bytes) instead of the value. Numbers
+/// are never reused or changed (the index writes a value's number before
+/// any entry that holds it), so an entry reads the same for as long as the
+/// cache lives. No I/O here: the index persists what [`Common::number`]
+/// adds.
+pub struct Common {
+    values: CommonValues,
+    numbers: std::collections::HashMap<std::sync::Arc<str>, u32>,
+    /// How often each value not common yet was seen lately, by a hash of
+    /// it; forgotten past [`CANDIDATES_MAX`].
+    seen: std::collections::HashMap<u64, u32>,
+}
+
+/// Seen this many times, a value becomes common.
+pub const COMMON_AFTER: u32 = 8;
+/// At most this many common values: 16,384 take ≈ 2 MB of memory, and
+/// a reader's copy of the list is one reference count each.
+pub const COMMON_MAX: usize = 16_384;
+/// Values shorter than this stay written out (a number takes two bytes).
+const COMMON_MIN_LEN: usize = 8;
+/// How many values not common yet are counted at once.
+const CANDIDATES_MAX: usize = 200_000;
+
+impl Common {
+    /// From the values the index holds, by number.
+    pub fn new(values: Vec<Option<String>>) -> Common {
+        let values: Vec<Option<std::sync::Arc<str>>> = values.into_iter().map(|v| v.map(Into::into)).collect();
+        let numbers = values.iter().enumerate().filter_map(|(n, v)| Some((v.clone()?, n as u32))).collect();
+        Common { values: std::sync::Arc::new(values), numbers, seen: std::collections::HashMap::new() }
+    }
+
+    /// The values by number, for readers.
+    pub fn values(&self) -> CommonValues {
+        self.values.clone()
+    }
+
+    /// `v`'s number if it is common, made common if this sighting makes
+    /// it so: then also (number, value) to write before any entry that
+    /// holds the number.
+    pub fn number(&mut self, v: &str) -> (Option<u32>, Option<(u32, String)>) {
+        if let Some(n) = self.numbers.get(v) {
+            return (Some(*n), None);
+        }
+        if v.len() < COMMON_MIN_LEN || self.values.len() >= COMMON_MAX {
+            return (None, None);
+        }
+        let h = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.hash(&mut h);
+            h.finish()
+        };
+        if self.seen.len() >= CANDIDATES_MAX && !self.seen.contains_key(&h) {
+            self.seen.clear();
+        }
+        let count = self.seen.entry(h).or_insert(0);
+        *count += 1;
+        if *count < COMMON_AFTER {
+            return (None, None);
+        }
+        self.seen.remove(&h);
+        let n = self.values.len() as u32;
+        let a: std::sync::Arc<str> = v.into();
+        std::sync::Arc::make_mut(&mut self.values).push(Some(a.clone()));
+        self.numbers.insert(a, n);
+        (Some(n), Some((n, v.to_string())))
+    }
+}
+
+/// A cached value (today's kind) with From, To and Cc that are common
+/// values held by number; `add` gives a value's number, if it has one.
+/// `None`: not a value of this kind.
+pub fn share(v: &[u8], mut add: impl FnMut(&str) -> Option<u32>) -> Option<Vec<u8>> {
+    let mut s: Stored<Part, Id, Hay<String>> = postcard::from_bytes(v).ok()?;
+    for h in [&mut s.from, &mut s.to, &mut s.cc] {
+        if let Hay::Own(v) = h {
+            if let Some(n) = add(v) {
+                *h = Hay::Common(n);
+            }
+        }
+    }
+    postcard::to_allocvec(&s).ok()
+}
+
+/// A cached value with its common values written out again, as
+/// `SearchFields` reads it; `None` if one is not known (or it is not a
+/// value of this kind).
+pub fn expand(v: &[u8], common: &[Option<std::sync::Arc<str>>]) -> Option<Vec<u8>> {
+    let mut s: Stored<Part, Id, Hay<String>> = postcard::from_bytes(v).ok()?;
+    for h in [&mut s.from, &mut s.to, &mut s.cc] {
+        if let Hay::Common(n) = h {
+            *h = Hay::Own(common.get(*n as usize)?.as_deref()?.to_string());
+        }
+    }
+    postcard::to_allocvec(&s).ok()
+}
+
 /// The raw form a header's cached value starts with (see [`haystack`]).
 fn first_form(hay: Option<&str>) -> Option<&str> {
     hay.and_then(|h| h.split('\n').next())
 }
 
-impl From<SearchFields> for Stored {
-    fn from(f: SearchFields) -> Stored {
+impl From<SearchFields> for Stored<Part, Id, Hay<String>> {
+    fn from(f: SearchFields) -> Stored<Part, Id, Hay<String>> {
         let subject_text = match f.subject_text {
             None => Text::Absent,
             Some(t) if first_form(f.subject.as_deref()) == Some(t.as_str()) => Text::Raw,
             Some(t) => Text::Own(t),
         };
         Stored {
-            from: f.from,
-            to: f.to,
-            cc: f.cc,
+            from_mailbox: Part::of(f.from.as_deref(), f.from_mailbox),
+            to_mailbox: Part::of(f.to.as_deref(), f.to_mailbox),
+            cc_mailbox: Part::of(f.cc.as_deref(), f.cc_mailbox),
+            message_id: Id::of(f.from.as_deref(), f.message_id),
+            in_reply_to: Id::of(f.from.as_deref(), f.in_reply_to),
+            from: Hay::from(f.from),
+            to: Hay::from(f.to),
+            cc: Hay::from(f.cc),
             bcc: f.bcc,
             subject: f.subject,
             sent: f.sent.map(|d| d.num_days_from_ce()),
             date: f.date.map(|d| d.timestamp()),
             subject_text,
-            from_mailbox: f.from_mailbox,
-            to_mailbox: f.to_mailbox,
-            cc_mailbox: f.cc_mailbox,
-            message_id: f.message_id,
-            in_reply_to: f.in_reply_to,
             references: f.references,
         }
     }
 }
 
-impl From<Stored> for SearchFields {
-    fn from(s: Stored) -> SearchFields {
-        let subject_text = match s.subject_text {
+impl TryFrom<Stored<Part, Id, Hay<String>>> for SearchFields {
+    type Error = &'static str;
+
+    /// A value with common values in it is read through [`expand`] first.
+    fn try_from(s: Stored<Part, Id, Hay<String>>) -> Result<SearchFields, &'static str> {
+        s.into_fields(|h| match h {
+            Hay::Absent => Some(None),
+            Hay::Own(v) => Some(Some(v)),
+            Hay::Common(_) => None,
+        })
+        .ok_or("a common value not expanded")
+    }
+}
+
+/// How [`Stored`] keeps its parts, read back (given From for the parts
+/// that are places in it).
+trait Keep {
+    fn back(self, field: Option<&str>) -> Option<String>;
+}
+
+impl Keep for Part {
+    fn back(self, field: Option<&str>) -> Option<String> {
+        Part::get(field, self)
+    }
+}
+
+impl Keep for Id {
+    fn back(self, from: Option<&str>) -> Option<String> {
+        Id::get(from, self)
+    }
+}
+
+impl Keep for Option<String> {
+    fn back(self, _: Option<&str>) -> Option<String> {
+        self
+    }
+}
+
+impl<M: Keep, I: Keep, H> Stored<M, I, H> {
+    /// The fields, From, To and Cc as `hay` reads them (`None`: it
+    /// cannot).
+    fn into_fields(self, hay: impl Fn(H) -> Option<Option<String>>) -> Option<SearchFields> {
+        let (from, to, cc) = (hay(self.from)?, hay(self.to)?, hay(self.cc)?);
+        let subject_text = match self.subject_text {
             Text::Absent => None,
-            Text::Raw => first_form(s.subject.as_deref()).map(str::to_string),
+            Text::Raw => first_form(self.subject.as_deref()).map(str::to_string),
             Text::Own(t) => Some(t),
         };
-        SearchFields {
-            from: s.from,
-            to: s.to,
-            cc: s.cc,
-            bcc: s.bcc,
-            subject: s.subject,
-            sent: s.sent.and_then(chrono::NaiveDate::from_num_days_from_ce_opt),
-            date: s.date.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
+        Some(SearchFields {
+            from_mailbox: self.from_mailbox.back(from.as_deref()),
+            to_mailbox: self.to_mailbox.back(to.as_deref()),
+            cc_mailbox: self.cc_mailbox.back(cc.as_deref()),
+            message_id: self.message_id.back(from.as_deref()),
+            in_reply_to: self.in_reply_to.back(from.as_deref()),
+            from,
+            to,
+            cc,
+            bcc: self.bcc,
+            subject: self.subject,
+            sent: self.sent.and_then(chrono::NaiveDate::from_num_days_from_ce_opt),
+            date: self.date.and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
             subject_text,
-            from_mailbox: s.from_mailbox,
-            to_mailbox: s.to_mailbox,
-            cc_mailbox: s.cc_mailbox,
-            message_id: s.message_id,
-            in_reply_to: s.in_reply_to,
-            references: s.references,
-        }
+            references: self.references,
+        })
     }
 }
 
@@ -438,7 +729,7 @@ body with From: nobody@else.example\r\n";
             let v = postcard::to_allocvec(&f).unwrap();
             let back: SearchFields = postcard::from_bytes(&v).unwrap();
             assert_eq!(back, f, "{}", String::from_utf8_lossy(raw));
-            let m = MatchFields::decode(&v).unwrap();
+            let m = MatchFields::decode(&v, &[]).unwrap();
             assert_eq!((m.from, m.subject, m.sent()), (f.from.as_deref(), f.subject.as_deref(), f.sent));
         }
         let f = SearchFields::of(plain);
@@ -447,6 +738,97 @@ body with From: nobody@else.example\r\n";
         let once = memchr::memmem::find_iter(&v, b"Pratica n. 42/2026").count();
         assert_eq!(once, 1, "a plain Subject is stored once");
         assert!(v.len() < 110, "{} bytes", v.len());
+    }
+
+    /// Format 5's values (mailboxes written out) convert to today's, whose
+    /// mailboxes are places in their fields, and give the same fields;
+    /// a damaged place gives no mailbox rather than a wrong one.
+    #[test]
+    fn a_format_5_value_converts_and_mailboxes_are_places_in_their_fields() {
+        let raw = b"From: Mario Rossi <mario.rossi12@pec.example.it>\r\nTo: protocollo@pec.comune.example.it\r\n\
+Cc: uffici: x@y.it;\r\nSubject: Richiesta n. 7\r\nDate: Sun, 25 Mar 2007 00:30:00 +0200\r\n\
+Message-ID: <opec.20070325.1@pec.example.it>\r\nIn-Reply-To: <a@pec.example.it> (nota)\r\n\r\nx\r\n";
+        let odd = b"From: a@b.it\r\nMessage-ID: <x@b.it\r\nIn-Reply-To: @pec.example.it\r\n\r\nx";
+        for raw in [&raw[..], MSG, b"To: <@route:capo@y.it>\r\n\r\nx", b"garbage", &odd[..]] {
+            let f = SearchFields::of(raw);
+            let v5 = Stored::<Option<String>, Option<String>, Option<String>> {
+                from: f.from.clone(),
+                to: f.to.clone(),
+                cc: f.cc.clone(),
+                bcc: f.bcc.clone(),
+                subject: f.subject.clone(),
+                sent: f.sent.map(|d| d.num_days_from_ce()),
+                date: f.date.map(|d| d.timestamp()),
+                subject_text: match &f.subject_text {
+                    Some(t) if first_form(f.subject.as_deref()) == Some(t.as_str()) => Text::Raw,
+                    Some(t) => Text::Own(t.clone()),
+                    None => Text::Absent,
+                },
+                from_mailbox: f.from_mailbox.clone(),
+                to_mailbox: f.to_mailbox.clone(),
+                cc_mailbox: f.cc_mailbox.clone(),
+                message_id: f.message_id.clone(),
+                in_reply_to: f.in_reply_to.clone(),
+                references: f.references.clone(),
+            };
+            let old = postcard::to_allocvec(&v5).unwrap();
+            let today = convert_cached(b"f5", &old).expect("converts");
+            assert_eq!(today, postcard::to_allocvec(&f).unwrap());
+            let back: SearchFields = postcard::from_bytes(&today).unwrap();
+            assert_eq!(back, f, "{}", String::from_utf8_lossy(raw));
+        }
+        let f = SearchFields::of(raw);
+        assert_eq!(
+            (f.from_mailbox.as_deref(), f.to_mailbox.as_deref(), f.cc_mailbox.as_deref()),
+            (Some("mario.rossi12"), Some("protocollo"), Some("uffici"))
+        );
+        let v = postcard::to_allocvec(&f).unwrap();
+        assert_eq!(memchr::memmem::find_iter(&v, b"mario.rossi12").count(), 1, "the mailbox is not written again");
+        assert_eq!(memchr::memmem::find_iter(&v, b"protocollo").count(), 1);
+        assert_eq!(memchr::memmem::find_iter(&v, b"pec.example.it").count(), 1, "the IDs' domain is From's");
+        assert_eq!(f.in_reply_to.as_deref(), Some("<a@pec.example.it> (nota)"));
+        assert_eq!(Id::get(Some("a@b"), Id::Around("<x".into(), 1, 9, ">".into())), None, "past From's end");
+        assert_eq!(Part::get(Some("abc"), Part::In(2, 5)), None, "past the end");
+        assert_eq!(Part::get(Some("città"), Part::In(4, 1)), None, "inside a character");
+        assert_eq!(Part::get(None, Part::In(0, 1)), None);
+        assert_eq!(convert_cached(b"f5", &[0xff; 3]), None, "not a value");
+        assert_eq!(convert_cached(b"len-9", b"x"), None, "another kind");
+    }
+
+    /// A value becomes common at its COMMON_AFTER-th sighting, is numbered
+    /// once and for good; short values never are; entries hold its number
+    /// and read back whole, and a number not known is no reading at all.
+    #[test]
+    fn common_values_are_numbered_once_and_read_back() {
+        // As the field holds it (see `haystack`).
+        let to = "protocollo@pec.comune.example.it\n";
+        let mut c = Common::new(vec![Some("posta-certificata@pec.example.it".into()), None]);
+        assert_eq!(c.number("posta-certificata@pec.example.it"), (Some(0), None), "loaded");
+        for _ in 1..COMMON_AFTER {
+            assert_eq!(c.number(to), (None, None));
+        }
+        assert_eq!(c.number(to), (Some(2), Some((2, to.to_string()))), "numbered after the gap, never in it");
+        assert_eq!(c.number(to), (Some(2), None), "added once");
+        for _ in 0..2 * COMMON_AFTER {
+            assert_eq!(c.number("a@b.it"), (None, None), "too short to be worth a number");
+        }
+        let raw = format!("From: Anna <anna@example.it>\r\nTo: {to}Cc: {to}Subject: s\r\n\r\nx");
+        let f = SearchFields::of(raw.as_bytes());
+        let v = postcard::to_allocvec(&f).unwrap();
+        let shared = share(&v, |t| c.number(t).0).unwrap();
+        assert!(shared.len() + 2 * to.len() <= v.len() + 4, "{} -> {}", v.len(), shared.len());
+        assert!(postcard::from_bytes::<SearchFields>(&shared).is_err(), "not read without its common values");
+        let values = c.values();
+        assert_eq!(expand(&shared, &values), Some(v.clone()));
+        let m = MatchFields::decode(&shared, &values).unwrap();
+        assert_eq!((m.to, m.cc, m.from), (f.to.as_deref(), f.cc.as_deref(), f.from.as_deref()));
+        assert_eq!(expand(&shared, &values[..2]), None, "a number not known");
+        assert_eq!(MatchFields::decode(&shared, &values[..2]), None);
+        assert_eq!(expand(&shared, &[None, None, None]), None, "a gap");
+        let mut full = Common::new(vec![Some("x".repeat(10)); COMMON_MAX]);
+        for _ in 0..2 * COMMON_AFTER {
+            assert_eq!(full.number(to), (None, None), "no more than COMMON_MAX");
+        }
     }
 
     #[test]
@@ -482,7 +864,7 @@ body with From: nobody@else.example\r\n";
         for raw in [MSG, b"Date: Sun, 25 Mar 2007 00:30:00 +0200\r\n\r\nx\r\n", b"\r\nno header\r\n"] {
             let f = SearchFields::of(raw);
             let v = postcard::to_allocvec(&f).unwrap_or_default();
-            let m = MatchFields::decode(&v).unwrap_or_default();
+            let m = MatchFields::decode(&v, &[]).unwrap_or_default();
             assert_eq!(
                 (m.from, m.to, m.cc, m.bcc, m.subject),
                 (f.from.as_deref(), f.to.as_deref(), f.cc.as_deref(), f.bcc.as_deref(), f.subject.as_deref())
@@ -490,13 +872,13 @@ body with From: nobody@else.example\r\n";
             assert_eq!(m.sent(), f.sent);
             assert_eq!(f.matching().sent(), f.sent);
             for name in FIELD_NAMES {
-                assert_eq!(MatchFields::decode(&v).and_then(|m| m.get(name)), f.get(name));
+                assert_eq!(MatchFields::decode(&v, &[]).and_then(|m| m.get(name)), f.get(name));
             }
         }
-        assert_eq!(MatchFields::decode(&[0xff, 0xff]), None);
+        assert_eq!(MatchFields::decode(&[0xff, 0xff], &[]), None);
         let far = SearchFields { sent: chrono::NaiveDate::from_ymd_opt(12_000, 1, 2), ..SearchFields::default() };
         let v = postcard::to_allocvec(&far).unwrap_or_default();
-        assert_eq!(MatchFields::decode(&v).and_then(|m| m.sent()), far.sent, "a year past 9999 too");
+        assert_eq!(MatchFields::decode(&v, &[]).and_then(|m| m.sent()), far.sent, "a year past 9999 too");
     }
 
     /// The sort and thread fields: the Date as an instant, the decoded

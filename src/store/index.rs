@@ -383,10 +383,10 @@ const DERIVED_META: Def = TableDefinition::new("derived_meta");
 pub(crate) const DERIVED_FOR_TESTS: Def = DERIVED;
 #[cfg(test)]
 pub(crate) const DERIVED_META_FOR_TESTS: Def = DERIVED_META;
-/// The derived cache's format: 5, header fields in their compact form
-/// (`fields::FIELDS_KIND`); a cache without it (4 and before) has its
-/// entries converted at the open.
-const DERIVED_FORMAT: u32 = 5;
+/// The derived cache's format: 6, header fields in their compact form
+/// (`fields::FIELDS_KIND`); a cache of an older format (5, or none: 4
+/// and before) has its entries converted at the open.
+const DERIVED_FORMAT: u32 = 6;
 /// Derived values waiting to be written: written together, one
 /// transaction per this many (or per [`DURABLE_EVERY`]), instead of one
 /// each. A transaction per value rewrote a page path per message and left
@@ -411,6 +411,18 @@ const TABLES: [(&str, Def); 15] = [
     ("notices", NOTICES),
     ("subs", SUBS),
 ];
+
+/// One table's size (see [`Index::stats`]): its keys and values, redb's
+/// own bookkeeping, and the unused part of its pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableStats {
+    pub file: &'static str,
+    pub table: &'static str,
+    pub entries: u64,
+    pub stored: u64,
+    pub metadata: u64,
+    pub fragmented: u64,
+}
 
 /// A failure of the index's database, or a value it cannot read.
 #[derive(Debug, thiserror::Error)]
@@ -500,11 +512,25 @@ impl RTbl {
 
 /// Lookups in the derived cache as of one moment (see
 /// [`Index::derived_reader`]).
-pub struct DerivedReader(RTbl);
+pub struct DerivedReader(RTbl, super::fields::CommonValues);
 
 impl DerivedReader {
+    /// The value cached under `kind` for blob `hash`; header fields with
+    /// their common values written out (`fields::expand`). `None` also
+    /// for fields that name a common value not known (damage): they are
+    /// derived again.
     pub fn get(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.0.get(derived_key(kind, hash))
+        let v = self.0.get(derived_key(kind, hash))?;
+        if kind != super::fields::FIELDS_KIND {
+            return Ok(v);
+        }
+        Ok(v.and_then(|v| super::fields::expand(&v, &self.1)))
+    }
+
+    /// The header fields' common values as of this reader, for values
+    /// read by [`DerivedReader::scan`] (`fields::MatchFields::decode`).
+    pub fn common(&self) -> &[Option<std::sync::Arc<str>>] {
+        &self.1
     }
 
     /// Every value cached under `kind`, read sequentially in `parts`
@@ -671,6 +697,18 @@ pub struct Index {
     /// Derived values not written yet (see [`PENDING_MAX`]), with when the
     /// first of them came.
     pending: Mutex<(Vec<(Vec<u8>, Vec<u8>)>, Instant)>,
+    /// The header fields' common values (`fields::Common`), as written
+    /// under [`COMMON_KIND`]. Changed only with `pending` locked, so a
+    /// value's number is written before (or with) any entry that holds it.
+    common: Mutex<super::fields::Common>,
+}
+
+/// The derived-cache kind of the header fields' common values: key the
+/// kind, then the number (u32 BE); value the text.
+const COMMON_KIND: &[u8] = b"c";
+
+fn common_key(n: u32) -> Vec<u8> {
+    [COMMON_KIND, &[0], &n.to_be_bytes()].concat()
 }
 
 /// The index format this code writes. 2: hidden messages carry their
@@ -700,6 +738,7 @@ impl Index {
             durable: Mutex::new(Instant::now()),
             derived_durable: Mutex::new(Instant::now()),
             pending: Mutex::new((Vec::new(), Instant::now())),
+            common: Mutex::new(super::fields::Common::new(Vec::new())),
         };
         // Every table exists from the start, so readers never meet a
         // missing one.
@@ -709,7 +748,31 @@ impl Index {
         if index.upgrade_derived()? {
             index.compact_derived()?;
         }
+        index.load_common()?;
         Ok(index)
+    }
+
+    /// Read the common values the derived cache holds.
+    fn load_common(&self) -> Result<(), Error> {
+        let mut values: Vec<Option<String>> = Vec::new();
+        let tx = self.derived.begin_read()?;
+        let p = [COMMON_KIND, &[0]].concat();
+        for kv in RTbl(tx.open_table(DERIVED)?).scan_prefix(&p) {
+            let (k, v) = kv?;
+            let Ok(n) = <[u8; 4]>::try_from(&k[p.len()..]).map(u32::from_be_bytes) else {
+                continue;
+            };
+            let n = n as usize;
+            if n >= super::fields::COMMON_MAX {
+                continue;
+            }
+            if values.len() <= n {
+                values.resize(n + 1, None);
+            }
+            values[n] = String::from_utf8(v).ok();
+        }
+        *self.common.lock().unwrap_or_else(PoisonError::into_inner) = super::fields::Common::new(values);
+        Ok(())
     }
 
     /// Bring the derived cache to [`DERIVED_FORMAT`]: the header fields of
@@ -739,9 +802,10 @@ impl Index {
                         let (k, v) = kv?;
                         let k = k.value();
                         let (kind, hash) = split_derived_key(k);
-                        if kind != new {
+                        if kind != new && kind != COMMON_KIND {
                             // (old key, today's key and value if it converts)
-                            let today = super::fields::convert_cached(kind, v.value()).map(|v| ([new, &[0], hash].concat(), v));
+                            let today =
+                                super::fields::convert_cached(kind, v.value()).map(|v| ([new, &[0], hash].concat(), v));
                             moved.push((k.to_vec(), today));
                         }
                         if moved.len() >= 4096 {
@@ -1711,7 +1775,11 @@ impl Index {
     /// It sees every value cached so far: those waiting are written first.
     pub fn derived_reader(&self) -> Result<DerivedReader, Error> {
         self.write_pending()?;
-        Ok(DerivedReader(RTbl(self.derived.begin_read()?.open_table(DERIVED)?)))
+        let tx = self.derived.begin_read()?;
+        // The common values after the read began: an entry it sees was
+        // written after its numbers were taken (with `pending` locked).
+        let common = self.common.lock().unwrap_or_else(PoisonError::into_inner).values();
+        Ok(DerivedReader(RTbl(tx.open_table(DERIVED)?), common))
     }
 
     pub fn derived(&self, kind: &str, hash: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -1728,7 +1796,18 @@ impl Index {
             if p.0.is_empty() {
                 p.1 = Instant::now();
             }
-            p.0.push((derived_key(kind, hash), v.to_vec()));
+            let mut shared = None;
+            if kind == super::fields::FIELDS_KIND {
+                let mut common = self.common.lock().unwrap_or_else(PoisonError::into_inner);
+                shared = super::fields::share(v, |text| {
+                    let (n, added) = common.number(text);
+                    if let Some((n, text)) = added {
+                        p.0.push((common_key(n), text.into_bytes()));
+                    }
+                    n
+                });
+            }
+            p.0.push((derived_key(kind, hash), shared.unwrap_or_else(|| v.to_vec())));
             p.0.len() >= PENDING_MAX || p.1.elapsed() >= DURABLE_EVERY
         };
         if due {
@@ -1868,6 +1947,34 @@ impl Index {
         Ok(out)
     }
 
+    /// Every table of both files with its entries and bytes, in file
+    /// order (`pecgate store stats`: where the index's space goes).
+    pub fn stats(&self) -> Result<Vec<TableStats>, Error> {
+        use redb::ReadableTableMetadata;
+        let mut out = Vec::new();
+        let derived: [(&str, Def); 2] = [("derived", DERIVED), ("derived_meta", DERIVED_META)];
+        for (file, db, tables) in [(FILE, &self.db, &TABLES[..]), (DERIVED_FILE, &self.derived, &derived[..])] {
+            let tx = db.begin_read()?;
+            for (name, d) in tables {
+                let t = match tx.open_table(*d) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let s = t.stats()?;
+                out.push(TableStats {
+                    file,
+                    table: name,
+                    entries: t.len()?,
+                    stored: s.stored_bytes(),
+                    metadata: s.metadata_bytes(),
+                    fragmented: s.fragmented_bytes(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Drop every tree (before a rebuild from the journal).
     /// The reconciliation state of the sent message `key` (a normalised
     /// Message-ID) in `mailbox`.
@@ -1960,11 +2067,14 @@ impl Index {
         }
         Tables::open(&tx)?;
         tx.commit()?;
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).0.clear();
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.0.clear();
+        *self.common.lock().unwrap_or_else(PoisonError::into_inner) = super::fields::Common::new(Vec::new());
         let tx = self.derived.begin_write()?;
         tx.delete_table(DERIVED)?;
         tx.open_table(DERIVED)?;
         tx.commit()?;
+        drop(pending);
         self.flush()
     }
 }

@@ -1092,9 +1092,10 @@ impl FieldsReader {
         each: impl Fn(W, fields::MatchFields<'_>) -> R + Sync,
     ) -> Result<Vec<R>> {
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let common = self.cache.common();
         let done = self.cache.scan(fields::FIELDS_KIND, parts, Vec::new, |out: &mut Vec<R>, h, v| {
             if let Some(w) = want(&h) {
-                if let Some(f) = fields::MatchFields::decode(v) {
+                if let Some(f) = fields::MatchFields::decode(v, common) {
                     out.push(each(w, f));
                 }
             }
@@ -1263,6 +1264,15 @@ pub fn compact_index(dir: &Path) -> Result<(u64, u64)> {
     index.compact()?;
     drop(index);
     Ok((before, index_files_bytes(dir)))
+}
+
+/// What the index's tables hold and the size of its files (the daemon
+/// must be stopped): `pecgate store stats`.
+pub fn index_stats(dir: &Path) -> Result<(Vec<index::TableStats>, u64)> {
+    let (index, _) = open_index(dir, StoreOptions::default().index_cache_bytes)?;
+    let tables = index.stats()?;
+    drop(index);
+    Ok((tables, index_files_bytes(dir)))
 }
 
 /// The index's page cache during `store rebuild-index`.
