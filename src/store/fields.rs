@@ -257,37 +257,23 @@ pub fn convert_cached(kind: &[u8], v: &[u8]) -> Option<Vec<u8>> {
             postcard::from_bytes::<Stored<Option<String>, Option<String>, Option<String>>>(v).ok()?.into_fields(Some)?
         }
         b"search-fields-4" => {
-            let (
-                from,
-                to,
-                cc,
-                bcc,
-                subject,
-                sent,
-                date,
-                subject_text,
-                from_mailbox,
-                to_mailbox,
-                cc_mailbox,
-                message_id,
-                in_reply_to,
-                references,
-            ): StoredV4 = postcard::from_bytes(v).ok()?;
+            // Positional, as postcard wrote it.
+            let t: StoredV4 = postcard::from_bytes(v).ok()?;
             SearchFields {
-                from,
-                to,
-                cc,
-                bcc,
-                subject,
-                sent,
-                date,
-                subject_text,
-                from_mailbox,
-                to_mailbox,
-                cc_mailbox,
-                message_id,
-                in_reply_to,
-                references,
+                from: t.0,
+                to: t.1,
+                cc: t.2,
+                bcc: t.3,
+                subject: t.4,
+                sent: t.5,
+                date: t.6,
+                subject_text: t.7,
+                from_mailbox: t.8,
+                to_mailbox: t.9,
+                cc_mailbox: t.10,
+                message_id: t.11,
+                in_reply_to: t.12,
+                references: t.13,
             }
         }
         _ => return None,
