@@ -913,6 +913,23 @@ Message-ID: <opec.20070325.1@pec.example.it>\r\nIn-Reply-To: <a@pec.example.it> 
     }
 
     proptest::proptest! {
+        /// Any bytes as a cached value (a damaged `derived.redb`): read,
+        /// shared and expanded without a panic, and SEARCH's reading
+        /// agrees with the whole one wherever both read it.
+        #[test]
+        fn any_cached_bytes_are_read_without_a_panic(v in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let common: Vec<Option<std::sync::Arc<str>>> = vec![Some("protocollo@pec.example.it\n".into()), None];
+            let m = MatchFields::decode(&v, &common);
+            let _ = share(&v, |_| Some(0));
+            if let Some(e) = expand(&v, &common) {
+                if let (Ok(f), Some(m)) = (postcard::from_bytes::<SearchFields>(&e), m) {
+                    proptest::prop_assert_eq!((m.from, m.to, m.subject), (f.from.as_deref(), f.to.as_deref(), f.subject.as_deref()));
+                }
+            }
+            let _ = convert_cached(b"f5", &v);
+            let _ = convert_cached(b"search-fields-4", &v);
+        }
+
         /// Any bytes (a blob is whatever the provider delivered): fields
         /// without a panic, and they survive the index's encoding.
         #[test]
