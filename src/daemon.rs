@@ -111,11 +111,17 @@ fn start_generation(cfg: &Config, store: &Store, board: &StatusBoard, sh: &Share
     let ttl = cfg.upstream.lease;
     for m in cfg.mailboxes.iter().filter(|m| m.smtp.is_some()) {
         let (sender, m) = (sender.clone(), m.clone());
-        tasks.spawn(crate::lease::leased(store.clone(), format!("campaigns:{}", m.alias), ttl, rx.clone(), move |fence, end| {
-            let mut s = sender.clone();
-            s.fence = Some(fence);
-            s.run(m.clone(), end)
-        }));
+        tasks.spawn(crate::lease::leased(
+            store.clone(),
+            format!("campaigns:{}", m.alias),
+            ttl,
+            rx.clone(),
+            move |fence, end| {
+                let mut s = sender.clone();
+                s.fence = Some(fence);
+                s.run(m.clone(), end)
+            },
+        ));
     }
     // Only with a retention to apply: a job that returns at once would
     // take its lease again (a new epoch, a log line) every third of it.
@@ -188,7 +194,13 @@ fn shared(cfg: &Config) -> anyhow::Result<Shared> {
     Ok(Shared { auth, rules, cert, tls, limiter: Default::default(), wake: Default::default(), fulltext: None })
 }
 
-fn imap_ctx(imap: &crate::config::ImapConfig, cfg: &Config, sh: &Shared, store: &Store, old: Option<&crate::imap::Ctx>) -> anyhow::Result<crate::imap::Ctx> {
+fn imap_ctx(
+    imap: &crate::config::ImapConfig,
+    cfg: &Config,
+    sh: &Shared,
+    store: &Store,
+    old: Option<&crate::imap::Ctx>,
+) -> anyhow::Result<crate::imap::Ctx> {
     Ok(crate::imap::Ctx {
         cfg: imap.clone(),
         tls: sh.tls.clone().context("[imap] needs [tls]")?,
@@ -240,7 +252,13 @@ async fn start_smtp(cfg: &Config, sh: &Shared, store: &Store) -> anyhow::Result<
 
 /// Apply to the running listeners what a SIGHUP can change without a
 /// restart, and say clearly what needs one.
-fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap: Option<&watch::Sender<Arc<crate::imap::Ctx>>>) {
+fn reload_listeners(
+    old: &Config,
+    new: &Config,
+    sh: &Shared,
+    store: &Store,
+    imap: Option<&watch::Sender<Arc<crate::imap::Ctx>>>,
+) {
     sh.auth.reload(&new.users);
     tracing::info!(users = new.users.len(), "SIGHUP: users and grants reloaded (IMAP, SMTP, HTTP API)");
     match new.directory.as_ref().map(crate::directory::Directory::new).transpose() {
@@ -258,14 +276,22 @@ fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap
         Err(e) => tracing::error!(error = %e, "SIGHUP: [directory] refused; keeping the old one"),
     }
     sh.rules.replace(crate::handling::rules::Rules::compile(new));
-    tracing::info!(offices = new.offices.len(), rules = new.rules.len(), "SIGHUP: offices and rules reloaded (open IMAP sessions included)");
+    tracing::info!(
+        offices = new.offices.len(),
+        rules = new.rules.len(),
+        "SIGHUP: offices and rules reloaded (open IMAP sessions included)"
+    );
     match (&sh.cert, &new.tls) {
         (Some(cert), Some(files)) => match cert.reload(&files.cert, &files.key) {
-            Ok(()) => tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate reloaded (new connections use it)"),
+            Ok(()) => {
+                tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate reloaded (new connections use it)")
+            }
             Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate refused; keeping the old one"),
         },
         (None, Some(_)) => tracing::warn!("SIGHUP: [tls] was added; restart pecgate to use it"),
-        (Some(_), None) => tracing::warn!("SIGHUP: [tls] was removed; the listeners keep the old certificate until a restart"),
+        (Some(_), None) => {
+            tracing::warn!("SIGHUP: [tls] was removed; the listeners keep the old certificate until a restart")
+        }
         (None, None) => {}
     }
     let restart = |what: &str| tracing::warn!("SIGHUP: {what} changed: restart pecgate to apply it");
@@ -302,9 +328,61 @@ fn reload_listeners(old: &Config, new: &Config, sh: &Shared, store: &Store, imap
     }
 }
 
+/// How much longer systemd is asked to wait for the start, and how often.
+const START_EXTEND: Duration = Duration::from_secs(60);
+const START_EXTEND_EVERY: Duration = Duration::from_secs(20);
+
+/// While the daemon starts, asks systemd (`EXTEND_TIMEOUT_USEC`) every
+/// [`START_EXTEND_EVERY`] to wait [`START_EXTEND`] more, until dropped.
+/// Opening the archive can take minutes at ten million messages (a
+/// journal replayed, an index rebuilt after an upgrade changed its
+/// format, the header-field cache converted): past the unit's start
+/// timeout (90 s by default) systemd would kill a start that is working
+/// and begin it again, from scratch, for ever.
+struct StartKeeper {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StartKeeper {
+    fn start() -> StartKeeper {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return StartKeeper { stop: None, thread: None };
+        }
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let usec = u32::try_from(START_EXTEND.as_micros()).unwrap_or(u32::MAX);
+        let thread = std::thread::Builder::new()
+            .name("pecgate-start".into())
+            .spawn(move || loop {
+                let _ = sd_notify::notify(
+                    false,
+                    &[
+                        sd_notify::NotifyState::ExtendTimeoutUsec(usec),
+                        sd_notify::NotifyState::Status("starting: opening the archive (see the log)"),
+                    ],
+                );
+                if !matches!(rx.recv_timeout(START_EXTEND_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+                    break;
+                }
+            })
+            .ok();
+        StartKeeper { stop: Some(stop), thread }
+    }
+}
+
+impl Drop for StartKeeper {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut cfg = load_config(&config_path)?;
     crate::heap::spawn_trimmer();
+    let starting = StartKeeper::start();
     let store = open_store(&cfg)?;
     let mailboxes = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.address.clone())).collect::<Vec<_>>();
     let board = StatusBoard::new(store.clone(), &mailboxes(&cfg));
@@ -372,7 +450,9 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
                     m.load().map_err(|e| anyhow::anyhow!("[http] metrics_auth: {e}"))?;
             }
             let tls = match (h.tls, &sh.cert) {
-                (true, Some(cert)) => Some(cert.server_config_alpn(&[b"h2", b"http/1.1"]).context("HTTPS configuration")?),
+                (true, Some(cert)) => {
+                    Some(cert.server_config_alpn(&[b"h2", b"http/1.1"]).context("HTTPS configuration")?)
+                }
                 (true, None) => anyhow::bail!("[http] tls = true needs [tls]"),
                 (false, _) => None,
             };
@@ -388,7 +468,8 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    drop(starting);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
     tracing::info!(mailboxes = cfg.mailboxes.len(), version = env!("CARGO_PKG_VERSION"), "pecgate serving");
 
     loop {
