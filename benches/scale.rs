@@ -59,7 +59,9 @@
 //! derives the header fields from the blobs), SCALE_SESSIONS (100),
 //! SCALE_RSS_LIMIT_MIB (8192: stop opening sessions past it, so that a
 //! regression cannot take the machine's memory), SCALE_KEEP=1 (keep the
-//! run's directory).
+//! run's directory), SCALE_CONVERT=1 (after the run, the header-field
+//! cache put back in format 5 and its conversion at the next open timed:
+//! an upgrade's first start).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -114,6 +116,71 @@ fn flag(name: &str, default: bool) -> bool {
         Ok(_) => true,
         Err(_) => default,
     }
+}
+
+/// SCALE_CONVERT=1: the run's header-field cache put back the way a
+/// pecgate before format 6 left it (kind `f5`, no common values), then
+/// the time of the next open, which converts it (and packs the file), as
+/// the first start after an upgrade does.
+fn upgrade_from_format_5(data: &Path, config: &Path) {
+    use redb::{ReadableDatabase, ReadableTable};
+    type Def = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
+    const DERIVED: Def = redb::TableDefinition::new("derived");
+    const DERIVED_META: Def = redb::TableDefinition::new("derived_meta");
+    let t0 = Instant::now();
+    let db = redb::Database::create(data.join("derived.redb")).expect("open derived.redb");
+    let (mut common, mut entries) = (Vec::new(), Vec::new());
+    {
+        let tx = db.begin_read().expect("read");
+        for kv in tx.open_table(DERIVED).expect("table").iter().expect("iter") {
+            let (k, v) = kv.expect("entry");
+            let (k, v) = (k.value().to_vec(), v.value().to_vec());
+            if let Some(n) = k.strip_prefix(b"c\0") {
+                let n = u32::from_be_bytes(n.try_into().expect("a number")) as usize;
+                common.resize(common.len().max(n + 1), None);
+                common[n] = Some(Arc::<str>::from(String::from_utf8(v).expect("text")));
+            } else if k.starts_with(b"f6\0") {
+                entries.push((k, v));
+            }
+        }
+    }
+    let tx = db.begin_write().expect("write");
+    {
+        let mut t = tx.open_table(DERIVED).expect("table");
+        t.retain(|_, _| false).expect("empty it");
+        for (k, v) in &entries {
+            let old = pecgate::store::fields::as_format_5(v, &common).expect("a format-6 value");
+            t.insert([b"f5\0".as_slice(), &k[3..]].concat().as_slice(), old.as_slice()).expect("insert");
+        }
+        tx.open_table(DERIVED_META).expect("meta").insert(b"format".as_slice(), 5u32.to_be_bytes().as_slice()).expect("format");
+    }
+    tx.commit().expect("commit");
+    drop(db);
+    let before = std::fs::metadata(data.join("derived.redb")).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "pecgate: the cache put back in format 5: {} entries, {} common values expanded, {:.1} MB, in {}",
+        entries.len(),
+        common.len(),
+        before as f64 / 1e6,
+        fmt_d(t0.elapsed())
+    );
+    let t0 = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_pecgate"))
+        .args(["store", "stats", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run store stats");
+    let took = t0.elapsed();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && log.contains("is converted"), "the conversion did not run: {log}");
+    let after = std::fs::metadata(data.join("derived.redb")).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "pecgate: the first open after the upgrade (format 5 converted, derived.redb packed): {} ({:.1} -> {:.1} MB)",
+        fmt_d(took),
+        before as f64 / 1e6,
+        after as f64 / 1e6
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1076,6 +1143,9 @@ fn run_pecgate(
         Ok(o) if o.status.success() => print!("pecgate: store stats after the run:\n{}", String::from_utf8_lossy(&o.stdout)),
         Ok(o) => println!("pecgate: store stats failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => println!("pecgate: store stats did not run: {e}"),
+    }
+    if flag("SCALE_CONVERT", false) {
+        upgrade_from_format_5(&data, &config);
     }
     PecgateFigures {
         index_rebuilt,

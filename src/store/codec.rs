@@ -30,7 +30,7 @@ const LABEL: u8 = 16;
 #[error("corrupt index value: {0}")]
 pub struct Corrupt(pub String);
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -38,7 +38,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
@@ -135,6 +135,13 @@ pub fn hash_bytes(out: &mut Vec<u8>, h: &str) {
 #[derive(Debug, Clone)]
 struct Reader<'a> {
     b: &'a [u8],
+}
+
+/// A varint at the start of `b`: its value and its length in bytes.
+pub(crate) fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut r = Reader { b };
+    let v = r.varint().ok()?;
+    Some((v, b.len() - r.b.len()))
 }
 
 impl<'a> Reader<'a> {
@@ -470,7 +477,10 @@ mod tests {
             let b = decode_brief(&e).unwrap();
             assert_eq!(b.hash.hex(), m.hash);
             assert_eq!(b.hash, BlobHash::parse(&m.hash));
-            assert_eq!((b.size, b.internal_date, b.modseq, b.appended), (m.size, m.internal_date, m.modseq, m.appended));
+            assert_eq!(
+                (b.size, b.internal_date, b.modseq, b.appended),
+                (m.size, m.internal_date, m.modseq, m.appended)
+            );
             assert_eq!(b.flags.is_empty(), m.flags.is_empty());
             assert_eq!(b.flags.collect::<Vec<_>>(), m.flags.iter().map(String::as_str).collect::<Vec<_>>());
             for n in 0..e.len() {

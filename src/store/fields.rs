@@ -281,6 +281,33 @@ pub fn convert_cached(kind: &[u8], v: &[u8]) -> Option<Vec<u8>> {
     postcard::to_allocvec(&f).ok()
 }
 
+/// A value of today's kind (its common values in `common`) in format 5's
+/// form, as a cache written before 6 held it: mailboxes and IDs written
+/// out, no common values. For the scale bench's upgrade measurement
+/// (`SCALE_CONVERT`) and the conversion's test.
+#[doc(hidden)]
+pub fn as_format_5(v: &[u8], common: &[Option<std::sync::Arc<str>>]) -> Option<Vec<u8>> {
+    let f: SearchFields = postcard::from_bytes(&expand(v, common)?).ok()?;
+    let text = Stored::<Part, Id, Hay<String>>::from(f.clone()).subject_text;
+    let v5 = Stored::<Option<String>, Option<String>, Option<String>> {
+        from: f.from,
+        to: f.to,
+        cc: f.cc,
+        bcc: f.bcc,
+        subject: f.subject,
+        sent: f.sent.map(|d| d.num_days_from_ce()),
+        date: f.date.map(|d| d.timestamp()),
+        subject_text: text,
+        from_mailbox: f.from_mailbox,
+        to_mailbox: f.to_mailbox,
+        cc_mailbox: f.cc_mailbox,
+        message_id: f.message_id,
+        in_reply_to: f.in_reply_to,
+        references: f.references,
+    };
+    postcard::to_allocvec(&v5).ok()
+}
+
 /// The decoded Subject, kept only when it is not the raw value.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Text {
@@ -484,16 +511,42 @@ pub fn share(v: &[u8], mut add: impl FnMut(&str) -> Option<u32>) -> Option<Vec<u
 }
 
 /// A cached value with its common values written out again, as
-/// `SearchFields` reads it; `None` if one is not known (or it is not a
-/// value of this kind).
+/// `SearchFields` reads it; `None` if one is not known (or the value does
+/// not start as this kind's do). From, To and Cc come first ([`Stored`]),
+/// so the rest is copied as it is: SORT looks up a million values one by
+/// one, and decoding each whole to write it again doubled its work.
 pub fn expand(v: &[u8], common: &[Option<std::sync::Arc<str>>]) -> Option<Vec<u8>> {
-    let mut s: Stored<Part, Id, Hay<String>> = postcard::from_bytes(v).ok()?;
-    for h in [&mut s.from, &mut s.to, &mut s.cc] {
-        if let Hay::Common(n) = h {
-            *h = Hay::Own(common.get(*n as usize)?.as_deref()?.to_string());
+    // postcard's integers, lengths and enum tags are the index's varints.
+    use super::codec::{bytes, read_varint as varint};
+    let mut out = Vec::with_capacity(v.len() + 64);
+    let mut at = 0;
+    for _ in 0..3 {
+        let (tag, n) = varint(&v[at..])?;
+        at += n;
+        match tag {
+            // Hay::Absent
+            0 => out.push(0),
+            // Hay::Own: its length and bytes, as they are.
+            1 => {
+                let (len, n) = varint(&v[at..])?;
+                let end = at.checked_add(n)?.checked_add(usize::try_from(len).ok()?)?;
+                out.push(1);
+                out.extend_from_slice(v.get(at..end)?);
+                at = end;
+            }
+            // Hay::Common: written out as Hay::Own.
+            2 => {
+                let (k, n) = varint(&v[at..])?;
+                at += n;
+                let text = common.get(usize::try_from(k).ok()?)?.as_deref()?;
+                out.push(1);
+                bytes(&mut out, text.as_bytes());
+            }
+            _ => return None,
         }
     }
-    postcard::to_allocvec(&s).ok()
+    out.extend_from_slice(&v[at..]);
+    Some(out)
 }
 
 /// The raw form a header's cached value starts with (see [`haystack`]).
@@ -737,33 +790,16 @@ Message-ID: <opec.20070325.1@pec.example.it>\r\nIn-Reply-To: <a@pec.example.it> 
         let odd = b"From: a@b.it\r\nMessage-ID: <x@b.it\r\nIn-Reply-To: @pec.example.it\r\n\r\nx";
         for raw in [&raw[..], MSG, b"To: <@route:capo@y.it>\r\n\r\nx", b"garbage", &odd[..]] {
             let f = SearchFields::of(raw);
-            let v5 = Stored::<Option<String>, Option<String>, Option<String>> {
-                from: f.from.clone(),
-                to: f.to.clone(),
-                cc: f.cc.clone(),
-                bcc: f.bcc.clone(),
-                subject: f.subject.clone(),
-                sent: f.sent.map(|d| d.num_days_from_ce()),
-                date: f.date.map(|d| d.timestamp()),
-                subject_text: match &f.subject_text {
-                    Some(t) if first_form(f.subject.as_deref()) == Some(t.as_str()) => Text::Raw,
-                    Some(t) => Text::Own(t.clone()),
-                    None => Text::Absent,
-                },
-                from_mailbox: f.from_mailbox.clone(),
-                to_mailbox: f.to_mailbox.clone(),
-                cc_mailbox: f.cc_mailbox.clone(),
-                message_id: f.message_id.clone(),
-                in_reply_to: f.in_reply_to.clone(),
-                references: f.references.clone(),
-            };
-            let old = postcard::to_allocvec(&v5).unwrap();
+            let old = as_format_5(&postcard::to_allocvec(&f).unwrap(), &[]).expect("a value");
             let today = convert_cached(b"f5", &old).expect("converts");
             assert_eq!(today, postcard::to_allocvec(&f).unwrap());
             let back: SearchFields = postcard::from_bytes(&today).unwrap();
             assert_eq!(back, f, "{}", String::from_utf8_lossy(raw));
         }
         let f = SearchFields::of(raw);
+        let v5 = as_format_5(&postcard::to_allocvec(&f).unwrap(), &[]).unwrap();
+        assert_eq!(memchr::memmem::find_iter(&v5, b"mario.rossi12").count(), 2, "5 wrote the mailbox out");
+        assert_eq!(memchr::memmem::find_iter(&v5, b"pec.example.it").count(), 3, "and the IDs' domain");
         assert_eq!(
             (f.from_mailbox.as_deref(), f.to_mailbox.as_deref(), f.cc_mailbox.as_deref()),
             (Some("mario.rossi12"), Some("protocollo"), Some("uffici"))
