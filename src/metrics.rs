@@ -292,6 +292,13 @@ impl Metrics {
             .set(total as f64);
         }
 
+        r.gauge(
+            "pecgate_index_bytes",
+            "Size of the index files (index.redb, derived.redb): derived data, packed when the daemon stops, \
+             about twice that after a large intake while it runs.",
+        )?
+        .set(self.store.index_bytes() as f64);
+
         // Mailboxes, from the status board.
         let l = &["mailbox"];
         let up = r.int_gauge_vec(

@@ -320,6 +320,7 @@ fn metrics_readiness_api_and_audit_against_a_real_provider() {
     assert_eq!(m["pecgate_provider_up{mailbox=\"arch\"}"], 1.0);
     assert_eq!(m["pecgate_provider_up{mailbox=\"slow\"}"], 0.0);
     assert!(m["pecgate_store_free_bytes"] > 0.0);
+    assert!(m["pecgate_index_bytes"] > 0.0, "the index files' size");
     assert!(m["pecgate_process_start_time_seconds"] >= t0.timestamp() as f64 - 1.0);
     let kinds: f64 = m
         .iter()
