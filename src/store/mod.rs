@@ -996,14 +996,14 @@ impl Store {
         JournalReader::at(self.inner.dir.join(JOURNAL_DIR))
     }
 
-    /// Space on the archive's file system: (available to pecgate, total),
-    /// each `None` if it cannot be read.
     /// The index files' size in bytes (`index.redb`, `derived.redb`):
     /// packed when the store closes, larger between restarts.
     pub fn index_bytes(&self) -> u64 {
         index_files_bytes(&self.inner.dir)
     }
 
+    /// Space on the archive's file system: (available to pecgate, total),
+    /// each `None` if it cannot be read.
     pub fn disk_space(&self) -> (Option<u64>, Option<u64>) {
         (fs2::available_space(&self.inner.dir).ok(), fs2::total_space(&self.inner.dir).ok())
     }
