@@ -88,7 +88,7 @@ impl Recent {
     /// How many of `msgs` (in UID order) are recent: two binary searches
     /// per range.
     pub fn count_in(&self, msgs: &Entries) -> usize {
-        self.0.iter().map(|&(a, b)| msgs.partition_point(|m| m.0 <= b) - msgs.partition_point(|m| m.0 <= a)).sum()
+        self.0.iter().filter(|r| r.0 < r.1).map(|&(a, b)| msgs.count_uids(a + 1, b)).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -388,6 +388,20 @@ pub fn set_max(set: &SequenceSet, max: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The lowest number `set` names when `*` is `max`.
+pub fn set_min(set: &SequenceSet, max: u32) -> u32 {
+    use imap_next::imap_types::sequence::Sequence;
+    set.0
+        .as_ref()
+        .iter()
+        .map(|s| match s {
+            Sequence::Single(v) => resolve(v, max),
+            Sequence::Range(a, b) => resolve(a, max).min(resolve(b, max)),
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 fn resolve(v: &imap_next::imap_types::sequence::SeqOrUid, max: u32) -> u32 {
     use imap_next::imap_types::sequence::SeqOrUid;
     match v {
@@ -547,7 +561,7 @@ mod tests {
                 Msg::from_brief(b, s, |_| true)
             })
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(listed, msgs);
+        assert_eq!(listed, *msgs);
         let seen: UidSet = msgs.iter().map(|m| m.0).filter(|u| u % 2 == 0).collect();
         let s = |v: &str| AString::try_from(v.to_string()).unwrap_or_else(|_| unreachable!());
         let d = |day| {

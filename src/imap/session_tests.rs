@@ -138,10 +138,8 @@ impl Client {
 
     async fn tagged(&mut self, tag: &str) -> String {
         let want = format!("{tag} ");
-        self.read_until(|b| {
-            String::from_utf8_lossy(b).lines().any(|l| l.starts_with(&want)) && b.ends_with(b"\r\n")
-        })
-        .await
+        self.read_until(|b| String::from_utf8_lossy(b).lines().any(|l| l.starts_with(&want)) && b.ends_with(b"\r\n"))
+            .await
     }
 
     /// Read to the end of the stream (the server closed).
@@ -165,7 +163,8 @@ impl Client {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let (pipe, _) = connect(&self.ctx, rx);
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Client { pipe, buf: Vec::new(), store: self.store.clone(), ctx: self.ctx.clone(), _dir: dir, _stop: stop };
+        let mut c =
+            Client { pipe, buf: Vec::new(), store: self.store.clone(), ctx: self.ctx.clone(), _dir: dir, _stop: stop };
         let g = c.read_until(|b| b.ends_with(b"\r\n")).await;
         assert!(g.starts_with("* OK"), "{g}");
         c
@@ -319,7 +318,10 @@ async fn append_to_sent_checks_from_and_finds_copies_already_sent() {
     c.send(format!("b APPEND prot/Sent {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
     let appenduid = |r: &str, tag: &str| -> String {
         let l = tagged_line(r, tag);
-        l.split_once("[APPENDUID ").and_then(|(_, rest)| rest.split_once(']')).map(|(c, _)| c.to_string()).unwrap_or_default()
+        l.split_once("[APPENDUID ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(c, _)| c.to_string())
+            .unwrap_or_default()
     };
     let first = appenduid(&r, "a");
     let r = c.tagged("b").await;
@@ -377,12 +379,7 @@ async fn append_into_the_selected_folder() {
     let mut c = start(0).await;
     c.login("mario").await;
     let r = c.cmd("s", "SELECT prot/Sent").await;
-    let uv = r
-        .split("[UIDVALIDITY ")
-        .nth(1)
-        .and_then(|x| x.split(']').next())
-        .map(str::to_string)
-        .unwrap_or_default();
+    let uv = r.split("[UIDVALIDITY ").nth(1).and_then(|x| x.split(']').next()).map(str::to_string).unwrap_or_default();
     assert!(!uv.is_empty() && uv != "1", "{r}");
     let own = "From: protocollo@pec.example.it\r\nSubject: s\r\n\r\nb\r\n";
     c.send(format!("a APPEND prot/Sent {{{}+}}\r\n{own}\r\n", own.len()).as_bytes()).await;
@@ -452,11 +449,20 @@ async fn categories_are_folders_people_create() {
     // APPEND: new bytes, and bytes already held (a message of its own).
     let msg = "From: a@b.it\r\nSubject: bozza\r\n\r\nciao\r\n";
     for t in ["a1", "a2"] {
-        c.send(format!("{t} APPEND \"prot/Contratti 2026\" (\\Flagged) {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes()).await;
+        c.send(format!("{t} APPEND \"prot/Contratti 2026\" (\\Flagged) {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await;
         let r = c.tagged(t).await;
         assert!(tagged_line(&r, t).starts_with(&format!("{t} OK [APPENDUID ")), "{r}");
     }
-    c.send(format!("a3 APPEND \"prot/Contratti 2026\" {{{}+}}\r\n{}\r\n", message(1).len(), String::from_utf8(message(1)).unwrap()).as_bytes()).await;
+    c.send(
+        format!(
+            "a3 APPEND \"prot/Contratti 2026\" {{{}+}}\r\n{}\r\n",
+            message(1).len(),
+            String::from_utf8(message(1)).unwrap()
+        )
+        .as_bytes(),
+    )
+    .await;
     let r = c.tagged("a3").await;
     assert!(tagged_line(&r, "a3").contains(" 6] "), "the 6th message of the folder: {r}");
 
@@ -469,7 +475,8 @@ async fn categories_are_folders_people_create() {
     assert!(tagged_line(&r, "e").contains("kept 1 message(s) filed only in this folder"), "{r}");
     let r = c.cmd("n", "NOOP").await;
     let _ = r;
-    let left: Vec<u32> = c.store.messages("prot", &cat_of(&c.store, "Contratti 2026")).unwrap().iter().map(|m| m.0).collect();
+    let left: Vec<u32> =
+        c.store.messages("prot", &cat_of(&c.store, "Contratti 2026")).unwrap().iter().map(|m| m.0).collect();
     assert_eq!(left, vec![3], "the moved PEC is filed here; what anna appended she may take away");
     assert_eq!(c.store.messages("prot", "INBOX").unwrap().len(), 2);
     let r = c.cmd("u", "UNSELECT").await;
@@ -503,7 +510,13 @@ async fn categories_are_folders_people_create() {
 }
 
 fn cat_of(store: &Store, name: &str) -> String {
-    store.folders("prot").unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some(name)).map(|(f, _)| f).expect("category")
+    store
+        .folders("prot")
+        .unwrap()
+        .into_iter()
+        .find(|(_, st)| st.category.as_deref() == Some(name))
+        .map(|(f, _)| f)
+        .expect("category")
 }
 
 /// Each user's own Drafts (`\Drafts`) and Templates: made at first login,
@@ -528,7 +541,8 @@ async fn drafts_are_private_and_expunge_deletes() {
     let r = c.cmd("e", "EXPUNGE").await;
     assert!(r.contains("* 1 EXPUNGE") && tagged_line(&r, "e").starts_with("e OK"), "{r}");
     let own = "~anna";
-    let drafts = c.store.folders(own).unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some("Drafts")).unwrap().0;
+    let drafts =
+        c.store.folders(own).unwrap().into_iter().find(|(_, st)| st.category.as_deref() == Some("Drafts")).unwrap().0;
     assert!(c.store.messages(own, &drafts).unwrap().is_empty());
     let hash = crate::store::blobs::sha256_hex(msg.as_bytes());
     assert_eq!(c.store.find_hash(own, &hash).unwrap(), None, "deleted, not hidden");
@@ -658,4 +672,45 @@ async fn a_list_is_maintained_from_the_writers_changes() {
     let (now, _) = view.snapshot(&inbox).expect("snapshot");
     assert_eq!(*now, *fresh().snapshot(&inbox).expect("snapshot").0);
     assert_eq!(now.iter().filter(|(_, m)| m.flags.iter().any(|f| f == "$Visto")).count(), 20);
+}
+
+/// Issue 14: a large folder's list is read in the background after SELECT
+/// (in tests from 8 messages, the last 4 read at once). SELECT's counts,
+/// UNSEEN and RECENT are right before it is whole; FETCH of the newest
+/// answers from what is read, with the right numbers; the keyword of an
+/// older message is announced in FLAGS once the list is whole, before a
+/// FETCH shows it.
+#[tokio::test]
+async fn a_large_folder_is_answered_before_its_list_is_whole() {
+    let mut a = start(20).await;
+    a.login("mario").await;
+    a.cmd("s", "SELECT prot/INBOX").await;
+    assert!(a.cmd("f", "STORE 1:5 +FLAGS.SILENT (\\Seen)").await.contains("f OK"));
+    assert!(a.cmd("k", "STORE 3 +FLAGS.SILENT ($Vecchio)").await.contains("k OK"));
+    assert!(a.cmd("u", "UNSELECT").await.contains("u OK"));
+    // The list nobody holds any more: the next SELECT reads it anew.
+    let mut b = a.another().await;
+    b.login("mario").await;
+    let r = b.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.contains("* 20 EXISTS") && r.contains("[UNSEEN 6]") && r.contains("* 0 RECENT"), "{r}");
+    assert!(!r.contains("$Vecchio"), "only the newest messages' keywords so far: {r}");
+    let r = b.cmd("t", "FETCH 18:* (UID FLAGS)").await;
+    assert!(r.contains("* 18 FETCH (UID 18 FLAGS ())") && r.contains("* 20 FETCH (UID 20 FLAGS ())"), "{r}");
+    assert!(!r.contains("* 17 FETCH"), "{r}");
+    // Announced after that FETCH if the list was whole by then, else
+    // before this one.
+    let r = r + &b.cmd("v", "FETCH 3 (FLAGS)").await;
+    let flags_at = r.find("* FLAGS (").unwrap_or(usize::MAX);
+    let fetch_at = r.find("* 3 FETCH").unwrap_or(0);
+    assert!(flags_at < fetch_at && r[flags_at..fetch_at].contains("$Vecchio"), "{r}");
+    assert!(r.contains("* 3 FETCH (FLAGS ($Vecchio \\Seen))"), "{r}");
+    let r = b.cmd("q", "SEARCH UNSEEN").await;
+    assert!(r.contains("* SEARCH 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20\r\n"), "{r}");
+    // Another user has seen nothing: all unseen, from the first.
+    let mut c = a.another().await;
+    c.login("anna").await;
+    let r = c.cmd("s", "SELECT prot/INBOX").await;
+    assert!(r.contains("* 20 EXISTS") && r.contains("[UNSEEN 1]") && r.contains("* 20 RECENT"), "{r}");
+    let r = c.cmd("n", "STATUS prot/Receipts (MESSAGES UNSEEN)").await;
+    assert!(r.contains("n OK"), "{r}");
 }

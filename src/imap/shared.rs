@@ -14,12 +14,12 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use chrono::{DateTime, Utc};
 
 use super::uidset::UidSet;
-use crate::store::{BlobHash, Brief, MessageMeta};
+use crate::store::{BlobHash, Brief, FolderReader, MessageMeta, StoreError};
 
 /// A set of flags and keywords, shared by every message that has it.
 pub type FlagSet = Arc<[String]>;
@@ -107,7 +107,7 @@ impl FlagSets {
 pub fn merge(old: &Entries, changes: Vec<(u32, Option<Msg>)>) -> Entries {
     let mut out = Vec::with_capacity(old.len() + changes.len());
     let mut ch = changes.into_iter().peekable();
-    for e in old {
+    for e in old.iter() {
         while let Some((u, m)) = ch.next_if(|c| c.0 < e.0) {
             out.extend(m.map(|m| (u, m)));
         }
@@ -117,7 +117,7 @@ pub fn merge(old: &Entries, changes: Vec<(u32, Option<Msg>)>) -> Entries {
         }
     }
     out.extend(ch.filter_map(|(u, m)| Some((u, m?))));
-    out
+    out.into()
 }
 
 /// Lists by folder key.
@@ -153,6 +153,10 @@ pub struct Facts {
     pub unseen: usize,
     /// The position (from 0) of the first of them.
     pub first_unseen: Option<usize>,
+    /// Worked out before the list was whole: `keywords` are those of its
+    /// last messages only, and `newest` theirs (the folder's state has
+    /// the newest MODSEQ of a store folder).
+    pub partial: bool,
 }
 
 impl Facts {
@@ -172,7 +176,56 @@ impl Facts {
             }
         }
         let keywords = new_keywords(&[], sets.iter().flat_map(|s| s.iter())).into();
-        Facts { newest, keywords, unseen, first_unseen }
+        Facts { newest, keywords, unseen, first_unseen, partial: false }
+    }
+
+    /// Of a list not yet whole: the unseen counted range by range between
+    /// the seen UIDs in the snapshot the list is read from (a user who
+    /// has seen nothing, or all but the newest: a few ranges), the rest
+    /// from the last messages. Waits for the whole list only when the
+    /// seen UIDs leave more than [`MAX_GAPS`] gaps.
+    pub fn of_partial(list: &Entries, seen: &UidSet) -> Facts {
+        let (Some(first), Some(last)) = (list.first_uid(), list.last().map(|m| m.0)) else {
+            return Facts::of(list, seen);
+        };
+        // The UID ranges between seen UIDs, within first..=last.
+        let mut gaps = Vec::new();
+        let mut next = u64::from(first);
+        for s in seen.iter().map(u64::from) {
+            if s > u64::from(last) || gaps.len() > MAX_GAPS {
+                break;
+            }
+            if s > next {
+                gaps.push((next as u32, (s - 1) as u32));
+            }
+            next = next.max(s + 1);
+        }
+        if gaps.len() > MAX_GAPS {
+            return Facts::of(list, seen);
+        }
+        if next <= u64::from(last) {
+            gaps.push((next as u32, last));
+        }
+        let (mut unseen, mut first_uid) = (0usize, None);
+        for (a, b) in gaps {
+            let n = list.count_uids(a, b);
+            if n > 0 && first_uid.is_none() {
+                first_uid = list.first_in(a, b);
+            }
+            unseen += n;
+        }
+        // Its position: the messages before it.
+        let first_unseen = first_uid.map(|u| if u == first { 0 } else { list.count_uids(first, u - 1) });
+        let (_, part) = list.known();
+        let newest = part.iter().map(|m| m.1.modseq).max().unwrap_or(0);
+        let mut sets: Vec<&FlagSet> = Vec::new();
+        for (_, m) in part {
+            if !sets.iter().any(|l| Arc::ptr_eq(l, &m.flags)) {
+                sets.push(&m.flags);
+            }
+        }
+        let keywords = new_keywords(&[], sets.iter().flat_map(|s| s.iter())).into();
+        Facts { newest, keywords, unseen, first_unseen, partial: true }
     }
 }
 
@@ -215,7 +268,267 @@ pub struct Stamp {
 }
 
 /// A folder's messages in UID order: (UID, entry).
-pub type Entries = Vec<(u32, Msg)>;
+///
+/// Whole, or being read: a large store folder's list just selected is
+/// read in the background ([`Entries::read_in_background`]) while the
+/// SELECT is answered from what is known at once (the count, the last
+/// messages, counts of UID ranges read from the index snapshot the list
+/// is read from: see [`Entries::lazy`]). Dereferencing it as a `Vec`
+/// waits for the whole list; [`Entries::len`], [`Entries::get`],
+/// [`Entries::last`] and [`Entries::count_uids`] do not when the answer
+/// is known without it.
+pub struct Entries {
+    full: OnceLock<Vec<(u32, Msg)>>,
+    lazy: Option<Box<Lazy>>,
+}
+
+/// What a list being read knows before it is whole.
+struct Lazy {
+    len: usize,
+    /// The first message's UID.
+    first: Option<u32>,
+    /// The last [`TAIL`] messages.
+    tail: Vec<(u32, Msg)>,
+    /// What the list is read from, until it is.
+    source: Mutex<Option<Arc<FolderReader>>>,
+}
+
+/// Messages of a list being read that are read at once, from the end
+/// (what a client fetches first after SELECT: the newest).
+const TAIL: usize = if cfg!(test) { 4 } else { 512 };
+
+/// More gaps than this between a user's seen UIDs: the unseen are
+/// counted in the whole list, not range by range in the index.
+const MAX_GAPS: usize = 1024;
+
+impl Entries {
+    /// A store folder's list, its entries' stored flags but the computed
+    /// `$Pec*` keywords, read from `reader` in the background: the last
+    /// messages are read now, the rest when asked for or by
+    /// [`Entries::read_in_background`].
+    pub fn lazy(reader: FolderReader) -> Result<Entries, StoreError> {
+        let len = usize::try_from(reader.state().map_or(0, |st| st.exists)).unwrap_or(usize::MAX);
+        let mut sets = FlagSets::default();
+        let tail = reader.last(TAIL, |b| Msg::from_brief(b, &mut sets, keep_stored))?;
+        let first = reader.first(0, u32::MAX)?;
+        if tail.len() == len {
+            // Small enough to be whole already.
+            return Ok(Entries::from(tail));
+        }
+        let source = Mutex::new(Some(Arc::new(reader)));
+        Ok(Entries { full: OnceLock::new(), lazy: Some(Box::new(Lazy { len, first, tail, source })) })
+    }
+
+    /// Is every entry read?
+    pub fn is_whole(&self) -> bool {
+        self.full.get().is_some()
+    }
+
+    /// The whole list, read now if it is not yet (waits for a read in
+    /// progress).
+    pub fn whole(&self) -> &Vec<(u32, Msg)> {
+        self.full.get_or_init(|| self.read_rest())
+    }
+
+    fn read_rest(&self) -> Vec<(u32, Msg)> {
+        let Some(l) = &self.lazy else { return Vec::new() };
+        let source = l.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(r) = source else { return Vec::new() };
+        let started = std::time::Instant::now();
+        let read = r.scan(FlagSets::default, |sets, b| Msg::from_brief(b, sets, keep_stored));
+        // Read: the snapshot it pinned is let go.
+        drop(r);
+        l.source.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match read {
+            Ok(v) => {
+                if v.len() != l.len {
+                    tracing::error!(read = v.len(), counted = l.len, "a folder's entries differ from its count");
+                }
+                tracing::debug!(entries = v.len(), ms = started.elapsed().as_millis() as u64, "folder list read");
+                v
+            }
+            // The index could not be read back within the snapshot it
+            // was counted from: nothing to show that would not be wrong.
+            Err(e) => panic!("reading a selected folder's entries from the index: {e}"),
+        }
+    }
+
+    /// Read the rest on a thread of its own, if anything is left.
+    pub fn read_in_background(self: &Arc<Self>) {
+        if self.is_whole() || self.lazy.is_none() {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("folder-list".into()).spawn(move || {
+            me.whole();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to read a folder's list: it is read when first needed");
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match (self.full.get(), &self.lazy) {
+            (Some(v), _) => v.len(),
+            (None, Some(l)) => l.len,
+            (None, None) => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What is read without waiting: (position of the first, entries).
+    pub fn known(&self) -> (usize, &[(u32, Msg)]) {
+        match (self.full.get(), &self.lazy) {
+            (Some(v), _) => (0, v),
+            (None, Some(l)) => (l.len - l.tail.len(), &l.tail),
+            (None, None) => (0, &[]),
+        }
+    }
+
+    /// The entry at `i` (from 0), waiting for the list only when it is
+    /// not among the entries already read.
+    pub fn get(&self, i: usize) -> Option<&(u32, Msg)> {
+        let (at, part) = self.known();
+        match i.checked_sub(at) {
+            Some(j) if j < part.len() => part.get(j),
+            _ if i >= self.len() => None,
+            _ => self.whole().get(i),
+        }
+    }
+
+    pub fn last(&self) -> Option<&(u32, Msg)> {
+        self.known().1.last()
+    }
+
+    pub fn first_uid(&self) -> Option<u32> {
+        match (self.full.get(), &self.lazy) {
+            (Some(v), _) => v.first().map(|m| m.0),
+            (None, Some(l)) => l.first,
+            (None, None) => None,
+        }
+    }
+
+    /// The reader of a list not yet whole.
+    fn source(&self) -> Option<Arc<FolderReader>> {
+        match (self.full.get(), &self.lazy) {
+            (None, Some(l)) => l.source.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            _ => None,
+        }
+    }
+
+    /// How many messages have a UID in `from..=to`.
+    pub fn count_uids(&self, from: u32, to: u32) -> usize {
+        let in_slice = |v: &[(u32, Msg)]| v.partition_point(|m| m.0 <= to) - v.partition_point(|m| m.0 < from);
+        let (Some(first), Some(last)) = (self.first_uid(), self.last().map(|m| m.0)) else { return 0 };
+        let (a, b) = (from.max(first), to.min(last));
+        if a > b {
+            return 0;
+        }
+        if (a, b) == (first, last) {
+            return self.len();
+        }
+        let (_, part) = self.known();
+        if part.first().is_some_and(|m| m.0 <= a) {
+            return in_slice(part);
+        }
+        let Some(r) = self.source() else { return in_slice(self.whole()) };
+        let counted = match part.first().map(|m| m.0) {
+            // Partly among the last messages: the rest before them.
+            Some(t) if t <= b => r.count(a, t - 1).map(|n| n + in_slice(part)),
+            // Most of the span: what is outside it is fewer keys to count.
+            _ if u64::from(b - a) > u64::from(last - first) / 2 => {
+                r.count(first, a.saturating_sub(1)).and_then(|below| {
+                    r.count(b.saturating_add(1), last).map(|above| self.len().saturating_sub(below + above))
+                })
+            }
+            _ => r.count(a, b),
+        };
+        counted.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "counting in a folder's snapshot; reading it whole");
+            in_slice(self.whole())
+        })
+    }
+
+    /// The lowest UID in `from..=to` a message has.
+    pub fn first_in(&self, from: u32, to: u32) -> Option<u32> {
+        let in_slice = |v: &[(u32, Msg)]| v.get(v.partition_point(|m| m.0 < from)).map(|m| m.0).filter(|u| *u <= to);
+        let (_, part) = self.known();
+        if part.first().is_some_and(|m| m.0 <= from) {
+            return in_slice(part);
+        }
+        let Some(r) = self.source() else { return in_slice(self.whole()) };
+        r.first(from, to).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading a folder's snapshot; reading it whole");
+            in_slice(self.whole())
+        })
+    }
+}
+
+/// A stored flag a store folder's list shows (the `$Pec*` keywords are
+/// computed, never stored ones).
+fn keep_stored(flag: &str) -> bool {
+    !crate::pec::is_pec_keyword(flag)
+}
+
+impl std::ops::Deref for Entries {
+    type Target = Vec<(u32, Msg)>;
+
+    fn deref(&self) -> &Vec<(u32, Msg)> {
+        self.whole()
+    }
+}
+
+impl std::ops::DerefMut for Entries {
+    fn deref_mut(&mut self) -> &mut Vec<(u32, Msg)> {
+        self.whole();
+        self.lazy = None;
+        self.full.get_mut().expect("read just above")
+    }
+}
+
+impl From<Vec<(u32, Msg)>> for Entries {
+    fn from(v: Vec<(u32, Msg)>) -> Entries {
+        Entries { full: OnceLock::from(v), lazy: None }
+    }
+}
+
+impl FromIterator<(u32, Msg)> for Entries {
+    fn from_iter<I: IntoIterator<Item = (u32, Msg)>>(it: I) -> Entries {
+        Entries::from(it.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::from(Vec::new())
+    }
+}
+
+impl Clone for Entries {
+    fn clone(&self) -> Entries {
+        Entries::from(self.whole().clone())
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Entries) -> bool {
+        self.len() == other.len() && self.whole() == other.whole()
+    }
+}
+
+impl Eq for Entries {}
+
+impl std::fmt::Debug for Entries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.full.get() {
+            Some(v) => v.fmt(f),
+            None => write!(f, "Entries({} being read)", self.len()),
+        }
+    }
+}
 
 /// Sweep dead lists when the table holds this many.
 const SWEEP_SLACK: usize = 4096;
@@ -279,6 +592,10 @@ impl SharedMetas {
     /// as both are held (sessions that select an unchanged folder share
     /// both).
     pub fn facts(&self, list: &Arc<Entries>, seen: &Arc<UidSet>) -> Facts {
+        if !list.is_whole() {
+            // Quick, and not to be remembered: the whole list's are.
+            return Facts::of_partial(list, seen);
+        }
         let same = |e: &(Weak<Entries>, Weak<UidSet>, Facts)| {
             std::ptr::eq(e.0.as_ptr(), Arc::as_ptr(list)) && std::ptr::eq(e.1.as_ptr(), Arc::as_ptr(seen))
         };
@@ -307,6 +624,22 @@ impl SharedMetas {
     pub fn latest(&self, key: &str) -> Option<(Stamp, Arc<Entries>)> {
         let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         t.lists.get(key).and_then(|l| Some((l.stamp, l.list.upgrade()?)))
+    }
+
+    /// A list being read ([`Entries::lazy`], at `stamp`, its folder at
+    /// `version`) shared from now on, unless a newer one is held: not
+    /// compared with the one held, which would read it whole.
+    pub fn intern_lazy(&self, key: &str, msgs: Entries, stamp: Stamp, version: Option<Version>) -> Arc<Entries> {
+        let a = Arc::new(msgs);
+        let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.lists.get(key).is_some_and(|l| l.stamp > stamp && l.list.strong_count() > 0) {
+            return a;
+        }
+        t.lists.insert(key.to_string(), Listed { stamp, version, list: Arc::downgrade(&a) });
+        if t.lists.len() > SWEEP_SLACK {
+            t.lists.retain(|_, l| l.list.strong_count() > 0);
+        }
+        a
     }
 
     /// `msgs` (read at `stamp`) as a list shared with any session holding
@@ -506,6 +839,96 @@ pub(crate) mod tests {
         assert_eq!((h.unseen, h.first_unseen, h.keywords.len()), (1, Some(0), 0));
         let n = s.inner.lock().unwrap_or_else(PoisonError::into_inner).facts.len();
         assert_eq!(n, 1, "a freed list's facts are dropped");
+    }
+
+    /// Issue 14: a list being read answers from the index snapshot what
+    /// the whole list would: counts of UID ranges, the first UID of a
+    /// range, the unseen and the first of them for various seen sets, the
+    /// newest entries by position; and, read whole, it is the list a
+    /// plain read gives.
+    #[tokio::test]
+    async fn a_list_being_read_answers_as_the_whole_list_does() {
+        use crate::store::{Audit, Change, FlagOp, Store, StoreOptions};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let mut batch = Vec::new();
+        for i in 1..=40u32 {
+            let blob = store.put_blob(format!("Subject: {i}\r\n\r\n{i}\r\n").into_bytes()).await;
+            let ch = Change::Archive {
+                mailbox: "prot".into(),
+                folder: "Receipts".into(),
+                blob: blob.unwrap_or_else(|e| panic!("{e}")),
+                internal_date: chrono::Utc::now(),
+                flags: if i % 7 == 0 { vec![format!("$K{i}")] } else { vec![] },
+                provider: None,
+                pec: None,
+                handling: None,
+            };
+            batch.push((Audit::system("test", "archive"), ch));
+        }
+        let gone = vec![1, 2, 10, 11, 12, 13, 14, 37, 40];
+        let hide = Change::Hide { mailbox: "prot".into(), folder: "Receipts".into(), uids: gone.clone() };
+        store.commit_batch(std::mem::take(&mut batch)).await.unwrap_or_else(|e| panic!("{e}"));
+        batch.push((Audit::system("test", "hide"), hide));
+        let flag = |uids: Vec<u32>| Change::SetFlags {
+            mailbox: "prot".into(),
+            folder: "Receipts".into(),
+            uids,
+            op: FlagOp::Add,
+            flags: vec!["$Dopo".into()],
+        };
+        batch.push((Audit::system("test", "flag"), flag(vec![5])));
+        store.commit_batch(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        let reader = || store.folder_reader("prot", "Receipts").unwrap_or_else(|e| panic!("{e}"));
+        let whole: Entries = reader()
+            .scan(FlagSets::default, |sets, b| Msg::from_brief(b, sets, keep_stored))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into();
+        assert_eq!(whole.len(), 31);
+        let all: Vec<u32> = (1..=40).collect();
+        let seen_sets: Vec<Vec<u32>> = vec![
+            vec![],
+            all.clone(),
+            vec![3, 5],
+            (1..=20).collect(),
+            (21..=40).collect(),
+            vec![15, 36, 38, 39],
+            all.iter().copied().filter(|u| u % 3 == 0).collect(),
+            vec![3],
+            vec![39],
+        ];
+        for seen in seen_sets {
+            let seen = UidSet::from_sorted(seen);
+            let lazy = Entries::lazy(reader()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!lazy.is_whole(), "read in the background");
+            assert_eq!(lazy.len(), 31);
+            let (p, w) = (Facts::of_partial(&lazy, &seen), Facts::of(&whole, &seen));
+            assert!(p.partial && !lazy.is_whole());
+            assert_eq!((p.unseen, p.first_unseen), (w.unseen, w.first_unseen), "seen {seen:?}");
+            assert!(p.keywords.iter().all(|k| w.keywords.contains(k)));
+            for (a, b) in
+                [(0, u32::MAX), (1, 40), (3, 3), (2, 2), (4, 9), (10, 14), (5, 36), (15, 39), (38, 40), (39, 1)]
+            {
+                assert_eq!(lazy.count_uids(a, b), whole.count_uids(a, b), "{a}..={b}");
+                assert_eq!(lazy.first_in(a, b), whole.first_in(a, b), "{a}..={b}");
+            }
+            assert!(!lazy.is_whole(), "counted without reading it whole");
+            assert_eq!(lazy.last(), whole.last());
+            assert_eq!(lazy.get(30), whole.get(30));
+            assert_eq!(lazy.get(27), whole.get(27));
+            assert_eq!(lazy.get(31), None);
+            assert!(!lazy.is_whole(), "the newest entries are read at once");
+            assert_eq!(lazy.get(0), whole.get(0));
+            assert!(lazy.is_whole());
+            assert_eq!(lazy, whole);
+            assert_eq!(Facts::of_partial(&lazy, &seen), Facts { partial: true, ..w.clone() });
+        }
+        // Read in the background while the index changes: the snapshot's.
+        let lazy = Arc::new(Entries::lazy(reader()).unwrap_or_else(|e| panic!("{e}")));
+        store.commit(Audit::system("test", "flag"), flag((1..=40).collect())).await.unwrap_or_else(|e| panic!("{e}"));
+        lazy.read_in_background();
+        assert_eq!(*lazy.whole(), *whole, "as it was when selected");
+        assert_eq!(lazy.count_uids(0, u32::MAX), 31);
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub const CAMPAIGNS: &str = "Campaigns";
 /// the session code.
 pub use crate::pec::{is_pec_keyword, PEC_KEYWORDS};
 
+/// A store folder with this many messages or more is read in the
+/// background when selected (see [`View::lazy_list`]); a smaller one at
+/// once.
+const LAZY_FROM: u64 = if cfg!(test) { 8 } else { 16_384 };
+
 /// A folder's messages in UID order (flags include the computed `$Pec*`
 /// keywords), shared with other sessions (see [`super::shared`]), and the
 /// UIDs this user has seen.
@@ -405,7 +410,7 @@ impl View {
                     };
                     out.push((r.n, m));
                 })?;
-                self.metas.intern_folder(&key, out, stamp, None)
+                self.metas.intern_folder(&key, out.into(), stamp, None)
             }
         };
         let seen = Arc::new(msgs.iter().map(|(u, _)| *u).collect());
@@ -516,13 +521,16 @@ impl View {
                     Some(m) => m,
                     None => match version.map(|_| self.patched(f, &key)).transpose()?.flatten() {
                         Some((m, v)) => self.metas.intern_folder(&key, m, stamp, Some(v)),
-                        None => {
-                            let m = match &f.handling {
-                                Some(kind) => self.handling_messages(f, kind, now)?,
-                                None => self.folder_messages(f, now)?,
-                            };
-                            self.metas.intern_folder(&key, m, stamp, version)
-                        }
+                        None => match version.map(|_| self.lazy_list(f)).transpose()?.flatten() {
+                            Some((m, v)) => self.metas.intern_lazy(&key, m, stamp, Some(v)),
+                            None => {
+                                let m = match &f.handling {
+                                    Some(kind) => self.handling_messages(f, kind, now)?,
+                                    None => self.folder_messages(f, now)?,
+                                };
+                                self.metas.intern_folder(&key, m, stamp, version)
+                            }
+                        },
                     },
                 }
             }
@@ -580,7 +588,7 @@ impl View {
             m.source_uid = Some(uid);
             msgs.push((shown, Msg::from_meta(&m, &mut sets)));
         }
-        Ok((Arc::new(msgs), Arc::new(seen.into_iter().collect())))
+        Ok((Arc::new(msgs.into()), Arc::new(seen.into_iter().collect())))
     }
 
     /// All: every message of the mailbox once, where it is filed, by All
@@ -675,7 +683,7 @@ impl View {
                 }
                 out.push((uid, Msg::from_meta(&m, &mut sets)));
             }
-            return Ok(out);
+            return Ok(out.into());
         }
         // Any other folder: read in place from the index, each entry
         // straight into its compact form.
@@ -697,7 +705,26 @@ impl View {
                 }
             }
         }
-        Ok(msgs)
+        Ok(msgs.into())
+    }
+
+    /// A large store folder's list of its own entries, read in the
+    /// background from the index as it is now (see [`Entries::lazy`]),
+    /// and the folder version it is at; `None` for a folder whose list
+    /// needs more than its entries (Sent's and INBOX's computed keywords)
+    /// or that is small enough to read at once.
+    fn lazy_list(&self, f: &Folder) -> Result<Option<(Entries, Version)>, ViewError> {
+        let sf = f.source();
+        if f.store_folder.is_none() || f.handling.is_some() || f.shows_sent() {
+            return Ok(None);
+        }
+        let reader = self.store.folder_reader(&f.mailbox, sf)?;
+        let Some(st) = reader.state() else { return Ok(None) };
+        if st.exists < LAZY_FROM || (sf == INBOX && !self.store.handling_all(&f.mailbox)?.is_empty()) {
+            return Ok(None);
+        }
+        let version = Some((st.uidvalidity, st.uidnext, st.exists, st.highest_modseq));
+        Ok(Some((Entries::lazy(reader)?, version)))
     }
 
     /// A handling view: the INBOX messages whose handling puts them there
@@ -723,7 +750,7 @@ impl View {
             m.source_uid = Some(uid);
             msgs.push((h.vuid, Msg::from_meta(&m, &mut sets)));
         }
-        Ok(msgs)
+        Ok(msgs.into())
     }
 
     /// The list held for folder `f` (under `key`) brought up to date from

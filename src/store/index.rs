@@ -660,6 +660,113 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// One folder read at one moment (see [`Index::folder_reader`]).
+pub struct FolderReader {
+    msgs: RTbl,
+    prefix: Vec<u8>,
+    state: Option<FolderState>,
+}
+
+impl FolderReader {
+    /// The folder's state when the reader was made (`None`: no such folder).
+    pub fn state(&self) -> Option<&FolderState> {
+        self.state.as_ref()
+    }
+
+    fn key(&self, uid: u32) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(&uid.to_be_bytes());
+        k
+    }
+
+    /// The UIDs in `from..=to`, in order.
+    fn uids(&self, from: u32, to: u32) -> Result<impl Iterator<Item = Result<u32, Error>> + '_, Error> {
+        let p = self.prefix.len();
+        let range = self.msgs.0.range(self.key(from).as_slice()..=self.key(to).as_slice())?;
+        Ok(range.map(move |kv| Ok(be32(&kv?.0.value()[p..]))))
+    }
+
+    /// How many messages have a UID in `from..=to`: their keys counted,
+    /// no entry decoded.
+    pub fn count(&self, from: u32, to: u32) -> Result<usize, Error> {
+        if from > to {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for u in self.uids(from, to)? {
+            u?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The lowest UID in `from..=to` a message has.
+    pub fn first(&self, from: u32, to: u32) -> Result<Option<u32>, Error> {
+        if from > to {
+            return Ok(None);
+        }
+        self.uids(from, to)?.next().transpose()
+    }
+
+    /// The last `n` messages (fewer in a smaller folder), in UID order,
+    /// each made by `each`.
+    pub fn last<T>(&self, n: usize, mut each: impl FnMut(codec::Brief<'_>) -> T) -> Result<Vec<(u32, T)>, Error> {
+        let p = self.prefix.len();
+        let mut out = Vec::with_capacity(n);
+        let range = self.msgs.0.range(self.key(0).as_slice()..=self.key(u32::MAX).as_slice())?;
+        for kv in range.rev().take(n) {
+            let (k, v) = kv?;
+            let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
+            out.push((be32(&k.value()[p..]), each(b)));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every message in UID order, each made by `each` from its
+    /// [`codec::Brief`] while the entry is at hand (nothing decoded into
+    /// owned values but what `each` makes), with a state per thread from
+    /// `init`. A large folder is read in two UID ranges at once, one
+    /// thread each (a million entries: half the time on two cores).
+    pub fn scan<S, T: Send>(
+        &self,
+        init: impl Fn() -> S + Sync,
+        each: impl Fn(&mut S, codec::Brief<'_>) -> T + Sync,
+    ) -> Result<Vec<(u32, T)>, Error> {
+        let st = self.state.as_ref();
+        let exists = usize::try_from(st.map_or(0, |st| st.exists)).unwrap_or(0).min(1 << 24);
+        let p = self.prefix.len();
+        // UIDs from `from` up to `to`.
+        let part = |from: u32, to: u32, cap: usize| -> Result<Vec<(u32, T)>, Error> {
+            let mut s = init();
+            let mut out = Vec::with_capacity(cap);
+            for kv in self.msgs.0.range(self.key(from).as_slice()..=self.key(to).as_slice())? {
+                let (k, v) = kv?;
+                let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
+                out.push((be32(&k.value()[p..]), each(&mut s, b)));
+            }
+            Ok(out)
+        };
+        // UIDs are given in order and mostly kept: the middle UID splits
+        // the entries about in half.
+        let mid = st.map_or(0, |st| st.uidnext / 2);
+        // Smaller in tests, so that they read folders in two parts too.
+        const SPLIT_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
+        if exists < SPLIT_FROM || mid == 0 {
+            return part(0, u32::MAX, exists);
+        }
+        let (low, high) = std::thread::scope(|sc| {
+            let high = sc.spawn(|| part(mid, u32::MAX, exists / 2 + 1024));
+            // The lower part sized for both: the upper is appended without
+            // the list being copied again (a million entries: 100 MB).
+            (part(0, mid - 1, exists + 1024), high.join())
+        });
+        let mut out = low?;
+        out.extend(high.map_err(|_| Error::Invalid("a folder scan thread panicked".into()))??);
+        Ok(out)
+    }
+}
+
 /// Sizes of the index's two databases (see [`Index::open`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Cache {
@@ -1533,10 +1640,7 @@ impl Index {
     }
 
     /// A folder's messages in UID order, each made by `each` from its
-    /// [`codec::Brief`] while the entry is at hand (nothing decoded into
-    /// owned values but what `each` makes), with a state per thread from
-    /// `init`. A large folder is read in two UID ranges at once, one
-    /// thread each (a million entries: half the time on two cores).
+    /// [`codec::Brief`] (see [`FolderReader::scan`]).
     pub fn scan_folder<S, T: Send>(
         &self,
         mailbox: &str,
@@ -1544,51 +1648,21 @@ impl Index {
         init: impl Fn() -> S + Sync,
         each: impl Fn(&mut S, codec::Brief<'_>) -> T + Sync,
     ) -> Result<Vec<(u32, T)>, Error> {
-        let p = prefix(&[mailbox.as_bytes(), folder.as_bytes()]);
+        self.folder_reader(mailbox, folder)?.scan(init, each)
+    }
+
+    /// A folder as it is now, to read from for as long as the reader is
+    /// held: its state and its entries from one read transaction, which
+    /// later batches do not change. Hold it briefly: while it lives the
+    /// pages it sees cannot be reused.
+    pub fn folder_reader(&self, mailbox: &str, folder: &str) -> Result<FolderReader, Error> {
         let tx = self.db.begin_read()?;
-        let st = RTbl(tx.open_table(FOLDERS)?)
+        let state = RTbl(tx.open_table(FOLDERS)?)
             .get(key(&[mailbox.as_bytes(), folder.as_bytes()]))?
-            .and_then(|v| dec::<FolderState>(&v).ok());
-        let exists = usize::try_from(st.as_ref().map_or(0, |st| st.exists)).unwrap_or(0).min(1 << 24);
-        let t = RTbl(tx.open_table(MSGS)?);
-        // UIDs below `to` (all when `None`) from `from` on.
-        let part = |from: u32, to: Option<u32>, cap: usize| -> Result<Vec<(u32, T)>, Error> {
-            let mut s = init();
-            let mut out = Vec::with_capacity(cap);
-            let mut k = p.clone();
-            k.extend_from_slice(&from.to_be_bytes());
-            for kv in t.0.range(k.as_slice()..)? {
-                let (k, v) = kv?;
-                let k = k.value();
-                if !k.starts_with(&p) {
-                    break;
-                }
-                let uid = be32(&k[p.len()..]);
-                if to.is_some_and(|to| uid >= to) {
-                    break;
-                }
-                let b = codec::decode_brief(v.value()).map_err(|e| Error::Invalid(e.to_string()))?;
-                out.push((uid, each(&mut s, b)));
-            }
-            Ok(out)
-        };
-        // UIDs are given in order and mostly kept: the middle UID splits
-        // the entries about in half.
-        let mid = st.as_ref().map_or(0, |st| st.uidnext / 2);
-        // Smaller in tests, so that they read folders in two parts too.
-        const SPLIT_FROM: usize = if cfg!(test) { 1024 } else { 65_536 };
-        if exists < SPLIT_FROM || mid == 0 {
-            return part(0, None, exists);
-        }
-        let (low, high) = std::thread::scope(|sc| {
-            let high = sc.spawn(|| part(mid, None, exists / 2 + 1024));
-            // The lower part sized for both: the upper is appended without
-            // the list being copied again (a million entries: 100 MB).
-            (part(0, Some(mid), exists + 1024), high.join())
-        });
-        let mut out = low?;
-        out.extend(high.map_err(|_| Error::Invalid("a folder scan thread panicked".into()))??);
-        Ok(out)
+            .map(|v| dec::<FolderState>(&v))
+            .transpose()?;
+        let msgs = RTbl(tx.open_table(MSGS)?);
+        Ok(FolderReader { msgs, prefix: prefix(&[mailbox.as_bytes(), folder.as_bytes()]), state })
     }
 
     /// The folder's state and the entries of `uids` (`None`: not there),

@@ -836,6 +836,12 @@ impl Store {
         Ok(self.inner.index.scan_folder(mailbox, folder, init, each)?)
     }
 
+    /// A folder as it is now, to read from while the reader is held (see
+    /// [`FolderReader`]).
+    pub fn folder_reader(&self, mailbox: &str, folder: &str) -> Result<FolderReader> {
+        Ok(FolderReader(self.inner.index.folder_reader(mailbox, folder)?))
+    }
+
     /// What changed in a folder since generation `after` (a list read
     /// then is brought up to date with it): the folder's state and, for
     /// each UID whose entry was inserted, changed or removed since, its
@@ -1070,6 +1076,44 @@ impl Store {
         }
         self.inner.index.flush()?;
         Ok(())
+    }
+}
+
+/// One folder read at one moment: its state and its entries from one
+/// read transaction, which later changes do not touch. A selected
+/// folder's list is read through it a part at a time (the last messages,
+/// counts of UID ranges) and whole in the background. Hold it briefly:
+/// while it lives, the index cannot reuse the pages it sees.
+pub struct FolderReader(index::FolderReader);
+
+impl FolderReader {
+    /// The folder's state when the reader was made (`None`: no such folder).
+    pub fn state(&self) -> Option<&FolderState> {
+        self.0.state()
+    }
+
+    /// How many messages have a UID in `from..=to`.
+    pub fn count(&self, from: u32, to: u32) -> Result<usize> {
+        Ok(self.0.count(from, to)?)
+    }
+
+    /// The lowest UID in `from..=to` a message has.
+    pub fn first(&self, from: u32, to: u32) -> Result<Option<u32>> {
+        Ok(self.0.first(from, to)?)
+    }
+
+    /// The last `n` messages, in UID order, each made by `each`.
+    pub fn last<T>(&self, n: usize, each: impl FnMut(Brief<'_>) -> T) -> Result<Vec<(u32, T)>> {
+        Ok(self.0.last(n, each)?)
+    }
+
+    /// Every message, in UID order (see [`Store::scan_folder`]).
+    pub fn scan<S, T: Send>(
+        &self,
+        init: impl Fn() -> S + Sync,
+        each: impl Fn(&mut S, Brief<'_>) -> T + Sync,
+    ) -> Result<Vec<(u32, T)>> {
+        Ok(self.0.scan(init, each)?)
     }
 }
 

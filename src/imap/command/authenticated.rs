@@ -394,7 +394,22 @@ async fn select(
         true => io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(counts.highest_modseq))), "MODSEQs")),
         false => io.status(untagged(StatusKind::Ok, Some(Code::NoModSeq), "a virtual folder keeps no MODSEQs")),
     }
-    let sel = Selected { folder, writable, msgs, seen, defined, recent, generation, modseq, contexts: Vec::new() };
+    // A large folder's list is read on from here while the client reads
+    // the answer (see `shared::Entries`).
+    msgs.read_in_background();
+    let keywords_pending = facts.partial;
+    let sel = Selected {
+        folder,
+        writable,
+        msgs,
+        seen,
+        defined,
+        keywords_pending,
+        recent,
+        generation,
+        modseq,
+        contexts: Vec::new(),
+    };
     if let Some((_, since, known)) = resync.filter(|r| modseq && r.0 == counts.uidvalidity) {
         quick_resync(&sel, io, since, known.as_ref(), counts.uidnext);
     }

@@ -155,6 +155,10 @@ pub struct Selected {
     /// message gets that is not among them is announced before the
     /// message's FETCH shows it (RFC 3501 §7.2.6).
     pub defined: Vec<String>,
+    /// `defined` holds the keywords of the newest messages only (SELECT
+    /// answered before a large folder's list was whole): the rest are
+    /// announced once it is.
+    pub keywords_pending: bool,
     /// Messages this session is the first to see (`\\Recent`).
     pub recent: super::recent::Recent,
     /// The store's generation read before `msgs` was (see
@@ -174,7 +178,6 @@ impl Selected {
         (self.modseq && user.enabled.condstore()).then_some(m.modseq)
     }
 }
-
 
 impl Selected {
     /// The UIDs in the store folder behind the selected one (a handling

@@ -70,6 +70,18 @@ pub async fn handle(
         (true, Some(a)) => Some(a),
         (true, None) => return Ok(super::authenticated::refuse_unchecked(io, tag)),
     };
+    // FETCH of the newest messages needs no more of a large folder's
+    // list than is read with SELECT; any other command waits for it here
+    // rather than on the runtime's workers.
+    let quick = match &body {
+        CommandBody::Fetch { sequence_set, uid, .. } => names_known(sel, sequence_set, *uid),
+        CommandBody::Unselect => true,
+        _ => false,
+    };
+    if !quick {
+        whole(sel).await;
+    }
+    announce_keywords(user, sel, io);
     match body {
         CommandBody::Close => {
             // With the delete right, \Deleted messages are hidden, silently.
@@ -160,6 +172,23 @@ fn enable_condstore(user: &Authed, sel: &Selected, io: &mut Io) {
     io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(highest))), "CONDSTORE on"));
 }
 
+/// SELECT named the keywords of the newest messages only (a large
+/// folder's list was being read): once it is whole, the others' are
+/// named too, before any FETCH shows them (RFC 3501 §7.2.6).
+fn announce_keywords(user: &Authed, sel: &mut Selected, io: &mut Io) {
+    if !sel.keywords_pending || !sel.msgs.is_whole() {
+        return;
+    }
+    sel.keywords_pending = false;
+    let facts = user.view.facts(&(sel.msgs.clone(), sel.seen.clone()));
+    let more = super::super::shared::new_keywords(&sel.defined, facts.keywords.iter());
+    if !more.is_empty() {
+        sel.defined.extend(more);
+        let flags = sel.defined.iter().filter_map(|f| Flag::try_from(f.as_str()).ok());
+        io.data(Data::Flags(flags.map(|f| imap_next::imap_types::ToStatic::to_static(&f)).collect()));
+    }
+}
+
 /// Bring the selected folder's snapshot up to date, telling the client:
 /// EXPUNGE (only if `expunge` is allowed now), EXISTS, and FETCH FLAGS
 /// for messages whose flags changed (except those in `quiet`).
@@ -168,6 +197,7 @@ pub fn refresh(user: &Authed, sel: &mut Selected, io: &mut Io, expunge: bool, qu
     // folder shows nothing that changes with the clock: the list is
     // current (a million-message folder is not read again after every
     // command).
+    announce_keywords(user, sel, io);
     let generation = user.view.store.generation();
     if generation == sel.generation && !user.view.changes_with_time(&sel.folder) {
         return;
@@ -454,12 +484,45 @@ fn diff(old: &Entries, new: &Entries, expunge: bool) -> Diff {
 pub fn targets(sel: &Selected, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
     let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
     let max_uid = sel.msgs.last().map(|m| m.0).unwrap_or(0);
-    sel.msgs
-        .iter()
+    let (at, part) = match names_known(sel, set, uid) {
+        true => sel.msgs.known(),
+        false => (0, sel.msgs.whole().as_slice()),
+    };
+    part.iter()
         .enumerate()
-        .map(|(i, (u, _))| (i as u32 + 1, *u))
+        .map(|(i, (u, _))| ((at + i) as u32 + 1, *u))
         .filter(|(s, u)| if uid { search::in_set(set, *u, max_uid) } else { search::in_set(set, *s, max_seq) })
         .collect()
+}
+
+/// Does `set` name only messages of the selected list that are read
+/// already (the newest, while a large folder's list is read)?
+fn names_known(sel: &Selected, set: &SequenceSet, uid: bool) -> bool {
+    let (at, part) = sel.msgs.known();
+    if at == 0 {
+        return true;
+    }
+    let Some(lowest) = part.first() else { return false };
+    match uid {
+        true => search::set_min(set, sel.msgs.last().map_or(0, |m| m.0)) >= lowest.0,
+        false => search::set_min(set, u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX)) as usize > at,
+    }
+}
+
+/// Wait, off the runtime's workers, until the selected folder's list is
+/// whole (a large folder's is read in the background after SELECT).
+pub async fn whole(sel: &Selected) {
+    if sel.msgs.is_whole() {
+        return;
+    }
+    let msgs = sel.msgs.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || {
+        msgs.whole();
+    })
+    .await
+    {
+        tracing::error!(error = %e, "reading the selected folder's list");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
