@@ -291,11 +291,13 @@ struct Lazy {
     tail: Vec<(u32, Msg)>,
     /// What the list is read from, until it is.
     source: Mutex<Option<Arc<FolderReader>>>,
+    /// A thread reads it.
+    reading: std::sync::atomic::AtomicBool,
 }
 
 /// Messages of a list being read that are read at once, from the end
 /// (what a client fetches first after SELECT: the newest).
-const TAIL: usize = if cfg!(test) { 4 } else { 512 };
+const TAIL: usize = if cfg!(test) { 4 } else { 64 };
 
 /// More gaps than this between a user's seen UIDs: the unseen are
 /// counted in the whole list, not range by range in the index.
@@ -316,7 +318,10 @@ impl Entries {
             return Ok(Entries::from(tail));
         }
         let source = Mutex::new(Some(Arc::new(reader)));
-        Ok(Entries { full: OnceLock::new(), lazy: Some(Box::new(Lazy { len, first, tail, source })) })
+        Ok(Entries {
+            full: OnceLock::new(),
+            lazy: Some(Box::new(Lazy { len, first, tail, source, reading: Default::default() })),
+        })
     }
 
     /// Is every entry read?
@@ -333,14 +338,15 @@ impl Entries {
     fn read_rest(&self) -> Vec<(u32, Msg)> {
         let Some(l) = &self.lazy else { return Vec::new() };
         let source = l.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let Some(r) = source else { return Vec::new() };
+        // Taken only once the list is read (below), and read once.
+        let Some(r) = source else { unreachable!("a folder's list read twice") };
         let started = std::time::Instant::now();
         let read = r.scan(FlagSets::default, |sets, b| Msg::from_brief(b, sets, keep_stored));
-        // Read: the snapshot it pinned is let go.
         drop(r);
-        l.source.lock().unwrap_or_else(PoisonError::into_inner).take();
         match read {
             Ok(v) => {
+                // Read: the snapshot it pinned is let go.
+                l.source.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if v.len() != l.len {
                     tracing::error!(read = v.len(), counted = l.len, "a folder's entries differ from its count");
                 }
@@ -353,14 +359,22 @@ impl Entries {
         }
     }
 
-    /// Read the rest on a thread of its own, if anything is left.
-    pub fn read_in_background(self: &Arc<Self>) {
-        if self.is_whole() || self.lazy.is_none() {
-            return;
+    /// Read the rest on a thread of its own, if anything is left, and
+    /// then call `then` with the whole list.
+    pub fn read_in_background(self: &Arc<Self>, then: impl FnOnce(&Arc<Entries>) + Send + 'static) {
+        match &self.lazy {
+            // One thread per list, whoever asks first.
+            Some(l) if !self.is_whole() && !l.reading.swap(true, std::sync::atomic::Ordering::Relaxed) => {}
+            _ => return,
         }
         let me = self.clone();
         let spawned = std::thread::Builder::new().name("folder-list".into()).spawn(move || {
+            // Below the sessions' work (a million entries: both cores for
+            // a fifth of a second); a session that needs the list waits
+            // for it either way.
+            crate::background::lower_this_thread();
             me.whole();
+            then(&me);
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no thread to read a folder's list: it is read when first needed");
@@ -926,7 +940,7 @@ pub(crate) mod tests {
         // Read in the background while the index changes: the snapshot's.
         let lazy = Arc::new(Entries::lazy(reader()).unwrap_or_else(|e| panic!("{e}")));
         store.commit(Audit::system("test", "flag"), flag((1..=40).collect())).await.unwrap_or_else(|e| panic!("{e}"));
-        lazy.read_in_background();
+        lazy.read_in_background(|_| ());
         assert_eq!(*lazy.whole(), *whole, "as it was when selected");
         assert_eq!(lazy.count_uids(0, u32::MAX), 31);
     }

@@ -798,6 +798,11 @@ impl View {
     }
 
     pub fn open(&self, f: &Folder) -> Result<(Counts, Snapshot), ViewError> {
+        self.open_with_facts(f).map(|(c, s, _)| (c, s))
+    }
+
+    /// [`View::open`], and the snapshot's [`View::facts`] it worked out.
+    pub fn open_with_facts(&self, f: &Folder) -> Result<(Counts, Snapshot, super::shared::Facts), ViewError> {
         let snap = self.snapshot(f)?;
         let exists = u32::try_from(snap.0.len()).unwrap_or(u32::MAX);
         // The unseen, and the newest MODSEQ, which may be newer than the
@@ -816,7 +821,7 @@ impl View {
                 unseen,
                 highest_modseq: NOMODSEQ,
             };
-            return Ok((counts, snap));
+            return Ok((counts, snap, facts));
         }
         if f.all {
             let uv = self.store.folder(&f.mailbox, INBOX)?.map(|st| st.uidvalidity).unwrap_or(1);
@@ -827,7 +832,7 @@ impl View {
                 unseen,
                 highest_modseq: NOMODSEQ,
             };
-            return Ok((counts, snap));
+            return Ok((counts, snap, facts));
         }
         if let Some(id) = &f.campaign {
             // Notices are numbered once, at creation: the UIDs never
@@ -837,7 +842,7 @@ impl View {
             let total = self.store.campaign(id)?.map_or(0, |c| c.spec.total);
             let counts =
                 Counts { uidvalidity, uidnext: total.saturating_add(1), exists, unseen, highest_modseq: NOMODSEQ };
-            return Ok((counts, snap));
+            return Ok((counts, snap, facts));
         }
         if let Some(kind) = &f.handling {
             // Numbered by the mailbox's handling-view UIDs, under a
@@ -850,7 +855,7 @@ impl View {
                 unseen,
                 highest_modseq: NOMODSEQ,
             };
-            return Ok((counts, snap));
+            return Ok((counts, snap, facts));
         }
         let st = self.store.folder(&f.mailbox, f.source())?.map(|mut st| {
             if f.store_folder.is_none() {
@@ -883,7 +888,7 @@ impl View {
             // whose UIDVALIDITY changes once, harmlessly, when it is created.
             None => Counts { uidvalidity: 1, uidnext: 1, exists: 0, unseen: 0, highest_modseq: 1 },
         };
-        Ok((counts, snap))
+        Ok((counts, snap, facts))
     }
 }
 

@@ -314,9 +314,9 @@ async fn select(
     // and other sessions' commands should not wait for it.
     let opened = {
         let (view, folder) = (view.clone(), folder.clone());
-        tokio::task::spawn_blocking(move || view.open(&folder)).await
+        blocking(move || view.open_with_facts(&folder)).await
     };
-    let (counts, snap) = match opened {
+    let (counts, snap, facts) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             io.status(serverbug(tag, &e));
@@ -331,7 +331,6 @@ async fn select(
     // SELECT is read-write wherever something can change; what each STORE
     // may change is the permission table's business.
     let writable = rw && (folder.writable_source().is_some() || folder.trash);
-    let facts = view.facts(&snap);
     let (msgs, seen) = snap;
     let may = |r: Right| view.may(&folder, r);
     let system = [Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
@@ -394,10 +393,8 @@ async fn select(
         true => io.status(untagged(StatusKind::Ok, Some(Code::HighestModSeq(nz64(counts.highest_modseq))), "MODSEQs")),
         false => io.status(untagged(StatusKind::Ok, Some(Code::NoModSeq), "a virtual folder keeps no MODSEQs")),
     }
-    // A large folder's list is read on from here while the client reads
-    // the answer (see `shared::Entries`).
-    msgs.read_in_background();
     let keywords_pending = facts.partial;
+    let (list, for_facts) = (msgs.clone(), seen.clone());
     let sel = Selected {
         folder,
         writable,
@@ -415,7 +412,31 @@ async fn select(
     }
     let code = if writable { Code::ReadWrite } else { Code::ReadOnly };
     io.status(tagged(tag, StatusKind::Ok, Some(code), if rw { "SELECT done" } else { "EXAMINE done" }));
+    if !list.is_whole() {
+        // A large folder's list is read on from here, once the answer is
+        // out (the read competes for the cores), then its facts for the next
+        // SELECT (see `shared::Entries`). A failed write shows again at
+        // the session's next one.
+        let _ = io.drain().await;
+        let metas = view.metas.clone();
+        list.read_in_background(move |list| drop(metas.facts(list, &for_facts)));
+    }
     Transition::Select(Box::new(sel))
+}
+
+/// Run `f`, which may block for a while, without holding up the other
+/// sessions: in place on a multi-threaded runtime (its worker's other
+/// tasks move to another thread; no hand-over and wake-up to wait for),
+/// else on the blocking pool.
+/// A panic in `f` is an error, as from a task.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+                .map_err(|_| "a panic reading the folder".to_string())
+        }
+        _ => tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string()),
+    }
 }
 
 /// SELECT (QRESYNC ...) with the folder's UIDVALIDITY unchanged (RFC 7162
