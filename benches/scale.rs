@@ -55,6 +55,8 @@
 //! Environment: SCALE_MESSAGES (N, default 1,000,000; 2,000 without
 //! `--bench`, as under `cargo test --benches`), SCALE_CACHE, SCALE_REFILL=1
 //! (fill again: archive and Maildir), SCALE_DOVECOT=0 (pecgate only),
+//! SCALE_COLD_STARTS (5: pecgate started and Dovecot restarted this many
+//! times in all, a cold SELECT after each, their medians compared),
 //! SCALE_DERIVE=0 (skip the second put_blob pass: the first SEARCH then
 //! derives the header fields from the blobs), SCALE_SESSIONS (100),
 //! SCALE_RSS_LIMIT_MIB (8192: stop opening sessions past it, so that a

@@ -409,6 +409,15 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let mut generation = start_generation(&cfg, &store, &board, &sh)?;
     let (imap_stop, mut imap_tasks, imap_ctx_tx) = start_imap(&cfg, &sh, &store).await?;
+    {
+        // The first SELECT of each folder then finds the index's pages on
+        // its path in the cache (a few milliseconds for all folders).
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || match store.warm_folders() {
+            Ok(n) => tracing::debug!(folders = n, "index paths of the folders read"),
+            Err(e) => tracing::warn!(error = %e, "reading the folders' index paths at start"),
+        });
+    }
     let (http_stop, http_rx) = watch::channel(false);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(board.clone(), store.clone()));
     let sending = |c: &Config| c.mailboxes.iter().map(|m| (m.alias.clone(), m.sending)).collect();

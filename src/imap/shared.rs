@@ -893,6 +893,8 @@ pub(crate) mod tests {
         };
         batch.push((Audit::system("test", "flag"), flag(vec![5])));
         store.commit_batch(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        // What `serve` does at start: read each folder's path once.
+        assert_eq!(store.warm_folders().unwrap_or_else(|e| panic!("{e}")), 1);
         let reader = || store.folder_reader("prot", "Receipts").unwrap_or_else(|e| panic!("{e}"));
         let whole: Entries = reader()
             .scan(FlagSets::default, |sets, b| Msg::from_brief(b, sets, keep_stored))

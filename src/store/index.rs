@@ -1600,6 +1600,39 @@ impl Index {
         Ok(out)
     }
 
+    /// Read what a SELECT of each folder reads first (its state, its first
+    /// and last entries, the mailbox's handling rows): the index's cache
+    /// then holds the pages on those paths, and the first SELECT after a
+    /// start does not fetch them one by one. The folders read.
+    pub fn warm_folders(&self) -> Result<usize, Error> {
+        let tx = self.db.begin_read()?;
+        let folders = RTbl(tx.open_table(FOLDERS)?);
+        let msgs = RTbl(tx.open_table(MSGS)?);
+        let handling = RTbl(tx.open_table(HANDLING)?);
+        let mut n = 0;
+        let mut last_mailbox = Vec::new();
+        for kv in folders.0.iter()? {
+            let (k, _) = kv?;
+            let k = k.value();
+            let mut p = k.to_vec();
+            p.push(0);
+            let mut hi = p.clone();
+            hi.extend_from_slice(&[0xff; 4]);
+            let mut range = msgs.0.range(p.as_slice()..=hi.as_slice())?;
+            range.next().transpose()?;
+            for kv in range.rev().take(64) {
+                kv?;
+            }
+            let mailbox = k.split(|b| *b == 0).next().unwrap_or_default();
+            if mailbox != last_mailbox.as_slice() {
+                last_mailbox = mailbox.to_vec();
+                handling.scan_prefix(prefix(&[mailbox])).take(1).for_each(drop);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Every mailbox that has folders.
     pub fn mailboxes(&self) -> Result<Vec<String>, Error> {
         let mut out: Vec<String> = Vec::new();

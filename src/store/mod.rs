@@ -836,6 +836,12 @@ impl Store {
         Ok(self.inner.index.scan_folder(mailbox, folder, init, each)?)
     }
 
+    /// Read each folder's path through the index once (after a start: see
+    /// `Index::warm_folders`); the number of folders.
+    pub fn warm_folders(&self) -> Result<usize> {
+        Ok(self.inner.index.warm_folders()?)
+    }
+
     /// A folder as it is now, to read from while the reader is held (see
     /// [`FolderReader`]).
     pub fn folder_reader(&self, mailbox: &str, folder: &str) -> Result<FolderReader> {
