@@ -376,30 +376,29 @@ pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
 
 /// The largest number `set` names (`*` being `max`).
 pub fn set_max(set: &SequenceSet, max: u32) -> u32 {
-    use imap_next::imap_types::sequence::Sequence;
-    set.0
-        .as_ref()
-        .iter()
-        .map(|s| match s {
-            Sequence::Single(v) => resolve(v, max),
-            Sequence::Range(a, b) => resolve(a, max).max(resolve(b, max)),
-        })
-        .max()
-        .unwrap_or(0)
+    set_ends(set, max).1
 }
 
-/// The lowest number `set` names when `*` is `max`.
+/// The lowest number `set` names (`*` being `max`).
 pub fn set_min(set: &SequenceSet, max: u32) -> u32 {
+    set_ends(set, max).0
+}
+
+/// The lowest and the largest number `set` names (`*` being `max`).
+fn set_ends(set: &SequenceSet, max: u32) -> (u32, u32) {
     use imap_next::imap_types::sequence::Sequence;
     set.0
         .as_ref()
         .iter()
         .map(|s| match s {
-            Sequence::Single(v) => resolve(v, max),
-            Sequence::Range(a, b) => resolve(a, max).min(resolve(b, max)),
+            Sequence::Single(v) => (resolve(v, max), resolve(v, max)),
+            Sequence::Range(a, b) => {
+                let (a, b) = (resolve(a, max), resolve(b, max));
+                (a.min(b), a.max(b))
+            }
         })
-        .min()
-        .unwrap_or(0)
+        .reduce(|x, y| (x.0.min(y.0), x.1.max(y.1)))
+        .unwrap_or((0, 0))
 }
 
 fn resolve(v: &imap_next::imap_types::sequence::SeqOrUid, max: u32) -> u32 {
@@ -512,6 +511,15 @@ mod tests {
     use super::*;
 
     use crate::store::fields::tests::MSG;
+
+    #[test]
+    fn a_sets_ends() {
+        let set = |s: &str| SequenceSet::try_from(s).unwrap_or_else(|e| panic!("{s}: {e:?}"));
+        assert_eq!((set_min(&set("7,3:5,*"), 20), set_max(&set("7,3:5,*"), 20)), (3, 20));
+        assert_eq!((set_min(&set("9:2"), 20), set_max(&set("9:2"), 20)), (2, 9));
+        assert_eq!((set_min(&set("*:18"), 20), set_max(&set("*:18"), 20)), (18, 20));
+        assert_eq!((set_min(&set("*"), 0), set_max(&set("*"), 0)), (0, 0));
+    }
 
     /// A large folder's SEARCH on header fields reads the cache in one
     /// pass; it finds what looking each message up finds, in the same
