@@ -413,7 +413,7 @@ pub async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         // The first SELECT of each folder then finds the index's pages on
         // its path in the cache (a few milliseconds for all folders).
         let store = store.clone();
-        tokio::task::spawn_blocking(move || match store.warm_folders() {
+        tokio::task::spawn_blocking(move || match store.warm_folders(crate::imap::shared::TAIL) {
             Ok(n) => tracing::debug!(folders = n, "index paths of the folders read"),
             Err(e) => tracing::warn!(error = %e, "reading the folders' index paths at start"),
         });

@@ -108,15 +108,16 @@ fn a_large_folder_selected_cold() {
     let script = r#"
 import imaplib, ssl, sys
 port, cafile = int(sys.argv[1]), sys.argv[2]
-def connect():
+def selected(recent, unseen):
+    """A new session that SELECTs the INBOX and checks what it says."""
     m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ssl.create_default_context(cafile=cafile))
     m.login("mario", "pw-Secret-1")
+    typ, data = m.select("prot/INBOX")
+    assert typ == "OK" and data == [b"20000"], data
+    assert m.untagged_responses.get("RECENT") == [recent], m.untagged_responses
+    assert m.untagged_responses.get("UNSEEN") == [unseen], m.untagged_responses
     return m
-m = connect()
-typ, data = m.select("prot/INBOX")
-assert typ == "OK" and data == [b"20000"], data
-assert m.untagged_responses.get("RECENT") == [b"20000"], m.untagged_responses
-assert m.untagged_responses.get("UNSEEN") == [b"1"], m.untagged_responses
+m = selected(b"20000", b"1")
 typ, data = m.fetch("19990:*", "(UID FLAGS)")
 assert typ == "OK" and len(data) == 11, data
 assert data[0] == b"19990 (UID 19990 FLAGS (\\Recent))" and data[-1] == b"20000 (UID 20000 FLAGS (\\Recent))", data
@@ -130,11 +131,7 @@ typ, data = m.fetch("1", "(FLAGS)")
 assert typ == "OK" and b"\\Seen" in data[0], data
 m.logout()
 # A new session: nobody holds the list any more, read anew.
-m = connect()
-typ, data = m.select("prot/INBOX")
-assert typ == "OK" and data == [b"20000"], data
-assert m.untagged_responses.get("RECENT") == [b"0"], m.untagged_responses
-assert m.untagged_responses.get("UNSEEN") == [b"11"], m.untagged_responses
+m = selected(b"0", b"11")
 typ, data = m.fetch("5", "(FLAGS)")
 assert typ == "OK" and b"$Etichetta" in data[0] and b"\\Seen" in data[0], data
 flags = b" ".join(m.untagged_responses.get("FLAGS", []))

@@ -139,6 +139,16 @@ struct Table {
     facts: Vec<(Weak<Entries>, Weak<UidSet>, Facts)>,
 }
 
+impl Table {
+    /// Hold `l` as the list under `key`, sweeping dead lists now and then.
+    fn keep(&mut self, key: &str, l: Listed) {
+        self.lists.insert(key.to_string(), l);
+        if self.lists.len() > SWEEP_SLACK {
+            self.lists.retain(|_, l| l.list.strong_count() > 0);
+        }
+    }
+}
+
 /// What a SELECT tells of a folder's list besides its length: worked out
 /// once per list and seen set, since walking a million entries takes
 /// milliseconds and a warm SELECT of an unchanged folder should not.
@@ -161,7 +171,7 @@ pub struct Facts {
 
 impl Facts {
     /// One walk of `list`.
-    pub fn of(list: &Entries, seen: &UidSet) -> Facts {
+    pub fn of(list: &[(u32, Msg)], seen: &UidSet) -> Facts {
         let (mut newest, mut unseen, mut first_unseen) = (0u64, 0usize, None);
         let mut sets: Vec<&FlagSet> = Vec::new();
         for (i, (uid, m)) in list.iter().enumerate() {
@@ -216,16 +226,9 @@ impl Facts {
         }
         // Its position: the messages before it.
         let first_unseen = first_uid.map(|u| if u == first { 0 } else { list.count_uids(first, u - 1) });
-        let (_, part) = list.known();
-        let newest = part.iter().map(|m| m.1.modseq).max().unwrap_or(0);
-        let mut sets: Vec<&FlagSet> = Vec::new();
-        for (_, m) in part {
-            if !sets.iter().any(|l| Arc::ptr_eq(l, &m.flags)) {
-                sets.push(&m.flags);
-            }
-        }
-        let keywords = new_keywords(&[], sets.iter().flat_map(|s| s.iter())).into();
-        Facts { newest, keywords, unseen, first_unseen, partial: true }
+        // The newest MODSEQ and the keywords: of the entries read.
+        let read = Facts::of(list.known().1, seen);
+        Facts { unseen, first_unseen, partial: true, ..read }
     }
 }
 
@@ -297,7 +300,7 @@ struct Lazy {
 
 /// Messages of a list being read that are read at once, from the end
 /// (what a client fetches first after SELECT: the newest).
-const TAIL: usize = if cfg!(test) { 4 } else { 64 };
+pub const TAIL: usize = if cfg!(test) { 4 } else { 64 };
 
 /// More gaps than this between a user's seen UIDs: the unseen are
 /// counted in the whole list, not range by range in the index.
@@ -649,10 +652,7 @@ impl SharedMetas {
         if t.lists.get(key).is_some_and(|l| l.stamp > stamp && l.list.strong_count() > 0) {
             return a;
         }
-        t.lists.insert(key.to_string(), Listed { stamp, version, list: Arc::downgrade(&a) });
-        if t.lists.len() > SWEEP_SLACK {
-            t.lists.retain(|_, l| l.list.strong_count() > 0);
-        }
+        t.keep(key, Listed { stamp, version, list: Arc::downgrade(&a) });
         a
     }
 
@@ -687,10 +687,7 @@ impl SharedMetas {
         msgs.shrink_to_fit();
         let a = Arc::new(msgs);
         let mut t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        t.lists.insert(key.to_string(), Listed { stamp, version, list: Arc::downgrade(&a) });
-        if t.lists.len() > SWEEP_SLACK {
-            t.lists.retain(|_, l| l.list.strong_count() > 0);
-        }
+        t.keep(key, Listed { stamp, version, list: Arc::downgrade(&a) });
         a
     }
 }
@@ -894,7 +891,7 @@ pub(crate) mod tests {
         batch.push((Audit::system("test", "flag"), flag(vec![5])));
         store.commit_batch(batch).await.unwrap_or_else(|e| panic!("{e}"));
         // What `serve` does at start: read each folder's path once.
-        assert_eq!(store.warm_folders().unwrap_or_else(|e| panic!("{e}")), 1);
+        assert_eq!(store.warm_folders(TAIL).unwrap_or_else(|e| panic!("{e}")), 1);
         let reader = || store.folder_reader("prot", "Receipts").unwrap_or_else(|e| panic!("{e}"));
         let whole: Entries = reader()
             .scan(FlagSets::default, |sets, b| Msg::from_brief(b, sets, keep_stored))

@@ -720,7 +720,7 @@ impl View {
         }
         let reader = self.store.folder_reader(&f.mailbox, sf)?;
         let Some(st) = reader.state() else { return Ok(None) };
-        if st.exists < LAZY_FROM || (sf == INBOX && !self.store.handling_all(&f.mailbox)?.is_empty()) {
+        if st.exists < LAZY_FROM || (sf == INBOX && self.store.has_handling(&f.mailbox)?) {
             return Ok(None);
         }
         let version = Some((st.uidvalidity, st.uidnext, st.exists, st.highest_modseq));

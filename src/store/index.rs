@@ -660,6 +660,13 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// A message's key in `msgs`: its folder's prefix, then its UID.
+fn uid_key(folder_prefix: &[u8], uid: u32) -> Vec<u8> {
+    let mut k = folder_prefix.to_vec();
+    k.extend_from_slice(&uid.to_be_bytes());
+    k
+}
+
 /// One folder read at one moment (see [`Index::folder_reader`]).
 pub struct FolderReader {
     msgs: RTbl,
@@ -674,9 +681,7 @@ impl FolderReader {
     }
 
     fn key(&self, uid: u32) -> Vec<u8> {
-        let mut k = self.prefix.clone();
-        k.extend_from_slice(&uid.to_be_bytes());
-        k
+        uid_key(&self.prefix, uid)
     }
 
     /// The UIDs in `from..=to`, in order.
@@ -1603,8 +1608,9 @@ impl Index {
     /// Read what a SELECT of each folder reads first (its state, its first
     /// and last entries, the mailbox's handling rows): the index's cache
     /// then holds the pages on those paths, and the first SELECT after a
-    /// start does not fetch them one by one. The folders read.
-    pub fn warm_folders(&self) -> Result<usize, Error> {
+    /// start does not fetch them one by one. `tail`: how many last
+    /// entries a SELECT reads at once. The folders read.
+    pub fn warm_folders(&self, tail: usize) -> Result<usize, Error> {
         let tx = self.db.begin_read()?;
         let folders = RTbl(tx.open_table(FOLDERS)?);
         let msgs = RTbl(tx.open_table(MSGS)?);
@@ -1616,11 +1622,9 @@ impl Index {
             let k = k.value();
             let mut p = k.to_vec();
             p.push(0);
-            let mut hi = p.clone();
-            hi.extend_from_slice(&[0xff; 4]);
-            let mut range = msgs.0.range(p.as_slice()..=hi.as_slice())?;
+            let mut range = msgs.0.range(uid_key(&p, 0).as_slice()..=uid_key(&p, u32::MAX).as_slice())?;
             range.next().transpose()?;
-            for kv in range.rev().take(64) {
+            for kv in range.rev().take(tail) {
                 kv?;
             }
             let mailbox = k.split(|b| *b == 0).next().unwrap_or_default();
@@ -2139,6 +2143,11 @@ impl Index {
             out.push((String::from_utf8_lossy(&k[p.len()..]).into_owned(), dec(&v)?));
         }
         Ok(out)
+    }
+
+    /// Does `mailbox` track any message's handling?
+    pub fn has_handling(&self, mailbox: &str) -> Result<bool, Error> {
+        self.r(HANDLING)?.scan_prefix(prefix(&[mailbox.as_bytes()])).next().transpose().map(|e| e.is_some())
     }
 
     /// Tracked messages in one of `states`, in view-UID order.

@@ -836,10 +836,11 @@ impl Store {
         Ok(self.inner.index.scan_folder(mailbox, folder, init, each)?)
     }
 
-    /// Read each folder's path through the index once (after a start: see
-    /// `Index::warm_folders`); the number of folders.
-    pub fn warm_folders(&self) -> Result<usize> {
-        Ok(self.inner.index.warm_folders()?)
+    /// Read each folder's path through the index once, and its last
+    /// `tail` entries (after a start: see `Index::warm_folders`); the
+    /// number of folders.
+    pub fn warm_folders(&self, tail: usize) -> Result<usize> {
+        Ok(self.inner.index.warm_folders(tail)?)
     }
 
     /// A folder as it is now, to read from while the reader is held (see
@@ -905,6 +906,11 @@ impl Store {
     }
 
     /// Every tracked message of `mailbox`: (blob hash, handling).
+    /// Does `mailbox` track any message's handling (without reading them)?
+    pub fn has_handling(&self, mailbox: &str) -> Result<bool> {
+        Ok(self.inner.index.has_handling(mailbox)?)
+    }
+
     pub fn handling_all(&self, mailbox: &str) -> Result<Vec<(String, crate::handling::Handling)>> {
         Ok(self.inner.index.handling_all(mailbox)?)
     }
