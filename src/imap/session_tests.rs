@@ -620,6 +620,26 @@ async fn changes_by_another_session_arrive_in_order() {
     assert!(!r.contains("EXPUNGE") && !r.contains("EXISTS") && !r.contains("FETCH"), "{r}");
 }
 
+/// INBOX, in any case, is found without building the folder tree: it is
+/// the folder the tree's first entry names, the default mailbox's INBOX.
+/// A user who may read no mailbox has none.
+#[tokio::test]
+async fn inbox_is_the_first_folder_of_the_tree() {
+    let c = start(3).await;
+    let view = crate::imap::view::View::new(c.ctx.auth.user("mario").expect("user"), c.store.clone());
+    let first = view.tree().into_iter().next().and_then(|e| e.folder).expect("a first folder");
+    assert_eq!((first.name.as_str(), first.mailbox.as_str()), ("INBOX", "prot"));
+    for name in ["INBOX", "inbox", "InBoX"] {
+        assert_eq!(view.resolve(name).expect(name), first, "{name}");
+    }
+    let mut nobody = user("nobody", &[]);
+    (nobody.default_mailbox, nobody.grants) = (None, BTreeMap::new());
+    let auth = crate::auth::Authenticator::new(&[nobody]);
+    let view = crate::imap::view::View::new(auth.user("nobody").expect("user"), c.store.clone());
+    assert!(view.tree().is_empty());
+    assert!(view.resolve("INBOX").is_err());
+}
+
 /// Issue 14: a selected folder's list is brought up to date from the
 /// entries the writer changed, not read again whole; what that gives is
 /// what reading the folder whole gives, through new messages, flag

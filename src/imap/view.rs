@@ -19,7 +19,7 @@ use crate::auth::{Right, User};
 use crate::handling::rules::LiveRules;
 use crate::handling::ViewKind;
 use crate::pec::reconcile::SentMessage;
-use crate::store::{time_modseq, BlobHash, MessageMeta, Store, StoreError};
+use crate::store::{time_modseq, BlobHash, FolderState, MessageMeta, Store, StoreError};
 
 pub const DELIMITER: char = '/';
 
@@ -242,19 +242,17 @@ impl View {
             .or_else(|| self.user.visible_mailboxes().first().map(|m| m.to_string()))
     }
 
+    /// INBOX: the default mailbox's, the first entry of the tree.
+    fn inbox(&self) -> Option<Folder> {
+        let m = self.default_mailbox()?;
+        Some(Folder { name: INBOX.into(), mailbox: m, store_folder: Some(INBOX.into()), ..Default::default() })
+    }
+
     /// Every name the user has, in LIST order.
     pub fn tree(&self) -> Vec<ListEntry> {
         let mut out = Vec::new();
-        if let Some(m) = self.default_mailbox() {
-            out.push(ListEntry {
-                name: "INBOX".into(),
-                folder: Some(Folder {
-                    name: "INBOX".into(),
-                    mailbox: m,
-                    store_folder: Some("INBOX".into()),
-                    ..Default::default()
-                }),
-            });
+        if let Some(f) = self.inbox() {
+            out.push(ListEntry { name: f.name.clone(), folder: Some(f) });
         }
         // The user's own Drafts and Templates (made at login, see
         // [`PRIVATE`]), top level like INBOX.
@@ -434,6 +432,13 @@ impl View {
     /// The folder called `name` (INBOX case-insensitively).
     pub fn resolve(&self, name: &str) -> Result<Folder, ViewError> {
         let norm = normalize(name);
+        // The folder selected most, found without building the tree (which
+        // reads the categories of every mailbox): the tree's first entry.
+        if norm == INBOX {
+            if let Some(f) = self.inbox() {
+                return Ok(f);
+            }
+        }
         self.tree().into_iter().filter_map(|e| e.folder).find(|f| f.name == norm).ok_or(ViewError::NotFound)
     }
 
@@ -473,8 +478,6 @@ impl View {
     /// that only fetches UIDs above its last UIDNEXT (mbsync) misses it
     /// until it resyncs. Sent itself, where the state matters, is exact.
     pub fn snapshot_at(&self, f: &Folder, now: DateTime<Utc>) -> Result<Snapshot, ViewError> {
-        // Lists are shared by folder; a handling view's list also depends
-        // on who looks (Mine, office membership).
         if f.trash {
             return self.trash_snapshot(f);
         }
@@ -484,10 +487,7 @@ impl View {
         if let Some(id) = &f.campaign {
             return self.campaign_snapshot(f, id);
         }
-        let key = match &f.handling {
-            Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
-            None => format!("{}\0{:?}", f.mailbox, f.store_folder.as_deref()),
-        };
+        let key = self.list_key(f);
         // Read before the index: a change applied meanwhile makes the
         // stamp older than the list, never the other way round. Within one
         // second and one store generation every session gets the same
@@ -714,17 +714,48 @@ impl View {
     /// needs more than its entries (Sent's and INBOX's computed keywords)
     /// or that is small enough to read at once.
     fn lazy_list(&self, f: &Folder) -> Result<Option<(Entries, Version)>, ViewError> {
-        let sf = f.source();
-        if f.store_folder.is_none() || f.handling.is_some() || f.shows_sent() {
+        if !lazy_kind(f) {
             return Ok(None);
         }
-        let reader = self.store.folder_reader(&f.mailbox, sf)?;
+        let reader = self.store.folder_reader(&f.mailbox, f.source())?;
         let Some(st) = reader.state() else { return Ok(None) };
-        if st.exists < LAZY_FROM || (sf == INBOX && self.store.has_handling(&f.mailbox)?) {
+        if !self.lazy_size(f, &st)? {
             return Ok(None);
         }
         let version = Some((st.uidvalidity, st.uidnext, st.exists, st.highest_modseq));
         Ok(Some((Entries::lazy(reader)?, version)))
+    }
+
+    /// Whether a folder of a [`lazy_kind`] is large enough for its list to
+    /// be read lazily. INBOX's keywords are computed from its handling
+    /// where the mailbox has any.
+    fn lazy_size(&self, f: &Folder, st: &FolderState) -> Result<bool, ViewError> {
+        Ok(st.exists >= LAZY_FROM && !(f.source() == INBOX && self.store.has_handling(&f.mailbox)?))
+    }
+
+    /// Whether opening `f` now reads only its last entries: a large folder
+    /// of its own entries, of which no session holds a list (see
+    /// [`View::lazy_list`]). That takes a tenth of a millisecond at any
+    /// size, little enough to do in place on the runtime; a list held
+    /// may need patching, which reads more.
+    pub fn opens_lazily(&self, f: &Folder) -> Result<bool, ViewError> {
+        if !lazy_kind(f) || self.metas.latest(&self.list_key(f)).is_some() {
+            return Ok(false);
+        }
+        match self.store.folder(&f.mailbox, f.source())? {
+            Some(st) => self.lazy_size(f, &st),
+            None => Ok(false),
+        }
+    }
+
+    /// The key of the list held for `f`: lists are shared by folder; a
+    /// handling view's also depends on who looks (Mine, office
+    /// membership).
+    fn list_key(&self, f: &Folder) -> String {
+        match &f.handling {
+            Some(kind) => format!("{}\0{kind:?}\0{}", f.mailbox, self.user.name),
+            None => format!("{}\0{:?}", f.mailbox, f.store_folder.as_deref()),
+        }
     }
 
     /// A handling view: the INBOX messages whose handling puts them there
@@ -969,6 +1000,13 @@ pub fn category_name_problem(name: &str) -> Option<String> {
 }
 
 /// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.
+/// Whether a folder's list is made of its own entries alone (no keyword
+/// computed from other records, not gathered from other folders), so that
+/// it can be read lazily ([`View::lazy_list`]).
+fn lazy_kind(f: &Folder) -> bool {
+    f.store_folder.is_some() && f.handling.is_none() && !f.shows_sent() && !f.trash && !f.all && f.campaign.is_none()
+}
+
 pub fn normalize(name: &str) -> String {
     if name.eq_ignore_ascii_case("INBOX") {
         return "INBOX".into();
