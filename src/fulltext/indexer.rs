@@ -30,6 +30,17 @@ const PASS_RECORDS: usize = 20_000;
 /// waits for the index cuts the gap short ([`FullText::hurry`]).
 const COMMIT_GAP: Duration = Duration::from_secs(5);
 
+/// While messages arrive (the provider's pull, a campaign's notices), a
+/// pass waits until their blobs have stopped coming for this long: on two
+/// cores, indexing beside a pull from the provider made the pull a fifth
+/// slower, even at the lowest priority (BENCHMARKS.md, "Ingest").
+const QUIET: Duration = Duration::from_millis(500);
+
+/// The longest a pass waits for such a pause: under a stream that never
+/// pauses (a million-message mailbox pulled for the first time), the index
+/// still follows, a pass at a time.
+const MAX_DEFER: Duration = Duration::from_secs(10);
+
 /// Messages read, extracted and analysed together, then added in order.
 pub const BATCH: usize = 256;
 
@@ -276,6 +287,13 @@ pub fn pass(
     Ok(p)
 }
 
+/// How much longer to wait for a pause in arriving messages ([`QUIET`]
+/// since the last blob written), if they are arriving.
+fn arriving(store: &Store) -> Option<Duration> {
+    let since = store.last_blob_written()?.elapsed();
+    QUIET.checked_sub(since).filter(|w| !w.is_zero())
+}
+
 /// Follow the journal until `shutdown`.
 pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<bool>) {
     let mut notices = store.subscribe();
@@ -297,9 +315,23 @@ pub async fn run(store: Store, ft: Arc<FullText>, mut shutdown: watch::Receiver<
                 tracing::info!(indexed = at, journal = applied, "full-text: catching up with the archive");
             }
             logged_start = true;
+            // Messages arriving: index in a pause of theirs, unless
+            // somebody is searching.
+            let mut hurried = false;
+            let deferred = std::time::Instant::now();
+            while let Some(wait) = arriving(&store).filter(|_| deferred.elapsed() < MAX_DEFER) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ft.hurried() => {
+                        hurried = true;
+                        break;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
             // A little to index, and a commit not long ago: gather more.
             let gap = committed.map_or(Duration::ZERO, |t| COMMIT_GAP.saturating_sub(t.elapsed()));
-            if applied - at < PASS_RECORDS as u64 && !gap.is_zero() {
+            if !hurried && applied - at < PASS_RECORDS as u64 && !gap.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(gap) => {}
                     _ = ft.hurried() => {}
@@ -383,5 +415,74 @@ mod tests {
         assert_eq!(p.documents, 2);
         let found = ft.imap_matches(mb, "sollecito", false).unwrap().unwrap();
         assert_eq!(found.len(), 1, "the purged message is not found, the other one is");
+    }
+
+    /// While messages arrive, the indexer waits for a pause in their blob
+    /// writes; a search does not wait for that pause; once they stop, the
+    /// index catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexing_waits_for_a_pause_in_arriving_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let ft = Arc::new(FullText::open(dir.path(), true).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(run(store.clone(), ft.clone(), rx));
+        let archive = |i: usize| {
+            let store = store.clone();
+            async move {
+                let blob =
+                    store.put_blob(format!("Subject: n. {i}\r\n\r\nAvviso di pagamento {i}\r\n").into_bytes()).await;
+                let change = Change::Archive {
+                    mailbox: "prot".into(),
+                    folder: "INBOX".into(),
+                    blob: blob.unwrap(),
+                    internal_date: Utc::now(),
+                    flags: vec![],
+                    provider: None,
+                    pec: None,
+                    handling: None,
+                };
+                store.commit(Audit::system("test", "archive"), change).await.unwrap();
+            }
+        };
+        assert_eq!(arriving(&store), None, "no message arrived yet");
+        // A stream of messages for three pauses' worth of time: nothing
+        // indexed meanwhile. (A blob write stalled past half a pause would
+        // have let the indexer in: then nothing can be said.)
+        let (started, mut last, mut longest) = (std::time::Instant::now(), std::time::Instant::now(), Duration::ZERO);
+        let mut i = 0;
+        while started.elapsed() < QUIET * 3 {
+            archive(i).await;
+            assert!(arriving(&store).is_some_and(|w| w <= QUIET));
+            longest = longest.max(last.elapsed());
+            last = std::time::Instant::now();
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if longest < QUIET / 2 {
+            assert_eq!(ft.indexed_seq(), 0, "indexed while {i} messages arrived");
+        }
+        // A search does not wait for the pause.
+        ft.hurry();
+        let hurried = std::time::Instant::now();
+        while ft.indexed_seq() == 0 {
+            archive(i).await;
+            i += 1;
+            assert!(hurried.elapsed() < Duration::from_secs(30), "a search's hurry did not get the index going");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Once they stop, everything is indexed.
+        let target = store.applied_seq().unwrap();
+        let stopped = std::time::Instant::now();
+        while ft.indexed_seq() < target {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(60),
+                "the index did not catch up after the messages stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ft.documents(), i as u64);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -323,6 +323,8 @@ struct Inner {
     /// fsync + index apply; `blob`: write + fsync + rename + directory
     /// fsync). Plain data: exported by the metrics module.
     write_latency: prometheus::HistogramVec,
+    /// When the last blob was written (see [`Store::last_blob_written`]).
+    last_blob: Mutex<Option<std::time::Instant>>,
 }
 
 /// A handle on the open archive; cheap to clone.
@@ -481,6 +483,7 @@ impl Store {
                 closed: AtomicBool::new(false),
                 head,
                 write_latency,
+                last_blob: Mutex::new(None),
             }),
         };
         Ok((store, report))
@@ -548,6 +551,9 @@ impl Store {
             let t = std::time::Instant::now();
             let r = inner.blobs.put(&bytes);
             timer.observe(t.elapsed().as_secs_f64());
+            if let Ok(mut last) = inner.last_blob.lock() {
+                *last = Some(std::time::Instant::now());
+            }
             if let Some(b) = r.as_ref().ok().filter(|_| fields::looks_like_message(&bytes)) {
                 // SEARCH's header fields, while the bytes are at hand (a
                 // header parse, ≈ 20 µs); a failure here only leaves them
@@ -568,6 +574,13 @@ impl Store {
             self.latch(format!("writing a blob: {e}"));
             StoreError::Io { path: root, source: e }
         })
+    }
+
+    /// When this process last wrote a blob: messages arriving (the
+    /// provider's pull, APPEND, a campaign's notices). Work that can wait
+    /// waits for a pause in them (the full-text indexer).
+    pub fn last_blob_written(&self) -> Option<std::time::Instant> {
+        self.inner.last_blob.lock().ok().and_then(|l| *l)
     }
 
     fn latch(&self, why: String) {

@@ -136,7 +136,7 @@ impl Gateway {
     }
 
     /// Poll the status of `alias` until `pred` holds; panic (with the log)
-    /// after `timeout`.
+    /// after `timeout`. Every 10 ms: benches time what they wait for.
     pub fn wait_mailbox(&mut self, alias: &str, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
@@ -155,7 +155,7 @@ impl Gateway {
                     tail(&self.log(), 60)
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -619,6 +619,12 @@ service imap-login {{
         self.end(libc::SIGTERM);
     }
 
+    /// Its directory, handed over: no longer removed when this server is
+    /// dropped (a bench removes it once it has measured everything).
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self.dir.take()
+    }
+
     /// Crash: SIGKILL to every Dovecot process at once.
     pub fn kill(&mut self) {
         if let Some(child) = &self.child {
