@@ -30,7 +30,22 @@
 //!   the upstream sync does), in this process: the floor under pecgate's
 //!   time that the store sets;
 //! * `PECGATE_BENCH_LOG=/tmp/pecgate.log`: keep pecgate's log (debug, with
-//!   timestamps) of the last round there.
+//!   timestamps) of the last round there;
+//! * `PECGATE_BENCH_FS=host`: write the Maildir and the archive where
+//!   the machine's temporary files go, instead of on a fresh file system.
+//!
+//! Where both tools write. By default (as root, with `mkfs.ext4` and
+//! `losetup`) the bench makes a fresh ext4 file system with the Debian
+//! defaults (a journal) in a sparse file in the temporary directory, on a loop device
+//! doing direct I/O (an fsync reaches the disk below), and both the
+//! Maildir and the archive go there; it is removed at the end. The
+//! provider's mail (Dovecot's) goes on tmpfs: it stands for a remote
+//! server, whose files, fsyncs and deletes (pecgate's offload) are not
+//! this disk's work. Without that, on a host file system shared with other
+//! work, what the machine did in the last minutes moved the result: on
+//! ext4 without a journal, each new inode is looked for past those freed
+//! in the last one to six minutes, which cost whichever tool ran after a
+//! removal up to a fifth of its CPU (BENCHMARKS.md).
 //!
 //! Prints one line per tool and the ratio; BENCHMARKS.md records the result.
 
@@ -246,6 +261,63 @@ fn store_only(mix: Mix, n: usize, warm: bool) {
     println!("{:<28} CPU: {:.2} s user, {:.2} s system", "Store::put_blob x n", after.0 - cpu.0, after.1 - cpu.1);
 }
 
+/// A fresh ext4 file system on a loop device (see the module doc),
+/// unmounted and removed when dropped.
+struct FreshFs {
+    image: std::path::PathBuf,
+    mount: std::path::PathBuf,
+    device: String,
+}
+
+impl FreshFs {
+    /// `None` (and why, printed) where it cannot be made here.
+    fn make() -> Option<FreshFs> {
+        let run = |cmd: &str, args: &[&str]| -> Result<String, String> {
+            let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
+            match out.status.success() {
+                true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+                false => Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
+            }
+        };
+        let base = std::env::temp_dir().join(format!("pecgate-bench-fs-{}", std::process::id()));
+        let (image, mount) = (base.with_extension("img"), base.clone());
+        let made = (|| -> Result<String, String> {
+            std::fs::File::create(&image).and_then(|f| f.set_len(16 << 30)).map_err(|e| format!("image: {e}"))?;
+            run("mkfs.ext4", &["-q", "-F", &image.to_string_lossy()])?;
+            let device = run("losetup", &["--direct-io=on", "--find", "--show", &image.to_string_lossy()])?;
+            std::fs::create_dir_all(&mount).map_err(|e| format!("mount point: {e}"))?;
+            if let Err(e) = run("mount", &[&device, &mount.to_string_lossy()]) {
+                let _ = run("losetup", &["-d", &device]);
+                return Err(e);
+            }
+            Ok(device)
+        })();
+        match made {
+            Ok(device) => {
+                let fs = FreshFs { image, mount, device };
+                // Dovecot's users and mbsync write below it too.
+                let _ = Command::new("chmod").arg("1777").arg(&fs.mount).status();
+                Some(fs)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&image);
+                let _ = std::fs::remove_dir(&mount);
+                println!("no fresh file system ({e}): writing to {}", std::env::temp_dir().display());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for FreshFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing:
     // run a tiny smoke round then.
@@ -265,6 +337,21 @@ fn main() {
         .unwrap_or(if benching { full } else { 50 });
     let runs: usize = std::env::var("PECGATE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let flag = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
+    // The provider's mail on tmpfs, both tools' on a fresh file system
+    // (see the module doc). Dropped last: after the directories in `keep`.
+    let fresh = match std::env::var("PECGATE_BENCH_FS").as_deref() {
+        Ok("host") => None,
+        _ if !benching => None,
+        _ => FreshFs::make(),
+    };
+    if let Some(fs) = &fresh {
+        let (device, mount) = (&fs.device, fs.mount.display());
+        println!("writing to a fresh ext4 file system on {device} (direct I/O), mounted on {mount}");
+        std::env::set_var("TMPDIR", &fs.mount);
+    }
+    if std::env::var_os("PECGATE_TEST_TMPDIR").is_none() && std::path::Path::new("/dev/shm").is_dir() {
+        std::env::set_var("PECGATE_TEST_TMPDIR", "/dev/shm");
+    }
     let mut keep = Vec::new();
     for r in 0..runs {
         if runs > 1 {
