@@ -719,7 +719,7 @@ impl View {
         }
         let reader = self.store.folder_reader(&f.mailbox, f.source())?;
         let Some(st) = reader.state() else { return Ok(None) };
-        if !self.lazy_size(f, &st)? {
+        if !self.lazy_size(f, st)? {
             return Ok(None);
         }
         let version = Some((st.uidvalidity, st.uidnext, st.exists, st.highest_modseq));
