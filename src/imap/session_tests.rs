@@ -640,6 +640,49 @@ async fn inbox_is_the_first_folder_of_the_tree() {
     assert!(view.resolve("INBOX").is_err());
 }
 
+/// A large folder nobody holds a list of is opened in place on the
+/// runtime while the user has seen few of its messages, not once they have
+/// seen many (a million seen UIDs are a million keys to read), nor a small
+/// folder (read whole).
+#[tokio::test]
+async fn a_large_folder_opens_in_place_while_few_of_it_are_seen() {
+    let (small, big) = (start(3).await, start(20).await);
+    let view = crate::imap::view::View::new(small.ctx.auth.user("mario").expect("user"), small.store.clone());
+    let prot = view.resolve("prot/INBOX").expect("prot/INBOX");
+    let big_view = crate::imap::view::View::new(big.ctx.auth.user("mario").expect("user"), big.store.clone());
+    assert!(big_view.opens_lazily(&prot).expect("opens"), "20 messages, none seen");
+    assert!(!view.opens_lazily(&prot).expect("opens"), "3 messages: read whole, off the runtime");
+    let seen = |uids: Vec<u32>| Change::SetSeen {
+        user: "mario".into(),
+        mailbox: "prot".into(),
+        folder: "INBOX".into(),
+        uids,
+        seen: true,
+    };
+    big.store.commit(Audit::system("test", "seen"), seen(vec![1, 2, 3, 4])).await.expect("seen");
+    assert!(big_view.opens_lazily(&prot).expect("opens"), "four seen");
+    big.store.commit(Audit::system("test", "seen"), seen(vec![5])).await.expect("seen");
+    assert!(!big_view.opens_lazily(&prot).expect("opens"), "five seen: more than INLINE_SEEN");
+    // A list held: it may need patching, off the runtime too.
+    big.store
+        .commit(
+            Audit::system("test", "seen"),
+            Change::SetSeen {
+                user: "mario".into(),
+                mailbox: "prot".into(),
+                folder: "INBOX".into(),
+                uids: vec![5],
+                seen: false,
+            },
+        )
+        .await
+        .expect("unseen");
+    assert!(big_view.opens_lazily(&prot).expect("opens"), "four seen again");
+    let held = big_view.snapshot(&prot).expect("snapshot");
+    assert!(!big_view.opens_lazily(&prot).expect("opens"), "a list held");
+    drop(held);
+}
+
 /// Issue 14: a selected folder's list is brought up to date from the
 /// entries the writer changed, not read again whole; what that gives is
 /// what reading the folder whole gives, through new messages, flag

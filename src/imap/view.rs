@@ -733,19 +733,21 @@ impl View {
         Ok(st.exists >= LAZY_FROM && !(f.source() == INBOX && self.store.has_handling(&f.mailbox)?))
     }
 
-    /// Whether opening `f` now reads only its last entries: a large folder
-    /// of its own entries, of which no session holds a list (see
-    /// [`View::lazy_list`]). That takes a tenth of a millisecond at any
-    /// size, little enough to do in place on the runtime; a list held
-    /// may need patching, which reads more.
+    /// Whether opening `f` now reads only its last entries and a few seen
+    /// UIDs: a large folder of its own entries, of which no session holds
+    /// a list (see [`View::lazy_list`]), and at most [`INLINE_SEEN`] of
+    /// them seen by this user. That takes a tenth of a millisecond at any
+    /// size, little enough to do in place on the runtime; a list held may
+    /// need patching, and a user who has seen a million messages has a
+    /// million keys to read (tens of milliseconds), which other sessions
+    /// should not wait for.
     pub fn opens_lazily(&self, f: &Folder) -> Result<bool, ViewError> {
         if !lazy_kind(f) || self.metas.latest(&self.list_key(f)).is_some() {
             return Ok(false);
         }
-        match self.store.folder(&f.mailbox, f.source())? {
-            Some(st) => self.lazy_size(f, &st),
-            None => Ok(false),
-        }
+        let Some(st) = self.store.folder(&f.mailbox, f.source())? else { return Ok(false) };
+        Ok(self.lazy_size(f, &st)?
+            && self.store.seen_uids_at_most(&self.user.name, &f.mailbox, f.source(), INLINE_SEEN)?.is_some())
     }
 
     /// The key of the list held for `f`: lists are shared by folder; a
@@ -1000,6 +1002,10 @@ pub fn category_name_problem(name: &str) -> Option<String> {
 }
 
 /// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.
+/// The most seen UIDs a SELECT reads in place on the runtime (see
+/// [`View::opens_lazily`]).
+const INLINE_SEEN: usize = if cfg!(test) { 4 } else { 1024 };
+
 /// Whether a folder's list is made of its own entries alone (no keyword
 /// computed from other records, not gathered from other folders), so that
 /// it can be read lazily ([`View::lazy_list`]).

@@ -1814,6 +1814,18 @@ impl Index {
     /// million keys here, and copying each (two allocations) was most of
     /// a SELECT.
     pub fn seen_uids(&self, user: &str, mailbox: &str, folder: &str) -> Result<Vec<u32>, Error> {
+        Ok(self.seen_uids_at_most(user, mailbox, folder, usize::MAX)?.unwrap_or_default())
+    }
+
+    /// [`Index::seen_uids`] if there are at most `most` of them, else
+    /// `None` (having read `most` + 1).
+    pub fn seen_uids_at_most(
+        &self,
+        user: &str,
+        mailbox: &str,
+        folder: &str,
+        most: usize,
+    ) -> Result<Option<Vec<u32>>, Error> {
         let p = prefix(&[user.as_bytes(), mailbox.as_bytes(), folder.as_bytes()]);
         let t = self.r(SEEN)?;
         let mut out = Vec::new();
@@ -1823,9 +1835,12 @@ impl Index {
             if !k.starts_with(&p) {
                 break;
             }
+            if out.len() == most {
+                return Ok(None);
+            }
             out.push(be32(&k[p.len()..]));
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// The legal holds standing on `mailbox` (every mailbox: `None`), in

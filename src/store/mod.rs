@@ -979,6 +979,12 @@ impl Store {
         Ok(self.inner.index.seen_uids(user, mailbox, folder)?)
     }
 
+    /// [`Store::seen_uids`] if there are at most `most` of them (a bounded
+    /// read), else `None`.
+    pub fn seen_uids_at_most(&self, user: &str, mailbox: &str, folder: &str, most: usize) -> Result<Option<Vec<u32>>> {
+        Ok(self.inner.index.seen_uids_at_most(user, mailbox, folder, most)?)
+    }
+
     /// `user`'s subscription choices, by name: (IMAP folder name,
     /// subscribed). Names nobody chose for are not listed.
     pub fn subscriptions(&self, user: &str) -> Result<Vec<(String, bool)>> {
