@@ -1001,7 +1001,6 @@ pub fn category_name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.
 /// The most seen UIDs a SELECT reads in place on the runtime (see
 /// [`View::opens_lazily`]).
 const INLINE_SEEN: usize = if cfg!(test) { 4 } else { 1024 };
@@ -1013,6 +1012,7 @@ fn lazy_kind(f: &Folder) -> bool {
     f.store_folder.is_some() && f.handling.is_none() && !f.shows_sent() && !f.trash && !f.all && f.campaign.is_none()
 }
 
+/// `inbox` in any case is `INBOX`; so is a mailbox's `alias/inbox`.
 pub fn normalize(name: &str) -> String {
     if name.eq_ignore_ascii_case("INBOX") {
         return "INBOX".into();
